@@ -1,0 +1,252 @@
+//! Code generation.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned, ToTokens as _};
+use syn::spanned::Spanned as _;
+use syn::{FnArg, GenericArgument, Ident, ItemFn, LitStr, Pat, PathArguments, ReturnType, Type};
+
+use crate::attr::{CachedArgs, RawArgs};
+use crate::errors::Errors;
+use crate::template::{self, Purpose, Segment};
+
+/// `#[cached(...)]`.
+pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let function: ItemFn = match syn::parse2(item.clone()) {
+        Ok(function) => function,
+        Err(_) => {
+            errors.push(Span::call_site(), "`#[cached]` applies to `async fn` items and methods");
+            return with_errors(&errors, item);
+        }
+    };
+    let args = match syn::parse2::<RawArgs>(args) {
+        Ok(raw) => CachedArgs::from_raw(raw, &mut errors),
+        Err(error) => {
+            errors.add(error);
+            None
+        }
+    };
+    let signature = Signature::inspect(&function, &mut errors);
+    let key = args.as_ref().and_then(|args| {
+        let segments = template::parse(&args.key.value(), Purpose::Key, args.key.span())
+            .map_err(|error| errors.add(error))
+            .ok()?;
+        render_key(&segments, &args.key, &signature, &mut errors)
+    });
+    let (Some(args), Some(key), Some(returned), true) =
+        (args, key, signature.returned.as_ref(), errors.is_empty())
+    else {
+        return with_errors(&errors, item);
+    };
+
+    let ItemFn { attrs, vis, sig, block } = &function;
+    let name = args.name.map_or_else(|| sig.ident.to_string(), |lit| lit.value());
+    let millis = args.ttl.millis;
+    let lock = args.lock;
+    let cache = match &args.cache {
+        Some(expr) => quote_spanned!(expr.span()=> ::cache_runtime::__private::cache_of(&(#expr))),
+        None => quote!(::cache_runtime::__private::default_cache()),
+    };
+    let shape = format_ident!("{}", returned.shape);
+    let value_ty = &returned.value;
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            static __CACHE_RUNTIME_FN: ::cache_runtime::__private::CachedFn =
+                ::cache_runtime::__private::CachedFn {
+                    name: #name,
+                    ttl: ::core::time::Duration::from_millis(#millis),
+                    lock: #lock,
+                };
+            let __cache_runtime_cache = #cache;
+            let __cache_runtime_key = #key;
+            let __cache_runtime_cloner = {
+                #[allow(unused_imports)]
+                use ::cache_runtime::__private::{ViaClone as _, ViaDecode as _};
+                (&::cache_runtime::__private::CloneProbe::<#value_ty>::new()).cloner()
+            };
+            ::cache_runtime::__private::cached::<::cache_runtime::__private::#shape, _, _>(
+                __cache_runtime_cache,
+                &__CACHE_RUNTIME_FN,
+                __cache_runtime_key,
+                __cache_runtime_cloner,
+                async move #block,
+            )
+            .await
+        }
+    }
+}
+
+/// The original item plus `compile_error!`s, so call sites do not cascade into more errors.
+fn with_errors(errors: &Errors, item: TokenStream) -> TokenStream {
+    let errors = errors.to_compile_errors();
+    quote!(#errors #item)
+}
+
+/// What the macro needs from a function's signature.
+struct Signature<'a> {
+    has_self: bool,
+    /// Parameters bound to a plain identifier, with their types.
+    params: Vec<(&'a Ident, &'a Type)>,
+    returned: Option<Returned<'a>>,
+}
+
+/// The cached value type and how it sits in the return type.
+struct Returned<'a> {
+    shape: &'static str,
+    value: &'a Type,
+}
+
+impl<'a> Signature<'a> {
+    fn inspect(function: &'a ItemFn, errors: &mut Errors) -> Signature<'a> {
+        let sig = &function.sig;
+        if sig.asyncness.is_none() {
+            errors.push(sig.fn_token.span, "`#[cached]` applies to `async fn` only; make this function `async`");
+        }
+        let mut has_self = false;
+        let mut params = Vec::new();
+        for input in &sig.inputs {
+            match input {
+                FnArg::Receiver(receiver) => {
+                    has_self = true;
+                    if !matches!(&*receiver.ty, Type::Reference(r) if r.mutability.is_none()) {
+                        errors.push(receiver.span(), "`#[cached]` methods must take `&self`");
+                    }
+                }
+                FnArg::Typed(typed) => {
+                    if let Pat::Ident(pat) = &*typed.pat {
+                        params.push((&pat.ident, &*typed.ty));
+                    }
+                }
+            }
+        }
+        let returned = match &sig.output {
+            ReturnType::Type(_, ty) => Some(Returned::of(ty)),
+            ReturnType::Default => {
+                errors.push(sig.ident.span(), "`#[cached]` needs a return type: there is nothing to cache");
+                None
+            }
+        };
+        Signature { has_self, params, returned }
+    }
+}
+
+impl<'a> Returned<'a> {
+    /// Recognises `Option<T>`, `Result<T, E>` and `Result<Option<T>, E>` by their written
+    /// names (also through paths and aliases such as `io::Result<T>`); anything else is `T`.
+    fn of(ty: &'a Type) -> Returned<'a> {
+        if let Some(ok) = single_generic(ty, "Result") {
+            return match single_generic(ok, "Option") {
+                Some(value) => Returned { shape: "ResultOptionShape", value },
+                None => Returned { shape: "ResultShape", value: ok },
+            };
+        }
+        match single_generic(ty, "Option") {
+            Some(value) => Returned { shape: "OptionShape", value },
+            None => Returned { shape: "PlainShape", value: ty },
+        }
+    }
+}
+
+/// The first type argument of `ty` when its last path segment is named `wrapper`.
+fn single_generic<'a>(ty: &'a Type, wrapper: &str) -> Option<&'a Type> {
+    match ty {
+        Type::Paren(inner) => single_generic(&inner.elem, wrapper),
+        Type::Group(inner) => single_generic(&inner.elem, wrapper),
+        Type::Path(path) if path.qself.is_none() => {
+            let last = path.path.segments.last()?;
+            if last.ident != wrapper {
+                return None;
+            }
+            let PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+            args.args.iter().find_map(|arg| match arg {
+                GenericArgument::Type(ty) => Some(ty),
+                _ => None,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// An expression building the key `String` from the template and the arguments.
+fn render_key(
+    segments: &[Segment],
+    template: &LitStr,
+    signature: &Signature<'_>,
+    errors: &mut Errors,
+) -> Option<TokenStream> {
+    let span = template.span();
+    let mut capacity = 0;
+    let mut steps = Vec::new();
+    for segment in segments {
+        match segment {
+            Segment::Literal(text) => {
+                capacity += text.len();
+                steps.push(quote!(__cache_runtime_key.push_str(#text);));
+            }
+            Segment::Placeholder { root, fields } => {
+                capacity += 8;
+                let Some(value) = placeholder_value(root, fields, span, signature, errors) else {
+                    continue;
+                };
+                steps.push(value);
+            }
+        }
+    }
+    Some(quote! {{
+        let mut __cache_runtime_key = ::std::string::String::with_capacity(#capacity);
+        #(#steps)*
+        __cache_runtime_key
+    }})
+}
+
+/// `push_part(&mut key, &param.field)`, spanned so that a missing `KeyPart` or an unknown
+/// field is reported on the user's parameter type or template.
+fn placeholder_value(
+    root: &str,
+    fields: &[String],
+    span: Span,
+    signature: &Signature<'_>,
+    errors: &mut Errors,
+) -> Option<TokenStream> {
+    let (base, type_span) = if root == "self" {
+        if !signature.has_self {
+            errors.push(span, "placeholder `<self...>` in a function without `self`");
+            return None;
+        }
+        (quote_spanned!(span=> self), span)
+    } else if let Some((ident, ty)) = signature.params.iter().find(|(ident, _)| *ident == root) {
+        (ident.to_token_stream(), ty.span())
+    } else {
+        let mut names: Vec<String> = signature.params.iter().map(|(ident, _)| ident.to_string()).collect();
+        if signature.has_self {
+            names.insert(0, "self".into());
+        }
+        let suggestion = names
+            .iter()
+            .map(|name| (strsim::levenshtein(root, name), name))
+            .filter(|(distance, name)| *distance <= 2.max(name.len() / 3))
+            .min()
+            .map(|(_, name)| format!("; did you mean `<{name}>`?"))
+            .unwrap_or_default();
+        let available = if names.is_empty() {
+            "the function has no named parameters".to_owned()
+        } else {
+            format!("parameters: {}", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))
+        };
+        errors.push(span, format!("unknown placeholder `<{root}>`: no parameter named `{root}`{suggestion} ({available})"));
+        return None;
+    };
+    if fields.is_empty() {
+        return Some(quote_spanned! {type_span=>
+            ::cache_runtime::__private::push_part(&mut __cache_runtime_key, &#base);
+        });
+    }
+    let fields = fields.iter().map(|field| match field.parse::<u32>() {
+        Ok(index) => syn::Index { index, span }.to_token_stream(),
+        Err(_) => Ident::new(field, span).to_token_stream(),
+    });
+    Some(quote_spanned! {span=>
+        ::cache_runtime::__private::push_part(&mut __cache_runtime_key, &#base #(.#fields)*);
+    })
+}

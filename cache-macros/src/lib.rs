@@ -1,0 +1,59 @@
+//! Procedural macros of [cache-runtime](https://docs.rs/cache-runtime). Depend on
+//! `cache-runtime` and use them from there: the generated code refers to it.
+
+mod attr;
+mod errors;
+mod expand;
+mod template;
+mod ttl;
+
+use proc_macro::TokenStream;
+
+/// Caches an async function's results (cache-aside).
+///
+/// ```ignore
+/// #[cached(key = "vehicle:<id>", ttl = "15m")]
+/// async fn get_vehicle(id: u64) -> Result<Option<Vehicle>, DbError> { /* database */ }
+/// ```
+///
+/// On a call the key is rendered from the arguments and looked up. On a hit the stored value
+/// is returned and the body does not run. On a miss the body runs (once, however many
+/// callers miss the same key at the same time in this process), its value is stored for the
+/// time to live and returned.
+///
+/// # Arguments
+///
+/// | argument | meaning |
+/// |---|---|
+/// | `key = "..."` | Required. Key template: text plus placeholders `<param>`, `<param.field>`, `<self.field>`. |
+/// | `ttl = "..."` | Required. Time to live: `<integer><unit>` pieces, largest unit first, units `ms`, `s`, `m`, `h`, `d` (`"500ms"`, `"15m"`, `"1h30m"`). |
+/// | `lock` | Stampede protection for this key (concurrent misses share one load). |
+/// | `cache = <expr>` | The `Cache` to use: an expression of type `Cache`, `&Cache` or `Arc<Cache>`, which may use `self` and the parameters. Default: [`default_cache()`](https://docs.rs/cache-runtime/latest/cache_runtime/fn.default_cache.html). |
+/// | `name = "..."` | The function's name in stats and metrics. Default: its identifier. |
+///
+/// # What is cached
+///
+/// The return type decides, by how it is written: `T` caches every value, `Option<T>` caches
+/// `Some`, `Result<T, E>` caches `Ok`, `Result<Option<T>, E>` caches `Ok(Some)`. `Err` and
+/// `None` are never cached. `T` must be `Serialize + DeserializeOwned + Send + Sync + 'static`;
+/// when it is also `Clone`, a memory-store hit clones the value instead of decoding it.
+///
+/// # Keys
+///
+/// Each placeholder value must implement `KeyPart` and is encoded: every byte outside
+/// `[A-Za-z0-9_.-]` is percent-encoded, so a value cannot add a `:` level or a glob
+/// character, and different arguments never render the same key. Two placeholders must be
+/// separated by text such as `:`. With a Redis cache built with `.prefix("okla:")`, the key
+/// `vehicle:<id>` for `id = 42` is stored as `okla:vehicle:42`.
+///
+/// # Compile errors
+///
+/// Unknown placeholders (with a suggestion), `<>`, an unclosed `<`, glob characters in the
+/// key, a bad or zero TTL, a missing `key` or `ttl`, unknown or duplicate arguments, a
+/// non-`async` function, a receiver other than `&self`, a placeholder whose type does not
+/// implement `KeyPart` and an unknown field are compile errors on the offending text. All
+/// errors of one attribute are reported together.
+#[proc_macro_attribute]
+pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::cached(args.into(), item.into()).into()
+}

@@ -1,0 +1,178 @@
+//! Key templates: literal text with `<name>` / `<name.field.field>` placeholders.
+
+use proc_macro2::Span;
+
+/// One piece of a template.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Segment {
+    /// Text copied into the key as it is.
+    Literal(String),
+    /// A value from the arguments: `root` is a parameter name or `self`, `fields` a path
+    /// of field names or tuple indices.
+    Placeholder { root: String, fields: Vec<String> },
+}
+
+/// What the template is for: a stored key (no glob characters) or an invalidation pattern.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    Key,
+    #[allow(dead_code)] // used by `#[invalidates]`
+    Pattern,
+}
+
+/// Characters that values encode; a raw one can only come from the template's own text.
+fn always_encoded(c: char) -> bool {
+    !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '%'))
+}
+
+/// Splits `text` into segments, or says everything wrong with it.
+pub(crate) fn parse(text: &str, purpose: Purpose, span: Span) -> Result<Vec<Segment>, syn::Error> {
+    let mut errors: Vec<String> = Vec::new();
+    let mut segments = Vec::new();
+    if text.is_empty() {
+        errors.push("the key template is empty".into());
+    }
+    let mut literal = String::new();
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        match c {
+            '<' => {
+                let Some(end) = rest.find('>') else {
+                    errors.push(format!("unclosed `<` in key template {text:?}: placeholders are written `<name>`"));
+                    break;
+                };
+                let inner = &rest[1..end];
+                if inner.contains('<') {
+                    errors.push(format!("unclosed `<` in key template {text:?}: placeholders are written `<name>`"));
+                }
+                if !literal.is_empty() {
+                    segments.push(Segment::Literal(std::mem::take(&mut literal)));
+                }
+                match parse_placeholder(inner) {
+                    Ok(placeholder) => segments.push(placeholder),
+                    Err(message) => errors.push(message),
+                }
+                rest = &rest[end + 1..];
+            }
+            '>' => {
+                errors.push(format!("unmatched `>` in key template {text:?}"));
+                rest = &rest[1..];
+            }
+            _ => {
+                if purpose == Purpose::Key && matches!(c, '*' | '?' | '[' | ']') {
+                    errors.push(format!(
+                        "glob character `{c}` in the cached key {text:?}: a stored key must not contain `*`, `?`, `[` or `]` (patterns belong in `#[invalidates]`)"
+                    ));
+                } else if c == '\\' {
+                    errors.push(format!("backslash in key template {text:?}: keys must not contain `\\`"));
+                } else if c.is_whitespace() || c.is_control() {
+                    errors.push(format!(
+                        "whitespace or control character {c:?} in key template {text:?}: keys must not contain them"
+                    ));
+                }
+                literal.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+    }
+    if !literal.is_empty() {
+        segments.push(Segment::Literal(literal));
+    }
+    check_separators(&segments, text, &mut errors);
+    match errors.into_iter().map(|message| syn::Error::new(span, message)).reduce(|mut all, e| {
+        all.combine(e);
+        all
+    }) {
+        Some(error) => Err(error),
+        None => Ok(segments),
+    }
+}
+
+fn parse_placeholder(inner: &str) -> Result<Segment, String> {
+    if inner.is_empty() {
+        return Err("empty placeholder `<>`: name a parameter, as in `<id>` or `<vehicle.id>`".into());
+    }
+    let mut parts = inner.split('.');
+    let root = parts.next().unwrap_or_default();
+    let is_ident = |s: &str| {
+        s.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_alphanumeric() || c == '_')
+    };
+    if !is_ident(root) {
+        return Err(format!("invalid placeholder `<{inner}>`: expected a parameter name, as in `<id>` or `<vehicle.id>`"));
+    }
+    let fields: Vec<String> = parts.map(str::to_owned).collect();
+    if let Some(bad) = fields.iter().find(|f| f.is_empty() || (!is_ident(f) && !f.chars().all(|c| c.is_ascii_digit()))) {
+        return Err(format!("invalid field `{bad}` in placeholder `<{inner}>`"));
+    }
+    Ok(Segment::Placeholder { root: root.to_owned(), fields })
+}
+
+/// Two placeholders must be separated by text containing a character that values always
+/// encode (such as `:`); otherwise `<a><b>` renders `a=1,b=23` and `a=12,b=3` alike.
+fn check_separators(segments: &[Segment], text: &str, errors: &mut Vec<String>) {
+    for window in segments.windows(2).chain(segments.windows(3)) {
+        let (first, between, second) = match window {
+            [a @ Segment::Placeholder { .. }, b @ Segment::Placeholder { .. }] => (a, None, b),
+            [a @ Segment::Placeholder { .. }, Segment::Literal(l), b @ Segment::Placeholder { .. }] => {
+                (a, Some(l), b)
+            }
+            _ => continue,
+        };
+        if between.is_none_or(|l| !l.chars().any(always_encoded)) {
+            errors.push(format!(
+                "placeholders {} and {} in key template {text:?} need a separator such as `:` between them; otherwise different values could render the same key",
+                describe(first),
+                describe(second)
+            ));
+        }
+    }
+}
+
+fn describe(segment: &Segment) -> String {
+    match segment {
+        Segment::Placeholder { root, fields } if fields.is_empty() => format!("`<{root}>`"),
+        Segment::Placeholder { root, fields } => format!("`<{root}.{}>`", fields.join(".")),
+        Segment::Literal(text) => format!("{text:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> Vec<Segment> {
+        parse(text, Purpose::Key, Span::call_site()).unwrap()
+    }
+    fn err(text: &str, purpose: Purpose) -> String {
+        parse(text, purpose, Span::call_site()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn splits_literals_and_placeholders() {
+        assert_eq!(
+            ok("dealer:<v.dealer_id>:vehicles"),
+            vec![
+                Segment::Literal("dealer:".into()),
+                Segment::Placeholder { root: "v".into(), fields: vec!["dealer_id".into()] },
+                Segment::Literal(":vehicles".into()),
+            ]
+        );
+        assert_eq!(ok("<self.0>").len(), 1);
+        assert_eq!(ok("a:<x>:<y>").len(), 4);
+    }
+
+    #[test]
+    fn reports_malformed_templates() {
+        assert!(err("", Purpose::Key).contains("empty"));
+        assert!(err("vehicle:<>", Purpose::Key).contains("empty placeholder"));
+        assert!(err("vehicle:<id", Purpose::Key).contains("unclosed"));
+        assert!(err("vehicle:id>", Purpose::Key).contains("unmatched"));
+        assert!(err("vehicle:*", Purpose::Key).contains("glob"));
+        assert!(err("a:<x><y>", Purpose::Key).contains("separator"));
+        assert!(err("a:<x>-<y>", Purpose::Key).contains("separator"));
+        assert!(err("a b", Purpose::Key).contains("whitespace"));
+        assert!(err("<1x>", Purpose::Key).contains("invalid placeholder"));
+        assert!(parse("homepage:*", Purpose::Pattern, Span::call_site()).is_ok());
+    }
+}

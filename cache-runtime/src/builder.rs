@@ -1,0 +1,123 @@
+//! [`CacheBuilder`]: choosing and configuring the store.
+
+use std::time::Duration;
+
+use crate::cache::{Cache, DEFAULT_MEMORY_CAPACITY};
+use crate::error::{Error, Result};
+use crate::store::memory::MemoryStore;
+use crate::store::redis::{RedisOptions, RedisStore};
+use crate::store::Store;
+
+/// Builds a [`Cache`]: Redis when [`redis`](Self::redis) is given, the memory store otherwise.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), cache_runtime::Error> {
+/// let cache = cache_runtime::Cache::builder()
+///     .redis("redis://127.0.0.1:6379")
+///     .prefix("okla:")
+///     .build()
+///     .await?;
+/// cache_runtime::set_default(cache.clone());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct CacheBuilder {
+    redis_url: Option<String>,
+    prefix: String,
+    memory_capacity: u64,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+}
+
+impl Default for CacheBuilder {
+    fn default() -> Self {
+        CacheBuilder {
+            redis_url: None,
+            prefix: String::new(),
+            memory_capacity: DEFAULT_MEMORY_CAPACITY,
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+impl CacheBuilder {
+    /// Use the Redis server at `url` (`redis://[user:password@]host:port[/db]`, or `rediss://`
+    /// for TLS when redis-rs is built with TLS support).
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
+        self
+    }
+
+    /// Put `prefix` before every key in Redis (`"okla:"` stores `vehicle:42` as
+    /// `okla:vehicle:42`). Several services or environments can share a Redis database
+    /// under different prefixes. Ignored by the memory store, which is private to its cache.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Bound the memory store to about `bytes` of keys and JSON-encoded values
+    /// (default 128 MiB); the least useful entries are evicted beyond it.
+    pub fn memory_capacity(mut self, bytes: u64) -> Self {
+        self.memory_capacity = bytes;
+        self
+    }
+
+    /// How long to wait for a connection to Redis (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for a Redis reply (default 500 ms). A call whose cache read times
+    /// out runs its body instead.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Builds the cache. The Redis connection is opened lazily, so this succeeds while Redis
+    /// is down; calls run their bodies until it answers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] for a malformed Redis URL; [`Error::InvalidConfig`] for a prefix
+    /// with glob characters (`* ? [ ] \`), whitespace or control characters, a zero timeout
+    /// or a zero memory capacity.
+    pub async fn build(self) -> Result<Cache> {
+        if let Some(bad) = self
+            .prefix
+            .chars()
+            .find(|&c| matches!(c, '*' | '?' | '[' | ']' | '\\') || c.is_whitespace() || c.is_control())
+        {
+            return Err(Error::InvalidConfig(format!(
+                "the prefix {:?} contains {bad:?}; a prefix must not contain glob characters, whitespace or control characters",
+                self.prefix
+            )));
+        }
+        if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
+            return Err(Error::InvalidConfig("timeouts must be greater than zero".into()));
+        }
+        let store = match self.redis_url {
+            Some(url) => Store::Redis(RedisStore::new(RedisOptions {
+                url,
+                prefix: self.prefix.clone(),
+                connect_timeout: self.connect_timeout,
+                command_timeout: self.command_timeout,
+            })?),
+            None => {
+                if self.memory_capacity == 0 {
+                    return Err(Error::InvalidConfig("memory capacity must be greater than zero".into()));
+                }
+                Store::Memory(MemoryStore::new(self.memory_capacity))
+            }
+        };
+        let prefix = match store {
+            Store::Memory(_) => String::new(),
+            Store::Redis(_) => self.prefix,
+        };
+        Ok(Cache::from_store(store, prefix))
+    }
+}

@@ -1,0 +1,357 @@
+//! The [`Cache`] handle and cache-aside: look up, on a miss load once, store, return.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::builder::CacheBuilder;
+use crate::codec::{Cloner, Entry};
+use crate::error::{Error, Result};
+use crate::flight::{self, Flights, Join, Landed};
+use crate::key::validate_key;
+use crate::shape::{Outcome, ResultShape, Shape};
+use crate::stats::{Counters, Stats, StatsRegistry, DIRECT_CALLS};
+use crate::store::memory::MemoryStore;
+use crate::store::Store;
+
+/// Default bound of the memory store: 128 MiB of keys and JSON-encoded values.
+pub(crate) const DEFAULT_MEMORY_CAPACITY: u64 = 128 * 1024 * 1024;
+
+/// A cache: a store (in-process memory or Redis), its counters and its in-flight loads.
+///
+/// `Cache` is a cheap handle (an `Arc` inside): clone it into every service that needs it.
+/// Annotated functions use the cache named by their `cache = ...` argument, or the process
+/// default ([`set_default`](crate::set_default)).
+///
+/// ```
+/// # async fn run() -> Result<(), cache_runtime::Error> {
+/// use std::time::Duration;
+///
+/// let cache = cache_runtime::Cache::memory();
+/// cache.set("greeting:en", "hello", Duration::from_secs(60)).await?;
+/// assert_eq!(cache.get::<String>("greeting:en").await?, Some("hello".to_owned()));
+/// assert_eq!(cache.stats().hits, 1);
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    pub(crate) inner: Arc<CacheInner>,
+}
+
+pub(crate) struct CacheInner {
+    pub(crate) store: Store,
+    pub(crate) prefix: String,
+    pub(crate) stats: StatsRegistry,
+    pub(crate) flights: Flights,
+}
+
+impl Cache {
+    /// An in-process cache bounded to 128 MiB (use [`Cache::builder`] to change the bound).
+    pub fn memory() -> Cache {
+        Cache::from_store(Store::Memory(MemoryStore::new(DEFAULT_MEMORY_CAPACITY)), String::new())
+    }
+
+    /// A builder for a Redis-backed (or bounded in-memory) cache.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    pub(crate) fn from_store(store: Store, prefix: String) -> Cache {
+        Cache {
+            inner: Arc::new(CacheInner {
+                store,
+                prefix,
+                stats: StatsRegistry::default(),
+                flights: Flights::default(),
+            }),
+        }
+    }
+
+    /// The prefix put before every key in Redis (empty for the memory store).
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The value stored under `key` (a rendered key, without the prefix), decoded as `T`.
+    ///
+    /// A stored value that does not decode as `T` is reported as absent (and counted in
+    /// [`Stats::errors`]), like any other miss.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] for an empty key or one with whitespace or control characters;
+    /// [`Error::Backend`] when Redis fails.
+    pub async fn get<T: DeserializeOwned + 'static>(&self, key: &str) -> Result<Option<T>> {
+        validate_key(key)?;
+        let counters = self.inner.stats.counters(DIRECT_CALLS);
+        match self.lookup::<T>(&counters, key, None).await {
+            Lookup::Hit(value) => Ok(Some(value)),
+            Lookup::Miss => Ok(None),
+            Lookup::Failed(error) => Err(error),
+        }
+    }
+
+    /// Stores `value` under `key` for `ttl`, replacing what was there.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`], [`Error::InvalidTtl`] (zero, or under one millisecond),
+    /// [`Error::Encode`] when `value` cannot be serialized, [`Error::Backend`] when Redis fails.
+    /// Nothing is stored when an error is returned.
+    pub async fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T, ttl: Duration) -> Result<()> {
+        validate_key(key)?;
+        validate_ttl(ttl)?;
+        let json = serde_json::to_vec(value)
+            .map_err(|source| Error::Encode { key: key.to_owned(), source })?;
+        let entry = Arc::new(Entry::from_json(json));
+        self.inner.store.set(key, &entry, ttl).await.inspect_err(|_| {
+            self.inner.stats.counters(DIRECT_CALLS).error();
+        })
+    }
+
+    /// Cache-aside by hand: the value under `key`, or else the result of `load`, stored for
+    /// `ttl` when it is `Ok`. Concurrent misses of one key share one run of `load`.
+    ///
+    /// The cache never makes this call fail: when Redis is down or holds an undecodable
+    /// value, `load` runs and its result is returned (the failure is counted).
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cache_runtime::Error> {
+    /// use std::time::Duration;
+    ///
+    /// let cache = cache_runtime::Cache::memory();
+    /// let price: u32 = cache
+    ///     .get_or_load("price:42", Duration::from_secs(60), || async {
+    ///         Ok::<_, cache_runtime::Error>(1999) // query the database here
+    ///     })
+    ///     .await?;
+    /// assert_eq!(price, 1999);
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `load`'s error, or [`Error::InvalidKey`] / [`Error::InvalidTtl`] converted into `E`
+    /// (checked before `load` runs).
+    pub async fn get_or_load<T, E, F, Fut>(&self, key: &str, ttl: Duration, load: F) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        validate_key(key)?;
+        validate_ttl(ttl)?;
+        let counters = self.inner.stats.counters(DIRECT_CALLS);
+        self.load_through::<ResultShape, _, _>(&counters, key, ttl, None, load).await
+    }
+
+    /// Totals over every function name.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.total()
+    }
+
+    /// The counters of one function (its `name = ...`, by default its identifier), or of the
+    /// programmatic API under [`DIRECT_CALLS`](crate::DIRECT_CALLS). Zero for unknown names.
+    pub fn stats_of(&self, name: &str) -> Stats {
+        self.inner.stats.of(name)
+    }
+
+    /// The counters in the Prometheus text exposition format: `cache_hits_total`,
+    /// `cache_misses_total`, `cache_loads_total`, `cache_errors_total` and the
+    /// `cache_load_duration_seconds` histogram, each labelled with `function`.
+    pub fn prometheus(&self) -> String {
+        crate::prometheus::render(&self.inner.stats)
+    }
+
+    /// Reads `key`, counting a hit, a miss or an error.
+    async fn lookup<T>(&self, counters: &Counters, key: &str, cloner: Cloner<T>) -> Lookup<T>
+    where
+        T: DeserializeOwned + 'static,
+    {
+        match self.inner.store.get(key).await {
+            Ok(Some(entry)) => match entry.take(cloner) {
+                Ok(value) => {
+                    counters.hit();
+                    Lookup::Hit(value)
+                }
+                Err(error) => {
+                    // Another service's data or an old schema: a miss, overwritten by the
+                    // fresh value.
+                    tracing::warn!(key, %error, "cached value does not decode; treating as a miss");
+                    counters.error();
+                    counters.miss();
+                    Lookup::Miss
+                }
+            },
+            Ok(None) => {
+                counters.miss();
+                Lookup::Miss
+            }
+            Err(error) => {
+                tracing::warn!(key, %error, store = self.inner.store.kind(), "cache read failed");
+                counters.error();
+                counters.miss();
+                Lookup::Failed(error)
+            }
+        }
+    }
+
+    /// Cache-aside with single flight. The shape `S` says which return values are cached.
+    pub(crate) async fn load_through<S, R, Fut>(
+        &self,
+        counters: &Counters,
+        key: &str,
+        ttl: Duration,
+        cloner: Cloner<S::Value>,
+        load: impl FnOnce() -> Fut,
+    ) -> R
+    where
+        S: Shape<R>,
+        S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
+        Fut: Future<Output = R>,
+    {
+        if let Lookup::Hit(value) = self.lookup(counters, key, cloner).await {
+            return S::from_value(value);
+        }
+        loop {
+            match self.inner.flights.join(key) {
+                Join::Leader(mut leader) => {
+                    // A flight for this key may have finished between our miss and now.
+                    if let Ok(Some(entry)) = self.inner.store.get(key).await {
+                        if let Ok(value) = entry.take(cloner) {
+                            leader.publish(Landed::Value(entry));
+                            counters.coalesced();
+                            return S::from_value(value);
+                        }
+                    }
+                    let started = Instant::now();
+                    let returned = load().await;
+                    counters.load(started.elapsed());
+                    self.store_outcome::<S, R>(counters, key, ttl, cloner, &returned, &mut leader)
+                        .await;
+                    return returned;
+                }
+                Join::Follower(follower) => match flight::wait(follower).await {
+                    Landed::Value(entry) => match entry.take(cloner) {
+                        Ok(value) => {
+                            counters.coalesced();
+                            return S::from_value(value);
+                        }
+                        Err(_) => {
+                            // The leader's value did not decode as our type (two functions
+                            // sharing a key with different types): load for ourselves.
+                            counters.error();
+                            return self.load_alone::<S, R, Fut>(counters, key, ttl, cloner, load).await;
+                        }
+                    },
+                    Landed::Absent => {
+                        if let Some(absent) = S::absent() {
+                            counters.coalesced();
+                            return absent;
+                        }
+                        return self.load_alone::<S, R, Fut>(counters, key, ttl, cloner, load).await;
+                    }
+                    // Errors are not shareable: each caller gets its own body's result.
+                    Landed::Failed => {
+                        return self.load_alone::<S, R, Fut>(counters, key, ttl, cloner, load).await
+                    }
+                    // The leader was cancelled or panicked: elect a new one.
+                    Landed::Abandoned | Landed::Running => continue,
+                },
+            }
+        }
+    }
+
+    /// Runs `load` outside any flight and stores a cacheable result.
+    async fn load_alone<S, R, Fut>(
+        &self,
+        counters: &Counters,
+        key: &str,
+        ttl: Duration,
+        cloner: Cloner<S::Value>,
+        load: impl FnOnce() -> Fut,
+    ) -> R
+    where
+        S: Shape<R>,
+        S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
+        Fut: Future<Output = R>,
+    {
+        let started = Instant::now();
+        let returned = load().await;
+        counters.load(started.elapsed());
+        if let Outcome::Value(value) = S::outcome(&returned) {
+            if let Ok(entry) = Entry::encode(value, cloner) {
+                self.store(counters, key, &Arc::new(entry), ttl).await;
+            }
+        }
+        returned
+    }
+
+    /// Publishes the leader's outcome to its followers, then stores a cacheable value.
+    async fn store_outcome<S, R>(
+        &self,
+        counters: &Counters,
+        key: &str,
+        ttl: Duration,
+        cloner: Cloner<S::Value>,
+        returned: &R,
+        leader: &mut flight::Leader<'_>,
+    ) where
+        S: Shape<R>,
+        S::Value: Serialize + Send + Sync + 'static,
+    {
+        match S::outcome(returned) {
+            Outcome::Value(value) => match Entry::encode(value, cloner) {
+                Ok(entry) => {
+                    let entry = Arc::new(entry);
+                    leader.publish(Landed::Value(Arc::clone(&entry)));
+                    self.store(counters, key, &entry, ttl).await;
+                }
+                Err(error) => {
+                    tracing::warn!(key, %error, "value cannot be encoded as JSON; not cached");
+                    counters.error();
+                    leader.publish(Landed::Failed);
+                }
+            },
+            Outcome::Absent => leader.publish(Landed::Absent),
+            Outcome::Failed => leader.publish(Landed::Failed),
+        }
+    }
+
+    async fn store(&self, counters: &Counters, key: &str, entry: &Arc<Entry>, ttl: Duration) {
+        if let Err(error) = self.inner.store.set(key, entry, ttl).await {
+            tracing::warn!(key, %error, store = self.inner.store.kind(), "cache write failed");
+            counters.error();
+        }
+    }
+}
+
+enum Lookup<T> {
+    Hit(T),
+    Miss,
+    Failed(Error),
+}
+
+/// Rejects TTLs the stores cannot honour.
+pub(crate) fn validate_ttl(ttl: Duration) -> Result<()> {
+    if ttl < Duration::from_millis(1) {
+        return Err(Error::InvalidTtl { ttl, reason: "a time to live must be at least 1ms" });
+    }
+    Ok(())
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("store", &self.inner.store.kind())
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}

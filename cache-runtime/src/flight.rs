@@ -1,0 +1,129 @@
+//! Single flight: concurrent misses of one key inside a process share one run of the body.
+//!
+//! The first caller to miss becomes the *leader* and runs the body; later callers become
+//! *followers* and wait on a `watch` channel for the leader's outcome. The leader holds a
+//! [`Leader`] guard: if its future is dropped (cancelled) or its body panics before it
+//! publishes, the guard's `Drop` publishes [`Landed::Abandoned`] so followers elect a new
+//! leader instead of waiting forever.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::codec::Entry;
+
+/// How a flight ended, as its followers see it.
+#[derive(Clone)]
+pub(crate) enum Landed {
+    /// Still running.
+    Running,
+    /// The leader produced this value.
+    Value(Arc<Entry>),
+    /// The leader's call returned `None` / `Ok(None)`.
+    Absent,
+    /// The leader's call returned `Err`, or its value could not be encoded.
+    Failed,
+    /// The leader was cancelled or panicked before finishing.
+    Abandoned,
+}
+
+type Slot = Arc<watch::Sender<Landed>>;
+
+/// The flights in progress of one cache, by key.
+#[derive(Default)]
+pub(crate) struct Flights {
+    running: Mutex<HashMap<String, Slot>>,
+}
+
+/// The role a caller got when joining a flight.
+pub(crate) enum Join<'a> {
+    Leader(Leader<'a>),
+    Follower(watch::Receiver<Landed>),
+}
+
+impl Flights {
+    /// Joins the flight for `key`, starting one if none is running.
+    pub(crate) fn join(&self, key: &str) -> Join<'_> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = running.get(key) {
+            return Join::Follower(slot.subscribe());
+        }
+        let slot: Slot = Arc::new(watch::Sender::new(Landed::Running));
+        running.insert(key.to_owned(), Arc::clone(&slot));
+        Join::Leader(Leader { flights: self, key: key.to_owned(), slot, published: false })
+    }
+
+    /// How many flights are running (for tests and diagnostics).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.running.lock().unwrap().len()
+    }
+}
+
+/// Waits for the flight's outcome. A closed channel counts as abandoned.
+pub(crate) async fn wait(mut follower: watch::Receiver<Landed>) -> Landed {
+    match follower.wait_for(|landed| !matches!(landed, Landed::Running)).await {
+        Ok(landed) => landed.clone(),
+        Err(_) => Landed::Abandoned,
+    }
+}
+
+/// Held by the caller running the body. Dropping it ends the flight.
+pub(crate) struct Leader<'a> {
+    flights: &'a Flights,
+    key: String,
+    slot: Slot,
+    published: bool,
+}
+
+impl Leader<'_> {
+    /// Wakes the followers with the outcome. The flight stays registered until the guard is
+    /// dropped, so callers arriving while the leader is still storing the value get it at
+    /// once instead of starting a second load.
+    pub(crate) fn publish(&mut self, landed: Landed) {
+        self.published = true;
+        self.slot.send_replace(landed);
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        {
+            let mut running = self.flights.running.lock().unwrap_or_else(|e| e.into_inner());
+            if running.get(&self.key).is_some_and(|slot| Arc::ptr_eq(slot, &self.slot)) {
+                running.remove(&self.key);
+            }
+        }
+        if !self.published {
+            self.slot.send_replace(Landed::Abandoned);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn followers_get_the_leaders_value_and_the_map_empties() {
+        let flights = Flights::default();
+        let Join::Leader(mut leader) = flights.join("k") else { panic!("first is leader") };
+        let Join::Follower(follower) = flights.join("k") else { panic!("second follows") };
+        let entry = Arc::new(Entry::from_json(b"1".to_vec()));
+        leader.publish(Landed::Value(entry));
+        assert!(matches!(wait(follower).await, Landed::Value(_)));
+        drop(leader);
+        assert_eq!(flights.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_leader_abandons_its_followers() {
+        let flights = Flights::default();
+        let leader = flights.join("k");
+        let Join::Follower(follower) = flights.join("k") else { panic!("second follows") };
+        drop(leader);
+        assert!(matches!(wait(follower).await, Landed::Abandoned));
+        assert!(matches!(flights.join("k"), Join::Leader(_)));
+    }
+}

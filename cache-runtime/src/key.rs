@@ -1,0 +1,252 @@
+//! Cache keys: the [`KeyPart`] trait for placeholder values and the encoding that keeps a
+//! value from injecting separators or glob characters into a key.
+//!
+//! A key template such as `"dealer:<dealer_id>:vehicles"` is rendered by writing its literal
+//! text as it is and every placeholder value through [`KeyWriter`], which percent-encodes every
+//! byte outside `[A-Za-z0-9_.-]`. So `dealer_id = "a:b*"` renders `dealer:a%3Ab%2A:vehicles`:
+//! the value cannot add a `:` level, cannot match a glob, and cannot collide with another
+//! value. Plain values stay readable: `vehicle:<id>` with `id = 42` is `vehicle:42`.
+
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// A value that can stand in a key placeholder such as `<id>` or `<v.dealer_id>`.
+///
+/// Implemented for the integer types, `bool`, `char`, `str`, `String`, `Cow<str>`,
+/// `Option<T>`, references, `Box`, `Rc` and `Arc` of those, and (with the `uuid` feature)
+/// `uuid::Uuid`. Implement it for your own identifiers; whatever you write is encoded, so an
+/// implementation cannot break the key's structure:
+///
+/// ```
+/// use cache_runtime::{KeyPart, KeyWriter};
+///
+/// struct Vin(String);
+///
+/// impl KeyPart for Vin {
+///     fn write_key_part(&self, key: &mut KeyWriter<'_>) {
+///         key.push_str(&self.0.to_ascii_uppercase());
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be used in a cache key",
+    label = "used by a key placeholder, so it must implement `cache_runtime::KeyPart`",
+    note = "implement `cache_runtime::KeyPart` for `{Self}`, or name one of its fields in the template (`<param.field>`)"
+)]
+pub trait KeyPart {
+    /// Writes this value into the key being rendered.
+    fn write_key_part(&self, key: &mut KeyWriter<'_>);
+}
+
+/// Writes placeholder values into a key, percent-encoding every byte outside `[A-Za-z0-9_.-]`.
+pub struct KeyWriter<'a> {
+    out: &'a mut String,
+}
+
+impl<'a> KeyWriter<'a> {
+    /// A writer appending to `out`.
+    pub fn new(out: &'a mut String) -> Self {
+        KeyWriter { out }
+    }
+
+    /// Appends `text`, encoded.
+    pub fn push_str(&mut self, text: &str) {
+        encode_into(self.out, text);
+    }
+
+    /// Appends the `Display` form of `value`, encoded.
+    pub fn push_display(&mut self, value: &dyn fmt::Display) {
+        // Formatting into an encoding adapter avoids a temporary String.
+        let _ = write!(Encoder(self.out), "{value}");
+    }
+
+    /// Appends another key part (for composite identifiers).
+    pub fn push<P: KeyPart + ?Sized>(&mut self, part: &P) {
+        part.write_key_part(self);
+    }
+
+    /// Appends a raw `,` between two fields of a composite value. Values never contain a
+    /// raw `,` (it is encoded), so `a,b` cannot be confused with another split of the fields.
+    pub fn field_separator(&mut self) {
+        self.out.push(',');
+    }
+
+    /// Appends text known to be made only of `[A-Za-z0-9_.-]` (digits, `true`, ...).
+    fn push_plain(&mut self, text: &str) {
+        debug_assert!(text.bytes().all(is_plain));
+        self.out.push_str(text);
+    }
+}
+
+/// Bytes written as they are; everything else is percent-encoded.
+const fn is_plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
+}
+
+/// Appends `text` to `out`, percent-encoding every byte that is not plain.
+pub(crate) fn encode_into(out: &mut String, text: &str) {
+    if text.bytes().all(is_plain) {
+        out.push_str(text);
+        return;
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.reserve(text.len() + 8);
+    for b in text.bytes() {
+        if is_plain(b) {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xF)] as char);
+        }
+    }
+}
+
+struct Encoder<'a>(&'a mut String);
+
+impl fmt::Write for Encoder<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        encode_into(self.0, s);
+        Ok(())
+    }
+}
+
+/// Writes a placeholder value; called by code that `#[cached]` generates.
+#[doc(hidden)]
+pub fn push_part<P: KeyPart + ?Sized>(out: &mut String, part: &P) {
+    part.write_key_part(&mut KeyWriter::new(out));
+}
+
+/// Checks a rendered key given to the programmatic API.
+pub(crate) fn validate_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::invalid_key(key, "a key must not be empty"));
+    }
+    if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::invalid_key(
+            key,
+            "a key must not contain whitespace or control characters",
+        ));
+    }
+    Ok(())
+}
+
+macro_rules! integer_key_parts {
+    ($($t:ty),*) => {$(
+        impl KeyPart for $t {
+            fn write_key_part(&self, key: &mut KeyWriter<'_>) {
+                // Digits and `-` are plain: no encoding pass needed.
+                let _ = write!(key.out, "{self}");
+            }
+        }
+    )*};
+}
+integer_key_parts!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
+
+impl KeyPart for bool {
+    fn write_key_part(&self, key: &mut KeyWriter<'_>) {
+        key.push_plain(if *self { "true" } else { "false" });
+    }
+}
+
+impl KeyPart for char {
+    fn write_key_part(&self, key: &mut KeyWriter<'_>) {
+        key.push_str(self.encode_utf8(&mut [0; 4]));
+    }
+}
+
+impl KeyPart for str {
+    fn write_key_part(&self, key: &mut KeyWriter<'_>) {
+        key.push_str(self);
+    }
+}
+
+impl KeyPart for String {
+    fn write_key_part(&self, key: &mut KeyWriter<'_>) {
+        key.push_str(self);
+    }
+}
+
+impl KeyPart for Cow<'_, str> {
+    fn write_key_part(&self, key: &mut KeyWriter<'_>) {
+        key.push_str(self);
+    }
+}
+
+/// `None` renders as a raw `~`, which no encoded value can contain, so it differs from
+/// every `Some` (including `Some("")`).
+impl<T: KeyPart> KeyPart for Option<T> {
+    fn write_key_part(&self, key: &mut KeyWriter<'_>) {
+        match self {
+            Some(value) => value.write_key_part(key),
+            None => key.out.push('~'),
+        }
+    }
+}
+
+macro_rules! forwarding_key_parts {
+    ($($wrapper:ty),*) => {$(
+        impl<T: KeyPart + ?Sized> KeyPart for $wrapper {
+            fn write_key_part(&self, key: &mut KeyWriter<'_>) {
+                (**self).write_key_part(key);
+            }
+        }
+    )*};
+}
+forwarding_key_parts!(&T, &mut T, Box<T>, Rc<T>, Arc<T>);
+
+#[cfg(feature = "uuid")]
+impl KeyPart for uuid::Uuid {
+    fn write_key_part(&self, key: &mut KeyWriter<'_>) {
+        // Hyphenated lowercase hex: plain characters only.
+        key.push_plain(self.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render<P: KeyPart + ?Sized>(p: &P) -> String {
+        let mut s = String::new();
+        push_part(&mut s, p);
+        s
+    }
+
+    #[test]
+    fn plain_values_stay_readable() {
+        assert_eq!(render(&42u64), "42");
+        assert_eq!(render(&-7i32), "-7");
+        assert_eq!(render("abc_DEF-1.2"), "abc_DEF-1.2");
+        assert_eq!(render(&true), "true");
+    }
+
+    #[test]
+    fn separators_and_globs_are_encoded() {
+        assert_eq!(render("a:b"), "a%3Ab");
+        assert_eq!(render("*"), "%2A");
+        assert_eq!(render("x?[y]\\%"), "x%3F%5By%5D%5C%25");
+        assert_eq!(render("a b\n"), "a%20b%0A");
+        assert_eq!(render("{tag}"), "%7Btag%7D");
+        assert_eq!(render("Zürich"), "Z%C3%BCrich");
+    }
+
+    #[test]
+    fn option_none_differs_from_every_some() {
+        assert_eq!(render(&None::<&str>), "~");
+        assert_eq!(render(&Some("")), "");
+        assert_eq!(render(&Some("~")), "%7E");
+    }
+
+    #[test]
+    fn programmatic_keys_are_checked() {
+        assert!(validate_key("vehicle:42").is_ok());
+        assert!(validate_key("").is_err());
+        assert!(validate_key("a b").is_err());
+        assert!(validate_key("a\u{7}").is_err());
+    }
+}

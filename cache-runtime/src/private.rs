@@ -1,0 +1,46 @@
+//! Items used by the code that the attributes generate. Not public API: no semver promise.
+
+use std::borrow::Borrow;
+use std::future::Future;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use crate::codec::{CloneProbe, Cloner, ViaClone, ViaDecode};
+pub use crate::default_cache::default_cache;
+pub use crate::key::push_part;
+pub use crate::shape::{OptionShape, PlainShape, ResultOptionShape, ResultShape, Shape};
+use crate::Cache;
+
+/// What `#[cached]` knows about one annotated function, as a `static`.
+pub struct CachedFn {
+    /// The name in stats and metrics.
+    pub name: &'static str,
+    /// The time to live, parsed at compile time.
+    pub ttl: Duration,
+    /// Whether `lock` was given.
+    pub lock: bool,
+}
+
+/// `cache = <expr>` accepts a `Cache`, a `&Cache` or anything else that borrows as one.
+pub fn cache_of<C: Borrow<Cache> + ?Sized>(cache: &C) -> Cache {
+    cache.borrow().clone()
+}
+
+/// The body of a `#[cached]` function.
+pub async fn cached<S, R, Fut>(
+    cache: Cache,
+    function: &'static CachedFn,
+    key: String,
+    cloner: Cloner<S::Value>,
+    body: Fut,
+) -> R
+where
+    S: Shape<R>,
+    S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Fut: Future<Output = R>,
+{
+    let counters = cache.inner.stats.counters(function.name);
+    cache.load_through::<S, R, Fut>(&counters, &key, function.ttl, cloner, || body).await
+}

@@ -1,0 +1,45 @@
+//! The Prometheus text exposition of a cache's counters.
+
+use std::fmt::Write as _;
+
+use crate::stats::{StatsRegistry, LOAD_BUCKETS};
+
+pub(crate) fn render(stats: &StatsRegistry) -> String {
+    let all = stats.all();
+    let mut out = String::with_capacity(256 + all.len() * 512);
+    let counters: [(&str, &str, fn(&crate::Stats) -> u64); 4] = [
+        ("cache_hits_total", "Calls answered from the cache.", |s| s.hits),
+        ("cache_misses_total", "Calls that found nothing in the cache.", |s| s.misses),
+        ("cache_loads_total", "Times a body ran to fill the cache.", |s| s.loads),
+        ("cache_errors_total", "Cache backend failures.", |s| s.errors),
+    ];
+    for (metric, help, field) in counters {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+        for (name, counters) in &all {
+            let value = field(&counters.snapshot());
+            let _ = writeln!(out, "{metric}{{function=\"{}\"}} {value}", escape(name));
+        }
+    }
+    let metric = "cache_load_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {metric} Time spent running bodies to fill the cache.\n# TYPE {metric} histogram"
+    );
+    for (name, counters) in &all {
+        let name = escape(name);
+        let (cumulative, sum) = counters.load_histogram();
+        for (le, count) in LOAD_BUCKETS.iter().zip(&cumulative) {
+            let _ = writeln!(out, "{metric}_bucket{{function=\"{name}\",le=\"{le}\"}} {count}");
+        }
+        let count = cumulative[LOAD_BUCKETS.len()];
+        let _ = writeln!(out, "{metric}_bucket{{function=\"{name}\",le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{metric}_sum{{function=\"{name}\"}} {sum}");
+        let _ = writeln!(out, "{metric}_count{{function=\"{name}\"}} {count}");
+    }
+    out
+}
+
+/// Escapes a label value: backslash, double quote and newline.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

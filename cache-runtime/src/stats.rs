@@ -1,0 +1,146 @@
+//! Hit, miss, load and error counters, per function name and in total.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// The name under which the programmatic API ([`Cache::get`](crate::Cache::get),
+/// [`Cache::get_or_load`](crate::Cache::get_or_load), ...) counts its calls.
+pub const DIRECT_CALLS: &str = "direct";
+
+/// A snapshot of a cache's counters (see [`Cache::stats`](crate::Cache::stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Calls answered from the cache.
+    pub hits: u64,
+    /// Calls that found nothing in the cache.
+    pub misses: u64,
+    /// Times a body (or loader) ran to fill the cache.
+    pub loads: u64,
+    /// Misses answered by another caller's concurrent load (single flight) instead of
+    /// running the body again.
+    pub coalesced: u64,
+    /// Backend failures: connection, timeout, error reply, value that does not decode.
+    pub errors: u64,
+}
+
+impl Stats {
+    /// `hits / (hits + misses)`, or 0 before the first call.
+    pub fn hit_rate(&self) -> f64 {
+        let lookups = self.hits + self.misses;
+        if lookups == 0 {
+            0.0
+        } else {
+            self.hits as f64 / lookups as f64
+        }
+    }
+
+    fn add(&mut self, other: &Stats) {
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.loads += other.loads;
+        self.coalesced += other.coalesced;
+        self.errors += other.errors;
+    }
+}
+
+/// Upper bounds, in seconds, of the load-duration histogram buckets.
+pub(crate) const LOAD_BUCKETS: [f64; 12] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// The live counters of one function name.
+#[derive(Default)]
+pub(crate) struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    loads: AtomicU64,
+    coalesced: AtomicU64,
+    errors: AtomicU64,
+    /// Per bucket (non-cumulative), plus one for `+Inf`.
+    load_buckets: [AtomicU64; LOAD_BUCKETS.len() + 1],
+    load_nanos: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn hit(&self) {
+        self.hits.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn miss(&self) {
+        self.misses.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn coalesced(&self) {
+        self.coalesced.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn error(&self) {
+        self.errors.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn load(&self, took: Duration) {
+        self.loads.fetch_add(1, Relaxed);
+        let secs = took.as_secs_f64();
+        let bucket = LOAD_BUCKETS.iter().position(|&le| secs <= le).unwrap_or(LOAD_BUCKETS.len());
+        self.load_buckets[bucket].fetch_add(1, Relaxed);
+        self.load_nanos.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            loads: self.loads.load(Relaxed),
+            coalesced: self.coalesced.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+        }
+    }
+
+    /// Cumulative bucket counts (Prometheus `le` semantics) and the sum of durations.
+    pub(crate) fn load_histogram(&self) -> ([u64; LOAD_BUCKETS.len() + 1], f64) {
+        let mut cumulative = [0; LOAD_BUCKETS.len() + 1];
+        let mut running = 0;
+        for (slot, bucket) in cumulative.iter_mut().zip(&self.load_buckets) {
+            running += bucket.load(Relaxed);
+            *slot = running;
+        }
+        (cumulative, self.load_nanos.load(Relaxed) as f64 / 1e9)
+    }
+}
+
+/// Counters by function name. Totals are summed when asked for, so a call touches one set
+/// of counters only.
+#[derive(Default)]
+pub(crate) struct StatsRegistry {
+    by_name: RwLock<HashMap<Box<str>, Arc<Counters>>>,
+}
+
+impl StatsRegistry {
+    /// The counters of `name`, created on first use.
+    pub(crate) fn counters(&self, name: &str) -> Arc<Counters> {
+        if let Some(found) = self.by_name.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return Arc::clone(found);
+        }
+        let mut map = self.by_name.write().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(name.into()).or_default())
+    }
+
+    pub(crate) fn total(&self) -> Stats {
+        let map = self.by_name.read().unwrap_or_else(|e| e.into_inner());
+        map.values().fold(Stats::default(), |mut total, counters| {
+            total.add(&counters.snapshot());
+            total
+        })
+    }
+
+    pub(crate) fn of(&self, name: &str) -> Stats {
+        let map = self.by_name.read().unwrap_or_else(|e| e.into_inner());
+        map.get(name).map(|c| c.snapshot()).unwrap_or_default()
+    }
+
+    /// Every function's counters, sorted by name (stable output for metrics).
+    pub(crate) fn all(&self) -> Vec<(Box<str>, Arc<Counters>)> {
+        let map = self.by_name.read().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = map.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests for cache-runtime and the helper they share.
+//!
+//! The tests themselves live in `tests/` (cross-crate integration tests against real Redis
+//! servers) and `ui/` (trybuild compile-pass and compile-fail cases for the attributes). This
+//! library holds [`RedisServer`], which starts a private `redis-server` process per test on a
+//! free loopback port, so tests never touch a shared server's data and can kill, pause and
+//! restart their own.
+
+pub mod redis_server;
+pub use redis_server::RedisServer;
