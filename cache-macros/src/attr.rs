@@ -10,14 +10,24 @@ use syn::{Expr, Ident, LitStr, Token};
 use crate::errors::Errors;
 use crate::ttl::parse_ttl;
 
-/// One argument as written: `ident` or `ident = expr`.
+/// One argument as written: `ident`, `ident = expr`, or (for `#[invalidates]`) a string.
 pub(crate) struct RawArg {
     pub(crate) name: Ident,
     pub(crate) value: Option<Expr>,
+    /// A bare string literal (`"homepage:*"`), in which case `name` is a placeholder.
+    pub(crate) positional: Option<LitStr>,
 }
 
 impl Parse for RawArg {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        if input.peek(LitStr) {
+            let lit: LitStr = input.parse()?;
+            return Ok(RawArg {
+                name: Ident::new("template", lit.span()),
+                value: None,
+                positional: Some(lit),
+            });
+        }
         let name = Ident::parse_any(input)?;
         let value = if input.peek(Token![=]) {
             input.parse::<Token![=]>()?;
@@ -25,7 +35,11 @@ impl Parse for RawArg {
         } else {
             None
         };
-        Ok(RawArg { name, value })
+        Ok(RawArg {
+            name,
+            value,
+            positional: None,
+        })
     }
 }
 
@@ -34,7 +48,11 @@ pub(crate) struct RawArgs(pub(crate) Vec<RawArg>);
 
 impl Parse for RawArgs {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        Ok(RawArgs(Punctuated::<RawArg, Token![,]>::parse_terminated(input)?.into_iter().collect()))
+        Ok(RawArgs(
+            Punctuated::<RawArg, Token![,]>::parse_terminated(input)?
+                .into_iter()
+                .collect(),
+        ))
     }
 }
 
@@ -64,6 +82,10 @@ impl CachedArgs {
         let mut name = None;
         let mut seen: Vec<String> = Vec::new();
         for arg in raw.0 {
+            if let Some(lit) = &arg.positional {
+                errors.push(lit.span(), "expected `name = value`: write `key = \"...\"`");
+                continue;
+            }
             let arg_name = arg.name.to_string();
             if seen.contains(&arg_name) {
                 errors.push(arg.name.span(), format!("duplicate argument `{arg_name}`"));
@@ -83,11 +105,17 @@ impl CachedArgs {
                 }
                 "lock" => match arg.value {
                     None => lock = Some(arg.name.span()),
-                    Some(value) => errors.push(value.span(), "`lock` is a flag and takes no value: write `lock`"),
+                    Some(value) => errors.push(
+                        value.span(),
+                        "`lock` is a flag and takes no value: write `lock`",
+                    ),
                 },
                 "cache" => match arg.value {
                     Some(value) => cache = Some(value),
-                    None => errors.push(arg.name.span(), "`cache` needs a value: `cache = self.cache`"),
+                    None => errors.push(
+                        arg.name.span(),
+                        "`cache` needs a value: `cache = self.cache`",
+                    ),
                 },
                 _ => errors.push(
                     arg.name.span(),
@@ -99,23 +127,123 @@ impl CachedArgs {
             errors.push(Span::call_site(), "missing `key = \"...\"`: `#[cached]` needs a key template such as `key = \"vehicle:<id>\"`");
         }
         if ttl.is_none() && !seen.iter().any(|s| s == "ttl") {
-            errors.push(Span::call_site(), "missing `ttl = \"...\"`: `#[cached]` needs a time to live such as `ttl = \"15m\"`");
+            errors.push(
+                Span::call_site(),
+                "missing `ttl = \"...\"`: `#[cached]` needs a time to live such as `ttl = \"15m\"`",
+            );
         }
-        Some(CachedArgs { key: key?, ttl: ttl?, lock: lock.is_some(), cache, name })
+        Some(CachedArgs {
+            key: key?,
+            ttl: ttl?,
+            lock: lock.is_some(),
+            cache,
+            name,
+        })
     }
 }
 
 /// The string literal value of `arg`, or an error showing the expected form.
 fn string_value(arg: &RawArg, errors: &mut Errors, example: &str) -> Option<LitStr> {
     match &arg.value {
-        Some(Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(lit), .. })) => Some(lit.clone()),
+        Some(Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(lit),
+            ..
+        })) => Some(lit.clone()),
         Some(other) => {
-            errors.push(other.span(), format!("expected a string literal: `{example}`"));
+            errors.push(
+                other.span(),
+                format!("expected a string literal: `{example}`"),
+            );
             None
         }
         None => {
-            errors.push(arg.name.span(), format!("`{}` needs a value: `{example}`", arg.name));
+            errors.push(
+                arg.name.span(),
+                format!("`{}` needs a value: `{example}`", arg.name),
+            );
             None
         }
+    }
+}
+
+/// The arguments of `#[invalidates("tmpl", ..., cache = ..., name = ...)]`.
+pub(crate) struct InvalidatesArgs {
+    pub(crate) templates: Vec<LitStr>,
+    pub(crate) cache: Option<Expr>,
+    pub(crate) name: Option<LitStr>,
+}
+
+impl InvalidatesArgs {
+    pub(crate) fn from_raw(raw: RawArgs, errors: &mut Errors) -> InvalidatesArgs {
+        let mut args = InvalidatesArgs {
+            templates: Vec::new(),
+            cache: None,
+            name: None,
+        };
+        let mut seen: Vec<String> = Vec::new();
+        for arg in raw.0 {
+            if let Some(lit) = arg.positional {
+                args.templates.push(lit);
+                continue;
+            }
+            let arg_name = arg.name.to_string();
+            if seen.contains(&arg_name) {
+                errors.push(arg.name.span(), format!("duplicate argument `{arg_name}`"));
+                continue;
+            }
+            seen.push(arg_name.clone());
+            match arg_name.as_str() {
+                "cache" => match arg.value {
+                    Some(value) => args.cache = Some(value),
+                    None => errors.push(arg.name.span(), "`cache` needs a value: `cache = self.cache`"),
+                },
+                "name" => args.name = string_value(&arg, errors, "name = \"update_vehicle\""),
+                _ => errors.push(
+                    arg.name.span(),
+                    format!("unknown argument `{arg_name}`; expected key templates or patterns as strings (`\"vehicle:<v.id>\"`, `\"homepage:*\"`), `cache`, `name`"),
+                ),
+            }
+        }
+        if args.templates.is_empty() {
+            errors.push(Span::call_site(), "`#[invalidates]` needs at least one key or pattern: `#[invalidates(\"vehicle:<v.id>\", \"homepage:*\")]`");
+        }
+        args
+    }
+}
+
+/// The arguments of `#[cache_put(key = ..., ttl = ..., cache = ..., name = ...)]`.
+pub(crate) struct PutArgs {
+    pub(crate) key: LitStr,
+    pub(crate) ttl: Ttl,
+    pub(crate) cache: Option<Expr>,
+    pub(crate) name: Option<LitStr>,
+}
+
+impl PutArgs {
+    pub(crate) fn from_raw(raw: RawArgs, errors: &mut Errors) -> Option<PutArgs> {
+        // The same grammar as `#[cached]`, without `lock`.
+        if let Some(lock) = raw
+            .0
+            .iter()
+            .find(|arg| arg.positional.is_none() && arg.name == "lock")
+        {
+            errors.push(
+                lock.name.span(),
+                "unknown argument `lock`; expected one of `key`, `ttl`, `cache`, `name`",
+            );
+        }
+        let raw = RawArgs(
+            raw.0
+                .into_iter()
+                .filter(|arg| arg.positional.is_some() || arg.name != "lock")
+                .collect(),
+        );
+        let cached = CachedArgs::from_raw(raw, errors)?;
+        Some(PutArgs {
+            key: cached.key,
+            ttl: cached.ttl,
+            cache: cached.cache,
+            name: cached.name,
+        })
     }
 }

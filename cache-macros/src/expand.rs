@@ -5,50 +5,42 @@ use quote::{format_ident, quote, quote_spanned, ToTokens as _};
 use syn::spanned::Spanned as _;
 use syn::{FnArg, GenericArgument, Ident, ItemFn, LitStr, Pat, PathArguments, ReturnType, Type};
 
-use crate::attr::{CachedArgs, RawArgs};
+use crate::attr::{CachedArgs, InvalidatesArgs, PutArgs, RawArgs};
 use crate::errors::Errors;
 use crate::template::{self, Purpose, Segment};
 
 /// `#[cached(...)]`.
 pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
-    let function: ItemFn = match syn::parse2(item.clone()) {
-        Ok(function) => function,
-        Err(_) => {
-            errors.push(Span::call_site(), "`#[cached]` applies to `async fn` items and methods");
-            return with_errors(&errors, item);
-        }
+    let Some(function) = parse_function("cached", &item, &mut errors) else {
+        return with_errors(&errors, item);
     };
-    let args = match syn::parse2::<RawArgs>(args) {
-        Ok(raw) => CachedArgs::from_raw(raw, &mut errors),
-        Err(error) => {
-            errors.add(error);
-            None
-        }
-    };
-    let signature = Signature::inspect(&function, &mut errors);
-    let key = args.as_ref().and_then(|args| {
-        let segments = template::parse(&args.key.value(), Purpose::Key, args.key.span())
-            .map_err(|error| errors.add(error))
-            .ok()?;
-        render_key(&segments, &args.key, &signature, &mut errors)
-    });
+    let args = parse_args(args, &mut errors).and_then(|raw| CachedArgs::from_raw(raw, &mut errors));
+    let signature = Signature::inspect(&function, "cached", Rules::CACHED, &mut errors);
+    let key = args
+        .as_ref()
+        .and_then(|args| key_expr(&args.key, Purpose::Key, &signature, &mut errors));
     let (Some(args), Some(key), Some(returned), true) =
         (args, key, signature.returned.as_ref(), errors.is_empty())
     else {
         return with_errors(&errors, item);
     };
 
-    let ItemFn { attrs, vis, sig, block } = &function;
-    let name = args.name.map_or_else(|| sig.ident.to_string(), |lit| lit.value());
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = &function;
+    let name = args
+        .name
+        .map_or_else(|| sig.ident.to_string(), |lit| lit.value());
     let millis = args.ttl.millis;
     let lock = args.lock;
-    let cache = match &args.cache {
-        Some(expr) => quote_spanned!(expr.span()=> ::cache_runtime::__private::cache_of(&(#expr))),
-        None => quote!(::cache_runtime::__private::default_cache()),
-    };
+    let cache = cache_expr(args.cache.as_ref());
+    let register = register("Cached", &[&args.key], &name);
     let shape = format_ident!("{}", returned.shape);
-    let value_ty = &returned.value;
+    let cloner = cloner(returned.value);
     quote! {
         #(#attrs)*
         #vis #sig {
@@ -58,22 +50,225 @@ pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
                     ttl: ::core::time::Duration::from_millis(#millis),
                     lock: #lock,
                 };
+            #register
             let __cache_runtime_cache = #cache;
             let __cache_runtime_key = #key;
-            let __cache_runtime_cloner = {
-                #[allow(unused_imports)]
-                use ::cache_runtime::__private::{ViaClone as _, ViaDecode as _};
-                (&::cache_runtime::__private::CloneProbe::<#value_ty>::new()).cloner()
-            };
             ::cache_runtime::__private::cached::<::cache_runtime::__private::#shape, _, _>(
                 __cache_runtime_cache,
                 &__CACHE_RUNTIME_FN,
                 __cache_runtime_key,
-                __cache_runtime_cloner,
+                #cloner,
                 async move #block,
             )
             .await
         }
+    }
+}
+
+/// `#[invalidates(...)]`.
+pub(crate) fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let Some(function) = parse_function("invalidates", &item, &mut errors) else {
+        return with_errors(&errors, item);
+    };
+    let args = parse_args(args, &mut errors).map(|raw| InvalidatesArgs::from_raw(raw, &mut errors));
+    let signature = Signature::inspect(&function, "invalidates", Rules::WRITING, &mut errors);
+    let targets: Vec<TokenStream> = args
+        .iter()
+        .flat_map(|args| &args.templates)
+        .filter_map(|template| {
+            let segments = template::parse(&template.value(), Purpose::Pattern, template.span())
+                .map_err(|error| errors.add(error))
+                .ok()?;
+            let key = render_key(&segments, template, &signature, &mut errors)?;
+            Some(if template::is_glob(&segments) {
+                quote!(::cache_runtime::__private::Target::Pattern(#key))
+            } else {
+                quote!(::cache_runtime::__private::Target::Key(#key))
+            })
+        })
+        .collect();
+    let Some(args) = args.filter(|_| errors.is_empty()) else {
+        return with_errors(&errors, item);
+    };
+
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = &function;
+    let name = args
+        .name
+        .map_or_else(|| sig.ident.to_string(), |lit| lit.value());
+    let cache = cache_expr(args.cache.as_ref());
+    let register = register(
+        "Invalidates",
+        &args.templates.iter().collect::<Vec<_>>(),
+        &name,
+    );
+    let returned_ty = returned_annotation(sig);
+    // Only a successful call invalidates: `Ok` for `Result`s, any return otherwise.
+    let succeeded = match &signature.returned {
+        Some(returned) if returned.shape.starts_with("Result") => {
+            quote!(::core::result::Result::is_ok(&__cache_runtime_returned))
+        }
+        _ => quote!(true),
+    };
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            static __CACHE_RUNTIME_FN: ::cache_runtime::__private::WritingFn =
+                ::cache_runtime::__private::WritingFn { name: #name, ttl: ::core::time::Duration::ZERO };
+            #register
+            let __cache_runtime_cache = #cache;
+            let __cache_runtime_targets = ::std::vec![#(#targets),*];
+            let __cache_runtime_returned #returned_ty = async move #block.await;
+            if #succeeded {
+                ::cache_runtime::__private::invalidate_after(
+                    &__cache_runtime_cache,
+                    &__CACHE_RUNTIME_FN,
+                    __cache_runtime_targets,
+                )
+                .await;
+            }
+            __cache_runtime_returned
+        }
+    }
+}
+
+/// `#[cache_put(...)]`.
+pub(crate) fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let Some(function) = parse_function("cache_put", &item, &mut errors) else {
+        return with_errors(&errors, item);
+    };
+    let args = parse_args(args, &mut errors).and_then(|raw| PutArgs::from_raw(raw, &mut errors));
+    let signature = Signature::inspect(&function, "cache_put", Rules::PUT, &mut errors);
+    let key = args
+        .as_ref()
+        .and_then(|args| key_expr(&args.key, Purpose::Key, &signature, &mut errors));
+    let (Some(args), Some(key), Some(returned), true) =
+        (args, key, signature.returned.as_ref(), errors.is_empty())
+    else {
+        return with_errors(&errors, item);
+    };
+
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = &function;
+    let name = args
+        .name
+        .map_or_else(|| sig.ident.to_string(), |lit| lit.value());
+    let millis = args.ttl.millis;
+    let cache = cache_expr(args.cache.as_ref());
+    let register = register("Put", &[&args.key], &name);
+    let shape = format_ident!("{}", returned.shape);
+    let cloner = cloner(returned.value);
+    let returned_ty = returned_annotation(sig);
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            static __CACHE_RUNTIME_FN: ::cache_runtime::__private::WritingFn =
+                ::cache_runtime::__private::WritingFn {
+                    name: #name,
+                    ttl: ::core::time::Duration::from_millis(#millis),
+                };
+            #register
+            let __cache_runtime_cache = #cache;
+            let __cache_runtime_key = #key;
+            let __cache_runtime_returned #returned_ty = async move #block.await;
+            ::cache_runtime::__private::put_after::<::cache_runtime::__private::#shape, _>(
+                &__cache_runtime_cache,
+                &__CACHE_RUNTIME_FN,
+                __cache_runtime_key,
+                #cloner,
+                &__cache_runtime_returned,
+            )
+            .await;
+            __cache_runtime_returned
+        }
+    }
+}
+
+fn parse_function(attribute: &str, item: &TokenStream, errors: &mut Errors) -> Option<ItemFn> {
+    match syn::parse2(item.clone()) {
+        Ok(function) => Some(function),
+        Err(_) => {
+            errors.push(
+                Span::call_site(),
+                format!("`#[{attribute}]` applies to `async fn` items and methods"),
+            );
+            None
+        }
+    }
+}
+
+fn parse_args(args: TokenStream, errors: &mut Errors) -> Option<RawArgs> {
+    syn::parse2::<RawArgs>(args)
+        .map_err(|error| errors.add(error))
+        .ok()
+}
+
+/// The key expression for a template, or `None` after reporting its errors.
+fn key_expr(
+    template: &LitStr,
+    purpose: Purpose,
+    signature: &Signature<'_>,
+    errors: &mut Errors,
+) -> Option<TokenStream> {
+    let segments = template::parse(&template.value(), purpose, template.span())
+        .map_err(|error| errors.add(error))
+        .ok()?;
+    render_key(&segments, template, signature, errors)
+}
+
+/// The `Cache` to use: `cache = <expr>` or the process default.
+fn cache_expr(cache: Option<&syn::Expr>) -> TokenStream {
+    match cache {
+        Some(expr) => quote_spanned!(expr.span()=> ::cache_runtime::__private::cache_of(&(#expr))),
+        None => quote!(::cache_runtime::__private::default_cache()),
+    }
+}
+
+/// `Some(T::clone)` when the cached value type is `Clone`, chosen at compile time.
+fn cloner(value: &Type) -> TokenStream {
+    quote! {{
+        #[allow(unused_imports)]
+        use ::cache_runtime::__private::{ViaClone as _, ViaDecode as _};
+        (&::cache_runtime::__private::CloneProbe::<#value>::new()).cloner()
+    }}
+}
+
+/// Registers the templates at link time, for `check_invalidations`.
+fn register(kind: &str, templates: &[&LitStr], function: &str) -> TokenStream {
+    let kind = format_ident!("{}", kind);
+    let submits = templates.iter().map(|template| {
+        quote! {
+            ::cache_runtime::__private::inventory::submit! {
+                ::cache_runtime::__private::Declaration {
+                    kind: ::cache_runtime::__private::DeclarationKind::#kind,
+                    template: #template,
+                    function: #function,
+                    file: ::core::file!(),
+                    line: ::core::line!(),
+                }
+            }
+        }
+    });
+    quote!(#(#submits)*)
+}
+
+/// `: ReturnType` for the binding that holds the body's result, so `?` in the body infers
+/// its error type (omitted for `impl Trait`, which a `let` cannot name).
+fn returned_annotation(sig: &syn::Signature) -> TokenStream {
+    match &sig.output {
+        ReturnType::Type(_, ty) if !matches!(**ty, Type::ImplTrait(_)) => quote!(: #ty),
+        ReturnType::Type(..) => quote!(),
+        ReturnType::Default => quote!(: ()),
     }
 }
 
@@ -97,11 +292,42 @@ struct Returned<'a> {
     value: &'a Type,
 }
 
+/// What an attribute requires of the function's signature.
+struct Rules {
+    /// Only `&self` receivers (the cached value must not depend on mutable state).
+    shared_self: bool,
+    /// A return type is needed (there must be a value to store).
+    needs_return: bool,
+}
+
+impl Rules {
+    const CACHED: Rules = Rules {
+        shared_self: true,
+        needs_return: true,
+    };
+    const PUT: Rules = Rules {
+        shared_self: false,
+        needs_return: true,
+    };
+    const WRITING: Rules = Rules {
+        shared_self: false,
+        needs_return: false,
+    };
+}
+
 impl<'a> Signature<'a> {
-    fn inspect(function: &'a ItemFn, errors: &mut Errors) -> Signature<'a> {
+    fn inspect(
+        function: &'a ItemFn,
+        attribute: &str,
+        rules: Rules,
+        errors: &mut Errors,
+    ) -> Signature<'a> {
         let sig = &function.sig;
         if sig.asyncness.is_none() {
-            errors.push(sig.fn_token.span, "`#[cached]` applies to `async fn` only; make this function `async`");
+            errors.push(
+                sig.fn_token.span,
+                format!("`#[{attribute}]` applies to `async fn` only; make this function `async`"),
+            );
         }
         let mut has_self = false;
         let mut params = Vec::new();
@@ -109,8 +335,13 @@ impl<'a> Signature<'a> {
             match input {
                 FnArg::Receiver(receiver) => {
                     has_self = true;
-                    if !matches!(&*receiver.ty, Type::Reference(r) if r.mutability.is_none()) {
-                        errors.push(receiver.span(), "`#[cached]` methods must take `&self`");
+                    if rules.shared_self
+                        && !matches!(&*receiver.ty, Type::Reference(r) if r.mutability.is_none())
+                    {
+                        errors.push(
+                            receiver.span(),
+                            format!("`#[{attribute}]` methods must take `&self`"),
+                        );
                     }
                 }
                 FnArg::Typed(typed) => {
@@ -122,12 +353,20 @@ impl<'a> Signature<'a> {
         }
         let returned = match &sig.output {
             ReturnType::Type(_, ty) => Some(Returned::of(ty)),
-            ReturnType::Default => {
-                errors.push(sig.ident.span(), "`#[cached]` needs a return type: there is nothing to cache");
+            ReturnType::Default if rules.needs_return => {
+                errors.push(
+                    sig.ident.span(),
+                    format!("`#[{attribute}]` needs a return type: there is no value to store"),
+                );
                 None
             }
+            ReturnType::Default => None,
         };
-        Signature { has_self, params, returned }
+        Signature {
+            has_self,
+            params,
+            returned,
+        }
     }
 }
 
@@ -137,13 +376,25 @@ impl<'a> Returned<'a> {
     fn of(ty: &'a Type) -> Returned<'a> {
         if let Some(ok) = single_generic(ty, "Result") {
             return match single_generic(ok, "Option") {
-                Some(value) => Returned { shape: "ResultOptionShape", value },
-                None => Returned { shape: "ResultShape", value: ok },
+                Some(value) => Returned {
+                    shape: "ResultOptionShape",
+                    value,
+                },
+                None => Returned {
+                    shape: "ResultShape",
+                    value: ok,
+                },
             };
         }
         match single_generic(ty, "Option") {
-            Some(value) => Returned { shape: "OptionShape", value },
-            None => Returned { shape: "PlainShape", value: ty },
+            Some(value) => Returned {
+                shape: "OptionShape",
+                value,
+            },
+            None => Returned {
+                shape: "PlainShape",
+                value: ty,
+            },
         }
     }
 }
@@ -158,7 +409,9 @@ fn single_generic<'a>(ty: &'a Type, wrapper: &str) -> Option<&'a Type> {
             if last.ident != wrapper {
                 return None;
             }
-            let PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+            let PathArguments::AngleBracketed(args) = &last.arguments else {
+                return None;
+            };
             args.args.iter().find_map(|arg| match arg {
                 GenericArgument::Type(ty) => Some(ty),
                 _ => None,
@@ -218,7 +471,11 @@ fn placeholder_value(
     } else if let Some((ident, ty)) = signature.params.iter().find(|(ident, _)| *ident == root) {
         (ident.to_token_stream(), ty.span())
     } else {
-        let mut names: Vec<String> = signature.params.iter().map(|(ident, _)| ident.to_string()).collect();
+        let mut names: Vec<String> = signature
+            .params
+            .iter()
+            .map(|(ident, _)| ident.to_string())
+            .collect();
         if signature.has_self {
             names.insert(0, "self".into());
         }
@@ -232,7 +489,14 @@ fn placeholder_value(
         let available = if names.is_empty() {
             "the function has no named parameters".to_owned()
         } else {
-            format!("parameters: {}", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))
+            format!(
+                "parameters: {}",
+                names
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         };
         errors.push(span, format!("unknown placeholder `<{root}>`: no parameter named `{root}`{suggestion} ({available})"));
         return None;

@@ -57,3 +57,42 @@ use proc_macro::TokenStream;
 pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::cached(args.into(), item.into()).into()
 }
+
+/// Removes cached keys after the function succeeds.
+///
+/// ```ignore
+/// #[invalidates("vehicle:<v.id>", "dealer:<v.dealer_id>:vehicles", "homepage:*")]
+/// async fn update_vehicle(v: &Vehicle) -> Result<(), DbError> { /* write the database */ }
+/// ```
+///
+/// Each argument is a key template (removed exactly) or a pattern with glob characters
+/// (`*`, `?`, `[...]`; every matching key is removed). Placeholders name parameters as in
+/// `#[cached]` and their values are encoded, so `dealer_id = "*"` invalidates dealer `*` only,
+/// never every dealer. The keys are rendered from the arguments before the body runs and
+/// removed after it returns: for a `Result`, only on `Ok`.
+///
+/// Also accepts `cache = <expr>` and `name = "..."` (the function's name in stats).
+///
+/// A failure to invalidate (Redis down) never changes what the function returns: it is
+/// counted in the function's `errors` and logged with `tracing`. Every template is
+/// registered at link time: `cache_runtime::check_invalidations()` fails for templates that
+/// can match no `#[cached]` or `#[cache_put]` key (a typo such as `"homepgae:*"`).
+#[proc_macro_attribute]
+pub fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::invalidates(args.into(), item.into()).into()
+}
+
+/// Writes the function's result to the cache (write-through).
+///
+/// ```ignore
+/// #[cache_put(key = "vehicle:<v.id>", ttl = "15m")]
+/// async fn save_vehicle(v: Vehicle) -> Result<Vehicle, DbError> { /* write, return the row */ }
+/// ```
+///
+/// After the function returns `Ok(v)` (or `v`, or `Some(v)`), `v` is stored under the key,
+/// so the next `#[cached]` read of that key is a hit. Arguments as in `#[cached]`: `key`,
+/// `ttl` (required), `cache`, `name`. A failed write is counted and logged, never returned.
+#[proc_macro_attribute]
+pub fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::cache_put(args.into(), item.into()).into()
+}

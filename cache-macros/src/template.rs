@@ -16,7 +16,6 @@ pub(crate) enum Segment {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Purpose {
     Key,
-    #[allow(dead_code)] // used by `#[invalidates]`
     Pattern,
 }
 
@@ -32,18 +31,26 @@ pub(crate) fn parse(text: &str, purpose: Purpose, span: Span) -> Result<Vec<Segm
     if text.is_empty() {
         errors.push("the key template is empty".into());
     }
+    if text.starts_with("__idx:") {
+        errors.push("keys starting with `__idx:` are reserved for invalidation indexes".into());
+    }
     let mut literal = String::new();
+    let mut in_class = false;
     let mut rest = text;
     while let Some(c) = rest.chars().next() {
         match c {
             '<' => {
                 let Some(end) = rest.find('>') else {
-                    errors.push(format!("unclosed `<` in key template {text:?}: placeholders are written `<name>`"));
+                    errors.push(format!(
+                        "unclosed `<` in key template {text:?}: placeholders are written `<name>`"
+                    ));
                     break;
                 };
                 let inner = &rest[1..end];
                 if inner.contains('<') {
-                    errors.push(format!("unclosed `<` in key template {text:?}: placeholders are written `<name>`"));
+                    errors.push(format!(
+                        "unclosed `<` in key template {text:?}: placeholders are written `<name>`"
+                    ));
                 }
                 if !literal.is_empty() {
                     segments.push(Segment::Literal(std::mem::take(&mut literal)));
@@ -63,8 +70,17 @@ pub(crate) fn parse(text: &str, purpose: Purpose, span: Span) -> Result<Vec<Segm
                     errors.push(format!(
                         "glob character `{c}` in the cached key {text:?}: a stored key must not contain `*`, `?`, `[` or `]` (patterns belong in `#[invalidates]`)"
                     ));
+                } else if purpose == Purpose::Pattern && c == '[' {
+                    in_class = true;
+                } else if purpose == Purpose::Pattern && c == ']' {
+                    if !in_class {
+                        errors.push(format!("unmatched `]` in pattern {text:?}"));
+                    }
+                    in_class = false;
                 } else if c == '\\' {
-                    errors.push(format!("backslash in key template {text:?}: keys must not contain `\\`"));
+                    errors.push(format!(
+                        "backslash in key template {text:?}: keys must not contain `\\`"
+                    ));
                 } else if c.is_whitespace() || c.is_control() {
                     errors.push(format!(
                         "whitespace or control character {c:?} in key template {text:?}: keys must not contain them"
@@ -75,14 +91,20 @@ pub(crate) fn parse(text: &str, purpose: Purpose, span: Span) -> Result<Vec<Segm
             }
         }
     }
+    if in_class {
+        errors.push(format!("unclosed `[` in pattern {text:?}"));
+    }
     if !literal.is_empty() {
         segments.push(Segment::Literal(literal));
     }
     check_separators(&segments, text, &mut errors);
-    match errors.into_iter().map(|message| syn::Error::new(span, message)).reduce(|mut all, e| {
-        all.combine(e);
-        all
-    }) {
+    match errors
+        .into_iter()
+        .map(|message| syn::Error::new(span, message))
+        .reduce(|mut all, e| {
+            all.combine(e);
+            all
+        }) {
         Some(error) => Err(error),
         None => Ok(segments),
     }
@@ -90,22 +112,32 @@ pub(crate) fn parse(text: &str, purpose: Purpose, span: Span) -> Result<Vec<Segm
 
 fn parse_placeholder(inner: &str) -> Result<Segment, String> {
     if inner.is_empty() {
-        return Err("empty placeholder `<>`: name a parameter, as in `<id>` or `<vehicle.id>`".into());
+        return Err(
+            "empty placeholder `<>`: name a parameter, as in `<id>` or `<vehicle.id>`".into(),
+        );
     }
     let mut parts = inner.split('.');
     let root = parts.next().unwrap_or_default();
     let is_ident = |s: &str| {
-        s.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        s.chars()
+            .next()
+            .is_some_and(|c| c.is_alphabetic() || c == '_')
             && s.chars().all(|c| c.is_alphanumeric() || c == '_')
     };
     if !is_ident(root) {
         return Err(format!("invalid placeholder `<{inner}>`: expected a parameter name, as in `<id>` or `<vehicle.id>`"));
     }
     let fields: Vec<String> = parts.map(str::to_owned).collect();
-    if let Some(bad) = fields.iter().find(|f| f.is_empty() || (!is_ident(f) && !f.chars().all(|c| c.is_ascii_digit()))) {
+    if let Some(bad) = fields
+        .iter()
+        .find(|f| f.is_empty() || (!is_ident(f) && !f.chars().all(|c| c.is_ascii_digit())))
+    {
         return Err(format!("invalid field `{bad}` in placeholder `<{inner}>`"));
     }
-    Ok(Segment::Placeholder { root: root.to_owned(), fields })
+    Ok(Segment::Placeholder {
+        root: root.to_owned(),
+        fields,
+    })
 }
 
 /// Two placeholders must be separated by text containing a character that values always
@@ -145,7 +177,9 @@ mod tests {
         parse(text, Purpose::Key, Span::call_site()).unwrap()
     }
     fn err(text: &str, purpose: Purpose) -> String {
-        parse(text, purpose, Span::call_site()).unwrap_err().to_string()
+        parse(text, purpose, Span::call_site())
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -154,7 +188,10 @@ mod tests {
             ok("dealer:<v.dealer_id>:vehicles"),
             vec![
                 Segment::Literal("dealer:".into()),
-                Segment::Placeholder { root: "v".into(), fields: vec!["dealer_id".into()] },
+                Segment::Placeholder {
+                    root: "v".into(),
+                    fields: vec!["dealer_id".into()]
+                },
                 Segment::Literal(":vehicles".into()),
             ]
         );
@@ -174,5 +211,16 @@ mod tests {
         assert!(err("a b", Purpose::Key).contains("whitespace"));
         assert!(err("<1x>", Purpose::Key).contains("invalid placeholder"));
         assert!(parse("homepage:*", Purpose::Pattern, Span::call_site()).is_ok());
+        assert!(parse("v:[0-9]*", Purpose::Pattern, Span::call_site()).is_ok());
+        assert!(err("v:[0-9", Purpose::Pattern).contains("unclosed `[`"));
+        assert!(err("v:0]", Purpose::Pattern).contains("unmatched `]`"));
+        assert!(err("__idx:x", Purpose::Key).contains("reserved"));
     }
+}
+
+/// Whether a parsed pattern uses glob syntax (otherwise it names one key).
+pub(crate) fn is_glob(segments: &[Segment]) -> bool {
+    segments
+        .iter()
+        .any(|s| matches!(s, Segment::Literal(text) if text.contains(['*', '?', '['])))
 }

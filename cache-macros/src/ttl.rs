@@ -1,8 +1,13 @@
 //! Time-to-live literals: `"500ms"`, `"15m"`, `"1h30m"`, `"2d"`, parsed at compile time.
 
 /// Units from largest to smallest. `ms` comes before `m` so that `5ms` is not read as `5m`+`s`.
-const UNITS: [(&str, u64); 5] =
-    [("d", 86_400_000), ("h", 3_600_000), ("ms", 1), ("m", 60_000), ("s", 1_000)];
+const UNITS: [(&str, u64); 5] = [
+    ("d", 86_400_000),
+    ("h", 3_600_000),
+    ("ms", 1),
+    ("m", 60_000),
+    ("s", 1_000),
+];
 
 /// Rank of each unit, for the "largest first, each once" rule.
 fn rank(unit: &str) -> u8 {
@@ -27,7 +32,9 @@ pub(crate) fn parse_ttl(text: &str) -> Result<u64, String> {
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(format!("invalid duration {text:?}: expected a number at {rest:?}; {HELP}"));
+            return Err(format!(
+                "invalid duration {text:?}: expected a number at {rest:?}; {HELP}"
+            ));
         }
         let (number, after) = rest.split_at(digits);
         let Some((unit, millis)) = UNITS.iter().find(|(unit, _)| after.starts_with(unit)) else {
@@ -44,7 +51,9 @@ pub(crate) fn parse_ttl(text: &str) -> Result<u64, String> {
             ));
         }
         last_rank = Some(rank(unit));
-        let value: u64 = number.parse().map_err(|_| format!("duration {text:?} is too large"))?;
+        let value: u64 = number
+            .parse()
+            .map_err(|_| format!("duration {text:?} is too large"))?;
         total = value
             .checked_mul(*millis)
             .and_then(|part| total.checked_add(part))
@@ -52,7 +61,9 @@ pub(crate) fn parse_ttl(text: &str) -> Result<u64, String> {
         rest = &after[unit.len()..];
     }
     if total == 0 {
-        return Err(format!("the time to live {text:?} is zero; it must be greater than zero"));
+        return Err(format!(
+            "the time to live {text:?} is zero; it must be greater than zero"
+        ));
     }
     Ok(total)
 }
@@ -72,7 +83,19 @@ mod tests {
 
     #[test]
     fn rejects_bad_literals() {
-        for bad in ["", "15", "m", "15x", "1.5h", "30m1h", "1m1m", "0s", "0h0m", " 1s", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "15",
+            "m",
+            "15x",
+            "1.5h",
+            "30m1h",
+            "1m1m",
+            "0s",
+            "0h0m",
+            " 1s",
+            "99999999999999999999d",
+        ] {
             assert!(parse_ttl(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -87,18 +87,18 @@ impl CacheBuilder {
     /// with glob characters (`* ? [ ] \`), whitespace or control characters, a zero timeout
     /// or a zero memory capacity.
     pub async fn build(self) -> Result<Cache> {
-        if let Some(bad) = self
-            .prefix
-            .chars()
-            .find(|&c| matches!(c, '*' | '?' | '[' | ']' | '\\') || c.is_whitespace() || c.is_control())
-        {
+        if let Some(bad) = self.prefix.chars().find(|&c| {
+            matches!(c, '*' | '?' | '[' | ']' | '\\') || c.is_whitespace() || c.is_control()
+        }) {
             return Err(Error::InvalidConfig(format!(
                 "the prefix {:?} contains {bad:?}; a prefix must not contain glob characters, whitespace or control characters",
                 self.prefix
             )));
         }
         if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
-            return Err(Error::InvalidConfig("timeouts must be greater than zero".into()));
+            return Err(Error::InvalidConfig(
+                "timeouts must be greater than zero".into(),
+            ));
         }
         let store = match self.redis_url {
             Some(url) => Store::Redis(RedisStore::new(RedisOptions {
@@ -109,7 +109,9 @@ impl CacheBuilder {
             })?),
             None => {
                 if self.memory_capacity == 0 {
-                    return Err(Error::InvalidConfig("memory capacity must be greater than zero".into()));
+                    return Err(Error::InvalidConfig(
+                        "memory capacity must be greater than zero".into(),
+                    ));
                 }
                 Store::Memory(MemoryStore::new(self.memory_capacity))
             }

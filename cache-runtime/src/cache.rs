@@ -53,7 +53,10 @@ pub(crate) struct CacheInner {
 impl Cache {
     /// An in-process cache bounded to 128 MiB (use [`Cache::builder`] to change the bound).
     pub fn memory() -> Cache {
-        Cache::from_store(Store::Memory(MemoryStore::new(DEFAULT_MEMORY_CAPACITY)), String::new())
+        Cache::from_store(
+            Store::Memory(MemoryStore::new(DEFAULT_MEMORY_CAPACITY)),
+            String::new(),
+        )
     }
 
     /// A builder for a Redis-backed (or bounded in-memory) cache.
@@ -103,15 +106,26 @@ impl Cache {
     /// [`Error::InvalidKey`], [`Error::InvalidTtl`] (zero, or under one millisecond),
     /// [`Error::Encode`] when `value` cannot be serialized, [`Error::Backend`] when Redis fails.
     /// Nothing is stored when an error is returned.
-    pub async fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T, ttl: Duration) -> Result<()> {
+    pub async fn set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Duration,
+    ) -> Result<()> {
         validate_key(key)?;
         validate_ttl(ttl)?;
-        let json = serde_json::to_vec(value)
-            .map_err(|source| Error::Encode { key: key.to_owned(), source })?;
+        let json = serde_json::to_vec(value).map_err(|source| Error::Encode {
+            key: key.to_owned(),
+            source,
+        })?;
         let entry = Arc::new(Entry::from_json(json));
-        self.inner.store.set(key, &entry, ttl).await.inspect_err(|_| {
-            self.inner.stats.counters(DIRECT_CALLS).error();
-        })
+        self.inner
+            .store
+            .set(key, &entry, ttl)
+            .await
+            .inspect_err(|_| {
+                self.inner.stats.counters(DIRECT_CALLS).error();
+            })
     }
 
     /// Cache-aside by hand: the value under `key`, or else the result of `load`, stored for
@@ -149,7 +163,8 @@ impl Cache {
         validate_key(key)?;
         validate_ttl(ttl)?;
         let counters = self.inner.stats.counters(DIRECT_CALLS);
-        self.load_through::<ResultShape, _, _>(&counters, key, ttl, None, load).await
+        self.load_through::<ResultShape, _, _>(&counters, key, ttl, None, load)
+            .await
     }
 
     /// Totals over every function name.
@@ -248,7 +263,9 @@ impl Cache {
                             // The leader's value did not decode as our type (two functions
                             // sharing a key with different types): load for ourselves.
                             counters.error();
-                            return self.load_alone::<S, R, Fut>(counters, key, ttl, cloner, load).await;
+                            return self
+                                .load_alone::<S, R, Fut>(counters, key, ttl, cloner, load)
+                                .await;
                         }
                     },
                     Landed::Absent => {
@@ -256,11 +273,15 @@ impl Cache {
                             counters.coalesced();
                             return absent;
                         }
-                        return self.load_alone::<S, R, Fut>(counters, key, ttl, cloner, load).await;
+                        return self
+                            .load_alone::<S, R, Fut>(counters, key, ttl, cloner, load)
+                            .await;
                     }
                     // Errors are not shareable: each caller gets its own body's result.
                     Landed::Failed => {
-                        return self.load_alone::<S, R, Fut>(counters, key, ttl, cloner, load).await
+                        return self
+                            .load_alone::<S, R, Fut>(counters, key, ttl, cloner, load)
+                            .await
                     }
                     // The leader was cancelled or panicked: elect a new one.
                     Landed::Abandoned | Landed::Running => continue,
@@ -325,6 +346,32 @@ impl Cache {
         }
     }
 
+    /// Write-through for `#[cache_put]`: stores the value of `returned`, if any. Failures are
+    /// counted and logged, never returned.
+    pub(crate) async fn put_outcome<S, R>(
+        &self,
+        function: &str,
+        key: &str,
+        ttl: Duration,
+        cloner: Cloner<S::Value>,
+        returned: &R,
+    ) where
+        S: Shape<R>,
+        S::Value: Serialize + Send + Sync + 'static,
+    {
+        let Outcome::Value(value) = S::outcome(returned) else {
+            return;
+        };
+        let counters = self.inner.stats.counters(function);
+        match Entry::encode(value, cloner) {
+            Ok(entry) => self.store(&counters, key, &Arc::new(entry), ttl).await,
+            Err(error) => {
+                tracing::warn!(key, %error, "value cannot be encoded as JSON; not cached");
+                counters.error();
+            }
+        }
+    }
+
     async fn store(&self, counters: &Counters, key: &str, entry: &Arc<Entry>, ttl: Duration) {
         if let Err(error) = self.inner.store.set(key, entry, ttl).await {
             tracing::warn!(key, %error, store = self.inner.store.kind(), "cache write failed");
@@ -342,7 +389,10 @@ enum Lookup<T> {
 /// Rejects TTLs the stores cannot honour.
 pub(crate) fn validate_ttl(ttl: Duration) -> Result<()> {
     if ttl < Duration::from_millis(1) {
-        return Err(Error::InvalidTtl { ttl, reason: "a time to live must be at least 1ms" });
+        return Err(Error::InvalidTtl {
+            ttl,
+            reason: "a time to live must be at least 1ms",
+        });
     }
     Ok(())
 }

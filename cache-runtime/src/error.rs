@@ -17,6 +17,14 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// An invalidation pattern is not a valid glob (empty, unclosed `[`, trailing `\\`).
+    #[error("invalid pattern {pattern:?}: {reason}")]
+    InvalidPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
     /// A time to live of zero (or one too large to represent) was given.
     #[error("invalid time to live {ttl:?}: {reason}")]
     InvalidTtl {
@@ -53,7 +61,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn invalid_key(key: &str, reason: &'static str) -> Self {
-        Error::InvalidKey { key: key.to_owned(), reason }
+        Error::InvalidKey {
+            key: key.to_owned(),
+            reason,
+        }
     }
 }
 

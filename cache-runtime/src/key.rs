@@ -132,6 +132,12 @@ pub(crate) fn validate_key(key: &str) -> Result<()> {
             "a key must not contain whitespace or control characters",
         ));
     }
+    if key.starts_with(crate::index::INDEX_NAMESPACE) {
+        return Err(Error::invalid_key(
+            key,
+            "keys starting with `__idx:` are reserved for invalidation indexes",
+        ));
+    }
     Ok(())
 }
 
@@ -203,7 +209,10 @@ forwarding_key_parts!(&T, &mut T, Box<T>, Rc<T>, Arc<T>);
 impl KeyPart for uuid::Uuid {
     fn write_key_part(&self, key: &mut KeyWriter<'_>) {
         // Hyphenated lowercase hex: plain characters only.
-        key.push_plain(self.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
+        key.push_plain(
+            self.hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer()),
+        );
     }
 }
 

@@ -33,6 +33,14 @@
 //!   the function runs its body and returns its result; the failure is counted in
 //!   [`Stats::errors`].
 //!
+//! ## Invalidation
+//!
+//! [`invalidates`] removes keys and glob patterns after a function succeeds, and
+//! [`cache_put`] writes its result through; pattern invalidation reads an index instead of
+//! scanning Redis (the design and its costs are described on
+//! [`Cache::invalidate_pattern`]). [`check_invalidations`] finds invalidation patterns that
+//! can match no cached key.
+//!
 //! Build a Redis cache with [`Cache::builder`] and make it the default with [`set_default`],
 //! or name a cache per function with `cache = <expr>`.
 
@@ -48,8 +56,12 @@ mod codec;
 mod default_cache;
 mod error;
 mod flight;
+mod glob;
+mod index;
+mod invalidate;
 mod key;
 mod prometheus;
+mod registry;
 mod shape;
 mod stats;
 mod store;
@@ -63,7 +75,10 @@ pub use cache::Cache;
 pub use default_cache::{default_cache, set_default};
 pub use error::{Error, Result};
 pub use key::{KeyPart, KeyWriter};
+pub use registry::{
+    check_invalidations, declarations, DeadInvalidations, Declaration, DeclarationKind,
+};
 pub use stats::{Stats, DIRECT_CALLS};
 
 #[doc(inline)]
-pub use cache_macros::cached;
+pub use cache_macros::{cache_put, cached, invalidates};

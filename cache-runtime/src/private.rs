@@ -42,5 +42,40 @@ where
     Fut: Future<Output = R>,
 {
     let counters = cache.inner.stats.counters(function.name);
-    cache.load_through::<S, R, Fut>(&counters, &key, function.ttl, cloner, || body).await
+    cache
+        .load_through::<S, R, Fut>(&counters, &key, function.ttl, cloner, || body)
+        .await
+}
+
+pub use crate::invalidate::Target;
+pub use crate::registry::{Declaration, DeclarationKind};
+pub use inventory;
+
+/// What `#[invalidates]` and `#[cache_put]` know about their function.
+pub struct WritingFn {
+    /// The name in stats and metrics.
+    pub name: &'static str,
+    /// The time to live (`#[cache_put]`; unused by `#[invalidates]`).
+    pub ttl: Duration,
+}
+
+/// Runs after an `#[invalidates]` function succeeded.
+pub async fn invalidate_after(cache: &Cache, function: &'static WritingFn, targets: Vec<Target>) {
+    cache.invalidate_targets(function.name, targets).await;
+}
+
+/// Runs after a `#[cache_put]` function returned: stores its value when it has one.
+pub async fn put_after<S, R>(
+    cache: &Cache,
+    function: &'static WritingFn,
+    key: String,
+    cloner: Cloner<S::Value>,
+    returned: &R,
+) where
+    S: Shape<R>,
+    S::Value: Serialize + Send + Sync + 'static,
+{
+    cache
+        .put_outcome::<S, R>(function.name, &key, function.ttl, cloner, returned)
+        .await;
 }

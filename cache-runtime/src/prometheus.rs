@@ -8,10 +8,22 @@ pub(crate) fn render(stats: &StatsRegistry) -> String {
     let all = stats.all();
     let mut out = String::with_capacity(256 + all.len() * 512);
     let counters: [(&str, &str, fn(&crate::Stats) -> u64); 4] = [
-        ("cache_hits_total", "Calls answered from the cache.", |s| s.hits),
-        ("cache_misses_total", "Calls that found nothing in the cache.", |s| s.misses),
-        ("cache_loads_total", "Times a body ran to fill the cache.", |s| s.loads),
-        ("cache_errors_total", "Cache backend failures.", |s| s.errors),
+        ("cache_hits_total", "Calls answered from the cache.", |s| {
+            s.hits
+        }),
+        (
+            "cache_misses_total",
+            "Calls that found nothing in the cache.",
+            |s| s.misses,
+        ),
+        (
+            "cache_loads_total",
+            "Times a body ran to fill the cache.",
+            |s| s.loads,
+        ),
+        ("cache_errors_total", "Cache backend failures.", |s| {
+            s.errors
+        }),
     ];
     for (metric, help, field) in counters {
         let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
@@ -29,10 +41,16 @@ pub(crate) fn render(stats: &StatsRegistry) -> String {
         let name = escape(name);
         let (cumulative, sum) = counters.load_histogram();
         for (le, count) in LOAD_BUCKETS.iter().zip(&cumulative) {
-            let _ = writeln!(out, "{metric}_bucket{{function=\"{name}\",le=\"{le}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "{metric}_bucket{{function=\"{name}\",le=\"{le}\"}} {count}"
+            );
         }
         let count = cumulative[LOAD_BUCKETS.len()];
-        let _ = writeln!(out, "{metric}_bucket{{function=\"{name}\",le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{metric}_bucket{{function=\"{name}\",le=\"+Inf\"}} {count}"
+        );
         let _ = writeln!(out, "{metric}_sum{{function=\"{name}\"}} {sum}");
         let _ = writeln!(out, "{metric}_count{{function=\"{name}\"}} {count}");
     }
@@ -41,5 +59,8 @@ pub(crate) fn render(stats: &StatsRegistry) -> String {
 
 /// Escapes a label value: backslash, double quote and newline.
 fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -24,6 +24,10 @@ pub struct Stats {
     pub coalesced: u64,
     /// Backend failures: connection, timeout, error reply, value that does not decode.
     pub errors: u64,
+    /// Keys removed by invalidation (`#[invalidates]`, `invalidate`, `invalidate_pattern`).
+    pub invalidated: u64,
+    /// Pattern invalidations that no index could serve, so the keyspace was scanned.
+    pub pattern_scans: u64,
 }
 
 impl Stats {
@@ -43,12 +47,15 @@ impl Stats {
         self.loads += other.loads;
         self.coalesced += other.coalesced;
         self.errors += other.errors;
+        self.invalidated += other.invalidated;
+        self.pattern_scans += other.pattern_scans;
     }
 }
 
 /// Upper bounds, in seconds, of the load-duration histogram buckets.
-pub(crate) const LOAD_BUCKETS: [f64; 12] =
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+pub(crate) const LOAD_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 /// The live counters of one function name.
 #[derive(Default)]
@@ -58,6 +65,8 @@ pub(crate) struct Counters {
     loads: AtomicU64,
     coalesced: AtomicU64,
     errors: AtomicU64,
+    invalidated: AtomicU64,
+    pattern_scans: AtomicU64,
     /// Per bucket (non-cumulative), plus one for `+Inf`.
     load_buckets: [AtomicU64; LOAD_BUCKETS.len() + 1],
     load_nanos: AtomicU64,
@@ -76,12 +85,22 @@ impl Counters {
     pub(crate) fn error(&self) {
         self.errors.fetch_add(1, Relaxed);
     }
+    pub(crate) fn invalidated(&self, keys: u64) {
+        self.invalidated.fetch_add(keys, Relaxed);
+    }
+    pub(crate) fn pattern_scan(&self) {
+        self.pattern_scans.fetch_add(1, Relaxed);
+    }
     pub(crate) fn load(&self, took: Duration) {
         self.loads.fetch_add(1, Relaxed);
         let secs = took.as_secs_f64();
-        let bucket = LOAD_BUCKETS.iter().position(|&le| secs <= le).unwrap_or(LOAD_BUCKETS.len());
+        let bucket = LOAD_BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(LOAD_BUCKETS.len());
         self.load_buckets[bucket].fetch_add(1, Relaxed);
-        self.load_nanos.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.load_nanos
+            .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -91,6 +110,8 @@ impl Counters {
             loads: self.loads.load(Relaxed),
             coalesced: self.coalesced.load(Relaxed),
             errors: self.errors.load(Relaxed),
+            invalidated: self.invalidated.load(Relaxed),
+            pattern_scans: self.pattern_scans.load(Relaxed),
         }
     }
 
@@ -116,7 +137,12 @@ pub(crate) struct StatsRegistry {
 impl StatsRegistry {
     /// The counters of `name`, created on first use.
     pub(crate) fn counters(&self, name: &str) -> Arc<Counters> {
-        if let Some(found) = self.by_name.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+        if let Some(found) = self
+            .by_name
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
             return Arc::clone(found);
         }
         let mut map = self.by_name.write().unwrap_or_else(|e| e.into_inner());
@@ -139,7 +165,10 @@ impl StatsRegistry {
     /// Every function's counters, sorted by name (stable output for metrics).
     pub(crate) fn all(&self) -> Vec<(Box<str>, Arc<Counters>)> {
         let map = self.by_name.read().unwrap_or_else(|e| e.into_inner());
-        let mut all: Vec<_> = map.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        let mut all: Vec<_> = map
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }

@@ -56,6 +56,33 @@ impl MemoryStore {
     }
 
     pub(crate) async fn set(&self, key: &str, entry: Arc<Entry>, ttl: Duration) {
-        self.entries.insert(key.to_owned(), Stored { entry, ttl }).await;
+        self.entries
+            .insert(key.to_owned(), Stored { entry, ttl })
+            .await;
+    }
+}
+
+impl MemoryStore {
+    pub(crate) async fn remove(&self, key: &str) -> u64 {
+        u64::from(self.entries.remove(key).await.is_some())
+    }
+
+    /// Removes the keys matching `pattern` (a walk over this process's entries).
+    pub(crate) async fn remove_matching(&self, pattern: &str) -> u64 {
+        let matching: Vec<std::sync::Arc<String>> = self
+            .entries
+            .iter()
+            .filter(|(key, _)| crate::glob::matches(pattern, key))
+            .map(|(key, _)| key)
+            .collect();
+        let mut removed = 0;
+        for key in matching {
+            removed += self.remove(&key).await;
+        }
+        removed
+    }
+
+    pub(crate) async fn clear(&self) -> u64 {
+        self.remove_matching("*").await
     }
 }

@@ -9,6 +9,14 @@ use std::time::Duration;
 use crate::codec::Entry;
 use crate::error::Result;
 
+/// What a pattern invalidation removed.
+pub(crate) struct Removed {
+    /// Keys removed.
+    pub(crate) keys: u64,
+    /// Whether the keyspace had to be scanned (no index serves the pattern).
+    pub(crate) scanned: bool,
+}
+
 /// The store behind a [`Cache`](crate::Cache). An enum rather than a trait object: there are
 /// two stores, and static dispatch keeps the hit path free of boxing.
 pub(crate) enum Store {
@@ -33,6 +41,33 @@ impl Store {
                 Ok(())
             }
             Store::Redis(store) => store.set(key, entry, ttl).await,
+        }
+    }
+
+    /// Removes `key`; returns how many keys went (0 or 1).
+    pub(crate) async fn remove(&self, key: &str) -> Result<u64> {
+        match self {
+            Store::Memory(store) => Ok(store.remove(key).await),
+            Store::Redis(store) => store.remove(key).await,
+        }
+    }
+
+    /// Removes the keys matching a glob.
+    pub(crate) async fn remove_matching(&self, pattern: &str) -> Result<Removed> {
+        match self {
+            Store::Memory(store) => Ok(Removed {
+                keys: store.remove_matching(pattern).await,
+                scanned: false,
+            }),
+            Store::Redis(store) => store.remove_matching(pattern).await,
+        }
+    }
+
+    /// Removes every key of this cache.
+    pub(crate) async fn clear(&self) -> Result<u64> {
+        match self {
+            Store::Memory(store) => Ok(store.clear().await),
+            Store::Redis(store) => store.clear().await,
         }
     }
 

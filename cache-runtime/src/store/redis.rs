@@ -1,13 +1,19 @@
 //! The Redis store: one multiplexed connection that reconnects by itself
-//! (redis-rs's `ConnectionManager`), values as JSON strings under `prefix + key`.
+//! (redis-rs's `ConnectionManager`), values as JSON strings under `prefix + key`, and the
+//! invalidation indexes described in [`crate::index`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::Removed;
 use crate::codec::Entry;
 use crate::error::{Error, Result};
+use crate::index::{self, INDEX_NAMESPACE};
+
+/// Keys asked for per `SCAN`/`ZSCAN` step, and unlinked per command.
+const BATCH: usize = 1000;
 
 pub(crate) struct RedisStore {
     connection: ConnectionManager,
@@ -26,8 +32,11 @@ impl RedisStore {
     /// Checks the URL and prepares the connection without opening it: a cache can be built
     /// while Redis is down, and connects when Redis answers.
     pub(crate) fn new(options: RedisOptions) -> Result<Self> {
-        let client = redis::Client::open(options.url.as_str())
-            .map_err(|source| Error::InvalidUrl { url: options.url.clone(), source })?;
+        let client =
+            redis::Client::open(options.url.as_str()).map_err(|source| Error::InvalidUrl {
+                url: options.url.clone(),
+                source,
+            })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.command_timeout))
@@ -36,36 +45,202 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(100));
         let connection = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(RedisStore { connection, prefix: options.prefix })
+        Ok(RedisStore {
+            connection,
+            prefix: options.prefix,
+        })
     }
 
     /// `prefix + key`.
-    pub(crate) fn full_key(&self, key: &str) -> String {
+    fn full_key(&self, key: &str) -> String {
         let mut full = String::with_capacity(self.prefix.len() + key.len());
         full.push_str(&self.prefix);
         full.push_str(key);
         full
     }
 
+    fn index_key(&self, level: &str) -> String {
+        format!("{}{INDEX_NAMESPACE}{level}", self.prefix)
+    }
+
     /// One `GET`: a hit costs exactly one round trip.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>> {
         let mut connection = self.connection.clone();
-        let bytes: Option<Vec<u8>> =
-            redis::cmd("GET").arg(self.full_key(key)).query_async(&mut connection).await?;
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.full_key(key))
+            .query_async(&mut connection)
+            .await?;
         Ok(bytes.map(|json| Arc::new(Entry::from_json(json))))
     }
 
-    /// One `SET key value PX ttl`.
+    /// `SET key value PX ttl` and the index updates, in one `MULTI` round trip.
     pub(crate) async fn set(&self, key: &str, entry: &Entry, ttl: Duration) -> Result<()> {
         let mut connection = self.connection.clone();
-        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        redis::cmd("SET")
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut levels = index::levels(key).peekable();
+        let mut pipe = redis::pipe();
+        if levels.peek().is_some() {
+            let now_ms = u64::try_from(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis(),
+            )
+            .unwrap_or(u64::MAX);
+            pipe.atomic();
+            for level in levels {
+                let index = self.index_key(level);
+                pipe.cmd("ZADD")
+                    .arg(&index)
+                    .arg(now_ms.saturating_add(ttl_ms))
+                    .arg(key)
+                    .ignore();
+                pipe.cmd("ZREMRANGEBYSCORE")
+                    .arg(&index)
+                    .arg("-inf")
+                    .arg(now_ms)
+                    .ignore();
+                pipe.cmd("PEXPIRE")
+                    .arg(&index)
+                    .arg(ttl_ms)
+                    .arg("NX")
+                    .ignore();
+                pipe.cmd("PEXPIRE")
+                    .arg(&index)
+                    .arg(ttl_ms)
+                    .arg("GT")
+                    .ignore();
+            }
+        }
+        pipe.cmd("SET")
             .arg(self.full_key(key))
             .arg(&*entry.json)
             .arg("PX")
-            .arg(millis)
-            .query_async::<()>(&mut connection)
-            .await?;
+            .arg(ttl_ms)
+            .ignore();
+        pipe.query_async::<()>(&mut connection).await?;
         Ok(())
+    }
+
+    /// `UNLINK prefix+key`.
+    pub(crate) async fn remove(&self, key: &str) -> Result<u64> {
+        let mut connection = self.connection.clone();
+        Ok(redis::cmd("UNLINK")
+            .arg(self.full_key(key))
+            .query_async(&mut connection)
+            .await?)
+    }
+
+    /// Removes every key matching `pattern`, through its index when the pattern names one.
+    pub(crate) async fn remove_matching(&self, pattern: &str) -> Result<Removed> {
+        let Some(level) = index::for_pattern(pattern) else {
+            let keys = self.scan_and_unlink(&self.full_key(pattern)).await?;
+            return Ok(Removed {
+                keys,
+                scanned: true,
+            });
+        };
+        let mut connection = self.connection.clone();
+        let index = self.index_key(level);
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let (next, flat): (u64, Vec<String>) = redis::cmd("ZSCAN")
+                .arg(&index)
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(BATCH)
+                .query_async(&mut connection)
+                .await?;
+            // ZSCAN replies member, score, member, score, ...
+            let members: Vec<&String> = flat.iter().step_by(2).collect();
+            if !members.is_empty() {
+                let keys: Vec<String> = members.iter().map(|m| self.full_key(m)).collect();
+                let (unlinked, _): (u64, u64) = redis::pipe()
+                    .cmd("UNLINK")
+                    .arg(&keys)
+                    .cmd("ZREM")
+                    .arg(&index)
+                    .arg(&members)
+                    .query_async(&mut connection)
+                    .await?;
+                removed += unlinked;
+            }
+            if next == 0 {
+                return Ok(Removed {
+                    keys: removed,
+                    scanned: false,
+                });
+            }
+            cursor = next;
+        }
+    }
+
+    /// Removes every key under this cache's prefix, indexes included; counts the others.
+    pub(crate) async fn clear(&self) -> Result<u64> {
+        if self.prefix.is_empty() {
+            return Err(Error::InvalidConfig(
+                "clear() needs a cache with a prefix: without one it would remove every key in the database".into(),
+            ));
+        }
+        let removed = self.scan_and_unlink(&format!("{}*", self.prefix)).await?;
+        let indexes = format!("{}{INDEX_NAMESPACE}", self.prefix);
+        let mut connection = self.connection.clone();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{indexes}*"))
+                .arg("COUNT")
+                .arg(BATCH)
+                .query_async(&mut connection)
+                .await?;
+            if !keys.is_empty() {
+                redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async::<()>(&mut connection)
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    /// `SCAN MATCH` + `UNLINK` of the data keys matching `full_pattern` (indexes are skipped:
+    /// removing one would hide live keys from later invalidations).
+    async fn scan_and_unlink(&self, full_pattern: &str) -> Result<u64> {
+        let indexes = format!("{}{INDEX_NAMESPACE}", self.prefix);
+        let mut connection = self.connection.clone();
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(full_pattern)
+                .arg("COUNT")
+                .arg(BATCH)
+                .query_async(&mut connection)
+                .await?;
+            let keys: Vec<String> = keys
+                .into_iter()
+                .filter(|k| !k.starts_with(&indexes))
+                .collect();
+            if !keys.is_empty() {
+                removed += redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async::<u64>(&mut connection)
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
     }
 }

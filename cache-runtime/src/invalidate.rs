@@ -1,0 +1,114 @@
+//! Invalidation: removing keys by name or by glob pattern, and clearing a cache.
+
+use crate::cache::Cache;
+use crate::error::Result;
+use crate::glob;
+use crate::key::validate_key;
+use crate::stats::{Counters, DIRECT_CALLS};
+
+/// One thing an `#[invalidates]` attribute removes after its function succeeds.
+#[doc(hidden)]
+pub enum Target {
+    /// An exact key (the template had no glob characters).
+    Key(String),
+    /// A glob pattern.
+    Pattern(String),
+}
+
+impl Cache {
+    /// Removes `key` (a rendered key, without the prefix). Returns how many keys went: 0 or 1.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] for an empty key or one with whitespace or control characters;
+    /// [`Error::Backend`] when Redis fails.
+    pub async fn invalidate(&self, key: &str) -> Result<u64> {
+        validate_key(key)?;
+        let counters = self.inner.stats.counters(DIRECT_CALLS);
+        self.remove_key(&counters, key).await
+    }
+
+    /// Removes every key matching the Redis-style glob `pattern` (`*`, `?`, `[a-z]`, `\x`),
+    /// such as `"homepage:*"` or `"dealer:7:*"`. Returns how many keys went.
+    ///
+    /// Patterns whose literal text starts with one or two `:`-terminated levels
+    /// (`homepage:*`, `dealer:7:*`, `dealer:*:vehicles`) are served from an index and cost
+    /// the same however many unrelated keys Redis holds. Others (`*:vehicles`) scan the
+    /// database with `SCAN MATCH`, counted in [`Stats::pattern_scans`](crate::Stats::pattern_scans).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidPattern`] for an empty pattern, an unclosed `[`, a trailing `\`, or
+    /// whitespace; [`Error::Backend`] when Redis fails (keys removed before the failure stay
+    /// removed).
+    pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
+        glob::validate(pattern)?;
+        let counters = self.inner.stats.counters(DIRECT_CALLS);
+        self.remove_pattern(&counters, pattern).await
+    }
+
+    /// Removes every key of this cache: with Redis, the keys under its prefix (never
+    /// `FLUSHDB`: other prefixes and other applications' keys stay); with the memory store,
+    /// every entry. Returns how many keys went.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a Redis cache without a prefix (clearing it would remove
+    /// the whole database); [`Error::Backend`] when Redis fails.
+    pub async fn clear(&self) -> Result<u64> {
+        let counters = self.inner.stats.counters(DIRECT_CALLS);
+        let removed = self
+            .inner
+            .store
+            .clear()
+            .await
+            .inspect_err(|_| counters.error())?;
+        counters.invalidated(removed);
+        Ok(removed)
+    }
+
+    async fn remove_key(&self, counters: &Counters, key: &str) -> Result<u64> {
+        let removed = self
+            .inner
+            .store
+            .remove(key)
+            .await
+            .inspect_err(|_| counters.error())?;
+        counters.invalidated(removed);
+        Ok(removed)
+    }
+
+    async fn remove_pattern(&self, counters: &Counters, pattern: &str) -> Result<u64> {
+        if !glob::has_glob(pattern) {
+            return self.remove_key(counters, pattern).await;
+        }
+        let removed = self
+            .inner
+            .store
+            .remove_matching(pattern)
+            .await
+            .inspect_err(|_| counters.error())?;
+        if removed.scanned {
+            counters.pattern_scan();
+        }
+        counters.invalidated(removed.keys);
+        Ok(removed.keys)
+    }
+
+    /// Removes every target of an `#[invalidates]` attribute. Failures are counted and
+    /// logged, never returned: they must not change what the annotated function returns.
+    pub(crate) async fn invalidate_targets(&self, function: &str, targets: Vec<Target>) {
+        let counters = self.inner.stats.counters(function);
+        for target in targets {
+            let (text, result) = match &target {
+                Target::Key(key) => (key, self.remove_key(&counters, key).await),
+                Target::Pattern(pattern) => {
+                    (pattern, self.remove_pattern(&counters, pattern).await)
+                }
+            };
+            if let Err(error) = result {
+                tracing::warn!(function, target = %text, %error, "cache invalidation failed");
+            }
+        }
+    }
+}
