@@ -28,7 +28,12 @@ static DB_QUERIES: AtomicU64 = AtomicU64::new(0);
 async fn query_vehicle(id: u64) -> Result<Option<Vehicle>, String> {
     DB_QUERIES.fetch_add(1, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(5)).await;
-    Ok((id != 0).then(|| Vehicle { id, dealer_id: id % 7, model: format!("model-{id}"), price: 10_000 + id as u32 }))
+    Ok((id != 0).then(|| Vehicle {
+        id,
+        dealer_id: id % 7,
+        model: format!("model-{id}"),
+        price: 10_000 + id as u32,
+    }))
 }
 
 /// The same access, cached for 15 minutes. Concurrent misses of one id run one query.
@@ -57,7 +62,10 @@ where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<Option<Vehicle>, String>> + Send,
 {
-    let chunks: Vec<Vec<u64>> = ids.chunks(ids.len().div_ceil(16)).map(<[u64]>::to_vec).collect();
+    let chunks: Vec<Vec<u64>> = ids
+        .chunks(ids.len().div_ceil(16))
+        .map(<[u64]>::to_vec)
+        .collect();
     let tasks: Vec<_> = chunks
         .into_iter()
         .map(|chunk| {
@@ -98,7 +106,13 @@ fn report(label: &str, latencies: &[Duration], took: Duration, queries: u64) {
 #[tokio::main]
 async fn main() -> Result<(), cache_runtime::Error> {
     let cache = match std::env::var("REDIS_URL") {
-        Ok(url) => Cache::builder().redis(url).prefix("quickstart:").build().await?,
+        Ok(url) => {
+            Cache::builder()
+                .redis(url)
+                .prefix("quickstart:")
+                .build()
+                .await?
+        }
         Err(_) => Cache::memory(),
     };
     println!("cache-runtime quickstart ({cache:?})\n");
@@ -107,18 +121,33 @@ async fn main() -> Result<(), cache_runtime::Error> {
 
     let started = Instant::now();
     let uncached = drive(&ids, query_vehicle).await;
-    report("no cache", &uncached, started.elapsed(), DB_QUERIES.swap(0, Ordering::Relaxed));
+    report(
+        "no cache",
+        &uncached,
+        started.elapsed(),
+        DB_QUERIES.swap(0, Ordering::Relaxed),
+    );
 
     let started = Instant::now();
     let with_cache = drive(&ids, get_vehicle).await;
-    report("#[cached]", &with_cache, started.elapsed(), DB_QUERIES.swap(0, Ordering::Relaxed));
+    report(
+        "#[cached]",
+        &with_cache,
+        started.elapsed(),
+        DB_QUERIES.swap(0, Ordering::Relaxed),
+    );
 
     // A burst: 500 callers ask for the same cold vehicle at once.
     let burst: Vec<_> = (0..500).map(|_| tokio::spawn(get_vehicle(9_999))).collect();
     for call in burst {
-        call.await.expect("task panicked").expect("no database error");
+        call.await
+            .expect("task panicked")
+            .expect("no database error");
     }
-    println!("\nburst of 500 concurrent cold reads of one key: {} database query", DB_QUERIES.load(Ordering::Relaxed));
+    println!(
+        "\nburst of 500 concurrent cold reads of one key: {} database query",
+        DB_QUERIES.load(Ordering::Relaxed)
+    );
 
     let stats = cache.stats_of("get_vehicle");
     println!(
@@ -131,7 +160,11 @@ async fn main() -> Result<(), cache_runtime::Error> {
         stats.hit_rate() * 100.0
     );
     println!("\nPrometheus (cache.prometheus()), counters:");
-    for line in cache.prometheus().lines().filter(|l| !l.starts_with('#') && !l.contains("_bucket")) {
+    for line in cache
+        .prometheus()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
+    {
         println!("  {line}");
     }
     Ok(())
