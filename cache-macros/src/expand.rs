@@ -239,7 +239,10 @@ fn cloner(value: &Type) -> TokenStream {
     quote! {{
         #[allow(unused_imports)]
         use ::cache_runtime::__private::{ViaClone as _, ViaDecode as _};
-        (&::cache_runtime::__private::CloneProbe::<#value>::new()).cloner()
+        // The borrow selects the `Clone` impl when there is one (autoref specialization).
+        #[allow(clippy::needless_borrow)]
+        let cloner = (&::cache_runtime::__private::CloneProbe::<#value>::new()).cloner();
+        cloner
     }}
 }
 

@@ -31,8 +31,9 @@ pub(crate) fn parse(text: &str, purpose: Purpose, span: Span) -> Result<Vec<Segm
     if text.is_empty() {
         errors.push("the key template is empty".into());
     }
-    if text.starts_with("__idx:") {
-        errors.push("keys starting with `__idx:` are reserved for invalidation indexes".into());
+    if text.starts_with("__") {
+        errors
+            .push("keys starting with `__` are reserved for the cache's indexes and locks".into());
     }
     let mut literal = String::new();
     let mut in_class = false;
@@ -169,6 +170,13 @@ fn describe(segment: &Segment) -> String {
     }
 }
 
+/// Whether a parsed pattern uses glob syntax (otherwise it names one key).
+pub(crate) fn is_glob(segments: &[Segment]) -> bool {
+    segments
+        .iter()
+        .any(|s| matches!(s, Segment::Literal(text) if text.contains(['*', '?', '['])))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,11 +224,4 @@ mod tests {
         assert!(err("v:0]", Purpose::Pattern).contains("unmatched `]`"));
         assert!(err("__idx:x", Purpose::Key).contains("reserved"));
     }
-}
-
-/// Whether a parsed pattern uses glob syntax (otherwise it names one key).
-pub(crate) fn is_glob(segments: &[Segment]) -> bool {
-    segments
-        .iter()
-        .any(|s| matches!(s, Segment::Literal(text) if text.contains(['*', '?', '['])))
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::cache::{Cache, DEFAULT_MEMORY_CAPACITY};
+use crate::cache::{Cache, Settings, DEFAULT_MEMORY_CAPACITY};
 use crate::error::{Error, Result};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisOptions, RedisStore};
@@ -28,6 +28,7 @@ pub struct CacheBuilder {
     memory_capacity: u64,
     connect_timeout: Duration,
     command_timeout: Duration,
+    settings: Settings,
 }
 
 impl Default for CacheBuilder {
@@ -38,6 +39,7 @@ impl Default for CacheBuilder {
             memory_capacity: DEFAULT_MEMORY_CAPACITY,
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_millis(500),
+            settings: Settings::default(),
         }
     }
 }
@@ -75,6 +77,20 @@ impl CacheBuilder {
     /// out runs its body instead.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
+        self
+    }
+
+    /// The lease of a `#[cached(lock)]` load (default 5 s). It is renewed while the body
+    /// runs, so it only bounds how long others wait after the loading process died.
+    pub fn lock_lease(mut self, lease: Duration) -> Self {
+        self.settings.lock_lease = lease;
+        self
+    }
+
+    /// How long a `#[cached(lock)]` caller waits for another process's load before running
+    /// its own body (default 10 s). No caller ever waits longer.
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.settings.lock_wait = wait;
         self
     }
 
@@ -120,6 +136,6 @@ impl CacheBuilder {
             Store::Memory(_) => String::new(),
             Store::Redis(_) => self.prefix,
         };
-        Ok(Cache::from_store(store, prefix))
+        Ok(Cache::from_store(store, prefix, self.settings))
     }
 }

@@ -13,6 +13,7 @@ use crate::codec::{Cloner, Entry};
 use crate::error::{Error, Result};
 use crate::flight::{self, Flights, Join, Landed};
 use crate::key::validate_key;
+use crate::lock::LocalLocks;
 use crate::shape::{Outcome, ResultShape, Shape};
 use crate::stats::{Counters, Stats, StatsRegistry, DIRECT_CALLS};
 use crate::store::memory::MemoryStore;
@@ -46,8 +47,34 @@ pub struct Cache {
 pub(crate) struct CacheInner {
     pub(crate) store: Store,
     pub(crate) prefix: String,
+    pub(crate) settings: Settings,
     pub(crate) stats: StatsRegistry,
     pub(crate) flights: Flights,
+    pub(crate) local_locks: LocalLocks,
+}
+
+/// Tunables set on the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Lease of a `lock` load, renewed while the body runs.
+    pub(crate) lock_lease: Duration,
+    /// How long a `lock` waiter waits for another process's load before running its body.
+    pub(crate) lock_wait: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            lock_lease: Duration::from_secs(5),
+            lock_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How one call site caches.
+pub(crate) struct Policy {
+    pub(crate) ttl: Duration,
+    pub(crate) lock: bool,
 }
 
 impl Cache {
@@ -56,6 +83,7 @@ impl Cache {
         Cache::from_store(
             Store::Memory(MemoryStore::new(DEFAULT_MEMORY_CAPACITY)),
             String::new(),
+            Settings::default(),
         )
     }
 
@@ -64,13 +92,15 @@ impl Cache {
         CacheBuilder::default()
     }
 
-    pub(crate) fn from_store(store: Store, prefix: String) -> Cache {
+    pub(crate) fn from_store(store: Store, prefix: String, settings: Settings) -> Cache {
         Cache {
             inner: Arc::new(CacheInner {
                 store,
                 prefix,
+                settings,
                 stats: StatsRegistry::default(),
                 flights: Flights::default(),
+                local_locks: LocalLocks::default(),
             }),
         }
     }
@@ -163,8 +193,23 @@ impl Cache {
         validate_key(key)?;
         validate_ttl(ttl)?;
         let counters = self.inner.stats.counters(DIRECT_CALLS);
-        self.load_through::<ResultShape, _, _>(&counters, key, ttl, None, load)
-            .await
+        self.load_through::<ResultShape, _, _>(
+            &counters,
+            key,
+            &Policy { ttl, lock: false },
+            None,
+            load,
+        )
+        .await
+    }
+
+    /// The state of the circuit breaker in front of Redis (always closed for the memory
+    /// store).
+    pub fn breaker_state(&self) -> crate::BreakerState {
+        match &self.inner.store {
+            Store::Redis(redis) => redis.breaker_state(),
+            Store::Memory(_) => crate::BreakerState::Closed,
+        }
     }
 
     /// Totals over every function name.
@@ -182,7 +227,7 @@ impl Cache {
     /// `cache_misses_total`, `cache_loads_total`, `cache_errors_total` and the
     /// `cache_load_duration_seconds` histogram, each labelled with `function`.
     pub fn prometheus(&self) -> String {
-        crate::prometheus::render(&self.inner.stats)
+        crate::prometheus::render(&self.inner.stats, self.breaker_state())
     }
 
     /// Reads `key`, counting a hit, a miss or an error.
@@ -223,7 +268,7 @@ impl Cache {
         &self,
         counters: &Counters,
         key: &str,
-        ttl: Duration,
+        policy: &Policy,
         cloner: Cloner<S::Value>,
         load: impl FnOnce() -> Fut,
     ) -> R
@@ -232,25 +277,53 @@ impl Cache {
         S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
         Fut: Future<Output = R>,
     {
-        if let Lookup::Hit(value) = self.lookup(counters, key, cloner).await {
-            return S::from_value(value);
-        }
+        let store_failing = match self.lookup(counters, key, cloner).await {
+            Lookup::Hit(value) => return S::from_value(value),
+            Lookup::Miss => false,
+            Lookup::Failed(_) => true,
+        };
         loop {
             match self.inner.flights.join(key) {
                 Join::Leader(mut leader) => {
-                    // A flight for this key may have finished between our miss and now.
-                    if let Ok(Some(entry)) = self.inner.store.get(key).await {
+                    // A flight for this key may have finished between our miss and now
+                    // (not worth asking a store that just failed).
+                    let landed = if store_failing {
+                        None
+                    } else {
+                        self.inner.store.get(key).await.ok().flatten()
+                    };
+                    if let Some(entry) = landed {
                         if let Ok(value) = entry.take(cloner) {
                             leader.publish(Landed::Value(entry));
                             counters.coalesced();
                             return S::from_value(value);
                         }
                     }
+                    if let (true, Store::Redis(redis)) = (policy.lock, &self.inner.store) {
+                        return self
+                            .load_locked::<S, R, Fut>(
+                                redis,
+                                counters,
+                                key,
+                                policy.ttl,
+                                cloner,
+                                load,
+                                &mut leader,
+                            )
+                            .await;
+                    }
                     let started = Instant::now();
                     let returned = load().await;
                     counters.load(started.elapsed());
-                    self.store_outcome::<S, R>(counters, key, ttl, cloner, &returned, &mut leader)
-                        .await;
+                    self.store_outcome::<S, R>(
+                        counters,
+                        key,
+                        policy.ttl,
+                        cloner,
+                        &returned,
+                        &mut leader,
+                    )
+                    .await;
                     return returned;
                 }
                 Join::Follower(follower) => match flight::wait(follower).await {
@@ -264,7 +337,7 @@ impl Cache {
                             // sharing a key with different types): load for ourselves.
                             counters.error();
                             return self
-                                .load_alone::<S, R, Fut>(counters, key, ttl, cloner, load)
+                                .load_alone::<S, R, Fut>(counters, key, policy.ttl, cloner, load)
                                 .await;
                         }
                     },
@@ -274,13 +347,13 @@ impl Cache {
                             return absent;
                         }
                         return self
-                            .load_alone::<S, R, Fut>(counters, key, ttl, cloner, load)
+                            .load_alone::<S, R, Fut>(counters, key, policy.ttl, cloner, load)
                             .await;
                     }
                     // Errors are not shareable: each caller gets its own body's result.
                     Landed::Failed => {
                         return self
-                            .load_alone::<S, R, Fut>(counters, key, ttl, cloner, load)
+                            .load_alone::<S, R, Fut>(counters, key, policy.ttl, cloner, load)
                             .await
                     }
                     // The leader was cancelled or panicked: elect a new one.
@@ -316,7 +389,8 @@ impl Cache {
     }
 
     /// Publishes the leader's outcome to its followers, then stores a cacheable value.
-    async fn store_outcome<S, R>(
+    /// Returns whether a value was stored.
+    pub(crate) async fn store_outcome<S, R>(
         &self,
         counters: &Counters,
         key: &str,
@@ -324,7 +398,8 @@ impl Cache {
         cloner: Cloner<S::Value>,
         returned: &R,
         leader: &mut flight::Leader<'_>,
-    ) where
+    ) -> bool
+    where
         S: Shape<R>,
         S::Value: Serialize + Send + Sync + 'static,
     {
@@ -333,16 +408,23 @@ impl Cache {
                 Ok(entry) => {
                     let entry = Arc::new(entry);
                     leader.publish(Landed::Value(Arc::clone(&entry)));
-                    self.store(counters, key, &entry, ttl).await;
+                    self.store(counters, key, &entry, ttl).await
                 }
                 Err(error) => {
                     tracing::warn!(key, %error, "value cannot be encoded as JSON; not cached");
                     counters.error();
                     leader.publish(Landed::Failed);
+                    false
                 }
             },
-            Outcome::Absent => leader.publish(Landed::Absent),
-            Outcome::Failed => leader.publish(Landed::Failed),
+            Outcome::Absent => {
+                leader.publish(Landed::Absent);
+                false
+            }
+            Outcome::Failed => {
+                leader.publish(Landed::Failed);
+                false
+            }
         }
     }
 
@@ -364,7 +446,9 @@ impl Cache {
         };
         let counters = self.inner.stats.counters(function);
         match Entry::encode(value, cloner) {
-            Ok(entry) => self.store(&counters, key, &Arc::new(entry), ttl).await,
+            Ok(entry) => {
+                self.store(&counters, key, &Arc::new(entry), ttl).await;
+            }
             Err(error) => {
                 tracing::warn!(key, %error, "value cannot be encoded as JSON; not cached");
                 counters.error();
@@ -372,10 +456,21 @@ impl Cache {
         }
     }
 
-    async fn store(&self, counters: &Counters, key: &str, entry: &Arc<Entry>, ttl: Duration) {
-        if let Err(error) = self.inner.store.set(key, entry, ttl).await {
-            tracing::warn!(key, %error, store = self.inner.store.kind(), "cache write failed");
-            counters.error();
+    /// Stores `entry`; a failure is counted and logged. Returns whether it was stored.
+    async fn store(
+        &self,
+        counters: &Counters,
+        key: &str,
+        entry: &Arc<Entry>,
+        ttl: Duration,
+    ) -> bool {
+        match self.inner.store.set(key, entry, ttl).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(key, %error, store = self.inner.store.kind(), "cache write failed");
+                counters.error();
+                false
+            }
         }
     }
 }

@@ -93,6 +93,7 @@ impl<T> ViaDecode<T> for &CloneProbe<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_borrow)] // the borrow is what selects the impl
 mod tests {
     use super::*;
 

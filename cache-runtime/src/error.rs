@@ -42,9 +42,20 @@ pub enum Error {
         #[source]
         source: redis::RedisError,
     },
+    /// [`Cache::lock`](crate::Cache::lock) could not take the lock within its wait.
+    #[error("lock {resource:?} was not free within {waited:?}")]
+    LockTimeout {
+        /// The resource.
+        resource: String,
+        /// How long the call waited.
+        waited: std::time::Duration,
+    },
     /// A builder setting is out of range.
     #[error("invalid cache configuration: {0}")]
     InvalidConfig(String),
+    /// Redis is known to be down: the circuit breaker skips it until a probe succeeds.
+    #[error("cache backend unavailable: Redis is known down (circuit breaker open)")]
+    Unavailable,
     /// Redis failed: connection refused or lost, timeout, or an error reply.
     #[error("cache backend error: {0}")]
     Backend(#[from] redis::RedisError),

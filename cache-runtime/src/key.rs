@@ -257,5 +257,6 @@ mod tests {
         assert!(validate_key("").is_err());
         assert!(validate_key("a b").is_err());
         assert!(validate_key("a\u{7}").is_err());
+        assert!(validate_key("__idx:x").is_err());
     }
 }

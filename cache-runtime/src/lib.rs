@@ -50,6 +50,7 @@
 #[allow(unused_extern_crates)]
 extern crate self as cache_runtime;
 
+mod breaker;
 mod builder;
 mod cache;
 mod codec;
@@ -60,9 +61,12 @@ mod glob;
 mod index;
 mod invalidate;
 mod key;
+mod lock;
+mod notify;
 mod prometheus;
 mod registry;
 mod shape;
+mod stampede;
 mod stats;
 mod store;
 
@@ -70,11 +74,13 @@ mod store;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use breaker::BreakerState;
 pub use builder::CacheBuilder;
 pub use cache::Cache;
 pub use default_cache::{default_cache, set_default};
 pub use error::{Error, Result};
 pub use key::{KeyPart, KeyWriter};
+pub use lock::LockGuard;
 pub use registry::{
     check_invalidations, declarations, DeadInvalidations, Declaration, DeclarationKind,
 };

@@ -42,8 +42,12 @@ where
     Fut: Future<Output = R>,
 {
     let counters = cache.inner.stats.counters(function.name);
+    let policy = crate::cache::Policy {
+        ttl: function.ttl,
+        lock: function.lock,
+    };
     cache
-        .load_through::<S, R, Fut>(&counters, &key, function.ttl, cloner, || body)
+        .load_through::<S, R, Fut>(&counters, &key, &policy, cloner, || body)
         .await
 }
 

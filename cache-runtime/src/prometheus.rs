@@ -3,11 +3,15 @@
 use std::fmt::Write as _;
 
 use crate::stats::{StatsRegistry, LOAD_BUCKETS};
+use crate::{BreakerState, Stats};
 
-pub(crate) fn render(stats: &StatsRegistry) -> String {
+/// A counter: its name, help text, and the field of [`Stats`] it shows.
+type CounterMetric = (&'static str, &'static str, fn(&Stats) -> u64);
+
+pub(crate) fn render(stats: &StatsRegistry, breaker: BreakerState) -> String {
     let all = stats.all();
     let mut out = String::with_capacity(256 + all.len() * 512);
-    let counters: [(&str, &str, fn(&crate::Stats) -> u64); 4] = [
+    let counters: [CounterMetric; 4] = [
         ("cache_hits_total", "Calls answered from the cache.", |s| {
             s.hits
         }),
@@ -53,6 +57,22 @@ pub(crate) fn render(stats: &StatsRegistry) -> String {
         );
         let _ = writeln!(out, "{metric}_sum{{function=\"{name}\"}} {sum}");
         let _ = writeln!(out, "{metric}_count{{function=\"{name}\"}} {count}");
+    }
+    let metric = "cache_breaker_state";
+    let _ = writeln!(
+        out,
+        "# HELP {metric} Circuit breaker in front of Redis: 1 for the current state.\n# TYPE {metric} gauge"
+    );
+    for (state, name) in [
+        (BreakerState::Closed, "closed"),
+        (BreakerState::Open, "open"),
+        (BreakerState::HalfOpen, "half_open"),
+    ] {
+        let _ = writeln!(
+            out,
+            "{metric}{{state=\"{name}\"}} {}",
+            u8::from(state == breaker)
+        );
     }
     out
 }

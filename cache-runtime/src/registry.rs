@@ -69,10 +69,8 @@ impl std::error::Error for DeadInvalidations {}
 /// instead of leaving stale data in production. Call it from your test suite:
 ///
 /// ```
-/// #[test]
-/// fn every_invalidation_matches_a_cached_key() {
-///     cache_runtime::check_invalidations().unwrap();
-/// }
+/// // in tests/invalidations.rs, as a `#[test]`:
+/// cache_runtime::check_invalidations().unwrap();
 /// ```
 ///
 /// Placeholders match any encoded value; glob characters match as in Redis.

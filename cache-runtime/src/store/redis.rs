@@ -2,15 +2,18 @@
 //! (redis-rs's `ConnectionManager`), values as JSON strings under `prefix + key`, and the
 //! invalidation indexes described in [`crate::index`].
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::Removed;
+use crate::breaker::{is_connection_failure, Breaker, BreakerState};
 use crate::codec::Entry;
 use crate::error::{Error, Result};
 use crate::index::{self, INDEX_NAMESPACE};
+use crate::notify::Notifier;
 
 /// Keys asked for per `SCAN`/`ZSCAN` step, and unlinked per command.
 const BATCH: usize = 1000;
@@ -18,6 +21,8 @@ const BATCH: usize = 1000;
 pub(crate) struct RedisStore {
     connection: ConnectionManager,
     prefix: String,
+    notifier: Notifier,
+    breaker: Breaker,
 }
 
 /// Connection settings taken from the builder.
@@ -44,10 +49,13 @@ impl RedisStore {
             // call tries again.
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(100));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let notifier = Notifier::new(client, options.prefix.clone());
         Ok(RedisStore {
             connection,
             prefix: options.prefix,
+            notifier,
+            breaker: Breaker::default(),
         })
     }
 
@@ -59,6 +67,31 @@ impl RedisStore {
         full
     }
 
+    /// Runs one Redis exchange behind the circuit breaker: refused at once while Redis is
+    /// known down, and its outcome recorded.
+    async fn guarded<T>(&self, exchange: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
+        if !self.breaker.allow() {
+            return Err(Error::Unavailable);
+        }
+        let mut report = ProbeReport {
+            breaker: &self.breaker,
+            reported: false,
+        };
+        let outcome = exchange.await;
+        report.reported = true;
+        match &outcome {
+            Err(error) if is_connection_failure(error) => self.breaker.failed(),
+            // An error reply still means Redis answers.
+            _ => self.breaker.succeeded(),
+        }
+        Ok(outcome?)
+    }
+
+    /// The circuit breaker's state.
+    pub(crate) fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
     fn index_key(&self, level: &str) -> String {
         format!("{}{INDEX_NAMESPACE}{level}", self.prefix)
     }
@@ -66,9 +99,12 @@ impl RedisStore {
     /// One `GET`: a hit costs exactly one round trip.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>> {
         let mut connection = self.connection.clone();
-        let bytes: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(self.full_key(key))
-            .query_async(&mut connection)
+        let bytes: Option<Vec<u8>> = self
+            .guarded(
+                redis::cmd("GET")
+                    .arg(self.full_key(key))
+                    .query_async(&mut connection),
+            )
             .await?;
         Ok(bytes.map(|json| Arc::new(Entry::from_json(json))))
     }
@@ -118,17 +154,105 @@ impl RedisStore {
             .arg("PX")
             .arg(ttl_ms)
             .ignore();
-        pipe.query_async::<()>(&mut connection).await?;
+        self.guarded(pipe.query_async::<()>(&mut connection))
+            .await?;
         Ok(())
+    }
+
+    /// The pub/sub wake-ups of this cache.
+    pub(crate) fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    /// Runs a Lua script (`EVALSHA`, loading it on first use). `keys` are full keys.
+    pub(crate) async fn script<T: redis::FromRedisValue>(
+        &self,
+        source: &str,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<T> {
+        let mut connection = self.connection.clone();
+        let script = redis::Script::new(source);
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(*key);
+        }
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        self.guarded(invocation.invoke_async(&mut connection)).await
+    }
+
+    /// `SET lock token NX PX lease`: whether the lease was taken.
+    pub(crate) async fn try_lease(
+        &self,
+        lock_key: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool> {
+        let mut connection = self.connection.clone();
+        let millis = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = self
+            .guarded(
+                redis::cmd("SET")
+                    .arg(lock_key)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// The remaining time to live of a full key, `None` if it does not exist or never expires.
+    pub(crate) async fn pttl(&self, full_key: &str) -> Result<Option<Duration>> {
+        let mut connection = self.connection.clone();
+        let millis: i64 = self
+            .guarded(
+                redis::cmd("PTTL")
+                    .arg(full_key)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok(u64::try_from(millis).ok().map(Duration::from_millis))
+    }
+
+    /// `GET key` and `PTTL lock` in one round trip: a waiter's look at the value and at how
+    /// long the current holder's lease has left.
+    pub(crate) async fn get_and_lease(
+        &self,
+        key: &str,
+        lock_key: &str,
+    ) -> Result<(Option<Arc<Entry>>, Duration)> {
+        let mut connection = self.connection.clone();
+        let (bytes, millis): (Option<Vec<u8>>, i64) = self
+            .guarded(
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(self.full_key(key))
+                    .cmd("PTTL")
+                    .arg(lock_key)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        let lease_left = Duration::from_millis(u64::try_from(millis).unwrap_or(0));
+        Ok((
+            bytes.map(|json| Arc::new(Entry::from_json(json))),
+            lease_left,
+        ))
     }
 
     /// `UNLINK prefix+key`.
     pub(crate) async fn remove(&self, key: &str) -> Result<u64> {
         let mut connection = self.connection.clone();
-        Ok(redis::cmd("UNLINK")
-            .arg(self.full_key(key))
-            .query_async(&mut connection)
-            .await?)
+        self.guarded(
+            redis::cmd("UNLINK")
+                .arg(self.full_key(key))
+                .query_async(&mut connection),
+        )
+        .await
     }
 
     /// Removes every key matching `pattern`, through its index when the pattern names one.
@@ -145,26 +269,32 @@ impl RedisStore {
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
-            let (next, flat): (u64, Vec<String>) = redis::cmd("ZSCAN")
-                .arg(&index)
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(BATCH)
-                .query_async(&mut connection)
+            let (next, flat): (u64, Vec<String>) = self
+                .guarded(
+                    redis::cmd("ZSCAN")
+                        .arg(&index)
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(BATCH)
+                        .query_async(&mut connection),
+                )
                 .await?;
             // ZSCAN replies member, score, member, score, ...
             let members: Vec<&String> = flat.iter().step_by(2).collect();
             if !members.is_empty() {
                 let keys: Vec<String> = members.iter().map(|m| self.full_key(m)).collect();
-                let (unlinked, _): (u64, u64) = redis::pipe()
-                    .cmd("UNLINK")
-                    .arg(&keys)
-                    .cmd("ZREM")
-                    .arg(&index)
-                    .arg(&members)
-                    .query_async(&mut connection)
+                let (unlinked, _): (u64, u64) = self
+                    .guarded(
+                        redis::pipe()
+                            .cmd("UNLINK")
+                            .arg(&keys)
+                            .cmd("ZREM")
+                            .arg(&index)
+                            .arg(&members)
+                            .query_async(&mut connection),
+                    )
                     .await?;
                 removed += unlinked;
             }
@@ -190,19 +320,24 @@ impl RedisStore {
         let mut connection = self.connection.clone();
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{indexes}*"))
-                .arg("COUNT")
-                .arg(BATCH)
-                .query_async(&mut connection)
+            let (next, keys): (u64, Vec<String>) = self
+                .guarded(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(format!("{indexes}*"))
+                        .arg("COUNT")
+                        .arg(BATCH)
+                        .query_async(&mut connection),
+                )
                 .await?;
             if !keys.is_empty() {
-                redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async::<()>(&mut connection)
-                    .await?;
+                self.guarded(
+                    redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async::<()>(&mut connection),
+                )
+                .await?;
             }
             if next == 0 {
                 return Ok(removed);
@@ -219,28 +354,49 @@ impl RedisStore {
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(full_pattern)
-                .arg("COUNT")
-                .arg(BATCH)
-                .query_async(&mut connection)
+            let (next, keys): (u64, Vec<String>) = self
+                .guarded(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(full_pattern)
+                        .arg("COUNT")
+                        .arg(BATCH)
+                        .query_async(&mut connection),
+                )
                 .await?;
             let keys: Vec<String> = keys
                 .into_iter()
                 .filter(|k| !k.starts_with(&indexes))
                 .collect();
             if !keys.is_empty() {
-                removed += redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async::<u64>(&mut connection)
+                removed += self
+                    .guarded(
+                        redis::cmd("UNLINK")
+                            .arg(&keys)
+                            .query_async::<u64>(&mut connection),
+                    )
                     .await?;
             }
             if next == 0 {
                 return Ok(removed);
             }
             cursor = next;
+        }
+    }
+}
+
+/// Tells the breaker a probe was abandoned (its future dropped mid-flight), so the next
+/// call may probe instead of the breaker staying half-open forever.
+struct ProbeReport<'a> {
+    breaker: &'a Breaker,
+    reported: bool,
+}
+
+impl Drop for ProbeReport<'_> {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.breaker.abandoned();
         }
     }
 }

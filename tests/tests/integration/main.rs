@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
 /// The prefix of every Redis cache built by these tests.
 const PREFIX: &str = "t:";
 
+/// Where the runtime keeps its pattern-invalidation indexes, after a cache's prefix.
+const INDEX_NAMESPACE: &str = "__idx:";
+
 /// A typical cached row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Vehicle {
@@ -36,7 +39,11 @@ struct Vehicle {
 
 impl Vehicle {
     fn new(id: u64) -> Vehicle {
-        Vehicle { id, dealer_id: id / 10, model: format!("model-{id}") }
+        Vehicle {
+            id,
+            dealer_id: id / 10,
+            model: format!("model-{id}"),
+        }
     }
 }
 
@@ -66,33 +73,59 @@ impl Raw {
     /// `GET key`, as text.
     async fn get(&self, key: &str) -> Option<String> {
         let mut con = self.0.clone();
-        redis::cmd("GET").arg(key).query_async(&mut con).await.expect("GET")
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .expect("GET")
     }
 
     /// `SET key value` (no expiry).
     async fn set(&self, key: &str, value: &str) {
         let mut con = self.0.clone();
-        redis::cmd("SET").arg(key).arg(value).query_async::<()>(&mut con).await.expect("SET");
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query_async::<()>(&mut con)
+            .await
+            .expect("SET");
     }
 
     /// `PTTL key`: milliseconds left, -1 without expiry, -2 when the key does not exist.
     async fn pttl(&self, key: &str) -> i64 {
         let mut con = self.0.clone();
-        redis::cmd("PTTL").arg(key).query_async(&mut con).await.expect("PTTL")
+        redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .expect("PTTL")
     }
 
     /// `EXISTS key`.
     async fn exists(&self, key: &str) -> bool {
         let mut con = self.0.clone();
-        let n: u64 = redis::cmd("EXISTS").arg(key).query_async(&mut con).await.expect("EXISTS");
+        let n: u64 = redis::cmd("EXISTS")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .expect("EXISTS");
         n == 1
     }
 
-    /// Every key of the server, sorted (test servers hold a handful of keys).
+    /// The cached entries of the server, sorted (test servers hold a handful of keys): every
+    /// key except the runtime's own invalidation indexes (`<prefix>__idx:...`), which are
+    /// bookkeeping, not entries.
     async fn keys(&self) -> Vec<String> {
         let mut con = self.0.clone();
-        let mut keys: Vec<String> =
-            redis::cmd("KEYS").arg("*").query_async(&mut con).await.expect("KEYS");
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut con)
+            .await
+            .expect("KEYS");
+        keys.retain(|key| {
+            !key.split_once(':')
+                .is_some_and(|(_, rest)| rest.starts_with(INDEX_NAMESPACE))
+        });
         keys.sort();
         keys
     }
@@ -100,7 +133,10 @@ impl Raw {
 
 /// The stored JSON under `key`, parsed: panics when the key is missing or not JSON.
 async fn stored_json(raw: &Raw, key: &str) -> serde_json::Value {
-    let text = raw.get(key).await.unwrap_or_else(|| panic!("no key {key:?} in Redis"));
+    let text = raw
+        .get(key)
+        .await
+        .unwrap_or_else(|| panic!("no key {key:?} in Redis"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{key:?} holds {text:?}, not JSON: {e}"))
 }
 

@@ -24,7 +24,10 @@ async fn by_value(id: u64) -> u64 {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         assert_eq!(by_reference(1).await, 2);
         assert_eq!(by_reference(1).await, 2);

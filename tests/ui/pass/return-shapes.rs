@@ -19,7 +19,10 @@ static RUNS: AtomicU32 = AtomicU32::new(0);
 
 fn vehicle(id: u64) -> Vehicle {
     RUNS.fetch_add(1, Ordering::SeqCst);
-    Vehicle { id, model: "Civic".to_owned() }
+    Vehicle {
+        id,
+        model: "Civic".to_owned(),
+    }
 }
 
 #[cached(key = "plain:<id>", ttl = "15m")]
@@ -34,7 +37,11 @@ async fn option(id: u64) -> Option<Vehicle> {
 
 #[cached(key = "result:<id>", ttl = "15m")]
 async fn result(id: u64) -> Result<Vehicle, DbError> {
-    if id == 0 { Err(DbError) } else { Ok(vehicle(id)) }
+    if id == 0 {
+        Err(DbError)
+    } else {
+        Ok(vehicle(id))
+    }
 }
 
 #[cached(key = "result_option:<id>", ttl = "15m")]
@@ -52,7 +59,10 @@ fn runs() -> u32 {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         assert_eq!(plain(1).await.id, 1);
         assert_eq!(plain(1).await.id, 1);

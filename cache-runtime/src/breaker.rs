@@ -1,0 +1,170 @@
+//! The circuit breaker in front of Redis: once Redis is known to be down or hung, calls stop
+//! waiting on connect or command timeouts and run their bodies at once.
+//!
+//! - **Closed**: commands go through. [`FAILURES_TO_OPEN`] consecutive connection failures
+//!   or timeouts open the breaker.
+//! - **Open**: commands fail at once with [`Error::Unavailable`](crate::Error::Unavailable)
+//!   for the cool-down (1 s, doubling after each failed probe up to 30 s).
+//! - **Half-open**: after the cool-down, one command is let through as a probe. Success
+//!   closes the breaker (caching resumes by itself); failure opens it again.
+//!
+//! Only connection-level failures count: an error reply such as `OOM` means Redis answers,
+//! and tripping the breaker would stop reads that still work.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Consecutive connection failures that open the breaker.
+pub(crate) const FAILURES_TO_OPEN: u32 = 3;
+const FIRST_COOL_DOWN: Duration = Duration::from_secs(1);
+const MAX_COOL_DOWN: Duration = Duration::from_secs(30);
+
+/// The breaker's state, as metrics show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Commands go to Redis.
+    Closed,
+    /// Redis is known down: commands are skipped until the cool-down ends.
+    Open,
+    /// A probe is testing whether Redis is back.
+    HalfOpen,
+}
+
+#[derive(Default)]
+pub(crate) struct Breaker {
+    consecutive_failures: AtomicU32,
+    /// Nanoseconds since [`epoch`] until which the breaker is open; 0 when closed.
+    open_until: AtomicU64,
+    cool_down_ms: AtomicU64,
+    probing: AtomicBool,
+}
+
+/// A process-wide monotonic origin, so instants fit in an atomic.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_nanos() -> u64 {
+    u64::try_from(epoch().elapsed().as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+impl Breaker {
+    /// Whether a command may go to Redis now. In half-open state only one caller (the probe)
+    /// gets `true`; it must report back with `succeeded` or `failed`.
+    pub(crate) fn allow(&self) -> bool {
+        let open_until = self.open_until.load(Relaxed);
+        if open_until == 0 {
+            return true;
+        }
+        if now_nanos() < open_until {
+            return false;
+        }
+        self.probing
+            .compare_exchange(false, true, Relaxed, Relaxed)
+            .is_ok()
+    }
+
+    pub(crate) fn succeeded(&self) {
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+        if self.open_until.load(Relaxed) != 0 {
+            self.open_until.store(0, Relaxed);
+            self.cool_down_ms.store(0, Relaxed);
+            self.probing.store(false, Relaxed);
+            tracing::info!("Redis answers again; cache circuit breaker closed");
+        }
+    }
+
+    pub(crate) fn failed(&self) {
+        let was_probe = self.open_until.load(Relaxed) != 0;
+        let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        if was_probe || failures >= FAILURES_TO_OPEN {
+            let previous = Duration::from_millis(self.cool_down_ms.load(Relaxed));
+            let cool_down = if was_probe {
+                (previous * 2).clamp(FIRST_COOL_DOWN, MAX_COOL_DOWN)
+            } else {
+                FIRST_COOL_DOWN
+            };
+            self.cool_down_ms.store(
+                u64::try_from(cool_down.as_millis()).unwrap_or(u64::MAX),
+                Relaxed,
+            );
+            let until =
+                now_nanos().saturating_add(u64::try_from(cool_down.as_nanos()).unwrap_or(u64::MAX));
+            if !was_probe {
+                tracing::warn!(
+                    ?cool_down,
+                    "Redis unreachable; cache circuit breaker opened, calls run their bodies"
+                );
+            }
+            self.open_until.store(until, Relaxed);
+            self.probing.store(false, Relaxed);
+        }
+    }
+
+    /// A command was cancelled before it finished: if it was the probe, let another probe.
+    pub(crate) fn abandoned(&self) {
+        self.probing.store(false, Relaxed);
+    }
+
+    pub(crate) fn state(&self) -> BreakerState {
+        match self.open_until.load(Relaxed) {
+            0 => BreakerState::Closed,
+            until if now_nanos() < until => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
+    }
+}
+
+/// Whether an error means Redis could not be reached in time (as opposed to an error reply).
+pub(crate) fn is_connection_failure(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_consecutive_failures_and_probes_after_the_cool_down() {
+        let breaker = Breaker::default();
+        for _ in 0..FAILURES_TO_OPEN - 1 {
+            breaker.failed();
+            assert!(breaker.allow());
+        }
+        breaker.succeeded(); // a success in between resets the count
+        for _ in 0..FAILURES_TO_OPEN {
+            breaker.failed();
+        }
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert!(!breaker.allow());
+        // End the cool-down early: one probe passes, others wait for its verdict.
+        breaker.open_until.store(1, Relaxed);
+        assert!(breaker.allow());
+        assert!(!breaker.allow());
+        breaker.succeeded();
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert!(breaker.allow());
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_with_a_longer_cool_down() {
+        let breaker = Breaker::default();
+        for _ in 0..FAILURES_TO_OPEN {
+            breaker.failed();
+        }
+        breaker.open_until.store(1, Relaxed);
+        assert!(breaker.allow());
+        breaker.failed();
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert_eq!(breaker.cool_down_ms.load(Relaxed), 2000);
+    }
+}

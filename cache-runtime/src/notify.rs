@@ -1,0 +1,163 @@
+//! Wake-ups across processes: when a `lock` holder stores a value (or gives up), it
+//! publishes on `<prefix>__filled:<key>`; a lease lock's release publishes on
+//! `<prefix>__released:<resource>`. Each cache keeps one pub/sub connection, subscribed
+//! to both patterns, that wakes the local waiters of that key. Waiters never poll on fixed
+//! sleeps: they wake on the message, or when the holder's lease runs out.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tokio::sync::{oneshot, watch};
+
+/// What a wake-up says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// The value was stored, or the lock released: look again.
+    Ready,
+    /// The holder failed and stored nothing.
+    Failed,
+}
+
+pub(crate) const FILLED: &str = "__filled:";
+pub(crate) const RELEASED: &str = "__released:";
+
+type Waiters = Mutex<HashMap<String, Vec<oneshot::Sender<Signal>>>>;
+
+pub(crate) struct Notifier {
+    client: redis::Client,
+    prefix: String,
+    /// Local waiters by channel name.
+    waiters: Arc<Waiters>,
+    /// `true` while the subscription is live; started on first use.
+    subscribed: Mutex<Option<watch::Receiver<bool>>>,
+    /// Dropped with the cache, which ends the subscriber task.
+    _alive: Arc<()>,
+}
+
+impl Notifier {
+    pub(crate) fn new(client: redis::Client, prefix: String) -> Self {
+        Notifier {
+            client,
+            prefix,
+            waiters: Arc::default(),
+            subscribed: Mutex::new(None),
+            _alive: Arc::new(()),
+        }
+    }
+
+    pub(crate) fn channel(&self, namespace: &str, key: &str) -> String {
+        format!("{}{namespace}{key}", self.prefix)
+    }
+
+    /// Registers interest in `channel` and returns whether the subscription is live (if it
+    /// is not, the caller must not rely on the message and waits for the lease instead).
+    /// Register *before* re-checking the condition, so a message in between is not lost.
+    pub(crate) fn register(&self, channel: &str) -> (oneshot::Receiver<Signal>, bool) {
+        let live = self.ensure_subscriber();
+        let (sender, receiver) = oneshot::channel();
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let list = waiters.entry(channel.to_owned()).or_default();
+        // Waiters that gave up (timed out) are dropped here rather than accumulating.
+        list.retain(|waiter| !waiter.is_closed());
+        list.push(sender);
+        (receiver, live)
+    }
+
+    /// Waits until the subscription is live, at most `timeout` (used once, on first use,
+    /// so that the first waiters get their message).
+    pub(crate) async fn wait_subscribed(&self, timeout: Duration) -> bool {
+        self.ensure_subscriber();
+        let Some(mut live) = self
+            .subscribed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return false;
+        };
+        let subscribed = tokio::time::timeout(timeout, live.wait_for(|up| *up)).await;
+        matches!(subscribed, Ok(Ok(_)))
+    }
+
+    /// Starts the subscriber task if needed; returns whether it is subscribed now.
+    fn ensure_subscriber(&self) -> bool {
+        let mut subscribed = self.subscribed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(live) = subscribed.as_ref() {
+            return *live.borrow();
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let (state, live) = watch::channel(false);
+        *subscribed = Some(live);
+        runtime.spawn(subscribe(
+            self.client.clone(),
+            [
+                format!("{}{FILLED}*", self.prefix),
+                format!("{}{RELEASED}*", self.prefix),
+            ],
+            Arc::downgrade(&self.waiters),
+            Arc::downgrade(&self._alive),
+            state,
+        ));
+        false
+    }
+}
+
+/// The subscriber task: (re)connects, subscribes, and dispatches messages to local waiters
+/// until the cache is dropped.
+async fn subscribe(
+    client: redis::Client,
+    patterns: [String; 2],
+    waiters: Weak<Waiters>,
+    alive: Weak<()>,
+    state: watch::Sender<bool>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    while alive.strong_count() > 0 {
+        let connected = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.psubscribe(&patterns[..]).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = match tokio::time::timeout(Duration::from_secs(2), connected).await {
+            Ok(Ok(pubsub)) => pubsub,
+            _ => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        state.send_replace(true);
+        let mut messages = pubsub.into_on_message();
+        loop {
+            // Wake up now and then to notice a dropped cache on an idle channel.
+            match tokio::time::timeout(Duration::from_secs(1), messages.next()).await {
+                Ok(Some(message)) => {
+                    let Some(waiters) = waiters.upgrade() else {
+                        return;
+                    };
+                    let signal = if message.get_payload_bytes() == b"0" {
+                        Signal::Failed
+                    } else {
+                        Signal::Ready
+                    };
+                    let woken = waiters
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(message.get_channel_name());
+                    for waiter in woken.into_iter().flatten() {
+                        let _ = waiter.send(signal);
+                    }
+                }
+                Ok(None) => break, // connection lost: resubscribe
+                Err(_) if alive.strong_count() == 0 => return,
+                Err(_) => {}
+            }
+        }
+        state.send_replace(false);
+    }
+}
