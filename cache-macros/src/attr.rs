@@ -63,8 +63,10 @@ pub(crate) struct Ttl {
 
 /// The arguments of `#[cached]`, validated.
 pub(crate) struct CachedArgs {
-    pub(crate) key: LitStr,
-    pub(crate) ttl: Ttl,
+    /// `None` only after an error was reported.
+    pub(crate) key: Option<LitStr>,
+    /// `None` only after an error was reported.
+    pub(crate) ttl: Option<Ttl>,
     pub(crate) lock: bool,
     pub(crate) cache: Option<Expr>,
     pub(crate) name: Option<LitStr>,
@@ -73,8 +75,9 @@ pub(crate) struct CachedArgs {
 const CACHED_ARGS: &str = "`key`, `ttl`, `lock`, `cache`, `name`";
 
 impl CachedArgs {
-    /// Validates every argument, reporting all problems at once.
-    pub(crate) fn from_raw(raw: RawArgs, errors: &mut Errors) -> Option<CachedArgs> {
+    /// Validates every argument, reporting all problems at once. A missing or invalid `key`
+    /// or `ttl` is reported and left `None`, so the other arguments are still checked.
+    pub(crate) fn from_raw(raw: RawArgs, errors: &mut Errors) -> CachedArgs {
         let mut key = None;
         let mut ttl = None;
         let mut lock = None;
@@ -132,13 +135,13 @@ impl CachedArgs {
                 "missing `ttl = \"...\"`: `#[cached]` needs a time to live such as `ttl = \"15m\"`",
             );
         }
-        Some(CachedArgs {
-            key: key?,
-            ttl: ttl?,
+        CachedArgs {
+            key,
+            ttl,
             lock: lock.is_some(),
             cache,
             name,
-        })
+        }
     }
 }
 
@@ -211,16 +214,12 @@ impl InvalidatesArgs {
     }
 }
 
-/// The arguments of `#[cache_put(key = ..., ttl = ..., cache = ..., name = ...)]`.
-pub(crate) struct PutArgs {
-    pub(crate) key: LitStr,
-    pub(crate) ttl: Ttl,
-    pub(crate) cache: Option<Expr>,
-    pub(crate) name: Option<LitStr>,
-}
+/// The arguments of `#[cache_put(key = ..., ttl = ..., cache = ..., name = ...)]`: those of
+/// `#[cached]` without `lock`.
+pub(crate) struct PutArgs;
 
 impl PutArgs {
-    pub(crate) fn from_raw(raw: RawArgs, errors: &mut Errors) -> Option<PutArgs> {
+    pub(crate) fn from_raw(raw: RawArgs, errors: &mut Errors) -> CachedArgs {
         // The same grammar as `#[cached]`, without `lock`.
         if let Some(lock) = raw
             .0
@@ -238,12 +237,6 @@ impl PutArgs {
                 .filter(|arg| arg.positional.is_some() || arg.name != "lock")
                 .collect(),
         );
-        let cached = CachedArgs::from_raw(raw, errors)?;
-        Some(PutArgs {
-            key: cached.key,
-            ttl: cached.ttl,
-            cache: cached.cache,
-            name: cached.name,
-        })
+        CachedArgs::from_raw(raw, errors)
     }
 }

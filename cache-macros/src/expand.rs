@@ -15,14 +15,18 @@ pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
     let Some(function) = parse_function("cached", &item, &mut errors) else {
         return with_errors(&errors, item);
     };
-    let args = parse_args(args, &mut errors).and_then(|raw| CachedArgs::from_raw(raw, &mut errors));
+    let args = parse_args(args, &mut errors).map(|raw| CachedArgs::from_raw(raw, &mut errors));
     let signature = Signature::inspect(&function, "cached", Rules::CACHED, &mut errors);
     let key = args
         .as_ref()
-        .and_then(|args| key_expr(&args.key, Purpose::Key, &signature, &mut errors));
+        .and_then(|args| args.key.as_ref())
+        .and_then(|template| key_expr(template, Purpose::Key, &signature, &mut errors));
     let (Some(args), Some(key), Some(returned), true) =
         (args, key, signature.returned.as_ref(), errors.is_empty())
     else {
+        return with_errors(&errors, item);
+    };
+    let (Some(template), Some(ttl)) = (&args.key, &args.ttl) else {
         return with_errors(&errors, item);
     };
 
@@ -34,11 +38,12 @@ pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
     } = &function;
     let name = args
         .name
-        .map_or_else(|| sig.ident.to_string(), |lit| lit.value());
-    let millis = args.ttl.millis;
+        .as_ref()
+        .map_or_else(|| sig.ident.to_string(), LitStr::value);
+    let millis = ttl.millis;
     let lock = args.lock;
     let cache = cache_expr(args.cache.as_ref());
-    let register = register("Cached", &[&args.key], &name);
+    let register = register("Cached", &[template], &name);
     let shape = format_ident!("{}", returned.shape);
     let cloner = cloner(returned.value);
     quote! {
@@ -143,14 +148,18 @@ pub(crate) fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
     let Some(function) = parse_function("cache_put", &item, &mut errors) else {
         return with_errors(&errors, item);
     };
-    let args = parse_args(args, &mut errors).and_then(|raw| PutArgs::from_raw(raw, &mut errors));
+    let args = parse_args(args, &mut errors).map(|raw| PutArgs::from_raw(raw, &mut errors));
     let signature = Signature::inspect(&function, "cache_put", Rules::PUT, &mut errors);
     let key = args
         .as_ref()
-        .and_then(|args| key_expr(&args.key, Purpose::Key, &signature, &mut errors));
+        .and_then(|args| args.key.as_ref())
+        .and_then(|template| key_expr(template, Purpose::Key, &signature, &mut errors));
     let (Some(args), Some(key), Some(returned), true) =
         (args, key, signature.returned.as_ref(), errors.is_empty())
     else {
+        return with_errors(&errors, item);
+    };
+    let (Some(template), Some(ttl)) = (&args.key, &args.ttl) else {
         return with_errors(&errors, item);
     };
 
@@ -162,10 +171,11 @@ pub(crate) fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
     } = &function;
     let name = args
         .name
-        .map_or_else(|| sig.ident.to_string(), |lit| lit.value());
-    let millis = args.ttl.millis;
+        .as_ref()
+        .map_or_else(|| sig.ident.to_string(), LitStr::value);
+    let millis = ttl.millis;
     let cache = cache_expr(args.cache.as_ref());
-    let register = register("Put", &[&args.key], &name);
+    let register = register("Put", &[template], &name);
     let shape = format_ident!("{}", returned.shape);
     let cloner = cloner(returned.value);
     let returned_ty = returned_annotation(sig);
@@ -472,7 +482,11 @@ fn placeholder_value(
         }
         (quote_spanned!(span=> self), span)
     } else if let Some((ident, ty)) = signature.params.iter().find(|(ident, _)| *ident == root) {
-        (ident.to_token_stream(), ty.span())
+        // The parameter's name, spanned on its type: a missing `KeyPart` is reported there.
+        (
+            Ident::new(&ident.to_string(), ty.span()).to_token_stream(),
+            ty.span(),
+        )
     } else {
         let mut names: Vec<String> = signature
             .params

@@ -33,7 +33,7 @@
 use std::future::Future;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{LazyLock, OnceLock};
+use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cache_runtime::{cached, Cache};
@@ -149,8 +149,6 @@ async fn moka_get(moka: &moka::future::Cache<String, Vehicle>, id: u64) -> Optio
 /// Everything the cases share; built (and warmed) once in `main`.
 struct Fixture {
     runtime: Runtime,
-    /// Kept alive for the whole run; killed on drop.
-    _server: RedisServer,
     connection: ConnectionManager,
     moka: moka::future::Cache<String, Vehicle>,
 }
@@ -158,19 +156,21 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let server = RedisServer::start();
+        let (url, client) = (server.url(), server.client());
+        *SERVER.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a tokio runtime");
         let (connection, moka) = runtime.block_on(async {
             let cache = Cache::builder()
-                .redis(server.url())
+                .redis(url)
                 .prefix(PREFIX)
                 .build()
                 .await
                 .expect("a Redis cache");
             REDIS_CACHE.set(cache).expect("built once");
-            let connection = ConnectionManager::new(server.client())
+            let connection = ConnectionManager::new(client)
                 .await
                 .expect("a connection to the bench's redis-server");
             let moka = moka::future::Cache::builder()
@@ -181,7 +181,6 @@ impl Fixture {
         });
         let fixture = Fixture {
             runtime,
-            _server: server,
             connection,
             moka,
         };
@@ -243,6 +242,20 @@ impl Fixture {
 }
 
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+
+/// The bench's redis-server. Statics are never dropped, so it lives here rather than in
+/// [`Fixture`], and [`StopServer`] kills it when `main` returns or unwinds.
+static SERVER: Mutex<Option<RedisServer>> = Mutex::new(None);
+
+/// Kills the bench's redis-server (if one was started) on drop.
+struct StopServer;
+
+impl Drop for StopServer {
+    fn drop(&mut self) {
+        let server = SERVER.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(server);
+    }
+}
 
 fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(Fixture::new)
@@ -387,6 +400,7 @@ fn print_ratios() {
 }
 
 fn main() {
+    let _stop_server = StopServer;
     benches();
     Criterion::default().configure_from_args().final_summary();
     // Only a real benchmark run (`cargo bench`) times the ratios; `cargo test --benches`

@@ -1,6 +1,5 @@
 //! Items used by the code that the attributes generate. Not public API: no semver promise.
 
-use std::borrow::Borrow;
 use std::future::Future;
 use std::time::Duration;
 
@@ -23,9 +22,10 @@ pub struct CachedFn {
     pub lock: bool,
 }
 
-/// `cache = <expr>` accepts a `Cache`, a `&Cache` or anything else that borrows as one.
-pub fn cache_of<C: Borrow<Cache> + ?Sized>(cache: &C) -> Cache {
-    cache.borrow().clone()
+/// `cache = <expr>`: the expression is borrowed and deref-coerced to `&Cache`, so `Cache`,
+/// `&Cache`, `Arc<Cache>` and `LazyLock<Cache>` statics all work.
+pub fn cache_of(cache: &Cache) -> Cache {
+    cache.clone()
 }
 
 /// The body of a `#[cached]` function.

@@ -1,9 +1,5 @@
-//! `cache = &*CACHE_REF`: a reference to a cache kept in a `static`.
-//!
-//! `cache = &CACHE_REF` (a `&LazyLock<Cache>`, which deref-coerces to `&Cache` anywhere else)
-//! is rejected by the current expansion: `cache_of` is generic over `Borrow<Cache>`, so no
-//! deref coercion happens. Switch to `&CACHE_REF` once the expansion passes the reference
-//! at a coercion site.
+//! `cache = &CACHE_REF`: a reference to a cache kept in a `LazyLock` static, deref-coerced
+//! to `&Cache`.
 
 use std::sync::LazyLock;
 
@@ -11,7 +7,7 @@ use cache_runtime::{cached, Cache};
 
 static CACHE_REF: LazyLock<Cache> = LazyLock::new(Cache::memory);
 
-#[cached(key = "vehicle:<id>", ttl = "15m", cache = &*CACHE_REF)]
+#[cached(key = "vehicle:<id>", ttl = "15m", cache = &CACHE_REF)]
 async fn get_vehicle(id: u64) -> u64 {
     id * 2
 }
