@@ -54,6 +54,7 @@ pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
                     name: #name,
                     ttl: ::core::time::Duration::from_millis(#millis),
                     lock: #lock,
+                    counters: ::cache_runtime::__private::CountersSlot::new(),
                 };
             #register
             let __cache_runtime_cache = #cache;

@@ -19,6 +19,8 @@ use crate::stats::{Counters, Stats, StatsRegistry, DIRECT_CALLS};
 use crate::store::memory::MemoryStore;
 use crate::store::Store;
 
+static NEXT_CACHE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Default bound of the memory store: 128 MiB of keys and JSON-encoded values.
 pub(crate) const DEFAULT_MEMORY_CAPACITY: u64 = 128 * 1024 * 1024;
 
@@ -45,6 +47,8 @@ pub struct Cache {
 }
 
 pub(crate) struct CacheInner {
+    /// Unique per cache in this process (never reused, unlike an address).
+    pub(crate) id: u64,
     pub(crate) store: Store,
     pub(crate) prefix: String,
     pub(crate) settings: Settings,
@@ -95,6 +99,7 @@ impl Cache {
     pub(crate) fn from_store(store: Store, prefix: String, settings: Settings) -> Cache {
         Cache {
             inner: Arc::new(CacheInner {
+                id: NEXT_CACHE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 store,
                 prefix,
                 settings,

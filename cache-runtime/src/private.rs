@@ -10,6 +10,7 @@ pub use crate::codec::{CloneProbe, Cloner, ViaClone, ViaDecode};
 pub use crate::default_cache::default_cache;
 pub use crate::key::push_part;
 pub use crate::shape::{OptionShape, PlainShape, ResultOptionShape, ResultShape, Shape};
+pub use crate::stats::CountersSlot;
 use crate::Cache;
 
 /// What `#[cached]` knows about one annotated function, as a `static`.
@@ -20,6 +21,8 @@ pub struct CachedFn {
     pub ttl: Duration,
     /// Whether `lock` was given.
     pub lock: bool,
+    /// This function's counters in the cache it runs with.
+    pub counters: CountersSlot,
 }
 
 /// `cache = <expr>`: the expression is borrowed and deref-coerced to `&Cache`, so `Cache`,
@@ -41,7 +44,9 @@ where
     S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
     Fut: Future<Output = R>,
 {
-    let counters = cache.inner.stats.counters(function.name);
+    let counters = function
+        .counters
+        .get(cache.inner.id, &cache.inner.stats, function.name);
     let policy = crate::cache::Policy {
         ttl: function.ttl,
         lock: function.lock,

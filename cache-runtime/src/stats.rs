@@ -1,8 +1,9 @@
 //! Hit, miss, load and error counters, per function name and in total.
 
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 /// The name under which the programmatic API ([`Cache::get`](crate::Cache::get),
@@ -171,5 +172,50 @@ impl StatsRegistry {
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+}
+
+/// One annotated function's counters in the cache it first ran with, kept in the function's
+/// `static`, so a call skips the registry's lock and hash lookup. Calls with another cache
+/// (a function whose `cache = self.cache` differs per instance) use the registry.
+#[doc(hidden)]
+pub struct CountersSlot(OnceLock<(u64, Arc<Counters>)>);
+
+impl CountersSlot {
+    #[doc(hidden)]
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        CountersSlot(OnceLock::new())
+    }
+
+    /// The counters of `name` in the cache identified by `cache_id`.
+    pub(crate) fn get<'a>(
+        &'a self,
+        cache_id: u64,
+        registry: &StatsRegistry,
+        name: &str,
+    ) -> CountersRef<'a> {
+        let (id, counters) = self.0.get_or_init(|| (cache_id, registry.counters(name)));
+        if *id == cache_id {
+            CountersRef::Slot(counters)
+        } else {
+            CountersRef::Owned(registry.counters(name))
+        }
+    }
+}
+
+/// Counters borrowed from a [`CountersSlot`] or shared from the registry.
+pub(crate) enum CountersRef<'a> {
+    Slot(&'a Counters),
+    Owned(Arc<Counters>),
+}
+
+impl Deref for CountersRef<'_> {
+    type Target = Counters;
+    fn deref(&self) -> &Counters {
+        match self {
+            CountersRef::Slot(counters) => counters,
+            CountersRef::Owned(counters) => counters,
+        }
     }
 }
