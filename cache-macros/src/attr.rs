@@ -70,9 +70,13 @@ pub(crate) struct CachedArgs {
     pub(crate) lock: bool,
     pub(crate) cache: Option<Expr>,
     pub(crate) name: Option<LitStr>,
+    /// Total keep time for stale fallback, in milliseconds.
+    pub(crate) stale: Option<u64>,
+    /// Age that triggers an early refresh, in milliseconds.
+    pub(crate) refresh: Option<u64>,
 }
 
-const CACHED_ARGS: &str = "`key`, `ttl`, `lock`, `cache`, `name`";
+const CACHED_ARGS: &str = "`key`, `ttl`, `lock`, `stale`, `refresh`, `cache`, `name`";
 
 impl CachedArgs {
     /// Validates every argument, reporting all problems at once. A missing or invalid `key`
@@ -83,6 +87,8 @@ impl CachedArgs {
         let mut lock = None;
         let mut cache = None;
         let mut name = None;
+        let mut stale = None;
+        let mut refresh = None;
         let mut seen: Vec<String> = Vec::new();
         for arg in raw.0 {
             if let Some(lit) = &arg.positional {
@@ -106,6 +112,8 @@ impl CachedArgs {
                         }
                     }
                 }
+                "stale" => stale = duration_value(&arg, errors, "stale = \"1h\""),
+                "refresh" => refresh = duration_value(&arg, errors, "refresh = \"12m\""),
                 "lock" => match arg.value {
                     None => lock = Some(arg.name.span()),
                     Some(value) => errors.push(
@@ -135,12 +143,36 @@ impl CachedArgs {
                 "missing `ttl = \"...\"`: `#[cached]` needs a time to live such as `ttl = \"15m\"`",
             );
         }
+        if let (Some(ttl), Some((stale, span))) = (&ttl, stale) {
+            if stale <= ttl.millis {
+                errors.push(span, "`stale` must be longer than `ttl`: it is how long a value is kept in all, to be served when the body fails after the value expired");
+            }
+        }
+        if let (Some(ttl), Some((refresh, span))) = (&ttl, refresh) {
+            if refresh >= ttl.millis {
+                errors.push(span, "`refresh` must be shorter than `ttl`: it is the age at which a hit recomputes the value before it expires");
+            }
+        }
         CachedArgs {
             key,
             ttl,
             lock: lock.is_some(),
             cache,
             name,
+            stale: stale.map(|(millis, _)| millis),
+            refresh: refresh.map(|(millis, _)| millis),
+        }
+    }
+}
+
+/// A duration literal (`"1h"`) and its span, or `None` after reporting the error.
+fn duration_value(arg: &RawArg, errors: &mut Errors, example: &str) -> Option<(u64, Span)> {
+    let lit = string_value(arg, errors, example)?;
+    match parse_ttl(&lit.value()) {
+        Ok(millis) => Some((millis, lit.span())),
+        Err(message) => {
+            errors.push(lit.span(), message);
+            None
         }
     }
 }
@@ -221,22 +253,20 @@ pub(crate) struct PutArgs;
 impl PutArgs {
     pub(crate) fn from_raw(raw: RawArgs, errors: &mut Errors) -> CachedArgs {
         // The same grammar as `#[cached]`, without `lock`.
-        if let Some(lock) = raw
-            .0
-            .iter()
-            .find(|arg| arg.positional.is_none() && arg.name == "lock")
-        {
+        // The grammar of `#[cached]`, without its read-side options.
+        let read_only = |arg: &RawArg| {
+            arg.positional.is_none() && (arg.name == "lock" || arg.name == "refresh")
+        };
+        for arg in raw.0.iter().filter(|arg| read_only(arg)) {
             errors.push(
-                lock.name.span(),
-                "unknown argument `lock`; expected one of `key`, `ttl`, `cache`, `name`",
+                arg.name.span(),
+                format!(
+                    "unknown argument `{}`; expected one of `key`, `ttl`, `stale`, `cache`, `name`",
+                    arg.name
+                ),
             );
         }
-        let raw = RawArgs(
-            raw.0
-                .into_iter()
-                .filter(|arg| arg.positional.is_some() || arg.name != "lock")
-                .collect(),
-        );
+        let raw = RawArgs(raw.0.into_iter().filter(|arg| !read_only(arg)).collect());
         CachedArgs::from_raw(raw, errors)
     }
 }

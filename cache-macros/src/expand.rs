@@ -42,6 +42,8 @@ pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
         .map_or_else(|| sig.ident.to_string(), LitStr::value);
     let millis = ttl.millis;
     let lock = args.lock;
+    let stale = optional_duration(args.stale);
+    let refresh = optional_duration(args.refresh);
     let cache = cache_expr(args.cache.as_ref());
     let register = register("Cached", &[template], &name);
     let shape = format_ident!("{}", returned.shape);
@@ -54,6 +56,8 @@ pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
                     name: #name,
                     ttl: ::core::time::Duration::from_millis(#millis),
                     lock: #lock,
+                    stale: #stale,
+                    refresh: #refresh,
                     counters: ::cache_runtime::__private::CountersSlot::new(),
                 };
             #register
@@ -174,7 +178,8 @@ pub(crate) fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
         .name
         .as_ref()
         .map_or_else(|| sig.ident.to_string(), LitStr::value);
-    let millis = ttl.millis;
+    // Readers with `stale` compute a value's age from its expiry: write with the same life.
+    let millis = args.stale.unwrap_or(0).max(ttl.millis);
     let cache = cache_expr(args.cache.as_ref());
     let register = register("Put", &[template], &name);
     let shape = format_ident!("{}", returned.shape);
@@ -242,6 +247,16 @@ fn cache_expr(cache: Option<&syn::Expr>) -> TokenStream {
     match cache {
         Some(expr) => quote_spanned!(expr.span()=> ::cache_runtime::__private::cache_of(&(#expr))),
         None => quote!(::cache_runtime::__private::default_cache()),
+    }
+}
+
+/// `Some(Duration)` or `None` for an optional duration argument.
+fn optional_duration(millis: Option<u64>) -> TokenStream {
+    match millis {
+        Some(millis) => {
+            quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#millis)))
+        }
+        None => quote!(::core::option::Option::None),
     }
 }
 

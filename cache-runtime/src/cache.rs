@@ -77,8 +77,36 @@ impl Default for Settings {
 
 /// How one call site caches.
 pub(crate) struct Policy {
+    /// How long a value is fresh.
     pub(crate) ttl: Duration,
+    /// Coordinate loads across processes.
     pub(crate) lock: bool,
+    /// How long a value is kept in all (`>= ttl`), to be served if the body fails.
+    pub(crate) stale: Option<Duration>,
+    /// Age after which a hit recomputes the value (`< ttl`).
+    pub(crate) refresh: Option<Duration>,
+}
+
+impl Policy {
+    /// A policy with a time to live only.
+    pub(crate) fn ttl(ttl: Duration) -> Policy {
+        Policy {
+            ttl,
+            lock: false,
+            stale: None,
+            refresh: None,
+        }
+    }
+
+    /// How long the store keeps a value.
+    pub(crate) fn lifetime(&self) -> Duration {
+        self.stale.map_or(self.ttl, |stale| stale.max(self.ttl))
+    }
+
+    /// Whether hits need the value's age (one pipelined `PTTL` more on Redis).
+    fn tracks_age(&self) -> bool {
+        self.stale.is_some() || self.refresh.is_some()
+    }
 }
 
 impl Cache {
@@ -198,14 +226,8 @@ impl Cache {
         validate_key(key)?;
         validate_ttl(ttl)?;
         let counters = self.inner.stats.counters(DIRECT_CALLS);
-        self.load_through::<ResultShape, _, _>(
-            &counters,
-            key,
-            &Policy { ttl, lock: false },
-            None,
-            load,
-        )
-        .await
+        self.load_through::<ResultShape, _, _>(&counters, key, &Policy::ttl(ttl), None, load)
+            .await
     }
 
     /// The state of the circuit breaker in front of Redis (always closed for the memory
@@ -282,17 +304,39 @@ impl Cache {
         S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
         Fut: Future<Output = R>,
     {
-        let store_failing = match self.lookup(counters, key, cloner).await {
-            Lookup::Hit(value) => return S::from_value(value),
-            Lookup::Miss => false,
-            Lookup::Failed(_) => true,
+        // An expired value kept for `stale`, served if the body fails.
+        let mut stale: Option<Arc<Entry>> = None;
+        let store_failing = if policy.tracks_age() {
+            match self.lookup_aged(counters, key, policy, cloner).await {
+                Aged::Fresh(value, age) => {
+                    if policy.refresh.is_some_and(|refresh| age >= refresh) {
+                        return self
+                            .refresh_early::<S, R, Fut>(counters, key, policy, cloner, load, value)
+                            .await;
+                    }
+                    return S::from_value(value);
+                }
+                Aged::Stale(entry) => {
+                    stale = Some(entry);
+                    false
+                }
+                Aged::Miss => false,
+                Aged::Failed => true,
+            }
+        } else {
+            match self.lookup(counters, key, cloner).await {
+                Lookup::Hit(value) => return S::from_value(value),
+                Lookup::Miss => false,
+                Lookup::Failed(_) => true,
+            }
         };
+        let ttl = policy.lifetime();
         loop {
             match self.inner.flights.join(key) {
                 Join::Leader(mut leader) => {
                     // A flight for this key may have finished between our miss and now
-                    // (not worth asking a store that just failed).
-                    let landed = if store_failing {
+                    // (not worth asking a store that just failed, nor about a stale entry).
+                    let landed = if store_failing || stale.is_some() {
                         None
                     } else {
                         self.inner.store.get(key).await.ok().flatten()
@@ -304,32 +348,35 @@ impl Cache {
                             return S::from_value(value);
                         }
                     }
-                    if let (true, Store::Redis(redis)) = (policy.lock, &self.inner.store) {
-                        return self
-                            .load_locked::<S, R, Fut>(
+                    let returned =
+                        if let (true, Store::Redis(redis)) = (policy.lock, &self.inner.store) {
+                            self.load_locked::<S, R, Fut>(
                                 redis,
                                 counters,
                                 key,
-                                policy.ttl,
+                                ttl,
                                 cloner,
                                 load,
                                 &mut leader,
+                                stale.as_ref(),
+                            )
+                            .await
+                        } else {
+                            let started = Instant::now();
+                            let returned = load().await;
+                            counters.load(started.elapsed());
+                            self.store_outcome::<S, R>(
+                                counters,
+                                key,
+                                ttl,
+                                cloner,
+                                &returned,
+                                &mut leader,
                             )
                             .await;
-                    }
-                    let started = Instant::now();
-                    let returned = load().await;
-                    counters.load(started.elapsed());
-                    self.store_outcome::<S, R>(
-                        counters,
-                        key,
-                        policy.ttl,
-                        cloner,
-                        &returned,
-                        &mut leader,
-                    )
-                    .await;
-                    return returned;
+                            returned
+                        };
+                    return serve_stale::<S, R>(counters, stale.as_ref(), cloner, returned);
                 }
                 Join::Follower(follower) => match flight::wait(follower).await {
                     Landed::Value(entry) => match entry.take(cloner) {
@@ -341,9 +388,10 @@ impl Cache {
                             // The leader's value did not decode as our type (two functions
                             // sharing a key with different types): load for ourselves.
                             counters.error();
-                            return self
-                                .load_alone::<S, R, Fut>(counters, key, policy.ttl, cloner, load)
+                            let returned = self
+                                .load_alone::<S, R, Fut>(counters, key, ttl, cloner, load)
                                 .await;
+                            return serve_stale::<S, R>(counters, stale.as_ref(), cloner, returned);
                         }
                     },
                     Landed::Absent => {
@@ -352,18 +400,67 @@ impl Cache {
                             return absent;
                         }
                         return self
-                            .load_alone::<S, R, Fut>(counters, key, policy.ttl, cloner, load)
+                            .load_alone::<S, R, Fut>(counters, key, ttl, cloner, load)
                             .await;
                     }
-                    // Errors are not shareable: each caller gets its own body's result.
+                    // The leader's body failed. With a stale value, serve it without running
+                    // the body again; otherwise errors are not shareable (`E` need not be
+                    // `Clone`), so each caller gets its own body's result.
                     Landed::Failed => {
+                        if let Some(value) =
+                            stale.as_ref().and_then(|entry| entry.take(cloner).ok())
+                        {
+                            counters.stale();
+                            return S::from_value(value);
+                        }
                         return self
-                            .load_alone::<S, R, Fut>(counters, key, policy.ttl, cloner, load)
-                            .await
+                            .load_alone::<S, R, Fut>(counters, key, ttl, cloner, load)
+                            .await;
                     }
                     // The leader was cancelled or panicked: elect a new one.
                     Landed::Abandoned | Landed::Running => continue,
                 },
+            }
+        }
+    }
+
+    /// Reads `key` with its age, for policies with `stale` or `refresh`.
+    async fn lookup_aged<T>(
+        &self,
+        counters: &Counters,
+        key: &str,
+        policy: &Policy,
+        cloner: Cloner<T>,
+    ) -> Aged<T>
+    where
+        T: DeserializeOwned + 'static,
+    {
+        match self.inner.store.get_aged(key, policy.lifetime()).await {
+            Ok(Some((entry, age))) if age < policy.ttl => match entry.take(cloner) {
+                Ok(value) => {
+                    counters.hit();
+                    Aged::Fresh(value, age)
+                }
+                Err(error) => {
+                    tracing::warn!(key, %error, "cached value does not decode; treating as a miss");
+                    counters.error();
+                    counters.miss();
+                    Aged::Miss
+                }
+            },
+            Ok(Some((entry, _))) => {
+                counters.miss();
+                Aged::Stale(entry)
+            }
+            Ok(None) => {
+                counters.miss();
+                Aged::Miss
+            }
+            Err(error) => {
+                tracing::warn!(key, %error, store = self.inner.store.kind(), "cache read failed");
+                counters.error();
+                counters.miss();
+                Aged::Failed
             }
         }
     }
@@ -484,6 +581,39 @@ enum Lookup<T> {
     Hit(T),
     Miss,
     Failed(Error),
+}
+
+/// A lookup that knows the value's age.
+enum Aged<T> {
+    /// Younger than the TTL: the value and its age.
+    Fresh(T, Duration),
+    /// Past the TTL but kept for `stale`.
+    Stale(Arc<Entry>),
+    Miss,
+    Failed,
+}
+
+/// `returned`, or the stale value when the body failed and one is kept.
+pub(crate) fn serve_stale<S, R>(
+    counters: &Counters,
+    stale: Option<&Arc<Entry>>,
+    cloner: Cloner<S::Value>,
+    returned: R,
+) -> R
+where
+    S: Shape<R>,
+    S::Value: DeserializeOwned + 'static,
+{
+    if !matches!(S::outcome(&returned), Outcome::Failed) {
+        return returned;
+    }
+    match stale.and_then(|entry| entry.take(cloner).ok()) {
+        Some(value) => {
+            counters.stale();
+            S::from_value(value)
+        }
+        None => returned,
+    }
 }
 
 /// Rejects TTLs the stores cannot honour.

@@ -59,6 +59,15 @@ impl Flights {
         })
     }
 
+    /// Leads a new flight for `key`, or `None` if one is running (used by early refresh,
+    /// which never waits).
+    pub(crate) fn try_lead(&self, key: &str) -> Option<Leader<'_>> {
+        match self.join(key) {
+            Join::Leader(leader) => Some(leader),
+            Join::Follower(_) => None,
+        }
+    }
+
     /// How many flights are running (for tests and diagnostics).
     #[cfg(test)]
     fn len(&self) -> usize {

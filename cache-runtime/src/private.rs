@@ -21,6 +21,10 @@ pub struct CachedFn {
     pub ttl: Duration,
     /// Whether `lock` was given.
     pub lock: bool,
+    /// Total keep time for stale fallback (`stale = ...`).
+    pub stale: Option<Duration>,
+    /// Age at which hits recompute the value (`refresh = ...`).
+    pub refresh: Option<Duration>,
     /// This function's counters in the cache it runs with.
     pub counters: CountersSlot,
 }
@@ -50,6 +54,8 @@ where
     let policy = crate::cache::Policy {
         ttl: function.ttl,
         lock: function.lock,
+        stale: function.stale,
+        refresh: function.refresh,
     };
     cache
         .load_through::<S, R, Fut>(&counters, &key, &policy, cloner, || body)

@@ -17,19 +17,22 @@
 //!    caller runs its own body. A hit never touches any of this.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cache::Cache;
-use crate::codec::Cloner;
+use crate::cache::Policy;
+use crate::codec::{Cloner, Entry};
 use crate::flight::{Landed, Leader};
 use crate::lock::{new_token, RELEASE};
 use crate::notify::{Signal, FILLED};
-use crate::shape::Shape;
+use crate::shape::{Outcome, Shape};
 use crate::stats::Counters;
 use crate::store::redis::RedisStore;
+use crate::store::Store;
 
 /// Where the lease of a load lives: a hash tag keeps it in the key's own slot family.
 fn load_lock_key(prefix: &str, key: &str) -> String {
@@ -47,6 +50,7 @@ impl Cache {
         cloner: Cloner<S::Value>,
         load: impl FnOnce() -> Fut,
         leader: &mut Leader<'_>,
+        stale: Option<&Arc<Entry>>,
     ) -> R
     where
         S: Shape<R>,
@@ -120,8 +124,18 @@ impl Cache {
                 look_first = true;
                 continue;
             }
-            if let Ok(Ok(Signal::Ready)) = tokio::time::timeout_at(until.into(), woken).await {
-                look_first = true; // the value landed: read it before contending
+            match tokio::time::timeout_at(until.into(), woken).await {
+                // The value landed: read it before contending.
+                Ok(Ok(Signal::Ready)) => look_first = true,
+                // The holder's body failed: a stale value answers without another run.
+                Ok(Ok(Signal::Failed)) => {
+                    if let Some(value) = stale.and_then(|entry| entry.take(cloner).ok()) {
+                        leader.publish(Landed::Failed);
+                        counters.stale();
+                        return S::from_value(value);
+                    }
+                }
+                _ => {}
             }
         }
         self.load_unlocked::<S, R, Fut>(counters, key, ttl, cloner, load, leader)
@@ -212,6 +226,75 @@ impl Cache {
             .await;
         held.release(redis, stored).await;
         returned
+    }
+}
+
+impl Cache {
+    /// Early refresh: a hit on a value older than `refresh` recomputes it, once per process
+    /// (a flight) and, on Redis, once across processes (a lease); every other caller, and
+    /// this one if the body fails, gets the current value without waiting.
+    pub(crate) async fn refresh_early<S, R, Fut>(
+        &self,
+        counters: &Counters,
+        key: &str,
+        policy: &Policy,
+        cloner: Cloner<S::Value>,
+        load: impl FnOnce() -> Fut,
+        current: S::Value,
+    ) -> R
+    where
+        S: Shape<R>,
+        S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
+        Fut: Future<Output = R>,
+    {
+        let Some(mut leader) = self.inner.flights.try_lead(key) else {
+            return S::from_value(current);
+        };
+        let mut held = None;
+        if let Store::Redis(redis) = &self.inner.store {
+            let lock_key = load_lock_key(&self.inner.prefix, key);
+            let token = new_token();
+            if !matches!(
+                redis
+                    .try_lease(&lock_key, &token, self.inner.settings.lock_lease)
+                    .await,
+                Ok(true)
+            ) {
+                return S::from_value(current); // another process refreshes it
+            }
+            let channel = redis.notifier().channel(FILLED, key);
+            held = Some((
+                redis,
+                HeldLease {
+                    cache: self.clone(),
+                    lock_key,
+                    token,
+                    channel,
+                    done: false,
+                },
+            ));
+        }
+        counters.refresh();
+        let started = Instant::now();
+        let returned = load().await;
+        counters.load(started.elapsed());
+        let stored = self
+            .store_outcome::<S, R>(
+                counters,
+                key,
+                policy.lifetime(),
+                cloner,
+                &returned,
+                &mut leader,
+            )
+            .await;
+        if let Some((redis, mut lease)) = held {
+            lease.release(redis, stored).await;
+        }
+        match S::outcome(&returned) {
+            Outcome::Failed => S::from_value(current),
+            _ => returned,
+        }
     }
 }
 

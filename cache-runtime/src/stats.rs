@@ -29,6 +29,10 @@ pub struct Stats {
     pub invalidated: u64,
     /// Pattern invalidations that no index could serve, so the keyspace was scanned.
     pub pattern_scans: u64,
+    /// Expired values returned because the body failed (`stale = ...`).
+    pub stale: u64,
+    /// Values recomputed before they expired (`refresh = ...`).
+    pub refreshes: u64,
 }
 
 impl Stats {
@@ -50,6 +54,8 @@ impl Stats {
         self.errors += other.errors;
         self.invalidated += other.invalidated;
         self.pattern_scans += other.pattern_scans;
+        self.stale += other.stale;
+        self.refreshes += other.refreshes;
     }
 }
 
@@ -68,6 +74,8 @@ pub(crate) struct Counters {
     errors: AtomicU64,
     invalidated: AtomicU64,
     pattern_scans: AtomicU64,
+    stale: AtomicU64,
+    refreshes: AtomicU64,
     /// Per bucket (non-cumulative), plus one for `+Inf`.
     load_buckets: [AtomicU64; LOAD_BUCKETS.len() + 1],
     load_nanos: AtomicU64,
@@ -88,6 +96,12 @@ impl Counters {
     }
     pub(crate) fn invalidated(&self, keys: u64) {
         self.invalidated.fetch_add(keys, Relaxed);
+    }
+    pub(crate) fn stale(&self) {
+        self.stale.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn refresh(&self) {
+        self.refreshes.fetch_add(1, Relaxed);
     }
     pub(crate) fn pattern_scan(&self) {
         self.pattern_scans.fetch_add(1, Relaxed);
@@ -113,6 +127,8 @@ impl Counters {
             errors: self.errors.load(Relaxed),
             invalidated: self.invalidated.load(Relaxed),
             pattern_scans: self.pattern_scans.load(Relaxed),
+            stale: self.stale.load(Relaxed),
+            refreshes: self.refreshes.load(Relaxed),
         }
     }
 

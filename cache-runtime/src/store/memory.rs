@@ -12,6 +12,7 @@ const ENTRY_OVERHEAD: usize = 64;
 struct Stored {
     entry: Arc<Entry>,
     ttl: Duration,
+    stored_at: Instant,
 }
 
 /// Expires every entry after the TTL it was stored with, also when it is overwritten.
@@ -55,9 +56,24 @@ impl MemoryStore {
         self.entries.get(key).await.map(|stored| stored.entry)
     }
 
+    /// The entry and how long ago it was stored.
+    pub(crate) async fn get_aged(&self, key: &str) -> Option<(Arc<Entry>, Duration)> {
+        self.entries
+            .get(key)
+            .await
+            .map(|stored| (stored.entry, stored.stored_at.elapsed()))
+    }
+
     pub(crate) async fn set(&self, key: &str, entry: Arc<Entry>, ttl: Duration) {
         self.entries
-            .insert(key.to_owned(), Stored { entry, ttl })
+            .insert(
+                key.to_owned(),
+                Stored {
+                    entry,
+                    ttl,
+                    stored_at: Instant::now(),
+                },
+            )
             .await;
     }
 }

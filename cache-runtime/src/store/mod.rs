@@ -33,6 +33,18 @@ impl Store {
         }
     }
 
+    /// The entry under `key` and its age, for entries stored with `lifetime`.
+    pub(crate) async fn get_aged(
+        &self,
+        key: &str,
+        lifetime: Duration,
+    ) -> Result<Option<(Arc<Entry>, Duration)>> {
+        match self {
+            Store::Memory(store) => Ok(store.get_aged(key).await),
+            Store::Redis(store) => store.get_aged(key, lifetime).await,
+        }
+    }
+
     /// Stores `entry` under `key` for `ttl`.
     pub(crate) async fn set(&self, key: &str, entry: &Arc<Entry>, ttl: Duration) -> Result<()> {
         match self {

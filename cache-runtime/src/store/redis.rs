@@ -109,6 +109,34 @@ impl RedisStore {
         Ok(bytes.map(|json| Arc::new(Entry::from_json(json))))
     }
 
+    /// `GET` and `PTTL` in one round trip: the entry and its age, for entries stored with
+    /// `lifetime` (the age is `lifetime - PTTL`).
+    pub(crate) async fn get_aged(
+        &self,
+        key: &str,
+        lifetime: Duration,
+    ) -> Result<Option<(Arc<Entry>, Duration)>> {
+        let mut connection = self.connection.clone();
+        let full_key = self.full_key(key);
+        let (bytes, millis): (Option<Vec<u8>>, i64) = self
+            .guarded(
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(&full_key)
+                    .cmd("PTTL")
+                    .arg(&full_key)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        let remaining = Duration::from_millis(u64::try_from(millis).unwrap_or(0));
+        Ok(bytes.map(|json| {
+            (
+                Arc::new(Entry::from_json(json)),
+                lifetime.saturating_sub(remaining),
+            )
+        }))
+    }
+
     /// `SET key value PX ttl` and the index updates, in one `MULTI` round trip.
     pub(crate) async fn set(&self, key: &str, entry: &Entry, ttl: Duration) -> Result<()> {
         let mut connection = self.connection.clone();

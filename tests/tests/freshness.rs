@@ -1,0 +1,167 @@
+//! Stale fallback (`stale = ...`) and early refresh (`refresh = ...`) against real Redis and
+//! the memory store.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cache_runtime::{cached, Cache};
+use cache_tests::RedisServer;
+
+/// A pretend price service whose database can be made to fail.
+#[derive(Default)]
+struct Prices {
+    loads: AtomicU32,
+    failing: AtomicBool,
+}
+
+impl Prices {
+    async fn query(&self, id: u64) -> Result<String, String> {
+        let load = self.loads.fetch_add(1, SeqCst) + 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if self.failing.load(SeqCst) {
+            return Err("database down".into());
+        }
+        Ok(format!("price {id} v{load}"))
+    }
+}
+
+#[cached(key = "price:<id>", ttl = "200ms", stale = "1h", cache = cache)]
+async fn price(cache: &Cache, prices: &Prices, id: u64) -> Result<String, String> {
+    prices.query(id).await
+}
+
+#[cached(key = "hot:<id>", ttl = "600ms", refresh = "300ms", cache = cache)]
+async fn hot(cache: &Cache, prices: &Prices, id: u64) -> Result<String, String> {
+    prices.query(id).await
+}
+
+async fn redis_cache(server: &RedisServer) -> Cache {
+    Cache::builder()
+        .redis(server.url())
+        .prefix("t:")
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn stale_value_is_served_while_the_body_fails(cache: Cache) {
+    let prices = Prices::default();
+    assert_eq!(price(&cache, &prices, 1).await.unwrap(), "price 1 v1");
+    tokio::time::sleep(Duration::from_millis(300)).await; // past the TTL, within `stale`
+    prices.failing.store(true, SeqCst);
+    assert_eq!(
+        price(&cache, &prices, 1).await.unwrap(),
+        "price 1 v1",
+        "the stale value answers"
+    );
+    assert_eq!(cache.stats_of("price").stale, 1);
+    // Without a kept value the error goes through.
+    assert!(price(&cache, &prices, 2).await.is_err());
+    prices.failing.store(false, SeqCst);
+    assert_eq!(
+        price(&cache, &prices, 1).await.unwrap(),
+        "price 1 v4",
+        "a fresh value once the body works"
+    );
+    assert_eq!(
+        price(&cache, &prices, 1).await.unwrap(),
+        "price 1 v4",
+        "and it is cached again"
+    );
+}
+
+#[tokio::test]
+async fn redis_serves_stale_values_while_the_body_fails() {
+    let server = RedisServer::start();
+    let cache = redis_cache(&server).await;
+    stale_value_is_served_while_the_body_fails(cache).await;
+    // The value is kept in Redis for `stale`, not just the TTL.
+    let mut connection = server.connection().await;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("t:price:1")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(pttl > 3_500_000, "kept for about an hour, PTTL {pttl}");
+}
+
+#[tokio::test]
+async fn memory_serves_stale_values_while_the_body_fails() {
+    stale_value_is_served_while_the_body_fails(Cache::memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_of_a_failing_body_share_the_stale_value() {
+    let server = RedisServer::start();
+    let cache = redis_cache(&server).await;
+    let prices = Arc::new(Prices::default());
+    price(&cache, &prices, 3).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    prices.failing.store(true, SeqCst);
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let (cache, prices) = (cache.clone(), prices.clone());
+            tokio::spawn(async move { price(&cache, &prices, 3).await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), "price 3 v1");
+    }
+    assert_eq!(
+        prices.loads.load(SeqCst),
+        2,
+        "one failing run answers all 50 callers"
+    );
+}
+
+/// Under steady load a key with `refresh` never misses: hits recompute it before it expires.
+async fn hot_key_never_misses(caches: Vec<Cache>) {
+    let prices = Arc::new(Prices::default());
+    hot(&caches[0], &prices, 1).await.unwrap();
+    let started = Instant::now();
+    let mut callers = Vec::new();
+    for cache in &caches {
+        for _ in 0..8 / caches.len() {
+            let (cache, prices) = (cache.clone(), prices.clone());
+            callers.push(tokio::spawn(async move {
+                let mut slowest = Duration::ZERO;
+                while started.elapsed() < Duration::from_millis(2000) {
+                    let call = Instant::now();
+                    hot(&cache, &prices, 1).await.unwrap();
+                    slowest = slowest.max(call.elapsed());
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                slowest
+            }));
+        }
+    }
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    let stats: Vec<_> = caches.iter().map(|cache| cache.stats_of("hot")).collect();
+    let misses: u64 = stats.iter().map(|s| s.misses).sum();
+    assert_eq!(misses, 1, "only the very first call missed: {stats:?}");
+    let refreshes: u64 = stats.iter().map(|s| s.refreshes).sum();
+    assert!(
+        (3..=8).contains(&refreshes),
+        "about one refresh per 300-600 ms over 2 s, got {refreshes}"
+    );
+    assert_eq!(
+        u64::from(prices.loads.load(SeqCst)),
+        1 + refreshes,
+        "each refresh ran the body once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refreshes_hot_keys_once_across_processes() {
+    let server = RedisServer::start();
+    // Two caches on one server stand for two processes.
+    hot_key_never_misses(vec![redis_cache(&server).await, redis_cache(&server).await]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_refreshes_hot_keys_before_they_expire() {
+    hot_key_never_misses(vec![Cache::memory()]).await;
+}
