@@ -1,35 +1,7 @@
 //! Invalidation indexes: how `invalidate_pattern("homepage:*")` finds its keys on Redis
 //! without scanning the keyspace.
 //!
-//! # Design
-//!
-//! Every key written through the cache is recorded in up to two *index* sorted sets, named
-//! after the key's first one and first two `:`-terminated prefixes: `dealer:7:vehicles` is
-//! recorded in `__idx:dealer:` and `__idx:dealer:7:` (under the cache's prefix, e.g.
-//! `okla:__idx:dealer:`). Each member's score is its expiry time in milliseconds.
-//!
-//! A pattern is served by the deepest index its literal text names: `homepage:*` reads
-//! `__idx:homepage:`, `dealer:7:*` reads `__idx:dealer:7:`, `dealer:*:vehicles` reads
-//! `__idx:dealer:`. The index is walked with `ZSCAN ... MATCH <pattern>`, and the matching
-//! keys are `UNLINK`ed. The cost is proportional to the keys under that prefix, whatever
-//! else the database holds. A pattern without a `:`-terminated literal prefix (`*:vehicles`,
-//! `home*`) falls back to `SCAN MATCH` over the database, counted in
-//! [`Stats::pattern_scans`](crate::Stats::pattern_scans).
-//!
-//! # Costs
-//!
-//! - A hit: unchanged, one `GET`.
-//! - A write: one round trip, a `MULTI` holding the `SET` plus, per index, `ZADD`,
-//!   `ZREMRANGEBYSCORE -inf <now>` (drops members whose keys have expired, so an index never
-//!   grows beyond the live keys) and `PEXPIRE NX` / `PEXPIRE GT` (an index outlives its
-//!   longest-lived member, and disappears when its prefix goes idle).
-//! - Memory: one sorted-set member per key and index (the key's text and a score).
-//!
-//! Keys removed by `invalidate` stay in their indexes until they expire or a pattern
-//! invalidation meets them; stale members only cost an `UNLINK` of a missing key.
-//!
-//! On Redis Cluster, an index lives in one slot and its keys in others: a write becomes a
-//! per-node pipeline, and pattern invalidation reads one index and unlinks per slot.
+//! The design and its costs are described in the crate docs (`lib.rs`, "Invalidation").
 
 use crate::glob;
 

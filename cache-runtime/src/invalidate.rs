@@ -20,8 +20,8 @@ impl Cache {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidKey`] for an empty key or one with whitespace or control characters;
-    /// [`Error::Backend`] when Redis fails.
+    /// [`Error::InvalidKey`](crate::Error::InvalidKey) for an empty key or one with whitespace or control characters;
+    /// [`Error::Backend`](crate::Error::Backend) when Redis fails.
     pub async fn invalidate(&self, key: &str) -> Result<u64> {
         validate_key(key)?;
         let counters = self.inner.stats.counters(DIRECT_CALLS);
@@ -38,8 +38,8 @@ impl Cache {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidPattern`] for an empty pattern, an unclosed `[`, a trailing `\`, or
-    /// whitespace; [`Error::Backend`] when Redis fails (keys removed before the failure stay
+    /// [`Error::InvalidPattern`](crate::Error::InvalidPattern) for an empty pattern, an unclosed `[`, a trailing `\`, or
+    /// whitespace; [`Error::Backend`](crate::Error::Backend) when Redis fails (keys removed before the failure stay
     /// removed).
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
         glob::validate(pattern)?;
@@ -53,8 +53,8 @@ impl Cache {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a Redis cache without a prefix (clearing it would remove
-    /// the whole database); [`Error::Backend`] when Redis fails.
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a Redis cache without a prefix (clearing it would remove
+    /// the whole database); [`Error::Backend`](crate::Error::Backend) when Redis fails.
     pub async fn clear(&self) -> Result<u64> {
         let counters = self.inner.stats.counters(DIRECT_CALLS);
         let removed = self

@@ -31,18 +31,63 @@
 //! - `Err` and `None` are never cached. Concurrent misses of one key run the body once.
 //! - The cache is a mirror, never the source of truth: if Redis is down or holds garbage,
 //!   the function runs its body and returns its result; the failure is counted in
-//!   [`Stats::errors`].
+//!   [`Stats::errors`], and a circuit breaker ([`BreakerState`]) stops calls from waiting on
+//!   a Redis that is known down.
+//!
+//! Build a Redis cache with [`Cache::builder`] and make it the default with [`set_default`],
+//! or name a cache per function with `cache = <expr>`.
 //!
 //! ## Invalidation
 //!
 //! [`invalidates`] removes keys and glob patterns after a function succeeds, and
-//! [`cache_put`] writes its result through; pattern invalidation reads an index instead of
-//! scanning Redis (the design and its costs are described on
-//! [`Cache::invalidate_pattern`]). [`check_invalidations`] finds invalidation patterns that
-//! can match no cached key.
+//! [`cache_put`] writes its result through. [`check_invalidations`] finds invalidation
+//! patterns that can match no cached key (a typo such as `"homepgae:*"`); call it in a test.
 //!
-//! Build a Redis cache with [`Cache::builder`] and make it the default with [`set_default`],
-//! or name a cache per function with `cache = <expr>`.
+//! ### How pattern invalidation avoids scanning Redis
+//!
+//! Every key written through the cache is recorded in up to two *index* sorted sets, named
+//! after the key's first one and first two `:`-terminated prefixes: `dealer:7:vehicles` is
+//! recorded in `__idx:dealer:` and `__idx:dealer:7:` (under the cache's prefix, e.g.
+//! `okla:__idx:dealer:`). Each member's score is its expiry time in milliseconds.
+//!
+//! A pattern is served by the deepest index its literal text names: `homepage:*` reads
+//! `__idx:homepage:`, `dealer:7:*` reads `__idx:dealer:7:`, `dealer:*:vehicles` reads
+//! `__idx:dealer:`. The index is walked with `ZSCAN ... MATCH <pattern>`, and the matching
+//! keys are `UNLINK`ed. The cost is proportional to the keys under that prefix, whatever
+//! else the database holds. A pattern without a `:`-terminated literal prefix (`*:vehicles`,
+//! `home*`) falls back to `SCAN MATCH` over the database, counted in
+//! [`Stats::pattern_scans`].
+//!
+//! ### What the index costs
+//!
+//! - A hit: unchanged, one `GET`.
+//! - A write: one round trip, a `MULTI` holding the `SET` plus, per index, `ZADD`,
+//!   `ZREMRANGEBYSCORE -inf <now>` (drops members whose keys have expired, so an index never
+//!   grows beyond the live keys) and `PEXPIRE NX` / `PEXPIRE GT` (an index outlives its
+//!   longest-lived member, and disappears when its prefix goes idle).
+//! - Memory: one sorted-set member per key and index (the key's text and a score).
+//!
+//! Keys removed by `invalidate` stay in their indexes until they expire or a pattern
+//! invalidation meets them; stale members only cost an `UNLINK` of a missing key.
+//!
+//! On Redis Cluster, an index lives in one slot and its keys in others: a write becomes a
+//! per-node pipeline, and pattern invalidation reads one index and unlinks per slot.
+
+//!
+//! ## Stampede protection, stale values, early refresh
+//!
+//! - Within a process, concurrent misses of a key always share one run of the body.
+//! - `#[cached(..., lock)]` extends that across processes sharing a Redis: one process takes
+//!   a lease (`SET NX PX`, renewed while the body runs) and loads; the others are woken by a
+//!   pub/sub message when the value lands, and take over if the holder dies. A hit never
+//!   touches the lock. Tune it with [`CacheBuilder::lock_lease`] and
+//!   [`CacheBuilder::lock_wait`].
+//! - `stale = "1h"` keeps a value that long in all and serves it, once expired, when the
+//!   body fails ([`Stats::stale`]).
+//! - `refresh = "12m"` recomputes a value older than that on a hit, once across processes,
+//!   while every other caller keeps getting the current value ([`Stats::refreshes`]).
+//! - [`Cache::lock`] and [`Cache::try_lock`] offer the lease lock directly, with fencing
+//!   tokens ([`LockGuard`]).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -1,16 +1,7 @@
 //! Lease locks: `SET key token NX PX lease`, renewed and released only by their holder
 //! (compare-and-set scripts), with a fencing token per resource. Used by `#[cached(lock)]`
 //! and offered directly as [`Cache::lock`] / [`Cache::try_lock`].
-//!
-//! # Why fencing tokens
-//!
-//! A lease can expire while its holder still works: a GC pause, a stalled VM, a slow
-//! network (Martin Kleppmann, "How to do distributed locking", 2016). The next holder then
-//! runs concurrently with the old one, and no lock algorithm alone prevents that. Each
-//! acquisition therefore gets a number, strictly greater than every earlier one for the same
-//! resource ([`LockGuard::fencing_token`]). Pass it to the resource you protect (a database
-//! row's `last_token` column, a storage API) and have it reject writes carrying a token
-//! lower than one it has already seen: a stale holder's late write is refused.
+//! See [`LockGuard`] for why every acquisition carries a fencing token.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -281,6 +272,16 @@ enum Woken {
 
 /// A held lease lock. Release it with [`release`](Self::release); dropping it releases it
 /// in the background (when a Tokio runtime is running) if it is still held.
+///
+/// # Why fencing tokens
+///
+/// A lease can expire while its holder still works: a GC pause, a stalled VM, a slow
+/// network (Martin Kleppmann, "How to do distributed locking", 2016). The next holder then
+/// runs concurrently with the old one, and no lock algorithm alone prevents that. Each
+/// acquisition therefore gets a number, strictly greater than every earlier one for the same
+/// resource ([`LockGuard::fencing_token`]). Pass it to the resource you protect (a database
+/// row's `last_token` column, a storage API) and have it reject writes carrying a token
+/// lower than one it has already seen: a stale holder's late write is refused.
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct LockGuard {
     cache: Cache,
@@ -292,7 +293,7 @@ pub struct LockGuard {
 
 impl LockGuard {
     /// The fencing token of this acquisition: greater than every earlier acquisition's for
-    /// the same resource. See the [module docs](crate::LockGuard#why-fencing-tokens).
+    /// the same resource. See [why fencing tokens](LockGuard#why-fencing-tokens).
     pub fn fencing_token(&self) -> u64 {
         self.fence
     }
