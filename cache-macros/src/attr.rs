@@ -35,11 +35,7 @@ impl Parse for RawArg {
         } else {
             None
         };
-        Ok(RawArg {
-            name,
-            value,
-            positional: None,
-        })
+        Ok(RawArg { name, value, positional: None })
     }
 }
 
@@ -48,11 +44,7 @@ pub(crate) struct RawArgs(pub(crate) Vec<RawArg>);
 
 impl Parse for RawArgs {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        Ok(RawArgs(
-            Punctuated::<RawArg, Token![,]>::parse_terminated(input)?
-                .into_iter()
-                .collect(),
-        ))
+        Ok(RawArgs(Punctuated::<RawArg, Token![,]>::parse_terminated(input)?.into_iter().collect()))
     }
 }
 
@@ -116,17 +108,14 @@ impl CachedArgs {
                 "refresh" => refresh = duration_value(&arg, errors, "refresh = \"12m\""),
                 "lock" => match arg.value {
                     None => lock = Some(arg.name.span()),
-                    Some(value) => errors.push(
-                        value.span(),
-                        "`lock` is a flag and takes no value: write `lock`",
-                    ),
+                    Some(value) => errors
+                        .push(value.span(), "`lock` is a flag and takes no value: write `lock`"),
                 },
                 "cache" => match arg.value {
                     Some(value) => cache = Some(value),
-                    None => errors.push(
-                        arg.name.span(),
-                        "`cache` needs a value: `cache = self.cache`",
-                    ),
+                    None => {
+                        errors.push(arg.name.span(), "`cache` needs a value: `cache = self.cache`")
+                    }
                 },
                 _ => errors.push(
                     arg.name.span(),
@@ -180,22 +169,13 @@ fn duration_value(arg: &RawArg, errors: &mut Errors, example: &str) -> Option<(u
 /// The string literal value of `arg`, or an error showing the expected form.
 fn string_value(arg: &RawArg, errors: &mut Errors, example: &str) -> Option<LitStr> {
     match &arg.value {
-        Some(Expr::Lit(syn::ExprLit {
-            lit: syn::Lit::Str(lit),
-            ..
-        })) => Some(lit.clone()),
+        Some(Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(lit), .. })) => Some(lit.clone()),
         Some(other) => {
-            errors.push(
-                other.span(),
-                format!("expected a string literal: `{example}`"),
-            );
+            errors.push(other.span(), format!("expected a string literal: `{example}`"));
             None
         }
         None => {
-            errors.push(
-                arg.name.span(),
-                format!("`{}` needs a value: `{example}`", arg.name),
-            );
+            errors.push(arg.name.span(), format!("`{}` needs a value: `{example}`", arg.name));
             None
         }
     }
@@ -210,11 +190,7 @@ pub(crate) struct InvalidatesArgs {
 
 impl InvalidatesArgs {
     pub(crate) fn from_raw(raw: RawArgs, errors: &mut Errors) -> InvalidatesArgs {
-        let mut args = InvalidatesArgs {
-            templates: Vec::new(),
-            cache: None,
-            name: None,
-        };
+        let mut args = InvalidatesArgs { templates: Vec::new(), cache: None, name: None };
         let mut seen: Vec<String> = Vec::new();
         for arg in raw.0 {
             if let Some(lit) = arg.positional {

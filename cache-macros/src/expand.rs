@@ -30,16 +30,8 @@ pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
         return with_errors(&errors, item);
     };
 
-    let ItemFn {
-        attrs,
-        vis,
-        sig,
-        block,
-    } = &function;
-    let name = args
-        .name
-        .as_ref()
-        .map_or_else(|| sig.ident.to_string(), LitStr::value);
+    let ItemFn { attrs, vis, sig, block } = &function;
+    let name = args.name.as_ref().map_or_else(|| sig.ident.to_string(), LitStr::value);
     let millis = ttl.millis;
     let lock = args.lock;
     let stale = optional_duration(args.stale);
@@ -102,21 +94,10 @@ pub(crate) fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
         return with_errors(&errors, item);
     };
 
-    let ItemFn {
-        attrs,
-        vis,
-        sig,
-        block,
-    } = &function;
-    let name = args
-        .name
-        .map_or_else(|| sig.ident.to_string(), |lit| lit.value());
+    let ItemFn { attrs, vis, sig, block } = &function;
+    let name = args.name.map_or_else(|| sig.ident.to_string(), |lit| lit.value());
     let cache = cache_expr(args.cache.as_ref());
-    let register = register(
-        "Invalidates",
-        &args.templates.iter().collect::<Vec<_>>(),
-        &name,
-    );
+    let register = register("Invalidates", &args.templates.iter().collect::<Vec<_>>(), &name);
     let returned_ty = returned_annotation(sig);
     // Only a successful call invalidates: `Ok` for `Result`s, any return otherwise.
     let succeeded = match &signature.returned {
@@ -168,16 +149,8 @@ pub(crate) fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
         return with_errors(&errors, item);
     };
 
-    let ItemFn {
-        attrs,
-        vis,
-        sig,
-        block,
-    } = &function;
-    let name = args
-        .name
-        .as_ref()
-        .map_or_else(|| sig.ident.to_string(), LitStr::value);
+    let ItemFn { attrs, vis, sig, block } = &function;
+    let name = args.name.as_ref().map_or_else(|| sig.ident.to_string(), LitStr::value);
     // Readers with `stale` compute a value's age from its expiry: write with the same life.
     let millis = args.stale.unwrap_or(0).max(ttl.millis);
     let cache = cache_expr(args.cache.as_ref());
@@ -224,9 +197,7 @@ fn parse_function(attribute: &str, item: &TokenStream, errors: &mut Errors) -> O
 }
 
 fn parse_args(args: TokenStream, errors: &mut Errors) -> Option<RawArgs> {
-    syn::parse2::<RawArgs>(args)
-        .map_err(|error| errors.add(error))
-        .ok()
+    syn::parse2::<RawArgs>(args).map_err(|error| errors.add(error)).ok()
 }
 
 /// The key expression for a template, or `None` after reporting its errors.
@@ -330,18 +301,9 @@ struct Rules {
 }
 
 impl Rules {
-    const CACHED: Rules = Rules {
-        shared_self: true,
-        needs_return: true,
-    };
-    const PUT: Rules = Rules {
-        shared_self: false,
-        needs_return: true,
-    };
-    const WRITING: Rules = Rules {
-        shared_self: false,
-        needs_return: false,
-    };
+    const CACHED: Rules = Rules { shared_self: true, needs_return: true };
+    const PUT: Rules = Rules { shared_self: false, needs_return: true };
+    const WRITING: Rules = Rules { shared_self: false, needs_return: false };
 }
 
 impl<'a> Signature<'a> {
@@ -391,11 +353,7 @@ impl<'a> Signature<'a> {
             }
             ReturnType::Default => None,
         };
-        Signature {
-            has_self,
-            params,
-            returned,
-        }
+        Signature { has_self, params, returned }
     }
 }
 
@@ -405,25 +363,13 @@ impl<'a> Returned<'a> {
     fn of(ty: &'a Type) -> Returned<'a> {
         if let Some(ok) = single_generic(ty, "Result") {
             return match single_generic(ok, "Option") {
-                Some(value) => Returned {
-                    shape: "ResultOptionShape",
-                    value,
-                },
-                None => Returned {
-                    shape: "ResultShape",
-                    value: ok,
-                },
+                Some(value) => Returned { shape: "ResultOptionShape", value },
+                None => Returned { shape: "ResultShape", value: ok },
             };
         }
         match single_generic(ty, "Option") {
-            Some(value) => Returned {
-                shape: "OptionShape",
-                value,
-            },
-            None => Returned {
-                shape: "PlainShape",
-                value: ty,
-            },
+            Some(value) => Returned { shape: "OptionShape", value },
+            None => Returned { shape: "PlainShape", value: ty },
         }
     }
 }
@@ -499,16 +445,10 @@ fn placeholder_value(
         (quote_spanned!(span=> self), span)
     } else if let Some((ident, ty)) = signature.params.iter().find(|(ident, _)| *ident == root) {
         // The parameter's name, spanned on its type: a missing `KeyPart` is reported there.
-        (
-            Ident::new(&ident.to_string(), ty.span()).to_token_stream(),
-            ty.span(),
-        )
+        (Ident::new(&ident.to_string(), ty.span()).to_token_stream(), ty.span())
     } else {
-        let mut names: Vec<String> = signature
-            .params
-            .iter()
-            .map(|(ident, _)| ident.to_string())
-            .collect();
+        let mut names: Vec<String> =
+            signature.params.iter().map(|(ident, _)| ident.to_string()).collect();
         if signature.has_self {
             names.insert(0, "self".into());
         }
@@ -524,11 +464,7 @@ fn placeholder_value(
         } else {
             format!(
                 "parameters: {}",
-                names
-                    .iter()
-                    .map(|n| format!("`{n}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
             )
         };
         errors.push(span, format!("unknown placeholder `<{root}>`: no parameter named `{root}`{suggestion} ({available})"));

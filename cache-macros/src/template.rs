@@ -99,13 +99,10 @@ pub(crate) fn parse(text: &str, purpose: Purpose, span: Span) -> Result<Vec<Segm
         segments.push(Segment::Literal(literal));
     }
     check_separators(&segments, text, &mut errors);
-    match errors
-        .into_iter()
-        .map(|message| syn::Error::new(span, message))
-        .reduce(|mut all, e| {
-            all.combine(e);
-            all
-        }) {
+    match errors.into_iter().map(|message| syn::Error::new(span, message)).reduce(|mut all, e| {
+        all.combine(e);
+        all
+    }) {
         Some(error) => Err(error),
         None => Ok(segments),
     }
@@ -114,15 +111,13 @@ pub(crate) fn parse(text: &str, purpose: Purpose, span: Span) -> Result<Vec<Segm
 fn parse_placeholder(inner: &str) -> Result<Segment, String> {
     if inner.is_empty() {
         return Err(
-            "empty placeholder `<>`: name a parameter, as in `<id>` or `<vehicle.id>`".into(),
+            "empty placeholder `<>`: name a parameter, as in `<id>` or `<vehicle.id>`".into()
         );
     }
     let mut parts = inner.split('.');
     let root = parts.next().unwrap_or_default();
     let is_ident = |s: &str| {
-        s.chars()
-            .next()
-            .is_some_and(|c| c.is_alphabetic() || c == '_')
+        s.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
             && s.chars().all(|c| c.is_alphanumeric() || c == '_')
     };
     if !is_ident(root) {
@@ -135,10 +130,7 @@ fn parse_placeholder(inner: &str) -> Result<Segment, String> {
     {
         return Err(format!("invalid field `{bad}` in placeholder `<{inner}>`"));
     }
-    Ok(Segment::Placeholder {
-        root: root.to_owned(),
-        fields,
-    })
+    Ok(Segment::Placeholder { root: root.to_owned(), fields })
 }
 
 /// Two placeholders must be separated by text containing a character that values always
@@ -172,9 +164,7 @@ fn describe(segment: &Segment) -> String {
 
 /// Whether a parsed pattern uses glob syntax (otherwise it names one key).
 pub(crate) fn is_glob(segments: &[Segment]) -> bool {
-    segments
-        .iter()
-        .any(|s| matches!(s, Segment::Literal(text) if text.contains(['*', '?', '['])))
+    segments.iter().any(|s| matches!(s, Segment::Literal(text) if text.contains(['*', '?', '['])))
 }
 
 #[cfg(test)]
@@ -185,9 +175,7 @@ mod tests {
         parse(text, Purpose::Key, Span::call_site()).unwrap()
     }
     fn err(text: &str, purpose: Purpose) -> String {
-        parse(text, purpose, Span::call_site())
-            .unwrap_err()
-            .to_string()
+        parse(text, purpose, Span::call_site()).unwrap_err().to_string()
     }
 
     #[test]
@@ -196,10 +184,7 @@ mod tests {
             ok("dealer:<v.dealer_id>:vehicles"),
             vec![
                 Segment::Literal("dealer:".into()),
-                Segment::Placeholder {
-                    root: "v".into(),
-                    fields: vec!["dealer_id".into()]
-                },
+                Segment::Placeholder { root: "v".into(), fields: vec!["dealer_id".into()] },
                 Segment::Literal(":vehicles".into()),
             ]
         );

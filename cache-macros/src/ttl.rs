@@ -1,13 +1,8 @@
 //! Time-to-live literals: `"500ms"`, `"15m"`, `"1h30m"`, `"2d"`, parsed at compile time.
 
 /// Units from largest to smallest. `ms` comes before `m` so that `5ms` is not read as `5m`+`s`.
-const UNITS: [(&str, u64); 5] = [
-    ("d", 86_400_000),
-    ("h", 3_600_000),
-    ("ms", 1),
-    ("m", 60_000),
-    ("s", 1_000),
-];
+const UNITS: [(&str, u64); 5] =
+    [("d", 86_400_000), ("h", 3_600_000), ("ms", 1), ("m", 60_000), ("s", 1_000)];
 
 /// Rank of each unit, for the "largest first, each once" rule.
 fn rank(unit: &str) -> u8 {
@@ -51,9 +46,7 @@ pub(crate) fn parse_ttl(text: &str) -> Result<u64, String> {
             ));
         }
         last_rank = Some(rank(unit));
-        let value: u64 = number
-            .parse()
-            .map_err(|_| format!("duration {text:?} is too large"))?;
+        let value: u64 = number.parse().map_err(|_| format!("duration {text:?} is too large"))?;
         total = value
             .checked_mul(*millis)
             .and_then(|part| total.checked_add(part))
@@ -61,9 +54,7 @@ pub(crate) fn parse_ttl(text: &str) -> Result<u64, String> {
         rest = &after[unit.len()..];
     }
     if total == 0 {
-        return Err(format!(
-            "the time to live {text:?} is zero; it must be greater than zero"
-        ));
+        return Err(format!("the time to live {text:?} is zero; it must be greater than zero"));
     }
     Ok(total)
 }

@@ -76,15 +76,9 @@ fn load_vehicle(id: u64) -> Vehicle {
         make: "Honda".to_owned(),
         model: "Civic EX 2.0 CVT".to_owned(),
         price: 23_450,
-        features: [
-            "sunroof",
-            "heated seats",
-            "apple carplay",
-            "lane assist",
-            "backup camera",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
+        features: ["sunroof", "heated seats", "apple carplay", "lane assist", "backup camera"]
+            .map(str::to_owned)
+            .to_vec(),
     }
 }
 
@@ -128,14 +122,10 @@ async fn redis_hand_written(
     id: u64,
 ) -> Result<Option<Vehicle>, String> {
     let mut connection = connection.clone();
-    let bytes: Option<Vec<u8>> = connection
-        .get(format!("{PREFIX}vehicle:{id}"))
-        .await
-        .map_err(|e| e.to_string())?;
+    let bytes: Option<Vec<u8>> =
+        connection.get(format!("{PREFIX}vehicle:{id}")).await.map_err(|e| e.to_string())?;
     match bytes {
-        Some(json) => serde_json::from_slice(&json)
-            .map(Some)
-            .map_err(|e| e.to_string()),
+        Some(json) => serde_json::from_slice(&json).map(Some).map_err(|e| e.to_string()),
         None => Ok(None),
     }
 }
@@ -163,27 +153,17 @@ impl Fixture {
             .build()
             .expect("a tokio runtime");
         let (connection, moka) = runtime.block_on(async {
-            let cache = Cache::builder()
-                .redis(url)
-                .prefix(PREFIX)
-                .build()
-                .await
-                .expect("a Redis cache");
+            let cache =
+                Cache::builder().redis(url).prefix(PREFIX).build().await.expect("a Redis cache");
             REDIS_CACHE.set(cache).expect("built once");
             let connection = ConnectionManager::new(client)
                 .await
                 .expect("a connection to the bench's redis-server");
-            let moka = moka::future::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(TTL)
-                .build();
+            let moka =
+                moka::future::Cache::builder().max_capacity(10_000).time_to_live(TTL).build();
             (connection, moka)
         });
-        let fixture = Fixture {
-            runtime,
-            connection,
-            moka,
-        };
+        let fixture = Fixture { runtime, connection, moka };
         fixture.warm();
         fixture
     }
@@ -194,20 +174,12 @@ impl Fixture {
             let expected = Some(load_vehicle(ID));
             for _ in 0..2 {
                 assert_eq!(redis_vehicle(ID).await.unwrap(), expected);
-                assert_eq!(
-                    redis_vehicle_lock(LOCK_ID).await.unwrap(),
-                    Some(load_vehicle(LOCK_ID))
-                );
+                assert_eq!(redis_vehicle_lock(LOCK_ID).await.unwrap(), Some(load_vehicle(LOCK_ID)));
                 assert_eq!(memory_vehicle(ID).await.unwrap(), expected);
             }
-            self.moka
-                .insert(format!("vehicle:{ID}"), load_vehicle(ID))
-                .await;
+            self.moka.insert(format!("vehicle:{ID}"), load_vehicle(ID)).await;
             // The baseline reads the very bytes the attribute stored.
-            assert_eq!(
-                redis_hand_written(&self.connection, ID).await.unwrap(),
-                expected
-            );
+            assert_eq!(redis_hand_written(&self.connection, ID).await.unwrap(), expected);
             assert_eq!(moka_get(&self.moka, ID).await, expected);
         });
         self.check_all_hits();
@@ -215,21 +187,9 @@ impl Fixture {
 
     /// Every body ran exactly once (the warm-up miss): all measured calls were hits.
     fn check_all_hits(&self) {
-        assert_eq!(
-            REDIS_LOADS.load(Relaxed),
-            1,
-            "redis_vehicle body ran again: not a hit"
-        );
-        assert_eq!(
-            REDIS_LOCK_LOADS.load(Relaxed),
-            1,
-            "redis_vehicle_lock body ran again"
-        );
-        assert_eq!(
-            MEMORY_LOADS.load(Relaxed),
-            1,
-            "memory_vehicle body ran again"
-        );
+        assert_eq!(REDIS_LOADS.load(Relaxed), 1, "redis_vehicle body ran again: not a hit");
+        assert_eq!(REDIS_LOCK_LOADS.load(Relaxed), 1, "redis_vehicle_lock body ran again");
+        assert_eq!(MEMORY_LOADS.load(Relaxed), 1, "memory_vehicle body ran again");
         for (name, cache) in [
             ("redis_vehicle", redis_cache()),
             ("redis_vehicle_lock", redis_cache()),
@@ -269,11 +229,7 @@ fn redis_hits(c: &mut Criterion) {
     group.bench_function("hand_written", |b| {
         let f = fixture();
         b.to_async(&f.runtime).iter(|| async {
-            black_box(
-                redis_hand_written(&f.connection, black_box(ID))
-                    .await
-                    .unwrap(),
-            )
+            black_box(redis_hand_written(&f.connection, black_box(ID)).await.unwrap())
         });
     });
     group.bench_function("cached_attr", |b| {
@@ -293,8 +249,7 @@ fn memory_hits(c: &mut Criterion) {
     let mut group = c.benchmark_group("memory");
     group.bench_function("moka_baseline", |b| {
         let f = fixture();
-        b.to_async(&f.runtime)
-            .iter(|| async { black_box(moka_get(&f.moka, black_box(ID)).await) });
+        b.to_async(&f.runtime).iter(|| async { black_box(moka_get(&f.moka, black_box(ID)).await) });
     });
     group.bench_function("cached_attr", |b| {
         let f = fixture();

@@ -22,9 +22,8 @@ use criterion::{BenchmarkId, Criterion};
 mod redis_server;
 
 const UNRELATED_KEYS: u64 = 1_000_000;
-const SECTIONS: [&str; 10] = [
-    "hero", "featured", "deals", "new", "suv", "trucks", "ev", "used", "local", "news",
-];
+const SECTIONS: [&str; 10] =
+    ["hero", "featured", "deals", "new", "suv", "trucks", "ev", "used", "local", "news"];
 
 #[invalidates("homepage:*", cache = cache)]
 async fn publish_homepage(cache: &Cache) -> Result<(), String> {
@@ -34,11 +33,7 @@ async fn publish_homepage(cache: &Cache) -> Result<(), String> {
 async fn fill_homepage(cache: &Cache) {
     for section in SECTIONS {
         cache
-            .set(
-                &format!("homepage:{section}"),
-                &"<section html>",
-                Duration::from_secs(600),
-            )
+            .set(&format!("homepage:{section}"), &"<section html>", Duration::from_secs(600))
             .await
             .unwrap();
     }
@@ -59,11 +54,8 @@ async fn scan_and_unlink(connection: &mut redis::aio::MultiplexedConnection) -> 
             .await
             .unwrap();
         if !keys.is_empty() {
-            removed += redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async::<u64>(connection)
-                .await
-                .unwrap();
+            removed +=
+                redis::cmd("UNLINK").arg(&keys).query_async::<u64>(connection).await.unwrap();
         }
         if next == 0 {
             return removed;
@@ -74,10 +66,7 @@ async fn scan_and_unlink(connection: &mut redis::aio::MultiplexedConnection) -> 
 
 fn main() {
     let server = redis_server::RedisServer::start_with(&["--enable-debug-command", "yes"]);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (cache, mut connection) = runtime.block_on(async {
         let mut connection = server.connection().await;
         // In chunks, each well inside the connection's response timeout.
@@ -90,17 +79,9 @@ fn main() {
                 .await
                 .unwrap();
         }
-        let keys: u64 = redis::cmd("DBSIZE")
-            .query_async(&mut connection)
-            .await
-            .unwrap();
+        let keys: u64 = redis::cmd("DBSIZE").query_async(&mut connection).await.unwrap();
         assert_eq!(keys, UNRELATED_KEYS);
-        let cache = Cache::builder()
-            .redis(server.url())
-            .prefix("okla:")
-            .build()
-            .await
-            .unwrap();
+        let cache = Cache::builder().redis(server.url()).prefix("okla:").build().await.unwrap();
         (cache, connection)
     });
 
@@ -123,26 +104,20 @@ fn main() {
             })
         });
     });
-    group.bench_function(
-        BenchmarkId::from_parameter("SCAN MATCH COUNT 1000 + UNLINK"),
-        |b| {
-            b.iter_custom(|iterations| {
-                runtime.block_on(async {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iterations {
-                        fill_homepage(&cache).await;
-                        let started = Instant::now();
-                        assert_eq!(
-                            scan_and_unlink(&mut connection).await,
-                            SECTIONS.len() as u64
-                        );
-                        total += started.elapsed();
-                    }
-                    total
-                })
-            });
-        },
-    );
+    group.bench_function(BenchmarkId::from_parameter("SCAN MATCH COUNT 1000 + UNLINK"), |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    fill_homepage(&cache).await;
+                    let started = Instant::now();
+                    assert_eq!(scan_and_unlink(&mut connection).await, SECTIONS.len() as u64);
+                    total += started.elapsed();
+                }
+                total
+            })
+        });
+    });
     group.finish();
 
     // Side-by-side medians for the ratio, alternating the two to share the machine's noise.
@@ -167,9 +142,6 @@ fn main() {
         scan.as_secs_f64() / index.as_secs_f64()
     );
     let stats = cache.stats_of("publish_homepage");
-    assert_eq!(
-        stats.pattern_scans, 0,
-        "the pattern must be served by the index"
-    );
+    assert_eq!(stats.pattern_scans, 0, "the pattern must be served by the index");
     criterion.final_summary();
 }

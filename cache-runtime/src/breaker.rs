@@ -21,7 +21,8 @@ const FIRST_COOL_DOWN: Duration = Duration::from_secs(1);
 const MAX_COOL_DOWN: Duration = Duration::from_secs(30);
 
 /// The breaker's state, as metrics show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// Commands go to Redis.
     Closed,
@@ -47,9 +48,7 @@ fn epoch() -> Instant {
 }
 
 fn now_nanos() -> u64 {
-    u64::try_from(epoch().elapsed().as_nanos())
-        .unwrap_or(u64::MAX)
-        .max(1)
+    u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX).max(1)
 }
 
 impl Breaker {
@@ -63,9 +62,7 @@ impl Breaker {
         if now_nanos() < open_until {
             return false;
         }
-        self.probing
-            .compare_exchange(false, true, Relaxed, Relaxed)
-            .is_ok()
+        self.probing.compare_exchange(false, true, Relaxed, Relaxed).is_ok()
     }
 
     pub(crate) fn succeeded(&self) {
@@ -90,10 +87,8 @@ impl Breaker {
             } else {
                 FIRST_COOL_DOWN
             };
-            self.cool_down_ms.store(
-                u64::try_from(cool_down.as_millis()).unwrap_or(u64::MAX),
-                Relaxed,
-            );
+            self.cool_down_ms
+                .store(u64::try_from(cool_down.as_millis()).unwrap_or(u64::MAX), Relaxed);
             let until =
                 now_nanos().saturating_add(u64::try_from(cool_down.as_nanos()).unwrap_or(u64::MAX));
             if !was_probe {

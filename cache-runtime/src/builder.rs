@@ -94,6 +94,14 @@ impl CacheBuilder {
         self
     }
 
+    /// Values whose JSON is larger than `bytes` are not cached (default 4 MiB): the call
+    /// still returns its value, and the skip is counted as a `too_large` error. Large values
+    /// make every hit slow and can evict many small ones.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.settings.max_value_bytes = bytes;
+        self
+    }
+
     /// Builds the cache. The Redis connection is opened lazily, so this succeeds while Redis
     /// is down; calls run their bodies until it answers.
     ///
@@ -112,9 +120,7 @@ impl CacheBuilder {
             )));
         }
         if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
-            return Err(Error::InvalidConfig(
-                "timeouts must be greater than zero".into(),
-            ));
+            return Err(Error::InvalidConfig("timeouts must be greater than zero".into()));
         }
         let store = match self.redis_url {
             Some(url) => Store::Redis(RedisStore::new(RedisOptions {

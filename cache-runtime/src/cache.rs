@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::builder::CacheBuilder;
 use crate::codec::{Cloner, Entry};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::flight::{self, Flights, Join, Landed};
 use crate::key::validate_key;
 use crate::lock::LocalLocks;
@@ -64,6 +64,8 @@ pub(crate) struct Settings {
     pub(crate) lock_lease: Duration,
     /// How long a `lock` waiter waits for another process's load before running its body.
     pub(crate) lock_wait: Duration,
+    /// Values whose JSON is larger are not cached.
+    pub(crate) max_value_bytes: usize,
 }
 
 impl Default for Settings {
@@ -71,6 +73,7 @@ impl Default for Settings {
         Settings {
             lock_lease: Duration::from_secs(5),
             lock_wait: Duration::from_secs(10),
+            max_value_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -90,12 +93,7 @@ pub(crate) struct Policy {
 impl Policy {
     /// A policy with a time to live only.
     pub(crate) fn ttl(ttl: Duration) -> Policy {
-        Policy {
-            ttl,
-            lock: false,
-            stale: None,
-            refresh: None,
-        }
+        Policy { ttl, lock: false, stale: None, refresh: None }
     }
 
     /// How long the store keeps a value.
@@ -177,18 +175,19 @@ impl Cache {
     ) -> Result<()> {
         validate_key(key)?;
         validate_ttl(ttl)?;
-        let json = serde_json::to_vec(value).map_err(|source| Error::Encode {
-            key: key.to_owned(),
-            source,
-        })?;
+        let json = serde_json::to_vec(value)
+            .map_err(|source| Error::Encode { key: key.to_owned(), source })?;
+        if json.len() > self.inner.settings.max_value_bytes {
+            return Err(Error::ValueTooLarge {
+                key: key.to_owned(),
+                bytes: json.len(),
+                max: self.inner.settings.max_value_bytes,
+            });
+        }
         let entry = Arc::new(Entry::from_json(json));
-        self.inner
-            .store
-            .set(key, &entry, ttl)
-            .await
-            .inspect_err(|_| {
-                self.inner.stats.counters(DIRECT_CALLS).error();
-            })
+        self.inner.store.set(key, &entry, ttl).await.inspect_err(|error| {
+            self.inner.stats.counters(DIRECT_CALLS).error(error.kind());
+        })
     }
 
     /// Cache-aside by hand: the value under `key`, or else the result of `load`, stored for
@@ -226,8 +225,7 @@ impl Cache {
         validate_key(key)?;
         validate_ttl(ttl)?;
         let counters = self.inner.stats.counters(DIRECT_CALLS);
-        self.load_through::<ResultShape, _, _>(&counters, key, &Policy::ttl(ttl), None, load)
-            .await
+        self.load_through::<ResultShape, _, _>(&counters, key, &Policy::ttl(ttl), None, load).await
     }
 
     /// The state of the circuit breaker in front of Redis (always closed for the memory
@@ -237,6 +235,12 @@ impl Cache {
             Store::Redis(redis) => redis.breaker_state(),
             Store::Memory(_) => crate::BreakerState::Closed,
         }
+    }
+
+    /// Every function's counters and the totals, ready to serialize (the admin
+    /// `/cache/stats` route).
+    pub fn stats_report(&self) -> crate::StatsReport {
+        self.inner.stats.report()
     }
 
     /// Totals over every function name.
@@ -266,24 +270,26 @@ impl Cache {
             Ok(Some(entry)) => match entry.take(cloner) {
                 Ok(value) => {
                     counters.hit();
+                    tracing::debug!(key, "cache hit");
                     Lookup::Hit(value)
                 }
                 Err(error) => {
                     // Another service's data or an old schema: a miss, overwritten by the
                     // fresh value.
                     tracing::warn!(key, %error, "cached value does not decode; treating as a miss");
-                    counters.error();
+                    counters.error(ErrorKind::Decode);
                     counters.miss();
                     Lookup::Miss
                 }
             },
             Ok(None) => {
                 counters.miss();
+                tracing::debug!(key, "cache miss");
                 Lookup::Miss
             }
             Err(error) => {
                 tracing::warn!(key, %error, store = self.inner.store.kind(), "cache read failed");
-                counters.error();
+                counters.error(error.kind());
                 counters.miss();
                 Lookup::Failed(error)
             }
@@ -387,7 +393,7 @@ impl Cache {
                         Err(_) => {
                             // The leader's value did not decode as our type (two functions
                             // sharing a key with different types): load for ourselves.
-                            counters.error();
+                            counters.error(ErrorKind::Decode);
                             let returned = self
                                 .load_alone::<S, R, Fut>(counters, key, ttl, cloner, load)
                                 .await;
@@ -439,26 +445,29 @@ impl Cache {
             Ok(Some((entry, age))) if age < policy.ttl => match entry.take(cloner) {
                 Ok(value) => {
                     counters.hit();
+                    tracing::debug!(key, ?age, "cache hit");
                     Aged::Fresh(value, age)
                 }
                 Err(error) => {
                     tracing::warn!(key, %error, "cached value does not decode; treating as a miss");
-                    counters.error();
+                    counters.error(ErrorKind::Decode);
                     counters.miss();
                     Aged::Miss
                 }
             },
             Ok(Some((entry, _))) => {
                 counters.miss();
+                tracing::debug!(key, "cache miss (expired value kept for stale fallback)");
                 Aged::Stale(entry)
             }
             Ok(None) => {
                 counters.miss();
+                tracing::debug!(key, "cache miss");
                 Aged::Miss
             }
             Err(error) => {
                 tracing::warn!(key, %error, store = self.inner.store.kind(), "cache read failed");
-                counters.error();
+                counters.error(error.kind());
                 counters.miss();
                 Aged::Failed
             }
@@ -514,7 +523,7 @@ impl Cache {
                 }
                 Err(error) => {
                     tracing::warn!(key, %error, "value cannot be encoded as JSON; not cached");
-                    counters.error();
+                    counters.error(ErrorKind::Encode);
                     leader.publish(Landed::Failed);
                     false
                 }
@@ -553,7 +562,7 @@ impl Cache {
             }
             Err(error) => {
                 tracing::warn!(key, %error, "value cannot be encoded as JSON; not cached");
-                counters.error();
+                counters.error(ErrorKind::Encode);
             }
         }
     }
@@ -566,11 +575,21 @@ impl Cache {
         entry: &Arc<Entry>,
         ttl: Duration,
     ) -> bool {
+        if entry.json.len() > self.inner.settings.max_value_bytes {
+            tracing::warn!(
+                key,
+                bytes = entry.json.len(),
+                max = self.inner.settings.max_value_bytes,
+                "value too large to cache; not stored"
+            );
+            counters.error(ErrorKind::TooLarge);
+            return false;
+        }
         match self.inner.store.set(key, entry, ttl).await {
             Ok(()) => true,
             Err(error) => {
                 tracing::warn!(key, %error, store = self.inner.store.kind(), "cache write failed");
-                counters.error();
+                counters.error(error.kind());
                 false
             }
         }
@@ -619,10 +638,7 @@ where
 /// Rejects TTLs the stores cannot honour.
 pub(crate) fn validate_ttl(ttl: Duration) -> Result<()> {
     if ttl < Duration::from_millis(1) {
-        return Err(Error::InvalidTtl {
-            ttl,
-            reason: "a time to live must be at least 1ms",
-        });
+        return Err(Error::InvalidTtl { ttl, reason: "a time to live must be at least 1ms" });
     }
     Ok(())
 }

@@ -34,10 +34,7 @@ impl Entry {
 
     /// An entry read back from a remote store: bytes only.
     pub(crate) fn from_json(json: Vec<u8>) -> Entry {
-        Entry {
-            json: json.into_boxed_slice(),
-            typed: None,
-        }
+        Entry { json: json.into_boxed_slice(), typed: None }
     }
 
     /// An owned `T`: a clone of the typed copy when there is one of that type, else decoded.
@@ -116,8 +113,6 @@ mod tests {
         assert_eq!(entry.take(cloner).unwrap(), Cloneable(7));
         // A different type decodes from the JSON bytes.
         assert_eq!(entry.take::<NotClone>(None).unwrap(), NotClone(7));
-        assert!(Entry::from_json(b"\"x\"".to_vec())
-            .take::<u32>(None)
-            .is_err());
+        assert!(Entry::from_json(b"\"x\"".to_vec()).take::<u32>(None).is_err());
     }
 }

@@ -21,7 +21,5 @@ pub fn set_default(cache: Cache) {
 
 /// The current default cache.
 pub fn default_cache() -> Cache {
-    Cache {
-        inner: slot().load_full(),
-    }
+    Cache { inner: slot().load_full() }
 }

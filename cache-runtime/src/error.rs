@@ -42,6 +42,16 @@ pub enum Error {
         #[source]
         source: redis::RedisError,
     },
+    /// A value's JSON is larger than the builder's `max_value_bytes`.
+    #[error("the value for key {key:?} is {bytes} bytes of JSON, over the {max}-byte limit")]
+    ValueTooLarge {
+        /// The key.
+        key: String,
+        /// The encoded size.
+        bytes: usize,
+        /// The configured maximum.
+        max: usize,
+    },
     /// [`Cache::lock`](crate::Cache::lock) could not take the lock within its wait.
     #[error("lock {resource:?} was not free within {waited:?}")]
     LockTimeout {
@@ -70,12 +80,75 @@ pub enum Error {
     },
 }
 
-impl Error {
-    pub(crate) fn invalid_key(key: &str, reason: &'static str) -> Self {
-        Error::InvalidKey {
-            key: key.to_owned(),
-            reason,
+/// What kind of failure an [`Error`] is; the `kind` label of `cache_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Redis could not be reached or the connection broke.
+    Connection,
+    /// Redis did not answer within the command timeout.
+    Timeout,
+    /// Redis is known down; the circuit breaker skipped it.
+    Unavailable,
+    /// Redis answered with an error (`OOM`, `WRONGTYPE`, ...).
+    Server,
+    /// A stored value did not decode as the expected type.
+    Decode,
+    /// A value could not be encoded as JSON.
+    Encode,
+    /// A value was larger than the configured maximum and was not cached.
+    TooLarge,
+    /// Bad input or misuse of the API (never counted by the cache itself).
+    Usage,
+}
+
+impl ErrorKind {
+    /// Every kind, in label order.
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::Connection,
+        ErrorKind::Timeout,
+        ErrorKind::Unavailable,
+        ErrorKind::Server,
+        ErrorKind::Decode,
+        ErrorKind::Encode,
+        ErrorKind::TooLarge,
+        ErrorKind::Usage,
+    ];
+
+    /// The label value: `connection`, `timeout`, `unavailable`, `server`, `decode`,
+    /// `encode`, `too_large`, `usage`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connection => "connection",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Server => "server",
+            ErrorKind::Decode => "decode",
+            ErrorKind::Encode => "encode",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Usage => "usage",
         }
+    }
+}
+
+impl Error {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Backend(error) if error.is_timeout() => ErrorKind::Timeout,
+            Error::Backend(error) if crate::breaker::is_connection_failure(error) => {
+                ErrorKind::Connection
+            }
+            Error::Backend(_) => ErrorKind::Server,
+            Error::Unavailable => ErrorKind::Unavailable,
+            Error::Encode { .. } => ErrorKind::Encode,
+            Error::ValueTooLarge { .. } => ErrorKind::TooLarge,
+            _ => ErrorKind::Usage,
+        }
+    }
+
+    pub(crate) fn invalid_key(key: &str, reason: &'static str) -> Self {
+        Error::InvalidKey { key: key.to_owned(), reason }
     }
 }
 

@@ -51,12 +51,7 @@ impl Flights {
         }
         let slot: Slot = Arc::new(watch::Sender::new(Landed::Running));
         running.insert(key.to_owned(), Arc::clone(&slot));
-        Join::Leader(Leader {
-            flights: self,
-            key: key.to_owned(),
-            slot,
-            published: false,
-        })
+        Join::Leader(Leader { flights: self, key: key.to_owned(), slot, published: false })
     }
 
     /// Leads a new flight for `key`, or `None` if one is running (used by early refresh,
@@ -77,10 +72,7 @@ impl Flights {
 
 /// Waits for the flight's outcome. A closed channel counts as abandoned.
 pub(crate) async fn wait(mut follower: watch::Receiver<Landed>) -> Landed {
-    match follower
-        .wait_for(|landed| !matches!(landed, Landed::Running))
-        .await
-    {
+    match follower.wait_for(|landed| !matches!(landed, Landed::Running)).await {
         Ok(landed) => landed.clone(),
         Err(_) => Landed::Abandoned,
     }
@@ -107,15 +99,8 @@ impl Leader<'_> {
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
         {
-            let mut running = self
-                .flights
-                .running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if running
-                .get(&self.key)
-                .is_some_and(|slot| Arc::ptr_eq(slot, &self.slot))
-            {
+            let mut running = self.flights.running.lock().unwrap_or_else(|e| e.into_inner());
+            if running.get(&self.key).is_some_and(|slot| Arc::ptr_eq(slot, &self.slot)) {
                 running.remove(&self.key);
             }
         }
@@ -132,12 +117,8 @@ mod tests {
     #[tokio::test]
     async fn followers_get_the_leaders_value_and_the_map_empties() {
         let flights = Flights::default();
-        let Join::Leader(mut leader) = flights.join("k") else {
-            panic!("first is leader")
-        };
-        let Join::Follower(follower) = flights.join("k") else {
-            panic!("second follows")
-        };
+        let Join::Leader(mut leader) = flights.join("k") else { panic!("first is leader") };
+        let Join::Follower(follower) = flights.join("k") else { panic!("second follows") };
         let entry = Arc::new(Entry::from_json(b"1".to_vec()));
         leader.publish(Landed::Value(entry));
         assert!(matches!(wait(follower).await, Landed::Value(_)));
@@ -149,9 +130,7 @@ mod tests {
     async fn a_dropped_leader_abandons_its_followers() {
         let flights = Flights::default();
         let leader = flights.join("k");
-        let Join::Follower(follower) = flights.join("k") else {
-            panic!("second follows")
-        };
+        let Join::Follower(follower) = flights.join("k") else { panic!("second follows") };
         drop(leader);
         assert!(matches!(wait(follower).await, Landed::Abandoned));
         assert!(matches!(flights.join("k"), Join::Leader(_)));

@@ -10,12 +10,8 @@ pub(crate) fn has_glob(text: &str) -> bool {
 
 /// Checks a pattern given to [`Cache::invalidate_pattern`](crate::Cache::invalidate_pattern).
 pub(crate) fn validate(pattern: &str) -> Result<()> {
-    let invalid = |reason: &'static str| {
-        Err(Error::InvalidPattern {
-            pattern: pattern.to_owned(),
-            reason,
-        })
-    };
+    let invalid =
+        |reason: &'static str| Err(Error::InvalidPattern { pattern: pattern.to_owned(), reason });
     if pattern.is_empty() {
         return invalid("a pattern must not be empty");
     }
@@ -125,11 +121,7 @@ fn class_matches(pattern: &[char], open: usize, c: char) -> Option<(bool, usize)
         }
         if pattern.get(i + 1) == Some(&'-') && pattern.get(i + 2).is_some_and(|&h| h != ']') {
             let high = pattern[i + 2];
-            let (low, high) = if low <= high {
-                (low, high)
-            } else {
-                (high, low)
-            };
+            let (low, high) = if low <= high { (low, high) } else { (high, low) };
             matched |= (low..=high).contains(&c);
             i += 3;
         } else {

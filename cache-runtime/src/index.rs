@@ -14,9 +14,7 @@ const LEVELS: usize = 2;
 /// The prefixes of `key` it is indexed under: `dealer:7:vehicles` gives `dealer:` and
 /// `dealer:7:`; a key without `:` has none.
 pub(crate) fn levels(key: &str) -> impl Iterator<Item = &str> {
-    key.match_indices(':')
-        .take(LEVELS)
-        .map(move |(at, _)| &key[..=at])
+    key.match_indices(':').take(LEVELS).map(move |(at, _)| &key[..=at])
 }
 
 /// The index that holds every key matching `pattern`, if the pattern's literal text names
@@ -31,14 +29,8 @@ mod tests {
 
     #[test]
     fn keys_are_indexed_under_their_first_two_levels() {
-        assert_eq!(
-            levels("dealer:7:vehicles").collect::<Vec<_>>(),
-            ["dealer:", "dealer:7:"]
-        );
-        assert_eq!(
-            levels("homepage:featured").collect::<Vec<_>>(),
-            ["homepage:"]
-        );
+        assert_eq!(levels("dealer:7:vehicles").collect::<Vec<_>>(), ["dealer:", "dealer:7:"]);
+        assert_eq!(levels("homepage:featured").collect::<Vec<_>>(), ["homepage:"]);
         assert_eq!(levels("a:b:c:d").collect::<Vec<_>>(), ["a:", "a:b:"]);
         assert_eq!(levels("config").count(), 0);
     }

@@ -57,23 +57,15 @@ impl Cache {
     /// the whole database); [`Error::Backend`](crate::Error::Backend) when Redis fails.
     pub async fn clear(&self) -> Result<u64> {
         let counters = self.inner.stats.counters(DIRECT_CALLS);
-        let removed = self
-            .inner
-            .store
-            .clear()
-            .await
-            .inspect_err(|_| counters.error())?;
+        let removed =
+            self.inner.store.clear().await.inspect_err(|error| counters.error(error.kind()))?;
         counters.invalidated(removed);
         Ok(removed)
     }
 
     async fn remove_key(&self, counters: &Counters, key: &str) -> Result<u64> {
-        let removed = self
-            .inner
-            .store
-            .remove(key)
-            .await
-            .inspect_err(|_| counters.error())?;
+        let removed =
+            self.inner.store.remove(key).await.inspect_err(|error| counters.error(error.kind()))?;
         counters.invalidated(removed);
         Ok(removed)
     }
@@ -87,7 +79,7 @@ impl Cache {
             .store
             .remove_matching(pattern)
             .await
-            .inspect_err(|_| counters.error())?;
+            .inspect_err(|error| counters.error(error.kind()))?;
         if removed.scanned {
             counters.pattern_scan();
         }

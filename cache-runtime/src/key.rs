@@ -209,10 +209,7 @@ forwarding_key_parts!(&T, &mut T, Box<T>, Rc<T>, Arc<T>);
 impl KeyPart for uuid::Uuid {
     fn write_key_part(&self, key: &mut KeyWriter<'_>) {
         // Hyphenated lowercase hex: plain characters only.
-        key.push_plain(
-            self.hyphenated()
-                .encode_lower(&mut uuid::Uuid::encode_buffer()),
-        );
+        key.push_plain(self.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
     }
 }
 

@@ -103,6 +103,7 @@ mod default_cache;
 mod error;
 mod flight;
 mod glob;
+mod health;
 mod index;
 mod invalidate;
 mod key;
@@ -123,13 +124,14 @@ pub use breaker::BreakerState;
 pub use builder::CacheBuilder;
 pub use cache::Cache;
 pub use default_cache::{default_cache, set_default};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
+pub use health::Health;
 pub use key::{KeyPart, KeyWriter};
 pub use lock::LockGuard;
 pub use registry::{
     check_invalidations, declarations, DeadInvalidations, Declaration, DeclarationKind,
 };
-pub use stats::{Stats, DIRECT_CALLS};
+pub use stats::{Stats, StatsReport, DIRECT_CALLS};
 
 #[doc(inline)]
 pub use cache_macros::{cache_put, cached, invalidates};

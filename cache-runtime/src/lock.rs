@@ -43,15 +43,8 @@ return 0";
 /// A token no other holder uses: process id, time and a counter.
 pub(crate) fn new_token() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!(
-        "{:x}-{nanos:x}-{:x}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("{:x}-{nanos:x}-{:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Lock and fence keys share a hash tag, so the scripts stay in one slot on Redis Cluster.
@@ -63,9 +56,7 @@ pub(crate) fn lock_keys(prefix: &str, resource: &str) -> (String, String) {
 }
 
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1)
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// In-process locks for the memory store.
@@ -115,8 +106,7 @@ impl LocalLocks {
 
     fn remaining(&self, resource: &str) -> Option<Duration> {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.get(resource)
-            .and_then(|(_, until)| until.checked_duration_since(Instant::now()))
+        held.get(resource).and_then(|(_, until)| until.checked_duration_since(Instant::now()))
     }
 }
 
@@ -189,15 +179,9 @@ impl Cache {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::LockTimeout {
-                    resource: resource.to_owned(),
-                    waited: wait,
-                });
+                return Err(Error::LockTimeout { resource: resource.to_owned(), waited: wait });
             }
-            let lease_left = self
-                .lease_remaining(resource)
-                .await?
-                .unwrap_or(Duration::ZERO);
+            let lease_left = self.lease_remaining(resource).await?.unwrap_or(Duration::ZERO);
             // Wake on the release, or when the holder's lease runs out (it may have died).
             let until = deadline.min(now + lease_left + Duration::from_millis(1));
             match woken {
@@ -255,9 +239,8 @@ impl Cache {
             Store::Redis(redis) => {
                 let (lock_key, _) = lock_keys(&self.inner.prefix, resource);
                 let channel = redis.notifier().channel(RELEASED, resource);
-                let released: u64 = redis
-                    .script(RELEASE, &[&lock_key], &[token, &channel, "1"])
-                    .await?;
+                let released: u64 =
+                    redis.script(RELEASE, &[&lock_key], &[token, &channel, "1"]).await?;
                 Ok(released == 1)
             }
         }
@@ -312,9 +295,7 @@ impl LockGuard {
     /// Redis fails.
     pub async fn extend(&self, lease: Duration) -> Result<bool> {
         crate::cache::validate_ttl(lease)?;
-        self.cache
-            .extend_lock(&self.resource, &self.token, lease)
-            .await
+        self.cache.extend_lock(&self.resource, &self.token, lease).await
     }
 
     /// Releases the lock if this guard still holds it; returns whether it did. A lock whose

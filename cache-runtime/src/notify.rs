@@ -69,11 +69,7 @@ impl Notifier {
     /// so that the first waiters get their message).
     pub(crate) async fn wait_subscribed(&self, timeout: Duration) -> bool {
         self.ensure_subscriber();
-        let Some(mut live) = self
-            .subscribed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let Some(mut live) = self.subscribed.lock().unwrap_or_else(|e| e.into_inner()).clone()
         else {
             return false;
         };
@@ -94,10 +90,7 @@ impl Notifier {
         *subscribed = Some(live);
         runtime.spawn(subscribe(
             self.client.clone(),
-            [
-                format!("{}{FILLED}*", self.prefix),
-                format!("{}{RELEASED}*", self.prefix),
-            ],
+            [format!("{}{FILLED}*", self.prefix), format!("{}{RELEASED}*", self.prefix)],
             Arc::downgrade(&self.waiters),
             Arc::downgrade(&self._alive),
             state,

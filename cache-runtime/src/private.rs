@@ -48,18 +48,14 @@ where
     S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
     Fut: Future<Output = R>,
 {
-    let counters = function
-        .counters
-        .get(cache.inner.id, &cache.inner.stats, function.name);
+    let counters = function.counters.get(cache.inner.id, &cache.inner.stats, function.name);
     let policy = crate::cache::Policy {
         ttl: function.ttl,
         lock: function.lock,
         stale: function.stale,
         refresh: function.refresh,
     };
-    cache
-        .load_through::<S, R, Fut>(&counters, &key, &policy, cloner, || body)
-        .await
+    cache.load_through::<S, R, Fut>(&counters, &key, &policy, cloner, || body).await
 }
 
 pub use crate::invalidate::Target;
@@ -90,7 +86,5 @@ pub async fn put_after<S, R>(
     S: Shape<R>,
     S::Value: Serialize + Send + Sync + 'static,
 {
-    cache
-        .put_outcome::<S, R>(function.name, &key, function.ttl, cloner, returned)
-        .await;
+    cache.put_outcome::<S, R>(function.name, &key, function.ttl, cloner, returned).await;
 }

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::stats::{StatsRegistry, LOAD_BUCKETS};
-use crate::{BreakerState, Stats};
+use crate::{BreakerState, ErrorKind, Stats};
 
 /// A counter: its name, help text, and the field of [`Stats`] it shows.
 type CounterMetric = (&'static str, &'static str, fn(&Stats) -> u64);
@@ -11,29 +11,36 @@ type CounterMetric = (&'static str, &'static str, fn(&Stats) -> u64);
 pub(crate) fn render(stats: &StatsRegistry, breaker: BreakerState) -> String {
     let all = stats.all();
     let mut out = String::with_capacity(256 + all.len() * 512);
-    let counters: [CounterMetric; 4] = [
-        ("cache_hits_total", "Calls answered from the cache.", |s| {
-            s.hits
+    let counters: [CounterMetric; 7] = [
+        ("cache_hits_total", "Calls answered from the cache.", |s| s.hits),
+        ("cache_misses_total", "Calls that found nothing in the cache.", |s| s.misses),
+        ("cache_loads_total", "Times a body ran to fill the cache.", |s| s.loads),
+        ("cache_coalesced_total", "Misses answered by another caller's concurrent load.", |s| {
+            s.coalesced
         }),
-        (
-            "cache_misses_total",
-            "Calls that found nothing in the cache.",
-            |s| s.misses,
-        ),
-        (
-            "cache_loads_total",
-            "Times a body ran to fill the cache.",
-            |s| s.loads,
-        ),
-        ("cache_errors_total", "Cache backend failures.", |s| {
-            s.errors
-        }),
+        ("cache_stale_total", "Expired values served because the body failed.", |s| s.stale),
+        ("cache_refreshes_total", "Values recomputed before they expired.", |s| s.refreshes),
+        ("cache_invalidated_keys_total", "Keys removed by invalidation.", |s| s.invalidated),
     ];
     for (metric, help, field) in counters {
         let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
         for (name, counters) in &all {
             let value = field(&counters.snapshot());
             let _ = writeln!(out, "{metric}{{function=\"{}\"}} {value}", escape(name));
+        }
+    }
+    let metric = "cache_errors_total";
+    let _ = writeln!(out, "# HELP {metric} Cache failures by kind (the call still returned its body's result).\n# TYPE {metric} counter");
+    for (name, counters) in &all {
+        let name = escape(name);
+        for (kind, count) in ErrorKind::ALL.iter().zip(counters.errors_by_kind()) {
+            if count > 0 || *kind == ErrorKind::Connection {
+                let _ = writeln!(
+                    out,
+                    "{metric}{{function=\"{name}\",kind=\"{}\"}} {count}",
+                    kind.as_str()
+                );
+            }
         }
     }
     let metric = "cache_load_duration_seconds";
@@ -45,16 +52,10 @@ pub(crate) fn render(stats: &StatsRegistry, breaker: BreakerState) -> String {
         let name = escape(name);
         let (cumulative, sum) = counters.load_histogram();
         for (le, count) in LOAD_BUCKETS.iter().zip(&cumulative) {
-            let _ = writeln!(
-                out,
-                "{metric}_bucket{{function=\"{name}\",le=\"{le}\"}} {count}"
-            );
+            let _ = writeln!(out, "{metric}_bucket{{function=\"{name}\",le=\"{le}\"}} {count}");
         }
         let count = cumulative[LOAD_BUCKETS.len()];
-        let _ = writeln!(
-            out,
-            "{metric}_bucket{{function=\"{name}\",le=\"+Inf\"}} {count}"
-        );
+        let _ = writeln!(out, "{metric}_bucket{{function=\"{name}\",le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "{metric}_sum{{function=\"{name}\"}} {sum}");
         let _ = writeln!(out, "{metric}_count{{function=\"{name}\"}} {count}");
     }
@@ -68,19 +69,12 @@ pub(crate) fn render(stats: &StatsRegistry, breaker: BreakerState) -> String {
         (BreakerState::Open, "open"),
         (BreakerState::HalfOpen, "half_open"),
     ] {
-        let _ = writeln!(
-            out,
-            "{metric}{{state=\"{name}\"}} {}",
-            u8::from(state == breaker)
-        );
+        let _ = writeln!(out, "{metric}{{state=\"{name}\"}} {}", u8::from(state == breaker));
     }
     out
 }
 
 /// Escapes a label value: backslash, double quote and newline.
 fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

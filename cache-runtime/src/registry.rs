@@ -46,17 +46,9 @@ pub struct DeadInvalidations {
 
 impl fmt::Display for DeadInvalidations {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{} invalidation(s) can match no cached key template:",
-            self.dead.len()
-        )?;
+        writeln!(f, "{} invalidation(s) can match no cached key template:", self.dead.len())?;
         for d in &self.dead {
-            writeln!(
-                f,
-                "  {:?} in `{}` ({}:{})",
-                d.template, d.function, d.file, d.line
-            )?;
+            writeln!(f, "  {:?} in `{}` ({}:{})", d.template, d.function, d.file, d.line)?;
         }
         Ok(())
     }
@@ -88,9 +80,7 @@ pub fn check_invalidations() -> Result<(), DeadInvalidations> {
         .filter(|d| d.kind == DeclarationKind::Invalidates)
         .filter(|d| {
             let pattern = tokens(d.template, true);
-            !written
-                .iter()
-                .any(|template| intersects(template, &pattern))
+            !written.iter().any(|template| intersects(template, &pattern))
         })
         .collect();
     if dead.is_empty() {
@@ -140,9 +130,7 @@ impl Chars {
         let mut candidates = vec!['a', '0', '%', ':', '~', ',', '\u{1}'];
         self.samples(&mut candidates);
         other.samples(&mut candidates);
-        candidates
-            .into_iter()
-            .any(|c| self.contains(c) && other.contains(c))
+        candidates.into_iter().any(|c| self.contains(c) && other.contains(c))
     }
 }
 
@@ -158,41 +146,23 @@ fn tokens(template: &str, glob: bool) -> Vec<Token> {
     let chars: Vec<char> = template.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
-    let one = |c| Token {
-        chars: Chars::One(c),
-        repeat: false,
-    };
+    let one = |c| Token { chars: Chars::One(c), repeat: false };
     while i < chars.len() {
         match chars[i] {
             '<' => {
-                i += chars[i..]
-                    .iter()
-                    .position(|&c| c == '>')
-                    .unwrap_or(chars.len() - i)
-                    + 1;
-                out.push(Token {
-                    chars: Chars::Encoded,
-                    repeat: true,
-                });
+                i += chars[i..].iter().position(|&c| c == '>').unwrap_or(chars.len() - i) + 1;
+                out.push(Token { chars: Chars::Encoded, repeat: true });
                 continue;
             }
-            '*' if glob => out.push(Token {
-                chars: Chars::Any,
-                repeat: true,
-            }),
-            '?' if glob => out.push(Token {
-                chars: Chars::Any,
-                repeat: false,
-            }),
+            '*' if glob => out.push(Token { chars: Chars::Any, repeat: true }),
+            '?' if glob => out.push(Token { chars: Chars::Any, repeat: false }),
             '\\' if glob && i + 1 < chars.len() => {
                 i += 1;
                 out.push(one(chars[i]));
             }
             '[' if glob => {
-                let close = chars[i..]
-                    .iter()
-                    .position(|&c| c == ']')
-                    .map_or(chars.len(), |p| i + p);
+                let close =
+                    chars[i..].iter().position(|&c| c == ']').map_or(chars.len(), |p| i + p);
                 let body = &chars[(i + 1).min(close)..close];
                 let (negated, body) = match body.first() {
                     Some('^') => (true, &body[1..]),
@@ -209,10 +179,7 @@ fn tokens(template: &str, glob: bool) -> Vec<Token> {
                         j += 1;
                     }
                 }
-                out.push(Token {
-                    chars: Chars::Class { negated, ranges },
-                    repeat: false,
-                });
+                out.push(Token { chars: Chars::Class { negated, ranges }, repeat: false });
                 i = close;
             }
             c => out.push(one(c)),
@@ -262,10 +229,7 @@ mod tests {
     fn patterns_meet_the_templates_they_can_match() {
         assert!(matches("homepage:<section>", "homepage:*"));
         assert!(matches("vehicle:<id>", "vehicle:<v.id>"));
-        assert!(matches(
-            "dealer:<id>:vehicles",
-            "dealer:<v.dealer_id>:vehicles"
-        ));
+        assert!(matches("dealer:<id>:vehicles", "dealer:<v.dealer_id>:vehicles"));
         assert!(matches("dealer:<id>:vehicles", "dealer:*"));
         assert!(matches("dealer:<id>:vehicles", "dealer:?:vehicles"));
         assert!(matches("dealer:<id>:vehicles", "*:vehicles"));
@@ -277,10 +241,7 @@ mod tests {
     fn typos_and_structure_mismatches_meet_nothing() {
         assert!(!matches("homepage:<section>", "homepgae:*"));
         assert!(!matches("vehicle:<id>", "vehicles:<v.id>"));
-        assert!(!matches(
-            "dealer:<id>:vehicles",
-            "dealer:<v.dealer_id>:cars"
-        ));
+        assert!(!matches("dealer:<id>:vehicles", "dealer:<v.dealer_id>:cars"));
         // A placeholder value never contains a raw `:`.
         assert!(!matches("vehicle:<id>", "vehicle:<v.id>:photos"));
         assert!(!matches("v:<id>", "v:[^a-zA-Z0-9_.%~,-]"));

@@ -26,6 +26,7 @@ use serde::Serialize;
 use crate::cache::Cache;
 use crate::cache::Policy;
 use crate::codec::{Cloner, Entry};
+use crate::error::ErrorKind;
 use crate::flight::{Landed, Leader};
 use crate::lock::{new_token, RELEASE};
 use crate::notify::{Signal, FILLED};
@@ -67,10 +68,7 @@ impl Cache {
         loop {
             let (woken, live) = redis.notifier().register(&channel);
             if !look_first {
-                match redis
-                    .try_lease(&lock_key, &token, settings.lock_lease)
-                    .await
-                {
+                match redis.try_lease(&lock_key, &token, settings.lock_lease).await {
                     Ok(true) => {
                         return self
                             .load_holding::<S, R, Fut>(
@@ -82,7 +80,7 @@ impl Cache {
                     Ok(false) => {}
                     Err(error) => {
                         tracing::warn!(key, %error, "could not take the load lock; loading without it");
-                        counters.error();
+                        counters.error(error.kind());
                         break;
                     }
                 }
@@ -96,22 +94,19 @@ impl Cache {
                         return S::from_value(value);
                     }
                     Err(_) => {
-                        counters.error();
+                        counters.error(ErrorKind::Decode);
                         break;
                     }
                 },
                 Ok((None, lease_left)) => lease_left,
-                Err(_) => {
-                    counters.error();
+                Err(error) => {
+                    counters.error(error.kind());
                     break;
                 }
             };
             let now = Instant::now();
             if now >= deadline {
-                tracing::warn!(
-                    key,
-                    "waited lock_wait for another process's load; loading here"
-                );
+                tracing::warn!(key, "waited lock_wait for another process's load; loading here");
                 break;
             }
             if lease_left.is_zero() {
@@ -138,8 +133,7 @@ impl Cache {
                 _ => {}
             }
         }
-        self.load_unlocked::<S, R, Fut>(counters, key, ttl, cloner, load, leader)
-            .await
+        self.load_unlocked::<S, R, Fut>(counters, key, ttl, cloner, load, leader).await
     }
 
     /// Runs the body without cross-process coordination (Redis failing, or waited too long).
@@ -160,8 +154,7 @@ impl Cache {
         let started = Instant::now();
         let returned = load().await;
         counters.load(started.elapsed());
-        self.store_outcome::<S, R>(counters, key, ttl, cloner, &returned, leader)
-            .await;
+        self.store_outcome::<S, R>(counters, key, ttl, cloner, &returned, leader).await;
         returned
     }
 
@@ -221,9 +214,8 @@ impl Cache {
             () = renew => unreachable!("renewal never ends"),
         };
         counters.load(started.elapsed());
-        let stored = self
-            .store_outcome::<S, R>(counters, key, ttl, cloner, &returned, leader)
-            .await;
+        let stored =
+            self.store_outcome::<S, R>(counters, key, ttl, cloner, &returned, leader).await;
         held.release(redis, stored).await;
         returned
     }
@@ -255,9 +247,7 @@ impl Cache {
             let lock_key = load_lock_key(&self.inner.prefix, key);
             let token = new_token();
             if !matches!(
-                redis
-                    .try_lease(&lock_key, &token, self.inner.settings.lock_lease)
-                    .await,
+                redis.try_lease(&lock_key, &token, self.inner.settings.lock_lease).await,
                 Ok(true)
             ) {
                 return S::from_value(current); // another process refreshes it
@@ -265,13 +255,7 @@ impl Cache {
             let channel = redis.notifier().channel(FILLED, key);
             held = Some((
                 redis,
-                HeldLease {
-                    cache: self.clone(),
-                    lock_key,
-                    token,
-                    channel,
-                    done: false,
-                },
+                HeldLease { cache: self.clone(), lock_key, token, channel, done: false },
             ));
         }
         counters.refresh();
@@ -279,14 +263,7 @@ impl Cache {
         let returned = load().await;
         counters.load(started.elapsed());
         let stored = self
-            .store_outcome::<S, R>(
-                counters,
-                key,
-                policy.lifetime(),
-                cloner,
-                &returned,
-                &mut leader,
-            )
+            .store_outcome::<S, R>(counters, key, policy.lifetime(), cloner, &returned, &mut leader)
             .await;
         if let Some((redis, mut lease)) = held {
             lease.release(redis, stored).await;
@@ -320,13 +297,8 @@ impl HeldLease {
     async fn release(&mut self, redis: &RedisStore, stored: bool) {
         self.done = true;
         let outcome = if stored { "1" } else { "0" };
-        let released: Result<u64, _> = redis
-            .script(
-                RELEASE,
-                &[&self.lock_key],
-                &[&self.token, &self.channel, outcome],
-            )
-            .await;
+        let released: Result<u64, _> =
+            redis.script(RELEASE, &[&self.lock_key], &[&self.token, &self.channel, outcome]).await;
         if let Err(error) = released {
             tracing::warn!(lock = %self.lock_key, %error, "could not release the load lock; it lapses after its lease");
         }
@@ -349,9 +321,8 @@ impl Drop for HeldLease {
         );
         runtime.spawn(async move {
             if let crate::store::Store::Redis(redis) = &cache.inner.store {
-                let _: Result<u64, _> = redis
-                    .script(RELEASE, &[&lock_key], &[&token, &channel, "0"])
-                    .await;
+                let _: Result<u64, _> =
+                    redis.script(RELEASE, &[&lock_key], &[&token, &channel, "0"]).await;
             }
         });
     }

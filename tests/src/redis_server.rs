@@ -65,12 +65,7 @@ impl RedisServer {
             let dir = std::env::temp_dir().join(name);
             fs::create_dir_all(&dir).expect("cannot create a temp dir for redis-server");
             let extra_args = extra_args.clone();
-            let mut server = RedisServer {
-                port,
-                dir,
-                extra_args,
-                child: None,
-            };
+            let mut server = RedisServer { port, dir, extra_args, child: None };
             if server.spawn_and_wait() {
                 return server;
             }
@@ -129,11 +124,7 @@ impl RedisServer {
         let deadline = Instant::now() + RESTART_TIMEOUT;
         while !self.spawn_and_wait() {
             if Instant::now() >= deadline {
-                panic!(
-                    "redis-server did not restart on port {}; log:\n{}",
-                    self.port,
-                    self.log()
-                );
+                panic!("redis-server did not restart on port {}; log:\n{}", self.port, self.log());
             }
             sleep(Duration::from_millis(100));
         }
@@ -181,10 +172,7 @@ impl RedisServer {
     /// likely the port was taken) or never became ready; the caller decides whether to retry.
     fn spawn_and_wait(&mut self) -> bool {
         // Appending keeps the log of earlier runs across restarts.
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(LOG));
+        let log = File::options().create(true).append(true).open(self.dir.join(LOG));
         let log = log.expect("cannot create the redis-server log file");
         let port = self.port.to_string();
         let spawned = Command::new("redis-server")
@@ -238,10 +226,7 @@ impl Drop for RedisServer {
 /// A port that was free a moment ago: bind port 0 and let the OS choose.
 fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("cannot bind 127.0.0.1:0");
-    listener
-        .local_addr()
-        .expect("bound listener has an address")
-        .port()
+    listener.local_addr().expect("bound listener has an address").port()
 }
 
 /// Whether the server on `port` answers `PING` and is our process `pid`. Checking the pid

@@ -37,12 +37,7 @@ async fn hot(cache: &Cache, prices: &Prices, id: u64) -> Result<String, String> 
 }
 
 async fn redis_cache(server: &RedisServer) -> Cache {
-    Cache::builder()
-        .redis(server.url())
-        .prefix("t:")
-        .build()
-        .await
-        .unwrap()
+    Cache::builder().redis(server.url()).prefix("t:").build().await.unwrap()
 }
 
 async fn stale_value_is_served_while_the_body_fails(cache: Cache) {
@@ -50,11 +45,7 @@ async fn stale_value_is_served_while_the_body_fails(cache: Cache) {
     assert_eq!(price(&cache, &prices, 1).await.unwrap(), "price 1 v1");
     tokio::time::sleep(Duration::from_millis(300)).await; // past the TTL, within `stale`
     prices.failing.store(true, SeqCst);
-    assert_eq!(
-        price(&cache, &prices, 1).await.unwrap(),
-        "price 1 v1",
-        "the stale value answers"
-    );
+    assert_eq!(price(&cache, &prices, 1).await.unwrap(), "price 1 v1", "the stale value answers");
     assert_eq!(cache.stats_of("price").stale, 1);
     // Without a kept value the error goes through.
     assert!(price(&cache, &prices, 2).await.is_err());
@@ -64,11 +55,7 @@ async fn stale_value_is_served_while_the_body_fails(cache: Cache) {
         "price 1 v4",
         "a fresh value once the body works"
     );
-    assert_eq!(
-        price(&cache, &prices, 1).await.unwrap(),
-        "price 1 v4",
-        "and it is cached again"
-    );
+    assert_eq!(price(&cache, &prices, 1).await.unwrap(), "price 1 v4", "and it is cached again");
 }
 
 #[tokio::test]
@@ -78,11 +65,7 @@ async fn redis_serves_stale_values_while_the_body_fails() {
     stale_value_is_served_while_the_body_fails(cache).await;
     // The value is kept in Redis for `stale`, not just the TTL.
     let mut connection = server.connection().await;
-    let pttl: i64 = redis::cmd("PTTL")
-        .arg("t:price:1")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    let pttl: i64 = redis::cmd("PTTL").arg("t:price:1").query_async(&mut connection).await.unwrap();
     assert!(pttl > 3_500_000, "kept for about an hour, PTTL {pttl}");
 }
 
@@ -108,11 +91,7 @@ async fn concurrent_callers_of_a_failing_body_share_the_stale_value() {
     for call in calls {
         assert_eq!(call.await.unwrap().unwrap(), "price 3 v1");
     }
-    assert_eq!(
-        prices.loads.load(SeqCst),
-        2,
-        "one failing run answers all 50 callers"
-    );
+    assert_eq!(prices.loads.load(SeqCst), 2, "one failing run answers all 50 callers");
 }
 
 /// Under steady load a key with `refresh` never misses: hits recompute it before it expires.

@@ -58,23 +58,11 @@ impl MemoryStore {
 
     /// The entry and how long ago it was stored.
     pub(crate) async fn get_aged(&self, key: &str) -> Option<(Arc<Entry>, Duration)> {
-        self.entries
-            .get(key)
-            .await
-            .map(|stored| (stored.entry, stored.stored_at.elapsed()))
+        self.entries.get(key).await.map(|stored| (stored.entry, stored.stored_at.elapsed()))
     }
 
     pub(crate) async fn set(&self, key: &str, entry: Arc<Entry>, ttl: Duration) {
-        self.entries
-            .insert(
-                key.to_owned(),
-                Stored {
-                    entry,
-                    ttl,
-                    stored_at: Instant::now(),
-                },
-            )
-            .await;
+        self.entries.insert(key.to_owned(), Stored { entry, ttl, stored_at: Instant::now() }).await;
     }
 }
 
@@ -96,6 +84,12 @@ impl MemoryStore {
             removed += self.remove(&key).await;
         }
         removed
+    }
+
+    /// Entries and their weighed size in bytes.
+    pub(crate) async fn size(&self) -> (u64, u64) {
+        self.entries.run_pending_tasks().await;
+        (self.entries.entry_count(), self.entries.weighted_size())
     }
 
     pub(crate) async fn clear(&self) -> u64 {

@@ -67,10 +67,9 @@ impl Store {
     /// Removes the keys matching a glob.
     pub(crate) async fn remove_matching(&self, pattern: &str) -> Result<Removed> {
         match self {
-            Store::Memory(store) => Ok(Removed {
-                keys: store.remove_matching(pattern).await,
-                scanned: false,
-            }),
+            Store::Memory(store) => {
+                Ok(Removed { keys: store.remove_matching(pattern).await, scanned: false })
+            }
             Store::Redis(store) => store.remove_matching(pattern).await,
         }
     }

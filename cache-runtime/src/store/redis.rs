@@ -37,11 +37,8 @@ impl RedisStore {
     /// Checks the URL and prepares the connection without opening it: a cache can be built
     /// while Redis is down, and connects when Redis answers.
     pub(crate) fn new(options: RedisOptions) -> Result<Self> {
-        let client =
-            redis::Client::open(options.url.as_str()).map_err(|source| Error::InvalidUrl {
-                url: options.url.clone(),
-                source,
-            })?;
+        let client = redis::Client::open(options.url.as_str())
+            .map_err(|source| Error::InvalidUrl { url: options.url.clone(), source })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.command_timeout))
@@ -51,12 +48,7 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(100));
         let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         let notifier = Notifier::new(client, options.prefix.clone());
-        Ok(RedisStore {
-            connection,
-            prefix: options.prefix,
-            notifier,
-            breaker: Breaker::default(),
-        })
+        Ok(RedisStore { connection, prefix: options.prefix, notifier, breaker: Breaker::default() })
     }
 
     /// `prefix + key`.
@@ -73,10 +65,7 @@ impl RedisStore {
         if !self.breaker.allow() {
             return Err(Error::Unavailable);
         }
-        let mut report = ProbeReport {
-            breaker: &self.breaker,
-            reported: false,
-        };
+        let mut report = ProbeReport { breaker: &self.breaker, reported: false };
         let outcome = exchange.await;
         report.reported = true;
         match &outcome {
@@ -100,11 +89,7 @@ impl RedisStore {
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>> {
         let mut connection = self.connection.clone();
         let bytes: Option<Vec<u8>> = self
-            .guarded(
-                redis::cmd("GET")
-                    .arg(self.full_key(key))
-                    .query_async(&mut connection),
-            )
+            .guarded(redis::cmd("GET").arg(self.full_key(key)).query_async(&mut connection))
             .await?;
         Ok(bytes.map(|json| Arc::new(Entry::from_json(json))))
     }
@@ -129,12 +114,7 @@ impl RedisStore {
             )
             .await?;
         let remaining = Duration::from_millis(u64::try_from(millis).unwrap_or(0));
-        Ok(bytes.map(|json| {
-            (
-                Arc::new(Entry::from_json(json)),
-                lifetime.saturating_sub(remaining),
-            )
-        }))
+        Ok(bytes.map(|json| (Arc::new(Entry::from_json(json)), lifetime.saturating_sub(remaining))))
     }
 
     /// `SET key value PX ttl` and the index updates, in one `MULTI` round trip.
@@ -145,46 +125,36 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         if levels.peek().is_some() {
             let now_ms = u64::try_from(
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis(),
+                SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis(),
             )
             .unwrap_or(u64::MAX);
             pipe.atomic();
             for level in levels {
                 let index = self.index_key(level);
-                pipe.cmd("ZADD")
-                    .arg(&index)
-                    .arg(now_ms.saturating_add(ttl_ms))
-                    .arg(key)
-                    .ignore();
-                pipe.cmd("ZREMRANGEBYSCORE")
-                    .arg(&index)
-                    .arg("-inf")
-                    .arg(now_ms)
-                    .ignore();
-                pipe.cmd("PEXPIRE")
-                    .arg(&index)
-                    .arg(ttl_ms)
-                    .arg("NX")
-                    .ignore();
-                pipe.cmd("PEXPIRE")
-                    .arg(&index)
-                    .arg(ttl_ms)
-                    .arg("GT")
-                    .ignore();
+                pipe.cmd("ZADD").arg(&index).arg(now_ms.saturating_add(ttl_ms)).arg(key).ignore();
+                pipe.cmd("ZREMRANGEBYSCORE").arg(&index).arg("-inf").arg(now_ms).ignore();
+                pipe.cmd("PEXPIRE").arg(&index).arg(ttl_ms).arg("NX").ignore();
+                pipe.cmd("PEXPIRE").arg(&index).arg(ttl_ms).arg("GT").ignore();
             }
         }
-        pipe.cmd("SET")
-            .arg(self.full_key(key))
-            .arg(&*entry.json)
-            .arg("PX")
-            .arg(ttl_ms)
-            .ignore();
-        self.guarded(pipe.query_async::<()>(&mut connection))
-            .await?;
+        pipe.cmd("SET").arg(self.full_key(key)).arg(&*entry.json).arg("PX").arg(ttl_ms).ignore();
+        self.guarded(pipe.query_async::<()>(&mut connection)).await?;
         Ok(())
+    }
+
+    /// `PING` then `INFO memory/clients/stats` (bypassing the breaker; bounded by the command
+    /// timeout).
+    pub(crate) async fn ping_and_info(&self) -> Result<String> {
+        let mut connection = self.connection.clone();
+        let (_, info): (String, String) = redis::pipe()
+            .cmd("PING")
+            .cmd("INFO")
+            .arg("memory")
+            .arg("clients")
+            .arg("stats")
+            .query_async(&mut connection)
+            .await?;
+        Ok(info)
     }
 
     /// The pub/sub wake-ups of this cache.
@@ -237,13 +207,8 @@ impl RedisStore {
     /// The remaining time to live of a full key, `None` if it does not exist or never expires.
     pub(crate) async fn pttl(&self, full_key: &str) -> Result<Option<Duration>> {
         let mut connection = self.connection.clone();
-        let millis: i64 = self
-            .guarded(
-                redis::cmd("PTTL")
-                    .arg(full_key)
-                    .query_async(&mut connection),
-            )
-            .await?;
+        let millis: i64 =
+            self.guarded(redis::cmd("PTTL").arg(full_key).query_async(&mut connection)).await?;
         Ok(u64::try_from(millis).ok().map(Duration::from_millis))
     }
 
@@ -266,31 +231,21 @@ impl RedisStore {
             )
             .await?;
         let lease_left = Duration::from_millis(u64::try_from(millis).unwrap_or(0));
-        Ok((
-            bytes.map(|json| Arc::new(Entry::from_json(json))),
-            lease_left,
-        ))
+        Ok((bytes.map(|json| Arc::new(Entry::from_json(json))), lease_left))
     }
 
     /// `UNLINK prefix+key`.
     pub(crate) async fn remove(&self, key: &str) -> Result<u64> {
         let mut connection = self.connection.clone();
-        self.guarded(
-            redis::cmd("UNLINK")
-                .arg(self.full_key(key))
-                .query_async(&mut connection),
-        )
-        .await
+        self.guarded(redis::cmd("UNLINK").arg(self.full_key(key)).query_async(&mut connection))
+            .await
     }
 
     /// Removes every key matching `pattern`, through its index when the pattern names one.
     pub(crate) async fn remove_matching(&self, pattern: &str) -> Result<Removed> {
         let Some(level) = index::for_pattern(pattern) else {
             let keys = self.scan_and_unlink(&self.full_key(pattern)).await?;
-            return Ok(Removed {
-                keys,
-                scanned: true,
-            });
+            return Ok(Removed { keys, scanned: true });
         };
         let mut connection = self.connection.clone();
         let index = self.index_key(level);
@@ -327,10 +282,7 @@ impl RedisStore {
                 removed += unlinked;
             }
             if next == 0 {
-                return Ok(Removed {
-                    keys: removed,
-                    scanned: false,
-                });
+                return Ok(Removed { keys: removed, scanned: false });
             }
             cursor = next;
         }
@@ -360,12 +312,8 @@ impl RedisStore {
                 )
                 .await?;
             if !keys.is_empty() {
-                self.guarded(
-                    redis::cmd("UNLINK")
-                        .arg(&keys)
-                        .query_async::<()>(&mut connection),
-                )
-                .await?;
+                self.guarded(redis::cmd("UNLINK").arg(&keys).query_async::<()>(&mut connection))
+                    .await?;
             }
             if next == 0 {
                 return Ok(removed);
@@ -393,17 +341,10 @@ impl RedisStore {
                         .query_async(&mut connection),
                 )
                 .await?;
-            let keys: Vec<String> = keys
-                .into_iter()
-                .filter(|k| !k.starts_with(&indexes))
-                .collect();
+            let keys: Vec<String> = keys.into_iter().filter(|k| !k.starts_with(&indexes)).collect();
             if !keys.is_empty() {
                 removed += self
-                    .guarded(
-                        redis::cmd("UNLINK")
-                            .arg(&keys)
-                            .query_async::<u64>(&mut connection),
-                    )
+                    .guarded(redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut connection))
                     .await?;
             }
             if next == 0 {

@@ -11,18 +11,13 @@ use std::time::{Duration, Instant};
 use cache_runtime::{cached, Cache};
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 #[cached(key = "report:<id>", ttl = "1m", lock, cache = cache)]
 async fn report(cache: &Cache, redis: &redis::Client, id: u64) -> Result<String, String> {
-    let mut connection = redis
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut connection =
+        redis.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
     let _: u64 = redis::cmd("INCR")
         .arg("lockworker:runs")
         .query_async(&mut connection)

@@ -1,0 +1,106 @@
+//! [`Cache::health`]: is the store reachable, how fast, and what Redis says about itself.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::breaker::BreakerState;
+use crate::cache::Cache;
+use crate::store::Store;
+
+/// A snapshot of the store's health, as the admin `/cache/health` route shows it.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Health {
+    /// `"memory"` or `"redis"`.
+    pub store: &'static str,
+    /// Whether the store answered (always true for the memory store).
+    pub reachable: bool,
+    /// Round trip of a `PING`, in milliseconds.
+    pub round_trip_ms: Option<f64>,
+    /// The circuit breaker in front of Redis.
+    pub breaker: BreakerState,
+    /// Redis `used_memory` (bytes), or the memory store's weighed size.
+    pub used_memory_bytes: Option<u64>,
+    /// Redis `connected_clients`.
+    pub connected_clients: Option<u64>,
+    /// Redis `evicted_keys`: keys dropped under `maxmemory`.
+    pub evicted_keys: Option<u64>,
+    /// Redis `keyspace_hits` (server-wide, every client).
+    pub keyspace_hits: Option<u64>,
+    /// Redis `keyspace_misses` (server-wide, every client).
+    pub keyspace_misses: Option<u64>,
+    /// Entries in the memory store.
+    pub entries: Option<u64>,
+    /// Why the store is unreachable.
+    pub error: Option<String>,
+}
+
+impl Cache {
+    /// Checks the store: a `PING` round trip and the interesting parts of `INFO` on Redis,
+    /// the size on the memory store. It bypasses the circuit breaker (it is how you find
+    /// out whether Redis is back) but is bounded by the command timeout. It never fails:
+    /// an unreachable Redis is reported in the result.
+    pub async fn health(&self) -> Health {
+        let mut health = Health {
+            store: self.inner.store.kind(),
+            reachable: true,
+            round_trip_ms: None,
+            breaker: self.breaker_state(),
+            used_memory_bytes: None,
+            connected_clients: None,
+            evicted_keys: None,
+            keyspace_hits: None,
+            keyspace_misses: None,
+            entries: None,
+            error: None,
+        };
+        match &self.inner.store {
+            Store::Memory(memory) => {
+                let (entries, bytes) = memory.size().await;
+                health.entries = Some(entries);
+                health.used_memory_bytes = Some(bytes);
+                health.round_trip_ms = Some(0.0);
+            }
+            Store::Redis(redis) => {
+                let started = Instant::now();
+                match redis.ping_and_info().await {
+                    Ok(info) => {
+                        health.round_trip_ms = Some(millis(started.elapsed()));
+                        let field = |name: &str| info_field(&info, name);
+                        health.used_memory_bytes = field("used_memory");
+                        health.connected_clients = field("connected_clients");
+                        health.evicted_keys = field("evicted_keys");
+                        health.keyspace_hits = field("keyspace_hits");
+                        health.keyspace_misses = field("keyspace_misses");
+                    }
+                    Err(error) => {
+                        health.reachable = false;
+                        health.error = Some(error.to_string());
+                    }
+                }
+            }
+        }
+        health
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// A numeric `name:value` line of `INFO`.
+fn info_field(info: &str, name: &str) -> Option<u64> {
+    info.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_info_fields() {
+        let info = "# Memory\r\nused_memory:1024\r\nused_memory_human:1K\r\nevicted_keys:3\r\n";
+        assert_eq!(super::info_field(info, "used_memory"), Some(1024));
+        assert_eq!(super::info_field(info, "evicted_keys"), Some(3));
+        assert_eq!(super::info_field(info, "keyspace_hits"), None);
+    }
+}
