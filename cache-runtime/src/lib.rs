@@ -116,6 +116,9 @@ mod stampede;
 mod stats;
 mod store;
 
+#[cfg(feature = "axum")]
+pub mod admin;
+
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;

@@ -1,0 +1,1 @@
+//! Admin HTTP routes (feature `axum`).
