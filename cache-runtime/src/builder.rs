@@ -23,7 +23,8 @@ use crate::store::Store;
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct CacheBuilder {
-    redis_url: Option<String>,
+    redis_urls: Vec<String>,
+    cluster: bool,
     prefix: String,
     memory_capacity: u64,
     connect_timeout: Duration,
@@ -34,7 +35,8 @@ pub struct CacheBuilder {
 impl Default for CacheBuilder {
     fn default() -> Self {
         CacheBuilder {
-            redis_url: None,
+            redis_urls: Vec::new(),
+            cluster: false,
             prefix: String::new(),
             memory_capacity: DEFAULT_MEMORY_CAPACITY,
             connect_timeout: Duration::from_secs(1),
@@ -48,7 +50,30 @@ impl CacheBuilder {
     /// Use the Redis server at `url` (`redis://[user:password@]host:port[/db]`, or `rediss://`
     /// for TLS when redis-rs is built with TLS support).
     pub fn redis(mut self, url: impl Into<String>) -> Self {
-        self.redis_url = Some(url.into());
+        self.redis_urls = vec![url.into()];
+        self.cluster = false;
+        self
+    }
+
+    /// Use the Redis Cluster reached through these seed nodes (`redis://host:port` each;
+    /// one reachable node is enough to discover the others). Every feature works the same
+    /// as on a standalone server; see the crate docs for what differs in cost.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), cache_runtime::Error> {
+    /// let cache = cache_runtime::Cache::builder()
+    ///     .redis_cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000", "redis://10.0.0.3:7000"])
+    ///     .prefix("okla:")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn redis_cluster<U: Into<String>>(
+        mut self,
+        seed_nodes: impl IntoIterator<Item = U>,
+    ) -> Self {
+        self.redis_urls = seed_nodes.into_iter().map(Into::into).collect();
+        self.cluster = true;
         self
     }
 
@@ -122,14 +147,24 @@ impl CacheBuilder {
         if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
             return Err(Error::InvalidConfig("timeouts must be greater than zero".into()));
         }
-        let store = match self.redis_url {
-            Some(url) => Store::Redis(RedisStore::new(RedisOptions {
-                url,
+        if self.settings.lock_lease < Duration::from_millis(10) || self.settings.lock_wait.is_zero()
+        {
+            return Err(Error::InvalidConfig(
+                "lock_lease must be at least 10ms and lock_wait above zero".into(),
+            ));
+        }
+        if self.cluster && self.redis_urls.is_empty() {
+            return Err(Error::InvalidConfig("redis_cluster needs at least one seed node".into()));
+        }
+        let store = match self.redis_urls.is_empty() {
+            false => Store::Redis(RedisStore::new(RedisOptions {
+                urls: self.redis_urls,
+                cluster: self.cluster,
                 prefix: self.prefix.clone(),
                 connect_timeout: self.connect_timeout,
                 command_timeout: self.command_timeout,
             })?),
-            None => {
+            true => {
                 if self.memory_capacity == 0 {
                     return Err(Error::InvalidConfig(
                         "memory capacity must be greater than zero".into(),

@@ -67,7 +67,10 @@ impl Cache {
                 match redis.ping_and_info().await {
                     Ok(info) => {
                         health.round_trip_ms = Some(millis(started.elapsed()));
-                        let field = |name: &str| info_field(&info, name);
+                        // A cluster answers per primary: sum over them.
+                        let field = |name: &str| {
+                            info.iter().map(|node| info_field(node, name)).sum::<Option<u64>>()
+                        };
                         health.used_memory_bytes = field("used_memory");
                         health.connected_clients = field("connected_clients");
                         health.evicted_keys = field("evicted_keys");

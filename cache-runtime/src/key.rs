@@ -121,6 +121,11 @@ pub fn push_part<P: KeyPart + ?Sized>(out: &mut String, part: &P) {
     part.write_key_part(&mut KeyWriter::new(out));
 }
 
+/// Keys of the cache's own bookkeeping start with this, after the prefix: invalidation
+/// indexes (`__idx:`), locks (`__lock:`), fencing counters (`__fence:`) and load leases
+/// (`__load:`). User keys may not, and invalidation never removes them.
+pub(crate) const RESERVED: &str = "__";
+
 /// Checks a rendered key given to the programmatic API.
 pub(crate) fn validate_key(key: &str) -> Result<()> {
     if key.is_empty() {
@@ -132,10 +137,10 @@ pub(crate) fn validate_key(key: &str) -> Result<()> {
             "a key must not contain whitespace or control characters",
         ));
     }
-    if key.starts_with(crate::index::INDEX_NAMESPACE) {
+    if key.starts_with(RESERVED) {
         return Err(Error::invalid_key(
             key,
-            "keys starting with `__idx:` are reserved for invalidation indexes",
+            "keys starting with `__` are reserved for the cache's indexes, locks and fencing counters",
         ));
     }
     Ok(())

@@ -63,8 +63,9 @@
 //! - A hit: unchanged, one `GET`.
 //! - A write: one round trip, a `MULTI` holding the `SET` plus, per index, `ZADD`,
 //!   `ZREMRANGEBYSCORE -inf <now>` (drops members whose keys have expired, so an index never
-//!   grows beyond the live keys) and `PEXPIRE NX` / `PEXPIRE GT` (an index outlives its
-//!   longest-lived member, and disappears when its prefix goes idle).
+//!   grows beyond the live keys) and a `PEXPIRE` so an index outlives its longest-lived
+//!   member and disappears when its prefix goes idle. This runs as a short Lua script on
+//!   the server's clock, so writers whose clocks disagree cannot prune each other's members.
 //! - Memory: one sorted-set member per key and index (the key's text and a score).
 //!
 //! Keys removed by `invalidate` stay in their indexes until they expire or a pattern

@@ -171,9 +171,13 @@ impl Cache {
     /// [`try_lock`](Self::try_lock).
     pub async fn lock(&self, resource: &str, lease: Duration, wait: Duration) -> Result<LockGuard> {
         let deadline = Instant::now() + wait;
+        let local_release = &self.inner.local_locks.released;
         loop {
             // Register for the release before trying, so a release in between wakes us.
             let woken = self.released_signal(resource);
+            let notified = local_release.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             if let Some(guard) = self.try_lock(resource, lease).await? {
                 return Ok(guard);
             }
@@ -189,10 +193,15 @@ impl Cache {
                     let _ = tokio::time::timeout_at(until.into(), receiver).await;
                 }
                 Woken::Local => {
-                    let notified = self.inner.local_locks.released.notified();
                     let _ = tokio::time::timeout_at(until.into(), notified).await;
                 }
-                Woken::LeaseOnly => tokio::time::sleep_until(until.into()).await,
+                // First use: the subscription is not live yet. Wait for it (not for the
+                // lease), then register again and look again.
+                Woken::NotSubscribed => {
+                    if let Store::Redis(redis) = &self.inner.store {
+                        redis.notifier().wait_subscribed(until - now).await;
+                    }
+                }
             }
         }
     }
@@ -204,7 +213,7 @@ impl Cache {
                 let channel = redis.notifier().channel(RELEASED, resource);
                 match redis.notifier().register(&channel) {
                     (receiver, true) => Woken::Message(receiver),
-                    (_, false) => Woken::LeaseOnly,
+                    (_, false) => Woken::NotSubscribed,
                 }
             }
         }
@@ -250,7 +259,7 @@ impl Cache {
 enum Woken {
     Message(tokio::sync::oneshot::Receiver<Signal>),
     Local,
-    LeaseOnly,
+    NotSubscribed,
 }
 
 /// A held lease lock. Release it with [`release`](Self::release); dropping it releases it

@@ -26,7 +26,9 @@ pub(crate) const RELEASED: &str = "__released:";
 type Waiters = Mutex<HashMap<String, Vec<oneshot::Sender<Signal>>>>;
 
 pub(crate) struct Notifier {
-    client: redis::Client,
+    /// The nodes to subscribe through, tried in turn (any node of a cluster hears every
+    /// classic pub/sub message).
+    clients: Vec<redis::Client>,
     prefix: String,
     /// Local waiters by channel name.
     waiters: Arc<Waiters>,
@@ -37,9 +39,9 @@ pub(crate) struct Notifier {
 }
 
 impl Notifier {
-    pub(crate) fn new(client: redis::Client, prefix: String) -> Self {
+    pub(crate) fn new(clients: Vec<redis::Client>, prefix: String) -> Self {
         Notifier {
-            client,
+            clients,
             prefix,
             waiters: Arc::default(),
             subscribed: Mutex::new(None),
@@ -89,7 +91,7 @@ impl Notifier {
         let (state, live) = watch::channel(false);
         *subscribed = Some(live);
         runtime.spawn(subscribe(
-            self.client.clone(),
+            self.clients.clone(),
             [format!("{}{FILLED}*", self.prefix), format!("{}{RELEASED}*", self.prefix)],
             Arc::downgrade(&self.waiters),
             Arc::downgrade(&self._alive),
@@ -102,14 +104,17 @@ impl Notifier {
 /// The subscriber task: (re)connects, subscribes, and dispatches messages to local waiters
 /// until the cache is dropped.
 async fn subscribe(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     patterns: [String; 2],
     waiters: Weak<Waiters>,
     alive: Weak<()>,
     state: watch::Sender<bool>,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut attempt = 0;
     while alive.strong_count() > 0 {
+        let client = &clients[attempt % clients.len()];
+        attempt += 1;
         let connected = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.psubscribe(&patterns[..]).await?;

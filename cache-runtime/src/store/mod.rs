@@ -1,5 +1,6 @@
 //! Where entries live: in process ([`memory`]) or in Redis ([`redis`]).
 
+mod link;
 pub(crate) mod memory;
 pub(crate) mod redis;
 

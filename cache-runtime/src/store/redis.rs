@@ -1,25 +1,44 @@
-//! The Redis store: one multiplexed connection that reconnects by itself
-//! (redis-rs's `ConnectionManager`), values as JSON strings under `prefix + key`, and the
-//! invalidation indexes described in [`crate::index`].
+//! The Redis store (standalone or Cluster, see [`super::link`]): values as JSON strings
+//! under `prefix + key`, and the invalidation indexes described in the crate docs.
+//!
+//! On a standalone server a write is one `MULTI` round trip. On a cluster, where a
+//! pipeline must stay in one slot, the `SET` and each index's pipeline are sent at once
+//! (one round trip of latency, not atomic), and keyspace-wide `SCAN`s run on every primary.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use futures_util::future::try_join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::link::{LazyCluster, Link};
 use super::Removed;
 use crate::breaker::{is_connection_failure, Breaker, BreakerState};
 use crate::codec::Entry;
 use crate::error::{Error, Result};
 use crate::index::{self, INDEX_NAMESPACE};
+use crate::key::RESERVED;
 use crate::notify::Notifier;
+
+/// Adds `ARGV[1]` to the index `KEYS[1]` with its expiry (server time + `ARGV[2]` ms) as
+/// score, prunes expired members, and extends the index's own expiry to cover the member.
+const INDEX_SCRIPT: &str = r"
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], ms + ttl, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+if redis.call('PTTL', KEYS[1]) < ttl then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return 1";
 
 /// Keys asked for per `SCAN`/`ZSCAN` step, and unlinked per command.
 const BATCH: usize = 1000;
 
 pub(crate) struct RedisStore {
-    connection: ConnectionManager,
+    connection: Link,
     prefix: String,
     notifier: Notifier,
     breaker: Breaker,
@@ -27,7 +46,9 @@ pub(crate) struct RedisStore {
 
 /// Connection settings taken from the builder.
 pub(crate) struct RedisOptions {
-    pub(crate) url: String,
+    /// One URL for a standalone server; the seed nodes of a cluster.
+    pub(crate) urls: Vec<String>,
+    pub(crate) cluster: bool,
     pub(crate) prefix: String,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
@@ -37,17 +58,35 @@ impl RedisStore {
     /// Checks the URL and prepares the connection without opening it: a cache can be built
     /// while Redis is down, and connects when Redis answers.
     pub(crate) fn new(options: RedisOptions) -> Result<Self> {
-        let client = redis::Client::open(options.url.as_str())
-            .map_err(|source| Error::InvalidUrl { url: options.url.clone(), source })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.command_timeout))
-            // One quick retry: a call never waits through a long reconnect schedule; the next
-            // call tries again.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(100));
-        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
-        let notifier = Notifier::new(client, options.prefix.clone());
+        let clients = options
+            .urls
+            .iter()
+            .map(|url| {
+                redis::Client::open(url.as_str())
+                    .map_err(|source| Error::InvalidUrl { url: url.clone(), source })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let connection = if options.cluster {
+            let client = redis::cluster::ClusterClient::builder(options.urls.clone())
+                .connection_timeout(options.connect_timeout)
+                .response_timeout(options.command_timeout)
+                .retries(1)
+                .build()
+                .map_err(|source| Error::InvalidUrl { url: options.urls.join(","), source })?;
+            Link::Cluster(Arc::new(LazyCluster::new(client)))
+        } else {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(options.connect_timeout))
+                .set_response_timeout(Some(options.command_timeout))
+                // One quick retry: a call never waits through a long reconnect schedule; the
+                // next call tries again.
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(100));
+            Link::Standalone(ConnectionManager::new_lazy_with_config(clients[0].clone(), config)?)
+        };
+        // Classic pub/sub reaches every node of a cluster: one subscription to any node
+        // hears every fill notification.
+        let notifier = Notifier::new(clients, options.prefix.clone());
         Ok(RedisStore { connection, prefix: options.prefix, notifier, breaker: Breaker::default() })
     }
 
@@ -119,42 +158,70 @@ impl RedisStore {
 
     /// `SET key value PX ttl` and the index updates, in one `MULTI` round trip.
     pub(crate) async fn set(&self, key: &str, entry: &Entry, ttl: Duration) -> Result<()> {
-        let mut connection = self.connection.clone();
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut levels = index::levels(key).peekable();
-        let mut pipe = redis::pipe();
-        if levels.peek().is_some() {
-            let now_ms = u64::try_from(
-                SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis(),
-            )
-            .unwrap_or(u64::MAX);
+        // Per index, one script on the server's clock (writers' clocks may disagree):
+        // record the key with its expiry, drop members that expired, and keep the index alive
+        // as long as its longest-lived member.
+        let index_updates = index::levels(key).map(|level| {
+            let mut pipe = redis::pipe();
+            pipe.cmd("EVAL")
+                .arg(INDEX_SCRIPT)
+                .arg(1)
+                .arg(self.index_key(level))
+                .arg(key)
+                .arg(ttl_ms)
+                .ignore();
+            pipe
+        });
+        let mut set = redis::pipe();
+        set.cmd("SET").arg(self.full_key(key)).arg(&*entry.json).arg("PX").arg(ttl_ms).ignore();
+        if self.connection.is_cluster() {
+            // Different slots: one pipeline each, all in flight together.
+            let pipes: Vec<redis::Pipeline> = index_updates.chain(std::iter::once(set)).collect();
+            let sends = pipes.iter().map(|pipe| {
+                let mut connection = self.connection.clone();
+                async move { pipe.query_async::<()>(&mut connection).await }
+            });
+            self.guarded(try_join_all(sends)).await?;
+        } else {
+            // One slot: a single atomic round trip (an invalidation never sees the key
+            // without its index entries).
+            let mut pipe = redis::pipe();
             pipe.atomic();
-            for level in levels {
-                let index = self.index_key(level);
-                pipe.cmd("ZADD").arg(&index).arg(now_ms.saturating_add(ttl_ms)).arg(key).ignore();
-                pipe.cmd("ZREMRANGEBYSCORE").arg(&index).arg("-inf").arg(now_ms).ignore();
-                pipe.cmd("PEXPIRE").arg(&index).arg(ttl_ms).arg("NX").ignore();
-                pipe.cmd("PEXPIRE").arg(&index).arg(ttl_ms).arg("GT").ignore();
+            for update in index_updates {
+                for command in update.cmd_iter() {
+                    pipe.add_command(command.clone()).ignore();
+                }
             }
+            pipe.cmd("SET")
+                .arg(self.full_key(key))
+                .arg(&*entry.json)
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore();
+            let mut connection = self.connection.clone();
+            self.guarded(pipe.query_async::<()>(&mut connection)).await?;
         }
-        pipe.cmd("SET").arg(self.full_key(key)).arg(&*entry.json).arg("PX").arg(ttl_ms).ignore();
-        self.guarded(pipe.query_async::<()>(&mut connection)).await?;
         Ok(())
     }
 
-    /// `PING` then `INFO memory/clients/stats` (bypassing the breaker; bounded by the command
-    /// timeout).
-    pub(crate) async fn ping_and_info(&self) -> Result<String> {
+    /// `PING`, then `INFO memory/clients/stats` of each primary (bypassing the breaker;
+    /// bounded by the command timeout).
+    pub(crate) async fn ping_and_info(&self) -> Result<Vec<String>> {
         let mut connection = self.connection.clone();
-        let (_, info): (String, String) = redis::pipe()
-            .cmd("PING")
-            .cmd("INFO")
-            .arg("memory")
-            .arg("clients")
-            .arg("stats")
-            .query_async(&mut connection)
-            .await?;
-        Ok(info)
+        let mut info = redis::cmd("INFO");
+        info.arg("memory").arg("clients").arg("stats");
+        if !self.connection.is_cluster() {
+            let (_, info): (String, String) =
+                redis::pipe().cmd("PING").add_command(info).query_async(&mut connection).await?;
+            return Ok(vec![info]);
+        }
+        redis::cmd("PING").query_async::<()>(&mut connection).await?;
+        let mut infos = Vec::new();
+        for (host, port) in self.connection.primaries().await? {
+            infos.push(self.connection.on_node::<String>(info.clone(), &host, port).await?);
+        }
+        Ok(infos)
     }
 
     /// The pub/sub wake-ups of this cache.
@@ -219,16 +286,16 @@ impl RedisStore {
         key: &str,
         lock_key: &str,
     ) -> Result<(Option<Arc<Entry>>, Duration)> {
-        let mut connection = self.connection.clone();
+        // Two slots on a cluster: two requests in flight together (one round trip).
+        let (mut value_connection, mut lease_connection) =
+            (self.connection.clone(), self.connection.clone());
+        let get = redis::cmd("GET").arg(self.full_key(key)).clone();
+        let pttl = redis::cmd("PTTL").arg(lock_key).clone();
         let (bytes, millis): (Option<Vec<u8>>, i64) = self
-            .guarded(
-                redis::pipe()
-                    .cmd("GET")
-                    .arg(self.full_key(key))
-                    .cmd("PTTL")
-                    .arg(lock_key)
-                    .query_async(&mut connection),
-            )
+            .guarded(futures_util::future::try_join(
+                get.query_async(&mut value_connection),
+                pttl.query_async(&mut lease_connection),
+            ))
             .await?;
         let lease_left = Duration::from_millis(u64::try_from(millis).unwrap_or(0));
         Ok((bytes.map(|json| Arc::new(Entry::from_json(json))), lease_left))
@@ -268,16 +335,17 @@ impl RedisStore {
             let members: Vec<&String> = flat.iter().step_by(2).collect();
             if !members.is_empty() {
                 let keys: Vec<String> = members.iter().map(|m| self.full_key(m)).collect();
+                // The keys may span slots (redis-rs splits a cluster `UNLINK` per slot); the
+                // index is one key: two requests in flight together.
+                let (mut unlink_connection, mut zrem_connection) =
+                    (self.connection.clone(), self.connection.clone());
+                let unlink = redis::cmd("UNLINK").arg(&keys).clone();
+                let zrem = redis::cmd("ZREM").arg(&index).arg(&members).clone();
                 let (unlinked, _): (u64, u64) = self
-                    .guarded(
-                        redis::pipe()
-                            .cmd("UNLINK")
-                            .arg(&keys)
-                            .cmd("ZREM")
-                            .arg(&index)
-                            .arg(&members)
-                            .query_async(&mut connection),
-                    )
+                    .guarded(futures_util::future::try_join(
+                        unlink.query_async(&mut unlink_connection),
+                        zrem.query_async(&mut zrem_connection),
+                    ))
                     .await?;
                 removed += unlinked;
             }
@@ -295,63 +363,70 @@ impl RedisStore {
                 "clear() needs a cache with a prefix: without one it would remove every key in the database".into(),
             ));
         }
-        let removed = self.scan_and_unlink(&format!("{}*", self.prefix)).await?;
         let indexes = format!("{}{INDEX_NAMESPACE}", self.prefix);
-        let mut connection = self.connection.clone();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .guarded(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(format!("{indexes}*"))
-                        .arg("COUNT")
-                        .arg(BATCH)
-                        .query_async(&mut connection),
-                )
-                .await?;
-            if !keys.is_empty() {
-                self.guarded(redis::cmd("UNLINK").arg(&keys).query_async::<()>(&mut connection))
-                    .await?;
-            }
-            if next == 0 {
-                return Ok(removed);
-            }
-            cursor = next;
-        }
+        let removed = self.scan_and_unlink(&format!("{}*", self.prefix)).await?;
+        // Then the indexes, which the data scan leaves alone.
+        self.scan_and_unlink_where(&format!("{indexes}*"), |_| true).await?;
+        Ok(removed)
     }
 
-    /// `SCAN MATCH` + `UNLINK` of the data keys matching `full_pattern` (indexes are skipped:
-    /// removing one would hide live keys from later invalidations).
+    /// `SCAN MATCH` + `UNLINK` of the data keys matching `full_pattern`. The cache's own
+    /// keys (`<prefix>__...`: indexes, locks, fencing counters, load leases) are skipped:
+    /// removing an index would hide live keys from later invalidations, removing a lock or
+    /// a fencing counter would break mutual exclusion.
     async fn scan_and_unlink(&self, full_pattern: &str) -> Result<u64> {
-        let indexes = format!("{}{INDEX_NAMESPACE}", self.prefix);
-        let mut connection = self.connection.clone();
-        let mut cursor: u64 = 0;
+        let reserved = format!("{}{RESERVED}", self.prefix);
+        self.scan_and_unlink_where(full_pattern, |key| !key.starts_with(&reserved)).await
+    }
+
+    /// `SCAN MATCH` over the whole keyspace (every primary of a cluster), unlinking the keys
+    /// `keep` accepts; returns how many went.
+    async fn scan_and_unlink_where(
+        &self,
+        full_pattern: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<u64> {
+        let nodes: Vec<Option<(String, u16)>> = if self.connection.is_cluster() {
+            self.guarded(self.connection.primaries()).await?.into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
         let mut removed = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .guarded(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(full_pattern)
-                        .arg("COUNT")
-                        .arg(BATCH)
-                        .query_async(&mut connection),
-                )
-                .await?;
-            let keys: Vec<String> = keys.into_iter().filter(|k| !k.starts_with(&indexes)).collect();
-            if !keys.is_empty() {
-                removed += self
-                    .guarded(redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut connection))
-                    .await?;
+        for node in nodes {
+            let mut cursor: u64 = 0;
+            loop {
+                let scan = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(full_pattern)
+                    .arg("COUNT")
+                    .arg(BATCH)
+                    .clone();
+                let (next, keys): (u64, Vec<String>) = match &node {
+                    Some((host, port)) => {
+                        self.guarded(self.connection.on_node(scan, host, *port)).await?
+                    }
+                    None => {
+                        let mut connection = self.connection.clone();
+                        self.guarded(scan.query_async(&mut connection)).await?
+                    }
+                };
+                let keys: Vec<String> = keys.into_iter().filter(|key| keep(key)).collect();
+                if !keys.is_empty() {
+                    let mut connection = self.connection.clone();
+                    removed += self
+                        .guarded(
+                            redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut connection),
+                        )
+                        .await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(removed);
-            }
-            cursor = next;
         }
+        Ok(removed)
     }
 }
 

@@ -39,14 +39,6 @@ async fn attributes_without_cache_use_the_default_set_by_set_default() {
     assert_eq!(raw.keys().await, ["t:default:1"]);
     assert_eq!(stored_json(&raw, "t:default:1").await, json!(2));
     let stats = cache.stats_of("by_default");
-    assert_eq!(
-        (stats.hits, stats.misses, stats.loads),
-        (1, 1, 1),
-        "{stats:?}"
-    );
-    assert_eq!(
-        default_cache().stats(),
-        cache.stats(),
-        "default_cache() is the cache we set"
-    );
+    assert_eq!((stats.hits, stats.misses, stats.loads), (1, 1, 1), "{stats:?}");
+    assert_eq!(default_cache().stats(), cache.stats(), "default_cache() is the cache we set");
 }

@@ -36,20 +36,9 @@ async fn an_undecodable_value_is_a_miss_and_is_overwritten() {
         raw.set(&key, junk).await;
         let errors_before = cache.stats().errors;
 
-        assert_eq!(
-            get_vehicle(&cache, id).await,
-            Ok(Some(Vehicle::new(id))),
-            "{junk:?}"
-        );
-        assert_eq!(
-            CALLS.load(SeqCst),
-            i + 1,
-            "{junk:?} is a miss: the body runs"
-        );
-        assert!(
-            cache.stats().errors > errors_before,
-            "{junk:?} is counted as an error"
-        );
+        assert_eq!(get_vehicle(&cache, id).await, Ok(Some(Vehicle::new(id))), "{junk:?}");
+        assert_eq!(CALLS.load(SeqCst), i + 1, "{junk:?} is a miss: the body runs");
+        assert!(cache.stats().errors > errors_before, "{junk:?} is counted as an error");
         // The fresh value replaced the garbage, with the TTL.
         assert_eq!(
             stored_json(&raw, &key).await,
@@ -90,23 +79,11 @@ async fn redis_killed_mid_run_calls_return_body_results_then_caching_resumes() {
     let started = Instant::now();
     for round in 0..5 {
         // Cached before the kill, but unreachable now: the body answers.
-        assert_eq!(
-            get_vehicle(&cache, 1).await,
-            Ok(Some(Vehicle::new(1))),
-            "round {round}"
-        );
-        assert_eq!(
-            get_vehicle(&cache, 2).await,
-            Ok(Some(Vehicle::new(2))),
-            "round {round}"
-        );
+        assert_eq!(get_vehicle(&cache, 1).await, Ok(Some(Vehicle::new(1))), "round {round}");
+        assert_eq!(get_vehicle(&cache, 2).await, Ok(Some(Vehicle::new(2))), "round {round}");
     }
     let down_for = started.elapsed();
-    assert_eq!(
-        CALLS.load(SeqCst),
-        12,
-        "every call ran its body while Redis was down"
-    );
+    assert_eq!(CALLS.load(SeqCst), 12, "every call ran its body while Redis was down");
     let stats = cache.stats_of("get_vehicle");
     assert!(stats.errors >= 1, "{stats:?}");
     assert_eq!(stats.hits, 1, "no hits while down: {stats:?}");
@@ -121,20 +98,14 @@ async fn redis_killed_mid_run_calls_return_body_results_then_caching_resumes() {
         raw.exists("t:vehicle:3").await
     })
     .await;
-    assert!(
-        resumed,
-        "caching did not resume within {RECOVERY:?} of Redis coming back"
-    );
+    assert!(resumed, "caching did not resume within {RECOVERY:?} of Redis coming back");
     let calls = CALLS.load(SeqCst);
     assert_eq!(get_vehicle(&cache, 3).await, Ok(Some(Vehicle::new(3))));
     assert_eq!(CALLS.load(SeqCst), calls, "a hit again");
 
     // Once the failure is known, calls do not wait on Redis again (circuit breaker): ten
     // calls take about as long as their bodies, not ten reconnect attempts.
-    assert!(
-        down_for < Duration::from_secs(1),
-        "10 calls with Redis known down took {down_for:?}"
-    );
+    assert!(down_for < Duration::from_secs(1), "10 calls with Redis known down took {down_for:?}");
 }
 
 #[tokio::test]
@@ -158,11 +129,7 @@ async fn build_succeeds_while_redis_is_down_and_caching_starts_when_it_comes_up(
 
     assert_eq!(double(&cache, 21).await, Some(42));
     assert_eq!(double(&cache, 21).await, Some(42));
-    assert_eq!(
-        CALLS.load(SeqCst),
-        2,
-        "nothing is cached while Redis is down"
-    );
+    assert_eq!(CALLS.load(SeqCst), 2, "nothing is cached while Redis is down");
     assert!(cache.stats().errors >= 1, "{:?}", cache.stats());
     assert_eq!(cache.stats().hits, 0);
 
@@ -173,10 +140,7 @@ async fn build_succeeds_while_redis_is_down_and_caching_starts_when_it_comes_up(
         raw.exists("t:n:21").await
     })
     .await;
-    assert!(
-        started,
-        "caching did not start within {RECOVERY:?} of Redis coming up"
-    );
+    assert!(started, "caching did not start within {RECOVERY:?} of Redis coming up");
     let calls = CALLS.load(SeqCst);
     assert_eq!(double(&cache, 21).await, Some(42));
     assert_eq!(CALLS.load(SeqCst), calls, "a hit");
@@ -200,10 +164,7 @@ async fn get_or_load_falls_back_on_its_loader_while_redis_is_down() {
     }
     assert_eq!(calls.load(SeqCst), 3);
     assert!(cache.stats_of(cache_runtime::DIRECT_CALLS).errors >= 1);
-    assert!(cache
-        .set("greeting:en", "hello", Duration::from_secs(60))
-        .await
-        .is_err());
+    assert!(cache.set("greeting:en", "hello", Duration::from_secs(60)).await.is_err());
 }
 
 #[tokio::test]
@@ -231,10 +192,7 @@ async fn a_hung_redis_costs_at_most_a_timeout_then_calls_stop_waiting() {
     assert_eq!(get_vehicle(&cache, 1).await, Some(Vehicle::new(1)));
     let first = started.elapsed();
     // The read times out after the command timeout (200 ms) and the body answers.
-    assert!(
-        first < Duration::from_millis(1500),
-        "first call with Redis hung took {first:?}"
-    );
+    assert!(first < Duration::from_millis(1500), "first call with Redis hung took {first:?}");
     let started = Instant::now();
     for id in 0..5 {
         assert_eq!(get_vehicle(&cache, id).await, Some(Vehicle::new(id)));
@@ -250,14 +208,8 @@ async fn a_hung_redis_costs_at_most_a_timeout_then_calls_stop_waiting() {
         raw.exists("t:vehicle:9").await
     })
     .await;
-    assert!(
-        resumed,
-        "caching did not resume within {RECOVERY:?} of Redis answering again"
-    );
+    assert!(resumed, "caching did not resume within {RECOVERY:?} of Redis answering again");
 
     // Once the failure is known, calls do not each wait for a timeout (circuit breaker).
-    assert!(
-        next < Duration::from_millis(500),
-        "5 calls with Redis known hung took {next:?}"
-    );
+    assert!(next < Duration::from_millis(500), "5 calls with Redis known hung took {next:?}");
 }

@@ -18,10 +18,7 @@ async fn plain_values_are_written_as_they_are() {
     let server = RedisServer::start();
     let raw = Raw::connect(&server).await;
     let cache = redis_cache(&server).await;
-    assert_eq!(
-        plain(&cache, "abc_DEF-1.2", -7, true).await,
-        "abc_DEF-1.2/-7/true"
-    );
+    assert_eq!(plain(&cache, "abc_DEF-1.2", -7, true).await, "abc_DEF-1.2/-7/true");
     assert_eq!(raw.keys().await, ["t:plain:abc_DEF-1.2:-7:true"]);
 }
 
@@ -98,22 +95,12 @@ async fn glob_characters_in_values_are_encoded() {
         assert_eq!(user(&cache, name.to_owned()).await, format!("<{name}>"));
     }
     for name in names {
-        assert_eq!(
-            user(&cache, name.to_owned()).await,
-            format!("<{name}>"),
-            "hit for {name:?}"
-        );
+        assert_eq!(user(&cache, name.to_owned()).await, format!("<{name}>"), "hit for {name:?}");
     }
     assert_eq!(CALLS.load(SeqCst), names.len());
     assert_eq!(
         raw.keys().await,
-        [
-            "t:user:%2A",
-            "t:user:%3F",
-            "t:user:%5Bab%5D",
-            "t:user:%5C",
-            "t:user:a%2Ab"
-        ]
+        ["t:user:%2A", "t:user:%3F", "t:user:%5Bab%5D", "t:user:%5C", "t:user:a%2Ab"]
     );
     assert!(raw.exists("t:user:%2A").await);
 }
@@ -164,12 +151,7 @@ async fn unicode_whitespace_and_control_characters_are_encoded() {
     assert_eq!(city(&cache, "東京").await, 2);
     assert_eq!(city(&cache, "").await, 0);
     assert_eq!(initial(&cache, 'é').await, 'é');
-    for (name, chars) in [
-        ("Zürich city", 11),
-        ("tab\there\r\n", 10),
-        ("東京", 2),
-        ("", 0),
-    ] {
+    for (name, chars) in [("Zürich city", 11), ("tab\there\r\n", 10), ("東京", 2), ("", 0)] {
         assert_eq!(city(&cache, name).await, chars);
     }
     assert_eq!(CALLS.load(SeqCst), 4);
@@ -209,26 +191,13 @@ async fn option_none_differs_from_some_empty() {
     for _ in 0..2 {
         for (make, model) in cases {
             let expected = format!("{make:?}/{:?}", model.map(str::to_owned));
-            assert_eq!(
-                search(&cache, make, model.map(str::to_owned)).await,
-                expected
-            );
+            assert_eq!(search(&cache, make, model.map(str::to_owned)).await, expected);
         }
     }
-    assert_eq!(
-        CALLS.load(SeqCst),
-        cases.len(),
-        "each argument list has its own key"
-    );
+    assert_eq!(CALLS.load(SeqCst), cases.len(), "each argument list has its own key");
     assert_eq!(
         raw.keys().await,
-        [
-            "t:search:%7E:x",
-            "t:search::",
-            "t:search::~",
-            "t:search:~:",
-            "t:search:~:~"
-        ]
+        ["t:search:%7E:x", "t:search::", "t:search::~", "t:search:~:", "t:search:~:~"]
     );
 }
 
@@ -275,20 +244,10 @@ async fn user_key_parts_are_encoded() {
     let raw = Raw::connect(&server).await;
     let cache = redis_cache(&server).await;
 
-    assert_eq!(
-        by_vin(&cache, &Vin("wvw zzz:1*".into())).await,
-        "wvw zzz:1*"
-    );
-    assert_eq!(
-        by_vin(&cache, &Vin("WVW ZZZ:1*".into())).await,
-        "wvw zzz:1*",
-        "same key: a hit"
-    );
+    assert_eq!(by_vin(&cache, &Vin("wvw zzz:1*".into())).await, "wvw zzz:1*");
+    assert_eq!(by_vin(&cache, &Vin("WVW ZZZ:1*".into())).await, "wvw zzz:1*", "same key: a hit");
     assert_eq!(at(&cache, Coord { x: 1, y: "2,3" }).await, "1/2,3");
     assert_eq!(at(&cache, Coord { x: 12, y: "3" }).await, "12/3");
     assert_eq!(CALLS.load(SeqCst), 3);
-    assert_eq!(
-        raw.keys().await,
-        ["t:at:1,2%2C3", "t:at:12,3", "t:vin:WVW%20ZZZ%3A1%2A"]
-    );
+    assert_eq!(raw.keys().await, ["t:at:1,2%2C3", "t:at:12,3", "t:vin:WVW%20ZZZ%3A1%2A"]);
 }

@@ -9,7 +9,10 @@
 
 mod default_cache;
 mod failures;
+mod invalidation;
 mod keys;
+mod leader_failures;
+mod lock_api;
 mod memory_cache;
 mod programmatic;
 mod redis_cache;
@@ -39,11 +42,7 @@ struct Vehicle {
 
 impl Vehicle {
     fn new(id: u64) -> Vehicle {
-        Vehicle {
-            id,
-            dealer_id: id / 10,
-            model: format!("model-{id}"),
-        }
+        Vehicle { id, dealer_id: id / 10, model: format!("model-{id}") }
     }
 }
 
@@ -73,42 +72,25 @@ impl Raw {
     /// `GET key`, as text.
     async fn get(&self, key: &str) -> Option<String> {
         let mut con = self.0.clone();
-        redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut con)
-            .await
-            .expect("GET")
+        redis::cmd("GET").arg(key).query_async(&mut con).await.expect("GET")
     }
 
     /// `SET key value` (no expiry).
     async fn set(&self, key: &str, value: &str) {
         let mut con = self.0.clone();
-        redis::cmd("SET")
-            .arg(key)
-            .arg(value)
-            .query_async::<()>(&mut con)
-            .await
-            .expect("SET");
+        redis::cmd("SET").arg(key).arg(value).query_async::<()>(&mut con).await.expect("SET");
     }
 
     /// `PTTL key`: milliseconds left, -1 without expiry, -2 when the key does not exist.
     async fn pttl(&self, key: &str) -> i64 {
         let mut con = self.0.clone();
-        redis::cmd("PTTL")
-            .arg(key)
-            .query_async(&mut con)
-            .await
-            .expect("PTTL")
+        redis::cmd("PTTL").arg(key).query_async(&mut con).await.expect("PTTL")
     }
 
     /// `EXISTS key`.
     async fn exists(&self, key: &str) -> bool {
         let mut con = self.0.clone();
-        let n: u64 = redis::cmd("EXISTS")
-            .arg(key)
-            .query_async(&mut con)
-            .await
-            .expect("EXISTS");
+        let n: u64 = redis::cmd("EXISTS").arg(key).query_async(&mut con).await.expect("EXISTS");
         n == 1
     }
 
@@ -117,14 +99,10 @@ impl Raw {
     /// bookkeeping, not entries.
     async fn keys(&self) -> Vec<String> {
         let mut con = self.0.clone();
-        let mut keys: Vec<String> = redis::cmd("KEYS")
-            .arg("*")
-            .query_async(&mut con)
-            .await
-            .expect("KEYS");
+        let mut keys: Vec<String> =
+            redis::cmd("KEYS").arg("*").query_async(&mut con).await.expect("KEYS");
         keys.retain(|key| {
-            !key.split_once(':')
-                .is_some_and(|(_, rest)| rest.starts_with(INDEX_NAMESPACE))
+            !key.split_once(':').is_some_and(|(_, rest)| rest.starts_with(INDEX_NAMESPACE))
         });
         keys.sort();
         keys
@@ -133,10 +111,7 @@ impl Raw {
 
 /// The stored JSON under `key`, parsed: panics when the key is missing or not JSON.
 async fn stored_json(raw: &Raw, key: &str) -> serde_json::Value {
-    let text = raw
-        .get(key)
-        .await
-        .unwrap_or_else(|| panic!("no key {key:?} in Redis"));
+    let text = raw.get(key).await.unwrap_or_else(|| panic!("no key {key:?} in Redis"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{key:?} holds {text:?}, not JSON: {e}"))
 }
 

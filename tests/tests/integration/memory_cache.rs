@@ -25,17 +25,10 @@ async fn miss_then_hit_with_counters() {
     assert_eq!(CALLS.load(SeqCst), 2);
 
     let stats = cache.stats_of("get_vehicle");
-    assert_eq!(
-        (stats.hits, stats.misses, stats.loads, stats.errors),
-        (1, 2, 2, 0),
-        "{stats:?}"
-    );
+    assert_eq!((stats.hits, stats.misses, stats.loads, stats.errors), (1, 2, 2, 0), "{stats:?}");
     assert_eq!(cache.stats(), stats);
     // The programmatic API reads the same store under the rendered key.
-    assert_eq!(
-        cache.get::<Vehicle>("vehicle:42").await.unwrap(),
-        Some(Vehicle::new(42))
-    );
+    assert_eq!(cache.get::<Vehicle>("vehicle:42").await.unwrap(), Some(Vehicle::new(42)));
 }
 
 #[tokio::test]
@@ -48,11 +41,7 @@ async fn a_memory_cache_from_the_builder_works_too() {
         n * n
     }
 
-    let cache = Cache::builder()
-        .memory_capacity(1024 * 1024)
-        .build()
-        .await
-        .unwrap();
+    let cache = Cache::builder().memory_capacity(1024 * 1024).build().await.unwrap();
     assert_eq!(square(&cache, 12).await, 144);
     assert_eq!(square(&cache, 12).await, 144);
     assert_eq!(CALLS.load(SeqCst), 1);
@@ -107,16 +96,8 @@ async fn entries_expire_after_their_ttl() {
     assert_eq!(long_lived(&cache, 1).await, 1);
     assert_eq!(CALLS.load(SeqCst), 3, "the 1h entry is still there");
     let short = cache.stats_of("short_lived");
-    assert_eq!(
-        (short.hits, short.misses, short.loads),
-        (1, 2, 2),
-        "{short:?}"
-    );
-    assert_eq!(
-        cache.get::<u32>("short:1").await.unwrap(),
-        Some(1),
-        "stored again"
-    );
+    assert_eq!((short.hits, short.misses, short.loads), (1, 2, 2), "{short:?}");
+    assert_eq!(cache.get::<u32>("short:1").await.unwrap(), Some(1), "stored again");
 }
 
 #[tokio::test]
@@ -152,20 +133,12 @@ async fn option_none_is_not_cached() {
 
     let cache = Cache::memory();
     assert_eq!(find(&cache, 1).await, None);
-    assert_eq!(
-        cache.get::<Vehicle>("opt:1").await.unwrap(),
-        None,
-        "None is not stored"
-    );
+    assert_eq!(cache.get::<Vehicle>("opt:1").await.unwrap(), None, "None is not stored");
     assert_eq!(find(&cache, 1).await, Some(Vehicle::new(1)));
     assert_eq!(find(&cache, 1).await, Some(Vehicle::new(1)));
     assert_eq!(CALLS.load(SeqCst), 2);
     let stats = cache.stats_of("find");
-    assert_eq!(
-        (stats.hits, stats.misses, stats.loads),
-        (1, 2, 2),
-        "{stats:?}"
-    );
+    assert_eq!((stats.hits, stats.misses, stats.loads), (1, 2, 2), "{stats:?}");
 }
 
 #[tokio::test]
@@ -182,21 +155,13 @@ async fn result_err_is_not_cached() {
 
     let cache = Cache::memory();
     assert_eq!(load(&cache, 2).await, Err(DbError("down".into())));
-    assert_eq!(
-        load(&cache, 2).await,
-        Err(DbError("down".into())),
-        "Err is not cached"
-    );
+    assert_eq!(load(&cache, 2).await, Err(DbError("down".into())), "Err is not cached");
     assert_eq!(cache.get::<Vehicle>("res:2").await.unwrap(), None);
     assert_eq!(load(&cache, 2).await, Ok(Vehicle::new(2)));
     assert_eq!(load(&cache, 2).await, Ok(Vehicle::new(2)));
     assert_eq!(CALLS.load(SeqCst), 3);
     let stats = cache.stats_of("load");
-    assert_eq!(
-        (stats.hits, stats.misses, stats.loads, stats.errors),
-        (1, 3, 3, 0),
-        "{stats:?}"
-    );
+    assert_eq!((stats.hits, stats.misses, stats.loads, stats.errors), (1, 3, 3, 0), "{stats:?}");
 }
 
 #[tokio::test]
@@ -234,24 +199,12 @@ async fn values_without_clone_are_cached_too() {
     #[cached(key = "report:<id>", ttl = "1m", cache = cache)]
     async fn report(cache: &Cache, id: u64) -> Report {
         CALLS.fetch_add(1, SeqCst);
-        Report {
-            lines: vec![format!("report {id}")],
-        }
+        Report { lines: vec![format!("report {id}")] }
     }
 
     let cache = Cache::memory();
-    assert_eq!(
-        report(&cache, 1).await,
-        Report {
-            lines: vec!["report 1".into()]
-        }
-    );
-    assert_eq!(
-        report(&cache, 1).await,
-        Report {
-            lines: vec!["report 1".into()]
-        }
-    );
+    assert_eq!(report(&cache, 1).await, Report { lines: vec!["report 1".into()] });
+    assert_eq!(report(&cache, 1).await, Report { lines: vec!["report 1".into()] });
     assert_eq!(CALLS.load(SeqCst), 1);
 }
 

@@ -30,25 +30,14 @@ async fn miss_then_hit_counts_and_stores_prefixed_json_with_ttl() {
     assert_eq!(CALLS.load(SeqCst), 1, "a hit does not run the body");
 
     let stats = cache.stats();
-    assert_eq!(
-        (stats.hits, stats.misses, stats.loads, stats.errors),
-        (1, 1, 1, 0),
-        "{stats:?}"
-    );
-    assert_eq!(
-        cache.stats_of("get_vehicle"),
-        stats,
-        "one function: its counters are the totals"
-    );
+    assert_eq!((stats.hits, stats.misses, stats.loads, stats.errors), (1, 1, 1, 0), "{stats:?}");
+    assert_eq!(cache.stats_of("get_vehicle"), stats, "one function: its counters are the totals");
     assert_eq!(cache.stats_of("no_such_function"), Stats::default());
 
     // The key is `prefix + rendered template`, with the TTL as its Redis expiry.
     assert_eq!(raw.keys().await, ["t:vehicle:42"]);
     let pttl = raw.pttl("t:vehicle:42").await;
-    assert!(
-        (899_000..=900_000).contains(&pttl),
-        "PTTL of a 15m entry: {pttl}"
-    );
+    assert!((899_000..=900_000).contains(&pttl), "PTTL of a 15m entry: {pttl}");
 
     // The value is readable JSON, as another service or an operator would read it.
     assert_eq!(
@@ -61,11 +50,7 @@ async fn miss_then_hit_counts_and_stores_prefixed_json_with_ttl() {
     assert_eq!(CALLS.load(SeqCst), 2);
     assert_eq!(raw.keys().await, ["t:vehicle:42", "t:vehicle:7"]);
     let stats = cache.stats_of("get_vehicle");
-    assert_eq!(
-        (stats.hits, stats.misses, stats.loads),
-        (1, 2, 2),
-        "{stats:?}"
-    );
+    assert_eq!((stats.hits, stats.misses, stats.loads), (1, 2, 2), "{stats:?}");
 }
 
 #[tokio::test]
@@ -90,10 +75,7 @@ async fn ttl_units_become_the_redis_expiry_and_entries_expire() {
 
     assert_eq!(long_lived(&cache, 1).await, 1);
     let pttl = raw.pttl("t:long:1").await;
-    assert!(
-        (5_399_000..=5_400_000).contains(&pttl),
-        "PTTL of a 1h30m entry: {pttl}"
-    );
+    assert!((5_399_000..=5_400_000).contains(&pttl), "PTTL of a 1h30m entry: {pttl}");
 
     assert_eq!(short_lived(&cache, 2).await, 2);
     let pttl = raw.pttl("t:short:2").await;
@@ -106,11 +88,7 @@ async fn ttl_units_become_the_redis_expiry_and_entries_expire() {
     assert_eq!(short_lived(&cache, 2).await, 2);
     assert_eq!(CALLS.load(SeqCst), 3, "after the TTL the body runs again");
     let stats = cache.stats_of("short_lived");
-    assert_eq!(
-        (stats.hits, stats.misses, stats.loads),
-        (1, 2, 2),
-        "{stats:?}"
-    );
+    assert_eq!((stats.hits, stats.misses, stats.loads), (1, 2, 2), "{stats:?}");
 }
 
 #[tokio::test]
@@ -131,23 +109,12 @@ async fn name_argument_overrides_the_stats_and_metrics_name() {
     assert_eq!(CALLS.load(SeqCst), 1);
 
     let named = cache.stats_of("pricing.by_id");
-    assert_eq!(
-        (named.hits, named.misses, named.loads, named.errors),
-        (2, 1, 1, 0),
-        "{named:?}"
-    );
-    assert_eq!(
-        cache.stats_of("price"),
-        Stats::default(),
-        "the identifier is not the name"
-    );
+    assert_eq!((named.hits, named.misses, named.loads, named.errors), (2, 1, 1, 0), "{named:?}");
+    assert_eq!(cache.stats_of("price"), Stats::default(), "the identifier is not the name");
     assert_eq!(cache.stats(), named);
 
     let metrics = cache.prometheus();
-    assert!(
-        metrics.contains("cache_hits_total{function=\"pricing.by_id\"} 2\n"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("cache_hits_total{function=\"pricing.by_id\"} 2\n"), "{metrics}");
     assert!(!metrics.contains("function=\"price\""), "{metrics}");
 }
 
@@ -178,16 +145,8 @@ async fn stats_are_kept_per_function_and_summed_in_totals() {
     assert_eq!((a.hits, a.misses, a.loads), (2, 1, 1), "{a:?}");
     assert_eq!((b.hits, b.misses, b.loads), (0, 2, 2), "{b:?}");
     let total = cache.stats();
-    assert_eq!(
-        (total.hits, total.misses, total.loads),
-        (2, 3, 3),
-        "{total:?}"
-    );
-    assert!(
-        (total.hit_rate() - 0.4).abs() < 1e-9,
-        "{}",
-        total.hit_rate()
-    );
+    assert_eq!((total.hits, total.misses, total.loads), (2, 3, 3), "{total:?}");
+    assert!((total.hit_rate() - 0.4).abs() < 1e-9, "{}", total.hit_rate());
 
     // Counters belong to a cache handle's own calls, although the store is shared: a second
     // cache on the same server hits what the first stored.
@@ -221,10 +180,7 @@ async fn plain_return_values_are_always_cached() {
     assert!(models(&cache, 0).await.is_empty());
     assert!(models(&cache, 0).await.is_empty());
     assert_eq!(CALLS.load(SeqCst), 2);
-    assert_eq!(
-        stored_json(&raw, "t:models:3").await,
-        json!(["Civic", "Jazz"])
-    );
+    assert_eq!(stored_json(&raw, "t:models:3").await, json!(["Civic", "Jazz"]));
     assert_eq!(stored_json(&raw, "t:models:0").await, json!([]));
 }
 
@@ -254,11 +210,7 @@ async fn option_none_is_not_cached() {
         json!({"id": 1, "dealer_id": 0, "model": "model-1"})
     );
     let stats = cache.stats_of("find");
-    assert_eq!(
-        (stats.hits, stats.misses, stats.loads),
-        (1, 2, 2),
-        "{stats:?}"
-    );
+    assert_eq!((stats.hits, stats.misses, stats.loads), (1, 2, 2), "{stats:?}");
 }
 
 #[tokio::test]
@@ -278,21 +230,14 @@ async fn result_err_is_not_cached() {
     let raw = Raw::connect(&server).await;
     let cache = redis_cache(&server).await;
 
-    assert_eq!(
-        load(&cache, 2).await,
-        Err(DbError("connection reset".into()))
-    );
+    assert_eq!(load(&cache, 2).await, Err(DbError("connection reset".into())));
     assert!(!raw.exists("t:res:2").await, "Err is not stored");
     assert_eq!(load(&cache, 2).await, Ok(Vehicle::new(2)));
     assert_eq!(load(&cache, 2).await, Ok(Vehicle::new(2)));
     assert_eq!(CALLS.load(SeqCst), 2);
     assert!(raw.exists("t:res:2").await);
     let stats = cache.stats_of("load");
-    assert_eq!(
-        (stats.hits, stats.misses, stats.loads, stats.errors),
-        (1, 2, 2, 0),
-        "{stats:?}"
-    );
+    assert_eq!((stats.hits, stats.misses, stats.loads, stats.errors), (1, 2, 2, 0), "{stats:?}");
 }
 
 #[tokio::test]
@@ -322,11 +267,7 @@ async fn result_option_err_and_none_are_not_cached() {
     assert_eq!(CALLS.load(SeqCst), 3);
     assert!(raw.exists("t:ro:3").await);
     let stats = cache.stats_of("load");
-    assert_eq!(
-        (stats.hits, stats.misses, stats.loads, stats.errors),
-        (1, 3, 3, 0),
-        "{stats:?}"
-    );
+    assert_eq!((stats.hits, stats.misses, stats.loads, stats.errors), (1, 3, 3, 0), "{stats:?}");
 }
 
 /// A repository whose methods cache through their own `Cache` field.
@@ -340,11 +281,7 @@ impl Repo {
     #[cached(key = "repo:<self.region>:vehicle:<id>", ttl = "10m", cache = self.cache)]
     async fn vehicle(&self, id: u64) -> Option<Vehicle> {
         self.calls.fetch_add(1, SeqCst);
-        Some(Vehicle {
-            id,
-            dealer_id: 0,
-            model: self.region.clone(),
-        })
+        Some(Vehicle { id, dealer_id: 0, model: self.region.clone() })
     }
 
     #[cached(key = "repo:<self.region>:dealer:<v.dealer_id>:<v.model>", ttl = "10m", cache = self.cache)]
@@ -359,16 +296,8 @@ async fn methods_use_self_cache_and_self_and_param_fields() {
     let server = RedisServer::start();
     let raw = Raw::connect(&server).await;
     let cache = redis_cache(&server).await;
-    let eu = Repo {
-        cache: cache.clone(),
-        region: "eu-west".into(),
-        calls: AtomicUsize::new(0),
-    };
-    let us = Repo {
-        cache: cache.clone(),
-        region: "us east".into(),
-        calls: AtomicUsize::new(0),
-    };
+    let eu = Repo { cache: cache.clone(), region: "eu-west".into(), calls: AtomicUsize::new(0) };
+    let us = Repo { cache: cache.clone(), region: "us east".into(), calls: AtomicUsize::new(0) };
 
     assert_eq!(eu.vehicle(7).await.map(|v| v.model), Some("eu-west".into()));
     assert_eq!(eu.vehicle(7).await.map(|v| v.model), Some("eu-west".into()));
@@ -377,11 +306,7 @@ async fn methods_use_self_cache_and_self_and_param_fields() {
     assert_eq!(us.vehicle(7).await.map(|v| v.model), Some("us east".into()));
     assert_eq!(us.calls.load(SeqCst), 1);
 
-    let v = Vehicle {
-        id: 1,
-        dealer_id: 99,
-        model: "Civic Type-R".into(),
-    };
+    let v = Vehicle { id: 1, dealer_id: 99, model: "Civic Type-R".into() };
     assert_eq!(eu.dealer_of(&v).await, "dealer 99 for Civic Type-R");
     assert_eq!(eu.dealer_of(&v).await, "dealer 99 for Civic Type-R");
     assert_eq!(eu.calls.load(SeqCst), 2);
@@ -395,11 +320,7 @@ async fn methods_use_self_cache_and_self_and_param_fields() {
         ]
     );
     let stats = cache.stats_of("vehicle");
-    assert_eq!(
-        (stats.hits, stats.misses, stats.loads),
-        (1, 2, 2),
-        "{stats:?}"
-    );
+    assert_eq!((stats.hits, stats.misses, stats.loads), (1, 2, 2), "{stats:?}");
     assert_eq!(cache.stats_of("dealer_of").hits, 1);
 }
 
@@ -416,12 +337,7 @@ async fn a_prefix_namespaces_caches_sharing_a_server() {
     let server = RedisServer::start();
     let raw = Raw::connect(&server).await;
     let a = redis_cache(&server).await;
-    let b = Cache::builder()
-        .redis(server.url())
-        .prefix("other:")
-        .build()
-        .await
-        .unwrap();
+    let b = Cache::builder().redis(server.url()).prefix("other:").build().await.unwrap();
 
     assert_eq!(greeting(&a, "en").await, "hello in en from t:");
     assert_eq!(greeting(&b, "en").await, "hello in en from other:");

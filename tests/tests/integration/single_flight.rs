@@ -45,24 +45,13 @@ async fn memory_stampede_runs_the_body_once() {
     for result in results {
         assert_eq!(result, Ok(Some(Vehicle::new(42))));
     }
-    assert_eq!(
-        CALLS.load(SeqCst),
-        1,
-        "one body run for {CALLERS} concurrent callers"
-    );
+    assert_eq!(CALLS.load(SeqCst), 1, "one body run for {CALLERS} concurrent callers");
     let stats = cache.stats_of("get_vehicle");
     assert_eq!(stats.loads, 1, "{stats:?}");
-    assert_eq!(
-        stats.hits + stats.misses,
-        CALLERS as u64,
-        "one lookup per call: {stats:?}"
-    );
+    assert_eq!(stats.hits + stats.misses, CALLERS as u64, "one lookup per call: {stats:?}");
     assert_eq!(stats.errors, 0, "{stats:?}");
     // Afterwards: a plain hit.
-    assert_eq!(
-        get_vehicle(cache.clone(), 42).await,
-        Ok(Some(Vehicle::new(42)))
-    );
+    assert_eq!(get_vehicle(cache.clone(), 42).await, Ok(Some(Vehicle::new(42))));
     assert_eq!(CALLS.load(SeqCst), 1);
 }
 
@@ -84,18 +73,10 @@ async fn redis_stampede_runs_the_body_once() {
     for result in results {
         assert_eq!(result, Ok(Some(Vehicle::new(42))));
     }
-    assert_eq!(
-        CALLS.load(SeqCst),
-        1,
-        "one body run for {CALLERS} concurrent callers"
-    );
+    assert_eq!(CALLS.load(SeqCst), 1, "one body run for {CALLERS} concurrent callers");
     let stats = cache.stats_of("get_vehicle");
     assert_eq!(stats.loads, 1, "{stats:?}");
-    assert_eq!(
-        stats.hits + stats.misses,
-        CALLERS as u64,
-        "one lookup per call: {stats:?}"
-    );
+    assert_eq!(stats.hits + stats.misses, CALLERS as u64, "one lookup per call: {stats:?}");
     assert_eq!(stats.errors, 0, "{stats:?}");
     assert_eq!(raw.keys().await, ["t:vehicle:42"]);
     assert_eq!(stored_json(&raw, "t:vehicle:42").await["model"], "model-42");
@@ -127,11 +108,7 @@ async fn different_keys_load_concurrently() {
     assert_eq!(sum, 5 * (0..20).sum::<u64>());
     assert_eq!(CALLS.load(SeqCst), 20, "one load per key");
     // 20 loads of 100 ms in sequence would take 2 s: flights of different keys are independent.
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,16 +133,12 @@ async fn a_cancelled_leader_does_not_strand_the_other_callers() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     let mut followers = JoinSet::new();
     for _ in 0..20 {
-        followers.spawn(tokio::time::timeout(
-            Duration::from_secs(5),
-            get_vehicle(cache.clone(), 9),
-        ));
+        followers
+            .spawn(tokio::time::timeout(Duration::from_secs(5), get_vehicle(cache.clone(), 9)));
     }
     assert!(leader.await.unwrap().is_err(), "the first caller timed out");
     while let Some(joined) = followers.join_next().await {
-        let got = joined
-            .unwrap()
-            .expect("a follower never hangs on a cancelled leader");
+        let got = joined.unwrap().expect("a follower never hangs on a cancelled leader");
         assert_eq!(got, Some(Vehicle::new(9)));
     }
     assert_eq!(CALLS.load(SeqCst), 2, "one new leader took over");
@@ -187,10 +160,7 @@ async fn concurrent_errors_reach_every_caller_and_are_not_cached() {
     let cache = redis_cache(&server).await;
     let mut tasks = JoinSet::new();
     for _ in 0..50 {
-        tasks.spawn(tokio::time::timeout(
-            Duration::from_secs(5),
-            broken(cache.clone(), 1),
-        ));
+        tasks.spawn(tokio::time::timeout(Duration::from_secs(5), broken(cache.clone(), 1)));
     }
     while let Some(joined) = tasks.join_next().await {
         let got = joined.unwrap().expect("no caller hangs");
