@@ -274,11 +274,7 @@ impl Cache {
                     Lookup::Hit(value)
                 }
                 Err(error) => {
-                    // Another service's data or an old schema: a miss, overwritten by the
-                    // fresh value.
-                    tracing::warn!(key, %error, "cached value does not decode; treating as a miss");
-                    counters.error(ErrorKind::Decode);
-                    counters.miss();
+                    undecodable(counters, key, &error);
                     Lookup::Miss
                 }
             },
@@ -341,8 +337,10 @@ impl Cache {
             match self.inner.flights.join(key) {
                 Join::Leader(mut leader) => {
                     // A flight for this key may have finished between our miss and now
-                    // (not worth asking a store that just failed, nor about a stale entry).
-                    let landed = if store_failing || stale.is_some() {
+                    // (not worth asking a store that just failed, nor about a stale entry;
+                    // with `lock` the lease holder looks again anyway).
+                    let locked = policy.lock && matches!(self.inner.store, Store::Redis(_));
+                    let landed = if store_failing || stale.is_some() || locked {
                         None
                     } else {
                         self.inner.store.get(key).await.ok().flatten()
@@ -368,19 +366,15 @@ impl Cache {
                             )
                             .await
                         } else {
-                            let started = Instant::now();
-                            let returned = load().await;
-                            counters.load(started.elapsed());
-                            self.store_outcome::<S, R>(
+                            self.load_leading::<S, R, Fut>(
                                 counters,
                                 key,
                                 ttl,
                                 cloner,
-                                &returned,
+                                load,
                                 &mut leader,
                             )
-                            .await;
-                            returned
+                            .await
                         };
                     return serve_stale::<S, R>(counters, stale.as_ref(), cloner, returned);
                 }
@@ -449,9 +443,7 @@ impl Cache {
                     Aged::Fresh(value, age)
                 }
                 Err(error) => {
-                    tracing::warn!(key, %error, "cached value does not decode; treating as a miss");
-                    counters.error(ErrorKind::Decode);
-                    counters.miss();
+                    undecodable(counters, key, &error);
                     Aged::Miss
                 }
             },
@@ -472,6 +464,29 @@ impl Cache {
                 Aged::Failed
             }
         }
+    }
+
+    /// Runs `load` as the flight's leader: counts the load, wakes the followers with the
+    /// outcome and stores a cacheable value.
+    pub(crate) async fn load_leading<S, R, Fut>(
+        &self,
+        counters: &Counters,
+        key: &str,
+        ttl: Duration,
+        cloner: Cloner<S::Value>,
+        load: impl FnOnce() -> Fut,
+        leader: &mut flight::Leader<'_>,
+    ) -> R
+    where
+        S: Shape<R>,
+        S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
+        Fut: Future<Output = R>,
+    {
+        let started = Instant::now();
+        let returned = load().await;
+        counters.load(started.elapsed());
+        self.store_outcome::<S, R>(counters, key, ttl, cloner, &returned, leader).await;
+        returned
     }
 
     /// Runs `load` outside any flight and stores a cacheable result.
@@ -600,6 +615,14 @@ enum Lookup<T> {
     Hit(T),
     Miss,
     Failed(Error),
+}
+
+/// A stored value that does not decode (another service's data, an old schema): counted,
+/// then treated as a miss, so the fresh value overwrites it.
+fn undecodable(counters: &Counters, key: &str, error: &serde_json::Error) {
+    tracing::warn!(key, %error, "cached value does not decode; treating as a miss");
+    counters.error(ErrorKind::Decode);
+    counters.miss();
 }
 
 /// A lookup that knows the value's age.

@@ -133,29 +133,8 @@ impl Cache {
                 _ => {}
             }
         }
-        self.load_unlocked::<S, R, Fut>(counters, key, ttl, cloner, load, leader).await
-    }
-
-    /// Runs the body without cross-process coordination (Redis failing, or waited too long).
-    async fn load_unlocked<S, R, Fut>(
-        &self,
-        counters: &Counters,
-        key: &str,
-        ttl: Duration,
-        cloner: Cloner<S::Value>,
-        load: impl FnOnce() -> Fut,
-        leader: &mut Leader<'_>,
-    ) -> R
-    where
-        S: Shape<R>,
-        S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
-        Fut: Future<Output = R>,
-    {
-        let started = Instant::now();
-        let returned = load().await;
-        counters.load(started.elapsed());
-        self.store_outcome::<S, R>(counters, key, ttl, cloner, &returned, leader).await;
-        returned
+        // Redis failing, or waited too long: load without cross-process coordination.
+        self.load_leading::<S, R, Fut>(counters, key, ttl, cloner, load, leader).await
     }
 
     /// Holding the lease: look again, load while renewing, store, release and wake waiters.

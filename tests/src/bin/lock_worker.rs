@@ -2,8 +2,9 @@
 //! callers of one `#[cached(lock)]` function against `REDIS_URL`, starting when it reads a
 //! line on stdin, and prints one line per caller: `<latency µs> <outcome>`.
 //!
-//! The body counts its runs with `INCR lockworker:runs` and announces its start with
-//! `SET lockworker:started <pid>`, then sleeps `BODY_MS`; with `FAIL=1` it returns an error.
+//! The key is `report:<KEY_ID>` (default 7). The body counts its runs with
+//! `INCR lockworker:runs:<KEY_ID>` and announces its start with `SET lockworker:started <pid>`,
+//! then sleeps `BODY_MS`; with `FAIL=1` it returns an error.
 
 use std::io::BufRead as _;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ async fn report(cache: &Cache, redis: &redis::Client, id: u64) -> Result<String,
     let mut connection =
         redis.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
     let _: u64 = redis::cmd("INCR")
-        .arg("lockworker:runs")
+        .arg(format!("lockworker:runs:{id}"))
         .query_async(&mut connection)
         .await
         .map_err(|e| e.to_string())?;
@@ -40,6 +41,7 @@ async fn report(cache: &Cache, redis: &redis::Client, id: u64) -> Result<String,
 async fn main() {
     let url = std::env::var("REDIS_URL").expect("REDIS_URL");
     let callers = env_u64("CALLERS", 100);
+    let key_id = env_u64("KEY_ID", 7);
     let cache = Cache::builder()
         .redis(url.as_str())
         .prefix("lockworker:")
@@ -49,6 +51,8 @@ async fn main() {
         .await
         .expect("cache");
     let client = redis::Client::open(url.as_str()).expect("client");
+    // Connect before the start signal, as a running service would be.
+    assert!(cache.health().await.reachable, "Redis is not reachable");
     println!("ready");
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).expect("stdin");
@@ -58,7 +62,7 @@ async fn main() {
         .map(|_| {
             let (cache, client) = (cache.clone(), client.clone());
             tokio::spawn(async move {
-                let outcome = report(&cache, &client, 7).await;
+                let outcome = report(&cache, &client, key_id).await;
                 (started.elapsed(), outcome)
             })
         })
