@@ -38,7 +38,7 @@
 //!
 //! # fn main() -> Result<(), cache_runtime::Error> {
 //! let cache = Cache::memory();
-//! let token = "a long random secret";
+//! let token = "8f2c41e07a9d4b6e"; // in production: a long random secret from the environment
 //!
 //! // Under a prefix: /admin/cache/stats, /admin/metrics, /admin/cache/invalidate/{key}, ...
 //! let app: Router = Router::new()
@@ -78,9 +78,10 @@
 //! - `:` and `*` can be sent as they are or encoded: `homepage:*`, `homepage:%2A` and
 //!   `homepage%3A%2A` name the same pattern. `?` (a glob character) and `#` must be encoded,
 //!   as `%3F` and `%23`, or the HTTP client takes them for a query or a fragment.
-//! - A rendered key that contains `%` (placeholder values with `:`, spaces, ... are
-//!   percent-encoded in keys, see [`KeyPart`](crate::KeyPart)) needs that `%` encoded as
-//!   `%25`: the key `search:toyota%20camry` is `POST /cache/invalidate/search:toyota%2520camry`.
+//! - A rendered key that contains `%` needs that `%` encoded as `%25`. Placeholder values
+//!   are percent-encoded when a key is rendered (every byte outside `[A-Za-z0-9_.-]`, see
+//!   [`KeyPart`](crate::KeyPart)), so the key of `search:<q>` with `q = "toyota camry"` is
+//!   `search:toyota%20camry`, removed by `POST /cache/invalidate/search:toyota%2520camry`.
 //!
 //! # Error responses
 //!
@@ -145,7 +146,9 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=ut
 pub fn router(cache: Cache, token: impl Into<String>) -> Result<Router> {
     let token = token.into();
     if token.is_empty() {
-        return Err(Error::InvalidConfig("the admin router's bearer token must not be empty".into()));
+        return Err(Error::InvalidConfig(
+            "the admin router's bearer token must not be empty".into(),
+        ));
     }
     if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(Error::InvalidConfig(
@@ -268,8 +271,7 @@ async fn stats(State(admin): State<Admin>) -> Response {
 
 async fn health(State(admin): State<Admin>) -> Response {
     let health = admin.cache.health().await;
-    let status =
-        if health.reachable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if health.reachable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(health)).into_response()
 }
 

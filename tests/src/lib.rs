@@ -6,6 +6,7 @@
 //! free loopback port, so tests never touch a shared server's data and can kill, pause and
 //! restart their own.
 
+pub mod http;
 pub mod lock_workers;
 pub mod redis_cluster;
 pub mod redis_server;
