@@ -62,10 +62,7 @@ where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<Option<Vehicle>, String>> + Send,
 {
-    let chunks: Vec<Vec<u64>> = ids
-        .chunks(ids.len().div_ceil(16))
-        .map(<[u64]>::to_vec)
-        .collect();
+    let chunks: Vec<Vec<u64>> = ids.chunks(ids.len().div_ceil(16)).map(<[u64]>::to_vec).collect();
     let tasks: Vec<_> = chunks
         .into_iter()
         .map(|chunk| {
@@ -106,13 +103,7 @@ fn report(label: &str, latencies: &[Duration], took: Duration, queries: u64) {
 #[tokio::main]
 async fn main() -> Result<(), cache_runtime::Error> {
     let cache = match std::env::var("REDIS_URL") {
-        Ok(url) => {
-            Cache::builder()
-                .redis(url)
-                .prefix("quickstart:")
-                .build()
-                .await?
-        }
+        Ok(url) => Cache::builder().redis(url).prefix("quickstart:").build().await?,
         Err(_) => Cache::memory(),
     };
     println!("cache-runtime quickstart ({cache:?})\n");
@@ -121,28 +112,16 @@ async fn main() -> Result<(), cache_runtime::Error> {
 
     let started = Instant::now();
     let uncached = drive(&ids, query_vehicle).await;
-    report(
-        "no cache",
-        &uncached,
-        started.elapsed(),
-        DB_QUERIES.swap(0, Ordering::Relaxed),
-    );
+    report("no cache", &uncached, started.elapsed(), DB_QUERIES.swap(0, Ordering::Relaxed));
 
     let started = Instant::now();
     let with_cache = drive(&ids, get_vehicle).await;
-    report(
-        "#[cached]",
-        &with_cache,
-        started.elapsed(),
-        DB_QUERIES.swap(0, Ordering::Relaxed),
-    );
+    report("#[cached]", &with_cache, started.elapsed(), DB_QUERIES.swap(0, Ordering::Relaxed));
 
     // A burst: 500 callers ask for the same cold vehicle at once.
     let burst: Vec<_> = (0..500).map(|_| tokio::spawn(get_vehicle(9_999))).collect();
     for call in burst {
-        call.await
-            .expect("task panicked")
-            .expect("no database error");
+        call.await.expect("task panicked").expect("no database error");
     }
     println!(
         "\nburst of 500 concurrent cold reads of one key: {} database query",
@@ -160,10 +139,7 @@ async fn main() -> Result<(), cache_runtime::Error> {
         stats.hit_rate() * 100.0
     );
     println!("\nPrometheus (cache.prometheus()), counters:");
-    for line in cache
-        .prometheus()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
+    for line in cache.prometheus().lines().filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
     {
         println!("  {line}");
     }

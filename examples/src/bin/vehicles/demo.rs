@@ -1,0 +1,239 @@
+//! `vehicles demo`: the same workload twice, on the database alone and through the cached
+//! service, then a burst of concurrent cold reads, then the report.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cache_runtime::Stats;
+use examples::marketplace::Marketplace;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::workload::{self, Op, MIX};
+use crate::Setup;
+
+/// Callers in the burst of cold reads.
+const BURST: usize = 200;
+/// Vehicles compared between the cache and the database after the run.
+const CHECKED: i64 = 300;
+
+/// What one run measured.
+struct Run {
+    took: Duration,
+    /// Per-request latencies, sorted.
+    latencies: Vec<Duration>,
+    queries: u64,
+}
+
+impl Run {
+    fn percentile(&self, p: f64) -> Duration {
+        self.latencies[((self.latencies.len() - 1) as f64 * p).round() as usize]
+    }
+}
+
+#[derive(Clone)]
+enum Target {
+    Database,
+    Cached,
+}
+
+/// Runs `ops` on `concurrency` tasks, each taking the next request when it is done.
+async fn drive(
+    service: &Marketplace,
+    ops: &Arc<Vec<Op>>,
+    concurrency: usize,
+    target: Target,
+    label: &str,
+) -> Result<Run, String> {
+    let bar = ProgressBar::new(ops.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:<10} [{bar:40}] {pos:>6}/{len} {elapsed:>4}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_owned());
+    let queries_before = service.db().queries();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (service, ops, next, bar, target) =
+                (service.clone(), Arc::clone(ops), Arc::clone(&next), bar.clone(), target.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(ops.len() / concurrency + 1);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(op) = ops.get(i) else {
+                        return Ok(latencies);
+                    };
+                    let started = Instant::now();
+                    match target {
+                        Target::Database => workload::uncached(service.db(), op).await,
+                        Target::Cached => workload::cached(&service, op).await,
+                    }
+                    .map_err(|e| format!("{op:?}: {e}"))?;
+                    latencies.push(started.elapsed());
+                    bar.inc(1);
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(ops.len());
+    for worker in workers {
+        let done: Result<Vec<Duration>, String> = worker.await.map_err(|e| e.to_string())?;
+        latencies.extend(done?);
+    }
+    let took = started.elapsed();
+    bar.finish();
+    latencies.sort_unstable();
+    Ok(Run { took, latencies, queries: service.db().queries() - queries_before })
+}
+
+/// `BURST` callers read one cold vehicle at the same moment. Returns the loads and the
+/// database queries they caused, and the vehicle's id.
+async fn burst(service: &Marketplace, id: i64) -> Result<(u64, u64), String> {
+    service.cache().invalidate(&format!("vehicle:{id}")).await.map_err(|e| e.to_string())?;
+    let loads_before = service.cache().stats_of("vehicle").loads;
+    let queries_before = service.db().queries();
+    let start = Arc::new(tokio::sync::Barrier::new(BURST));
+    let callers: Vec<_> = (0..BURST)
+        .map(|_| {
+            let (service, start) = (service.clone(), Arc::clone(&start));
+            tokio::spawn(async move {
+                start.wait().await;
+                service.vehicle(id).await
+            })
+        })
+        .collect();
+    for caller in callers {
+        let vehicle = caller.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        if vehicle.is_none() {
+            return Err(format!("vehicle {id} is missing"));
+        }
+    }
+    Ok((
+        service.cache().stats_of("vehicle").loads - loads_before,
+        service.db().queries() - queries_before,
+    ))
+}
+
+/// Reads the hottest vehicles through the cache and from the database: how many differ.
+async fn stale_reads(service: &Marketplace) -> Result<u64, String> {
+    let mut stale = 0;
+    for id in 1..=CHECKED {
+        let cached = service.vehicle(id).await.map_err(|e| e.to_string())?;
+        let fresh = service.db().vehicle(id).await.map_err(|e| e.to_string())?;
+        stale += u64::from(cached != fresh);
+    }
+    Ok(stale)
+}
+
+fn plural(n: u64, what: &str) -> String {
+    match (n, what.strip_suffix('y')) {
+        (1, _) => format!("1 {what}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        (_, None) => format!("{n} {what}s"),
+    }
+}
+
+fn us(duration: Duration) -> u128 {
+    duration.as_micros()
+}
+
+fn line(label: &str, run: &Run) {
+    println!(
+        "{label:<10} {:>9} {:>9.2?} {:>9.0}/s {:>10.1?} {:>10.1?} {:>11}",
+        run.latencies.len(),
+        run.took,
+        run.latencies.len() as f64 / run.took.as_secs_f64(),
+        run.percentile(0.50),
+        run.percentile(0.99),
+        run.queries,
+    );
+}
+
+pub(crate) async fn run(setup: Setup, requests: usize, concurrency: usize) -> Result<(), String> {
+    let service = setup.service;
+    let sizes = service.db().sizes().await.map_err(|e| e.to_string())?;
+    // A Redis cache may hold values from an earlier run over data that has changed since.
+    service.cache().clear().await.map_err(|e| format!("cannot clear the cache: {e}"))?;
+    let mix: Vec<String> = MIX.iter().map(|(name, pct)| format!("{name} {pct}%")).collect();
+    println!("vehicles demo");
+    println!("  database  {}", setup.database);
+    println!("  cache     {}", setup.store);
+    println!(
+        "  workload  {requests} requests from {concurrency} concurrent clients, hot keys first: {}",
+        mix.join(", ")
+    );
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        println!(); // the progress bars go below
+    }
+
+    let ops = Arc::new(workload::generate(requests, sizes));
+    let uncached = drive(&service, &ops, concurrency, Target::Database, "no cache").await?;
+    let cached = drive(&service, &ops, concurrency, Target::Cached, "#[cached]").await?;
+    let stats = service.cache().stats();
+    let (burst_loads, burst_queries) = burst(&service, sizes.vehicles).await?;
+    let stale = stale_reads(&service).await?;
+
+    println!();
+    println!(
+        "{:<10} {:>9} {:>9} {:>11} {:>10} {:>10} {:>11}",
+        "", "requests", "time", "throughput", "p50", "p99", "db queries"
+    );
+    line("no cache", &uncached);
+    line("#[cached]", &cached);
+    println!();
+    println!(
+        "hit rate {:.1}% of {} cache lookups (hits {}, misses {}, loads {}, coalesced {}, errors {})",
+        stats.hit_rate() * 100.0,
+        stats.hits + stats.misses,
+        stats.hits,
+        stats.misses,
+        stats.loads,
+        stats.coalesced,
+        stats.errors,
+    );
+    println!(
+        "database queries: {} for {requests} requests with the cache, {} without ({:.1}x fewer)",
+        cached.queries,
+        uncached.queries,
+        uncached.queries as f64 / cached.queries.max(1) as f64,
+    );
+    println!(
+        "invalidations: {} keys removed by {} price changes",
+        service.cache().stats_of("save_price").invalidated,
+        ops.iter().filter(|op| matches!(op, Op::UpdatePrice(..))).count(),
+    );
+    println!(
+        "burst: {BURST} concurrent cold reads of vehicle:{}: {}, {}",
+        sizes.vehicles,
+        plural(burst_loads, "load"),
+        plural(burst_queries, "database query"),
+    );
+    println!(
+        "check: {stale} of the {CHECKED} hottest vehicles read through the cache differ from the database"
+    );
+    println!();
+    println!("per function        hits   misses    loads  hit rate");
+    for name in ["vehicle", "dealer_vehicles", "homepage_section", "search", "user"] {
+        let Stats { hits, misses, loads, .. } = service.cache().stats_of(name);
+        let rate = hits as f64 * 100.0 / (hits + misses).max(1) as f64;
+        println!("  {name:<16} {hits:>7} {misses:>8} {loads:>8} {rate:>8.1}%");
+    }
+    println!();
+    println!(
+        "REPORT requests={requests} db_queries={} db_queries_uncached={} hit_rate={:.4} \
+         p50_us={} p99_us={} uncached_p50_us={} uncached_p99_us={} burst_loads={burst_loads} \
+         burst_queries={burst_queries} stale_reads={stale} errors={}",
+        cached.queries,
+        uncached.queries,
+        stats.hit_rate(),
+        us(cached.percentile(0.50)),
+        us(cached.percentile(0.99)),
+        us(uncached.percentile(0.50)),
+        us(uncached.percentile(0.99)),
+        stats.errors,
+    );
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! Runs every recipe binary, with the memory store and against a private Redis: each
+//! asserts what it shows and must exit 0.
+
+use std::process::Command;
+
+use cache_tests::RedisServer;
+
+const RECIPES: [(&str, &str); 8] = [
+    ("cache_aside", env!("CARGO_BIN_EXE_cache_aside")),
+    ("write_through", env!("CARGO_BIN_EXE_write_through")),
+    ("invalidate_pattern", env!("CARGO_BIN_EXE_invalidate_pattern")),
+    ("stampede_lock", env!("CARGO_BIN_EXE_stampede_lock")),
+    ("lease_lock_fencing", env!("CARGO_BIN_EXE_lease_lock_fencing")),
+    ("custom_keypart", env!("CARGO_BIN_EXE_custom_keypart")),
+    ("store_from_config", env!("CARGO_BIN_EXE_store_from_config")),
+    ("quickstart", env!("CARGO_BIN_EXE_quickstart")),
+];
+
+fn run_all(redis_url: Option<&str>) {
+    for (name, path) in RECIPES {
+        let mut command = Command::new(path);
+        command.env_remove("REDIS_URL");
+        if let Some(url) = redis_url {
+            command.env("REDIS_URL", url);
+        }
+        let output = command.output().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            output.status.success(),
+            "{name} failed ({}):\n{}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn recipes_run_with_the_memory_store() {
+    run_all(None);
+}
+
+#[test]
+fn recipes_run_against_redis() {
+    let redis = RedisServer::start();
+    run_all(Some(&redis.url()));
+}
