@@ -32,6 +32,15 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+/// How a command was let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// The breaker is closed.
+    Normal,
+    /// The one command testing whether Redis is back.
+    Probe,
+}
+
 #[derive(Default)]
 pub(crate) struct Breaker {
     consecutive_failures: AtomicU32,
@@ -52,17 +61,18 @@ fn now_nanos() -> u64 {
 }
 
 impl Breaker {
-    /// Whether a command may go to Redis now. In half-open state only one caller (the probe)
-    /// gets `true`; it must report back with `succeeded` or `failed`.
-    pub(crate) fn allow(&self) -> bool {
+    /// Whether a command may go to Redis now, and as what. In half-open state only one
+    /// caller gets [`Pass::Probe`]; it must report back with `succeeded`, `failed` or
+    /// `abandoned`.
+    pub(crate) fn allow(&self) -> Option<Pass> {
         let open_until = self.open_until.load(Relaxed);
         if open_until == 0 {
-            return true;
+            return Some(Pass::Normal);
         }
         if now_nanos() < open_until {
-            return false;
+            return None;
         }
-        self.probing.compare_exchange(false, true, Relaxed, Relaxed).is_ok()
+        self.probing.compare_exchange(false, true, Relaxed, Relaxed).is_ok().then_some(Pass::Probe)
     }
 
     pub(crate) fn succeeded(&self) {
@@ -77,9 +87,14 @@ impl Breaker {
         }
     }
 
-    pub(crate) fn failed(&self) {
-        let was_probe = self.open_until.load(Relaxed) != 0;
+    pub(crate) fn failed(&self, pass: Pass) {
+        if pass == Pass::Normal && self.open_until.load(Relaxed) != 0 {
+            // A command that was already in flight when the breaker opened: it tells
+            // nothing new, and must not stretch the cool-down.
+            return;
+        }
         let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        let was_probe = pass == Pass::Probe;
         if was_probe || failures >= FAILURES_TO_OPEN {
             let previous = Duration::from_millis(self.cool_down_ms.load(Relaxed));
             let cool_down = if was_probe {
@@ -103,8 +118,10 @@ impl Breaker {
     }
 
     /// A command was cancelled before it finished: if it was the probe, let another probe.
-    pub(crate) fn abandoned(&self) {
-        self.probing.store(false, Relaxed);
+    pub(crate) fn abandoned(&self, pass: Pass) {
+        if pass == Pass::Probe {
+            self.probing.store(false, Relaxed);
+        }
     }
 
     pub(crate) fn state(&self) -> BreakerState {
@@ -132,34 +149,38 @@ mod tests {
     fn opens_after_consecutive_failures_and_probes_after_the_cool_down() {
         let breaker = Breaker::default();
         for _ in 0..FAILURES_TO_OPEN - 1 {
-            breaker.failed();
-            assert!(breaker.allow());
+            breaker.failed(Pass::Normal);
+            assert!(breaker.allow().is_some());
         }
         breaker.succeeded(); // a success in between resets the count
         for _ in 0..FAILURES_TO_OPEN {
-            breaker.failed();
+            breaker.failed(Pass::Normal);
         }
         assert_eq!(breaker.state(), BreakerState::Open);
-        assert!(!breaker.allow());
+        assert!(breaker.allow().is_none());
         // End the cool-down early: one probe passes, others wait for its verdict.
         breaker.open_until.store(1, Relaxed);
-        assert!(breaker.allow());
-        assert!(!breaker.allow());
+        assert!(breaker.allow().is_some());
+        assert!(breaker.allow().is_none());
         breaker.succeeded();
         assert_eq!(breaker.state(), BreakerState::Closed);
-        assert!(breaker.allow());
+        assert!(breaker.allow().is_some());
     }
 
     #[test]
     fn a_failed_probe_reopens_with_a_longer_cool_down() {
         let breaker = Breaker::default();
         for _ in 0..FAILURES_TO_OPEN {
-            breaker.failed();
+            breaker.failed(Pass::Normal);
         }
         breaker.open_until.store(1, Relaxed);
-        assert!(breaker.allow());
-        breaker.failed();
+        assert_eq!(breaker.allow(), Some(Pass::Probe));
+        breaker.failed(Pass::Probe);
         assert_eq!(breaker.state(), BreakerState::Open);
+        assert_eq!(breaker.cool_down_ms.load(Relaxed), 2000);
+        // Late failures of commands sent before the breaker opened change nothing.
+        breaker.failed(Pass::Normal);
+        breaker.failed(Pass::Normal);
         assert_eq!(breaker.cool_down_ms.load(Relaxed), 2000);
     }
 }

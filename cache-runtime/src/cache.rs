@@ -590,6 +590,10 @@ impl Cache {
         entry: &Arc<Entry>,
         ttl: Duration,
     ) -> bool {
+        if self.breaker_state() == crate::BreakerState::Open {
+            // Redis is known down and the read already counted it: skip the write.
+            return false;
+        }
         if entry.json.len() > self.inner.settings.max_value_bytes {
             tracing::warn!(
                 key,

@@ -14,7 +14,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::link::{LazyCluster, Link};
 use super::Removed;
-use crate::breaker::{is_connection_failure, Breaker, BreakerState};
+use crate::breaker::{is_connection_failure, Breaker, BreakerState, Pass};
 use crate::codec::Entry;
 use crate::error::{Error, Result};
 use crate::index::{self, INDEX_NAMESPACE};
@@ -101,14 +101,21 @@ impl RedisStore {
     /// Runs one Redis exchange behind the circuit breaker: refused at once while Redis is
     /// known down, and its outcome recorded.
     async fn guarded<T>(&self, exchange: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
-        if !self.breaker.allow() {
+        let Some(pass) = self.breaker.allow() else {
             return Err(Error::Unavailable);
+        };
+        let mut report = ProbeReport { breaker: &self.breaker, pass, reported: false };
+        if pass == Pass::Probe {
+            // While Redis was down, the connection manager kept its last failed reconnect;
+            // the first command after that gets the stale error and starts a new attempt.
+            // Spend that on a PING, so the probe itself meets the fresh connection.
+            let mut connection = self.connection.clone();
+            let _ = redis::cmd("PING").query_async::<()>(&mut connection).await;
         }
-        let mut report = ProbeReport { breaker: &self.breaker, reported: false };
         let outcome = exchange.await;
         report.reported = true;
         match &outcome {
-            Err(error) if is_connection_failure(error) => self.breaker.failed(),
+            Err(error) if is_connection_failure(error) => self.breaker.failed(pass),
             // An error reply still means Redis answers.
             _ => self.breaker.succeeded(),
         }
@@ -434,13 +441,14 @@ impl RedisStore {
 /// call may probe instead of the breaker staying half-open forever.
 struct ProbeReport<'a> {
     breaker: &'a Breaker,
+    pass: Pass,
     reported: bool,
 }
 
 impl Drop for ProbeReport<'_> {
     fn drop(&mut self) {
         if !self.reported {
-            self.breaker.abandoned();
+            self.breaker.abandoned(self.pass);
         }
     }
 }
