@@ -534,6 +534,13 @@ impl Cache {
                 Ok(entry) => {
                     let entry = Arc::new(entry);
                     leader.publish(Landed::Value(Arc::clone(&entry)));
+                    if leader.invalidated() {
+                        tracing::debug!(
+                            key,
+                            "key invalidated while loading; value returned, not stored"
+                        );
+                        return false;
+                    }
                     self.store(counters, key, &entry, ttl).await
                 }
                 Err(error) => {

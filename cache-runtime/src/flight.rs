@@ -7,6 +7,7 @@
 //! leader instead of waiting forever.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -28,7 +29,14 @@ pub(crate) enum Landed {
     Abandoned,
 }
 
-type Slot = Arc<watch::Sender<Landed>>;
+/// One running flight: its outcome channel, and whether an invalidation of its key happened
+/// while it ran (then its value may predate the write, and must not be stored).
+struct Flight {
+    landed: watch::Sender<Landed>,
+    invalidated: AtomicBool,
+}
+
+type Slot = Arc<Flight>;
 
 /// The flights in progress of one cache, by key.
 #[derive(Default)]
@@ -47,11 +55,25 @@ impl Flights {
     pub(crate) fn join(&self, key: &str) -> Join<'_> {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = running.get(key) {
-            return Join::Follower(slot.subscribe());
+            return Join::Follower(slot.landed.subscribe());
         }
-        let slot: Slot = Arc::new(watch::Sender::new(Landed::Running));
+        let slot: Slot = Arc::new(Flight {
+            landed: watch::Sender::new(Landed::Running),
+            invalidated: AtomicBool::new(false),
+        });
         running.insert(key.to_owned(), Arc::clone(&slot));
         Join::Leader(Leader { flights: self, key: key.to_owned(), slot, published: false })
+    }
+
+    /// Marks the running flights whose key `matches` as invalidated (see
+    /// [`Leader::invalidated`]).
+    pub(crate) fn invalidate(&self, matches: impl Fn(&str) -> bool) {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, flight) in running.iter() {
+            if matches(key) {
+                flight.invalidated.store(true, Ordering::SeqCst);
+            }
+        }
     }
 
     /// Leads a new flight for `key`, or `None` if one is running (used by early refresh,
@@ -92,7 +114,13 @@ impl Leader<'_> {
     /// once instead of starting a second load.
     pub(crate) fn publish(&mut self, landed: Landed) {
         self.published = true;
-        self.slot.send_replace(landed);
+        self.slot.landed.send_replace(landed);
+    }
+
+    /// Whether the key was invalidated while this flight ran: its value may have been read
+    /// before the write that caused the invalidation, so it is returned but not stored.
+    pub(crate) fn invalidated(&self) -> bool {
+        self.slot.invalidated.load(Ordering::SeqCst)
     }
 }
 
@@ -105,7 +133,7 @@ impl Drop for Leader<'_> {
             }
         }
         if !self.published {
-            self.slot.send_replace(Landed::Abandoned);
+            self.slot.landed.send_replace(Landed::Abandoned);
         }
     }
 }

@@ -64,6 +64,9 @@ impl Cache {
     }
 
     async fn remove_key(&self, counters: &Counters, key: &str) -> Result<u64> {
+        // A load of this key running now may have read the data before the write: it must
+        // not store its value after we remove the key.
+        self.inner.flights.invalidate(|running| running == key);
         let removed =
             self.inner.store.remove(key).await.inspect_err(|error| counters.error(error.kind()))?;
         counters.invalidated(removed);
@@ -74,6 +77,7 @@ impl Cache {
         if !glob::has_glob(pattern) {
             return self.remove_key(counters, pattern).await;
         }
+        self.inner.flights.invalidate(|running| glob::matches(pattern, running));
         let removed = self
             .inner
             .store

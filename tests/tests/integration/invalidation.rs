@@ -641,3 +641,58 @@ async fn memory_store_clear_and_glob_injection() {
     assert_eq!(cached_dealers(other.clone()).await, ["a"]);
     assert_eq!(cache.clear().await.unwrap(), 0);
 }
+
+/// A pretend price row, and a load that reads it slowly (as a slow query would).
+struct SlowPrices {
+    cache: Cache,
+    price: std::sync::atomic::AtomicU32,
+}
+
+impl SlowPrices {
+    #[cached(key = "price:<id>", ttl = "15m", cache = self.cache)]
+    async fn price(&self, id: u64) -> u32 {
+        let _ = id;
+        let read = self.price.load(SeqCst); // the database read happens first...
+        tokio::time::sleep(Duration::from_millis(150)).await; // ...then the slow rest
+        read
+    }
+
+    #[invalidates("price:<id>", cache = self.cache)]
+    async fn reprice(&self, id: u64, price: u32) -> Result<(), DbError> {
+        let _ = id;
+        self.price.store(price, SeqCst);
+        Ok(())
+    }
+}
+
+/// The classic cache-aside race: a load reads the old price, an update writes the new one
+/// and invalidates, then the load finishes. Its old value is returned to its caller but must
+/// not be stored, or every later read would serve the old price for the whole TTL.
+async fn a_load_running_during_an_invalidation_is_not_stored(cache: Cache) {
+    let prices =
+        std::sync::Arc::new(SlowPrices { cache, price: std::sync::atomic::AtomicU32::new(100) });
+    let slow_read = tokio::spawn({
+        let prices = prices.clone();
+        async move { prices.price(1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    prices.reprice(1, 200).await.unwrap();
+    assert_eq!(slow_read.await.unwrap(), 100, "the racing read answers with what it read");
+    assert_eq!(
+        prices.price(1).await,
+        200,
+        "the next read sees the new price, not a stored old one"
+    );
+    assert_eq!(prices.price(1).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_load_running_during_an_invalidation_is_not_stored() {
+    let server = RedisServer::start();
+    a_load_running_during_an_invalidation_is_not_stored(redis_cache(&server).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_a_load_running_during_an_invalidation_is_not_stored() {
+    a_load_running_during_an_invalidation_is_not_stored(Cache::memory()).await;
+}
