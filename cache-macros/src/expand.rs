@@ -11,35 +11,19 @@ use crate::template::{self, Purpose, Segment};
 
 /// `#[cached(...)]`.
 pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
-    let mut errors = Errors::default();
-    let Some(function) = parse_function("cached", &item, &mut errors) else {
-        return with_errors(&errors, item);
+    let keyed = match Keyed::prepare("cached", Rules::CACHED, CachedArgs::from_raw, args, item) {
+        Ok(keyed) => keyed,
+        Err(original) => return original,
     };
-    let args = parse_args(args, &mut errors).map(|raw| CachedArgs::from_raw(raw, &mut errors));
-    let signature = Signature::inspect(&function, "cached", Rules::CACHED, &mut errors);
-    let key = args
-        .as_ref()
-        .and_then(|args| args.key.as_ref())
-        .and_then(|template| key_expr(template, Purpose::Key, &signature, &mut errors));
-    let (Some(args), Some(key), Some(returned), true) =
-        (args, key, signature.returned.as_ref(), errors.is_empty())
-    else {
-        return with_errors(&errors, item);
-    };
-    let (Some(template), Some(ttl)) = (&args.key, &args.ttl) else {
-        return with_errors(&errors, item);
-    };
-
-    let ItemFn { attrs, vis, sig, block } = &function;
-    let name = args.name.as_ref().map_or_else(|| sig.ident.to_string(), LitStr::value);
-    let millis = ttl.millis;
+    let Keyed { function, args, key, template, ttl_millis: millis, shape, value, name } = &keyed;
+    let ItemFn { attrs, vis, sig, block } = function;
     let lock = args.lock;
     let stale = optional_duration(args.stale);
     let refresh = optional_duration(args.refresh);
     let cache = cache_expr(args.cache.as_ref());
-    let register = register("Cached", &[template], &name);
-    let shape = format_ident!("{}", returned.shape);
-    let cloner = cloner(returned.value);
+    let register = register("Cached", &[template], name);
+    let shape = format_ident!("{}", shape);
+    let cloner = cloner(value);
     quote! {
         #(#attrs)*
         #vis #sig {
@@ -130,33 +114,18 @@ pub(crate) fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// `#[cache_put(...)]`.
 pub(crate) fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
-    let mut errors = Errors::default();
-    let Some(function) = parse_function("cache_put", &item, &mut errors) else {
-        return with_errors(&errors, item);
+    let keyed = match Keyed::prepare("cache_put", Rules::PUT, PutArgs::from_raw, args, item) {
+        Ok(keyed) => keyed,
+        Err(original) => return original,
     };
-    let args = parse_args(args, &mut errors).map(|raw| PutArgs::from_raw(raw, &mut errors));
-    let signature = Signature::inspect(&function, "cache_put", Rules::PUT, &mut errors);
-    let key = args
-        .as_ref()
-        .and_then(|args| args.key.as_ref())
-        .and_then(|template| key_expr(template, Purpose::Key, &signature, &mut errors));
-    let (Some(args), Some(key), Some(returned), true) =
-        (args, key, signature.returned.as_ref(), errors.is_empty())
-    else {
-        return with_errors(&errors, item);
-    };
-    let (Some(template), Some(ttl)) = (&args.key, &args.ttl) else {
-        return with_errors(&errors, item);
-    };
-
-    let ItemFn { attrs, vis, sig, block } = &function;
-    let name = args.name.as_ref().map_or_else(|| sig.ident.to_string(), LitStr::value);
+    let Keyed { function, args, key, template, ttl_millis, shape, value, name } = &keyed;
+    let ItemFn { attrs, vis, sig, block } = function;
     // Readers with `stale` compute a value's age from its expiry: write with the same life.
-    let millis = args.stale.unwrap_or(0).max(ttl.millis);
+    let millis = args.stale.unwrap_or(0).max(*ttl_millis);
     let cache = cache_expr(args.cache.as_ref());
-    let register = register("Put", &[template], &name);
-    let shape = format_ident!("{}", returned.shape);
-    let cloner = cloner(returned.value);
+    let register = register("Put", &[template], name);
+    let shape = format_ident!("{}", shape);
+    let cloner = cloner(value);
     let returned_ty = returned_annotation(sig);
     quote! {
         #(#attrs)*
@@ -180,6 +149,56 @@ pub(crate) fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
             .await;
             __cache_runtime_returned
         }
+    }
+}
+
+/// What `#[cached]` and `#[cache_put]` both need: the function, its validated arguments,
+/// the key expression and the cached value's type.
+struct Keyed {
+    function: ItemFn,
+    args: CachedArgs,
+    key: TokenStream,
+    template: LitStr,
+    ttl_millis: u64,
+    shape: &'static str,
+    value: Type,
+    name: String,
+}
+
+impl Keyed {
+    /// Parses and validates everything, reporting every error at once; on error, returns
+    /// the original item with the errors.
+    fn prepare(
+        attribute: &str,
+        rules: Rules,
+        from_raw: fn(RawArgs, &mut Errors) -> CachedArgs,
+        args: TokenStream,
+        item: TokenStream,
+    ) -> Result<Keyed, TokenStream> {
+        let mut errors = Errors::default();
+        let Some(function) = parse_function(attribute, &item, &mut errors) else {
+            return Err(with_errors(&errors, item));
+        };
+        let args = parse_args(args, &mut errors).map(|raw| from_raw(raw, &mut errors));
+        let signature = Signature::inspect(&function, attribute, rules, &mut errors);
+        let key = args
+            .as_ref()
+            .and_then(|args| args.key.as_ref())
+            .and_then(|template| key_expr(template, Purpose::Key, &signature, &mut errors));
+        let returned =
+            signature.returned.as_ref().map(|returned| (returned.shape, returned.value.clone()));
+        let (Some(args), Some(key), Some((shape, value)), true) =
+            (args, key, returned, errors.is_empty())
+        else {
+            return Err(with_errors(&errors, item));
+        };
+        let (Some(template), Some(ttl)) =
+            (args.key.clone(), args.ttl.as_ref().map(|ttl| ttl.millis))
+        else {
+            return Err(with_errors(&errors, item));
+        };
+        let name = args.name.as_ref().map_or_else(|| function.sig.ident.to_string(), LitStr::value);
+        Ok(Keyed { function, args, key, template, ttl_millis: ttl, shape, value, name })
     }
 }
 
