@@ -261,6 +261,14 @@ impl Cache {
         crate::prometheus::render(&self.inner.stats, self.breaker_state())
     }
 
+    /// A read that Redis failed (down, timeout, breaker open): counted as an error and a miss;
+    /// the caller runs its body.
+    fn read_failed(&self, counters: &Counters, key: &str, error: &Error) {
+        tracing::warn!(key, %error, store = self.inner.store.kind(), "cache read failed");
+        counters.error(error.kind());
+        counters.miss();
+    }
+
     /// Reads `key`, counting a hit, a miss or an error.
     async fn lookup<T>(&self, counters: &Counters, key: &str, cloner: Cloner<T>) -> Lookup<T>
     where
@@ -284,9 +292,7 @@ impl Cache {
                 Lookup::Miss
             }
             Err(error) => {
-                tracing::warn!(key, %error, store = self.inner.store.kind(), "cache read failed");
-                counters.error(error.kind());
-                counters.miss();
+                self.read_failed(counters, key, &error);
                 Lookup::Failed(error)
             }
         }
@@ -458,9 +464,7 @@ impl Cache {
                 Aged::Miss
             }
             Err(error) => {
-                tracing::warn!(key, %error, store = self.inner.store.kind(), "cache read failed");
-                counters.error(error.kind());
-                counters.miss();
+                self.read_failed(counters, key, &error);
                 Aged::Failed
             }
         }
