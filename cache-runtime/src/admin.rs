@@ -89,7 +89,7 @@
 //!
 //! | status | when |
 //! |---|---|
-//! | 400 | the key or pattern is invalid ([`Error::InvalidKey`], [`Error::InvalidPattern`]: empty, whitespace, unclosed `[`, reserved `__` prefix), or the path does not decode as UTF-8 |
+//! | 400 | the key or pattern is invalid ([`Error::InvalidKey`], [`Error::InvalidPattern`]: empty, whitespace, unclosed `[`, reserved `#`), or the path does not decode as UTF-8 |
 //! | 401 | a `POST` without the right bearer token |
 //! | 409 | `POST /cache/clear` on a Redis cache without a prefix ([`Error::InvalidConfig`]: it would remove the whole database) |
 //! | 503 | the store failed: Redis unreachable, timed out, circuit breaker open, error reply |

@@ -119,6 +119,16 @@ impl CacheBuilder {
         self
     }
 
+    /// How long a load may take and still store its value (default 60 s). A miss leaves a
+    /// pending marker at its key for this long; the value is stored only if the marker is
+    /// still there, which is how an invalidation voids the loads that started before it
+    /// (see "Consistency" in the crate docs). A slower load still returns its value; it is
+    /// just not cached.
+    pub fn fill_window(mut self, window: Duration) -> Self {
+        self.settings.fill_window = window;
+        self
+    }
+
     /// Values whose JSON is larger than `bytes` are not cached (default 4 MiB): the call
     /// still returns its value, and the skip is counted as a `too_large` error. Large values
     /// make every hit slow and can evict many small ones.
@@ -133,16 +143,26 @@ impl CacheBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidUrl`] for a malformed Redis URL; [`Error::InvalidConfig`] for a prefix
-    /// with glob characters (`* ? [ ] \`), whitespace or control characters, a zero timeout
-    /// or a zero memory capacity.
+    /// that does not end with `:` or contains glob characters (`* ? [ ] \`), the reserved
+    /// `#`, whitespace or control characters; a zero timeout, fill window or memory
+    /// capacity.
     pub async fn build(self) -> Result<Cache> {
         if let Some(bad) = self.prefix.chars().find(|&c| {
-            matches!(c, '*' | '?' | '[' | ']' | '\\') || c.is_whitespace() || c.is_control()
+            matches!(c, '*' | '?' | '[' | ']' | '\\' | '#') || c.is_whitespace() || c.is_control()
         }) {
             return Err(Error::InvalidConfig(format!(
-                "the prefix {:?} contains {bad:?}; a prefix must not contain glob characters, whitespace or control characters",
+                "the prefix {:?} contains {bad:?}; a prefix must not contain glob characters, `#` (reserved for the cache's own keys), whitespace or control characters",
                 self.prefix
             )));
+        }
+        if !self.prefix.is_empty() && !self.prefix.ends_with(':') {
+            return Err(Error::InvalidConfig(format!(
+                "the prefix {:?} must end with `:` (like \"okla:\"), so that one cache's keys can never run into another prefix's",
+                self.prefix
+            )));
+        }
+        if self.settings.fill_window.is_zero() {
+            return Err(Error::InvalidConfig("fill_window must be greater than zero".into()));
         }
         if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
             return Err(Error::InvalidConfig("timeouts must be greater than zero".into()));

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -11,10 +11,13 @@ use serde::Serialize;
 use crate::builder::CacheBuilder;
 use crate::codec::{Cloner, Entry};
 use crate::error::{Error, ErrorKind, Result};
-use crate::flight::{self, Flights, Join, Landed};
+use crate::flight::Flights;
+use crate::load::Load;
+use crate::pending::Pending;
 use crate::key::validate_key;
 use crate::lock::LocalLocks;
 use crate::shape::{Outcome, ResultShape, Shape};
+use crate::store::{Found, Ticket};
 use crate::stats::{Counters, Stats, StatsRegistry, DIRECT_CALLS};
 use crate::store::memory::MemoryStore;
 use crate::store::Store;
@@ -55,6 +58,8 @@ pub(crate) struct CacheInner {
     pub(crate) stats: StatsRegistry,
     pub(crate) flights: Flights,
     pub(crate) local_locks: LocalLocks,
+    /// Invalidations that failed for a connection reason, replayed until they land.
+    pub(crate) pending: Pending,
 }
 
 /// Tunables set on the builder.
@@ -66,6 +71,8 @@ pub(crate) struct Settings {
     pub(crate) lock_wait: Duration,
     /// Values whose JSON is larger are not cached.
     pub(crate) max_value_bytes: usize,
+    /// How long a load may take and still store its value (the life of a pending marker).
+    pub(crate) fill_window: Duration,
 }
 
 impl Default for Settings {
@@ -74,6 +81,7 @@ impl Default for Settings {
             lock_lease: Duration::from_secs(5),
             lock_wait: Duration::from_secs(10),
             max_value_bytes: 4 * 1024 * 1024,
+            fill_window: Duration::from_secs(60),
         }
     }
 }
@@ -102,7 +110,7 @@ impl Policy {
     }
 
     /// Whether hits need the value's age (one pipelined `PTTL` more on Redis).
-    fn tracks_age(&self) -> bool {
+    pub(crate) fn tracks_age(&self) -> bool {
         self.stale.is_some() || self.refresh.is_some()
     }
 }
@@ -132,6 +140,7 @@ impl Cache {
                 stats: StatsRegistry::default(),
                 flights: Flights::default(),
                 local_locks: LocalLocks::default(),
+                pending: Pending::default(),
             }),
         }
     }
@@ -153,9 +162,13 @@ impl Cache {
     pub async fn get<T: DeserializeOwned + 'static>(&self, key: &str) -> Result<Option<T>> {
         validate_key(key)?;
         let counters = self.inner.stats.counters(DIRECT_CALLS);
+        if self.inner.pending.covers(key) {
+            counters.miss();
+            return Ok(None); // an invalidation of it has not reached Redis yet
+        }
         match self.lookup::<T>(&counters, key, None).await {
             Lookup::Hit(value) => Ok(Some(value)),
-            Lookup::Miss => Ok(None),
+            Lookup::Miss | Lookup::Undecodable => Ok(None),
             Lookup::Failed(error) => Err(error),
         }
     }
@@ -185,7 +198,7 @@ impl Cache {
             });
         }
         let entry = Arc::new(Entry::from_json(json));
-        self.inner.store.set(key, &entry, ttl).await.inspect_err(|error| {
+        self.write(key, &entry, ttl).await.inspect_err(|error| {
             self.inner.stats.counters(DIRECT_CALLS).error(error.kind());
         })
     }
@@ -283,7 +296,7 @@ impl Cache {
                 }
                 Err(error) => {
                     undecodable(counters, key, &error);
-                    Lookup::Miss
+                    Lookup::Undecodable
                 }
             },
             Ok(None) => {
@@ -312,122 +325,45 @@ impl Cache {
         S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
         Fut: Future<Output = R>,
     {
-        // An expired value kept for `stale`, served if the body fails.
-        let mut stale: Option<Arc<Entry>> = None;
-        let store_failing = if policy.tracks_age() {
+        let mut miss = Load {
+            cache: self,
+            counters,
+            key,
+            policy,
+            cloner,
+            stale: None,
+            store_failing: false,
+            overwrite: false,
+        };
+        if self.inner.pending.covers(key) {
+            // An invalidation of this key has not reached Redis yet: what Redis holds may
+            // predate it. Load, and replace it.
+            counters.miss();
+            miss.overwrite = true;
+            return miss.run::<S, R, Fut>(load).await;
+        }
+        if policy.tracks_age() {
             match self.lookup_aged(counters, key, policy, cloner).await {
-                Aged::Fresh(value, age) => {
-                    if policy.refresh.is_some_and(|refresh| age >= refresh) {
-                        return self
-                            .refresh_early::<S, R, Fut>(counters, key, policy, cloner, load, value)
-                            .await;
+                Aged::Fresh(value, found) => {
+                    if policy.refresh.is_some_and(|refresh| found.age >= refresh) {
+                        return miss.refresh::<S, R, Fut>(load, value, found).await;
                     }
                     return S::from_value(value);
                 }
-                Aged::Stale(entry) => {
-                    stale = Some(entry);
-                    false
-                }
-                Aged::Miss => false,
-                Aged::Failed => true,
+                Aged::Stale(entry) => miss.stale = Some(entry),
+                Aged::Miss => {}
+                Aged::Undecodable => miss.overwrite = true,
+                Aged::Failed => miss.store_failing = true,
             }
         } else {
             match self.lookup(counters, key, cloner).await {
                 Lookup::Hit(value) => return S::from_value(value),
-                Lookup::Miss => false,
-                Lookup::Failed(_) => true,
-            }
-        };
-        let ttl = policy.lifetime();
-        loop {
-            match self.inner.flights.join(key) {
-                Join::Leader(mut leader) => {
-                    // A flight for this key may have finished between our miss and now
-                    // (not worth asking a store that just failed, nor about a stale entry;
-                    // with `lock` the lease holder looks again anyway).
-                    let locked = policy.lock && matches!(self.inner.store, Store::Redis(_));
-                    let landed = if store_failing || stale.is_some() || locked {
-                        None
-                    } else {
-                        self.inner.store.get(key).await.ok().flatten()
-                    };
-                    if let Some(entry) = landed {
-                        if let Ok(value) = entry.take(cloner) {
-                            leader.publish(Landed::Value(entry));
-                            counters.coalesced();
-                            return S::from_value(value);
-                        }
-                    }
-                    let returned =
-                        if let (true, Store::Redis(redis)) = (policy.lock, &self.inner.store) {
-                            self.load_locked::<S, R, Fut>(
-                                redis,
-                                counters,
-                                key,
-                                ttl,
-                                cloner,
-                                load,
-                                &mut leader,
-                                stale.as_ref(),
-                            )
-                            .await
-                        } else {
-                            self.load_leading::<S, R, Fut>(
-                                counters,
-                                key,
-                                ttl,
-                                cloner,
-                                load,
-                                &mut leader,
-                            )
-                            .await
-                        };
-                    return serve_stale::<S, R>(counters, stale.as_ref(), cloner, returned);
-                }
-                Join::Follower(follower) => match flight::wait(follower).await {
-                    Landed::Value(entry) => match entry.take(cloner) {
-                        Ok(value) => {
-                            counters.coalesced();
-                            return S::from_value(value);
-                        }
-                        Err(_) => {
-                            // The leader's value did not decode as our type (two functions
-                            // sharing a key with different types): load for ourselves.
-                            counters.error(ErrorKind::Decode);
-                            let returned = self
-                                .load_alone::<S, R, Fut>(counters, key, ttl, cloner, load)
-                                .await;
-                            return serve_stale::<S, R>(counters, stale.as_ref(), cloner, returned);
-                        }
-                    },
-                    Landed::Absent => {
-                        if let Some(absent) = S::absent() {
-                            counters.coalesced();
-                            return absent;
-                        }
-                        return self
-                            .load_alone::<S, R, Fut>(counters, key, ttl, cloner, load)
-                            .await;
-                    }
-                    // The leader's body failed. With a stale value, serve it without running
-                    // the body again; otherwise errors are not shareable (`E` need not be
-                    // `Clone`), so each caller gets its own body's result.
-                    Landed::Failed => {
-                        if let Some(value) =
-                            stale.as_ref().and_then(|entry| entry.take(cloner).ok())
-                        {
-                            counters.stale();
-                            return S::from_value(value);
-                        }
-                        return self
-                            .load_alone::<S, R, Fut>(counters, key, ttl, cloner, load)
-                            .await;
-                    }
-                    // The leader was cancelled or panicked: elect a new one.
-                    Landed::Abandoned | Landed::Running => continue,
-                },
+                Lookup::Miss => {}
+                Lookup::Undecodable => miss.overwrite = true,
+                Lookup::Failed(_) => miss.store_failing = true,
             }
         }
+        miss.run::<S, R, Fut>(load).await
     }
 
     /// Reads `key` with its age, for policies with `stale` or `refresh`.
@@ -442,21 +378,21 @@ impl Cache {
         T: DeserializeOwned + 'static,
     {
         match self.inner.store.get_aged(key, policy.lifetime()).await {
-            Ok(Some((entry, age))) if age < policy.ttl => match entry.take(cloner) {
+            Ok(Some(found)) if found.age < policy.ttl => match found.entry.take(cloner) {
                 Ok(value) => {
                     counters.hit();
-                    tracing::debug!(key, ?age, "cache hit");
-                    Aged::Fresh(value, age)
+                    tracing::debug!(key, age = ?found.age, "cache hit");
+                    Aged::Fresh(value, found)
                 }
                 Err(error) => {
                     undecodable(counters, key, &error);
-                    Aged::Miss
+                    Aged::Undecodable
                 }
             },
-            Ok(Some((entry, _))) => {
+            Ok(Some(found)) => {
                 counters.miss();
                 tracing::debug!(key, "cache miss (expired value kept for stale fallback)");
-                Aged::Stale(entry)
+                Aged::Stale(found.entry)
             }
             Ok(None) => {
                 counters.miss();
@@ -466,101 +402,6 @@ impl Cache {
             Err(error) => {
                 self.read_failed(counters, key, &error);
                 Aged::Failed
-            }
-        }
-    }
-
-    /// Runs `load` as the flight's leader: counts the load, wakes the followers with the
-    /// outcome and stores a cacheable value.
-    pub(crate) async fn load_leading<S, R, Fut>(
-        &self,
-        counters: &Counters,
-        key: &str,
-        ttl: Duration,
-        cloner: Cloner<S::Value>,
-        load: impl FnOnce() -> Fut,
-        leader: &mut flight::Leader<'_>,
-    ) -> R
-    where
-        S: Shape<R>,
-        S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
-        Fut: Future<Output = R>,
-    {
-        let started = Instant::now();
-        let returned = load().await;
-        counters.load(started.elapsed());
-        self.store_outcome::<S, R>(counters, key, ttl, cloner, &returned, leader).await;
-        returned
-    }
-
-    /// Runs `load` outside any flight and stores a cacheable result.
-    async fn load_alone<S, R, Fut>(
-        &self,
-        counters: &Counters,
-        key: &str,
-        ttl: Duration,
-        cloner: Cloner<S::Value>,
-        load: impl FnOnce() -> Fut,
-    ) -> R
-    where
-        S: Shape<R>,
-        S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
-        Fut: Future<Output = R>,
-    {
-        let started = Instant::now();
-        let returned = load().await;
-        counters.load(started.elapsed());
-        if let Outcome::Value(value) = S::outcome(&returned) {
-            if let Ok(entry) = Entry::encode(value, cloner) {
-                self.store(counters, key, &Arc::new(entry), ttl).await;
-            }
-        }
-        returned
-    }
-
-    /// Publishes the leader's outcome to its followers, then stores a cacheable value.
-    /// Returns whether a value was stored.
-    pub(crate) async fn store_outcome<S, R>(
-        &self,
-        counters: &Counters,
-        key: &str,
-        ttl: Duration,
-        cloner: Cloner<S::Value>,
-        returned: &R,
-        leader: &mut flight::Leader<'_>,
-    ) -> bool
-    where
-        S: Shape<R>,
-        S::Value: Serialize + Send + Sync + 'static,
-    {
-        match S::outcome(returned) {
-            Outcome::Value(value) => match Entry::encode(value, cloner) {
-                Ok(entry) => {
-                    let entry = Arc::new(entry);
-                    leader.publish(Landed::Value(Arc::clone(&entry)));
-                    if leader.invalidated() {
-                        tracing::debug!(
-                            key,
-                            "key invalidated while loading; value returned, not stored"
-                        );
-                        return false;
-                    }
-                    self.store(counters, key, &entry, ttl).await
-                }
-                Err(error) => {
-                    tracing::warn!(key, %error, "value cannot be encoded as JSON; not cached");
-                    counters.error(ErrorKind::Encode);
-                    leader.publish(Landed::Failed);
-                    false
-                }
-            },
-            Outcome::Absent => {
-                leader.publish(Landed::Absent);
-                false
-            }
-            Outcome::Failed => {
-                leader.publish(Landed::Failed);
-                false
             }
         }
     }
@@ -584,7 +425,12 @@ impl Cache {
         let counters = self.inner.stats.counters(function);
         match Entry::encode(value, cloner) {
             Ok(entry) => {
-                self.store(&counters, key, &Arc::new(entry), ttl).await;
+                if self.usable(&counters, key, &entry) {
+                    if let Err(error) = self.write(key, &Arc::new(entry), ttl).await {
+                        tracing::warn!(key, %error, store = self.inner.store.kind(), "cache write failed");
+                        counters.error(error.kind());
+                    }
+                }
             }
             Err(error) => {
                 tracing::warn!(key, %error, "value cannot be encoded as JSON; not cached");
@@ -593,14 +439,17 @@ impl Cache {
         }
     }
 
-    /// Stores `entry`; a failure is counted and logged. Returns whether it was stored.
-    async fn store(
-        &self,
-        counters: &Counters,
-        key: &str,
-        entry: &Arc<Entry>,
-        ttl: Duration,
-    ) -> bool {
+    /// A write-through: no flight running now may serve its (older) value to a caller that
+    /// starts after this returns, and the store replaces whatever the key held, which voids
+    /// the fill tickets of loads still running in any process.
+    pub(crate) async fn write(&self, key: &str, entry: &Arc<Entry>, ttl: Duration) -> Result<()> {
+        self.inner.flights.detach(|running| running == key);
+        self.inner.store.set(key, entry, ttl).await
+    }
+
+    /// Whether `entry` may be stored: Redis is not known down, and the value is not over
+    /// `max_value_bytes` (counted).
+    fn usable(&self, counters: &Counters, key: &str, entry: &Entry) -> bool {
         if self.breaker_state() == crate::BreakerState::Open {
             // Redis is known down and the read already counted it: skip the write.
             return false;
@@ -615,8 +464,28 @@ impl Cache {
             counters.error(ErrorKind::TooLarge);
             return false;
         }
-        match self.inner.store.set(key, entry, ttl).await {
-            Ok(()) => true,
+        true
+    }
+
+    /// Step 3 of the fill protocol: stores a loaded value if its ticket still holds.
+    /// Failures are counted and logged. Returns whether it was stored.
+    pub(crate) async fn fill(
+        &self,
+        counters: &Counters,
+        key: &str,
+        ticket: &Ticket,
+        entry: &Arc<Entry>,
+        ttl: Duration,
+    ) -> bool {
+        if !self.usable(counters, key, entry) {
+            return false;
+        }
+        match self.inner.store.fill(key, ticket, entry, ttl).await {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::debug!(key, "the key was written or invalidated while loading; value returned, not stored");
+                false
+            }
             Err(error) => {
                 tracing::warn!(key, %error, store = self.inner.store.kind(), "cache write failed");
                 counters.error(error.kind());
@@ -629,6 +498,8 @@ impl Cache {
 enum Lookup<T> {
     Hit(T),
     Miss,
+    /// A value is stored but does not decode: replace it.
+    Undecodable,
     Failed(Error),
 }
 
@@ -642,35 +513,14 @@ fn undecodable(counters: &Counters, key: &str, error: &serde_json::Error) {
 
 /// A lookup that knows the value's age.
 enum Aged<T> {
-    /// Younger than the TTL: the value and its age.
-    Fresh(T, Duration),
+    /// Younger than the TTL: the value, and its age and version.
+    Fresh(T, Found),
     /// Past the TTL but kept for `stale`.
     Stale(Arc<Entry>),
     Miss,
+    /// A value is stored but does not decode: replace it.
+    Undecodable,
     Failed,
-}
-
-/// `returned`, or the stale value when the body failed and one is kept.
-pub(crate) fn serve_stale<S, R>(
-    counters: &Counters,
-    stale: Option<&Arc<Entry>>,
-    cloner: Cloner<S::Value>,
-    returned: R,
-) -> R
-where
-    S: Shape<R>,
-    S::Value: DeserializeOwned + 'static,
-{
-    if !matches!(S::outcome(&returned), Outcome::Failed) {
-        return returned;
-    }
-    match stale.and_then(|entry| entry.take(cloner).ok()) {
-        Some(value) => {
-            counters.stale();
-            S::from_value(value)
-        }
-        None => returned,
-    }
 }
 
 /// Rejects TTLs the stores cannot honour.

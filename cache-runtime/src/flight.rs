@@ -65,15 +65,20 @@ impl Flights {
         Join::Leader(Leader { flights: self, key: key.to_owned(), slot, published: false })
     }
 
-    /// Marks the running flights whose key `matches` as invalidated (see
-    /// [`Leader::invalidated`]).
-    pub(crate) fn invalidate(&self, matches: impl Fn(&str) -> bool) {
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, flight) in running.iter() {
+    /// Detaches the running flights whose key `matches`: they are marked invalidated (see
+    /// [`Leader::invalidated`]) and leave the map, so a caller arriving from now on starts
+    /// a new flight instead of joining one whose value may predate the write. Followers
+    /// that joined before still get the detached flight's outcome.
+    pub(crate) fn detach(&self, matches: impl Fn(&str) -> bool) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.retain(|key, flight| {
             if matches(key) {
                 flight.invalidated.store(true, Ordering::SeqCst);
+                false
+            } else {
+                true
             }
-        }
+        });
     }
 
     /// Leads a new flight for `key`, or `None` if one is running (used by early refresh,
@@ -162,5 +167,18 @@ mod tests {
         drop(leader);
         assert!(matches!(wait(follower).await, Landed::Abandoned));
         assert!(matches!(flights.join("k"), Join::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn a_detached_flight_is_not_joined_and_its_end_spares_the_new_one() {
+        let flights = Flights::default();
+        let Join::Leader(old) = flights.join("k") else { panic!("first is leader") };
+        flights.detach(|key| key == "k");
+        assert!(old.invalidated());
+        let Join::Leader(new) = flights.join("k") else { panic!("a new flight starts") };
+        drop(old);
+        assert!(matches!(flights.join("k"), Join::Follower(_)), "the new flight stays");
+        drop(new);
+        assert_eq!(flights.len(), 0);
     }
 }

@@ -32,6 +32,9 @@ pub struct Health {
     pub keyspace_misses: Option<u64>,
     /// Entries in the memory store.
     pub entries: Option<u64>,
+    /// Invalidations that could not reach Redis yet and are being replayed (the backlog of
+    /// `cache_pending_invalidations`).
+    pub pending_invalidations: u64,
     /// Why the store is unreachable.
     pub error: Option<String>,
 }
@@ -53,6 +56,7 @@ impl Cache {
             keyspace_hits: None,
             keyspace_misses: None,
             entries: None,
+            pending_invalidations: u64::try_from(self.inner.pending.len()).unwrap_or(u64::MAX),
             error: None,
         };
         match &self.inner.store {

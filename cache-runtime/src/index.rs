@@ -5,8 +5,16 @@
 
 use crate::glob;
 
-/// The reserved key namespace of index sets (after the cache's prefix).
-pub(crate) const INDEX_NAMESPACE: &str = "__idx:";
+/// The namespace of index sets, after the cache's prefix and the reserved `#`
+/// (`okla:#idx:dealer:`).
+pub(crate) const INDEX_NAMESPACE: &str = "idx:";
+
+/// The member that marks an index as complete (it holds every live key of its level):
+/// set when an index is created on a server that never evicts, or when a pattern
+/// invalidation has rebuilt it with a `SCAN`. An index that Redis evicted and a write
+/// re-created lacks it, so its loss is noticed instead of silently missing keys. No user
+/// key contains `#`, so no key can be mistaken for it.
+pub(crate) const SENTINEL: &str = "#";
 
 /// How many `:`-levels a key is indexed under.
 const LEVELS: usize = 2;

@@ -1,9 +1,15 @@
 //! Invalidation: removing keys by name or by glob pattern, and clearing a cache.
+//!
+//! Every invalidation first detaches the running loads of the keys it covers from their
+//! flights (so no caller arriving afterwards gets their values), then removes the keys, and
+//! with them the pending markers of loads running anywhere (so those loads cannot store).
+//! One that fails because Redis is unreachable is kept and replayed (`pending.rs`).
 
 use crate::cache::Cache;
 use crate::error::Result;
 use crate::glob;
 use crate::key::validate_key;
+use crate::pending::{retryable, PendingTarget};
 use crate::stats::{Counters, DIRECT_CALLS};
 
 /// One thing an `#[invalidates]` attribute removes after its function succeeds.
@@ -18,10 +24,13 @@ pub enum Target {
 impl Cache {
     /// Removes `key` (a rendered key, without the prefix). Returns how many keys went: 0 or 1.
     ///
+    /// If Redis cannot be reached, the invalidation is kept and replayed in the background
+    /// until it lands (see "Consistency" in the crate docs), and the error is returned.
+    ///
     /// # Errors
     ///
-    /// [`Error::InvalidKey`](crate::Error::InvalidKey) for an empty key or one with whitespace or control characters;
-    /// [`Error::Backend`](crate::Error::Backend) when Redis fails.
+    /// [`Error::InvalidKey`](crate::Error::InvalidKey) for an empty key or one with whitespace, control characters or `#`;
+    /// [`Error::Backend`](crate::Error::Backend) or [`Error::Unavailable`](crate::Error::Unavailable) when Redis fails.
     pub async fn invalidate(&self, key: &str) -> Result<u64> {
         validate_key(key)?;
         let counters = self.inner.stats.counters(DIRECT_CALLS);
@@ -34,13 +43,15 @@ impl Cache {
     /// Patterns whose literal text starts with one or two `:`-terminated levels
     /// (`homepage:*`, `dealer:7:*`, `dealer:*:vehicles`) are served from an index and cost
     /// the same however many unrelated keys Redis holds. Others (`*:vehicles`) scan the
-    /// database with `SCAN MATCH`, counted in [`Stats::pattern_scans`](crate::Stats::pattern_scans).
+    /// database with `SCAN MATCH`, counted in [`Stats::pattern_scans`](crate::Stats::pattern_scans);
+    /// a cache without a prefix refuses them, since the scan would reach other caches' keys.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidPattern`](crate::Error::InvalidPattern) for an empty pattern, an unclosed `[`, a trailing `\`, or
-    /// whitespace; [`Error::Backend`](crate::Error::Backend) when Redis fails (keys removed before the failure stay
-    /// removed).
+    /// [`Error::InvalidPattern`](crate::Error::InvalidPattern) for an empty pattern, an unclosed `[`, a trailing `\`,
+    /// whitespace or `#`; [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a pattern that needs a scan on a
+    /// cache without a prefix; [`Error::Backend`](crate::Error::Backend) when Redis fails (the invalidation is then
+    /// kept and replayed until it lands).
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
         glob::validate(pattern)?;
         let counters = self.inner.stats.counters(DIRECT_CALLS);
@@ -48,27 +59,37 @@ impl Cache {
     }
 
     /// Removes every key of this cache: with Redis, the keys under its prefix (never
-    /// `FLUSHDB`: other prefixes and other applications' keys stay); with the memory store,
-    /// every entry. Returns how many keys went.
+    /// `FLUSHDB`: other prefixes, other applications' keys and the runtime's own locks and
+    /// fencing counters stay); with the memory store, every entry. Returns how many keys
+    /// went.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a Redis cache without a prefix (clearing it would remove
-    /// the whole database); [`Error::Backend`](crate::Error::Backend) when Redis fails.
+    /// the whole database); [`Error::Backend`](crate::Error::Backend) when Redis fails (then kept and replayed).
     pub async fn clear(&self) -> Result<u64> {
         let counters = self.inner.stats.counters(DIRECT_CALLS);
-        let removed =
-            self.inner.store.clear().await.inspect_err(|error| counters.error(error.kind()))?;
+        self.inner.flights.detach(|_| true);
+        let removed = self.inner.store.clear().await.inspect_err(|error| {
+            counters.error(error.kind());
+            if retryable(error.kind()) {
+                self.keep_pending(PendingTarget::All);
+            }
+        })?;
         counters.invalidated(removed);
         Ok(removed)
     }
 
     async fn remove_key(&self, counters: &Counters, key: &str) -> Result<u64> {
-        // A load of this key running now may have read the data before the write: it must
-        // not store its value after we remove the key.
-        self.inner.flights.invalidate(|running| running == key);
-        let removed =
-            self.inner.store.remove(key).await.inspect_err(|error| counters.error(error.kind()))?;
+        // A load of this key running now may have read the data before the write: no caller
+        // from now on may join it, and its marker goes with the key, so it cannot store.
+        self.inner.flights.detach(|running| running == key);
+        let removed = self.inner.store.remove(key).await.inspect_err(|error| {
+            counters.error(error.kind());
+            if retryable(error.kind()) {
+                self.keep_pending(PendingTarget::Key(key.to_owned()));
+            }
+        })?;
         counters.invalidated(removed);
         Ok(removed)
     }
@@ -77,13 +98,13 @@ impl Cache {
         if !glob::has_glob(pattern) {
             return self.remove_key(counters, pattern).await;
         }
-        self.inner.flights.invalidate(|running| glob::matches(pattern, running));
-        let removed = self
-            .inner
-            .store
-            .remove_matching(pattern)
-            .await
-            .inspect_err(|error| counters.error(error.kind()))?;
+        self.inner.flights.detach(|running| glob::matches(pattern, running));
+        let removed = self.inner.store.remove_matching(pattern).await.inspect_err(|error| {
+            counters.error(error.kind());
+            if retryable(error.kind()) {
+                self.keep_pending(PendingTarget::Pattern(pattern.to_owned()));
+            }
+        })?;
         if removed.scanned {
             counters.pattern_scan();
         }

@@ -124,7 +124,7 @@ pub fn push_part<P: KeyPart + ?Sized>(out: &mut String, part: &P) {
 /// Keys of the cache's own bookkeeping start with this, after the prefix: invalidation
 /// indexes (`__idx:`), locks (`__lock:`), fencing counters (`__fence:`) and load leases
 /// (`__load:`). User keys may not, and invalidation never removes them.
-pub(crate) const RESERVED: &str = "__";
+pub(crate) const RESERVED: &str = "#";
 
 /// Checks a rendered key given to the programmatic API.
 pub(crate) fn validate_key(key: &str) -> Result<()> {
@@ -137,10 +137,10 @@ pub(crate) fn validate_key(key: &str) -> Result<()> {
             "a key must not contain whitespace or control characters",
         ));
     }
-    if key.starts_with(RESERVED) {
+    if key.contains(RESERVED) {
         return Err(Error::invalid_key(
             key,
-            "keys starting with `__` are reserved for the cache's indexes, locks and fencing counters",
+            "`#` is reserved for the cache's own keys (indexes, locks, fencing counters)",
         ));
     }
     Ok(())
@@ -259,6 +259,7 @@ mod tests {
         assert!(validate_key("").is_err());
         assert!(validate_key("a b").is_err());
         assert!(validate_key("a\u{7}").is_err());
-        assert!(validate_key("__idx:x").is_err());
+        assert!(validate_key("__idx:x").is_ok());
+        assert!(validate_key("a#b").is_err());
     }
 }

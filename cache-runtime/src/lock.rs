@@ -15,8 +15,8 @@ use crate::key::validate_key;
 use crate::notify::{Signal, RELEASED};
 use crate::store::Store;
 
-pub(crate) const LOCK_NAMESPACE: &str = "__lock:";
-const FENCE_NAMESPACE: &str = "__fence:";
+pub(crate) const LOCK_NAMESPACE: &str = "#lock:";
+const FENCE_NAMESPACE: &str = "#fence:";
 
 /// Sets the lock if free and returns the next fencing token, else 0.
 const ACQUIRE: &str = r"

@@ -1,6 +1,6 @@
 //! Wake-ups across processes: when a `lock` holder stores a value (or gives up), it
-//! publishes on `<prefix>__filled:<key>`; a lease lock's release publishes on
-//! `<prefix>__released:<resource>`. Each cache keeps one pub/sub connection, subscribed
+//! publishes on `<prefix>#filled:<key>`; a lease lock's release publishes on
+//! `<prefix>#released:<resource>`. Each cache keeps one pub/sub connection, subscribed
 //! to both patterns, that wakes the local waiters of that key. Waiters never poll on fixed
 //! sleeps: they wake on the message, or when the holder's lease runs out.
 
@@ -20,8 +20,8 @@ pub(crate) enum Signal {
     Failed,
 }
 
-pub(crate) const FILLED: &str = "__filled:";
-pub(crate) const RELEASED: &str = "__released:";
+pub(crate) const FILLED: &str = "#filled:";
+pub(crate) const RELEASED: &str = "#released:";
 
 type Waiters = Mutex<HashMap<String, Vec<oneshot::Sender<Signal>>>>;
 

@@ -4,11 +4,11 @@
 //! load. With `lock`, that local leader also coordinates with the other processes sharing
 //! the Redis server:
 //!
-//! 1. It tries to take a lease, `SET <prefix>__load:{key} <token> NX PX <lease>`.
+//! 1. It tries to take a lease, `SET <prefix>#load:{key} <token> NX PX <lease>`.
 //! 2. The holder looks at the cache once more (a value may have landed meanwhile), runs the
 //!    body while renewing the lease every third of it, stores the value, then releases the
 //!    lease with a compare-and-delete script that also publishes on
-//!    `<prefix>__filled:<key>` (`1`: stored, `0`: failed).
+//!    `<prefix>#filled:<key>` (`1`: stored, `0`: failed).
 //! 3. Everyone else subscribes (one pub/sub connection per cache), looks at the value and
 //!    the lease's remaining time in one round trip, and sleeps until the message or the end
 //!    of the lease, whichever comes first. On `1` it reads the value; on `0` or a lapsed
@@ -17,50 +17,47 @@
 //!    caller runs its own body. A hit never touches any of this.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cache::Cache;
-use crate::cache::Policy;
-use crate::codec::{Cloner, Entry};
 use crate::error::ErrorKind;
 use crate::flight::{Landed, Leader};
+use crate::load::{Began, Load};
 use crate::lock::{new_token, RELEASE};
 use crate::notify::{Signal, FILLED};
-use crate::shape::{Outcome, Shape};
-use crate::stats::Counters;
+use crate::shape::Shape;
 use crate::store::redis::RedisStore;
 use crate::store::Store;
 
 /// Where the lease of a load lives: a hash tag keeps it in the key's own slot family.
 fn load_lock_key(prefix: &str, key: &str) -> String {
-    format!("{prefix}__load:{{{key}}}")
+    format!("{prefix}#load:{{{key}}}")
 }
 
-impl Cache {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn load_locked<S, R, Fut>(
+impl<T> Load<'_, T>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Leads the flight under a cross-process lease (Redis only).
+    pub(crate) async fn locked<S, R, Fut>(
         &self,
-        redis: &RedisStore,
-        counters: &Counters,
-        key: &str,
-        ttl: Duration,
-        cloner: Cloner<S::Value>,
         load: impl FnOnce() -> Fut,
         leader: &mut Leader<'_>,
-        stale: Option<&Arc<Entry>>,
     ) -> R
     where
-        S: Shape<R>,
-        S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
+        S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
     {
-        let settings = &self.inner.settings;
+        let Store::Redis(redis) = &self.cache.inner.store else {
+            return self.lead::<S, R, Fut>(load, leader).await;
+        };
+        let (cache, counters, key) = (self.cache, self.counters, self.key);
+        let settings = &cache.inner.settings;
         let deadline = Instant::now() + settings.lock_wait;
-        let lock_key = load_lock_key(&self.inner.prefix, key);
+        let lock_key = load_lock_key(&cache.inner.prefix, key);
         let channel = redis.notifier().channel(FILLED, key);
         let token = new_token();
         // The first attempt follows a miss, so it tries the lease before looking again.
@@ -70,12 +67,14 @@ impl Cache {
             if !look_first {
                 match redis.try_lease(&lock_key, &token, settings.lock_lease).await {
                     Ok(true) => {
-                        return self
-                            .load_holding::<S, R, Fut>(
-                                redis, counters, key, ttl, cloner, load, leader, &lock_key, &token,
-                                &channel,
-                            )
-                            .await;
+                        let held = HeldLease {
+                            cache: cache.clone(),
+                            lock_key: lock_key.clone(),
+                            token: token.clone(),
+                            channel: channel.clone(),
+                            done: false,
+                        };
+                        return self.holding::<S, R, Fut>(redis, load, leader, held).await;
                     }
                     Ok(false) => {}
                     Err(error) => {
@@ -87,7 +86,7 @@ impl Cache {
             }
             look_first = false;
             let lease_left = match redis.get_and_lease(key, &lock_key).await {
-                Ok((Some(entry), _)) => match entry.take(cloner) {
+                Ok((Some(entry), _)) => match entry.take(self.cloner) {
                     Ok(value) => {
                         leader.publish(Landed::Value(entry));
                         counters.coalesced();
@@ -124,7 +123,9 @@ impl Cache {
                 Ok(Ok(Signal::Ready)) => look_first = true,
                 // The holder's body failed: a stale value answers without another run.
                 Ok(Ok(Signal::Failed)) => {
-                    if let Some(value) = stale.and_then(|entry| entry.take(cloner).ok()) {
+                    if let Some(value) =
+                        self.stale.as_ref().and_then(|entry| entry.take(self.cloner).ok())
+                    {
                         leader.publish(Landed::Failed);
                         counters.stale();
                         return S::from_value(value);
@@ -134,50 +135,39 @@ impl Cache {
             }
         }
         // Redis failing, or waited too long: load without cross-process coordination.
-        self.load_leading::<S, R, Fut>(counters, key, ttl, cloner, load, leader).await
+        self.lead::<S, R, Fut>(load, leader).await
     }
 
-    /// Holding the lease: look again, load while renewing, store, release and wake waiters.
-    #[allow(clippy::too_many_arguments)]
-    async fn load_holding<S, R, Fut>(
+    /// Holding the lease: take a fill ticket (or find the value landed), load while
+    /// renewing, fill, release and wake waiters.
+    async fn holding<S, R, Fut>(
         &self,
         redis: &RedisStore,
-        counters: &Counters,
-        key: &str,
-        ttl: Duration,
-        cloner: Cloner<S::Value>,
         load: impl FnOnce() -> Fut,
         leader: &mut Leader<'_>,
-        lock_key: &str,
-        token: &str,
-        channel: &str,
+        mut held: HeldLease,
     ) -> R
     where
-        S: Shape<R>,
-        S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
+        S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
     {
-        let mut held = HeldLease {
-            cache: self.clone(),
-            lock_key: lock_key.to_owned(),
-            token: token.to_owned(),
-            channel: channel.to_owned(),
-            done: false,
-        };
-        if let Ok(Some(entry)) = redis.get(key).await {
-            if let Ok(value) = entry.take(cloner) {
+        let ticket = match self.begin().await {
+            Began::Present(value, entry) => {
                 leader.publish(Landed::Value(entry));
-                held.release(redis, true).await;
-                counters.coalesced();
+                held.release(true).await;
+                self.counters.coalesced();
                 return S::from_value(value);
             }
-        }
-        let lease = self.inner.settings.lock_lease;
+            Began::Ticket(ticket) => Some(ticket),
+            Began::Failed => None,
+        };
+        let lease = self.cache.inner.settings.lock_lease;
+        let (key, lock_key, token) = (self.key, held.lock_key.clone(), held.token.clone());
         let renew = async {
             loop {
                 tokio::time::sleep(lease / 3).await;
                 let renewed: Result<u64, _> = redis
-                    .script(RENEW, &[lock_key], &[token, &lease.as_millis().to_string()])
+                    .script(RENEW, &[&lock_key], &[&token, &lease.as_millis().to_string()])
                     .await;
                 if !matches!(renewed, Ok(1)) {
                     tracing::warn!(key, "lost the load lock while loading (lease ran out)");
@@ -185,72 +175,43 @@ impl Cache {
                 }
             }
         };
-        let started = Instant::now();
-        let body = load();
         let returned = tokio::select! {
             biased;
-            returned = body => returned,
+            returned = self.body(load) => returned,
             () = renew => unreachable!("renewal never ends"),
         };
-        counters.load(started.elapsed());
-        let stored =
-            self.store_outcome::<S, R>(counters, key, ttl, cloner, &returned, leader).await;
-        held.release(redis, stored).await;
+        let stored = self.finish::<S, R>(&returned, ticket.as_ref(), Some(leader)).await;
+        held.release(stored).await;
         returned
     }
 }
 
+/// The lease a refresh holds: across processes on Redis, nothing to hold on the memory
+/// store (the refresh's flight is enough there).
+pub(crate) struct RefreshLease(Option<HeldLease>);
+
+impl RefreshLease {
+    pub(crate) async fn release(&mut self, stored: bool) {
+        if let Some(held) = &mut self.0 {
+            held.release(stored).await;
+        }
+    }
+}
+
 impl Cache {
-    /// Early refresh: a hit on a value older than `refresh` recomputes it, once per process
-    /// (a flight) and, on Redis, once across processes (a lease); every other caller, and
-    /// this one if the body fails, gets the current value without waiting.
-    pub(crate) async fn refresh_early<S, R, Fut>(
-        &self,
-        counters: &Counters,
-        key: &str,
-        policy: &Policy,
-        cloner: Cloner<S::Value>,
-        load: impl FnOnce() -> Fut,
-        current: S::Value,
-    ) -> R
-    where
-        S: Shape<R>,
-        S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
-        Fut: Future<Output = R>,
-    {
-        let Some(mut leader) = self.inner.flights.try_lead(key) else {
-            return S::from_value(current);
+    /// Takes the lease for refreshing `key`; `None` when another process holds it (or Redis
+    /// fails: then nobody refreshes now, and the current value is served).
+    pub(crate) async fn refresh_lease(&self, key: &str) -> Option<RefreshLease> {
+        let Store::Redis(redis) = &self.inner.store else {
+            return Some(RefreshLease(None));
         };
-        let mut held = None;
-        if let Store::Redis(redis) = &self.inner.store {
-            let lock_key = load_lock_key(&self.inner.prefix, key);
-            let token = new_token();
-            if !matches!(
-                redis.try_lease(&lock_key, &token, self.inner.settings.lock_lease).await,
-                Ok(true)
-            ) {
-                return S::from_value(current); // another process refreshes it
-            }
-            let channel = redis.notifier().channel(FILLED, key);
-            held = Some((
-                redis,
-                HeldLease { cache: self.clone(), lock_key, token, channel, done: false },
-            ));
+        let lock_key = load_lock_key(&self.inner.prefix, key);
+        let token = new_token();
+        if !matches!(redis.try_lease(&lock_key, &token, self.inner.settings.lock_lease).await, Ok(true)) {
+            return None;
         }
-        counters.refresh();
-        let started = Instant::now();
-        let returned = load().await;
-        counters.load(started.elapsed());
-        let stored = self
-            .store_outcome::<S, R>(counters, key, policy.lifetime(), cloner, &returned, &mut leader)
-            .await;
-        if let Some((redis, mut lease)) = held {
-            lease.release(redis, stored).await;
-        }
-        match S::outcome(&returned) {
-            Outcome::Failed => S::from_value(current),
-            _ => returned,
-        }
+        let channel = redis.notifier().channel(FILLED, key);
+        Some(RefreshLease(Some(HeldLease { cache: self.clone(), lock_key, token, channel, done: false })))
     }
 }
 
@@ -273,8 +234,9 @@ struct HeldLease {
 }
 
 impl HeldLease {
-    async fn release(&mut self, redis: &RedisStore, stored: bool) {
+    async fn release(&mut self, stored: bool) {
         self.done = true;
+        let Store::Redis(redis) = &self.cache.inner.store else { return };
         let outcome = if stored { "1" } else { "0" };
         let released: Result<u64, _> =
             redis.script(RELEASE, &[&self.lock_key], &[&self.token, &self.channel, outcome]).await;

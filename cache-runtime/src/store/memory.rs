@@ -1,26 +1,33 @@
 //! The in-process store, on moka: bounded by bytes, each entry expiring after its own TTL,
 //! with the same prefix index as the Redis store so that pattern invalidation does not walk
 //! every entry.
+//!
+//! Every change of a key goes through moka's `and_compute_with`, which runs the changes of
+//! one key one at a time: a fill's "is my marker still there?" and its write are one step,
+//! which no removal can fall between.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
 
+use super::{Begun, Found, Marker, Ticket, Version};
 use crate::codec::Entry;
 use crate::{glob, index};
 
-/// Keys by index level (`dealer:`, `dealer:7:`), each with the instant its current value was
-/// stored: an eviction notice for an older value (delivered late) must not un-index a key
+/// Keys by index level (`dealer:`, `dealer:7:`), each with the write number of its current
+/// value: an eviction notice for an older value (delivered late) must not un-index a key
 /// that was written again.
-type PrefixIndex = Mutex<HashMap<String, HashMap<String, Instant>>>;
+type PrefixIndex = Mutex<HashMap<String, HashMap<String, u64>>>;
 
-fn unindex(prefixes: &PrefixIndex, key: &str, stored_at: Instant) {
+fn unindex(prefixes: &PrefixIndex, key: &str, write: u64) {
     let mut prefixes = prefixes.lock().unwrap_or_else(|e| e.into_inner());
     for level in index::levels(key) {
         if let Some(keys) = prefixes.get_mut(level) {
-            if keys.get(key) == Some(&stored_at) {
+            if keys.get(key) == Some(&write) {
                 keys.remove(key);
             }
             if keys.is_empty() {
@@ -35,7 +42,10 @@ const ENTRY_OVERHEAD: usize = 64;
 
 #[derive(Clone)]
 struct Stored {
-    entry: Arc<Entry>,
+    /// The value, or `None` for a pending marker (a load is running, see `store/mod.rs`).
+    entry: Option<Arc<Entry>>,
+    /// Unique per write in this store: names markers and values.
+    write: u64,
     ttl: Duration,
     stored_at: Instant,
 }
@@ -62,6 +72,7 @@ impl moka::Expiry<String, Stored> for PerEntryTtl {
 pub(crate) struct MemoryStore {
     entries: moka::future::Cache<String, Stored>,
     prefixes: Arc<PrefixIndex>,
+    writes: AtomicU64,
 }
 
 impl MemoryStore {
@@ -71,8 +82,8 @@ impl MemoryStore {
         let entries = moka::future::Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|key: &String, stored: &Stored| {
-                let bytes = key.len() + stored.entry.json.len() + ENTRY_OVERHEAD;
-                u32::try_from(bytes).unwrap_or(u32::MAX)
+                let value = stored.entry.as_ref().map_or(0, |entry| entry.json.len());
+                u32::try_from(key.len() + value + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
             .eviction_listener({
@@ -80,38 +91,137 @@ impl MemoryStore {
                 move |key: Arc<String>, stored: Stored, cause| {
                     // A replaced value's key is still there (and was indexed anew).
                     if cause != RemovalCause::Replaced {
-                        unindex(&prefixes, &key, stored.stored_at);
+                        unindex(&prefixes, &key, stored.write);
                     }
                 }
             })
             .build();
-        MemoryStore { entries, prefixes }
+        MemoryStore { entries, prefixes, writes: AtomicU64::new(1) }
     }
 
     pub(crate) async fn get(&self, key: &str) -> Option<Arc<Entry>> {
-        self.entries.get(key).await.map(|stored| stored.entry)
+        self.entries.get(key).await.and_then(|stored| stored.entry)
     }
 
-    /// The entry and how long ago it was stored.
-    pub(crate) async fn get_aged(&self, key: &str) -> Option<(Arc<Entry>, Duration)> {
-        self.entries.get(key).await.map(|stored| (stored.entry, stored.stored_at.elapsed()))
+    /// The entry, how long ago it was stored, and its write number.
+    pub(crate) async fn get_aged(&self, key: &str) -> Option<Found> {
+        let stored = self.entries.get(key).await?;
+        Some(Found {
+            entry: stored.entry?,
+            age: stored.stored_at.elapsed(),
+            version: Version::Memory(stored.write),
+        })
+    }
+
+    /// A new write: numbered and indexed (before it is visible, so that a pattern
+    /// invalidation running meanwhile finds it).
+    fn stored(&self, key: &str, entry: Option<Arc<Entry>>, ttl: Duration) -> Stored {
+        let write = self.writes.fetch_add(1, Ordering::Relaxed);
+        let mut prefixes = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+        for level in index::levels(key) {
+            prefixes.entry(level.to_owned()).or_default().insert(key.to_owned(), write);
+        }
+        Stored { entry, write, ttl, stored_at: Instant::now() }
     }
 
     pub(crate) async fn set(&self, key: &str, entry: Arc<Entry>, ttl: Duration) {
-        let stored_at = Instant::now();
-        {
-            let mut prefixes = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
-            for level in index::levels(key) {
-                prefixes.entry(level.to_owned()).or_default().insert(key.to_owned(), stored_at);
-            }
-        }
-        self.entries.insert(key.to_owned(), Stored { entry, ttl, stored_at }).await;
+        let stored = self.stored(key, Some(entry), ttl);
+        self.entries.entry(key.to_owned()).and_compute_with(|_| async { Op::Put(stored) }).await;
     }
-}
 
-impl MemoryStore {
+    pub(crate) async fn begin_fill(&self, key: &str, window: Duration, force: bool) -> Begun {
+        let mut begun = None;
+        self.entries
+            .entry(key.to_owned())
+            .and_compute_with(|current| {
+                let current = current.map(moka::Entry::into_value);
+                let op = match current {
+                    Some(Stored { entry: Some(entry), .. }) if !force => {
+                        begun = Some(Begun::Present(entry));
+                        Op::Nop
+                    }
+                    Some(Stored { entry: None, write, .. }) => {
+                        begun = Some(Begun::Ticket(Ticket::Marker(Marker::Memory(write))));
+                        Op::Nop
+                    }
+                    _ => {
+                        let marker = self.stored(key, None, window);
+                        begun = Some(Begun::Ticket(Ticket::Marker(Marker::Memory(marker.write))));
+                        Op::Put(marker)
+                    }
+                };
+                std::future::ready(op)
+            })
+            .await;
+        begun.expect("the compute closure always runs")
+    }
+
+    /// Stores `entry` if `ticket` still names what the key holds.
+    pub(crate) async fn fill(
+        &self,
+        key: &str,
+        ticket: &Ticket,
+        entry: Arc<Entry>,
+        ttl: Duration,
+    ) -> bool {
+        let mut stored = false;
+        self.entries
+            .entry(key.to_owned())
+            .and_compute_with(|current| {
+                let holds = current.is_some_and(|current| {
+                    let current = current.value();
+                    match ticket {
+                        Ticket::Marker(Marker::Memory(write)) => {
+                            current.entry.is_none() && current.write == *write
+                        }
+                        Ticket::Replace { version: Version::Memory(write), .. } => {
+                            current.entry.is_some() && current.write == *write
+                        }
+                        _ => false,
+                    }
+                });
+                stored = holds;
+                std::future::ready(if holds {
+                    Op::Put(self.stored(key, Some(entry), ttl))
+                } else {
+                    Op::Nop
+                })
+            })
+            .await;
+        stored
+    }
+
+    /// Removes the marker `ticket` names, if it is still there.
+    pub(crate) async fn abandon(&self, key: &str, ticket: &Ticket) {
+        let Ticket::Marker(Marker::Memory(write)) = ticket else { return };
+        self.entries
+            .entry(key.to_owned())
+            .and_compute_with(|current| {
+                let ours = current.is_some_and(|current| {
+                    current.value().entry.is_none() && current.value().write == *write
+                });
+                std::future::ready(if ours { Op::Remove } else { Op::Nop })
+            })
+            .await;
+    }
+
+    /// Removes `key`; counts a removed value (not a removed marker).
     pub(crate) async fn remove(&self, key: &str) -> u64 {
-        u64::from(self.entries.remove(key).await.is_some())
+        let mut removed = 0;
+        self.entries
+            .entry(key.to_owned())
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(current) => {
+                        removed = u64::from(current.value().entry.is_some());
+                        Op::Remove
+                    }
+                    None => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        removed
     }
 
     /// Removes the keys matching `pattern`: the keys of the index level the pattern names,
@@ -164,6 +274,8 @@ mod tests {
         store.prefixes.lock().unwrap().get(level).map_or(0, HashMap::len)
     }
 
+    const WINDOW: Duration = Duration::from_secs(60);
+
     #[tokio::test]
     async fn patterns_are_served_by_the_prefix_index() {
         let store = MemoryStore::new(1 << 20);
@@ -194,5 +306,45 @@ mod tests {
             store.entries.run_pending_tasks().await;
         }
         assert_eq!(indexed(&store, "short:"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_fill_lands_only_while_its_marker_is_there() {
+        let store = MemoryStore::new(1 << 20);
+        let ttl = Duration::from_secs(60);
+        let Begun::Ticket(ticket) = store.begin_fill("k:1", WINDOW, false).await else {
+            panic!("nothing stored yet")
+        };
+        assert!(store.get("k:1").await.is_none(), "a marker reads as a miss");
+        // A second loader adopts the same marker.
+        let Begun::Ticket(adopted) = store.begin_fill("k:1", WINDOW, false).await else {
+            panic!("a marker is not a value")
+        };
+        assert_eq!(store.remove_matching("k:*").await, 0, "markers are found, not counted");
+        assert!(!store.fill("k:1", &ticket, entry(), ttl).await, "invalidated: refused");
+        assert!(!store.fill("k:1", &adopted, entry(), ttl).await);
+        assert!(store.get("k:1").await.is_none());
+
+        let Begun::Ticket(ticket) = store.begin_fill("k:1", WINDOW, false).await else {
+            panic!("removed")
+        };
+        assert!(store.fill("k:1", &ticket, entry(), ttl).await);
+        assert!(!store.fill("k:1", &ticket, entry(), ttl).await, "a ticket is used once");
+        assert!(matches!(store.begin_fill("k:1", WINDOW, false).await, Begun::Present(_)));
+    }
+
+    #[tokio::test]
+    async fn a_write_through_voids_older_tickets_and_refreshes() {
+        let store = MemoryStore::new(1 << 20);
+        let ttl = Duration::from_secs(60);
+        let Begun::Ticket(ticket) = store.begin_fill("k:1", WINDOW, false).await else {
+            panic!("nothing stored yet")
+        };
+        store.set("k:1", entry(), ttl).await;
+        assert!(!store.fill("k:1", &ticket, entry(), ttl).await);
+        let found = store.get_aged("k:1").await.unwrap();
+        let refresh = Ticket::Replace { old: found.entry, version: found.version };
+        store.set("k:1", entry(), ttl).await;
+        assert!(!store.fill("k:1", &refresh, entry(), ttl).await, "the value changed");
     }
 }

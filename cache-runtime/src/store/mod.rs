@@ -1,4 +1,20 @@
 //! Where entries live: in process ([`memory`]) or in Redis ([`redis`]).
+//!
+//! Both stores implement the same *fill protocol*, which is what keeps an invalidation from
+//! being undone by a load that started before it (see "Consistency" in the crate docs):
+//!
+//! 1. A miss that is about to run the body calls [`Store::begin_fill`]. If a value landed
+//!    meanwhile it is returned; otherwise the store puts a *pending marker* at the key
+//!    (indexed like a value, so pattern invalidations find it) or adopts the marker another
+//!    loader left, and hands back a [`Ticket`] naming it.
+//! 2. The body runs (it reads the database only now, after the marker is in place).
+//! 3. [`Store::fill`] stores the value only if the key still holds that marker. Every write
+//!    and every invalidation replaces or removes the marker, so a load that an invalidation
+//!    overtook is refused by the store itself, in whatever process it runs.
+//!
+//! A refresh of a value that is still served uses the same call with a
+//! [`Ticket::Replace`]: the new value goes in only if the key still holds the very value
+//! the refresh started from.
 
 mod link;
 pub(crate) mod memory;
@@ -14,8 +30,52 @@ use crate::error::Result;
 pub(crate) struct Removed {
     /// Keys removed.
     pub(crate) keys: u64,
-    /// Whether the keyspace had to be scanned (no index serves the pattern).
+    /// Whether the keyspace had to be scanned (no trusted index serves the pattern).
     pub(crate) scanned: bool,
+}
+
+/// A value read with what a refresh needs to replace exactly it.
+pub(crate) struct Found {
+    pub(crate) entry: Arc<Entry>,
+    /// Time since the value was stored.
+    pub(crate) age: Duration,
+    /// Identifies this stored value (see [`Ticket::Replace`]).
+    pub(crate) version: Version,
+}
+
+/// Which stored value a [`Found`] was.
+#[derive(Clone, Copy)]
+pub(crate) enum Version {
+    /// The memory store's write number.
+    Memory(u64),
+    /// Redis: the key's remaining time to live when read, in milliseconds. Together with
+    /// the value's bytes this tells the value apart from a later write of the same bytes,
+    /// whose remaining time to live is longer (a refresh that took longer than the value's
+    /// age is never stored, see `load.rs`).
+    Redis(i64),
+}
+
+/// What [`Store::begin_fill`] found.
+pub(crate) enum Begun {
+    /// A value is stored: no need to load.
+    Present(Arc<Entry>),
+    /// Nothing usable is stored: load, then [`Store::fill`] with this ticket.
+    Ticket(Ticket),
+}
+
+/// Permission to store one load's result, voided by any later write or removal of the key.
+pub(crate) enum Ticket {
+    /// The pending marker placed (or adopted) at the key.
+    Marker(Marker),
+    /// A refresh: replace the value only if it is still `old` (same bytes and version).
+    Replace { old: Arc<Entry>, version: Version },
+}
+
+/// A pending marker's identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Marker {
+    Memory(u64),
+    Redis(Vec<u8>),
 }
 
 /// The store behind a [`Cache`](crate::Cache). An enum rather than a trait object: there are
@@ -26,7 +86,8 @@ pub(crate) enum Store {
 }
 
 impl Store {
-    /// The entry under `key` (without the cache's prefix), if any.
+    /// The entry under `key` (without the cache's prefix), if any. A pending marker reads
+    /// as absent.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>> {
         match self {
             Store::Memory(store) => Ok(store.get(key).await),
@@ -34,19 +95,57 @@ impl Store {
         }
     }
 
-    /// The entry under `key` and its age, for entries stored with `lifetime`.
-    pub(crate) async fn get_aged(
-        &self,
-        key: &str,
-        lifetime: Duration,
-    ) -> Result<Option<(Arc<Entry>, Duration)>> {
+    /// The entry under `key`, its age and version, for entries stored with `lifetime`.
+    pub(crate) async fn get_aged(&self, key: &str, lifetime: Duration) -> Result<Option<Found>> {
         match self {
             Store::Memory(store) => Ok(store.get_aged(key).await),
             Store::Redis(store) => store.get_aged(key, lifetime).await,
         }
     }
 
-    /// Stores `entry` under `key` for `ttl`.
+    /// Step 1 of the fill protocol (module docs): the value if one landed, else a ticket.
+    /// `lifetime` is how long the value will be kept; `force` replaces a stored value that
+    /// the caller could not decode.
+    pub(crate) async fn begin_fill(
+        &self,
+        key: &str,
+        lifetime: Duration,
+        window: Duration,
+        force: bool,
+    ) -> Result<Begun> {
+        match self {
+            Store::Memory(store) => Ok(store.begin_fill(key, window, force).await),
+            Store::Redis(store) => store.begin_fill(key, lifetime, window, force).await,
+        }
+    }
+
+    /// Step 3 of the fill protocol: stores `entry` for `ttl` if `ticket` still holds.
+    /// Returns whether it was stored.
+    pub(crate) async fn fill(
+        &self,
+        key: &str,
+        ticket: &Ticket,
+        entry: &Arc<Entry>,
+        ttl: Duration,
+    ) -> Result<bool> {
+        match self {
+            Store::Memory(store) => Ok(store.fill(key, ticket, Arc::clone(entry), ttl).await),
+            Store::Redis(store) => store.fill(key, ticket, entry, ttl).await,
+        }
+    }
+
+    /// Removes the marker of a load whose result is not stored, if it is still there.
+    pub(crate) async fn abandon(&self, key: &str, ticket: &Ticket) -> Result<()> {
+        match self {
+            Store::Memory(store) => {
+                store.abandon(key, ticket).await;
+                Ok(())
+            }
+            Store::Redis(store) => store.abandon(key, ticket).await,
+        }
+    }
+
+    /// Stores `entry` under `key` for `ttl`, replacing whatever is there (write-through).
     pub(crate) async fn set(&self, key: &str, entry: &Arc<Entry>, ttl: Duration) -> Result<()> {
         match self {
             Store::Memory(store) => {
@@ -57,7 +156,7 @@ impl Store {
         }
     }
 
-    /// Removes `key`; returns how many keys went (0 or 1).
+    /// Removes `key` (a value or a pending marker); returns how many values went (0 or 1).
     pub(crate) async fn remove(&self, key: &str) -> Result<u64> {
         match self {
             Store::Memory(store) => Ok(store.remove(key).await),

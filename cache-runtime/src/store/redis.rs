@@ -1,9 +1,11 @@
 //! The Redis store (standalone or Cluster, see [`super::link`]): values as JSON strings
-//! under `prefix + key`, and the invalidation indexes described in the crate docs.
+//! under `prefix + key`, pending fill markers (see `store/mod.rs`), and the invalidation
+//! indexes described in the crate docs.
 //!
-//! On a standalone server a write is one `MULTI` round trip. On a cluster, where a
-//! pipeline must stay in one slot, the `SET` and each index's pipeline are sent at once
-//! (one round trip of latency, not atomic), and keyspace-wide `SCAN`s run on every primary.
+//! On a standalone server every write is one Lua script: the index updates and the write
+//! happen atomically. On a cluster, where a script must stay in one slot, the index
+//! updates are sent first and the write after them, so a key is never visible without its
+//! index entry; keyspace-wide `SCAN`s run on every primary.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,37 +13,165 @@ use std::time::Duration;
 
 use futures_util::future::try_join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
 
 use super::link::{LazyCluster, Link};
-use super::Removed;
+use super::{Begun, Found, Marker, Removed, Ticket, Version};
 use crate::breaker::{is_connection_failure, Breaker, BreakerState, Pass};
 use crate::codec::Entry;
 use crate::error::{Error, Result};
-use crate::index::{self, INDEX_NAMESPACE};
+use crate::index::{self, INDEX_NAMESPACE, SENTINEL};
 use crate::key::RESERVED;
 use crate::notify::Notifier;
 
-/// Adds `ARGV[1]` to the index `KEYS[1]` with its expiry (server time + `ARGV[2]` ms) as
-/// score, prunes expired members, and extends the index's own expiry to cover the member.
-const INDEX_SCRIPT: &str = r"
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], ms + ttl, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
-if redis.call('PTTL', KEYS[1]) < ttl then
-  redis.call('PEXPIRE', KEYS[1], ttl)
+/// Lua shared by the scripts that write: the server's clock, and adding a key to an index.
+///
+/// `index_add(index, member, ttl, now, birth)` records `member` with its expiry
+/// (`now + ttl` ms) as score, never lowering a score (`GT`), prunes members whose keys have
+/// expired, and keeps the index alive for an hour past its longest-lived member. With
+/// `birth == '1'` (a server that never evicts, see [`EvictionPolicy`]) a newly created
+/// index gets its sentinel at once: it cannot have lost members it never had.
+macro_rules! lua_prelude {
+    () => {
+        r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function index_add(index, member, ttl, now, birth)
+  if birth == '1' and redis.call('EXISTS', index) == 0 then
+    redis.call('ZADD', index, 'inf', '#')
+  end
+  redis.call('ZADD', index, 'GT', now + ttl, member)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. now)
+  local keep = ttl + 3600000
+  if redis.call('PTTL', index) < keep then
+    redis.call('PEXPIRE', index, keep)
+  end
+end
+"
+    };
+}
+
+/// Adds `ARGV[1]` to each index in `KEYS` for `ARGV[2]` ms (cluster: one index per call).
+const INDEX_SCRIPT: &str = concat!(
+    lua_prelude!(),
+    r"
+local now = now_ms()
+for i = 1, #KEYS do index_add(KEYS[i], ARGV[1], tonumber(ARGV[2]), now, ARGV[3]) end
+return 1"
+);
+
+/// Write-through: `KEYS[1]` is the data key, `KEYS[2..]` its indexes (standalone only);
+/// `ARGV`: value, ttl ms, member, birth.
+const WRITE_SCRIPT: &str = concat!(
+    lua_prelude!(),
+    r"
+local now = now_ms()
+for i = 2, #KEYS do index_add(KEYS[i], ARGV[3], tonumber(ARGV[2]), now, ARGV[4]) end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1"
+);
+
+/// Step 1 of the fill protocol. `KEYS[1]` data key, `KEYS[2..]` its indexes (standalone
+/// only); `ARGV`: new marker, marker lifetime ms, member, index ttl ms, force, birth,
+/// the markers' common prefix.
+/// Replies `{1, value}` when a value is stored, `{2, marker}` with the marker to fill.
+const BEGIN_FILL_SCRIPT: &str = concat!(
+    lua_prelude!(),
+    r"
+local current = redis.call('GET', KEYS[1])
+local pending = current and string.sub(current, 1, #ARGV[7]) == ARGV[7]
+if current and not pending and ARGV[5] ~= '1' then
+  return {1, current}
+end
+local now = now_ms()
+for i = 2, #KEYS do index_add(KEYS[i], ARGV[3], tonumber(ARGV[4]), now, ARGV[6]) end
+if pending then
+  return {2, current}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {2, ARGV[1]}"
+);
+
+/// Step 3 of the fill protocol: `SET KEYS[1] ARGV[2] PX ARGV[3]` if it still holds the
+/// marker `ARGV[1]`.
+const FILL_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0";
+
+/// A refresh: replaces `KEYS[1]` only if it still holds the bytes `ARGV[1]` with a remaining
+/// time to live of at most `ARGV[2]` ms (a later write of the same bytes lives longer).
+/// `KEYS[2..]`: indexes (standalone only); `ARGV`: old, pttl, value, ttl ms, member, birth.
+const REPLACE_SCRIPT: &str = concat!(
+    lua_prelude!(),
+    r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('PTTL', KEYS[1]) > tonumber(ARGV[2]) then return 0 end
+local now = now_ms()
+for i = 2, #KEYS do index_add(KEYS[i], ARGV[5], tonumber(ARGV[4]), now, ARGV[6]) end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return 1"
+);
+
+/// Ends an index rebuild: the index is trusted again (its sentinel set) only if it was not
+/// lost while the keyspace was scanned (the rebuild's own member `ARGV[1]` is still there).
+const TRUST_SCRIPT: &str = r"
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZADD', KEYS[1], 'inf', '#')
+  return 1
+end
+return 0";
+
+/// Starts an index rebuild: a member of its own, so the end can tell whether the index
+/// survived the scan.
+const REBUILD_SCRIPT: &str = r"
+redis.call('ZADD', KEYS[1], 'inf', ARGV[1])
+if redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], 3600000)
 end
 return 1";
 
+/// Pending markers start with this (a NUL byte first, which no JSON text has): a reader
+/// takes them for a miss.
+const MARKER_TAG: &[u8] = b"\0cache-runtime:loading:";
+
+fn is_marker(bytes: &[u8]) -> bool {
+    bytes.starts_with(MARKER_TAG)
+}
+
+/// Deletes `KEYS[1]` if it still holds the marker `ARGV[1]`.
+const ABANDON_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
 /// Keys asked for per `SCAN`/`ZSCAN` step, and unlinked per command.
 const BATCH: usize = 1000;
+
+/// What the server's `maxmemory` settings mean for the invalidation indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EvictionPolicy {
+    /// `maxmemory 0` or `noeviction`: keys go only when they expire or are deleted, so an
+    /// index is complete from its creation.
+    Never,
+    /// Redis may evict any key, an index included (or the settings could not be read):
+    /// an index is trusted only after a pattern invalidation has rebuilt it.
+    Possible,
+}
 
 pub(crate) struct RedisStore {
     connection: Link,
     prefix: String,
     notifier: Notifier,
     breaker: Breaker,
+    /// Read from the server on the first write.
+    eviction: OnceCell<EvictionPolicy>,
 }
 
 /// Connection settings taken from the builder.
@@ -87,15 +217,27 @@ impl RedisStore {
         // Classic pub/sub reaches every node of a cluster: one subscription to any node
         // hears every fill notification.
         let notifier = Notifier::new(clients, options.prefix.clone());
-        Ok(RedisStore { connection, prefix: options.prefix, notifier, breaker: Breaker::default() })
+        Ok(RedisStore {
+            connection,
+            prefix: options.prefix,
+            notifier,
+            breaker: Breaker::default(),
+            eviction: OnceCell::new(),
+        })
     }
 
     /// `prefix + key`.
-    fn full_key(&self, key: &str) -> String {
+    pub(crate) fn full_key(&self, key: &str) -> String {
         let mut full = String::with_capacity(self.prefix.len() + key.len());
         full.push_str(&self.prefix);
         full.push_str(key);
         full
+    }
+
+    /// `prefix + #<namespace><name>`: one of the runtime's own keys, which no user key can
+    /// name (user keys never contain `#`).
+    pub(crate) fn reserved_key(&self, namespace: &str, name: &str) -> String {
+        format!("{}{RESERVED}{namespace}{name}", self.prefix)
     }
 
     /// Runs one Redis exchange behind the circuit breaker: refused at once while Redis is
@@ -128,7 +270,62 @@ impl RedisStore {
     }
 
     fn index_key(&self, level: &str) -> String {
-        format!("{}{INDEX_NAMESPACE}{level}", self.prefix)
+        self.reserved_key(INDEX_NAMESPACE, level)
+    }
+
+    /// What the server's eviction settings mean for the indexes, read once (on the first
+    /// write) and logged. On a cluster, eviction on any primary counts.
+    pub(crate) async fn eviction(&self) -> Result<EvictionPolicy> {
+        self.eviction.get_or_try_init(|| self.read_eviction()).await.copied()
+    }
+
+    async fn read_eviction(&self) -> Result<EvictionPolicy> {
+        let mut config = redis::cmd("CONFIG");
+        config.arg("GET").arg("maxmemory*");
+        let mut replies: Vec<Result<Vec<String>>> = Vec::new();
+        if self.connection.is_cluster() {
+            for (host, port) in self.guarded(self.connection.primaries()).await? {
+                replies.push(
+                    self.connection.on_node(config.clone(), &host, port).await.map_err(Error::from),
+                );
+            }
+        } else {
+            let mut connection = self.connection.clone();
+            replies.push(self.guarded(config.query_async(&mut connection)).await);
+        }
+        let mut policy = EvictionPolicy::Never;
+        for reply in replies {
+            let pairs = match reply {
+                Ok(pairs) => pairs,
+                Err(Error::Backend(error)) if !is_connection_failure(&error) => {
+                    tracing::warn!(%error, "CONFIG GET maxmemory* refused: assuming Redis may evict invalidation indexes");
+                    policy = EvictionPolicy::Possible;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            let setting = |name: &str| {
+                pairs
+                    .chunks(2)
+                    .find(|pair| pair[0] == name)
+                    .and_then(|pair| pair.get(1).cloned())
+                    .unwrap_or_default()
+            };
+            let (maxmemory, chosen) = (setting("maxmemory"), setting("maxmemory-policy"));
+            let evicts = maxmemory != "0" && chosen != "noeviction";
+            if evicts {
+                policy = EvictionPolicy::Possible;
+                tracing::info!(maxmemory, policy = chosen, "Redis may evict keys: an invalidation index is trusted only once a pattern invalidation has rebuilt it (one SCAN of its level)");
+            } else {
+                tracing::info!(maxmemory, policy = chosen, "Redis never evicts keys: invalidation indexes are complete from their creation");
+            }
+        }
+        Ok(policy)
+    }
+
+    /// `"1"` when new indexes are trusted from their creation.
+    async fn birth(&self) -> Result<&'static str> {
+        Ok(if self.eviction().await? == EvictionPolicy::Never { "1" } else { "0" })
     }
 
     /// One `GET`: a hit costs exactly one round trip.
@@ -137,16 +334,12 @@ impl RedisStore {
         let bytes: Option<Vec<u8>> = self
             .guarded(redis::cmd("GET").arg(self.full_key(key)).query_async(&mut connection))
             .await?;
-        Ok(bytes.map(|json| Arc::new(Entry::from_json(json))))
+        Ok(bytes.filter(|bytes| !is_marker(bytes)).map(|json| Arc::new(Entry::from_json(json))))
     }
 
-    /// `GET` and `PTTL` in one round trip: the entry and its age, for entries stored with
-    /// `lifetime` (the age is `lifetime - PTTL`).
-    pub(crate) async fn get_aged(
-        &self,
-        key: &str,
-        lifetime: Duration,
-    ) -> Result<Option<(Arc<Entry>, Duration)>> {
+    /// `GET` and `PTTL` in one round trip: the entry, its age (for entries stored with
+    /// `lifetime`, `lifetime - PTTL`) and its version.
+    pub(crate) async fn get_aged(&self, key: &str, lifetime: Duration) -> Result<Option<Found>> {
         let mut connection = self.connection.clone();
         let full_key = self.full_key(key);
         let (bytes, millis): (Option<Vec<u8>>, i64) = self
@@ -160,54 +353,153 @@ impl RedisStore {
             )
             .await?;
         let remaining = Duration::from_millis(u64::try_from(millis).unwrap_or(0));
-        Ok(bytes.map(|json| (Arc::new(Entry::from_json(json)), lifetime.saturating_sub(remaining))))
+        Ok(bytes.filter(|bytes| !is_marker(bytes)).map(|json| Found {
+            entry: Arc::new(Entry::from_json(json)),
+            age: lifetime.saturating_sub(remaining),
+            version: Version::Redis(millis),
+        }))
     }
 
-    /// `SET key value PX ttl` and the index updates, in one `MULTI` round trip.
-    pub(crate) async fn set(&self, key: &str, entry: &Entry, ttl: Duration) -> Result<()> {
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        // Per index, one script on the server's clock (writers' clocks may disagree):
-        // record the key with its expiry, drop members that expired, and keep the index alive
-        // as long as its longest-lived member.
-        let index_updates = index::levels(key).map(|level| {
-            let mut pipe = redis::pipe();
-            pipe.cmd("EVAL")
-                .arg(INDEX_SCRIPT)
-                .arg(1)
-                .arg(self.index_key(level))
-                .arg(key)
-                .arg(ttl_ms)
-                .ignore();
-            pipe
-        });
-        let mut set = redis::pipe();
-        set.cmd("SET").arg(self.full_key(key)).arg(&*entry.json).arg("PX").arg(ttl_ms).ignore();
-        if self.connection.is_cluster() {
-            // Different slots: one pipeline each, all in flight together.
-            let pipes: Vec<redis::Pipeline> = index_updates.chain(std::iter::once(set)).collect();
-            let sends = pipes.iter().map(|pipe| {
-                let mut connection = self.connection.clone();
-                async move { pipe.query_async::<()>(&mut connection).await }
-            });
-            self.guarded(try_join_all(sends)).await?;
-        } else {
-            // One slot: a single atomic round trip (an invalidation never sees the key
-            // without its index entries).
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            for update in index_updates {
-                for command in update.cmd_iter() {
-                    pipe.add_command(command.clone()).ignore();
-                }
-            }
-            pipe.cmd("SET")
-                .arg(self.full_key(key))
-                .arg(&*entry.json)
-                .arg("PX")
-                .arg(ttl_ms)
-                .ignore();
+    /// Sends the index updates for `key` (cluster: before the write they cover).
+    async fn index_on_cluster(&self, key: &str, ttl_ms: u64, birth: &str) -> Result<()> {
+        let updates = index::levels(key).map(|level| {
             let mut connection = self.connection.clone();
-            self.guarded(pipe.query_async::<()>(&mut connection)).await?;
+            let index = self.index_key(level);
+            async move {
+                redis::Script::new(INDEX_SCRIPT)
+                    .key(index)
+                    .arg(key)
+                    .arg(ttl_ms)
+                    .arg(birth)
+                    .invoke_async::<()>(&mut connection)
+                    .await
+            }
+        });
+        self.guarded(try_join_all(updates)).await?;
+        Ok(())
+    }
+
+    /// A script invocation on `key`, with its indexes as further keys on standalone.
+    fn invocation<'a>(&self, script: &'a redis::Script, key: &str) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        invocation.key(self.full_key(key));
+        if !self.connection.is_cluster() {
+            for level in index::levels(key) {
+                invocation.key(self.index_key(level));
+            }
+        }
+        invocation
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let mut connection = self.connection.clone();
+        self.guarded(invocation.invoke_async(&mut connection)).await
+    }
+
+    /// Write-through: `SET` with the index updates, atomically on standalone, indexes first
+    /// on a cluster.
+    pub(crate) async fn set(&self, key: &str, entry: &Entry, ttl: Duration) -> Result<()> {
+        let ttl_ms = millis(ttl);
+        let birth = self.birth().await?;
+        if self.connection.is_cluster() {
+            self.index_on_cluster(key, ttl_ms, birth).await?;
+        }
+        let script = redis::Script::new(WRITE_SCRIPT);
+        let mut invocation = self.invocation(&script, key);
+        invocation.arg(&*entry.json).arg(ttl_ms).arg(key).arg(birth);
+        self.run::<()>(&invocation).await
+    }
+
+    /// Step 1 of the fill protocol (see `store/mod.rs`). The index entry covers the marker
+    /// and the value that may replace it (`window + lifetime`).
+    pub(crate) async fn begin_fill(
+        &self,
+        key: &str,
+        lifetime: Duration,
+        window: Duration,
+        force: bool,
+    ) -> Result<Begun> {
+        let birth = self.birth().await?;
+        let mut marker = MARKER_TAG.to_vec();
+        marker.extend_from_slice(crate::lock::new_token().as_bytes());
+        let index_ttl = millis(window) + millis(lifetime);
+        let script = redis::Script::new(BEGIN_FILL_SCRIPT);
+        let mut invocation = self.invocation(&script, key);
+        invocation
+            .arg(&marker)
+            .arg(millis(window))
+            .arg(key)
+            .arg(index_ttl)
+            .arg(if force { "1" } else { "0" })
+            .arg(birth)
+            .arg(MARKER_TAG);
+        let (found, bytes): (i64, Vec<u8>) = if self.connection.is_cluster() {
+            // Both in flight together: the load starts only when both are done, so either
+            // an invalidation finds the marker, or it ran before the load reads anything.
+            let (_, reply) =
+                futures_util::future::try_join(self.index_on_cluster(key, index_ttl, birth), async {
+                    self.run(&invocation).await
+                })
+                .await?;
+            reply
+        } else {
+            self.run(&invocation).await?
+        };
+        Ok(if found == 1 {
+            Begun::Present(Arc::new(Entry::from_json(bytes)))
+        } else {
+            Begun::Ticket(Ticket::Marker(Marker::Redis(bytes)))
+        })
+    }
+
+    /// Step 3 of the fill protocol: stores `entry` if `ticket` still holds.
+    pub(crate) async fn fill(
+        &self,
+        key: &str,
+        ticket: &Ticket,
+        entry: &Entry,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let ttl_ms = millis(ttl);
+        let stored: i64 = match ticket {
+            Ticket::Marker(Marker::Redis(marker)) => {
+                let script = redis::Script::new(FILL_SCRIPT);
+                let mut invocation = script.prepare_invoke();
+                invocation.key(self.full_key(key)).arg(marker).arg(&*entry.json).arg(ttl_ms);
+                self.run(&invocation).await?
+            }
+            Ticket::Replace { old, version: Version::Redis(pttl) } => {
+                let birth = self.birth().await?;
+                if self.connection.is_cluster() {
+                    self.index_on_cluster(key, ttl_ms, birth).await?;
+                }
+                let script = redis::Script::new(REPLACE_SCRIPT);
+                let mut invocation = self.invocation(&script, key);
+                invocation
+                    .arg(&*old.json)
+                    .arg(*pttl)
+                    .arg(&*entry.json)
+                    .arg(ttl_ms)
+                    .arg(key)
+                    .arg(birth);
+                self.run(&invocation).await?
+            }
+            _ => 0,
+        };
+        Ok(stored == 1)
+    }
+
+    /// Removes the marker of a load that stores nothing (its result is not cacheable), if
+    /// it is still there.
+    pub(crate) async fn abandon(&self, key: &str, ticket: &Ticket) -> Result<()> {
+        if let Ticket::Marker(Marker::Redis(marker)) = ticket {
+            let script = redis::Script::new(ABANDON_SCRIPT);
+            let mut invocation = script.prepare_invoke();
+            invocation.key(self.full_key(key)).arg(marker);
+            self.run::<()>(&invocation).await?;
         }
         Ok(())
     }
@@ -243,7 +535,6 @@ impl RedisStore {
         keys: &[&str],
         args: &[&str],
     ) -> Result<T> {
-        let mut connection = self.connection.clone();
         let script = redis::Script::new(source);
         let mut invocation = script.prepare_invoke();
         for key in keys {
@@ -252,7 +543,7 @@ impl RedisStore {
         for arg in args {
             invocation.arg(*arg);
         }
-        self.guarded(invocation.invoke_async(&mut connection)).await
+        self.run(&invocation).await
     }
 
     /// `SET lock token NX PX lease`: whether the lease was taken.
@@ -263,7 +554,6 @@ impl RedisStore {
         lease: Duration,
     ) -> Result<bool> {
         let mut connection = self.connection.clone();
-        let millis = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
         let set: Option<String> = self
             .guarded(
                 redis::cmd("SET")
@@ -271,7 +561,7 @@ impl RedisStore {
                     .arg(token)
                     .arg("NX")
                     .arg("PX")
-                    .arg(millis)
+                    .arg(millis(lease))
                     .query_async(&mut connection),
             )
             .await?;
@@ -305,31 +595,64 @@ impl RedisStore {
             ))
             .await?;
         let lease_left = Duration::from_millis(u64::try_from(millis).unwrap_or(0));
-        Ok((bytes.map(|json| Arc::new(Entry::from_json(json))), lease_left))
+        let entry = bytes.filter(|bytes| !is_marker(bytes)).map(|json| Arc::new(Entry::from_json(json)));
+        Ok((entry, lease_left))
     }
 
-    /// `UNLINK prefix+key`.
+    /// `UNLINK prefix+key`: a value or a pending marker (which voids a running load's
+    /// ticket).
     pub(crate) async fn remove(&self, key: &str) -> Result<u64> {
         let mut connection = self.connection.clone();
         self.guarded(redis::cmd("UNLINK").arg(self.full_key(key)).query_async(&mut connection))
             .await
     }
 
-    /// Removes every key matching `pattern`, through its index when the pattern names one.
+    /// Whether the index holds its sentinel: it has every live key of its level.
+    async fn trusted(&self, index: &str) -> Result<bool> {
+        let mut connection = self.connection.clone();
+        let score: Option<f64> = self
+            .guarded(redis::cmd("ZSCORE").arg(index).arg(SENTINEL).query_async(&mut connection))
+            .await?;
+        Ok(score.is_some())
+    }
+
+    /// Removes every key matching `pattern`: through its index when the pattern names one
+    /// and the index is trusted, else by scanning (and then rebuilding the index).
     pub(crate) async fn remove_matching(&self, pattern: &str) -> Result<Removed> {
         let Some(level) = index::for_pattern(pattern) else {
+            if self.prefix.is_empty() {
+                return Err(Error::InvalidConfig(format!(
+                    "pattern {pattern:?} names no index level (such as `homepage:`), so it needs a SCAN of the whole database; a cache without a prefix refuses it, since it would remove other applications' keys. Give the cache a prefix, or start the pattern with a literal `level:`"
+                )));
+            }
             let keys = self.scan_and_unlink(&self.full_key(pattern)).await?;
             return Ok(Removed { keys, scanned: true });
         };
-        let mut connection = self.connection.clone();
         let index = self.index_key(level);
+        if self.trusted(&index).await? {
+            let removed = self.unlink_indexed(&index, pattern).await?;
+            // Lost while we walked it (evicted)? Then it may have missed keys: scan.
+            if self.trusted(&index).await? {
+                return Ok(Removed { keys: removed, scanned: false });
+            }
+            tracing::warn!(index, "invalidation index lost during a pattern invalidation; scanning");
+        }
+        let keys = self.rebuild(&index, level, pattern).await?;
+        Ok(Removed { keys, scanned: true })
+    }
+
+    /// Walks a trusted index and unlinks the keys matching `pattern`. Members stay: a key
+    /// refilled meanwhile keeps its entry, and removed keys' members expire with their
+    /// scores (an `UNLINK` of a missing key costs nothing).
+    async fn unlink_indexed(&self, index: &str, pattern: &str) -> Result<u64> {
+        let mut connection = self.connection.clone();
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
             let (next, flat): (u64, Vec<String>) = self
                 .guarded(
                     redis::cmd("ZSCAN")
-                        .arg(&index)
+                        .arg(index)
                         .arg(cursor)
                         .arg("MATCH")
                         .arg(pattern)
@@ -339,66 +662,107 @@ impl RedisStore {
                 )
                 .await?;
             // ZSCAN replies member, score, member, score, ...
-            let members: Vec<&String> = flat.iter().step_by(2).collect();
-            if !members.is_empty() {
-                let keys: Vec<String> = members.iter().map(|m| self.full_key(m)).collect();
-                // The keys may span slots (redis-rs splits a cluster `UNLINK` per slot); the
-                // index is one key: two requests in flight together.
-                let (mut unlink_connection, mut zrem_connection) =
-                    (self.connection.clone(), self.connection.clone());
-                let unlink = redis::cmd("UNLINK").arg(&keys).clone();
-                let zrem = redis::cmd("ZREM").arg(&index).arg(&members).clone();
-                let (unlinked, _): (u64, u64) = self
-                    .guarded(futures_util::future::try_join(
-                        unlink.query_async(&mut unlink_connection),
-                        zrem.query_async(&mut zrem_connection),
-                    ))
+            let keys: Vec<String> = flat
+                .iter()
+                .step_by(2)
+                .filter(|member| !member.contains(RESERVED))
+                .map(|member| self.full_key(member))
+                .collect();
+            if !keys.is_empty() {
+                removed += self
+                    .guarded(redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut connection))
                     .await?;
-                removed += unlinked;
             }
             if next == 0 {
-                return Ok(Removed { keys: removed, scanned: false });
+                return Ok(removed);
             }
             cursor = next;
         }
     }
 
-    /// Removes every key under this cache's prefix, indexes included; counts the others.
+    /// Pattern invalidation on an untrusted index (new, evicted, or its sentinel not yet
+    /// set): `SCAN` the level, unlink what matches, index the rest, and mark the index
+    /// trusted if it survived the scan. `SCAN` returns every key that exists for the whole
+    /// scan; keys written during it index themselves.
+    async fn rebuild(&self, index: &str, level: &str, pattern: &str) -> Result<u64> {
+        let own = format!("{RESERVED}rebuild:{}", crate::lock::new_token());
+        self.script::<()>(REBUILD_SCRIPT, &[index], &[&own]).await?;
+        let birth = self.birth().await?;
+        let mut removed = 0;
+        let full_level = self.full_key(level);
+        self.scan(&format!("{full_level}*"), |batch| async move {
+            let (gone, keep): (Vec<String>, Vec<String>) =
+                batch.into_iter().partition(|full| crate::glob::matches(pattern, &full[self.prefix.len()..]));
+            let mut unlinked = 0;
+            if !gone.is_empty() {
+                let mut connection = self.connection.clone();
+                unlinked = self
+                    .guarded(redis::cmd("UNLINK").arg(&gone).query_async::<u64>(&mut connection))
+                    .await?;
+            }
+            for full in keep {
+                let Some(left) = self.pttl(&full).await? else { continue };
+                let member = &full[self.prefix.len()..];
+                let mut connection = self.connection.clone();
+                self.guarded(
+                    redis::Script::new(INDEX_SCRIPT)
+                        .key(index)
+                        .arg(member)
+                        .arg(millis(left))
+                        .arg(birth)
+                        .invoke_async::<()>(&mut connection),
+                )
+                .await?;
+            }
+            Ok(unlinked)
+        }, &mut removed)
+        .await?;
+        let trusted: i64 = self.script(TRUST_SCRIPT, &[index], &[&own]).await?;
+        if trusted == 0 {
+            tracing::warn!(index, "invalidation index lost during its rebuild; the next pattern invalidation scans again");
+        }
+        Ok(removed)
+    }
+
+    /// Removes every data key under this cache's prefix (pending markers included). The
+    /// runtime's own keys stay: indexes keep their members, which expire with their scores.
     pub(crate) async fn clear(&self) -> Result<u64> {
         if self.prefix.is_empty() {
             return Err(Error::InvalidConfig(
                 "clear() needs a cache with a prefix: without one it would remove every key in the database".into(),
             ));
         }
-        let indexes = format!("{}{INDEX_NAMESPACE}", self.prefix);
-        let removed = self.scan_and_unlink(&format!("{}*", self.prefix)).await?;
-        // Then the indexes, which the data scan leaves alone.
-        self.scan_and_unlink_where(&format!("{indexes}*"), |_| true).await?;
+        self.scan_and_unlink(&format!("{}*", self.prefix)).await
+    }
+
+    /// `SCAN MATCH` + `UNLINK` of the data keys matching `full_pattern`. Keys with a `#`
+    /// are some cache's own (indexes, locks, fencing counters, load leases, under any
+    /// prefix): never removed, since no user key contains `#`.
+    async fn scan_and_unlink(&self, full_pattern: &str) -> Result<u64> {
+        let mut removed = 0;
+        self.scan(full_pattern, |keys| async move {
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            let mut connection = self.connection.clone();
+            self.guarded(redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut connection)).await
+        }, &mut removed)
+        .await?;
         Ok(removed)
     }
 
-    /// `SCAN MATCH` + `UNLINK` of the data keys matching `full_pattern`. The cache's own
-    /// keys (`<prefix>__...`: indexes, locks, fencing counters, load leases) are skipped:
-    /// removing an index would hide live keys from later invalidations, removing a lock or
-    /// a fencing counter would break mutual exclusion.
-    async fn scan_and_unlink(&self, full_pattern: &str) -> Result<u64> {
-        let reserved = format!("{}{RESERVED}", self.prefix);
-        self.scan_and_unlink_where(full_pattern, |key| !key.starts_with(&reserved)).await
-    }
-
-    /// `SCAN MATCH` over the whole keyspace (every primary of a cluster), unlinking the keys
-    /// `keep` accepts; returns how many went.
-    async fn scan_and_unlink_where(
-        &self,
-        full_pattern: &str,
-        keep: impl Fn(&str) -> bool,
-    ) -> Result<u64> {
+    /// `SCAN MATCH` over the whole keyspace (every primary of a cluster), handing each
+    /// batch of data keys (no reserved keys) to `each` and summing what it returns.
+    async fn scan<F, Fut>(&self, full_pattern: &str, each: F, total: &mut u64) -> Result<()>
+    where
+        F: Fn(Vec<String>) -> Fut,
+        Fut: Future<Output = Result<u64>>,
+    {
         let nodes: Vec<Option<(String, u16)>> = if self.connection.is_cluster() {
             self.guarded(self.connection.primaries()).await?.into_iter().map(Some).collect()
         } else {
             vec![None]
         };
-        let mut removed = 0;
         for node in nodes {
             let mut cursor: u64 = 0;
             loop {
@@ -418,14 +782,10 @@ impl RedisStore {
                         self.guarded(scan.query_async(&mut connection)).await?
                     }
                 };
-                let keys: Vec<String> = keys.into_iter().filter(|key| keep(key)).collect();
+                let keys: Vec<String> =
+                    keys.into_iter().filter(|key| !key.contains(RESERVED)).collect();
                 if !keys.is_empty() {
-                    let mut connection = self.connection.clone();
-                    removed += self
-                        .guarded(
-                            redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut connection),
-                        )
-                        .await?;
+                    *total += each(keys).await?;
                 }
                 if next == 0 {
                     break;
@@ -433,8 +793,13 @@ impl RedisStore {
                 cursor = next;
             }
         }
-        Ok(removed)
+        Ok(())
     }
+}
+
+/// A duration in whole milliseconds, at least 1 (Redis rejects `PX 0`).
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Tells the breaker a probe was abandoned (its future dropped mid-flight), so the next

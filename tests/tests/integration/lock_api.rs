@@ -232,7 +232,7 @@ async fn redis_try_lock_release_and_fencing_across_two_processes() {
     a_stale_guard_cannot_touch_the_next_holders_lock(&a, &b).await;
     // Nothing is left behind but the fencing counters (locks are released).
     let left: Vec<String> =
-        raw.keys().await.into_iter().filter(|k| !k.starts_with("t:__fence:")).collect();
+        raw.keys().await.into_iter().filter(|k| !k.starts_with("t:#fence:")).collect();
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -379,10 +379,10 @@ async fn redis_wiping_the_cache_leaves_locks_and_fencing_tokens_alone() {
     what_a_wipe_breaks(
         &cache,
         "payment:3",
-        "invalidate(\"__lock:{payment:3}\")",
+        "invalidate(\"#lock:{payment:3}\")",
         || async {
-            let _ = cache.invalidate("__lock:{payment:3}").await;
-            let _ = cache.invalidate("__fence:{payment:3}").await;
+            let _ = cache.invalidate("#lock:{payment:3}").await;
+            let _ = cache.invalidate("#fence:{payment:3}").await;
             0
         },
         &mut broken,

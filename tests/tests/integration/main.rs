@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 const PREFIX: &str = "t:";
 
 /// Where the runtime keeps its pattern-invalidation indexes, after a cache's prefix.
-const INDEX_NAMESPACE: &str = "__idx:";
+const INDEX_NAMESPACE: &str = "#idx:";
 
 /// A typical cached row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,7 +95,7 @@ impl Raw {
     }
 
     /// The cached entries of the server, sorted (test servers hold a handful of keys): every
-    /// key except the runtime's own invalidation indexes (`<prefix>__idx:...`), which are
+    /// key except the runtime's own invalidation indexes (`<prefix>#idx:...`), which are
     /// bookkeeping, not entries.
     async fn keys(&self) -> Vec<String> {
         let mut con = self.0.clone();

@@ -1,0 +1,299 @@
+//! The miss path of cache-aside, as one type: [`Load`] carries what every step needs (the
+//! cache, the call site's counters, the key, its policy, how to clone values, a stale
+//! value kept for fallback), and its methods are the steps: lead a flight, follow one,
+//! load alone, load under a cross-process lease (`stampede.rs`), refresh early, store
+//! through the fill protocol, serve a stale value.
+//!
+//! Every path that stores the result of a load goes through [`Load::begin`] before the body
+//! runs and [`Load::fill`] after it, so a load that an invalidation overtook never stores
+//! its value, in this process or any other (see `store/mod.rs`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::cache::{Cache, Policy};
+use crate::codec::{Cloner, Entry};
+use crate::error::ErrorKind;
+use crate::flight::{self, Join, Landed, Leader};
+use crate::shape::{Outcome, Shape};
+use crate::stats::Counters;
+use crate::store::{Begun, Found, Store, Ticket};
+
+/// One call's miss path.
+pub(crate) struct Load<'a, T> {
+    pub(crate) cache: &'a Cache,
+    pub(crate) counters: &'a Counters,
+    pub(crate) key: &'a str,
+    pub(crate) policy: &'a Policy,
+    pub(crate) cloner: Cloner<T>,
+    /// An expired value kept for `stale`, served if the body fails.
+    pub(crate) stale: Option<Arc<Entry>>,
+    /// The read failed (Redis down): load without touching the store again.
+    pub(crate) store_failing: bool,
+    /// An invalidation of this key has not reached Redis yet (see `pending.rs`): the value
+    /// there must be replaced, never served.
+    pub(crate) overwrite: bool,
+}
+
+/// What [`Load::begin`] decided.
+pub(crate) enum Began<T> {
+    /// A value landed meanwhile: serve it.
+    Present(T, Arc<Entry>),
+    /// Load, then fill with this ticket.
+    Ticket(Ticket),
+    /// The store failed: load without storing.
+    Failed,
+}
+
+impl<T> Load<'_, T>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Cache-aside with single flight, after a lookup that did not answer.
+    pub(crate) async fn run<S, R, Fut>(mut self, load: impl FnOnce() -> Fut) -> R
+    where
+        S: Shape<R, Value = T>,
+        Fut: Future<Output = R>,
+    {
+        loop {
+            match self.cache.inner.flights.join(self.key) {
+                Join::Leader(mut leader) => {
+                    let locked = self.policy.lock
+                        && !self.store_failing
+                        && !self.overwrite
+                        && matches!(self.cache.inner.store, Store::Redis(_));
+                    let returned = if locked {
+                        self.locked::<S, R, Fut>(load, &mut leader).await
+                    } else {
+                        self.lead::<S, R, Fut>(load, &mut leader).await
+                    };
+                    return self.serve_stale::<S, R>(returned);
+                }
+                Join::Follower(follower) => match flight::wait(follower).await {
+                    Landed::Value(entry) => match entry.take(self.cloner) {
+                        Ok(value) => {
+                            self.counters.coalesced();
+                            return S::from_value(value);
+                        }
+                        Err(_) => {
+                            // The leader's value did not decode as our type (two functions
+                            // sharing a key with different types): load for ourselves.
+                            self.counters.error(ErrorKind::Decode);
+                            self.overwrite = true;
+                            let returned = self.alone::<S, R, Fut>(load).await;
+                            return self.serve_stale::<S, R>(returned);
+                        }
+                    },
+                    Landed::Absent => {
+                        if let Some(absent) = S::absent() {
+                            self.counters.coalesced();
+                            return absent;
+                        }
+                        return self.alone::<S, R, Fut>(load).await;
+                    }
+                    // The leader's body failed. With a stale value, serve it without running
+                    // the body again; otherwise errors are not shareable (`E` need not be
+                    // `Clone`), so each caller gets its own body's result.
+                    Landed::Failed => {
+                        if let Some(value) = self.stale_value() {
+                            self.counters.stale();
+                            return S::from_value(value);
+                        }
+                        return self.alone::<S, R, Fut>(load).await;
+                    }
+                    // The leader was cancelled or panicked: elect a new one.
+                    Landed::Abandoned | Landed::Running => continue,
+                },
+            }
+        }
+    }
+
+    /// Leads the flight: take a ticket (or find the value landed), run the body, publish
+    /// the outcome to the followers, fill.
+    pub(crate) async fn lead<S, R, Fut>(
+        &self,
+        load: impl FnOnce() -> Fut,
+        leader: &mut Leader<'_>,
+    ) -> R
+    where
+        S: Shape<R, Value = T>,
+        Fut: Future<Output = R>,
+    {
+        let ticket = match self.begin().await {
+            Began::Present(value, entry) => {
+                leader.publish(Landed::Value(entry));
+                self.counters.coalesced();
+                return S::from_value(value);
+            }
+            Began::Ticket(ticket) => Some(ticket),
+            Began::Failed => None,
+        };
+        let returned = self.body(load).await;
+        self.finish::<S, R>(&returned, ticket.as_ref(), Some(leader)).await;
+        returned
+    }
+
+    /// Loads outside any flight (followers whose leader produced nothing for them), through
+    /// the same fill protocol.
+    async fn alone<S, R, Fut>(&self, load: impl FnOnce() -> Fut) -> R
+    where
+        S: Shape<R, Value = T>,
+        Fut: Future<Output = R>,
+    {
+        let ticket = match self.begin().await {
+            Began::Present(value, _) => {
+                self.counters.coalesced();
+                return S::from_value(value);
+            }
+            Began::Ticket(ticket) => Some(ticket),
+            Began::Failed => None,
+        };
+        let returned = self.body(load).await;
+        self.finish::<S, R>(&returned, ticket.as_ref(), None).await;
+        returned
+    }
+
+    /// Runs the body, counting the load and its duration.
+    pub(crate) async fn body<R, Fut>(&self, load: impl FnOnce() -> Fut) -> R
+    where
+        Fut: Future<Output = R>,
+    {
+        let started = Instant::now();
+        let returned = load().await;
+        self.counters.load(started.elapsed());
+        returned
+    }
+
+    /// Step 1 of the fill protocol: the value if one landed since the miss, else a ticket.
+    pub(crate) async fn begin(&self) -> Began<T> {
+        if self.store_failing {
+            return Began::Failed;
+        }
+        let store = &self.cache.inner.store;
+        let window = self.cache.inner.settings.fill_window;
+        let lifetime = self.policy.lifetime();
+        let mut force = self.overwrite;
+        loop {
+            match store.begin_fill(self.key, lifetime, window, force).await {
+                Ok(Begun::Present(entry)) => match entry.take(self.cloner) {
+                    Ok(value) => return Began::Present(value, entry),
+                    // Another service's data or an old schema: replace it.
+                    Err(_) if !force => {
+                        self.counters.error(ErrorKind::Decode);
+                        force = true;
+                    }
+                    Err(_) => return Began::Failed,
+                },
+                Ok(Begun::Ticket(ticket)) => return Began::Ticket(ticket),
+                Err(error) => {
+                    tracing::warn!(key = self.key, %error, "could not prepare the fill; loading without caching");
+                    self.counters.error(error.kind());
+                    return Began::Failed;
+                }
+            }
+        }
+    }
+
+    /// Publishes the outcome to the flight's followers, then fills a cacheable value with
+    /// `ticket`. Returns whether a value was stored.
+    pub(crate) async fn finish<S, R>(
+        &self,
+        returned: &R,
+        ticket: Option<&Ticket>,
+        leader: Option<&mut Leader<'_>>,
+    ) -> bool
+    where
+        S: Shape<R, Value = T>,
+    {
+        let outcome = match S::outcome(returned) {
+            Outcome::Value(value) => match Entry::encode(value, self.cloner) {
+                Ok(entry) => Landed::Value(Arc::new(entry)),
+                Err(error) => {
+                    tracing::warn!(key = self.key, %error, "value cannot be encoded as JSON; not cached");
+                    self.counters.error(ErrorKind::Encode);
+                    Landed::Failed
+                }
+            },
+            Outcome::Absent => Landed::Absent,
+            Outcome::Failed => Landed::Failed,
+        };
+        let invalidated = leader.as_ref().is_some_and(|leader| leader.invalidated());
+        if let Some(leader) = leader {
+            leader.publish(outcome.clone());
+        }
+        let Some(ticket) = ticket else { return false };
+        let Landed::Value(entry) = outcome else {
+            // Nothing to store: take our marker away rather than leave it to lapse.
+            if let Err(error) = self.cache.inner.store.abandon(self.key, ticket).await {
+                tracing::debug!(key = self.key, %error, "could not remove the pending marker; it lapses");
+            }
+            return false;
+        };
+        if invalidated {
+            tracing::debug!(key = self.key, "key invalidated while loading; value returned, not stored");
+            return false;
+        }
+        self.cache.fill(self.counters, self.key, ticket, &entry, self.policy.lifetime()).await
+    }
+
+    /// The kept stale value, decoded.
+    fn stale_value(&self) -> Option<T> {
+        self.stale.as_ref().and_then(|entry| entry.take(self.cloner).ok())
+    }
+
+    /// `returned`, or the stale value when the body failed and one is kept.
+    pub(crate) fn serve_stale<S, R>(&self, returned: R) -> R
+    where
+        S: Shape<R, Value = T>,
+    {
+        if !matches!(S::outcome(&returned), Outcome::Failed) {
+            return returned;
+        }
+        match self.stale_value() {
+            Some(value) => {
+                self.counters.stale();
+                S::from_value(value)
+            }
+            None => returned,
+        }
+    }
+
+    /// Early refresh: a hit on a value older than `refresh` recomputes it, once per process
+    /// (a flight) and, on Redis, once across processes (a lease); every other caller, and
+    /// this one if the body fails, gets the current value without waiting. The new value
+    /// replaces the one the refresh started from only if it is still the stored one.
+    pub(crate) async fn refresh<S, R, Fut>(
+        &self,
+        load: impl FnOnce() -> Fut,
+        current: T,
+        found: Found,
+    ) -> R
+    where
+        S: Shape<R, Value = T>,
+        Fut: Future<Output = R>,
+    {
+        let Some(mut leader) = self.cache.inner.flights.try_lead(self.key) else {
+            return S::from_value(current);
+        };
+        let Some(mut lease) = self.cache.refresh_lease(self.key).await else {
+            return S::from_value(current); // another process refreshes it
+        };
+        self.counters.refresh();
+        let started = Instant::now();
+        let returned = self.body(load).await;
+        // A refresh slower than the value's age could meet a later write of the same bytes
+        // (see `Version::Redis`): return its value, do not store it.
+        let ticket = (started.elapsed() < found.age)
+            .then_some(Ticket::Replace { old: found.entry, version: found.version });
+        let stored = self.finish::<S, R>(&returned, ticket.as_ref(), Some(&mut leader)).await;
+        lease.release(stored).await;
+        match S::outcome(&returned) {
+            Outcome::Failed => S::from_value(current),
+            _ => returned,
+        }
+    }
+}
