@@ -12,15 +12,15 @@ use crate::builder::CacheBuilder;
 use crate::codec::{Cloner, Entry};
 use crate::error::{Error, ErrorKind, Result};
 use crate::flight::Flights;
-use crate::load::Load;
-use crate::pending::Pending;
 use crate::key::validate_key;
+use crate::load::{Filled, Load};
 use crate::lock::LocalLocks;
+use crate::pending::Pending;
 use crate::shape::{Outcome, ResultShape, Shape};
-use crate::store::{Found, Ticket};
 use crate::stats::{Counters, Stats, StatsRegistry, DIRECT_CALLS};
 use crate::store::memory::MemoryStore;
 use crate::store::Store;
+use crate::store::{Found, Ticket};
 
 static NEXT_CACHE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -425,7 +425,11 @@ impl Cache {
         let counters = self.inner.stats.counters(function);
         match Entry::encode(value, cloner) {
             Ok(entry) => {
-                if self.usable(&counters, key, &entry) {
+                if self.breaker_state() == crate::BreakerState::Open {
+                    // Skipped, but the old value must not outlive the outage.
+                    self.inner.flights.detach(|running| running == key);
+                    self.keep_pending(crate::pending::PendingTarget::Key(key.to_owned()));
+                } else if self.usable(&counters, key, &entry) {
                     if let Err(error) = self.write(key, &Arc::new(entry), ttl).await {
                         tracing::warn!(key, %error, store = self.inner.store.kind(), "cache write failed");
                         counters.error(error.kind());
@@ -442,9 +446,16 @@ impl Cache {
     /// A write-through: no flight running now may serve its (older) value to a caller that
     /// starts after this returns, and the store replaces whatever the key held, which voids
     /// the fill tickets of loads still running in any process.
+    ///
+    /// A write that fails for a connection reason leaves the key's old value in Redis: it
+    /// is kept as a pending invalidation of the key (see `pending.rs`).
     pub(crate) async fn write(&self, key: &str, entry: &Arc<Entry>, ttl: Duration) -> Result<()> {
         self.inner.flights.detach(|running| running == key);
-        self.inner.store.set(key, entry, ttl).await
+        self.inner.store.set(key, entry, ttl).await.inspect_err(|error| {
+            if crate::pending::retryable(error.kind()) {
+                self.keep_pending(crate::pending::PendingTarget::Key(key.to_owned()));
+            }
+        })
     }
 
     /// Whether `entry` may be stored: Redis is not known down, and the value is not over
@@ -468,7 +479,7 @@ impl Cache {
     }
 
     /// Step 3 of the fill protocol: stores a loaded value if its ticket still holds.
-    /// Failures are counted and logged. Returns whether it was stored.
+    /// Failures are counted and logged.
     pub(crate) async fn fill(
         &self,
         counters: &Counters,
@@ -476,20 +487,23 @@ impl Cache {
         ticket: &Ticket,
         entry: &Arc<Entry>,
         ttl: Duration,
-    ) -> bool {
+    ) -> Filled {
         if !self.usable(counters, key, entry) {
-            return false;
+            return Filled::Skipped;
         }
         match self.inner.store.fill(key, ticket, entry, ttl).await {
-            Ok(true) => true,
+            Ok(true) => Filled::Stored,
             Ok(false) => {
-                tracing::debug!(key, "the key was written or invalidated while loading; value returned, not stored");
-                false
+                tracing::debug!(
+                    key,
+                    "the key was written or invalidated while loading; value returned, not stored"
+                );
+                Filled::Refused
             }
             Err(error) => {
                 tracing::warn!(key, %error, store = self.inner.store.kind(), "cache write failed");
                 counters.error(error.kind());
-                false
+                Filled::Skipped
             }
         }
     }

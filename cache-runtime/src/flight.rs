@@ -27,6 +27,9 @@ pub(crate) enum Landed {
     Failed,
     /// The leader was cancelled or panicked before finishing.
     Abandoned,
+    /// The leader's value was refused by the store: the key was written or invalidated
+    /// while it loaded, so the value may predate that write. Followers load again.
+    Refused,
 }
 
 /// One running flight: its outcome channel, and whether an invalidation of its key happened
@@ -114,12 +117,22 @@ pub(crate) struct Leader<'a> {
 }
 
 impl Leader<'_> {
-    /// Wakes the followers with the outcome. The flight stays registered until the guard is
-    /// dropped, so callers arriving while the leader is still storing the value get it at
-    /// once instead of starting a second load.
+    /// Ends the flight for newcomers, then wakes the followers with the outcome. Callers
+    /// arriving from now on read the store instead: only callers that joined while the
+    /// value was loading get it from the flight (see `load.rs` for why that order makes
+    /// the value safe to hand them).
     pub(crate) fn publish(&mut self, landed: Landed) {
+        self.leave();
         self.published = true;
         self.slot.landed.send_replace(landed);
+    }
+
+    /// Removes this flight from the map, if it is still there.
+    fn leave(&self) {
+        let mut running = self.flights.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.get(&self.key).is_some_and(|slot| Arc::ptr_eq(slot, &self.slot)) {
+            running.remove(&self.key);
+        }
     }
 
     /// Whether the key was invalidated while this flight ran: its value may have been read
@@ -131,12 +144,7 @@ impl Leader<'_> {
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        {
-            let mut running = self.flights.running.lock().unwrap_or_else(|e| e.into_inner());
-            if running.get(&self.key).is_some_and(|slot| Arc::ptr_eq(slot, &self.slot)) {
-                running.remove(&self.key);
-            }
-        }
+        self.leave();
         if !self.published {
             self.slot.landed.send_replace(Landed::Abandoned);
         }

@@ -39,6 +39,16 @@ pub(crate) struct Load<'a, T> {
     pub(crate) overwrite: bool,
 }
 
+/// What became of a fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filled {
+    Stored,
+    /// The ticket was void: the key was written or invalidated while loading.
+    Refused,
+    /// Not attempted or failed (too large, Redis down, nothing cacheable).
+    Skipped,
+}
+
 /// What [`Load::begin`] decided.
 pub(crate) enum Began<T> {
     /// A value landed meanwhile: serve it.
@@ -105,8 +115,9 @@ where
                         }
                         return self.alone::<S, R, Fut>(load).await;
                     }
-                    // The leader was cancelled or panicked: elect a new one.
-                    Landed::Abandoned | Landed::Running => continue,
+                    // The leader was cancelled or panicked, or its value was refused (it may
+                    // predate a write): elect a new one.
+                    Landed::Abandoned | Landed::Running | Landed::Refused => continue,
                 },
             }
         }
@@ -198,8 +209,15 @@ where
         }
     }
 
-    /// Publishes the outcome to the flight's followers, then fills a cacheable value with
-    /// `ticket`. Returns whether a value was stored.
+    /// Fills a cacheable value with `ticket`, then publishes the outcome to the flight's
+    /// followers. Returns whether a value was stored.
+    ///
+    /// The order matters. The followers joined while the body ran. If the fill is accepted,
+    /// no write or invalidation of the key happened between the ticket and the fill, so
+    /// any that completed before a follower started also completed before the ticket, and
+    /// the body read the database after it: the value is fresh for every follower. If the
+    /// fill is refused, a write happened meanwhile, possibly in another process: the
+    /// followers load again (`Landed::Refused`) rather than risk a value that predates it.
     pub(crate) async fn finish<S, R>(
         &self,
         returned: &R,
@@ -222,22 +240,32 @@ where
             Outcome::Failed => Landed::Failed,
         };
         let invalidated = leader.as_ref().is_some_and(|leader| leader.invalidated());
-        if let Some(leader) = leader {
-            leader.publish(outcome.clone());
-        }
-        let Some(ticket) = ticket else { return false };
-        let Landed::Value(entry) = outcome else {
-            // Nothing to store: take our marker away rather than leave it to lapse.
-            if let Err(error) = self.cache.inner.store.abandon(self.key, ticket).await {
-                tracing::debug!(key = self.key, %error, "could not remove the pending marker; it lapses");
+        let filled = match (&outcome, ticket) {
+            (Landed::Value(_), Some(_)) if invalidated => {
+                tracing::debug!(
+                    key = self.key,
+                    "key invalidated while loading; value returned, not stored"
+                );
+                Filled::Refused
             }
-            return false;
+            (Landed::Value(entry), Some(ticket)) => {
+                self.cache
+                    .fill(self.counters, self.key, ticket, entry, self.policy.lifetime())
+                    .await
+            }
+            (_, Some(ticket)) => {
+                // Nothing to store: take our marker away rather than leave it to lapse.
+                if let Err(error) = self.cache.inner.store.abandon(self.key, ticket).await {
+                    tracing::debug!(key = self.key, %error, "could not remove the pending marker; it lapses");
+                }
+                Filled::Skipped
+            }
+            (_, None) => Filled::Skipped,
         };
-        if invalidated {
-            tracing::debug!(key = self.key, "key invalidated while loading; value returned, not stored");
-            return false;
+        if let Some(leader) = leader {
+            leader.publish(if filled == Filled::Refused { Landed::Refused } else { outcome });
         }
-        self.cache.fill(self.counters, self.key, ticket, &entry, self.policy.lifetime()).await
+        filled == Filled::Stored
     }
 
     /// The kept stale value, decoded.

@@ -207,11 +207,20 @@ impl Cache {
         };
         let lock_key = load_lock_key(&self.inner.prefix, key);
         let token = new_token();
-        if !matches!(redis.try_lease(&lock_key, &token, self.inner.settings.lock_lease).await, Ok(true)) {
+        if !matches!(
+            redis.try_lease(&lock_key, &token, self.inner.settings.lock_lease).await,
+            Ok(true)
+        ) {
             return None;
         }
         let channel = redis.notifier().channel(FILLED, key);
-        Some(RefreshLease(Some(HeldLease { cache: self.clone(), lock_key, token, channel, done: false })))
+        Some(RefreshLease(Some(HeldLease {
+            cache: self.clone(),
+            lock_key,
+            token,
+            channel,
+            done: false,
+        })))
     }
 }
 

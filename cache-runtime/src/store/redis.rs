@@ -439,11 +439,11 @@ impl RedisStore {
         let (found, bytes): (i64, Vec<u8>) = if self.connection.is_cluster() {
             // Both in flight together: the load starts only when both are done, so either
             // an invalidation finds the marker, or it ran before the load reads anything.
-            let (_, reply) =
-                futures_util::future::try_join(self.index_on_cluster(key, index_ttl, birth), async {
-                    self.run(&invocation).await
-                })
-                .await?;
+            let (_, reply) = futures_util::future::try_join(
+                self.index_on_cluster(key, index_ttl, birth),
+                async { self.run(&invocation).await },
+            )
+            .await?;
             reply
         } else {
             self.run(&invocation).await?
@@ -595,7 +595,8 @@ impl RedisStore {
             ))
             .await?;
         let lease_left = Duration::from_millis(u64::try_from(millis).unwrap_or(0));
-        let entry = bytes.filter(|bytes| !is_marker(bytes)).map(|json| Arc::new(Entry::from_json(json)));
+        let entry =
+            bytes.filter(|bytes| !is_marker(bytes)).map(|json| Arc::new(Entry::from_json(json)));
         Ok((entry, lease_left))
     }
 
@@ -635,7 +636,10 @@ impl RedisStore {
             if self.trusted(&index).await? {
                 return Ok(Removed { keys: removed, scanned: false });
             }
-            tracing::warn!(index, "invalidation index lost during a pattern invalidation; scanning");
+            tracing::warn!(
+                index,
+                "invalidation index lost during a pattern invalidation; scanning"
+            );
         }
         let keys = self.rebuild(&index, level, pattern).await?;
         Ok(Removed { keys, scanned: true })
@@ -690,32 +694,39 @@ impl RedisStore {
         let birth = self.birth().await?;
         let mut removed = 0;
         let full_level = self.full_key(level);
-        self.scan(&format!("{full_level}*"), |batch| async move {
-            let (gone, keep): (Vec<String>, Vec<String>) =
-                batch.into_iter().partition(|full| crate::glob::matches(pattern, &full[self.prefix.len()..]));
-            let mut unlinked = 0;
-            if !gone.is_empty() {
-                let mut connection = self.connection.clone();
-                unlinked = self
-                    .guarded(redis::cmd("UNLINK").arg(&gone).query_async::<u64>(&mut connection))
+        self.scan(
+            &format!("{full_level}*"),
+            |batch| async move {
+                let (gone, keep): (Vec<String>, Vec<String>) = batch
+                    .into_iter()
+                    .partition(|full| crate::glob::matches(pattern, &full[self.prefix.len()..]));
+                let mut unlinked = 0;
+                if !gone.is_empty() {
+                    let mut connection = self.connection.clone();
+                    unlinked = self
+                        .guarded(
+                            redis::cmd("UNLINK").arg(&gone).query_async::<u64>(&mut connection),
+                        )
+                        .await?;
+                }
+                for full in keep {
+                    let Some(left) = self.pttl(&full).await? else { continue };
+                    let member = &full[self.prefix.len()..];
+                    let mut connection = self.connection.clone();
+                    self.guarded(
+                        redis::Script::new(INDEX_SCRIPT)
+                            .key(index)
+                            .arg(member)
+                            .arg(millis(left))
+                            .arg(birth)
+                            .invoke_async::<()>(&mut connection),
+                    )
                     .await?;
-            }
-            for full in keep {
-                let Some(left) = self.pttl(&full).await? else { continue };
-                let member = &full[self.prefix.len()..];
-                let mut connection = self.connection.clone();
-                self.guarded(
-                    redis::Script::new(INDEX_SCRIPT)
-                        .key(index)
-                        .arg(member)
-                        .arg(millis(left))
-                        .arg(birth)
-                        .invoke_async::<()>(&mut connection),
-                )
-                .await?;
-            }
-            Ok(unlinked)
-        }, &mut removed)
+                }
+                Ok(unlinked)
+            },
+            &mut removed,
+        )
         .await?;
         let trusted: i64 = self.script(TRUST_SCRIPT, &[index], &[&own]).await?;
         if trusted == 0 {
@@ -740,13 +751,18 @@ impl RedisStore {
     /// prefix): never removed, since no user key contains `#`.
     async fn scan_and_unlink(&self, full_pattern: &str) -> Result<u64> {
         let mut removed = 0;
-        self.scan(full_pattern, |keys| async move {
-            if keys.is_empty() {
-                return Ok(0);
-            }
-            let mut connection = self.connection.clone();
-            self.guarded(redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut connection)).await
-        }, &mut removed)
+        self.scan(
+            full_pattern,
+            |keys| async move {
+                if keys.is_empty() {
+                    return Ok(0);
+                }
+                let mut connection = self.connection.clone();
+                self.guarded(redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut connection))
+                    .await
+            },
+            &mut removed,
+        )
         .await?;
         Ok(removed)
     }

@@ -296,11 +296,8 @@ async fn clear_removes_this_prefix_only_and_refuses_an_empty_prefix() {
         index_keys(&before, PREFIX),
         "no `t:` data key is left: {after:?}"
     );
-    let expected: BTreeSet<String> = before
-        .iter()
-        .filter(|k| !k.starts_with(PREFIX) || k.contains('#'))
-        .cloned()
-        .collect();
+    let expected: BTreeSet<String> =
+        before.iter().filter(|k| !k.starts_with(PREFIX) || k.contains('#')).cloned().collect();
     assert_eq!(after, expected, "other prefixes and raw keys stay");
     assert!(!index_keys(&after, "u:").is_empty(), "u:'s indexes stay");
     assert_eq!(cache.stats().invalidated, 4);

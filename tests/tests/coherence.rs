@@ -1,0 +1,457 @@
+//! The coherence checker: a randomized, seeded history test of the consistency promise.
+//!
+//! A model database holds versioned rows. Several `Cache` instances on one store stand in
+//! for processes. Reader tasks call a `#[cached]` function (with and without `lock`, some
+//! with `refresh`) whose body reads a row slowly, so loads overlap writes; writer tasks bump
+//! a row's version and then invalidate it in one of the ways a user can: `invalidate`,
+//! `invalidate_pattern` on the row's group, `set` (write-through), `clear`, or an
+//! `#[invalidates]` function. Every operation is recorded with sequence numbers taken before
+//! it starts and after it returns. The checks:
+//!
+//! 1. **Read-your-writes, across instances**: a read that starts after a write and its
+//!    invalidation returned sees that version or a newer one.
+//! 2. **Pattern invalidation is complete**: once traffic stops, one pattern invalidation
+//!    leaves no matching key in the store.
+//! 3. **Convergence**: with faults, after the backlog of failed invalidations drains, every
+//!    instance serves every row's current version.
+//!
+//! The seed is printed; `COHERENCE_SEED=<n>` replays a run's operation sequence (thread
+//! timing still varies), `COHERENCE_SECS=<n>` runs longer (a local soak), e.g.
+//! `COHERENCE_SECS=120 cargo test -p cache-tests --test coherence -- --nocapture`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cache_runtime::{cached, invalidates, Cache};
+use cache_tests::{RedisCluster, RedisServer};
+
+const ROWS: u64 = 6;
+const GROUPS: u64 = 2;
+
+/// A small deterministic generator (splitmix64): the seed fixes each task's operations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The source of truth: a version per row, and a lock per row so that writes to one row
+/// (database write, then cache update) do not interleave, as a row lock would ensure.
+struct Db {
+    versions: Vec<AtomicU64>,
+    row_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Reads sleep this long (µs, at most) before and after reading.
+    slow_micros: u64,
+}
+
+impl Db {
+    fn new(slow_micros: u64) -> Db {
+        Db {
+            versions: (0..ROWS).map(|_| AtomicU64::new(0)).collect(),
+            row_locks: (0..ROWS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            slow_micros,
+        }
+    }
+
+    async fn read(&self, row: u64, jitter: u64) -> u64 {
+        tokio::time::sleep(Duration::from_micros(jitter % (self.slow_micros + 1))).await;
+        let version = self.versions[row as usize].load(SeqCst);
+        tokio::time::sleep(Duration::from_micros((jitter >> 20) % (self.slow_micros + 1))).await;
+        version
+    }
+}
+
+fn group(row: u64) -> u64 {
+    row % GROUPS
+}
+
+#[cached(key = "grp:<g>:row:<row>", ttl = "20s", cache = cache)]
+async fn read_row(cache: &Cache, db: &Db, g: u64, row: u64, jitter: u64) -> u64 {
+    db.read(row, jitter).await
+}
+
+#[cached(key = "grp:<g>:row:<row>", ttl = "20s", lock, cache = cache)]
+async fn read_row_locked(cache: &Cache, db: &Db, g: u64, row: u64, jitter: u64) -> u64 {
+    db.read(row, jitter).await
+}
+
+#[cached(key = "grp:<g>:row:<row>", ttl = "20s", refresh = "5ms", cache = cache)]
+async fn read_row_refreshing(cache: &Cache, db: &Db, g: u64, row: u64, jitter: u64) -> u64 {
+    db.read(row, jitter).await
+}
+
+#[invalidates("grp:<g>:row:<row>", cache = cache)]
+async fn write_row(cache: &Cache, db: &Db, g: u64, row: u64) -> Result<u64, String> {
+    Ok(db.versions[row as usize].fetch_add(1, SeqCst) + 1)
+}
+
+/// One recorded read: the version returned, with the sequence number taken before it
+/// started.
+struct Read {
+    row: u64,
+    started: u64,
+    version: u64,
+    instance: usize,
+}
+
+/// One recorded write: the version written, with the sequence number taken after its
+/// invalidation returned (`None` when the invalidation reported a failure).
+struct Write {
+    row: u64,
+    version: u64,
+    completed: Option<u64>,
+    how: &'static str,
+}
+
+#[derive(Default)]
+struct History {
+    reads: Mutex<Vec<Read>>,
+    writes: Mutex<Vec<Write>>,
+}
+
+/// The clock of the history: a global sequence.
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn tick() -> u64 {
+    SEQ.fetch_add(1, SeqCst)
+}
+
+struct Run {
+    caches: Vec<Cache>,
+    seed: u64,
+    duration: Duration,
+    slow_micros: u64,
+    /// Run every 400 ms during traffic.
+    faults: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+async fn write(cache: &Cache, db: &Db, rng: &mut Rng) -> Vec<Write> {
+    let row = rng.below(ROWS);
+    let g = group(row);
+    let key = format!("grp:{g}:row:{row}");
+    let _row_lock = db.row_locks[row as usize].lock().await;
+    let choice = rng.below(10);
+    if choice == 9 {
+        // clear(): every row's newest version is now "completed" for the check.
+        let version = db.versions[row as usize].fetch_add(1, SeqCst) + 1;
+        let ok = cache.clear().await.is_ok();
+        let completed = ok.then(tick);
+        return vec![Write { row, version, completed, how: "clear" }];
+    }
+    let (version, ok, how) = match choice {
+        0..=2 => {
+            let version = db.versions[row as usize].fetch_add(1, SeqCst) + 1;
+            (version, cache.invalidate(&key).await.is_ok(), "invalidate")
+        }
+        3..=4 => {
+            let version = db.versions[row as usize].fetch_add(1, SeqCst) + 1;
+            let pattern = format!("grp:{g}:*");
+            (version, cache.invalidate_pattern(&pattern).await.is_ok(), "invalidate_pattern")
+        }
+        5..=6 => {
+            let version = db.versions[row as usize].fetch_add(1, SeqCst) + 1;
+            let ok = cache.set(&key, &version, Duration::from_secs(20)).await.is_ok();
+            (version, ok, "set")
+        }
+        _ => {
+            // `#[invalidates]` never reports a failure: count it completed only when the
+            // cache has no backlog afterwards (nothing failed).
+            let version = write_row(cache, db, g, row).await.unwrap();
+            (version, cache.health().await.pending_invalidations == 0, "#[invalidates]")
+        }
+    };
+    vec![Write { row, version, completed: ok.then(tick), how }]
+}
+
+async fn read(cache: &Cache, instance: usize, db: &Db, rng: &mut Rng) -> Read {
+    let row = rng.below(ROWS);
+    let g = group(row);
+    let jitter = rng.next();
+    let started = tick();
+    let version = match rng.below(4) {
+        0 | 1 => read_row(cache, db, g, row, jitter).await,
+        2 => read_row_locked(cache, db, g, row, jitter).await,
+        _ => read_row_refreshing(cache, db, g, row, jitter).await,
+    };
+    Read { row, started, version, instance }
+}
+
+/// Runs the traffic and returns the violations of check 1, described, and the database.
+async fn run(run: Run) -> (Vec<String>, Arc<Db>) {
+    let db = Arc::new(Db::new(run.slow_micros));
+    let history = Arc::new(History::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + run.duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut seeds = Rng(run.seed);
+    for (instance, cache) in run.caches.iter().enumerate() {
+        for reader in 0..6 {
+            let (cache, db, history, stop) =
+                (cache.clone(), db.clone(), history.clone(), stop.clone());
+            let mut rng = Rng(seeds.next() ^ reader);
+            tasks.spawn(async move {
+                while !stop.load(SeqCst) {
+                    let read = read(&cache, instance, &db, &mut rng).await;
+                    history.reads.lock().unwrap().push(read);
+                }
+            });
+        }
+        for _writer in 0..2 {
+            let (cache, db, history, stop) =
+                (cache.clone(), db.clone(), history.clone(), stop.clone());
+            let mut rng = Rng(seeds.next());
+            tasks.spawn(async move {
+                while !stop.load(SeqCst) {
+                    let writes = write(&cache, &db, &mut rng).await;
+                    history.writes.lock().unwrap().extend(writes);
+                    tokio::time::sleep(Duration::from_micros(rng.below(3000))).await;
+                }
+            });
+        }
+    }
+    let mut last_fault = Instant::now();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(fault) = &run.faults {
+            if last_fault.elapsed() > Duration::from_millis(400) {
+                fault();
+                last_fault = Instant::now();
+            }
+        }
+    }
+    stop.store(true, SeqCst);
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("no task panics");
+    }
+    (check(&history), db)
+}
+
+/// Check 1 over the history.
+fn check(history: &History) -> Vec<String> {
+    let writes = history.writes.lock().unwrap();
+    let reads = history.reads.lock().unwrap();
+    // Per row: (completed, version) of completed writes, sorted by completion.
+    let mut completed: HashMap<u64, Vec<(u64, u64, &'static str)>> = HashMap::new();
+    for write in writes.iter() {
+        if let Some(at) = write.completed {
+            completed.entry(write.row).or_default().push((at, write.version, write.how));
+        }
+    }
+    for list in completed.values_mut() {
+        list.sort_unstable();
+    }
+    let mut violations = Vec::new();
+    for read in reads.iter() {
+        let Some(list) = completed.get(&read.row) else { continue };
+        // The newest version whose write completed before this read started.
+        let before = list.partition_point(|(at, _, _)| *at < read.started);
+        let Some(&(_, floor, how)) = list[..before].iter().max_by_key(|(_, version, _)| *version)
+        else {
+            continue;
+        };
+        if read.version < floor {
+            violations.push(format!(
+                "row {} read through instance {} (started at {}) returned version {} after version {floor} was written and its `{how}` returned",
+                read.row, read.instance, read.started, read.version
+            ));
+        }
+    }
+    eprintln!(
+        "coherence: {} reads, {} writes ({} completed), {} violations",
+        reads.len(),
+        writes.len(),
+        writes.iter().filter(|w| w.completed.is_some()).count(),
+        violations.len()
+    );
+    violations
+}
+
+fn seed() -> u64 {
+    let seed =
+        std::env::var("COHERENCE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5EED_2026);
+    eprintln!("coherence: seed {seed} (replay with COHERENCE_SEED={seed})");
+    seed
+}
+
+fn duration() -> Duration {
+    let secs = std::env::var("COHERENCE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    Duration::from_secs(secs)
+}
+
+fn assert_coherent(violations: &[String]) {
+    assert!(
+        violations.is_empty(),
+        "{} stale reads, first ones:\n{}",
+        violations.len(),
+        violations.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Check 2: after traffic, a pattern invalidation leaves no matching data key.
+async fn assert_pattern_completes(
+    cache: &Cache,
+    keys: impl std::future::Future<Output = Vec<String>>,
+) {
+    cache.invalidate_pattern("grp:*").await.expect("Redis is up");
+    let left = keys.await;
+    assert!(left.is_empty(), "keys left after invalidate_pattern(\"grp:*\"): {left:?}");
+}
+
+async fn redis_caches(urls: &[String], cluster: bool, n: usize) -> Vec<Cache> {
+    let mut caches = Vec::new();
+    for _ in 0..n {
+        let builder = Cache::builder().prefix("co:").command_timeout(Duration::from_secs(2));
+        let builder = if cluster {
+            builder.redis_cluster(urls.iter().cloned())
+        } else {
+            builder.redis(urls[0].clone())
+        };
+        caches.push(builder.build().await.unwrap());
+    }
+    caches
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coherent_on_memory() {
+    let cache = Cache::memory();
+    let (violations, db) = run(Run {
+        caches: vec![cache.clone()],
+        seed: seed(),
+        duration: duration(),
+        slow_micros: 2000,
+        faults: None,
+    })
+    .await;
+    assert_coherent(&violations);
+    let probe = cache.clone();
+    assert_pattern_completes(&cache, async move {
+        let mut left = Vec::new();
+        for row in 0..ROWS {
+            let key = format!("grp:{}:row:{row}", group(row));
+            if probe.get::<u64>(&key).await.unwrap().is_some() {
+                left.push(key);
+            }
+        }
+        left
+    })
+    .await;
+}
+
+async fn data_keys(server_keys: Vec<String>) -> Vec<String> {
+    server_keys.into_iter().filter(|key| !key.contains('#')).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coherent_on_standalone_across_three_instances() {
+    let server = RedisServer::start();
+    let caches = redis_caches(&[server.url()], false, 3).await;
+    let (violations, db) = run(Run {
+        caches: caches.clone(),
+        seed: seed(),
+        duration: duration(),
+        slow_micros: 3000,
+        faults: None,
+    })
+    .await;
+    assert_coherent(&violations);
+    let mut raw = server.connection().await;
+    let keys = async move {
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg("co:grp:*").query_async(&mut raw).await.unwrap();
+        data_keys(keys).await
+    };
+    assert_pattern_completes(&caches[0], keys).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coherent_on_a_cluster_across_three_instances() {
+    let cluster = RedisCluster::start(3, 0);
+    let caches = redis_caches(&cluster.urls(), true, 3).await;
+    let (violations, db) = run(Run {
+        caches: caches.clone(),
+        seed: seed(),
+        duration: duration(),
+        slow_micros: 3000,
+        faults: None,
+    })
+    .await;
+    assert_coherent(&violations);
+    let mut keys = Vec::new();
+    for node in 0..3 {
+        let listed = cluster.cli(node, &["KEYS", "co:grp:*"]);
+        keys.extend(listed.lines().map(str::to_owned).filter(|k| !k.is_empty()));
+    }
+    // Everything written before the final invalidation is gone; nothing runs any more.
+    caches[0].invalidate_pattern("grp:*").await.unwrap();
+    let mut left = Vec::new();
+    for node in 0..3 {
+        let listed = cluster.cli(node, &["KEYS", "co:grp:*"]);
+        left.extend(
+            listed.lines().map(str::to_owned).filter(|k| !k.is_empty() && !k.contains('#')),
+        );
+    }
+    assert!(
+        left.is_empty(),
+        "keys left after invalidate_pattern(\"grp:*\"): {left:?} (before: {keys:?})"
+    );
+}
+
+/// With connections killed now and then, invalidations fail and are replayed: reads after
+/// a write whose invalidation *returned* stay fresh, and once the backlog drains every
+/// instance serves the current versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coherent_on_standalone_with_connection_kills() {
+    let server = RedisServer::start();
+    let caches = redis_caches(&[server.url()], false, 3).await;
+    let killer = server.client();
+    let (violations, db) = run(Run {
+        caches: caches.clone(),
+        seed: seed(),
+        duration: duration(),
+        slow_micros: 3000,
+        faults: Some(Box::new(move || {
+            // Kill every normal client connection (the caches reconnect by themselves).
+            if let Ok(mut connection) = killer.get_connection() {
+                let _: redis::RedisResult<()> = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("normal")
+                    .arg("SKIPME")
+                    .arg("yes")
+                    .query(&mut connection);
+            }
+        })),
+    })
+    .await;
+    assert_coherent(&violations);
+    // Check 3: the backlogs drain by themselves, then every instance is current.
+    let started = Instant::now();
+    for cache in &caches {
+        while cache.health().await.pending_invalidations > 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "the backlog drains");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for (instance, cache) in caches.iter().enumerate() {
+        for row in 0..ROWS {
+            let current = db.versions[row as usize].load(SeqCst);
+            let served = read_row(cache, &db, group(row), row, 0).await;
+            assert_eq!(
+                served, current,
+                "instance {instance} serves row {row} at its current version"
+            );
+        }
+    }
+}
