@@ -353,14 +353,14 @@ impl Cache {
                 Aged::Stale(entry) => miss.stale = Some(entry),
                 Aged::Miss => {}
                 Aged::Undecodable => miss.overwrite = true,
-                Aged::Failed => miss.store_failing = true,
+                Aged::Failed(kind) => miss.read_failed(kind),
             }
         } else {
             match self.lookup(counters, key, cloner).await {
                 Lookup::Hit(value) => return S::from_value(value),
                 Lookup::Miss => {}
                 Lookup::Undecodable => miss.overwrite = true,
-                Lookup::Failed(_) => miss.store_failing = true,
+                Lookup::Failed(error) => miss.read_failed(error.kind()),
             }
         }
         miss.run::<S, R, Fut>(load).await
@@ -401,7 +401,7 @@ impl Cache {
             }
             Err(error) => {
                 self.read_failed(counters, key, &error);
-                Aged::Failed
+                Aged::Failed(error.kind())
             }
         }
     }
@@ -534,7 +534,7 @@ enum Aged<T> {
     Miss,
     /// A value is stored but does not decode: replace it.
     Undecodable,
-    Failed,
+    Failed(ErrorKind),
 }
 
 /// Rejects TTLs the stores cannot honour.

@@ -63,6 +63,16 @@ impl<T> Load<'_, T>
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
+    /// Notes how the lookup failed: Redis unreachable (load without touching it again), or
+    /// an error reply such as `WRONGTYPE` (another application's data: replace it).
+    pub(crate) fn read_failed(&mut self, kind: ErrorKind) {
+        if crate::pending::retryable(kind) {
+            self.store_failing = true;
+        } else {
+            self.overwrite = true;
+        }
+    }
+
     /// Cache-aside with single flight, after a lookup that did not answer.
     pub(crate) async fn run<S, R, Fut>(mut self, load: impl FnOnce() -> Fut) -> R
     where
@@ -262,6 +272,10 @@ where
             }
             (_, None) => Filled::Skipped,
         };
+        if let (Filled::Skipped, Some(ticket), Landed::Value(_)) = (filled, ticket, &outcome) {
+            // Not stored (too large, Redis failing): do not leave the marker behind.
+            let _ = self.cache.inner.store.abandon(self.key, ticket).await;
+        }
         if let Some(leader) = leader {
             leader.publish(if filled == Filled::Refused { Landed::Refused } else { outcome });
         }

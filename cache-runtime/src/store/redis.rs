@@ -80,7 +80,13 @@ return 1"
 const BEGIN_FILL_SCRIPT: &str = concat!(
     lua_prelude!(),
     r"
-local current = redis.call('GET', KEYS[1])
+local current = redis.pcall('GET', KEYS[1])
+if type(current) == 'table' and current.err then
+  -- Not a string (another application's data): replaced only when forced.
+  if ARGV[5] ~= '1' then return redis.error_reply(current.err) end
+  redis.call('DEL', KEYS[1])
+  current = false
+end
 local pending = current and string.sub(current, 1, #ARGV[7]) == ARGV[7]
 if current and not pending and ARGV[5] ~= '1' then
   return {1, current}
