@@ -421,13 +421,18 @@ async fn health_is_200_on_memory() {
 #[tokio::test]
 async fn health_is_200_on_redis_then_503_once_it_is_killed() {
     let mut admin = Admin::redis().await;
+    let started = Instant::now();
     let response = admin.get("/cache/health").await;
+    let took = started.elapsed();
     assert_eq!(response.status, 200, "{response:?}");
     let health = response.json();
     assert_eq!(health["store"], "redis", "{health}");
     assert_eq!(health["reachable"], true, "{health}");
     assert_eq!(health["breaker"], "closed", "{health}");
-    assert!(health["round_trip_ms"].as_f64().unwrap() >= 0.0, "{health}");
+    // A real round trip: not zero, and within the HTTP request that asked for it.
+    let round_trip = health["round_trip_ms"].as_f64().unwrap_or_else(|| panic!("{health}"));
+    assert!(round_trip > 0.0, "{health}");
+    assert!(round_trip <= took.as_secs_f64() * 1000.0, "{health}, request took {took:?}");
     assert!(health["used_memory_bytes"].as_u64().unwrap() > 0, "{health}");
     assert!(health["connected_clients"].as_u64().unwrap() >= 1, "{health}");
     assert_eq!(health["error"], json!(null), "{health}");
@@ -443,6 +448,33 @@ async fn health_is_200_on_redis_then_503_once_it_is_killed() {
     assert!(health["error"].as_str().is_some_and(|e| !e.is_empty()), "{health}");
     assert_eq!(health["round_trip_ms"], json!(null), "{health}");
     assert!(took < Duration::from_secs(2), "health answered in {took:?}");
+}
+
+#[tokio::test]
+async fn health_round_trip_is_the_time_redis_takes_to_answer() {
+    let server = RedisServer::start();
+    // A command timeout well above the pause below.
+    let cache = Cache::builder()
+        .redis(server.url())
+        .prefix("t:")
+        .command_timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .unwrap();
+    let admin = Admin { addr: serve_admin(&cache).await, cache, server: Some(server) };
+    let mut con = admin.server.as_ref().unwrap().connection().await;
+    // Redis holds every client's commands for a second: the health check's PING waits.
+    let _: () =
+        redis::cmd("CLIENT").arg("PAUSE").arg(1000).arg("ALL").query_async(&mut con).await.unwrap();
+    let started = Instant::now();
+    let response = admin.get("/cache/health").await;
+    let took = started.elapsed();
+    assert_eq!(response.status, 200, "{response:?}");
+    let health = response.json();
+    let round_trip = health["round_trip_ms"].as_f64().unwrap_or_else(|| panic!("{health}"));
+    // Half the pause leaves the PING half a second to be sent on a loaded machine.
+    assert!(round_trip >= 500.0, "{health}, request took {took:?}");
+    assert!(round_trip <= took.as_secs_f64() * 1000.0, "{health}, request took {took:?}");
 }
 
 #[tokio::test]

@@ -3,8 +3,9 @@
 //! master killed (without replicas: calls answer from their bodies; with replicas: failover,
 //! then caching resumes) and a slot migration during traffic.
 
-use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cache_runtime::{cache_put, cached, invalidates, Cache};
@@ -115,18 +116,34 @@ struct Vehicle {
 struct Catalog {
     cache: Cache,
     loads: AtomicU32,
+    /// The "database" behind `vehicle`: prices changed by `traffic` (100 by default).
+    prices: Mutex<HashMap<u64, u32>>,
 }
 
 impl Catalog {
     fn new(cache: Cache) -> Catalog {
-        Catalog { cache, loads: AtomicU32::new(0) }
+        Catalog { cache, loads: AtomicU32::new(0), prices: Mutex::default() }
+    }
+
+    /// The price of vehicle `id` in the database.
+    fn price(&self, id: u64) -> u32 {
+        self.prices.lock().unwrap().get(&id).copied().unwrap_or(100)
+    }
+
+    /// Raises the price of vehicle `id` in the database by one; returns the new price.
+    fn raise_price(&self, id: u64) -> u32 {
+        let mut prices = self.prices.lock().unwrap();
+        let price = prices.entry(id).or_insert(100);
+        *price += 1;
+        *price
     }
 
     #[cached(key = "vehicle:<id>", ttl = "15m", lock, cache = self.cache)]
     async fn vehicle(&self, id: u64) -> Result<Option<Vehicle>, String> {
         self.loads.fetch_add(1, SeqCst);
+        let price = self.price(id);
         tokio::time::sleep(Duration::from_millis(30)).await;
-        Ok(Some(Vehicle { id, dealer_id: id % 3, price: 100 }))
+        Ok(Some(Vehicle { id, dealer_id: id % 3, price }))
     }
 
     #[cached(key = "dealer:<dealer_id>:vehicles", ttl = "5m", cache = self.cache)]
@@ -281,18 +298,75 @@ async fn health_reports_the_store(deployment: Deployment) {
 }
 contract!(health_reports_the_store);
 
-/// Calls `vehicle(id)` for ids 0..100 in a loop until `until`, checking every answer.
-async fn traffic(catalog: Arc<Catalog>, until: Instant) -> u32 {
-    let mut calls = 0;
+/// What [`traffic`] did.
+#[derive(Debug)]
+struct Traffic {
+    /// Calls of `vehicle`.
+    calls: u32,
+    /// Runs of its body during the traffic: the other calls were answered by the cache.
+    loads: u32,
+    /// Price changes whose cache update (write or invalidation) returned `Ok`.
+    confirmed: u32,
+    /// Price changes whose cache update failed (Redis down): not confirmed.
+    unconfirmed: u32,
+}
+
+/// Calls `vehicle(id)` for ids 0..100 in rounds until `until`, and after each round, while
+/// `writing` is set, changes two prices the way the application would: the database first,
+/// then the cache, by writing the new value through (`Cache::set`) or by invalidating the key.
+///
+/// Every answer must be for the right id, with a price no older than the last change the
+/// cache confirmed (its update returned `Ok`) and no newer than the database: an old price
+/// served after a confirmed write or invalidation (one lost in a migration, sent to the
+/// wrong node, or undone by a failover) fails. Until a change is confirmed the cache may
+/// still hold the price before it. Calls and changes are made in turn, never concurrently,
+/// so nothing else can make an answer stale.
+async fn traffic(catalog: Arc<Catalog>, until: Instant, writing: Arc<AtomicBool>) -> Traffic {
+    let mut confirmed: Vec<u32> = (0..100).map(|id| catalog.price(id)).collect();
+    let loads_before = catalog.loads.load(SeqCst);
+    let (mut calls, mut confirmed_changes, mut unconfirmed_changes) = (0, 0, 0);
+    let mut round = 0u64;
     while Instant::now() < until {
         for id in 0..100u64 {
             let vehicle = catalog.vehicle(id).await.expect("the body never fails").expect("exists");
             assert_eq!(vehicle.id, id);
+            let (oldest, newest) = (confirmed[id as usize], catalog.price(id));
+            assert!(
+                (oldest..=newest).contains(&vehicle.price),
+                "vehicle {id} served at price {}: the cache confirmed {oldest}, the database \
+                 holds {newest}",
+                vehicle.price
+            );
             calls += 1;
         }
+        if writing.load(SeqCst) {
+            for change in 0..2 {
+                let id = (2 * round + change) % 100;
+                let price = catalog.raise_price(id);
+                let key = format!("vehicle:{id}");
+                let updated = if (round + change).is_multiple_of(2) {
+                    let vehicle = Vehicle { id, dealer_id: id % 3, price };
+                    catalog.cache.set(&key, &vehicle, Duration::from_secs(900)).await
+                } else {
+                    catalog.cache.invalidate(&key).await.map(drop)
+                };
+                if updated.is_ok() {
+                    confirmed[id as usize] = price;
+                    confirmed_changes += 1;
+                } else {
+                    unconfirmed_changes += 1;
+                }
+            }
+        }
+        round += 1;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    calls
+    Traffic {
+        calls,
+        loads: catalog.loads.load(SeqCst) - loads_before,
+        confirmed: confirmed_changes,
+        unconfirmed: unconfirmed_changes,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,15 +385,26 @@ async fn cluster_master_killed_then_failover_and_caching_resumes() {
         catalog.vehicle(id).await.unwrap();
     }
     let started = Instant::now();
-    let load = tokio::spawn(traffic(catalog.clone(), started + Duration::from_secs(6)));
+    let writing = Arc::new(AtomicBool::new(true));
+    let load =
+        tokio::spawn(traffic(catalog.clone(), started + Duration::from_secs(6), writing.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // No change in flight as the primary dies: what it confirmed has reached its replica
+    // (replication is asynchronous; a write confirmed just before the kill could be lost).
+    writing.store(false, SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     cluster.nodes()[0].kill(); // a primary; its replica takes over after the node timeout
-    let calls = load.await.unwrap();
+    writing.store(true, SeqCst);
+    let traffic = load.await.unwrap();
     eprintln!(
-        "master killed: {calls} calls in {:?}, all correct; stats {:?}",
+        "master killed: {traffic:?} in {:?}, all correct ({} changes unconfirmed while Redis \
+         was down); stats {:?}",
         started.elapsed(),
+        traffic.unconfirmed,
         cache.stats_of("vehicle")
     );
+    assert!(traffic.confirmed > 0, "prices changed during the traffic: {traffic:?}");
+    assert!(traffic.loads < traffic.calls, "the cache answered calls: {traffic:?}");
     // After failover every key is served from the cache again (replicas had the data or
     // the bodies refilled it).
     let loads_before = catalog.loads.load(SeqCst);
@@ -382,15 +467,17 @@ async fn cluster_slot_migration_during_traffic_keeps_answers_correct() {
     let cache = Cache::builder().redis_cluster(cluster.urls()).prefix("t:").build().await.unwrap();
     let catalog = Arc::new(Catalog::new(cache.clone()));
     let started = Instant::now();
-    let load = tokio::spawn(traffic(catalog.clone(), started + Duration::from_secs(4)));
+    let writing = Arc::new(AtomicBool::new(true));
+    let load = tokio::spawn(traffic(catalog.clone(), started + Duration::from_secs(4), writing));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let reshard = tokio::task::spawn_blocking(move || {
         cluster.reshard(0, 1, 1000);
         cluster
     });
-    let calls = load.await.unwrap();
+    let traffic = load.await.unwrap();
     let _cluster = reshard.await.unwrap();
     let stats = cache.stats_of("vehicle");
-    eprintln!("1000 slots migrated during traffic: {calls} calls, all correct; stats {stats:?}");
+    eprintln!("1000 slots migrated during traffic: {traffic:?}, all correct; stats {stats:?}");
+    assert!(traffic.confirmed > 0, "prices changed during the traffic: {traffic:?}");
     assert!(stats.hits > stats.misses, "the cache kept serving: {stats:?}");
 }

@@ -110,5 +110,43 @@ fn a_failing_body_stores_nothing_and_no_waiter_hangs() {
     // Each process tries in turn (3 x 100 ms); nobody waits for the 2 s limit.
     assert!(started.elapsed() < Duration::from_secs(3), "waiters took {:?}", started.elapsed());
     assert!(!exists(&server, "lockworker:report:7"), "an error must not be cached");
-    assert!(counter(&server, "lockworker:runs:7") <= 3 * 20);
+    // Errors are not shared (each caller gets its own body's result): every caller ran the
+    // body exactly once, none was retried.
+    assert_eq!(counter(&server, "lockworker:runs:7"), 3 * 20, "one body run per caller");
+    // Stampede protection: in each process the flight's leader runs first (its followers
+    // only run after its body failed), and it runs holding the lease, so the three leaders'
+    // runs (each process's first run) never overlap.
+    let mut leaders = lease_holders(&server, "lockworker:log:7");
+    assert_eq!(leaders.len(), 3, "one leader per process: {leaders:?}");
+    leaders.sort();
+    for pair in leaders.windows(2) {
+        let ((_, first_end, first), (second_start, _, second)) = (pair[0], pair[1]);
+        assert!(
+            first_end < second_start,
+            "process {second}'s leader started its body while process {first}'s ran: {leaders:?}"
+        );
+    }
+}
+
+/// From a worker's run log (`<pid> start` / `<pid> end`, in Redis's order): each process's
+/// first run, as (position of its start, position of its end, pid).
+fn lease_holders(server: &RedisServer, log: &str) -> Vec<(usize, usize, u32)> {
+    let mut connection = server.client().get_connection().expect("connect");
+    let log: Vec<String> =
+        redis::cmd("LRANGE").arg(log).arg(0).arg(-1).query(&mut connection).expect("LRANGE");
+    let mut firsts: Vec<(usize, Option<usize>, u32)> = Vec::new();
+    for (position, line) in log.iter().enumerate() {
+        let (pid, event) = line.split_once(' ').expect("`<pid> <event>`");
+        let pid: u32 = pid.parse().expect("pid");
+        match (firsts.iter_mut().find(|(_, _, p)| *p == pid), event) {
+            (None, "start") => firsts.push((position, None, pid)),
+            (Some((_, end @ None, _)), "end") => *end = Some(position),
+            (None, _) => panic!("{pid} ended a run it never started: {log:?}"),
+            _ => {}
+        }
+    }
+    firsts
+        .into_iter()
+        .map(|(start, end, pid)| (start, end.unwrap_or_else(|| panic!("{pid} never ended")), pid))
+        .collect()
 }

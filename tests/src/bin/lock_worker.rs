@@ -4,7 +4,9 @@
 //!
 //! The key is `report:<KEY_ID>` (default 7). The body counts its runs with
 //! `INCR lockworker:runs:<KEY_ID>` and announces its start with `SET lockworker:started <pid>`,
-//! then sleeps `BODY_MS`; with `FAIL=1` it returns an error.
+//! then sleeps `BODY_MS`; with `FAIL=1` it returns an error. Around the sleep it appends
+//! `<pid> start` and `<pid> end` to the list `lockworker:log:<KEY_ID>`, so tests can see, in
+//! Redis's own order, which runs overlapped.
 
 use std::io::BufRead as _;
 use std::time::{Duration, Instant};
@@ -30,11 +32,28 @@ async fn report(cache: &Cache, redis: &redis::Client, id: u64) -> Result<String,
         .query_async(&mut connection)
         .await
         .map_err(|e| e.to_string())?;
+    log_run(&mut connection, id, "start").await?;
     tokio::time::sleep(Duration::from_millis(env_u64("BODY_MS", 200))).await;
+    log_run(&mut connection, id, "end").await?;
     if env_u64("FAIL", 0) == 1 {
         return Err(format!("body failed in {}", std::process::id()));
     }
     Ok(format!("report {id}"))
+}
+
+/// `RPUSH lockworker:log:<id> "<pid> <event>"`.
+async fn log_run(
+    connection: &mut redis::aio::MultiplexedConnection,
+    id: u64,
+    event: &str,
+) -> Result<(), String> {
+    redis::cmd("RPUSH")
+        .arg(format!("lockworker:log:{id}"))
+        .arg(format!("{} {event}", std::process::id()))
+        .query_async::<u64>(connection)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::main]

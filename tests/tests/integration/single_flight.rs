@@ -1,7 +1,7 @@
 //! Single flight: concurrent misses of one key inside a process run the body once, over the
 //! memory store and over Redis, with annotated futures handed to `tokio::spawn`.
 
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use cache_runtime::{cached, Cache};
@@ -147,11 +147,20 @@ async fn a_cancelled_leader_does_not_strand_the_other_callers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_errors_reach_every_caller_and_are_not_cached() {
     static CALLS: AtomicUsize = AtomicUsize::new(0);
+    // Set when the first run of the body ends; runs that start before it are counted.
+    static FIRST_DONE: AtomicBool = AtomicBool::new(false);
+    static BESIDE_FIRST: AtomicUsize = AtomicUsize::new(0);
 
     #[cached(key = "broken:<id>", ttl = "1m", cache = cache)]
     async fn broken(cache: Cache, id: u64) -> Result<u64, DbError> {
-        CALLS.fetch_add(1, SeqCst);
+        let nth = CALLS.fetch_add(1, SeqCst);
+        if nth > 0 && !FIRST_DONE.load(SeqCst) {
+            BESIDE_FIRST.fetch_add(1, SeqCst);
+        }
         tokio::time::sleep(Duration::from_millis(30)).await;
+        if nth == 0 {
+            FIRST_DONE.store(true, SeqCst);
+        }
         Err(DbError(format!("no row {id}")))
     }
 
@@ -166,6 +175,10 @@ async fn concurrent_errors_reach_every_caller_and_are_not_cached() {
         let got = joined.unwrap().expect("no caller hangs");
         assert_eq!(got, Err(DbError("no row 1".into())));
     }
-    assert!(CALLS.load(SeqCst) >= 1);
+    // The misses share one flight: the other callers wait for its leader's body, which runs
+    // alone. An error is not shared (`E` need not be `Clone`), so once the leader fails each
+    // of them runs its own body: one run per caller, none while the leader's ran.
+    assert_eq!(BESIDE_FIRST.load(SeqCst), 0, "bodies ran beside the leader's: no single flight");
+    assert_eq!(CALLS.load(SeqCst), 50, "one body run per caller");
     assert!(raw.keys().await.is_empty(), "Err is never stored");
 }
