@@ -318,7 +318,7 @@ async fn bad_keys_and_patterns_are_400(admin: Admin) {
         ("/cache/invalidate-pattern/homepage:*%5C", "invalid pattern"),
         ("/cache/invalidate-pattern/home%20page:*", "invalid pattern"),
         ("/cache/invalidate/a%20b", "invalid cache key \"a b\""),
-        ("/cache/invalidate/__idx:homepage:", "reserved"),
+        ("/cache/invalidate/%23idx:homepage:", "reserved"),
         ("/cache/invalidate/%FF", "UTF-8"),
         ("/cache/invalidate-pattern/%FF*", "UTF-8"),
     ] {

@@ -379,10 +379,10 @@ async fn redis_wiping_the_cache_leaves_locks_and_fencing_tokens_alone() {
     what_a_wipe_breaks(
         &cache,
         "payment:3",
-        "invalidate(\"__lock:{payment:3}\")",
+        "invalidate(\"#lock:{payment:3}\")",
         || async {
-            let _ = cache.invalidate("__lock:{payment:3}").await;
-            let _ = cache.invalidate("__fence:{payment:3}").await;
+            let _ = cache.invalidate("#lock:{payment:3}").await;
+            let _ = cache.invalidate("#fence:{payment:3}").await;
             0
         },
         &mut broken,
