@@ -43,13 +43,15 @@ use proc_macro::TokenStream;
 /// Each placeholder value must implement `KeyPart` and is encoded: every byte outside
 /// `[A-Za-z0-9_.-]` is percent-encoded, so a value cannot add a `:` level or a glob
 /// character, and different arguments never render the same key. Two placeholders must be
-/// separated by text such as `:`. With a Redis cache built with `.prefix("okla:")`, the key
-/// `vehicle:<id>` for `id = 42` is stored as `okla:vehicle:42`.
+/// separated by text such as `:` (`~` and `,` alone do not separate: values write them raw).
+/// A template must not contain `#`, which is reserved for the cache's own keys. With a Redis
+/// cache built with `.prefix("okla:")`, the key `vehicle:<id>` for `id = 42` is stored as
+/// `okla:vehicle:42`.
 ///
 /// # Compile errors
 ///
-/// Unknown placeholders (with a suggestion), `<>`, an unclosed `<`, glob characters in the
-/// key, a bad or zero TTL, a missing `key` or `ttl`, unknown or duplicate arguments, a
+/// Unknown placeholders (with a suggestion), `<>`, an unclosed `<`, glob characters or `#` in
+/// the key, a bad or zero TTL, a missing `key` or `ttl`, unknown or duplicate arguments, a
 /// non-`async` function, a receiver other than `&self`, a placeholder whose type does not
 /// implement `KeyPart` and an unknown field are compile errors on the offending text. All
 /// errors of one attribute are reported together.

@@ -19,9 +19,11 @@ pub(crate) enum Purpose {
     Pattern,
 }
 
-/// Characters that values encode; a raw one can only come from the template's own text.
-fn always_encoded(c: char) -> bool {
-    !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '%'))
+/// Characters that a rendered value never contains, so a raw one can only come from the
+/// template's own text. Values write `[A-Za-z0-9_.-]` as they are, `%` in their encoding, `~`
+/// for `None` and `,` between the fields of a composite value; everything else is encoded.
+fn never_in_values(c: char) -> bool {
+    !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '%' | '~' | ','))
 }
 
 /// Splits `text` into segments, or says everything wrong with it.
@@ -31,9 +33,10 @@ pub(crate) fn parse(text: &str, purpose: Purpose, span: Span) -> Result<Vec<Segm
     if text.is_empty() {
         errors.push("the key template is empty".into());
     }
-    if text.starts_with("__") {
-        errors
-            .push("keys starting with `__` are reserved for the cache's indexes and locks".into());
+    if text.contains('#') {
+        errors.push(format!(
+            "`#` in key template {text:?}: `#` is reserved for the cache's own keys (indexes, locks, fencing counters), so a key or pattern must not contain it"
+        ));
     }
     let mut literal = String::new();
     let mut in_class = false;
@@ -133,8 +136,9 @@ fn parse_placeholder(inner: &str) -> Result<Segment, String> {
     Ok(Segment::Placeholder { root: root.to_owned(), fields })
 }
 
-/// Two placeholders must be separated by text containing a character that values always
-/// encode (such as `:`); otherwise `<a><b>` renders `a=1,b=23` and `a=12,b=3` alike.
+/// Two placeholders must be separated by text containing a character that values never
+/// contain (such as `:`); otherwise `<a><b>` renders `a=1,b=23` and `a=12,b=3` alike, and
+/// `<a>~<b>` renders `a=Some(""),b=None` and `a=None,b=Some("")` alike.
 fn check_separators(segments: &[Segment], text: &str, errors: &mut Vec<String>) {
     for window in segments.windows(2).chain(segments.windows(3)) {
         let (first, between, second) = match window {
@@ -144,7 +148,7 @@ fn check_separators(segments: &[Segment], text: &str, errors: &mut Vec<String>) 
             }
             _ => continue,
         };
-        if between.is_none_or(|l| !l.chars().any(always_encoded)) {
+        if between.is_none_or(|l| !l.chars().any(never_in_values)) {
             errors.push(format!(
                 "placeholders {} and {} in key template {text:?} need a separator such as `:` between them; otherwise different values could render the same key",
                 describe(first),
@@ -207,6 +211,26 @@ mod tests {
         assert!(parse("v:[0-9]*", Purpose::Pattern, Span::call_site()).is_ok());
         assert!(err("v:[0-9", Purpose::Pattern).contains("unclosed `[`"));
         assert!(err("v:0]", Purpose::Pattern).contains("unmatched `]`"));
-        assert!(err("__idx:x", Purpose::Key).contains("reserved"));
+        assert!(err("a:<x>~<y>", Purpose::Key).contains("separator"));
+        assert!(err("a:<x>,<y>", Purpose::Key).contains("separator"));
+        assert!(err("a:<x>~,%-<y>", Purpose::Key).contains("separator"));
+        assert!(err("a:<x>:<y>~<z>", Purpose::Key).contains("separator"));
+        assert!(err("a:<x>~<y>", Purpose::Pattern).contains("separator"));
+        assert_eq!(ok("a:<x>~:<y>").len(), 4);
+        assert_eq!(ok("a:<x>/<y>").len(), 4);
+        assert_eq!(ok("__idx:x").len(), 1);
+    }
+
+    #[test]
+    fn hash_is_reserved() {
+        for purpose in [Purpose::Key, Purpose::Pattern] {
+            for text in ["#idx:x", "a#b", "vehicle:<id>#", "a:<x>#<y>", "#"] {
+                let message = err(text, purpose);
+                assert!(message.contains("`#` is reserved for the cache's own keys"), "{message}");
+            }
+        }
+        // One error per template, however many `#` it has.
+        let error = parse("a#b#c", Purpose::Key, Span::call_site()).unwrap_err();
+        assert_eq!(error.into_iter().count(), 1);
     }
 }

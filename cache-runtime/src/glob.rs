@@ -18,6 +18,11 @@ pub(crate) fn validate(pattern: &str) -> Result<()> {
     if pattern.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return invalid("a pattern must not contain whitespace or control characters");
     }
+    if pattern.contains(crate::key::RESERVED) {
+        return invalid(
+            "a pattern must not contain `#`: it is reserved for the cache's own keys (indexes, locks, fencing counters and load leases)",
+        );
+    }
     let mut chars = pattern.chars();
     while let Some(c) = chars.next() {
         match c {
@@ -155,7 +160,8 @@ mod tests {
     fn validates_patterns() {
         assert!(validate("homepage:*").is_ok());
         assert!(validate("v:[abc]").is_ok());
-        for bad in ["", "a b", "v:[abc", "v:abc]", "v\\"] {
+        assert!(validate("__idx:*").is_ok());
+        for bad in ["", "a b", "v:[abc", "v:abc]", "v\\", "#idx:*", "a#*", "*#*", "v:[#]"] {
             assert!(validate(bad).is_err(), "{bad:?}");
         }
     }

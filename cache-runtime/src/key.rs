@@ -6,6 +6,12 @@
 //! byte outside `[A-Za-z0-9_.-]`. So `dealer_id = "a:b*"` renders `dealer:a%3Ab%2A:vehicles`:
 //! the value cannot add a `:` level, cannot match a glob, and cannot collide with another
 //! value. Plain values stay readable: `vehicle:<id>` with `id = 42` is `vehicle:42`.
+//!
+//! Besides `[A-Za-z0-9_.-]` and `%` (from the encoding), a value writes only two characters
+//! raw: `~` for `None` and `,` between the fields of a composite value
+//! ([`KeyWriter::field_separator`]). So `#[cached]` accepts between two placeholders only text
+//! with some other character (such as `:`), and no user key contains a `#`, which marks the
+//! cache's own keys.
 
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
@@ -121,9 +127,11 @@ pub fn push_part<P: KeyPart + ?Sized>(out: &mut String, part: &P) {
     part.write_key_part(&mut KeyWriter::new(out));
 }
 
-/// Keys of the cache's own bookkeeping start with this, after the prefix: invalidation
-/// indexes (`__idx:`), locks (`__lock:`), fencing counters (`__fence:`) and load leases
-/// (`__load:`). User keys may not, and invalidation never removes them.
+/// Marks the cache's own keys: after the prefix, invalidation indexes (`#idx:`), locks
+/// (`#lock:`), fencing counters (`#fence:`) and load leases (`#load:`), e.g.
+/// `okla:#idx:dealer:`. User keys never contain `#`: values encode it (`%23`), templates and
+/// programmatic keys and patterns with a `#` are refused, so nothing a user writes can address
+/// (or invalidate) these keys.
 pub(crate) const RESERVED: &str = "#";
 
 /// Checks a rendered key given to the programmatic API.
@@ -140,7 +148,7 @@ pub(crate) fn validate_key(key: &str) -> Result<()> {
     if key.contains(RESERVED) {
         return Err(Error::invalid_key(
             key,
-            "`#` is reserved for the cache's own keys (indexes, locks, fencing counters)",
+            "a key must not contain `#`: it is reserved for the cache's own keys (indexes, locks, fencing counters and load leases)",
         ));
     }
     Ok(())
@@ -189,11 +197,20 @@ impl KeyPart for Cow<'_, str> {
 }
 
 /// `None` renders as a raw `~`, which no encoded value can contain, so it differs from
-/// every `Some` (including `Some("")`).
+/// every `Some` (including `Some("")`). `Some(v)` renders as `v` does (so `vehicle:<id>` with
+/// `Some(42)` is `vehicle:42`), except that a rendering starting with `~` gets one more `~` in
+/// front: nested options stay distinct (`None` is `~`, `Some(None)` is `~~`, `Some(Some(None))`
+/// is `~~~`), and so does `Some` of a composite whose first field is `None`.
 impl<T: KeyPart> KeyPart for Option<T> {
     fn write_key_part(&self, key: &mut KeyWriter<'_>) {
         match self {
-            Some(value) => value.write_key_part(key),
+            Some(value) => {
+                let start = key.out.len();
+                value.write_key_part(key);
+                if key.out[start..].starts_with('~') {
+                    key.out.insert(start, '~');
+                }
+            }
             None => key.out.push('~'),
         }
     }
@@ -251,6 +268,39 @@ mod tests {
         assert_eq!(render(&None::<&str>), "~");
         assert_eq!(render(&Some("")), "");
         assert_eq!(render(&Some("~")), "%7E");
+        assert_eq!(render(&Some(42u64)), "42");
+    }
+
+    #[test]
+    fn nested_options_render_distinctly() {
+        assert_eq!(render(&None::<Option<u32>>), "~");
+        assert_eq!(render(&Some(None::<u32>)), "~~");
+        assert_eq!(render(&Some(Some(7u32))), "7");
+        assert_eq!(render(&None::<Option<Option<&str>>>), "~");
+        assert_eq!(render(&Some(None::<Option<&str>>)), "~~");
+        assert_eq!(render(&Some(Some(None::<&str>))), "~~~");
+        assert_eq!(render(&Some(Some(Some("")))), "");
+        assert_eq!(render(&Some(Some(Some("~")))), "%7E");
+
+        // `Some` of a composite starting with `None` differs from `None` and from `Some`
+        // of the composite's other renderings.
+        struct Pair(Option<u8>, u8);
+        impl KeyPart for Pair {
+            fn write_key_part(&self, key: &mut KeyWriter<'_>) {
+                key.push(&self.0);
+                key.field_separator();
+                key.push(&self.1);
+            }
+        }
+        assert_eq!(render(&Pair(None, 1)), "~,1");
+        assert_eq!(render(&Some(Pair(None, 1))), "~~,1");
+        assert_eq!(render(&Some(Pair(Some(1), 1))), "1,1");
+        assert_eq!(render(&None::<Pair>), "~");
+
+        // The `~` goes in front of this value only, not of what was written before it.
+        let mut s = String::from("k:~");
+        push_part(&mut s, &Some(None::<u8>));
+        assert_eq!(s, "k:~~~");
     }
 
     #[test]
@@ -261,5 +311,7 @@ mod tests {
         assert!(validate_key("a\u{7}").is_err());
         assert!(validate_key("__idx:x").is_ok());
         assert!(validate_key("a#b").is_err());
+        assert!(validate_key("#idx:dealer:").is_err());
+        assert!(validate_key("dealer:7#").is_err());
     }
 }

@@ -201,6 +201,29 @@ async fn option_none_differs_from_some_empty() {
     );
 }
 
+#[tokio::test]
+async fn nested_options_have_their_own_keys() {
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    #[cached(key = "discount:<pct>", ttl = "1m", cache = cache)]
+    async fn discount(cache: &Cache, pct: Option<Option<u32>>) -> String {
+        CALLS.fetch_add(1, SeqCst);
+        format!("{pct:?}")
+    }
+
+    let server = RedisServer::start();
+    let raw = Raw::connect(&server).await;
+    let cache = redis_cache(&server).await;
+
+    for _ in 0..2 {
+        for pct in [None, Some(None), Some(Some(5))] {
+            assert_eq!(discount(&cache, pct).await, format!("{pct:?}"));
+        }
+    }
+    assert_eq!(CALLS.load(SeqCst), 3, "`None` and `Some(None)` have different keys");
+    assert_eq!(raw.keys().await, ["t:discount:5", "t:discount:~", "t:discount:~~"]);
+}
+
 /// A user identifier with its own `KeyPart`: whatever it writes is encoded too.
 struct Vin(String);
 
