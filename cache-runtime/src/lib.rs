@@ -109,6 +109,7 @@ mod index;
 mod invalidate;
 mod key;
 mod lock;
+mod metric_families;
 mod notify;
 mod prometheus;
 mod registry;
