@@ -222,13 +222,12 @@ impl InvalidatesArgs {
     }
 }
 
-/// The arguments of `#[cache_put(key = ..., ttl = ..., cache = ..., name = ...)]`: those of
-/// `#[cached]` without `lock`.
+/// The arguments of `#[cache_put(key = ..., ttl = ..., stale = ..., cache = ..., name = ...)]`:
+/// those of `#[cached]` without `lock` and `refresh`.
 pub(crate) struct PutArgs;
 
 impl PutArgs {
     pub(crate) fn from_raw(raw: RawArgs, errors: &mut Errors) -> CachedArgs {
-        // The same grammar as `#[cached]`, without `lock`.
         // The grammar of `#[cached]`, without its read-side options.
         let read_only = |arg: &RawArg| {
             arg.positional.is_none() && (arg.name == "lock" || arg.name == "refresh")

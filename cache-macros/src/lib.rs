@@ -27,7 +27,9 @@ use proc_macro::TokenStream;
 /// |---|---|
 /// | `key = "..."` | Required. Key template: text plus placeholders `<param>`, `<param.field>`, `<self.field>`. |
 /// | `ttl = "..."` | Required. Time to live: `<integer><unit>` pieces, largest unit first, units `ms`, `s`, `m`, `h`, `d` (`"500ms"`, `"15m"`, `"1h30m"`). |
-/// | `lock` | Stampede protection for this key (concurrent misses share one load). |
+/// | `lock` | Stampede protection across processes sharing a Redis: one process loads a missing key under a lease while the others wait for its value (within a process, concurrent misses share one load without it). |
+/// | `stale = "..."` | Keep values this long in all (longer than `ttl`) and serve one that expired when the body fails. |
+/// | `refresh = "..."` | Recompute a value older than this (shorter than `ttl`) on a hit, once across processes, before it expires; callers keep getting the current value meanwhile. |
 /// | `cache = <expr>` | The `Cache` to use: an expression of type `Cache`, `&Cache` or `Arc<Cache>`, which may use `self` and the parameters. Default: [`default_cache()`](https://docs.rs/cache-runtime/latest/cache_runtime/fn.default_cache.html). |
 /// | `name = "..."` | The function's name in stats and metrics. Default: its identifier. |
 ///
@@ -51,7 +53,8 @@ use proc_macro::TokenStream;
 /// # Compile errors
 ///
 /// Unknown placeholders (with a suggestion), `<>`, an unclosed `<`, glob characters or `#` in
-/// the key, a bad or zero TTL, a missing `key` or `ttl`, unknown or duplicate arguments, a
+/// the key, a bad or zero duration, `stale` not longer than `ttl`, `refresh` not shorter than
+/// `ttl`, a missing `key` or `ttl`, unknown or duplicate arguments, a
 /// non-`async` function, a receiver other than `&self`, a placeholder whose type does not
 /// implement `KeyPart` and an unknown field are compile errors on the offending text. All
 /// errors of one attribute are reported together.
@@ -92,8 +95,20 @@ pub fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
 /// ```
 ///
 /// After the function returns `Ok(v)` (or `v`, or `Some(v)`), `v` is stored under the key,
-/// so the next `#[cached]` read of that key is a hit. Arguments as in `#[cached]`: `key`,
-/// `ttl` (required), `cache`, `name`. A failed write is counted and logged, never returned.
+/// so the next `#[cached]` read of that key is a hit. A failed write is counted and logged,
+/// never returned.
+///
+/// # Arguments
+///
+/// As in `#[cached]`, without its read-side `lock` and `refresh`:
+///
+/// | argument | meaning |
+/// |---|---|
+/// | `key = "..."` | Required. Key template, as in `#[cached]`. |
+/// | `ttl = "..."` | Required. Time to live, as in `#[cached]`. |
+/// | `stale = "..."` | Keep the value this long in all (longer than `ttl`): give the same `stale` as the `#[cached]` readers of this key, so they can serve it once expired when their body fails. |
+/// | `cache = <expr>` | The `Cache` to use, as in `#[cached]`. |
+/// | `name = "..."` | The function's name in stats and metrics. Default: its identifier. |
 #[proc_macro_attribute]
 pub fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::cache_put(args.into(), item.into()).into()

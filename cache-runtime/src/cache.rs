@@ -267,11 +267,31 @@ impl Cache {
         self.inner.stats.of(name)
     }
 
-    /// The counters in the Prometheus text exposition format: `cache_hits_total`,
-    /// `cache_misses_total`, `cache_loads_total`, `cache_errors_total` and the
-    /// `cache_load_duration_seconds` histogram, each labelled with `function`.
+    /// The counters in the Prometheus text exposition format (version 0.0.4), one family after
+    /// another, each function's samples sorted by function name:
+    ///
+    /// | family | type | labels | what it shows |
+    /// |---|---|---|---|
+    /// | `cache_hits_total` | counter | `function` | calls answered from the cache ([`Stats::hits`]) |
+    /// | `cache_misses_total` | counter | `function` | calls that found nothing in the cache ([`Stats::misses`]) |
+    /// | `cache_loads_total` | counter | `function` | times a body ran to fill the cache ([`Stats::loads`]) |
+    /// | `cache_coalesced_total` | counter | `function` | misses answered by another caller's concurrent load ([`Stats::coalesced`]) |
+    /// | `cache_stale_total` | counter | `function` | expired values served because the body failed ([`Stats::stale`]) |
+    /// | `cache_refreshes_total` | counter | `function` | values recomputed before they expired ([`Stats::refreshes`]) |
+    /// | `cache_invalidated_keys_total` | counter | `function` | keys removed by invalidation ([`Stats::invalidated`]) |
+    /// | `cache_errors_total` | counter | `function`, `kind` | failures by [`ErrorKind`] ([`Stats::errors`]); `kind="connection"` always, other kinds once non-zero |
+    /// | `cache_load_duration_seconds` | histogram | `function`, `le` | time spent running bodies to fill the cache (`_bucket`, `_sum`, `_count`) |
+    /// | `cache_breaker_state` | gauge | `state` | the circuit breaker in front of Redis: 1 for the current state (`closed`, `open`, `half_open`), 0 for the others |
+    ///
+    /// `function` is the function's `name = ...` (by default its identifier), or
+    /// [`DIRECT_CALLS`] for the programmatic API.
+    ///
+    /// With the `metrics` feature, every per-function family above (all but
+    /// `cache_breaker_state`) is also reported through the `metrics` facade, under the same
+    /// name and labels (histogram buckets are the exporter's).
     pub fn prometheus(&self) -> String {
-        crate::prometheus::render(&self.inner.stats, self.breaker_state())
+        let state = crate::metric_families::CacheState { breaker: self.breaker_state() };
+        crate::prometheus::render(&self.inner.stats, &state)
     }
 
     /// A read that Redis failed (down, timeout, breaker open): counted as an error and a miss;

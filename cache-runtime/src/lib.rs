@@ -110,6 +110,7 @@ mod invalidate;
 mod key;
 mod load;
 mod lock;
+mod metric_families;
 mod notify;
 mod pending;
 mod prometheus;

@@ -1,75 +1,75 @@
-//! The Prometheus text exposition of a cache's counters.
+//! The Prometheus text exposition of a cache's counters: every family of
+//! [`FAMILIES`], in order.
 
 use std::fmt::Write as _;
 
+use crate::metric_families::{CacheState, Source, FAMILIES};
 use crate::stats::{StatsRegistry, LOAD_BUCKETS};
-use crate::{BreakerState, ErrorKind, Stats};
+use crate::ErrorKind;
 
-/// A counter: its name, help text, and the field of [`Stats`] it shows.
-type CounterMetric = (&'static str, &'static str, fn(&Stats) -> u64);
-
-pub(crate) fn render(stats: &StatsRegistry, breaker: BreakerState) -> String {
+pub(crate) fn render(stats: &StatsRegistry, cache: &CacheState) -> String {
     let all = stats.all();
     let mut out = String::with_capacity(256 + all.len() * 512);
-    let counters: [CounterMetric; 7] = [
-        ("cache_hits_total", "Calls answered from the cache.", |s| s.hits),
-        ("cache_misses_total", "Calls that found nothing in the cache.", |s| s.misses),
-        ("cache_loads_total", "Times a body ran to fill the cache.", |s| s.loads),
-        ("cache_coalesced_total", "Misses answered by another caller's concurrent load.", |s| {
-            s.coalesced
-        }),
-        ("cache_stale_total", "Expired values served because the body failed.", |s| s.stale),
-        ("cache_refreshes_total", "Values recomputed before they expired.", |s| s.refreshes),
-        ("cache_invalidated_keys_total", "Keys removed by invalidation.", |s| s.invalidated),
-    ];
-    for (metric, help, field) in counters {
-        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
-        for (name, counters) in &all {
-            let value = field(&counters.snapshot());
-            let _ = writeln!(out, "{metric}{{function=\"{}\"}} {value}", escape(name));
-        }
-    }
-    let metric = "cache_errors_total";
-    let _ = writeln!(out, "# HELP {metric} Cache failures by kind (the call still returned its body's result).\n# TYPE {metric} counter");
-    for (name, counters) in &all {
-        let name = escape(name);
-        for (kind, count) in ErrorKind::ALL.iter().zip(counters.errors_by_kind()) {
-            if count > 0 || *kind == ErrorKind::Connection {
-                let _ = writeln!(
-                    out,
-                    "{metric}{{function=\"{name}\",kind=\"{}\"}} {count}",
-                    kind.as_str()
-                );
+    for family in FAMILIES {
+        let metric = family.name;
+        let _ = writeln!(
+            out,
+            "# HELP {metric} {}\n# TYPE {metric} {}",
+            family.help,
+            family.kind.as_str()
+        );
+        match family.source {
+            Source::Count(count) => {
+                for (name, counters) in &all {
+                    let value = counters.count(count);
+                    let _ = writeln!(out, "{metric}{{function=\"{}\"}} {value}", escape(name));
+                }
+            }
+            Source::ErrorsByKind => {
+                for (name, counters) in &all {
+                    let name = escape(name);
+                    for (kind, count) in ErrorKind::ALL.iter().zip(counters.errors_by_kind()) {
+                        if count > 0 || *kind == ErrorKind::Connection {
+                            let _ = writeln!(
+                                out,
+                                "{metric}{{function=\"{name}\",kind=\"{}\"}} {count}",
+                                kind.as_str()
+                            );
+                        }
+                    }
+                }
+            }
+            Source::LoadDuration => {
+                for (name, counters) in &all {
+                    let name = escape(name);
+                    let (cumulative, sum) = counters.load_histogram();
+                    for (le, count) in LOAD_BUCKETS.iter().zip(&cumulative) {
+                        let _ = writeln!(
+                            out,
+                            "{metric}_bucket{{function=\"{name}\",le=\"{le}\"}} {count}"
+                        );
+                    }
+                    let count = cumulative[LOAD_BUCKETS.len()];
+                    let _ =
+                        writeln!(out, "{metric}_bucket{{function=\"{name}\",le=\"+Inf\"}} {count}");
+                    let _ = writeln!(out, "{metric}_sum{{function=\"{name}\"}} {sum}");
+                    let _ = writeln!(out, "{metric}_count{{function=\"{name}\"}} {count}");
+                }
+            }
+            Source::PerCache(samples) => {
+                for (labels, value) in samples(cache) {
+                    out.push_str(metric);
+                    for (i, (label, label_value)) in labels.iter().enumerate() {
+                        let open = if i == 0 { "{" } else { "," };
+                        let _ = write!(out, "{open}{label}=\"{}\"", escape(label_value));
+                    }
+                    if !labels.is_empty() {
+                        out.push('}');
+                    }
+                    let _ = writeln!(out, " {value}");
+                }
             }
         }
-    }
-    let metric = "cache_load_duration_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {metric} Time spent running bodies to fill the cache.\n# TYPE {metric} histogram"
-    );
-    for (name, counters) in &all {
-        let name = escape(name);
-        let (cumulative, sum) = counters.load_histogram();
-        for (le, count) in LOAD_BUCKETS.iter().zip(&cumulative) {
-            let _ = writeln!(out, "{metric}_bucket{{function=\"{name}\",le=\"{le}\"}} {count}");
-        }
-        let count = cumulative[LOAD_BUCKETS.len()];
-        let _ = writeln!(out, "{metric}_bucket{{function=\"{name}\",le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{metric}_sum{{function=\"{name}\"}} {sum}");
-        let _ = writeln!(out, "{metric}_count{{function=\"{name}\"}} {count}");
-    }
-    let metric = "cache_breaker_state";
-    let _ = writeln!(
-        out,
-        "# HELP {metric} Circuit breaker in front of Redis: 1 for the current state.\n# TYPE {metric} gauge"
-    );
-    for (state, name) in [
-        (BreakerState::Closed, "closed"),
-        (BreakerState::Open, "open"),
-        (BreakerState::HalfOpen, "half_open"),
-    ] {
-        let _ = writeln!(out, "{metric}{{state=\"{name}\"}} {}", u8::from(state == breaker));
     }
     out
 }

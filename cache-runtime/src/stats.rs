@@ -1,4 +1,6 @@
-//! Hit, miss, load and error counters, per function name and in total.
+//! Hit, miss, load and error counters, per function name and in total. What is exported,
+//! and under which names, is listed in
+//! [`FAMILIES`](crate::metric_families::FAMILIES).
 
 use std::collections::HashMap;
 use std::ops::Deref;
@@ -49,15 +51,56 @@ impl Stats {
     }
 
     fn add(&mut self, other: &Stats) {
-        self.hits += other.hits;
-        self.misses += other.misses;
-        self.loads += other.loads;
-        self.coalesced += other.coalesced;
-        self.errors += other.errors;
-        self.invalidated += other.invalidated;
-        self.pattern_scans += other.pattern_scans;
-        self.stale += other.stale;
-        self.refreshes += other.refreshes;
+        let mut other = *other;
+        for count in Count::ALL {
+            *count.field(self) += *count.field(&mut other);
+        }
+    }
+}
+
+/// One count kept per function name: an index into [`Counters`]' atomics, and a field of
+/// [`Stats`]. Which counts are exported, and how, is
+/// [`FAMILIES`](crate::metric_families::FAMILIES)' business.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Count {
+    Hits,
+    Misses,
+    Loads,
+    Coalesced,
+    Errors,
+    Invalidated,
+    PatternScans,
+    Stale,
+    Refreshes,
+}
+
+impl Count {
+    /// Every count, in declaration order (`Count::ALL[c as usize] == c`).
+    pub(crate) const ALL: [Count; 9] = [
+        Count::Hits,
+        Count::Misses,
+        Count::Loads,
+        Count::Coalesced,
+        Count::Errors,
+        Count::Invalidated,
+        Count::PatternScans,
+        Count::Stale,
+        Count::Refreshes,
+    ];
+
+    /// The field of [`Stats`] that shows this count.
+    fn field(self, stats: &mut Stats) -> &mut u64 {
+        match self {
+            Count::Hits => &mut stats.hits,
+            Count::Misses => &mut stats.misses,
+            Count::Loads => &mut stats.loads,
+            Count::Coalesced => &mut stats.coalesced,
+            Count::Errors => &mut stats.errors,
+            Count::Invalidated => &mut stats.invalidated,
+            Count::PatternScans => &mut stats.pattern_scans,
+            Count::Stale => &mut stats.stale,
+            Count::Refreshes => &mut stats.refreshes,
+        }
     }
 }
 
@@ -65,22 +108,16 @@ impl Stats {
 pub(crate) const LOAD_BUCKETS: [f64; 12] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
-/// The live counters of one function name.
+/// The live counters of one function name. Every update is a relaxed atomic add (plus, with
+/// the `metrics` feature, the matching facade handle's): no lock, no allocation.
 #[derive(Default)]
 pub(crate) struct Counters {
     /// Handles into the `metrics` facade, so users' exporters see the same counts.
     #[cfg(feature = "metrics")]
     exported: Option<Exported>,
-    hits: AtomicU64,
-    misses: AtomicU64,
-    loads: AtomicU64,
-    coalesced: AtomicU64,
-    errors: AtomicU64,
+    /// By [`Count`].
+    counts: [AtomicU64; Count::ALL.len()],
     errors_by_kind: [AtomicU64; ErrorKind::ALL.len()],
-    invalidated: AtomicU64,
-    pattern_scans: AtomicU64,
-    stale: AtomicU64,
-    refreshes: AtomicU64,
     /// Per bucket (non-cumulative), plus one for `+Inf`.
     load_buckets: [AtomicU64; LOAD_BUCKETS.len() + 1],
     load_nanos: AtomicU64,
@@ -98,25 +135,34 @@ impl Counters {
         }
     }
 
-    pub(crate) fn hit(&self) {
-        self.hits.fetch_add(1, Relaxed);
+    /// Adds `by` to `count`, and to its facade counter when it has one.
+    #[inline]
+    fn bump(&self, count: Count, by: u64) {
+        self.counts[count as usize].fetch_add(by, Relaxed);
         #[cfg(feature = "metrics")]
         if let Some(exported) = &self.exported {
-            exported.hits.increment(1);
+            exported.counts[count as usize].increment(by);
         }
+    }
+
+    /// The current value of `count`.
+    pub(crate) fn count(&self, count: Count) -> u64 {
+        self.counts[count as usize].load(Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn hit(&self) {
+        self.bump(Count::Hits, 1);
     }
     pub(crate) fn miss(&self) {
-        self.misses.fetch_add(1, Relaxed);
-        #[cfg(feature = "metrics")]
-        if let Some(exported) = &self.exported {
-            exported.misses.increment(1);
-        }
+        self.bump(Count::Misses, 1);
     }
     pub(crate) fn coalesced(&self) {
-        self.coalesced.fetch_add(1, Relaxed);
+        self.bump(Count::Coalesced, 1);
     }
     pub(crate) fn error(&self, kind: ErrorKind) {
-        self.errors.fetch_add(1, Relaxed);
+        // The total has no family of its own: the facade sees errors by kind.
+        self.counts[Count::Errors as usize].fetch_add(1, Relaxed);
         self.errors_by_kind[kind as usize].fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
         if let Some(exported) = &self.exported {
@@ -129,23 +175,22 @@ impl Counters {
         std::array::from_fn(|i| self.errors_by_kind[i].load(Relaxed))
     }
     pub(crate) fn invalidated(&self, keys: u64) {
-        self.invalidated.fetch_add(keys, Relaxed);
+        self.bump(Count::Invalidated, keys);
     }
     pub(crate) fn stale(&self) {
-        self.stale.fetch_add(1, Relaxed);
+        self.bump(Count::Stale, 1);
     }
     pub(crate) fn refresh(&self) {
-        self.refreshes.fetch_add(1, Relaxed);
+        self.bump(Count::Refreshes, 1);
     }
     pub(crate) fn pattern_scan(&self) {
-        self.pattern_scans.fetch_add(1, Relaxed);
+        self.bump(Count::PatternScans, 1);
     }
     pub(crate) fn load(&self, took: Duration) {
-        self.loads.fetch_add(1, Relaxed);
+        self.bump(Count::Loads, 1);
         tracing::debug!(?took, "cache load: body ran to fill the cache");
         #[cfg(feature = "metrics")]
         if let Some(exported) = &self.exported {
-            exported.loads.increment(1);
             exported.load_seconds.record(took.as_secs_f64());
         }
         let secs = took.as_secs_f64();
@@ -155,17 +200,11 @@ impl Counters {
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
-        Stats {
-            hits: self.hits.load(Relaxed),
-            misses: self.misses.load(Relaxed),
-            loads: self.loads.load(Relaxed),
-            coalesced: self.coalesced.load(Relaxed),
-            errors: self.errors.load(Relaxed),
-            invalidated: self.invalidated.load(Relaxed),
-            pattern_scans: self.pattern_scans.load(Relaxed),
-            stale: self.stale.load(Relaxed),
-            refreshes: self.refreshes.load(Relaxed),
+        let mut stats = Stats::default();
+        for count in Count::ALL {
+            *count.field(&mut stats) = self.count(count);
         }
+        stats
     }
 
     /// Cumulative bucket counts (Prometheus `le` semantics) and the sum of durations.
@@ -180,29 +219,54 @@ impl Counters {
     }
 }
 
-/// The same counts, registered with the `metrics` facade under the Prometheus names.
+/// The same counts, registered with the `metrics` facade as
+/// [`FAMILIES`](crate::metric_families::FAMILIES) says: every per-function family, under its
+/// name and labels. Counts without a family get a no-op handle.
 #[cfg(feature = "metrics")]
 struct Exported {
-    hits: metrics::Counter,
-    misses: metrics::Counter,
-    loads: metrics::Counter,
+    /// By [`Count`].
+    counts: [metrics::Counter; Count::ALL.len()],
+    /// By [`ErrorKind`].
     errors: [metrics::Counter; ErrorKind::ALL.len()],
     load_seconds: metrics::Histogram,
 }
 
 #[cfg(feature = "metrics")]
 impl Exported {
-    fn new(name: &str) -> Exported {
-        let function = name.to_owned();
-        Exported {
-            hits: metrics::counter!("cache_hits_total", "function" => function.clone()),
-            misses: metrics::counter!("cache_misses_total", "function" => function.clone()),
-            loads: metrics::counter!("cache_loads_total", "function" => function.clone()),
-            errors: ErrorKind::ALL.map(|kind| {
-                metrics::counter!("cache_errors_total", "function" => function.clone(), "kind" => kind.as_str())
-            }),
-            load_seconds: metrics::histogram!("cache_load_duration_seconds", "function" => function),
+    fn new(function: &str) -> Exported {
+        use crate::metric_families::{Kind, Source, FAMILIES};
+
+        let mut exported = Exported {
+            counts: std::array::from_fn(|_| metrics::Counter::noop()),
+            errors: std::array::from_fn(|_| metrics::Counter::noop()),
+            load_seconds: metrics::Histogram::noop(),
+        };
+        for family in FAMILIES {
+            let name = family.name;
+            let function = function.to_owned();
+            match family.source {
+                Source::Count(count) => {
+                    exported.counts[count as usize] =
+                        metrics::counter!(name, "function" => function);
+                }
+                Source::ErrorsByKind => {
+                    exported.errors = ErrorKind::ALL.map(|kind| {
+                        metrics::counter!(name, "function" => function.clone(), "kind" => kind.as_str())
+                    });
+                }
+                Source::LoadDuration => {
+                    exported.load_seconds = metrics::histogram!(name, "function" => function);
+                }
+                // Not a function's: no counter of this function feeds it.
+                Source::PerCache(_) => continue,
+            }
+            match family.kind {
+                Kind::Counter => metrics::describe_counter!(name, family.help),
+                Kind::Gauge => metrics::describe_gauge!(name, family.help),
+                Kind::Histogram => metrics::describe_histogram!(name, family.help),
+            }
         }
+        exported
     }
 }
 
@@ -315,5 +379,208 @@ impl StatsRegistry {
             total
         });
         StatsReport { total, hit_rate: total.hit_rate(), functions }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bumps every count by a different amount.
+    fn busy_counters(counters: &Counters) {
+        counters.hit();
+        counters.hit();
+        counters.miss();
+        counters.coalesced();
+        counters.coalesced();
+        counters.coalesced();
+        counters.error(ErrorKind::Timeout);
+        counters.error(ErrorKind::Timeout);
+        counters.error(ErrorKind::Decode);
+        counters.invalidated(7);
+        counters.pattern_scan();
+        counters.stale();
+        counters.stale();
+        counters.refresh();
+        counters.load(Duration::from_millis(3));
+        counters.load(Duration::from_secs(20));
+    }
+
+    #[test]
+    fn counts_are_indexed_in_declaration_order() {
+        for (i, count) in Count::ALL.into_iter().enumerate() {
+            assert_eq!(count as usize, i, "{count:?}");
+        }
+    }
+
+    #[test]
+    fn each_count_fills_its_own_field() {
+        let counters = Counters::default();
+        busy_counters(&counters);
+        let expected = Stats {
+            hits: 2,
+            misses: 1,
+            loads: 2,
+            coalesced: 3,
+            errors: 3,
+            invalidated: 7,
+            pattern_scans: 1,
+            stale: 2,
+            refreshes: 1,
+        };
+        assert_eq!(counters.snapshot(), expected);
+        let mut twice = expected;
+        twice.add(&expected);
+        assert_eq!(twice.hits, 4);
+        assert_eq!(twice.invalidated, 14);
+        assert_eq!(twice.refreshes, 2);
+    }
+
+    /// Every per-function family of `FAMILIES` reaches the `metrics` facade under its name,
+    /// labels and help text, with the same counts; nothing else does.
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn the_facade_sees_every_per_function_family() {
+        use crate::metric_families::{Kind, Source, FAMILIES};
+        use facade::TestRecorder;
+
+        let recorder = TestRecorder::default();
+        let counters = metrics::with_local_recorder(&recorder, || Counters::named("get_vehicle"));
+        busy_counters(&counters);
+        let function = ("function", "get_vehicle");
+        let mut checked = 0;
+        for family in FAMILIES {
+            let name = family.name;
+            match family.source {
+                Source::Count(count) => {
+                    assert_eq!(family.kind, Kind::Counter);
+                    let value = recorder.value(Kind::Counter, name, &[function]);
+                    assert_eq!(value, Some(counters.count(count)), "{name}");
+                    assert_ne!(value, Some(0), "{name}: the test bumps every count");
+                }
+                Source::ErrorsByKind => {
+                    for (kind, count) in ErrorKind::ALL.iter().zip(counters.errors_by_kind()) {
+                        let labels = [function, ("kind", kind.as_str())];
+                        let value = recorder.value(Kind::Counter, name, &labels);
+                        assert_eq!(value, Some(count), "{name} {kind:?}");
+                    }
+                }
+                Source::LoadDuration => {
+                    let records = recorder.value(Kind::Histogram, name, &[function]);
+                    assert_eq!(records, Some(counters.count(Count::Loads)), "{name}");
+                }
+                // Not fed by a function's counters.
+                Source::PerCache(_) => continue,
+            }
+            assert_eq!(recorder.help(family.kind, name).as_deref(), Some(family.help), "{name}");
+            checked += 1;
+        }
+        assert_eq!(checked, FAMILIES.len() - 1, "all but cache_breaker_state");
+        for name in recorder.names() {
+            assert!(FAMILIES.iter().any(|family| family.name == name), "{name} is not in FAMILIES");
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    mod facade {
+        use std::sync::atomic::AtomicU64;
+        use std::sync::{Arc, Mutex};
+
+        use metrics::{
+            Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, SharedString, Unit,
+        };
+
+        use crate::metric_families::Kind;
+
+        type Labels = Vec<(String, String)>;
+        /// A registered metric: its kind, name, labels and count.
+        type Registered = (Kind, String, Labels, Arc<AtomicU64>);
+
+        /// Records what is registered and described, and counts what is reported.
+        #[derive(Default)]
+        pub(super) struct TestRecorder {
+            registered: Mutex<Vec<Registered>>,
+            described: Mutex<Vec<(Kind, String, String)>>,
+        }
+
+        /// Counts the values a histogram records.
+        struct Records(Arc<AtomicU64>);
+
+        impl HistogramFn for Records {
+            fn record(&self, _: f64) {
+                self.0.fetch_add(1, super::Relaxed);
+            }
+        }
+
+        impl TestRecorder {
+            fn register(&self, kind: Kind, key: &Key) -> Arc<AtomicU64> {
+                let labels = key.labels().map(|l| (l.key().into(), l.value().into())).collect();
+                let value = Arc::new(AtomicU64::new(0));
+                let entry = (kind, key.name().to_owned(), labels, Arc::clone(&value));
+                self.registered.lock().unwrap().push(entry);
+                value
+            }
+
+            fn describe(&self, kind: Kind, key: KeyName, help: SharedString) {
+                let entry = (kind, key.as_str().to_owned(), help.into_owned());
+                self.described.lock().unwrap().push(entry);
+            }
+
+            /// The count of the one registered metric with exactly these name and labels.
+            pub(super) fn value(
+                &self,
+                kind: Kind,
+                name: &str,
+                labels: &[(&str, &str)],
+            ) -> Option<u64> {
+                let registered = self.registered.lock().unwrap();
+                let mut matching = registered.iter().filter(|(k, n, l, _)| {
+                    *k == kind
+                        && n == name
+                        && l.len() == labels.len()
+                        && l.iter().zip(labels).all(|((a, b), (c, d))| a == c && b == d)
+                });
+                let found = matching.next()?;
+                assert!(matching.next().is_none(), "{name} {labels:?} registered twice");
+                Some(found.3.load(super::Relaxed))
+            }
+
+            pub(super) fn help(&self, kind: Kind, name: &str) -> Option<String> {
+                let described = self.described.lock().unwrap();
+                described.iter().find(|(k, n, _)| *k == kind && n == name).map(|d| d.2.clone())
+            }
+
+            pub(super) fn names(&self) -> Vec<String> {
+                let registered = self.registered.lock().unwrap();
+                let described = self.described.lock().unwrap();
+                registered
+                    .iter()
+                    .map(|r| r.1.clone())
+                    .chain(described.iter().map(|d| d.1.clone()))
+                    .collect()
+            }
+        }
+
+        impl metrics::Recorder for TestRecorder {
+            fn describe_counter(&self, key: KeyName, _: Option<Unit>, help: SharedString) {
+                self.describe(Kind::Counter, key, help);
+            }
+            fn describe_gauge(&self, key: KeyName, _: Option<Unit>, help: SharedString) {
+                self.describe(Kind::Gauge, key, help);
+            }
+            fn describe_histogram(&self, key: KeyName, _: Option<Unit>, help: SharedString) {
+                self.describe(Kind::Histogram, key, help);
+            }
+            fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+                Counter::from_arc(self.register(Kind::Counter, key))
+            }
+            fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+                self.register(Kind::Gauge, key);
+                Gauge::noop()
+            }
+            fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+                Histogram::from_arc(Arc::new(Records(self.register(Kind::Histogram, key))))
+            }
+        }
     }
 }

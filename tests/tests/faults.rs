@@ -1,5 +1,5 @@
 //! Fault injection: private `redis-server` processes misbehave while `#[cached]` functions take
-//! traffic (DESIGN 2.8: the cache is a mirror, never the source of truth).
+//! traffic (README, "When things go wrong": the cache is a mirror, never the source of truth).
 //!
 //! | test | fault | how it is injected | error kinds expected |
 //! |---|---|---|---|
@@ -31,18 +31,16 @@
 //! ```
 //!
 //! The tests are independent (one server, one cache, one function per test) and run in
-//! parallel; the binary takes about 7 s on two cores (20 s while the runtime bugs below make
-//! four faults wait out [`RECOVERY`]).
+//! parallel; the binary takes about 7 s on two cores.
 //!
-//! Two more tests pin down runtime bugs this suite found, each in isolation and
-//! deterministically (they fail until the bug is fixed; their docs say where and how):
+//! Two more tests pin down breaker behaviour this suite once found broken (since fixed), each
+//! in isolation and deterministically; their docs say where it lives:
 //!
 //! - [`breaker_late_failures_of_concurrent_calls_do_not_stretch_the_cool_down`]. Late
-//!   failures of calls already in flight when the breaker opened count as failed probes, so a
-//!   burst of concurrent timeouts stretches the cool-down to 30 s. This is why four faults
-//!   above do not resume.
+//!   failures of calls already in flight when the breaker opened are not failed probes: a
+//!   burst of concurrent timeouts opens the breaker for the first cool-down (1 s) only.
 //! - [`breaker_first_probe_after_redis_returns_reaches_redis`]. The first probe after Redis
-//!   returns fails at once on the connection manager's stale error, doubling the cool-down.
+//!   returns reaches it, not the connection manager's stale error, and closes the breaker.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -825,19 +823,16 @@ async fn breaker_skips_redis_while_known_down() {
     assert!(closed.reachable && closed.breaker == BreakerState::Closed, "{closed:?}");
 }
 
-// ---- runtime bugs found by this suite (each test fails until the bug is fixed) ------------
+// ---- breaker regressions: behaviour this suite once found broken --------------------------
 
-/// **Bug** (`cache-runtime/src/breaker.rs`, `Breaker::failed`): a failure reported while the
-/// breaker is open is taken for a failed probe (`was_probe = open_until != 0`), so the
-/// late failures of calls that were already in flight when the breaker opened each double
-/// the cool-down. Eight concurrent calls against a hung server: three timeouts open the
-/// breaker, the other five arrive a moment later and stretch its cool-down 1 s -> 2 -> 4 -> 8
-/// -> 16 -> 30 s, although no probe ever ran. Caching then stays off for 30 s after a
-/// 200 ms hiccup (observed: SIGSTOP for 1.2 s under traffic resumed 29 s after SIGCONT).
-///
-/// Fix: only the caller that `allow()` let through as the probe may escalate: have `allow()`
-/// return an admission (`Normal` / `Probe`) that `guarded` hands back to `failed` (and to
-/// `succeeded`/`abandoned`); a non-probe failure while the breaker is open changes nothing.
+/// Late failures do not stretch the cool-down (`cache-runtime/src/breaker.rs`,
+/// `Breaker::failed`). Eight concurrent calls against a hung server: three timeouts open the
+/// breaker, the other five arrive a moment later. `allow()` hands each command a pass
+/// (`Normal` or `Probe`) that `guarded` gives back to `failed`; only a failed `Probe`
+/// doubles the cool-down, and a `Normal` failure while the breaker is open changes nothing.
+/// So the first cool-down (1 s) applies and caching resumes about 1 s after the breaker
+/// opened. (Before the fix, each late failure counted as a failed probe and stretched the
+/// cool-down 1 s -> 2 -> 4 -> ... -> 30 s, with no probe ever run.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_late_failures_of_concurrent_calls_do_not_stretch_the_cool_down() {
     #[cached(key = "vehicle:<id>", ttl = "1m", cache = cache)]
@@ -896,18 +891,14 @@ async fn breaker_late_failures_of_concurrent_calls_do_not_stretch_the_cool_down(
     );
 }
 
-/// **Bug** (`cache-runtime/src/store/redis.rs`, `RedisStore::guarded`, with redis-rs 1.8's
-/// `ConnectionManager`): the first command after Redis comes back fails at once without
-/// reaching it. While Redis is down the manager keeps its last failed reconnect future;
-/// the next command gets that future's stale `Connection refused` and only then starts a
-/// new reconnect. That next command is the breaker's probe, so every recovery after a
-/// restart wastes one probe and doubles the cool-down (1 s -> 2 s): caching resumes one
-/// cool-down later than it could.
-///
-/// Fix: when the probe fails with an I/O error that did not come from the network (it
-/// returns in microseconds), retry the exchange once: `guarded` would take a closure
-/// (`FnMut() -> impl Future`) instead of a future, and the probe retries once on
-/// `is_connection_refusal() || is_io_error()`. (Or probe with a fresh connection.)
+/// The first probe after Redis comes back reaches it (`cache-runtime/src/store/redis.rs`,
+/// `RedisStore::guarded`, with redis-rs 1.8's `ConnectionManager`). While Redis is down the
+/// manager keeps its last failed reconnect future; the next command gets that future's
+/// stale `Connection refused` and only then starts a new reconnect. `guarded` spends that
+/// stale error on a `PING` before the probe's own command, so the probe meets the fresh
+/// connection: Redis answers, the breaker closes after one cool-down (1 s) and the probe's
+/// value is cached. (Before the fix, the probe itself got the stale error, and every
+/// recovery after a restart wasted one probe and doubled the cool-down.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_first_probe_after_redis_returns_reaches_redis() {
     #[cached(key = "vehicle:<id>", ttl = "1m", cache = cache)]
