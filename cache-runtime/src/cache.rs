@@ -282,15 +282,19 @@ impl Cache {
     /// | `cache_errors_total` | counter | `function`, `kind` | failures by [`ErrorKind`] ([`Stats::errors`]); `kind="connection"` always, other kinds once non-zero |
     /// | `cache_load_duration_seconds` | histogram | `function`, `le` | time spent running bodies to fill the cache (`_bucket`, `_sum`, `_count`) |
     /// | `cache_breaker_state` | gauge | `state` | the circuit breaker in front of Redis: 1 for the current state (`closed`, `open`, `half_open`), 0 for the others |
+    /// | `cache_pending_invalidations` | gauge | | invalidations that could not reach Redis yet and are replayed until they land |
     ///
     /// `function` is the function's `name = ...` (by default its identifier), or
     /// [`DIRECT_CALLS`] for the programmatic API.
     ///
-    /// With the `metrics` feature, every per-function family above (all but
-    /// `cache_breaker_state`) is also reported through the `metrics` facade, under the same
+    /// With the `metrics` feature, every per-function family above (all but the two
+    /// per-cache gauges) is also reported through the `metrics` facade, under the same
     /// name and labels (histogram buckets are the exporter's).
     pub fn prometheus(&self) -> String {
-        let state = crate::metric_families::CacheState { breaker: self.breaker_state() };
+        let state = crate::metric_families::CacheState {
+            breaker: self.breaker_state(),
+            pending_invalidations: u64::try_from(self.inner.pending.len()).unwrap_or(u64::MAX),
+        };
         crate::prometheus::render(&self.inner.stats, &state)
     }
 

@@ -66,6 +66,8 @@ pub(crate) struct Family {
 /// The state of a whole cache that per-cache families show, read once per rendering.
 pub(crate) struct CacheState {
     pub(crate) breaker: BreakerState,
+    /// Invalidations waiting to be replayed (see `pending.rs`).
+    pub(crate) pending_invalidations: u64,
 }
 
 /// Every metric family, in the order of the Prometheus text.
@@ -129,6 +131,12 @@ pub(crate) const FAMILIES: &[Family] = &[
         help: "Circuit breaker in front of Redis: 1 for the current state.",
         kind: Kind::Gauge,
         source: Source::PerCache(breaker_state),
+    },
+    Family {
+        name: "cache_pending_invalidations",
+        help: "Invalidations that could not reach Redis yet, replayed until they land.",
+        kind: Kind::Gauge,
+        source: Source::PerCache(|cache| vec![(&[], cache.pending_invalidations)]),
     },
 ];
 
@@ -207,7 +215,10 @@ mod tests {
         counters.hit();
         counters.error(ErrorKind::Timeout);
         counters.load(std::time::Duration::from_millis(3));
-        let text = crate::prometheus::render(&stats, &CacheState { breaker: BreakerState::Open });
+        let text = crate::prometheus::render(
+            &stats,
+            &CacheState { breaker: BreakerState::Open, pending_invalidations: 0 },
+        );
         let type_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
         assert_eq!(type_lines.len(), FAMILIES.len(), "{text}");
         for (family, type_line) in FAMILIES.iter().zip(type_lines) {

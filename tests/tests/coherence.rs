@@ -326,7 +326,7 @@ async fn redis_caches(urls: &[String], cluster: bool, n: usize) -> Vec<Cache> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coherent_on_memory() {
     let cache = Cache::memory();
-    let (violations, db) = run(Run {
+    let (violations, _db) = run(Run {
         caches: vec![cache.clone()],
         seed: seed(),
         duration: duration(),
@@ -357,7 +357,7 @@ async fn data_keys(server_keys: Vec<String>) -> Vec<String> {
 async fn coherent_on_standalone_across_three_instances() {
     let server = RedisServer::start();
     let caches = redis_caches(&[server.url()], false, 3).await;
-    let (violations, db) = run(Run {
+    let (violations, _db) = run(Run {
         caches: caches.clone(),
         seed: seed(),
         duration: duration(),
@@ -379,7 +379,7 @@ async fn coherent_on_standalone_across_three_instances() {
 async fn coherent_on_a_cluster_across_three_instances() {
     let cluster = RedisCluster::start(3, 0);
     let caches = redis_caches(&cluster.urls(), true, 3).await;
-    let (violations, db) = run(Run {
+    let (violations, _db) = run(Run {
         caches: caches.clone(),
         seed: seed(),
         duration: duration(),
@@ -454,4 +454,193 @@ async fn coherent_on_standalone_with_connection_kills() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// One named test per scenario the review found. Each failed on the code before the fill
+// protocol (see the commit that added them).
+// ---------------------------------------------------------------------------------------
+
+/// A row whose reads can be held mid-body: the body reads the version, then waits for the
+/// gate, so a test can write and invalidate while a load is in flight.
+struct Gated {
+    version: AtomicU64,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Gated {
+    fn new() -> Arc<Gated> {
+        Arc::new(Gated { version: AtomicU64::new(1), gate: tokio::sync::Semaphore::new(0) })
+    }
+}
+
+#[cached(key = "gated:<id>", ttl = "1h", cache = cache)]
+async fn gated_read(cache: &Cache, row: &Gated, id: u64, hold: bool) -> u64 {
+    let version = row.version.load(SeqCst);
+    if hold {
+        row.gate.acquire().await.unwrap().forget();
+    }
+    version
+}
+
+#[cached(key = "gated:<id>", ttl = "1h", lock, cache = cache)]
+async fn gated_read_locked(cache: &Cache, row: &Gated, id: u64, hold: bool) -> u64 {
+    let version = row.version.load(SeqCst);
+    if hold {
+        row.gate.acquire().await.unwrap().forget();
+    }
+    version
+}
+
+async fn two_processes(server: &RedisServer) -> (Cache, Cache) {
+    let caches = redis_caches(&[server.url()], false, 2).await;
+    (caches[0].clone(), caches[1].clone())
+}
+
+/// Give a spawned load the time to reach its gate.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn a_slow_load_in_another_process_cannot_store_after_an_invalidation() {
+    let server = RedisServer::start();
+    let (a, b) = two_processes(&server).await;
+    let row = Gated::new();
+    let slow = tokio::spawn({
+        let (a, row) = (a.clone(), row.clone());
+        async move { gated_read(&a, &row, 1, true).await }
+    });
+    settle().await;
+    row.version.store(2, SeqCst);
+    b.invalidate("gated:1").await.unwrap();
+    row.gate.add_permits(1);
+    assert_eq!(slow.await.unwrap(), 1, "the slow caller started before the write");
+    assert_eq!(gated_read(&b, &row, 1, false).await, 2, "B reads its own write");
+    assert_eq!(gated_read(&a, &row, 1, false).await, 2, "and so does A");
+}
+
+#[tokio::test]
+async fn with_lock_a_read_after_the_write_does_not_wait_for_the_older_load() {
+    let server = RedisServer::start();
+    let (a, b) = two_processes(&server).await;
+    let row = Gated::new();
+    let slow = tokio::spawn({
+        let (a, row) = (a.clone(), row.clone());
+        async move { gated_read_locked(&a, &row, 1, true).await }
+    });
+    settle().await;
+    row.version.store(2, SeqCst);
+    b.invalidate("gated:1").await.unwrap();
+    // B's read waits on A's lease; release A once B is waiting.
+    let reader = tokio::spawn({
+        let (b, row) = (b.clone(), row.clone());
+        async move { gated_read_locked(&b, &row, 1, false).await }
+    });
+    settle().await;
+    row.gate.add_permits(1);
+    assert_eq!(slow.await.unwrap(), 1);
+    assert_eq!(reader.await.unwrap(), 2, "the waiter does not receive the pre-write value");
+    assert_eq!(gated_read(&a, &row, 1, false).await, 2);
+}
+
+#[tokio::test]
+async fn a_read_after_an_invalidation_does_not_join_the_older_flight() {
+    let cache = Cache::memory();
+    let row = Gated::new();
+    let slow = tokio::spawn({
+        let (cache, row) = (cache.clone(), row.clone());
+        async move { gated_read(&cache, &row, 1, true).await }
+    });
+    settle().await;
+    row.version.store(2, SeqCst);
+    cache.invalidate("gated:1").await.unwrap();
+    // Started after the invalidation returned: must not join the flight that read version 1.
+    let after = tokio::spawn({
+        let (cache, row) = (cache.clone(), row.clone());
+        async move { gated_read(&cache, &row, 1, false).await }
+    });
+    settle().await;
+    row.gate.add_permits(1);
+    assert_eq!(slow.await.unwrap(), 1);
+    assert_eq!(after.await.unwrap(), 2);
+    assert_eq!(gated_read(&cache, &row, 1, false).await, 2, "version 1 was not stored");
+}
+
+#[tokio::test]
+async fn an_older_load_does_not_overwrite_a_write_through() {
+    let server = RedisServer::start();
+    let (a, b) = two_processes(&server).await;
+    for (name, reader, writer) in [("memory", Cache::memory(), None), ("redis", a, Some(b))] {
+        let writer = writer.unwrap_or_else(|| reader.clone());
+        let row = Gated::new();
+        let slow = tokio::spawn({
+            let (reader, row) = (reader.clone(), row.clone());
+            async move { gated_read(&reader, &row, 1, true).await }
+        });
+        settle().await;
+        row.version.store(2, SeqCst);
+        writer.set("gated:1", &2u64, Duration::from_secs(60)).await.unwrap();
+        row.gate.add_permits(1);
+        assert_eq!(slow.await.unwrap(), 1);
+        assert_eq!(reader.get::<u64>("gated:1").await.unwrap(), Some(2), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn pattern_invalidation_is_complete_after_redis_evicts_an_index() {
+    // An LRU policy with a limit: Redis may evict any key, indexes included.
+    let server =
+        RedisServer::start_with(&["--maxmemory", "512mb", "--maxmemory-policy", "allkeys-lru"]);
+    let cache = redis_caches(&[server.url()], false, 1).await.remove(0);
+    let mut raw = server.connection().await;
+    for id in 0..20 {
+        cache.set(&format!("grp:1:row:{id}"), &id, Duration::from_secs(60)).await.unwrap();
+    }
+    // What eviction does to a cold index (its data keys stay hot).
+    let _: () = redis::cmd("DEL").arg("co:#idx:grp:").query_async(&mut raw).await.unwrap();
+    cache.set("grp:1:row:20", &20, Duration::from_secs(60)).await.unwrap(); // re-creates it
+    assert_eq!(cache.invalidate_pattern("grp:*").await.unwrap(), 21, "nothing is missed");
+    assert_eq!(cache.stats().pattern_scans, 1, "the lost index was noticed: one SCAN");
+    for id in 0..5 {
+        cache.set(&format!("grp:1:row:{id}"), &id, Duration::from_secs(60)).await.unwrap();
+    }
+    assert_eq!(cache.invalidate_pattern("grp:*").await.unwrap(), 5);
+    assert_eq!(cache.stats().pattern_scans, 1, "the rebuilt index serves the next one");
+}
+
+#[tokio::test]
+async fn an_unprefixed_cache_cannot_remove_another_caches_locks_or_fences() {
+    let server = RedisServer::start();
+    let billing = Cache::builder().redis(server.url()).prefix("billing:").build().await.unwrap();
+    let root = Cache::builder().redis(server.url()).build().await.unwrap();
+    let held = billing.try_lock("x", Duration::from_secs(30)).await.unwrap().expect("free");
+    assert!(root.invalidate_pattern("*").await.is_err(), "a keyspace scan is refused");
+    assert!(root.clear().await.is_err());
+    assert!(root.invalidate("billing:#lock:{x}").await.is_err(), "`#` keys are unreachable");
+    assert!(billing.try_lock("x", Duration::from_secs(30)).await.unwrap().is_none(), "still held");
+    drop(held);
+    // Prefixes that do not end with `:` could run into each other: refused.
+    assert!(Cache::builder().redis(server.url()).prefix("billing").build().await.is_err());
+}
+
+#[tokio::test]
+async fn an_invalidation_during_an_outage_is_replayed_when_redis_returns() {
+    let server = RedisServer::start();
+    let (a, b) = two_processes(&server).await;
+    let row = Gated::new();
+    assert_eq!(gated_read(&b, &row, 1, false).await, 1, "cached by B");
+    row.version.store(2, SeqCst);
+    server.pause(); // SIGSTOP: commands time out
+    assert!(a.invalidate("gated:1").await.is_err(), "the invalidation cannot land now");
+    assert_eq!(a.health().await.pending_invalidations, 1, "it is kept");
+    assert!(a.prometheus().contains("cache_pending_invalidations 1"), "{}", a.prometheus());
+    server.resume();
+    // No further call on A: its backlog drains by itself.
+    let started = Instant::now();
+    while a.health().await.pending_invalidations > 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the backlog is replayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gated_read(&b, &row, 1, false).await, 2, "B no longer serves version 1");
 }

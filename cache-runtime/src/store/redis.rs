@@ -614,6 +614,13 @@ impl RedisStore {
             .await
     }
 
+    async fn exists(&self, full_key: &str) -> Result<bool> {
+        let mut connection = self.connection.clone();
+        let found: u64 =
+            self.guarded(redis::cmd("EXISTS").arg(full_key).query_async(&mut connection)).await?;
+        Ok(found == 1)
+    }
+
     /// Whether the index holds its sentinel: it has every live key of its level.
     async fn trusted(&self, index: &str) -> Result<bool> {
         let mut connection = self.connection.clone();
@@ -646,6 +653,16 @@ impl RedisStore {
                 index,
                 "invalidation index lost during a pattern invalidation; scanning"
             );
+        }
+        if self.eviction().await? == EvictionPolicy::Never && !self.exists(&index).await? {
+            // Without eviction an index goes only an hour after its last key expired: no
+            // index, no live key under this level.
+            return Ok(Removed { keys: 0, scanned: false });
+        }
+        if self.prefix.is_empty() {
+            return Err(Error::InvalidConfig(format!(
+                "the invalidation index for {level:?} is incomplete (Redis may evict keys), so {pattern:?} needs a SCAN of the whole database; a cache without a prefix refuses it, since it would remove other applications' keys. Give the cache a prefix"
+            )));
         }
         let keys = self.rebuild(&index, level, pattern).await?;
         Ok(Removed { keys, scanned: true })
