@@ -61,20 +61,52 @@
 //! ### What the index costs
 //!
 //! - A hit: unchanged, one `GET`.
-//! - A write: one round trip, a `MULTI` holding the `SET` plus, per index, `ZADD`,
+//! - A write: one round trip, one Lua script holding the `SET` plus, per index, `ZADD GT`,
 //!   `ZREMRANGEBYSCORE -inf <now>` (drops members whose keys have expired, so an index never
 //!   grows beyond the live keys) and a `PEXPIRE` so an index outlives its longest-lived
-//!   member and disappears when its prefix goes idle. This runs as a short Lua script on
-//!   the server's clock, so writers whose clocks disagree cannot prune each other's members.
+//!   member by an hour. It runs on the *server's* clock, so writers whose clocks disagree
+//!   cannot prune each other's members.
 //! - Memory: one sorted-set member per key and index (the key's text and a score).
 //!
-//! Keys removed by `invalidate` stay in their indexes until they expire or a pattern
-//! invalidation meets them; stale members only cost an `UNLINK` of a missing key.
+//! Invalidation does not remove members: a key refilled meanwhile keeps its entry, and the
+//! members of removed keys expire with their scores (an `UNLINK` of a missing key costs
+//! nothing).
 //!
-//! On Redis Cluster, an index lives in one slot and its keys in others: a write becomes a
-//! per-node pipeline, and pattern invalidation reads one index and unlinks per slot.
+//! On Redis Cluster, an index lives in one slot and its keys in others: a write sends its
+//! index updates first and the write after them, and pattern invalidation reads one index
+//! and unlinks per slot.
+//!
+//! ## Consistency
+//!
+//! The promise (see the README's "Consistency" section for the user-facing statement and
+//! its bounds): once an invalidation or write-through has returned, no call that starts
+//! afterwards, in any process, returns a value loaded before it.
+//!
+//! The mechanism is the lease idea of *Scaling Memcache at Facebook* (NSDI 2013), adapted so
+//! that the hit path stays one `GET` and patterns work:
+//!
+//! 1. A miss about to run the body places a **pending marker** at the key itself (a value
+//!    starting with a NUL byte, which no JSON has), in the same script that indexes the key.
+//!    Readers take it for a miss; concurrent loaders (other processes) adopt it.
+//! 2. The body reads the database only after that.
+//! 3. The value is stored only if the key still holds that marker (compare-and-set script).
+//!
+//! Every write-through replaces the marker and every invalidation removes it, a pattern one
+//! included, since the marker is indexed like a value. So the store itself refuses a load
+//! that an invalidation overtook. Why the marker lives *at the key* and not in a version
+//! key beside it: no second key to keep in the same slot on a cluster, no extra read on a
+//! hit, and patterns need no per-key bookkeeping. The argument, for an invalidation `I`
+//! that completes before a read starts: if `I` removed the marker, the load cannot store;
+//! if `I` ran before the marker was placed, the body read the database after the write.
+//!
+//! In-process, an invalidation detaches the loads it covers from single flight, and a
+//! leader publishes its value to the callers that waited on it only after the fill was
+//! accepted; a refused fill sends them to load again. Refreshes replace a value only if
+//! the key still holds the very value (bytes, and a remaining TTL no longer than when read)
+//! they started from. Indexes are trusted only while they hold a sentinel member, so an
+//! index that Redis evicted is noticed and rebuilt with one `SCAN` instead of silently
+//! missing keys; invalidations that cannot reach Redis are kept and replayed.
 
-//!
 //! ## Stampede protection, stale values, early refresh
 //!
 //! - Within a process, concurrent misses of a key always share one run of the body.
