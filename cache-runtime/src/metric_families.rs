@@ -224,13 +224,22 @@ mod tests {
         for (family, type_line) in FAMILIES.iter().zip(type_lines) {
             assert_eq!(type_line, format!("# TYPE {} {}", family.name, family.kind.as_str()));
             assert!(text.contains(&format!("# HELP {} {}\n", family.name, family.help)), "{text}");
-            let sample = match family.kind {
-                Kind::Histogram => format!("{}_count{{", family.name),
-                Kind::Counter | Kind::Gauge => format!("{}{{", family.name),
+            let samples = match family.kind {
+                Kind::Histogram => [format!("{}_count{{", family.name), String::new()],
+                // A per-cache gauge may have no labels.
+                Kind::Counter | Kind::Gauge => {
+                    [format!("{}{{", family.name), format!("{} ", family.name)]
+                }
             };
-            assert!(text.lines().any(|line| line.starts_with(&sample)), "{sample}: {text}");
+            assert!(
+                text.lines().any(|line| samples
+                    .iter()
+                    .any(|sample| !sample.is_empty() && line.starts_with(sample.as_str()))),
+                "{samples:?}: {text}"
+            );
         }
         assert!(text.contains("cache_breaker_state{state=\"open\"} 1\n"), "{text}");
         assert!(text.contains("cache_breaker_state{state=\"closed\"} 0\n"), "{text}");
+        assert!(text.contains("cache_pending_invalidations 0\n"), "{text}");
     }
 }
