@@ -527,7 +527,7 @@ impl Cache {
             Err(error) => {
                 tracing::warn!(key, %error, store = self.inner.store.kind(), "cache write failed");
                 counters.error(error.kind());
-                Filled::Skipped
+                Filled::Failed
             }
         }
     }

@@ -30,6 +30,10 @@ pub(crate) enum Landed {
     /// The leader's value was refused by the store: the key was written or invalidated
     /// while it loaded, so the value may predate that write. Followers load again.
     Refused,
+    /// The leader's value (`None`: its absent result) could not be checked against the
+    /// store (Redis failing). Only followers that joined before its body started may take
+    /// it (see [`Follower::early`]); the others load again.
+    Unconfirmed(Option<Arc<Entry>>),
 }
 
 /// One running flight: its outcome channel, and whether an invalidation of its key happened
@@ -37,6 +41,8 @@ pub(crate) enum Landed {
 struct Flight {
     landed: watch::Sender<Landed>,
     invalidated: AtomicBool,
+    /// Set when the leader starts the body (see [`Leader::loading`]).
+    loading: AtomicBool,
 }
 
 type Slot = Arc<Flight>;
@@ -50,7 +56,16 @@ pub(crate) struct Flights {
 /// The role a caller got when joining a flight.
 pub(crate) enum Join<'a> {
     Leader(Leader<'a>),
-    Follower(watch::Receiver<Landed>),
+    Follower(Follower),
+}
+
+/// A caller waiting for a flight's outcome.
+pub(crate) struct Follower {
+    landed: watch::Receiver<Landed>,
+    /// Joined before the leader's body started: any write that completed before this caller
+    /// started completed before the body read anything, so even an unconfirmed value is
+    /// fresh for it.
+    pub(crate) early: bool,
 }
 
 impl Flights {
@@ -58,11 +73,15 @@ impl Flights {
     pub(crate) fn join(&self, key: &str) -> Join<'_> {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = running.get(key) {
-            return Join::Follower(slot.landed.subscribe());
+            return Join::Follower(Follower {
+                landed: slot.landed.subscribe(),
+                early: !slot.loading.load(Ordering::SeqCst),
+            });
         }
         let slot: Slot = Arc::new(Flight {
             landed: watch::Sender::new(Landed::Running),
             invalidated: AtomicBool::new(false),
+            loading: AtomicBool::new(false),
         });
         running.insert(key.to_owned(), Arc::clone(&slot));
         Join::Leader(Leader { flights: self, key: key.to_owned(), slot, published: false })
@@ -101,8 +120,8 @@ impl Flights {
 }
 
 /// Waits for the flight's outcome. A closed channel counts as abandoned.
-pub(crate) async fn wait(mut follower: watch::Receiver<Landed>) -> Landed {
-    match follower.wait_for(|landed| !matches!(landed, Landed::Running)).await {
+pub(crate) async fn wait(follower: &mut Follower) -> Landed {
+    match follower.landed.wait_for(|landed| !matches!(landed, Landed::Running)).await {
         Ok(landed) => landed.clone(),
         Err(_) => Landed::Abandoned,
     }
@@ -135,6 +154,14 @@ impl Leader<'_> {
         }
     }
 
+    /// Marks the start of the body: followers joining from now on are not
+    /// [`early`](Follower::early).
+    pub(crate) fn loading(&self) {
+        let running = self.flights.running.lock().unwrap_or_else(|e| e.into_inner());
+        self.slot.loading.store(true, Ordering::SeqCst);
+        drop(running);
+    }
+
     /// Whether the key was invalidated while this flight ran: its value may have been read
     /// before the write that caused the invalidation, so it is returned but not stored.
     pub(crate) fn invalidated(&self) -> bool {
@@ -159,10 +186,14 @@ mod tests {
     async fn followers_get_the_leaders_value_and_the_map_empties() {
         let flights = Flights::default();
         let Join::Leader(mut leader) = flights.join("k") else { panic!("first is leader") };
-        let Join::Follower(follower) = flights.join("k") else { panic!("second follows") };
+        let Join::Follower(mut follower) = flights.join("k") else { panic!("second follows") };
+        assert!(follower.early);
+        leader.loading();
+        let Join::Follower(late) = flights.join("k") else { panic!("third follows") };
+        assert!(!late.early);
         let entry = Arc::new(Entry::from_json(b"1".to_vec()));
         leader.publish(Landed::Value(entry));
-        assert!(matches!(wait(follower).await, Landed::Value(_)));
+        assert!(matches!(wait(&mut follower).await, Landed::Value(_)));
         drop(leader);
         assert_eq!(flights.len(), 0);
     }
@@ -171,9 +202,9 @@ mod tests {
     async fn a_dropped_leader_abandons_its_followers() {
         let flights = Flights::default();
         let leader = flights.join("k");
-        let Join::Follower(follower) = flights.join("k") else { panic!("second follows") };
+        let Join::Follower(mut follower) = flights.join("k") else { panic!("second follows") };
         drop(leader);
-        assert!(matches!(wait(follower).await, Landed::Abandoned));
+        assert!(matches!(wait(&mut follower).await, Landed::Abandoned));
         assert!(matches!(flights.join("k"), Join::Leader(_)));
     }
 

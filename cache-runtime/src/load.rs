@@ -21,7 +21,7 @@ use crate::error::ErrorKind;
 use crate::flight::{self, Join, Landed, Leader};
 use crate::shape::{Outcome, Shape};
 use crate::stats::Counters;
-use crate::store::{Begun, Found, Store, Ticket};
+use crate::store::{Begun, FillPlan, Found, Store, Ticket};
 
 /// One call's miss path.
 pub(crate) struct Load<'a, T> {
@@ -45,8 +45,10 @@ pub(crate) enum Filled {
     Stored,
     /// The ticket was void: the key was written or invalidated while loading.
     Refused,
-    /// Not attempted or failed (too large, Redis down, nothing cacheable).
+    /// Not attempted (too large, breaker open).
     Skipped,
+    /// Redis failed: whether it was stored is unknown.
+    Failed,
 }
 
 /// What [`Load::begin`] decided.
@@ -59,6 +61,13 @@ pub(crate) enum Began<T> {
     Failed,
 }
 
+/// What a load may do with its value.
+pub(crate) enum Permit {
+    Ticket(Ticket),
+    /// No ticket (Redis failing): nothing is stored, and the value is unconfirmed.
+    None,
+}
+
 impl<T> Load<'_, T>
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -66,10 +75,13 @@ where
     /// Notes how the lookup failed: Redis unreachable (load without touching it again), or
     /// an error reply such as `WRONGTYPE` (another application's data: replace it).
     pub(crate) fn read_failed(&mut self, kind: ErrorKind) {
-        if crate::pending::retryable(kind) {
-            self.store_failing = true;
-        } else {
-            self.overwrite = true;
+        match kind {
+            // Known down: do not ask again.
+            ErrorKind::Unavailable => self.store_failing = true,
+            // A dropped connection or a slow reply: the ticket is still worth a try (the
+            // breaker stops this after a few failures).
+            ErrorKind::Connection | ErrorKind::Timeout => {}
+            _ => self.overwrite = true,
         }
     }
 
@@ -93,7 +105,7 @@ where
                     };
                     return self.serve_stale::<S, R>(returned);
                 }
-                Join::Follower(follower) => match flight::wait(follower).await {
+                Join::Follower(mut follower) => match flight::wait(&mut follower).await {
                     Landed::Value(entry) => match entry.take(self.cloner) {
                         Ok(value) => {
                             self.counters.coalesced();
@@ -125,9 +137,30 @@ where
                         }
                         return self.alone::<S, R, Fut>(load).await;
                     }
-                    // The leader was cancelled or panicked, or its value was refused (it may
-                    // predate a write): elect a new one.
-                    Landed::Abandoned | Landed::Running | Landed::Refused => continue,
+                    // An unchecked outcome, for a caller that joined before the body started:
+                    // fresh for it (see `Follower::early`).
+                    Landed::Unconfirmed(value) if follower.early => match value {
+                        Some(entry) => match entry.take(self.cloner) {
+                            Ok(value) => {
+                                self.counters.coalesced();
+                                return S::from_value(value);
+                            }
+                            Err(_) => continue,
+                        },
+                        None => match S::absent() {
+                            Some(absent) => {
+                                self.counters.coalesced();
+                                return absent;
+                            }
+                            None => continue,
+                        },
+                    },
+                    // The leader was cancelled or panicked, or its value was refused or
+                    // unchecked (it may predate a write): elect a new one.
+                    Landed::Abandoned
+                    | Landed::Running
+                    | Landed::Refused
+                    | Landed::Unconfirmed(_) => continue,
                 },
             }
         }
@@ -144,17 +177,18 @@ where
         S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
     {
-        let ticket = match self.begin().await {
+        let permit = match self.begin().await {
             Began::Present(value, entry) => {
                 leader.publish(Landed::Value(entry));
                 self.counters.coalesced();
                 return S::from_value(value);
             }
-            Began::Ticket(ticket) => Some(ticket),
-            Began::Failed => None,
+            Began::Ticket(ticket) => Permit::Ticket(ticket),
+            Began::Failed => Permit::None,
         };
+        leader.loading();
         let returned = self.body(load).await;
-        self.finish::<S, R>(&returned, ticket.as_ref(), Some(leader)).await;
+        self.finish::<S, R>(&returned, &permit, Some(leader)).await;
         returned
     }
 
@@ -165,16 +199,16 @@ where
         S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
     {
-        let ticket = match self.begin().await {
+        let permit = match self.begin().await {
             Began::Present(value, _) => {
                 self.counters.coalesced();
                 return S::from_value(value);
             }
-            Began::Ticket(ticket) => Some(ticket),
-            Began::Failed => None,
+            Began::Ticket(ticket) => Permit::Ticket(ticket),
+            Began::Failed => Permit::None,
         };
         let returned = self.body(load).await;
-        self.finish::<S, R>(&returned, ticket.as_ref(), None).await;
+        self.finish::<S, R>(&returned, &permit, None).await;
         returned
     }
 
@@ -195,17 +229,20 @@ where
             return Began::Failed;
         }
         let store = &self.cache.inner.store;
-        let window = self.cache.inner.settings.fill_window;
-        let lifetime = self.policy.lifetime();
-        let mut force = self.overwrite;
+        let mut plan = FillPlan {
+            lifetime: self.policy.lifetime(),
+            fresh_for: self.policy.ttl,
+            window: self.cache.inner.settings.fill_window,
+            force: self.overwrite,
+        };
         loop {
-            match store.begin_fill(self.key, lifetime, window, force).await {
+            match store.begin_fill(self.key, &plan).await {
                 Ok(Begun::Present(entry)) => match entry.take(self.cloner) {
                     Ok(value) => return Began::Present(value, entry),
                     // Another service's data or an old schema: replace it.
-                    Err(_) if !force => {
+                    Err(_) if !plan.force => {
                         self.counters.error(ErrorKind::Decode);
-                        force = true;
+                        plan.force = true;
                     }
                     Err(_) => return Began::Failed,
                 },
@@ -219,19 +256,23 @@ where
         }
     }
 
-    /// Fills a cacheable value with `ticket`, then publishes the outcome to the flight's
+    /// Fills a cacheable value with the ticket, then publishes the outcome to the flight's
     /// followers. Returns whether a value was stored.
     ///
-    /// The order matters. The followers joined while the body ran. If the fill is accepted,
-    /// no write or invalidation of the key happened between the ticket and the fill, so
-    /// any that completed before a follower started also completed before the ticket, and
-    /// the body read the database after it: the value is fresh for every follower. If the
-    /// fill is refused, a write happened meanwhile, possibly in another process: the
-    /// followers load again (`Landed::Refused`) rather than risk a value that predates it.
+    /// The followers joined while the body ran; the value may be handed to them only if the
+    /// ticket is *confirmed* after the body: the store accepted the fill, or (value not
+    /// stored: too large, nothing cacheable) still held the marker. Then no write or
+    /// invalidation of the key happened between the ticket and that confirmation, so any
+    /// that completed before a follower started also completed before the ticket, and the
+    /// body read the database after it. A refused ticket sends the followers to load again
+    /// (`Landed::Refused`) rather than risk a value that predates a write made in another
+    /// process. An unchecked one (Redis failing) goes only to the followers that joined
+    /// before the body started (`Landed::Unconfirmed`): for them it is fresh, and during an
+    /// outage single flight still holds for every burst of callers.
     pub(crate) async fn finish<S, R>(
         &self,
         returned: &R,
-        ticket: Option<&Ticket>,
+        permit: &Permit,
         leader: Option<&mut Leader<'_>>,
     ) -> bool
     where
@@ -250,36 +291,62 @@ where
             Outcome::Failed => Landed::Failed,
         };
         let invalidated = leader.as_ref().is_some_and(|leader| leader.invalidated());
-        let filled = match (&outcome, ticket) {
-            (Landed::Value(_), Some(_)) if invalidated => {
+        let mut stored = false;
+        let published = match (outcome, permit) {
+            (Landed::Failed, Permit::Ticket(ticket)) => {
+                let _ = self.cache.inner.store.abandon(self.key, ticket).await;
+                Landed::Failed
+            }
+            (outcome, _) if invalidated => {
                 tracing::debug!(
                     key = self.key,
                     "key invalidated while loading; value returned, not stored"
                 );
-                Filled::Refused
-            }
-            (Landed::Value(entry), Some(ticket)) => {
-                self.cache
-                    .fill(self.counters, self.key, ticket, entry, self.policy.lifetime())
-                    .await
-            }
-            (_, Some(ticket)) => {
-                // Nothing to store: take our marker away rather than leave it to lapse.
-                if let Err(error) = self.cache.inner.store.abandon(self.key, ticket).await {
-                    tracing::debug!(key = self.key, %error, "could not remove the pending marker; it lapses");
+                if let Permit::Ticket(ticket) = permit {
+                    let _ = self.cache.inner.store.abandon(self.key, ticket).await;
                 }
-                Filled::Skipped
+                if matches!(outcome, Landed::Failed) {
+                    outcome
+                } else {
+                    Landed::Refused
+                }
             }
-            (_, None) => Filled::Skipped,
+            (Landed::Value(entry), Permit::Ticket(ticket)) => {
+                let lifetime = self.policy.lifetime();
+                match self.cache.fill(self.counters, self.key, ticket, &entry, lifetime).await {
+                    Filled::Stored => {
+                        stored = true;
+                        Landed::Value(entry)
+                    }
+                    Filled::Refused => Landed::Refused,
+                    Filled::Skipped => self.confirm(ticket, Landed::Value(entry)).await,
+                    // Stored or not? Ask (and take our marker away if it is still there).
+                    Filled::Failed => self.confirm(ticket, Landed::Value(entry)).await,
+                }
+            }
+            (Landed::Absent, Permit::Ticket(ticket)) => self.confirm(ticket, Landed::Absent).await,
+            (Landed::Value(entry), Permit::None) => Landed::Unconfirmed(Some(entry)),
+            (Landed::Absent, Permit::None) => Landed::Unconfirmed(None),
+            (outcome, _) => outcome,
         };
-        if let (Filled::Skipped, Some(ticket), Landed::Value(_)) = (filled, ticket, &outcome) {
-            // Not stored (too large, Redis failing): do not leave the marker behind.
-            let _ = self.cache.inner.store.abandon(self.key, ticket).await;
-        }
         if let Some(leader) = leader {
-            leader.publish(if filled == Filled::Refused { Landed::Refused } else { outcome });
+            leader.publish(published);
         }
-        filled == Filled::Stored
+        stored
+    }
+
+    /// A value that was not stored (or an absent result): hand it to the followers only if
+    /// the ticket still holds; a marker this load placed is removed meanwhile.
+    async fn confirm(&self, ticket: &Ticket, outcome: Landed) -> Landed {
+        match self.cache.inner.store.abandon(self.key, ticket).await {
+            Ok(true) => outcome,
+            Ok(false) => Landed::Refused,
+            Err(_) => match outcome {
+                Landed::Value(entry) => Landed::Unconfirmed(Some(entry)),
+                Landed::Absent => Landed::Unconfirmed(None),
+                other => other,
+            },
+        }
     }
 
     /// The kept stale value, decoded.
@@ -325,14 +392,19 @@ where
             return S::from_value(current); // another process refreshes it
         };
         self.counters.refresh();
-        let started = Instant::now();
+        leader.loading();
         let returned = self.body(load).await;
         // A refresh slower than the value's age could meet a later write of the same bytes
-        // (see `Version::Redis`): return its value, do not store it.
-        let ticket = (started.elapsed() < found.age)
-            .then_some(Ticket::Replace { old: found.entry, version: found.version });
-        let stored = self.finish::<S, R>(&returned, ticket.as_ref(), Some(&mut leader)).await;
-        lease.release(stored).await;
+        // (see `Version::Redis`): return its value, do not store it. The margin covers the
+        // time between sending a command and the server running it.
+        let margin = (found.age / 2).min(std::time::Duration::from_secs(1));
+        let quick = found.read_at.elapsed() + margin < found.age;
+        let permit = match quick {
+            true => Permit::Ticket(Ticket::Replace { old: found.entry, version: found.version }),
+            false => Permit::None,
+        };
+        let stored = self.finish::<S, R>(&returned, &permit, Some(&mut leader)).await;
+        lease.release(stored || !matches!(S::outcome(&returned), Outcome::Failed)).await;
         match S::outcome(&returned) {
             Outcome::Failed => S::from_value(current),
             _ => returned,

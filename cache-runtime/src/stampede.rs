@@ -25,10 +25,10 @@ use serde::Serialize;
 use crate::cache::Cache;
 use crate::error::ErrorKind;
 use crate::flight::{Landed, Leader};
-use crate::load::{Began, Load};
+use crate::load::{Began, Load, Permit};
 use crate::lock::{new_token, RELEASE};
 use crate::notify::{Signal, FILLED};
-use crate::shape::Shape;
+use crate::shape::{Outcome, Shape};
 use crate::store::redis::RedisStore;
 use crate::store::Store;
 
@@ -151,16 +151,17 @@ where
         S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
     {
-        let ticket = match self.begin().await {
+        let permit = match self.begin().await {
             Began::Present(value, entry) => {
                 leader.publish(Landed::Value(entry));
                 held.release(true).await;
                 self.counters.coalesced();
                 return S::from_value(value);
             }
-            Began::Ticket(ticket) => Some(ticket),
-            Began::Failed => None,
+            Began::Ticket(ticket) => Permit::Ticket(ticket),
+            Began::Failed => Permit::None,
         };
+        leader.loading();
         let lease = self.cache.inner.settings.lock_lease;
         let (key, lock_key, token) = (self.key, held.lock_key.clone(), held.token.clone());
         let renew = async {
@@ -180,8 +181,10 @@ where
             returned = self.body(load) => returned,
             () = renew => unreachable!("renewal never ends"),
         };
-        let stored = self.finish::<S, R>(&returned, ticket.as_ref(), Some(leader)).await;
-        held.release(stored).await;
+        let stored = self.finish::<S, R>(&returned, &permit, Some(leader)).await;
+        // Waiters hear "failed" only when the body failed (they may then serve a stale
+        // value); anything else, stored or not, sends them to look again.
+        held.release(stored || !matches!(S::outcome(&returned), Outcome::Failed)).await;
         returned
     }
 }

@@ -1,8 +1,8 @@
 //! The coherence checker: a randomized, seeded history test of the consistency promise.
 //!
 //! A model database holds versioned rows. Several `Cache` instances on one store stand in
-//! for processes. Reader tasks call a `#[cached]` function (with and without `lock`, some
-//! with `refresh`) whose body reads a row slowly, so loads overlap writes; writer tasks bump
+//! for processes. Reader tasks call a `#[cached]` function (with and without `lock`, with
+//! `refresh`, with a short `ttl` and a long `stale`) whose body reads a row slowly, so loads overlap writes; writer tasks bump
 //! a row's version and then invalidate it in one of the ways a user can: `invalidate`,
 //! `invalidate_pattern` on the row's group, `set` (write-through), `clear`, or an
 //! `#[invalidates]` function. Every operation is recorded with sequence numbers taken before
@@ -92,6 +92,17 @@ async fn read_row_refreshing(cache: &Cache, db: &Db, g: u64, row: u64, jitter: u
     db.read(row, jitter).await
 }
 
+#[cached(key = "grp:<g>:row:<row>", ttl = "30ms", stale = "20s", cache = cache)]
+async fn read_row_stale(
+    cache: &Cache,
+    db: &Db,
+    g: u64,
+    row: u64,
+    jitter: u64,
+) -> Result<u64, String> {
+    Ok(db.read(row, jitter).await)
+}
+
 #[invalidates("grp:<g>:row:<row>", cache = cache)]
 async fn write_row(cache: &Cache, db: &Db, g: u64, row: u64) -> Result<u64, String> {
     Ok(db.versions[row as usize].fetch_add(1, SeqCst) + 1)
@@ -104,6 +115,10 @@ struct Read {
     started: u64,
     version: u64,
     instance: usize,
+    /// Which reader: `plain`, `lock`, `stale` or `refresh`.
+    how: &'static str,
+    /// The instance met a backend failure while this read ran (reported, not exempted).
+    troubled: bool,
 }
 
 /// One recorded write: the version written, with the sequence number taken after its
@@ -179,13 +194,16 @@ async fn read(cache: &Cache, instance: usize, db: &Db, rng: &mut Rng) -> Read {
     let row = rng.below(ROWS);
     let g = group(row);
     let jitter = rng.next();
+    let errors_before = cache.stats().errors;
     let started = tick();
-    let version = match rng.below(4) {
-        0 | 1 => read_row(cache, db, g, row, jitter).await,
-        2 => read_row_locked(cache, db, g, row, jitter).await,
-        _ => read_row_refreshing(cache, db, g, row, jitter).await,
+    let (version, how) = match rng.below(5) {
+        0 | 1 => (read_row(cache, db, g, row, jitter).await, "plain"),
+        2 => (read_row_locked(cache, db, g, row, jitter).await, "lock"),
+        3 => (read_row_stale(cache, db, g, row, jitter).await.unwrap(), "stale"),
+        _ => (read_row_refreshing(cache, db, g, row, jitter).await, "refresh"),
     };
-    Read { row, started, version, instance }
+    let troubled = cache.stats().errors != errors_before;
+    Read { row, started, version, instance, how, troubled }
 }
 
 /// Runs the traffic and returns the violations of check 1, described, and the database.
@@ -263,14 +281,15 @@ fn check(history: &History) -> Vec<String> {
         };
         if read.version < floor {
             violations.push(format!(
-                "row {} read through instance {} (started at {}) returned version {} after version {floor} was written and its `{how}` returned",
-                read.row, read.instance, read.started, read.version
+                "row {} read ({}) through instance {} (started at {}) returned version {} after version {floor} was written and its `{how}` returned",
+                read.row, read.how, read.instance, read.started, read.version
             ));
         }
     }
     eprintln!(
-        "coherence: {} reads, {} writes ({} completed), {} violations",
+        "coherence: {} reads ({} during a backend failure), {} writes ({} completed), {} violations",
         reads.len(),
+        reads.iter().filter(|read| read.troubled).count(),
         writes.len(),
         writes.iter().filter(|w| w.completed.is_some()).count(),
         violations.len()
@@ -643,4 +662,44 @@ async fn an_invalidation_during_an_outage_is_replayed_when_redis_returns() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(gated_read(&b, &row, 1, false).await, 2, "B no longer serves version 1");
+}
+
+#[cached(key = "kept:<id>", ttl = "100ms", stale = "1h", cache = cache)]
+async fn kept_read(cache: &Cache, row: &Gated, id: u64, fail: bool) -> Result<u64, String> {
+    if fail {
+        return Err("database down".into());
+    }
+    let version = row.version.load(SeqCst);
+    row.gate.acquire().await.unwrap().forget();
+    Ok(version)
+}
+
+/// A load of an expired value kept for `stale` leaves a marker that still carries that
+/// value: another process whose body fails meanwhile gets it; and a load that stores
+/// nothing puts it back.
+#[tokio::test]
+async fn a_stale_value_keeps_serving_while_another_process_reloads_it() {
+    let server = RedisServer::start();
+    let (a, b) = two_processes(&server).await;
+    let mut raw = server.connection().await;
+    let row = Gated::new();
+    row.gate.add_permits(1);
+    assert_eq!(kept_read(&a, &row, 1, false).await, Ok(1));
+    tokio::time::sleep(Duration::from_millis(150)).await; // expired, kept for `stale`
+    let reload = tokio::spawn({
+        let (a, row) = (a.clone(), row.clone());
+        async move { kept_read(&a, &row, 1, false).await }
+    });
+    settle().await; // A's load holds the marker, waiting at the gate
+    assert_eq!(kept_read(&b, &row, 1, true).await, Ok(1), "B's body fails: the kept value");
+    assert_eq!(b.stats().stale, 1);
+    row.gate.add_permits(1);
+    assert_eq!(reload.await.unwrap(), Ok(1));
+
+    tokio::time::sleep(Duration::from_millis(150)).await; // expired again
+    assert_eq!(kept_read(&a, &row, 1, true).await, Ok(1), "A's body fails: the kept value");
+    let stored: Option<String> =
+        redis::cmd("GET").arg("co:kept:1").query_async(&mut raw).await.unwrap();
+    assert_eq!(stored.as_deref(), Some("1"), "the failed load put the kept value back");
+    assert_eq!(kept_read(&b, &row, 1, true).await, Ok(1));
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 
-use super::{Begun, Found, Marker, Ticket, Version};
+use super::{Begun, FillPlan, Found, Marker, Ticket, Version};
 use crate::codec::Entry;
 use crate::{glob, index};
 
@@ -44,28 +44,32 @@ const ENTRY_OVERHEAD: usize = 64;
 struct Stored {
     /// The value, or `None` for a pending marker (a load is running, see `store/mod.rs`).
     entry: Option<Arc<Entry>>,
+    /// A marker's expired value kept for stale fallback, restored if the load stores
+    /// nothing.
+    kept: Option<Box<Stored>>,
     /// Unique per write in this store: names markers and values.
     write: u64,
-    ttl: Duration,
+    /// When it expires (kept across a restore, see `abandon`).
+    expires: Instant,
     stored_at: Instant,
 }
 
-/// Expires every entry after the TTL it was stored with, also when it is overwritten.
+/// Expires every entry at its own expiry, also when it is overwritten.
 struct PerEntryTtl;
 
 impl moka::Expiry<String, Stored> for PerEntryTtl {
-    fn expire_after_create(&self, _: &String, stored: &Stored, _: Instant) -> Option<Duration> {
-        Some(stored.ttl)
+    fn expire_after_create(&self, _: &String, stored: &Stored, now: Instant) -> Option<Duration> {
+        Some(stored.expires.saturating_duration_since(now))
     }
 
     fn expire_after_update(
         &self,
         _: &String,
         stored: &Stored,
-        _: Instant,
+        now: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(stored.ttl)
+        Some(stored.expires.saturating_duration_since(now))
     }
 }
 
@@ -103,14 +107,31 @@ impl MemoryStore {
         self.entries.get(key).await.and_then(|stored| stored.entry)
     }
 
+    /// When a stored value expires.
+    fn expiry(stored: &Stored) -> Instant {
+        stored.expires
+    }
+
     /// The entry, how long ago it was stored, and its write number.
     pub(crate) async fn get_aged(&self, key: &str) -> Option<Found> {
+        let read_at = Instant::now();
         let stored = self.entries.get(key).await?;
-        Some(Found {
-            entry: stored.entry?,
-            age: stored.stored_at.elapsed(),
-            version: Version::Memory(stored.write),
-        })
+        match (stored.entry, stored.kept) {
+            (Some(entry), _) => Some(Found {
+                entry,
+                age: stored.stored_at.elapsed(),
+                read_at,
+                version: Version::Memory(stored.write),
+            }),
+            // A load is running; the expired value it replaced still serves as stale.
+            (None, Some(kept)) if Self::expiry(&kept) > Instant::now() => Some(Found {
+                entry: kept.entry?,
+                age: Duration::MAX,
+                read_at,
+                version: Version::Memory(kept.write),
+            }),
+            (None, _) => None,
+        }
     }
 
     /// A new write: numbered and indexed (before it is visible, so that a pattern
@@ -121,7 +142,8 @@ impl MemoryStore {
         for level in index::levels(key) {
             prefixes.entry(level.to_owned()).or_default().insert(key.to_owned(), write);
         }
-        Stored { entry, write, ttl, stored_at: Instant::now() }
+        let stored_at = Instant::now();
+        Stored { entry, kept: None, write, expires: stored_at + ttl, stored_at }
     }
 
     pub(crate) async fn set(&self, key: &str, entry: Arc<Entry>, ttl: Duration) {
@@ -129,23 +151,34 @@ impl MemoryStore {
         self.entries.entry(key.to_owned()).and_compute_with(|_| async { Op::Put(stored) }).await;
     }
 
-    pub(crate) async fn begin_fill(&self, key: &str, window: Duration, force: bool) -> Begun {
+    pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan) -> Begun {
         let mut begun = None;
         self.entries
             .entry(key.to_owned())
             .and_compute_with(|current| {
                 let current = current.map(moka::Entry::into_value);
                 let op = match current {
-                    Some(Stored { entry: Some(entry), .. }) if !force => {
-                        begun = Some(Begun::Present(entry));
+                    Some(Stored { entry: None, write, .. }) => {
+                        begun = Some(Begun::Ticket(Ticket::Adopted(Marker::Memory(write))));
                         Op::Nop
                     }
-                    Some(Stored { entry: None, write, .. }) => {
-                        begun = Some(Begun::Ticket(Ticket::Marker(Marker::Memory(write))));
-                        Op::Nop
+                    Some(stored @ Stored { entry: Some(_), .. }) if !plan.force => {
+                        if stored.stored_at.elapsed() < plan.fresh_for {
+                            begun = stored.entry.map(Begun::Present);
+                            Op::Nop
+                        } else {
+                            // Expired, kept for `stale`: the marker keeps it meanwhile.
+                            let left =
+                                Self::expiry(&stored).saturating_duration_since(Instant::now());
+                            let mut marker = self.stored(key, None, plan.window.max(left));
+                            marker.kept = Some(Box::new(stored));
+                            begun =
+                                Some(Begun::Ticket(Ticket::Marker(Marker::Memory(marker.write))));
+                            Op::Put(marker)
+                        }
                     }
                     _ => {
-                        let marker = self.stored(key, None, window);
+                        let marker = self.stored(key, None, plan.window);
                         begun = Some(Begun::Ticket(Ticket::Marker(Marker::Memory(marker.write))));
                         Op::Put(marker)
                     }
@@ -171,7 +204,8 @@ impl MemoryStore {
                 let holds = current.is_some_and(|current| {
                     let current = current.value();
                     match ticket {
-                        Ticket::Marker(Marker::Memory(write)) => {
+                        Ticket::Marker(Marker::Memory(write))
+                        | Ticket::Adopted(Marker::Memory(write)) => {
                             current.entry.is_none() && current.write == *write
                         }
                         Ticket::Replace { version: Version::Memory(write), .. } => {
@@ -191,18 +225,45 @@ impl MemoryStore {
         stored
     }
 
-    /// Removes the marker `ticket` names, if it is still there.
-    pub(crate) async fn abandon(&self, key: &str, ticket: &Ticket) {
-        let Ticket::Marker(Marker::Memory(write)) = ticket else { return };
+    /// A load stores nothing: whether its marker is still there; removed (putting back the
+    /// expired value it kept) if this load placed it.
+    pub(crate) async fn abandon(&self, key: &str, ticket: &Ticket) -> bool {
+        let (write, own) = match ticket {
+            Ticket::Marker(Marker::Memory(write)) => (*write, true),
+            Ticket::Adopted(Marker::Memory(write)) => (*write, false),
+            _ => return false,
+        };
+        let mut held = false;
         self.entries
             .entry(key.to_owned())
             .and_compute_with(|current| {
-                let ours = current.is_some_and(|current| {
-                    current.value().entry.is_none() && current.value().write == *write
-                });
-                std::future::ready(if ours { Op::Remove } else { Op::Nop })
+                let op = match current.map(moka::Entry::into_value) {
+                    Some(Stored { entry: None, write: current, kept, .. }) if current == write => {
+                        held = true;
+                        match kept {
+                            _ if !own => Op::Nop,
+                            Some(kept) if Self::expiry(&kept) > Instant::now() => {
+                                // Its own expiry and age, as before the load.
+                                let restored = *kept;
+                                let mut prefixes =
+                                    self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+                                for level in index::levels(key) {
+                                    prefixes
+                                        .entry(level.to_owned())
+                                        .or_default()
+                                        .insert(key.to_owned(), restored.write);
+                                }
+                                Op::Put(restored)
+                            }
+                            _ => Op::Remove,
+                        }
+                    }
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
             })
             .await;
+        held
     }
 
     /// Removes `key`; counts a removed value (not a removed marker).
@@ -274,7 +335,12 @@ mod tests {
         store.prefixes.lock().unwrap().get(level).map_or(0, HashMap::len)
     }
 
-    const WINDOW: Duration = Duration::from_secs(60);
+    const PLAN: FillPlan = FillPlan {
+        lifetime: Duration::from_secs(60),
+        fresh_for: Duration::from_secs(60),
+        window: Duration::from_secs(60),
+        force: false,
+    };
 
     #[tokio::test]
     async fn patterns_are_served_by_the_prefix_index() {
@@ -312,12 +378,12 @@ mod tests {
     async fn a_fill_lands_only_while_its_marker_is_there() {
         let store = MemoryStore::new(1 << 20);
         let ttl = Duration::from_secs(60);
-        let Begun::Ticket(ticket) = store.begin_fill("k:1", WINDOW, false).await else {
+        let Begun::Ticket(ticket) = store.begin_fill("k:1", &PLAN).await else {
             panic!("nothing stored yet")
         };
         assert!(store.get("k:1").await.is_none(), "a marker reads as a miss");
         // A second loader adopts the same marker.
-        let Begun::Ticket(adopted) = store.begin_fill("k:1", WINDOW, false).await else {
+        let Begun::Ticket(adopted) = store.begin_fill("k:1", &PLAN).await else {
             panic!("a marker is not a value")
         };
         assert_eq!(store.remove_matching("k:*").await, 0, "markers are found, not counted");
@@ -325,19 +391,17 @@ mod tests {
         assert!(!store.fill("k:1", &adopted, entry(), ttl).await);
         assert!(store.get("k:1").await.is_none());
 
-        let Begun::Ticket(ticket) = store.begin_fill("k:1", WINDOW, false).await else {
-            panic!("removed")
-        };
+        let Begun::Ticket(ticket) = store.begin_fill("k:1", &PLAN).await else { panic!("removed") };
         assert!(store.fill("k:1", &ticket, entry(), ttl).await);
         assert!(!store.fill("k:1", &ticket, entry(), ttl).await, "a ticket is used once");
-        assert!(matches!(store.begin_fill("k:1", WINDOW, false).await, Begun::Present(_)));
+        assert!(matches!(store.begin_fill("k:1", &PLAN).await, Begun::Present(_)));
     }
 
     #[tokio::test]
     async fn a_write_through_voids_older_tickets_and_refreshes() {
         let store = MemoryStore::new(1 << 20);
         let ttl = Duration::from_secs(60);
-        let Begun::Ticket(ticket) = store.begin_fill("k:1", WINDOW, false).await else {
+        let Begun::Ticket(ticket) = store.begin_fill("k:1", &PLAN).await else {
             panic!("nothing stored yet")
         };
         store.set("k:1", entry(), ttl).await;

@@ -3,10 +3,12 @@
 //! Both stores implement the same *fill protocol*, which is what keeps an invalidation from
 //! being undone by a load that started before it (see "Consistency" in the crate docs):
 //!
-//! 1. A miss that is about to run the body calls [`Store::begin_fill`]. If a value landed
-//!    meanwhile it is returned; otherwise the store puts a *pending marker* at the key
-//!    (indexed like a value, so pattern invalidations find it) or adopts the marker another
-//!    loader left, and hands back a [`Ticket`] naming it.
+//! 1. A miss that is about to run the body calls [`Store::begin_fill`]. If a fresh value
+//!    landed meanwhile it is returned; otherwise the store puts a *pending marker* at the
+//!    key (indexed like a value, so pattern invalidations find it) or adopts the marker
+//!    another loader left, and hands back a [`Ticket`] naming it. A marker that replaces an
+//!    expired value kept for `stale` carries that value, so stale fallback keeps working
+//!    during the load, and puts it back if the load stores nothing.
 //! 2. The body runs (it reads the database only now, after the marker is in place).
 //! 3. [`Store::fill`] stores the value only if the key still holds that marker. Every write
 //!    and every invalidation replaces or removes the marker, so a load that an invalidation
@@ -21,7 +23,7 @@ pub(crate) mod memory;
 pub(crate) mod redis;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::codec::Entry;
 use crate::error::Result;
@@ -37,8 +39,11 @@ pub(crate) struct Removed {
 /// A value read with what a refresh needs to replace exactly it.
 pub(crate) struct Found {
     pub(crate) entry: Arc<Entry>,
-    /// Time since the value was stored.
+    /// Time since the value was stored (`Duration::MAX` for an expired value that a
+    /// pending marker keeps for stale fallback).
     pub(crate) age: Duration,
+    /// When the read was sent.
+    pub(crate) read_at: Instant,
     /// Identifies this stored value (see [`Ticket::Replace`]).
     pub(crate) version: Version,
 }
@@ -55,6 +60,19 @@ pub(crate) enum Version {
     Redis(i64),
 }
 
+/// What a load is about to store, for [`Store::begin_fill`].
+pub(crate) struct FillPlan {
+    /// How long the value will be kept (`ttl`, or `stale` when longer).
+    pub(crate) lifetime: Duration,
+    /// How long a stored value is fresh (`ttl`): an older one kept for `stale` does not
+    /// answer the miss; the marker keeps it, so stale fallback still works meanwhile.
+    pub(crate) fresh_for: Duration,
+    /// How long the marker lives (the builder's `fill_window`).
+    pub(crate) window: Duration,
+    /// Replace a stored value the caller could not decode.
+    pub(crate) force: bool,
+}
+
 /// What [`Store::begin_fill`] found.
 pub(crate) enum Begun {
     /// A value is stored: no need to load.
@@ -65,8 +83,11 @@ pub(crate) enum Begun {
 
 /// Permission to store one load's result, voided by any later write or removal of the key.
 pub(crate) enum Ticket {
-    /// The pending marker placed (or adopted) at the key.
+    /// The pending marker this load placed at the key.
     Marker(Marker),
+    /// The pending marker another loader placed, which this one shares: the first fill
+    /// wins, and a load that stores nothing leaves it for the other.
+    Adopted(Marker),
     /// A refresh: replace the value only if it is still `old` (same bytes and version).
     Replace { old: Arc<Entry>, version: Version },
 }
@@ -103,19 +124,12 @@ impl Store {
         }
     }
 
-    /// Step 1 of the fill protocol (module docs): the value if one landed, else a ticket.
-    /// `lifetime` is how long the value will be kept; `force` replaces a stored value that
-    /// the caller could not decode.
-    pub(crate) async fn begin_fill(
-        &self,
-        key: &str,
-        lifetime: Duration,
-        window: Duration,
-        force: bool,
-    ) -> Result<Begun> {
+    /// Step 1 of the fill protocol (module docs): the value if a fresh one landed, else a
+    /// ticket.
+    pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan) -> Result<Begun> {
         match self {
-            Store::Memory(store) => Ok(store.begin_fill(key, window, force).await),
-            Store::Redis(store) => store.begin_fill(key, lifetime, window, force).await,
+            Store::Memory(store) => Ok(store.begin_fill(key, plan).await),
+            Store::Redis(store) => store.begin_fill(key, plan).await,
         }
     }
 
@@ -134,13 +148,12 @@ impl Store {
         }
     }
 
-    /// Removes the marker of a load whose result is not stored, if it is still there.
-    pub(crate) async fn abandon(&self, key: &str, ticket: &Ticket) -> Result<()> {
+    /// A load stores nothing: whether its ticket still holds (no write or invalidation of
+    /// the key since it was taken). A marker the load placed itself is removed (putting back
+    /// the expired value it kept); a shared one is left to the other loaders.
+    pub(crate) async fn abandon(&self, key: &str, ticket: &Ticket) -> Result<bool> {
         match self {
-            Store::Memory(store) => {
-                store.abandon(key, ticket).await;
-                Ok(())
-            }
+            Store::Memory(store) => Ok(store.abandon(key, ticket).await),
             Store::Redis(store) => store.abandon(key, ticket).await,
         }
     }

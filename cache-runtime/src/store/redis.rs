@@ -16,7 +16,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
 use super::link::{LazyCluster, Link};
-use super::{Begun, Found, Marker, Removed, Ticket, Version};
+use super::{Begun, FillPlan, Found, Marker, Removed, Ticket, Version};
 use crate::breaker::{is_connection_failure, Breaker, BreakerState, Pass};
 use crate::codec::Entry;
 use crate::error::{Error, Result};
@@ -74,9 +74,12 @@ return 1"
 );
 
 /// Step 1 of the fill protocol. `KEYS[1]` data key, `KEYS[2..]` its indexes (standalone
-/// only); `ARGV`: new marker, marker lifetime ms, member, index ttl ms, force, birth,
-/// the markers' common prefix.
-/// Replies `{1, value}` when a value is stored, `{2, marker}` with the marker to fill.
+/// only); `ARGV`: new marker id, marker lifetime ms, member, index ttl ms, force, birth, the
+/// markers' common prefix, fresh ms (`ttl`), lifetime ms.
+/// Replies `{1, value}` when a fresh value is stored, `{2, marker id}` with the marker to
+/// fill. A marker is `<id>` or, when it replaces an expired value kept for `stale`,
+/// `<id><expiry ms>\n<value>`, so readers can still serve that value and an abandoned load
+/// can put it back.
 const BEGIN_FILL_SCRIPT: &str = concat!(
     lua_prelude!(),
     r"
@@ -88,22 +91,34 @@ if type(current) == 'table' and current.err then
   current = false
 end
 local pending = current and string.sub(current, 1, #ARGV[7]) == ARGV[7]
+local kept = false
+local left = 0
 if current and not pending and ARGV[5] ~= '1' then
-  return {1, current}
+  left = redis.call('PTTL', KEYS[1])
+  if tonumber(ARGV[9]) - left < tonumber(ARGV[8]) then
+    return {1, current}
+  end
+  kept = current
 end
 local now = now_ms()
 for i = 2, #KEYS do index_add(KEYS[i], ARGV[3], tonumber(ARGV[4]), now, ARGV[6]) end
 if pending then
-  return {2, current}
+  local stop = string.find(current, '\n', #ARGV[7] + 1, true)
+  return {2, string.sub(current, 1, stop)}
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if kept and left > 0 then
+  redis.call('SET', KEYS[1], ARGV[1] .. (now + left) .. '\n' .. kept, 'PX', math.max(tonumber(ARGV[2]), left))
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
 return {2, ARGV[1]}"
 );
 
 /// Step 3 of the fill protocol: `SET KEYS[1] ARGV[2] PX ARGV[3]` if it still holds the
-/// marker `ARGV[1]`.
+/// marker whose id is `ARGV[1]`.
 const FILL_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, #ARGV[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
 end
@@ -150,12 +165,36 @@ fn is_marker(bytes: &[u8]) -> bool {
     bytes.starts_with(MARKER_TAG)
 }
 
-/// Deletes `KEYS[1]` if it still holds the marker `ARGV[1]`.
-const ABANDON_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+/// Whether `KEYS[1]` still holds the marker whose id is `ARGV[1]`; with `ARGV[2] == '1'`
+/// (the loader placed it) it is removed, putting back the expired value it kept for stale
+/// fallback (until that value's own expiry).
+const ABANDON_SCRIPT: &str = concat!(
+    lua_prelude!(),
+    r"
+local current = redis.call('GET', KEYS[1])
+if not current or string.sub(current, 1, #ARGV[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] ~= '1' then return 1 end
+local rest = string.sub(current, #ARGV[1] + 1)
+if #rest > 0 then
+  local stop = string.find(rest, '\n', 1, true)
+  local left = tonumber(string.sub(rest, 1, stop - 1)) - now_ms()
+  if left > 0 then
+    redis.call('SET', KEYS[1], string.sub(rest, stop + 1), 'PX', left)
+    return 1
+  end
 end
-return 0";
+redis.call('DEL', KEYS[1])
+return 1"
+);
+
+/// The expired value a marker keeps for stale fallback, if any.
+fn kept_by_marker(marker: &[u8]) -> Option<Vec<u8>> {
+    let rest = &marker[MARKER_TAG.len()..];
+    let id_end = rest.iter().position(|&b| b == b'\n')?;
+    let rest = &rest[id_end + 1..];
+    let expiry_end = rest.iter().position(|&b| b == b'\n')?;
+    Some(rest[expiry_end + 1..].to_vec())
+}
 
 /// Keys asked for per `SCAN`/`ZSCAN` step, and unlinked per command.
 const BATCH: usize = 1000;
@@ -346,6 +385,7 @@ impl RedisStore {
     /// `GET` and `PTTL` in one round trip: the entry, its age (for entries stored with
     /// `lifetime`, `lifetime - PTTL`) and its version.
     pub(crate) async fn get_aged(&self, key: &str, lifetime: Duration) -> Result<Option<Found>> {
+        let read_at = std::time::Instant::now();
         let mut connection = self.connection.clone();
         let full_key = self.full_key(key);
         let (bytes, millis): (Option<Vec<u8>>, i64) = self
@@ -359,10 +399,22 @@ impl RedisStore {
             )
             .await?;
         let remaining = Duration::from_millis(u64::try_from(millis).unwrap_or(0));
-        Ok(bytes.filter(|bytes| !is_marker(bytes)).map(|json| Found {
-            entry: Arc::new(Entry::from_json(json)),
-            age: lifetime.saturating_sub(remaining),
-            version: Version::Redis(millis),
+        Ok(bytes.and_then(|bytes| {
+            if !is_marker(&bytes) {
+                return Some(Found {
+                    entry: Arc::new(Entry::from_json(bytes)),
+                    age: lifetime.saturating_sub(remaining),
+                    read_at,
+                    version: Version::Redis(millis),
+                });
+            }
+            // A load is running; the expired value it replaced still serves as stale.
+            kept_by_marker(&bytes).map(|kept| Found {
+                entry: Arc::new(Entry::from_json(kept)),
+                age: Duration::MAX,
+                read_at,
+                version: Version::Redis(-2),
+            })
         }))
     }
 
@@ -420,28 +472,26 @@ impl RedisStore {
     }
 
     /// Step 1 of the fill protocol (see `store/mod.rs`). The index entry covers the marker
-    /// and the value that may replace it (`window + lifetime`).
-    pub(crate) async fn begin_fill(
-        &self,
-        key: &str,
-        lifetime: Duration,
-        window: Duration,
-        force: bool,
-    ) -> Result<Begun> {
+    /// and the value that may replace it (`window + lifetime`; a marker keeping an expired
+    /// value lives at most as long as that value).
+    pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan) -> Result<Begun> {
         let birth = self.birth().await?;
         let mut marker = MARKER_TAG.to_vec();
         marker.extend_from_slice(crate::lock::new_token().as_bytes());
-        let index_ttl = millis(window) + millis(lifetime);
+        marker.push(b'\n');
+        let index_ttl = millis(plan.window) + millis(plan.lifetime);
         let script = redis::Script::new(BEGIN_FILL_SCRIPT);
         let mut invocation = self.invocation(&script, key);
         invocation
             .arg(&marker)
-            .arg(millis(window))
+            .arg(millis(plan.window))
             .arg(key)
             .arg(index_ttl)
-            .arg(if force { "1" } else { "0" })
+            .arg(if plan.force { "1" } else { "0" })
             .arg(birth)
-            .arg(MARKER_TAG);
+            .arg(MARKER_TAG)
+            .arg(millis(plan.fresh_for))
+            .arg(millis(plan.lifetime));
         let (found, bytes): (i64, Vec<u8>) = if self.connection.is_cluster() {
             // Both in flight together: the load starts only when both are done, so either
             // an invalidation finds the marker, or it ran before the load reads anything.
@@ -456,8 +506,10 @@ impl RedisStore {
         };
         Ok(if found == 1 {
             Begun::Present(Arc::new(Entry::from_json(bytes)))
-        } else {
+        } else if bytes == marker {
             Begun::Ticket(Ticket::Marker(Marker::Redis(bytes)))
+        } else {
+            Begun::Ticket(Ticket::Adopted(Marker::Redis(bytes)))
         })
     }
 
@@ -471,7 +523,7 @@ impl RedisStore {
     ) -> Result<bool> {
         let ttl_ms = millis(ttl);
         let stored: i64 = match ticket {
-            Ticket::Marker(Marker::Redis(marker)) => {
+            Ticket::Marker(Marker::Redis(marker)) | Ticket::Adopted(Marker::Redis(marker)) => {
                 let script = redis::Script::new(FILL_SCRIPT);
                 let mut invocation = script.prepare_invoke();
                 invocation.key(self.full_key(key)).arg(marker).arg(&*entry.json).arg(ttl_ms);
@@ -498,16 +550,18 @@ impl RedisStore {
         Ok(stored == 1)
     }
 
-    /// Removes the marker of a load that stores nothing (its result is not cacheable), if
-    /// it is still there.
-    pub(crate) async fn abandon(&self, key: &str, ticket: &Ticket) -> Result<()> {
-        if let Ticket::Marker(Marker::Redis(marker)) = ticket {
-            let script = redis::Script::new(ABANDON_SCRIPT);
-            let mut invocation = script.prepare_invoke();
-            invocation.key(self.full_key(key)).arg(marker);
-            self.run::<()>(&invocation).await?;
-        }
-        Ok(())
+    /// A load stores nothing: whether its marker is still there; removed (putting back the
+    /// value it kept) if this load placed it.
+    pub(crate) async fn abandon(&self, key: &str, ticket: &Ticket) -> Result<bool> {
+        let (marker, own) = match ticket {
+            Ticket::Marker(Marker::Redis(marker)) => (marker, "1"),
+            Ticket::Adopted(Marker::Redis(marker)) => (marker, "0"),
+            _ => return Ok(false),
+        };
+        let script = redis::Script::new(ABANDON_SCRIPT);
+        let mut invocation = script.prepare_invoke();
+        invocation.key(self.full_key(key)).arg(marker).arg(own);
+        Ok(self.run::<i64>(&invocation).await? == 1)
     }
 
     /// `PING`, then `INFO memory/clients/stats` of each primary (bypassing the breaker;
