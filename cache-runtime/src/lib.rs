@@ -100,8 +100,10 @@
 //! if `I` ran before the marker was placed, the body read the database after the write.
 //!
 //! In-process, an invalidation detaches the loads it covers from single flight, and a
-//! leader publishes its value to the callers that waited on it only after the fill was
-//! accepted; a refused fill sends them to load again. Refreshes replace a value only if
+//! leader hands its value to the callers that waited on it only once the store confirmed
+//! its ticket (the fill was accepted, or the marker was still there); a refused ticket sends
+//! them to load again, and a value that could not be checked (Redis failing) goes only to
+//! the callers that joined before the body started, for whom it is fresh in any case. Refreshes replace a value only if
 //! the key still holds the very value (bytes, and a remaining TTL no longer than when read)
 //! they started from. Indexes are trusted only while they hold a sentinel member, so an
 //! index that Redis evicted is noticed and rebuilt with one `SCAN` instead of silently
