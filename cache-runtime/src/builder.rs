@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use crate::cache::{Cache, Settings, DEFAULT_MEMORY_CAPACITY};
 use crate::error::{Error, Result};
-use crate::store::memory::MemoryStore;
-use crate::store::redis::{RedisOptions, RedisStore};
+use crate::store::redis::RedisOptions;
 use crate::store::Store;
 
 /// Builds a [`Cache`]: Redis when [`redis`](Self::redis) is given, the memory store otherwise.
@@ -177,26 +176,22 @@ impl CacheBuilder {
             return Err(Error::InvalidConfig("redis_cluster needs at least one seed node".into()));
         }
         let store = match self.redis_urls.is_empty() {
-            false => Store::Redis(RedisStore::new(RedisOptions {
+            false => Store::redis(RedisOptions {
                 urls: self.redis_urls,
                 cluster: self.cluster,
                 prefix: self.prefix.clone(),
                 connect_timeout: self.connect_timeout,
                 command_timeout: self.command_timeout,
-            })?),
+            })?,
             true => {
                 if self.memory_capacity == 0 {
                     return Err(Error::InvalidConfig(
                         "memory capacity must be greater than zero".into(),
                     ));
                 }
-                Store::Memory(MemoryStore::new(self.memory_capacity))
+                Store::memory(self.memory_capacity)
             }
         };
-        let prefix = match store {
-            Store::Memory(_) => String::new(),
-            Store::Redis(_) => self.prefix,
-        };
-        Ok(Cache::from_store(store, prefix, self.settings))
+        Ok(Cache::from_store(store, self.settings))
     }
 }

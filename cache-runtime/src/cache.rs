@@ -14,11 +14,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::flight::Flights;
 use crate::key::validate_key;
 use crate::load::{Filled, Load};
-use crate::lock::LocalLocks;
 use crate::pending::Pending;
 use crate::shape::{Outcome, ResultShape, Shape};
 use crate::stats::{Counters, Stats, StatsRegistry, DIRECT_CALLS};
-use crate::store::memory::MemoryStore;
 use crate::store::Store;
 use crate::store::{Found, Ticket};
 
@@ -53,11 +51,9 @@ pub(crate) struct CacheInner {
     /// Unique per cache in this process (never reused, unlike an address).
     pub(crate) id: u64,
     pub(crate) store: Store,
-    pub(crate) prefix: String,
     pub(crate) settings: Settings,
     pub(crate) stats: StatsRegistry,
     pub(crate) flights: Flights,
-    pub(crate) local_locks: LocalLocks,
     /// Invalidations that failed for a connection reason, replayed until they land.
     pub(crate) pending: Pending,
 }
@@ -118,11 +114,7 @@ impl Policy {
 impl Cache {
     /// An in-process cache bounded to 128 MiB (use [`Cache::builder`] to change the bound).
     pub fn memory() -> Cache {
-        Cache::from_store(
-            Store::Memory(MemoryStore::new(DEFAULT_MEMORY_CAPACITY)),
-            String::new(),
-            Settings::default(),
-        )
+        Cache::from_store(Store::memory(DEFAULT_MEMORY_CAPACITY), Settings::default())
     }
 
     /// A builder for a Redis-backed (or bounded in-memory) cache.
@@ -130,16 +122,14 @@ impl Cache {
         CacheBuilder::default()
     }
 
-    pub(crate) fn from_store(store: Store, prefix: String, settings: Settings) -> Cache {
+    pub(crate) fn from_store(store: Store, settings: Settings) -> Cache {
         Cache {
             inner: Arc::new(CacheInner {
                 id: NEXT_CACHE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 store,
-                prefix,
                 settings,
                 stats: StatsRegistry::default(),
                 flights: Flights::default(),
-                local_locks: LocalLocks::default(),
                 pending: Pending::default(),
             }),
         }
@@ -147,7 +137,7 @@ impl Cache {
 
     /// The prefix put before every key in Redis (empty for the memory store).
     pub fn prefix(&self) -> &str {
-        &self.inner.prefix
+        self.inner.store.prefix()
     }
 
     /// The value stored under `key` (a rendered key, without the prefix), decoded as `T`.
@@ -244,10 +234,7 @@ impl Cache {
     /// The state of the circuit breaker in front of Redis (always closed for the memory
     /// store).
     pub fn breaker_state(&self) -> crate::BreakerState {
-        match &self.inner.store {
-            Store::Redis(redis) => redis.breaker_state(),
-            Store::Memory(_) => crate::BreakerState::Closed,
-        }
+        self.inner.store.breaker_state()
     }
 
     /// Every function's counters and the totals, ready to serialize (the admin
@@ -573,7 +560,7 @@ impl fmt::Debug for Cache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
             .field("store", &self.inner.store.kind())
-            .field("prefix", &self.inner.prefix)
+            .field("prefix", &self.inner.store.prefix())
             .finish_non_exhaustive()
     }
 }

@@ -38,9 +38,9 @@ pub enum Error {
     InvalidUrl {
         /// The URL as given.
         url: String,
-        /// What redis-rs said about it.
+        /// What the Redis client said about it.
         #[source]
-        source: redis::RedisError,
+        source: BackendError,
     },
     /// A value's JSON is larger than the builder's `max_value_bytes`.
     #[error("the value for key {key:?} is {bytes} bytes of JSON, over the {max}-byte limit")]
@@ -68,7 +68,7 @@ pub enum Error {
     Unavailable,
     /// Redis failed: connection refused or lost, timeout, or an error reply.
     #[error("cache backend error: {0}")]
-    Backend(#[from] redis::RedisError),
+    Backend(#[source] BackendError),
     /// A value could not be serialized to JSON for storing.
     #[error("could not encode the value for key {key:?}: {source}")]
     Encode {
@@ -135,8 +135,8 @@ impl Error {
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Backend(error) if error.is_timeout() => ErrorKind::Timeout,
-            Error::Backend(error) if crate::breaker::is_connection_failure(error) => {
+            Error::Backend(error) if error.0.is_timeout() => ErrorKind::Timeout,
+            Error::Backend(error) if crate::breaker::is_connection_failure(&error.0) => {
                 ErrorKind::Connection
             }
             Error::Backend(_) => ErrorKind::Server,
@@ -147,8 +147,34 @@ impl Error {
         }
     }
 
+    /// A failure of the Redis client.
+    pub(crate) fn backend(error: redis::RedisError) -> Self {
+        Error::Backend(BackendError(error))
+    }
+
     pub(crate) fn invalid_key(key: &str, reason: &'static str) -> Self {
         Error::InvalidKey { key: key.to_owned(), reason }
+    }
+}
+
+/// A failure reported by the Redis client, as it described it.
+///
+/// Opaque on purpose: the client library is an implementation detail, so its error type is
+/// not part of this crate's API (a new redis-rs release cannot break your code). Its
+/// message is in `Display`, and its own cause in [`source`](std::error::Error::source);
+/// [`Error::kind`] classifies it.
+#[derive(Debug)]
+pub struct BackendError(pub(crate) redis::RedisError);
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0)
     }
 }
 

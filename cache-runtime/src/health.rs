@@ -1,12 +1,12 @@
 //! [`Cache::health`]: is the store reachable, how fast, and what Redis says about itself.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::breaker::BreakerState;
 use crate::cache::Cache;
-use crate::store::Store;
+use crate::store::Probe;
 
 /// A snapshot of the store's health, as the admin `/cache/health` route shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -59,33 +59,27 @@ impl Cache {
             pending_invalidations: u64::try_from(self.inner.pending.len()).unwrap_or(u64::MAX),
             error: None,
         };
-        match &self.inner.store {
-            Store::Memory(memory) => {
-                let (entries, bytes) = memory.size().await;
+        match self.inner.store.probe().await {
+            Probe::Memory { entries, bytes } => {
                 health.entries = Some(entries);
                 health.used_memory_bytes = Some(bytes);
                 health.round_trip_ms = Some(0.0);
             }
-            Store::Redis(redis) => {
-                let started = Instant::now();
-                match redis.ping_and_info().await {
-                    Ok(info) => {
-                        health.round_trip_ms = Some(millis(started.elapsed()));
-                        // A cluster answers per primary: sum over them.
-                        let field = |name: &str| {
-                            info.iter().map(|node| info_field(node, name)).sum::<Option<u64>>()
-                        };
-                        health.used_memory_bytes = field("used_memory");
-                        health.connected_clients = field("connected_clients");
-                        health.evicted_keys = field("evicted_keys");
-                        health.keyspace_hits = field("keyspace_hits");
-                        health.keyspace_misses = field("keyspace_misses");
-                    }
-                    Err(error) => {
-                        health.reachable = false;
-                        health.error = Some(error.to_string());
-                    }
-                }
+            Probe::Redis { round_trip, info } => {
+                health.round_trip_ms = Some(millis(round_trip));
+                // A cluster answers per primary: sum over them.
+                let field = |name: &str| {
+                    info.iter().map(|node| info_field(node, name)).sum::<Option<u64>>()
+                };
+                health.used_memory_bytes = field("used_memory");
+                health.connected_clients = field("connected_clients");
+                health.evicted_keys = field("evicted_keys");
+                health.keyspace_hits = field("keyspace_hits");
+                health.keyspace_misses = field("keyspace_misses");
+            }
+            Probe::Unreachable(error) => {
+                health.reachable = false;
+                health.error = Some(error.to_string());
             }
         }
         health

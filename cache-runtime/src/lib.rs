@@ -165,7 +165,7 @@ pub use breaker::BreakerState;
 pub use builder::CacheBuilder;
 pub use cache::Cache;
 pub use default_cache::{default_cache, set_default};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{BackendError, Error, ErrorKind, Result};
 pub use health::Health;
 pub use key::{KeyPart, KeyWriter};
 pub use lock::LockGuard;

@@ -21,7 +21,7 @@ use crate::error::ErrorKind;
 use crate::flight::{self, Join, Landed, Leader};
 use crate::shape::{Outcome, Shape};
 use crate::stats::Counters;
-use crate::store::{Begun, FillPlan, Found, Store, Ticket};
+use crate::store::{Begun, FillPlan, Found, Ticket};
 
 /// One call's miss path.
 pub(crate) struct Load<'a, T> {
@@ -97,7 +97,7 @@ where
                     let locked = self.policy.lock
                         && !self.store_failing
                         && !self.overwrite
-                        && matches!(self.cache.inner.store, Store::Redis(_));
+                        && self.cache.inner.store.shared();
                     let returned = if locked {
                         self.locked::<S, R, Fut>(load, &mut leader).await
                     } else {

@@ -29,7 +29,8 @@ pub(crate) struct Notifier {
     /// The nodes to subscribe through, tried in turn (any node of a cluster hears every
     /// classic pub/sub message).
     clients: Vec<redis::Client>,
-    prefix: String,
+    /// What the subscription listens to: `<prefix>#filled:*` and `<prefix>#released:*`.
+    patterns: [String; 2],
     /// Local waiters by channel name.
     waiters: Arc<Waiters>,
     /// `true` while the subscription is live; started on first use.
@@ -39,18 +40,15 @@ pub(crate) struct Notifier {
 }
 
 impl Notifier {
-    pub(crate) fn new(clients: Vec<redis::Client>, prefix: String) -> Self {
+    /// Wake-ups for the cache whose keys start with `prefix`.
+    pub(crate) fn new(clients: Vec<redis::Client>, prefix: &str) -> Self {
         Notifier {
             clients,
-            prefix,
+            patterns: [format!("{prefix}{FILLED}*"), format!("{prefix}{RELEASED}*")],
             waiters: Arc::default(),
             subscribed: Mutex::new(None),
             _alive: Arc::new(()),
         }
-    }
-
-    pub(crate) fn channel(&self, namespace: &str, key: &str) -> String {
-        format!("{}{namespace}{key}", self.prefix)
     }
 
     /// Registers interest in `channel` and returns whether the subscription is live (if it
@@ -92,7 +90,7 @@ impl Notifier {
         *subscribed = Some(live);
         runtime.spawn(subscribe(
             self.clients.clone(),
-            [format!("{}{FILLED}*", self.prefix), format!("{}{RELEASED}*", self.prefix)],
+            self.patterns.clone(),
             Arc::downgrade(&self.waiters),
             Arc::downgrade(&self._alive),
             state,

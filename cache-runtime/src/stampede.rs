@@ -26,16 +26,9 @@ use crate::cache::Cache;
 use crate::error::ErrorKind;
 use crate::flight::{Landed, Leader};
 use crate::load::{Began, Load, Permit};
-use crate::lock::{new_token, RELEASE};
-use crate::notify::{Signal, FILLED};
+use crate::notify::Signal;
 use crate::shape::{Outcome, Shape};
-use crate::store::redis::RedisStore;
-use crate::store::Store;
-
-/// Where the lease of a load lives: a hash tag keeps it in the key's own slot family.
-fn load_lock_key(prefix: &str, key: &str) -> String {
-    format!("{prefix}#load:{{{key}}}")
-}
+use crate::store::lease::{new_token, LeaseKind, Wakeup};
 
 impl<T> Load<'_, T>
 where
@@ -51,30 +44,25 @@ where
         S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
     {
-        let Store::Redis(redis) = &self.cache.inner.store else {
-            return self.lead::<S, R, Fut>(load, leader).await;
-        };
         let (cache, counters, key) = (self.cache, self.counters, self.key);
+        let store = &cache.inner.store;
         let settings = &cache.inner.settings;
         let deadline = Instant::now() + settings.lock_wait;
-        let lock_key = load_lock_key(&cache.inner.prefix, key);
-        let channel = redis.notifier().channel(FILLED, key);
         let token = new_token();
         // The first attempt follows a miss, so it tries the lease before looking again.
         let mut look_first = false;
         loop {
-            let (woken, live) = redis.notifier().register(&channel);
+            let woken = store.watch(LeaseKind::Load, key);
             if !look_first {
-                match redis.try_lease(&lock_key, &token, settings.lock_lease).await {
+                match store.try_load_lease(key, &token, settings.lock_lease).await {
                     Ok(true) => {
                         let held = HeldLease {
                             cache: cache.clone(),
-                            lock_key: lock_key.clone(),
+                            key: key.to_owned(),
                             token: token.clone(),
-                            channel: channel.clone(),
                             done: false,
                         };
-                        return self.holding::<S, R, Fut>(redis, load, leader, held).await;
+                        return self.holding::<S, R, Fut>(load, leader, held).await;
                     }
                     Ok(false) => {}
                     Err(error) => {
@@ -85,7 +73,7 @@ where
                 }
             }
             look_first = false;
-            let lease_left = match redis.get_and_lease(key, &lock_key).await {
+            let lease_left = match store.peek_with_lease(key).await {
                 Ok((Some(entry), _)) => match entry.take(self.cloner) {
                     Ok(value) => {
                         leader.publish(Landed::Value(entry));
@@ -112,17 +100,17 @@ where
                 continue; // released or lapsed: try to take it
             }
             let until = deadline.min(now + lease_left + Duration::from_millis(2));
-            if !live {
+            if let Wakeup::NotSubscribed = woken {
                 // First use of the subscription: wait for it, then look again.
-                redis.notifier().wait_subscribed(until - now).await;
+                store.wait_subscribed(until - now).await;
                 look_first = true;
                 continue;
             }
-            match tokio::time::timeout_at(until.into(), woken).await {
+            match woken.wait(until).await {
                 // The value landed: read it before contending.
-                Ok(Ok(Signal::Ready)) => look_first = true,
+                Some(Signal::Ready) => look_first = true,
                 // The holder's body failed: a stale value answers without another run.
-                Ok(Ok(Signal::Failed)) => {
+                Some(Signal::Failed) => {
                     if let Some(value) =
                         self.stale.as_ref().and_then(|entry| entry.take(self.cloner).ok())
                     {
@@ -131,7 +119,7 @@ where
                         return S::from_value(value);
                     }
                 }
-                _ => {}
+                None => {}
             }
         }
         // Redis failing, or waited too long: load without cross-process coordination.
@@ -142,7 +130,6 @@ where
     /// renewing, fill, release and wake waiters.
     async fn holding<S, R, Fut>(
         &self,
-        redis: &RedisStore,
         load: impl FnOnce() -> Fut,
         leader: &mut Leader<'_>,
         mut held: HeldLease,
@@ -163,14 +150,12 @@ where
         };
         leader.loading();
         let lease = self.cache.inner.settings.lock_lease;
-        let (key, lock_key, token) = (self.key, held.lock_key.clone(), held.token.clone());
+        let (store, key, token) = (&self.cache.inner.store, self.key, held.token.clone());
         let renew = async {
             loop {
                 tokio::time::sleep(lease / 3).await;
-                let renewed: Result<u64, _> = redis
-                    .script(RENEW, &[&lock_key], &[&token, &lease.as_millis().to_string()])
-                    .await;
-                if !matches!(renewed, Ok(1)) {
+                let renewed = store.extend_lease(LeaseKind::Load, key, &token, lease).await;
+                if !matches!(renewed, Ok(true)) {
                     tracing::warn!(key, "lost the load lock while loading (lease ran out)");
                     std::future::pending::<()>().await;
                 }
@@ -189,8 +174,7 @@ where
     }
 }
 
-/// The lease a refresh holds: across processes on Redis, nothing to hold on the memory
-/// store (the refresh's flight is enough there).
+/// The lease a refresh holds (on a store other processes share; nothing otherwise).
 pub(crate) struct RefreshLease(Option<HeldLease>);
 
 impl RefreshLease {
@@ -205,55 +189,43 @@ impl Cache {
     /// Takes the lease for refreshing `key`; `None` when another process holds it (or Redis
     /// fails: then nobody refreshes now, and the current value is served).
     pub(crate) async fn refresh_lease(&self, key: &str) -> Option<RefreshLease> {
-        let Store::Redis(redis) = &self.inner.store else {
+        if !self.inner.store.shared() {
             return Some(RefreshLease(None));
-        };
-        let lock_key = load_lock_key(&self.inner.prefix, key);
+        }
         let token = new_token();
-        if !matches!(
-            redis.try_lease(&lock_key, &token, self.inner.settings.lock_lease).await,
-            Ok(true)
-        ) {
+        let lease = self.inner.settings.lock_lease;
+        if !matches!(self.inner.store.try_load_lease(key, &token, lease).await, Ok(true)) {
             return None;
         }
-        let channel = redis.notifier().channel(FILLED, key);
         Some(RefreshLease(Some(HeldLease {
             cache: self.clone(),
-            lock_key,
+            key: key.to_owned(),
             token,
-            channel,
             done: false,
         })))
     }
 }
 
-/// Extends the lease if still held by this token.
-const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0";
-
-/// The lease of a running load. If the load is cancelled or panics, `Drop` releases the
-/// lease in the background and tells waiters it failed, so they need not wait for it to
-/// lapse.
+/// The load lease of a running load. If the load is cancelled or panics, `Drop` releases
+/// the lease in the background and tells waiters it failed, so they need not wait for it
+/// to lapse.
 struct HeldLease {
     cache: Cache,
-    lock_key: String,
+    key: String,
     token: String,
-    channel: String,
     done: bool,
 }
 
 impl HeldLease {
-    async fn release(&mut self, stored: bool) {
+    /// Releases the lease; `ready`: waiters should look again (else the body failed).
+    async fn release(&mut self, ready: bool) {
         self.done = true;
-        let Store::Redis(redis) = &self.cache.inner.store else { return };
-        let outcome = if stored { "1" } else { "0" };
-        let released: Result<u64, _> =
-            redis.script(RELEASE, &[&self.lock_key], &[&self.token, &self.channel, outcome]).await;
-        if let Err(error) = released {
-            tracing::warn!(lock = %self.lock_key, %error, "could not release the load lock; it lapses after its lease");
+        let signal = if ready { Signal::Ready } else { Signal::Failed };
+        let store = &self.cache.inner.store;
+        if let Err(error) =
+            store.release_lease(LeaseKind::Load, &self.key, &self.token, signal).await
+        {
+            tracing::warn!(key = %self.key, %error, "could not release the load lock; it lapses after its lease");
         }
     }
 }
@@ -266,17 +238,14 @@ impl Drop for HeldLease {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let cache = self.cache.clone();
-        let (lock_key, token, channel) = (
-            std::mem::take(&mut self.lock_key),
-            std::mem::take(&mut self.token),
-            std::mem::take(&mut self.channel),
-        );
+        let (cache, key, token) =
+            (self.cache.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.token));
         runtime.spawn(async move {
-            if let crate::store::Store::Redis(redis) = &cache.inner.store {
-                let _: Result<u64, _> =
-                    redis.script(RELEASE, &[&lock_key], &[&token, &channel, "0"]).await;
-            }
+            let _ = cache
+                .inner
+                .store
+                .release_lease(LeaseKind::Load, &key, &token, Signal::Failed)
+                .await;
         });
     }
 }

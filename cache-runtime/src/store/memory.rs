@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 
+use super::lease::LocalLocks;
 use super::{Begun, FillPlan, Found, Marker, Ticket, Version};
 use crate::codec::Entry;
 use crate::{glob, index};
@@ -77,6 +78,8 @@ pub(crate) struct MemoryStore {
     entries: moka::future::Cache<String, Stored>,
     prefixes: Arc<PrefixIndex>,
     writes: AtomicU64,
+    /// `Cache::lock` within this process.
+    locks: LocalLocks,
 }
 
 impl MemoryStore {
@@ -100,7 +103,12 @@ impl MemoryStore {
                 }
             })
             .build();
-        MemoryStore { entries, prefixes, writes: AtomicU64::new(1) }
+        MemoryStore { entries, prefixes, writes: AtomicU64::new(1), locks: LocalLocks::default() }
+    }
+
+    /// The in-process locks.
+    pub(crate) fn locks(&self) -> &LocalLocks {
+        &self.locks
     }
 
     pub(crate) async fn get(&self, key: &str) -> Option<Arc<Entry>> {

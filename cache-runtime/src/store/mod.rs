@@ -18,6 +18,7 @@
 //! [`Ticket::Replace`]: the new value goes in only if the key still holds the very value
 //! the refresh started from.
 
+pub(crate) mod lease;
 mod link;
 pub(crate) mod memory;
 pub(crate) mod redis;
@@ -25,6 +26,7 @@ pub(crate) mod redis;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::breaker::BreakerState;
 use crate::codec::Entry;
 use crate::error::Result;
 
@@ -106,7 +108,62 @@ pub(crate) enum Store {
     Redis(redis::RedisStore),
 }
 
+/// What [`Store::probe`] learned, for [`Cache::health`](crate::Cache::health).
+pub(crate) enum Probe {
+    /// The memory store's entries and weighed bytes.
+    Memory { entries: u64, bytes: u64 },
+    /// Redis answered a `PING` (after `round_trip`) and `INFO` of each primary.
+    Redis { round_trip: Duration, info: Vec<String> },
+    /// Redis did not answer.
+    Unreachable(crate::Error),
+}
+
 impl Store {
+    /// An in-process store bounded to about `capacity_bytes`.
+    pub(crate) fn memory(capacity_bytes: u64) -> Store {
+        Store::Memory(memory::MemoryStore::new(capacity_bytes))
+    }
+
+    /// A Redis store (not connected yet).
+    pub(crate) fn redis(options: redis::RedisOptions) -> Result<Store> {
+        Ok(Store::Redis(redis::RedisStore::new(options)?))
+    }
+
+    /// The prefix of every key in Redis (empty for the memory store, which is private to
+    /// its cache).
+    pub(crate) fn prefix(&self) -> &str {
+        match self {
+            Store::Memory(_) => "",
+            Store::Redis(store) => store.prefix(),
+        }
+    }
+
+    /// The circuit breaker's state (always closed for the memory store).
+    pub(crate) fn breaker_state(&self) -> BreakerState {
+        match self {
+            Store::Memory(_) => BreakerState::Closed,
+            Store::Redis(store) => store.breaker_state(),
+        }
+    }
+
+    /// Checks the store: its size in process; a `PING` round trip and `INFO` on Redis
+    /// (bypassing the breaker, bounded by the command timeout).
+    pub(crate) async fn probe(&self) -> Probe {
+        match self {
+            Store::Memory(store) => {
+                let (entries, bytes) = store.size().await;
+                Probe::Memory { entries, bytes }
+            }
+            Store::Redis(store) => {
+                let started = Instant::now();
+                match store.ping_and_info().await {
+                    Ok(info) => Probe::Redis { round_trip: started.elapsed(), info },
+                    Err(error) => Probe::Unreachable(error),
+                }
+            }
+        }
+    }
+
     /// The entry under `key` (without the cache's prefix), if any. A pending marker reads
     /// as absent.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>> {

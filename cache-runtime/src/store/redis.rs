@@ -19,7 +19,7 @@ use super::link::{LazyCluster, Link};
 use super::{Begun, FillPlan, Found, Marker, Removed, Ticket, Version};
 use crate::breaker::{is_connection_failure, Breaker, BreakerState, Pass};
 use crate::codec::Entry;
-use crate::error::{Error, Result};
+use crate::error::{BackendError, Error, Result};
 use crate::index::{self, INDEX_NAMESPACE, SENTINEL};
 use crate::key::RESERVED;
 use crate::notify::Notifier;
@@ -237,8 +237,10 @@ impl RedisStore {
             .urls
             .iter()
             .map(|url| {
-                redis::Client::open(url.as_str())
-                    .map_err(|source| Error::InvalidUrl { url: url.clone(), source })
+                redis::Client::open(url.as_str()).map_err(|source| Error::InvalidUrl {
+                    url: url.clone(),
+                    source: BackendError(source),
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let connection = if options.cluster {
@@ -247,7 +249,10 @@ impl RedisStore {
                 .response_timeout(options.command_timeout)
                 .retries(1)
                 .build()
-                .map_err(|source| Error::InvalidUrl { url: options.urls.join(","), source })?;
+                .map_err(|source| Error::InvalidUrl {
+                    url: options.urls.join(","),
+                    source: BackendError(source),
+                })?;
             Link::Cluster(Arc::new(LazyCluster::new(client)))
         } else {
             let config = ConnectionManagerConfig::new()
@@ -257,11 +262,14 @@ impl RedisStore {
                 // next call tries again.
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(100));
-            Link::Standalone(ConnectionManager::new_lazy_with_config(clients[0].clone(), config)?)
+            Link::Standalone(
+                ConnectionManager::new_lazy_with_config(clients[0].clone(), config)
+                    .map_err(Error::backend)?,
+            )
         };
         // Classic pub/sub reaches every node of a cluster: one subscription to any node
         // hears every fill notification.
-        let notifier = Notifier::new(clients, options.prefix.clone());
+        let notifier = Notifier::new(clients, &options.prefix);
         Ok(RedisStore {
             connection,
             prefix: options.prefix,
@@ -269,6 +277,11 @@ impl RedisStore {
             breaker: Breaker::default(),
             eviction: OnceCell::new(),
         })
+    }
+
+    /// The prefix of every key of this cache.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// `prefix + key`.
@@ -306,7 +319,7 @@ impl RedisStore {
             // An error reply still means Redis answers.
             _ => self.breaker.succeeded(),
         }
-        Ok(outcome?)
+        outcome.map_err(Error::backend)
     }
 
     /// The circuit breaker's state.
@@ -331,7 +344,10 @@ impl RedisStore {
         if self.connection.is_cluster() {
             for (host, port) in self.guarded(self.connection.primaries()).await? {
                 replies.push(
-                    self.connection.on_node(config.clone(), &host, port).await.map_err(Error::from),
+                    self.connection
+                        .on_node(config.clone(), &host, port)
+                        .await
+                        .map_err(Error::backend),
                 );
             }
         } else {
@@ -342,7 +358,7 @@ impl RedisStore {
         for reply in replies {
             let pairs = match reply {
                 Ok(pairs) => pairs,
-                Err(Error::Backend(error)) if !is_connection_failure(&error) => {
+                Err(Error::Backend(error)) if !is_connection_failure(&error.0) => {
                     tracing::warn!(%error, "CONFIG GET maxmemory* refused: assuming Redis may evict invalidation indexes");
                     policy = EvictionPolicy::Possible;
                     continue;
@@ -477,7 +493,7 @@ impl RedisStore {
     pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan) -> Result<Begun> {
         let birth = self.birth().await?;
         let mut marker = MARKER_TAG.to_vec();
-        marker.extend_from_slice(crate::lock::new_token().as_bytes());
+        marker.extend_from_slice(super::lease::new_token().as_bytes());
         marker.push(b'\n');
         let index_ttl = millis(plan.window) + millis(plan.lifetime);
         let script = redis::Script::new(BEGIN_FILL_SCRIPT);
@@ -571,14 +587,23 @@ impl RedisStore {
         let mut info = redis::cmd("INFO");
         info.arg("memory").arg("clients").arg("stats");
         if !self.connection.is_cluster() {
-            let (_, info): (String, String) =
-                redis::pipe().cmd("PING").add_command(info).query_async(&mut connection).await?;
+            let (_, info): (String, String) = redis::pipe()
+                .cmd("PING")
+                .add_command(info)
+                .query_async(&mut connection)
+                .await
+                .map_err(Error::backend)?;
             return Ok(vec![info]);
         }
-        redis::cmd("PING").query_async::<()>(&mut connection).await?;
+        redis::cmd("PING").query_async::<()>(&mut connection).await.map_err(Error::backend)?;
         let mut infos = Vec::new();
-        for (host, port) in self.connection.primaries().await? {
-            infos.push(self.connection.on_node::<String>(info.clone(), &host, port).await?);
+        for (host, port) in self.connection.primaries().await.map_err(Error::backend)? {
+            infos.push(
+                self.connection
+                    .on_node::<String>(info.clone(), &host, port)
+                    .await
+                    .map_err(Error::backend)?,
+            );
         }
         Ok(infos)
     }
@@ -766,7 +791,7 @@ impl RedisStore {
     /// trusted if it survived the scan. `SCAN` returns every key that exists for the whole
     /// scan; keys written during it index themselves.
     async fn rebuild(&self, index: &str, level: &str, pattern: &str) -> Result<u64> {
-        let own = format!("{RESERVED}rebuild:{}", crate::lock::new_token());
+        let own = format!("{RESERVED}rebuild:{}", super::lease::new_token());
         self.script::<()>(REBUILD_SCRIPT, &[index], &[&own]).await?;
         let birth = self.birth().await?;
         let mut removed = 0;
