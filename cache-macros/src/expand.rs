@@ -30,10 +30,12 @@ pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
             static __CACHE_RUNTIME_FN: ::cache_runtime::__private::CachedFn =
                 ::cache_runtime::__private::CachedFn {
                     name: #name,
-                    ttl: ::core::time::Duration::from_millis(#millis),
-                    lock: #lock,
-                    stale: #stale,
-                    refresh: #refresh,
+                    policy: ::cache_runtime::__private::Policy::new(
+                        ::core::time::Duration::from_millis(#millis),
+                        #lock,
+                        #stale,
+                        #refresh,
+                    ),
                     counters: ::cache_runtime::__private::CountersSlot::new(),
                 };
             #register
