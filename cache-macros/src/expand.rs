@@ -65,11 +65,11 @@ pub(crate) fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
         .iter()
         .flat_map(|args| &args.templates)
         .filter_map(|template| {
-            let segments = template::parse(&template.value(), Purpose::Pattern, template.span())
+            let parsed = template::parse(&template.value(), Purpose::Pattern, template.span())
                 .map_err(|error| errors.add(error))
                 .ok()?;
-            let key = render_key(&segments, template, &signature, &mut errors)?;
-            Some(if template::is_glob(&segments) {
+            let key = render_key(&parsed.segments, template, &signature, &mut errors)?;
+            Some(if parsed.is_glob() {
                 quote!(::cache_runtime::__private::Target::Pattern(#key))
             } else {
                 quote!(::cache_runtime::__private::Target::Key(#key))
@@ -228,10 +228,10 @@ fn key_expr(
     signature: &Signature<'_>,
     errors: &mut Errors,
 ) -> Option<TokenStream> {
-    let segments = template::parse(&template.value(), purpose, template.span())
+    let parsed = template::parse(&template.value(), purpose, template.span())
         .map_err(|error| errors.add(error))
         .ok()?;
-    render_key(&segments, template, signature, errors)
+    render_key(&parsed.segments, template, signature, errors)
 }
 
 /// The `Cache` to use: `cache = <expr>` or the process default.
