@@ -1,20 +1,122 @@
-//! Key templates, read with the grammar the runtime shares ([`cache_keys::template`]), their
-//! errors spanned on the template literal.
+//! Key templates in the generated code: read with [`cache_keys::template`] (the grammar the
+//! runtime shares), their placeholders resolved against the signature, rendered as an
+//! expression building the key.
 
-use proc_macro2::Span;
+use cache_keys::template::{self, Purpose, Segment};
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned, ToTokens as _};
+use syn::spanned::Spanned as _;
+use syn::{Ident, LitStr};
 
-pub(crate) use cache_keys::template::{Purpose, Segment, Template};
+use crate::errors::Errors;
+use crate::item::Signature;
 
-/// Splits `text` into segments, or says everything wrong with it, spanned on `span`.
-pub(crate) fn parse(text: &str, purpose: Purpose, span: Span) -> Result<Template, syn::Error> {
-    cache_keys::template::parse(text, purpose).map_err(|messages| {
-        messages
-            .into_iter()
-            .map(|message| syn::Error::new(span, message))
-            .reduce(|mut all, error| {
-                all.combine(error);
-                all
-            })
-            .unwrap_or_else(|| syn::Error::new(span, "invalid key template"))
+/// A template and the expression that renders its key from the arguments.
+pub(crate) struct Key {
+    pub(crate) template: LitStr,
+    /// An expression of type `String`.
+    pub(crate) expr: TokenStream,
+    /// Whether it is a glob pattern (otherwise it names one key).
+    pub(crate) glob: bool,
+}
+
+impl Key {
+    /// Reads `template` and renders it, or reports everything wrong with it (each error
+    /// spanned on the literal) and returns `None`.
+    pub(crate) fn resolve(
+        template: &LitStr,
+        purpose: Purpose,
+        signature: &Signature<'_>,
+        errors: &mut Errors,
+    ) -> Option<Key> {
+        let span = template.span();
+        let parsed = match template::parse(&template.value(), purpose) {
+            Ok(parsed) => parsed,
+            Err(messages) => {
+                messages.into_iter().for_each(|message| errors.push(span, message));
+                return None;
+            }
+        };
+        let mut capacity = 0;
+        let mut steps = Vec::new();
+        for segment in &parsed.segments {
+            match segment {
+                Segment::Literal(text) => {
+                    capacity += text.len();
+                    steps.push(quote!(__cache_runtime_key.push_str(#text);));
+                }
+                Segment::Placeholder { root, fields } => {
+                    capacity += 8;
+                    steps.extend(placeholder_value(root, fields, span, signature, errors));
+                }
+            }
+        }
+        let expr = quote! {{
+            let mut __cache_runtime_key = ::std::string::String::with_capacity(#capacity);
+            #(#steps)*
+            __cache_runtime_key
+        }};
+        Some(Key { template: template.clone(), expr, glob: parsed.is_glob() })
+    }
+}
+
+/// `push_part(&mut key, &param.field)`, spanned so that a missing `KeyPart` or an unknown
+/// field is reported on the user's parameter type or template.
+fn placeholder_value(
+    root: &str,
+    fields: &[String],
+    span: Span,
+    signature: &Signature<'_>,
+    errors: &mut Errors,
+) -> Option<TokenStream> {
+    let (base, type_span) = if root == "self" {
+        if !signature.has_self {
+            errors.push(span, "placeholder `<self...>` in a function without `self`");
+            return None;
+        }
+        (quote_spanned!(span=> self), span)
+    } else if let Some((ident, ty)) = signature.params.iter().find(|(ident, _)| *ident == root) {
+        // The parameter's name, spanned on its type: a missing `KeyPart` is reported there.
+        (Ident::new(&ident.to_string(), ty.span()).to_token_stream(), ty.span())
+    } else {
+        errors.push(span, unknown_placeholder(root, signature));
+        return None;
+    };
+    if fields.is_empty() {
+        return Some(quote_spanned! {type_span=>
+            ::cache_runtime::__private::push_part(&mut __cache_runtime_key, &#base);
+        });
+    }
+    let fields = fields.iter().map(|field| match field.parse::<u32>() {
+        Ok(index) => syn::Index { index, span }.to_token_stream(),
+        Err(_) => Ident::new(field, span).to_token_stream(),
+    });
+    Some(quote_spanned! {span=>
+        ::cache_runtime::__private::push_part(&mut __cache_runtime_key, &#base #(.#fields)*);
     })
+}
+
+/// The error for a placeholder naming no parameter, with a suggestion and the parameters.
+fn unknown_placeholder(root: &str, signature: &Signature<'_>) -> String {
+    let mut names: Vec<String> =
+        signature.params.iter().map(|(ident, _)| ident.to_string()).collect();
+    if signature.has_self {
+        names.insert(0, "self".into());
+    }
+    let suggestion = names
+        .iter()
+        .map(|name| (strsim::levenshtein(root, name), name))
+        .filter(|(distance, name)| *distance <= 2.max(name.len() / 3))
+        .min()
+        .map(|(_, name)| format!("; did you mean `<{name}>`?"))
+        .unwrap_or_default();
+    let available = if names.is_empty() {
+        "the function has no named parameters".to_owned()
+    } else {
+        format!(
+            "parameters: {}",
+            names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        )
+    };
+    format!("unknown placeholder `<{root}>`: no parameter named `{root}`{suggestion} ({available})")
 }
