@@ -1,6 +1,9 @@
-//! Attribute argument grammar: `name = value` pairs and bare flags, separated by commas.
+//! Attribute arguments: the grammar (`name = value` pairs, bare flags and, for
+//! `#[invalidates]`, string literals, separated by commas) and each argument's typed value.
+//! Rules between arguments are in `valid.rs`.
 
-use proc_macro2::Span;
+use cache_keys::template::Purpose;
+use proc_macro2::{Span, TokenStream};
 use syn::ext::IdentExt as _;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
@@ -10,23 +13,108 @@ use syn::{Expr, Ident, LitStr, Token};
 use crate::errors::Errors;
 use crate::ttl::parse_ttl;
 
-/// One argument as written: `ident`, `ident = expr`, or (for `#[invalidates]`) a string.
-pub(crate) struct RawArg {
-    pub(crate) name: Ident,
-    pub(crate) value: Option<Expr>,
-    /// A bare string literal (`"homepage:*"`), in which case `name` is a placeholder.
-    pub(crate) positional: Option<LitStr>,
+/// Which attribute is expanding: what it accepts and requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Attribute {
+    Cached,
+    CachePut,
+    Invalidates,
+}
+
+impl Attribute {
+    /// The name users write, in messages: `#[cached]`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Attribute::Cached => "cached",
+            Attribute::CachePut => "cache_put",
+            Attribute::Invalidates => "invalidates",
+        }
+    }
+
+    /// Whether its templates name keys that values are stored under (otherwise they are keys
+    /// or patterns to remove).
+    pub(crate) fn purpose(self) -> Purpose {
+        match self {
+            Attribute::Cached | Attribute::CachePut => Purpose::Key,
+            Attribute::Invalidates => Purpose::Pattern,
+        }
+    }
+
+    /// Methods must take `&self`: the cached value must not depend on mutable state.
+    pub(crate) fn shared_self(self) -> bool {
+        self == Attribute::Cached
+    }
+
+    /// A return type is needed: there must be a value to store.
+    pub(crate) fn needs_return(self) -> bool {
+        self != Attribute::Invalidates
+    }
+
+    fn accepts(self, keyword: Keyword) -> bool {
+        match self {
+            Attribute::Cached => true,
+            Attribute::CachePut => !matches!(keyword, Keyword::Lock | Keyword::Refresh),
+            Attribute::Invalidates => matches!(keyword, Keyword::Cache | Keyword::Name),
+        }
+    }
+
+    /// What it accepts, for the unknown-argument error.
+    fn expected(self) -> &'static str {
+        match self {
+            Attribute::Cached => "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `cache`, `name`",
+            Attribute::CachePut => "one of `key`, `ttl`, `stale`, `cache`, `name`",
+            Attribute::Invalidates => "key templates or patterns as strings (`\"vehicle:<v.id>\"`, `\"homepage:*\"`), `cache`, `name`",
+        }
+    }
+
+    /// An example for `name = ...`.
+    fn name_example(self) -> &'static str {
+        match self {
+            Attribute::Cached | Attribute::CachePut => "name = \"get_vehicle\"",
+            Attribute::Invalidates => "name = \"update_vehicle\"",
+        }
+    }
+}
+
+/// The named arguments, across attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keyword {
+    Key,
+    Ttl,
+    Lock,
+    Stale,
+    Refresh,
+    Cache,
+    Name,
+}
+
+impl Keyword {
+    fn of(ident: &Ident) -> Option<Keyword> {
+        Some(match ident.to_string().as_str() {
+            "key" => Keyword::Key,
+            "ttl" => Keyword::Ttl,
+            "lock" => Keyword::Lock,
+            "stale" => Keyword::Stale,
+            "refresh" => Keyword::Refresh,
+            "cache" => Keyword::Cache,
+            "name" => Keyword::Name,
+            _ => return None,
+        })
+    }
+}
+
+/// One argument as written.
+enum RawArg {
+    /// `"homepage:*"` (a template of `#[invalidates]`).
+    Positional(LitStr),
+    /// `name` or `name = expr`.
+    Named { name: Ident, value: Option<Expr> },
 }
 
 impl Parse for RawArg {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         if input.peek(LitStr) {
-            let lit: LitStr = input.parse()?;
-            return Ok(RawArg {
-                name: Ident::new("template", lit.span()),
-                value: None,
-                positional: Some(lit),
-            });
+            return Ok(RawArg::Positional(input.parse()?));
         }
         let name = Ident::parse_any(input)?;
         let value = if input.peek(Token![=]) {
@@ -35,213 +123,207 @@ impl Parse for RawArg {
         } else {
             None
         };
-        Ok(RawArg { name, value, positional: None })
+        Ok(RawArg::Named { name, value })
     }
 }
 
-/// All arguments of one attribute.
-pub(crate) struct RawArgs(pub(crate) Vec<RawArg>);
-
-impl Parse for RawArgs {
-    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        Ok(RawArgs(Punctuated::<RawArg, Token![,]>::parse_terminated(input)?.into_iter().collect()))
-    }
-}
-
-/// A parsed time to live.
-pub(crate) struct Ttl {
+/// A duration argument (`ttl = "15m"`), in milliseconds, with the literal's span.
+#[derive(Clone, Copy)]
+pub(crate) struct Duration {
     pub(crate) millis: u64,
+    pub(crate) span: Span,
 }
 
-/// The arguments of `#[cached]`, validated.
-pub(crate) struct CachedArgs {
-    /// `None` only after an error was reported.
-    pub(crate) key: Option<LitStr>,
-    /// `None` only after an error was reported.
-    pub(crate) ttl: Option<Ttl>,
-    pub(crate) lock: bool,
-    pub(crate) cache: Option<Expr>,
-    pub(crate) name: Option<LitStr>,
-    /// Total keep time for stale fallback, in milliseconds.
-    pub(crate) stale: Option<u64>,
-    /// Age that triggers an early refresh, in milliseconds.
-    pub(crate) refresh: Option<u64>,
+/// One argument's slot, set at most once (serde_derive's `Attr`).
+pub(crate) struct Attr<T> {
+    name: &'static str,
+    /// Whether the argument was written, whatever its value.
+    written: bool,
+    /// Its value, `None` when it was not written or its value was reported invalid.
+    value: Option<T>,
 }
 
-const CACHED_ARGS: &str = "`key`, `ttl`, `lock`, `stale`, `refresh`, `cache`, `name`";
+impl<T> Attr<T> {
+    fn none(name: &'static str) -> Self {
+        Attr { name, written: false, value: None }
+    }
 
-impl CachedArgs {
-    /// Validates every argument, reporting all problems at once. A missing or invalid `key`
-    /// or `ttl` is reported and left `None`, so the other arguments are still checked.
-    pub(crate) fn from_raw(raw: RawArgs, errors: &mut Errors) -> CachedArgs {
-        let mut key = None;
-        let mut ttl = None;
-        let mut lock = None;
-        let mut cache = None;
-        let mut name = None;
-        let mut stale = None;
-        let mut refresh = None;
-        let mut seen: Vec<String> = Vec::new();
-        for arg in raw.0 {
-            if let Some(lit) = &arg.positional {
-                errors.push(lit.span(), "expected `name = value`: write `key = \"...\"`");
-                continue;
-            }
-            let arg_name = arg.name.to_string();
-            if seen.contains(&arg_name) {
-                errors.push(arg.name.span(), format!("duplicate argument `{arg_name}`"));
-                continue;
-            }
-            seen.push(arg_name.clone());
-            match arg_name.as_str() {
-                "key" => key = string_value(&arg, errors, "key = \"vehicle:<id>\""),
-                "name" => name = string_value(&arg, errors, "name = \"get_vehicle\""),
-                "ttl" => {
-                    if let Some(lit) = string_value(&arg, errors, "ttl = \"15m\"") {
-                        match parse_ttl(&lit.value()) {
-                            Ok(millis) => ttl = Some(Ttl { millis }),
-                            Err(message) => errors.push(lit.span(), message),
-                        }
-                    }
-                }
-                "stale" => stale = duration_value(&arg, errors, "stale = \"1h\""),
-                "refresh" => refresh = duration_value(&arg, errors, "refresh = \"12m\""),
-                "lock" => match arg.value {
-                    None => lock = Some(arg.name.span()),
-                    Some(value) => errors
-                        .push(value.span(), "`lock` is a flag and takes no value: write `lock`"),
-                },
-                "cache" => match arg.value {
-                    Some(value) => cache = Some(value),
-                    None => {
-                        errors.push(arg.name.span(), "`cache` needs a value: `cache = self.cache`")
-                    }
-                },
-                _ => errors.push(
-                    arg.name.span(),
-                    format!("unknown argument `{arg_name}`; expected one of {CACHED_ARGS}"),
-                ),
-            }
+    /// Records the argument named at `span` with the value `read` makes of it (`None` once
+    /// `read` reported why it cannot). A second occurrence is reported as a duplicate and its
+    /// value is not read.
+    fn set(
+        &mut self,
+        span: Span,
+        errors: &mut Errors,
+        read: impl FnOnce(&mut Errors) -> Option<T>,
+    ) {
+        if self.written {
+            errors.push(span, format!("duplicate argument `{}`", self.name));
+            return;
         }
-        if key.is_none() && !seen.iter().any(|s| s == "key") {
-            errors.push(Span::call_site(), "missing `key = \"...\"`: `#[cached]` needs a key template such as `key = \"vehicle:<id>\"`");
-        }
-        if ttl.is_none() && !seen.iter().any(|s| s == "ttl") {
-            errors.push(
-                Span::call_site(),
-                "missing `ttl = \"...\"`: `#[cached]` needs a time to live such as `ttl = \"15m\"`",
-            );
-        }
-        if let (Some(ttl), Some((stale, span))) = (&ttl, stale) {
-            if stale <= ttl.millis {
-                errors.push(span, "`stale` must be longer than `ttl`: it is how long a value is kept in all, to be served when the body fails after the value expired");
-            }
-        }
-        if let (Some(ttl), Some((refresh, span))) = (&ttl, refresh) {
-            if refresh >= ttl.millis {
-                errors.push(span, "`refresh` must be shorter than `ttl`: it is the age at which a hit recomputes the value before it expires");
-            }
-        }
-        CachedArgs {
-            key,
-            ttl,
-            lock: lock.is_some(),
-            cache,
-            name,
-            stale: stale.map(|(millis, _)| millis),
-            refresh: refresh.map(|(millis, _)| millis),
-        }
+        self.written = true;
+        self.value = read(errors);
+    }
+
+    /// The value, if it was written and valid.
+    pub(crate) fn get(&self) -> Option<&T> {
+        self.value.as_ref()
+    }
+
+    /// Whether the argument was written, valid or not.
+    pub(crate) fn is_written(&self) -> bool {
+        self.written
     }
 }
 
-/// A duration literal (`"1h"`) and its span, or `None` after reporting the error.
-fn duration_value(arg: &RawArg, errors: &mut Errors, example: &str) -> Option<(u64, Span)> {
-    let lit = string_value(arg, errors, example)?;
-    match parse_ttl(&lit.value()) {
-        Ok(millis) => Some((millis, lit.span())),
-        Err(message) => {
-            errors.push(lit.span(), message);
-            None
-        }
-    }
-}
-
-/// The string literal value of `arg`, or an error showing the expected form.
-fn string_value(arg: &RawArg, errors: &mut Errors, example: &str) -> Option<LitStr> {
-    match &arg.value {
-        Some(Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(lit), .. })) => Some(lit.clone()),
-        Some(other) => {
-            errors.push(other.span(), format!("expected a string literal: `{example}`"));
-            None
-        }
-        None => {
-            errors.push(arg.name.span(), format!("`{}` needs a value: `{example}`", arg.name));
-            None
-        }
-    }
-}
-
-/// The arguments of `#[invalidates("tmpl", ..., cache = ..., name = ...)]`.
-pub(crate) struct InvalidatesArgs {
+/// The arguments of one attribute, each read on its own.
+pub(crate) struct Args {
+    pub(crate) attribute: Attribute,
+    pub(crate) key: Attr<LitStr>,
+    pub(crate) ttl: Attr<Duration>,
+    pub(crate) lock: Attr<()>,
+    pub(crate) stale: Attr<Duration>,
+    pub(crate) refresh: Attr<Duration>,
+    pub(crate) cache: Attr<Expr>,
+    pub(crate) name: Attr<LitStr>,
+    /// The templates and patterns of `#[invalidates]`, in order.
     pub(crate) templates: Vec<LitStr>,
-    pub(crate) cache: Option<Expr>,
-    pub(crate) name: Option<LitStr>,
 }
 
-impl InvalidatesArgs {
-    pub(crate) fn from_raw(raw: RawArgs, errors: &mut Errors) -> InvalidatesArgs {
-        let mut args = InvalidatesArgs { templates: Vec::new(), cache: None, name: None };
-        let mut seen: Vec<String> = Vec::new();
-        for arg in raw.0 {
-            if let Some(lit) = arg.positional {
-                args.templates.push(lit);
-                continue;
+impl Args {
+    /// Reads the arguments of `attribute`, reporting every problem with one of them (syntax
+    /// aside, which stops at the first error). `None` when the syntax is invalid.
+    pub(crate) fn parse(
+        attribute: Attribute,
+        tokens: TokenStream,
+        errors: &mut Errors,
+    ) -> Option<Args> {
+        let parser = Punctuated::<RawArg, Token![,]>::parse_terminated;
+        let raw =
+            syn::parse::Parser::parse2(parser, tokens).map_err(|error| errors.add(error)).ok()?;
+        let mut args = Args {
+            attribute,
+            key: Attr::none("key"),
+            ttl: Attr::none("ttl"),
+            lock: Attr::none("lock"),
+            stale: Attr::none("stale"),
+            refresh: Attr::none("refresh"),
+            cache: Attr::none("cache"),
+            name: Attr::none("name"),
+            templates: Vec::new(),
+        };
+        for arg in raw {
+            args.add(arg, errors);
+        }
+        Some(args)
+    }
+
+    /// The key templates or patterns: `key`, or the templates of `#[invalidates]`.
+    pub(crate) fn templates(&self) -> impl Iterator<Item = &LitStr> {
+        self.key.get().into_iter().chain(&self.templates)
+    }
+
+    fn add(&mut self, arg: RawArg, errors: &mut Errors) {
+        let (name, value) = match arg {
+            RawArg::Positional(lit) if self.attribute == Attribute::Invalidates => {
+                self.templates.push(lit);
+                return;
             }
-            let arg_name = arg.name.to_string();
-            if seen.contains(&arg_name) {
-                errors.push(arg.name.span(), format!("duplicate argument `{arg_name}`"));
-                continue;
+            RawArg::Positional(lit) => {
+                errors.push(lit.span(), "expected `name = value`: write `key = \"...\"`");
+                return;
             }
-            seen.push(arg_name.clone());
-            match arg_name.as_str() {
-                "cache" => match arg.value {
-                    Some(value) => args.cache = Some(value),
-                    None => errors.push(arg.name.span(), "`cache` needs a value: `cache = self.cache`"),
-                },
-                "name" => args.name = string_value(&arg, errors, "name = \"update_vehicle\""),
-                _ => errors.push(
-                    arg.name.span(),
-                    format!("unknown argument `{arg_name}`; expected key templates or patterns as strings (`\"vehicle:<v.id>\"`, `\"homepage:*\"`), `cache`, `name`"),
-                ),
+            RawArg::Named { name, value } => (name, value),
+        };
+        let Some(keyword) = Keyword::of(&name).filter(|&keyword| self.attribute.accepts(keyword))
+        else {
+            let expected = self.attribute.expected();
+            errors.push(name.span(), format!("unknown argument `{name}`; expected {expected}"));
+            return;
+        };
+        let span = name.span();
+        let value = Value { name, value };
+        match keyword {
+            Keyword::Key => {
+                self.key.set(span, errors, |errors| value.string(errors, "key = \"vehicle:<id>\""))
+            }
+            Keyword::Ttl => {
+                self.ttl.set(span, errors, |errors| value.duration(errors, "ttl = \"15m\""))
+            }
+            Keyword::Stale => {
+                self.stale.set(span, errors, |errors| value.duration(errors, "stale = \"1h\""))
+            }
+            Keyword::Refresh => {
+                self.refresh.set(span, errors, |errors| value.duration(errors, "refresh = \"12m\""))
+            }
+            Keyword::Lock => self.lock.set(span, errors, |errors| value.flag(errors)),
+            Keyword::Cache => self.cache.set(span, errors, |errors| value.expr(errors)),
+            Keyword::Name => {
+                let example = self.attribute.name_example();
+                self.name.set(span, errors, |errors| value.string(errors, example))
             }
         }
-        if args.templates.is_empty() {
-            errors.push(Span::call_site(), "`#[invalidates]` needs at least one key or pattern: `#[invalidates(\"vehicle:<v.id>\", \"homepage:*\")]`");
-        }
-        args
     }
 }
 
-/// The arguments of `#[cache_put(key = ..., ttl = ..., stale = ..., cache = ..., name = ...)]`:
-/// those of `#[cached]` without `lock` and `refresh`.
-pub(crate) struct PutArgs;
+/// A named argument's value, read as the type its name calls for.
+struct Value {
+    name: Ident,
+    value: Option<Expr>,
+}
 
-impl PutArgs {
-    pub(crate) fn from_raw(raw: RawArgs, errors: &mut Errors) -> CachedArgs {
-        // The grammar of `#[cached]`, without its read-side options.
-        let read_only = |arg: &RawArg| {
-            arg.positional.is_none() && (arg.name == "lock" || arg.name == "refresh")
-        };
-        for arg in raw.0.iter().filter(|arg| read_only(arg)) {
+impl Value {
+    /// A string literal, or an error showing the expected form.
+    fn string(self, errors: &mut Errors, example: &str) -> Option<LitStr> {
+        match self.value {
+            Some(Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(lit), .. })) => Some(lit),
+            Some(other) => {
+                errors.push(other.span(), format!("expected a string literal: `{example}`"));
+                None
+            }
+            None => {
+                errors
+                    .push(self.name.span(), format!("`{}` needs a value: `{example}`", self.name));
+                None
+            }
+        }
+    }
+
+    /// A duration literal (`"1h"`).
+    fn duration(self, errors: &mut Errors, example: &str) -> Option<Duration> {
+        let lit = self.string(errors, example)?;
+        match parse_ttl(&lit.value()) {
+            Ok(millis) => Some(Duration { millis, span: lit.span() }),
+            Err(message) => {
+                errors.push(lit.span(), message);
+                None
+            }
+        }
+    }
+
+    /// A bare flag (`lock`).
+    fn flag(self, errors: &mut Errors) -> Option<()> {
+        match self.value {
+            None => Some(()),
+            Some(value) => {
+                let name = &self.name;
+                errors.push(
+                    value.span(),
+                    format!("`{name}` is a flag and takes no value: write `{name}`"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Any expression (`cache = self.cache`).
+    fn expr(self, errors: &mut Errors) -> Option<Expr> {
+        if self.value.is_none() {
             errors.push(
-                arg.name.span(),
-                format!(
-                    "unknown argument `{}`; expected one of `key`, `ttl`, `stale`, `cache`, `name`",
-                    arg.name
-                ),
+                self.name.span(),
+                format!("`{}` needs a value: `cache = self.cache`", self.name),
             );
         }
-        let raw = RawArgs(raw.0.into_iter().filter(|arg| !read_only(arg)).collect());
-        CachedArgs::from_raw(raw, errors)
+        self.value
     }
 }

@@ -4,8 +4,10 @@
 mod attr;
 mod errors;
 mod expand;
+mod item;
 mod template;
 mod ttl;
+mod valid;
 
 use proc_macro::TokenStream;
 

@@ -1,236 +1,122 @@
-//! Key templates: literal text with `<name>` / `<name.field.field>` placeholders.
+//! Key templates in the generated code: read with [`cache_keys::template`] (the grammar the
+//! runtime shares), their placeholders resolved against the signature, rendered as an
+//! expression building the key.
 
-use proc_macro2::Span;
+use cache_keys::template::{self, Purpose, Segment};
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned, ToTokens as _};
+use syn::spanned::Spanned as _;
+use syn::{Ident, LitStr};
 
-/// One piece of a template.
-#[derive(Debug, PartialEq)]
-pub(crate) enum Segment {
-    /// Text copied into the key as it is.
-    Literal(String),
-    /// A value from the arguments: `root` is a parameter name or `self`, `fields` a path
-    /// of field names or tuple indices.
-    Placeholder { root: String, fields: Vec<String> },
+use crate::errors::Errors;
+use crate::item::Signature;
+
+/// A template and the expression that renders its key from the arguments.
+pub(crate) struct Key {
+    pub(crate) template: LitStr,
+    /// An expression of type `String`.
+    pub(crate) expr: TokenStream,
+    /// Whether it is a glob pattern (otherwise it names one key).
+    pub(crate) glob: bool,
 }
 
-/// What the template is for: a stored key (no glob characters) or an invalidation pattern.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Purpose {
-    Key,
-    Pattern,
-}
-
-/// Characters that a rendered value never contains, so a raw one can only come from the
-/// template's own text. Values write `[A-Za-z0-9_.-]` as they are, `%` in their encoding, `~`
-/// for `None` and `,` between the fields of a composite value; everything else is encoded.
-fn never_in_values(c: char) -> bool {
-    !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '%' | '~' | ','))
-}
-
-/// Splits `text` into segments, or says everything wrong with it.
-pub(crate) fn parse(text: &str, purpose: Purpose, span: Span) -> Result<Vec<Segment>, syn::Error> {
-    let mut errors: Vec<String> = Vec::new();
-    let mut segments = Vec::new();
-    if text.is_empty() {
-        errors.push("the key template is empty".into());
-    }
-    if text.contains('#') {
-        errors.push(format!(
-            "`#` in key template {text:?}: `#` is reserved for the cache's own keys (indexes, locks, fencing counters), so a key or pattern must not contain it"
-        ));
-    }
-    let mut literal = String::new();
-    let mut in_class = false;
-    let mut rest = text;
-    while let Some(c) = rest.chars().next() {
-        match c {
-            '<' => {
-                let Some(end) = rest.find('>') else {
-                    errors.push(format!(
-                        "unclosed `<` in key template {text:?}: placeholders are written `<name>`"
-                    ));
-                    break;
-                };
-                let inner = &rest[1..end];
-                if inner.contains('<') {
-                    errors.push(format!(
-                        "unclosed `<` in key template {text:?}: placeholders are written `<name>`"
-                    ));
-                }
-                if !literal.is_empty() {
-                    segments.push(Segment::Literal(std::mem::take(&mut literal)));
-                }
-                match parse_placeholder(inner) {
-                    Ok(placeholder) => segments.push(placeholder),
-                    Err(message) => errors.push(message),
-                }
-                rest = &rest[end + 1..];
+impl Key {
+    /// Reads `template` and renders it, or reports everything wrong with it (each error
+    /// spanned on the literal) and returns `None`.
+    pub(crate) fn resolve(
+        template: &LitStr,
+        purpose: Purpose,
+        signature: &Signature<'_>,
+        errors: &mut Errors,
+    ) -> Option<Key> {
+        let span = template.span();
+        let parsed = match template::parse(&template.value(), purpose) {
+            Ok(parsed) => parsed,
+            Err(messages) => {
+                messages.into_iter().for_each(|message| errors.push(span, message));
+                return None;
             }
-            '>' => {
-                errors.push(format!("unmatched `>` in key template {text:?}"));
-                rest = &rest[1..];
-            }
-            _ => {
-                if purpose == Purpose::Key && matches!(c, '*' | '?' | '[' | ']') {
-                    errors.push(format!(
-                        "glob character `{c}` in the cached key {text:?}: a stored key must not contain `*`, `?`, `[` or `]` (patterns belong in `#[invalidates]`)"
-                    ));
-                } else if purpose == Purpose::Pattern && c == '[' {
-                    in_class = true;
-                } else if purpose == Purpose::Pattern && c == ']' {
-                    if !in_class {
-                        errors.push(format!("unmatched `]` in pattern {text:?}"));
-                    }
-                    in_class = false;
-                } else if c == '\\' {
-                    errors.push(format!(
-                        "backslash in key template {text:?}: keys must not contain `\\`"
-                    ));
-                } else if c.is_whitespace() || c.is_control() {
-                    errors.push(format!(
-                        "whitespace or control character {c:?} in key template {text:?}: keys must not contain them"
-                    ));
-                }
-                literal.push(c);
-                rest = &rest[c.len_utf8()..];
-            }
-        }
-    }
-    if in_class {
-        errors.push(format!("unclosed `[` in pattern {text:?}"));
-    }
-    if !literal.is_empty() {
-        segments.push(Segment::Literal(literal));
-    }
-    check_separators(&segments, text, &mut errors);
-    match errors.into_iter().map(|message| syn::Error::new(span, message)).reduce(|mut all, e| {
-        all.combine(e);
-        all
-    }) {
-        Some(error) => Err(error),
-        None => Ok(segments),
-    }
-}
-
-fn parse_placeholder(inner: &str) -> Result<Segment, String> {
-    if inner.is_empty() {
-        return Err(
-            "empty placeholder `<>`: name a parameter, as in `<id>` or `<vehicle.id>`".into()
-        );
-    }
-    let mut parts = inner.split('.');
-    let root = parts.next().unwrap_or_default();
-    let is_ident = |s: &str| {
-        s.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
-            && s.chars().all(|c| c.is_alphanumeric() || c == '_')
-    };
-    if !is_ident(root) {
-        return Err(format!("invalid placeholder `<{inner}>`: expected a parameter name, as in `<id>` or `<vehicle.id>`"));
-    }
-    let fields: Vec<String> = parts.map(str::to_owned).collect();
-    if let Some(bad) = fields
-        .iter()
-        .find(|f| f.is_empty() || (!is_ident(f) && !f.chars().all(|c| c.is_ascii_digit())))
-    {
-        return Err(format!("invalid field `{bad}` in placeholder `<{inner}>`"));
-    }
-    Ok(Segment::Placeholder { root: root.to_owned(), fields })
-}
-
-/// Two placeholders must be separated by text containing a character that values never
-/// contain (such as `:`); otherwise `<a><b>` renders `a=1,b=23` and `a=12,b=3` alike, and
-/// `<a>~<b>` renders `a=Some(""),b=None` and `a=None,b=Some("")` alike.
-fn check_separators(segments: &[Segment], text: &str, errors: &mut Vec<String>) {
-    for window in segments.windows(2).chain(segments.windows(3)) {
-        let (first, between, second) = match window {
-            [a @ Segment::Placeholder { .. }, b @ Segment::Placeholder { .. }] => (a, None, b),
-            [a @ Segment::Placeholder { .. }, Segment::Literal(l), b @ Segment::Placeholder { .. }] => {
-                (a, Some(l), b)
-            }
-            _ => continue,
         };
-        if between.is_none_or(|l| !l.chars().any(never_in_values)) {
-            errors.push(format!(
-                "placeholders {} and {} in key template {text:?} need a separator such as `:` between them; otherwise different values could render the same key",
-                describe(first),
-                describe(second)
-            ));
-        }
-    }
-}
-
-fn describe(segment: &Segment) -> String {
-    match segment {
-        Segment::Placeholder { root, fields } if fields.is_empty() => format!("`<{root}>`"),
-        Segment::Placeholder { root, fields } => format!("`<{root}.{}>`", fields.join(".")),
-        Segment::Literal(text) => format!("{text:?}"),
-    }
-}
-
-/// Whether a parsed pattern uses glob syntax (otherwise it names one key).
-pub(crate) fn is_glob(segments: &[Segment]) -> bool {
-    segments.iter().any(|s| matches!(s, Segment::Literal(text) if text.contains(['*', '?', '['])))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ok(text: &str) -> Vec<Segment> {
-        parse(text, Purpose::Key, Span::call_site()).unwrap()
-    }
-    fn err(text: &str, purpose: Purpose) -> String {
-        parse(text, purpose, Span::call_site()).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn splits_literals_and_placeholders() {
-        assert_eq!(
-            ok("dealer:<v.dealer_id>:vehicles"),
-            vec![
-                Segment::Literal("dealer:".into()),
-                Segment::Placeholder { root: "v".into(), fields: vec!["dealer_id".into()] },
-                Segment::Literal(":vehicles".into()),
-            ]
-        );
-        assert_eq!(ok("<self.0>").len(), 1);
-        assert_eq!(ok("a:<x>:<y>").len(), 4);
-    }
-
-    #[test]
-    fn reports_malformed_templates() {
-        assert!(err("", Purpose::Key).contains("empty"));
-        assert!(err("vehicle:<>", Purpose::Key).contains("empty placeholder"));
-        assert!(err("vehicle:<id", Purpose::Key).contains("unclosed"));
-        assert!(err("vehicle:id>", Purpose::Key).contains("unmatched"));
-        assert!(err("vehicle:*", Purpose::Key).contains("glob"));
-        assert!(err("a:<x><y>", Purpose::Key).contains("separator"));
-        assert!(err("a:<x>-<y>", Purpose::Key).contains("separator"));
-        assert!(err("a b", Purpose::Key).contains("whitespace"));
-        assert!(err("<1x>", Purpose::Key).contains("invalid placeholder"));
-        assert!(parse("homepage:*", Purpose::Pattern, Span::call_site()).is_ok());
-        assert!(parse("v:[0-9]*", Purpose::Pattern, Span::call_site()).is_ok());
-        assert!(err("v:[0-9", Purpose::Pattern).contains("unclosed `[`"));
-        assert!(err("v:0]", Purpose::Pattern).contains("unmatched `]`"));
-        assert!(err("a:<x>~<y>", Purpose::Key).contains("separator"));
-        assert!(err("a:<x>,<y>", Purpose::Key).contains("separator"));
-        assert!(err("a:<x>~,%-<y>", Purpose::Key).contains("separator"));
-        assert!(err("a:<x>:<y>~<z>", Purpose::Key).contains("separator"));
-        assert!(err("a:<x>~<y>", Purpose::Pattern).contains("separator"));
-        assert_eq!(ok("a:<x>~:<y>").len(), 4);
-        assert_eq!(ok("a:<x>/<y>").len(), 4);
-        assert_eq!(ok("__idx:x").len(), 1);
-    }
-
-    #[test]
-    fn hash_is_reserved() {
-        for purpose in [Purpose::Key, Purpose::Pattern] {
-            for text in ["#idx:x", "a#b", "vehicle:<id>#", "a:<x>#<y>", "#"] {
-                let message = err(text, purpose);
-                assert!(message.contains("`#` is reserved for the cache's own keys"), "{message}");
+        let mut capacity = 0;
+        let mut steps = Vec::new();
+        for segment in &parsed.segments {
+            match segment {
+                Segment::Literal(text) => {
+                    capacity += text.len();
+                    steps.push(quote!(__cache_runtime_key.push_str(#text);));
+                }
+                Segment::Placeholder { root, fields } => {
+                    capacity += 8;
+                    steps.extend(placeholder_value(root, fields, span, signature, errors));
+                }
             }
         }
-        // One error per template, however many `#` it has.
-        let error = parse("a#b#c", Purpose::Key, Span::call_site()).unwrap_err();
-        assert_eq!(error.into_iter().count(), 1);
+        let expr = quote! {{
+            let mut __cache_runtime_key = ::std::string::String::with_capacity(#capacity);
+            #(#steps)*
+            __cache_runtime_key
+        }};
+        Some(Key { template: template.clone(), expr, glob: parsed.is_glob() })
     }
+}
+
+/// `push_part(&mut key, &param.field)`, spanned so that a missing `KeyPart` or an unknown
+/// field is reported on the user's parameter type or template.
+fn placeholder_value(
+    root: &str,
+    fields: &[String],
+    span: Span,
+    signature: &Signature<'_>,
+    errors: &mut Errors,
+) -> Option<TokenStream> {
+    let (base, type_span) = if root == "self" {
+        if !signature.has_self {
+            errors.push(span, "placeholder `<self...>` in a function without `self`");
+            return None;
+        }
+        (quote_spanned!(span=> self), span)
+    } else if let Some((ident, ty)) = signature.params.iter().find(|(ident, _)| *ident == root) {
+        // The parameter's name, spanned on its type: a missing `KeyPart` is reported there.
+        (Ident::new(&ident.to_string(), ty.span()).to_token_stream(), ty.span())
+    } else {
+        errors.push(span, unknown_placeholder(root, signature));
+        return None;
+    };
+    if fields.is_empty() {
+        return Some(quote_spanned! {type_span=>
+            ::cache_runtime::__private::push_part(&mut __cache_runtime_key, &#base);
+        });
+    }
+    let fields = fields.iter().map(|field| match field.parse::<u32>() {
+        Ok(index) => syn::Index { index, span }.to_token_stream(),
+        Err(_) => Ident::new(field, span).to_token_stream(),
+    });
+    Some(quote_spanned! {span=>
+        ::cache_runtime::__private::push_part(&mut __cache_runtime_key, &#base #(.#fields)*);
+    })
+}
+
+/// The error for a placeholder naming no parameter, with a suggestion and the parameters.
+fn unknown_placeholder(root: &str, signature: &Signature<'_>) -> String {
+    let mut names: Vec<String> =
+        signature.params.iter().map(|(ident, _)| ident.to_string()).collect();
+    if signature.has_self {
+        names.insert(0, "self".into());
+    }
+    let suggestion = names
+        .iter()
+        .map(|name| (strsim::levenshtein(root, name), name))
+        .filter(|(distance, name)| *distance <= 2.max(name.len() / 3))
+        .min()
+        .map(|(_, name)| format!("; did you mean `<{name}>`?"))
+        .unwrap_or_default();
+    let available = if names.is_empty() {
+        "the function has no named parameters".to_owned()
+    } else {
+        format!(
+            "parameters: {}",
+            names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        )
+    };
+    format!("unknown placeholder `<{root}>`: no parameter named `{root}`{suggestion} ({available})")
 }

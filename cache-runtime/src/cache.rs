@@ -82,8 +82,11 @@ impl Default for Settings {
     }
 }
 
-/// How one call site caches.
-pub(crate) struct Policy {
+/// How one call site caches: its time to live and options. `#[cached]` builds one per
+/// function at compile time, in a `static` ([`Policy::new`]); the programmatic API builds
+/// one per call.
+#[doc(hidden)]
+pub struct Policy {
     /// How long a value is fresh.
     pub(crate) ttl: Duration,
     /// Coordinate loads across processes.
@@ -95,9 +98,20 @@ pub(crate) struct Policy {
 }
 
 impl Policy {
+    /// The policy `#[cached(ttl = ..., lock, stale = ..., refresh = ...)]` describes, with
+    /// durations the macro parsed and checked (`stale > ttl`, `refresh < ttl`).
+    pub const fn new(
+        ttl: Duration,
+        lock: bool,
+        stale: Option<Duration>,
+        refresh: Option<Duration>,
+    ) -> Policy {
+        Policy { ttl, lock, stale, refresh }
+    }
+
     /// A policy with a time to live only.
-    pub(crate) fn ttl(ttl: Duration) -> Policy {
-        Policy { ttl, lock: false, stale: None, refresh: None }
+    pub(crate) const fn ttl(ttl: Duration) -> Policy {
+        Policy::new(ttl, false, None, None)
     }
 
     /// How long the store keeps a value.

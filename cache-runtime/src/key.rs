@@ -18,6 +18,8 @@ use std::fmt::{self, Write as _};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use cache_keys::{encode_into, is_plain, FIELD_SEPARATOR, NONE_MARK};
+
 use crate::error::{Error, Result};
 
 /// A value that can stand in a key placeholder such as `<id>` or `<v.dealer_id>`.
@@ -78,37 +80,13 @@ impl<'a> KeyWriter<'a> {
     /// Appends a raw `,` between two fields of a composite value. Values never contain a
     /// raw `,` (it is encoded), so `a,b` cannot be confused with another split of the fields.
     pub fn field_separator(&mut self) {
-        self.out.push(',');
+        self.out.push(FIELD_SEPARATOR);
     }
 
     /// Appends text known to be made only of `[A-Za-z0-9_.-]` (digits, `true`, ...).
     fn push_plain(&mut self, text: &str) {
         debug_assert!(text.bytes().all(is_plain));
         self.out.push_str(text);
-    }
-}
-
-/// Bytes written as they are; everything else is percent-encoded.
-const fn is_plain(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
-}
-
-/// Appends `text` to `out`, percent-encoding every byte that is not plain.
-pub(crate) fn encode_into(out: &mut String, text: &str) {
-    if text.bytes().all(is_plain) {
-        out.push_str(text);
-        return;
-    }
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    out.reserve(text.len() + 8);
-    for b in text.bytes() {
-        if is_plain(b) {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 0xF)] as char);
-        }
     }
 }
 
@@ -127,31 +105,14 @@ pub fn push_part<P: KeyPart + ?Sized>(out: &mut String, part: &P) {
     part.write_key_part(&mut KeyWriter::new(out));
 }
 
-/// Marks the cache's own keys: after the prefix, invalidation indexes (`#idx:`), locks
-/// (`#lock:`), fencing counters (`#fence:`) and load leases (`#load:`), e.g.
-/// `okla:#idx:dealer:`. User keys never contain `#`: values encode it (`%23`), templates and
-/// programmatic keys and patterns with a `#` are refused, so nothing a user writes can address
-/// (or invalidate) these keys.
-pub(crate) const RESERVED: &str = "#";
+/// Marks the cache's own keys (see [`cache_keys::RESERVED`]): after the prefix, invalidation
+/// indexes (`#idx:`), locks (`#lock:`), fencing counters (`#fence:`) and load leases
+/// (`#load:`), e.g. `okla:#idx:dealer:`.
+pub(crate) const RESERVED: &str = cache_keys::RESERVED;
 
 /// Checks a rendered key given to the programmatic API.
 pub(crate) fn validate_key(key: &str) -> Result<()> {
-    if key.is_empty() {
-        return Err(Error::invalid_key(key, "a key must not be empty"));
-    }
-    if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Error::invalid_key(
-            key,
-            "a key must not contain whitespace or control characters",
-        ));
-    }
-    if key.contains(RESERVED) {
-        return Err(Error::invalid_key(
-            key,
-            "a key must not contain `#`: it is reserved for the cache's own keys (indexes, locks, fencing counters and load leases)",
-        ));
-    }
-    Ok(())
+    cache_keys::check_key(key).map_err(|reason| Error::invalid_key(key, reason))
 }
 
 macro_rules! integer_key_parts {
@@ -207,11 +168,11 @@ impl<T: KeyPart> KeyPart for Option<T> {
             Some(value) => {
                 let start = key.out.len();
                 value.write_key_part(key);
-                if key.out[start..].starts_with('~') {
-                    key.out.insert(start, '~');
+                if key.out[start..].starts_with(NONE_MARK) {
+                    key.out.insert(start, NONE_MARK);
                 }
             }
-            None => key.out.push('~'),
+            None => key.out.push(NONE_MARK),
         }
     }
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+#[doc(hidden)]
+pub use crate::cache::Policy;
 pub use crate::codec::{CloneProbe, Cloner, ViaClone, ViaDecode};
 pub use crate::default_cache::default_cache;
 pub use crate::key::push_part;
@@ -17,14 +19,8 @@ use crate::Cache;
 pub struct CachedFn {
     /// The name in stats and metrics.
     pub name: &'static str,
-    /// The time to live, parsed at compile time.
-    pub ttl: Duration,
-    /// Whether `lock` was given.
-    pub lock: bool,
-    /// Total keep time for stale fallback (`stale = ...`).
-    pub stale: Option<Duration>,
-    /// Age at which hits recompute the value (`refresh = ...`).
-    pub refresh: Option<Duration>,
+    /// The time to live and options, parsed and checked at compile time.
+    pub policy: Policy,
     /// This function's counters in the cache it runs with.
     pub counters: CountersSlot,
 }
@@ -49,13 +45,7 @@ where
     Fut: Future<Output = R>,
 {
     let counters = function.counters.get(cache.inner.id, &cache.inner.stats, function.name);
-    let policy = crate::cache::Policy {
-        ttl: function.ttl,
-        lock: function.lock,
-        stale: function.stale,
-        refresh: function.refresh,
-    };
-    cache.load_through::<S, R, Fut>(&counters, &key, &policy, cloner, || body).await
+    cache.load_through::<S, R, Fut>(&counters, &key, &function.policy, cloner, || body).await
 }
 
 pub use crate::invalidate::Target;

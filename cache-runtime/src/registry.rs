@@ -3,6 +3,9 @@
 
 use std::fmt;
 
+use cache_keys::glob::Token;
+use cache_keys::template::{self, Purpose};
+
 /// What an attribute declared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -72,15 +75,18 @@ impl std::error::Error for DeadInvalidations {}
 /// [`DeadInvalidations`] listing each template that matches no cached template, with its
 /// function, file and line.
 pub fn check_invalidations() -> Result<(), DeadInvalidations> {
+    // Read with the parser that compiled them; a declaration it refuses was not written by
+    // the attributes, and can match nothing.
     let written: Vec<Vec<Token>> = declarations()
         .filter(|d| matches!(d.kind, DeclarationKind::Cached | DeclarationKind::Put))
-        .map(|d| tokens(d.template, false))
+        .filter_map(|d| tokens(d.template, Purpose::Key))
         .collect();
     let dead: Vec<&'static Declaration> = declarations()
         .filter(|d| d.kind == DeclarationKind::Invalidates)
         .filter(|d| {
-            let pattern = tokens(d.template, true);
-            !written.iter().any(|template| intersects(template, &pattern))
+            tokens(d.template, Purpose::Pattern).is_none_or(|pattern| {
+                !written.iter().any(|template| intersects(template, &pattern))
+            })
         })
         .collect();
     if dead.is_empty() {
@@ -90,103 +96,42 @@ pub fn check_invalidations() -> Result<(), DeadInvalidations> {
     }
 }
 
-/// A set of characters one step of a template or pattern accepts.
-#[derive(Debug, Clone)]
-enum Chars {
-    Any,
-    /// What an encoded placeholder value is made of.
-    Encoded,
-    One(char),
-    Class {
-        negated: bool,
-        ranges: Vec<(char, char)>,
-    },
+/// A template read as a pattern over rendered keys: literal characters, glob syntax (in a
+/// pattern) and, for each placeholder, any run of the characters values are made of.
+fn tokens(template: &str, purpose: Purpose) -> Option<Vec<Token>> {
+    template::parse(template, purpose).ok().map(|template| template.tokens)
 }
 
-impl Chars {
-    fn contains(&self, c: char) -> bool {
-        match self {
-            Chars::Any => true,
-            Chars::Encoded => {
-                c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '%' | '~' | ',')
-            }
-            Chars::One(one) => *one == c,
-            Chars::Class { negated, ranges } => {
-                ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&c)) != *negated
-            }
-        }
-    }
-
-    /// Characters worth trying when intersecting with another set.
-    fn samples(&self, out: &mut Vec<char>) {
-        match self {
-            Chars::One(c) => out.push(*c),
-            Chars::Class { ranges, .. } => ranges.iter().for_each(|&(lo, hi)| out.extend([lo, hi])),
-            Chars::Any | Chars::Encoded => {}
-        }
-    }
-
-    fn intersects(&self, other: &Chars) -> bool {
-        let mut candidates = vec!['a', '0', '%', ':', '~', ',', '\u{1}'];
-        self.samples(&mut candidates);
-        other.samples(&mut candidates);
-        candidates.into_iter().any(|c| self.contains(c) && other.contains(c))
+/// Whether `token` accepts the character `c`.
+fn accepts(token: &Token, c: char) -> bool {
+    match token {
+        Token::Literal(literal) => *literal == c,
+        Token::AnyChar | Token::AnyRun => true,
+        Token::Class(class) => class.contains(c),
+        Token::Value => cache_keys::in_values(c),
     }
 }
 
-/// One step: a single character from a set, or any number of them (`*`, a placeholder).
-#[derive(Debug, Clone)]
-struct Token {
-    chars: Chars,
-    repeat: bool,
+/// Whether `token` takes any number of characters (otherwise exactly one).
+fn repeats(token: &Token) -> bool {
+    matches!(token, Token::AnyRun | Token::Value)
 }
 
-/// Tokenizes a template; with `glob`, `*`, `?`, `[...]` and `\x` are pattern syntax.
-fn tokens(template: &str, glob: bool) -> Vec<Token> {
-    let chars: Vec<char> = template.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    let one = |c| Token { chars: Chars::One(c), repeat: false };
-    while i < chars.len() {
-        match chars[i] {
-            '<' => {
-                i += chars[i..].iter().position(|&c| c == '>').unwrap_or(chars.len() - i) + 1;
-                out.push(Token { chars: Chars::Encoded, repeat: true });
-                continue;
+/// Whether some character is accepted by both tokens.
+fn overlap(a: &Token, b: &Token) -> bool {
+    // Characters worth trying: one of each kind (plain, encoding, separator, `None` mark,
+    // field separator, other) plus those the tokens name.
+    let mut candidates = vec!['a', '0', '%', ':', '~', ',', '\u{1}'];
+    for token in [a, b] {
+        match token {
+            Token::Literal(c) => candidates.push(*c),
+            Token::Class(class) => {
+                class.ranges.iter().for_each(|&(low, high)| candidates.extend([low, high]));
             }
-            '*' if glob => out.push(Token { chars: Chars::Any, repeat: true }),
-            '?' if glob => out.push(Token { chars: Chars::Any, repeat: false }),
-            '\\' if glob && i + 1 < chars.len() => {
-                i += 1;
-                out.push(one(chars[i]));
-            }
-            '[' if glob => {
-                let close =
-                    chars[i..].iter().position(|&c| c == ']').map_or(chars.len(), |p| i + p);
-                let body = &chars[(i + 1).min(close)..close];
-                let (negated, body) = match body.first() {
-                    Some('^') => (true, &body[1..]),
-                    _ => (false, body),
-                };
-                let mut ranges = Vec::new();
-                let mut j = 0;
-                while j < body.len() {
-                    if j + 2 < body.len() && body[j + 1] == '-' {
-                        ranges.push((body[j].min(body[j + 2]), body[j].max(body[j + 2])));
-                        j += 3;
-                    } else {
-                        ranges.push((body[j], body[j]));
-                        j += 1;
-                    }
-                }
-                out.push(Token { chars: Chars::Class { negated, ranges }, repeat: false });
-                i = close;
-            }
-            c => out.push(one(c)),
+            Token::AnyChar | Token::AnyRun | Token::Value => {}
         }
-        i += 1;
     }
-    out
+    candidates.into_iter().any(|c| accepts(a, c) && accepts(b, c))
 }
 
 /// Whether some string is accepted by both token sequences (a reachability search over the
@@ -202,15 +147,15 @@ fn intersects(a: &[Token], b: &[Token]) -> bool {
             return true;
         }
         // A repeating step may also match nothing.
-        if i < a.len() && a[i].repeat {
+        if i < a.len() && repeats(&a[i]) {
             stack.push((i + 1, j));
         }
-        if j < b.len() && b[j].repeat {
+        if j < b.len() && repeats(&b[j]) {
             stack.push((i, j + 1));
         }
-        if i < a.len() && j < b.len() && a[i].chars.intersects(&b[j].chars) {
-            let next_i = if a[i].repeat { i } else { i + 1 };
-            let next_j = if b[j].repeat { j } else { j + 1 };
+        if i < a.len() && j < b.len() && overlap(&a[i], &b[j]) {
+            let next_i = if repeats(&a[i]) { i } else { i + 1 };
+            let next_j = if repeats(&b[j]) { j } else { j + 1 };
             stack.push((next_i, next_j));
         }
     }
@@ -222,7 +167,10 @@ mod tests {
     use super::*;
 
     fn matches(template: &str, pattern: &str) -> bool {
-        intersects(&tokens(template, false), &tokens(pattern, true))
+        intersects(
+            &tokens(template, Purpose::Key).unwrap(),
+            &tokens(pattern, Purpose::Pattern).unwrap(),
+        )
     }
 
     #[test]
@@ -235,6 +183,8 @@ mod tests {
         assert!(matches("dealer:<id>:vehicles", "*:vehicles"));
         assert!(matches("v:<id>", "v:[0-9]*"));
         assert!(matches("config", "config"));
+        // A class around a placeholder holds whatever the value renders.
+        assert!(matches("v:<id>", "v:[<x>]"));
     }
 
     #[test]

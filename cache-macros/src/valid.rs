@@ -1,0 +1,52 @@
+//! Rules between arguments, checked once each argument was read on its own (`attr.rs`).
+
+use proc_macro2::Span;
+
+use crate::attr::{Args, Attribute};
+use crate::errors::Errors;
+
+/// How `#[cached]` and `#[cache_put]` store a value, checked: durations in milliseconds.
+pub(crate) struct Storage {
+    pub(crate) ttl: u64,
+    pub(crate) lock: bool,
+    /// Total keep time for stale fallback, longer than `ttl`.
+    pub(crate) stale: Option<u64>,
+    /// Age that triggers an early refresh, shorter than `ttl`.
+    pub(crate) refresh: Option<u64>,
+}
+
+impl Args {
+    /// Reports every rule between arguments that does not hold. Returns how a key-writing
+    /// attribute stores, or `None` for `#[invalidates]` and when `ttl` is missing or invalid.
+    pub(crate) fn check(&self, errors: &mut Errors) -> Option<Storage> {
+        let attribute = self.attribute.name();
+        if self.attribute == Attribute::Invalidates {
+            if self.templates.is_empty() {
+                errors.push(Span::call_site(), "`#[invalidates]` needs at least one key or pattern: `#[invalidates(\"vehicle:<v.id>\", \"homepage:*\")]`");
+            }
+            return None;
+        }
+        if !self.key.is_written() {
+            errors.push(Span::call_site(), format!("missing `key = \"...\"`: `#[{attribute}]` needs a key template such as `key = \"vehicle:<id>\"`"));
+        }
+        if !self.ttl.is_written() {
+            errors.push(
+                Span::call_site(),
+                format!("missing `ttl = \"...\"`: `#[{attribute}]` needs a time to live such as `ttl = \"15m\"`"),
+            );
+        }
+        let ttl = self.ttl.get()?.millis;
+        if let Some(stale) = self.stale.get().filter(|stale| stale.millis <= ttl) {
+            errors.push(stale.span, "`stale` must be longer than `ttl`: it is how long a value is kept in all, to be served when the body fails after the value expired");
+        }
+        if let Some(refresh) = self.refresh.get().filter(|refresh| refresh.millis >= ttl) {
+            errors.push(refresh.span, "`refresh` must be shorter than `ttl`: it is the age at which a hit recomputes the value before it expires");
+        }
+        Some(Storage {
+            ttl,
+            lock: self.lock.get().is_some(),
+            stale: self.stale.get().map(|stale| stale.millis),
+            refresh: self.refresh.get().map(|refresh| refresh.millis),
+        })
+    }
+}
