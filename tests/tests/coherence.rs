@@ -703,3 +703,46 @@ async fn a_stale_value_keeps_serving_while_another_process_reloads_it() {
     assert_eq!(stored.as_deref(), Some("1"), "the failed load put the kept value back");
     assert_eq!(kept_read(&b, &row, 1, true).await, Ok(1));
 }
+
+#[cached(key = "<tenant>:<kind>:<id>", ttl = "1m", cache = cache)]
+async fn scoped(cache: &Cache, tenant: &str, kind: &str, id: &str) -> u64 {
+    tenant.len() as u64 + kind.len() as u64 + id.len() as u64
+}
+
+/// Placeholder values cannot name the runtime's own keys: `__idx` is an ordinary value now,
+/// and `#` is encoded. Before, `("__idx", "search", "")` rendered `__idx:search:`, which
+/// overwrote the `search:` index and broke every later `search:` write.
+#[tokio::test]
+async fn values_cannot_reach_the_reserved_namespace() {
+    let server = RedisServer::start();
+    let cache = redis_caches(&[server.url()], false, 1).await.remove(0);
+    let mut raw = server.connection().await;
+    cache.set("search:1", &1, Duration::from_secs(60)).await.unwrap();
+    scoped(&cache, "__idx", "search", "").await;
+    scoped(&cache, "#idx", "search", "").await;
+    scoped(&cache, "", "#idx", "search:").await;
+    let index_type: String =
+        redis::cmd("TYPE").arg("co:#idx:search:").query_async(&mut raw).await.unwrap();
+    assert_eq!(index_type, "zset", "the index is intact");
+    cache.set("search:2", &2, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(cache.invalidate_pattern("search:*").await.unwrap(), 2);
+    assert_eq!(cache.stats().errors, 0, "{:?}", cache.stats());
+    // The value-made key is an ordinary cached key.
+    assert_eq!(cache.get::<u64>("__idx:search:").await.unwrap(), Some(11));
+}
+
+/// `clear()` used to delete the indexes after the data keys, dropping the entries of keys
+/// written in between. Indexes now stay, so a key written right after a clear is found by
+/// the next pattern invalidation through the (still trusted) index.
+#[tokio::test]
+async fn a_key_written_after_a_clear_is_still_found_by_patterns() {
+    let server = RedisServer::start();
+    let cache = redis_caches(&[server.url()], false, 1).await.remove(0);
+    for id in 0..5 {
+        cache.set(&format!("grp:1:row:{id}"), &id, Duration::from_secs(60)).await.unwrap();
+    }
+    assert_eq!(cache.clear().await.unwrap(), 5);
+    cache.set("grp:1:row:9", &9, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(cache.invalidate_pattern("grp:1:*").await.unwrap(), 1);
+    assert_eq!(cache.stats().pattern_scans, 0, "served by the index, no scan");
+}
