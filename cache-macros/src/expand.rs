@@ -502,3 +502,21 @@ fn placeholder_value(
         ::cache_runtime::__private::push_part(&mut __cache_runtime_key, &#base #(.#fields)*);
     })
 }
+
+// ---- used by `#[rate_limit]` (rate_limit.rs) ------------------------------------------------
+
+/// Checks `function`'s signature for `#[rate_limit]` (an `async fn`, any receiver) and
+/// renders `template`, if given, as `#[cached]` renders its key. `None` after reporting.
+pub(crate) fn rate_limit_key(
+    function: &ItemFn,
+    template: Option<&LitStr>,
+    errors: &mut Errors,
+) -> Option<TokenStream> {
+    let signature = Signature::inspect(function, "rate_limit", Rules::WRITING, errors);
+    key_expr(template?, Purpose::Key, &signature, errors)
+}
+
+/// The `Cache` expression for `#[rate_limit]`, as for the other attributes.
+pub(crate) fn rate_limit_cache(cache: Option<&syn::Expr>) -> TokenStream {
+    cache_expr(cache)
+}
