@@ -151,6 +151,12 @@ pub fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
 /// and a refused call does not even read the cache. `#[rate_limit]` written below
 /// `#[cached]` is a compile error.
 ///
+/// # Several limits
+///
+/// Stacked `#[rate_limit]`s all apply; the lowest checks first, and each charges a call it
+/// admits even if a later one refuses it. So write the narrowest limit lowest (per client
+/// below a shared one): a client over its own limit then never uses up the shared one.
+///
 /// # Compile errors
 ///
 /// A missing `key`, `limit` or `per`; `limit = 0` or over 1,000,000; a bad or zero

@@ -270,6 +270,34 @@ async fn charge_hits_charges_every_call() {
     assert_eq!(stats.hits, 2, "the refused call did not read the cache: {stats:?}");
 }
 
+static EXPORTS: AtomicU64 = AtomicU64::new(0);
+
+/// Two limits on one function: for everybody, and per dealer. The lowest attribute checks
+/// first, so a dealer over its own limit does not use up the shared one.
+#[rate_limit(key = "export:all", limit = 3, per = "1m", cache = cache, name = "all_exports")]
+#[rate_limit(key = "export:<dealer>", limit = 2, per = "1m", cache = cache)]
+async fn export(cache: &Cache, dealer: u64) -> Result<u64, RateLimited> {
+    EXPORTS.fetch_add(1, SeqCst);
+    Ok(dealer)
+}
+
+#[tokio::test]
+async fn two_limits_on_one_function_both_apply() {
+    let cache = Cache::memory();
+    let mut outcomes = Vec::new();
+    for dealer in [1, 1, 1, 2, 3] {
+        outcomes.push(export(&cache, dealer).await.is_ok());
+    }
+    // Dealer 1's third call is over its own limit; dealer 3's is over the shared one.
+    assert_eq!(outcomes, [true, true, false, true, false]);
+    assert_eq!(EXPORTS.load(SeqCst), 3);
+    let per_dealer = cache.stats_of("export");
+    assert_eq!((per_dealer.rate_allowed, per_dealer.rate_limited), (4, 1), "{per_dealer:?}");
+    // Dealer 1's refused call never reached the shared limiter.
+    let all = cache.stats_of("all_exports");
+    assert_eq!((all.rate_allowed, all.rate_limited), (3, 1), "{all:?}");
+}
+
 // ---- Redis Cluster ----------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
