@@ -1,57 +1,9 @@
 //! Rate limits shared by every process on the same store: [`Cache::rate_limit`] and the
-//! `#[rate_limit]` attribute, over an exact sliding window.
+//! `#[rate_limit]` attribute, over an exact sliding window: the Lua script of a decision on
+//! Redis, the in-process windows of the memory store, and the failure policy.
 //!
-//! # The algorithm: an exact sliding window (a log of admitted calls)
-//!
-//! A limiter `limit` per `per` keeps the times of the calls it admitted during the last
-//! `per`. A call is admitted when fewer than `limit` are left after dropping those older than
-//! `per`, and its time is then recorded. Refused calls are not recorded, so a client that
-//! keeps hammering gets through again as soon as its oldest admitted call leaves the window.
-//!
-//! - **Accuracy.** Exact: *no* window of length `per`, wherever it starts, holds more than
-//!   `limit` admitted calls. At a window's edge nothing is approximated: the call that is
-//!   refused now is admitted the moment the oldest recorded call is `per` old, which is
-//!   what `retry_after` says. Over a run of `D` under saturation a limiter admits at most
-//!   `limit x ceil(D / per)` calls (500 for 100 per second over 5 s; the acceptance test
-//!   checks 500-600 with 4 processes x 50 tasks).
-//! - **Memory.** One entry per call admitted in the last `per`, so at most `limit` entries
-//!   per active key: on Redis a sorted-set member of 16-20 bytes of text and its score,
-//!   measured with `MEMORY USAGE` on Redis 7.0 at about 20 bytes per admitted call while the
-//!   set stays small (up to 128 members, a listpack) and about 60 bytes per call beyond (a
-//!   skiplist), e.g. 6.2 KiB for a full `limit = 100` key; in process, 16 bytes per call (an
-//!   `Instant`). An idle limiter vanishes `per` after its last admitted call (a Redis TTL;
-//!   a sweep in process). [`MAX_RATE_LIMIT`] bounds a key's entries.
-//!
-//! The alternative considered was GCRA (the "generic cell rate algorithm", one timestamp
-//! per key): constant memory (one ~50-byte key whatever the limit) and one `SET` per call,
-//! but it spreads the limit out as one call every `per / limit` after an allowed burst of
-//! `limit`, so right after an idle period a window of length `per` can admit up to
-//! `2 x limit - 1` calls (the burst, then the steady rate inside the same window), and the
-//! 5-second run above admits about `limit + 5 x limit` = 600, at the edge of its bound. The
-//! limits this attribute is written for (`login:<ip>`, 5 per minute; a write API, 100 per
-//! second) are small, where the exact window costs a few hundred bytes to a few KiB per
-//! active key and says exactly what its arguments say: never more than `limit` in any `per`.
-//!
-//! # On Redis
-//!
-//! One round trip per decision: one Lua script (`EVALSHA`) reads the server's clock
-//! (`TIME`, so processes whose clocks disagree share one timeline), drops the entries older
-//! than the window (`ZREMRANGEBYSCORE`), counts (`ZCARD`), records an admitted call
-//! (`ZADD`, scored by its time in microseconds) and sets the key's expiry to the window
-//! (`PEXPIRE`), or, for a refused call, reads the entry whose expiry frees a slot (`ZRANGE`).
-//! The key is `<prefix>#rate:{<key>}`, in the cache's reserved namespace (no invalidation,
-//! pattern or `clear()` touches it), and a single key, so the script runs on one node of a
-//! cluster (the hash tag keeps the name usable by any future second key of the limiter).
-//!
-//! # When the store fails
-//!
-//! Redis down, timing out, or known down (the circuit breaker is open): the decision follows
-//! the [`FailMode`]. [`FailMode::Open`] (the default) admits the call; [`FailMode::Closed`]
-//! refuses it with a `retry_after` of one second (the breaker's first cool-down; the window
-//! if shorter). Either way the failure is counted in [`Stats::errors`](crate::Stats::errors)
-//! and logged, and no decision waits longer than the cache's command timeout (or at all,
-//! while the breaker is open). A decision made without the store counts nothing: its
-//! `remaining` is the full `limit` and its `reset_after` zero.
+//! The algorithm and its costs are argued in the docs of [`Cache::rate_limit`], where
+//! users read them.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -69,15 +21,19 @@ use crate::store::Store;
 pub(crate) const RATE_NAMESPACE: &str = "rate:";
 
 /// The largest `limit` a rate limit accepts. The exact window keeps one entry per call it
-/// admitted within the window (see the [module docs](crate::Cache::rate_limit)), so this
-/// bounds a key's memory (about 60 MB on Redis for one full key at this limit).
+/// admitted within the window (see [`Cache::rate_limit`]), so this bounds a key's memory
+/// (about 125 MB on Redis for one full key at this limit).
 pub const MAX_RATE_LIMIT: u64 = 1_000_000;
 
 /// The one Lua script of a decision. `KEYS[1]`: the limiter's sorted set; `ARGV`: limit,
 /// window in microseconds, window in milliseconds (the key's expiry).
 /// Replies `{allowed (1/0), remaining, retry_after µs, reset_after µs}`.
-const DECIDE: &str = r"
-local limit = tonumber(ARGV[1])
+///
+/// Members are the admission times (`TIME` as microseconds, digits only), made unique with a
+/// suffix when two calls share a microsecond. A refused call's slot frees when the entry at
+/// `count - limit` (the oldest, unless the limit was lowered) leaves the window; the limiter
+/// is full again when the newest has. (No comments inside: the source is hashed per call.)
+const DECIDE: &str = r"local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local stamp = t[1] .. string.format('%06d', tonumber(t[2]))
@@ -85,7 +41,6 @@ local now = tonumber(stamp)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - window))
 local count = redis.call('ZCARD', KEYS[1])
 if count < limit then
-  -- Members are unique: two calls in one microsecond get a suffix.
   local member, n = stamp, 0
   while redis.call('ZADD', KEYS[1], 'NX', stamp, member) == 0 do
     n = n + 1
@@ -94,8 +49,6 @@ if count < limit then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return {1, limit - count - 1, 0, window}
 end
--- Refused: a slot frees when the entry at `count - limit` (the oldest, unless the limit
--- was lowered) leaves the window; the limiter is full again when the newest has.
 local freeing = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
 local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 return {0, 0, tonumber(freeing[2]) + window - now, tonumber(newest[2]) + window - now}";
@@ -212,16 +165,16 @@ fn validate(limit: u64, per: Duration) -> Result<()> {
 impl Cache {
     /// Counts one call against the limit of `limit` calls per `per` under `key`, and says
     /// whether it may go ahead. Every process sharing the store shares the limit (on the
-    /// memory store: every caller of this cache in this process). Each call is one Redis
-    /// round trip (one Lua script); see the [algorithm](#the-algorithm-an-exact-sliding-window-a-log-of-admitted-calls)
-    /// below.
+    /// memory store: every caller of this cache in this process). On Redis a decision is
+    /// one round trip (one Lua script).
     ///
     /// When the store fails the call is admitted ([`FailMode::Open`]); use
     /// [`rate_limit_with`](Self::rate_limit_with) to refuse instead. Decisions are counted
     /// under [`DIRECT_CALLS`](crate::DIRECT_CALLS) in [`Stats::rate_allowed`] and
-    /// [`Stats::rate_limited`](crate::Stats::rate_limited).
+    /// [`Stats::rate_limited`].
     ///
     /// [`Stats::rate_allowed`]: crate::Stats::rate_allowed
+    /// [`Stats::rate_limited`]: crate::Stats::rate_limited
     ///
     /// ```
     /// # async fn run() -> Result<(), cache_runtime::Error> {
@@ -232,7 +185,7 @@ impl Cache {
     ///     let decision = cache.rate_limit("login:10.0.0.7", 2, Duration::from_secs(60)).await?;
     ///     assert_eq!(decision.allowed, attempt <= 2);
     ///     if !decision.allowed {
-    ///         // HTTP 429 with `Retry-After: <seconds>`, `RateLimit-Remaining: 0`
+    ///         // HTTP 429 with `Retry-After: 60`, `RateLimit-Remaining: 0`
     ///         assert!(decision.retry_after > Duration::from_secs(59));
     ///     }
     /// }
@@ -242,14 +195,49 @@ impl Cache {
     ///
     /// # The algorithm: an exact sliding window (a log of admitted calls)
     ///
-    /// A call is admitted when fewer than `limit` calls were admitted in the last `per`;
-    /// only admitted calls are recorded. No window of length `per` ever holds more than
-    /// `limit` admitted calls, at a cost of one entry per admitted call in the window
-    /// (about 20-60 bytes each on Redis, 16 in process; the key vanishes `per` after its
-    /// last admitted call). GCRA would keep one timestamp per key, but admits up to
-    /// `2 x limit - 1` calls in some windows after an idle period. On Redis the decision is
-    /// one Lua script on the server's clock, under the reserved key `<prefix>#rate:{<key>}`,
-    /// which no invalidation, pattern or `clear()` removes.
+    /// A limiter keeps the times of the calls it admitted during the last `per`. A call is
+    /// admitted when fewer than `limit` are left after dropping those older than `per`, and
+    /// its time is then recorded. Refused calls are not recorded, so a client that keeps
+    /// hammering gets through again as soon as its oldest admitted call leaves the window.
+    ///
+    /// - **Accuracy.** Exact: no window of length `per`, wherever it starts, holds more
+    ///   than `limit` admitted calls, and nothing is approximated at a window's edge: a
+    ///   refused call would be admitted the moment the oldest recorded call is `per` old,
+    ///   which is what `retry_after` says. Under saturation a limiter admits `limit` calls
+    ///   per `per`: 4 processes x 50 tasks hammering `limit = 100` per second for 5 s got
+    ///   exactly 500 (`tests/tests/rate_limit_accuracy.rs`).
+    /// - **Memory.** One entry per call admitted in the last `per`, so at most `limit`
+    ///   per active key. On Redis a sorted-set member (16 digits and a score); by
+    ///   `MEMORY USAGE` on Redis 7.0, about 21 bytes per call up to 128 calls (a listpack:
+    ///   80 bytes for 1, 2.1 KB for a full `limit = 100` key) and about 125 bytes per call
+    ///   beyond (a skiplist: 116 KB for 1,000, 1.27 MB for 10,000), plus the key's name. In
+    ///   process, 16 bytes per call. An idle limiter vanishes `per` after its last admitted
+    ///   call (a Redis TTL; a sweep in process). [`MAX_RATE_LIMIT`] bounds a key.
+    /// - **The alternative, GCRA** (the generic cell rate algorithm: one timestamp per
+    ///   key): constant memory (one string, 48 bytes whatever the limit), but it lets a
+    ///   burst of `limit` through and then one call every `per / limit`, so right after an
+    ///   idle period one window of length `per` admits up to `2 x limit - 1` calls, and the
+    ///   5-second run above would admit about `limit + 5 x limit` = 600. The limits this
+    ///   is written for (`login:<ip>`, 5 per minute; a write API, 100 per second) are
+    ///   small, where the exact window costs from 80 bytes to a few KB per active key and
+    ///   means exactly what its arguments say: never more than `limit` in any `per`.
+    ///
+    /// On Redis, the script reads the server's clock (`TIME`, so processes whose clocks
+    /// disagree share one timeline), drops the entries older than the window
+    /// (`ZREMRANGEBYSCORE`), counts (`ZCARD`), then records an admitted call (`ZADD`, scored
+    /// by its time in microseconds) and sets the key's expiry to the window (`PEXPIRE`), or
+    /// reads, for a refused one, the entry whose expiry frees a slot (`ZRANGE`). The key is
+    /// `<prefix>#rate:{<key>}`: in the cache's reserved namespace (no invalidation, pattern
+    /// or `clear()` removes it), and one key, so the script runs on one node of a cluster.
+    ///
+    /// # When the store fails
+    ///
+    /// Redis down, timing out, or known down (the circuit breaker open): the decision
+    /// follows the [`FailMode`], the failure is counted in
+    /// [`Stats::errors`](crate::Stats::errors) and logged, and no decision waits longer
+    /// than the cache's command timeout (not at all while the breaker is open). Such a
+    /// decision counts nothing: its `remaining` is the full `limit` when admitted, and its
+    /// `reset_after` zero.
     ///
     /// # Errors
     ///
