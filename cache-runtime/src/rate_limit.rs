@@ -32,8 +32,8 @@ pub const MAX_RATE_LIMIT: u64 = 1_000_000;
 /// Members are the admission times (`TIME` as microseconds, digits only), made unique with a
 /// suffix when two calls share a microsecond. A refused call's slot frees when the entry at
 /// `count - limit` (the oldest, unless the limit was lowered) leaves the window; the limiter
-/// is full again when the newest has. (No comments inside: the source is hashed per call.)
-const DECIDE: &str = r"local limit = tonumber(ARGV[1])
+/// is full again when the newest has.
+const DECIDE_SOURCE: &str = r"local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local stamp = t[1] .. string.format('%06d', tonumber(t[2]))
@@ -52,6 +52,9 @@ end
 local freeing = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
 local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 return {0, 0, tonumber(freeing[2]) + window - now, tonumber(newest[2]) + window - now}";
+
+/// [`DECIDE_SOURCE`], hashed once.
+static DECIDE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(DECIDE_SOURCE));
 
 /// What to decide when the store cannot be asked (Redis down, timing out, or the circuit
 /// breaker open). The attribute's `fail_open` / `fail_closed`.
@@ -283,8 +286,8 @@ impl Cache {
                 let full_key = redis.reserved_key(RATE_NAMESPACE, &format!("{{{key}}}"));
                 let window_ms = u64::try_from(per.as_millis()).unwrap_or(u64::MAX).max(1);
                 let reply: Result<(i64, i64, i64, i64)> = redis
-                    .script(
-                        DECIDE,
+                    .run_script(
+                        &DECIDE,
                         &[&full_key],
                         &[&limit.to_string(), &per.as_micros().to_string(), &window_ms.to_string()],
                     )
