@@ -19,6 +19,8 @@ pub(crate) enum Attribute {
     Cached,
     CachePut,
     Invalidates,
+    /// `#[rate_limit]`, whose own arguments are read in `rate_limit.rs`.
+    RateLimit,
 }
 
 impl Attribute {
@@ -28,6 +30,7 @@ impl Attribute {
             Attribute::Cached => "cached",
             Attribute::CachePut => "cache_put",
             Attribute::Invalidates => "invalidates",
+            Attribute::RateLimit => "rate_limit",
         }
     }
 
@@ -35,7 +38,7 @@ impl Attribute {
     /// or patterns to remove).
     pub(crate) fn purpose(self) -> Purpose {
         match self {
-            Attribute::Cached | Attribute::CachePut => Purpose::Key,
+            Attribute::Cached | Attribute::CachePut | Attribute::RateLimit => Purpose::Key,
             Attribute::Invalidates => Purpose::Pattern,
         }
     }
@@ -54,7 +57,9 @@ impl Attribute {
         match self {
             Attribute::Cached => true,
             Attribute::CachePut => !matches!(keyword, Keyword::Lock | Keyword::Refresh),
-            Attribute::Invalidates => matches!(keyword, Keyword::Cache | Keyword::Name),
+            Attribute::Invalidates | Attribute::RateLimit => {
+                matches!(keyword, Keyword::Cache | Keyword::Name)
+            }
         }
     }
 
@@ -64,6 +69,7 @@ impl Attribute {
             Attribute::Cached => "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `cache`, `name`",
             Attribute::CachePut => "one of `key`, `ttl`, `stale`, `cache`, `name`",
             Attribute::Invalidates => "key templates or patterns as strings (`\"vehicle:<v.id>\"`, `\"homepage:*\"`), `cache`, `name`",
+            Attribute::RateLimit => "one of `key`, `limit`, `per`, `fail_open`, `fail_closed`, `charge_hits`, `cache`, `name`",
         }
     }
 
@@ -72,6 +78,7 @@ impl Attribute {
         match self {
             Attribute::Cached | Attribute::CachePut => "name = \"get_vehicle\"",
             Attribute::Invalidates => "name = \"update_vehicle\"",
+            Attribute::RateLimit => "name = \"login\"",
         }
     }
 }
@@ -104,7 +111,7 @@ impl Keyword {
 }
 
 /// One argument as written.
-enum RawArg {
+pub(crate) enum RawArg {
     /// `"homepage:*"` (a template of `#[invalidates]`).
     Positional(LitStr),
     /// `name` or `name = expr`.

@@ -90,6 +90,8 @@ impl Prepared {
         };
         let plan = match attribute {
             Attribute::Invalidates => Plan::Invalidates { targets: keys, returned },
+            // Expanded by `rate_limit.rs`, which never prepares through here.
+            Attribute::RateLimit => return Err(rejected(&errors)),
             Attribute::Cached | Attribute::CachePut => {
                 // With no error reported, there are a checked storage, one key and a value.
                 let (Some(storage), Ok([key]), Some(returned)) =
@@ -452,4 +454,22 @@ mod tests {
             text.contains("if :: core :: result :: Result :: is_ok (& __cache_runtime_returned)")
         );
     }
+}
+
+// ---- used by `#[rate_limit]` (rate_limit.rs) ------------------------------------------------
+
+/// Checks `sig` for `#[rate_limit]` (an `async fn`, any receiver) and renders `template`,
+/// if given, as `#[cached]` renders its key. `None` after reporting.
+pub(crate) fn rate_limit_key(
+    sig: &syn::Signature,
+    template: Option<&syn::LitStr>,
+    errors: &mut Errors,
+) -> Option<TokenStream> {
+    let signature = Signature::inspect(sig, Attribute::RateLimit, errors);
+    Key::resolve(template?, Attribute::RateLimit.purpose(), &signature, errors).map(|key| key.expr)
+}
+
+/// The `Cache` expression for `#[rate_limit]`, as for the other attributes.
+pub(crate) fn rate_limit_cache(cache: Option<&syn::Expr>) -> TokenStream {
+    cache_expr(cache)
 }

@@ -5,6 +5,7 @@ mod attr;
 mod errors;
 mod expand;
 mod item;
+mod rate_limit;
 mod template;
 mod ttl;
 mod valid;
@@ -114,4 +115,58 @@ pub fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::cache_put(args.into(), item.into()).into()
+}
+
+/// Limits how often a function runs: at most `limit` calls per `per` under a key, shared by
+/// every process on the same store (an exact sliding window; see `Cache::rate_limit`).
+///
+/// ```ignore
+/// #[rate_limit(key = "login:<ip>", limit = 5, per = "1m")]
+/// async fn login(ip: IpAddr, form: &LoginForm) -> Result<Session, LoginError> { /* ... */ }
+/// // with `impl From<cache_runtime::RateLimited> for LoginError`
+/// ```
+///
+/// A refused call does not run the body: it returns `Err(E::from(RateLimited { .. }))`,
+/// carrying `retry_after` (what `Retry-After` should say), `limit`, `remaining: 0` and
+/// `reset_after`. The function must return `Result<T, E>` with
+/// `E: From<cache_runtime::RateLimited>`.
+///
+/// # Arguments
+///
+/// | argument | meaning |
+/// |---|---|
+/// | `key = "..."` | Required. Key template, as in `#[cached]` (same placeholders, same encoding). The limiter lives under `<prefix>#rate:{<key>}`, which no invalidation or `clear()` touches. |
+/// | `limit = N` | Required. Calls admitted per window: an integer literal, 1 to 1,000,000. |
+/// | `per = "..."` | Required. The window: `"500ms"`, `"1s"`, `"1m"`, `"1h"`, ... |
+/// | `fail_open` | The default: when the store cannot be asked (Redis down, timing out, breaker open), admit the call; the failure is counted in `errors`. |
+/// | `fail_closed` | When the store cannot be asked, refuse the call (`retry_after` of 1 s). |
+/// | `charge_hits` | With `#[cached]` below: charge every call, cache hits included (see below). |
+/// | `cache = <expr>` | The `Cache` to use, as in `#[cached]`. |
+/// | `name = "..."` | The name in stats and metrics (`rate_limited`, `rate_allowed`). Default: the identifier. |
+///
+/// # With `#[cached]`
+///
+/// Write `#[rate_limit]` above `#[cached]`. Then a cache hit answers without reaching the
+/// limiter (it is not charged), and a miss is charged before the body runs: a refused call
+/// never reaches the body, and its `Err` is not cached (a `stale` value, if there is one,
+/// is served instead). With `charge_hits`, every call is charged before the cache lookup,
+/// and a refused call does not even read the cache. `#[rate_limit]` written below
+/// `#[cached]` is a compile error.
+///
+/// # Several limits
+///
+/// Stacked `#[rate_limit]`s all apply; the lowest checks first, and each charges a call it
+/// admits even if a later one refuses it. So write the narrowest limit lowest (per client
+/// below a shared one): a client over its own limit then never uses up the shared one.
+///
+/// # Compile errors
+///
+/// A missing `key`, `limit` or `per`; `limit = 0` or over 1,000,000; a bad or zero
+/// duration; a return type that is not a `Result`; unknown or duplicate arguments;
+/// `fail_open` with `fail_closed`; `charge_hits` without `#[cached]` below; a non-`async`
+/// function; the key template errors of `#[cached]`; and an error type without
+/// `From<RateLimited>` (reported on the return type).
+#[proc_macro_attribute]
+pub fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
+    rate_limit::rate_limit(args.into(), item.into()).into()
 }

@@ -280,6 +280,8 @@ impl Cache {
     /// | `cache_stale_total` | counter | `function` | expired values served because the body failed ([`Stats::stale`]) |
     /// | `cache_refreshes_total` | counter | `function` | values recomputed before they expired ([`Stats::refreshes`]) |
     /// | `cache_invalidated_keys_total` | counter | `function` | keys removed by invalidation ([`Stats::invalidated`]) |
+    /// | `cache_rate_limited_total` | counter | `function` | calls refused by a rate limit ([`Stats::rate_limited`]) |
+    /// | `cache_rate_allowed_total` | counter | `function` | calls a rate limit let through ([`Stats::rate_allowed`]) |
     /// | `cache_errors_total` | counter | `function`, `kind` | failures by [`ErrorKind`] ([`Stats::errors`]); `kind="connection"` always, other kinds once non-zero |
     /// | `cache_load_duration_seconds` | histogram | `function`, `le` | time spent running bodies to fill the cache (`_bucket`, `_sum`, `_count`) |
     /// | `cache_breaker_state` | gauge | `state` | the circuit breaker in front of Redis: 1 for the current state (`closed`, `open`, `half_open`), 0 for the others |

@@ -60,6 +60,18 @@ pub enum Error {
         /// How long the call waited.
         waited: std::time::Duration,
     },
+    /// A rate limit that cannot be enforced was given to
+    /// [`Cache::rate_limit`](crate::Cache::rate_limit): a `limit` of 0 or over
+    /// [`MAX_RATE_LIMIT`](crate::MAX_RATE_LIMIT), a window under one millisecond.
+    #[error("invalid rate limit of {limit} per {per:?}: {reason}")]
+    InvalidRateLimit {
+        /// The limit as given.
+        limit: u64,
+        /// The window as given.
+        per: std::time::Duration,
+        /// Why it was refused.
+        reason: &'static str,
+    },
     /// A builder setting is out of range.
     #[error("invalid cache configuration: {0}")]
     InvalidConfig(String),

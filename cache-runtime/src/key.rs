@@ -25,8 +25,8 @@ use crate::error::{Error, Result};
 /// A value that can stand in a key placeholder such as `<id>` or `<v.dealer_id>`.
 ///
 /// Implemented for the integer types, `bool`, `char`, `str`, `String`, `Cow<str>`,
-/// `Option<T>`, references, `Box`, `Rc` and `Arc` of those, and (with the `uuid` feature)
-/// `uuid::Uuid`. Implement it for your own identifiers; whatever you write is encoded, so an
+/// `std::net::IpAddr` (and `Ipv4Addr`, `Ipv6Addr`), `Option<T>`, references, `Box`, `Rc`
+/// and `Arc` of those, and (with the `uuid` feature) `uuid::Uuid`. Implement it for your own identifiers; whatever you write is encoded, so an
 /// implementation cannot break the key's structure:
 ///
 /// ```
@@ -196,6 +196,19 @@ impl KeyPart for uuid::Uuid {
     }
 }
 
+/// IP addresses, as they print (`10.0.0.7`; IPv6 in its canonical form, whose `:` are
+/// encoded): what `#[rate_limit(key = "login:<ip>", ...)]` keys on.
+macro_rules! display_key_parts {
+    ($($t:ty),*) => {$(
+        impl KeyPart for $t {
+            fn write_key_part(&self, key: &mut KeyWriter<'_>) {
+                key.push_display(self);
+            }
+        }
+    )*};
+}
+display_key_parts!(std::net::IpAddr, std::net::Ipv4Addr, std::net::Ipv6Addr);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +225,8 @@ mod tests {
         assert_eq!(render(&-7i32), "-7");
         assert_eq!(render("abc_DEF-1.2"), "abc_DEF-1.2");
         assert_eq!(render(&true), "true");
+        assert_eq!(render(&std::net::Ipv4Addr::new(10, 0, 0, 7)), "10.0.0.7");
+        assert_eq!(render(&"::1".parse::<std::net::IpAddr>().unwrap()), "%3A%3A1");
     }
 
     #[test]

@@ -123,6 +123,14 @@
 //!   while every other caller keeps getting the current value ([`Stats::refreshes`]).
 //! - [`Cache::lock`] and [`Cache::try_lock`] offer the lease lock directly, with fencing
 //!   tokens ([`LockGuard`]).
+//!
+//! ## Rate limits
+//!
+//! [`rate_limit`] refuses calls over `limit` per `per` under a key template, across every
+//! process sharing the store, before the body runs; [`Cache::rate_limit`] is the same by
+//! hand, with what an HTTP 429 answer needs ([`RateDecision`]). The window is exact (no
+//! window of length `per` admits more than `limit`); the choice against GCRA, the memory
+//! it costs per key and the one-script Redis protocol are argued on [`Cache::rate_limit`].
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -148,6 +156,7 @@ mod metric_families;
 mod notify;
 mod pending;
 mod prometheus;
+mod rate_limit;
 mod registry;
 mod shape;
 mod stampede;
@@ -169,10 +178,11 @@ pub use error::{BackendError, Error, ErrorKind, Result};
 pub use health::Health;
 pub use key::{KeyPart, KeyWriter};
 pub use lock::LockGuard;
+pub use rate_limit::{FailMode, RateDecision, RateLimited, MAX_RATE_LIMIT};
 pub use registry::{
     check_invalidations, declarations, DeadInvalidations, Declaration, DeclarationKind,
 };
 pub use stats::{Stats, StatsReport, DIRECT_CALLS};
 
 #[doc(inline)]
-pub use cache_macros::{cache_put, cached, invalidates};
+pub use cache_macros::{cache_put, cached, invalidates, rate_limit};

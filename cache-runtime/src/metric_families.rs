@@ -115,6 +115,18 @@ pub(crate) const FAMILIES: &[Family] = &[
         source: Source::Count(Count::Invalidated),
     },
     Family {
+        name: "cache_rate_limited_total",
+        help: "Calls refused by a rate limit.",
+        kind: Kind::Counter,
+        source: Source::Count(Count::RateLimited),
+    },
+    Family {
+        name: "cache_rate_allowed_total",
+        help: "Calls a rate limit let through.",
+        kind: Kind::Counter,
+        source: Source::Count(Count::RateAllowed),
+    },
+    Family {
         name: "cache_errors_total",
         help: "Cache failures by kind (the call still returned its body's result).",
         kind: Kind::Counter,

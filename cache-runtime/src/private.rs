@@ -78,3 +78,41 @@ pub async fn put_after<S, R>(
 {
     cache.put_outcome::<S, R>(function.name, &key, function.ttl, cloner, returned).await;
 }
+
+// ---- `#[rate_limit]` -------------------------------------------------------------------------
+
+pub use crate::rate_limit::{FailMode, RateLimited};
+
+/// What `#[rate_limit]` knows about one annotated function, as a `static`.
+pub struct RateLimitFn {
+    /// The name in stats and metrics.
+    pub name: &'static str,
+    /// Calls admitted per window (checked at compile time: 1 to `MAX_RATE_LIMIT`).
+    pub limit: u64,
+    /// The window (checked at compile time: at least 1 ms).
+    pub per: Duration,
+    /// `fail_open` / `fail_closed`.
+    pub on_failure: FailMode,
+    /// This function's counters in the cache it runs with.
+    pub counters: CountersSlot,
+}
+
+/// Runs before the body of a `#[rate_limit]` function: `Err` when the call is refused.
+pub async fn rate_limit(
+    cache: &Cache,
+    function: &'static RateLimitFn,
+    key: String,
+) -> Result<(), RateLimited> {
+    let counters = function.counters.get(cache.inner.id, &cache.inner.stats, function.name);
+    cache
+        .decide(&counters, &key, function.limit, function.per, function.on_failure)
+        .await
+        .into_result()
+        .map(drop)
+}
+
+/// The refused call's return value: `Err(E::from(limited))`. Generated spanned on the
+/// function's return type, so a missing `From<RateLimited>` is reported there.
+pub fn rate_limited<T, E: From<RateLimited>>(limited: RateLimited) -> Result<T, E> {
+    Err(E::from(limited))
+}

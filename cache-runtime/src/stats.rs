@@ -37,6 +37,12 @@ pub struct Stats {
     pub stale: u64,
     /// Values recomputed before they expired (`refresh = ...`).
     pub refreshes: u64,
+    /// Calls refused by a rate limit (`#[rate_limit]`, [`Cache::rate_limit`](crate::Cache::rate_limit)),
+    /// including refusals by `fail_closed` while the store was failing.
+    pub rate_limited: u64,
+    /// Calls a rate limit let through, including those let through by `fail_open` while
+    /// the store was failing.
+    pub rate_allowed: u64,
 }
 
 impl Stats {
@@ -72,11 +78,13 @@ pub(crate) enum Count {
     PatternScans,
     Stale,
     Refreshes,
+    RateLimited,
+    RateAllowed,
 }
 
 impl Count {
     /// Every count, in declaration order (`Count::ALL[c as usize] == c`).
-    pub(crate) const ALL: [Count; 9] = [
+    pub(crate) const ALL: [Count; 11] = [
         Count::Hits,
         Count::Misses,
         Count::Loads,
@@ -86,6 +94,8 @@ impl Count {
         Count::PatternScans,
         Count::Stale,
         Count::Refreshes,
+        Count::RateLimited,
+        Count::RateAllowed,
     ];
 
     /// The field of [`Stats`] that shows this count.
@@ -100,6 +110,8 @@ impl Count {
             Count::PatternScans => &mut stats.pattern_scans,
             Count::Stale => &mut stats.stale,
             Count::Refreshes => &mut stats.refreshes,
+            Count::RateLimited => &mut stats.rate_limited,
+            Count::RateAllowed => &mut stats.rate_allowed,
         }
     }
 }
@@ -185,6 +197,12 @@ impl Counters {
     }
     pub(crate) fn pattern_scan(&self) {
         self.bump(Count::PatternScans, 1);
+    }
+    pub(crate) fn rate_limited(&self) {
+        self.bump(Count::RateLimited, 1);
+    }
+    pub(crate) fn rate_allowed(&self) {
+        self.bump(Count::RateAllowed, 1);
     }
     pub(crate) fn load(&self, took: Duration) {
         self.bump(Count::Loads, 1);
@@ -402,6 +420,10 @@ mod tests {
         counters.stale();
         counters.stale();
         counters.refresh();
+        counters.rate_limited();
+        counters.rate_limited();
+        counters.rate_limited();
+        counters.rate_allowed();
         counters.load(Duration::from_millis(3));
         counters.load(Duration::from_secs(20));
     }
@@ -427,6 +449,8 @@ mod tests {
             pattern_scans: 1,
             stale: 2,
             refreshes: 1,
+            rate_limited: 3,
+            rate_allowed: 1,
         };
         assert_eq!(counters.snapshot(), expected);
         let mut twice = expected;
@@ -434,6 +458,7 @@ mod tests {
         assert_eq!(twice.hits, 4);
         assert_eq!(twice.invalidated, 14);
         assert_eq!(twice.refreshes, 2);
+        assert_eq!(twice.rate_limited, 6);
     }
 
     /// Every per-function family of `FAMILIES` reaches the `metrics` facade under its name,

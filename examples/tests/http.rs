@@ -1,13 +1,15 @@
 //! The HTTP API served in-process on a loopback port, checked with real HTTP requests: an
-//! update through the API is visible on the next read, in every cached view it touches.
+//! update through the API is visible on the next read, in every cached view it touches; and
+//! price changes are rate limited per client address (429 with `Retry-After`).
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use cache_runtime::Cache;
 use cache_tests::RedisServer;
 use common::TempDir;
+use examples::marketplace::http::PRICE_CHANGES_PER_MINUTE;
 use examples::marketplace::{http, Db, DealerVehicles, Marketplace, UserProfile, Vehicle};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
@@ -24,7 +26,8 @@ async fn serve(cache: Cache, dir: &TempDir) -> (SocketAddr, Marketplace) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = http::router(service.clone(), TOKEN).unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let app = router.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await });
     (addr, service)
 }
 
@@ -35,7 +38,22 @@ async fn send(
     path: &str,
     json: Option<String>,
 ) -> (StatusCode, String) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (status, _, body) = send_from("127.0.0.1".parse().unwrap(), addr, method, path, json).await;
+    (status, body)
+}
+
+/// [`send`] from the client address `from` (any `127.x.y.z` works on Linux loopback), also
+/// returning the response headers.
+async fn send_from(
+    from: IpAddr,
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    json: Option<String>,
+) -> (StatusCode, hyper::HeaderMap, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(connection);
@@ -48,9 +66,9 @@ async fn send(
     }
     let body = Full::new(Bytes::from(json.unwrap_or_default()));
     let response = sender.send_request(request.body(body).unwrap()).await.unwrap();
-    let status = response.status();
+    let (status, headers) = (response.status(), response.headers().clone());
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(bytes.to_vec()).unwrap())
+    (status, headers, String::from_utf8(bytes.to_vec()).unwrap())
 }
 
 async fn get<T: serde::de::DeserializeOwned>(addr: SocketAddr, path: &str) -> T {
@@ -140,4 +158,55 @@ async fn update_through_the_api_is_visible_with_redis() {
     let redis = RedisServer::start();
     let cache = Cache::builder().redis(redis.url()).prefix("vehicles:").build().await.unwrap();
     update_is_visible_on_the_next_read(cache).await;
+}
+
+/// `PUT /vehicles/{id}` admits [`PRICE_CHANGES_PER_MINUTE`] changes per client address, then
+/// answers 429 with `Retry-After` and the `RateLimit-*` headers, without touching the
+/// database; another address has its own allowance.
+async fn price_changes_are_limited_per_client(cache: Cache) {
+    let dir = TempDir::new("http-rate");
+    let (addr, service) = serve(cache, &dir).await;
+    let (client, other): (IpAddr, IpAddr) =
+        ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+    let put = |from: IpAddr, price: i64| {
+        send_from(from, addr, Method::PUT, "/vehicles/5", Some(format!(r#"{{"price": {price}}}"#)))
+    };
+    for change in 1..=PRICE_CHANGES_PER_MINUTE {
+        let (status, _, body) = put(client, 10_000 + change as i64).await;
+        assert_eq!(status, StatusCode::OK, "change {change}: {body}");
+    }
+    // A bad request is answered before the limiter: it costs nothing.
+    assert_eq!(put(client, 0).await.0, StatusCode::BAD_REQUEST);
+    let queries = service.db().queries();
+    let (status, headers, body) = put(client, 99_999).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let retry_after: u64 = header("retry-after").parse().unwrap();
+    assert!((59..=60).contains(&retry_after), "Retry-After: {retry_after}");
+    assert_eq!(header("ratelimit-remaining"), "0");
+    assert_eq!(header("ratelimit-limit"), PRICE_CHANGES_PER_MINUTE.to_string());
+    assert!(body.starts_with("rate limit of 5 calls reached"), "{body}");
+    assert_eq!(service.db().queries(), queries, "a refused change never reaches the database");
+    assert_eq!(get::<Vehicle>(addr, "/vehicles/5").await.price, 10_000 + 5);
+
+    // Another client address is not limited by this one's changes.
+    let (status, _, body) = put(other, 12_345).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let (status, body) = send(addr, Method::GET, "/admin/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("cache_rate_limited_total{function=\"change_price\"} 1\n"), "{body}");
+    assert!(body.contains("cache_rate_allowed_total{function=\"change_price\"} 6\n"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn price_changes_are_limited_per_client_with_the_memory_store() {
+    price_changes_are_limited_per_client(Cache::memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn price_changes_are_limited_per_client_with_redis() {
+    let redis = RedisServer::start();
+    let cache = Cache::builder().redis(redis.url()).prefix("vehicles:").build().await.unwrap();
+    price_changes_are_limited_per_client(cache).await;
 }

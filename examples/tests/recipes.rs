@@ -5,12 +5,13 @@ use std::process::Command;
 
 use cache_tests::RedisServer;
 
-const RECIPES: [(&str, &str); 8] = [
+const RECIPES: [(&str, &str); 9] = [
     ("cache_aside", env!("CARGO_BIN_EXE_cache_aside")),
     ("write_through", env!("CARGO_BIN_EXE_write_through")),
     ("invalidate_pattern", env!("CARGO_BIN_EXE_invalidate_pattern")),
     ("stampede_lock", env!("CARGO_BIN_EXE_stampede_lock")),
     ("lease_lock_fencing", env!("CARGO_BIN_EXE_lease_lock_fencing")),
+    ("rate_limit", env!("CARGO_BIN_EXE_rate_limit")),
     ("custom_keypart", env!("CARGO_BIN_EXE_custom_keypart")),
     ("store_from_config", env!("CARGO_BIN_EXE_store_from_config")),
     ("quickstart", env!("CARGO_BIN_EXE_quickstart")),

@@ -6,7 +6,7 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-/// One running `lock_worker` process.
+/// One running `lock_worker` process (or `rate_worker`, which speaks the same protocol).
 pub struct LockWorker {
     /// The process, for killing it mid-load.
     pub child: Child,

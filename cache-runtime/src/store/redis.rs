@@ -913,6 +913,24 @@ impl RedisStore {
         }
         Ok(())
     }
+
+    /// [`script`](Self::script) for a script built once (its SHA1 computed once, not per
+    /// call): for scripts on a hot path, such as a rate-limit decision.
+    pub(crate) async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<T> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(*key);
+        }
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        self.run(&invocation).await
+    }
 }
 
 /// A duration in whole milliseconds, at least 1 (Redis rejects `PX 0`).

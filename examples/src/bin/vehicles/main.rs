@@ -134,7 +134,9 @@ async fn serve(setup: Setup, addr: SocketAddr) -> Result<(), String> {
     } else {
         println!("  Authorization: Bearer {token}  (set CACHE_ADMIN_TOKEN to choose it)");
     }
-    axum::serve(listener, router).await.map_err(|e| e.to_string())
+    // The client's address: `PUT /vehicles/{id}` is rate limited per address.
+    let app = router.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).await.map_err(|e| e.to_string())
 }
 
 #[tokio::main]

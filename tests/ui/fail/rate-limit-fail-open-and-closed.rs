@@ -1,0 +1,11 @@
+use cache_runtime::{rate_limit, RateLimited};
+
+#[rate_limit(key = "login:<ip>", limit = 5, per = "1m", fail_open, fail_closed)]
+async fn login(ip: u32) -> Result<(), RateLimited> {
+    let _ = ip;
+    Ok(())
+}
+
+fn main() {
+    let _ = login(7);
+}
