@@ -290,6 +290,24 @@ fn register<'a>(
     quote!(#(#submits)*)
 }
 
+// ---- used by `#[rate_limit]` (rate_limit.rs) ------------------------------------------------
+
+/// Checks `sig` for `#[rate_limit]` (an `async fn`, any receiver) and renders `template`,
+/// if given, as `#[cached]` renders its key. `None` after reporting.
+pub(crate) fn rate_limit_key(
+    sig: &syn::Signature,
+    template: Option<&syn::LitStr>,
+    errors: &mut Errors,
+) -> Option<TokenStream> {
+    let signature = Signature::inspect(sig, Attribute::RateLimit, errors);
+    Key::resolve(template?, Attribute::RateLimit.purpose(), &signature, errors).map(|key| key.expr)
+}
+
+/// The `Cache` expression for `#[rate_limit]`, as for the other attributes.
+pub(crate) fn rate_limit_cache(cache: Option<&syn::Expr>) -> TokenStream {
+    cache_expr(cache)
+}
+
 #[cfg(test)]
 mod tests {
     use proc_macro2::TokenTree;
@@ -454,22 +472,4 @@ mod tests {
             text.contains("if :: core :: result :: Result :: is_ok (& __cache_runtime_returned)")
         );
     }
-}
-
-// ---- used by `#[rate_limit]` (rate_limit.rs) ------------------------------------------------
-
-/// Checks `sig` for `#[rate_limit]` (an `async fn`, any receiver) and renders `template`,
-/// if given, as `#[cached]` renders its key. `None` after reporting.
-pub(crate) fn rate_limit_key(
-    sig: &syn::Signature,
-    template: Option<&syn::LitStr>,
-    errors: &mut Errors,
-) -> Option<TokenStream> {
-    let signature = Signature::inspect(sig, Attribute::RateLimit, errors);
-    Key::resolve(template?, Attribute::RateLimit.purpose(), &signature, errors).map(|key| key.expr)
-}
-
-/// The `Cache` expression for `#[rate_limit]`, as for the other attributes.
-pub(crate) fn rate_limit_cache(cache: Option<&syn::Expr>) -> TokenStream {
-    cache_expr(cache)
 }
