@@ -616,16 +616,22 @@ async fn pattern_invalidation_is_complete_after_redis_evicts_an_index() {
     for id in 0..20 {
         cache.set(&format!("grp:1:row:{id}"), &id, Duration::from_secs(60)).await.unwrap();
     }
+    for id in 0..5 {
+        cache.set(&format!("grp:2:row:{id}"), &id, Duration::from_secs(60)).await.unwrap();
+    }
     // What eviction does to a cold index (its data keys stay hot).
     let _: () = redis::cmd("DEL").arg("co:#idx:grp:").query_async(&mut raw).await.unwrap();
     cache.set("grp:1:row:20", &20, Duration::from_secs(60)).await.unwrap(); // re-creates it
-    assert_eq!(cache.invalidate_pattern("grp:*").await.unwrap(), 21, "nothing is missed");
+    assert_eq!(cache.invalidate_pattern("grp:1*").await.unwrap(), 21, "nothing is missed");
     assert_eq!(cache.stats().pattern_scans, 1, "the lost index was noticed: one SCAN");
+    // The scan put the keys it kept back into the index: the next pattern finds them there.
+    assert_eq!(cache.invalidate_pattern("grp:*").await.unwrap(), 5);
+    assert_eq!(cache.stats().pattern_scans, 1, "the rebuilt index serves the next one");
     for id in 0..5 {
         cache.set(&format!("grp:1:row:{id}"), &id, Duration::from_secs(60)).await.unwrap();
     }
     assert_eq!(cache.invalidate_pattern("grp:*").await.unwrap(), 5);
-    assert_eq!(cache.stats().pattern_scans, 1, "the rebuilt index serves the next one");
+    assert_eq!(cache.stats().pattern_scans, 1);
 }
 
 #[tokio::test]

@@ -138,6 +138,21 @@ redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 return 1"
 );
 
+/// Re-indexes `KEYS[2..]` (full keys; members are them without the prefix, `ARGV[1]`
+/// bytes long) in the index `KEYS[1]`, each with its remaining time to live.
+const REINDEX_SCRIPT: &str = concat!(
+    lua_prelude!(),
+    r"
+local now = now_ms()
+for i = 2, #KEYS do
+  local left = redis.call('PTTL', KEYS[i])
+  if left > 0 then
+    index_add(KEYS[1], string.sub(KEYS[i], tonumber(ARGV[1]) + 1), left, now, ARGV[2])
+  end
+end
+return 1"
+);
+
 /// Ends an index rebuild: the index is trusted again (its sentinel set) only if it was not
 /// lost while the keyspace was scanned (the rebuild's own member `ARGV[1]` is still there).
 const TRUST_SCRIPT: &str = r"
@@ -811,19 +826,8 @@ impl RedisStore {
                         )
                         .await?;
                 }
-                for full in keep {
-                    let Some(left) = self.pttl(&full).await? else { continue };
-                    let member = &full[self.prefix.len()..];
-                    let mut connection = self.connection.clone();
-                    self.guarded(
-                        redis::Script::new(INDEX_SCRIPT)
-                            .key(index)
-                            .arg(member)
-                            .arg(millis(left))
-                            .arg(birth)
-                            .invoke_async::<()>(&mut connection),
-                    )
-                    .await?;
+                if !keep.is_empty() {
+                    self.reindex(index, &keep, birth).await?;
                 }
                 Ok(unlinked)
             },
@@ -835,6 +839,41 @@ impl RedisStore {
             tracing::warn!(index, "invalidation index lost during its rebuild; the next pattern invalidation scans again");
         }
         Ok(removed)
+    }
+
+    /// Puts the surviving keys of a rebuilt level back into its index, each with its
+    /// remaining time to live: one script for the whole batch on standalone; on a cluster,
+    /// where the keys live in other slots, their `PTTL`s in flight together, then the
+    /// index update.
+    async fn reindex(&self, index: &str, full_keys: &[String], birth: &str) -> Result<()> {
+        if !self.connection.is_cluster() {
+            let script = redis::Script::new(REINDEX_SCRIPT);
+            let mut invocation = script.prepare_invoke();
+            invocation.key(index);
+            for full in full_keys {
+                invocation.key(full);
+            }
+            invocation.arg(self.prefix.len()).arg(birth);
+            return self.run::<()>(&invocation).await;
+        }
+        let lefts = try_join_all(full_keys.iter().map(|full| self.pttl(full))).await?;
+        let updates = full_keys.iter().zip(lefts).filter_map(|(full, left)| {
+            let left = left?;
+            let mut connection = self.connection.clone();
+            let member = full[self.prefix.len()..].to_owned();
+            let index = index.to_owned();
+            Some(async move {
+                redis::Script::new(INDEX_SCRIPT)
+                    .key(index)
+                    .arg(member)
+                    .arg(millis(left))
+                    .arg(birth)
+                    .invoke_async::<()>(&mut connection)
+                    .await
+            })
+        });
+        self.guarded(try_join_all(updates)).await?;
+        Ok(())
     }
 
     /// Removes every data key under this cache's prefix (pending markers included). The
