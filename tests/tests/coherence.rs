@@ -521,10 +521,7 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-#[tokio::test]
-async fn a_slow_load_in_another_process_cannot_store_after_an_invalidation() {
-    let server = RedisServer::start();
-    let (a, b) = two_processes(&server).await;
+async fn a_slow_load_in_another_process_cannot_store_after_an_invalidation_on(a: Cache, b: Cache) {
     let row = Gated::new();
     let slow = tokio::spawn({
         let (a, row) = (a.clone(), row.clone());
@@ -540,9 +537,24 @@ async fn a_slow_load_in_another_process_cannot_store_after_an_invalidation() {
 }
 
 #[tokio::test]
-async fn with_lock_a_read_after_the_write_does_not_wait_for_the_older_load() {
+async fn a_slow_load_in_another_process_cannot_store_after_an_invalidation() {
     let server = RedisServer::start();
     let (a, b) = two_processes(&server).await;
+    a_slow_load_in_another_process_cannot_store_after_an_invalidation_on(a, b).await;
+}
+
+#[tokio::test]
+async fn a_slow_load_in_another_process_cannot_store_after_an_invalidation_on_a_cluster() {
+    let cluster = RedisCluster::start(3, 0);
+    let caches = redis_caches(&cluster.urls(), true, 2).await;
+    a_slow_load_in_another_process_cannot_store_after_an_invalidation_on(
+        caches[0].clone(),
+        caches[1].clone(),
+    )
+    .await;
+}
+
+async fn with_lock_a_read_after_the_write_does_not_wait_for_the_older_load_on(a: Cache, b: Cache) {
     let row = Gated::new();
     let slow = tokio::spawn({
         let (a, row) = (a.clone(), row.clone());
@@ -561,6 +573,24 @@ async fn with_lock_a_read_after_the_write_does_not_wait_for_the_older_load() {
     assert_eq!(slow.await.unwrap(), 1);
     assert_eq!(reader.await.unwrap(), 2, "the waiter does not receive the pre-write value");
     assert_eq!(gated_read(&a, &row, 1, false).await, 2);
+}
+
+#[tokio::test]
+async fn with_lock_a_read_after_the_write_does_not_wait_for_the_older_load() {
+    let server = RedisServer::start();
+    let (a, b) = two_processes(&server).await;
+    with_lock_a_read_after_the_write_does_not_wait_for_the_older_load_on(a, b).await;
+}
+
+#[tokio::test]
+async fn with_lock_a_read_after_the_write_does_not_wait_for_the_older_load_on_a_cluster() {
+    let cluster = RedisCluster::start(3, 0);
+    let caches = redis_caches(&cluster.urls(), true, 2).await;
+    with_lock_a_read_after_the_write_does_not_wait_for_the_older_load_on(
+        caches[0].clone(),
+        caches[1].clone(),
+    )
+    .await;
 }
 
 #[tokio::test]
