@@ -56,7 +56,9 @@ impl Attribute {
     fn accepts(self, keyword: Keyword) -> bool {
         match self {
             Attribute::Cached => true,
-            Attribute::CachePut => !matches!(keyword, Keyword::Lock | Keyword::Refresh),
+            Attribute::CachePut => {
+                !matches!(keyword, Keyword::Lock | Keyword::Refresh | Keyword::AbsentTtl)
+            }
             Attribute::Invalidates | Attribute::RateLimit => {
                 matches!(keyword, Keyword::Cache | Keyword::Name)
             }
@@ -66,7 +68,9 @@ impl Attribute {
     /// What it accepts, for the unknown-argument error.
     fn expected(self) -> &'static str {
         match self {
-            Attribute::Cached => "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `cache`, `name`",
+            Attribute::Cached => {
+                "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `absent_ttl`, `cache`, `name`"
+            }
             Attribute::CachePut => "one of `key`, `ttl`, `stale`, `cache`, `name`",
             Attribute::Invalidates => "key templates or patterns as strings (`\"vehicle:<v.id>\"`, `\"homepage:*\"`), `cache`, `name`",
             Attribute::RateLimit => "one of `key`, `limit`, `per`, `fail_open`, `fail_closed`, `charge_hits`, `cache`, `name`",
@@ -91,6 +95,7 @@ enum Keyword {
     Lock,
     Stale,
     Refresh,
+    AbsentTtl,
     Cache,
     Name,
 }
@@ -103,6 +108,7 @@ impl Keyword {
             "lock" => Keyword::Lock,
             "stale" => Keyword::Stale,
             "refresh" => Keyword::Refresh,
+            "absent_ttl" => Keyword::AbsentTtl,
             "cache" => Keyword::Cache,
             "name" => Keyword::Name,
             _ => return None,
@@ -191,6 +197,7 @@ pub(crate) struct Args {
     pub(crate) lock: Attr<()>,
     pub(crate) stale: Attr<Duration>,
     pub(crate) refresh: Attr<Duration>,
+    pub(crate) absent_ttl: Attr<Duration>,
     pub(crate) cache: Attr<Expr>,
     pub(crate) name: Attr<LitStr>,
     /// The templates and patterns of `#[invalidates]`, in order.
@@ -215,6 +222,7 @@ impl Args {
             lock: Attr::none("lock"),
             stale: Attr::none("stale"),
             refresh: Attr::none("refresh"),
+            absent_ttl: Attr::none("absent_ttl"),
             cache: Attr::none("cache"),
             name: Attr::none("name"),
             templates: Vec::new(),
@@ -263,6 +271,9 @@ impl Args {
             Keyword::Refresh => {
                 self.refresh.set(span, errors, |errors| value.duration(errors, "refresh = \"12m\""))
             }
+            Keyword::AbsentTtl => self
+                .absent_ttl
+                .set(span, errors, |errors| value.duration(errors, "absent_ttl = \"30s\"")),
             Keyword::Lock => self.lock.set(span, errors, |errors| value.flag(errors)),
             Keyword::Cache => self.cache.set(span, errors, |errors| value.expr(errors)),
             Keyword::Name => {

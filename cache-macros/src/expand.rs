@@ -99,6 +99,12 @@ impl Prepared {
                 else {
                     return Err(rejected(&errors));
                 };
+                if let (Some(absent_ttl), false) =
+                    (args.absent_ttl.get(), returned.shape.has_absent())
+                {
+                    errors.push(absent_ttl.span, "`absent_ttl` caches absent results, and this function has none: it needs a return type of `Option<T>` or `Result<Option<T>, E>`");
+                    return Err(rejected(&errors));
+                }
                 if attribute == Attribute::Cached {
                     Plan::Cached { key, storage, returned }
                 } else {
@@ -132,9 +138,10 @@ impl Prepared {
 
     fn cached(&self, key: &Key, storage: &Storage, returned: &Returned) -> TokenStream {
         let Prepared { function, args, name, .. } = self;
-        let Storage { ttl, lock, stale, refresh } = storage;
+        let Storage { ttl, lock, stale, refresh, absent_ttl } = storage;
         let stale = optional_duration(*stale);
         let refresh = optional_duration(*refresh);
+        let absent_ttl = optional_duration(*absent_ttl);
         let cache = cache_expr(args.cache.get());
         let register = register("Cached", [&key.template], name);
         let key = &key.expr;
@@ -150,7 +157,8 @@ impl Prepared {
                         #lock,
                         #stale,
                         #refresh,
-                    ),
+                    )
+                    .with_absent_ttl(#absent_ttl),
                     counters: ::cache_runtime::__private::CountersSlot::new(),
                 };
             #register

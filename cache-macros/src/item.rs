@@ -64,6 +64,11 @@ pub(crate) enum Shape {
 }
 
 impl Shape {
+    /// Whether it has an absent result (`None`, `Ok(None)`), which `absent_ttl` caches.
+    pub(crate) fn has_absent(self) -> bool {
+        matches!(self, Shape::Option | Shape::ResultOption)
+    }
+
     /// Whether the function returns a `Result` (and succeeded only on `Ok`).
     pub(crate) fn is_result(self) -> bool {
         matches!(self, Shape::Result | Shape::ResultOption)

@@ -95,6 +95,8 @@ pub struct Policy {
     pub(crate) stale: Option<Duration>,
     /// Age after which a hit recomputes the value (`< ttl`).
     pub(crate) refresh: Option<Duration>,
+    /// How long an absent result (`None`, `Ok(None)`) is cached (`absent_ttl = ...`).
+    pub(crate) absent_ttl: Option<Duration>,
 }
 
 impl Policy {
@@ -106,7 +108,13 @@ impl Policy {
         stale: Option<Duration>,
         refresh: Option<Duration>,
     ) -> Policy {
-        Policy { ttl, lock, stale, refresh }
+        Policy { ttl, lock, stale, refresh, absent_ttl: None }
+    }
+
+    /// Caches absent results for `absent_ttl` (negative caching).
+    pub const fn with_absent_ttl(mut self, absent_ttl: Option<Duration>) -> Policy {
+        self.absent_ttl = absent_ttl;
+        self
     }
 
     /// A policy with a time to live only.
@@ -117,6 +125,11 @@ impl Policy {
     /// How long the store keeps a value.
     pub(crate) fn lifetime(&self) -> Duration {
         self.stale.map_or(self.ttl, |stale| stale.max(self.ttl))
+    }
+
+    /// The longest anything this policy stores may live (a value, or an absent result).
+    pub(crate) fn longest(&self) -> Duration {
+        self.absent_ttl.map_or(self.lifetime(), |absent| absent.max(self.lifetime()))
     }
 
     /// Whether hits need the value's age (one pipelined `PTTL` more on Redis).
@@ -172,7 +185,7 @@ impl Cache {
         }
         match self.lookup::<T>(&counters, key, None).await {
             Lookup::Hit(value) => Ok(Some(value)),
-            Lookup::Miss | Lookup::Undecodable => Ok(None),
+            Lookup::Absent | Lookup::Miss | Lookup::Undecodable => Ok(None),
             Lookup::Failed(error) => Err(error),
         }
     }
@@ -315,6 +328,11 @@ impl Cache {
         T: DeserializeOwned + 'static,
     {
         match self.inner.store.get(key).await {
+            Ok(Some(entry)) if entry.is_absent() => {
+                counters.hit();
+                tracing::debug!(key, "cache hit (absent)");
+                Lookup::Absent
+            }
             Ok(Some(entry)) => match entry.take(cloner) {
                 Ok(value) => {
                     counters.hit();
@@ -378,6 +396,10 @@ impl Cache {
                     return S::from_value(value);
                 }
                 Aged::Stale(entry) => miss.stale = Some(entry),
+                Aged::Absent => match S::absent() {
+                    Some(absent) => return absent,
+                    None => miss.overwrite = true,
+                },
                 Aged::Miss => {}
                 Aged::Undecodable => miss.overwrite = true,
                 Aged::Failed(kind) => miss.read_failed(kind),
@@ -385,6 +407,11 @@ impl Cache {
         } else {
             match self.lookup(counters, key, cloner).await {
                 Lookup::Hit(value) => return S::from_value(value),
+                Lookup::Absent => match S::absent() {
+                    Some(absent) => return absent,
+                    // Another function's absent result under the same key: ours has none.
+                    None => miss.overwrite = true,
+                },
                 Lookup::Miss => {}
                 Lookup::Undecodable => miss.overwrite = true,
                 Lookup::Failed(error) => miss.read_failed(error.kind()),
@@ -405,6 +432,16 @@ impl Cache {
         T: DeserializeOwned + 'static,
     {
         match self.inner.store.get_aged(key, policy.lifetime()).await {
+            // An absent result lives by its own expiry, whatever the age says.
+            Ok(Some(found)) if found.entry.is_absent() && found.age != Duration::MAX => {
+                counters.hit();
+                tracing::debug!(key, "cache hit (absent)");
+                Aged::Absent
+            }
+            Ok(Some(found)) if found.entry.is_absent() => {
+                counters.miss();
+                Aged::Miss
+            }
             Ok(Some(found)) if found.age < policy.ttl => match found.entry.take(cloner) {
                 Ok(value) => {
                     counters.hit();
@@ -538,6 +575,8 @@ impl Cache {
 
 enum Lookup<T> {
     Hit(T),
+    /// A cached absent result (`absent_ttl`).
+    Absent,
     Miss,
     /// A value is stored but does not decode: replace it.
     Undecodable,
@@ -558,6 +597,8 @@ enum Aged<T> {
     Fresh(T, Found),
     /// Past the TTL but kept for `stale`.
     Stale(Arc<Entry>),
+    /// A cached absent result (`absent_ttl`).
+    Absent,
     Miss,
     /// A value is stored but does not decode: replace it.
     Undecodable,

@@ -21,7 +21,21 @@ pub(crate) struct Entry {
     typed: Option<Box<dyn Any + Send + Sync>>,
 }
 
+/// What a cached absent result (`absent_ttl`) is stored as: a NUL byte first, which no JSON
+/// text has, so no value can be mistaken for it.
+pub(crate) const ABSENT: &[u8] = b"\0cache-runtime:absent";
+
 impl Entry {
+    /// A cached absent result.
+    pub(crate) fn absent() -> Entry {
+        Entry { json: ABSENT.into(), typed: None }
+    }
+
+    /// Whether this is a cached absent result.
+    pub(crate) fn is_absent(&self) -> bool {
+        &*self.json == ABSENT
+    }
+
     /// Encodes `value`; keeps a typed copy when a cloner is available.
     pub(crate) fn encode<T>(value: &T, cloner: Cloner<T>) -> Result<Entry, serde_json::Error>
     where

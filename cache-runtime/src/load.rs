@@ -19,6 +19,7 @@ use crate::cache::{Cache, Policy};
 use crate::codec::{Cloner, Entry};
 use crate::error::ErrorKind;
 use crate::flight::{self, Join, Landed, Leader};
+use crate::notify::Signal;
 use crate::shape::{Outcome, Shape};
 use crate::stats::Counters;
 use crate::store::{Begun, FillPlan, Found, Ticket};
@@ -55,6 +56,8 @@ pub(crate) enum Filled {
 pub(crate) enum Began<T> {
     /// A value landed meanwhile: serve it.
     Present(T, Arc<Entry>),
+    /// An absent result was cached meanwhile (`absent_ttl`), and the caller's shape has one.
+    Absent,
     /// Load, then fill with this ticket.
     Ticket(Ticket),
     /// The store failed: load without storing.
@@ -177,11 +180,16 @@ where
         S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
     {
-        let permit = match self.begin().await {
+        let permit = match self.begin(S::absent().is_some()).await {
             Began::Present(value, entry) => {
                 leader.publish(Landed::Value(entry));
                 self.counters.coalesced();
                 return S::from_value(value);
+            }
+            Began::Absent => {
+                leader.publish(Landed::Absent);
+                self.counters.coalesced();
+                return S::absent().expect("accepted only for shapes with an absent result");
             }
             Began::Ticket(ticket) => Permit::Ticket(ticket),
             Began::Failed => Permit::None,
@@ -199,10 +207,14 @@ where
         S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
     {
-        let permit = match self.begin().await {
+        let permit = match self.begin(S::absent().is_some()).await {
             Began::Present(value, _) => {
                 self.counters.coalesced();
                 return S::from_value(value);
+            }
+            Began::Absent => {
+                self.counters.coalesced();
+                return S::absent().expect("accepted only for shapes with an absent result");
             }
             Began::Ticket(ticket) => Permit::Ticket(ticket),
             Began::Failed => Permit::None,
@@ -224,19 +236,25 @@ where
     }
 
     /// Step 1 of the fill protocol: the value if one landed since the miss, else a ticket.
-    pub(crate) async fn begin(&self) -> Began<T> {
+    pub(crate) async fn begin(&self, accepts_absent: bool) -> Began<T> {
         if self.store_failing {
             return Began::Failed;
         }
         let store = &self.cache.inner.store;
         let mut plan = FillPlan {
-            lifetime: self.policy.lifetime(),
+            lifetime: self.policy.longest(),
             fresh_for: self.policy.ttl,
             window: self.cache.inner.settings.fill_window,
             force: self.overwrite,
         };
         loop {
             match store.begin_fill(self.key, &plan).await {
+                Ok(Begun::Present(entry)) if entry.is_absent() => {
+                    if accepts_absent {
+                        return Began::Absent;
+                    }
+                    plan.force = true; // another function's absent result: ours has none
+                }
                 Ok(Begun::Present(entry)) => match entry.take(self.cloner) {
                     Ok(value) => return Began::Present(value, entry),
                     // Another service's data or an old schema: replace it.
@@ -257,7 +275,7 @@ where
     }
 
     /// Fills a cacheable value with the ticket, then publishes the outcome to the flight's
-    /// followers. Returns whether a value was stored.
+    /// followers. Returns what the processes waiting on the load lease should hear.
     ///
     /// The followers joined while the body ran; the value may be handed to them only if the
     /// ticket is *confirmed* after the body: the store accepted the fill, or (value not
@@ -274,7 +292,7 @@ where
         returned: &R,
         permit: &Permit,
         leader: Option<&mut Leader<'_>>,
-    ) -> bool
+    ) -> Signal
     where
         S: Shape<R, Value = T>,
     {
@@ -291,7 +309,6 @@ where
             Outcome::Failed => Landed::Failed,
         };
         let invalidated = leader.as_ref().is_some_and(|leader| leader.invalidated());
-        let mut stored = false;
         let published = match (outcome, permit) {
             (Landed::Failed, Permit::Ticket(ticket)) => {
                 let _ = self.cache.inner.store.abandon(self.key, ticket).await;
@@ -314,25 +331,47 @@ where
             (Landed::Value(entry), Permit::Ticket(ticket)) => {
                 let lifetime = self.policy.lifetime();
                 match self.cache.fill(self.counters, self.key, ticket, &entry, lifetime).await {
-                    Filled::Stored => {
-                        stored = true;
-                        Landed::Value(entry)
-                    }
+                    Filled::Stored => Landed::Value(entry),
                     Filled::Refused => Landed::Refused,
                     Filled::Skipped => self.confirm(ticket, Landed::Value(entry)).await,
                     // Stored or not? Ask (and take our marker away if it is still there).
                     Filled::Failed => self.confirm(ticket, Landed::Value(entry)).await,
                 }
             }
-            (Landed::Absent, Permit::Ticket(ticket)) => self.confirm(ticket, Landed::Absent).await,
+            (Landed::Absent, Permit::Ticket(ticket)) => match self.policy.absent_ttl {
+                // Negative caching: the absent result is stored like a value.
+                Some(absent_ttl) => {
+                    let absent = Arc::new(Entry::absent());
+                    match self
+                        .cache
+                        .fill(self.counters, self.key, ticket, &absent, absent_ttl)
+                        .await
+                    {
+                        Filled::Stored => Landed::Absent,
+                        Filled::Refused => Landed::Refused,
+                        Filled::Skipped | Filled::Failed => {
+                            self.confirm(ticket, Landed::Absent).await
+                        }
+                    }
+                }
+                None => self.confirm(ticket, Landed::Absent).await,
+            },
             (Landed::Value(entry), Permit::None) => Landed::Unconfirmed(Some(entry)),
             (Landed::Absent, Permit::None) => Landed::Unconfirmed(None),
             (outcome, _) => outcome,
         };
+        // What the processes waiting on a load lease hear: an absent result the store
+        // confirmed is theirs too (no body needs to run); a failed body lets them serve a
+        // stale value; anything else sends them to look again.
+        let signal = match &published {
+            Landed::Absent => Signal::Absent,
+            Landed::Failed => Signal::Failed,
+            _ => Signal::Ready,
+        };
         if let Some(leader) = leader {
             leader.publish(published);
         }
-        stored
+        signal
     }
 
     /// A value that was not stored (or an absent result): hand it to the followers only if
@@ -403,8 +442,8 @@ where
             true => Permit::Ticket(Ticket::Replace { old: found.entry, version: found.version }),
             false => Permit::None,
         };
-        let stored = self.finish::<S, R>(&returned, &permit, Some(&mut leader)).await;
-        lease.release(stored || !matches!(S::outcome(&returned), Outcome::Failed)).await;
+        let signal = self.finish::<S, R>(&returned, &permit, Some(&mut leader)).await;
+        lease.release(signal).await;
         match S::outcome(&returned) {
             Outcome::Failed => S::from_value(current),
             _ => returned,

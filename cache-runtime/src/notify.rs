@@ -18,6 +18,8 @@ pub(crate) enum Signal {
     Ready,
     /// The holder failed and stored nothing.
     Failed,
+    /// The holder's body found nothing (an absent result), and the store confirmed it.
+    Absent,
 }
 
 pub(crate) const FILLED: &str = "#filled:";
@@ -136,10 +138,10 @@ async fn subscribe(
                     let Some(waiters) = waiters.upgrade() else {
                         return;
                     };
-                    let signal = if message.get_payload_bytes() == b"0" {
-                        Signal::Failed
-                    } else {
-                        Signal::Ready
+                    let signal = match message.get_payload_bytes() {
+                        b"0" => Signal::Failed,
+                        b"2" => Signal::Absent,
+                        _ => Signal::Ready,
                     };
                     let woken = waiters
                         .lock()

@@ -27,7 +27,7 @@ use crate::error::ErrorKind;
 use crate::flight::{Landed, Leader};
 use crate::load::{Began, Load, Permit};
 use crate::notify::Signal;
-use crate::shape::{Outcome, Shape};
+use crate::shape::Shape;
 use crate::store::lease::{new_token, LeaseKind, Wakeup};
 
 impl<T> Load<'_, T>
@@ -74,6 +74,14 @@ where
             }
             look_first = false;
             let lease_left = match store.peek_with_lease(key).await {
+                Ok((Some(entry), _)) if entry.is_absent() => match S::absent() {
+                    Some(absent) => {
+                        leader.publish(Landed::Absent);
+                        counters.coalesced();
+                        return absent;
+                    }
+                    None => break,
+                },
                 Ok((Some(entry), _)) => match entry.take(self.cloner) {
                     Ok(value) => {
                         leader.publish(Landed::Value(entry));
@@ -109,6 +117,15 @@ where
             match woken.wait(until).await {
                 // The value landed: read it before contending.
                 Some(Signal::Ready) => look_first = true,
+                // The holder's body found nothing, and the store confirmed it: so do we.
+                Some(Signal::Absent) => {
+                    if let Some(absent) = S::absent() {
+                        leader.publish(Landed::Absent);
+                        counters.coalesced();
+                        return absent;
+                    }
+                    look_first = true;
+                }
                 // The holder's body failed: a stale value answers without another run.
                 Some(Signal::Failed) => {
                     if let Some(value) =
@@ -138,12 +155,18 @@ where
         S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
     {
-        let permit = match self.begin().await {
+        let permit = match self.begin(S::absent().is_some()).await {
             Began::Present(value, entry) => {
                 leader.publish(Landed::Value(entry));
-                held.release(true).await;
+                held.release(Signal::Ready).await;
                 self.counters.coalesced();
                 return S::from_value(value);
+            }
+            Began::Absent => {
+                leader.publish(Landed::Absent);
+                held.release(Signal::Absent).await;
+                self.counters.coalesced();
+                return S::absent().expect("accepted only for shapes with an absent result");
             }
             Began::Ticket(ticket) => Permit::Ticket(ticket),
             Began::Failed => Permit::None,
@@ -166,10 +189,8 @@ where
             returned = self.body(load) => returned,
             () = renew => unreachable!("renewal never ends"),
         };
-        let stored = self.finish::<S, R>(&returned, &permit, Some(leader)).await;
-        // Waiters hear "failed" only when the body failed (they may then serve a stale
-        // value); anything else, stored or not, sends them to look again.
-        held.release(stored || !matches!(S::outcome(&returned), Outcome::Failed)).await;
+        let signal = self.finish::<S, R>(&returned, &permit, Some(leader)).await;
+        held.release(signal).await;
         returned
     }
 }
@@ -178,9 +199,9 @@ where
 pub(crate) struct RefreshLease(Option<HeldLease>);
 
 impl RefreshLease {
-    pub(crate) async fn release(&mut self, stored: bool) {
+    pub(crate) async fn release(&mut self, signal: Signal) {
         if let Some(held) = &mut self.0 {
-            held.release(stored).await;
+            held.release(signal).await;
         }
     }
 }
@@ -217,10 +238,9 @@ struct HeldLease {
 }
 
 impl HeldLease {
-    /// Releases the lease; `ready`: waiters should look again (else the body failed).
-    async fn release(&mut self, ready: bool) {
+    /// Releases the lease, telling waiters what became of the load.
+    async fn release(&mut self, signal: Signal) {
         self.done = true;
-        let signal = if ready { Signal::Ready } else { Signal::Failed };
         let store = &self.cache.inner.store;
         if let Err(error) =
             store.release_lease(LeaseKind::Load, &self.key, &self.token, signal).await

@@ -144,3 +144,96 @@ async fn redis_refreshes_hot_keys_once_across_processes() {
 async fn memory_refreshes_hot_keys_before_they_expire() {
     hot_key_never_misses(vec![Cache::memory()]).await;
 }
+
+/// A lookup that finds nothing (cache penetration), with a body that counts its runs.
+#[derive(Default)]
+struct Missing {
+    runs: AtomicU32,
+}
+
+impl Missing {
+    async fn find(&self, _id: u64) -> Option<String> {
+        self.runs.fetch_add(1, SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        None
+    }
+}
+
+#[cached(key = "find:<id>", ttl = "1m", absent_ttl = "400ms", cache = cache)]
+async fn find(cache: &Cache, db: &Missing, id: u64) -> Option<String> {
+    db.find(id).await
+}
+
+#[cached(key = "find:<id>", ttl = "1m", absent_ttl = "1m", lock, cache = cache)]
+async fn find_locked(cache: &Cache, db: &Missing, id: u64) -> Option<String> {
+    db.find(id).await
+}
+
+#[cached(key = "find:<id>", ttl = "1m", lock, cache = cache)]
+async fn find_locked_uncached(cache: &Cache, db: &Missing, id: u64) -> Option<String> {
+    db.find(id).await
+}
+
+async fn absent_results_are_cached_for_absent_ttl(cache: Cache) {
+    let db = Missing::default();
+    for _ in 0..5 {
+        assert_eq!(find(&cache, &db, 1).await, None);
+    }
+    assert_eq!(db.runs.load(SeqCst), 1, "a missing row hits the database once");
+    cache.invalidate("find:1").await.unwrap();
+    assert_eq!(find(&cache, &db, 1).await, None);
+    assert_eq!(db.runs.load(SeqCst), 2, "an invalidation removes the absent result");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(find(&cache, &db, 1).await, None);
+    assert_eq!(db.runs.load(SeqCst), 3, "and so does `absent_ttl`");
+}
+
+#[tokio::test]
+async fn memory_caches_absent_results() {
+    absent_results_are_cached_for_absent_ttl(Cache::memory()).await;
+}
+
+#[tokio::test]
+async fn redis_caches_absent_results() {
+    let server = RedisServer::start();
+    absent_results_are_cached_for_absent_ttl(redis_cache(&server).await).await;
+}
+
+/// Three processes with `lock` miss a row that does not exist: one body runs, and the others
+/// receive its absent result, with `absent_ttl` (stored) and without it (confirmed and
+/// handed to the waiters, who are released together instead of loading one after another).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_waiters_share_an_absent_result() {
+    let server = RedisServer::start();
+    for (id, stored) in [(7, true), (8, false)] {
+        let db = Arc::new(Missing::default());
+        let mut caches = Vec::new();
+        for _ in 0..3 {
+            caches.push(redis_cache(&server).await);
+        }
+        // Subscriptions live first, so waiters hear the release.
+        for cache in &caches {
+            let _ = cache.lock("warm", Duration::from_millis(50), Duration::from_millis(50)).await;
+        }
+        let started = Instant::now();
+        let calls: Vec<_> = caches
+            .iter()
+            .map(|cache| {
+                let (cache, db) = (cache.clone(), db.clone());
+                tokio::spawn(async move {
+                    if stored {
+                        find_locked(&cache, &db, id).await
+                    } else {
+                        find_locked_uncached(&cache, &db, id).await
+                    }
+                })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap(), None);
+        }
+        let took = started.elapsed();
+        assert_eq!(db.runs.load(SeqCst), 1, "one body for three processes (stored: {stored})");
+        assert!(took < Duration::from_millis(1000), "released together: {took:?}");
+    }
+}

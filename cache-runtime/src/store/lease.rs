@@ -192,7 +192,11 @@ impl Store {
             }
             Store::Redis(redis) => {
                 let channel = redis.channel(kind, name);
-                let payload = if signal == Signal::Ready { "1" } else { "0" };
+                let payload = match signal {
+                    Signal::Ready => "1",
+                    Signal::Failed => "0",
+                    Signal::Absent => "2",
+                };
                 let released: u64 = redis
                     .script(RELEASE, &[&redis.lease_key(kind, name)], &[token, &channel, payload])
                     .await?;

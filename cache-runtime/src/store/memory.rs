@@ -171,7 +171,8 @@ impl MemoryStore {
                         Op::Nop
                     }
                     Some(stored @ Stored { entry: Some(_), .. }) if !plan.force => {
-                        if stored.stored_at.elapsed() < plan.fresh_for {
+                        let absent = stored.entry.as_ref().is_some_and(|entry| entry.is_absent());
+                        if absent || stored.stored_at.elapsed() < plan.fresh_for {
                             begun = stored.entry.map(Begun::Present);
                             Op::Nop
                         } else {

@@ -75,7 +75,8 @@ return 1"
 
 /// Step 1 of the fill protocol. `KEYS[1]` data key, `KEYS[2..]` its indexes (standalone
 /// only); `ARGV`: new marker id, marker lifetime ms, member, index ttl ms, force, birth, the
-/// markers' common prefix, fresh ms (`ttl`), lifetime ms.
+/// markers' common prefix, fresh ms (`ttl`), lifetime ms, the bytes of a cached absent
+/// result (which lives by its own expiry: always fresh).
 /// Replies `{1, value}` when a fresh value is stored, `{2, marker id}` with the marker to
 /// fill. A marker is `<id>` or, when it replaces an expired value kept for `stale`,
 /// `<id><expiry ms>\n<value>`, so readers can still serve that value and an abandoned load
@@ -94,6 +95,9 @@ local pending = current and string.sub(current, 1, #ARGV[7]) == ARGV[7]
 local kept = false
 local left = 0
 if current and not pending and ARGV[5] ~= '1' then
+  if current == ARGV[10] then
+    return {1, current}
+  end
   left = redis.call('PTTL', KEYS[1])
   if tonumber(ARGV[9]) - left < tonumber(ARGV[8]) then
     return {1, current}
@@ -522,7 +526,8 @@ impl RedisStore {
             .arg(birth)
             .arg(MARKER_TAG)
             .arg(millis(plan.fresh_for))
-            .arg(millis(plan.lifetime));
+            .arg(millis(plan.lifetime))
+            .arg(crate::codec::ABSENT);
         let (found, bytes): (i64, Vec<u8>) = if self.connection.is_cluster() {
             // Both in flight together: the load starts only when both are done, so either
             // an invalidation finds the marker, or it ran before the load reads anything.
