@@ -53,7 +53,9 @@ impl Attribute {
     fn accepts(self, keyword: Keyword) -> bool {
         match self {
             Attribute::Cached => true,
-            Attribute::CachePut => !matches!(keyword, Keyword::Lock | Keyword::Refresh),
+            Attribute::CachePut => {
+                !matches!(keyword, Keyword::Lock | Keyword::Refresh | Keyword::Near)
+            }
             Attribute::Invalidates => matches!(keyword, Keyword::Cache | Keyword::Name),
         }
     }
@@ -61,7 +63,7 @@ impl Attribute {
     /// What it accepts, for the unknown-argument error.
     fn expected(self) -> &'static str {
         match self {
-            Attribute::Cached => "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `cache`, `name`",
+            Attribute::Cached => "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `near`, `cache`, `name`",
             Attribute::CachePut => "one of `key`, `ttl`, `stale`, `cache`, `name`",
             Attribute::Invalidates => "key templates or patterns as strings (`\"vehicle:<v.id>\"`, `\"homepage:*\"`), `cache`, `name`",
         }
@@ -84,6 +86,7 @@ enum Keyword {
     Lock,
     Stale,
     Refresh,
+    Near,
     Cache,
     Name,
 }
@@ -96,6 +99,7 @@ impl Keyword {
             "lock" => Keyword::Lock,
             "stale" => Keyword::Stale,
             "refresh" => Keyword::Refresh,
+            "near" => Keyword::Near,
             "cache" => Keyword::Cache,
             "name" => Keyword::Name,
             _ => return None,
@@ -184,6 +188,8 @@ pub(crate) struct Args {
     pub(crate) lock: Attr<()>,
     pub(crate) stale: Attr<Duration>,
     pub(crate) refresh: Attr<Duration>,
+    /// `near = false`: this function bypasses the cache's near cache.
+    pub(crate) near: Attr<bool>,
     pub(crate) cache: Attr<Expr>,
     pub(crate) name: Attr<LitStr>,
     /// The templates and patterns of `#[invalidates]`, in order.
@@ -208,6 +214,7 @@ impl Args {
             lock: Attr::none("lock"),
             stale: Attr::none("stale"),
             refresh: Attr::none("refresh"),
+            near: Attr::none("near"),
             cache: Attr::none("cache"),
             name: Attr::none("name"),
             templates: Vec::new(),
@@ -256,6 +263,7 @@ impl Args {
             Keyword::Refresh => {
                 self.refresh.set(span, errors, |errors| value.duration(errors, "refresh = \"12m\""))
             }
+            Keyword::Near => self.near.set(span, errors, |errors| value.boolean(errors)),
             Keyword::Lock => self.lock.set(span, errors, |errors| value.flag(errors)),
             Keyword::Cache => self.cache.set(span, errors, |errors| value.expr(errors)),
             Keyword::Name => {
@@ -311,6 +319,19 @@ impl Value {
                     value.span(),
                     format!("`{name}` is a flag and takes no value: write `{name}`"),
                 );
+                None
+            }
+        }
+    }
+
+    /// A boolean literal (`near = false`).
+    fn boolean(self, errors: &mut Errors) -> Option<bool> {
+        match self.value {
+            Some(Expr::Lit(syn::ExprLit { lit: syn::Lit::Bool(lit), .. })) => Some(lit.value),
+            other => {
+                let span = other.as_ref().map_or(self.name.span(), |value| value.span());
+                let name = &self.name;
+                errors.push(span, format!("expected `{name} = false` or `{name} = true`"));
                 None
             }
         }

@@ -130,7 +130,7 @@ impl Prepared {
 
     fn cached(&self, key: &Key, storage: &Storage, returned: &Returned) -> TokenStream {
         let Prepared { function, args, name, .. } = self;
-        let Storage { ttl, lock, stale, refresh } = storage;
+        let Storage { ttl, lock, stale, refresh, near } = storage;
         let stale = optional_duration(*stale);
         let refresh = optional_duration(*refresh);
         let cache = cache_expr(args.cache.get());
@@ -148,7 +148,8 @@ impl Prepared {
                         #lock,
                         #stale,
                         #refresh,
-                    ),
+                    )
+                    .near(#near),
                     counters: ::cache_runtime::__private::CountersSlot::new(),
                 };
             #register

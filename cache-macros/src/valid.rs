@@ -13,6 +13,8 @@ pub(crate) struct Storage {
     pub(crate) stale: Option<u64>,
     /// Age that triggers an early refresh, shorter than `ttl`.
     pub(crate) refresh: Option<u64>,
+    /// Use the cache's near cache, if it has one (`near = false` opts out).
+    pub(crate) near: bool,
 }
 
 impl Args {
@@ -47,6 +49,7 @@ impl Args {
             lock: self.lock.get().is_some(),
             stale: self.stale.get().map(|stale| stale.millis),
             refresh: self.refresh.get().map(|refresh| refresh.millis),
+            near: self.near.get().copied().unwrap_or(true),
         })
     }
 }

@@ -37,6 +37,10 @@ pub struct Stats {
     pub stale: u64,
     /// Values recomputed before they expired (`refresh = ...`).
     pub refreshes: u64,
+    /// Hits served from process memory by the near cache
+    /// ([`CacheBuilder::near_cache`](crate::CacheBuilder::near_cache)), without asking
+    /// Redis. Also counted in [`hits`](Self::hits).
+    pub near_hits: u64,
 }
 
 impl Stats {
@@ -72,11 +76,12 @@ pub(crate) enum Count {
     PatternScans,
     Stale,
     Refreshes,
+    NearHits,
 }
 
 impl Count {
     /// Every count, in declaration order (`Count::ALL[c as usize] == c`).
-    pub(crate) const ALL: [Count; 9] = [
+    pub(crate) const ALL: [Count; 10] = [
         Count::Hits,
         Count::Misses,
         Count::Loads,
@@ -86,6 +91,7 @@ impl Count {
         Count::PatternScans,
         Count::Stale,
         Count::Refreshes,
+        Count::NearHits,
     ];
 
     /// The field of [`Stats`] that shows this count.
@@ -100,6 +106,7 @@ impl Count {
             Count::PatternScans => &mut stats.pattern_scans,
             Count::Stale => &mut stats.stale,
             Count::Refreshes => &mut stats.refreshes,
+            Count::NearHits => &mut stats.near_hits,
         }
     }
 }
@@ -153,6 +160,10 @@ impl Counters {
     #[inline]
     pub(crate) fn hit(&self) {
         self.bump(Count::Hits, 1);
+    }
+    #[inline]
+    pub(crate) fn near_hit(&self) {
+        self.bump(Count::NearHits, 1);
     }
     pub(crate) fn miss(&self) {
         self.bump(Count::Misses, 1);
@@ -402,6 +413,7 @@ mod tests {
         counters.stale();
         counters.stale();
         counters.refresh();
+        counters.near_hit();
         counters.load(Duration::from_millis(3));
         counters.load(Duration::from_secs(20));
     }
@@ -427,6 +439,7 @@ mod tests {
             pattern_scans: 1,
             stale: 2,
             refreshes: 1,
+            near_hits: 1,
         };
         assert_eq!(counters.snapshot(), expected);
         let mut twice = expected;
