@@ -178,8 +178,10 @@ where
         Fut: Future<Output = R>,
     {
         let permit = match self.begin().await {
-            Began::Present(value, entry) => {
-                leader.publish(Landed::Value(entry));
+            Began::Present(value, _) => {
+                // Read before followers that join now started: a write may have completed
+                // in between (in another process). They look again for themselves.
+                leader.publish(Landed::Refused);
                 self.counters.coalesced();
                 return S::from_value(value);
             }

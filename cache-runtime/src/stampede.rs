@@ -139,8 +139,9 @@ where
         Fut: Future<Output = R>,
     {
         let permit = match self.begin().await {
-            Began::Present(value, entry) => {
-                leader.publish(Landed::Value(entry));
+            Began::Present(value, _) => {
+                // As in `Load::lead`: followers that joined later look again themselves.
+                leader.publish(Landed::Refused);
                 held.release(true).await;
                 self.counters.coalesced();
                 return S::from_value(value);
