@@ -54,7 +54,7 @@ pub(crate) enum Filled {
 /// What [`Load::begin`] decided.
 pub(crate) enum Began<T> {
     /// A value landed meanwhile: serve it.
-    Present(T, Arc<Entry>),
+    Present(T),
     /// Load, then fill with this ticket.
     Ticket(Ticket),
     /// The store failed: load without storing.
@@ -178,7 +178,7 @@ where
         Fut: Future<Output = R>,
     {
         let permit = match self.begin().await {
-            Began::Present(value, _) => {
+            Began::Present(value) => {
                 // Read before followers that join now started: a write may have completed
                 // in between (in another process). They look again for themselves.
                 leader.publish(Landed::Refused);
@@ -202,7 +202,7 @@ where
         Fut: Future<Output = R>,
     {
         let permit = match self.begin().await {
-            Began::Present(value, _) => {
+            Began::Present(value) => {
                 self.counters.coalesced();
                 return S::from_value(value);
             }
@@ -240,7 +240,7 @@ where
         loop {
             match store.begin_fill(self.key, &plan).await {
                 Ok(Begun::Present(entry)) => match entry.take(self.cloner) {
-                    Ok(value) => return Began::Present(value, entry),
+                    Ok(value) => return Began::Present(value),
                     // Another service's data or an old schema: replace it.
                     Err(_) if !plan.force => {
                         self.counters.error(ErrorKind::Decode);

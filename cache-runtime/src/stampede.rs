@@ -139,7 +139,7 @@ where
         Fut: Future<Output = R>,
     {
         let permit = match self.begin().await {
-            Began::Present(value, _) => {
+            Began::Present(value) => {
                 // As in `Load::lead`: followers that joined later look again themselves.
                 leader.publish(Landed::Refused);
                 held.release(true).await;
