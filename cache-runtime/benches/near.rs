@@ -198,9 +198,7 @@ fn main() {
     println!(
         "near hit vs moka::future get: {vs_moka:.2}x ({near_ns2:.0} ns vs {moka_ns:.0} ns; target <= 1.3x)"
     );
-    println!(
-        "near hit vs moka::sync get: {vs_sync:.2}x ({near_ns3:.0} ns vs {sync_ns:.0} ns)"
-    );
+    println!("near hit vs moka::sync get: {vs_sync:.2}x ({near_ns3:.0} ns vs {sync_ns:.0} ns)");
     drop(runtime);
 
     // ---- staleness ----

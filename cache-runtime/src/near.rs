@@ -16,7 +16,7 @@
 //! **Bounds.** An entry expires when its Redis entry does (`PTTL` read with the value, in the
 //! same round trip); the byte bound counts keys, JSON bytes and a fixed overhead per entry.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -123,11 +123,9 @@ impl Near {
     }
 
     fn shard_of(&self, key: &str) -> usize {
-        let mut hasher = self.hasher.build_hasher();
-        key.hash(&mut hasher);
         // Truncation is fine: only the low bits pick the shard.
         #[allow(clippy::cast_possible_truncation)]
-        let hash = hasher.finish() as usize;
+        let hash = self.hasher.hash_one(key) as usize;
         hash % SHARDS
     }
 
