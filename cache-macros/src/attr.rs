@@ -56,9 +56,10 @@ impl Attribute {
     fn accepts(self, keyword: Keyword) -> bool {
         match self {
             Attribute::Cached => true,
-            Attribute::CachePut => {
-                !matches!(keyword, Keyword::Lock | Keyword::Refresh | Keyword::AbsentTtl)
-            }
+            Attribute::CachePut => !matches!(
+                keyword,
+                Keyword::Lock | Keyword::Refresh | Keyword::AbsentTtl | Keyword::Near
+            ),
             Attribute::Invalidates | Attribute::RateLimit => {
                 matches!(keyword, Keyword::Cache | Keyword::Name)
             }
@@ -69,7 +70,7 @@ impl Attribute {
     fn expected(self) -> &'static str {
         match self {
             Attribute::Cached => {
-                "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `absent_ttl`, `cache`, `name`"
+                "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `absent_ttl`, `near`, `cache`, `name`"
             }
             Attribute::CachePut => "one of `key`, `ttl`, `stale`, `cache`, `name`",
             Attribute::Invalidates => "key templates or patterns as strings (`\"vehicle:<v.id>\"`, `\"homepage:*\"`), `cache`, `name`",
@@ -96,6 +97,7 @@ enum Keyword {
     Stale,
     Refresh,
     AbsentTtl,
+    Near,
     Cache,
     Name,
 }
@@ -109,6 +111,7 @@ impl Keyword {
             "stale" => Keyword::Stale,
             "refresh" => Keyword::Refresh,
             "absent_ttl" => Keyword::AbsentTtl,
+            "near" => Keyword::Near,
             "cache" => Keyword::Cache,
             "name" => Keyword::Name,
             _ => return None,
@@ -198,6 +201,8 @@ pub(crate) struct Args {
     pub(crate) stale: Attr<Duration>,
     pub(crate) refresh: Attr<Duration>,
     pub(crate) absent_ttl: Attr<Duration>,
+    /// `near = false`: this function bypasses the cache's near cache.
+    pub(crate) near: Attr<bool>,
     pub(crate) cache: Attr<Expr>,
     pub(crate) name: Attr<LitStr>,
     /// The templates and patterns of `#[invalidates]`, in order.
@@ -223,6 +228,7 @@ impl Args {
             stale: Attr::none("stale"),
             refresh: Attr::none("refresh"),
             absent_ttl: Attr::none("absent_ttl"),
+            near: Attr::none("near"),
             cache: Attr::none("cache"),
             name: Attr::none("name"),
             templates: Vec::new(),
@@ -274,6 +280,7 @@ impl Args {
             Keyword::AbsentTtl => self
                 .absent_ttl
                 .set(span, errors, |errors| value.duration(errors, "absent_ttl = \"30s\"")),
+            Keyword::Near => self.near.set(span, errors, |errors| value.boolean(errors)),
             Keyword::Lock => self.lock.set(span, errors, |errors| value.flag(errors)),
             Keyword::Cache => self.cache.set(span, errors, |errors| value.expr(errors)),
             Keyword::Name => {
@@ -329,6 +336,19 @@ impl Value {
                     value.span(),
                     format!("`{name}` is a flag and takes no value: write `{name}`"),
                 );
+                None
+            }
+        }
+    }
+
+    /// A boolean literal (`near = false`).
+    fn boolean(self, errors: &mut Errors) -> Option<bool> {
+        match self.value {
+            Some(Expr::Lit(syn::ExprLit { lit: syn::Lit::Bool(lit), .. })) => Some(lit.value),
+            other => {
+                let span = other.as_ref().map_or(self.name.span(), |value| value.span());
+                let name = &self.name;
+                errors.push(span, format!("expected `{name} = false` or `{name} = true`"));
                 None
             }
         }

@@ -138,7 +138,7 @@ impl Prepared {
 
     fn cached(&self, key: &Key, storage: &Storage, returned: &Returned) -> TokenStream {
         let Prepared { function, args, name, .. } = self;
-        let Storage { ttl, lock, stale, refresh, absent_ttl } = storage;
+        let Storage { ttl, lock, stale, refresh, absent_ttl, near } = storage;
         let stale = optional_duration(*stale);
         let refresh = optional_duration(*refresh);
         let absent_ttl = optional_duration(*absent_ttl);
@@ -158,7 +158,8 @@ impl Prepared {
                         #stale,
                         #refresh,
                     )
-                    .with_absent_ttl(#absent_ttl),
+                    .with_absent_ttl(#absent_ttl)
+                    .near(#near),
                     counters: ::cache_runtime::__private::CountersSlot::new(),
                 };
             #register
@@ -438,7 +439,7 @@ mod tests {
                 "duplicate argument `ttl`",
                 "`lock` is a flag and takes no value: write `lock`",
                 "duplicate argument `lock`",
-                "unknown argument `what`; expected one of `key`, `ttl`, `lock`, `stale`, `refresh`, `cache`, `name`",
+                "unknown argument `what`; expected one of `key`, `ttl`, `lock`, `stale`, `refresh`, `absent_ttl`, `near`, `cache`, `name`",
                 "`stale` must be longer than `ttl`: it is how long a value is kept in all, to be served when the body fails after the value expired",
             ]
         );

@@ -15,6 +15,8 @@ pub(crate) struct Storage {
     pub(crate) refresh: Option<u64>,
     /// How long absent results are cached.
     pub(crate) absent_ttl: Option<u64>,
+    /// Use the cache's near cache, if it has one (`near = false` opts out).
+    pub(crate) near: bool,
 }
 
 impl Args {
@@ -50,6 +52,7 @@ impl Args {
             stale: self.stale.get().map(|stale| stale.millis),
             refresh: self.refresh.get().map(|refresh| refresh.millis),
             absent_ttl: self.absent_ttl.get().map(|absent| absent.millis),
+            near: self.near.get().copied().unwrap_or(true),
         })
     }
 }

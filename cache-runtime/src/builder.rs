@@ -1,10 +1,13 @@
 //! [`CacheBuilder`]: choosing and configuring the store.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::{Cache, Settings, DEFAULT_MEMORY_CAPACITY};
 use crate::error::{Error, Result};
+use crate::near::Near;
 use crate::store::redis::RedisOptions;
+use crate::store::tracking::{self, TrackingOptions};
 use crate::store::Store;
 
 /// Builds a [`Cache`]: Redis when [`redis`](Self::redis) is given, the memory store otherwise.
@@ -28,6 +31,7 @@ pub struct CacheBuilder {
     memory_capacity: u64,
     connect_timeout: Duration,
     command_timeout: Duration,
+    near_bytes: Option<u64>,
     settings: Settings,
 }
 
@@ -40,6 +44,7 @@ impl Default for CacheBuilder {
             memory_capacity: DEFAULT_MEMORY_CAPACITY,
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_millis(500),
+            near_bytes: None,
             settings: Settings::default(),
         }
     }
@@ -88,6 +93,25 @@ impl CacheBuilder {
     /// (default 128 MiB); the least useful entries are evicted beyond it.
     pub fn memory_capacity(mut self, bytes: u64) -> Self {
         self.memory_capacity = bytes;
+        self
+    }
+
+    /// Keep hot entries in process memory too (a near cache, L1), up to about `max_bytes` of
+    /// keys and JSON-encoded values, in front of Redis or Redis Cluster. A near-cache hit
+    /// costs no round trip. Every annotated function and `get`/`get_or_load` of this cache
+    /// use it; `#[cached(..., near = false)]` opts one function out.
+    ///
+    /// Redis keeps it coherent: the cache opens one RESP3 connection per Redis node (per
+    /// primary of a cluster) and turns on client-side caching in broadcasting mode
+    /// (`CLIENT TRACKING ON BCAST PREFIX <prefix>`), so any write, deletion, expiry or
+    /// eviction of a key by any client evicts it from every process's near cache. While
+    /// tracking is not known live (connecting, reconnecting, Redis restarted, breaker open)
+    /// the near cache serves nothing, and it is flushed on every disconnect. See "Near
+    /// cache" in the README for the guarantee and its bound. Needs Redis 6 or later.
+    ///
+    /// No effect on a memory-only cache, which is in process already.
+    pub fn near_cache(mut self, max_bytes: u64) -> Self {
+        self.near_bytes = Some(max_bytes);
         self
     }
 
@@ -144,7 +168,7 @@ impl CacheBuilder {
     /// [`Error::InvalidUrl`] for a malformed Redis URL; [`Error::InvalidConfig`] for a prefix
     /// that does not end with `:` or contains glob characters (`* ? [ ] \`), the reserved
     /// `#`, whitespace or control characters; a zero timeout, fill window or memory
-    /// capacity.
+    /// capacity; a zero `near_cache` bound.
     pub async fn build(self) -> Result<Cache> {
         if let Some(bad) = self.prefix.chars().find(|&c| {
             matches!(c, '*' | '?' | '[' | ']' | '\\' | '#') || c.is_whitespace() || c.is_control()
@@ -175,6 +199,21 @@ impl CacheBuilder {
         if self.cluster && self.redis_urls.is_empty() {
             return Err(Error::InvalidConfig("redis_cluster needs at least one seed node".into()));
         }
+        if self.near_bytes == Some(0) {
+            return Err(Error::InvalidConfig("near_cache needs a bound above zero bytes".into()));
+        }
+        let near = match (&self.near_bytes, self.redis_urls.is_empty()) {
+            (Some(max_bytes), false) => {
+                let tracking = TrackingOptions {
+                    urls: self.redis_urls.clone(),
+                    cluster: self.cluster,
+                    prefix: self.prefix.clone(),
+                    connect_timeout: self.connect_timeout,
+                };
+                Some((Arc::new(Near::new(*max_bytes, &self.prefix)), tracking))
+            }
+            _ => None,
+        };
         let store = match self.redis_urls.is_empty() {
             false => Store::redis(RedisOptions {
                 urls: self.redis_urls,
@@ -192,6 +231,10 @@ impl CacheBuilder {
                 Store::memory(self.memory_capacity)
             }
         };
-        Ok(Cache::from_store(store, self.settings))
+        let near = near.map(|(near, options)| {
+            tracking::spawn(&near, options);
+            near
+        });
+        Ok(Cache::from_store(store, self.settings, near))
     }
 }

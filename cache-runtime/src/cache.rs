@@ -14,6 +14,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::flight::Flights;
 use crate::key::validate_key;
 use crate::load::{Filled, Load};
+use crate::near::Near;
 use crate::pending::Pending;
 use crate::shape::{Outcome, ResultShape, Shape};
 use crate::stats::{Counters, Stats, StatsRegistry, DIRECT_CALLS};
@@ -56,6 +57,8 @@ pub(crate) struct CacheInner {
     pub(crate) flights: Flights,
     /// Invalidations that failed for a connection reason, replayed until they land.
     pub(crate) pending: Pending,
+    /// The near cache (`CacheBuilder::near_cache`), in front of Redis.
+    pub(crate) near: Option<Arc<Near>>,
 }
 
 /// Tunables set on the builder.
@@ -97,6 +100,8 @@ pub struct Policy {
     pub(crate) refresh: Option<Duration>,
     /// How long an absent result (`None`, `Ok(None)`) is cached (`absent_ttl = ...`).
     pub(crate) absent_ttl: Option<Duration>,
+    /// Use the cache's near cache, if it has one (`near = false` opts out).
+    pub(crate) near: bool,
 }
 
 impl Policy {
@@ -108,12 +113,20 @@ impl Policy {
         stale: Option<Duration>,
         refresh: Option<Duration>,
     ) -> Policy {
-        Policy { ttl, lock, stale, refresh, absent_ttl: None }
+        Policy { ttl, lock, stale, refresh, absent_ttl: None, near: true }
     }
 
     /// Caches absent results for `absent_ttl` (negative caching).
+    #[must_use]
     pub const fn with_absent_ttl(mut self, absent_ttl: Option<Duration>) -> Policy {
         self.absent_ttl = absent_ttl;
+        self
+    }
+
+    /// `#[cached(near = false)]`: whether calls use the cache's near cache (default `true`).
+    #[must_use]
+    pub const fn near(mut self, near: bool) -> Policy {
+        self.near = near;
         self
     }
 
@@ -141,7 +154,7 @@ impl Policy {
 impl Cache {
     /// An in-process cache bounded to 128 MiB (use [`Cache::builder`] to change the bound).
     pub fn memory() -> Cache {
-        Cache::from_store(Store::memory(DEFAULT_MEMORY_CAPACITY), Settings::default())
+        Cache::from_store(Store::memory(DEFAULT_MEMORY_CAPACITY), Settings::default(), None)
     }
 
     /// A builder for a Redis-backed (or bounded in-memory) cache.
@@ -149,7 +162,7 @@ impl Cache {
         CacheBuilder::default()
     }
 
-    pub(crate) fn from_store(store: Store, settings: Settings) -> Cache {
+    pub(crate) fn from_store(store: Store, settings: Settings, near: Option<Arc<Near>>) -> Cache {
         Cache {
             inner: Arc::new(CacheInner {
                 id: NEXT_CACHE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -158,6 +171,7 @@ impl Cache {
                 stats: StatsRegistry::default(),
                 flights: Flights::default(),
                 pending: Pending::default(),
+                near,
             }),
         }
     }
@@ -182,6 +196,23 @@ impl Cache {
         if self.inner.pending.covers(key) {
             counters.miss();
             return Ok(None); // an invalidation of it has not reached Redis yet
+        }
+        if let Some(near) = self.near_for(&DIRECT_GET) {
+            if let Some(value) = near.serve(key, &DIRECT_GET, None) {
+                counters.hit();
+                counters.near_hit();
+                return Ok(Some(value));
+            }
+            return match self
+                .lookup_near(near, &counters, key, &DIRECT_GET, None, |found, _| {
+                    Arc::clone(&found.entry)
+                })
+                .await
+            {
+                Aged::Fresh(value, _) => Ok(Some(value)),
+                Aged::Failed(error) => Err(error),
+                Aged::Stale(_) | Aged::Absent | Aged::Miss | Aged::Undecodable => Ok(None),
+            };
         }
         match self.lookup::<T>(&counters, key, None).await {
             Lookup::Hit(value) => Ok(Some(value)),
@@ -287,6 +318,7 @@ impl Cache {
     /// | family | type | labels | what it shows |
     /// |---|---|---|---|
     /// | `cache_hits_total` | counter | `function` | calls answered from the cache ([`Stats::hits`]) |
+    /// | `cache_near_hits_total` | counter | `function` | hits served from process memory by the near cache, also counted in `cache_hits_total` ([`Stats::near_hits`]) |
     /// | `cache_misses_total` | counter | `function` | calls that found nothing in the cache ([`Stats::misses`]) |
     /// | `cache_loads_total` | counter | `function` | times a body ran to fill the cache ([`Stats::loads`]) |
     /// | `cache_coalesced_total` | counter | `function` | misses answered by another caller's concurrent load ([`Stats::coalesced`]) |
@@ -387,8 +419,24 @@ impl Cache {
             miss.overwrite = true;
             return miss.run::<S, R, Fut>(load).await;
         }
-        if policy.tracks_age() {
-            match self.lookup_aged(counters, key, policy, cloner).await {
+        if let Some(near) = self.near_for(policy) {
+            if let Some(value) = near.serve(key, policy, cloner) {
+                counters.hit();
+                counters.near_hit();
+                return S::from_value(value);
+            }
+        }
+        if policy.tracks_age() || self.near_for(policy).is_some() {
+            let aged = match self.near_for(policy) {
+                Some(near) => {
+                    let typed = |found: &Found, value: &S::Value| {
+                        Arc::new(Entry::with_copy(&found.entry.json, value, cloner))
+                    };
+                    self.lookup_near(near, counters, key, policy, cloner, typed).await
+                }
+                None => self.lookup_aged(counters, key, policy, cloner).await,
+            };
+            match aged {
                 Aged::Fresh(value, found) => {
                     if policy.refresh.is_some_and(|refresh| found.age >= refresh) {
                         return miss.refresh::<S, R, Fut>(load, value, found).await;
@@ -402,7 +450,7 @@ impl Cache {
                 },
                 Aged::Miss => {}
                 Aged::Undecodable => miss.overwrite = true,
-                Aged::Failed(kind) => miss.read_failed(kind),
+                Aged::Failed(error) => miss.read_failed(error.kind()),
             }
         } else {
             match self.lookup(counters, key, cloner).await {
@@ -421,7 +469,7 @@ impl Cache {
     }
 
     /// Reads `key` with its age, for policies with `stale` or `refresh`.
-    async fn lookup_aged<T>(
+    pub(crate) async fn lookup_aged<T>(
         &self,
         counters: &Counters,
         key: &str,
@@ -442,17 +490,23 @@ impl Cache {
                 counters.miss();
                 Aged::Miss
             }
-            Ok(Some(found)) if found.age < policy.ttl => match found.entry.take(cloner) {
-                Ok(value) => {
-                    counters.hit();
-                    tracing::debug!(key, age = ?found.age, "cache hit");
-                    Aged::Fresh(value, found)
+            // Without `stale`/`refresh` (a near-cache read) any value is fresh, as for `GET`.
+            Ok(Some(found))
+                if found.age < policy.ttl
+                    || (!policy.tracks_age() && found.age != Duration::MAX) =>
+            {
+                match found.entry.take(cloner) {
+                    Ok(value) => {
+                        counters.hit();
+                        tracing::debug!(key, age = ?found.age, "cache hit");
+                        Aged::Fresh(value, found)
+                    }
+                    Err(error) => {
+                        undecodable(counters, key, &error);
+                        Aged::Undecodable
+                    }
                 }
-                Err(error) => {
-                    undecodable(counters, key, &error);
-                    Aged::Undecodable
-                }
-            },
+            }
             Ok(Some(found)) => {
                 counters.miss();
                 tracing::debug!(key, "cache miss (expired value kept for stale fallback)");
@@ -465,7 +519,7 @@ impl Cache {
             }
             Err(error) => {
                 self.read_failed(counters, key, &error);
-                Aged::Failed(error.kind())
+                Aged::Failed(error)
             }
         }
     }
@@ -515,11 +569,13 @@ impl Cache {
     /// is kept as a pending invalidation of the key (see `pending.rs`).
     pub(crate) async fn write(&self, key: &str, entry: &Arc<Entry>, ttl: Duration) -> Result<()> {
         self.inner.flights.detach(|running| running == key);
-        self.inner.store.set(key, entry, ttl).await.inspect_err(|error| {
+        let written = self.inner.store.set(key, entry, ttl).await.inspect_err(|error| {
             if crate::pending::retryable(error.kind()) {
                 self.keep_pending(crate::pending::PendingTarget::Key(key.to_owned()));
             }
-        })
+        });
+        self.near_evict(key);
+        written
     }
 
     /// Whether `entry` may be stored: Redis is not known down, and the value is not over
@@ -555,7 +611,9 @@ impl Cache {
         if !self.usable(counters, key, entry) {
             return Filled::Skipped;
         }
-        match self.inner.store.fill(key, ticket, entry, ttl).await {
+        let filled = self.inner.store.fill(key, ticket, entry, ttl).await;
+        self.near_evict(key);
+        match filled {
             Ok(true) => Filled::Stored,
             Ok(false) => {
                 tracing::debug!(
@@ -572,6 +630,10 @@ impl Cache {
         }
     }
 }
+
+/// The policy of [`Cache::get`] on a near cache: any stored value is fresh.
+/// (A finite lifetime, so a key without expiry reads with a finite age.)
+const DIRECT_GET: Policy = Policy::ttl(Duration::from_secs(1 << 32));
 
 enum Lookup<T> {
     Hit(T),
@@ -592,7 +654,7 @@ fn undecodable(counters: &Counters, key: &str, error: &serde_json::Error) {
 }
 
 /// A lookup that knows the value's age.
-enum Aged<T> {
+pub(crate) enum Aged<T> {
     /// Younger than the TTL: the value, and its age and version.
     Fresh(T, Found),
     /// Past the TTL but kept for `stale`.
@@ -602,7 +664,7 @@ enum Aged<T> {
     Miss,
     /// A value is stored but does not decode: replace it.
     Undecodable,
-    Failed(ErrorKind),
+    Failed(Error),
 }
 
 /// Rejects TTLs the stores cannot honour.

@@ -46,6 +46,16 @@ impl Entry {
         Ok(Entry { json, typed })
     }
 
+    /// An entry for a value decoded from `json`: the bytes, and a typed copy when a cloner
+    /// is available (what the near cache holds).
+    pub(crate) fn with_copy<T>(json: &[u8], value: &T, cloner: Cloner<T>) -> Entry
+    where
+        T: Send + Sync + 'static,
+    {
+        let typed = cloner.map(|clone| Box::new(clone(value)) as Box<dyn Any + Send + Sync>);
+        Entry { json: json.into(), typed }
+    }
+
     /// An entry read back from a remote store: bytes only.
     pub(crate) fn from_json(json: Vec<u8>) -> Entry {
         Entry { json: json.into_boxed_slice(), typed: None }

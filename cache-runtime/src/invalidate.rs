@@ -75,7 +75,9 @@ impl Cache {
             if retryable(error.kind()) {
                 self.keep_pending(PendingTarget::All);
             }
-        })?;
+        });
+        self.near_evict_matching(None);
+        let removed = removed?;
         counters.invalidated(removed);
         Ok(removed)
     }
@@ -89,7 +91,9 @@ impl Cache {
             if retryable(error.kind()) {
                 self.keep_pending(PendingTarget::Key(key.to_owned()));
             }
-        })?;
+        });
+        self.near_evict(key);
+        let removed = removed?;
         counters.invalidated(removed);
         Ok(removed)
     }
@@ -104,7 +108,9 @@ impl Cache {
             if retryable(error.kind()) {
                 self.keep_pending(PendingTarget::Pattern(pattern.to_owned()));
             }
-        })?;
+        });
+        self.near_evict_matching(Some(pattern));
+        let removed = removed?;
         if removed.scanned {
             counters.pattern_scan();
         }

@@ -153,6 +153,7 @@ mod key;
 mod load;
 mod lock;
 mod metric_families;
+mod near;
 mod notify;
 mod pending;
 mod prometheus;

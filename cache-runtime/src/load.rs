@@ -55,7 +55,7 @@ pub(crate) enum Filled {
 /// What [`Load::begin`] decided.
 pub(crate) enum Began<T> {
     /// A value landed meanwhile: serve it.
-    Present(T, Arc<Entry>),
+    Present(T),
     /// An absent result was cached meanwhile (`absent_ttl`), and the caller's shape has one.
     Absent,
     /// Load, then fill with this ticket.
@@ -181,13 +181,16 @@ where
         Fut: Future<Output = R>,
     {
         let permit = match self.begin(S::absent().is_some()).await {
-            Began::Present(value, entry) => {
-                leader.publish(Landed::Value(entry));
+            Began::Present(value) => {
+                // Read before followers that join now started: a write may have completed
+                // in between (in another process). They look again for themselves.
+                leader.publish(Landed::Refused);
                 self.counters.coalesced();
                 return S::from_value(value);
             }
             Began::Absent => {
-                leader.publish(Landed::Absent);
+                leader.publish(Landed::Refused); // read before later followers started
+
                 self.counters.coalesced();
                 return S::absent().expect("accepted only for shapes with an absent result");
             }
@@ -208,7 +211,7 @@ where
         Fut: Future<Output = R>,
     {
         let permit = match self.begin(S::absent().is_some()).await {
-            Began::Present(value, _) => {
+            Began::Present(value) => {
                 self.counters.coalesced();
                 return S::from_value(value);
             }
@@ -256,7 +259,7 @@ where
                     plan.force = true; // another function's absent result: ours has none
                 }
                 Ok(Begun::Present(entry)) => match entry.take(self.cloner) {
-                    Ok(value) => return Began::Present(value, entry),
+                    Ok(value) => return Began::Present(value),
                     // Another service's data or an old schema: replace it.
                     Err(_) if !plan.force => {
                         self.counters.error(ErrorKind::Decode);

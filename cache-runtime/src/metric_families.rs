@@ -79,6 +79,12 @@ pub(crate) const FAMILIES: &[Family] = &[
         source: Source::Count(Count::Hits),
     },
     Family {
+        name: "cache_near_hits_total",
+        help: "Hits served from process memory by the near cache (also in cache_hits_total).",
+        kind: Kind::Counter,
+        source: Source::Count(Count::NearHits),
+    },
+    Family {
         name: "cache_misses_total",
         help: "Calls that found nothing in the cache.",
         kind: Kind::Counter,

@@ -76,7 +76,8 @@ where
             let lease_left = match store.peek_with_lease(key).await {
                 Ok((Some(entry), _)) if entry.is_absent() => match S::absent() {
                     Some(absent) => {
-                        leader.publish(Landed::Absent);
+                        // Read before followers that join now started: they look again.
+                        leader.publish(Landed::Refused);
                         counters.coalesced();
                         return absent;
                     }
@@ -84,7 +85,9 @@ where
                 },
                 Ok((Some(entry), _)) => match entry.take(self.cloner) {
                     Ok(value) => {
-                        leader.publish(Landed::Value(entry));
+                        // Read before followers that join now started: they look again.
+                        let _ = entry;
+                        leader.publish(Landed::Refused);
                         counters.coalesced();
                         return S::from_value(value);
                     }
@@ -120,7 +123,8 @@ where
                 // The holder's body found nothing, and the store confirmed it: so do we.
                 Some(Signal::Absent) => {
                     if let Some(absent) = S::absent() {
-                        leader.publish(Landed::Absent);
+                        // Read before followers that join now started: they look again.
+                        leader.publish(Landed::Refused);
                         counters.coalesced();
                         return absent;
                     }
@@ -156,14 +160,16 @@ where
         Fut: Future<Output = R>,
     {
         let permit = match self.begin(S::absent().is_some()).await {
-            Began::Present(value, entry) => {
-                leader.publish(Landed::Value(entry));
+            Began::Present(value) => {
+                // As in `Load::lead`: followers that joined later look again themselves.
+                leader.publish(Landed::Refused);
                 held.release(Signal::Ready).await;
                 self.counters.coalesced();
                 return S::from_value(value);
             }
             Began::Absent => {
-                leader.publish(Landed::Absent);
+                leader.publish(Landed::Refused); // read before later followers started
+
                 held.release(Signal::Absent).await;
                 self.counters.coalesced();
                 return S::absent().expect("accepted only for shapes with an absent result");

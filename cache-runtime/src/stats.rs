@@ -43,6 +43,10 @@ pub struct Stats {
     /// Calls a rate limit let through, including those let through by `fail_open` while
     /// the store was failing.
     pub rate_allowed: u64,
+    /// Hits served from process memory by the near cache
+    /// ([`CacheBuilder::near_cache`](crate::CacheBuilder::near_cache)), without asking
+    /// Redis. Also counted in [`hits`](Self::hits).
+    pub near_hits: u64,
 }
 
 impl Stats {
@@ -80,11 +84,12 @@ pub(crate) enum Count {
     Refreshes,
     RateLimited,
     RateAllowed,
+    NearHits,
 }
 
 impl Count {
     /// Every count, in declaration order (`Count::ALL[c as usize] == c`).
-    pub(crate) const ALL: [Count; 11] = [
+    pub(crate) const ALL: [Count; 12] = [
         Count::Hits,
         Count::Misses,
         Count::Loads,
@@ -96,6 +101,7 @@ impl Count {
         Count::Refreshes,
         Count::RateLimited,
         Count::RateAllowed,
+        Count::NearHits,
     ];
 
     /// The field of [`Stats`] that shows this count.
@@ -112,6 +118,7 @@ impl Count {
             Count::Refreshes => &mut stats.refreshes,
             Count::RateLimited => &mut stats.rate_limited,
             Count::RateAllowed => &mut stats.rate_allowed,
+            Count::NearHits => &mut stats.near_hits,
         }
     }
 }
@@ -165,6 +172,10 @@ impl Counters {
     #[inline]
     pub(crate) fn hit(&self) {
         self.bump(Count::Hits, 1);
+    }
+    #[inline]
+    pub(crate) fn near_hit(&self) {
+        self.bump(Count::NearHits, 1);
     }
     pub(crate) fn miss(&self) {
         self.bump(Count::Misses, 1);
@@ -424,6 +435,7 @@ mod tests {
         counters.rate_limited();
         counters.rate_limited();
         counters.rate_allowed();
+        counters.near_hit();
         counters.load(Duration::from_millis(3));
         counters.load(Duration::from_secs(20));
     }
@@ -451,6 +463,7 @@ mod tests {
             refreshes: 1,
             rate_limited: 3,
             rate_allowed: 1,
+            near_hits: 1,
         };
         assert_eq!(counters.snapshot(), expected);
         let mut twice = expected;

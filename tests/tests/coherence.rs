@@ -9,7 +9,14 @@
 //! it starts and after it returns. The checks:
 //!
 //! 1. **Read-your-writes, across instances**: a read that starts after a write and its
-//!    invalidation returned sees that version or a newer one.
+//!    invalidation returned sees that version or a newer one. With near caches, the rule is
+//!    relaxed to a stated staleness bound ([`NEAR_BOUND`]): a read that starts more than the
+//!    bound after the write completed sees it.
+//!
+//! On Redis, some writes come from a plain redis-rs client that knows nothing of this crate:
+//! `DEL` of the raw key `co:grp:..`, or `SET .. XX KEEPTTL` of the new version's JSON (`XX`
+//! `KEEPTTL` keeps the key's expiry, which the invalidation index entry covers: a key that
+//! only a foreign client ever wrote is outside the runtime's indexes, by design).
 //! 2. **Pattern invalidation is complete**: once traffic stops, one pattern invalidation
 //!    leaves no matching key in the store.
 //! 3. **Convergence**: with faults, after the backlog of failed invalidations drains, every
@@ -113,6 +120,7 @@ async fn write_row(cache: &Cache, db: &Db, g: u64, row: u64) -> Result<u64, Stri
 struct Read {
     row: u64,
     started: u64,
+    started_at: Instant,
     version: u64,
     instance: usize,
     /// Which reader: `plain`, `lock`, `stale` or `refresh`.
@@ -127,6 +135,7 @@ struct Write {
     row: u64,
     version: u64,
     completed: Option<u64>,
+    completed_at: Instant,
     how: &'static str,
 }
 
@@ -150,20 +159,70 @@ struct Run {
     slow_micros: u64,
     /// Run every 400 ms during traffic.
     faults: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Writes from a plain redis-rs client (Redis deployments).
+    plain: Option<Plain>,
+    /// The staleness bound of near caches (`None`: reads after a write are exact).
+    bound: Option<Duration>,
 }
 
-async fn write(cache: &Cache, db: &Db, rng: &mut Rng) -> Vec<Write> {
+/// The staleness bound the near-cache deployment is checked against: the time from a write
+/// (by any client) to the moment no process's near cache serves the old value any more,
+/// on loopback, with margin for a loaded 2-core machine.
+const NEAR_BOUND: Duration = Duration::from_millis(100);
+
+/// A plain redis-rs connection, standalone or cluster, that knows nothing of this crate.
+#[derive(Clone)]
+enum Plain {
+    Standalone(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Plain {
+    async fn run(&self, cmd: &redis::Cmd) -> bool {
+        let outcome: redis::RedisResult<redis::Value> = match self.clone() {
+            Plain::Standalone(mut connection) => cmd.query_async(&mut connection).await,
+            Plain::Cluster(mut connection) => cmd.query_async(&mut connection).await,
+        };
+        outcome.is_ok()
+    }
+}
+
+async fn write(cache: &Cache, db: &Db, rng: &mut Rng, plain: Option<&Plain>) -> Vec<Write> {
     let row = rng.below(ROWS);
     let g = group(row);
     let key = format!("grp:{g}:row:{row}");
     let _row_lock = db.row_locks[row as usize].lock().await;
-    let choice = rng.below(10);
+    let choice = rng.below(if plain.is_some() { 12 } else { 10 });
     if choice == 9 {
         // clear(): every row's newest version is now "completed" for the check.
         let version = db.versions[row as usize].fetch_add(1, SeqCst) + 1;
         let ok = cache.clear().await.is_ok();
         let completed = ok.then(tick);
-        return vec![Write { row, version, completed, how: "clear" }];
+        return vec![Write { row, version, completed, completed_at: Instant::now(), how: "clear" }];
+    }
+    if let (10..=11, Some(plain)) = (choice, plain) {
+        let version = db.versions[row as usize].fetch_add(1, SeqCst) + 1;
+        let raw = format!("co:{key}");
+        let (cmd, how) = match choice {
+            10 => (redis::cmd("DEL").arg(&raw).clone(), "plain DEL"),
+            _ => (
+                redis::cmd("SET")
+                    .arg(&raw)
+                    .arg(version.to_string())
+                    .arg("XX")
+                    .arg("KEEPTTL")
+                    .clone(),
+                "plain SET XX KEEPTTL",
+            ),
+        };
+        let ok = plain.run(&cmd).await;
+        return vec![Write {
+            row,
+            version,
+            completed: ok.then(tick),
+            completed_at: Instant::now(),
+            how,
+        }];
     }
     let (version, ok, how) = match choice {
         0..=2 => {
@@ -187,7 +246,7 @@ async fn write(cache: &Cache, db: &Db, rng: &mut Rng) -> Vec<Write> {
             (version, cache.health().await.pending_invalidations == 0, "#[invalidates]")
         }
     };
-    vec![Write { row, version, completed: ok.then(tick), how }]
+    vec![Write { row, version, completed: ok.then(tick), completed_at: Instant::now(), how }]
 }
 
 async fn read(cache: &Cache, instance: usize, db: &Db, rng: &mut Rng) -> Read {
@@ -195,6 +254,7 @@ async fn read(cache: &Cache, instance: usize, db: &Db, rng: &mut Rng) -> Read {
     let g = group(row);
     let jitter = rng.next();
     let errors_before = cache.stats().errors;
+    let started_at = Instant::now();
     let started = tick();
     let (version, how) = match rng.below(5) {
         0 | 1 => (read_row(cache, db, g, row, jitter).await, "plain"),
@@ -203,7 +263,7 @@ async fn read(cache: &Cache, instance: usize, db: &Db, rng: &mut Rng) -> Read {
         _ => (read_row_refreshing(cache, db, g, row, jitter).await, "refresh"),
     };
     let troubled = cache.stats().errors != errors_before;
-    Read { row, started, version, instance, how, troubled }
+    Read { row, started, started_at, version, instance, how, troubled }
 }
 
 /// Runs the traffic and returns the violations of check 1, described, and the database.
@@ -230,9 +290,10 @@ async fn run(run: Run) -> (Vec<String>, Arc<Db>) {
             let (cache, db, history, stop) =
                 (cache.clone(), db.clone(), history.clone(), stop.clone());
             let mut rng = Rng(seeds.next());
+            let plain = run.plain.clone();
             tasks.spawn(async move {
                 while !stop.load(SeqCst) {
-                    let writes = write(&cache, &db, &mut rng).await;
+                    let writes = write(&cache, &db, &mut rng, plain.as_ref()).await;
                     history.writes.lock().unwrap().extend(writes);
                     tokio::time::sleep(Duration::from_micros(rng.below(3000))).await;
                 }
@@ -253,18 +314,20 @@ async fn run(run: Run) -> (Vec<String>, Arc<Db>) {
     while let Some(joined) = tasks.join_next().await {
         joined.expect("no task panics");
     }
-    (check(&history), db)
+    (check(&history, run.bound), db)
 }
 
-/// Check 1 over the history.
-fn check(history: &History) -> Vec<String> {
+/// Check 1 over the history; with a staleness `bound`, only writes that completed more than
+/// `bound` before a read started count for it.
+fn check(history: &History, bound: Option<Duration>) -> Vec<String> {
     let writes = history.writes.lock().unwrap();
     let reads = history.reads.lock().unwrap();
     // Per row: (completed, version) of completed writes, sorted by completion.
-    let mut completed: HashMap<u64, Vec<(u64, u64, &'static str)>> = HashMap::new();
+    let mut completed: HashMap<u64, Vec<(u64, u64, &'static str, Instant)>> = HashMap::new();
     for write in writes.iter() {
         if let Some(at) = write.completed {
-            completed.entry(write.row).or_default().push((at, write.version, write.how));
+            let entry = (at, write.version, write.how, write.completed_at);
+            completed.entry(write.row).or_default().push(entry);
         }
     }
     for list in completed.values_mut() {
@@ -274,8 +337,11 @@ fn check(history: &History) -> Vec<String> {
     for read in reads.iter() {
         let Some(list) = completed.get(&read.row) else { continue };
         // The newest version whose write completed before this read started.
-        let before = list.partition_point(|(at, _, _)| *at < read.started);
-        let Some(&(_, floor, how)) = list[..before].iter().max_by_key(|(_, version, _)| *version)
+        let before = list.partition_point(|(at, _, _, _)| *at < read.started);
+        let Some(&(_, floor, how, _)) = list[..before]
+            .iter()
+            .filter(|(_, _, _, done)| bound.is_none_or(|bound| *done + bound < read.started_at))
+            .max_by_key(|(_, version, _, _)| *version)
         else {
             continue;
         };
@@ -329,15 +395,30 @@ async fn assert_pattern_completes(
 }
 
 async fn redis_caches(urls: &[String], cluster: bool, n: usize) -> Vec<Cache> {
+    caches_with(urls, cluster, n, false).await
+}
+
+/// `n` instances on one Redis deployment, with near caches when `near`.
+async fn caches_with(urls: &[String], cluster: bool, n: usize, near: bool) -> Vec<Cache> {
     let mut caches = Vec::new();
     for _ in 0..n {
-        let builder = Cache::builder().prefix("co:").command_timeout(Duration::from_secs(2));
+        let mut builder = Cache::builder().prefix("co:").command_timeout(Duration::from_secs(2));
+        if near {
+            builder = builder.near_cache(1 << 20);
+        }
         let builder = if cluster {
             builder.redis_cluster(urls.iter().cloned())
         } else {
             builder.redis(urls[0].clone())
         };
         caches.push(builder.build().await.unwrap());
+    }
+    for cache in caches.iter().filter(|_| near) {
+        let started = Instant::now();
+        while !cache.near_cache_live() {
+            assert!(started.elapsed() < Duration::from_secs(10), "tracking becomes live");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     caches
 }
@@ -351,6 +432,8 @@ async fn coherent_on_memory() {
         duration: duration(),
         slow_micros: 2000,
         faults: None,
+        plain: None,
+        bound: None,
     })
     .await;
     assert_coherent(&violations);
@@ -382,6 +465,8 @@ async fn coherent_on_standalone_across_three_instances() {
         duration: duration(),
         slow_micros: 3000,
         faults: None,
+        plain: Some(Plain::Standalone(server.connection().await)),
+        bound: None,
     })
     .await;
     assert_coherent(&violations);
@@ -404,6 +489,8 @@ async fn coherent_on_a_cluster_across_three_instances() {
         duration: duration(),
         slow_micros: 3000,
         faults: None,
+        plain: Some(Plain::Cluster(cluster.connection().await)),
+        bound: None,
     })
     .await;
     assert_coherent(&violations);
@@ -427,6 +514,50 @@ async fn coherent_on_a_cluster_across_three_instances() {
     );
 }
 
+/// Near caches on the three instances, with writes from a plain client too: every read
+/// that starts more than [`NEAR_BOUND`] after a write completed sees it, and the near
+/// caches did serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coherent_on_standalone_with_near_caches_across_three_instances() {
+    let server = RedisServer::start();
+    let caches = caches_with(&[server.url()], false, 3, true).await;
+    let (violations, _db) = run(Run {
+        caches: caches.clone(),
+        seed: seed(),
+        duration: duration(),
+        slow_micros: 3000,
+        faults: None,
+        plain: Some(Plain::Standalone(server.connection().await)),
+        bound: Some(NEAR_BOUND),
+    })
+    .await;
+    assert_coherent(&violations);
+    let near_hits: u64 = caches.iter().map(|cache| cache.stats().near_hits).sum();
+    eprintln!("coherence: {near_hits} near hits");
+    assert!(near_hits > 0, "the near caches served");
+}
+
+/// The same on a cluster (one tracking connection per primary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coherent_on_a_cluster_with_near_caches_across_three_instances() {
+    let cluster = RedisCluster::start(3, 0);
+    let caches = caches_with(&cluster.urls(), true, 3, true).await;
+    let (violations, _db) = run(Run {
+        caches: caches.clone(),
+        seed: seed(),
+        duration: duration(),
+        slow_micros: 3000,
+        faults: None,
+        plain: Some(Plain::Cluster(cluster.connection().await)),
+        bound: Some(NEAR_BOUND),
+    })
+    .await;
+    assert_coherent(&violations);
+    let near_hits: u64 = caches.iter().map(|cache| cache.stats().near_hits).sum();
+    eprintln!("coherence: {near_hits} near hits");
+    assert!(near_hits > 0, "the near caches served");
+}
+
 /// With connections killed now and then, invalidations fail and are replayed: reads after
 /// a write whose invalidation *returned* stay fresh, and once the backlog drains every
 /// instance serves the current versions.
@@ -440,6 +571,8 @@ async fn coherent_on_standalone_with_connection_kills() {
         seed: seed(),
         duration: duration(),
         slow_micros: 3000,
+        plain: None,
+        bound: None,
         faults: Some(Box::new(move || {
             // Kill every normal client connection (the caches reconnect by themselves).
             if let Ok(mut connection) = killer.get_connection() {

@@ -51,14 +51,9 @@ impl Link {
         let slots: Vec<Vec<Value>> =
             redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut connection).await?;
         let mut primaries = Vec::new();
-        for range in slots {
-            let Some(Value::Array(node)) = range.get(2) else { continue };
-            let host = node.first().map(redis::from_redis_value_ref::<String>).transpose()?;
-            let port = node.get(1).map(redis::from_redis_value_ref::<u16>).transpose()?;
-            if let (Some(host), Some(port)) = (host, port) {
-                if !primaries.contains(&(host.clone(), port)) {
-                    primaries.push((host, port));
-                }
+        for (_, _, host, port) in slot_ranges(&slots)? {
+            if !primaries.contains(&(host.clone(), port)) {
+                primaries.push((host, port));
             }
         }
         Ok(primaries)
@@ -83,6 +78,27 @@ impl Link {
         let value = connection.route_command(cmd, routing).await?;
         Ok(redis::from_redis_value(value)?)
     }
+}
+
+/// A `CLUSTER SLOTS` reply as `(first slot, last slot, primary host, primary port)`.
+pub(crate) fn slot_ranges(slots: &[Vec<Value>]) -> RedisResult<Vec<(i64, i64, String, u16)>> {
+    let mut ranges = Vec::new();
+    for range in slots {
+        let (Some(start), Some(end), Some(Value::Array(node))) =
+            (range.first(), range.get(1), range.get(2))
+        else {
+            continue;
+        };
+        let host = node.first().map(redis::from_redis_value_ref::<String>).transpose()?;
+        let port = node.get(1).map(redis::from_redis_value_ref::<u16>).transpose()?;
+        if let (Some(host), Some(port)) = (host, port) {
+            let start = redis::from_redis_value_ref::<i64>(start)?;
+            let end = redis::from_redis_value_ref::<i64>(end)?;
+            ranges.push((start, end, host, port));
+        }
+    }
+    ranges.sort();
+    Ok(ranges)
 }
 
 impl ConnectionLike for Link {

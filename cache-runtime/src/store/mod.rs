@@ -22,6 +22,7 @@ pub(crate) mod lease;
 mod link;
 pub(crate) mod memory;
 pub(crate) mod redis;
+pub(crate) mod tracking;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

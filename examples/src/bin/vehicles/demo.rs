@@ -175,6 +175,20 @@ pub(crate) async fn run(setup: Setup, requests: usize, concurrency: usize) -> Re
     let stats = service.cache().stats();
     let (burst_loads, burst_queries) = burst(&service, sizes.vehicles).await?;
     let stale = stale_reads(&service).await?;
+    // With Redis: the same workload through a near cache, from a cold start.
+    let near = match &setup.near {
+        Some(near) => {
+            near.cache().clear().await.map_err(|e| format!("cannot clear the cache: {e}"))?;
+            let started = Instant::now();
+            while !near.cache().near_cache_live() && started.elapsed() < Duration::from_secs(3) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let run = drive(near, &ops, concurrency, Target::Cached, "near").await?;
+            let near_stats = near.cache().stats();
+            Some((run, near_stats, stale_reads(near).await?))
+        }
+        None => None,
+    };
 
     println!();
     println!(
@@ -183,6 +197,9 @@ pub(crate) async fn run(setup: Setup, requests: usize, concurrency: usize) -> Re
     );
     line("no cache", &uncached);
     line("#[cached]", &cached);
+    if let Some((run, _, _)) = &near {
+        line("near", run);
+    }
     println!();
     println!(
         "hit rate {:.1}% of {} cache lookups (hits {}, misses {}, loads {}, coalesced {}, errors {})",
@@ -214,6 +231,14 @@ pub(crate) async fn run(setup: Setup, requests: usize, concurrency: usize) -> Re
     println!(
         "check: {stale} of the {CHECKED} hottest vehicles read through the cache differ from the database"
     );
+    if let Some((_, near_stats, near_stale)) = &near {
+        println!(
+            "near cache: {} of {} hits served from process memory (hit rate {:.1}%); check: {near_stale} of the {CHECKED} hottest vehicles differ from the database",
+            near_stats.near_hits,
+            near_stats.hits,
+            near_stats.hit_rate() * 100.0,
+        );
+    }
     println!();
     println!("per function        hits   misses    loads  hit rate");
     for name in ["vehicle", "dealer_vehicles", "homepage_section", "search", "user"] {
@@ -235,5 +260,15 @@ pub(crate) async fn run(setup: Setup, requests: usize, concurrency: usize) -> Re
         us(uncached.percentile(0.99)),
         stats.errors,
     );
+    if let Some((run, near_stats, near_stale)) = &near {
+        println!(
+            "REPORT near near_hits={} hits={} near_p50_us={} near_p99_us={} near_db_queries={} near_stale_reads={near_stale}",
+            near_stats.near_hits,
+            near_stats.hits,
+            us(run.percentile(0.50)),
+            us(run.percentile(0.99)),
+            run.queries,
+        );
+    }
     Ok(())
 }

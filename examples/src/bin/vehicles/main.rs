@@ -56,6 +56,9 @@ enum Command {
 /// Where the data and the cache live, said once at the start.
 struct Setup {
     service: Marketplace,
+    /// With `REDIS_URL`: the same service over a Redis cache with a near cache (`demo` runs
+    /// the workload a third time through it).
+    near: Option<Marketplace>,
     database: String,
     store: String,
 }
@@ -83,19 +86,21 @@ async fn setup(database_url: Option<String>) -> Result<Setup, String> {
         if db.seeded() { "created and seeded" } else { "opened" },
         started.elapsed()
     );
-    let (cache, store) = match std::env::var("REDIS_URL") {
+    let (cache, near, store) = match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {
-            let cache = Cache::builder()
-                .redis(url.clone())
-                .prefix("vehicles:")
+            let builder = Cache::builder().redis(url.clone()).prefix("vehicles:");
+            let cache = builder.clone().build().await.map_err(|e| format!("REDIS_URL: {e}"))?;
+            let near = builder
+                .near_cache(64 * 1024 * 1024)
                 .build()
                 .await
                 .map_err(|e| format!("REDIS_URL: {e}"))?;
-            (cache, format!("Redis at {url}, prefix \"vehicles:\""))
+            (cache, Some(near), format!("Redis at {url}, prefix \"vehicles:\""))
         }
-        _ => (Cache::memory(), "in-process memory store".to_owned()),
+        _ => (Cache::memory(), None, "in-process memory store".to_owned()),
     };
-    Ok(Setup { service: Marketplace::new(db, cache), database, store })
+    let near = near.map(|near| Marketplace::new(db.clone(), near));
+    Ok(Setup { service: Marketplace::new(db, cache), near, database, store })
 }
 
 /// `CACHE_ADMIN_TOKEN`, else 128 random bits for this run (from the OS-seeded keys of

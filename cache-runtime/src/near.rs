@@ -1,0 +1,403 @@
+//! The near cache: an in-process copy (L1) of hot Redis entries, kept coherent by Redis
+//! itself through client-side caching in broadcasting mode (`store/tracking.rs`).
+//!
+//! An L1 entry is served only while the tracking connections are *live*: tracking was
+//! switched on (`CLIENT TRACKING ON BCAST PREFIX <prefix>`) on every node and answered its
+//! latest health ping. On every disconnect L1 is flushed and serves nothing until tracking is
+//! back.
+//!
+//! **The fill race.** A read captures an [`Epoch`] (the connection generation and a per-shard
+//! invalidation counter, by key hash) before it reads Redis, and inserts what it read only if
+//! the epoch is unchanged. Every invalidation bumps the counter of its key's shard (or the
+//! generation) and removes the key under the same shard lock as the insert's check, so a
+//! value whose invalidation arrived (from Redis, or from this process's own write) while it
+//! was being read is never inserted afterwards.
+//!
+//! **Bounds.** An entry expires when its Redis entry does (`PTTL` read with the value, in the
+//! same round trip); the byte bound counts keys, JSON bytes and a fixed overhead per entry.
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use crate::cache::{Aged, Cache, Policy};
+use crate::codec::{Cloner, Entry};
+use crate::stats::Counters;
+use crate::store::{Found, Version};
+
+/// Shards of the invalidation counters (and of the lock between an insert and an eviction).
+const SHARDS: usize = 64;
+
+/// Bookkeeping per entry besides the key and JSON bytes.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// How long an entry whose Redis key has no expiry (written by another client) is kept at
+/// most; tracking evicts it on any change before that.
+const NO_EXPIRY_CAP: Duration = Duration::from_secs(3600);
+
+/// One value held in process.
+#[derive(Clone)]
+struct Held {
+    entry: Arc<Entry>,
+    /// The value's age when it was read from Redis.
+    age_at_read: Duration,
+    read_at: Instant,
+    /// When the Redis entry expires.
+    expires: Instant,
+}
+
+impl Held {
+    fn age(&self) -> Duration {
+        self.age_at_read.saturating_add(self.read_at.elapsed())
+    }
+}
+
+struct UntilRedisExpiry;
+
+impl moka::Expiry<String, Held> for UntilRedisExpiry {
+    fn expire_after_create(&self, _: &String, held: &Held, now: Instant) -> Option<Duration> {
+        Some(held.expires.saturating_duration_since(now))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        held: &Held,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(held.expires.saturating_duration_since(now))
+    }
+}
+
+/// What a read must still see unchanged to insert its value (see the module docs).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Epoch {
+    generation: u64,
+    shard: usize,
+    count: u64,
+}
+
+/// The L1 of one cache.
+pub(crate) struct Near {
+    entries: moka::sync::Cache<String, Held>,
+    /// Invalidation counters by key hash; an insert checks, and an eviction bumps, under
+    /// the shard's lock.
+    shards: Box<[Mutex<u64>]>,
+    /// Bumped on every flush (disconnect, pattern invalidation, `clear`, `FLUSHALL`).
+    generation: AtomicU64,
+    /// Tracking is on for every node and answered its last health ping.
+    live: AtomicBool,
+    /// The tracking session that made L1 live: a disconnect notice from an older session's
+    /// connection must not deafen a newer one.
+    session: AtomicU64,
+    /// The Redis prefix: pushed keys are full keys.
+    prefix: String,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Near {
+    /// An L1 of at most about `max_bytes` for the cache whose Redis keys start with `prefix`.
+    /// It serves nothing until tracking is live.
+    pub(crate) fn new(max_bytes: u64, prefix: &str) -> Near {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &String, held: &Held| {
+                u32::try_from(key.len() + held.entry.json.len() + ENTRY_OVERHEAD)
+                    .unwrap_or(u32::MAX)
+            })
+            .expire_after(UntilRedisExpiry)
+            .build();
+        Near {
+            entries,
+            shards: (0..SHARDS).map(|_| Mutex::new(0)).collect(),
+            generation: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            session: AtomicU64::new(0),
+            prefix: prefix.to_owned(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn shard_of(&self, key: &str) -> usize {
+        // Truncation is fine: only the low bits pick the shard.
+        #[allow(clippy::cast_possible_truncation)]
+        let hash = self.hasher.hash_one(key) as usize;
+        hash % SHARDS
+    }
+
+    fn lock(&self, shard: usize) -> MutexGuard<'_, u64> {
+        self.shards[shard].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether L1 may serve and be filled now.
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// A value held for `key` that `policy` may serve now: fresh (younger than `ttl` and,
+    /// with `refresh`, than the refresh age), decoded or cloned.
+    pub(crate) fn serve<T>(&self, key: &str, policy: &Policy, cloner: Cloner<T>) -> Option<T>
+    where
+        T: serde::de::DeserializeOwned + 'static,
+    {
+        if !self.is_live() {
+            return None;
+        }
+        let held = self.entries.get(key)?;
+        if policy.tracks_age() {
+            let age = held.age();
+            if age >= policy.ttl || policy.refresh.is_some_and(|refresh| age >= refresh) {
+                return None; // the Redis path serves it stale or refreshes it
+            }
+        }
+        held.entry.take(cloner).ok()
+    }
+
+    /// The epoch to check when inserting what a read that starts now returns; `None` while
+    /// L1 is not live (nothing read now may be inserted).
+    pub(crate) fn epoch(&self, key: &str) -> Option<Epoch> {
+        if !self.is_live() {
+            return None;
+        }
+        let shard = self.shard_of(key);
+        let count = *self.lock(shard);
+        let generation = self.generation.load(Ordering::Acquire);
+        // Re-check: a disconnect between the two loads bumped the generation first.
+        self.is_live().then_some(Epoch { generation, shard, count })
+    }
+
+    /// Holds `entry`, read from Redis as `found` after `epoch` was taken, if no invalidation
+    /// of the key (and no flush) happened since, and L1 is live.
+    pub(crate) fn insert(&self, key: &str, epoch: Epoch, found: &Found, entry: Arc<Entry>) {
+        let Version::Redis(pttl) = found.version else { return };
+        if found.age == Duration::MAX || pttl == -2 || pttl == 0 {
+            return; // a value a pending marker keeps, or one about to expire
+        }
+        let left = u64::try_from(pttl).map_or(NO_EXPIRY_CAP, Duration::from_millis);
+        let held = Held {
+            entry,
+            age_at_read: if pttl < 0 { Duration::ZERO } else { found.age },
+            read_at: found.read_at,
+            expires: found.read_at + left,
+        };
+        let count = self.lock(epoch.shard);
+        if *count == epoch.count
+            && self.generation.load(Ordering::Acquire) == epoch.generation
+            && self.is_live()
+        {
+            self.entries.insert(key.to_owned(), held);
+        }
+    }
+
+    /// Evicts `key` and voids the reads of it in flight.
+    pub(crate) fn evict(&self, key: &str) {
+        let shard = self.shard_of(key);
+        let mut count = self.lock(shard);
+        *count += 1;
+        self.entries.invalidate(key);
+    }
+
+    /// Evicts the keys matching `pattern` (a glob) and voids every read in flight.
+    pub(crate) fn evict_matching(&self, pattern: &str) {
+        let _locks = self.lock_all();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let doomed: Vec<Arc<String>> = self
+            .entries
+            .iter()
+            .map(|(key, _)| key)
+            .filter(|key| crate::glob::matches(pattern, key))
+            .collect();
+        for key in doomed {
+            self.entries.invalidate(key.as_str());
+        }
+    }
+
+    /// Drops everything and voids every read in flight (L1 stays live).
+    pub(crate) fn flush(&self) {
+        let _locks = self.lock_all();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.entries.invalidate_all();
+    }
+
+    fn lock_all(&self) -> Vec<MutexGuard<'_, u64>> {
+        (0..SHARDS).map(|shard| self.lock(shard)).collect()
+    }
+
+    /// Tracking is not known live: serve nothing, forget everything. A notice from `session`
+    /// (a connection's disconnect) is ignored when a newer session made L1 live.
+    pub(crate) fn deafen(&self, session: Option<u64>) {
+        if session.is_some_and(|session| session != self.session.load(Ordering::Acquire)) {
+            return;
+        }
+        self.live.store(false, Ordering::Release);
+        self.flush();
+    }
+
+    /// Tracking is on for every node (session `session`): L1 may serve and fill again.
+    pub(crate) fn hear(&self, session: u64) {
+        self.session.store(session, Ordering::Release);
+        self.live.store(true, Ordering::Release);
+    }
+
+    /// Handles an `invalidate` push: `keys` are full Redis keys, `None` means everything
+    /// (`FLUSHDB`, `FLUSHALL`).
+    pub(crate) fn invalidated<'a>(&self, keys: Option<impl Iterator<Item = &'a [u8]>>) {
+        let Some(keys) = keys else {
+            self.flush();
+            return;
+        };
+        for full in keys {
+            let Some(key) = full.strip_prefix(self.prefix.as_bytes()) else { continue };
+            // The runtime's own keys (`#...`) are never held.
+            if key.contains(&crate::key::RESERVED.as_bytes()[0]) {
+                continue;
+            }
+            if let Ok(key) = std::str::from_utf8(key) {
+                self.evict(key);
+            }
+        }
+    }
+
+    /// Entries and weighed bytes (after pending maintenance).
+    pub(crate) fn size(&self) -> (u64, u64) {
+        self.entries.run_pending_tasks();
+        (self.entries.entry_count(), self.entries.weighted_size())
+    }
+}
+
+impl Cache {
+    /// The near cache, when this cache has one and `policy` uses it.
+    /// Not while the breaker is open: Redis is known unreachable, so is tracking likely.
+    pub(crate) fn near_for(&self, policy: &Policy) -> Option<&Near> {
+        self.inner.near.as_deref().filter(|_| {
+            policy.near && self.inner.store.breaker_state() != crate::BreakerState::Open
+        })
+    }
+
+    /// The near cache's entries and weighed bytes (keys, JSON bytes and a fixed overhead
+    /// per entry), or `None` without a near cache
+    /// ([`CacheBuilder::near_cache`](crate::CacheBuilder::near_cache)).
+    pub fn near_cache_size(&self) -> Option<(u64, u64)> {
+        self.inner.near.as_ref().map(|near| near.size())
+    }
+
+    /// Whether the near cache serves now: tracking is on and answered its last health
+    /// ping. `false` without a near cache.
+    pub fn near_cache_live(&self) -> bool {
+        self.inner.near.as_ref().is_some_and(|near| near.is_live())
+    }
+
+    /// This process wrote or removed `key` in Redis: evict it from L1 at once (the push
+    /// from Redis follows), and void the reads of it in flight.
+    pub(crate) fn near_evict(&self, key: &str) {
+        if let Some(near) = &self.inner.near {
+            near.evict(key);
+        }
+    }
+
+    /// This process removed the keys matching `pattern` (`None`: every key).
+    pub(crate) fn near_evict_matching(&self, pattern: Option<&str>) {
+        if let Some(near) = &self.inner.near {
+            match pattern {
+                Some(pattern) => near.evict_matching(pattern),
+                None => near.flush(),
+            }
+        }
+    }
+
+    /// An L1 miss: reads Redis (`GET` and `PTTL` in one round trip) and holds a fresh value
+    /// in L1, as `keep` makes it, if no invalidation of the key arrived meanwhile.
+    pub(crate) async fn lookup_near<T>(
+        &self,
+        near: &Near,
+        counters: &Counters,
+        key: &str,
+        policy: &Policy,
+        cloner: Cloner<T>,
+        keep: impl FnOnce(&Found, &T) -> Arc<Entry>,
+    ) -> Aged<T>
+    where
+        T: DeserializeOwned + 'static,
+    {
+        let epoch = near.epoch(key);
+        let aged = self.lookup_aged(counters, key, policy, cloner).await;
+        if let (Aged::Fresh(value, found), Some(epoch)) = (&aged, epoch) {
+            near.insert(key, epoch, found, keep(found, value));
+        }
+        aged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(json: &[u8], pttl: i64) -> Found {
+        Found {
+            entry: Arc::new(Entry::from_json(json.to_vec())),
+            age: Duration::from_secs(1),
+            read_at: Instant::now(),
+            version: Version::Redis(pttl),
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy::ttl(Duration::from_secs(60))
+    }
+
+    #[test]
+    fn serves_nothing_until_live_and_after_deafen() {
+        let near = Near::new(1 << 20, "p:");
+        assert!(near.epoch("k").is_none());
+        near.hear(1);
+        let epoch = near.epoch("k").unwrap();
+        let read = found(b"1", 5000);
+        near.insert("k", epoch, &read, Arc::clone(&read.entry));
+        assert_eq!(near.serve::<u32>("k", &policy(), None), Some(1));
+        near.deafen(Some(0)); // an older session's notice: ignored
+        assert_eq!(near.serve::<u32>("k", &policy(), None), Some(1));
+        near.deafen(Some(1));
+        assert_eq!(near.serve::<u32>("k", &policy(), None), None);
+        near.hear(2);
+        assert_eq!(near.serve::<u32>("k", &policy(), None), None, "flushed on deafen");
+    }
+
+    #[test]
+    fn an_invalidation_during_the_read_voids_the_insert() {
+        let near = Near::new(1 << 20, "p:");
+        near.hear(1);
+        let read = found(b"1", 5000);
+        let epoch = near.epoch("k").unwrap();
+        near.invalidated(Some([&b"p:k"[..]].into_iter()));
+        near.insert("k", epoch, &read, Arc::clone(&read.entry));
+        assert_eq!(near.serve::<u32>("k", &policy(), None), None);
+        let epoch = near.epoch("k").unwrap();
+        near.evict_matching("x*");
+        near.insert("k", epoch, &read, Arc::clone(&read.entry));
+        assert_eq!(near.serve::<u32>("k", &policy(), None), None, "a pattern voids all reads");
+        let epoch = near.epoch("k").unwrap();
+        near.insert("k", epoch, &read, Arc::clone(&read.entry));
+        assert_eq!(near.serve::<u32>("k", &policy(), None), Some(1));
+        near.invalidated(None::<std::iter::Empty<&[u8]>>);
+        assert_eq!(near.serve::<u32>("k", &policy(), None), None, "a null push flushes");
+    }
+
+    #[test]
+    fn stays_within_its_byte_bound() {
+        let near = Near::new(64 * 1024, "");
+        near.hear(1);
+        for i in 0..10_000 {
+            let key = format!("key:{i}");
+            let read = found(&[b'7'; 100], 60_000);
+            let epoch = near.epoch(&key).unwrap();
+            near.insert(&key, epoch, &read, Arc::clone(&read.entry));
+        }
+        let (entries, bytes) = near.size();
+        assert!(bytes <= 64 * 1024, "{bytes} bytes in {entries} entries");
+        assert!(entries > 100, "{entries}");
+    }
+}
