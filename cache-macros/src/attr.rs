@@ -70,7 +70,7 @@ impl Attribute {
     fn expected(self) -> &'static str {
         match self {
             Attribute::Cached => {
-                "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `absent_ttl`, `near`, `cache`, `name`"
+                "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `absent_ttl`, `near`, `cache`, `name`"
             }
             Attribute::CachePut => "one of `key`, `ttl`, `stale`, `cache`, `name`",
             Attribute::Invalidates => "key templates or patterns as strings (`\"vehicle:<v.id>\"`, `\"homepage:*\"`), `cache`, `name`",
@@ -97,6 +97,7 @@ enum Keyword {
     Stale,
     Refresh,
     AbsentTtl,
+    Early,
     Near,
     Cache,
     Name,
@@ -111,6 +112,7 @@ impl Keyword {
             "stale" => Keyword::Stale,
             "refresh" => Keyword::Refresh,
             "absent_ttl" => Keyword::AbsentTtl,
+            "early" => Keyword::Early,
             "near" => Keyword::Near,
             "cache" => Keyword::Cache,
             "name" => Keyword::Name,
@@ -201,6 +203,8 @@ pub(crate) struct Args {
     pub(crate) stale: Attr<Duration>,
     pub(crate) refresh: Attr<Duration>,
     pub(crate) absent_ttl: Attr<Duration>,
+    /// `early` or `early = <beta>`: XFetch's β, with the literal's span.
+    pub(crate) early: Attr<(f64, Span)>,
     /// `near = false`: this function bypasses the cache's near cache.
     pub(crate) near: Attr<bool>,
     pub(crate) cache: Attr<Expr>,
@@ -228,6 +232,7 @@ impl Args {
             stale: Attr::none("stale"),
             refresh: Attr::none("refresh"),
             absent_ttl: Attr::none("absent_ttl"),
+            early: Attr::none("early"),
             near: Attr::none("near"),
             cache: Attr::none("cache"),
             name: Attr::none("name"),
@@ -281,6 +286,7 @@ impl Args {
                 .absent_ttl
                 .set(span, errors, |errors| value.duration(errors, "absent_ttl = \"30s\"")),
             Keyword::Near => self.near.set(span, errors, |errors| value.boolean(errors)),
+            Keyword::Early => self.early.set(span, errors, |errors| value.beta(errors, span)),
             Keyword::Lock => self.lock.set(span, errors, |errors| value.flag(errors)),
             Keyword::Cache => self.cache.set(span, errors, |errors| value.expr(errors)),
             Keyword::Name => {
@@ -349,6 +355,30 @@ impl Value {
                 let span = other.as_ref().map_or(self.name.span(), |value| value.span());
                 let name = &self.name;
                 errors.push(span, format!("expected `{name} = false` or `{name} = true`"));
+                None
+            }
+        }
+    }
+
+    /// `early` (β = 1) or `early = 1.5`: a positive number.
+    fn beta(self, errors: &mut Errors, span: Span) -> Option<(f64, Span)> {
+        let Some(value) = self.value else { return Some((1.0, span)) };
+        let parsed = match &value {
+            Expr::Lit(syn::ExprLit { lit: syn::Lit::Float(lit), .. }) => {
+                lit.base10_parse::<f64>().ok()
+            }
+            Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(lit), .. }) => {
+                lit.base10_parse::<f64>().ok()
+            }
+            _ => None,
+        };
+        match parsed {
+            Some(beta) if beta > 0.0 && beta.is_finite() => Some((beta, value.span())),
+            _ => {
+                errors.push(
+                    value.span(),
+                    "expected a positive number: `early = 1.5` (XFetch's beta; `early` alone is 1)",
+                );
                 None
             }
         }

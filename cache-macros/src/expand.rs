@@ -138,7 +138,11 @@ impl Prepared {
 
     fn cached(&self, key: &Key, storage: &Storage, returned: &Returned) -> TokenStream {
         let Prepared { function, args, name, .. } = self;
-        let Storage { ttl, lock, stale, refresh, absent_ttl, near } = storage;
+        let Storage { ttl, lock, stale, refresh, absent_ttl, early, near } = storage;
+        let early = match early {
+            Some(beta) => quote!(::core::option::Option::Some(#beta)),
+            None => quote!(::core::option::Option::None),
+        };
         let stale = optional_duration(*stale);
         let refresh = optional_duration(*refresh);
         let absent_ttl = optional_duration(*absent_ttl);
@@ -159,6 +163,7 @@ impl Prepared {
                         #refresh,
                     )
                     .with_absent_ttl(#absent_ttl)
+                    .with_early(#early)
                     .near(#near),
                     counters: ::cache_runtime::__private::CountersSlot::new(),
                 };
@@ -439,7 +444,7 @@ mod tests {
                 "duplicate argument `ttl`",
                 "`lock` is a flag and takes no value: write `lock`",
                 "duplicate argument `lock`",
-                "unknown argument `what`; expected one of `key`, `ttl`, `lock`, `stale`, `refresh`, `absent_ttl`, `near`, `cache`, `name`",
+                "unknown argument `what`; expected one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `absent_ttl`, `near`, `cache`, `name`",
                 "`stale` must be longer than `ttl`: it is how long a value is kept in all, to be served when the body fails after the value expired",
             ]
         );

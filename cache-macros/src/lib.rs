@@ -33,6 +33,7 @@ use proc_macro::TokenStream;
 /// | `lock` | Stampede protection across processes sharing a Redis: one process loads a missing key under a lease while the others wait for its value (within a process, concurrent misses share one load without it). |
 /// | `stale = "..."` | Keep values this long in all (longer than `ttl`) and serve one that expired when the body fails. |
 /// | `refresh = "..."` | Recompute a value older than this (shorter than `ttl`) on a hit, once across processes, before it expires; callers keep getting the current value meanwhile. |
+/// | `early` / `early = 1.5` | XFetch (Vattani, Chierichetti, Lowenstein, VLDB 2015): a hit recomputes the value early (once per process and, on Redis, once across processes) when `δ·β·(−ln r) ≥ time left`, with `δ` the function's mean load time; `early` alone is β = 1. Excludes `refresh`. |
 /// | `absent_ttl = "..."` | Cache absent results (`None`, `Ok(None)`) this long (negative caching). Needs a return shape with an absent result: `Option<T>` or `Result<Option<T>, E>` (a compile error otherwise). |
 /// | `near = false` | Bypass the cache's near cache (`CacheBuilder::near_cache`) for this function: every call reads Redis. No effect on a cache without one. Default: `true`. |
 /// | `cache = <expr>` | The `Cache` to use: an expression of type `Cache`, `&Cache` or `Arc<Cache>`, which may use `self` and the parameters. Default: [`default_cache()`](https://docs.rs/cache-runtime/latest/cache_runtime/fn.default_cache.html). |

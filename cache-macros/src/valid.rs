@@ -15,6 +15,8 @@ pub(crate) struct Storage {
     pub(crate) refresh: Option<u64>,
     /// How long absent results are cached.
     pub(crate) absent_ttl: Option<u64>,
+    /// XFetch's β (`early`).
+    pub(crate) early: Option<f64>,
     /// Use the cache's near cache, if it has one (`near = false` opts out).
     pub(crate) near: bool,
 }
@@ -46,12 +48,16 @@ impl Args {
         if let Some(refresh) = self.refresh.get().filter(|refresh| refresh.millis >= ttl) {
             errors.push(refresh.span, "`refresh` must be shorter than `ttl`: it is the age at which a hit recomputes the value before it expires");
         }
+        if let (Some((_, span)), true) = (self.early.get(), self.refresh.is_written()) {
+            errors.push(*span, "`early` and `refresh` exclude each other: both recompute a value before it expires (`refresh` at a fixed age, `early` with XFetch's probability); choose one");
+        }
         Some(Storage {
             ttl,
             lock: self.lock.get().is_some(),
             stale: self.stale.get().map(|stale| stale.millis),
             refresh: self.refresh.get().map(|refresh| refresh.millis),
             absent_ttl: self.absent_ttl.get().map(|absent| absent.millis),
+            early: self.early.get().map(|(beta, _)| *beta),
             near: self.near.get().copied().unwrap_or(true),
         })
     }

@@ -100,6 +100,9 @@ pub struct Policy {
     pub(crate) refresh: Option<Duration>,
     /// How long an absent result (`None`, `Ok(None)`) is cached (`absent_ttl = ...`).
     pub(crate) absent_ttl: Option<Duration>,
+    /// XFetch's β (`early`, `early = 1.5`): recompute a hit early, with a probability that
+    /// grows as the value nears its expiry.
+    pub(crate) early: Option<f64>,
     /// Use the cache's near cache, if it has one (`near = false` opts out).
     pub(crate) near: bool,
 }
@@ -113,13 +116,20 @@ impl Policy {
         stale: Option<Duration>,
         refresh: Option<Duration>,
     ) -> Policy {
-        Policy { ttl, lock, stale, refresh, absent_ttl: None, near: true }
+        Policy { ttl, lock, stale, refresh, absent_ttl: None, early: None, near: true }
     }
 
     /// Caches absent results for `absent_ttl` (negative caching).
     #[must_use]
     pub const fn with_absent_ttl(mut self, absent_ttl: Option<Duration>) -> Policy {
         self.absent_ttl = absent_ttl;
+        self
+    }
+
+    /// XFetch (`early`, `early = <beta>`): probabilistic early recomputation.
+    #[must_use]
+    pub const fn with_early(mut self, beta: Option<f64>) -> Policy {
+        self.early = beta;
         self
     }
 
@@ -147,7 +157,22 @@ impl Policy {
 
     /// Whether hits need the value's age (one pipelined `PTTL` more on Redis).
     pub(crate) fn tracks_age(&self) -> bool {
-        self.stale.is_some() || self.refresh.is_some()
+        self.stale.is_some() || self.refresh.is_some() || self.early.is_some()
+    }
+
+    /// Whether a hit on a value of `age` recomputes it now: `refresh` once the value is that
+    /// old; with `early`, XFetch (Vattani, Chierichetti, Lowenstein, VLDB 2015): recompute
+    /// when `δ·β·(−ln r) ≥ time left`, `r` uniform in (0, 1], `δ` the function's mean load
+    /// time. Each reader draws on its own, so the first recompute comes earlier the more
+    /// readers a key has and the longer its body takes, and usually before the value expires.
+    pub(crate) fn recompute_now(&self, age: Duration, mean_load: Duration) -> bool {
+        if self.refresh.is_some_and(|refresh| age >= refresh) {
+            return true;
+        }
+        let Some(beta) = self.early else { return false };
+        let left = self.ttl.saturating_sub(age).as_secs_f64();
+        let draw = crate::load::uniform_draw();
+        mean_load.as_secs_f64() * beta * -draw.ln() >= left
     }
 }
 
@@ -438,7 +463,7 @@ impl Cache {
             };
             match aged {
                 Aged::Fresh(value, found) => {
-                    if policy.refresh.is_some_and(|refresh| found.age >= refresh) {
+                    if policy.recompute_now(found.age, counters.mean_load()) {
                         return miss.refresh::<S, R, Fut>(load, value, found).await;
                     }
                     return S::from_value(value);

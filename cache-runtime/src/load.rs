@@ -40,6 +40,29 @@ pub(crate) struct Load<'a, T> {
     pub(crate) overwrite: bool,
 }
 
+/// A uniform draw in (0, 1] from a per-thread xorshift generator (XFetch needs a cheap,
+/// independent draw per reader, not a cryptographic one).
+pub(crate) fn uniform_draw() -> f64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0x9E37_79B9, |elapsed| elapsed.as_nanos() as u64);
+            (nanos ^ (&nanos as *const u64 as u64)) | 1
+        });
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        // 53 random bits, shifted into (0, 1].
+        ((x >> 11) + 1) as f64 / (1u64 << 53) as f64
+    })
+}
+
 /// What became of a fill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Filled {

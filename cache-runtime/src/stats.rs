@@ -228,6 +228,16 @@ impl Counters {
         self.load_nanos.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
+    /// The mean time a body took to load (zero before the first load): the δ of XFetch
+    /// (`#[cached(early)]`).
+    pub(crate) fn mean_load(&self) -> Duration {
+        let loads = self.count(Count::Loads);
+        if loads == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(self.load_nanos.load(Relaxed) / loads)
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         let mut stats = Stats::default();
         for count in Count::ALL {

@@ -237,3 +237,41 @@ async fn lock_waiters_share_an_absent_result() {
         assert!(took < Duration::from_millis(1000), "released together: {took:?}");
     }
 }
+
+#[cached(key = "xf:<id>", ttl = "1s", early, cache = cache)]
+async fn xfetch(cache: &Cache, prices: &Prices, id: u64) -> Result<String, String> {
+    let price = prices.query(id).await;
+    std::thread::sleep(Duration::from_millis(30)); // a 50 ms recompute in all
+    price
+}
+
+/// XFetch (`early`): many readers on one key recompute it before it expires, one at a time,
+/// and no reader after the first sees a miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_recomputes_hot_keys_before_they_expire() {
+    let cache = Cache::memory();
+    let prices = Arc::new(Prices::default());
+    xfetch(&cache, &prices, 1).await.unwrap();
+    let started = Instant::now();
+    let readers: Vec<_> = (0..50)
+        .map(|_| {
+            let (cache, prices) = (cache.clone(), prices.clone());
+            tokio::spawn(async move {
+                while started.elapsed() < Duration::from_secs(4) {
+                    xfetch(&cache, &prices, 1).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    let stats = cache.stats_of("xfetch");
+    assert_eq!(stats.misses, 1, "only the first call missed: {stats:?}");
+    let loads = prices.loads.load(SeqCst);
+    // About one recompute per value life (1 s, recomputed some δ·ln(rate·δ) before its
+    // expiry) over 4 s, each before the value expired.
+    assert!((4..=10).contains(&loads), "recomputes: {loads} ({stats:?})");
+    assert_eq!(stats.refreshes as u32, loads - 1, "{stats:?}");
+}
