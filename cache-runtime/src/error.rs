@@ -106,7 +106,10 @@ pub enum ErrorKind {
     Server,
     /// A stored value did not decode as the expected type.
     Decode,
-    /// A value could not be encoded as JSON.
+    /// A stored value was written for another value type or schema (another
+    /// fingerprint, a later envelope version): a miss that leaves it in place.
+    Schema,
+    /// A value could not be encoded.
     Encode,
     /// A value was larger than the configured maximum and was not cached.
     TooLarge,
@@ -116,19 +119,20 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in label order.
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Connection,
         ErrorKind::Timeout,
         ErrorKind::Unavailable,
         ErrorKind::Server,
         ErrorKind::Decode,
+        ErrorKind::Schema,
         ErrorKind::Encode,
         ErrorKind::TooLarge,
         ErrorKind::Usage,
     ];
 
     /// The label value: `connection`, `timeout`, `unavailable`, `server`, `decode`,
-    /// `encode`, `too_large`, `usage`.
+    /// `schema`, `encode`, `too_large`, `usage`.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Connection => "connection",
@@ -136,6 +140,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Server => "server",
             ErrorKind::Decode => "decode",
+            ErrorKind::Schema => "schema",
             ErrorKind::Encode => "encode",
             ErrorKind::TooLarge => "too_large",
             ErrorKind::Usage => "usage",
