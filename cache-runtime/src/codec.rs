@@ -22,8 +22,8 @@ pub(crate) struct Entry {
     /// cache's codec, maybe compressed), or a previous release's plain JSON. What Redis
     /// holds. (Named `json` for history: it is JSON with the default codec.)
     pub(crate) json: Box<[u8]>,
-    /// The encoded size before compression (what `max_value_bytes` bounds, with the stored
-    /// size).
+    /// The encoded size before compression, header excluded (what `max_value_bytes`
+    /// bounds).
     encoded_len: usize,
     /// How to read `json`: fingerprint salt and inflate limit.
     read: ReadFormat,
@@ -67,11 +67,11 @@ impl Entry {
         Entry { encoded_len: bytes.len(), json: bytes.into_boxed_slice(), read, typed: None }
     }
 
-    /// The size `max_value_bytes` applies to: the larger of the stored size and the
-    /// encoded size before compression, so that a reader never inflates past the limit
-    /// the writer honoured.
+    /// The size `max_value_bytes` applies to: the encoded value before compression (the
+    /// stored payload is never larger; the header, under 50 bytes, is not counted), so a
+    /// reader never inflates past the limit the writer honoured.
     pub(crate) fn size(&self) -> usize {
-        self.json.len().max(self.encoded_len)
+        self.encoded_len
     }
 
     /// An owned `T`: a clone of the typed copy when there is one of that type, else decoded
