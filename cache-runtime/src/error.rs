@@ -42,8 +42,8 @@ pub enum Error {
         #[source]
         source: BackendError,
     },
-    /// A value's JSON is larger than the builder's `max_value_bytes`.
-    #[error("the value for key {key:?} is {bytes} bytes of JSON, over the {max}-byte limit")]
+    /// A value's encoded size is larger than the builder's `max_value_bytes`.
+    #[error("the value for key {key:?} is {bytes} bytes once encoded, over the {max}-byte limit")]
     ValueTooLarge {
         /// The key.
         key: String,
@@ -81,12 +81,13 @@ pub enum Error {
     /// Redis failed: connection refused or lost, timeout, or an error reply.
     #[error("cache backend error: {0}")]
     Backend(#[source] BackendError),
-    /// A value could not be serialized to JSON for storing.
+    /// A value could not be serialized for storing (by the cache's codec).
     #[error("could not encode the value for key {key:?}: {source}")]
     Encode {
         /// The key the value was meant for.
         key: String,
-        /// What serde_json said.
+        /// What the codec said (a `serde_json::Error` carrying the message for the other
+        /// codecs).
         #[source]
         source: serde_json::Error,
     },
