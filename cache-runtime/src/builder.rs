@@ -167,12 +167,13 @@ impl CacheBuilder {
         self
     }
 
-    /// The schema version mixed into every value's fingerprint (default 0). Bump it when a
-    /// cached type changes in a way its name does not show (a field added, removed,
-    /// retyped or reordered): during the deploy, old and new instances then treat each
-    /// other's values as misses instead of decoding them. Required for such changes with
-    /// [`Codec::Postcard`], which cannot detect them; JSON and MessagePack fail to decode a
-    /// missing or renamed field on their own.
+    /// The schema version mixed into every value's fingerprint (default 0). Values stored
+    /// by loads already carry their type's serde shape (field names, order and types), so
+    /// structural changes need no bump; bump it when a cached type changes in a way its
+    /// shape does not show (a unit or meaning changed, a hand-written `Deserialize`), or
+    /// for types that cannot be traced and values written by `set` / `#[cache_put]` (see
+    /// the README, "Value formats"). During the deploy, old and new instances then treat
+    /// each other's values as misses instead of decoding them.
     pub fn schema_version(mut self, version: u32) -> Self {
         self.settings.format.read.schema_version = version;
         self

@@ -47,6 +47,21 @@ impl Entry {
         Ok(Entry { json: bytes.into_boxed_slice(), encoded_len, read: format.read, typed })
     }
 
+    /// [`encode`](Self::encode) with the traced fingerprint (see `format.rs`): what a load,
+    /// which knows `T: DeserializeOwned`, stores.
+    pub(crate) fn encode_traced<T>(
+        value: &T,
+        cloner: Cloner<T>,
+        format: &Format,
+    ) -> Result<Entry, serde_json::Error>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let (bytes, encoded_len) = format.encode_traced(value)?;
+        let typed = cloner.map(|clone| Box::new(clone(value)) as Box<dyn Any + Send + Sync>);
+        Ok(Entry { json: bytes.into_boxed_slice(), encoded_len, read: format.read, typed })
+    }
+
     /// Encodes a borrowed value (the programmatic `set`): no typed copy.
     pub(crate) fn encode_unsized<T>(value: &T, format: &Format) -> Result<Entry, serde_json::Error>
     where

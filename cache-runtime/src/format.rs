@@ -14,8 +14,11 @@
 //! - codec: `j` JSON, `m` MessagePack (named fields), `p` postcard.
 //! - compression: `-` none, or `l<n>`: an lz4 block that inflates to exactly `n` bytes.
 //! - fingerprint: 16 hex digits, a hash of the value type's name (references stripped, so
-//!   `&Vehicle` and `Vehicle`, `str` and `String` agree) mixed with
-//!   [`CacheBuilder::schema_version`](crate::CacheBuilder::schema_version).
+//!   `&Vehicle` and `Vehicle`, `str` and `String` agree), the schema version
+//!   ([`CacheBuilder::schema_version`](crate::CacheBuilder::schema_version)) and, when the
+//!   writer knows `T: Deserialize` (loads do; `Cache::set` and `#[cache_put]` do not), the
+//!   type's serde shape traced by `serde-reflection`. Readers accept either form for their
+//!   type, and treat any other fingerprint as another schema: a miss that does not store.
 //!
 //! The header starts with `c`, never with a NUL byte (the first byte of a pending marker),
 //! and never with the first byte of a JSON text: a value without it is the previous
@@ -37,10 +40,10 @@ pub enum Codec {
     /// MessagePack (`rmp-serde`), structs as maps with field names: about half of JSON's
     /// size on numeric data, and a renamed or missing field still fails to decode.
     MessagePack,
-    /// `postcard`: the most compact and fastest, but not self-describing: a field changed
-    /// without a new [`schema_version`](crate::CacheBuilder::schema_version) may decode
-    /// into wrong data. Use it for types that rarely change, and bump the version when
-    /// they do.
+    /// `postcard`: the most compact and fastest, but not self-describing: it relies on the
+    /// fingerprint's traced shape to refuse a changed type (or on
+    /// [`schema_version`](crate::CacheBuilder::schema_version) for types that cannot be
+    /// traced and values written by `Cache::set` / `#[cache_put]`).
     Postcard,
 }
 
@@ -136,15 +139,64 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// The schema fingerprint of `T`: FNV-1a of its normalized type name and the schema version.
+/// The *named* fingerprint of `T`: a hash of its normalized type name and the schema
+/// version. What writers that only know `T: Serialize` (`Cache::set`, `#[cache_put]`) use.
 pub(crate) fn fingerprint<T: ?Sized>(schema_version: u32) -> u64 {
-    let name = normalized_type_name(std::any::type_name::<T>());
+    fingerprint_of(std::any::type_name::<T>(), None, schema_version)
+}
+
+/// The *traced* fingerprint of `T`: its type name, the schema version and its serde shape
+/// (every container's name, field names in order and field types, as `serde-reflection`
+/// traces them from `T`'s `Deserialize`), so a field added, removed, renamed, retyped or
+/// moved changes it. The named fingerprint when `T` cannot be traced.
+pub(crate) fn traced_fingerprint<T: DeserializeOwned + 'static>(schema_version: u32) -> u64 {
+    let shape = shape_of::<T>().map(u64::to_le_bytes);
+    fingerprint_of(std::any::type_name::<T>(), shape.as_ref().map(|s| &s[..]), schema_version)
+}
+
+fn fingerprint_of(type_name: &str, shape: Option<&[u8]>, schema_version: u32) -> u64 {
+    let name = normalized_type_name(type_name);
+    let shape = shape.into_iter().flat_map(|shape| b"\0".iter().chain(shape));
+    fnv(name.as_bytes().iter().chain(shape).chain(&schema_version.to_le_bytes()))
+}
+
+/// FNV-1a, 64 bits: stable across releases and platforms (unlike `std`'s hasher).
+fn fnv<'a>(bytes: impl IntoIterator<Item = &'a u8>) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in name.bytes().chain(schema_version.to_le_bytes()) {
+    for &byte in bytes {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     hash
+}
+
+/// A hash of `T`'s serde shape (as JSON text), traced once per type; `None` when `T` cannot be traced
+/// (a `Deserialize` that validates its input, such as a date parsed from a string, an
+/// untagged enum, `flatten`).
+fn shape_of<T: DeserializeOwned + 'static>() -> Option<u64> {
+    use std::any::TypeId;
+    use std::collections::HashMap;
+    use std::sync::{OnceLock, RwLock};
+    type Shapes = RwLock<HashMap<TypeId, Option<u64>>>;
+    static SHAPES: OnceLock<Shapes> = OnceLock::new();
+    let shapes = SHAPES.get_or_init(Shapes::default);
+    let id = TypeId::of::<T>();
+    if let Some(shape) = shapes.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
+        return *shape;
+    }
+    // A user's `Deserialize` may panic on the tracer's made-up input: then no shape.
+    let traced = std::panic::catch_unwind(|| {
+        use serde_reflection::{Tracer, TracerConfig};
+        let mut tracer = Tracer::new(TracerConfig::default());
+        let (format, _) = tracer.trace_simple_type::<T>().ok()?;
+        let registry = tracer.registry().ok()?;
+        serde_json::to_vec(&(format, registry)).ok()
+    })
+    .ok()
+    .flatten()
+    .map(|shape| fnv(&shape));
+    shapes.write().unwrap_or_else(|e| e.into_inner()).insert(id, traced);
+    traced
 }
 
 /// `&T`, `&mut T` → `T`; `str` → `String`; `[T]` → `Vec<T>`: what a value written
@@ -171,11 +223,27 @@ fn normalized_type_name(mut name: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl Format {
-    /// Encodes `value` in an envelope. Returns the stored bytes and the encoded size before
-    /// compression.
+    /// Encodes `value` in an envelope with its named fingerprint. Returns the stored bytes
+    /// and the encoded size before compression.
     pub(crate) fn encode<T: Serialize + ?Sized>(
         &self,
         value: &T,
+    ) -> Result<(Vec<u8>, usize), serde_json::Error> {
+        self.encode_with(value, fingerprint::<T>(self.read.schema_version))
+    }
+
+    /// Encodes `value` in an envelope with its traced fingerprint.
+    pub(crate) fn encode_traced<T: Serialize + DeserializeOwned + 'static>(
+        &self,
+        value: &T,
+    ) -> Result<(Vec<u8>, usize), serde_json::Error> {
+        self.encode_with(value, traced_fingerprint::<T>(self.read.schema_version))
+    }
+
+    fn encode_with<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        fp: u64,
     ) -> Result<(Vec<u8>, usize), serde_json::Error> {
         use serde::ser::Error as _;
         let payload = match self.codec {
@@ -186,7 +254,6 @@ impl Format {
             Codec::Postcard => postcard::to_stdvec(value).map_err(serde_json::Error::custom)?,
         };
         let encoded_len = payload.len();
-        let fp = fingerprint::<T>(self.read.schema_version);
         let compress = self.compress_above.is_some_and(|above| payload.len() > above);
         let compressed = compress.then(|| lz4_flex::block::compress(&payload));
         // Keep the compressed form only when it is smaller.
@@ -212,7 +279,24 @@ impl Format {
 
 impl ReadFormat {
     /// Decodes stored bytes as `T`: an envelope, or (no header) the previous release's JSON.
-    pub(crate) fn decode<T: DeserializeOwned>(&self, stored: &[u8]) -> Result<T, DecodeError> {
+    /// An envelope must carry `T`'s traced fingerprint, or its named one (written by
+    /// `Cache::set` or `#[cache_put]`, which do not know `T: Deserialize`).
+    pub(crate) fn decode<T: DeserializeOwned + 'static>(
+        &self,
+        stored: &[u8],
+    ) -> Result<T, DecodeError> {
+        let version = self.schema_version;
+        self.decode_checked(stored, |fp| {
+            fp == traced_fingerprint::<T>(version) || fp == fingerprint::<T>(version)
+        })
+    }
+
+    /// Decodes stored bytes as `T` if `accepts` the envelope's fingerprint.
+    fn decode_checked<T: DeserializeOwned>(
+        &self,
+        stored: &[u8],
+        accepts: impl FnOnce(u64) -> bool,
+    ) -> Result<T, DecodeError> {
         if !stored.starts_with(FAMILY) {
             // No header: plain JSON from the previous release.
             if stored.len() > self.limit {
@@ -236,7 +320,7 @@ impl ReadFormat {
             .filter(|fp| fp.len() == 16)
             .and_then(|fp| u64::from_str_radix(fp, 16).ok())
             .ok_or_else(|| DecodeError::Corrupt("bad fingerprint".into()))?;
-        if fp != fingerprint::<T>(self.schema_version) {
+        if !accepts(fp) {
             return Err(DecodeError::Schema);
         }
         let inflated;
@@ -348,6 +432,56 @@ mod tests {
             ReadFormat::default().decode::<Vehicle>(b"cr2:j:-:0000000000000000:{}"),
             Err(DecodeError::Schema)
         ));
+    }
+
+    /// Two releases of `app::Vehicle`: same path, a field retyped; then reordered.
+    mod release {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        pub(super) struct Old {
+            pub(super) id: u64,
+            pub(super) price: u32,
+        }
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        pub(super) struct Retyped {
+            pub(super) id: u64,
+            pub(super) price: u64,
+        }
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        pub(super) struct Reordered {
+            pub(super) price: u32,
+            pub(super) id: u64,
+        }
+    }
+
+    #[test]
+    fn a_changed_type_under_the_same_name_is_another_schema() {
+        let shape = |s: Option<u64>| s.expect("traceable").to_le_bytes();
+        let old = shape(shape_of::<release::Old>());
+        let retyped = shape(shape_of::<release::Retyped>());
+        let reordered = shape(shape_of::<release::Reordered>());
+        // Pretend all three are `app::Vehicle` in successive releases.
+        let fp = |shape: &[u8; 8]| fingerprint_of("app::Vehicle", Some(shape), 0);
+        assert_ne!(fp(&old), fp(&retyped));
+        assert_ne!(fp(&old), fp(&reordered));
+        let (written, _) = format(Codec::Postcard, None)
+            .encode_with(&release::Old { id: 1, price: 7 }, fp(&old))
+            .unwrap();
+        // Postcard would decode the reordered type into wrong data; the fingerprint says no.
+        let reader = ReadFormat::default();
+        let accepts_reordered = |got| got == fp(&reordered);
+        assert!(matches!(
+            reader.decode_checked::<release::Reordered>(&written, accepts_reordered),
+            Err(DecodeError::Schema)
+        ));
+        assert_eq!(
+            reader.decode_checked::<release::Old>(&written, |got| got == fp(&old)).unwrap(),
+            release::Old { id: 1, price: 7 }
+        );
+        // Traced and named fingerprints are both read; types that cannot be traced fall
+        // back to the name.
+        let (traced, _) = format(Codec::Json, None).encode_traced(&vehicle()).unwrap();
+        assert_eq!(reader.decode::<Vehicle>(&traced).unwrap(), vehicle());
+        assert_ne!(traced_fingerprint::<Vehicle>(0), fingerprint::<Vehicle>(0));
     }
 
     #[test]

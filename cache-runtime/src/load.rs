@@ -286,7 +286,7 @@ where
     {
         let outcome = match S::outcome(returned) {
             Outcome::Value(value) => {
-                match Entry::encode(value, self.cloner, &self.cache.inner.settings.format) {
+                match Entry::encode_traced(value, self.cloner, &self.cache.inner.settings.format) {
                     Ok(entry) => Landed::Value(Arc::new(entry)),
                     Err(error) => {
                         tracing::warn!(key = self.key, %error, "value cannot be encoded; not cached");

@@ -130,6 +130,6 @@ pub fn encode_value<T: Serialize + ?Sized>(
 
 /// Decodes stored bytes as a cache with the default settings would; `None` when they do
 /// not decode (any reason).
-pub fn decode_value<T: DeserializeOwned>(stored: &[u8]) -> Option<T> {
+pub fn decode_value<T: DeserializeOwned + 'static>(stored: &[u8]) -> Option<T> {
     crate::format::ReadFormat::default().decode(stored).ok()
 }
