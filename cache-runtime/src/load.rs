@@ -116,7 +116,11 @@ where
                             // The leader's value did not decode as our type (two functions
                             // sharing a key with different types): load for ourselves.
                             self.counters.error(error.kind());
-                            self.overwrite = true;
+                            match error {
+                                // Another type's value: leave it (see `format.rs`).
+                                DecodeError::Schema => self.store_failing = true,
+                                _ => self.overwrite = true,
+                            }
                             let returned = self.alone::<S, R, Fut>(load).await;
                             return self.serve_stale::<S, R>(returned);
                         }

@@ -308,3 +308,43 @@ async fn compression_and_max_value_bytes() {
     assert_eq!(tight.get::<Page>("big").await.unwrap(), None, "inflates past its limit");
     assert_eq!(errors(&tight, cache_runtime::DIRECT_CALLS, "too_large"), 1);
 }
+
+static SHARED_A: AtomicU64 = AtomicU64::new(0);
+static SHARED_B: AtomicU64 = AtomicU64::new(0);
+
+#[cached(key = "shared:<id>", ttl = "1m", cache = cache)]
+async fn shared_a(cache: &Cache, id: u64) -> v1::Vehicle {
+    SHARED_A.fetch_add(1, SeqCst);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    v1::Vehicle { id, price: 1 }
+}
+
+#[cached(key = "shared:<id>", ttl = "1m", cache = cache)]
+async fn shared_b(cache: &Cache, id: u64) -> v2::Vehicle {
+    SHARED_B.fetch_add(1, SeqCst);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    v2::Vehicle { id, price: 2 }
+}
+
+/// Two functions of one cache share a key with different value types (a mistake, or two
+/// versions in one binary): each gets its own type, concurrent calls included (single
+/// flight hands a leader's value to followers of the other type), and neither overwrites
+/// the other's entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_types_under_one_key_in_one_process() {
+    let server = RedisServer::start();
+    let raw = server.connection().await;
+    let cache = cache(&server, Codec::Postcard).await;
+    for round in 0..5 {
+        let (a, b) = tokio::join!(shared_a(&cache, 1), shared_b(&cache, 1));
+        assert_eq!(a, v1::Vehicle { id: 1, price: 1 }, "round {round}");
+        assert_eq!(b, v2::Vehicle { id: 1, price: 2 }, "round {round}");
+    }
+    let stored = raw_get(&raw, "fm:shared:1").await.unwrap();
+    for _ in 0..3 {
+        let (a, b) = tokio::join!(shared_a(&cache, 1), shared_b(&cache, 1));
+        assert_eq!((a.price, b.price), (1, 2));
+        assert_eq!(raw_get(&raw, "fm:shared:1").await.unwrap(), stored, "no ping-pong");
+    }
+    assert!(errors(&cache, "shared_a", "schema") + errors(&cache, "shared_b", "schema") >= 8);
+}
