@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::cache::{Cache, Settings, DEFAULT_MEMORY_CAPACITY};
 use crate::error::{Error, Result};
+use crate::format::Codec;
 use crate::near::Near;
 use crate::store::redis::RedisOptions;
 use crate::store::tracking::{self, TrackingOptions};
@@ -152,11 +153,53 @@ impl CacheBuilder {
         self
     }
 
-    /// Values whose JSON is larger than `bytes` are not cached (default 4 MiB): the call
-    /// still returns its value, and the skip is counted as a `too_large` error. Large values
-    /// make every hit slow and can evict many small ones.
+    /// Values larger than `bytes` are not cached (default 4 MiB): the call still returns
+    /// its value, and the skip is counted as a `too_large` error. Large values make every
+    /// hit slow and can evict many small ones. The limit applies to the stored size and to
+    /// the encoded size before compression, so no reader ever inflates a value past it
+    /// (a stored value that claims more is a miss, counted as `too_large`).
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
         self.settings.max_value_bytes = bytes;
+        self
+    }
+
+    /// How values are serialized in Redis (default [`Codec::Json`], readable in
+    /// `redis-cli`). Every value names its codec in its header, so values written with
+    /// another codec (or by the previous release, plain JSON) are still read: switching
+    /// codecs needs no flush. The memory store keeps typed copies and ignores this.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), cache_runtime::Error> {
+    /// use cache_runtime::Codec;
+    /// let cache = cache_runtime::Cache::builder()
+    ///     .redis("redis://127.0.0.1:6379")
+    ///     .codec(Codec::MessagePack)
+    ///     .compress_above(16 * 1024)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.settings.format.codec = codec;
+        self
+    }
+
+    /// Compress (lz4) values whose encoded size is over `bytes` (default: never). A value is
+    /// kept compressed only if that makes it smaller. Ignored by the memory store.
+    pub fn compress_above(mut self, bytes: usize) -> Self {
+        self.settings.format.compress_above = Some(bytes);
+        self
+    }
+
+    /// The schema version mixed into every value's fingerprint (default 0). Values stored
+    /// by loads already carry their type's serde shape (field names, order and types), so
+    /// structural changes need no bump; bump it when a cached type changes in a way its
+    /// shape does not show (a unit or meaning changed, a hand-written `Deserialize`), or
+    /// for types that cannot be traced and values written by `set` / `#[cache_put]` (see
+    /// the README, "Value formats"). During the deploy, old and new instances then treat
+    /// each other's values as misses instead of decoding them.
+    pub fn schema_version(mut self, version: u32) -> Self {
+        self.settings.format.read.schema_version = version;
         self
     }
 
@@ -169,7 +212,13 @@ impl CacheBuilder {
     /// that does not end with `:` or contains glob characters (`* ? [ ] \`), the reserved
     /// `#`, whitespace or control characters; a zero timeout, fill window or memory
     /// capacity; a zero `near_cache` bound.
-    pub async fn build(self) -> Result<Cache> {
+    pub async fn build(mut self) -> Result<Cache> {
+        self.settings.format.read.limit = self.settings.max_value_bytes;
+        if self.redis_urls.is_empty() {
+            // Codecs apply to Redis bytes only: the memory store keeps typed copies.
+            self.settings.format.codec = Codec::Json;
+            self.settings.format.compress_above = None;
+        }
         if let Some(bad) = self.prefix.chars().find(|&c| {
             matches!(c, '*' | '?' | '[' | ']' | '\\' | '#') || c.is_whitespace() || c.is_control()
         }) {
@@ -221,6 +270,7 @@ impl CacheBuilder {
                 prefix: self.prefix.clone(),
                 connect_timeout: self.connect_timeout,
                 command_timeout: self.command_timeout,
+                read: self.settings.format.read,
             })?,
             true => {
                 if self.memory_capacity == 0 {

@@ -12,6 +12,7 @@ use crate::builder::CacheBuilder;
 use crate::codec::{Cloner, Entry};
 use crate::error::{Error, ErrorKind, Result};
 use crate::flight::Flights;
+use crate::format::{DecodeError, Format};
 use crate::key::validate_key;
 use crate::load::{Filled, Load};
 use crate::near::Near;
@@ -25,6 +26,9 @@ static NEXT_CACHE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 
 /// Default bound of the memory store: 128 MiB of keys and JSON-encoded values.
 pub(crate) const DEFAULT_MEMORY_CAPACITY: u64 = 128 * 1024 * 1024;
+
+/// Default `max_value_bytes`: 4 MiB.
+pub(crate) const DEFAULT_MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
 
 /// A cache: a store (in-process memory or Redis), its counters and its in-flight loads.
 ///
@@ -72,6 +76,8 @@ pub(crate) struct Settings {
     pub(crate) max_value_bytes: usize,
     /// How long a load may take and still store its value (the life of a pending marker).
     pub(crate) fill_window: Duration,
+    /// Codec, compression and schema version of stored values.
+    pub(crate) format: Format,
 }
 
 impl Default for Settings {
@@ -79,8 +85,9 @@ impl Default for Settings {
         Settings {
             lock_lease: Duration::from_secs(5),
             lock_wait: Duration::from_secs(10),
-            max_value_bytes: 4 * 1024 * 1024,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             fill_window: Duration::from_secs(60),
+            format: Format::default(),
         }
     }
 }
@@ -236,12 +243,14 @@ impl Cache {
             {
                 Aged::Fresh(value, _) => Ok(Some(value)),
                 Aged::Failed(error) => Err(error),
-                Aged::Stale(_) | Aged::Absent | Aged::Miss | Aged::Undecodable => Ok(None),
+                Aged::Stale(_) | Aged::Absent | Aged::Miss | Aged::Undecodable | Aged::Foreign => {
+                    Ok(None)
+                }
             };
         }
         match self.lookup::<T>(&counters, key, None).await {
             Lookup::Hit(value) => Ok(Some(value)),
-            Lookup::Absent | Lookup::Miss | Lookup::Undecodable => Ok(None),
+            Lookup::Absent | Lookup::Miss | Lookup::Undecodable | Lookup::Foreign => Ok(None),
             Lookup::Failed(error) => Err(error),
         }
     }
@@ -261,16 +270,16 @@ impl Cache {
     ) -> Result<()> {
         validate_key(key)?;
         validate_ttl(ttl)?;
-        let json = serde_json::to_vec(value)
+        let entry = Entry::encode_unsized(value, &self.inner.settings.format)
             .map_err(|source| Error::Encode { key: key.to_owned(), source })?;
-        if json.len() > self.inner.settings.max_value_bytes {
+        if entry.size() > self.inner.settings.max_value_bytes {
             return Err(Error::ValueTooLarge {
                 key: key.to_owned(),
-                bytes: json.len(),
+                bytes: entry.size(),
                 max: self.inner.settings.max_value_bytes,
             });
         }
-        let entry = Arc::new(Entry::from_json(json));
+        let entry = Arc::new(entry);
         self.write(key, &entry, ttl).await.inspect_err(|error| {
             self.inner.stats.counters(DIRECT_CALLS).error(error.kind());
         })
@@ -396,10 +405,10 @@ impl Cache {
                     tracing::debug!(key, "cache hit");
                     Lookup::Hit(value)
                 }
-                Err(error) => {
-                    undecodable(counters, key, &error);
-                    Lookup::Undecodable
-                }
+                Err(error) => match undecodable(counters, key, &error) {
+                    true => Lookup::Foreign,
+                    false => Lookup::Undecodable,
+                },
             },
             Ok(None) => {
                 counters.miss();
@@ -455,7 +464,7 @@ impl Cache {
             let aged = match self.near_for(policy) {
                 Some(near) => {
                     let typed = |found: &Found, value: &S::Value| {
-                        Arc::new(Entry::with_copy(&found.entry.json, value, cloner))
+                        Arc::new(Entry::with_copy(&found.entry, value, cloner))
                     };
                     self.lookup_near(near, counters, key, policy, cloner, typed).await
                 }
@@ -475,6 +484,7 @@ impl Cache {
                 },
                 Aged::Miss => {}
                 Aged::Undecodable => miss.overwrite = true,
+                Aged::Foreign => miss.store_failing = true,
                 Aged::Failed(error) => miss.read_failed(error.kind()),
             }
         } else {
@@ -487,6 +497,7 @@ impl Cache {
                 },
                 Lookup::Miss => {}
                 Lookup::Undecodable => miss.overwrite = true,
+                Lookup::Foreign => miss.store_failing = true,
                 Lookup::Failed(error) => miss.read_failed(error.kind()),
             }
         }
@@ -526,10 +537,10 @@ impl Cache {
                         tracing::debug!(key, age = ?found.age, "cache hit");
                         Aged::Fresh(value, found)
                     }
-                    Err(error) => {
-                        undecodable(counters, key, &error);
-                        Aged::Undecodable
-                    }
+                    Err(error) => match undecodable(counters, key, &error) {
+                        true => Aged::Foreign,
+                        false => Aged::Undecodable,
+                    },
                 }
             }
             Ok(Some(found)) => {
@@ -566,7 +577,7 @@ impl Cache {
             return;
         };
         let counters = self.inner.stats.counters(function);
-        match Entry::encode(value, cloner) {
+        match Entry::encode(value, cloner, &self.inner.settings.format) {
             Ok(entry) => {
                 if self.breaker_state() == crate::BreakerState::Open {
                     // Skipped, but the old value must not outlive the outage.
@@ -580,7 +591,7 @@ impl Cache {
                 }
             }
             Err(error) => {
-                tracing::warn!(key, %error, "value cannot be encoded as JSON; not cached");
+                tracing::warn!(key, %error, "value cannot be encoded; not cached");
                 counters.error(ErrorKind::Encode);
             }
         }
@@ -610,10 +621,10 @@ impl Cache {
             // Redis is known down and the read already counted it: skip the write.
             return false;
         }
-        if entry.json.len() > self.inner.settings.max_value_bytes {
+        if entry.size() > self.inner.settings.max_value_bytes {
             tracing::warn!(
                 key,
-                bytes = entry.json.len(),
+                bytes = entry.size(),
                 max = self.inner.settings.max_value_bytes,
                 "value too large to cache; not stored"
             );
@@ -667,15 +678,20 @@ enum Lookup<T> {
     Miss,
     /// A value is stored but does not decode: replace it.
     Undecodable,
+    /// A value written for another type or schema: a miss that leaves it in place.
+    Foreign,
     Failed(Error),
 }
 
-/// A stored value that does not decode (another service's data, an old schema): counted,
-/// then treated as a miss, so the fresh value overwrites it.
-fn undecodable(counters: &Counters, key: &str, error: &serde_json::Error) {
+/// A stored value that does not decode: counted (by its kind), then treated as a miss.
+/// Returns whether it was written for another type or schema (a rolling upgrade): such a
+/// value is left in place, so two versions sharing a key never overwrite each other in a
+/// loop; anything else (garbage, another service's data) is replaced by the fresh value.
+fn undecodable(counters: &Counters, key: &str, error: &DecodeError) -> bool {
     tracing::warn!(key, %error, "cached value does not decode; treating as a miss");
-    counters.error(ErrorKind::Decode);
+    counters.error(error.kind());
     counters.miss();
+    matches!(error, DecodeError::Schema)
 }
 
 /// A lookup that knows the value's age.
@@ -689,6 +705,8 @@ pub(crate) enum Aged<T> {
     Miss,
     /// A value is stored but does not decode: replace it.
     Undecodable,
+    /// A value written for another type or schema: a miss that leaves it in place.
+    Foreign,
     Failed(Error),
 }
 

@@ -1,11 +1,14 @@
-//! How values are stored: JSON bytes (readable in `redis-cli`, shared by every store), plus,
-//! in process, a typed copy so a memory hit clones the value instead of decoding it.
+//! How values are stored: bytes in the cache's format (`format.rs`: an envelope around JSON,
+//! MessagePack or postcard, shared by every store), plus, in process, a typed copy so a
+//! memory hit clones the value instead of decoding it.
 
 use std::any::Any;
 use std::marker::PhantomData;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::format::{DecodeError, Format, ReadFormat};
 
 /// Produces an owned value from a shared one without a serialization round trip.
 ///
@@ -15,8 +18,15 @@ pub type Cloner<T> = Option<fn(&T) -> T>;
 
 /// A stored value as the stores and the single-flight map share it.
 pub(crate) struct Entry {
-    /// The value serialized as JSON: what Redis holds and what any type can be decoded from.
+    /// The stored bytes: an envelope (see `format.rs`: header, then the value in the
+    /// cache's codec, maybe compressed), or a previous release's plain JSON. What Redis
+    /// holds. (Named `json` for history: it is JSON with the default codec.)
     pub(crate) json: Box<[u8]>,
+    /// The encoded size before compression, header excluded (what `max_value_bytes`
+    /// bounds).
+    encoded_len: usize,
+    /// How to read `json`: fingerprint salt and inflate limit.
+    read: ReadFormat,
     /// The value itself, when the writer could clone it: a memory hit downcasts and clones.
     typed: Option<Box<dyn Any + Send + Sync>>,
 }
@@ -28,7 +38,12 @@ pub(crate) const ABSENT: &[u8] = b"\0cache-runtime:absent";
 impl Entry {
     /// A cached absent result.
     pub(crate) fn absent() -> Entry {
-        Entry { json: ABSENT.into(), typed: None }
+        Entry {
+            json: ABSENT.into(),
+            encoded_len: ABSENT.len(),
+            read: ReadFormat::default(),
+            typed: None,
+        }
     }
 
     /// Whether this is a cached absent result.
@@ -36,33 +51,81 @@ impl Entry {
         &*self.json == ABSENT
     }
 
-    /// Encodes `value`; keeps a typed copy when a cloner is available.
-    pub(crate) fn encode<T>(value: &T, cloner: Cloner<T>) -> Result<Entry, serde_json::Error>
+    /// Encodes `value` in `format`'s envelope; keeps a typed copy when a cloner is
+    /// available.
+    pub(crate) fn encode<T>(
+        value: &T,
+        cloner: Cloner<T>,
+        format: &Format,
+    ) -> Result<Entry, serde_json::Error>
     where
         T: Serialize + Send + Sync + 'static,
     {
-        let json = serde_json::to_vec(value)?.into_boxed_slice();
+        let (bytes, encoded_len) = format.encode(value)?;
         let typed = cloner.map(|clone| Box::new(clone(value)) as Box<dyn Any + Send + Sync>);
-        Ok(Entry { json, typed })
+        Ok(Entry { json: bytes.into_boxed_slice(), encoded_len, read: format.read, typed })
     }
 
-    /// An entry for a value decoded from `json`: the bytes, and a typed copy when a cloner
-    /// is available (what the near cache holds).
-    pub(crate) fn with_copy<T>(json: &[u8], value: &T, cloner: Cloner<T>) -> Entry
+    /// An entry for a value decoded from `source`: the same bytes, and a typed copy when a
+    /// cloner is available (what the near cache holds).
+    pub(crate) fn with_copy<T>(source: &Entry, value: &T, cloner: Cloner<T>) -> Entry
     where
         T: Send + Sync + 'static,
     {
         let typed = cloner.map(|clone| Box::new(clone(value)) as Box<dyn Any + Send + Sync>);
-        Entry { json: json.into(), typed }
+        Entry {
+            json: source.json.clone(),
+            encoded_len: source.encoded_len,
+            read: source.read,
+            typed,
+        }
     }
 
-    /// An entry read back from a remote store: bytes only.
+    /// [`encode`](Self::encode) with the traced fingerprint (see `format.rs`): what a load,
+    /// which knows `T: DeserializeOwned`, stores.
+    pub(crate) fn encode_traced<T>(
+        value: &T,
+        cloner: Cloner<T>,
+        format: &Format,
+    ) -> Result<Entry, serde_json::Error>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let (bytes, encoded_len) = format.encode_traced(value)?;
+        let typed = cloner.map(|clone| Box::new(clone(value)) as Box<dyn Any + Send + Sync>);
+        Ok(Entry { json: bytes.into_boxed_slice(), encoded_len, read: format.read, typed })
+    }
+
+    /// Encodes a borrowed value (the programmatic `set`): no typed copy.
+    pub(crate) fn encode_unsized<T>(value: &T, format: &Format) -> Result<Entry, serde_json::Error>
+    where
+        T: Serialize + ?Sized,
+    {
+        let (bytes, encoded_len) = format.encode(value)?;
+        Ok(Entry { json: bytes.into_boxed_slice(), encoded_len, read: format.read, typed: None })
+    }
+
+    /// An entry read back from a remote store, read with the default [`ReadFormat`].
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn from_json(json: Vec<u8>) -> Entry {
-        Entry { json: json.into_boxed_slice(), typed: None }
+        Entry::from_stored(json, ReadFormat::default())
     }
 
-    /// An owned `T`: a clone of the typed copy when there is one of that type, else decoded.
-    pub(crate) fn take<T>(&self, cloner: Cloner<T>) -> Result<T, serde_json::Error>
+    /// An entry read back from a remote store: bytes only, decoded on `take` with `read`.
+    pub(crate) fn from_stored(bytes: Vec<u8>, read: ReadFormat) -> Entry {
+        Entry { encoded_len: bytes.len(), json: bytes.into_boxed_slice(), read, typed: None }
+    }
+
+    /// The size `max_value_bytes` applies to: the encoded value before compression (the
+    /// stored payload is never larger; the header, under 50 bytes, is not counted), so a
+    /// reader never inflates past the limit the writer honoured.
+    pub(crate) fn size(&self) -> usize {
+        self.encoded_len
+    }
+
+    /// An owned `T`: a clone of the typed copy when there is one of that type, else decoded
+    /// from the stored bytes (checking the envelope's fingerprint).
+    pub(crate) fn take<T>(&self, cloner: Cloner<T>) -> Result<T, DecodeError>
     where
         T: DeserializeOwned + 'static,
     {
@@ -71,7 +134,7 @@ impl Entry {
                 return Ok(clone(value));
             }
         }
-        serde_json::from_slice(&self.json)
+        self.read.decode(&self.json)
     }
 }
 
@@ -132,11 +195,15 @@ mod tests {
     #[test]
     fn entries_round_trip_with_and_without_typed_copy() {
         let cloner = (&CloneProbe::<Cloneable>::new()).cloner();
-        let entry = Entry::encode(&Cloneable(7), cloner).unwrap();
-        assert_eq!(&*entry.json, b"7");
+        let entry = Entry::encode(&Cloneable(7), cloner, &Format::default()).unwrap();
+        assert!(entry.json.starts_with(b"cr1:j:-:") && entry.json.ends_with(b":7"));
         assert_eq!(entry.take(cloner).unwrap(), Cloneable(7));
-        // A different type decodes from the JSON bytes.
-        assert_eq!(entry.take::<NotClone>(None).unwrap(), NotClone(7));
+        // Without the typed copy, from the bytes.
+        assert_eq!(entry.take::<Cloneable>(None).unwrap(), Cloneable(7));
+        // A different type is another schema: never decoded into.
+        assert!(matches!(entry.take::<NotClone>(None), Err(DecodeError::Schema)));
+        // A previous release's plain JSON decodes as any type.
+        assert_eq!(Entry::from_json(b"7".to_vec()).take::<NotClone>(None).unwrap(), NotClone(7));
         assert!(Entry::from_json(b"\"x\"".to_vec()).take::<u32>(None).is_err());
     }
 }

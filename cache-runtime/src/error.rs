@@ -42,8 +42,8 @@ pub enum Error {
         #[source]
         source: BackendError,
     },
-    /// A value's JSON is larger than the builder's `max_value_bytes`.
-    #[error("the value for key {key:?} is {bytes} bytes of JSON, over the {max}-byte limit")]
+    /// A value's encoded size is larger than the builder's `max_value_bytes`.
+    #[error("the value for key {key:?} is {bytes} bytes once encoded, over the {max}-byte limit")]
     ValueTooLarge {
         /// The key.
         key: String,
@@ -81,12 +81,13 @@ pub enum Error {
     /// Redis failed: connection refused or lost, timeout, or an error reply.
     #[error("cache backend error: {0}")]
     Backend(#[source] BackendError),
-    /// A value could not be serialized to JSON for storing.
+    /// A value could not be serialized for storing (by the cache's codec).
     #[error("could not encode the value for key {key:?}: {source}")]
     Encode {
         /// The key the value was meant for.
         key: String,
-        /// What serde_json said.
+        /// What the codec said (a `serde_json::Error` carrying the message for the other
+        /// codecs).
         #[source]
         source: serde_json::Error,
     },
@@ -106,7 +107,10 @@ pub enum ErrorKind {
     Server,
     /// A stored value did not decode as the expected type.
     Decode,
-    /// A value could not be encoded as JSON.
+    /// A stored value was written for another value type or schema (another
+    /// fingerprint, a later envelope version): a miss that leaves it in place.
+    Schema,
+    /// A value could not be encoded.
     Encode,
     /// A value was larger than the configured maximum and was not cached.
     TooLarge,
@@ -116,19 +120,20 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in label order.
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Connection,
         ErrorKind::Timeout,
         ErrorKind::Unavailable,
         ErrorKind::Server,
         ErrorKind::Decode,
+        ErrorKind::Schema,
         ErrorKind::Encode,
         ErrorKind::TooLarge,
         ErrorKind::Usage,
     ];
 
     /// The label value: `connection`, `timeout`, `unavailable`, `server`, `decode`,
-    /// `encode`, `too_large`, `usage`.
+    /// `schema`, `encode`, `too_large`, `usage`.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Connection => "connection",
@@ -136,6 +141,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Server => "server",
             ErrorKind::Decode => "decode",
+            ErrorKind::Schema => "schema",
             ErrorKind::Encode => "encode",
             ErrorKind::TooLarge => "too_large",
             ErrorKind::Usage => "usage",

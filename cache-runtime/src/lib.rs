@@ -86,7 +86,8 @@
 //! that the hit path stays one `GET` and patterns work:
 //!
 //! 1. A miss about to run the body places a **pending marker** at the key itself (a value
-//!    starting with a NUL byte, which no JSON has), in the same script that indexes the key.
+//!    starting with a NUL byte, which no stored value has: JSON never does, and every
+//!    envelope starts with `cr`), in the same script that indexes the key.
 //!    Readers take it for a miss; concurrent loaders (other processes) adopt it.
 //! 2. The body reads the database only after that.
 //! 3. The value is stored only if the key still holds that marker (compare-and-set script).
@@ -145,6 +146,7 @@ mod codec;
 mod default_cache;
 mod error;
 mod flight;
+mod format;
 mod glob;
 mod health;
 mod index;
@@ -176,6 +178,7 @@ pub use builder::CacheBuilder;
 pub use cache::Cache;
 pub use default_cache::{default_cache, set_default};
 pub use error::{BackendError, Error, ErrorKind, Result};
+pub use format::Codec;
 pub use health::Health;
 pub use key::{KeyPart, KeyWriter};
 pub use lock::LockGuard;

@@ -19,6 +19,7 @@ use crate::cache::{Cache, Policy};
 use crate::codec::{Cloner, Entry};
 use crate::error::ErrorKind;
 use crate::flight::{self, Join, Landed, Leader};
+use crate::format::DecodeError;
 use crate::notify::Signal;
 use crate::shape::{Outcome, Shape};
 use crate::stats::Counters;
@@ -137,11 +138,15 @@ where
                             self.counters.coalesced();
                             return S::from_value(value);
                         }
-                        Err(_) => {
+                        Err(error) => {
                             // The leader's value did not decode as our type (two functions
                             // sharing a key with different types): load for ourselves.
-                            self.counters.error(ErrorKind::Decode);
-                            self.overwrite = true;
+                            self.counters.error(error.kind());
+                            match error {
+                                // Another type's value: leave it (see `format.rs`).
+                                DecodeError::Schema => self.store_failing = true,
+                                _ => self.overwrite = true,
+                            }
                             let returned = self.alone::<S, R, Fut>(load).await;
                             return self.serve_stale::<S, R>(returned);
                         }
@@ -283,9 +288,14 @@ where
                 }
                 Ok(Begun::Present(entry)) => match entry.take(self.cloner) {
                     Ok(value) => return Began::Present(value),
+                    // Written for another type or schema (a rolling upgrade): leave it.
+                    Err(error @ DecodeError::Schema) => {
+                        self.counters.error(error.kind());
+                        return Began::Failed;
+                    }
                     // Another service's data or an old schema: replace it.
-                    Err(_) if !plan.force => {
-                        self.counters.error(ErrorKind::Decode);
+                    Err(error) if !plan.force => {
+                        self.counters.error(error.kind());
                         plan.force = true;
                     }
                     Err(_) => return Began::Failed,
@@ -323,14 +333,16 @@ where
         S: Shape<R, Value = T>,
     {
         let outcome = match S::outcome(returned) {
-            Outcome::Value(value) => match Entry::encode(value, self.cloner) {
-                Ok(entry) => Landed::Value(Arc::new(entry)),
-                Err(error) => {
-                    tracing::warn!(key = self.key, %error, "value cannot be encoded as JSON; not cached");
-                    self.counters.error(ErrorKind::Encode);
-                    Landed::Failed
+            Outcome::Value(value) => {
+                match Entry::encode_traced(value, self.cloner, &self.cache.inner.settings.format) {
+                    Ok(entry) => Landed::Value(Arc::new(entry)),
+                    Err(error) => {
+                        tracing::warn!(key = self.key, %error, "value cannot be encoded; not cached");
+                        self.counters.error(ErrorKind::Encode);
+                        Landed::Failed
+                    }
                 }
-            },
+            }
             Outcome::Absent => Landed::Absent,
             Outcome::Failed => Landed::Failed,
         };

@@ -116,3 +116,20 @@ pub async fn rate_limit(
 pub fn rate_limited<T, E: From<RateLimited>>(limited: RateLimited) -> Result<T, E> {
     Err(E::from(limited))
 }
+
+/// The stored bytes of `value` with `codec` and `compress_above` (the `formats` bench and
+/// tests measure the envelope with it).
+pub fn encode_value<T: Serialize + ?Sized>(
+    value: &T,
+    codec: crate::Codec,
+    compress_above: Option<usize>,
+) -> Vec<u8> {
+    let format = crate::format::Format { codec, compress_above, ..Default::default() };
+    format.encode(value).expect("the value serializes").0
+}
+
+/// Decodes stored bytes as a cache with the default settings would; `None` when they do
+/// not decode (any reason).
+pub fn decode_value<T: DeserializeOwned + 'static>(stored: &[u8]) -> Option<T> {
+    crate::format::ReadFormat::default().decode(stored).ok()
+}

@@ -23,7 +23,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cache::Cache;
-use crate::error::ErrorKind;
 use crate::flight::{Landed, Leader};
 use crate::load::{Began, Load, Permit};
 use crate::notify::Signal;
@@ -91,8 +90,8 @@ where
                         counters.coalesced();
                         return S::from_value(value);
                     }
-                    Err(_) => {
-                        counters.error(ErrorKind::Decode);
+                    Err(error) => {
+                        counters.error(error.kind());
                         break;
                     }
                 },

@@ -12,3 +12,13 @@ pub mod redis_cluster;
 pub mod redis_server;
 pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
+
+/// The JSON inside a value as the cache stores it: `cr1:j:-:<fingerprint>:<json>` (JSON
+/// codec, uncompressed) gives `<json>`; anything else (a previous release's plain JSON,
+/// someone else's data) is returned as it is.
+pub fn stored_payload(stored: &str) -> &str {
+    match stored.strip_prefix("cr1:j:-:") {
+        Some(rest) => rest.split_once(':').map_or(stored, |(_, json)| json),
+        None => stored,
+    }
+}

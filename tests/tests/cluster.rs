@@ -178,7 +178,7 @@ async fn cache_aside_stores_prefixed_keys_and_hits(deployment: Deployment) {
     let stats = catalog.cache.stats_of("vehicle");
     assert_eq!((stats.hits, stats.misses, stats.loads, stats.errors), (20, 20, 20, 0), "{stats:?}");
     assert_eq!(
-        raw.get("t:vehicle:7").await.as_deref(),
+        raw.get("t:vehicle:7").await.as_deref().map(cache_tests::stored_payload),
         Some(r#"{"id":7,"dealer_id":1,"price":100}"#)
     );
     let pttl: i64 = raw.query(redis::cmd("PTTL").arg("t:vehicle:7")).await;

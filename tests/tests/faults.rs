@@ -667,7 +667,10 @@ async fn garbage_values() {
     // Overwritten with the fresh value, whatever the type was, and hits from now on.
     for id in 0..6 {
         let stored = raw.get(&vehicle_key(id)).await.expect("overwritten");
-        assert_eq!(serde_json::from_str::<Vehicle>(&stored).unwrap(), Vehicle::new(id));
+        assert_eq!(
+            serde_json::from_str::<Vehicle>(cache_tests::stored_payload(&stored)).unwrap(),
+            Vehicle::new(id)
+        );
         assert_hit(&cache, "junk_vehicle", &BODY, id, || junk_vehicle(&cache, id)).await;
     }
 
@@ -683,7 +686,10 @@ async fn garbage_values() {
     for id in 0..KEYS {
         assert_eq!(junk_vehicle(&cache, id).await, Some(Vehicle::new(id)));
         let stored = raw.get(&vehicle_key(id)).await.expect("a value");
-        assert_eq!(serde_json::from_str::<Vehicle>(&stored).unwrap(), Vehicle::new(id));
+        assert_eq!(
+            serde_json::from_str::<Vehicle>(cache_tests::stored_payload(&stored)).unwrap(),
+            Vehicle::new(id)
+        );
     }
     let healed = overwritten.elapsed();
     let kinds = errors_by_kind(&cache, "junk_vehicle");

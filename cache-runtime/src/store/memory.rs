@@ -89,7 +89,7 @@ impl MemoryStore {
         let entries = moka::future::Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|key: &String, stored: &Stored| {
-                let value = stored.entry.as_ref().map_or(0, |entry| entry.json.len());
+                let value = stored.entry.as_ref().map_or(0, |entry| entry.size());
                 u32::try_from(key.len() + value + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)

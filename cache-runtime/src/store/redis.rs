@@ -20,6 +20,7 @@ use super::{Begun, FillPlan, Found, Marker, Removed, Ticket, Version};
 use crate::breaker::{is_connection_failure, Breaker, BreakerState, Pass};
 use crate::codec::Entry;
 use crate::error::{BackendError, Error, Result};
+use crate::format::ReadFormat;
 use crate::index::{self, INDEX_NAMESPACE, SENTINEL};
 use crate::key::RESERVED;
 use crate::notify::Notifier;
@@ -236,6 +237,8 @@ pub(crate) struct RedisStore {
     breaker: Breaker,
     /// Read from the server on the first write.
     eviction: OnceCell<EvictionPolicy>,
+    /// How values read back are decoded (schema version, inflate limit).
+    read: ReadFormat,
 }
 
 /// Connection settings taken from the builder.
@@ -246,6 +249,7 @@ pub(crate) struct RedisOptions {
     pub(crate) prefix: String,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
+    pub(crate) read: ReadFormat,
 }
 
 impl RedisStore {
@@ -295,6 +299,7 @@ impl RedisStore {
             notifier,
             breaker: Breaker::default(),
             eviction: OnceCell::new(),
+            read: options.read,
         })
     }
 
@@ -414,7 +419,9 @@ impl RedisStore {
         let bytes: Option<Vec<u8>> = self
             .guarded(redis::cmd("GET").arg(self.full_key(key)).query_async(&mut connection))
             .await?;
-        Ok(bytes.filter(|bytes| !is_marker(bytes)).map(|json| Arc::new(Entry::from_json(json))))
+        Ok(bytes
+            .filter(|bytes| !is_marker(bytes))
+            .map(|json| Arc::new(Entry::from_stored(json, self.read))))
     }
 
     /// `GET` and `PTTL` in one round trip: the entry, its age (for entries stored with
@@ -437,7 +444,7 @@ impl RedisStore {
         Ok(bytes.and_then(|bytes| {
             if !is_marker(&bytes) {
                 return Some(Found {
-                    entry: Arc::new(Entry::from_json(bytes)),
+                    entry: Arc::new(Entry::from_stored(bytes, self.read)),
                     age: lifetime.saturating_sub(remaining),
                     read_at,
                     version: Version::Redis(millis),
@@ -445,7 +452,7 @@ impl RedisStore {
             }
             // A load is running; the expired value it replaced still serves as stale.
             kept_by_marker(&bytes).map(|kept| Found {
-                entry: Arc::new(Entry::from_json(kept)),
+                entry: Arc::new(Entry::from_stored(kept, self.read)),
                 age: Duration::MAX,
                 read_at,
                 version: Version::Redis(-2),
@@ -541,7 +548,7 @@ impl RedisStore {
             self.run(&invocation).await?
         };
         Ok(if found == 1 {
-            Begun::Present(Arc::new(Entry::from_json(bytes)))
+            Begun::Present(Arc::new(Entry::from_stored(bytes, self.read)))
         } else if bytes == marker {
             Begun::Ticket(Ticket::Marker(Marker::Redis(bytes)))
         } else {
@@ -700,8 +707,9 @@ impl RedisStore {
             ))
             .await?;
         let lease_left = Duration::from_millis(u64::try_from(millis).unwrap_or(0));
-        let entry =
-            bytes.filter(|bytes| !is_marker(bytes)).map(|json| Arc::new(Entry::from_json(json)));
+        let entry = bytes
+            .filter(|bytes| !is_marker(bytes))
+            .map(|json| Arc::new(Entry::from_stored(json, self.read)));
         Ok((entry, lease_left))
     }
 

@@ -109,10 +109,12 @@ impl Raw {
     }
 }
 
-/// The stored JSON under `key`, parsed: panics when the key is missing or not JSON.
+/// The stored JSON under `key` (inside its envelope), parsed: panics when the key is
+/// missing or not JSON.
 async fn stored_json(raw: &Raw, key: &str) -> serde_json::Value {
     let text = raw.get(key).await.unwrap_or_else(|| panic!("no key {key:?} in Redis"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{key:?} holds {text:?}, not JSON: {e}"))
+    serde_json::from_str(cache_tests::stored_payload(&text))
+        .unwrap_or_else(|e| panic!("{key:?} holds {text:?}, not JSON: {e}"))
 }
 
 /// Polls `check` every 50 ms until it returns true or `timeout` passes; returns whether it did.

@@ -1,0 +1,568 @@
+//! Value formats: the codec, optional compression, and the envelope every stored value
+//! carries so that readers never decode into wrong data.
+//!
+//! A stored value is an ASCII header followed by the payload:
+//!
+//! ```text
+//! cr1:<codec>:<compression>:<fingerprint>:<payload>
+//! cr1:j:-:3f1c0a9b2e4d5f60:{"id":42,"model":"Civic"}
+//! cr1:m:l18342:3f1c0a9b2e4d5f60:<lz4 block>
+//! ```
+//!
+//! - `cr1`: the envelope version. A reader that meets another version (a later release)
+//!   treats the value as written by another schema: a miss that does not store.
+//! - codec: `j` JSON, `m` MessagePack (named fields), `p` postcard.
+//! - compression: `-` none, or `l<n>`: an lz4 block that inflates to exactly `n` bytes.
+//! - fingerprint: 16 hex digits, a hash of the value type's name (references stripped, so
+//!   `&Vehicle` and `Vehicle`, `str` and `String` agree), the schema version
+//!   ([`CacheBuilder::schema_version`](crate::CacheBuilder::schema_version)) and, when the
+//!   writer knows `T: Deserialize` (loads do; `Cache::set` and `#[cache_put]` do not), the
+//!   type's serde shape traced by `serde-reflection`. Readers accept either form for their
+//!   type, and treat any other fingerprint as another schema: a miss that does not store.
+//!
+//! The header starts with `c`, never with a NUL byte (the first byte of a pending marker),
+//! and never with the first byte of a JSON text: a value without it is the previous
+//! release's plain JSON, decoded as before.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// How values are serialized in Redis ([`CacheBuilder::codec`](crate::CacheBuilder::codec)).
+///
+/// Every stored value names its codec in its header, so a cache reads values written with
+/// any codec: switching needs no flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+#[non_exhaustive]
+pub enum Codec {
+    /// `serde_json` (the default): readable in `redis-cli`.
+    #[default]
+    Json,
+    /// MessagePack (`rmp-serde`), structs as maps with field names: about half of JSON's
+    /// size on numeric data, and a renamed or missing field still fails to decode.
+    MessagePack,
+    /// `postcard`: the most compact and fastest, but not self-describing: it relies on the
+    /// fingerprint's traced shape to refuse a changed type (or on
+    /// [`schema_version`](crate::CacheBuilder::schema_version) for types that cannot be
+    /// traced and values written by `Cache::set` / `#[cache_put]`).
+    Postcard,
+}
+
+impl Codec {
+    fn tag(self) -> u8 {
+        match self {
+            Codec::Json => b'j',
+            Codec::MessagePack => b'm',
+            Codec::Postcard => b'p',
+        }
+    }
+
+    fn from_tag(tag: &[u8]) -> Option<Codec> {
+        match tag {
+            b"j" => Some(Codec::Json),
+            b"m" => Some(Codec::MessagePack),
+            b"p" => Some(Codec::Postcard),
+            _ => None,
+        }
+    }
+}
+
+/// The envelope's version tag.
+const MAGIC: &[u8] = b"cr1:";
+/// Every envelope starts with `cr`; any other version is a later release's.
+const FAMILY: &[u8] = b"cr";
+
+/// How one cache writes values: chosen on the builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Format {
+    pub(crate) codec: Codec,
+    /// Compress encoded values longer than this many bytes.
+    pub(crate) compress_above: Option<usize>,
+    /// What readers need: the fingerprint salt and the inflate limit.
+    pub(crate) read: ReadFormat,
+}
+
+impl Default for Format {
+    fn default() -> Self {
+        Format { codec: Codec::Json, compress_above: None, read: ReadFormat::default() }
+    }
+}
+
+/// What a reader needs to decode safely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadFormat {
+    /// Mixed into every fingerprint ([`CacheBuilder::schema_version`](crate::CacheBuilder::schema_version)).
+    pub(crate) schema_version: u32,
+    /// No value inflates past this many bytes (`max_value_bytes`).
+    pub(crate) limit: usize,
+}
+
+impl Default for ReadFormat {
+    fn default() -> Self {
+        ReadFormat { schema_version: 0, limit: crate::cache::DEFAULT_MAX_VALUE_BYTES }
+    }
+}
+
+/// Why a stored value was not decoded.
+#[derive(Debug)]
+pub(crate) enum DecodeError {
+    /// Written for another type or schema (other fingerprint, later envelope version): a
+    /// miss that must not overwrite the other writer's entry.
+    Schema,
+    /// Truncated, corrupted, unknown codec, or the codec refused the payload.
+    Corrupt(String),
+    /// It would inflate past the limit (a decompression bomb, or a larger writer's limit).
+    TooLarge(usize),
+}
+
+impl DecodeError {
+    /// The error kind it is counted as.
+    pub(crate) fn kind(&self) -> crate::ErrorKind {
+        match self {
+            DecodeError::Schema => crate::ErrorKind::Schema,
+            DecodeError::Corrupt(_) => crate::ErrorKind::Decode,
+            DecodeError::TooLarge(_) => crate::ErrorKind::TooLarge,
+        }
+    }
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Schema => f.write_str("written for another value type or schema"),
+            DecodeError::Corrupt(why) => write!(f, "corrupt value: {why}"),
+            DecodeError::TooLarge(bytes) => {
+                write!(f, "value would inflate to {bytes} bytes, over the limit")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// The *named* fingerprint of `T`: a hash of its normalized type name and the schema
+/// version. What writers that only know `T: Serialize` (`Cache::set`, `#[cache_put]`) use.
+pub(crate) fn fingerprint<T: ?Sized>(schema_version: u32) -> u64 {
+    fingerprint_of(std::any::type_name::<T>(), None, schema_version)
+}
+
+/// The *traced* fingerprint of `T`: its type name, the schema version and its serde shape
+/// (every container's name, field names in order and field types, as `serde-reflection`
+/// traces them from `T`'s `Deserialize`), so a field added, removed, renamed, retyped or
+/// moved changes it. The named fingerprint when `T` cannot be traced.
+pub(crate) fn traced_fingerprint<T: DeserializeOwned + 'static>(schema_version: u32) -> u64 {
+    let shape = shape_of::<T>().map(u64::to_le_bytes);
+    fingerprint_of(std::any::type_name::<T>(), shape.as_ref().map(|s| &s[..]), schema_version)
+}
+
+fn fingerprint_of(type_name: &str, shape: Option<&[u8]>, schema_version: u32) -> u64 {
+    let name = normalized_type_name(type_name);
+    let shape = shape.into_iter().flat_map(|shape| b"\0".iter().chain(shape));
+    fnv(name.as_bytes().iter().chain(shape).chain(&schema_version.to_le_bytes()))
+}
+
+/// FNV-1a, 64 bits: stable across releases and platforms (unlike `std`'s hasher).
+fn fnv<'a>(bytes: impl IntoIterator<Item = &'a u8>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// A hash of `T`'s serde shape (as JSON text), traced once per type; `None` when `T` cannot be traced
+/// (a `Deserialize` that validates its input, such as a date parsed from a string, an
+/// untagged enum, `flatten`).
+fn shape_of<T: DeserializeOwned + 'static>() -> Option<u64> {
+    use std::any::TypeId;
+    use std::collections::HashMap;
+    use std::sync::{OnceLock, RwLock};
+    type Shapes = RwLock<HashMap<TypeId, Option<u64>>>;
+    static SHAPES: OnceLock<Shapes> = OnceLock::new();
+    let shapes = SHAPES.get_or_init(Shapes::default);
+    let id = TypeId::of::<T>();
+    if let Some(shape) = shapes.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
+        return *shape;
+    }
+    // A user's `Deserialize` may panic on the tracer's made-up input: then no shape.
+    let traced = std::panic::catch_unwind(|| {
+        use serde_reflection::{Tracer, TracerConfig};
+        let mut tracer = Tracer::new(TracerConfig::default());
+        let (format, _) = tracer.trace_simple_type::<T>().ok()?;
+        let registry = tracer.registry().ok()?;
+        serde_json::to_vec(&(format, registry)).ok()
+    })
+    .ok()
+    .flatten()
+    .map(|shape| fnv(&shape));
+    shapes.write().unwrap_or_else(|e| e.into_inner()).insert(id, traced);
+    traced
+}
+
+/// `&T`, `&mut T` → `T`; `str` → `String`; `[T]` → `Vec<T>`: what a value written
+/// through a borrow decodes as.
+fn normalized_type_name(mut name: &str) -> std::borrow::Cow<'_, str> {
+    loop {
+        if let Some(rest) = name.strip_prefix("&mut ") {
+            name = rest;
+        } else if let Some(rest) = name.strip_prefix('&') {
+            name = rest;
+        } else {
+            break;
+        }
+    }
+    if name == "str" {
+        return "alloc::string::String".into();
+    }
+    if let Some(inner) = name.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
+        if !inner.contains(';') {
+            return format!("alloc::vec::Vec<{inner}>").into();
+        }
+    }
+    name.into()
+}
+
+impl Format {
+    /// Encodes `value` in an envelope with its named fingerprint. Returns the stored bytes
+    /// and the encoded size before compression.
+    pub(crate) fn encode<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> Result<(Vec<u8>, usize), serde_json::Error> {
+        self.encode_with(value, fingerprint::<T>(self.read.schema_version))
+    }
+
+    /// Encodes `value` in an envelope with its traced fingerprint.
+    pub(crate) fn encode_traced<T: Serialize + DeserializeOwned + 'static>(
+        &self,
+        value: &T,
+    ) -> Result<(Vec<u8>, usize), serde_json::Error> {
+        self.encode_with(value, traced_fingerprint::<T>(self.read.schema_version))
+    }
+
+    fn encode_with<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        fp: u64,
+    ) -> Result<(Vec<u8>, usize), serde_json::Error> {
+        use serde::ser::Error as _;
+        let payload = match self.codec {
+            Codec::Json => serde_json::to_vec(value)?,
+            Codec::MessagePack => {
+                rmp_serde::to_vec_named(value).map_err(serde_json::Error::custom)?
+            }
+            Codec::Postcard => postcard::to_stdvec(value).map_err(serde_json::Error::custom)?,
+        };
+        let encoded_len = payload.len();
+        let compress = self.compress_above.is_some_and(|above| payload.len() > above);
+        let compressed = compress.then(|| lz4_flex::block::compress(&payload));
+        // Keep the compressed form only when it is smaller.
+        let compressed = compressed.filter(|c| c.len() < payload.len());
+        let mut out = Vec::with_capacity(32 + compressed.as_ref().map_or(payload.len(), Vec::len));
+        out.extend_from_slice(MAGIC);
+        out.push(self.codec.tag());
+        out.push(b':');
+        match &compressed {
+            Some(_) => {
+                out.push(b'l');
+                out.extend_from_slice(encoded_len.to_string().as_bytes());
+            }
+            None => out.push(b'-'),
+        }
+        out.push(b':');
+        out.extend_from_slice(format!("{fp:016x}").as_bytes());
+        out.push(b':');
+        out.extend_from_slice(compressed.as_deref().unwrap_or(&payload));
+        Ok((out, encoded_len))
+    }
+}
+
+impl ReadFormat {
+    /// Decodes stored bytes as `T`: an envelope, or (no header) the previous release's JSON.
+    /// An envelope must carry `T`'s traced fingerprint, or its named one (written by
+    /// `Cache::set` or `#[cache_put]`, which do not know `T: Deserialize`).
+    pub(crate) fn decode<T: DeserializeOwned + 'static>(
+        &self,
+        stored: &[u8],
+    ) -> Result<T, DecodeError> {
+        let version = self.schema_version;
+        self.decode_checked(stored, |fp| {
+            fp == traced_fingerprint::<T>(version) || fp == fingerprint::<T>(version)
+        })
+    }
+
+    /// Decodes stored bytes as `T` if `accepts` the envelope's fingerprint.
+    fn decode_checked<T: DeserializeOwned>(
+        &self,
+        stored: &[u8],
+        accepts: impl FnOnce(u64) -> bool,
+    ) -> Result<T, DecodeError> {
+        if !stored.starts_with(FAMILY) {
+            // No header: plain JSON from the previous release.
+            if stored.len() > self.limit {
+                return Err(DecodeError::TooLarge(stored.len()));
+            }
+            return serde_json::from_slice(stored).map_err(|e| DecodeError::Corrupt(e.to_string()));
+        }
+        if !stored.starts_with(MAGIC) {
+            return Err(DecodeError::Schema); // a later envelope version
+        }
+        let mut fields = stored[MAGIC.len()..].splitn(4, |&b| b == b':');
+        let (Some(codec), Some(compression), Some(fp), Some(payload)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Err(DecodeError::Corrupt("truncated header".into()));
+        };
+        let codec =
+            Codec::from_tag(codec).ok_or_else(|| DecodeError::Corrupt("unknown codec".into()))?;
+        let fp = std::str::from_utf8(fp)
+            .ok()
+            .filter(|fp| fp.len() == 16)
+            .and_then(|fp| u64::from_str_radix(fp, 16).ok())
+            .ok_or_else(|| DecodeError::Corrupt("bad fingerprint".into()))?;
+        if !accepts(fp) {
+            return Err(DecodeError::Schema);
+        }
+        let inflated;
+        let payload = match compression {
+            b"-" => payload,
+            [b'l', len @ ..] => {
+                let len: usize = std::str::from_utf8(len)
+                    .ok()
+                    .filter(|len| !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|len| len.parse().ok())
+                    .ok_or_else(|| DecodeError::Corrupt("bad compressed length".into()))?;
+                if len > self.limit {
+                    return Err(DecodeError::TooLarge(len));
+                }
+                // Allocates `len` bytes at most and fails if the block inflates otherwise.
+                inflated = lz4_flex::block::decompress(payload, len)
+                    .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+                if inflated.len() != len {
+                    return Err(DecodeError::Corrupt("compressed length mismatch".into()));
+                }
+                &inflated[..]
+            }
+            _ => return Err(DecodeError::Corrupt("unknown compression".into())),
+        };
+        if payload.len() > self.limit {
+            return Err(DecodeError::TooLarge(payload.len()));
+        }
+        let corrupt = |e: &dyn std::fmt::Display| DecodeError::Corrupt(e.to_string());
+        match codec {
+            Codec::Json => serde_json::from_slice(payload).map_err(|e| corrupt(&e)),
+            Codec::MessagePack => rmp_serde::from_slice(payload).map_err(|e| corrupt(&e)),
+            Codec::Postcard => {
+                let (value, rest) = postcard::take_from_bytes(payload).map_err(|e| corrupt(&e))?;
+                if !rest.is_empty() {
+                    return Err(DecodeError::Corrupt("trailing bytes after postcard value".into()));
+                }
+                Ok(value)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug, Clone)]
+    struct Vehicle {
+        id: u64,
+        model: String,
+        tags: Vec<String>,
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct VehicleV2 {
+        id: u64,
+        model: String,
+        tags: Vec<String>,
+    }
+
+    fn vehicle() -> Vehicle {
+        Vehicle { id: 42, model: "Civic".into(), tags: vec!["used".into(); 40] }
+    }
+
+    fn format(codec: Codec, compress_above: Option<usize>) -> Format {
+        Format { codec, compress_above, read: ReadFormat::default() }
+    }
+
+    const CODECS: [Codec; 3] = [Codec::Json, Codec::MessagePack, Codec::Postcard];
+
+    #[test]
+    fn every_codec_round_trips_with_and_without_compression() {
+        for codec in CODECS {
+            for compress in [None, Some(0)] {
+                let (bytes, _) = format(codec, compress).encode(&vehicle()).unwrap();
+                assert_ne!(bytes[0], 0, "an envelope never starts with NUL");
+                assert_eq!(ReadFormat::default().decode::<Vehicle>(&bytes).unwrap(), vehicle());
+            }
+        }
+    }
+
+    #[test]
+    fn json_stays_readable() {
+        let (bytes, _) = format(Codec::Json, None).encode(&7u32).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with("cr1:j:-:") && text.ends_with(":7"), "{text}");
+    }
+
+    #[test]
+    fn legacy_json_decodes() {
+        assert_eq!(ReadFormat::default().decode::<u32>(b"7").unwrap(), 7);
+        assert!(matches!(
+            ReadFormat::default().decode::<u32>(b"\"x\""),
+            Err(DecodeError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn other_types_and_versions_are_schema_misses() {
+        let (bytes, _) = format(Codec::Postcard, None).encode(&vehicle()).unwrap();
+        assert!(matches!(
+            ReadFormat::default().decode::<VehicleV2>(&bytes),
+            Err(DecodeError::Schema)
+        ));
+        let v1 = ReadFormat { schema_version: 1, ..ReadFormat::default() };
+        assert!(matches!(v1.decode::<Vehicle>(&bytes), Err(DecodeError::Schema)));
+        assert!(matches!(
+            ReadFormat::default().decode::<Vehicle>(b"cr2:j:-:0000000000000000:{}"),
+            Err(DecodeError::Schema)
+        ));
+    }
+
+    /// Two releases of `app::Vehicle`: same path, a field retyped; then reordered.
+    mod release {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        pub(super) struct Old {
+            pub(super) id: u64,
+            pub(super) price: u32,
+        }
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        pub(super) struct Retyped {
+            pub(super) id: u64,
+            pub(super) price: u64,
+        }
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        pub(super) struct Reordered {
+            pub(super) price: u32,
+            pub(super) id: u64,
+        }
+    }
+
+    #[test]
+    fn a_changed_type_under_the_same_name_is_another_schema() {
+        let shape = |s: Option<u64>| s.expect("traceable").to_le_bytes();
+        let old = shape(shape_of::<release::Old>());
+        let retyped = shape(shape_of::<release::Retyped>());
+        let reordered = shape(shape_of::<release::Reordered>());
+        // Pretend all three are `app::Vehicle` in successive releases.
+        let fp = |shape: &[u8; 8]| fingerprint_of("app::Vehicle", Some(shape), 0);
+        assert_ne!(fp(&old), fp(&retyped));
+        assert_ne!(fp(&old), fp(&reordered));
+        let (written, _) = format(Codec::Postcard, None)
+            .encode_with(&release::Old { id: 1, price: 7 }, fp(&old))
+            .unwrap();
+        // Postcard would decode the reordered type into wrong data; the fingerprint says no.
+        let reader = ReadFormat::default();
+        let accepts_reordered = |got| got == fp(&reordered);
+        assert!(matches!(
+            reader.decode_checked::<release::Reordered>(&written, accepts_reordered),
+            Err(DecodeError::Schema)
+        ));
+        assert_eq!(
+            reader.decode_checked::<release::Old>(&written, |got| got == fp(&old)).unwrap(),
+            release::Old { id: 1, price: 7 }
+        );
+        // Traced and named fingerprints are both read; types that cannot be traced fall
+        // back to the name.
+        let (traced, _) = format(Codec::Json, None).encode_traced(&vehicle()).unwrap();
+        assert_eq!(reader.decode::<Vehicle>(&traced).unwrap(), vehicle());
+        assert_ne!(traced_fingerprint::<Vehicle>(0), fingerprint::<Vehicle>(0));
+    }
+
+    #[test]
+    fn borrowed_and_owned_types_share_a_fingerprint() {
+        assert_eq!(fingerprint::<&str>(0), fingerprint::<String>(0));
+        assert_eq!(fingerprint::<[u8]>(0), fingerprint::<Vec<u8>>(0));
+        assert_eq!(fingerprint::<&&Vehicle>(0), fingerprint::<Vehicle>(0));
+        assert_ne!(fingerprint::<Vehicle>(0), fingerprint::<VehicleV2>(0));
+    }
+
+    #[test]
+    fn truncated_and_corrupted_values_fail() {
+        for codec in CODECS {
+            for compress in [None, Some(0)] {
+                let (bytes, _) = format(codec, compress).encode(&vehicle()).unwrap();
+                for cut in 0..bytes.len() {
+                    assert!(ReadFormat::default().decode::<Vehicle>(&bytes[..cut]).is_err());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_codec_tag_fails() {
+        let (mut bytes, _) = format(Codec::MessagePack, None).encode(&vehicle()).unwrap();
+        bytes[4] = b'j'; // claims JSON, holds MessagePack
+        assert!(matches!(
+            ReadFormat::default().decode::<Vehicle>(&bytes),
+            Err(DecodeError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn bombs_never_inflate_past_the_limit() {
+        let big = "a".repeat(1 << 20);
+        let (bytes, _) = format(Codec::Json, Some(0)).encode(&big).unwrap();
+        assert!(bytes.len() < 10_000);
+        let small = ReadFormat { limit: 64 * 1024, ..ReadFormat::default() };
+        assert!(matches!(small.decode::<String>(&bytes), Err(DecodeError::TooLarge(_))));
+        // A header that lies about the size is refused before allocating.
+        let fp = fingerprint::<String>(0);
+        let lie = format!("cr1:j:l99999999999:{fp:016x}:xx");
+        assert!(matches!(
+            ReadFormat::default().decode::<String>(lie.as_bytes()),
+            Err(DecodeError::TooLarge(_))
+        ));
+        let lie = format!("cr1:j:l100:{fp:016x}:xx");
+        assert!(matches!(
+            ReadFormat::default().decode::<String>(lie.as_bytes()),
+            Err(DecodeError::Corrupt(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = ReadFormat::default().decode::<Vehicle>(&bytes);
+            let _ = ReadFormat::default().decode::<String>(&bytes);
+        }
+
+        #[test]
+        fn random_payloads_behind_a_valid_header_never_panic(
+            codec in 0usize..3,
+            compressed in any::<bool>(),
+            len in 0usize..100_000,
+            payload in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let tag = [b'j', b'm', b'p'][codec] as char;
+            let fp = fingerprint::<Vehicle>(0);
+            let compression = if compressed { format!("l{len}") } else { "-".into() };
+            let mut bytes = format!("cr1:{tag}:{compression}:{fp:016x}:").into_bytes();
+            bytes.extend_from_slice(&payload);
+            let _ = ReadFormat::default().decode::<Vehicle>(&bytes);
+        }
+
+        #[test]
+        fn mutated_values_never_panic(at in any::<prop::sample::Index>(), byte in any::<u8>(), codec in 0usize..3) {
+            let (mut bytes, _) = format(CODECS[codec], Some(0)).encode(&vehicle()).unwrap();
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+            let _ = ReadFormat::default().decode::<Vehicle>(&bytes);
+        }
+    }
+}
