@@ -73,7 +73,7 @@ async fn near_vehicle(id: u64) -> Result<Option<Vehicle>, String> {
 async fn hand_written(connection: &ConnectionManager, id: u64) -> Result<Option<Vehicle>, String> {
     let mut connection = connection.clone();
     let bytes: Option<Vec<u8>> =
-        connection.get(format!("{PREFIX}vehicle:{id}")).await.map_err(|e| e.to_string())?;
+        connection.get(format!("{PREFIX}hand:vehicle:{id}")).await.map_err(|e| e.to_string())?;
     match bytes {
         Some(json) => serde_json::from_slice(&json).map(Some).map_err(|e| e.to_string()),
         None => Ok(None),
@@ -161,6 +161,10 @@ fn main() {
         while near.stats().near_hits == 0 {
             assert_eq!(near_vehicle(ID).await.unwrap(), Some(load_vehicle(ID)));
         }
+        // The baseline reads the same value as plain JSON, stored by hand.
+        let json = serde_json::to_vec(&load_vehicle(ID)).unwrap();
+        let _: () =
+            connection.clone().set(format!("{PREFIX}hand:vehicle:{ID}"), json).await.unwrap();
         assert_eq!(hand_written(&connection, ID).await.unwrap(), Some(load_vehicle(ID)));
         (connection, moka, moka_sync)
     });
