@@ -208,27 +208,36 @@ where
         S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
     {
-        let permit = match self.begin(S::absent().is_some()).await {
-            Began::Present(value) => {
-                // Read before followers that join now started: a write may have completed
-                // in between (in another process). They look again for themselves.
-                leader.publish(Landed::Refused);
-                self.counters.coalesced();
-                return S::from_value(value);
-            }
-            Began::Absent => {
-                leader.publish(Landed::Refused); // read before later followers started
-
-                self.counters.coalesced();
-                return S::absent().expect("accepted only for shapes with an absent result");
-            }
-            Began::Ticket(ticket) => Permit::Ticket(ticket),
-            Began::Failed => Permit::None,
+        let permit = match self.permit::<S, R>(leader).await {
+            Ok(permit) => permit,
+            Err((answer, _)) => return answer,
         };
         leader.loading();
         let returned = self.body(load).await;
         self.finish::<S, R>(&returned, &permit, Some(leader)).await;
         returned
+    }
+
+    /// Step 1 for a flight's leader: a permit to load, or the answer when a value (or an
+    /// absent result) landed meanwhile, with what waiting processes should hear. That value
+    /// was read before followers joining now started (a write may have completed in between,
+    /// in another process), so they are sent to look again for themselves.
+    pub(crate) async fn permit<S, R>(&self, leader: &mut Leader<'_>) -> Result<Permit, (R, Signal)>
+    where
+        S: Shape<R, Value = T>,
+    {
+        let answer = match self.begin(S::absent().is_some()).await {
+            Began::Ticket(ticket) => return Ok(Permit::Ticket(ticket)),
+            Began::Failed => return Ok(Permit::None),
+            Began::Present(value) => (S::from_value(value), Signal::Ready),
+            Began::Absent => (
+                S::absent().expect("accepted only for shapes with an absent result"),
+                Signal::Absent,
+            ),
+        };
+        leader.publish(Landed::Refused);
+        self.counters.coalesced();
+        Err(answer)
     }
 
     /// Loads outside any flight (followers whose leader produced nothing for them), through

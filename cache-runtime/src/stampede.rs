@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::cache::Cache;
 use crate::flight::{Landed, Leader};
-use crate::load::{Began, Load, Permit};
+use crate::load::Load;
 use crate::notify::Signal;
 use crate::shape::Shape;
 use crate::store::lease::{new_token, LeaseKind, Wakeup};
@@ -158,23 +158,12 @@ where
         S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
     {
-        let permit = match self.begin(S::absent().is_some()).await {
-            Began::Present(value) => {
-                // As in `Load::lead`: followers that joined later look again themselves.
-                leader.publish(Landed::Refused);
-                held.release(Signal::Ready).await;
-                self.counters.coalesced();
-                return S::from_value(value);
+        let permit = match self.permit::<S, R>(leader).await {
+            Ok(permit) => permit,
+            Err((answer, signal)) => {
+                held.release(signal).await;
+                return answer;
             }
-            Began::Absent => {
-                leader.publish(Landed::Refused); // read before later followers started
-
-                held.release(Signal::Absent).await;
-                self.counters.coalesced();
-                return S::absent().expect("accepted only for shapes with an absent result");
-            }
-            Began::Ticket(ticket) => Permit::Ticket(ticket),
-            Began::Failed => Permit::None,
         };
         leader.loading();
         let lease = self.cache.inner.settings.lock_lease;
