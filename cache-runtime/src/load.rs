@@ -188,6 +188,17 @@ where
                     },
                     // The leader was cancelled or panicked, or its value was refused or
                     // unchecked (it may predate a write): elect a new one.
+                    // Refused: a value may well be stored by now; a read of our own, started
+                    // after we did, is fresh for us (and spares a new flight and its lease).
+                    Landed::Refused if !self.overwrite && !self.store_failing => {
+                        if let Ok(Some(entry)) = self.cache.inner.store.get(self.key).await {
+                            if let Ok(value) = entry.take(self.cloner) {
+                                self.counters.coalesced();
+                                return S::from_value(value);
+                            }
+                        }
+                        continue;
+                    }
                     Landed::Abandoned
                     | Landed::Running
                     | Landed::Refused
