@@ -58,7 +58,12 @@ impl Attribute {
             Attribute::Cached => true,
             Attribute::CachePut => !matches!(
                 keyword,
-                Keyword::Lock | Keyword::Refresh | Keyword::AbsentTtl | Keyword::Near
+                Keyword::Lock
+                    | Keyword::Refresh
+                    | Keyword::AbsentTtl
+                    | Keyword::Early
+                    | Keyword::Timeout
+                    | Keyword::Near
             ),
             Attribute::Invalidates | Attribute::RateLimit => {
                 matches!(keyword, Keyword::Cache | Keyword::Name)
@@ -70,7 +75,7 @@ impl Attribute {
     fn expected(self) -> &'static str {
         match self {
             Attribute::Cached => {
-                "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `absent_ttl`, `near`, `cache`, `name`"
+                "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `timeout`, `absent_ttl`, `near`, `cache`, `name`"
             }
             Attribute::CachePut => "one of `key`, `ttl`, `stale`, `cache`, `name`",
             Attribute::Invalidates => "key templates or patterns as strings (`\"vehicle:<v.id>\"`, `\"homepage:*\"`), `cache`, `name`",
@@ -98,6 +103,7 @@ enum Keyword {
     Refresh,
     AbsentTtl,
     Early,
+    Timeout,
     Near,
     Cache,
     Name,
@@ -113,6 +119,7 @@ impl Keyword {
             "refresh" => Keyword::Refresh,
             "absent_ttl" => Keyword::AbsentTtl,
             "early" => Keyword::Early,
+            "timeout" => Keyword::Timeout,
             "near" => Keyword::Near,
             "cache" => Keyword::Cache,
             "name" => Keyword::Name,
@@ -205,6 +212,8 @@ pub(crate) struct Args {
     pub(crate) absent_ttl: Attr<Duration>,
     /// `early` or `early = <beta>`: XFetch's β, with the literal's span.
     pub(crate) early: Attr<(f64, Span)>,
+    /// `timeout = "200ms"`: how long a caller holding a stale value waits for the body.
+    pub(crate) timeout: Attr<Duration>,
     /// `near = false`: this function bypasses the cache's near cache.
     pub(crate) near: Attr<bool>,
     pub(crate) cache: Attr<Expr>,
@@ -233,6 +242,7 @@ impl Args {
             refresh: Attr::none("refresh"),
             absent_ttl: Attr::none("absent_ttl"),
             early: Attr::none("early"),
+            timeout: Attr::none("timeout"),
             near: Attr::none("near"),
             cache: Attr::none("cache"),
             name: Attr::none("name"),
@@ -285,6 +295,9 @@ impl Args {
             Keyword::AbsentTtl => self
                 .absent_ttl
                 .set(span, errors, |errors| value.duration(errors, "absent_ttl = \"30s\"")),
+            Keyword::Timeout => self
+                .timeout
+                .set(span, errors, |errors| value.duration(errors, "timeout = \"200ms\"")),
             Keyword::Near => self.near.set(span, errors, |errors| value.boolean(errors)),
             Keyword::Early => self.early.set(span, errors, |errors| value.beta(errors, span)),
             Keyword::Lock => self.lock.set(span, errors, |errors| value.flag(errors)),

@@ -7,6 +7,7 @@ use syn::spanned::Spanned as _;
 use syn::{LitStr, Type};
 
 use crate::attr::{Args, Attribute};
+use crate::detach::{rename_self, Detached};
 use crate::errors::Errors;
 use crate::item::{returned_annotation, Function, Returned, Signature};
 use crate::template::Key;
@@ -45,8 +46,9 @@ struct Prepared {
 
 /// What each attribute generates around the body.
 enum Plan {
-    /// `#[cached]`: look up, on a miss run the body and store.
-    Cached { key: Key, storage: Storage, returned: Returned },
+    /// `#[cached]`: look up, on a miss run the body and store. `detached` when the body
+    /// may finish in the background (`refresh`, `early`, `timeout`).
+    Cached { key: Key, storage: Storage, returned: Returned, detached: Option<Detached> },
     /// `#[cache_put]`: run the body, store what it returned.
     Put { key: Key, storage: Storage, returned: Returned },
     /// `#[invalidates]`: run the body, then remove keys and patterns.
@@ -106,7 +108,20 @@ impl Prepared {
                     return Err(rejected(&errors));
                 }
                 if attribute == Attribute::Cached {
-                    Plan::Cached { key, storage, returned }
+                    let why = [
+                        ("refresh", storage.refresh.is_some()),
+                        ("early", storage.early.is_some()),
+                        ("timeout", storage.timeout.is_some()),
+                    ]
+                    .into_iter()
+                    .find_map(|(name, used)| used.then_some(name));
+                    let detached = why.map(|why| {
+                        Detached::plan(&function.sig, &function.block(), why, &mut errors)
+                    });
+                    if !errors.is_empty() {
+                        return Err(rejected(&errors));
+                    }
+                    Plan::Cached { key, storage, returned, detached }
                 } else {
                     Plan::Put { key, storage, returned }
                 }
@@ -118,7 +133,9 @@ impl Prepared {
 
     fn expand(&self) -> TokenStream {
         match &self.plan {
-            Plan::Cached { key, storage, returned } => self.cached(key, storage, returned),
+            Plan::Cached { key, storage, returned, detached } => {
+                self.cached(key, storage, returned, detached.as_ref())
+            }
             Plan::Put { key, storage, returned } => self.put(key, storage, returned),
             Plan::Invalidates { targets, returned } => self.invalidates(targets, returned.as_ref()),
         }
@@ -136,9 +153,15 @@ impl Prepared {
         }
     }
 
-    fn cached(&self, key: &Key, storage: &Storage, returned: &Returned) -> TokenStream {
+    fn cached(
+        &self,
+        key: &Key,
+        storage: &Storage,
+        returned: &Returned,
+        detached: Option<&Detached>,
+    ) -> TokenStream {
         let Prepared { function, args, name, .. } = self;
-        let Storage { ttl, lock, stale, refresh, absent_ttl, early, near } = storage;
+        let Storage { ttl, lock, stale, refresh, absent_ttl, early, timeout, near } = storage;
         let early = match early {
             Some(beta) => quote!(::core::option::Option::Some(#beta)),
             None => quote!(::core::option::Option::None),
@@ -146,12 +169,30 @@ impl Prepared {
         let stale = optional_duration(*stale);
         let refresh = optional_duration(*refresh);
         let absent_ttl = optional_duration(*absent_ttl);
+        let timeout = optional_duration(*timeout);
         let cache = cache_expr(args.cache.get());
         let register = register("Cached", [&key.template], name);
         let key = &key.expr;
         let shape = returned.shape;
         let cloner = cloner(&returned.value);
         let block = function.block();
+        // The body: run in the caller, or, when it may outlive it, made to own its arguments.
+        let (entry, checks, body) = match detached {
+            None => (quote!(cached), quote!(), quote!(|| async move #block)),
+            Some(Detached { take, rebind, checks }) => {
+                let block = rename_self(block);
+                let body = quote! {
+                    move || {
+                        #take
+                        async move {
+                            #rebind
+                            #block
+                        }
+                    }
+                };
+                (quote!(cached_detached), checks.clone(), body)
+            }
+        };
         self.around(quote! {
             static __CACHE_RUNTIME_FN: ::cache_runtime::__private::CachedFn =
                 ::cache_runtime::__private::CachedFn {
@@ -164,18 +205,20 @@ impl Prepared {
                     )
                     .with_absent_ttl(#absent_ttl)
                     .with_early(#early)
+                    .with_timeout(#timeout)
                     .near(#near),
                     counters: ::cache_runtime::__private::CountersSlot::new(),
                 };
             #register
             let __cache_runtime_cache = #cache;
             let __cache_runtime_key = #key;
-            ::cache_runtime::__private::cached::<#shape, _, _>(
+            #checks
+            ::cache_runtime::__private::#entry::<#shape, _, _, _>(
                 __cache_runtime_cache,
                 &__CACHE_RUNTIME_FN,
                 __cache_runtime_key,
                 #cloner,
-                async move #block,
+                #body,
             )
             .await
         })

@@ -2,6 +2,7 @@
 //! `cache-runtime` and use them from there: the generated code refers to it.
 
 mod attr;
+mod detach;
 mod errors;
 mod expand;
 mod item;

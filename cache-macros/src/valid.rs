@@ -17,6 +17,8 @@ pub(crate) struct Storage {
     pub(crate) absent_ttl: Option<u64>,
     /// XFetch's β (`early`).
     pub(crate) early: Option<f64>,
+    /// How long a caller holding a stale value waits for the body (`timeout`).
+    pub(crate) timeout: Option<u64>,
     /// Use the cache's near cache, if it has one (`near = false` opts out).
     pub(crate) near: bool,
 }
@@ -51,6 +53,9 @@ impl Args {
         if let (Some((_, span)), true) = (self.early.get(), self.refresh.is_written()) {
             errors.push(*span, "`early` and `refresh` exclude each other: both recompute a value before it expires (`refresh` at a fixed age, `early` with XFetch's probability); choose one");
         }
+        if let (Some(timeout), false) = (self.timeout.get(), self.stale.is_written()) {
+            errors.push(timeout.span, "`timeout` needs `stale`: past the timeout a caller is answered with the expired value that `stale` keeps (the body goes on in the background); without one there is nothing to answer with. Add `stale = \"1h\"`, or remove `timeout`");
+        }
         Some(Storage {
             ttl,
             lock: self.lock.get().is_some(),
@@ -58,6 +63,7 @@ impl Args {
             refresh: self.refresh.get().map(|refresh| refresh.millis),
             absent_ttl: self.absent_ttl.get().map(|absent| absent.millis),
             early: self.early.get().map(|(beta, _)| *beta),
+            timeout: self.timeout.get().map(|timeout| timeout.millis),
             near: self.near.get().copied().unwrap_or(true),
         })
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::body::{Body, Inline};
 use crate::builder::CacheBuilder;
 use crate::codec::{Cloner, Entry};
 use crate::error::{Error, ErrorKind, Result};
@@ -96,6 +97,7 @@ impl Default for Settings {
 /// function at compile time, in a `static` ([`Policy::new`]); the programmatic API builds
 /// one per call.
 #[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
 pub struct Policy {
     /// How long a value is fresh.
     pub(crate) ttl: Duration,
@@ -110,6 +112,9 @@ pub struct Policy {
     /// XFetch's β (`early`, `early = 1.5`): recompute a hit early, with a probability that
     /// grows as the value nears its expiry.
     pub(crate) early: Option<f64>,
+    /// With a stale value kept, how long a caller waits for the body before it is answered
+    /// with the stale value (`timeout = ...`); the body goes on in the background.
+    pub(crate) timeout: Option<Duration>,
     /// Use the cache's near cache, if it has one (`near = false` opts out).
     pub(crate) near: bool,
 }
@@ -123,7 +128,16 @@ impl Policy {
         stale: Option<Duration>,
         refresh: Option<Duration>,
     ) -> Policy {
-        Policy { ttl, lock, stale, refresh, absent_ttl: None, early: None, near: true }
+        Policy {
+            ttl,
+            lock,
+            stale,
+            refresh,
+            absent_ttl: None,
+            early: None,
+            timeout: None,
+            near: true,
+        }
     }
 
     /// Caches absent results for `absent_ttl` (negative caching).
@@ -137,6 +151,14 @@ impl Policy {
     #[must_use]
     pub const fn with_early(mut self, beta: Option<f64>) -> Policy {
         self.early = beta;
+        self
+    }
+
+    /// Soft timeout (`timeout = "200ms"`, with `stale`): a caller holding a stale value
+    /// waits this long for the body, then gets the stale value.
+    #[must_use]
+    pub const fn with_timeout(mut self, timeout: Option<Duration>) -> Policy {
+        self.timeout = timeout;
         self
     }
 
@@ -320,7 +342,8 @@ impl Cache {
         validate_key(key)?;
         validate_ttl(ttl)?;
         let counters = self.inner.stats.counters(DIRECT_CALLS);
-        self.load_through::<ResultShape, _, _>(&counters, key, &Policy::ttl(ttl), None, load).await
+        let policy = Policy::ttl(ttl);
+        self.load_through::<ResultShape, _, _>(&counters, key, &policy, None, Inline(load)).await
     }
 
     /// The state of the circuit breaker in front of Redis (always closed for the memory
@@ -356,8 +379,9 @@ impl Cache {
     /// | `cache_misses_total` | counter | `function` | calls that found nothing in the cache ([`Stats::misses`]) |
     /// | `cache_loads_total` | counter | `function` | times a body ran to fill the cache ([`Stats::loads`]) |
     /// | `cache_coalesced_total` | counter | `function` | misses answered by another caller's concurrent load ([`Stats::coalesced`]) |
-    /// | `cache_stale_total` | counter | `function` | expired values served because the body failed ([`Stats::stale`]) |
+    /// | `cache_stale_total` | counter | `function` | expired values served because the body failed or overran its `timeout` ([`Stats::stale`]) |
     /// | `cache_refreshes_total` | counter | `function` | values recomputed before they expired ([`Stats::refreshes`]) |
+    /// | `cache_background_failures_total` | counter | `function` | bodies that failed after their caller was answered: a background refresh, a load past its `timeout` ([`Stats::background_failures`]) |
     /// | `cache_invalidated_keys_total` | counter | `function` | keys removed by invalidation ([`Stats::invalidated`]) |
     /// | `cache_rate_limited_total` | counter | `function` | calls refused by a rate limit ([`Stats::rate_limited`]) |
     /// | `cache_rate_allowed_total` | counter | `function` | calls a rate limit let through ([`Stats::rate_allowed`]) |
@@ -423,18 +447,18 @@ impl Cache {
     }
 
     /// Cache-aside with single flight. The shape `S` says which return values are cached.
-    pub(crate) async fn load_through<S, R, Fut>(
+    pub(crate) async fn load_through<S, R, B>(
         &self,
-        counters: &Counters,
+        counters: &Arc<Counters>,
         key: &str,
         policy: &Policy,
         cloner: Cloner<S::Value>,
-        load: impl FnOnce() -> Fut,
+        body: B,
     ) -> R
     where
         S: Shape<R>,
         S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
-        Fut: Future<Output = R>,
+        B: Body<R>,
     {
         let mut miss = Load {
             cache: self,
@@ -451,7 +475,7 @@ impl Cache {
             // predate it. Load, and replace it.
             counters.miss();
             miss.overwrite = true;
-            return miss.run::<S, R, Fut>(load).await;
+            return miss.run::<S, R, _>(|| body.start()).await;
         }
         if let Some(near) = self.near_for(policy) {
             if let Some(value) = near.serve(key, policy, cloner) {
@@ -473,7 +497,7 @@ impl Cache {
             match aged {
                 Aged::Fresh(value, found) => {
                     if policy.recompute_now(found.age, counters.mean_load()) {
-                        return miss.refresh::<S, R, Fut>(load, value, found).await;
+                        return miss.refresh::<S, R, B>(body, value, found).await;
                     }
                     return S::from_value(value);
                 }
@@ -501,7 +525,11 @@ impl Cache {
                 Lookup::Failed(error) => miss.read_failed(error.kind()),
             }
         }
-        miss.run::<S, R, Fut>(load).await
+        if let (Some(timeout), Some(_)) = (policy.timeout, &miss.stale) {
+            // A stale value to answer with: the body may overrun its timeout.
+            return miss.run_within::<S, R, B>(body, timeout).await;
+        }
+        miss.run::<S, R, _>(|| body.start()).await
     }
 
     /// Reads `key` with its age, for policies with `stale` or `refresh`.

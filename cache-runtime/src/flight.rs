@@ -50,12 +50,14 @@ type Slot = Arc<Flight>;
 /// The flights in progress of one cache, by key.
 #[derive(Default)]
 pub(crate) struct Flights {
-    running: Mutex<HashMap<String, Slot>>,
+    /// Shared with the leaders, which may run on a task of their own (a background
+    /// refresh) and must leave the map when they end.
+    running: Arc<Mutex<HashMap<String, Slot>>>,
 }
 
 /// The role a caller got when joining a flight.
-pub(crate) enum Join<'a> {
-    Leader(Leader<'a>),
+pub(crate) enum Join {
+    Leader(Leader),
     Follower(Follower),
 }
 
@@ -70,7 +72,7 @@ pub(crate) struct Follower {
 
 impl Flights {
     /// Joins the flight for `key`, starting one if none is running.
-    pub(crate) fn join(&self, key: &str) -> Join<'_> {
+    pub(crate) fn join(&self, key: &str) -> Join {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = running.get(key) {
             return Join::Follower(Follower {
@@ -84,7 +86,12 @@ impl Flights {
             loading: AtomicBool::new(false),
         });
         running.insert(key.to_owned(), Arc::clone(&slot));
-        Join::Leader(Leader { flights: self, key: key.to_owned(), slot, published: false })
+        Join::Leader(Leader {
+            running: Arc::clone(&self.running),
+            key: key.to_owned(),
+            slot,
+            published: false,
+        })
     }
 
     /// Detaches the running flights whose key `matches`: they are marked invalidated (see
@@ -105,7 +112,7 @@ impl Flights {
 
     /// Leads a new flight for `key`, or `None` if one is running (used by early refresh,
     /// which never waits).
-    pub(crate) fn try_lead(&self, key: &str) -> Option<Leader<'_>> {
+    pub(crate) fn try_lead(&self, key: &str) -> Option<Leader> {
         match self.join(key) {
             Join::Leader(leader) => Some(leader),
             Join::Follower(_) => None,
@@ -128,14 +135,14 @@ pub(crate) async fn wait(follower: &mut Follower) -> Landed {
 }
 
 /// Held by the caller running the body. Dropping it ends the flight.
-pub(crate) struct Leader<'a> {
-    flights: &'a Flights,
+pub(crate) struct Leader {
+    running: Arc<Mutex<HashMap<String, Slot>>>,
     key: String,
     slot: Slot,
     published: bool,
 }
 
-impl Leader<'_> {
+impl Leader {
     /// Ends the flight for newcomers, then wakes the followers with the outcome. Callers
     /// arriving from now on read the store instead: only callers that joined while the
     /// value was loading get it from the flight (see `load.rs` for why that order makes
@@ -148,7 +155,7 @@ impl Leader<'_> {
 
     /// Removes this flight from the map, if it is still there.
     fn leave(&self) {
-        let mut running = self.flights.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if running.get(&self.key).is_some_and(|slot| Arc::ptr_eq(slot, &self.slot)) {
             running.remove(&self.key);
         }
@@ -157,7 +164,7 @@ impl Leader<'_> {
     /// Marks the start of the body: followers joining from now on are not
     /// [`early`](Follower::early).
     pub(crate) fn loading(&self) {
-        let running = self.flights.running.lock().unwrap_or_else(|e| e.into_inner());
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         self.slot.loading.store(true, Ordering::SeqCst);
         drop(running);
     }
@@ -169,7 +176,7 @@ impl Leader<'_> {
     }
 }
 
-impl Drop for Leader<'_> {
+impl Drop for Leader {
     fn drop(&mut self) {
         self.leave();
         if !self.published {

@@ -139,6 +139,7 @@
 #[allow(unused_extern_crates)]
 extern crate self as cache_runtime;
 
+mod body;
 mod breaker;
 mod builder;
 mod cache;

@@ -9,12 +9,14 @@
 //! its value, in this process or any other (see `store/mod.rs`).
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::body::{Body, Detach};
 use crate::cache::{Cache, Policy};
 use crate::codec::{Cloner, Entry};
 use crate::error::ErrorKind;
@@ -28,7 +30,8 @@ use crate::store::{Begun, FillPlan, Found, Ticket};
 /// One call's miss path.
 pub(crate) struct Load<'a, T> {
     pub(crate) cache: &'a Cache,
-    pub(crate) counters: &'a Counters,
+    /// Shared, so a load that goes on in the background can keep counting.
+    pub(crate) counters: &'a Arc<Counters>,
     pub(crate) key: &'a str,
     pub(crate) policy: &'a Policy,
     pub(crate) cloner: Cloner<T>,
@@ -210,11 +213,7 @@ where
 
     /// Leads the flight: take a ticket (or find the value landed), run the body, publish
     /// the outcome to the followers, fill.
-    pub(crate) async fn lead<S, R, Fut>(
-        &self,
-        load: impl FnOnce() -> Fut,
-        leader: &mut Leader<'_>,
-    ) -> R
+    pub(crate) async fn lead<S, R, Fut>(&self, load: impl FnOnce() -> Fut, leader: &mut Leader) -> R
     where
         S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
@@ -233,7 +232,7 @@ where
     /// absent result) landed meanwhile, with what waiting processes should hear. That value
     /// was read before followers joining now started (a write may have completed in between,
     /// in another process), so they are sent to look again for themselves.
-    pub(crate) async fn permit<S, R>(&self, leader: &mut Leader<'_>) -> Result<Permit, (R, Signal)>
+    pub(crate) async fn permit<S, R>(&self, leader: &mut Leader) -> Result<Permit, (R, Signal)>
     where
         S: Shape<R, Value = T>,
     {
@@ -343,15 +342,17 @@ where
     /// process. An unchecked one (Redis failing) goes only to the followers that joined
     /// before the body started (`Landed::Unconfirmed`): for them it is fresh, and during an
     /// outage single flight still holds for every burst of callers.
-    pub(crate) async fn finish<S, R>(
-        &self,
+    pub(crate) fn finish<'s, S, R>(
+        &'s self,
         returned: &R,
-        permit: &Permit,
-        leader: Option<&mut Leader<'_>>,
-    ) -> Signal
+        permit: &'s Permit,
+        leader: Option<&'s mut Leader>,
+    ) -> impl Future<Output = Signal> + Send + 's
     where
         S: Shape<R, Value = T>,
     {
+        // Classified before the first await, so the returned value need not be `Sync`
+        // for a load that runs on a task of its own.
         let outcome = match S::outcome(returned) {
             Outcome::Value(value) => {
                 match Entry::encode_traced(value, self.cloner, &self.cache.inner.settings.format) {
@@ -366,6 +367,16 @@ where
             Outcome::Absent => Landed::Absent,
             Outcome::Failed => Landed::Failed,
         };
+        self.settle(outcome, permit, leader)
+    }
+
+    /// [`finish`](Self::finish), once the outcome is known.
+    async fn settle(
+        &self,
+        outcome: Landed,
+        permit: &Permit,
+        leader: Option<&mut Leader>,
+    ) -> Signal {
         let invalidated = leader.as_ref().is_some_and(|leader| leader.invalidated());
         let published = match (outcome, permit) {
             (Landed::Failed, Permit::Ticket(ticket)) => {
@@ -468,26 +479,48 @@ where
         }
     }
 
-    /// Early refresh: a hit on a value older than `refresh` recomputes it, once per process
-    /// (a flight) and, on Redis, once across processes (a lease); every other caller, and
-    /// this one if the body fails, gets the current value without waiting. The new value
-    /// replaces the one the refresh started from only if it is still the stored one.
-    pub(crate) async fn refresh<S, R, Fut>(
+    /// Early refresh (`refresh`, `early`): a hit that decided to recompute its value.
+    /// One refresh per key runs in a process (a flight) and, on Redis, one across processes
+    /// (a lease). A detachable body runs in the background and this caller gets the current
+    /// value at hit latency; a body that borrows from the caller (the programmatic API) runs
+    /// here. Every other caller gets the current value without waiting, and a caller whose
+    /// value expired meanwhile joins the refresh like any miss.
+    pub(crate) async fn refresh<S, R, B>(&self, body: B, current: T, found: Found) -> R
+    where
+        S: Shape<R, Value = T>,
+        B: Body<R>,
+    {
+        let Some(leader) = self.cache.inner.flights.try_lead(self.key) else {
+            return S::from_value(current); // this process refreshes it already
+        };
+        let behind =
+            RefreshBehind::<S, T> { owned: self.owned(), leader, found, shape: PhantomData };
+        match body.detach(behind) {
+            Ok(()) => S::from_value(current),
+            Err((body, RefreshBehind { mut leader, found, .. })) => {
+                match self.refresh_now::<S, R, _>(|| body.start(), &mut leader, found).await {
+                    // The caller asked for a fresh value; a failed refresh keeps the old one.
+                    Some(returned) if !matches!(S::outcome(&returned), Outcome::Failed) => returned,
+                    _ => S::from_value(current),
+                }
+            }
+        }
+    }
+
+    /// Runs a refresh as leader of its key's flight: takes the lease, runs the body, replaces
+    /// the value it started from (only if that is still the stored one), and wakes whoever
+    /// waits. `None` when another process holds the lease (it refreshes the value).
+    async fn refresh_now<S, R, Fut>(
         &self,
         load: impl FnOnce() -> Fut,
-        current: T,
+        leader: &mut Leader,
         found: Found,
-    ) -> R
+    ) -> Option<R>
     where
         S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
     {
-        let Some(mut leader) = self.cache.inner.flights.try_lead(self.key) else {
-            return S::from_value(current);
-        };
-        let Some(mut lease) = self.cache.refresh_lease(self.key).await else {
-            return S::from_value(current); // another process refreshes it
-        };
+        let mut lease = self.cache.refresh_lease(self.key).await?;
         self.counters.refresh();
         leader.loading();
         let returned = self.body(load).await;
@@ -500,11 +533,154 @@ where
             true => Permit::Ticket(Ticket::Replace { old: found.entry, version: found.version }),
             false => Permit::None,
         };
-        let signal = self.finish::<S, R>(&returned, &permit, Some(&mut leader)).await;
-        lease.release(signal).await;
-        match S::outcome(&returned) {
-            Outcome::Failed => S::from_value(current),
-            _ => returned,
+        let signal = self.finish::<S, R>(&returned, &permit, Some(leader)).await;
+        if matches!(S::outcome(&returned), Outcome::Absent) && self.policy.absent_ttl.is_none() {
+            // The value is gone at its source: nobody may be served the old one any more.
+            // (Removing is safe whatever happened meanwhile: at worst a later value misses.)
+            if let Err(error) = self.cache.inner.store.remove(self.key).await {
+                tracing::warn!(key = self.key, %error, "refresh found nothing, and the old value could not be removed");
+                self.counters.error(error.kind());
+            }
+            self.cache.near_evict(self.key);
         }
+        lease.release(signal).await;
+        Some(returned)
+    }
+
+    /// A miss holding a stale value, with `timeout`: the load runs on a task of its own, and
+    /// this caller gets the stale value if the load has not answered within `timeout`. The
+    /// load goes on and stores its value (a failure then is counted in
+    /// `background_failures`). A body that borrows from the caller runs here, as without
+    /// `timeout`.
+    pub(crate) async fn run_within<S, R, B>(self, body: B, timeout: std::time::Duration) -> R
+    where
+        S: Shape<R, Value = T>,
+        B: Body<R>,
+    {
+        let answer =
+            match body.detach(LoadBehind::<S, T> { owned: self.owned(), shape: PhantomData }) {
+                Ok(answer) => answer,
+                Err((body, _)) => return self.run::<S, R, _>(|| body.start()).await,
+            };
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(returned)) => returned,
+            // Timed out, or the load panicked: the stale value answers.
+            Ok(Err(_)) | Err(_) => match self.stale_value() {
+                Some(value) => {
+                    self.counters.stale();
+                    S::from_value(value)
+                }
+                None => unreachable!("run_within is called with a stale value"),
+            },
+        }
+    }
+
+    /// What this load needs, owned, to go on in a task of its own.
+    fn owned(&self) -> Owned<T> {
+        Owned {
+            cache: self.cache.clone(),
+            counters: Arc::clone(self.counters),
+            key: self.key.to_owned(),
+            policy: *self.policy,
+            cloner: self.cloner,
+            stale: self.stale.clone(),
+            store_failing: self.store_failing,
+            overwrite: self.overwrite,
+        }
+    }
+}
+
+/// A [`Load`]'s context, owned by a task that may outlive the caller.
+struct Owned<T> {
+    cache: Cache,
+    counters: Arc<Counters>,
+    key: String,
+    policy: Policy,
+    cloner: Cloner<T>,
+    stale: Option<Arc<Entry>>,
+    store_failing: bool,
+    overwrite: bool,
+}
+
+impl<T> Owned<T> {
+    fn load(&self) -> Load<'_, T> {
+        Load {
+            cache: &self.cache,
+            counters: &self.counters,
+            key: &self.key,
+            policy: &self.policy,
+            cloner: self.cloner,
+            stale: self.stale.clone(),
+            store_failing: self.store_failing,
+            overwrite: self.overwrite,
+        }
+    }
+}
+
+/// A refresh handed to a task of its own, with the flight it leads.
+struct RefreshBehind<S, T> {
+    owned: Owned<T>,
+    leader: Leader,
+    found: Found,
+    shape: PhantomData<fn() -> S>,
+}
+
+impl<S, R, T> Detach<R> for RefreshBehind<S, T>
+where
+    S: Shape<R, Value = T>,
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    type Output = ();
+
+    fn detached<F>(self, body: F)
+    where
+        F: Future<Output = R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let RefreshBehind { owned, mut leader, found, .. } = self;
+        tokio::spawn(async move {
+            let load = owned.load();
+            let refreshed = load.refresh_now::<S, R, _>(|| body, &mut leader, found).await;
+            if let Some(returned) = refreshed {
+                if matches!(S::outcome(&returned), Outcome::Failed) {
+                    // The current value stays; nobody saw this error.
+                    load.counters.background_failure();
+                }
+            }
+        });
+    }
+}
+
+/// A miss's load handed to a task of its own; the caller awaits the answer for as long as
+/// its `timeout` allows.
+struct LoadBehind<S, T> {
+    owned: Owned<T>,
+    shape: PhantomData<fn() -> S>,
+}
+
+impl<S, R, T> Detach<R> for LoadBehind<S, T>
+where
+    S: Shape<R, Value = T>,
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    type Output = tokio::sync::oneshot::Receiver<R>;
+
+    fn detached<F>(self, body: F) -> Self::Output
+    where
+        F: Future<Output = R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let owned = self.owned;
+        tokio::spawn(async move {
+            let counters = Arc::clone(&owned.counters);
+            let returned = owned.load().run::<S, R, _>(|| body).await;
+            let failed = matches!(S::outcome(&returned), Outcome::Failed);
+            if answer.send(returned).is_err() && failed {
+                // The caller was answered with the stale value and left; nobody saw this.
+                counters.background_failure();
+            }
+        });
+        answered
     }
 }

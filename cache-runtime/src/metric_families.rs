@@ -104,7 +104,7 @@ pub(crate) const FAMILIES: &[Family] = &[
     },
     Family {
         name: "cache_stale_total",
-        help: "Expired values served because the body failed.",
+        help: "Expired values served because the body failed or overran its timeout.",
         kind: Kind::Counter,
         source: Source::Count(Count::Stale),
     },
@@ -113,6 +113,12 @@ pub(crate) const FAMILIES: &[Family] = &[
         help: "Values recomputed before they expired.",
         kind: Kind::Counter,
         source: Source::Count(Count::Refreshes),
+    },
+    Family {
+        name: "cache_background_failures_total",
+        help: "Bodies that failed after their caller was answered (background refresh, load past its timeout).",
+        kind: Kind::Counter,
+        source: Source::Count(Count::BackgroundFailures),
     },
     Family {
         name: "cache_invalidated_keys_total",

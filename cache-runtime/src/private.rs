@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::body::{Detachable, Inline};
 #[doc(hidden)]
 pub use crate::cache::Policy;
 pub use crate::codec::{CloneProbe, Cloner, ViaClone, ViaDecode};
@@ -31,22 +32,56 @@ pub fn cache_of(cache: &Cache) -> Cache {
     cache.clone()
 }
 
-/// The body of a `#[cached]` function.
-pub async fn cached<S, R, Fut>(
+/// The body of a `#[cached]` function whose body runs in the caller.
+pub async fn cached<S, R, F, Fut>(
     cache: Cache,
     function: &'static CachedFn,
     key: String,
     cloner: Cloner<S::Value>,
-    body: Fut,
+    body: F,
 ) -> R
 where
     S: Shape<R>,
     S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
 {
     let counters = function.counters.get(cache.inner.id, &cache.inner.stats, function.name);
-    cache.load_through::<S, R, Fut>(&counters, &key, &function.policy, cloner, || body).await
+    cache.load_through::<S, R, _>(&counters, &key, &function.policy, cloner, Inline(body)).await
 }
+
+/// The body of a `#[cached]` function with `refresh`, `early` or `timeout`: started, the
+/// body owns its arguments, so it may finish on a task of its own after the caller returned.
+pub async fn cached_detached<S, R, F, Fut>(
+    cache: Cache,
+    function: &'static CachedFn,
+    key: String,
+    cloner: Cloner<S::Value>,
+    body: F,
+) -> R
+where
+    S: Shape<R> + 'static,
+    S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
+    R: Send + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    let counters = function.counters.get(cache.inner.id, &cache.inner.stats, function.name);
+    cache.load_through::<S, R, _>(&counters, &key, &function.policy, cloner, Detachable(body)).await
+}
+
+/// `refresh`, `early` and `timeout` finish the body in the background, with a clone of
+/// `self`: a method's `Self` must be `Clone + Send + Sync + 'static` (a handle such as a
+/// struct of pools and `Arc`s; `#[derive(Clone)]` it).
+pub fn detached_self<T: Clone + Send + Sync + 'static>() {}
+
+/// `refresh`, `early` and `timeout` finish the body in the background, with an owned copy
+/// of each borrowed parameter (`ToOwned`): the copy must be `Send + 'static`.
+pub fn detached_param<T: Send + 'static>() {}
+
+/// `refresh`, `early` and `timeout` finish the body in the background: an owned parameter
+/// moves into it, so it must be `Send + 'static`.
+pub fn detached_value<T: Send + 'static>(_: &T) {}
 
 pub use crate::invalidate::Target;
 pub use crate::registry::{Declaration, DeclarationKind};

@@ -15,7 +15,7 @@ pub enum Outcome<'a, T> {
 /// Maps a return type `R` to the value type cached for it. `#[cached]` picks the shape from
 /// the written return type: `T`, `Option<T>`, `Result<T, E>` or `Result<Option<T>, E>`.
 #[doc(hidden)]
-pub trait Shape<R> {
+pub trait Shape<R>: 'static {
     /// The type stored in the cache.
     type Value;
     /// Classifies a returned value.

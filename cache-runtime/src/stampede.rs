@@ -37,7 +37,7 @@ where
     pub(crate) async fn locked<S, R, Fut>(
         &self,
         load: impl FnOnce() -> Fut,
-        leader: &mut Leader<'_>,
+        leader: &mut Leader,
     ) -> R
     where
         S: Shape<R, Value = T>,
@@ -151,7 +151,7 @@ where
     async fn holding<S, R, Fut>(
         &self,
         load: impl FnOnce() -> Fut,
-        leader: &mut Leader<'_>,
+        leader: &mut Leader,
         mut held: HeldLease,
     ) -> R
     where

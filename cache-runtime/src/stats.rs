@@ -33,10 +33,15 @@ pub struct Stats {
     pub invalidated: u64,
     /// Pattern invalidations that no index could serve, so the keyspace was scanned.
     pub pattern_scans: u64,
-    /// Expired values returned because the body failed (`stale = ...`).
+    /// Expired values returned because the body failed, or overran its `timeout`
+    /// (`stale = ...`).
     pub stale: u64,
-    /// Values recomputed before they expired (`refresh = ...`).
+    /// Values recomputed before they expired (`refresh = ...`, `early`).
     pub refreshes: u64,
+    /// Bodies that failed after their caller was answered: a background refresh (the
+    /// current value stays), or a load that outlived its caller's `timeout` (the stale
+    /// value stays). Errors a caller sees are never counted here.
+    pub background_failures: u64,
     /// Calls refused by a rate limit (`#[rate_limit]`, [`Cache::rate_limit`](crate::Cache::rate_limit)),
     /// including refusals by `fail_closed` while the store was failing.
     pub rate_limited: u64,
@@ -82,6 +87,7 @@ pub(crate) enum Count {
     PatternScans,
     Stale,
     Refreshes,
+    BackgroundFailures,
     RateLimited,
     RateAllowed,
     NearHits,
@@ -89,7 +95,7 @@ pub(crate) enum Count {
 
 impl Count {
     /// Every count, in declaration order (`Count::ALL[c as usize] == c`).
-    pub(crate) const ALL: [Count; 12] = [
+    pub(crate) const ALL: [Count; 13] = [
         Count::Hits,
         Count::Misses,
         Count::Loads,
@@ -99,6 +105,7 @@ impl Count {
         Count::PatternScans,
         Count::Stale,
         Count::Refreshes,
+        Count::BackgroundFailures,
         Count::RateLimited,
         Count::RateAllowed,
         Count::NearHits,
@@ -116,6 +123,7 @@ impl Count {
             Count::PatternScans => &mut stats.pattern_scans,
             Count::Stale => &mut stats.stale,
             Count::Refreshes => &mut stats.refreshes,
+            Count::BackgroundFailures => &mut stats.background_failures,
             Count::RateLimited => &mut stats.rate_limited,
             Count::RateAllowed => &mut stats.rate_allowed,
             Count::NearHits => &mut stats.near_hits,
@@ -205,6 +213,9 @@ impl Counters {
     }
     pub(crate) fn refresh(&self) {
         self.bump(Count::Refreshes, 1);
+    }
+    pub(crate) fn background_failure(&self) {
+        self.bump(Count::BackgroundFailures, 1);
     }
     pub(crate) fn pattern_scan(&self) {
         self.bump(Count::PatternScans, 1);
@@ -379,13 +390,13 @@ impl CountersSlot {
 
 /// Counters borrowed from a [`CountersSlot`] or shared from the registry.
 pub(crate) enum CountersRef<'a> {
-    Slot(&'a Counters),
+    Slot(&'a Arc<Counters>),
     Owned(Arc<Counters>),
 }
 
 impl Deref for CountersRef<'_> {
-    type Target = Counters;
-    fn deref(&self) -> &Counters {
+    type Target = Arc<Counters>;
+    fn deref(&self) -> &Arc<Counters> {
         match self {
             CountersRef::Slot(counters) => counters,
             CountersRef::Owned(counters) => counters,
@@ -441,6 +452,8 @@ mod tests {
         counters.stale();
         counters.stale();
         counters.refresh();
+        counters.background_failure();
+        counters.background_failure();
         counters.rate_limited();
         counters.rate_limited();
         counters.rate_limited();
@@ -471,6 +484,7 @@ mod tests {
             pattern_scans: 1,
             stale: 2,
             refreshes: 1,
+            background_failures: 2,
             rate_limited: 3,
             rate_allowed: 1,
             near_hits: 1,

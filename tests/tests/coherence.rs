@@ -56,9 +56,11 @@ impl Rng {
 
 /// The source of truth: a version per row, and a lock per row so that writes to one row
 /// (database write, then cache update) do not interleave, as a row lock would ensure.
+/// A cheap handle (`Clone` shares it), as a refreshed function's parameters must be.
+#[derive(Clone)]
 struct Db {
-    versions: Vec<AtomicU64>,
-    row_locks: Vec<tokio::sync::Mutex<()>>,
+    versions: Arc<Vec<AtomicU64>>,
+    row_locks: Arc<Vec<tokio::sync::Mutex<()>>>,
     /// Reads sleep this long (µs, at most) before and after reading.
     slow_micros: u64,
 }
@@ -66,8 +68,8 @@ struct Db {
 impl Db {
     fn new(slow_micros: u64) -> Db {
         Db {
-            versions: (0..ROWS).map(|_| AtomicU64::new(0)).collect(),
-            row_locks: (0..ROWS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            versions: Arc::new((0..ROWS).map(|_| AtomicU64::new(0)).collect()),
+            row_locks: Arc::new((0..ROWS).map(|_| tokio::sync::Mutex::new(())).collect()),
             slow_micros,
         }
     }

@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 use cache_runtime::{cached, Cache};
 use cache_tests::RedisServer;
 
-/// A pretend price service whose database can be made to fail.
-#[derive(Default)]
+/// A pretend price service whose database can be made to fail. A cheap handle (`Clone`
+/// shares it), as a refreshed function's parameters must be: the refresh runs in the
+/// background with its own copy.
+#[derive(Default, Clone)]
 struct Prices {
-    loads: AtomicU32,
-    failing: AtomicBool,
+    loads: Arc<AtomicU32>,
+    failing: Arc<AtomicBool>,
 }
 
 impl Prices {

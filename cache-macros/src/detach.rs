@@ -1,0 +1,192 @@
+//! Bodies that outlive their caller (`refresh`, `early`, `timeout`): the runtime may finish
+//! them on a task of their own after the caller got its answer, so they must own what they
+//! use.
+//!
+//! The generated closure makes the body `'static` when it is called (only on a miss or a
+//! refresh, never on a plain hit): `&self` becomes a clone of `Self`, each `&T` parameter a
+//! `T::Owned` (`ToOwned`: `&str` becomes a `String`, `&[u8]` a `Vec<u8>`), and owned
+//! parameters move in. Inside the body, the parameters keep their names and types (a `&T`
+//! is re-borrowed from the owned copy), and `self` is renamed, token by token, to the
+//! clone (as async-trait does), since a block cannot rebind `self`.
+
+use proc_macro2::{Group, Ident, Spacing, TokenStream, TokenTree};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned as _;
+use syn::{FnArg, Pat, Type};
+
+use crate::errors::Errors;
+
+/// The name `self` is renamed to inside a detached body.
+const SELF_CLONE: &str = "__cache_runtime_self";
+
+/// A body made to own its arguments.
+pub(crate) struct Detached {
+    /// Statements run when the body is started (still borrowing the caller's arguments):
+    /// the owned copies.
+    pub(crate) take: TokenStream,
+    /// Statements at the top of the `async move` block: the parameters, re-borrowed.
+    pub(crate) rebind: TokenStream,
+    /// Checks spanned on the user's parameters, so a type that cannot be owned is reported
+    /// there rather than on the attribute.
+    pub(crate) checks: TokenStream,
+}
+
+impl Detached {
+    /// Plans the owned copies of `sig`'s arguments, reporting those that cannot be handed to
+    /// a background task (`&mut`, a reference bound to a pattern). `why` names the argument
+    /// that requires it, for the messages.
+    pub(crate) fn plan(
+        sig: &syn::Signature,
+        body: &TokenStream,
+        why: &str,
+        errors: &mut Errors,
+    ) -> Detached {
+        let mut take = TokenStream::new();
+        let mut rebind = TokenStream::new();
+        let mut checks = TokenStream::new();
+        for input in &sig.inputs {
+            match input {
+                // Used only by the key or `cache = ...`: nothing to copy.
+                FnArg::Receiver(_)
+                    if !mentions(body, &Ident::new("self", proc_macro2::Span::call_site())) => {}
+                FnArg::Receiver(receiver) => {
+                    let span = receiver.span();
+                    let clone = Ident::new(SELF_CLONE, proc_macro2::Span::call_site());
+                    checks.extend(quote_spanned! {span=>
+                        ::cache_runtime::__private::detached_self::<Self>();
+                    });
+                    take.extend(quote! {
+                        let #clone = <Self as ::core::clone::Clone>::clone(self);
+                    });
+                }
+                FnArg::Typed(typed) => {
+                    let ty = &*typed.ty;
+                    match (&*typed.pat, ty) {
+                        (_, Type::Reference(reference)) if reference.mutability.is_some() => {
+                            errors.push(
+                                ty.span(),
+                                format!("`{why}` finishes the body in the background, after the caller returned: a `&mut` parameter cannot be lent to it; take the value, or an owned handle"),
+                            );
+                        }
+                        // Used only by the key or `cache = ...`: nothing to copy.
+                        (Pat::Ident(pat), Type::Reference(_)) if !mentions(body, &pat.ident) => {}
+                        (Pat::Ident(pat), Type::Reference(reference)) => {
+                            let name = &pat.ident;
+                            let owned = format_ident!("__cache_runtime_owned_{}", name);
+                            let elem = &reference.elem;
+                            take.extend(quote! {
+                                let #owned = ::std::borrow::ToOwned::to_owned(#name);
+                            });
+                            checks.extend(quote_spanned! {ty.span()=>
+                                ::cache_runtime::__private::detached_param::<<#elem as ::std::borrow::ToOwned>::Owned>();
+                            });
+                            rebind.extend(quote! {
+                                let #name: &#elem = ::core::borrow::Borrow::borrow(&#owned);
+                            });
+                        }
+                        (_, Type::Reference(_)) => {
+                            errors.push(
+                                typed.pat.span(),
+                                format!("`{why}` finishes the body in the background and copies each borrowed parameter for it: bind this one to a plain name"),
+                            );
+                        }
+                        // Owned: moved into the body, which must be able to keep it.
+                        (Pat::Ident(pat), _) => {
+                            let name = &pat.ident;
+                            checks.extend(quote_spanned! {ty.span()=>
+                                ::cache_runtime::__private::detached_value(&#name);
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Detached { take, rebind, checks }
+    }
+}
+
+/// `block` with every `self` that names the receiver renamed to the receiver's clone.
+/// `self::` paths and the bodies of items declared inside (`impl`, `trait`, `mod`), whose
+/// `self` is their own, are left as written.
+pub(crate) fn rename_self(block: TokenStream) -> TokenStream {
+    let tokens: Vec<TokenTree> = block.into_iter().collect();
+    let mut renamed = Vec::with_capacity(tokens.len());
+    // Inside an item declaration (`impl ... {`): its braces keep their own `self`.
+    let mut in_item = false;
+    for (at, token) in tokens.iter().enumerate() {
+        let token = match token {
+            TokenTree::Ident(ident) if ident == "impl" || ident == "trait" || ident == "mod" => {
+                in_item = true;
+                token.clone()
+            }
+            TokenTree::Ident(ident) if ident == "self" && !starts_path(&tokens[at + 1..]) => {
+                TokenTree::Ident(Ident::new(SELF_CLONE, ident.span()))
+            }
+            TokenTree::Group(group) if in_item => {
+                if group.delimiter() == proc_macro2::Delimiter::Brace {
+                    in_item = false;
+                }
+                token.clone()
+            }
+            TokenTree::Group(group) => {
+                let mut inner = Group::new(group.delimiter(), rename_self(group.stream()));
+                inner.set_span(group.span());
+                TokenTree::Group(inner)
+            }
+            TokenTree::Punct(punct) if punct.as_char() == ';' => {
+                in_item = false;
+                token.clone()
+            }
+            other => other.clone(),
+        };
+        renamed.push(token);
+    }
+    renamed.into_iter().collect()
+}
+
+/// Whether `tokens` name `ident` anywhere, macro arguments included.
+fn mentions(tokens: &TokenStream, ident: &Ident) -> bool {
+    tokens.clone().into_iter().any(|token| match token {
+        TokenTree::Ident(name) => name == *ident,
+        TokenTree::Group(group) => mentions(&group.stream(), ident),
+        _ => false,
+    })
+}
+
+/// Whether `rest` starts with `::` (so the `self` before it is a module path).
+fn starts_path(rest: &[TokenTree]) -> bool {
+    matches!(
+        rest,
+        [TokenTree::Punct(first), TokenTree::Punct(second), ..]
+            if first.as_char() == ':' && first.spacing() == Spacing::Joint && second.as_char() == ':'
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn renamed(source: &str) -> String {
+        rename_self(source.parse().unwrap()).to_string()
+    }
+
+    #[test]
+    fn the_receiver_is_renamed_everywhere_it_is_named() {
+        assert_eq!(
+            renamed("{ let x = self.db.get(self.id); format!(\"{}\", self.name) }"),
+            "{ let x = __cache_runtime_self . db . get (__cache_runtime_self . id) ; format ! (\"{}\" , __cache_runtime_self . name) }"
+        );
+        assert_eq!(renamed("|v| self.f(v)"), "| v | __cache_runtime_self . f (v)");
+    }
+
+    #[test]
+    fn module_paths_and_item_bodies_keep_their_self() {
+        assert_eq!(renamed("self::helper(self)"), "self :: helper (__cache_runtime_self)");
+        assert_eq!(
+            renamed("impl Tr for X { fn f(&self) -> u8 { self.0 } } self.g()"),
+            "impl Tr for X { fn f (& self) -> u8 { self . 0 } } __cache_runtime_self . g ()"
+        );
+        assert_eq!(renamed("Self::new(self)"), "Self :: new (__cache_runtime_self)");
+    }
+}
