@@ -28,6 +28,10 @@ static NEXT_CACHE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 /// Default bound of the memory store: 128 MiB of keys and JSON-encoded values.
 pub(crate) const DEFAULT_MEMORY_CAPACITY: u64 = 128 * 1024 * 1024;
 
+/// The longest a value with `refresh` or `early` is kept past its TTL for a refresh still
+/// running to replace it (see [`Policy::lifetime`]).
+pub(crate) const REFRESH_GRACE: Duration = Duration::from_secs(60);
+
 /// Default `max_value_bytes`: 4 MiB.
 pub(crate) const DEFAULT_MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -174,9 +178,17 @@ impl Policy {
         Policy::new(ttl, false, None, None)
     }
 
-    /// How long the store keeps a value.
+    /// How long the store keeps a value: `ttl`, `stale` when longer, and with `refresh` or
+    /// `early` a grace period past `ttl` ([`REFRESH_GRACE`] at most), so that a refresh
+    /// still running when the value's TTL ends can replace it, and the callers that miss
+    /// meanwhile join that refresh instead of loading again. A value past `ttl` is never
+    /// served unless `stale` says so.
     pub(crate) fn lifetime(&self) -> Duration {
-        self.stale.map_or(self.ttl, |stale| stale.max(self.ttl))
+        let kept = match self.refresh.is_some() || self.early.is_some() {
+            true => self.ttl + self.ttl.min(REFRESH_GRACE),
+            false => self.ttl,
+        };
+        self.stale.map_or(kept, |stale| stale.max(kept))
     }
 
     /// The longest anything this policy stores may live (a value, or an absent result).
@@ -469,6 +481,8 @@ impl Cache {
             stale: None,
             store_failing: false,
             overwrite: false,
+            behind: false,
+            served_stale: Default::default(),
         };
         if self.inner.pending.covers(key) {
             // An invalidation of this key has not reached Redis yet: what Redis holds may
@@ -501,7 +515,10 @@ impl Cache {
                     }
                     return S::from_value(value);
                 }
-                Aged::Stale(entry) => miss.stale = Some(entry),
+                // Kept past its TTL: served only if `stale` says so (a refresh's grace period
+                // keeps it too).
+                Aged::Stale(entry) if policy.stale.is_some() => miss.stale = Some(entry),
+                Aged::Stale(_) => {}
                 Aged::Absent => match S::absent() {
                     Some(absent) => return absent,
                     None => miss.overwrite = true,

@@ -25,7 +25,7 @@ use crate::format::DecodeError;
 use crate::notify::Signal;
 use crate::shape::{Outcome, Shape};
 use crate::stats::Counters;
-use crate::store::{Begun, FillPlan, Found, Ticket};
+use crate::store::{Begun, FillPlan, Found, Ticket, Version};
 
 /// One call's miss path.
 pub(crate) struct Load<'a, T> {
@@ -42,6 +42,11 @@ pub(crate) struct Load<'a, T> {
     /// An invalidation of this key has not reached Redis yet (see `pending.rs`): the value
     /// there must be replaced, never served.
     pub(crate) overwrite: bool,
+    /// A load on a task of its own for a caller with `timeout` (see [`Load::run_within`]):
+    /// the stale value it falls back on is counted by the caller, which may have left.
+    pub(crate) behind: bool,
+    /// The stale value was served instead of the body's result.
+    pub(crate) served_stale: std::sync::atomic::AtomicBool,
 }
 
 /// A uniform draw in (0, 1] from a per-thread xorshift generator (XFetch needs a cheap,
@@ -116,7 +121,7 @@ where
     }
 
     /// Cache-aside with single flight, after a lookup that did not answer.
-    pub(crate) async fn run<S, R, Fut>(mut self, load: impl FnOnce() -> Fut) -> R
+    pub(crate) async fn run<S, R, Fut>(&mut self, load: impl FnOnce() -> Fut) -> R
     where
         S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
@@ -165,8 +170,7 @@ where
                     // the body again; otherwise errors are not shareable (`E` need not be
                     // `Clone`), so each caller gets its own body's result.
                     Landed::Failed => {
-                        if let Some(value) = self.stale_value() {
-                            self.counters.stale();
+                        if let Some(value) = self.take_stale() {
                             return S::from_value(value);
                         }
                         return self.alone::<S, R, Fut>(load).await;
@@ -462,6 +466,17 @@ where
         self.stale.as_ref().and_then(|entry| entry.take(self.cloner).ok())
     }
 
+    /// The kept stale value, to be served in place of a failed body's result: counted,
+    /// unless this load runs behind a caller that counts what it serves.
+    pub(crate) fn take_stale(&self) -> Option<T> {
+        let value = self.stale_value()?;
+        self.served_stale.store(true, std::sync::atomic::Ordering::Relaxed);
+        if !self.behind {
+            self.counters.stale();
+        }
+        Some(value)
+    }
+
     /// `returned`, or the stale value when the body failed and one is kept.
     pub(crate) fn serve_stale<S, R>(&self, returned: R) -> R
     where
@@ -470,11 +485,8 @@ where
         if !matches!(S::outcome(&returned), Outcome::Failed) {
             return returned;
         }
-        match self.stale_value() {
-            Some(value) => {
-                self.counters.stale();
-                S::from_value(value)
-            }
+        match self.take_stale() {
+            Some(value) => S::from_value(value),
             None => returned,
         }
     }
@@ -524,11 +536,13 @@ where
         self.counters.refresh();
         leader.loading();
         let returned = self.body(load).await;
-        // A refresh slower than the value's age could meet a later write of the same bytes
-        // (see `Version::Redis`): return its value, do not store it. The margin covers the
-        // time between sending a command and the server running it.
+        // On Redis, a refresh slower than the value's age could meet a later write of the
+        // same bytes (see `Version::Redis`): return its value, do not store it. The margin
+        // covers the time between sending a command and the server running it. The memory
+        // store's write number tells every write apart.
         let margin = (found.age / 2).min(std::time::Duration::from_secs(1));
-        let quick = found.read_at.elapsed() + margin < found.age;
+        let exact = matches!(found.version, Version::Memory(_));
+        let quick = exact || found.read_at.elapsed() + margin < found.age;
         let permit = match quick {
             true => Permit::Ticket(Ticket::Replace { old: found.entry, version: found.version }),
             false => Permit::None,
@@ -552,7 +566,7 @@ where
     /// load goes on and stores its value (a failure then is counted in
     /// `background_failures`). A body that borrows from the caller runs here, as without
     /// `timeout`.
-    pub(crate) async fn run_within<S, R, B>(self, body: B, timeout: std::time::Duration) -> R
+    pub(crate) async fn run_within<S, R, B>(mut self, body: B, timeout: std::time::Duration) -> R
     where
         S: Shape<R, Value = T>,
         B: Body<R>,
@@ -563,13 +577,15 @@ where
                 Err((body, _)) => return self.run::<S, R, _>(|| body.start()).await,
             };
         match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(returned)) => returned,
-            // Timed out, or the load panicked: the stale value answers.
-            Ok(Err(_)) | Err(_) => match self.stale_value() {
-                Some(value) => {
+            Ok(Ok((returned, served_stale))) => {
+                if served_stale {
                     self.counters.stale();
-                    S::from_value(value)
                 }
+                returned
+            }
+            // Timed out, or the load panicked: the stale value answers.
+            Ok(Err(_)) | Err(_) => match self.take_stale() {
+                Some(value) => S::from_value(value),
                 None => unreachable!("run_within is called with a stale value"),
             },
         }
@@ -613,7 +629,15 @@ impl<T> Owned<T> {
             stale: self.stale.clone(),
             store_failing: self.store_failing,
             overwrite: self.overwrite,
+            behind: false,
+            served_stale: Default::default(),
         }
+    }
+
+    /// This load, to run behind a caller that counts the stale value it serves (see
+    /// [`Load::behind`]).
+    fn behind(&self) -> Load<'_, T> {
+        Load { behind: true, ..self.load() }
     }
 }
 
@@ -663,7 +687,8 @@ where
     S: Shape<R, Value = T>,
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    type Output = tokio::sync::oneshot::Receiver<R>;
+    /// The result, and whether it is the stale value standing in for a failed body.
+    type Output = tokio::sync::oneshot::Receiver<(R, bool)>;
 
     fn detached<F>(self, body: F) -> Self::Output
     where
@@ -673,12 +698,13 @@ where
         let (answer, answered) = tokio::sync::oneshot::channel();
         let owned = self.owned;
         tokio::spawn(async move {
-            let counters = Arc::clone(&owned.counters);
-            let returned = owned.load().run::<S, R, _>(|| body).await;
+            let mut load = owned.behind();
+            let returned = load.run::<S, R, _>(|| body).await;
             let failed = matches!(S::outcome(&returned), Outcome::Failed);
-            if answer.send(returned).is_err() && failed {
+            let served_stale = load.served_stale.load(std::sync::atomic::Ordering::Relaxed);
+            if answer.send((returned, served_stale)).is_err() && (failed || served_stale) {
                 // The caller was answered with the stale value and left; nobody saw this.
-                counters.background_failure();
+                load.counters.background_failure();
             }
         });
         answered

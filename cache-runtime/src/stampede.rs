@@ -131,11 +131,8 @@ where
                 }
                 // The holder's body failed: a stale value answers without another run.
                 Some(Signal::Failed) => {
-                    if let Some(value) =
-                        self.stale.as_ref().and_then(|entry| entry.take(self.cloner).ok())
-                    {
+                    if let Some(value) = self.take_stale() {
                         leader.publish(Landed::Failed);
-                        counters.stale();
                         return S::from_value(value);
                     }
                 }

@@ -277,3 +277,262 @@ async fn early_recomputes_hot_keys_before_they_expire() {
     assert!((4..=10).contains(&loads), "recomputes: {loads} ({stats:?})");
     assert_eq!(stats.refreshes as u32, loads - 1, "{stats:?}");
 }
+
+/// What a gated body returns next.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Answer {
+    Value,
+    Nothing,
+    Fails,
+}
+
+/// A service whose body waits at a gate the test opens, so a test can tell "the caller
+/// waited for the body" from "the caller was answered while the body ran" without timing.
+#[derive(Clone)]
+struct Gated {
+    started: Arc<AtomicU32>,
+    finished: Arc<AtomicU32>,
+    gate: Arc<tokio::sync::Semaphore>,
+    answer: Arc<std::sync::Mutex<Answer>>,
+}
+
+impl Gated {
+    fn new() -> Gated {
+        Gated {
+            started: Arc::default(),
+            finished: Arc::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            answer: Arc::new(std::sync::Mutex::new(Answer::Value)),
+        }
+    }
+
+    fn answer(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+
+    /// Lets `n` bodies through.
+    fn open(&self, n: usize) {
+        self.gate.add_permits(n);
+    }
+
+    async fn query(&self, id: u64) -> Result<Option<String>, String> {
+        let run = self.started.fetch_add(1, SeqCst) + 1;
+        self.gate.acquire().await.unwrap().forget();
+        let answer = *self.answer.lock().unwrap();
+        self.finished.fetch_add(1, SeqCst);
+        match answer {
+            Answer::Value => Ok(Some(format!("row {id} v{run}"))),
+            Answer::Nothing => Ok(None),
+            Answer::Fails => Err("database down".into()),
+        }
+    }
+
+    /// Waits (bounded) until `n` bodies have finished.
+    async fn finished(&self, n: u32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.finished.load(SeqCst) < n {
+            assert!(Instant::now() < deadline, "the body never finished");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+#[cached(key = "row:<id>", ttl = "400ms", refresh = "100ms", cache = cache)]
+async fn refreshed_row(cache: &Cache, db: &Gated, id: u64) -> Result<Option<String>, String> {
+    db.query(id).await
+}
+
+/// A call must answer without waiting for a body that the gate holds (a deadlock guard,
+/// not a speed check: a caller that waited would wait forever).
+async fn answered<F: std::future::Future>(call: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("the caller waited for a body held at the gate")
+}
+
+/// Past the refresh age, a hit returns the current value while one refresh runs in the
+/// background; the refreshed value replaces it when the body returns.
+async fn refresh_runs_in_the_background(cache: Cache) {
+    let db = Gated::new();
+    db.open(1);
+    assert_eq!(refreshed_row(&cache, &db, 1).await.unwrap().as_deref(), Some("row 1 v1"));
+    tokio::time::sleep(Duration::from_millis(150)).await; // past `refresh`, within `ttl`
+    for _ in 0..20 {
+        let row = answered(refreshed_row(&cache, &db, 1)).await.unwrap();
+        assert_eq!(row.as_deref(), Some("row 1 v1"), "the current value, at once");
+    }
+    assert_eq!(db.started.load(SeqCst), 2, "one refresh for twenty hits");
+    assert_eq!(cache.stats_of("refreshed_row").refreshes, 1);
+    db.open(1);
+    db.finished(2).await;
+    // The refresh stores its value before it ends its flight; a short wait covers the
+    // store round trip after the body.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let row = answered(refreshed_row(&cache, &db, 1)).await.unwrap();
+        if row.as_deref() == Some("row 1 v2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the refreshed value never landed: {row:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(cache.stats_of("refreshed_row").misses, 1, "only the first call missed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_refresh_runs_in_the_background() {
+    refresh_runs_in_the_background(Cache::memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refresh_runs_in_the_background() {
+    let server = RedisServer::start();
+    refresh_runs_in_the_background(redis_cache(&server).await).await;
+}
+
+/// A refresh whose body finds nothing removes the value: nobody keeps getting the deleted
+/// row; one whose body fails keeps the value and is counted.
+async fn refresh_outcomes(cache: Cache) {
+    let db = Gated::new();
+    db.open(2);
+    refreshed_row(&cache, &db, 1).await.unwrap();
+    refreshed_row(&cache, &db, 2).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    db.answer(Answer::Fails);
+    db.open(1);
+    assert_eq!(answered(refreshed_row(&cache, &db, 2)).await.unwrap().as_deref(), Some("row 2 v2"));
+    db.finished(3).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.stats_of("refreshed_row").background_failures == 0 {
+        assert!(Instant::now() < deadline, "the failed refresh was not counted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        cache.get::<String>("row:2").await.unwrap().as_deref(),
+        Some("row 2 v2"),
+        "a failed refresh keeps the value"
+    );
+
+    db.answer(Answer::Nothing);
+    db.open(1);
+    assert_eq!(answered(refreshed_row(&cache, &db, 1)).await.unwrap().as_deref(), Some("row 1 v1"));
+    db.finished(4).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.get::<String>("row:1").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the row deleted at its source is still cached");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    db.open(1);
+    assert_eq!(refreshed_row(&cache, &db, 1).await.unwrap(), None, "and the next call loads");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_refresh_that_finds_nothing_removes_the_value_and_one_that_fails_keeps_it() {
+    refresh_outcomes(Cache::memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refresh_that_finds_nothing_removes_the_value_and_one_that_fails_keeps_it() {
+    let server = RedisServer::start();
+    refresh_outcomes(redis_cache(&server).await).await;
+}
+
+/// A refresh still running when the value's TTL ends: the callers that miss join it, and
+/// get its value, instead of running the body again.
+async fn expired_callers_join_the_running_refresh(cache: Cache) {
+    let db = Gated::new();
+    db.open(1);
+    refreshed_row(&cache, &db, 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    answered(refreshed_row(&cache, &db, 1)).await.unwrap(); // starts the refresh
+    tokio::time::sleep(Duration::from_millis(400)).await; // the value's TTL ends
+    let callers: Vec<_> = (0..5)
+        .map(|_| {
+            let (cache, db) = (cache.clone(), db.clone());
+            tokio::spawn(async move { refreshed_row(&cache, &db, 1).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    db.open(1);
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().unwrap().as_deref(), Some("row 1 v2"));
+    }
+    assert_eq!(db.started.load(SeqCst), 2, "the first load and the refresh, nothing more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_expired_callers_join_the_running_refresh() {
+    expired_callers_join_the_running_refresh(Cache::memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_expired_callers_join_the_running_refresh() {
+    let server = RedisServer::start();
+    expired_callers_join_the_running_refresh(redis_cache(&server).await).await;
+}
+
+#[cached(key = "soft:<id>", ttl = "100ms", stale = "1h", timeout = "50ms", cache = cache)]
+async fn soft_row(cache: &Cache, db: &Gated, id: u64) -> Result<Option<String>, String> {
+    db.query(id).await
+}
+
+/// `timeout` with `stale`: a caller holding an expired value waits `timeout` for the body,
+/// then gets that value; the body goes on and stores its result for the next callers. A
+/// caller without a stale value waits for the body.
+async fn soft_timeout(cache: Cache) {
+    let db = Gated::new();
+    db.open(1);
+    assert_eq!(soft_row(&cache, &db, 1).await.unwrap().as_deref(), Some("row 1 v1"));
+    tokio::time::sleep(Duration::from_millis(150)).await; // expired, kept for `stale`
+    for _ in 0..3 {
+        let row = answered(soft_row(&cache, &db, 1)).await.unwrap();
+        assert_eq!(row.as_deref(), Some("row 1 v1"), "the stale value past the timeout");
+    }
+    assert_eq!(db.started.load(SeqCst), 2, "one body for the three callers");
+    assert_eq!(cache.stats_of("soft_row").stale, 3);
+    db.open(1);
+    db.finished(2).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let row = answered(soft_row(&cache, &db, 1)).await.unwrap();
+        if row.as_deref() == Some("row 1 v2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the late body's value never landed: {row:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // No stale value: the caller waits for the body, however long it takes.
+    let waiting = {
+        let (cache, db) = (cache.clone(), db.clone());
+        tokio::spawn(async move { soft_row(&cache, &db, 2).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "without a stale value there is nothing to answer with");
+    db.open(1);
+    assert_eq!(waiting.await.unwrap().unwrap().as_deref(), Some("row 2 v3"));
+
+    // A body that fails after its caller was answered is counted.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    db.answer(Answer::Fails);
+    assert_eq!(answered(soft_row(&cache, &db, 2)).await.unwrap().as_deref(), Some("row 2 v3"));
+    db.open(1);
+    db.finished(4).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.stats_of("soft_row").background_failures == 0 {
+        assert!(Instant::now() < deadline, "the failed background load was not counted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_soft_timeout_answers_with_the_stale_value() {
+    soft_timeout(Cache::memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_soft_timeout_answers_with_the_stale_value() {
+    let server = RedisServer::start();
+    soft_timeout(redis_cache(&server).await).await;
+}
