@@ -172,6 +172,8 @@ impl Policy {
     /// when `δ·β·(−ln r) ≥ time left`, `r` uniform in (0, 1], `δ` the function's mean load
     /// time. Each reader draws on its own, so the first recompute comes earlier the more
     /// readers a key has and the longer its body takes, and usually before the value expires.
+    /// `δ` is the load time stored with the value when there is one (see `format.rs`),
+    /// else the function's mean load time: the caller passes it as `mean_load`.
     pub(crate) fn recompute_now(&self, age: Duration, mean_load: Duration) -> bool {
         if self.refresh.is_some_and(|refresh| age >= refresh) {
             return true;
@@ -445,6 +447,7 @@ impl Cache {
             stale: None,
             store_failing: false,
             overwrite: false,
+            loaded_in: std::sync::atomic::AtomicU64::new(u64::MAX),
         };
         if self.inner.pending.covers(key) {
             // An invalidation of this key has not reached Redis yet: what Redis holds may
@@ -472,7 +475,8 @@ impl Cache {
             };
             match aged {
                 Aged::Fresh(value, found) => {
-                    if policy.recompute_now(found.age, counters.mean_load()) {
+                    let delta = found.load_time.unwrap_or_else(|| counters.mean_load());
+                    if policy.recompute_now(found.age, delta) {
                         return miss.refresh::<S, R, Fut>(load, value, found).await;
                     }
                     return S::from_value(value);

@@ -39,6 +39,9 @@ pub(crate) struct Load<'a, T> {
     /// An invalidation of this key has not reached Redis yet (see `pending.rs`): the value
     /// there must be replaced, never served.
     pub(crate) overwrite: bool,
+    /// How long the body took, in microseconds (`u64::MAX` until it ran): stored with the
+    /// value it produced (the `delta` of the envelope, see `format.rs`).
+    pub(crate) loaded_in: std::sync::atomic::AtomicU64,
 }
 
 /// A uniform draw in (0, 1] from a per-thread xorshift generator (XFetch needs a cheap,
@@ -283,6 +286,8 @@ where
         let started = Instant::now();
         let returned = load().await;
         self.counters.load(started.elapsed());
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+        self.loaded_in.store(micros, std::sync::atomic::Ordering::Relaxed);
         returned
     }
 
@@ -354,7 +359,12 @@ where
     {
         let outcome = match S::outcome(returned) {
             Outcome::Value(value) => {
-                match Entry::encode_traced(value, self.cloner, &self.cache.inner.settings.format) {
+                let took = match self.loaded_in.load(std::sync::atomic::Ordering::Relaxed) {
+                    u64::MAX => None,
+                    micros => Some(std::time::Duration::from_micros(micros)),
+                };
+                let format = &self.cache.inner.settings.format;
+                match Entry::encode_traced(value, self.cloner, format, took) {
                     Ok(entry) => Landed::Value(Arc::new(entry)),
                     Err(error) => {
                         tracing::warn!(key = self.key, %error, "value cannot be encoded; not cached");

@@ -340,6 +340,7 @@ mod tests {
         Found {
             entry: Arc::new(Entry::from_json(json.to_vec())),
             age: Duration::from_secs(1),
+            load_time: None,
             read_at: Instant::now(),
             version: Version::Redis(pttl),
         }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cache_runtime::{cached, Cache};
+use cache_runtime::{cache_put, cached, Cache};
 use cache_tests::RedisServer;
 
 /// A pretend price service whose database can be made to fail.
@@ -274,4 +274,79 @@ async fn early_recomputes_hot_keys_before_they_expire() {
     // expiry) over 4 s, each before the value expired.
     assert!((4..=10).contains(&loads), "recomputes: {loads} ({stats:?})");
     assert_eq!(stats.refreshes as u32, loads - 1, "{stats:?}");
+}
+
+// ---- Write-through age: the write time travels with the value -----------------------------
+
+#[cache_put(key = "listing:<id>", ttl = "1s", cache = cache)]
+async fn put_listing(cache: &Cache, id: u64, price: &str) -> String {
+    let _ = id;
+    format!("listing {price}")
+}
+
+#[cached(key = "listing:<id>", ttl = "15m", stale = "1h", cache = cache)]
+async fn listing(cache: &Cache, prices: &Prices, id: u64) -> Result<String, String> {
+    prices.query(id).await
+}
+
+/// A value written by `#[cache_put]` with its own short life is fresh for a reader with a
+/// long `stale`: its age is the time since it was written, not `lifetime - PTTL` (which
+/// made it look 59 minutes old here).
+async fn a_put_value_is_fresh_for_a_reader_with_stale(cache: Cache) {
+    let prices = Prices::default();
+    put_listing(&cache, 1, "9900").await;
+    assert_eq!(listing(&cache, &prices, 1).await.unwrap(), "listing 9900", "a hit");
+    let stats = cache.stats_of("listing");
+    assert_eq!((stats.hits, stats.misses, stats.loads), (1, 0, 0), "{stats:?}");
+    assert_eq!(prices.loads.load(SeqCst), 0, "the body never ran");
+}
+
+#[tokio::test]
+async fn redis_put_values_are_fresh_whatever_the_readers_stale() {
+    let server = RedisServer::start();
+    a_put_value_is_fresh_for_a_reader_with_stale(redis_cache(&server).await).await;
+}
+
+#[tokio::test]
+async fn memory_put_values_are_fresh_whatever_the_readers_stale() {
+    a_put_value_is_fresh_for_a_reader_with_stale(Cache::memory()).await;
+}
+
+/// The same value in the previous release's envelope: `cr1:<codec>:<compression>:<fp>:`.
+fn as_cr1(stored: &[u8]) -> Vec<u8> {
+    let text = std::str::from_utf8(stored).unwrap();
+    let fields: Vec<&str> = text.splitn(7, ':').collect();
+    assert_eq!(fields[0], "cr2", "{text}");
+    format!("cr1:{}:{}:{}:{}", fields[1], fields[2], fields[3], fields[6]).into_bytes()
+}
+
+/// Values written by the previous release (`cr1`, no write time) still decode, and their age
+/// falls back to the expiry: fresh when written with the reader's lifetime.
+#[tokio::test]
+async fn cr1_values_written_by_the_previous_release_still_decode() {
+    let server = RedisServer::start();
+    let cache = redis_cache(&server).await;
+    let mut raw = server.connection().await;
+    let cr2 = cache_runtime::__private::encode_value(
+        &"listing 7".to_owned(),
+        cache_runtime::Codec::Json,
+        None,
+    );
+    let cr1 = as_cr1(&cr2);
+    assert!(cr1.starts_with(b"cr1:j:-:") && cr1.ends_with(b":\"listing 7\""));
+    for key in ["t:plain:7", "t:listing:7"] {
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg(&cr1)
+            .arg("PX")
+            .arg(3_600_000)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    }
+    assert_eq!(cache.get::<String>("plain:7").await.unwrap().as_deref(), Some("listing 7"));
+    let prices = Prices::default();
+    assert_eq!(listing(&cache, &prices, 7).await.unwrap(), "listing 7", "an aged hit");
+    assert_eq!(prices.loads.load(SeqCst), 0);
+    assert_eq!(cache.stats().errors, 0);
 }

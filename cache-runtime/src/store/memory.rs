@@ -120,14 +120,26 @@ impl MemoryStore {
         stored.expires
     }
 
-    /// The entry, how long ago it was stored, and its write number.
+    /// A value's age: by the write time in its header (see `format.rs`), as on every store;
+    /// since it was stored here for one without (an absent result).
+    fn age(stored: &Stored) -> Duration {
+        stored
+            .entry
+            .as_ref()
+            .and_then(|entry| entry.stamp())
+            .map_or_else(|| stored.stored_at.elapsed(), |stamp| stamp.age())
+    }
+
+    /// The entry, its age, and its write number.
     pub(crate) async fn get_aged(&self, key: &str) -> Option<Found> {
         let read_at = Instant::now();
         let stored = self.entries.get(key).await?;
+        let age = Self::age(&stored);
         match (stored.entry, stored.kept) {
             (Some(entry), _) => Some(Found {
+                load_time: entry.stamp().and_then(|stamp| stamp.load_time),
                 entry,
-                age: stored.stored_at.elapsed(),
+                age,
                 read_at,
                 version: Version::Memory(stored.write),
             }),
@@ -135,6 +147,7 @@ impl MemoryStore {
             (None, Some(kept)) if Self::expiry(&kept) > Instant::now() => Some(Found {
                 entry: kept.entry?,
                 age: Duration::MAX,
+                load_time: None,
                 read_at,
                 version: Version::Memory(kept.write),
             }),
@@ -172,7 +185,7 @@ impl MemoryStore {
                     }
                     Some(stored @ Stored { entry: Some(_), .. }) if !plan.force => {
                         let absent = stored.entry.as_ref().is_some_and(|entry| entry.is_absent());
-                        if absent || stored.stored_at.elapsed() < plan.fresh_for {
+                        if absent || Self::age(&stored) < plan.fresh_for {
                             begun = stored.entry.map(Begun::Present);
                             Op::Nop
                         } else {

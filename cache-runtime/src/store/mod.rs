@@ -42,9 +42,14 @@ pub(crate) struct Removed {
 /// A value read with what a refresh needs to replace exactly it.
 pub(crate) struct Found {
     pub(crate) entry: Arc<Entry>,
-    /// Time since the value was stored (`Duration::MAX` for an expired value that a
-    /// pending marker keeps for stale fallback).
+    /// Time since the value was written: by the write time in its header (`now - written`,
+    /// see `format.rs`) on every store; for a value without one (`cr1`, plain JSON), on
+    /// Redis `lifetime - PTTL`. `Duration::MAX` for an expired value that a pending marker
+    /// keeps for stale fallback.
     pub(crate) age: Duration,
+    /// How long the load that produced the value took, when its header says (`None` for
+    /// `set`, `#[cache_put]` and older formats).
+    pub(crate) load_time: Option<Duration>,
     /// When the read was sent.
     pub(crate) read_at: Instant,
     /// Identifies this stored value (see [`Ticket::Replace`]).

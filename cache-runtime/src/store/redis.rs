@@ -77,7 +77,9 @@ return 1"
 /// Step 1 of the fill protocol. `KEYS[1]` data key, `KEYS[2..]` its indexes (standalone
 /// only); `ARGV`: new marker id, marker lifetime ms, member, index ttl ms, force, birth, the
 /// markers' common prefix, fresh ms (`ttl`), lifetime ms, the bytes of a cached absent
-/// result (which lives by its own expiry: always fresh).
+/// result (which lives by its own expiry: always fresh), the caller's clock in ms since the
+/// Unix epoch (a stored value's age is that minus the write time in its `cr2` header; a
+/// `cr1` or plain-JSON value's is `lifetime - PTTL`).
 /// Replies `{1, value}` when a fresh value is stored, `{2, marker id}` with the marker to
 /// fill. A marker is `<id>` or, when it replaces an expired value kept for `stale`,
 /// `<id><expiry ms>\n<value>`, so readers can still serve that value and an abandoned load
@@ -100,7 +102,11 @@ if current and not pending and ARGV[5] ~= '1' then
     return {1, current}
   end
   left = redis.call('PTTL', KEYS[1])
-  if tonumber(ARGV[9]) - left < tonumber(ARGV[8]) then
+  -- Age: by the write time of a cr2 header (the reader's clock, ARGV[11]), else by expiry.
+  local written = tonumber(string.match(current, '^cr2:[^:]*:[^:]*:[^:]*:(%d+):'))
+  local age = tonumber(ARGV[9]) - left
+  if written then age = math.max(0, tonumber(ARGV[11]) - written) end
+  if age < tonumber(ARGV[8]) then
     return {1, current}
   end
   kept = current
@@ -424,8 +430,9 @@ impl RedisStore {
             .map(|json| Arc::new(Entry::from_stored(json, self.read))))
     }
 
-    /// `GET` and `PTTL` in one round trip: the entry, its age (for entries stored with
-    /// `lifetime`, `lifetime - PTTL`) and its version.
+    /// `GET` and `PTTL` in one round trip: the entry, its age (by the write time in its
+    /// header; for a `cr1` or plain-JSON value stored with `lifetime`, `lifetime - PTTL`)
+    /// and its version (the `PTTL`, which a refresh's `Ticket::Replace` checks).
     pub(crate) async fn get_aged(&self, key: &str, lifetime: Duration) -> Result<Option<Found>> {
         let read_at = std::time::Instant::now();
         let mut connection = self.connection.clone();
@@ -443,9 +450,13 @@ impl RedisStore {
         let remaining = Duration::from_millis(u64::try_from(millis).unwrap_or(0));
         Ok(bytes.and_then(|bytes| {
             if !is_marker(&bytes) {
+                let entry = Arc::new(Entry::from_stored(bytes, self.read));
+                let stamp = entry.stamp();
                 return Some(Found {
-                    entry: Arc::new(Entry::from_stored(bytes, self.read)),
-                    age: lifetime.saturating_sub(remaining),
+                    // The write time in the header; for older formats, from the expiry.
+                    age: stamp.map_or_else(|| lifetime.saturating_sub(remaining), |s| s.age()),
+                    load_time: stamp.and_then(|stamp| stamp.load_time),
+                    entry,
                     read_at,
                     version: Version::Redis(millis),
                 });
@@ -454,6 +465,7 @@ impl RedisStore {
             kept_by_marker(&bytes).map(|kept| Found {
                 entry: Arc::new(Entry::from_stored(kept, self.read)),
                 age: Duration::MAX,
+                load_time: None,
                 read_at,
                 version: Version::Redis(-2),
             })
@@ -534,7 +546,8 @@ impl RedisStore {
             .arg(MARKER_TAG)
             .arg(millis(plan.fresh_for))
             .arg(millis(plan.lifetime))
-            .arg(crate::codec::ABSENT);
+            .arg(crate::codec::ABSENT)
+            .arg(crate::format::now_ms());
         let (found, bytes): (i64, Vec<u8>) = if self.connection.is_cluster() {
             // Both in flight together: the load starts only when both are done, so either
             // an invalidation finds the marker, or it ran before the load reads anything.
