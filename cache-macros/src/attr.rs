@@ -70,9 +70,9 @@ impl Attribute {
     fn expected(self) -> &'static str {
         match self {
             Attribute::Cached => {
-                "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `absent_ttl`, `near`, `cache`, `name`"
+                "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `absent_ttl`, `idle`, `near`, `cache`, `name`"
             }
-            Attribute::CachePut => "one of `key`, `ttl`, `stale`, `cache`, `name`",
+            Attribute::CachePut => "one of `key`, `ttl`, `stale`, `idle`, `cache`, `name`",
             Attribute::Invalidates => "key templates or patterns as strings (`\"vehicle:<v.id>\"`, `\"homepage:*\"`), `cache`, `name`",
             Attribute::RateLimit => "one of `key`, `limit`, `per`, `fail_open`, `fail_closed`, `charge_hits`, `cache`, `name`",
         }
@@ -98,6 +98,7 @@ enum Keyword {
     Refresh,
     AbsentTtl,
     Early,
+    Idle,
     Near,
     Cache,
     Name,
@@ -113,6 +114,7 @@ impl Keyword {
             "refresh" => Keyword::Refresh,
             "absent_ttl" => Keyword::AbsentTtl,
             "early" => Keyword::Early,
+            "idle" => Keyword::Idle,
             "near" => Keyword::Near,
             "cache" => Keyword::Cache,
             "name" => Keyword::Name,
@@ -205,6 +207,8 @@ pub(crate) struct Args {
     pub(crate) absent_ttl: Attr<Duration>,
     /// `early` or `early = <beta>`: XFetch's β, with the literal's span.
     pub(crate) early: Attr<(f64, Span)>,
+    /// `idle = "30m"`: sliding expiration, each hit extends the value's life up to `ttl`.
+    pub(crate) idle: Attr<Duration>,
     /// `near = false`: this function bypasses the cache's near cache.
     pub(crate) near: Attr<bool>,
     pub(crate) cache: Attr<Expr>,
@@ -233,6 +237,7 @@ impl Args {
             refresh: Attr::none("refresh"),
             absent_ttl: Attr::none("absent_ttl"),
             early: Attr::none("early"),
+            idle: Attr::none("idle"),
             near: Attr::none("near"),
             cache: Attr::none("cache"),
             name: Attr::none("name"),
@@ -285,6 +290,9 @@ impl Args {
             Keyword::AbsentTtl => self
                 .absent_ttl
                 .set(span, errors, |errors| value.duration(errors, "absent_ttl = \"30s\"")),
+            Keyword::Idle => {
+                self.idle.set(span, errors, |errors| value.duration(errors, "idle = \"30m\""))
+            }
             Keyword::Near => self.near.set(span, errors, |errors| value.boolean(errors)),
             Keyword::Early => self.early.set(span, errors, |errors| value.beta(errors, span)),
             Keyword::Lock => self.lock.set(span, errors, |errors| value.flag(errors)),

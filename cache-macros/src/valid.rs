@@ -19,6 +19,8 @@ pub(crate) struct Storage {
     pub(crate) early: Option<f64>,
     /// Use the cache's near cache, if it has one (`near = false` opts out).
     pub(crate) near: bool,
+    /// Sliding expiration: a hit extends the value's life by this, up to `ttl`.
+    pub(crate) idle: Option<u64>,
 }
 
 impl Args {
@@ -51,6 +53,18 @@ impl Args {
         if let (Some((_, span)), true) = (self.early.get(), self.refresh.is_written()) {
             errors.push(*span, "`early` and `refresh` exclude each other: both recompute a value before it expires (`refresh` at a fixed age, `early` with XFetch's probability); choose one");
         }
+        if let Some(idle) = self.idle.get() {
+            if idle.millis >= ttl {
+                errors.push(idle.span, "`idle` must be shorter than `ttl`: a hit extends the value's life by `idle`, and `ttl` is the absolute cap, counted from when the value was written");
+            }
+            if self.stale.is_written() {
+                errors.push(idle.span, "`idle` and `stale` exclude each other: `idle` ends a value's life once nobody reads it, `stale` keeps it past its `ttl` to serve when the body fails; choose one");
+            }
+            if self.refresh.is_written() || self.early.is_written() {
+                let other = if self.refresh.is_written() { "refresh" } else { "early" };
+                errors.push(idle.span, format!("`idle` and `{other}` exclude each other: `{other}` recomputes a value that is still read, which writes it anew and restarts the `ttl` that `idle` keeps as an absolute cap; choose one"));
+            }
+        }
         Some(Storage {
             ttl,
             lock: self.lock.get().is_some(),
@@ -59,6 +73,7 @@ impl Args {
             absent_ttl: self.absent_ttl.get().map(|absent| absent.millis),
             early: self.early.get().map(|(beta, _)| *beta),
             near: self.near.get().copied().unwrap_or(true),
+            idle: self.idle.get().map(|idle| idle.millis),
         })
     }
 }

@@ -20,7 +20,7 @@ use crate::pending::Pending;
 use crate::shape::{Outcome, ResultShape, Shape};
 use crate::stats::{Counters, Stats, StatsRegistry, DIRECT_CALLS};
 use crate::store::Store;
-use crate::store::{Found, Ticket};
+use crate::store::{Found, Ticket, Touch};
 
 static NEXT_CACHE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -112,6 +112,10 @@ pub struct Policy {
     pub(crate) early: Option<f64>,
     /// Use the cache's near cache, if it has one (`near = false` opts out).
     pub(crate) near: bool,
+    /// Sliding expiration (`idle = ...`, `< ttl`): a value is stored for this long, and each
+    /// hit extends its remaining life to `min(idle, ttl - age)`, so `ttl` stays an absolute
+    /// cap from the write time.
+    pub(crate) idle: Option<Duration>,
 }
 
 impl Policy {
@@ -123,7 +127,7 @@ impl Policy {
         stale: Option<Duration>,
         refresh: Option<Duration>,
     ) -> Policy {
-        Policy { ttl, lock, stale, refresh, absent_ttl: None, early: None, near: true }
+        Policy { ttl, lock, stale, refresh, absent_ttl: None, early: None, near: true, idle: None }
     }
 
     /// Caches absent results for `absent_ttl` (negative caching).
@@ -140,6 +144,16 @@ impl Policy {
         self
     }
 
+    /// Sliding expiration (`idle = "30m"`, checked `< ttl` and without `stale`, `refresh`,
+    /// `early` by the macro): each hit extends the value's life by `idle`, up to `ttl` after
+    /// it was written. Such a function bypasses the near cache (a near hit would not reach
+    /// the store, so the value could idle out there while still served here).
+    #[must_use]
+    pub const fn with_idle(mut self, idle: Option<Duration>) -> Policy {
+        self.idle = idle;
+        self
+    }
+
     /// `#[cached(near = false)]`: whether calls use the cache's near cache (default `true`).
     #[must_use]
     pub const fn near(mut self, near: bool) -> Policy {
@@ -152,14 +166,24 @@ impl Policy {
         Policy::new(ttl, false, None, None)
     }
 
-    /// How long the store keeps a value.
+    /// How long the store keeps a value when it is written (`idle`, when set: hits extend it).
     pub(crate) fn lifetime(&self) -> Duration {
+        if let Some(idle) = self.idle {
+            return idle.min(self.ttl);
+        }
         self.stale.map_or(self.ttl, |stale| stale.max(self.ttl))
     }
 
-    /// The longest anything this policy stores may live (a value, or an absent result).
+    /// The longest anything this policy stores may live (a value, hits included, or an
+    /// absent result): what the invalidation indexes must cover.
     pub(crate) fn longest(&self) -> Duration {
-        self.absent_ttl.map_or(self.lifetime(), |absent| absent.max(self.lifetime()))
+        let value = if self.idle.is_some() { self.ttl } else { self.lifetime() };
+        self.absent_ttl.map_or(value, |absent| absent.max(value))
+    }
+
+    /// What a hit does to the value's life (`idle`).
+    pub(crate) fn touch(&self) -> Option<Touch> {
+        self.idle.map(|idle| Touch { idle, cap: self.ttl })
     }
 
     /// Whether hits need the value's age (one pipelined `PTTL` more on Redis).
@@ -250,7 +274,7 @@ impl Cache {
                 }
             };
         }
-        match self.lookup::<T>(&counters, key, None).await {
+        match self.lookup::<T>(&counters, key, None, None).await {
             Lookup::Hit(value) => Ok(Some(value)),
             Lookup::Absent | Lookup::Miss | Lookup::Undecodable | Lookup::Foreign => Ok(None),
             Lookup::Failed(error) => Err(error),
@@ -390,12 +414,23 @@ impl Cache {
         counters.miss();
     }
 
-    /// Reads `key`, counting a hit, a miss or an error.
-    async fn lookup<T>(&self, counters: &Counters, key: &str, cloner: Cloner<T>) -> Lookup<T>
+    /// Reads `key`, counting a hit, a miss or an error; with `touch` (`idle`), a hit
+    /// extends the value's life in the same round trip, and a value past its cap is a miss.
+    async fn lookup<T>(
+        &self,
+        counters: &Counters,
+        key: &str,
+        cloner: Cloner<T>,
+        touch: Option<Touch>,
+    ) -> Lookup<T>
     where
         T: DeserializeOwned + 'static,
     {
-        match self.inner.store.get(key).await {
+        let read = match touch {
+            Some(touch) => self.inner.store.get_touched(key, touch).await,
+            None => self.inner.store.get(key).await,
+        };
+        match read {
             Ok(Some(entry)) if entry.is_absent() => {
                 counters.hit();
                 tracing::debug!(key, "cache hit (absent)");
@@ -492,7 +527,7 @@ impl Cache {
                 Aged::Failed(error) => miss.read_failed(error.kind()),
             }
         } else {
-            match self.lookup(counters, key, cloner).await {
+            match self.lookup(counters, key, cloner, policy.touch()).await {
                 Lookup::Hit(value) => return S::from_value(value),
                 Lookup::Absent => match S::absent() {
                     Some(absent) => return absent,

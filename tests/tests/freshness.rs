@@ -350,3 +350,106 @@ async fn cr1_values_written_by_the_previous_release_still_decode() {
     assert_eq!(prices.loads.load(SeqCst), 0);
     assert_eq!(cache.stats().errors, 0);
 }
+
+// ---- Sliding expiration (`idle`) ----------------------------------------------------------
+
+#[cached(key = "session:<id>", ttl = "3s", idle = "1s", cache = cache)]
+async fn session(cache: &Cache, prices: &Prices, id: u64) -> Result<String, String> {
+    prices.query(id).await
+}
+
+/// A value read every 300 ms with `idle = "1s"` stays cached past 1 s (each hit extends it),
+/// but not past `ttl = "3s"` after it was written, even while still read.
+async fn reads_keep_an_idle_value_until_its_ttl(cache: Cache) {
+    let prices = Prices::default();
+    let started = Instant::now();
+    assert_eq!(session(&cache, &prices, 1).await.unwrap(), "price 1 v1");
+    while started.elapsed() < Duration::from_millis(2400) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            session(&cache, &prices, 1).await.unwrap(),
+            "price 1 v1",
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(prices.loads.load(SeqCst), 1, "every read within idle of the last one hit");
+    // Within `idle` of the last read, but past the cap: a miss.
+    tokio::time::sleep(Duration::from_millis(3200).saturating_sub(started.elapsed())).await;
+    assert_eq!(session(&cache, &prices, 1).await.unwrap(), "price 1 v2", "capped by ttl");
+    assert_eq!(prices.loads.load(SeqCst), 2);
+    assert_eq!(cache.stats_of("session").misses, 2);
+}
+
+/// A value nobody reads for longer than `idle` is gone.
+async fn an_unread_idle_value_expires(cache: Cache) {
+    let prices = Prices::default();
+    assert_eq!(session(&cache, &prices, 2).await.unwrap(), "price 2 v1");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(session(&cache, &prices, 2).await.unwrap(), "price 2 v1", "a hit extends it");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(session(&cache, &prices, 2).await.unwrap(), "price 2 v2", "idle for 1.3 s: gone");
+    assert_eq!(prices.loads.load(SeqCst), 2);
+}
+
+#[tokio::test]
+async fn redis_idle_values_slide_up_to_their_ttl() {
+    let server = RedisServer::start();
+    let cache = redis_cache(&server).await;
+    reads_keep_an_idle_value_until_its_ttl(cache.clone()).await;
+    an_unread_idle_value_expires(cache.clone()).await;
+    // Stored for `idle`; a hit sets the remaining life to min(idle, ttl - age).
+    let mut raw = server.connection().await;
+    let prices = Prices::default();
+    session(&cache, &prices, 3).await.unwrap();
+    let pttl = |raw: &mut redis::aio::MultiplexedConnection| {
+        let mut raw = raw.clone();
+        async move { redis::cmd("PTTL").arg("t:session:3").query_async::<i64>(&mut raw).await.unwrap() }
+    };
+    assert!((1..=1000).contains(&pttl(&mut raw).await), "written for idle");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    session(&cache, &prices, 3).await.unwrap();
+    assert!(pttl(&mut raw).await > 900, "extended by the hit");
+    // The index covers the extended life: a pattern invalidation still finds the key.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        session(&cache, &prices, 3).await.unwrap();
+    }
+    assert_eq!(cache.invalidate_pattern("session:*").await.unwrap(), 1);
+    assert_eq!(pttl(&mut raw).await, -2);
+    // A value written by `set` for 500 ms (indexed for that long) and kept alive by hits
+    // past it: the hits extend its index entry too, so patterns still find it.
+    cache.set("session:4", "price 4 set", Duration::from_millis(500)).await.unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(session(&cache, &prices, 4).await.unwrap(), "price 4 set");
+    }
+    // Another write to the level prunes members whose score has passed.
+    cache.set("session:5", "other", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(cache.invalidate_pattern("session:*").await.unwrap(), 2, "still indexed");
+}
+
+#[tokio::test]
+async fn memory_idle_values_slide_up_to_their_ttl() {
+    let cache = Cache::memory();
+    reads_keep_an_idle_value_until_its_ttl(cache.clone()).await;
+    an_unread_idle_value_expires(cache).await;
+}
+
+#[tokio::test]
+async fn idle_functions_bypass_the_near_cache() {
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis(server.url())
+        .prefix("t:")
+        .near_cache(1 << 20)
+        .build()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while !cache.near_cache_live() && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reads_keep_an_idle_value_until_its_ttl(cache.clone()).await;
+    assert_eq!(cache.stats_of("session").near_hits, 0);
+}

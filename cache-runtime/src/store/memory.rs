@@ -15,7 +15,7 @@ use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 
 use super::lease::LocalLocks;
-use super::{Begun, FillPlan, Found, Marker, Ticket, Version};
+use super::{Begun, FillPlan, Found, Marker, Ticket, Touch, Version};
 use crate::codec::Entry;
 use crate::{glob, index};
 
@@ -113,6 +113,41 @@ impl MemoryStore {
 
     pub(crate) async fn get(&self, key: &str) -> Option<Arc<Entry>> {
         self.entries.get(key).await.and_then(|stored| stored.entry)
+    }
+
+    /// A hit for `idle`: the value, its expiry moved to `now + min(idle, cap - age)` (one
+    /// compute on the key, so no write falls in between); `None` for a marker or a value at
+    /// least `cap` old. Values without a write time (absent results) are left as they are.
+    pub(crate) async fn get_touched(&self, key: &str, touch: Touch) -> Option<Arc<Entry>> {
+        let mut found = None;
+        self.entries
+            .entry(key.to_owned())
+            .and_compute_with(|current| {
+                let op = match current.map(moka::Entry::into_value) {
+                    Some(mut stored) => match stored.entry.as_ref().map(|entry| entry.stamp()) {
+                        Some(Some(stamp)) => {
+                            let age = stamp.age();
+                            if age < touch.cap {
+                                found.clone_from(&stored.entry);
+                                let left = touch.idle.min(touch.cap - age);
+                                stored.expires = Instant::now() + left;
+                                Op::Put(stored) // same write number: same value, index kept
+                            } else {
+                                Op::Nop
+                            }
+                        }
+                        Some(None) => {
+                            found = stored.entry;
+                            Op::Nop
+                        }
+                        None => Op::Nop, // a marker: a miss
+                    },
+                    None => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        found
     }
 
     /// When a stored value expires.

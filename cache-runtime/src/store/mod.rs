@@ -68,6 +68,16 @@ pub(crate) enum Version {
     Redis(i64),
 }
 
+/// What a hit does to the value's life (`idle`, sliding expiration).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Touch {
+    /// A hit extends the value's remaining life to `min(idle, cap - age)`.
+    pub(crate) idle: Duration,
+    /// The absolute cap (`ttl`), counted from the write time in the value's header: a value
+    /// at least this old is a miss.
+    pub(crate) cap: Duration,
+}
+
 /// What a load is about to store, for [`Store::begin_fill`].
 pub(crate) struct FillPlan {
     /// How long the value will be kept (`ttl`, or `stale` when longer).
@@ -176,6 +186,17 @@ impl Store {
         match self {
             Store::Memory(store) => Ok(store.get(key).await),
             Store::Redis(store) => store.get(key).await,
+        }
+    }
+
+    /// [`get`](Self::get) for `idle`: a hit extends the value's remaining life to
+    /// `min(idle, cap - age)` (age from the write time in its header), in the same round
+    /// trip on Redis (one script); a value at least `cap` old reads as absent. Values
+    /// without a write time (absent results, older formats) are returned untouched.
+    pub(crate) async fn get_touched(&self, key: &str, touch: Touch) -> Result<Option<Arc<Entry>>> {
+        match self {
+            Store::Memory(store) => Ok(store.get_touched(key, touch).await),
+            Store::Redis(store) => store.get_touched(key, touch).await,
         }
     }
 

@@ -16,7 +16,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
 use super::link::{LazyCluster, Link};
-use super::{Begun, FillPlan, Found, Marker, Removed, Ticket, Version};
+use super::{Begun, FillPlan, Found, Marker, Removed, Ticket, Touch, Version};
 use crate::breaker::{is_connection_failure, Breaker, BreakerState, Pass};
 use crate::codec::Entry;
 use crate::error::{BackendError, Error, Result};
@@ -146,6 +146,51 @@ if redis.call('PTTL', KEYS[1]) > tonumber(ARGV[2]) then return 0 end
 local now = now_ms()
 for i = 2, #KEYS do index_add(KEYS[i], ARGV[5], tonumber(ARGV[4]), now, ARGV[6]) end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return 1"
+);
+
+/// A hit for `idle` (sliding expiration), in one round trip: `GET KEYS[1]` and, for a value
+/// with a write time (a `cr2` header), `PEXPIRE` to `min(idle, cap - age)`, age being the
+/// caller's clock (`ARGV[3]`, ms since the Unix epoch) minus the write time. A value at least
+/// `cap` old, a pending marker (prefix `ARGV[4]`) and a value without a write time are
+/// returned untouched (the caller reads the first two as a miss). `KEYS[2..]`: the key's
+/// indexes (standalone only), made to cover the extended life: a member whose score lies
+/// before the new expiry is re-added until the cap (`ARGV[5]` member, `ARGV[6]` birth).
+/// `ARGV`: idle ms, cap ms, now ms, marker prefix, member, birth.
+const TOUCH_SCRIPT: &str = concat!(
+    lua_prelude!(),
+    r"
+local current = redis.call('GET', KEYS[1])
+if not current or string.sub(current, 1, #ARGV[4]) == ARGV[4] then return current end
+local written = tonumber(string.match(current, '^cr2:[^:]*:[^:]*:[^:]*:(%d+):'))
+if not written then return current end
+local until_cap = tonumber(ARGV[2]) - math.max(0, tonumber(ARGV[3]) - written)
+if until_cap <= 0 then return current end
+local left = math.min(tonumber(ARGV[1]), until_cap)
+redis.call('PEXPIRE', KEYS[1], left)
+if #KEYS > 1 then
+  local now = now_ms()
+  for i = 2, #KEYS do
+    local score = redis.call('ZSCORE', KEYS[i], ARGV[5])
+    if not score or tonumber(score) < now + left then
+      index_add(KEYS[i], ARGV[5], until_cap, now, ARGV[6])
+    end
+  end
+end
+return current"
+);
+
+/// Cluster side of [`TOUCH_SCRIPT`]'s index cover, per index (`KEYS[1]`): `ARGV[1]` (the
+/// member) is re-added for `ARGV[3]` ms (the cap) if its score lies before `now + ARGV[2]`
+/// (`idle`, the furthest a hit moves the expiry); `ARGV[4]` birth.
+const COVER_SCRIPT: &str = concat!(
+    lua_prelude!(),
+    r"
+local now = now_ms()
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) < now + tonumber(ARGV[2]) then
+  index_add(KEYS[1], ARGV[1], tonumber(ARGV[3]), now, ARGV[4])
+end
 return 1"
 );
 
@@ -428,6 +473,53 @@ impl RedisStore {
         Ok(bytes
             .filter(|bytes| !is_marker(bytes))
             .map(|json| Arc::new(Entry::from_stored(json, self.read))))
+    }
+
+    /// A hit for `idle`: one script (`TOUCH_SCRIPT`) reads the value and extends its life;
+    /// on a cluster the index covers (`COVER_SCRIPT`, one per index level, other slots) are
+    /// in flight together with it: still one round trip.
+    pub(crate) async fn get_touched(&self, key: &str, touch: Touch) -> Result<Option<Arc<Entry>>> {
+        let birth = self.birth().await?;
+        let (idle, cap) = (millis(touch.idle), millis(touch.cap));
+        let script = redis::Script::new(TOUCH_SCRIPT);
+        let mut invocation = self.invocation(&script, key);
+        invocation
+            .arg(idle)
+            .arg(cap)
+            .arg(crate::format::now_ms())
+            .arg(MARKER_TAG)
+            .arg(key)
+            .arg(birth);
+        let bytes: Option<Vec<u8>> = if self.connection.is_cluster() {
+            let covers = index::levels(key).map(|level| {
+                let mut connection = self.connection.clone();
+                let index = self.index_key(level);
+                async move {
+                    redis::Script::new(COVER_SCRIPT)
+                        .key(index)
+                        .arg(key)
+                        .arg(idle)
+                        .arg(cap)
+                        .arg(birth)
+                        .invoke_async::<()>(&mut connection)
+                        .await
+                }
+            });
+            let (bytes, _) =
+                futures_util::future::try_join(async { self.run(&invocation).await }, async {
+                    self.guarded(try_join_all(covers)).await
+                })
+                .await?;
+            bytes
+        } else {
+            self.run(&invocation).await?
+        };
+        Ok(bytes.filter(|bytes| !is_marker(bytes)).and_then(|bytes| {
+            let entry = Entry::from_stored(bytes, self.read);
+            // Past the cap: a miss (the script left it alone).
+            let expired = entry.stamp().is_some_and(|stamp| stamp.age() >= touch.cap);
+            (!expired).then(|| Arc::new(entry))
+        }))
     }
 
     /// `GET` and `PTTL` in one round trip: the entry, its age (by the write time in its
