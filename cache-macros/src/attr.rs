@@ -75,9 +75,9 @@ impl Attribute {
     fn expected(self) -> &'static str {
         match self {
             Attribute::Cached => {
-                "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `timeout`, `absent_ttl`, `near`, `cache`, `name`"
+                "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `timeout`, `absent_ttl`, `idle`, `near`, `cache`, `name`"
             }
-            Attribute::CachePut => "one of `key`, `ttl`, `stale`, `cache`, `name`",
+            Attribute::CachePut => "one of `key`, `ttl`, `stale`, `idle`, `cache`, `name`",
             Attribute::Invalidates => "key templates or patterns as strings (`\"vehicle:<v.id>\"`, `\"homepage:*\"`), `cache`, `name`",
             Attribute::RateLimit => "one of `key`, `limit`, `per`, `fail_open`, `fail_closed`, `charge_hits`, `cache`, `name`",
         }
@@ -104,6 +104,7 @@ enum Keyword {
     AbsentTtl,
     Early,
     Timeout,
+    Idle,
     Near,
     Cache,
     Name,
@@ -120,6 +121,7 @@ impl Keyword {
             "absent_ttl" => Keyword::AbsentTtl,
             "early" => Keyword::Early,
             "timeout" => Keyword::Timeout,
+            "idle" => Keyword::Idle,
             "near" => Keyword::Near,
             "cache" => Keyword::Cache,
             "name" => Keyword::Name,
@@ -214,6 +216,8 @@ pub(crate) struct Args {
     pub(crate) early: Attr<(f64, Span)>,
     /// `timeout = "200ms"`: how long a caller holding a stale value waits for the body.
     pub(crate) timeout: Attr<Duration>,
+    /// `idle = "30m"`: sliding expiration, each hit extends the value's life up to `ttl`.
+    pub(crate) idle: Attr<Duration>,
     /// `near = false`: this function bypasses the cache's near cache.
     pub(crate) near: Attr<bool>,
     pub(crate) cache: Attr<Expr>,
@@ -243,6 +247,7 @@ impl Args {
             absent_ttl: Attr::none("absent_ttl"),
             early: Attr::none("early"),
             timeout: Attr::none("timeout"),
+            idle: Attr::none("idle"),
             near: Attr::none("near"),
             cache: Attr::none("cache"),
             name: Attr::none("name"),
@@ -298,6 +303,9 @@ impl Args {
             Keyword::Timeout => self
                 .timeout
                 .set(span, errors, |errors| value.duration(errors, "timeout = \"200ms\"")),
+            Keyword::Idle => {
+                self.idle.set(span, errors, |errors| value.duration(errors, "idle = \"30m\""))
+            }
             Keyword::Near => self.near.set(span, errors, |errors| value.boolean(errors)),
             Keyword::Early => self.early.set(span, errors, |errors| value.beta(errors, span)),
             Keyword::Lock => self.lock.set(span, errors, |errors| value.flag(errors)),

@@ -161,7 +161,8 @@ impl Prepared {
         detached: Option<&Detached>,
     ) -> TokenStream {
         let Prepared { function, args, name, .. } = self;
-        let Storage { ttl, lock, stale, refresh, absent_ttl, early, timeout, near } = storage;
+        let Storage { ttl, lock, stale, refresh, absent_ttl, early, timeout, near, idle } = storage;
+        let idle = optional_duration(*idle);
         let early = match early {
             Some(beta) => quote!(::core::option::Option::Some(#beta)),
             None => quote!(::core::option::Option::None),
@@ -206,7 +207,8 @@ impl Prepared {
                     .with_absent_ttl(#absent_ttl)
                     .with_early(#early)
                     .with_timeout(#timeout)
-                    .near(#near),
+                    .near(#near)
+                    .with_idle(#idle),
                     counters: ::cache_runtime::__private::CountersSlot::new(),
                 };
             #register
@@ -226,8 +228,9 @@ impl Prepared {
 
     fn put(&self, key: &Key, storage: &Storage, returned: &Returned) -> TokenStream {
         let Prepared { function, args, name, .. } = self;
-        // Readers with `stale` compute a value's age from its expiry: write with the same life.
-        let millis = storage.stale.unwrap_or(0).max(storage.ttl);
+        // Live long enough for readers with the same `stale` (their age comes from the write
+        // time stored with the value); with `idle`, for `idle` (readers' hits extend it).
+        let millis = storage.idle.unwrap_or_else(|| storage.stale.unwrap_or(0).max(storage.ttl));
         let cache = cache_expr(args.cache.get());
         let register = register("Put", [&key.template], name);
         let key = &key.expr;
@@ -487,7 +490,7 @@ mod tests {
                 "duplicate argument `ttl`",
                 "`lock` is a flag and takes no value: write `lock`",
                 "duplicate argument `lock`",
-                "unknown argument `what`; expected one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `absent_ttl`, `near`, `cache`, `name`",
+                "unknown argument `what`; expected one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `absent_ttl`, `idle`, `near`, `cache`, `name`",
                 "`stale` must be longer than `ttl`: it is how long a value is kept in all, to be served when the body fails after the value expired",
             ]
         );
@@ -503,7 +506,7 @@ mod tests {
         let errors = errors_of(cache_put(quote!(key = "v:<id>", refresh = "1m"), item.clone()));
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with(
-            "unknown argument `refresh`; expected one of `key`, `ttl`, `stale`, `cache`, `name`"
+            "unknown argument `refresh`; expected one of `key`, `ttl`, `stale`, `idle`, `cache`, `name`"
         ));
         assert!(errors[1].starts_with("missing `ttl = \"...\"`: `#[cache_put]`"), "{errors:?}");
         let errors = errors_of(invalidates(quote!(key = "v:<id>"), item));

@@ -36,6 +36,7 @@ use proc_macro::TokenStream;
 /// | `refresh = "..."` | Recompute a value older than this (shorter than `ttl`) on a hit, once across processes, before it expires; callers keep getting the current value meanwhile. |
 /// | `early` / `early = 1.5` | XFetch (Vattani, Chierichetti, Lowenstein, VLDB 2015): a hit recomputes the value early (once per process and, on Redis, once across processes) when `δ·β·(−ln r) ≥ time left`, with `δ` the function's mean load time; `early` alone is β = 1. Excludes `refresh`. |
 /// | `absent_ttl = "..."` | Cache absent results (`None`, `Ok(None)`) this long (negative caching). Needs a return shape with an absent result: `Option<T>` or `Result<Option<T>, E>` (a compile error otherwise). |
+/// | `idle = "..."` | Sliding expiration (sessions): the value is stored for `idle`, and each hit extends its remaining life to `min(idle, ttl - age)`, so a value nobody reads for `idle` is gone and `ttl` stays an absolute cap from the write time. Still one round trip on Redis (one script). Shorter than `ttl`; excludes `stale`, `refresh` and `early`; bypasses the near cache. |
 /// | `near = false` | Bypass the cache's near cache (`CacheBuilder::near_cache`) for this function: every call reads Redis. No effect on a cache without one. Default: `true`. |
 /// | `cache = <expr>` | The `Cache` to use: an expression of type `Cache`, `&Cache` or `Arc<Cache>`, which may use `self` and the parameters. Default: [`default_cache()`](https://docs.rs/cache-runtime/latest/cache_runtime/fn.default_cache.html). |
 /// | `name = "..."` | The function's name in stats and metrics. Default: its identifier. |
@@ -114,6 +115,7 @@ pub fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
 /// | `key = "..."` | Required. Key template, as in `#[cached]`. |
 /// | `ttl = "..."` | Required. Time to live, as in `#[cached]`. |
 /// | `stale = "..."` | Keep the value this long in all (longer than `ttl`): give the same `stale` as the `#[cached]` readers of this key, so they can serve it once expired when their body fails. |
+/// | `idle = "..."` | Store the value for `idle` only (shorter than `ttl`, without `stale`): for keys read with `#[cached(..., idle = ...)]`, whose hits extend it. |
 /// | `cache = <expr>` | The `Cache` to use, as in `#[cached]`. |
 /// | `name = "..."` | The function's name in stats and metrics. Default: its identifier. |
 #[proc_macro_attribute]

@@ -21,6 +21,8 @@ pub(crate) struct Storage {
     pub(crate) timeout: Option<u64>,
     /// Use the cache's near cache, if it has one (`near = false` opts out).
     pub(crate) near: bool,
+    /// Sliding expiration: a hit extends the value's life by this, up to `ttl`.
+    pub(crate) idle: Option<u64>,
 }
 
 impl Args {
@@ -56,6 +58,18 @@ impl Args {
         if let (Some(timeout), false) = (self.timeout.get(), self.stale.is_written()) {
             errors.push(timeout.span, "`timeout` needs `stale`: past the timeout a caller is answered with the expired value that `stale` keeps (the body goes on in the background); without one there is nothing to answer with. Add `stale = \"1h\"`, or remove `timeout`");
         }
+        if let Some(idle) = self.idle.get() {
+            if idle.millis >= ttl {
+                errors.push(idle.span, "`idle` must be shorter than `ttl`: a hit extends the value's life by `idle`, and `ttl` is the absolute cap, counted from when the value was written");
+            }
+            if self.stale.is_written() {
+                errors.push(idle.span, "`idle` and `stale` exclude each other: `idle` ends a value's life once nobody reads it, `stale` keeps it past its `ttl` to serve when the body fails; choose one");
+            }
+            if self.refresh.is_written() || self.early.is_written() {
+                let other = if self.refresh.is_written() { "refresh" } else { "early" };
+                errors.push(idle.span, format!("`idle` and `{other}` exclude each other: `{other}` recomputes a value that is still read, which writes it anew and restarts the `ttl` that `idle` keeps as an absolute cap; choose one"));
+            }
+        }
         Some(Storage {
             ttl,
             lock: self.lock.get().is_some(),
@@ -65,6 +79,7 @@ impl Args {
             early: self.early.get().map(|(beta, _)| *beta),
             timeout: self.timeout.get().map(|timeout| timeout.millis),
             near: self.near.get().copied().unwrap_or(true),
+            idle: self.idle.get().map(|idle| idle.millis),
         })
     }
 }

@@ -21,7 +21,7 @@ use crate::pending::Pending;
 use crate::shape::{Outcome, ResultShape, Shape};
 use crate::stats::{Counters, Stats, StatsRegistry, DIRECT_CALLS};
 use crate::store::Store;
-use crate::store::{Found, Ticket};
+use crate::store::{Found, Ticket, Touch};
 
 static NEXT_CACHE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -121,6 +121,10 @@ pub struct Policy {
     pub(crate) timeout: Option<Duration>,
     /// Use the cache's near cache, if it has one (`near = false` opts out).
     pub(crate) near: bool,
+    /// Sliding expiration (`idle = ...`, `< ttl`): a value is stored for this long, and each
+    /// hit extends its remaining life to `min(idle, ttl - age)`, so `ttl` stays an absolute
+    /// cap from the write time.
+    pub(crate) idle: Option<Duration>,
 }
 
 impl Policy {
@@ -141,6 +145,7 @@ impl Policy {
             early: None,
             timeout: None,
             near: true,
+            idle: None,
         }
     }
 
@@ -166,6 +171,16 @@ impl Policy {
         self
     }
 
+    /// Sliding expiration (`idle = "30m"`, checked `< ttl` and without `stale`, `refresh`,
+    /// `early` by the macro): each hit extends the value's life by `idle`, up to `ttl` after
+    /// it was written. Such a function bypasses the near cache (a near hit would not reach
+    /// the store, so the value could idle out there while still served here).
+    #[must_use]
+    pub const fn with_idle(mut self, idle: Option<Duration>) -> Policy {
+        self.idle = idle;
+        self
+    }
+
     /// `#[cached(near = false)]`: whether calls use the cache's near cache (default `true`).
     #[must_use]
     pub const fn near(mut self, near: bool) -> Policy {
@@ -178,12 +193,15 @@ impl Policy {
         Policy::new(ttl, false, None, None)
     }
 
-    /// How long the store keeps a value: `ttl`, `stale` when longer, and with `refresh` or
-    /// `early` a grace period past `ttl` ([`REFRESH_GRACE`] at most), so that a refresh
-    /// still running when the value's TTL ends can replace it, and the callers that miss
-    /// meanwhile join that refresh instead of loading again. A value past `ttl` is never
-    /// served unless `stale` says so.
+    /// How long the store keeps a value when it is written: `ttl`, `stale` when longer, and
+    /// with `refresh` or `early` a grace period past `ttl` ([`REFRESH_GRACE`] at most), so
+    /// that a refresh still running when the value's TTL ends can replace it, and the
+    /// callers that miss meanwhile join that refresh instead of loading again. A value past
+    /// `ttl` is never served unless `stale` says so. With `idle`, `idle` (hits extend it).
     pub(crate) fn lifetime(&self) -> Duration {
+        if let Some(idle) = self.idle {
+            return idle.min(self.ttl);
+        }
         let kept = match self.refresh.is_some() || self.early.is_some() {
             true => self.ttl + self.ttl.min(REFRESH_GRACE),
             false => self.ttl,
@@ -191,9 +209,16 @@ impl Policy {
         self.stale.map_or(kept, |stale| stale.max(kept))
     }
 
-    /// The longest anything this policy stores may live (a value, or an absent result).
+    /// The longest anything this policy stores may live (a value, hits included, or an
+    /// absent result): what the invalidation indexes must cover.
     pub(crate) fn longest(&self) -> Duration {
-        self.absent_ttl.map_or(self.lifetime(), |absent| absent.max(self.lifetime()))
+        let value = if self.idle.is_some() { self.ttl } else { self.lifetime() };
+        self.absent_ttl.map_or(value, |absent| absent.max(value))
+    }
+
+    /// What a hit does to the value's life (`idle`).
+    pub(crate) fn touch(&self) -> Option<Touch> {
+        self.idle.map(|idle| Touch { idle, cap: self.ttl })
     }
 
     /// Whether hits need the value's age (one pipelined `PTTL` more on Redis).
@@ -206,6 +231,8 @@ impl Policy {
     /// when `δ·β·(−ln r) ≥ time left`, `r` uniform in (0, 1], `δ` the function's mean load
     /// time. Each reader draws on its own, so the first recompute comes earlier the more
     /// readers a key has and the longer its body takes, and usually before the value expires.
+    /// `δ` is the load time stored with the value when there is one (see `format.rs`),
+    /// else the function's mean load time: the caller passes it as `mean_load`.
     pub(crate) fn recompute_now(&self, age: Duration, mean_load: Duration) -> bool {
         if self.refresh.is_some_and(|refresh| age >= refresh) {
             return true;
@@ -282,7 +309,7 @@ impl Cache {
                 }
             };
         }
-        match self.lookup::<T>(&counters, key, None).await {
+        match self.lookup::<T>(&counters, key, None, None).await {
             Lookup::Hit(value) => Ok(Some(value)),
             Lookup::Absent | Lookup::Miss | Lookup::Undecodable | Lookup::Foreign => Ok(None),
             Lookup::Failed(error) => Err(error),
@@ -424,12 +451,23 @@ impl Cache {
         counters.miss();
     }
 
-    /// Reads `key`, counting a hit, a miss or an error.
-    async fn lookup<T>(&self, counters: &Counters, key: &str, cloner: Cloner<T>) -> Lookup<T>
+    /// Reads `key`, counting a hit, a miss or an error; with `touch` (`idle`), a hit
+    /// extends the value's life in the same round trip, and a value past its cap is a miss.
+    async fn lookup<T>(
+        &self,
+        counters: &Counters,
+        key: &str,
+        cloner: Cloner<T>,
+        touch: Option<Touch>,
+    ) -> Lookup<T>
     where
         T: DeserializeOwned + 'static,
     {
-        match self.inner.store.get(key).await {
+        let read = match touch {
+            Some(touch) => self.inner.store.get_touched(key, touch).await,
+            None => self.inner.store.get(key).await,
+        };
+        match read {
             Ok(Some(entry)) if entry.is_absent() => {
                 counters.hit();
                 tracing::debug!(key, "cache hit (absent)");
@@ -483,6 +521,7 @@ impl Cache {
             overwrite: false,
             behind: false,
             served_stale: Default::default(),
+            loaded_in: std::sync::atomic::AtomicU64::new(u64::MAX),
         };
         if self.inner.pending.covers(key) {
             // An invalidation of this key has not reached Redis yet: what Redis holds may
@@ -510,7 +549,8 @@ impl Cache {
             };
             match aged {
                 Aged::Fresh(value, found) => {
-                    if policy.recompute_now(found.age, counters.mean_load()) {
+                    let delta = found.load_time.unwrap_or_else(|| counters.mean_load());
+                    if policy.recompute_now(found.age, delta) {
                         return miss.refresh::<S, R, B>(body, value, found).await;
                     }
                     return S::from_value(value);
@@ -529,7 +569,7 @@ impl Cache {
                 Aged::Failed(error) => miss.read_failed(error.kind()),
             }
         } else {
-            match self.lookup(counters, key, cloner).await {
+            match self.lookup(counters, key, cloner, policy.touch()).await {
                 Lookup::Hit(value) => return S::from_value(value),
                 Lookup::Absent => match S::absent() {
                     Some(absent) => return absent,

@@ -8,7 +8,7 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::format::{DecodeError, Format, ReadFormat};
+use crate::format::{DecodeError, Format, ReadFormat, Stamp};
 
 /// Produces an owned value from a shared one without a serialization round trip.
 ///
@@ -81,17 +81,18 @@ impl Entry {
         }
     }
 
-    /// [`encode`](Self::encode) with the traced fingerprint (see `format.rs`): what a load,
-    /// which knows `T: DeserializeOwned`, stores.
+    /// [`encode`](Self::encode) with the traced fingerprint (see `format.rs`) and how long
+    /// the load took: what a load, which knows `T: DeserializeOwned`, stores.
     pub(crate) fn encode_traced<T>(
         value: &T,
         cloner: Cloner<T>,
         format: &Format,
+        load_time: Option<std::time::Duration>,
     ) -> Result<Entry, serde_json::Error>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
-        let (bytes, encoded_len) = format.encode_traced(value)?;
+        let (bytes, encoded_len) = format.encode_traced(value, load_time)?;
         let typed = cloner.map(|clone| Box::new(clone(value)) as Box<dyn Any + Send + Sync>);
         Ok(Entry { json: bytes.into_boxed_slice(), encoded_len, read: format.read, typed })
     }
@@ -121,6 +122,12 @@ impl Entry {
     /// reader never inflates past the limit the writer honoured.
     pub(crate) fn size(&self) -> usize {
         self.encoded_len
+    }
+
+    /// When the value was written and how long its load took, from its header (`None` for
+    /// a `cr1` value, a previous release's plain JSON, or an absent result).
+    pub(crate) fn stamp(&self) -> Option<Stamp> {
+        Stamp::of(&self.json)
     }
 
     /// An owned `T`: a clone of the typed copy when there is one of that type, else decoded
@@ -196,7 +203,8 @@ mod tests {
     fn entries_round_trip_with_and_without_typed_copy() {
         let cloner = (&CloneProbe::<Cloneable>::new()).cloner();
         let entry = Entry::encode(&Cloneable(7), cloner, &Format::default()).unwrap();
-        assert!(entry.json.starts_with(b"cr1:j:-:") && entry.json.ends_with(b":7"));
+        assert!(entry.json.starts_with(b"cr2:j:-:") && entry.json.ends_with(b":0:7"));
+        assert!(entry.stamp().is_some());
         assert_eq!(entry.take(cloner).unwrap(), Cloneable(7));
         // Without the typed copy, from the bytes.
         assert_eq!(entry.take::<Cloneable>(None).unwrap(), Cloneable(7));

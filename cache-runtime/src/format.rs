@@ -4,13 +4,15 @@
 //! A stored value is an ASCII header followed by the payload:
 //!
 //! ```text
-//! cr1:<codec>:<compression>:<fingerprint>:<payload>
-//! cr1:j:-:3f1c0a9b2e4d5f60:{"id":42,"model":"Civic"}
-//! cr1:m:l18342:3f1c0a9b2e4d5f60:<lz4 block>
+//! cr2:<codec>:<compression>:<fingerprint>:<written>:<delta>:<payload>
+//! cr2:j:-:3f1c0a9b2e4d5f60:1718000000123:42:{"id":42,"model":"Civic"}
+//! cr2:m:l18342:3f1c0a9b2e4d5f60:1718000000123:0:<lz4 block>
 //! ```
 //!
-//! - `cr1`: the envelope version. A reader that meets another version (a later release)
-//!   treats the value as written by another schema: a miss that does not store.
+//! - `cr2`: the envelope version. Readers also decode `cr1` (the previous release's
+//!   envelope: the same fields without `written` and `delta`) and plain JSON (no header, the
+//!   release before). A reader that meets any other version (a later release) treats the
+//!   value as written by another schema: a miss that does not store.
 //! - codec: `j` JSON, `m` MessagePack (named fields), `p` postcard.
 //! - compression: `-` none, or `l<n>`: an lz4 block that inflates to exactly `n` bytes.
 //! - fingerprint: 16 hex digits, a hash of the value type's name (references stripped, so
@@ -19,6 +21,21 @@
 //!   writer knows `T: Deserialize` (loads do; `Cache::set` and `#[cache_put]` do not), the
 //!   type's serde shape traced by `serde-reflection`. Readers accept either form for their
 //!   type, and treat any other fingerprint as another schema: a miss that does not store.
+//! - written: when the writer encoded the value, in milliseconds since the Unix epoch by the
+//!   writer's wall clock, in decimal (readable in `redis-cli`, and what Lua's `tonumber`
+//!   reads). A value's age is `now - written` by the reader's clock, the same on every store,
+//!   whatever lifetime the writer gave it (see [`Stamp::age`]). A `cr1` or plain-JSON value
+//!   has none: its age falls back to what the store knows (on Redis, `lifetime - PTTL`).
+//! - delta: how long the load that produced the value took, in whole milliseconds, decimal;
+//!   `0` when unknown (`Cache::set`, `#[cache_put]`). XFetch (`early`) prefers it to the
+//!   function's mean load time.
+//!
+//! **Clocks.** `written` comes from the writer's clock and age from the reader's, so the
+//! processes sharing a store must keep their clocks synchronized (NTP): an age is off by at
+//! most the skew between the two clocks. A reader whose clock is behind the writer's sees
+//! a `written` in its future: the age is clamped to zero (the value looks fresh for up to
+//! the skew longer); a reader ahead sees it older by the skew (it expires that much sooner).
+//! With NTP's usual millisecond-level skew this is far below any `ttl`.
 //!
 //! The header starts with `c`, never with a NUL byte (the first byte of a pending marker),
 //! and never with the first byte of a JSON text: a value without it is the previous
@@ -66,10 +83,68 @@ impl Codec {
     }
 }
 
-/// The envelope's version tag.
-const MAGIC: &[u8] = b"cr1:";
+/// The envelope's version tag, as written.
+const MAGIC: &[u8] = b"cr2:";
+/// The previous release's envelope (no `written` and `delta` fields), still read.
+const MAGIC_V1: &[u8] = b"cr1:";
 /// Every envelope starts with `cr`; any other version is a later release's.
 const FAMILY: &[u8] = b"cr";
+
+/// What a `cr2` header says about when and how a value was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    /// The writer's wall-clock time when it encoded the value, in ms since the Unix epoch.
+    pub(crate) written_ms: u64,
+    /// How long the load that produced it took (`None` when unknown: written as `0`).
+    pub(crate) load_time: Option<std::time::Duration>,
+}
+
+impl Stamp {
+    /// Reads the stamp of stored bytes: `None` for a `cr1` value, plain JSON, a pending
+    /// marker, an absent result or a malformed header.
+    pub(crate) fn of(stored: &[u8]) -> Option<Stamp> {
+        let rest = stored.strip_prefix(MAGIC)?;
+        // codec, compression, fingerprint, written, delta, then the payload.
+        let mut fields = rest.splitn(6, |&b| b == b':');
+        let (_, _, _, Some(written), Some(delta), Some(_)) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
+            return None;
+        };
+        let written_ms = decimal(written)?;
+        let delta = decimal(delta)?;
+        Some(Stamp {
+            written_ms,
+            load_time: (delta > 0).then(|| std::time::Duration::from_millis(delta)),
+        })
+    }
+
+    /// Time since the value was written, by this process's clock: `now - written`, zero when
+    /// `written` lies in this process's future (clock skew, see the module docs).
+    pub(crate) fn age(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(now_ms().saturating_sub(self.written_ms))
+    }
+}
+
+/// This process's wall clock in milliseconds since the Unix epoch (0 before it).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A non-empty run of ASCII digits, as a number.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
 
 /// How one cache writes values: chosen on the builder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,21 +304,24 @@ impl Format {
         &self,
         value: &T,
     ) -> Result<(Vec<u8>, usize), serde_json::Error> {
-        self.encode_with(value, fingerprint::<T>(self.read.schema_version))
+        self.encode_with(value, fingerprint::<T>(self.read.schema_version), None)
     }
 
-    /// Encodes `value` in an envelope with its traced fingerprint.
+    /// Encodes `value` in an envelope with its traced fingerprint and, when known, how long
+    /// the load that produced it took.
     pub(crate) fn encode_traced<T: Serialize + DeserializeOwned + 'static>(
         &self,
         value: &T,
+        load_time: Option<std::time::Duration>,
     ) -> Result<(Vec<u8>, usize), serde_json::Error> {
-        self.encode_with(value, traced_fingerprint::<T>(self.read.schema_version))
+        self.encode_with(value, traced_fingerprint::<T>(self.read.schema_version), load_time)
     }
 
     fn encode_with<T: Serialize + ?Sized>(
         &self,
         value: &T,
         fp: u64,
+        load_time: Option<std::time::Duration>,
     ) -> Result<(Vec<u8>, usize), serde_json::Error> {
         use serde::ser::Error as _;
         let payload = match self.codec {
@@ -271,6 +349,13 @@ impl Format {
         }
         out.push(b':');
         out.extend_from_slice(format!("{fp:016x}").as_bytes());
+        out.push(b':');
+        out.extend_from_slice(now_ms().to_string().as_bytes());
+        out.push(b':');
+        // A load shorter than a millisecond is recorded as 1 ms: 0 means unknown.
+        let delta =
+            load_time.map_or(0, |took| u64::try_from(took.as_millis()).unwrap_or(u64::MAX).max(1));
+        out.extend_from_slice(delta.to_string().as_bytes());
         out.push(b':');
         out.extend_from_slice(compressed.as_deref().unwrap_or(&payload));
         Ok((out, encoded_len))
@@ -304,13 +389,28 @@ impl ReadFormat {
             }
             return serde_json::from_slice(stored).map_err(|e| DecodeError::Corrupt(e.to_string()));
         }
-        if !stored.starts_with(MAGIC) {
-            return Err(DecodeError::Schema); // a later envelope version
-        }
-        let mut fields = stored[MAGIC.len()..].splitn(4, |&b| b == b':');
-        let (Some(codec), Some(compression), Some(fp), Some(payload)) =
-            (fields.next(), fields.next(), fields.next(), fields.next())
+        let (rest, stamped) = if let Some(rest) = stored.strip_prefix(MAGIC) {
+            (rest, true)
+        } else if let Some(rest) = stored.strip_prefix(MAGIC_V1) {
+            (rest, false)
+        } else {
+            return Err(DecodeError::Schema); // another envelope version
+        };
+        let mut fields = rest.splitn(if stamped { 6 } else { 4 }, |&b| b == b':');
+        let (Some(codec), Some(compression), Some(fp)) =
+            (fields.next(), fields.next(), fields.next())
         else {
+            return Err(DecodeError::Corrupt("truncated header".into()));
+        };
+        if stamped {
+            // `written` and `delta` (read by `Stamp::of`): digits, or the header is corrupt.
+            for _ in 0..2 {
+                if fields.next().and_then(decimal).is_none() {
+                    return Err(DecodeError::Corrupt("bad write stamp".into()));
+                }
+            }
+        }
+        let Some(payload) = fields.next() else {
             return Err(DecodeError::Corrupt("truncated header".into()));
         };
         let codec =
@@ -367,6 +467,7 @@ impl ReadFormat {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::time::Duration;
 
     #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug, Clone)]
     struct Vehicle {
@@ -407,7 +508,46 @@ mod tests {
     fn json_stays_readable() {
         let (bytes, _) = format(Codec::Json, None).encode(&7u32).unwrap();
         let text = String::from_utf8(bytes).unwrap();
-        assert!(text.starts_with("cr1:j:-:") && text.ends_with(":7"), "{text}");
+        assert!(text.starts_with("cr2:j:-:") && text.ends_with(":0:7"), "{text}");
+    }
+
+    #[test]
+    fn the_header_carries_the_write_time_and_the_load_time() {
+        let before = now_ms();
+        let (bytes, _) = format(Codec::Json, None)
+            .encode_traced(&7u32, Some(Duration::from_millis(42)))
+            .unwrap();
+        let stamp = Stamp::of(&bytes).unwrap();
+        assert!((before..=now_ms()).contains(&stamp.written_ms), "{stamp:?}");
+        assert_eq!(stamp.load_time, Some(Duration::from_millis(42)));
+        assert!(stamp.age() < Duration::from_secs(1));
+        let (bytes, _) = format(Codec::Json, None).encode(&7u32).unwrap();
+        assert_eq!(Stamp::of(&bytes).unwrap().load_time, None, "0: unknown");
+        // A write time in the future (the writer's clock is ahead): age zero.
+        let future = Stamp { written_ms: now_ms() + 60_000, load_time: None };
+        assert_eq!(future.age(), Duration::ZERO);
+        // No stamp on older formats, markers and absent results.
+        assert!(Stamp::of(b"7").is_none());
+        assert!(Stamp::of(b"cr1:j:-:0000000000000000:7").is_none());
+        assert!(Stamp::of(crate::codec::ABSENT).is_none());
+        assert!(Stamp::of(b"cr2:j:-:0000000000000000:12x:0:7").is_none());
+    }
+
+    #[test]
+    fn cr1_values_still_decode() {
+        let fp = fingerprint::<u32>(0);
+        let v1 = format!("cr1:j:-:{fp:016x}:7");
+        assert_eq!(ReadFormat::default().decode::<u32>(v1.as_bytes()).unwrap(), 7);
+        let traced = traced_fingerprint::<Vehicle>(0);
+        let json = serde_json::to_string(&vehicle()).unwrap();
+        let v1 = format!("cr1:j:-:{traced:016x}:{json}");
+        assert_eq!(ReadFormat::default().decode::<Vehicle>(v1.as_bytes()).unwrap(), vehicle());
+        // A cr2 header with a malformed stamp is corrupt, not another schema.
+        let bad = format!("cr2:j:-:{fp:016x}:x:0:7");
+        assert!(matches!(
+            ReadFormat::default().decode::<u32>(bad.as_bytes()),
+            Err(DecodeError::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -429,7 +569,7 @@ mod tests {
         let v1 = ReadFormat { schema_version: 1, ..ReadFormat::default() };
         assert!(matches!(v1.decode::<Vehicle>(&bytes), Err(DecodeError::Schema)));
         assert!(matches!(
-            ReadFormat::default().decode::<Vehicle>(b"cr2:j:-:0000000000000000:{}"),
+            ReadFormat::default().decode::<Vehicle>(b"cr3:j:-:0000000000000000:1:0:{}"),
             Err(DecodeError::Schema)
         ));
     }
@@ -464,7 +604,7 @@ mod tests {
         assert_ne!(fp(&old), fp(&retyped));
         assert_ne!(fp(&old), fp(&reordered));
         let (written, _) = format(Codec::Postcard, None)
-            .encode_with(&release::Old { id: 1, price: 7 }, fp(&old))
+            .encode_with(&release::Old { id: 1, price: 7 }, fp(&old), None)
             .unwrap();
         // Postcard would decode the reordered type into wrong data; the fingerprint says no.
         let reader = ReadFormat::default();
@@ -479,7 +619,7 @@ mod tests {
         );
         // Traced and named fingerprints are both read; types that cannot be traced fall
         // back to the name.
-        let (traced, _) = format(Codec::Json, None).encode_traced(&vehicle()).unwrap();
+        let (traced, _) = format(Codec::Json, None).encode_traced(&vehicle(), None).unwrap();
         assert_eq!(reader.decode::<Vehicle>(&traced).unwrap(), vehicle());
         assert_ne!(traced_fingerprint::<Vehicle>(0), fingerprint::<Vehicle>(0));
     }
@@ -523,12 +663,12 @@ mod tests {
         assert!(matches!(small.decode::<String>(&bytes), Err(DecodeError::TooLarge(_))));
         // A header that lies about the size is refused before allocating.
         let fp = fingerprint::<String>(0);
-        let lie = format!("cr1:j:l99999999999:{fp:016x}:xx");
+        let lie = format!("cr2:j:l99999999999:{fp:016x}:1:0:xx");
         assert!(matches!(
             ReadFormat::default().decode::<String>(lie.as_bytes()),
             Err(DecodeError::TooLarge(_))
         ));
-        let lie = format!("cr1:j:l100:{fp:016x}:xx");
+        let lie = format!("cr2:j:l100:{fp:016x}:1:0:xx");
         assert!(matches!(
             ReadFormat::default().decode::<String>(lie.as_bytes()),
             Err(DecodeError::Corrupt(_))
@@ -552,7 +692,7 @@ mod tests {
             let tag = [b'j', b'm', b'p'][codec] as char;
             let fp = fingerprint::<Vehicle>(0);
             let compression = if compressed { format!("l{len}") } else { "-".into() };
-            let mut bytes = format!("cr1:{tag}:{compression}:{fp:016x}:").into_bytes();
+            let mut bytes = format!("cr2:{tag}:{compression}:{fp:016x}:1718000000000:0:").into_bytes();
             bytes.extend_from_slice(&payload);
             let _ = ReadFormat::default().decode::<Vehicle>(&bytes);
         }

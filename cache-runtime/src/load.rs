@@ -47,6 +47,9 @@ pub(crate) struct Load<'a, T> {
     pub(crate) behind: bool,
     /// The stale value was served instead of the body's result.
     pub(crate) served_stale: std::sync::atomic::AtomicBool,
+    /// How long the body took, in microseconds (`u64::MAX` until it ran): stored with the
+    /// value it produced (the `delta` of the envelope, see `format.rs`).
+    pub(crate) loaded_in: std::sync::atomic::AtomicU64,
 }
 
 /// A uniform draw in (0, 1] from a per-thread xorshift generator (XFetch needs a cheap,
@@ -286,6 +289,8 @@ where
         let started = Instant::now();
         let returned = load().await;
         self.counters.load(started.elapsed());
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+        self.loaded_in.store(micros, std::sync::atomic::Ordering::Relaxed);
         returned
     }
 
@@ -359,7 +364,12 @@ where
         // for a load that runs on a task of its own.
         let outcome = match S::outcome(returned) {
             Outcome::Value(value) => {
-                match Entry::encode_traced(value, self.cloner, &self.cache.inner.settings.format) {
+                let took = match self.loaded_in.load(std::sync::atomic::Ordering::Relaxed) {
+                    u64::MAX => None,
+                    micros => Some(std::time::Duration::from_micros(micros)),
+                };
+                let format = &self.cache.inner.settings.format;
+                match Entry::encode_traced(value, self.cloner, format, took) {
                     Ok(entry) => Landed::Value(Arc::new(entry)),
                     Err(error) => {
                         tracing::warn!(key = self.key, %error, "value cannot be encoded; not cached");
@@ -538,10 +548,13 @@ where
         let returned = self.body(load).await;
         // On Redis, a refresh slower than the value's age could meet a later write of the
         // same bytes (see `Version::Redis`): return its value, do not store it. The margin
-        // covers the time between sending a command and the server running it. The memory
-        // store's write number tells every write apart.
+        // covers the time between sending a command and the server running it. Writes are
+        // told apart exactly by the memory store's write number, and by the write time (to
+        // the millisecond) that values since `cr2` carry in their bytes: for those, a slow
+        // refresh may store too, so callers whose value expired meanwhile can join it.
         let margin = (found.age / 2).min(std::time::Duration::from_secs(1));
-        let exact = matches!(found.version, Version::Memory(_));
+        let exact = matches!(found.version, Version::Memory(_))
+            || crate::format::Stamp::of(&found.entry.json).is_some();
         let quick = exact || found.read_at.elapsed() + margin < found.age;
         let permit = match quick {
             true => Permit::Ticket(Ticket::Replace { old: found.entry, version: found.version }),
@@ -631,6 +644,7 @@ impl<T> Owned<T> {
             overwrite: self.overwrite,
             behind: false,
             served_stale: Default::default(),
+            loaded_in: std::sync::atomic::AtomicU64::new(u64::MAX),
         }
     }
 

@@ -272,9 +272,13 @@ impl Near {
 impl Cache {
     /// The near cache, when this cache has one and `policy` uses it.
     /// Not while the breaker is open: Redis is known unreachable, so is tracking likely.
+    /// Never with `idle`: a near hit does not reach Redis, so it would not extend the
+    /// value's life there, and the value would idle out in Redis while still served here.
     pub(crate) fn near_for(&self, policy: &Policy) -> Option<&Near> {
         self.inner.near.as_deref().filter(|_| {
-            policy.near && self.inner.store.breaker_state() != crate::BreakerState::Open
+            policy.near
+                && policy.idle.is_none()
+                && self.inner.store.breaker_state() != crate::BreakerState::Open
         })
     }
 
@@ -340,6 +344,7 @@ mod tests {
         Found {
             entry: Arc::new(Entry::from_json(json.to_vec())),
             age: Duration::from_secs(1),
+            load_time: None,
             read_at: Instant::now(),
             version: Version::Redis(pttl),
         }

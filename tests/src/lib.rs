@@ -13,10 +13,14 @@ pub mod redis_server;
 pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 
-/// The JSON inside a value as the cache stores it: `cr1:j:-:<fingerprint>:<json>` (JSON
-/// codec, uncompressed) gives `<json>`; anything else (a previous release's plain JSON,
-/// someone else's data) is returned as it is.
+/// The JSON inside a value as the cache stores it:
+/// `cr2:j:-:<fingerprint>:<written>:<delta>:<json>` (JSON codec, uncompressed) or the
+/// previous release's `cr1:j:-:<fingerprint>:<json>` give `<json>`; anything else (plain
+/// JSON, someone else's data) is returned as it is.
 pub fn stored_payload(stored: &str) -> &str {
+    if let Some(rest) = stored.strip_prefix("cr2:j:-:") {
+        return rest.splitn(4, ':').nth(3).unwrap_or(stored);
+    }
     match stored.strip_prefix("cr1:j:-:") {
         Some(rest) => rest.split_once(':').map_or(stored, |(_, json)| json),
         None => stored,

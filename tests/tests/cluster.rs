@@ -298,6 +298,31 @@ async fn health_reports_the_store(deployment: Deployment) {
 }
 contract!(health_reports_the_store);
 
+#[cached(key = "session:<token>", ttl = "3s", idle = "1s", cache = cache)]
+async fn session(cache: &Cache, token: &str) -> Option<String> {
+    Some(format!("loaded {token}"))
+}
+
+/// `idle`: hits extend a value written by `set` for 500 ms past that, and its index entry
+/// with it (on a cluster, the index lives in another slot), so a pattern still finds it
+/// after another write to the level pruned the passed members.
+async fn idle_hits_slide_and_keep_the_key_indexed(deployment: Deployment) {
+    let cache = deployment.cache("t:").await;
+    cache.set("session:a", "set a", Duration::from_millis(500)).await.unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(session(&cache, "a").await.as_deref(), Some("set a"));
+    }
+    cache.set("session:b", "other", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(cache.invalidate_pattern("session:*").await.unwrap(), 2);
+    assert_eq!(session(&cache, "a").await.as_deref(), Some("loaded a"));
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(cache.stats_of("session").misses, 1);
+    session(&cache, "a").await;
+    assert_eq!(cache.stats_of("session").misses, 2, "unread for longer than idle: gone");
+}
+contract!(idle_hits_slide_and_keep_the_key_indexed);
+
 /// What [`traffic`] did.
 #[derive(Debug)]
 struct Traffic {

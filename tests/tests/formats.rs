@@ -207,7 +207,7 @@ async fn codec_switch_needs_no_flush() {
     // JSON stays readable in redis-cli: a short ASCII header, then the JSON.
     cache(&server, Codec::Json).await.set("price:1", &1999u32, TTL).await.unwrap();
     let stored = String::from_utf8(raw_get(&raw, "fm:price:1").await.unwrap()).unwrap();
-    assert!(stored.starts_with("cr1:j:-:") && stored.ends_with(":1999"), "{stored}");
+    assert!(stored.starts_with("cr2:j:-:") && stored.ends_with(":0:1999"), "{stored}");
 }
 
 static BAD_LOADS: AtomicU64 = AtomicU64::new(0);
@@ -240,7 +240,7 @@ async fn bad_values_are_counted_misses() {
     corrupted[last - 2] = 0xff;
     let mut wrong_codec = encode_value(&good(0), Codec::MessagePack, None);
     wrong_codec[4] = b'p'; // says postcard, holds MessagePack
-    let cut_header = b"cr1:p:-:0123".to_vec();
+    let cut_header = b"cr2:p:-:0123".to_vec();
     // 1 MiB of one byte: about 4 KB stored, over the 64 KiB limit once inflated.
     let bomb = encode_value(
         &Page { dealer: 0, vehicles: vec!["a".repeat(1 << 20)] },
@@ -286,12 +286,12 @@ async fn compression_and_max_value_bytes() {
         .unwrap();
     cache.set("big", &big, TTL).await.unwrap();
     let stored = raw_get(&raw, "fm:big").await.unwrap();
-    assert!(stored.starts_with(b"cr1:j:l"), "compressed");
+    assert!(stored.starts_with(b"cr2:j:l"), "compressed");
     assert!(stored.len() * 10 < json_len, "{} stored for {json_len}", stored.len());
     assert_eq!(cache.get::<Page>("big").await.unwrap(), Some(big.clone()));
     // Small values stay readable.
     cache.set("small", &1u8, TTL).await.unwrap();
-    assert!(raw_get(&raw, "fm:small").await.unwrap().starts_with(b"cr1:j:-:"));
+    assert!(raw_get(&raw, "fm:small").await.unwrap().starts_with(b"cr2:j:-:"));
     // The limit bounds the size before compression too: a reader never inflates past it.
     let tight = Cache::builder()
         .redis(server.url())

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cache_runtime::{cached, Cache};
+use cache_runtime::{cache_put, cached, Cache};
 use cache_tests::RedisServer;
 
 /// A pretend price service whose database can be made to fail. A cheap handle (`Clone`
@@ -535,4 +535,182 @@ async fn memory_soft_timeout_answers_with_the_stale_value() {
 async fn redis_soft_timeout_answers_with_the_stale_value() {
     let server = RedisServer::start();
     soft_timeout(redis_cache(&server).await).await;
+}
+
+// ---- Write-through age: the write time travels with the value -----------------------------
+
+#[cache_put(key = "listing:<id>", ttl = "1s", cache = cache)]
+async fn put_listing(cache: &Cache, id: u64, price: &str) -> String {
+    let _ = id;
+    format!("listing {price}")
+}
+
+#[cached(key = "listing:<id>", ttl = "15m", stale = "1h", cache = cache)]
+async fn listing(cache: &Cache, prices: &Prices, id: u64) -> Result<String, String> {
+    prices.query(id).await
+}
+
+/// A value written by `#[cache_put]` with its own short life is fresh for a reader with a
+/// long `stale`: its age is the time since it was written, not `lifetime - PTTL` (which
+/// made it look 59 minutes old here).
+async fn a_put_value_is_fresh_for_a_reader_with_stale(cache: Cache) {
+    let prices = Prices::default();
+    put_listing(&cache, 1, "9900").await;
+    assert_eq!(listing(&cache, &prices, 1).await.unwrap(), "listing 9900", "a hit");
+    let stats = cache.stats_of("listing");
+    assert_eq!((stats.hits, stats.misses, stats.loads), (1, 0, 0), "{stats:?}");
+    assert_eq!(prices.loads.load(SeqCst), 0, "the body never ran");
+}
+
+#[tokio::test]
+async fn redis_put_values_are_fresh_whatever_the_readers_stale() {
+    let server = RedisServer::start();
+    a_put_value_is_fresh_for_a_reader_with_stale(redis_cache(&server).await).await;
+}
+
+#[tokio::test]
+async fn memory_put_values_are_fresh_whatever_the_readers_stale() {
+    a_put_value_is_fresh_for_a_reader_with_stale(Cache::memory()).await;
+}
+
+/// The same value in the previous release's envelope: `cr1:<codec>:<compression>:<fp>:`.
+fn as_cr1(stored: &[u8]) -> Vec<u8> {
+    let text = std::str::from_utf8(stored).unwrap();
+    let fields: Vec<&str> = text.splitn(7, ':').collect();
+    assert_eq!(fields[0], "cr2", "{text}");
+    format!("cr1:{}:{}:{}:{}", fields[1], fields[2], fields[3], fields[6]).into_bytes()
+}
+
+/// Values written by the previous release (`cr1`, no write time) still decode, and their age
+/// falls back to the expiry: fresh when written with the reader's lifetime.
+#[tokio::test]
+async fn cr1_values_written_by_the_previous_release_still_decode() {
+    let server = RedisServer::start();
+    let cache = redis_cache(&server).await;
+    let mut raw = server.connection().await;
+    let cr2 = cache_runtime::__private::encode_value(
+        &"listing 7".to_owned(),
+        cache_runtime::Codec::Json,
+        None,
+    );
+    let cr1 = as_cr1(&cr2);
+    assert!(cr1.starts_with(b"cr1:j:-:") && cr1.ends_with(b":\"listing 7\""));
+    for key in ["t:plain:7", "t:listing:7"] {
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg(&cr1)
+            .arg("PX")
+            .arg(3_600_000)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    }
+    assert_eq!(cache.get::<String>("plain:7").await.unwrap().as_deref(), Some("listing 7"));
+    let prices = Prices::default();
+    assert_eq!(listing(&cache, &prices, 7).await.unwrap(), "listing 7", "an aged hit");
+    assert_eq!(prices.loads.load(SeqCst), 0);
+    assert_eq!(cache.stats().errors, 0);
+}
+
+// ---- Sliding expiration (`idle`) ----------------------------------------------------------
+
+#[cached(key = "session:<id>", ttl = "3s", idle = "1s", cache = cache)]
+async fn session(cache: &Cache, prices: &Prices, id: u64) -> Result<String, String> {
+    prices.query(id).await
+}
+
+/// A value read every 300 ms with `idle = "1s"` stays cached past 1 s (each hit extends it),
+/// but not past `ttl = "3s"` after it was written, even while still read.
+async fn reads_keep_an_idle_value_until_its_ttl(cache: Cache) {
+    let prices = Prices::default();
+    let started = Instant::now();
+    assert_eq!(session(&cache, &prices, 1).await.unwrap(), "price 1 v1");
+    while started.elapsed() < Duration::from_millis(2400) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            session(&cache, &prices, 1).await.unwrap(),
+            "price 1 v1",
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(prices.loads.load(SeqCst), 1, "every read within idle of the last one hit");
+    // Within `idle` of the last read, but past the cap: a miss.
+    tokio::time::sleep(Duration::from_millis(3200).saturating_sub(started.elapsed())).await;
+    assert_eq!(session(&cache, &prices, 1).await.unwrap(), "price 1 v2", "capped by ttl");
+    assert_eq!(prices.loads.load(SeqCst), 2);
+    assert_eq!(cache.stats_of("session").misses, 2);
+}
+
+/// A value nobody reads for longer than `idle` is gone.
+async fn an_unread_idle_value_expires(cache: Cache) {
+    let prices = Prices::default();
+    assert_eq!(session(&cache, &prices, 2).await.unwrap(), "price 2 v1");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(session(&cache, &prices, 2).await.unwrap(), "price 2 v1", "a hit extends it");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(session(&cache, &prices, 2).await.unwrap(), "price 2 v2", "idle for 1.3 s: gone");
+    assert_eq!(prices.loads.load(SeqCst), 2);
+}
+
+#[tokio::test]
+async fn redis_idle_values_slide_up_to_their_ttl() {
+    let server = RedisServer::start();
+    let cache = redis_cache(&server).await;
+    reads_keep_an_idle_value_until_its_ttl(cache.clone()).await;
+    an_unread_idle_value_expires(cache.clone()).await;
+    // Stored for `idle`; a hit sets the remaining life to min(idle, ttl - age).
+    let mut raw = server.connection().await;
+    let prices = Prices::default();
+    session(&cache, &prices, 3).await.unwrap();
+    let pttl = |raw: &mut redis::aio::MultiplexedConnection| {
+        let mut raw = raw.clone();
+        async move { redis::cmd("PTTL").arg("t:session:3").query_async::<i64>(&mut raw).await.unwrap() }
+    };
+    assert!((1..=1000).contains(&pttl(&mut raw).await), "written for idle");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    session(&cache, &prices, 3).await.unwrap();
+    assert!(pttl(&mut raw).await > 900, "extended by the hit");
+    // The index covers the extended life: a pattern invalidation still finds the key.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        session(&cache, &prices, 3).await.unwrap();
+    }
+    assert_eq!(cache.invalidate_pattern("session:*").await.unwrap(), 1);
+    assert_eq!(pttl(&mut raw).await, -2);
+    // A value written by `set` for 500 ms (indexed for that long) and kept alive by hits
+    // past it: the hits extend its index entry too, so patterns still find it.
+    cache.set("session:4", "price 4 set", Duration::from_millis(500)).await.unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(session(&cache, &prices, 4).await.unwrap(), "price 4 set");
+    }
+    // Another write to the level prunes members whose score has passed.
+    cache.set("session:5", "other", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(cache.invalidate_pattern("session:*").await.unwrap(), 2, "still indexed");
+}
+
+#[tokio::test]
+async fn memory_idle_values_slide_up_to_their_ttl() {
+    let cache = Cache::memory();
+    reads_keep_an_idle_value_until_its_ttl(cache.clone()).await;
+    an_unread_idle_value_expires(cache).await;
+}
+
+#[tokio::test]
+async fn idle_functions_bypass_the_near_cache() {
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis(server.url())
+        .prefix("t:")
+        .near_cache(1 << 20)
+        .build()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while !cache.near_cache_live() && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reads_keep_an_idle_value_until_its_ttl(cache.clone()).await;
+    assert_eq!(cache.stats_of("session").near_hits, 0);
 }

@@ -15,7 +15,7 @@ use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 
 use super::lease::LocalLocks;
-use super::{Begun, FillPlan, Found, Marker, Ticket, Version};
+use super::{Begun, FillPlan, Found, Marker, Ticket, Touch, Version};
 use crate::codec::Entry;
 use crate::{glob, index};
 
@@ -115,19 +115,66 @@ impl MemoryStore {
         self.entries.get(key).await.and_then(|stored| stored.entry)
     }
 
+    /// A hit for `idle`: the value, its expiry moved to `now + min(idle, cap - age)` (one
+    /// compute on the key, so no write falls in between); `None` for a marker or a value at
+    /// least `cap` old. Values without a write time (absent results) are left as they are.
+    pub(crate) async fn get_touched(&self, key: &str, touch: Touch) -> Option<Arc<Entry>> {
+        let mut found = None;
+        self.entries
+            .entry(key.to_owned())
+            .and_compute_with(|current| {
+                let op = match current.map(moka::Entry::into_value) {
+                    Some(mut stored) => match stored.entry.as_ref().map(|entry| entry.stamp()) {
+                        Some(Some(stamp)) => {
+                            let age = stamp.age();
+                            if age < touch.cap {
+                                found.clone_from(&stored.entry);
+                                let left = touch.idle.min(touch.cap - age);
+                                stored.expires = Instant::now() + left;
+                                Op::Put(stored) // same write number: same value, index kept
+                            } else {
+                                Op::Nop
+                            }
+                        }
+                        Some(None) => {
+                            found = stored.entry;
+                            Op::Nop
+                        }
+                        None => Op::Nop, // a marker: a miss
+                    },
+                    None => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        found
+    }
+
     /// When a stored value expires.
     fn expiry(stored: &Stored) -> Instant {
         stored.expires
     }
 
-    /// The entry, how long ago it was stored, and its write number.
+    /// A value's age: by the write time in its header (see `format.rs`), as on every store;
+    /// since it was stored here for one without (an absent result).
+    fn age(stored: &Stored) -> Duration {
+        stored
+            .entry
+            .as_ref()
+            .and_then(|entry| entry.stamp())
+            .map_or_else(|| stored.stored_at.elapsed(), |stamp| stamp.age())
+    }
+
+    /// The entry, its age, and its write number.
     pub(crate) async fn get_aged(&self, key: &str) -> Option<Found> {
         let read_at = Instant::now();
         let stored = self.entries.get(key).await?;
+        let age = Self::age(&stored);
         match (stored.entry, stored.kept) {
             (Some(entry), _) => Some(Found {
+                load_time: entry.stamp().and_then(|stamp| stamp.load_time),
                 entry,
-                age: stored.stored_at.elapsed(),
+                age,
                 read_at,
                 version: Version::Memory(stored.write),
             }),
@@ -135,6 +182,7 @@ impl MemoryStore {
             (None, Some(kept)) if Self::expiry(&kept) > Instant::now() => Some(Found {
                 entry: kept.entry?,
                 age: Duration::MAX,
+                load_time: None,
                 read_at,
                 version: Version::Memory(kept.write),
             }),
@@ -172,7 +220,7 @@ impl MemoryStore {
                     }
                     Some(stored @ Stored { entry: Some(_), .. }) if !plan.force => {
                         let absent = stored.entry.as_ref().is_some_and(|entry| entry.is_absent());
-                        if absent || stored.stored_at.elapsed() < plan.fresh_for {
+                        if absent || Self::age(&stored) < plan.fresh_for {
                             begun = stored.entry.map(Begun::Present);
                             Op::Nop
                         } else {

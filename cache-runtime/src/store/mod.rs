@@ -42,9 +42,14 @@ pub(crate) struct Removed {
 /// A value read with what a refresh needs to replace exactly it.
 pub(crate) struct Found {
     pub(crate) entry: Arc<Entry>,
-    /// Time since the value was stored (`Duration::MAX` for an expired value that a
-    /// pending marker keeps for stale fallback).
+    /// Time since the value was written: by the write time in its header (`now - written`,
+    /// see `format.rs`) on every store; for a value without one (`cr1`, plain JSON), on
+    /// Redis `lifetime - PTTL`. `Duration::MAX` for an expired value that a pending marker
+    /// keeps for stale fallback.
     pub(crate) age: Duration,
+    /// How long the load that produced the value took, when its header says (`None` for
+    /// `set`, `#[cache_put]` and older formats).
+    pub(crate) load_time: Option<Duration>,
     /// When the read was sent.
     pub(crate) read_at: Instant,
     /// Identifies this stored value (see [`Ticket::Replace`]).
@@ -61,6 +66,16 @@ pub(crate) enum Version {
     /// whose remaining time to live is longer (a refresh that took longer than the value's
     /// age is never stored, see `load.rs`).
     Redis(i64),
+}
+
+/// What a hit does to the value's life (`idle`, sliding expiration).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Touch {
+    /// A hit extends the value's remaining life to `min(idle, cap - age)`.
+    pub(crate) idle: Duration,
+    /// The absolute cap (`ttl`), counted from the write time in the value's header: a value
+    /// at least this old is a miss.
+    pub(crate) cap: Duration,
 }
 
 /// What a load is about to store, for [`Store::begin_fill`].
@@ -171,6 +186,17 @@ impl Store {
         match self {
             Store::Memory(store) => Ok(store.get(key).await),
             Store::Redis(store) => store.get(key).await,
+        }
+    }
+
+    /// [`get`](Self::get) for `idle`: a hit extends the value's remaining life to
+    /// `min(idle, cap - age)` (age from the write time in its header), in the same round
+    /// trip on Redis (one script); a value at least `cap` old reads as absent. Values
+    /// without a write time (absent results, older formats) are returned untouched.
+    pub(crate) async fn get_touched(&self, key: &str, touch: Touch) -> Result<Option<Arc<Entry>>> {
+        match self {
+            Store::Memory(store) => Ok(store.get_touched(key, touch).await),
+            Store::Redis(store) => store.get_touched(key, touch).await,
         }
     }
 

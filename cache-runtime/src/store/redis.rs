@@ -16,7 +16,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
 use super::link::{LazyCluster, Link};
-use super::{Begun, FillPlan, Found, Marker, Removed, Ticket, Version};
+use super::{Begun, FillPlan, Found, Marker, Removed, Ticket, Touch, Version};
 use crate::breaker::{is_connection_failure, Breaker, BreakerState, Pass};
 use crate::codec::Entry;
 use crate::error::{BackendError, Error, Result};
@@ -77,7 +77,9 @@ return 1"
 /// Step 1 of the fill protocol. `KEYS[1]` data key, `KEYS[2..]` its indexes (standalone
 /// only); `ARGV`: new marker id, marker lifetime ms, member, index ttl ms, force, birth, the
 /// markers' common prefix, fresh ms (`ttl`), lifetime ms, the bytes of a cached absent
-/// result (which lives by its own expiry: always fresh).
+/// result (which lives by its own expiry: always fresh), the caller's clock in ms since the
+/// Unix epoch (a stored value's age is that minus the write time in its `cr2` header; a
+/// `cr1` or plain-JSON value's is `lifetime - PTTL`).
 /// Replies `{1, value}` when a fresh value is stored, `{2, marker id}` with the marker to
 /// fill. A marker is `<id>` or, when it replaces an expired value kept for `stale`,
 /// `<id><expiry ms>\n<value>`, so readers can still serve that value and an abandoned load
@@ -100,7 +102,11 @@ if current and not pending and ARGV[5] ~= '1' then
     return {1, current}
   end
   left = redis.call('PTTL', KEYS[1])
-  if tonumber(ARGV[9]) - left < tonumber(ARGV[8]) then
+  -- Age: by the write time of a cr2 header (the reader's clock, ARGV[11]), else by expiry.
+  local written = tonumber(string.match(current, '^cr2:[^:]*:[^:]*:[^:]*:(%d+):'))
+  local age = tonumber(ARGV[9]) - left
+  if written then age = math.max(0, tonumber(ARGV[11]) - written) end
+  if age < tonumber(ARGV[8]) then
     return {1, current}
   end
   kept = current
@@ -140,6 +146,51 @@ if redis.call('PTTL', KEYS[1]) > tonumber(ARGV[2]) then return 0 end
 local now = now_ms()
 for i = 2, #KEYS do index_add(KEYS[i], ARGV[5], tonumber(ARGV[4]), now, ARGV[6]) end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return 1"
+);
+
+/// A hit for `idle` (sliding expiration), in one round trip: `GET KEYS[1]` and, for a value
+/// with a write time (a `cr2` header), `PEXPIRE` to `min(idle, cap - age)`, age being the
+/// caller's clock (`ARGV[3]`, ms since the Unix epoch) minus the write time. A value at least
+/// `cap` old, a pending marker (prefix `ARGV[4]`) and a value without a write time are
+/// returned untouched (the caller reads the first two as a miss). `KEYS[2..]`: the key's
+/// indexes (standalone only), made to cover the extended life: a member whose score lies
+/// before the new expiry is re-added until the cap (`ARGV[5]` member, `ARGV[6]` birth).
+/// `ARGV`: idle ms, cap ms, now ms, marker prefix, member, birth.
+const TOUCH_SCRIPT: &str = concat!(
+    lua_prelude!(),
+    r"
+local current = redis.call('GET', KEYS[1])
+if not current or string.sub(current, 1, #ARGV[4]) == ARGV[4] then return current end
+local written = tonumber(string.match(current, '^cr2:[^:]*:[^:]*:[^:]*:(%d+):'))
+if not written then return current end
+local until_cap = tonumber(ARGV[2]) - math.max(0, tonumber(ARGV[3]) - written)
+if until_cap <= 0 then return current end
+local left = math.min(tonumber(ARGV[1]), until_cap)
+redis.call('PEXPIRE', KEYS[1], left)
+if #KEYS > 1 then
+  local now = now_ms()
+  for i = 2, #KEYS do
+    local score = redis.call('ZSCORE', KEYS[i], ARGV[5])
+    if not score or tonumber(score) < now + left then
+      index_add(KEYS[i], ARGV[5], until_cap, now, ARGV[6])
+    end
+  end
+end
+return current"
+);
+
+/// Cluster side of [`TOUCH_SCRIPT`]'s index cover, per index (`KEYS[1]`): `ARGV[1]` (the
+/// member) is re-added for `ARGV[3]` ms (the cap) if its score lies before `now + ARGV[2]`
+/// (`idle`, the furthest a hit moves the expiry); `ARGV[4]` birth.
+const COVER_SCRIPT: &str = concat!(
+    lua_prelude!(),
+    r"
+local now = now_ms()
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) < now + tonumber(ARGV[2]) then
+  index_add(KEYS[1], ARGV[1], tonumber(ARGV[3]), now, ARGV[4])
+end
 return 1"
 );
 
@@ -424,8 +475,56 @@ impl RedisStore {
             .map(|json| Arc::new(Entry::from_stored(json, self.read))))
     }
 
-    /// `GET` and `PTTL` in one round trip: the entry, its age (for entries stored with
-    /// `lifetime`, `lifetime - PTTL`) and its version.
+    /// A hit for `idle`: one script (`TOUCH_SCRIPT`) reads the value and extends its life;
+    /// on a cluster the index covers (`COVER_SCRIPT`, one per index level, other slots) are
+    /// in flight together with it: still one round trip.
+    pub(crate) async fn get_touched(&self, key: &str, touch: Touch) -> Result<Option<Arc<Entry>>> {
+        let birth = self.birth().await?;
+        let (idle, cap) = (millis(touch.idle), millis(touch.cap));
+        let script = redis::Script::new(TOUCH_SCRIPT);
+        let mut invocation = self.invocation(&script, key);
+        invocation
+            .arg(idle)
+            .arg(cap)
+            .arg(crate::format::now_ms())
+            .arg(MARKER_TAG)
+            .arg(key)
+            .arg(birth);
+        let bytes: Option<Vec<u8>> = if self.connection.is_cluster() {
+            let covers = index::levels(key).map(|level| {
+                let mut connection = self.connection.clone();
+                let index = self.index_key(level);
+                async move {
+                    redis::Script::new(COVER_SCRIPT)
+                        .key(index)
+                        .arg(key)
+                        .arg(idle)
+                        .arg(cap)
+                        .arg(birth)
+                        .invoke_async::<()>(&mut connection)
+                        .await
+                }
+            });
+            let (bytes, _) =
+                futures_util::future::try_join(async { self.run(&invocation).await }, async {
+                    self.guarded(try_join_all(covers)).await
+                })
+                .await?;
+            bytes
+        } else {
+            self.run(&invocation).await?
+        };
+        Ok(bytes.filter(|bytes| !is_marker(bytes)).and_then(|bytes| {
+            let entry = Entry::from_stored(bytes, self.read);
+            // Past the cap: a miss (the script left it alone).
+            let expired = entry.stamp().is_some_and(|stamp| stamp.age() >= touch.cap);
+            (!expired).then(|| Arc::new(entry))
+        }))
+    }
+
+    /// `GET` and `PTTL` in one round trip: the entry, its age (by the write time in its
+    /// header; for a `cr1` or plain-JSON value stored with `lifetime`, `lifetime - PTTL`)
+    /// and its version (the `PTTL`, which a refresh's `Ticket::Replace` checks).
     pub(crate) async fn get_aged(&self, key: &str, lifetime: Duration) -> Result<Option<Found>> {
         let read_at = std::time::Instant::now();
         let mut connection = self.connection.clone();
@@ -443,9 +542,13 @@ impl RedisStore {
         let remaining = Duration::from_millis(u64::try_from(millis).unwrap_or(0));
         Ok(bytes.and_then(|bytes| {
             if !is_marker(&bytes) {
+                let entry = Arc::new(Entry::from_stored(bytes, self.read));
+                let stamp = entry.stamp();
                 return Some(Found {
-                    entry: Arc::new(Entry::from_stored(bytes, self.read)),
-                    age: lifetime.saturating_sub(remaining),
+                    // The write time in the header; for older formats, from the expiry.
+                    age: stamp.map_or_else(|| lifetime.saturating_sub(remaining), |s| s.age()),
+                    load_time: stamp.and_then(|stamp| stamp.load_time),
+                    entry,
                     read_at,
                     version: Version::Redis(millis),
                 });
@@ -454,6 +557,7 @@ impl RedisStore {
             kept_by_marker(&bytes).map(|kept| Found {
                 entry: Arc::new(Entry::from_stored(kept, self.read)),
                 age: Duration::MAX,
+                load_time: None,
                 read_at,
                 version: Version::Redis(-2),
             })
@@ -534,7 +638,8 @@ impl RedisStore {
             .arg(MARKER_TAG)
             .arg(millis(plan.fresh_for))
             .arg(millis(plan.lifetime))
-            .arg(crate::codec::ABSENT);
+            .arg(crate::codec::ABSENT)
+            .arg(crate::format::now_ms());
         let (found, bytes): (i64, Vec<u8>) = if self.connection.is_cluster() {
             // Both in flight together: the load starts only when both are done, so either
             // an invalidation finds the marker, or it ran before the load reads anything.
