@@ -30,20 +30,33 @@
 //! exactly one, how long before expiry the recomputes started, the misses, the waits, and
 //! the reader latency p50/p99/max.
 //!
+//! With `XFETCH_REDIS=1`, β = 1 runs a third time on a Redis cache, against a private
+//! `redis-server` the bench starts on a free loopback port (`tests/src/redis_server.rs`), where
+//! a hit is a `GET` + `PTTL` round trip.
+//!
+//! The readers' jitter is deterministic (`XFETCH_SEED`); the cache's own XFetch draws are not
+//! (a per-thread generator seeded from the clock), nor is the scheduling, so runs differ.
+//!
 //! ```text
 //! cargo bench -p cache-runtime --bench xfetch
-//! XFETCH_SECS=30 XFETCH_SEED=7 cargo bench -p cache-runtime --bench xfetch
+//! XFETCH_SECS=30 XFETCH_SEED=7 XFETCH_REDIS=1 cargo bench -p cache-runtime --bench xfetch
 //! ```
 //!
 //! Without `--bench` (`cargo test --benches`) it runs a short smoke version (200 readers, 3 s).
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cache_runtime::{cached, Cache};
 use serde::{Deserialize, Serialize};
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../tests/src/redis_server.rs"]
+mod redis_server;
+
+use redis_server::RedisServer;
 
 /// The key's time to live (the attribute's `ttl = "1s"`).
 const TTL: Duration = Duration::from_secs(1);
@@ -104,6 +117,14 @@ static CACHE_BETA_1: LazyLock<Cache> = LazyLock::new(Cache::memory);
 static CACHE_BETA_2: LazyLock<Cache> = LazyLock::new(Cache::memory);
 static RUNS_BETA_1: Runs = Runs::new();
 static RUNS_BETA_2: Runs = Runs::new();
+static RUNS_REDIS: Runs = Runs::new();
+
+/// The Redis cache (`XFETCH_REDIS=1`), on a redis-server the bench starts.
+static REDIS_CACHE: OnceLock<Cache> = OnceLock::new();
+
+fn redis_cache() -> &'static Cache {
+    REDIS_CACHE.get().expect("the Redis cache is built in main")
+}
 
 #[cached(key = "xfetch:<id>", ttl = "1s", early, cache = &*CACHE_BETA_1)]
 async fn xfetch_beta_1(id: u64) -> Reading {
@@ -115,6 +136,12 @@ async fn xfetch_beta_1(id: u64) -> Reading {
 async fn xfetch_beta_2(id: u64) -> Reading {
     let _ = id;
     RUNS_BETA_2.body().await
+}
+
+#[cached(key = "xfetch:<id>", ttl = "1s", early, cache = redis_cache())]
+async fn xfetch_redis_beta_1(id: u64) -> Reading {
+    let _ = id;
+    RUNS_REDIS.body().await
 }
 
 /// A small seeded generator for the readers' jitter (splitmix64).
@@ -416,4 +443,17 @@ fn main() {
     report("1", "xfetch_beta_1", &CACHE_BETA_1, &RUNS_BETA_1.take(), &calls, begun, setup);
     let (calls, begun) = runtime.block_on(simulate(xfetch_beta_2, setup));
     report("2", "xfetch_beta_2", &CACHE_BETA_2, &RUNS_BETA_2.take(), &calls, begun, setup);
+    if full && std::env::var("XFETCH_REDIS").is_ok_and(|v| v == "1") {
+        let server = RedisServer::start();
+        let cache = runtime
+            .block_on(Cache::builder().redis(server.url()).prefix("bench:").build())
+            .expect("a Redis cache");
+        REDIS_CACHE.set(cache).expect("built once");
+        println!();
+        println!("Redis (a private redis-server on {}):", server.url());
+        let (calls, begun) = runtime.block_on(simulate(xfetch_redis_beta_1, setup));
+        let runs = RUNS_REDIS.take();
+        report("1", "xfetch_redis_beta_1", redis_cache(), &runs, &calls, begun, setup);
+        drop(server);
+    }
 }
