@@ -33,8 +33,9 @@ use proc_macro::TokenStream;
 /// | `ttl = "..."` | Required. Time to live: `<integer><unit>` pieces, largest unit first, units `ms`, `s`, `m`, `h`, `d` (`"500ms"`, `"15m"`, `"1h30m"`). |
 /// | `lock` | Stampede protection across processes sharing a Redis: one process loads a missing key under a lease while the others wait for its value (within a process, concurrent misses share one load without it). |
 /// | `stale = "..."` | Keep values this long in all (longer than `ttl`) and serve one that expired when the body fails. |
-/// | `refresh = "..."` | Recompute a value older than this (shorter than `ttl`) on a hit, once across processes, before it expires; callers keep getting the current value meanwhile. |
-/// | `early` / `early = 1.5` | XFetch (Vattani, Chierichetti, Lowenstein, VLDB 2015): a hit recomputes the value early (once per process and, on Redis, once across processes) when `δ·β·(−ln r) ≥ time left`, with `δ` the function's mean load time; `early` alone is β = 1. Excludes `refresh`. |
+/// | `refresh = "..."` | Recompute a value older than this (shorter than `ttl`) in the background, started by a hit that returns the current value at once; once per key in a process and, on Redis, once across processes. |
+/// | `early` / `early = 1.5` | XFetch (Vattani, Chierichetti, Lowenstein, VLDB 2015): a hit recomputes the value early, in the background like `refresh`, when `δ·β·(−ln r) ≥ time left`, with `δ` the value's load time; `early` alone is β = 1. Excludes `refresh`. |
+/// | `timeout = "..."` | Needs `stale`. A caller holding an expired value kept by `stale` waits this long for the body, then returns that value; the body goes on in the background and stores its result. |
 /// | `absent_ttl = "..."` | Cache absent results (`None`, `Ok(None)`) this long (negative caching). Needs a return shape with an absent result: `Option<T>` or `Result<Option<T>, E>` (a compile error otherwise). |
 /// | `idle = "..."` | Sliding expiration (sessions): the value is stored for `idle`, and each hit extends its remaining life to `min(idle, ttl - age)`, so a value nobody reads for `idle` is gone and `ttl` stays an absolute cap from the write time. Still one round trip on Redis (one script). Shorter than `ttl`; excludes `stale`, `refresh` and `early`; bypasses the near cache. |
 /// | `near = false` | Bypass the cache's near cache (`CacheBuilder::near_cache`) for this function: every call reads Redis. No effect on a cache without one. Default: `true`. |
@@ -47,6 +48,13 @@ use proc_macro::TokenStream;
 /// `Some`, `Result<T, E>` caches `Ok`, `Result<Option<T>, E>` caches `Ok(Some)`. `Err` and
 /// `None` are never cached. `T` must be `Serialize + DeserializeOwned + Send + Sync + 'static`;
 /// when it is also `Clone`, a memory-store hit clones the value instead of decoding it.
+///
+/// # Bodies that finish in the background
+///
+/// With `refresh`, `early` or `timeout`, the body may run on a task of its own after the
+/// caller returned, so it owns what it uses: `self` is cloned (`Self: Clone + Send + Sync +
+/// 'static`), each borrowed parameter the body uses is copied with `ToOwned`, owned ones move
+/// in (all `Send + 'static`). The copies are made when the body starts, never on a hit.
 ///
 /// # Keys
 ///
@@ -62,7 +70,9 @@ use proc_macro::TokenStream;
 ///
 /// Unknown placeholders (with a suggestion), `<>`, an unclosed `<`, glob characters or `#` in
 /// the key, a bad or zero duration, `stale` not longer than `ttl`, `refresh` not shorter than
-/// `ttl`, a missing `key` or `ttl`, unknown or duplicate arguments, a
+/// `ttl`, `early` with `refresh`, `timeout` without `stale`, `idle` not shorter than `ttl`,
+/// with `refresh`, `early` or `timeout` a `&mut` parameter or a `Self` that is not `Clone`,
+/// a missing `key` or `ttl`, unknown or duplicate arguments, a
 /// non-`async` function, a receiver other than `&self`, a placeholder whose type does not
 /// implement `KeyPart` and an unknown field are compile errors on the offending text. All
 /// errors of one attribute are reported together.
