@@ -52,11 +52,8 @@ impl Detached {
                 FnArg::Receiver(receiver) => {
                     let span = receiver.span();
                     let clone = Ident::new(SELF_CLONE, proc_macro2::Span::call_site());
-                    checks.extend(quote_spanned! {span=>
-                        ::cache_runtime::__private::detached_self::<Self>();
-                    });
-                    take.extend(quote! {
-                        let #clone = <Self as ::core::clone::Clone>::clone(self);
+                    take.extend(quote_spanned! {span=>
+                        let #clone = ::cache_runtime::__private::detached_self::<Self>(self);
                     });
                 }
                 FnArg::Typed(typed) => {
@@ -74,11 +71,8 @@ impl Detached {
                             let name = &pat.ident;
                             let owned = format_ident!("__cache_runtime_owned_{}", name);
                             let elem = &reference.elem;
-                            take.extend(quote! {
-                                let #owned = ::std::borrow::ToOwned::to_owned(#name);
-                            });
-                            checks.extend(quote_spanned! {ty.span()=>
-                                ::cache_runtime::__private::detached_param::<<#elem as ::std::borrow::ToOwned>::Owned>();
+                            take.extend(quote_spanned! {ty.span()=>
+                                let #owned = ::cache_runtime::__private::detached_param::<#elem>(#name);
                             });
                             rebind.extend(quote! {
                                 let #name: &#elem = ::core::borrow::Borrow::borrow(&#owned);

@@ -432,7 +432,7 @@ mod tests {
         assert!(text.contains(":: cache_runtime :: __private :: Policy :: new (:: core :: time :: Duration :: from_millis (900000u64) , true , :: core :: option :: Option :: Some (:: core :: time :: Duration :: from_millis (3600000u64)) , :: core :: option :: Option :: Some (:: core :: time :: Duration :: from_millis (600000u64)) ,)"), "{text}");
         assert!(
             text.contains(
-                "cached :: < :: cache_runtime :: __private :: ResultOptionShape , _ , _ >"
+                "cached_detached :: < :: cache_runtime :: __private :: ResultOptionShape , _ , _ , _ >"
             ),
             "{text}"
         );
@@ -490,7 +490,7 @@ mod tests {
                 "duplicate argument `ttl`",
                 "`lock` is a flag and takes no value: write `lock`",
                 "duplicate argument `lock`",
-                "unknown argument `what`; expected one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `absent_ttl`, `idle`, `near`, `cache`, `name`",
+                "unknown argument `what`; expected one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `timeout`, `absent_ttl`, `idle`, `near`, `cache`, `name`",
                 "`stale` must be longer than `ttl`: it is how long a value is kept in all, to be served when the body fails after the value expired",
             ]
         );

@@ -530,11 +530,17 @@ impl Cache {
             miss.overwrite = true;
             return miss.run::<S, R, _>(|| body.start()).await;
         }
+        // L1 decided a recompute (`early` draws once per hit, there or on the Redis path).
+        let mut due = false;
         if let Some(near) = self.near_for(policy) {
-            if let Some(value) = near.serve(key, policy, cloner) {
-                counters.hit();
-                counters.near_hit();
-                return S::from_value(value);
+            match near.answer(key, policy, cloner, counters.mean_load()) {
+                crate::near::Answer::Hit(value) => {
+                    counters.hit();
+                    counters.near_hit();
+                    return S::from_value(value);
+                }
+                crate::near::Answer::Due => due = true,
+                crate::near::Answer::Miss => {}
             }
         }
         if policy.tracks_age() || self.near_for(policy).is_some() {
@@ -550,7 +556,7 @@ impl Cache {
             match aged {
                 Aged::Fresh(value, found) => {
                     let delta = found.load_time.unwrap_or_else(|| counters.mean_load());
-                    if policy.recompute_now(found.age, delta) {
+                    if due || policy.recompute_now(found.age, delta) {
                         return miss.refresh::<S, R, B>(body, value, found).await;
                     }
                     return S::from_value(value);

@@ -231,7 +231,7 @@ where
         };
         leader.loading();
         let returned = self.body(load).await;
-        self.finish::<S, R>(&returned, &permit, Some(leader)).await;
+        self.finish(self.landed::<S, R>(&returned), &permit, Some(leader)).await;
         returned
     }
 
@@ -277,7 +277,7 @@ where
             Began::Failed => Permit::None,
         };
         let returned = self.body(load).await;
-        self.finish::<S, R>(&returned, &permit, None).await;
+        self.finish(self.landed::<S, R>(&returned), &permit, None).await;
         returned
     }
 
@@ -338,31 +338,14 @@ where
         }
     }
 
-    /// Fills a cacheable value with the ticket, then publishes the outcome to the flight's
-    /// followers. Returns what the processes waiting on the load lease should hear.
-    ///
-    /// The followers joined while the body ran; the value may be handed to them only if the
-    /// ticket is *confirmed* after the body: the store accepted the fill, or (value not
-    /// stored: too large, nothing cacheable) still held the marker. Then no write or
-    /// invalidation of the key happened between the ticket and that confirmation, so any
-    /// that completed before a follower started also completed before the ticket, and the
-    /// body read the database after it. A refused ticket sends the followers to load again
-    /// (`Landed::Refused`) rather than risk a value that predates a write made in another
-    /// process. An unchecked one (Redis failing) goes only to the followers that joined
-    /// before the body started (`Landed::Unconfirmed`): for them it is fresh, and during an
-    /// outage single flight still holds for every burst of callers.
-    pub(crate) fn finish<'s, S, R>(
-        &'s self,
-        returned: &R,
-        permit: &'s Permit,
-        leader: Option<&'s mut Leader>,
-    ) -> impl Future<Output = Signal> + Send + 's
+    /// What the flight's followers may get from `returned`: the value, encoded (classified
+    /// before any await, so a returned value need not be `Sync` for a load that runs on a
+    /// task of its own), an absent result, or a failure.
+    pub(crate) fn landed<S, R>(&self, returned: &R) -> Landed
     where
         S: Shape<R, Value = T>,
     {
-        // Classified before the first await, so the returned value need not be `Sync`
-        // for a load that runs on a task of its own.
-        let outcome = match S::outcome(returned) {
+        match S::outcome(returned) {
             Outcome::Value(value) => {
                 let took = match self.loaded_in.load(std::sync::atomic::Ordering::Relaxed) {
                     u64::MAX => None,
@@ -380,12 +363,23 @@ where
             }
             Outcome::Absent => Landed::Absent,
             Outcome::Failed => Landed::Failed,
-        };
-        self.settle(outcome, permit, leader)
+        }
     }
 
-    /// [`finish`](Self::finish), once the outcome is known.
-    async fn settle(
+    /// Fills a cacheable value with the ticket, then publishes the outcome to the flight's
+    /// followers. Returns what the processes waiting on the load lease should hear.
+    ///
+    /// The followers joined while the body ran; the value may be handed to them only if the
+    /// ticket is *confirmed* after the body: the store accepted the fill, or (value not
+    /// stored: too large, nothing cacheable) still held the marker. Then no write or
+    /// invalidation of the key happened between the ticket and that confirmation, so any
+    /// that completed before a follower started also completed before the ticket, and the
+    /// body read the database after it. A refused ticket sends the followers to load again
+    /// (`Landed::Refused`) rather than risk a value that predates a write made in another
+    /// process. An unchecked one (Redis failing) goes only to the followers that joined
+    /// before the body started (`Landed::Unconfirmed`): for them it is fresh, and during an
+    /// outage single flight still holds for every burst of callers.
+    pub(crate) async fn finish(
         &self,
         outcome: Landed,
         permit: &Permit,
@@ -560,7 +554,7 @@ where
             true => Permit::Ticket(Ticket::Replace { old: found.entry, version: found.version }),
             false => Permit::None,
         };
-        let signal = self.finish::<S, R>(&returned, &permit, Some(leader)).await;
+        let signal = self.finish(self.landed::<S, R>(&returned), &permit, Some(leader)).await;
         if matches!(S::outcome(&returned), Outcome::Absent) && self.policy.absent_ttl.is_none() {
             // The value is gone at its source: nobody may be served the old one any more.
             // (Removing is safe whatever happened meanwhile: at worst a later value misses.)

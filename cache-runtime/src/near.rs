@@ -144,17 +144,44 @@ impl Near {
     where
         T: serde::de::DeserializeOwned + 'static,
     {
-        if !self.is_live() {
-            return None;
+        match self.answer(key, policy, cloner, std::time::Duration::ZERO) {
+            Answer::Hit(value) => Some(value),
+            Answer::Due | Answer::Miss => None,
         }
-        let held = self.entries.get(key)?;
+    }
+
+    /// What L1 answers for `key`: a value to serve, one due for a recompute (`refresh` age
+    /// reached, or XFetch's draw with the value's load time, else `mean_load`), or nothing.
+    pub(crate) fn answer<T>(
+        &self,
+        key: &str,
+        policy: &Policy,
+        cloner: Cloner<T>,
+        mean_load: std::time::Duration,
+    ) -> Answer<T>
+    where
+        T: serde::de::DeserializeOwned + 'static,
+    {
+        if !self.is_live() {
+            return Answer::Miss;
+        }
+        let Some(held) = self.entries.get(key) else { return Answer::Miss };
         if policy.tracks_age() {
             let age = held.age();
-            if age >= policy.ttl || policy.refresh.is_some_and(|refresh| age >= refresh) {
-                return None; // the Redis path serves it stale or refreshes it
+            if age >= policy.ttl {
+                return Answer::Miss; // the Redis path serves it stale or loads it
+            }
+            let delta = crate::format::Stamp::of(&held.entry.json)
+                .and_then(|stamp| stamp.load_time)
+                .unwrap_or(mean_load);
+            if policy.recompute_now(age, delta) {
+                return Answer::Due; // the Redis path refreshes it, from the stored value
             }
         }
-        held.entry.take(cloner).ok()
+        match held.entry.take(cloner) {
+            Ok(value) => Answer::Hit(value),
+            Err(_) => Answer::Miss,
+        }
     }
 
     /// The epoch to check when inserting what a read that starts now returns; `None` while
@@ -334,6 +361,14 @@ impl Cache {
         }
         aged
     }
+}
+
+/// What the near cache answers for a key (see [`Near::answer`]).
+pub(crate) enum Answer<T> {
+    Hit(T),
+    /// Held, but due for a recompute: the Redis path reads it and refreshes it.
+    Due,
+    Miss,
 }
 
 #[cfg(test)]

@@ -63,21 +63,40 @@ where
     S: Shape<R> + 'static,
     S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
     R: Send + 'static,
-    F: FnOnce() -> Fut,
+    F: FnOnce() -> Fut + Send,
     Fut: Future<Output = R> + Send + 'static,
 {
-    let counters = function.counters.get(cache.inner.id, &cache.inner.stats, function.name);
-    cache.load_through::<S, R, _>(&counters, &key, &function.policy, cloner, Detachable(body)).await
+    // Boxed as `Send` here, where the body's closure is a type parameter: checked on the
+    // caller's concrete closure (which borrows `self`), rustc fails to prove the lookup's
+    // future `Send` although it is ("implementation of `Send` is not general enough", a
+    // known limitation of auto traits on async fns). One allocation per call, for these
+    // functions only.
+    let call: std::pin::Pin<Box<dyn Future<Output = R> + Send + '_>> = Box::pin(async move {
+        let counters = function.counters.get(cache.inner.id, &cache.inner.stats, function.name);
+        cache
+            .load_through::<S, R, _>(&counters, &key, &function.policy, cloner, Detachable(body))
+            .await
+    });
+    call.await
 }
 
 /// `refresh`, `early` and `timeout` finish the body in the background, with a clone of
 /// `self`: a method's `Self` must be `Clone + Send + Sync + 'static` (a handle such as a
 /// struct of pools and `Arc`s; `#[derive(Clone)]` it).
-pub fn detached_self<T: Clone + Send + Sync + 'static>() {}
+pub fn detached_self<T: Clone + Send + Sync + 'static>(this: &T) -> T {
+    this.clone()
+}
 
 /// `refresh`, `early` and `timeout` finish the body in the background, with an owned copy
-/// of each borrowed parameter (`ToOwned`): the copy must be `Send + 'static`.
-pub fn detached_param<T: Send + 'static>() {}
+/// of each borrowed parameter it uses (`ToOwned`: `&str` becomes a `String`): the copy must
+/// be `Send + 'static`.
+pub fn detached_param<T>(borrowed: &T) -> T::Owned
+where
+    T: std::borrow::ToOwned + ?Sized,
+    T::Owned: Send + 'static,
+{
+    borrowed.to_owned()
+}
 
 /// `refresh`, `early` and `timeout` finish the body in the background: an owned parameter
 /// moves into it, so it must be `Send + 'static`.

@@ -180,7 +180,7 @@ where
             returned = self.body(load) => returned,
             () = renew => unreachable!("renewal never ends"),
         };
-        let signal = self.finish::<S, R>(&returned, &permit, Some(leader)).await;
+        let signal = self.finish(self.landed::<S, R>(&returned), &permit, Some(leader)).await;
         held.release(signal).await;
         returned
     }

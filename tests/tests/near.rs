@@ -289,3 +289,41 @@ async fn on_a_cluster_resharding_keeps_l1_coherent() {
     }
     wait_live(&cache).await;
 }
+
+/// `early` and `refresh` with a near cache: hits served from process memory still draw
+/// XFetch's recompute (and see the refresh age), so a hot key is recomputed before it
+/// expires and nobody misses, while most hits never leave the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_hits_still_recompute_early() {
+    static LOADS: AtomicU64 = AtomicU64::new(0);
+
+    #[cached(key = "hot:<id>", ttl = "1s", early, cache = cache)]
+    async fn hot(cache: &Cache, id: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        LOADS.fetch_add(1, SeqCst) + id
+    }
+
+    let server = RedisServer::start();
+    let cache = near_cache(&[server.url()], false, 1 << 20).await;
+    hot(&cache, 1).await;
+    let started = Instant::now();
+    let readers: Vec<_> = (0..20)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                while started.elapsed() < Duration::from_secs(3) {
+                    hot(&cache, 1).await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    let stats = cache.stats_of("hot");
+    assert_eq!(stats.misses, 1, "only the first call missed: {stats:?}");
+    assert!(stats.near_hits > stats.hits / 2, "most hits stay in process: {stats:?}");
+    let loads = LOADS.load(SeqCst);
+    assert!((3..=8).contains(&loads), "about one recompute per second: {loads} ({stats:?})");
+}
