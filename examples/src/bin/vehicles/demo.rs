@@ -22,14 +22,29 @@ const ABSENT_READS: u64 = 100;
 /// What one run measured.
 struct Run {
     took: Duration,
-    /// Per-request latencies, sorted.
-    latencies: Vec<Duration>,
+    /// Per-request latencies, sorted, each with the kind of its request.
+    latencies: Vec<(Duration, &'static str)>,
     queries: u64,
 }
 
 impl Run {
     fn percentile(&self, p: f64) -> Duration {
-        self.latencies[((self.latencies.len() - 1) as f64 * p).round() as usize]
+        self.latencies[((self.latencies.len() - 1) as f64 * p).round() as usize].0
+    }
+
+    /// The kinds of the slowest 1% of requests, most frequent first: what the p99 waits for.
+    fn tail(&self) -> String {
+        let slowest = &self.latencies[self.latencies.len() - self.latencies.len().div_ceil(100)..];
+        let mut kinds: Vec<(&str, usize)> = Vec::new();
+        for (_, kind) in slowest {
+            match kinds.iter_mut().find(|(k, _)| k == kind) {
+                Some((_, n)) => *n += 1,
+                None => kinds.push((kind, 1)),
+            }
+        }
+        kinds.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let kinds: Vec<String> = kinds.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
+        format!("{} requests: {}", slowest.len(), kinds.join(", "))
     }
 }
 
@@ -74,7 +89,7 @@ async fn drive(
                         Target::Cached => workload::cached(&service, op).await,
                     }
                     .map_err(|e| format!("{op:?}: {e}"))?;
-                    latencies.push(started.elapsed());
+                    latencies.push((started.elapsed(), op.kind()));
                     bar.inc(1);
                 }
             })
@@ -82,7 +97,7 @@ async fn drive(
         .collect();
     let mut latencies = Vec::with_capacity(ops.len());
     for worker in workers {
-        let done: Result<Vec<Duration>, String> = worker.await.map_err(|e| e.to_string())?;
+        let done: Result<Vec<_>, String> = worker.await.map_err(|e| e.to_string())?;
         latencies.extend(done?);
     }
     let took = started.elapsed();
@@ -230,6 +245,8 @@ pub(crate) async fn run(setup: Setup, requests: usize, concurrency: usize) -> Re
         stats.coalesced,
         stats.errors,
     );
+    println!("slowest 1%, no cache: {}", uncached.tail());
+    println!("slowest 1%, cached:   {}", cached.tail());
     println!(
         "database queries: {} for {requests} requests with the cache, {} without ({:.1}x fewer)",
         cached.queries,

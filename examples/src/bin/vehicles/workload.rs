@@ -18,6 +18,21 @@ pub(crate) enum Op {
     UpdateProfile(i64, ProfileUpdate),
 }
 
+impl Op {
+    /// What the request reads or writes, for the report.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Op::Vehicle(_) => "vehicle",
+            Op::Dealer(_) => "dealer page",
+            Op::Homepage => "homepage",
+            Op::Search(_) => "search",
+            Op::User(_) => "user",
+            Op::UpdatePrice(..) => "price change",
+            Op::UpdateProfile(..) => "profile change",
+        }
+    }
+}
+
 /// The mix, in percent: reads 95 (3 of them for vehicles that do not exist), writes 5.
 pub(crate) const MIX: [(&str, u64); 8] = [
     ("vehicle", 47),
