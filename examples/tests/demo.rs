@@ -58,6 +58,14 @@ fn check(report: &HashMap<String, f64>, requests: usize) {
     );
     assert!(report["db_queries"] < report["db_queries_uncached"], "{report:?}");
     assert_eq!(report["burst_loads"], 1.0, "{report:?}");
+    // A missing id is read from the database once, then served by the cached absence
+    // (`absent_ttl`) for the other reads.
+    assert!(report["absent_reads"] > 1.0, "{report:?}");
+    assert_eq!(report["absent_queries"], 1.0, "negative caching: {report:?}");
+    // Price changes invalidated keys, and no vehicle read through the cache afterwards
+    // differs from the database.
+    assert!(report["invalidated"] > 0.0, "{report:?}");
+    assert_eq!(report["stale_reads"], 0.0, "{report:?}");
     assert_eq!(report["errors"], 0.0, "{report:?}");
 }
 

@@ -3,15 +3,20 @@
 //!
 //! | key | function | TTL | options |
 //! |---|---|---|---|
-//! | `vehicle:<id>` | [`Marketplace::vehicle`] | 15m | `lock` |
-//! | `dealer:<dealer_id>:vehicles` | [`Marketplace::dealer_vehicles`] | 5m | `lock` |
-//! | `homepage:<section>` | [`Marketplace::homepage_section`] | 10m | `lock`, `stale = "1h"` |
+//! | `vehicle:<id>` | [`Marketplace::vehicle`] | 15m | `lock`, `early`, `absent_ttl = "30s"` |
+//! | `dealer:<dealer_id>:vehicles` | [`Marketplace::dealer_vehicles`] | 5m | `lock`, `refresh = "4m"`, `absent_ttl = "30s"` |
+//! | `homepage:<section>` | [`Marketplace::homepage_section`] | 10m | `lock`, `stale = "1h"`, `refresh = "8m"`, `timeout = "50ms"` |
 //! | `search:<make or ~>:<hash of the filters>` | [`Marketplace::search`] | 5m | |
-//! | `user:<id>` | [`Marketplace::user`] | 1h | |
+//! | `user:<id>` | [`Marketplace::user`] | 1h | `absent_ttl = "30s"` |
 //!
 //! A price change drops `vehicle:<id>`, `dealer:<dealer>:*`, `homepage:*`, and the searches
 //! that can list the vehicle: `search:<its make>:*` and `search:~:*` (searches of any make).
-//! A profile change is written through to `user:<id>`.
+//! A profile change is written through to `user:<id>`. Invalidation removes a key whatever
+//! its options: an early refresh, a stale value and an absent entry go with it.
+//!
+//! `early`, `refresh` and `timeout` finish the body in the background, after the caller got
+//! its answer, so those bodies own their arguments: `&self` is cloned, which is why
+//! [`Marketplace`] is a cheap `Clone` handle (a pool and a cache, both shared).
 
 use cache_runtime::{cache_put, cached, invalidates, Cache};
 
@@ -44,12 +49,20 @@ impl Marketplace {
         &self.cache
     }
 
-    /// One vehicle: the hottest read. `lock`: one load per key at a time, across processes.
+    /// One vehicle: the hottest read.
     ///
     /// # Errors
     ///
     /// When the database fails (never cached).
-    #[cached(key = "vehicle:<id>", ttl = "15m", lock, cache = self.cache)]
+    // - `lock`: one load per key at a time, across processes.
+    // - `early`: a hot vehicle is recomputed in the background shortly before its 15 minutes
+    //   end (XFetch: the closer to expiry, the likelier a hit starts it), so its readers never
+    //   wait for the database when it expires; the caller that starts it gets the current
+    //   value, which is still within its TTL. A price change still drops the key at once.
+    // - `absent_ttl = "30s"`: an unknown id (a sold listing, an old link, a crawler) is
+    //   remembered as absent for 30 s instead of querying the database on every call (cache
+    //   penetration). Ids are never reused; a new row under that id shows within 30 s.
+    #[cached(key = "vehicle:<id>", ttl = "15m", lock, early, absent_ttl = "30s", cache = self.cache)]
     pub async fn vehicle(&self, id: i64) -> Result<Option<Vehicle>, DbError> {
         self.db.vehicle(id).await
     }
@@ -59,7 +72,19 @@ impl Marketplace {
     /// # Errors
     ///
     /// When the database fails.
-    #[cached(key = "dealer:<dealer_id>:vehicles", ttl = "5m", lock, cache = self.cache)]
+    // - `refresh = "4m"`: a page read after it is 4 minutes old is recomputed in the
+    //   background while its readers keep the current one (at most 5 minutes old, as
+    //   without `refresh`), so a busy dealer's page never expires under its visitors.
+    //   Price changes drop it at once (`dealer:<dealer>:*`).
+    // - `absent_ttl = "30s"`: an unknown dealer id is answered from the cache for 30 s.
+    #[cached(
+        key = "dealer:<dealer_id>:vehicles",
+        ttl = "5m",
+        lock,
+        refresh = "4m",
+        absent_ttl = "30s",
+        cache = self.cache
+    )]
     pub async fn dealer_vehicles(&self, dealer_id: i64) -> Result<Option<DealerVehicles>, DbError> {
         self.db.dealer_vehicles(dealer_id).await
     }
@@ -70,7 +95,22 @@ impl Marketplace {
     /// # Errors
     ///
     /// When the database fails and no stale value is left.
-    #[cached(key = "homepage:<section>", ttl = "10m", lock, stale = "1h", cache = self.cache)]
+    // - `refresh = "8m"`: every visitor reads it, so it is recomputed in the background once
+    //   it is 8 minutes old and never expires while read.
+    // - `stale = "1h"` + `timeout = "50ms"`: a list page can be a few minutes old. Once a
+    //   section has expired (nobody read it in its last 2 minutes), a caller waits at most
+    //   50 ms for the database and then gets the expired section while the query finishes
+    //   in the background; a failing database is answered with it too. A price change
+    //   drops the sections (`homepage:*`), stale values included.
+    #[cached(
+        key = "homepage:<section>",
+        ttl = "10m",
+        lock,
+        stale = "1h",
+        refresh = "8m",
+        timeout = "50ms",
+        cache = self.cache
+    )]
     pub async fn homepage_section(&self, section: Section) -> Result<Vec<Vehicle>, DbError> {
         self.db.homepage_section(section).await
     }
@@ -106,7 +146,9 @@ impl Marketplace {
     /// # Errors
     ///
     /// When the database fails.
-    #[cached(key = "user:<id>", ttl = "1h", cache = self.cache)]
+    // - `absent_ttl = "30s"`: an unknown user id is answered from the cache for 30 s. No
+    //   `refresh`: profiles change only through `update_profile`, which writes through.
+    #[cached(key = "user:<id>", ttl = "1h", absent_ttl = "30s", cache = self.cache)]
     pub async fn user(&self, id: i64) -> Result<Option<UserProfile>, DbError> {
         self.db.user(id).await
     }

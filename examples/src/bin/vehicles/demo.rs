@@ -16,18 +16,35 @@ use crate::Setup;
 const BURST: usize = 200;
 /// Vehicles compared between the cache and the database after the run.
 const CHECKED: i64 = 300;
+/// Reads of one unknown vehicle after the run, within its `absent_ttl`.
+const ABSENT_READS: u64 = 100;
 
 /// What one run measured.
 struct Run {
     took: Duration,
-    /// Per-request latencies, sorted.
-    latencies: Vec<Duration>,
+    /// Per-request latencies, sorted, each with the kind of its request.
+    latencies: Vec<(Duration, &'static str)>,
     queries: u64,
 }
 
 impl Run {
     fn percentile(&self, p: f64) -> Duration {
-        self.latencies[((self.latencies.len() - 1) as f64 * p).round() as usize]
+        self.latencies[((self.latencies.len() - 1) as f64 * p).round() as usize].0
+    }
+
+    /// The kinds of the slowest 1% of requests, most frequent first: what the p99 waits for.
+    fn tail(&self) -> String {
+        let slowest = &self.latencies[self.latencies.len() - self.latencies.len().div_ceil(100)..];
+        let mut kinds: Vec<(&str, usize)> = Vec::new();
+        for (_, kind) in slowest {
+            match kinds.iter_mut().find(|(k, _)| k == kind) {
+                Some((_, n)) => *n += 1,
+                None => kinds.push((kind, 1)),
+            }
+        }
+        kinds.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let kinds: Vec<String> = kinds.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
+        format!("{} requests: {}", slowest.len(), kinds.join(", "))
     }
 }
 
@@ -72,7 +89,7 @@ async fn drive(
                         Target::Cached => workload::cached(&service, op).await,
                     }
                     .map_err(|e| format!("{op:?}: {e}"))?;
-                    latencies.push(started.elapsed());
+                    latencies.push((started.elapsed(), op.kind()));
                     bar.inc(1);
                 }
             })
@@ -80,7 +97,7 @@ async fn drive(
         .collect();
     let mut latencies = Vec::with_capacity(ops.len());
     for worker in workers {
-        let done: Result<Vec<Duration>, String> = worker.await.map_err(|e| e.to_string())?;
+        let done: Result<Vec<_>, String> = worker.await.map_err(|e| e.to_string())?;
         latencies.extend(done?);
     }
     let took = started.elapsed();
@@ -117,6 +134,19 @@ async fn burst(service: &Marketplace, id: i64) -> Result<(u64, u64), String> {
     ))
 }
 
+/// `ABSENT_READS` reads, one after the other, of vehicle `id`, which does not exist (and was
+/// not read before): the first queries the database, the others are answered by the cached
+/// absence (`absent_ttl`). Returns the database queries they caused.
+async fn absent(service: &Marketplace, id: i64) -> Result<u64, String> {
+    let queries_before = service.db().queries();
+    for _ in 0..ABSENT_READS {
+        if let Some(vehicle) = service.vehicle(id).await.map_err(|e| e.to_string())? {
+            return Err(format!("vehicle {id} should not exist: {vehicle:?}"));
+        }
+    }
+    Ok(service.db().queries() - queries_before)
+}
+
 /// Reads the hottest vehicles through the cache and from the database: how many differ.
 async fn stale_reads(service: &Marketplace) -> Result<u64, String> {
     let mut stale = 0;
@@ -142,12 +172,13 @@ fn us(duration: Duration) -> u128 {
 
 fn line(label: &str, run: &Run) {
     println!(
-        "{label:<10} {:>9} {:>9.2?} {:>9.0}/s {:>10.1?} {:>10.1?} {:>11}",
+        "{label:<10} {:>9} {:>9.2?} {:>9.0}/s {:>10.1?} {:>10.1?} {:>10.1?} {:>11}",
         run.latencies.len(),
         run.took,
         run.latencies.len() as f64 / run.took.as_secs_f64(),
         run.percentile(0.50),
         run.percentile(0.99),
+        run.percentile(0.999),
         run.queries,
     );
 }
@@ -174,6 +205,9 @@ pub(crate) async fn run(setup: Setup, requests: usize, concurrency: usize) -> Re
     let cached = drive(&service, &ops, concurrency, Target::Cached, "#[cached]").await?;
     let stats = service.cache().stats();
     let (burst_loads, burst_queries) = burst(&service, sizes.vehicles).await?;
+    // An id past those the workload asks for: never read before.
+    let absent_id = sizes.vehicles + 2 * workload::UNKNOWN_VEHICLES;
+    let absent_queries = absent(&service, absent_id).await?;
     let stale = stale_reads(&service).await?;
     // With Redis: the same workload through a near cache, from a cold start.
     let near = match &setup.near {
@@ -192,8 +226,8 @@ pub(crate) async fn run(setup: Setup, requests: usize, concurrency: usize) -> Re
 
     println!();
     println!(
-        "{:<10} {:>9} {:>9} {:>11} {:>10} {:>10} {:>11}",
-        "", "requests", "time", "throughput", "p50", "p99", "db queries"
+        "{:<10} {:>9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>11}",
+        "", "requests", "time", "throughput", "p50", "p99", "p99.9", "db queries"
     );
     line("no cache", &uncached);
     line("#[cached]", &cached);
@@ -211,6 +245,8 @@ pub(crate) async fn run(setup: Setup, requests: usize, concurrency: usize) -> Re
         stats.coalesced,
         stats.errors,
     );
+    println!("slowest 1%, no cache: {}", uncached.tail());
+    println!("slowest 1%, cached:   {}", cached.tail());
     println!(
         "database queries: {} for {requests} requests with the cache, {} without ({:.1}x fewer)",
         cached.queries,
@@ -229,6 +265,10 @@ pub(crate) async fn run(setup: Setup, requests: usize, concurrency: usize) -> Re
         plural(burst_queries, "database query"),
     );
     println!(
+        "absent: {ABSENT_READS} reads of unknown vehicle:{absent_id}: {} (absent_ttl)",
+        plural(absent_queries, "database query"),
+    );
+    println!(
         "check: {stale} of the {CHECKED} hottest vehicles read through the cache differ from the database"
     );
     if let Some((_, near_stats, near_stale)) = &near {
@@ -240,24 +280,29 @@ pub(crate) async fn run(setup: Setup, requests: usize, concurrency: usize) -> Re
         );
     }
     println!();
-    println!("per function        hits   misses    loads  hit rate");
+    println!("per function        hits   misses    loads refreshes  hit rate");
     for name in ["vehicle", "dealer_vehicles", "homepage_section", "search", "user"] {
-        let Stats { hits, misses, loads, .. } = service.cache().stats_of(name);
+        let Stats { hits, misses, loads, refreshes, .. } = service.cache().stats_of(name);
         let rate = hits as f64 * 100.0 / (hits + misses).max(1) as f64;
-        println!("  {name:<16} {hits:>7} {misses:>8} {loads:>8} {rate:>8.1}%");
+        println!("  {name:<16} {hits:>7} {misses:>8} {loads:>8} {refreshes:>9} {rate:>8.1}%");
     }
     println!();
     println!(
         "REPORT requests={requests} db_queries={} db_queries_uncached={} hit_rate={:.4} \
-         p50_us={} p99_us={} uncached_p50_us={} uncached_p99_us={} burst_loads={burst_loads} \
-         burst_queries={burst_queries} stale_reads={stale} errors={}",
+         p50_us={} p99_us={} p999_us={} uncached_p50_us={} uncached_p99_us={} \
+         uncached_p999_us={} loads={} burst_loads={burst_loads} burst_queries={burst_queries} \
+         absent_reads={ABSENT_READS} absent_queries={absent_queries} invalidated={} stale_reads={stale} errors={}",
         cached.queries,
         uncached.queries,
         stats.hit_rate(),
         us(cached.percentile(0.50)),
         us(cached.percentile(0.99)),
+        us(cached.percentile(0.999)),
         us(uncached.percentile(0.50)),
         us(uncached.percentile(0.99)),
+        us(uncached.percentile(0.999)),
+        stats.loads,
+        service.cache().stats_of("save_price").invalidated,
         stats.errors,
     );
     if let Some((run, near_stats, near_stale)) = &near {

@@ -18,9 +18,25 @@ pub(crate) enum Op {
     UpdateProfile(i64, ProfileUpdate),
 }
 
-/// The mix, in percent: reads 95, writes 5.
-pub(crate) const MIX: [(&str, u64); 7] = [
-    ("vehicle", 50),
+impl Op {
+    /// What the request reads or writes, for the report.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Op::Vehicle(_) => "vehicle",
+            Op::Dealer(_) => "dealer page",
+            Op::Homepage => "homepage",
+            Op::Search(_) => "search",
+            Op::User(_) => "user",
+            Op::UpdatePrice(..) => "price change",
+            Op::UpdateProfile(..) => "profile change",
+        }
+    }
+}
+
+/// The mix, in percent: reads 95 (3 of them for vehicles that do not exist), writes 5.
+pub(crate) const MIX: [(&str, u64); 8] = [
+    ("vehicle", 47),
+    ("unknown vehicle", 3),
     ("dealer page", 12),
     ("homepage", 10),
     ("search", 15),
@@ -28,6 +44,9 @@ pub(crate) const MIX: [(&str, u64); 7] = [
     ("price change", 2),
     ("profile change", 3),
 ];
+
+/// How many ids past the last vehicle the "unknown vehicle" requests ask for.
+pub(crate) const UNKNOWN_VEHICLES: i64 = 100;
 
 /// xorshift64*: the same workload on every run.
 struct Rng(u64);
@@ -89,14 +108,17 @@ pub(crate) fn generate(requests: usize, sizes: Sizes) -> Vec<Op> {
             }
             match kind {
                 0 => Op::Vehicle(rng.hot(sizes.vehicles)),
-                1 => Op::Dealer(rng.hot(sizes.dealers)),
-                2 => Op::Homepage,
-                3 => {
+                // Sold listings still linked from elsewhere, and crawlers: a few dead ids
+                // come back again and again.
+                1 => Op::Vehicle(sizes.vehicles + rng.hot(UNKNOWN_VEHICLES)),
+                2 => Op::Dealer(rng.hot(sizes.dealers)),
+                3 => Op::Homepage,
+                4 => {
                     let n = searches.len() as i64;
                     Op::Search(Box::new(searches[(rng.hot(n) - 1) as usize].clone()))
                 }
-                4 => Op::User(rng.hot(sizes.users)),
-                5 => {
+                5 => Op::User(rng.hot(sizes.users)),
+                6 => {
                     let price = 5_000 + (rng.next() % 400) as i64 * 100;
                     Op::UpdatePrice(rng.hot(sizes.vehicles), price)
                 }
