@@ -24,7 +24,11 @@
 //! - **Readers that waited for a recompute.** An early recompute that runs inline in the
 //!   reader whose draw chose it makes that reader wait for the body although the value was
 //!   fresh: the body records the reader task that ran it (a task-local), so such calls are
-//!   counted apart from misses. A recompute run in a background task has no reader.
+//!   counted apart from misses. A recompute run in a background task (what `early` does
+//!   since the body owns its arguments) has no reader: the task-local is not inherited by
+//!   `tokio::spawn`, so such bodies are counted as "in a background task", and a reader can
+//!   then only wait for one by joining it after its own value expired (a miss, counted as
+//!   "waited for another's body"). The reader latency shows whether anyone waited at all.
 //!
 //! Printed: the distribution of recomputes per value life (0, 1, 2, 3+), the share with
 //! exactly one, how long before expiry the recomputes started, the misses, the waits, and
