@@ -252,11 +252,9 @@ where
         waited: latencies.iter().filter(|&&latency| latency > WAITED).count(),
         bodies: runs.len(),
     };
-    let mean_body = runs
-        .iter()
-        .filter_map(|run| Some(run.finished? - run.started))
-        .sum::<Duration>()
-        / runs.len().max(1) as u32;
+    let mean_body =
+        runs.iter().filter_map(|run| Some(run.finished? - run.started)).sum::<Duration>()
+            / runs.len().max(1) as u32;
     println!();
     println!(
         "{variant} (`{name}`): {TASKS} tasks, {} calls in {:.1} s ({:.0} calls/s)",
@@ -296,6 +294,14 @@ where
         figures.waited
     );
     figures
+}
+
+fn yes(met: bool) -> &'static str {
+    if met {
+        "yes"
+    } else {
+        "no"
+    }
 }
 
 fn ratio(a: Duration, b: Duration) -> f64 {
@@ -375,18 +381,34 @@ async fn part_a(store: &str, cache: impl Fn() -> Cache, hot: Hot) {
         background.waited
     );
     println!(
-        "  background / control: p50 {:.2}x, p99 {:.2}x; early / control: p50 {:.2}x, p99 {:.2}x",
+        "  background / control: p50 {:.2}x, p99 {:.2}x, max {:.2}x; early / control: p50 {:.2}x, p99 {:.2}x, max {:.2}x",
         ratio(background.p50, control.p50),
         ratio(background.p99, control.p99),
+        ratio(background.max, control.max),
         ratio(early.p50, control.p50),
-        ratio(early.p99, control.p99)
+        ratio(early.p99, control.p99),
+        ratio(early.max, control.max)
+    );
+    // The criterion as written compares with the p50 hit; the control shows what a hit's own
+    // p99 is on this machine (scheduling noise), which no refresh strategy can go below.
+    println!(
+        "  p99 <= 2 x control's p99 (refresh adds no tail beyond a plain hit's): background {}, inline {}, early {}",
+        yes(background.p99 <= control.p99 * 2),
+        yes(inline.p99 <= control.p99 * 2),
+        yes(early.p99 <= control.p99 * 2)
     );
 }
 
 /// Part B for one variant: the first load, then `rounds` rounds of 64 callers holding an
 /// expired value.
-async fn slow_body<F, Fut>(variant: &str, name: &str, cache: Cache, read: F, rounds: usize)
-where
+async fn slow_body<F, Fut>(
+    variant: &str,
+    name: &str,
+    cache: Cache,
+    read: F,
+    rounds: usize,
+    criterion: bool,
+) where
     F: Fn(Cache, Log) -> Fut + Copy + Send + Sync + 'static,
     Fut: Future<Output = Reading> + Send,
 {
@@ -448,12 +470,15 @@ where
             show(*latencies.last().expect("callers")),
             );
         println!(
-            "    bodies started: {} (#{} at +{} after the value expired), ran {}, landed {} after the callers were answered; next call: value #{} ({}) in {}",
+            "    bodies started: {} (#{} at +{} after the value expired), ran {}, landed {}; next call: value #{} ({}) in {}",
             log.runs().len() - 1 - current,
             current + 1,
             show(body.started.saturating_duration_since(stored + SOFT_TTL)),
             show(landed - body.started),
-            show(landed.saturating_duration_since(answered)),
+            match landed.checked_duration_since(answered) {
+                Some(after) => format!("{} after the last caller was answered", show(after)),
+                None => "before the last caller was answered".to_owned(),
+            },
             next.generation,
             if next.generation == current + 1 { "the new value" } else { "NOT the new value" },
             show(next_latency)
@@ -463,14 +488,20 @@ where
     all.sort();
     let stats = cache.stats_of(name);
     println!(
-        "  all {} callers: min {}  p50 {}  p99 {}  max {}   [criterion: max <= {}: {}]",
+        "  all {} callers: min {}  p50 {}  p99 {}  max {}{}",
         all.len(),
         show(all[0]),
         show(quantile(&all, 0.5)),
         show(quantile(&all, 0.99)),
         show(*all.last().expect("callers")),
-        show(TIMEOUT + ALLOWANCE),
-        if met { "met" } else { "NOT met" }
+        match criterion {
+            true => format!(
+                "   [criterion: max <= {}: {}]",
+                show(TIMEOUT + ALLOWANCE),
+                if met { "met" } else { "NOT met" }
+            ),
+            false => String::new(),
+        }
     );
     println!(
         "  cache stats: hits {}, misses {}, loads {}, coalesced {}, stale {}, errors {}, background failures {}",
@@ -496,6 +527,7 @@ async fn part_b(store: &str, cache: impl Fn() -> Cache, rounds: usize) {
         cache(),
         |cache, log| async move { soft_timeout(&cache, &log, ID).await },
         rounds,
+        true,
     )
     .await;
     slow_body(
@@ -504,6 +536,7 @@ async fn part_b(store: &str, cache: impl Fn() -> Cache, rounds: usize) {
         cache(),
         |cache, log| async move { no_timeout(&cache, &log, ID).await },
         rounds,
+        false,
     )
     .await;
 }
@@ -534,7 +567,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    println!("freshness: 2 tokio workers; part A {} s per variant; part B {rounds} rounds", hot.run_for.as_secs_f64());
+    println!(
+        "freshness: 2 tokio workers; part A {} s per variant; part B {rounds} rounds",
+        hot.run_for.as_secs_f64()
+    );
     runtime.block_on(async {
         part_a("memory", Cache::memory, hot).await;
         part_b("memory", Cache::memory, rounds).await;

@@ -402,6 +402,30 @@ fn report(
         waited_other,
         slow_hit
     );
+    // When the slow calls happened: one burst (a stall of the machine or of Redis) or spread.
+    let mut slow_at: Vec<Duration> = calls
+        .iter()
+        .filter(|call| call.latency > SLOW)
+        .map(|call| call.started.saturating_duration_since(begun))
+        .collect();
+    slow_at.sort();
+    if let (Some(first), Some(last)) = (slow_at.first(), slow_at.last()) {
+        let mut per_second = std::collections::BTreeMap::<u64, usize>::new();
+        for at in &slow_at {
+            *per_second.entry(at.as_secs()).or_default() += 1;
+        }
+        let busiest = per_second.iter().max_by_key(|(_, &count)| count);
+        println!(
+            "  calls > {} started between {:.3} s and {:.3} s of the run; busiest second: {}",
+            ms(SLOW),
+            first.as_secs_f64(),
+            last.as_secs_f64(),
+            busiest.map_or(String::new(), |(second, count)| format!(
+                "{second}-{} s, {count} calls",
+                second + 1
+            ))
+        );
+    }
     println!(
         "  reader latency: p50 {:.1} µs  p99 {:.1} µs  p99.99 {}  max {}",
         quantile(&latencies, 0.5).as_secs_f64() * 1e6,
