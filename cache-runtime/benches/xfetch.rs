@@ -24,7 +24,11 @@
 //! - **Readers that waited for a recompute.** An early recompute that runs inline in the
 //!   reader whose draw chose it makes that reader wait for the body although the value was
 //!   fresh: the body records the reader task that ran it (a task-local), so such calls are
-//!   counted apart from misses. A recompute run in a background task has no reader.
+//!   counted apart from misses. A recompute run in a background task (what `early` does
+//!   since the body owns its arguments) has no reader: the task-local is not inherited by
+//!   `tokio::spawn`, so such bodies are counted as "in a background task", and a reader can
+//!   then only wait for one by joining it after its own value expired (a miss, counted as
+//!   "waited for another's body"). The reader latency shows whether anyone waited at all.
 //!
 //! Printed: the distribution of recomputes per value life (0, 1, 2, 3+), the share with
 //! exactly one, how long before expiry the recomputes started, the misses, the waits, and
@@ -398,6 +402,30 @@ fn report(
         waited_other,
         slow_hit
     );
+    // When the slow calls happened: one burst (a stall of the machine or of Redis) or spread.
+    let mut slow_at: Vec<Duration> = calls
+        .iter()
+        .filter(|call| call.latency > SLOW)
+        .map(|call| call.started.saturating_duration_since(begun))
+        .collect();
+    slow_at.sort();
+    if let (Some(first), Some(last)) = (slow_at.first(), slow_at.last()) {
+        let mut per_second = std::collections::BTreeMap::<u64, usize>::new();
+        for at in &slow_at {
+            *per_second.entry(at.as_secs()).or_default() += 1;
+        }
+        let busiest = per_second.iter().max_by_key(|(_, &count)| count);
+        println!(
+            "  calls > {} started between {:.3} s and {:.3} s of the run; busiest second: {}",
+            ms(SLOW),
+            first.as_secs_f64(),
+            last.as_secs_f64(),
+            busiest.map_or(String::new(), |(second, count)| format!(
+                "{second}-{} s, {count} calls",
+                second + 1
+            ))
+        );
+    }
     println!(
         "  reader latency: p50 {:.1} µs  p99 {:.1} µs  p99.99 {}  max {}",
         quantile(&latencies, 0.5).as_secs_f64() * 1e6,
