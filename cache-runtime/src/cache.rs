@@ -510,6 +510,8 @@ impl Cache {
         S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
         B: Body<R>,
     {
+        // `timeout` bounds the whole call, lookup included.
+        let called = policy.timeout.map(|_| std::time::Instant::now());
         let mut miss = Load {
             cache: self,
             counters,
@@ -588,9 +590,10 @@ impl Cache {
                 Lookup::Failed(error) => miss.read_failed(error.kind()),
             }
         }
-        if let (Some(timeout), Some(_)) = (policy.timeout, &miss.stale) {
+        if let (Some(timeout), Some(called), Some(_)) = (policy.timeout, called, &miss.stale) {
             // A stale value to answer with: the body may overrun its timeout.
-            return miss.run_within::<S, R, B>(body, timeout).await;
+            let left = timeout.saturating_sub(called.elapsed());
+            return miss.run_within::<S, R, B>(body, left).await;
         }
         miss.run::<S, R, _>(|| body.start()).await
     }

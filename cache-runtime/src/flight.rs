@@ -43,6 +43,9 @@ struct Flight {
     invalidated: AtomicBool,
     /// Set when the leader starts the body (see [`Leader::loading`]).
     loading: AtomicBool,
+    /// Set when the leader starts settling its outcome with the store (see
+    /// [`Leader::settling`]).
+    settling: AtomicBool,
 }
 
 type Slot = Arc<Flight>;
@@ -68,6 +71,12 @@ pub(crate) struct Follower {
     /// started completed before the body read anything, so even an unconfirmed value is
     /// fresh for it.
     pub(crate) early: bool,
+    /// Joined before the leader asked the store to confirm its outcome (the fill, or the
+    /// check that its ticket still holds). Only such a follower may take a confirmed value:
+    /// a write that completed before it started completed before that confirmation, which
+    /// the write would have refused. A follower that joined later may have started after a
+    /// write that landed just after the fill: it reads the store for itself.
+    pub(crate) before_settling: bool,
 }
 
 impl Flights {
@@ -78,12 +87,14 @@ impl Flights {
             return Join::Follower(Follower {
                 landed: slot.landed.subscribe(),
                 early: !slot.loading.load(Ordering::SeqCst),
+                before_settling: !slot.settling.load(Ordering::SeqCst),
             });
         }
         let slot: Slot = Arc::new(Flight {
             landed: watch::Sender::new(Landed::Running),
             invalidated: AtomicBool::new(false),
             loading: AtomicBool::new(false),
+            settling: AtomicBool::new(false),
         });
         running.insert(key.to_owned(), Arc::clone(&slot));
         Join::Leader(Leader {
@@ -166,6 +177,14 @@ impl Leader {
     pub(crate) fn loading(&self) {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         self.slot.loading.store(true, Ordering::SeqCst);
+        drop(running);
+    }
+
+    /// Marks the start of settling the outcome with the store: followers joining from now
+    /// on are not [`before_settling`](Follower::before_settling).
+    pub(crate) fn settling(&self) {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        self.slot.settling.store(true, Ordering::SeqCst);
         drop(running);
     }
 

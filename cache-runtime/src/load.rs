@@ -144,6 +144,23 @@ where
                     return self.serve_stale::<S, R>(returned);
                 }
                 Join::Follower(mut follower) => match flight::wait(&mut follower).await {
+                    // Joined after the leader's confirmation was sent: a write may have
+                    // landed in between (see `Follower::before_settling`). The value is in
+                    // the store unless such a write removed it: a read of our own, which
+                    // starts after we did, tells.
+                    Landed::Value(_) | Landed::Absent
+                        if !follower.before_settling && !self.overwrite && !self.store_failing =>
+                    {
+                        if let Some(answer) = self.read_for_ourselves::<S, R>().await {
+                            return answer;
+                        }
+                        continue;
+                    }
+                    Landed::Value(entry) if !follower.before_settling => {
+                        drop(entry);
+                        continue;
+                    }
+                    Landed::Absent if !follower.before_settling => continue,
                     Landed::Value(entry) => match entry.take(self.cloner) {
                         Ok(value) => {
                             self.counters.coalesced();
@@ -201,11 +218,8 @@ where
                     // Refused: a value may well be stored by now; a read of our own, started
                     // after we did, is fresh for us (and spares a new flight and its lease).
                     Landed::Refused if !self.overwrite && !self.store_failing => {
-                        if let Ok(Some(entry)) = self.cache.inner.store.get(self.key).await {
-                            if let Ok(value) = entry.take(self.cloner) {
-                                self.counters.coalesced();
-                                return S::from_value(value);
-                            }
+                        if let Some(answer) = self.read_for_ourselves::<S, R>().await {
+                            return answer;
                         }
                         continue;
                     }
@@ -215,6 +229,28 @@ where
                     | Landed::Unconfirmed(_) => continue,
                 },
             }
+        }
+    }
+
+    /// A follower that may not take the flight's outcome reads the store once: what it finds
+    /// was stored before this read, which started after the caller did, so it is fresh for
+    /// the caller. `None` when nothing usable is there (then elect a new leader).
+    async fn read_for_ourselves<S, R>(&self) -> Option<R>
+    where
+        S: Shape<R, Value = T>,
+    {
+        match self.cache.inner.store.get(self.key).await {
+            Ok(Some(entry)) if entry.is_absent() => {
+                let absent = S::absent()?;
+                self.counters.coalesced();
+                Some(absent)
+            }
+            Ok(Some(entry)) => {
+                let value = entry.take(self.cloner).ok()?;
+                self.counters.coalesced();
+                Some(S::from_value(value))
+            }
+            _ => None,
         }
     }
 
@@ -385,6 +421,9 @@ where
         permit: &Permit,
         leader: Option<&mut Leader>,
     ) -> Signal {
+        if let Some(leader) = &leader {
+            leader.settling();
+        }
         let invalidated = leader.as_ref().is_some_and(|leader| leader.invalidated());
         let published = match (outcome, permit) {
             (Landed::Failed, Permit::Ticket(ticket)) => {
