@@ -102,7 +102,9 @@
 //!
 //! In-process, an invalidation detaches the loads it covers from single flight, and a
 //! leader hands its value to the callers that waited on it only once the store confirmed
-//! its ticket (the fill was accepted, or the marker was still there); a refused ticket sends
+//! its ticket (the fill was accepted, or the marker was still there), and only to those that
+//! joined before it asked the store (a later one may have started after a write that landed
+//! just after the fill, so it reads the store for itself); a refused ticket sends
 //! them to load again, and a value that could not be checked (Redis failing) goes only to
 //! the callers that joined before the body started, for whom it is fresh in any case. Refreshes replace a value only if
 //! the key still holds the very value (bytes, and a remaining TTL no longer than when read)
@@ -120,8 +122,12 @@
 //!   [`CacheBuilder::lock_wait`].
 //! - `stale = "1h"` keeps a value that long in all and serves it, once expired, when the
 //!   body fails ([`Stats::stale`]).
-//! - `refresh = "12m"` recomputes a value older than that on a hit, once across processes,
-//!   while every other caller keeps getting the current value ([`Stats::refreshes`]).
+//! - `refresh = "12m"` recomputes a value older than that in the background, started by a
+//!   hit that returns the current value at once, once across processes
+//!   ([`Stats::refreshes`]); `early` does the same with XFetch's probability; with `stale`,
+//!   `timeout = "200ms"` answers a caller with the expired value once the body took that long,
+//!   while the body goes on ([`Stats::background_failures`] counts bodies that fail after
+//!   their caller was answered).
 //! - [`Cache::lock`] and [`Cache::try_lock`] offer the lease lock directly, with fencing
 //!   tokens ([`LockGuard`]).
 //!
