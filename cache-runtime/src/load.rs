@@ -757,3 +757,51 @@ where
         answered
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::codec::Entry;
+    use crate::flight::{Join, Landed};
+    use crate::format::Format;
+    use crate::Cache;
+
+    /// The window between a leader's fill and its publish: another process's write removes
+    /// the value the leader just stored, then a call starts, misses, and joins the flight
+    /// before the leader publishes. The leader's value predates that write, so the call must
+    /// not take it: it reads the store itself and loads.
+    #[tokio::test]
+    async fn a_caller_that_joins_after_the_fill_does_not_take_the_leaders_value() {
+        let cache = Cache::memory();
+        let Join::Leader(mut leader) = cache.inner.flights.join("row:1") else {
+            panic!("the first to join leads");
+        };
+        leader.loading();
+        // The leader asks the store; the value it stores is then removed by a write
+        // elsewhere (here: never stored, the store stays empty).
+        leader.settling();
+        let caller = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_load("row:1", Duration::from_secs(60), || async {
+                        Ok::<_, crate::Error>("v2 (after the write)".to_owned())
+                    })
+                    .await
+            })
+        };
+        // Let the caller miss and join the flight.
+        while cache.stats().misses == 0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let old = Entry::encode(&"v1 (before the write)".to_owned(), None, &Format::default())
+            .expect("encodes");
+        leader.publish(Landed::Value(std::sync::Arc::new(old)));
+        drop(leader);
+        assert_eq!(caller.await.unwrap().unwrap(), "v2 (after the write)");
+    }
+}
