@@ -329,11 +329,7 @@ impl Gated {
 
     /// Waits (bounded) until `n` bodies have finished.
     async fn finished(&self, n: u32) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.finished.load(SeqCst) < n {
-            assert!(Instant::now() < deadline, "the body never finished");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        eventually("the body never finished", || async { self.finished.load(SeqCst) >= n }).await;
     }
 }
 
@@ -348,6 +344,20 @@ async fn answered<F: std::future::Future>(call: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(5), call)
         .await
         .expect("the caller waited for a body held at the gate")
+}
+
+/// Polls `check` every 5 ms until it holds, failing with `what` after 10 s: for what lands
+/// in the background (a refreshed value, a count).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Past the refresh age, a hit returns the current value while one refresh runs in the
@@ -367,15 +377,10 @@ async fn refresh_runs_in_the_background(cache: Cache) {
     db.finished(2).await;
     // The refresh stores its value before it ends its flight; a short wait covers the
     // store round trip after the body.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let row = answered(refreshed_row(&cache, &db, 1)).await.unwrap();
-        if row.as_deref() == Some("row 1 v2") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the refreshed value never landed: {row:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the refreshed value never landed", || async {
+        answered(refreshed_row(&cache, &db, 1)).await.unwrap().as_deref() == Some("row 1 v2")
+    })
+    .await;
     assert_eq!(cache.stats_of("refreshed_row").misses, 1, "only the first call missed");
 }
 
@@ -403,11 +408,10 @@ async fn refresh_outcomes(cache: Cache) {
     db.open(1);
     assert_eq!(answered(refreshed_row(&cache, &db, 2)).await.unwrap().as_deref(), Some("row 2 v2"));
     db.finished(3).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while cache.stats_of("refreshed_row").background_failures == 0 {
-        assert!(Instant::now() < deadline, "the failed refresh was not counted");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the failed refresh was not counted", || async {
+        cache.stats_of("refreshed_row").background_failures == 1
+    })
+    .await;
     assert_eq!(
         cache.get::<String>("row:2").await.unwrap().as_deref(),
         Some("row 2 v2"),
@@ -418,11 +422,10 @@ async fn refresh_outcomes(cache: Cache) {
     db.open(1);
     assert_eq!(answered(refreshed_row(&cache, &db, 1)).await.unwrap().as_deref(), Some("row 1 v1"));
     db.finished(4).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while cache.get::<String>("row:1").await.unwrap().is_some() {
-        assert!(Instant::now() < deadline, "the row deleted at its source is still cached");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the row deleted at its source is still cached", || async {
+        cache.get::<String>("row:1").await.unwrap().is_none()
+    })
+    .await;
     db.open(1);
     assert_eq!(refreshed_row(&cache, &db, 1).await.unwrap(), None, "and the next call loads");
 }
@@ -493,15 +496,10 @@ async fn soft_timeout(cache: Cache) {
     assert_eq!(cache.stats_of("soft_row").stale, 3);
     db.open(1);
     db.finished(2).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let row = answered(soft_row(&cache, &db, 1)).await.unwrap();
-        if row.as_deref() == Some("row 1 v2") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the late body's value never landed: {row:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the late body's value never landed", || async {
+        answered(soft_row(&cache, &db, 1)).await.unwrap().as_deref() == Some("row 1 v2")
+    })
+    .await;
 
     // No stale value: the caller waits for the body, however long it takes.
     let waiting = {
@@ -519,11 +517,10 @@ async fn soft_timeout(cache: Cache) {
     assert_eq!(answered(soft_row(&cache, &db, 2)).await.unwrap().as_deref(), Some("row 2 v3"));
     db.open(1);
     db.finished(4).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while cache.stats_of("soft_row").background_failures == 0 {
-        assert!(Instant::now() < deadline, "the failed background load was not counted");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the failed background load was not counted", || async {
+        cache.stats_of("soft_row").background_failures == 1
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
