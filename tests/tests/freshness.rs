@@ -333,8 +333,15 @@ impl Gated {
     }
 }
 
-#[cached(key = "row:<id>", ttl = "400ms", refresh = "100ms", cache = cache)]
+// A TTL far beyond the tests' sleeps, so a stalled machine cannot expire the value before
+// the refresh is due.
+#[cached(key = "row:<id>", ttl = "5s", refresh = "100ms", cache = cache)]
 async fn refreshed_row(cache: &Cache, db: &Gated, id: u64) -> Result<Option<String>, String> {
+    db.query(id).await
+}
+
+#[cached(key = "short:<id>", ttl = "1s", refresh = "100ms", cache = cache)]
+async fn short_row(cache: &Cache, db: &Gated, id: u64) -> Result<Option<String>, String> {
     db.query(id).await
 }
 
@@ -446,14 +453,14 @@ async fn redis_refresh_that_finds_nothing_removes_the_value_and_one_that_fails_k
 async fn expired_callers_join_the_running_refresh(cache: Cache) {
     let db = Gated::new();
     db.open(1);
-    refreshed_row(&cache, &db, 1).await.unwrap();
+    short_row(&cache, &db, 1).await.unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    answered(refreshed_row(&cache, &db, 1)).await.unwrap(); // starts the refresh
-    tokio::time::sleep(Duration::from_millis(400)).await; // the value's TTL ends
+    answered(short_row(&cache, &db, 1)).await.unwrap(); // starts the refresh
+    tokio::time::sleep(Duration::from_millis(1000)).await; // the value's TTL ends
     let callers: Vec<_> = (0..5)
         .map(|_| {
             let (cache, db) = (cache.clone(), db.clone());
-            tokio::spawn(async move { refreshed_row(&cache, &db, 1).await })
+            tokio::spawn(async move { short_row(&cache, &db, 1).await })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(50)).await;
