@@ -171,9 +171,13 @@ impl Near {
             if age >= policy.ttl {
                 return Answer::Miss; // the Redis path serves it stale or loads it
             }
-            let delta = crate::format::Stamp::of(&held.entry.json)
-                .and_then(|stamp| stamp.load_time)
-                .unwrap_or(mean_load);
+            // The header is read only for XFetch's draw, not on every hit.
+            let delta = match policy.early {
+                Some(_) => crate::format::Stamp::of(&held.entry.json)
+                    .and_then(|stamp| stamp.load_time)
+                    .unwrap_or(mean_load),
+                None => mean_load,
+            };
             if policy.recompute_now(age, delta) {
                 return Answer::Due; // the Redis path refreshes it, from the stored value
             }
