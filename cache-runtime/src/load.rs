@@ -156,11 +156,7 @@ where
                         }
                         continue;
                     }
-                    Landed::Value(entry) if !follower.before_settling => {
-                        drop(entry);
-                        continue;
-                    }
-                    Landed::Absent if !follower.before_settling => continue,
+                    Landed::Value(_) | Landed::Absent if !follower.before_settling => continue,
                     Landed::Value(entry) => match entry.take(self.cloner) {
                         Ok(value) => {
                             self.counters.coalesced();
@@ -622,17 +618,27 @@ where
                 Ok(answer) => answer,
                 Err((body, _)) => return self.run::<S, R, _>(|| body.start()).await,
             };
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok((returned, served_stale))) => {
+        let mut answer = answer;
+        let answered = match tokio::time::timeout(timeout, &mut answer).await {
+            Ok(answered) => answered,
+            Err(_) => match self.take_stale() {
+                Some(value) => return S::from_value(value),
+                // The kept value does not decode as ours (another schema): wait as
+                // without `timeout`.
+                None => answer.await,
+            },
+        };
+        match answered {
+            Ok((returned, served_stale)) => {
                 if served_stale {
                     self.counters.stale();
                 }
                 returned
             }
-            // Timed out, or the load panicked: the stale value answers.
-            Ok(Err(_)) | Err(_) => match self.take_stale() {
+            // The load panicked: the stale value answers, as it does for a failed body.
+            Err(_) => match self.take_stale() {
                 Some(value) => S::from_value(value),
-                None => unreachable!("run_within is called with a stale value"),
+                None => panic!("the body of `{}` panicked on its own task", self.key),
             },
         }
     }

@@ -718,3 +718,22 @@ async fn idle_functions_bypass_the_near_cache() {
     reads_keep_an_idle_value_until_its_ttl(cache.clone()).await;
     assert_eq!(cache.stats_of("session").near_hits, 0);
 }
+
+/// `timeout` with a kept value that does not decode as the function's type (another
+/// schema wrote it): there is nothing to answer with, so the caller waits for the body as
+/// without `timeout`, and never panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_timeout_with_an_undecodable_kept_value_waits_for_the_body() {
+    let cache = Cache::memory();
+    cache.set("soft:9", &42u32, Duration::from_secs(3600)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await; // older than `ttl`: kept, stale
+    let db = Gated::new();
+    let waiting = {
+        let (cache, db) = (cache.clone(), db.clone());
+        tokio::spawn(async move { soft_row(&cache, &db, 9).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "past the timeout, with nothing usable to answer with");
+    db.open(1);
+    assert_eq!(waiting.await.unwrap().unwrap().as_deref(), Some("row 9 v1"));
+}
