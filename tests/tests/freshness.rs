@@ -737,3 +737,24 @@ async fn soft_timeout_with_an_undecodable_kept_value_waits_for_the_body() {
     db.open(1);
     assert_eq!(waiting.await.unwrap().unwrap().as_deref(), Some("row 9 v1"));
 }
+
+/// A caller with `timeout` that is cancelled while it waits (a dropped request) leaves the
+/// body running: its value lands for the next callers, and no second body runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_soft_timeout_caller_leaves_the_body_running() {
+    let cache = Cache::memory();
+    let db = Gated::new();
+    db.open(1);
+    soft_row(&cache, &db, 5).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await; // expired, kept for `stale`
+    let cancelled = tokio::time::timeout(Duration::from_millis(10), soft_row(&cache, &db, 5)).await;
+    assert!(cancelled.is_err(), "the caller gave up before its timeout");
+    eventually("the body never started", || async { db.started.load(SeqCst) == 2 }).await;
+    db.open(1);
+    db.finished(2).await;
+    eventually("the cancelled caller's body never stored its value", || async {
+        answered(soft_row(&cache, &db, 5)).await.unwrap().as_deref() == Some("row 5 v2")
+    })
+    .await;
+    assert_eq!(db.started.load(SeqCst), 2, "the value came from that body, not a new one");
+}
