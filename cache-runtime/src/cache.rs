@@ -320,9 +320,10 @@ impl Cache {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidKey`], [`Error::InvalidTtl`] (zero, or under one millisecond),
+    /// [`Error::InvalidKey`], [`Error::InvalidTtl`] (under one millisecond, or over 100 years),
     /// [`Error::Encode`] when `value` cannot be serialized, [`Error::Backend`] when Redis fails.
-    /// Nothing is stored when an error is returned.
+    /// Nothing is stored when an error is returned; when Redis refuses the new value (`OOM`),
+    /// the old one is removed, so no later read returns it.
     pub async fn set<T: Serialize + ?Sized>(
         &self,
         key: &str,
@@ -671,23 +672,36 @@ impl Cache {
             return;
         };
         let counters = self.inner.stats.counters(function);
-        match Entry::encode(value, cloner, &self.inner.settings.format) {
-            Ok(entry) => {
-                if self.breaker_state() == crate::BreakerState::Open {
-                    // Skipped, but the old value must not outlive the outage.
-                    self.inner.flights.detach(|running| running == key);
-                    self.keep_pending(crate::pending::PendingTarget::Key(key.to_owned()));
-                } else if self.usable(&counters, key, &entry) {
-                    if let Err(error) = self.write(key, &Arc::new(entry), ttl).await {
-                        tracing::warn!(key, %error, store = self.inner.store.kind(), "cache write failed");
-                        counters.error(error.kind());
-                    }
-                }
-            }
+        let entry = match Entry::encode(value, cloner, &self.inner.settings.format) {
+            Ok(entry) => entry,
             Err(error) => {
-                tracing::warn!(key, %error, "value cannot be encoded; not cached");
+                tracing::warn!(key, %error, "value cannot be encoded; the old value is removed instead");
                 counters.error(ErrorKind::Encode);
+                self.drop_old_value(&counters, key).await;
+                return;
             }
+        };
+        if self.breaker_state() == crate::BreakerState::Open {
+            // Skipped, but the old value must not outlive the outage.
+            self.inner.flights.detach(|running| running == key);
+            self.keep_pending(crate::pending::PendingTarget::Key(key.to_owned()));
+            self.near_evict(key);
+            return;
+        }
+        if entry.size() > self.inner.settings.max_value_bytes {
+            tracing::warn!(
+                key,
+                bytes = entry.size(),
+                max = self.inner.settings.max_value_bytes,
+                "value too large to cache; the old value is removed instead"
+            );
+            counters.error(ErrorKind::TooLarge);
+            self.drop_old_value(&counters, key).await;
+            return;
+        }
+        if let Err(error) = self.write(key, &Arc::new(entry), ttl).await {
+            tracing::warn!(key, %error, store = self.inner.store.kind(), "cache write failed");
+            counters.error(error.kind());
         }
     }
 
@@ -699,13 +713,45 @@ impl Cache {
     /// is kept as a pending invalidation of the key (see `pending.rs`).
     pub(crate) async fn write(&self, key: &str, entry: &Arc<Entry>, ttl: Duration) -> Result<()> {
         self.inner.flights.detach(|running| running == key);
-        let written = self.inner.store.set(key, entry, ttl).await.inspect_err(|error| {
+        let written = self.inner.store.set(key, entry, ttl).await;
+        match &written {
+            Err(error) if crate::pending::retryable(error.kind()) => {
+                self.keep_pending(crate::pending::PendingTarget::Key(key.to_owned()));
+            }
+            // Redis refused the value (`OOM` under `noeviction`, ...) but still accepts `DEL`:
+            // the old value must not outlive the write.
+            Err(error) => {
+                tracing::warn!(key, %error, "the new value was refused; removing the old one");
+                let _ = self.remove_for_write(key).await;
+            }
+            Ok(()) => {}
+        }
+        self.near_evict(key);
+        written
+    }
+
+    /// The key's new value cannot be stored (too large, not encodable, refused by Redis):
+    /// its old value is removed instead, so no call that starts after the write returns
+    /// gets it. Failures are counted and logged.
+    pub(crate) async fn drop_old_value(&self, counters: &Counters, key: &str) {
+        if let Err(error) = self.remove_for_write(key).await {
+            tracing::warn!(key, %error, store = self.inner.store.kind(), "the old value could not be removed");
+            counters.error(error.kind());
+        }
+    }
+
+    /// Removes `key` on behalf of a write: no running flight of it may be joined any more,
+    /// a removal that failed for a connection reason is kept for replay, and the near copy
+    /// goes.
+    pub(crate) async fn remove_for_write(&self, key: &str) -> Result<u64> {
+        self.inner.flights.detach(|running| running == key);
+        let removed = self.inner.store.remove(key).await.inspect_err(|error| {
             if crate::pending::retryable(error.kind()) {
                 self.keep_pending(crate::pending::PendingTarget::Key(key.to_owned()));
             }
         });
         self.near_evict(key);
-        written
+        removed
     }
 
     /// Whether `entry` may be stored: Redis is not known down, and the value is not over
@@ -804,10 +850,17 @@ pub(crate) enum Aged<T> {
     Failed(Error),
 }
 
+/// The longest time to live accepted: far beyond any cache's need, and far from the
+/// overflow of `Instant` arithmetic and of Redis' millisecond expiries.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Rejects TTLs the stores cannot honour.
 pub(crate) fn validate_ttl(ttl: Duration) -> Result<()> {
     if ttl < Duration::from_millis(1) {
         return Err(Error::InvalidTtl { ttl, reason: "a time to live must be at least 1ms" });
+    }
+    if ttl > MAX_TTL {
+        return Err(Error::InvalidTtl { ttl, reason: "a time to live must be at most 100 years" });
     }
     Ok(())
 }

@@ -85,15 +85,9 @@ impl Cache {
     async fn remove_key(&self, counters: &Counters, key: &str) -> Result<u64> {
         // A load of this key running now may have read the data before the write: no caller
         // from now on may join it, and its marker goes with the key, so it cannot store.
-        self.inner.flights.detach(|running| running == key);
-        let removed = self.inner.store.remove(key).await.inspect_err(|error| {
+        let removed = self.remove_for_write(key).await.inspect_err(|error| {
             counters.error(error.kind());
-            if retryable(error.kind()) {
-                self.keep_pending(PendingTarget::Key(key.to_owned()));
-            }
-        });
-        self.near_evict(key);
-        let removed = removed?;
+        })?;
         counters.invalidated(removed);
         Ok(removed)
     }

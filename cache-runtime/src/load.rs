@@ -593,11 +593,8 @@ where
         if matches!(S::outcome(&returned), Outcome::Absent) && self.policy.absent_ttl.is_none() {
             // The value is gone at its source: nobody may be served the old one any more.
             // (Removing is safe whatever happened meanwhile: at worst a later value misses.)
-            if let Err(error) = self.cache.inner.store.remove(self.key).await {
-                tracing::warn!(key = self.key, %error, "refresh found nothing, and the old value could not be removed");
-                self.counters.error(error.kind());
-            }
-            self.cache.near_evict(self.key);
+            // A removal that fails for a connection reason is kept and replayed.
+            self.cache.drop_old_value(self.counters, self.key).await;
         }
         lease.release(signal).await;
         Some(returned)

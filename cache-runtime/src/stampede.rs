@@ -33,6 +33,15 @@ impl<T> Load<'_, T>
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
+    /// Whether a value read through the lease is older than the policy's TTL, by the write
+    /// time in its header (values without one, `cr1` and plain JSON, cannot tell: they are
+    /// taken as fresh, as a plain `GET` takes them).
+    fn past_ttl(&self, entry: &crate::codec::Entry) -> bool {
+        let Some(stamp) = crate::format::Stamp::of(&entry.json) else { return false };
+        let age_ms = crate::format::now_ms().saturating_sub(stamp.written_ms);
+        u128::from(age_ms) >= self.policy.ttl.as_millis()
+    }
+
     /// Leads the flight under a cross-process lease (Redis only).
     pub(crate) async fn locked<S, R, Fut>(
         &self,
@@ -82,6 +91,9 @@ where
                     }
                     None => break,
                 },
+                // A copy kept past its TTL (a refresh's grace period, or for `stale`): the
+                // lease's holder is replacing it; wait for that, as for a missing value.
+                Ok((Some(entry), lease_left)) if self.past_ttl(&entry) => lease_left,
                 Ok((Some(entry), _)) => match entry.take(self.cloner) {
                     Ok(value) => {
                         // Read before followers that join now started: they look again.

@@ -12,11 +12,13 @@ mod failures;
 mod invalidation;
 mod keys;
 mod leader_failures;
+mod lease_reads;
 mod lock_api;
 mod memory_cache;
 mod programmatic;
 mod redis_cache;
 mod single_flight;
+mod write_path;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
