@@ -150,6 +150,7 @@ mod breaker;
 mod builder;
 mod cache;
 mod codec;
+mod count;
 mod default_cache;
 mod error;
 mod flight;

@@ -13,7 +13,7 @@
 //! Then add its row to the table in the doc of `Cache::prometheus` (a test fails until it
 //! is there).
 
-use crate::stats::Count;
+use crate::count::Count;
 use crate::BreakerState;
 
 /// A family's Prometheus type.

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
+use crate::count::Count;
 use crate::error::ErrorKind;
 
 /// The name under which the programmatic API ([`Cache::get`](crate::Cache::get),
@@ -73,45 +74,13 @@ impl Stats {
     }
 }
 
-/// One count kept per function name: an index into [`Counters`]' atomics, and a field of
-/// [`Stats`]. Which counts are exported, and how, is
-/// [`FAMILIES`](crate::metric_families::FAMILIES)' business.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Count {
-    Hits,
-    Misses,
-    Loads,
-    Coalesced,
-    Errors,
-    Invalidated,
-    PatternScans,
-    Stale,
-    Refreshes,
-    BackgroundFailures,
-    RateLimited,
-    RateAllowed,
-    NearHits,
+/// Where each [`Count`] shows in [`Stats`].
+trait CountField {
+    /// The field of [`Stats`] that shows this count.
+    fn field(self, stats: &mut Stats) -> &mut u64;
 }
 
-impl Count {
-    /// Every count, in declaration order (`Count::ALL[c as usize] == c`).
-    pub(crate) const ALL: [Count; 13] = [
-        Count::Hits,
-        Count::Misses,
-        Count::Loads,
-        Count::Coalesced,
-        Count::Errors,
-        Count::Invalidated,
-        Count::PatternScans,
-        Count::Stale,
-        Count::Refreshes,
-        Count::BackgroundFailures,
-        Count::RateLimited,
-        Count::RateAllowed,
-        Count::NearHits,
-    ];
-
-    /// The field of [`Stats`] that shows this count.
+impl CountField for Count {
     fn field(self, stats: &mut Stats) -> &mut u64 {
         match self {
             Count::Hits => &mut stats.hits,
