@@ -44,6 +44,9 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// Default `max_value_bytes`: 4 MiB.
+pub(crate) const DEFAULT_MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
+
 /// How values are serialized in Redis ([`CacheBuilder::codec`](crate::CacheBuilder::codec)).
 ///
 /// Every stored value names its codec in its header, so a cache reads values written with
@@ -173,7 +176,7 @@ pub(crate) struct ReadFormat {
 
 impl Default for ReadFormat {
     fn default() -> Self {
-        ReadFormat { schema_version: 0, limit: crate::cache::DEFAULT_MAX_VALUE_BYTES }
+        ReadFormat { schema_version: 0, limit: DEFAULT_MAX_VALUE_BYTES }
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::breaker::BreakerState;
-use crate::cache::Cache;
+use crate::core::CacheCore;
 use crate::store::Probe;
 
 /// A snapshot of the store's health, as the admin `/cache/health` route shows it.
@@ -39,51 +39,45 @@ pub struct Health {
     pub error: Option<String>,
 }
 
-impl Cache {
-    /// Checks the store: a `PING` round trip and the interesting parts of `INFO` on Redis,
-    /// the size on the memory store. It bypasses the circuit breaker (it is how you find
-    /// out whether Redis is back) but is bounded by the command timeout. It never fails:
-    /// an unreachable Redis is reported in the result.
-    pub async fn health(&self) -> Health {
-        let mut health = Health {
-            store: self.inner.store.kind(),
-            reachable: true,
-            round_trip_ms: None,
-            breaker: self.breaker_state(),
-            used_memory_bytes: None,
-            connected_clients: None,
-            evicted_keys: None,
-            keyspace_hits: None,
-            keyspace_misses: None,
-            entries: None,
-            pending_invalidations: u64::try_from(self.inner.pending.len()).unwrap_or(u64::MAX),
-            error: None,
-        };
-        match self.inner.store.probe().await {
-            Probe::Memory { entries, bytes } => {
-                health.entries = Some(entries);
-                health.used_memory_bytes = Some(bytes);
-                health.round_trip_ms = Some(0.0);
-            }
-            Probe::Redis { round_trip, info } => {
-                health.round_trip_ms = Some(millis(round_trip));
-                // A cluster answers per primary: sum over them.
-                let field = |name: &str| {
-                    info.iter().map(|node| info_field(node, name)).sum::<Option<u64>>()
-                };
-                health.used_memory_bytes = field("used_memory");
-                health.connected_clients = field("connected_clients");
-                health.evicted_keys = field("evicted_keys");
-                health.keyspace_hits = field("keyspace_hits");
-                health.keyspace_misses = field("keyspace_misses");
-            }
-            Probe::Unreachable(error) => {
-                health.reachable = false;
-                health.error = Some(error.to_string());
-            }
+/// [`Cache::health`](crate::Cache::health): probes the store.
+pub(crate) async fn probe(core: &CacheCore) -> Health {
+    let mut health = Health {
+        store: core.kind(),
+        reachable: true,
+        round_trip_ms: None,
+        breaker: core.store().breaker_state(),
+        used_memory_bytes: None,
+        connected_clients: None,
+        evicted_keys: None,
+        keyspace_hits: None,
+        keyspace_misses: None,
+        entries: None,
+        pending_invalidations: u64::try_from(core.backlog().len()).unwrap_or(u64::MAX),
+        error: None,
+    };
+    match core.store().probe().await {
+        Probe::Memory { entries, bytes } => {
+            health.entries = Some(entries);
+            health.used_memory_bytes = Some(bytes);
+            health.round_trip_ms = Some(0.0);
         }
-        health
+        Probe::Redis { round_trip, info } => {
+            health.round_trip_ms = Some(millis(round_trip));
+            // A cluster answers per primary: sum over them.
+            let field =
+                |name: &str| info.iter().map(|node| info_field(node, name)).sum::<Option<u64>>();
+            health.used_memory_bytes = field("used_memory");
+            health.connected_clients = field("connected_clients");
+            health.evicted_keys = field("evicted_keys");
+            health.keyspace_hits = field("keyspace_hits");
+            health.keyspace_misses = field("keyspace_misses");
+        }
+        Probe::Unreachable(error) => {
+            health.reachable = false;
+            health.error = Some(error.to_string());
+        }
     }
+    health
 }
 
 fn millis(duration: Duration) -> f64 {

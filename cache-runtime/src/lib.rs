@@ -145,11 +145,11 @@
 #[allow(unused_extern_crates)]
 extern crate self as cache_runtime;
 
-mod body;
+mod backlog;
 mod breaker;
-mod builder;
 mod cache;
 mod codec;
+mod core;
 mod count;
 mod default_cache;
 mod error;
@@ -165,14 +165,16 @@ mod lock;
 mod metric_families;
 mod near;
 mod notify;
-mod pending;
+mod policy;
 mod prometheus;
 mod rate_limit;
+mod read;
 mod registry;
+mod scope;
 mod shape;
-mod stampede;
 mod stats;
 mod store;
+mod write;
 
 #[cfg(feature = "axum")]
 pub mod admin;
@@ -182,7 +184,7 @@ pub mod admin;
 pub mod __private;
 
 pub use breaker::BreakerState;
-pub use builder::CacheBuilder;
+pub use cache::builder::CacheBuilder;
 pub use cache::Cache;
 pub use default_cache::{default_cache, set_default};
 pub use error::{BackendError, Error, ErrorKind, Result};

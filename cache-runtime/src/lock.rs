@@ -6,95 +6,72 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::cache::Cache;
+use std::sync::Arc;
+
+use crate::core::CacheCore;
 use crate::error::{Error, Result};
 use crate::key::validate_key;
 use crate::notify::Signal;
+use crate::policy::validate_ttl;
 use crate::store::lease::{new_token, LeaseKind};
 
-impl Cache {
-    /// Tries once to take the lease lock on `resource` for `lease`.
-    ///
-    /// Returns `None` when another holder has it. On Redis the lock works across processes;
-    /// on the memory store, within this process.
-    ///
-    /// ```
-    /// # async fn run() -> Result<(), cache_runtime::Error> {
-    /// use std::time::Duration;
-    ///
-    /// let cache = cache_runtime::Cache::memory();
-    /// if let Some(guard) = cache.try_lock("payment:order-7", Duration::from_secs(30)).await? {
-    ///     // charge the card, passing guard.fencing_token() to the payment store
-    ///     assert!(guard.fencing_token() >= 1);
-    ///     guard.release().await?;
-    /// }
-    /// # Ok(()) }
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidKey`] for a bad resource name, [`Error::InvalidTtl`] for a lease under
-    /// one millisecond, [`Error::Backend`] when Redis fails.
-    pub async fn try_lock(&self, resource: &str, lease: Duration) -> Result<Option<LockGuard>> {
-        validate_key(resource)?;
-        crate::cache::validate_ttl(lease)?;
-        let token = new_token();
-        let fence = self.inner.store.acquire_lock(resource, &token, lease).await?;
-        Ok(fence.map(|fence| LockGuard {
-            cache: self.clone(),
-            resource: resource.to_owned(),
-            token,
-            fence,
-            released: false,
-        }))
-    }
+/// [`Cache::try_lock`](crate::Cache::try_lock) on valid input.
+pub(crate) async fn try_lock(
+    core: &Arc<CacheCore>,
+    resource: &str,
+    lease: Duration,
+) -> Result<Option<LockGuard>> {
+    validate_key(resource)?;
+    validate_ttl(lease)?;
+    let token = new_token();
+    let fence = core.store().acquire_lock(resource, &token, lease).await?;
+    Ok(fence.map(|fence| LockGuard {
+        core: Arc::clone(core),
+        resource: resource.to_owned(),
+        token,
+        fence,
+        released: false,
+    }))
+}
 
-    /// Takes the lease lock on `resource`, waiting at most `wait` for its holder to release
-    /// it (or for the holder's lease to run out). Waiters are woken by the release, not by
-    /// polling.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::LockTimeout`] when the lock was not free within `wait`; otherwise as
-    /// [`try_lock`](Self::try_lock).
-    pub async fn lock(&self, resource: &str, lease: Duration, wait: Duration) -> Result<LockGuard> {
-        let deadline = Instant::now() + wait;
-        let store = &self.inner.store;
-        loop {
-            // Register for the release before trying, so a release in between wakes us.
-            let woken = store.watch(LeaseKind::Lock, resource);
-            if let Some(guard) = self.try_lock(resource, lease).await? {
-                return Ok(guard);
+/// [`Cache::lock`](crate::Cache::lock): tries, then waits for a release or the lease's end.
+pub(crate) async fn lock(
+    core: &Arc<CacheCore>,
+    resource: &str,
+    lease: Duration,
+    wait: Duration,
+) -> Result<LockGuard> {
+    let deadline = Instant::now() + wait;
+    let store = core.store();
+    loop {
+        // Register for the release before trying, so a release in between wakes us.
+        let woken = store.watch(LeaseKind::Lock, resource);
+        if let Some(guard) = try_lock(core, resource, lease).await? {
+            return Ok(guard);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::LockTimeout { resource: resource.to_owned(), waited: wait });
+        }
+        let lease_left =
+            store.lease_left(LeaseKind::Lock, resource).await?.unwrap_or(Duration::ZERO);
+        // Wake on the release, or when the holder's lease runs out (it may have died).
+        let until = deadline.min(now + lease_left + Duration::from_millis(1));
+        match woken {
+            // First use: the subscription is not live yet. Wait for it (not for the
+            // lease), then register again and look again.
+            crate::store::lease::Wakeup::NotSubscribed => {
+                store.wait_subscribed(until - now).await;
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::LockTimeout { resource: resource.to_owned(), waited: wait });
-            }
-            let lease_left =
-                store.lease_left(LeaseKind::Lock, resource).await?.unwrap_or(Duration::ZERO);
-            // Wake on the release, or when the holder's lease runs out (it may have died).
-            let until = deadline.min(now + lease_left + Duration::from_millis(1));
-            match woken {
-                // First use: the subscription is not live yet. Wait for it (not for the
-                // lease), then register again and look again.
-                crate::store::lease::Wakeup::NotSubscribed => {
-                    store.wait_subscribed(until - now).await;
-                }
-                woken => {
-                    woken.wait(until).await;
-                }
+            woken => {
+                woken.wait(until).await;
             }
         }
     }
+}
 
-    async fn extend_lock(&self, resource: &str, token: &str, lease: Duration) -> Result<bool> {
-        self.inner.store.extend_lease(LeaseKind::Lock, resource, token, lease).await
-    }
-
-    async fn release_lock(&self, resource: &str, token: &str) -> Result<bool> {
-        self.inner.store.release_lease(LeaseKind::Lock, resource, token, Signal::Ready).await
-    }
+async fn release_lock(core: &CacheCore, resource: &str, token: &str) -> Result<bool> {
+    core.store().release_lease(LeaseKind::Lock, resource, token, Signal::Ready).await
 }
 
 /// A held lease lock. Release it with [`release`](Self::release); dropping it releases it
@@ -111,7 +88,7 @@ impl Cache {
 /// lower than one it has already seen: a stale holder's late write is refused.
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct LockGuard {
-    cache: Cache,
+    core: Arc<CacheCore>,
     resource: String,
     token: String,
     fence: u64,
@@ -138,8 +115,9 @@ impl LockGuard {
     /// [`Error::InvalidTtl`] for a lease under one millisecond, [`Error::Backend`] when
     /// Redis fails.
     pub async fn extend(&self, lease: Duration) -> Result<bool> {
-        crate::cache::validate_ttl(lease)?;
-        self.cache.extend_lock(&self.resource, &self.token, lease).await
+        validate_ttl(lease)?;
+        let store = self.core.store();
+        store.extend_lease(LeaseKind::Lock, &self.resource, &self.token, lease).await
     }
 
     /// Releases the lock if this guard still holds it; returns whether it did. A lock whose
@@ -150,7 +128,7 @@ impl LockGuard {
     /// [`Error::Backend`] when Redis fails (the lease then runs out by itself).
     pub async fn release(mut self) -> Result<bool> {
         self.released = true;
-        self.cache.release_lock(&self.resource, &self.token).await
+        release_lock(&self.core, &self.resource, &self.token).await
     }
 }
 
@@ -159,15 +137,15 @@ impl Drop for LockGuard {
         if self.released {
             return;
         }
-        let (cache, resource, token) = (
-            self.cache.clone(),
+        let (core, resource, token) = (
+            Arc::clone(&self.core),
             std::mem::take(&mut self.resource),
             std::mem::take(&mut self.token),
         );
         // Without a runtime the lease runs out by itself.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = cache.release_lock(&resource, &token).await;
+                let _ = release_lock(&core, &resource, &token).await;
             });
         }
     }

@@ -184,7 +184,7 @@ mod tests {
 
     /// The doc comment of `Cache::prometheus`, without the `///`.
     fn prometheus_doc() -> Vec<&'static str> {
-        let source = include_str!("cache.rs");
+        let source = include_str!("cache/mod.rs");
         let lines: Vec<&str> = source.lines().collect();
         let method = lines
             .iter()

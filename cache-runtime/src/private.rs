@@ -6,12 +6,12 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::body::{Detachable, Inline};
-#[doc(hidden)]
-pub use crate::cache::Policy;
 pub use crate::codec::{CloneProbe, Cloner, ViaClone, ViaDecode};
 pub use crate::default_cache::default_cache;
 pub use crate::key::push_part;
+use crate::load::body::{Detachable, Inline};
+#[doc(hidden)]
+pub use crate::policy::Policy;
 pub use crate::shape::{OptionShape, PlainShape, ResultOptionShape, ResultShape, Shape};
 pub use crate::stats::CountersSlot;
 use crate::Cache;
@@ -46,8 +46,10 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
 {
-    let counters = function.counters.get(cache.inner.id, &cache.inner.stats, function.name);
-    cache.load_through::<S, R, _>(&counters, &key, &function.policy, cloner, Inline(body)).await
+    let core = cache.core();
+    let counters = function.counters.get(core.id(), core.stats(), function.name);
+    crate::load::through::<S, R, _>(core, &counters, &key, &function.policy, cloner, Inline(body))
+        .await
 }
 
 /// The body of a `#[cached]` function with `refresh`, `early` or `timeout`: started, the
@@ -72,9 +74,10 @@ where
     // known limitation of auto traits on async fns). One allocation per call, for these
     // functions only.
     let call: std::pin::Pin<Box<dyn Future<Output = R> + Send + '_>> = Box::pin(async move {
-        let counters = function.counters.get(cache.inner.id, &cache.inner.stats, function.name);
-        cache
-            .load_through::<S, R, _>(&counters, &key, &function.policy, cloner, Detachable(body))
+        let core = cache.core();
+        let counters = function.counters.get(core.id(), core.stats(), function.name);
+        let policy = &function.policy;
+        crate::load::through::<S, R, _>(core, &counters, &key, policy, cloner, Detachable(body))
             .await
     });
     call.await
@@ -116,7 +119,7 @@ pub struct WritingFn {
 
 /// Runs after an `#[invalidates]` function succeeded.
 pub async fn invalidate_after(cache: &Cache, function: &'static WritingFn, targets: Vec<Target>) {
-    cache.invalidate_targets(function.name, targets).await;
+    crate::invalidate::invalidate_targets(cache.core(), function.name, targets).await;
 }
 
 /// Runs after a `#[cache_put]` function returned: stores its value when it has one.
@@ -130,7 +133,15 @@ pub async fn put_after<S, R>(
     S: Shape<R>,
     S::Value: Serialize + Send + Sync + 'static,
 {
-    cache.put_outcome::<S, R>(function.name, &key, function.ttl, cloner, returned).await;
+    crate::write::put_outcome::<S, R>(
+        cache.core(),
+        function.name,
+        &key,
+        function.ttl,
+        cloner,
+        returned,
+    )
+    .await;
 }
 
 // ---- `#[rate_limit]` -------------------------------------------------------------------------
@@ -157,12 +168,19 @@ pub async fn rate_limit(
     function: &'static RateLimitFn,
     key: String,
 ) -> Result<(), RateLimited> {
-    let counters = function.counters.get(cache.inner.id, &cache.inner.stats, function.name);
-    cache
-        .decide(&counters, &key, function.limit, function.per, function.on_failure)
-        .await
-        .into_result()
-        .map(drop)
+    let core = cache.core();
+    let counters = function.counters.get(core.id(), core.stats(), function.name);
+    crate::rate_limit::decide(
+        core,
+        &counters,
+        &key,
+        function.limit,
+        function.per,
+        function.on_failure,
+    )
+    .await
+    .into_result()
+    .map(drop)
 }
 
 /// The refused call's return value: `Err(E::from(limited))`. Generated spanned on the

@@ -11,10 +11,9 @@ use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cache::Cache;
+use crate::core::CacheCore;
 use crate::error::{Error, Result};
-use crate::key::validate_key;
-use crate::stats::{Counters, DIRECT_CALLS};
+use crate::stats::Counters;
 use crate::store::Store;
 
 /// The reserved namespace of the limiters' keys: `<prefix>#rate:{<key>}`.
@@ -150,7 +149,7 @@ impl fmt::Display for RateLimited {
 impl std::error::Error for RateLimited {}
 
 /// Checks a limit and window, before anything is counted.
-fn validate(limit: u64, per: Duration) -> Result<()> {
+pub(crate) fn validate(limit: u64, per: Duration) -> Result<()> {
     let reason = if limit == 0 {
         "the limit must be at least 1"
     } else if limit > MAX_RATE_LIMIT {
@@ -165,167 +164,60 @@ fn validate(limit: u64, per: Duration) -> Result<()> {
     Err(Error::InvalidRateLimit { limit, per, reason })
 }
 
-impl Cache {
-    /// Counts one call against the limit of `limit` calls per `per` under `key`, and says
-    /// whether it may go ahead. Every process sharing the store shares the limit (on the
-    /// memory store: every caller of this cache in this process). On Redis a decision is
-    /// one round trip (one Lua script).
-    ///
-    /// When the store fails the call is admitted ([`FailMode::Open`]); use
-    /// [`rate_limit_with`](Self::rate_limit_with) to refuse instead. Decisions are counted
-    /// under [`DIRECT_CALLS`](crate::DIRECT_CALLS) in [`Stats::rate_allowed`] and
-    /// [`Stats::rate_limited`].
-    ///
-    /// [`Stats::rate_allowed`]: crate::Stats::rate_allowed
-    /// [`Stats::rate_limited`]: crate::Stats::rate_limited
-    ///
-    /// ```
-    /// # async fn run() -> Result<(), cache_runtime::Error> {
-    /// use std::time::Duration;
-    ///
-    /// let cache = cache_runtime::Cache::memory();
-    /// for attempt in 1..=3 {
-    ///     let decision = cache.rate_limit("login:10.0.0.7", 2, Duration::from_secs(60)).await?;
-    ///     assert_eq!(decision.allowed, attempt <= 2);
-    ///     if !decision.allowed {
-    ///         // HTTP 429 with `Retry-After: 60`, `RateLimit-Remaining: 0`
-    ///         assert!(decision.retry_after > Duration::from_secs(59));
-    ///     }
-    /// }
-    /// # Ok(()) }
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
-    /// ```
-    ///
-    /// # The algorithm: an exact sliding window (a log of admitted calls)
-    ///
-    /// A limiter keeps the times of the calls it admitted during the last `per`. A call is
-    /// admitted when fewer than `limit` are left after dropping those older than `per`, and
-    /// its time is then recorded. Refused calls are not recorded, so a client that keeps
-    /// hammering gets through again as soon as its oldest admitted call leaves the window.
-    ///
-    /// - **Accuracy.** Exact: no window of length `per`, wherever it starts, holds more
-    ///   than `limit` admitted calls, and nothing is approximated at a window's edge: a
-    ///   refused call would be admitted the moment the oldest recorded call is `per` old,
-    ///   which is what `retry_after` says. Under saturation a limiter admits `limit` calls
-    ///   per `per`: 4 processes x 50 tasks hammering `limit = 100` per second for 5 s got
-    ///   exactly 500 (`tests/tests/rate_limit_accuracy.rs`).
-    /// - **Memory.** One entry per call admitted in the last `per`, so at most `limit`
-    ///   per active key. On Redis a sorted-set member (16 digits and a score); by
-    ///   `MEMORY USAGE` on Redis 7.0, about 21 bytes per call up to 128 calls (a listpack:
-    ///   80 bytes for 1, 2.1 KB for a full `limit = 100` key) and about 125 bytes per call
-    ///   beyond (a skiplist: 116 KB for 1,000, 1.27 MB for 10,000), plus the key's name. In
-    ///   process, 16 bytes per call. An idle limiter vanishes `per` after its last admitted
-    ///   call (a Redis TTL; a sweep in process). [`MAX_RATE_LIMIT`] bounds a key.
-    /// - **The alternative, GCRA** (the generic cell rate algorithm: one timestamp per
-    ///   key): constant memory (one string, 48 bytes whatever the limit), but it lets a
-    ///   burst of `limit` through and then one call every `per / limit`, so right after an
-    ///   idle period one window of length `per` admits up to `2 x limit - 1` calls, and the
-    ///   5-second run above would admit about `limit + 5 x limit` = 600. The limits this
-    ///   is written for (`login:<ip>`, 5 per minute; a write API, 100 per second) are
-    ///   small, where the exact window costs from 80 bytes to a few KB per active key and
-    ///   means exactly what its arguments say: never more than `limit` in any `per`.
-    ///
-    /// On Redis, the script reads the server's clock (`TIME`, so processes whose clocks
-    /// disagree share one timeline), drops the entries older than the window
-    /// (`ZREMRANGEBYSCORE`), counts (`ZCARD`), then records an admitted call (`ZADD`, scored
-    /// by its time in microseconds) and sets the key's expiry to the window (`PEXPIRE`), or
-    /// reads, for a refused one, the entry whose expiry frees a slot (`ZRANGE`). The key is
-    /// `<prefix>#rate:{<key>}`: in the cache's reserved namespace (no invalidation, pattern
-    /// or `clear()` removes it), and one key, so the script runs on one node of a cluster.
-    ///
-    /// # When the store fails
-    ///
-    /// Redis down, timing out, or known down (the circuit breaker open): the decision
-    /// follows the [`FailMode`], the failure is counted in
-    /// [`Stats::errors`](crate::Stats::errors) and logged, and no decision waits longer
-    /// than the cache's command timeout (not at all while the breaker is open). Such a
-    /// decision counts nothing: its `remaining` is the full `limit` when admitted, and its
-    /// `reset_after` zero.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidKey`] for a bad key (empty, whitespace, control characters, `#`);
-    /// [`Error::InvalidRateLimit`] for a `limit` of 0 or over [`MAX_RATE_LIMIT`], or a
-    /// window under one millisecond. Nothing is counted then. Store failures are not
-    /// errors: see [`FailMode`].
-    pub async fn rate_limit(&self, key: &str, limit: u64, per: Duration) -> Result<RateDecision> {
-        self.rate_limit_with(key, limit, per, FailMode::Open).await
-    }
-
-    /// [`rate_limit`](Self::rate_limit), deciding as `on_failure` says when the store
-    /// cannot be asked.
-    ///
-    /// # Errors
-    ///
-    /// As [`rate_limit`](Self::rate_limit).
-    pub async fn rate_limit_with(
-        &self,
-        key: &str,
-        limit: u64,
-        per: Duration,
-        on_failure: FailMode,
-    ) -> Result<RateDecision> {
-        validate_key(key)?;
-        validate(limit, per)?;
-        let counters = self.inner.stats.counters(DIRECT_CALLS);
-        Ok(self.decide(&counters, key, limit, per, on_failure).await)
-    }
-
-    /// One decision on valid input, counted in `counters`.
-    pub(crate) async fn decide(
-        &self,
-        counters: &Counters,
-        key: &str,
-        limit: u64,
-        per: Duration,
-        on_failure: FailMode,
-    ) -> RateDecision {
-        let decided = match &self.inner.store {
-            Store::Memory(_) => Ok(LOCAL.decide(self.inner.id, key, limit, per, Instant::now())),
-            Store::Redis(redis) => {
-                let full_key = redis.reserved_key(RATE_NAMESPACE, &format!("{{{key}}}"));
-                let window_ms = u64::try_from(per.as_millis()).unwrap_or(u64::MAX).max(1);
-                let reply: Result<(i64, i64, i64, i64)> = redis
-                    .run_script(
-                        &DECIDE,
-                        &[&full_key],
-                        &[&limit.to_string(), &per.as_micros().to_string(), &window_ms.to_string()],
-                    )
-                    .await;
-                reply.map(|(allowed, remaining, retry_after, reset_after)| RateDecision {
-                    allowed: allowed == 1,
-                    limit,
-                    remaining: u64::try_from(remaining).unwrap_or(0),
-                    retry_after: micros(retry_after),
-                    reset_after: micros(reset_after),
-                })
-            }
-        };
-        let decision = decided.unwrap_or_else(|error| {
-            counters.error(error.kind());
-            let allowed = on_failure == FailMode::Open;
-            tracing::warn!(
-                key,
-                %error,
-                store = self.inner.store.kind(),
-                "rate limit store failed: call {} ({on_failure:?})",
-                if allowed { "admitted" } else { "refused" }
-            );
-            RateDecision {
-                allowed,
+/// One decision on valid input, counted in `counters`.
+pub(crate) async fn decide(
+    core: &CacheCore,
+    counters: &Counters,
+    key: &str,
+    limit: u64,
+    per: Duration,
+    on_failure: FailMode,
+) -> RateDecision {
+    let decided = match core.store() {
+        Store::Memory(_) => Ok(LOCAL.decide(core.id(), key, limit, per, Instant::now())),
+        Store::Redis(redis) => {
+            let full_key = redis.reserved_key(RATE_NAMESPACE, &format!("{{{key}}}"));
+            let window_ms = u64::try_from(per.as_millis()).unwrap_or(u64::MAX).max(1);
+            let reply: Result<(i64, i64, i64, i64)> = redis
+                .run_script(
+                    &DECIDE,
+                    &[&full_key],
+                    &[&limit.to_string(), &per.as_micros().to_string(), &window_ms.to_string()],
+                )
+                .await;
+            reply.map(|(allowed, remaining, retry_after, reset_after)| RateDecision {
+                allowed: allowed == 1,
                 limit,
-                remaining: if allowed { limit } else { 0 },
-                retry_after: if allowed { Duration::ZERO } else { per.min(Duration::from_secs(1)) },
-                reset_after: Duration::ZERO,
-            }
-        });
-        if decision.allowed {
-            counters.rate_allowed();
-        } else {
-            counters.rate_limited();
+                remaining: u64::try_from(remaining).unwrap_or(0),
+                retry_after: micros(retry_after),
+                reset_after: micros(reset_after),
+            })
         }
-        decision
+    };
+    let decision = decided.unwrap_or_else(|error| {
+        counters.error(error.kind());
+        let allowed = on_failure == FailMode::Open;
+        tracing::warn!(
+            key,
+            %error,
+            store = core.kind(),
+            "rate limit store failed: call {} ({on_failure:?})",
+            if allowed { "admitted" } else { "refused" }
+        );
+        RateDecision {
+            allowed,
+            limit,
+            remaining: if allowed { limit } else { 0 },
+            retry_after: if allowed { Duration::ZERO } else { per.min(Duration::from_secs(1)) },
+            reset_after: Duration::ZERO,
+        }
+    });
+    if decision.allowed {
+        counters.rate_allowed();
+    } else {
+        counters.rate_limited();
     }
+    decision
 }
 
 fn micros(value: i64) -> Duration {

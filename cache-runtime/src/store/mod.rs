@@ -19,10 +19,9 @@
 //! the refresh started from.
 
 pub(crate) mod lease;
-mod link;
+pub(crate) mod link;
 pub(crate) mod memory;
 pub(crate) mod redis;
-pub(crate) mod tracking;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::{Cache, Settings, DEFAULT_MEMORY_CAPACITY};
+use super::Cache;
+use crate::core::{CacheCore, Settings, DEFAULT_MEMORY_CAPACITY};
 use crate::error::{Error, Result};
 use crate::format::Codec;
+use crate::near::tracking::{self, TrackingOptions};
 use crate::near::Near;
 use crate::store::redis::RedisOptions;
-use crate::store::tracking::{self, TrackingOptions};
 use crate::store::Store;
 
 /// Builds a [`Cache`]: Redis when [`redis`](Self::redis) is given, the memory store otherwise.
@@ -285,6 +286,6 @@ impl CacheBuilder {
             tracking::spawn(&near, options);
             near
         });
-        Ok(Cache::from_store(store, self.settings, near))
+        Ok(Cache::from_core(Arc::new(CacheCore::new(store, self.settings, near))))
     }
 }

@@ -16,20 +16,27 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::body::{Body, Detach};
-use crate::cache::{Cache, Policy};
 use crate::codec::{Cloner, Entry};
+use crate::core::CacheCore;
 use crate::error::ErrorKind;
 use crate::flight::{self, Join, Landed, Leader};
 use crate::format::DecodeError;
 use crate::notify::Signal;
+use crate::policy::Policy;
+use crate::read::{self, Missed, Read, StoreUse};
 use crate::shape::{Outcome, Shape};
 use crate::stats::Counters;
 use crate::store::{Begun, FillPlan, Found, Ticket, Version};
+use crate::write::{self, Applied, Change, Filled};
+
+pub(crate) mod body;
+mod stampede;
+
+use body::{Body, Detach};
 
 /// One call's miss path.
 pub(crate) struct Load<'a, T> {
-    pub(crate) cache: &'a Cache,
+    pub(crate) core: &'a Arc<CacheCore>,
     /// Shared, so a load that goes on in the background can keep counting.
     pub(crate) counters: &'a Arc<Counters>,
     pub(crate) key: &'a str,
@@ -37,11 +44,8 @@ pub(crate) struct Load<'a, T> {
     pub(crate) cloner: Cloner<T>,
     /// An expired value kept for `stale`, served if the body fails.
     pub(crate) stale: Option<Arc<Entry>>,
-    /// The read failed (Redis down): load without touching the store again.
-    pub(crate) store_failing: bool,
-    /// An invalidation of this key has not reached Redis yet (see `pending.rs`): the value
-    /// there must be replaced, never served.
-    pub(crate) overwrite: bool,
+    /// How this load may use the store (what its lookup learned).
+    pub(crate) store: StoreUse,
     /// A load on a task of its own for a caller with `timeout` (see [`Load::run_within`]):
     /// the stale value it falls back on is counted by the caller, which may have left.
     pub(crate) behind: bool,
@@ -50,41 +54,6 @@ pub(crate) struct Load<'a, T> {
     /// How long the body took, in microseconds (`u64::MAX` until it ran): stored with the
     /// value it produced (the `delta` of the envelope, see `format.rs`).
     pub(crate) loaded_in: std::sync::atomic::AtomicU64,
-}
-
-/// A uniform draw in (0, 1] from a per-thread xorshift generator (XFetch needs a cheap,
-/// independent draw per reader, not a cryptographic one).
-pub(crate) fn uniform_draw() -> f64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0x9E37_79B9, |elapsed| elapsed.as_nanos() as u64);
-            (nanos ^ (&nanos as *const u64 as u64)) | 1
-        });
-    }
-    STATE.with(|state| {
-        let mut x = state.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        state.set(x);
-        // 53 random bits, shifted into (0, 1].
-        ((x >> 11) + 1) as f64 / (1u64 << 53) as f64
-    })
-}
-
-/// What became of a fill.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Filled {
-    Stored,
-    /// The ticket was void: the key was written or invalidated while loading.
-    Refused,
-    /// Not attempted (too large, breaker open).
-    Skipped,
-    /// Redis failed: whether it was stored is unknown.
-    Failed,
 }
 
 /// What [`Load::begin`] decided.
@@ -106,20 +75,82 @@ pub(crate) enum Permit {
     None,
 }
 
+/// Cache-aside with single flight, for every cached call: the read path (`read.rs`), and
+/// on a miss this module's [`Load`]. The shape `S` says which return values are cached.
+pub(crate) async fn through<S, R, B>(
+    core: &Arc<CacheCore>,
+    counters: &Arc<Counters>,
+    key: &str,
+    policy: &Policy,
+    cloner: Cloner<S::Value>,
+    body: B,
+) -> R
+where
+    S: Shape<R>,
+    S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: Body<R>,
+{
+    // `timeout` bounds the whole call, lookup included.
+    let called = policy.timeout.map(|_| Instant::now());
+    let hold =
+        |found: &Found, value: &S::Value| Arc::new(Entry::with_copy(&found.entry, value, cloner));
+    let accepts_absent = S::absent().is_some();
+    let missed = match read::read(core, counters, key, policy, cloner, accepts_absent, hold).await {
+        Read::Hit { value, found: Some(found), due: true } => {
+            let load = Load::new(core, counters, key, policy, cloner, Missed::default());
+            return load.refresh::<S, R, B>(body, value, found).await;
+        }
+        Read::Hit { value, .. } => return S::from_value(value),
+        Read::Absent => return S::absent().expect("read answers Absent only when accepted"),
+        Read::Miss(missed) => missed,
+        Read::Failed(error) => Missed::after_failure(error.kind()),
+    };
+    let load = Load::new(core, counters, key, policy, cloner, missed);
+    if let (Some(timeout), Some(called), Some(_)) = (policy.timeout, called, &load.stale) {
+        // A stale value to answer with: the body may overrun its timeout.
+        let left = timeout.saturating_sub(called.elapsed());
+        return load.run_within::<S, R, B>(body, left).await;
+    }
+    let mut load = load;
+    load.run::<S, R, _>(|| body.start()).await
+}
+
+impl<'a, T> Load<'a, T> {
+    /// The miss path of one call, after a lookup that found `missed`.
+    pub(crate) fn new(
+        core: &'a Arc<CacheCore>,
+        counters: &'a Arc<Counters>,
+        key: &'a str,
+        policy: &'a Policy,
+        cloner: Cloner<T>,
+        missed: Missed,
+    ) -> Load<'a, T> {
+        Load {
+            core,
+            counters,
+            key,
+            policy,
+            cloner,
+            stale: missed.stale,
+            store: missed.store,
+            behind: false,
+            served_stale: Default::default(),
+            loaded_in: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
 impl<T> Load<'_, T>
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    /// Notes how the lookup failed: Redis unreachable (load without touching it again), or
-    /// an error reply such as `WRONGTYPE` (another application's data: replace it).
-    pub(crate) fn read_failed(&mut self, kind: ErrorKind) {
-        match kind {
-            // Known down: do not ask again.
-            ErrorKind::Unavailable => self.store_failing = true,
-            // A dropped connection or a slow reply: the ticket is still worth a try (the
-            // breaker stops this after a few failures).
-            ErrorKind::Connection | ErrorKind::Timeout => {}
-            _ => self.overwrite = true,
+    /// Step 3 of the fill protocol, through the write path: stores a loaded value if its
+    /// ticket still holds.
+    async fn fill(&self, ticket: &Ticket, entry: &Arc<Entry>, ttl: std::time::Duration) -> Filled {
+        let fill = Change::Fill { key: self.key, ticket, entry, ttl };
+        match write::apply(self.core, self.counters, fill).await {
+            Ok(Applied::Filled(filled)) => filled,
+            _ => Filled::Failed,
         }
     }
 
@@ -130,26 +161,15 @@ where
         Fut: Future<Output = R>,
     {
         loop {
-            match self.cache.inner.flights.join(self.key) {
-                Join::Leader(mut leader) => {
-                    let locked = self.policy.lock
-                        && !self.store_failing
-                        && !self.overwrite
-                        && self.cache.inner.store.shared();
-                    let returned = if locked {
-                        self.locked::<S, R, Fut>(load, &mut leader).await
-                    } else {
-                        self.lead::<S, R, Fut>(load, &mut leader).await
-                    };
-                    return self.serve_stale::<S, R>(returned);
-                }
+            match self.core.flights().join(self.key) {
+                Join::Leader(mut leader) => return self.led::<S, R, Fut>(load, &mut leader).await,
                 Join::Follower(mut follower) => match flight::wait(&mut follower).await {
                     // Joined after the leader's confirmation was sent: a write may have
                     // landed in between (see `Follower::before_settling`). The value is in
                     // the store unless such a write removed it: a read of our own, which
                     // starts after we did, tells.
                     Landed::Value(_) | Landed::Absent
-                        if !follower.before_settling && !self.overwrite && !self.store_failing =>
+                        if !follower.before_settling && self.store == StoreUse::Fill =>
                     {
                         if let Some(answer) = self.read_for_ourselves::<S, R>().await {
                             return answer;
@@ -168,8 +188,8 @@ where
                             self.counters.error(error.kind());
                             match error {
                                 // Another type's value: leave it (see `format.rs`).
-                                DecodeError::Schema => self.store_failing = true,
-                                _ => self.overwrite = true,
+                                DecodeError::Schema => self.store = StoreUse::Bypass,
+                                _ => self.store = StoreUse::Overwrite,
                             }
                             let returned = self.alone::<S, R, Fut>(load).await;
                             return self.serve_stale::<S, R>(returned);
@@ -213,7 +233,7 @@ where
                     // unchecked (it may predate a write): elect a new one.
                     // Refused: a value may well be stored by now; a read of our own, started
                     // after we did, is fresh for us (and spares a new flight and its lease).
-                    Landed::Refused if !self.overwrite && !self.store_failing => {
+                    Landed::Refused if self.store == StoreUse::Fill => {
                         if let Some(answer) = self.read_for_ourselves::<S, R>().await {
                             return answer;
                         }
@@ -228,6 +248,24 @@ where
         }
     }
 
+    /// The flight's leader: loads under the cross-process lease when the policy says
+    /// `lock` and the store is shared, else alone; a failed body is answered with the kept
+    /// stale value, if any.
+    async fn led<S, R, Fut>(&self, load: impl FnOnce() -> Fut, leader: &mut Leader) -> R
+    where
+        S: Shape<R, Value = T>,
+        Fut: Future<Output = R>,
+    {
+        let locked =
+            self.policy.lock && self.store == StoreUse::Fill && self.core.store().shared();
+        let returned = if locked {
+            self.locked::<S, R, Fut>(load, leader).await
+        } else {
+            self.lead::<S, R, Fut>(load, leader).await
+        };
+        self.serve_stale::<S, R>(returned)
+    }
+
     /// A follower that may not take the flight's outcome reads the store once: what it finds
     /// was stored before this read, which started after the caller did, so it is fresh for
     /// the caller. `None` when nothing usable is there (then elect a new leader).
@@ -235,7 +273,7 @@ where
     where
         S: Shape<R, Value = T>,
     {
-        match self.cache.inner.store.get(self.key).await {
+        match self.core.store().get(self.key).await {
             Ok(Some(entry)) if entry.is_absent() => {
                 let absent = S::absent()?;
                 self.counters.coalesced();
@@ -328,15 +366,15 @@ where
 
     /// Step 1 of the fill protocol: the value if one landed since the miss, else a ticket.
     pub(crate) async fn begin(&self, accepts_absent: bool) -> Began<T> {
-        if self.store_failing {
+        if self.store == StoreUse::Bypass {
             return Began::Failed;
         }
-        let store = &self.cache.inner.store;
+        let store = self.core.store();
         let mut plan = FillPlan {
             lifetime: self.policy.longest(),
             fresh_for: self.policy.ttl,
-            window: self.cache.inner.settings.fill_window,
-            force: self.overwrite,
+            window: self.core.settings().fill_window,
+            force: self.store == StoreUse::Overwrite,
         };
         loop {
             match store.begin_fill(self.key, &plan).await {
@@ -383,7 +421,7 @@ where
                     u64::MAX => None,
                     micros => Some(std::time::Duration::from_micros(micros)),
                 };
-                let format = &self.cache.inner.settings.format;
+                let format = &self.core.settings().format;
                 match Entry::encode_traced(value, self.cloner, format, took) {
                     Ok(entry) => Landed::Value(Arc::new(entry)),
                     Err(error) => {
@@ -423,7 +461,7 @@ where
         let invalidated = leader.as_ref().is_some_and(|leader| leader.invalidated());
         let published = match (outcome, permit) {
             (Landed::Failed, Permit::Ticket(ticket)) => {
-                let _ = self.cache.inner.store.abandon(self.key, ticket).await;
+                let _ = self.core.store().abandon(self.key, ticket).await;
                 Landed::Failed
             }
             (outcome, _) if invalidated => {
@@ -432,7 +470,7 @@ where
                     "key invalidated while loading; value returned, not stored"
                 );
                 if let Permit::Ticket(ticket) = permit {
-                    let _ = self.cache.inner.store.abandon(self.key, ticket).await;
+                    let _ = self.core.store().abandon(self.key, ticket).await;
                 }
                 if matches!(outcome, Landed::Failed) {
                     outcome
@@ -442,7 +480,7 @@ where
             }
             (Landed::Value(entry), Permit::Ticket(ticket)) => {
                 let lifetime = self.policy.lifetime();
-                match self.cache.fill(self.counters, self.key, ticket, &entry, lifetime).await {
+                match self.fill(ticket, &entry, lifetime).await {
                     Filled::Stored => Landed::Value(entry),
                     Filled::Refused => Landed::Refused,
                     Filled::Skipped => self.confirm(ticket, Landed::Value(entry)).await,
@@ -454,11 +492,7 @@ where
                 // Negative caching: the absent result is stored like a value.
                 Some(absent_ttl) => {
                     let absent = Arc::new(Entry::absent());
-                    match self
-                        .cache
-                        .fill(self.counters, self.key, ticket, &absent, absent_ttl)
-                        .await
-                    {
+                    match self.fill(ticket, &absent, absent_ttl).await {
                         Filled::Stored => Landed::Absent,
                         Filled::Refused => Landed::Refused,
                         Filled::Skipped | Filled::Failed => {
@@ -489,7 +523,7 @@ where
     /// A value that was not stored (or an absent result): hand it to the followers only if
     /// the ticket still holds; a marker this load placed is removed meanwhile.
     async fn confirm(&self, ticket: &Ticket, outcome: Landed) -> Landed {
-        match self.cache.inner.store.abandon(self.key, ticket).await {
+        match self.core.store().abandon(self.key, ticket).await {
             Ok(true) => outcome,
             Ok(false) => Landed::Refused,
             Err(_) => match outcome {
@@ -541,7 +575,7 @@ where
         S: Shape<R, Value = T>,
         B: Body<R>,
     {
-        let Some(leader) = self.cache.inner.flights.try_lead(self.key) else {
+        let Some(leader) = self.core.flights().try_lead(self.key) else {
             return S::from_value(current); // this process refreshes it already
         };
         let behind =
@@ -571,7 +605,7 @@ where
         S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
     {
-        let mut lease = self.cache.refresh_lease(self.key).await?;
+        let mut lease = stampede::refresh_lease(self.core, self.key).await?;
         self.counters.refresh();
         leader.loading();
         let returned = self.body(load).await;
@@ -594,34 +628,89 @@ where
             // The value is gone at its source: nobody may be served the old one any more.
             // (Removing is safe whatever happened meanwhile: at worst a later value misses.)
             // A removal that fails for a connection reason is kept and replayed.
-            self.cache.drop_old_value(self.counters, self.key).await;
+            let gone = Change::Remove(crate::scope::Scope::Key(self.key.to_owned()));
+            let _ = write::apply(self.core, self.counters, gone).await;
         }
         lease.release(signal).await;
         Some(returned)
     }
 
-    /// A miss holding a stale value, with `timeout`: the load runs on a task of its own, and
-    /// this caller gets the stale value if the load has not answered within `timeout`. The
-    /// load goes on and stores its value (a failure then is counted in
-    /// `background_failures`). A body that borrows from the caller runs here, as without
-    /// `timeout`.
-    pub(crate) async fn run_within<S, R, B>(mut self, body: B, timeout: std::time::Duration) -> R
+    /// A miss holding a stale value, with `timeout`: the caller gets the stale value if the
+    /// load has not answered within `timeout`. The flight's leader runs the body on a task
+    /// of its own (with its own copies of the arguments), which goes on and stores its value
+    /// after the caller left (a failure then is counted in `background_failures`); the other
+    /// callers wait for that flight without a task. A body that borrows from the caller
+    /// runs here, as without `timeout`.
+    pub(crate) async fn run_within<S, R, B>(self, body: B, timeout: std::time::Duration) -> R
     where
         S: Shape<R, Value = T>,
         B: Body<R>,
     {
-        let answer =
-            match body.detach(LoadBehind::<S, T> { owned: self.owned(), shape: PhantomData }) {
-                Ok(answer) => answer,
-                Err((body, _)) => return self.run::<S, R, _>(|| body.start()).await,
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut follower = match self.core.flights().join(self.key) {
+                Join::Leader(leader) => return self.lead_within::<S, R, B>(body, leader, deadline).await,
+                Join::Follower(follower) => follower,
             };
-        let mut answer = answer;
-        let answered = match tokio::time::timeout(timeout, &mut answer).await {
+            let landed = match tokio::time::timeout_at(deadline, flight::wait(&mut follower)).await {
+                Ok(landed) => landed,
+                Err(_) => match self.take_stale() {
+                    Some(value) => return S::from_value(value),
+                    // The kept value does not decode as ours (another schema): wait as
+                    // without `timeout`.
+                    None => flight::wait(&mut follower).await,
+                },
+            };
+            match landed {
+                // Joined before the leader settled with the store: its outcome is fresh
+                // for this caller (see `Follower::before_settling`).
+                Landed::Value(entry) if follower.before_settling => {
+                    if let Ok(value) = entry.take(self.cloner) {
+                        self.counters.coalesced();
+                        return S::from_value(value);
+                    }
+                }
+                Landed::Absent if follower.before_settling => {
+                    if let Some(absent) = S::absent() {
+                        self.counters.coalesced();
+                        return absent;
+                    }
+                }
+                Landed::Failed => {
+                    if let Some(value) = self.take_stale() {
+                        return S::from_value(value);
+                    }
+                }
+                _ => {}
+            }
+            // Anything else: look again, as a caller arriving now (a new flight, or the
+            // value the last one stored), still within the deadline.
+        }
+    }
+
+    /// [`run_within`](Self::run_within) for the flight's leader: the body goes to a task
+    /// that leads the flight, and this caller waits for it until `deadline`.
+    async fn lead_within<S, R, B>(
+        &self,
+        body: B,
+        leader: Leader,
+        deadline: tokio::time::Instant,
+    ) -> R
+    where
+        S: Shape<R, Value = T>,
+        B: Body<R>,
+    {
+        let behind = LoadBehind::<S, T> { owned: self.owned(), leader, shape: PhantomData };
+        let mut answer = match body.detach(behind) {
+            Ok(answer) => answer,
+            Err((body, LoadBehind { leader: ref mut held, .. })) => {
+                return self.led::<S, R, _>(|| body.start(), held).await;
+            }
+        };
+        let answered = match tokio::time::timeout_at(deadline, &mut answer).await {
             Ok(answered) => answered,
             Err(_) => match self.take_stale() {
                 Some(value) => return S::from_value(value),
-                // The kept value does not decode as ours (another schema): wait as
-                // without `timeout`.
                 None => answer.await,
             },
         };
@@ -643,45 +732,32 @@ where
     /// What this load needs, owned, to go on in a task of its own.
     fn owned(&self) -> Owned<T> {
         Owned {
-            cache: self.cache.clone(),
+            core: Arc::clone(self.core),
             counters: Arc::clone(self.counters),
             key: self.key.to_owned(),
             policy: *self.policy,
             cloner: self.cloner,
             stale: self.stale.clone(),
-            store_failing: self.store_failing,
-            overwrite: self.overwrite,
+            store: self.store,
         }
     }
 }
 
 /// A [`Load`]'s context, owned by a task that may outlive the caller.
 struct Owned<T> {
-    cache: Cache,
+    core: Arc<CacheCore>,
     counters: Arc<Counters>,
     key: String,
     policy: Policy,
     cloner: Cloner<T>,
     stale: Option<Arc<Entry>>,
-    store_failing: bool,
-    overwrite: bool,
+    store: StoreUse,
 }
 
 impl<T> Owned<T> {
     fn load(&self) -> Load<'_, T> {
-        Load {
-            cache: &self.cache,
-            counters: &self.counters,
-            key: &self.key,
-            policy: &self.policy,
-            cloner: self.cloner,
-            stale: self.stale.clone(),
-            store_failing: self.store_failing,
-            overwrite: self.overwrite,
-            behind: false,
-            served_stale: Default::default(),
-            loaded_in: std::sync::atomic::AtomicU64::new(u64::MAX),
-        }
+        let missed = Missed { stale: self.stale.clone(), store: self.store };
+        Load::new(&self.core, &self.counters, &self.key, &self.policy, self.cloner, missed)
     }
 
     /// This load, to run behind a caller that counts the stale value it serves (see
@@ -729,6 +805,8 @@ where
 /// its `timeout` allows.
 struct LoadBehind<S, T> {
     owned: Owned<T>,
+    /// The flight the caller leads, handed to the task.
+    leader: Leader,
     shape: PhantomData<fn() -> S>,
 }
 
@@ -746,10 +824,10 @@ where
         R: Send + 'static,
     {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let owned = self.owned;
+        let LoadBehind { owned, mut leader, .. } = self;
         tokio::spawn(async move {
-            let mut load = owned.behind();
-            let returned = load.run::<S, R, _>(|| body).await;
+            let load = owned.behind();
+            let returned = load.led::<S, R, _>(|| body, &mut leader).await;
             let failed = matches!(S::outcome(&returned), Outcome::Failed);
             let served_stale = load.served_stale.load(std::sync::atomic::Ordering::Relaxed);
             if answer.send((returned, served_stale)).is_err() && (failed || served_stale) {
@@ -777,7 +855,7 @@ mod tests {
     #[tokio::test]
     async fn a_caller_that_joins_after_the_fill_does_not_take_the_leaders_value() {
         let cache = Cache::memory();
-        let Join::Leader(mut leader) = cache.inner.flights.join("row:1") else {
+        let Join::Leader(mut leader) = cache.core().flights().join("row:1") else {
             panic!("the first to join leads");
         };
         leader.loading();

@@ -1,5 +1,5 @@
 //! The near cache: an in-process copy (L1) of hot Redis entries, kept coherent by Redis
-//! itself through client-side caching in broadcasting mode (`store/tracking.rs`).
+//! itself through client-side caching in broadcasting mode ([`tracking`]).
 //!
 //! An L1 entry is served only while the tracking connections are *live*: tracking was
 //! switched on (`CLIENT TRACKING ON BCAST PREFIX <prefix>`) on every node and answered its
@@ -16,16 +16,16 @@
 //! **Bounds.** An entry expires when its Redis entry does (`PTTL` read with the value, in the
 //! same round trip); the byte bound counts keys, JSON bytes and a fixed overhead per entry.
 
+pub(crate) mod tracking;
+
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::de::DeserializeOwned;
-
-use crate::cache::{Aged, Cache, Policy};
 use crate::codec::{Cloner, Entry};
-use crate::stats::Counters;
+use crate::policy::Policy;
+use crate::scope::Scope;
 use crate::store::{Found, Version};
 
 /// Shards of the invalidation counters (and of the lock between an insert and an eviction).
@@ -140,6 +140,7 @@ impl Near {
 
     /// A value held for `key` that `policy` may serve now: fresh (younger than `ttl` and,
     /// with `refresh`, than the refresh age), decoded or cloned.
+    #[cfg(test)]
     pub(crate) fn serve<T>(&self, key: &str, policy: &Policy, cloner: Cloner<T>) -> Option<T>
     where
         T: serde::de::DeserializeOwned + 'static,
@@ -224,8 +225,17 @@ impl Near {
         }
     }
 
+    /// Evicts what `scope` covers and voids the reads of it in flight.
+    pub(crate) fn evict(&self, scope: &Scope) {
+        match scope {
+            Scope::Key(key) => self.evict_key(key),
+            Scope::Pattern(pattern) => self.evict_matching(pattern),
+            Scope::All => self.flush(),
+        }
+    }
+
     /// Evicts `key` and voids the reads of it in flight.
-    pub(crate) fn evict(&self, key: &str) {
+    fn evict_key(&self, key: &str) {
         let shard = self.shard_of(key);
         let mut count = self.lock(shard);
         *count += 1;
@@ -233,7 +243,7 @@ impl Near {
     }
 
     /// Evicts the keys matching `pattern` (a glob) and voids every read in flight.
-    pub(crate) fn evict_matching(&self, pattern: &str) {
+    fn evict_matching(&self, pattern: &str) {
         let _locks = self.lock_all();
         self.generation.fetch_add(1, Ordering::AcqRel);
         let doomed: Vec<Arc<String>> = self
@@ -288,7 +298,7 @@ impl Near {
                 continue;
             }
             if let Ok(key) = std::str::from_utf8(key) {
-                self.evict(key);
+                self.evict_key(key);
             }
         }
     }
@@ -297,73 +307,6 @@ impl Near {
     pub(crate) fn size(&self) -> (u64, u64) {
         self.entries.run_pending_tasks();
         (self.entries.entry_count(), self.entries.weighted_size())
-    }
-}
-
-impl Cache {
-    /// The near cache, when this cache has one and `policy` uses it.
-    /// Not while the breaker is open: Redis is known unreachable, so is tracking likely.
-    /// Never with `idle`: a near hit does not reach Redis, so it would not extend the
-    /// value's life there, and the value would idle out in Redis while still served here.
-    pub(crate) fn near_for(&self, policy: &Policy) -> Option<&Near> {
-        self.inner.near.as_deref().filter(|_| {
-            policy.near
-                && policy.idle.is_none()
-                && self.inner.store.breaker_state() != crate::BreakerState::Open
-        })
-    }
-
-    /// The near cache's entries and weighed bytes (keys, JSON bytes and a fixed overhead
-    /// per entry), or `None` without a near cache
-    /// ([`CacheBuilder::near_cache`](crate::CacheBuilder::near_cache)).
-    pub fn near_cache_size(&self) -> Option<(u64, u64)> {
-        self.inner.near.as_ref().map(|near| near.size())
-    }
-
-    /// Whether the near cache serves now: tracking is on and answered its last health
-    /// ping. `false` without a near cache.
-    pub fn near_cache_live(&self) -> bool {
-        self.inner.near.as_ref().is_some_and(|near| near.is_live())
-    }
-
-    /// This process wrote or removed `key` in Redis: evict it from L1 at once (the push
-    /// from Redis follows), and void the reads of it in flight.
-    pub(crate) fn near_evict(&self, key: &str) {
-        if let Some(near) = &self.inner.near {
-            near.evict(key);
-        }
-    }
-
-    /// This process removed the keys matching `pattern` (`None`: every key).
-    pub(crate) fn near_evict_matching(&self, pattern: Option<&str>) {
-        if let Some(near) = &self.inner.near {
-            match pattern {
-                Some(pattern) => near.evict_matching(pattern),
-                None => near.flush(),
-            }
-        }
-    }
-
-    /// An L1 miss: reads Redis (`GET` and `PTTL` in one round trip) and holds a fresh value
-    /// in L1, as `keep` makes it, if no invalidation of the key arrived meanwhile.
-    pub(crate) async fn lookup_near<T>(
-        &self,
-        near: &Near,
-        counters: &Counters,
-        key: &str,
-        policy: &Policy,
-        cloner: Cloner<T>,
-        keep: impl FnOnce(&Found, &T) -> Arc<Entry>,
-    ) -> Aged<T>
-    where
-        T: DeserializeOwned + 'static,
-    {
-        let epoch = near.epoch(key);
-        let aged = self.lookup_aged(counters, key, policy, cloner).await;
-        if let (Aged::Fresh(value, found), Some(epoch)) = (&aged, epoch) {
-            near.insert(key, epoch, found, keep(found, value));
-        }
-        aged
     }
 }
 

@@ -21,8 +21,8 @@ use futures_util::future::try_join_all;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, ProtocolVersion, PushKind, Value};
 
-use super::link::slot_ranges;
-use crate::near::Near;
+use super::Near;
+use crate::store::link::slot_ranges;
 
 /// How often every tracking connection is pinged.
 pub(crate) const PING_EVERY: Duration = Duration::from_millis(250);

@@ -17,14 +17,15 @@
 //!    caller runs its own body. A hit never touches any of this.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::cache::Cache;
+use super::Load;
+use crate::core::CacheCore;
 use crate::flight::{Landed, Leader};
-use crate::load::Load;
 use crate::notify::Signal;
 use crate::shape::Shape;
 use crate::store::lease::{new_token, LeaseKind, Wakeup};
@@ -52,9 +53,9 @@ where
         S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
     {
-        let (cache, counters, key) = (self.cache, self.counters, self.key);
-        let store = &cache.inner.store;
-        let settings = &cache.inner.settings;
+        let (core, counters, key) = (self.core, self.counters, self.key);
+        let store = core.store();
+        let settings = core.settings();
         let deadline = Instant::now() + settings.lock_wait;
         let token = new_token();
         // The first attempt follows a miss, so it tries the lease before looking again.
@@ -65,7 +66,7 @@ where
                 match store.try_load_lease(key, &token, settings.lock_lease).await {
                     Ok(true) => {
                         let held = HeldLease {
-                            cache: cache.clone(),
+                            core: Arc::clone(core),
                             key: key.to_owned(),
                             token: token.clone(),
                             done: false,
@@ -175,8 +176,8 @@ where
             }
         };
         leader.loading();
-        let lease = self.cache.inner.settings.lock_lease;
-        let (store, key, token) = (&self.cache.inner.store, self.key, held.token.clone());
+        let lease = self.core.settings().lock_lease;
+        let (store, key, token) = (self.core.store(), self.key, held.token.clone());
         let renew = async {
             loop {
                 tokio::time::sleep(lease / 3).await;
@@ -209,32 +210,30 @@ impl RefreshLease {
     }
 }
 
-impl Cache {
-    /// Takes the lease for refreshing `key`; `None` when another process holds it (or Redis
-    /// fails: then nobody refreshes now, and the current value is served).
-    pub(crate) async fn refresh_lease(&self, key: &str) -> Option<RefreshLease> {
-        if !self.inner.store.shared() {
-            return Some(RefreshLease(None));
-        }
-        let token = new_token();
-        let lease = self.inner.settings.lock_lease;
-        if !matches!(self.inner.store.try_load_lease(key, &token, lease).await, Ok(true)) {
-            return None;
-        }
-        Some(RefreshLease(Some(HeldLease {
-            cache: self.clone(),
-            key: key.to_owned(),
-            token,
-            done: false,
-        })))
+/// Takes the lease for refreshing `key`; `None` when another process holds it (or Redis
+/// fails: then nobody refreshes now, and the current value is served).
+pub(crate) async fn refresh_lease(core: &Arc<CacheCore>, key: &str) -> Option<RefreshLease> {
+    if !core.store().shared() {
+        return Some(RefreshLease(None));
     }
+    let token = new_token();
+    let lease = core.settings().lock_lease;
+    if !matches!(core.store().try_load_lease(key, &token, lease).await, Ok(true)) {
+        return None;
+    }
+    Some(RefreshLease(Some(HeldLease {
+        core: Arc::clone(core),
+        key: key.to_owned(),
+        token,
+        done: false,
+    })))
 }
 
 /// The load lease of a running load. If the load is cancelled or panics, `Drop` releases
 /// the lease in the background and tells waiters it failed, so they need not wait for it
 /// to lapse.
 struct HeldLease {
-    cache: Cache,
+    core: Arc<CacheCore>,
     key: String,
     token: String,
     done: bool,
@@ -244,7 +243,7 @@ impl HeldLease {
     /// Releases the lease, telling waiters what became of the load.
     async fn release(&mut self, signal: Signal) {
         self.done = true;
-        let store = &self.cache.inner.store;
+        let store = self.core.store();
         if let Err(error) =
             store.release_lease(LeaseKind::Load, &self.key, &self.token, signal).await
         {
@@ -261,14 +260,13 @@ impl Drop for HeldLease {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (cache, key, token) =
-            (self.cache.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.token));
+        let (core, key, token) = (
+            Arc::clone(&self.core),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.token),
+        );
         runtime.spawn(async move {
-            let _ = cache
-                .inner
-                .store
-                .release_lease(LeaseKind::Load, &key, &token, Signal::Failed)
-                .await;
+            let _ = core.store().release_lease(LeaseKind::Load, &key, &token, Signal::Failed).await;
         });
     }
 }

@@ -1,0 +1,136 @@
+//! The core of a cache: its parts, composed once, with private fields. [`Cache`] is a
+//! thin handle over it (an `Arc`); the components (the read path, the write path, the miss
+//! path, locks, rate limits, health) each take the core and use only what it exposes.
+//!
+//! [`Cache`]: crate::Cache
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backlog::Backlog;
+use crate::breaker::BreakerState;
+use crate::flight::Flights;
+use crate::format::Format;
+use crate::near::Near;
+use crate::policy::Policy;
+use crate::stats::{Counters, StatsRegistry};
+use crate::store::Store;
+
+static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Default bound of the memory store: 128 MiB of keys and JSON-encoded values.
+pub(crate) const DEFAULT_MEMORY_CAPACITY: u64 = 128 * 1024 * 1024;
+
+/// Tunables set on the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Lease of a `lock` load, renewed while the body runs.
+    pub(crate) lock_lease: Duration,
+    /// How long a `lock` waiter waits for another process's load before running its body.
+    pub(crate) lock_wait: Duration,
+    /// Values whose JSON is larger are not cached.
+    pub(crate) max_value_bytes: usize,
+    /// How long a load may take and still store its value (the life of a pending marker).
+    pub(crate) fill_window: Duration,
+    /// Codec, compression and schema version of stored values.
+    pub(crate) format: Format,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            lock_lease: Duration::from_secs(5),
+            lock_wait: Duration::from_secs(10),
+            max_value_bytes: crate::format::DEFAULT_MAX_VALUE_BYTES,
+            fill_window: Duration::from_secs(60),
+            format: Format::default(),
+        }
+    }
+}
+
+/// A cache's parts: the store, its settings and counters, the flights running in this
+/// process, the backlog of removals waiting for Redis, and the near cache.
+pub(crate) struct CacheCore {
+    /// Unique per cache in this process (never reused, unlike an address).
+    id: u64,
+    store: Store,
+    settings: Settings,
+    stats: StatsRegistry,
+    flights: Flights,
+    /// Removals that failed for a connection reason, replayed until they land (`write.rs`).
+    backlog: Backlog,
+    /// The near cache (`CacheBuilder::near_cache`), in front of Redis.
+    near: Option<Arc<Near>>,
+}
+
+impl CacheCore {
+    /// Composes a cache over `store`.
+    pub(crate) fn new(store: Store, settings: Settings, near: Option<Arc<Near>>) -> CacheCore {
+        let backlog = Backlog::new(store.prefix().is_empty() && store.shared());
+        CacheCore {
+            id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
+            store,
+            settings,
+            stats: StatsRegistry::default(),
+            flights: Flights::default(),
+            backlog,
+            near,
+        }
+    }
+
+    /// This cache's number in the process.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Where entries live.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The builder's tunables.
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Every function's counters.
+    pub(crate) fn stats(&self) -> &StatsRegistry {
+        &self.stats
+    }
+
+    /// The counters of one function name.
+    pub(crate) fn counters(&self, name: &str) -> Arc<Counters> {
+        self.stats.counters(name)
+    }
+
+    /// The loads running in this process, by key.
+    pub(crate) fn flights(&self) -> &Flights {
+        &self.flights
+    }
+
+    /// Removals waiting for Redis.
+    pub(crate) fn backlog(&self) -> &Backlog {
+        &self.backlog
+    }
+
+    /// The near cache, whatever the policy.
+    pub(crate) fn near(&self) -> Option<&Near> {
+        self.near.as_deref()
+    }
+
+    /// The near cache, when this cache has one and `policy` uses it. Not while the
+    /// breaker is open: Redis is known unreachable, so is tracking likely. Never with
+    /// `idle`: a near hit does not reach Redis, so it would not extend the value's life
+    /// there, and the value would idle out in Redis while still served here.
+    pub(crate) fn near_for(&self, policy: &Policy) -> Option<&Near> {
+        self.near.as_deref().filter(|_| {
+            policy.near && policy.idle.is_none() && self.store.breaker_state() != BreakerState::Open
+        })
+    }
+
+    /// The store's short name, for logs.
+    pub(crate) fn kind(&self) -> &'static str {
+        self.store.kind()
+    }
+}

@@ -1,0 +1,236 @@
+//! The read path: one function, [`read`], reads a key for every caller (`#[cached]`,
+//! `get_or_load`, `get`), in one order:
+//!
+//! 1. **The backlog**: a removal of the key that has not reached Redis yet means what Redis
+//!    holds may predate a write: a miss that must replace it.
+//! 2. **The near cache** (when the cache has one and the policy uses it): a fresh copy is
+//!    served without a round trip; one due for a recompute goes on to the store.
+//! 3. **The store**: one `GET` (`GET`+`PTTL` when the policy needs the value's age or the
+//!    near cache its expiry; one script with `idle`).
+//! 4. **Decode**, classify (fresh, kept past its TTL, absent, undecodable, another
+//!    release's), count, and hold a fresh value in the near cache if no invalidation of
+//!    the key arrived during the read.
+//!
+//! It answers with one enum, [`Read`]; a miss carries what the miss path must know
+//! ([`Missed`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::codec::{Cloner, Entry};
+use crate::core::CacheCore;
+use crate::error::{Error, ErrorKind};
+use crate::format::DecodeError;
+use crate::policy::Policy;
+use crate::stats::Counters;
+use crate::store::Found;
+
+/// What a read found.
+pub(crate) enum Read<T> {
+    /// A value to serve. `found` (its age and version) when the store was asked for them;
+    /// `due` when this hit decided to recompute it (`refresh` age reached, XFetch's draw).
+    Hit { value: T, found: Option<Found>, due: bool },
+    /// A cached absent result (`absent_ttl`) the caller's shape can return.
+    Absent,
+    /// Nothing to serve.
+    Miss(Missed),
+    /// The store failed (counted and logged).
+    Failed(Error),
+}
+
+/// What a miss tells the miss path.
+#[derive(Default)]
+pub(crate) struct Missed {
+    /// An expired value kept for `stale`, served if the body fails.
+    pub(crate) stale: Option<Arc<Entry>>,
+    /// How the load may use the store.
+    pub(crate) store: StoreUse,
+}
+
+/// How a load may use the store after its lookup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum StoreUse {
+    /// Load through the fill protocol.
+    #[default]
+    Fill,
+    /// What the key holds must be replaced, never served: an undecodable value, another
+    /// function's absent result, a removal of the key still in the backlog, an error reply
+    /// (another application's data).
+    Overwrite,
+    /// Leave the store alone: Redis is known down, or the key holds another release's
+    /// value (a rolling upgrade: overwriting it would start a loop between versions).
+    Bypass,
+}
+
+impl Missed {
+    /// After a read that failed with `kind`.
+    pub(crate) fn after_failure(kind: ErrorKind) -> Missed {
+        let store = match kind {
+            // Known down: do not ask again.
+            ErrorKind::Unavailable => StoreUse::Bypass,
+            // A dropped connection or a slow reply: the ticket is still worth a try (the
+            // breaker stops this after a few failures).
+            ErrorKind::Connection | ErrorKind::Timeout => StoreUse::Fill,
+            _ => StoreUse::Overwrite,
+        };
+        Missed { stale: None, store }
+    }
+}
+
+/// Reads `key` for `policy` (see the module docs). `accepts_absent`: the caller's shape
+/// has an absent result (`Option`). `hold` makes the entry the near cache keeps for a
+/// fresh value (with a typed copy when the caller can clone).
+pub(crate) async fn read<T>(
+    core: &CacheCore,
+    counters: &Counters,
+    key: &str,
+    policy: &Policy,
+    cloner: Cloner<T>,
+    accepts_absent: bool,
+    hold: impl FnOnce(&Found, &T) -> Arc<Entry>,
+) -> Read<T>
+where
+    T: DeserializeOwned + 'static,
+{
+    if core.backlog().covers(key) {
+        counters.miss();
+        return miss(StoreUse::Overwrite);
+    }
+    let near = core.near_for(policy);
+    // L1 decided a recompute (`early` draws once per hit, there or on the store path).
+    let mut due = false;
+    if let Some(near) = near {
+        match near.answer(key, policy, cloner, counters.mean_load()) {
+            crate::near::Answer::Hit(value) => {
+                counters.hit();
+                counters.near_hit();
+                return Read::Hit { value, found: None, due: false };
+            }
+            crate::near::Answer::Due => due = true,
+            crate::near::Answer::Miss => {}
+        }
+    }
+    if !policy.tracks_age() && near.is_none() {
+        return plain(core, counters, key, policy, cloner, accepts_absent).await;
+    }
+    let epoch = near.and_then(|near| near.epoch(key));
+    let read = core.store().get_aged(key, policy.lifetime()).await;
+    let found = match read {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            counters.miss();
+            tracing::debug!(key, "cache miss");
+            return miss(StoreUse::Fill);
+        }
+        Err(error) => return failed(core, counters, key, error),
+    };
+    if found.entry.is_absent() {
+        // An absent result lives by its own expiry, whatever the age says; one a pending
+        // marker keeps (`age` unknown) is a miss.
+        if found.age == Duration::MAX {
+            counters.miss();
+            return miss(StoreUse::Fill);
+        }
+        counters.hit();
+        tracing::debug!(key, "cache hit (absent)");
+        return absent(accepts_absent);
+    }
+    // Without `stale`/`refresh` (a near-cache read) any value is fresh, as for `GET`.
+    let fresh = found.age < policy.ttl || (!policy.tracks_age() && found.age != Duration::MAX);
+    if !fresh {
+        counters.miss();
+        tracing::debug!(key, "cache miss (expired value kept for stale fallback)");
+        let stale = policy.stale.is_some().then(|| Arc::clone(&found.entry));
+        return Read::Miss(Missed { stale, store: StoreUse::Fill });
+    }
+    match found.entry.take(cloner) {
+        Ok(value) => {
+            counters.hit();
+            tracing::debug!(key, age = ?found.age, "cache hit");
+            if let (Some(near), Some(epoch)) = (near, epoch) {
+                near.insert(key, epoch, &found, hold(&found, &value));
+            }
+            let delta = found.load_time.unwrap_or_else(|| counters.mean_load());
+            let due = due || policy.recompute_now(found.age, delta);
+            Read::Hit { value, found: Some(found), due }
+        }
+        Err(error) => undecodable(counters, key, &error),
+    }
+}
+
+/// One `GET` (a script with `idle`): the hit path of policies without age or near cache.
+async fn plain<T>(
+    core: &CacheCore,
+    counters: &Counters,
+    key: &str,
+    policy: &Policy,
+    cloner: Cloner<T>,
+    accepts_absent: bool,
+) -> Read<T>
+where
+    T: DeserializeOwned + 'static,
+{
+    let read = match policy.touch() {
+        Some(touch) => core.store().get_touched(key, touch).await,
+        None => core.store().get(key).await,
+    };
+    match read {
+        Ok(Some(entry)) if entry.is_absent() => {
+            counters.hit();
+            tracing::debug!(key, "cache hit (absent)");
+            absent(accepts_absent)
+        }
+        Ok(Some(entry)) => match entry.take(cloner) {
+            Ok(value) => {
+                counters.hit();
+                tracing::debug!(key, "cache hit");
+                Read::Hit { value, found: None, due: false }
+            }
+            Err(error) => undecodable(counters, key, &error),
+        },
+        Ok(None) => {
+            counters.miss();
+            tracing::debug!(key, "cache miss");
+            miss(StoreUse::Fill)
+        }
+        Err(error) => failed(core, counters, key, error),
+    }
+}
+
+fn miss<T>(store: StoreUse) -> Read<T> {
+    Read::Miss(Missed { stale: None, store })
+}
+
+/// A cached absent result: served when the caller's shape has one; otherwise another
+/// function's absent result under the same key, which ours replaces.
+fn absent<T>(accepts_absent: bool) -> Read<T> {
+    match accepts_absent {
+        true => Read::Absent,
+        false => miss(StoreUse::Overwrite),
+    }
+}
+
+/// A read that Redis failed (down, timeout, breaker open): counted as an error and a miss;
+/// the caller runs its body.
+fn failed<T>(core: &CacheCore, counters: &Counters, key: &str, error: Error) -> Read<T> {
+    tracing::warn!(key, %error, store = core.kind(), "cache read failed");
+    counters.error(error.kind());
+    counters.miss();
+    Read::Failed(error)
+}
+
+/// A stored value that does not decode: counted (by its kind), then treated as a miss.
+/// A value written for another type or schema (a rolling upgrade) is left in place, so two
+/// versions sharing a key never overwrite each other in a loop; anything else (garbage,
+/// another service's data) is replaced by the fresh value.
+fn undecodable<T>(counters: &Counters, key: &str, error: &DecodeError) -> Read<T> {
+    tracing::warn!(key, %error, "cached value does not decode; treating as a miss");
+    counters.error(error.kind());
+    counters.miss();
+    miss(match error {
+        DecodeError::Schema => StoreUse::Bypass,
+        _ => StoreUse::Overwrite,
+    })
+}

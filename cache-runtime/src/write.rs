@@ -1,0 +1,249 @@
+//! The write path: every write and removal of every caller runs through [`apply`], so the
+//! rule that keeps reads coherent is written once:
+//!
+//! 1. **Detach** the flights of the keys the write covers ([`Scope`]): no caller that
+//!    starts after the write may join a load that may have read the data before it.
+//! 2. **Run the store operation**: a write-through replaces whatever the key holds (and
+//!    with it the pending marker of every load running anywhere, whose fill is then
+//!    refused); a removal removes values and markers alike; a fill stores only if its
+//!    ticket still holds.
+//! 3. **Never leave the old value behind**: a value that cannot be stored (over
+//!    `max_value_bytes`, not encodable, refused by Redis under `OOM`) removes the key
+//!    instead; a removal that failed for a connection reason is kept in the backlog and
+//!    replayed until it lands (`backlog.rs`).
+//! 4. **Evict the near copies** the write covers, and void the near-cache reads in flight.
+//!
+//! `set`, `#[cache_put]`, `invalidate`, `invalidate_pattern`, `#[invalidates]`, `clear`,
+//! the fills of loads and refreshes, and a refresh that found nothing all call [`apply`].
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crate::backlog::{retryable, Kept};
+use serde::Serialize;
+
+use crate::codec::{Cloner, Entry};
+use crate::core::CacheCore;
+use crate::error::{Error, ErrorKind, Result};
+use crate::scope::Scope;
+use crate::shape::{Outcome, Shape};
+use crate::stats::{Counters, DIRECT_CALLS};
+use crate::store::{Removed, Ticket};
+
+/// One write or removal.
+pub(crate) enum Change<'a> {
+    /// Write-through (`set`, `#[cache_put]`): replace whatever the key holds with the
+    /// encoded value, or, when it could not be encoded, remove the key.
+    Put { key: &'a str, value: Result<Arc<Entry>>, ttl: Duration },
+    /// A load's result, stored only if its ticket still holds (the fill protocol,
+    /// `store/mod.rs`). Detaches nothing: its own flight is the writer.
+    Fill { key: &'a str, ticket: &'a Ticket, entry: &'a Arc<Entry>, ttl: Duration },
+    /// Remove what the scope covers.
+    Remove(Scope),
+}
+
+/// What [`apply`] did.
+pub(crate) enum Applied {
+    /// The write-through stored its value.
+    Written,
+    /// Keys removed (by a [`Change::Remove`]).
+    Removed(Removed),
+    /// What became of a fill.
+    Filled(Filled),
+}
+
+/// What became of a fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filled {
+    Stored,
+    /// The ticket was void: the key was written or invalidated while loading.
+    Refused,
+    /// Not attempted (too large).
+    Skipped,
+    /// Redis failed: whether it was stored is unknown.
+    Failed,
+}
+
+/// Runs `change` (see the module docs). Failures are counted in `counters` and logged;
+/// a write-through or removal returns its error, a fill reports it as [`Filled::Failed`].
+pub(crate) async fn apply(
+    core: &Arc<CacheCore>,
+    counters: &Counters,
+    change: Change<'_>,
+) -> Result<Applied> {
+    match change {
+        Change::Put { key, value, ttl } => {
+            core.flights().detach(|running| running == key);
+            let written = match value.and_then(|entry| storable(core, key, entry)) {
+                Ok(entry) => core.store().set(key, &entry, ttl).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = &written {
+                counters.error(error.kind());
+                match retryable(error.kind()) {
+                    true => keep(core, Scope::Key(key.to_owned())),
+                    // Too large, not encodable, refused (`OOM` under `noeviction`; Redis
+                    // still accepts `DEL` then): the old value must not outlive the write.
+                    false => {
+                        tracing::warn!(key, %error, store = core.kind(), "the new value cannot be stored; removing the old one");
+                        let _ = remove(core, counters, &Scope::Key(key.to_owned())).await;
+                    }
+                }
+            }
+            evict_near(core, &Scope::Key(key.to_owned()));
+            written.map(|()| Applied::Written)
+        }
+        Change::Fill { key, ticket, entry, ttl } => {
+            let max = core.settings().max_value_bytes;
+            if entry.size() > max {
+                tracing::warn!(
+                    key,
+                    bytes = entry.size(),
+                    max,
+                    "value too large to cache; not stored"
+                );
+                counters.error(ErrorKind::TooLarge);
+                return Ok(Applied::Filled(Filled::Skipped));
+            }
+            let filled = core.store().fill(key, ticket, entry, ttl).await;
+            evict_near(core, &Scope::Key(key.to_owned()));
+            Ok(Applied::Filled(match filled {
+                Ok(true) => Filled::Stored,
+                Ok(false) => {
+                    tracing::debug!(key, "the key was written or invalidated while loading; value returned, not stored");
+                    Filled::Refused
+                }
+                Err(error) => {
+                    tracing::warn!(key, %error, store = core.kind(), "cache write failed");
+                    counters.error(error.kind());
+                    Filled::Failed
+                }
+            }))
+        }
+        Change::Remove(scope) => {
+            let removed = remove(core, counters, &scope).await?;
+            if removed.scanned {
+                counters.pattern_scan();
+            }
+            counters.invalidated(removed.keys);
+            Ok(Applied::Removed(removed))
+        }
+    }
+}
+
+/// The entry, if the store may take it (not over `max_value_bytes`).
+fn storable(core: &CacheCore, key: &str, entry: Arc<Entry>) -> Result<Arc<Entry>> {
+    let max = core.settings().max_value_bytes;
+    match entry.size() > max {
+        true => Err(Error::ValueTooLarge { key: key.to_owned(), bytes: entry.size(), max }),
+        false => Ok(entry),
+    }
+}
+
+/// Steps 1, 2, 4 of a removal, and 3: a failure for a connection reason is kept.
+async fn remove(core: &Arc<CacheCore>, counters: &Counters, scope: &Scope) -> Result<Removed> {
+    let removed = removal(core, scope).await;
+    if let Err(error) = &removed {
+        counters.error(error.kind());
+        if retryable(error.kind()) {
+            keep(core, scope.clone());
+        }
+    }
+    removed
+}
+
+/// Detaches the covered flights, removes in the store, evicts near copies.
+async fn removal(core: &CacheCore, scope: &Scope) -> Result<Removed> {
+    core.flights().detach(|running| scope.covers(running));
+    let store = core.store();
+    let removed = match scope {
+        Scope::Key(key) => store.remove(key).await.map(|keys| Removed { keys, scanned: false }),
+        Scope::Pattern(pattern) => store.remove_matching(pattern).await,
+        Scope::All => store.clear().await.map(|keys| Removed { keys, scanned: false }),
+    };
+    evict_near(core, scope);
+    removed
+}
+
+/// This process wrote or removed what `scope` covers: evict it from the near cache at once
+/// (Redis' push follows), and void the reads of it in flight.
+fn evict_near(core: &CacheCore, scope: &Scope) {
+    if let Some(near) = core.near() {
+        near.evict(scope);
+    }
+}
+
+/// Keeps a removal that failed for a connection reason, and makes sure the replay runs.
+fn keep(core: &Arc<CacheCore>, scope: Scope) {
+    tracing::warn!(scope = scope.text(), "invalidation kept for replay when Redis answers");
+    core.backlog().push(scope);
+    if !core.backlog().claim_replay() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        core.backlog().stop_replay();
+        return;
+    };
+    runtime.spawn(replay(Arc::downgrade(core)));
+}
+
+/// The replay task: runs until the backlog is empty or the cache is dropped.
+async fn replay(core: Weak<CacheCore>) {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        tokio::time::sleep(delay).await;
+        let Some(core) = core.upgrade() else { return };
+        let mut failed = false;
+        for kept in core.backlog().snapshot() {
+            match removal(&core, &kept.scope).await {
+                Ok(removed) => replayed(&core, &kept, removed.keys),
+                Err(error) if retryable(error.kind()) => {
+                    failed = true;
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(scope = kept.scope.text(), %error, "pending invalidation dropped: it cannot succeed");
+                    core.backlog().remove(&kept);
+                }
+            }
+        }
+        delay = match failed {
+            false => Duration::from_millis(50),
+            true => (delay * 2).min(Duration::from_secs(1)),
+        };
+        if core.backlog().len() == 0 && core.backlog().release_replay() {
+            return;
+        }
+    }
+}
+
+fn replayed(core: &CacheCore, kept: &Kept, keys: u64) {
+    tracing::info!(scope = kept.scope.text(), removed = keys, "pending invalidation replayed");
+    core.counters(DIRECT_CALLS).invalidated(keys);
+    core.backlog().remove(kept);
+}
+
+/// Write-through for `#[cache_put]`: stores the value of `returned`, if any. Failures are
+/// counted and logged, never returned (they must not change what the function returns).
+pub(crate) async fn put_outcome<S, R>(
+    core: &Arc<CacheCore>,
+    function: &str,
+    key: &str,
+    ttl: Duration,
+    cloner: Cloner<S::Value>,
+    returned: &R,
+) where
+    S: Shape<R>,
+    S::Value: Serialize + Send + Sync + 'static,
+{
+    let Outcome::Value(value) = S::outcome(returned) else {
+        return;
+    };
+    let counters = core.counters(function);
+    let value = Entry::encode(value, cloner, &core.settings().format)
+        .map(Arc::new)
+        .map_err(|source| Error::Encode { key: key.to_owned(), source });
+    if let Err(error) = apply(core, &counters, Change::Put { key, value, ttl }).await {
+        tracing::warn!(function, key, %error, store = core.kind(), "cache write-through failed");
+    }
+}
