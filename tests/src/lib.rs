@@ -4,12 +4,15 @@
 //! servers) and `ui/` (trybuild compile-pass and compile-fail cases for the attributes). This
 //! library holds [`RedisServer`], which starts a private `redis-server` process per test on a
 //! free loopback port, so tests never touch a shared server's data and can kill, pause and
-//! restart their own.
+//! restart their own, and [`DelayProxy`], which can hold one client command back to open a
+//! race's window deterministically.
 
 pub mod http;
 pub mod lock_workers;
+pub mod proxy;
 pub mod redis_cluster;
 pub mod redis_server;
+pub use proxy::DelayProxy;
 pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 
