@@ -1,4 +1,4 @@
-//! Attribute arguments: the one table of every attribute's arguments ([`arguments!`] below),
+//! Attribute arguments: the one table of every attribute's arguments (`arguments!` below),
 //! the grammar (`name = value` pairs, bare flags and, for `#[invalidates]`, string literals,
 //! separated by commas) and each argument's typed value.
 //!
@@ -7,6 +7,18 @@
 //! unknown-argument errors, and the list of valid arguments in that error. Rules between
 //! arguments are in `valid.rs`; what each argument generates is in `expand.rs` and
 //! `rate_limit.rs`.
+//!
+//! # Adding an argument
+//!
+//! 1. A row in `arguments!` below: `name: Kind, [attributes], "example";`, with a `///`
+//!    line. That is the whole parser side: the slot `args.name`, its value's errors, the
+//!    duplicate error, and its place in every "expected one of" list. A new kind of value is
+//!    a struct in [`kind`] and its `impl Kind`.
+//! 2. Its rules in `valid.rs`: one function each, added to `RULES`.
+//! 3. Its consumer: where `expand.rs` (or `rate_limit.rs`) turns `args.name` into a call into
+//!    `::cache_runtime::__private` (for `#[cached]`, a `with_` call on the `Policy`).
+//! 4. Its row in the macro's reference in `lib.rs` (a test fails without it), and its
+//!    trybuild cases.
 
 use cache_keys::template::Purpose;
 use proc_macro2::{Span, TokenStream};

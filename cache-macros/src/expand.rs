@@ -1,5 +1,7 @@
 //! Code generation: every attribute goes through [`Prepared::new`] (parse the function and the
-//! arguments, check them, resolve the templates), then through its own expansion.
+//! arguments, check them, resolve the templates), then through its own expansion, which
+//! consumes the checked arguments (`args.<name>`, the slots of `attr.rs`'s table). Generated
+//! code names runtime items only through `::cache_runtime::__private`.
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
@@ -502,6 +504,21 @@ mod tests {
                 "`stale` must be longer than `ttl`: it is how long a value is kept in all, to be served when the body fails after the value expired",
             ]
         );
+    }
+
+    #[test]
+    fn rules_that_do_not_need_the_ttl_apply_without_it() {
+        let errors = errors_of(cached(
+            quote!(key = "v:<id>", timeout = "1s"),
+            quote!(
+                async fn get(id: u64) -> u64 {
+                    id
+                }
+            ),
+        ));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("missing `ttl = \"...\"`"), "{errors:?}");
+        assert!(errors[1].starts_with("`timeout` needs `stale`"), "{errors:?}");
     }
 
     #[test]

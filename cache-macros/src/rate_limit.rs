@@ -1,4 +1,7 @@
-//! `#[rate_limit(key = "...", limit = N, per = "...")]`: arguments, checks and expansion.
+//! `#[rate_limit(key = "...", limit = N, per = "...")]`: checks on the function and expansion.
+//! Its arguments are rows of the one table in `attr.rs`, read by the same parser as the other
+//! attributes'; the rules between them (`limit`'s range, `fail_open` with `fail_closed`, the
+//! missing ones) are in `valid.rs`.
 //!
 //! The expansion puts the check before the body's first statement:
 //!
@@ -164,4 +167,82 @@ fn expanded_by_cached(function: &ItemFn) -> bool {
 fn with_errors(errors: &Errors, item: TokenStream) -> TokenStream {
     let errors = errors.to_compile_errors();
     quote!(#errors #item)
+}
+
+#[cfg(test)]
+mod tests {
+    use proc_macro2::TokenTree;
+    use quote::quote;
+
+    use super::*;
+
+    /// The messages of the `compile_error!`s in the output.
+    fn errors_of(output: TokenStream) -> Vec<String> {
+        let tokens: Vec<TokenTree> = output.into_iter().collect();
+        tokens
+            .windows(3)
+            .filter_map(|window| match window {
+                [TokenTree::Ident(name), TokenTree::Punct(bang), TokenTree::Group(group)]
+                    if name == "compile_error" && bang.as_char() == '!' =>
+                {
+                    Some(syn::parse2::<LitStr>(group.stream()).unwrap().value())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn login() -> TokenStream {
+        quote!(
+            async fn login(ip: u32) -> Result<u32, E> {
+                Ok(ip)
+            }
+        )
+    }
+
+    #[test]
+    fn the_limiter_is_built_from_the_arguments() {
+        let output = rate_limit(
+            quote!(key = "login:<ip>", limit = 5, per = "1m", fail_closed, name = "n"),
+            login(),
+        );
+        let text = output.to_string();
+        assert!(errors_of(output).is_empty(), "{text}");
+        assert!(text.contains("name : \"n\" , limit : 5u64 , per : :: core :: time :: Duration :: from_millis (60000u64) , on_failure : :: cache_runtime :: __private :: FailMode :: Closed"), "{text}");
+    }
+
+    #[test]
+    fn arguments_are_read_by_the_shared_parser() {
+        let errors = errors_of(rate_limit(
+            quote!(key = 1, limit = "5", limit = 6, per = "1m", burst = 2, fail_open = true),
+            login(),
+        ));
+        assert_eq!(
+            errors,
+            [
+                "expected a string literal: `key = \"login:<ip>\"`",
+                "expected an integer literal: `limit = 5`",
+                "duplicate argument `limit`",
+                "unknown argument `burst`; expected one of `key`, `limit`, `per`, `fail_open`, `fail_closed`, `charge_hits`, `cache`, `name`",
+                "`fail_open` is a flag and takes no value: write `fail_open`",
+            ]
+        );
+    }
+
+    #[test]
+    fn rules_between_arguments_apply() {
+        for args in [
+            quote!(key = "login:<ip>", limit = 5, per = "1m", fail_open, fail_closed),
+            quote!(key = "login:<ip>", limit = 5, per = "1m", fail_closed, fail_open),
+        ] {
+            let errors = errors_of(rate_limit(args, login()));
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].starts_with("`fail_open` and `fail_closed` exclude each other"));
+        }
+        let errors = errors_of(rate_limit(quote!(limit = 0), login()));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("missing `key = \"...\"`: `#[rate_limit]`"), "{errors:?}");
+        assert!(errors[1].starts_with("missing `per = \"...\"`"), "{errors:?}");
+        assert!(errors[2].starts_with("`limit` must be at least 1"), "{errors:?}");
+    }
 }
