@@ -1,17 +1,19 @@
 //! Code generation: every attribute goes through [`Prepared::new`] (parse the function and the
-//! arguments, check them, resolve the templates), then through its own expansion.
+//! arguments, check them, resolve the templates), then through its own expansion, which
+//! consumes the checked arguments (`args.<name>`, the slots of `attr.rs`'s table). Generated
+//! code names runtime items only through `::cache_runtime::__private`.
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned as _;
 use syn::{LitStr, Type};
 
-use crate::attr::{Args, Attribute};
+use crate::attr::{Args, Attribute, Duration};
 use crate::detach::{rename_self, Detached};
 use crate::errors::Errors;
 use crate::item::{returned_annotation, Function, Returned, Signature};
 use crate::template::Key;
-use crate::valid::Storage;
+use crate::valid::absent_ttl_needs_an_absent_result;
 
 /// `#[cached(...)]`.
 pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -48,9 +50,9 @@ struct Prepared {
 enum Plan {
     /// `#[cached]`: look up, on a miss run the body and store. `detached` when the body
     /// may finish in the background (`refresh`, `early`, `timeout`).
-    Cached { key: Key, storage: Storage, returned: Returned, detached: Option<Detached> },
+    Cached { key: Key, ttl: Duration, returned: Returned, detached: Option<Detached> },
     /// `#[cache_put]`: run the body, store what it returned.
-    Put { key: Key, storage: Storage, returned: Returned },
+    Put { key: Key, ttl: Duration, returned: Returned },
     /// `#[invalidates]`: run the body, then remove keys and patterns.
     Invalidates { targets: Vec<Key>, returned: Option<Returned> },
 }
@@ -73,7 +75,9 @@ impl Prepared {
         };
         let mut errors = Errors::default();
         let args = Args::parse(attribute, args, &mut errors);
-        let storage = args.as_ref().and_then(|args| args.check(&mut errors));
+        if let Some(args) = &args {
+            args.check(&mut errors);
+        }
         let signature = Signature::inspect(&function.sig, attribute, &mut errors);
         let keys: Vec<Key> = args
             .iter()
@@ -95,23 +99,21 @@ impl Prepared {
             // Expanded by `rate_limit.rs`, which never prepares through here.
             Attribute::RateLimit => return Err(rejected(&errors)),
             Attribute::Cached | Attribute::CachePut => {
-                // With no error reported, there are a checked storage, one key and a value.
-                let (Some(storage), Ok([key]), Some(returned)) =
-                    (storage, <[Key; 1]>::try_from(keys), returned)
+                // With no error reported, there are a valid `ttl`, one key and a value.
+                let (Some(&ttl), Ok([key]), Some(returned)) =
+                    (args.ttl.get(), <[Key; 1]>::try_from(keys), returned)
                 else {
                     return Err(rejected(&errors));
                 };
-                if let (Some(absent_ttl), false) =
-                    (args.absent_ttl.get(), returned.shape.has_absent())
-                {
-                    errors.push(absent_ttl.span, "`absent_ttl` caches absent results, and this function has none: it needs a return type of `Option<T>` or `Result<Option<T>, E>`");
+                absent_ttl_needs_an_absent_result(&args, returned.shape, &mut errors);
+                if !errors.is_empty() {
                     return Err(rejected(&errors));
                 }
                 if attribute == Attribute::Cached {
                     let why = [
-                        ("refresh", storage.refresh.is_some()),
-                        ("early", storage.early.is_some()),
-                        ("timeout", storage.timeout.is_some()),
+                        ("refresh", args.refresh.get().is_some()),
+                        ("early", args.early.get().is_some()),
+                        ("timeout", args.timeout.get().is_some()),
                     ]
                     .into_iter()
                     .find_map(|(name, used)| used.then_some(name));
@@ -121,9 +123,9 @@ impl Prepared {
                     if !errors.is_empty() {
                         return Err(rejected(&errors));
                     }
-                    Plan::Cached { key, storage, returned, detached }
+                    Plan::Cached { key, ttl, returned, detached }
                 } else {
-                    Plan::Put { key, storage, returned }
+                    Plan::Put { key, ttl, returned }
                 }
             }
         };
@@ -133,10 +135,10 @@ impl Prepared {
 
     fn expand(&self) -> TokenStream {
         match &self.plan {
-            Plan::Cached { key, storage, returned, detached } => {
-                self.cached(key, storage, returned, detached.as_ref())
+            Plan::Cached { key, ttl, returned, detached } => {
+                self.cached(key, ttl.millis, returned, detached.as_ref())
             }
-            Plan::Put { key, storage, returned } => self.put(key, storage, returned),
+            Plan::Put { key, ttl, returned } => self.put(key, ttl.millis, returned),
             Plan::Invalidates { targets, returned } => self.invalidates(targets, returned.as_ref()),
         }
     }
@@ -156,21 +158,27 @@ impl Prepared {
     fn cached(
         &self,
         key: &Key,
-        storage: &Storage,
+        ttl: u64,
         returned: &Returned,
         detached: Option<&Detached>,
     ) -> TokenStream {
         let Prepared { function, args, name, .. } = self;
-        let Storage { ttl, lock, stale, refresh, absent_ttl, early, timeout, near, idle } = storage;
-        let idle = optional_duration(*idle);
-        let early = match early {
-            Some(beta) => quote!(::core::option::Option::Some(#beta)),
+        // The arguments' consumers: each argument becomes an argument of `Policy::new` or of
+        // one of its `with_` calls.
+        let lock = args.lock.get().is_some();
+        let stale = optional_duration(args.stale.get());
+        let refresh = optional_duration(args.refresh.get());
+        let absent_ttl = optional_duration(args.absent_ttl.get());
+        let early = match args.early.get() {
+            Some(early) => {
+                let beta = early.beta;
+                quote!(::core::option::Option::Some(#beta))
+            }
             None => quote!(::core::option::Option::None),
         };
-        let stale = optional_duration(*stale);
-        let refresh = optional_duration(*refresh);
-        let absent_ttl = optional_duration(*absent_ttl);
-        let timeout = optional_duration(*timeout);
+        let timeout = optional_duration(args.timeout.get());
+        let near = args.near.get().copied().unwrap_or(true);
+        let idle = optional_duration(args.idle.get());
         let cache = cache_expr(args.cache.get());
         let register = register("Cached", [&key.template], name);
         let key = &key.expr;
@@ -226,11 +234,13 @@ impl Prepared {
         })
     }
 
-    fn put(&self, key: &Key, storage: &Storage, returned: &Returned) -> TokenStream {
+    fn put(&self, key: &Key, ttl: u64, returned: &Returned) -> TokenStream {
         let Prepared { function, args, name, .. } = self;
         // Live long enough for readers with the same `stale` (their age comes from the write
         // time stored with the value); with `idle`, for `idle` (readers' hits extend it).
-        let millis = storage.idle.unwrap_or_else(|| storage.stale.unwrap_or(0).max(storage.ttl));
+        let (idle, stale) = (args.idle.get(), args.stale.get());
+        let millis =
+            idle.map_or_else(|| stale.map_or(0, |stale| stale.millis).max(ttl), |idle| idle.millis);
         let cache = cache_expr(args.cache.get());
         let register = register("Put", [&key.template], name);
         let key = &key.expr;
@@ -306,9 +316,9 @@ fn cache_expr(cache: Option<&syn::Expr>) -> TokenStream {
 }
 
 /// `Some(Duration)` or `None` for an optional duration argument.
-fn optional_duration(millis: Option<u64>) -> TokenStream {
-    match millis {
-        Some(millis) => {
+fn optional_duration(duration: Option<&Duration>) -> TokenStream {
+    match duration {
+        Some(&Duration { millis, .. }) => {
             quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#millis)))
         }
         None => quote!(::core::option::Option::None),
@@ -494,6 +504,21 @@ mod tests {
                 "`stale` must be longer than `ttl`: it is how long a value is kept in all, to be served when the body fails after the value expired",
             ]
         );
+    }
+
+    #[test]
+    fn rules_that_do_not_need_the_ttl_apply_without_it() {
+        let errors = errors_of(cached(
+            quote!(key = "v:<id>", timeout = "1s"),
+            quote!(
+                async fn get(id: u64) -> u64 {
+                    id
+                }
+            ),
+        ));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("missing `ttl = \"...\"`"), "{errors:?}");
+        assert!(errors[1].starts_with("`timeout` needs `stale`"), "{errors:?}");
     }
 
     #[test]

@@ -1,4 +1,7 @@
-//! `#[rate_limit(key = "...", limit = N, per = "...")]`: arguments, checks and expansion.
+//! `#[rate_limit(key = "...", limit = N, per = "...")]`: checks on the function and expansion.
+//! Its arguments are rows of the one table in `attr.rs`, read by the same parser as the other
+//! attributes'; the rules between them (`limit`'s range, `fail_open` with `fail_closed`, the
+//! missing ones) are in `valid.rs`.
 //!
 //! The expansion puts the check before the body's first statement:
 //!
@@ -25,31 +28,9 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned as _;
 use syn::{Attribute, Expr, Item, ItemFn, LitStr, Meta, ReturnType, Stmt, Type};
 
-use syn::punctuated::Punctuated;
-use syn::{Ident, Token};
-
-use crate::attr::RawArg;
+use crate::attr::{self, Args};
 use crate::errors::Errors;
 use crate::expand;
-use crate::ttl::parse_ttl;
-
-/// The largest `limit` (the runtime's `MAX_RATE_LIMIT`).
-const MAX_LIMIT: u64 = 1_000_000;
-
-const ARGS: &str =
-    "`key`, `limit`, `per`, `fail_open`, `fail_closed`, `charge_hits`, `cache`, `name`";
-
-/// The validated arguments.
-struct Args {
-    key: Option<LitStr>,
-    limit: Option<u64>,
-    per_millis: Option<u64>,
-    fail_closed: bool,
-    /// Where `charge_hits` is written, if it is.
-    charge_hits: Option<Span>,
-    cache: Option<Expr>,
-    name: Option<LitStr>,
-}
 
 /// `#[rate_limit(...)]`.
 pub(crate) fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -58,14 +39,13 @@ pub(crate) fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
         errors.push(Span::call_site(), "`#[rate_limit]` applies to `async fn` items and methods");
         return with_errors(&errors, item);
     };
-    let parser = Punctuated::<RawArg, Token![,]>::parse_terminated;
-    let args = syn::parse::Parser::parse2(parser, args)
-        .map_err(|error| errors.add(error))
-        .ok()
-        .map(|raw| Args::from_raw(raw, &mut errors));
+    let args = Args::parse(attr::Attribute::RateLimit, args, &mut errors);
+    if let Some(args) = &args {
+        args.check(&mut errors);
+    }
     let key = expand::rate_limit_key(
         &function.sig,
-        args.as_ref().and_then(|args| args.key.as_ref()),
+        args.as_ref().and_then(|args| args.key.get()),
         &mut errors,
     );
     check_result(&function.sig.output, function.sig.ident.span(), &mut errors);
@@ -76,7 +56,9 @@ pub(crate) fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
         );
     }
     let cached = function.attrs.iter().position(is_cached);
-    if let (Some(span), None) = (args.as_ref().and_then(|args| args.charge_hits), cached) {
+    let charge_hits =
+        args.as_ref().and_then(|args| args.charge_hits.get().and(args.charge_hits.span()));
+    if let (Some(span), None) = (charge_hits, cached) {
         errors.push(
             span,
             "`charge_hits` needs `#[cached]` below `#[rate_limit]`: without a cache every call is charged anyway",
@@ -85,13 +67,16 @@ pub(crate) fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
     let (Some(args), Some(key), true) = (args, key, errors.is_empty()) else {
         return with_errors(&errors, item);
     };
-    let (Some(limit), Some(per)) = (args.limit, args.per_millis) else {
+    let (Some(limit), Some(per)) = (args.limit.get(), args.per.get()) else {
         return with_errors(&errors, item);
     };
 
-    let name = args.name.as_ref().map_or_else(|| function.sig.ident.to_string(), LitStr::value);
-    let cache = expand::rate_limit_cache(args.cache.as_ref());
-    let mode = format_ident!("{}", if args.fail_closed { "Closed" } else { "Open" });
+    // The arguments' consumers: the limiter's static.
+    let (limit, per) = (limit.value, per.millis);
+    let name = args.name.get().map_or_else(|| function.sig.ident.to_string(), LitStr::value);
+    let cache = expand::rate_limit_cache(args.cache.get());
+    let mode =
+        format_ident!("{}", if args.fail_closed.get().is_some() { "Closed" } else { "Open" });
     let refused = match &function.sig.output {
         ReturnType::Type(_, ty) => quote_spanned! {ty.span()=>
             ::cache_runtime::__private::rate_limited(__cache_runtime_limited)
@@ -116,7 +101,7 @@ pub(crate) fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
         }
     }};
 
-    if let (Some(_), Some(index)) = (args.charge_hits, cached) {
+    if let (Some(_), Some(index)) = (charge_hits, cached) {
         // Before the cache lookup: expand the `#[cached]` below now, then check first.
         let attr = function.attrs.remove(index);
         let cached_args = match &attr.meta {
@@ -138,146 +123,6 @@ pub(crate) fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
 fn prepend(function: &mut ItemFn, check: TokenStream) {
     let check = Stmt::Expr(Expr::Verbatim(check), None);
     function.block.stmts.insert(0, check);
-}
-
-impl Args {
-    /// Validates every argument, reporting all problems at once.
-    fn from_raw(raw: Punctuated<RawArg, Token![,]>, errors: &mut Errors) -> Args {
-        let mut args = Args {
-            key: None,
-            limit: None,
-            per_millis: None,
-            fail_closed: false,
-            charge_hits: None,
-            cache: None,
-            name: None,
-        };
-        let mut seen: Vec<String> = Vec::new();
-        let mut fail_flags: Vec<&'static str> = Vec::new();
-        for arg in raw {
-            let arg = match arg {
-                RawArg::Positional(lit) => {
-                    errors.push(lit.span(), "expected `name = value`: write `key = \"...\"`");
-                    continue;
-                }
-                RawArg::Named { name, value } => Named { name, value },
-            };
-            let arg_name = arg.name.to_string();
-            if seen.contains(&arg_name) {
-                errors.push(arg.name.span(), format!("duplicate argument `{arg_name}`"));
-                continue;
-            }
-            seen.push(arg_name.clone());
-            match arg_name.as_str() {
-                "key" => args.key = string_value(&arg, errors, "key = \"login:<ip>\""),
-                "name" => args.name = string_value(&arg, errors, "name = \"login\""),
-                "limit" => args.limit = limit_value(&arg, errors),
-                "per" => {
-                    if let Some(lit) = string_value(&arg, errors, "per = \"1m\"") {
-                        match parse_ttl(&lit.value()) {
-                            Ok(millis) => args.per_millis = Some(millis),
-                            Err(message) => {
-                                errors.push(lit.span(), message.replace("time to live", "window"))
-                            }
-                        }
-                    }
-                }
-                "fail_open" | "fail_closed" | "charge_hits" => {
-                    if let Some(value) = &arg.value {
-                        errors.push(
-                            value.span(),
-                            format!(
-                                "`{arg_name}` is a flag and takes no value: write `{arg_name}`"
-                            ),
-                        );
-                        continue;
-                    }
-                    match arg_name.as_str() {
-                        "fail_open" => fail_flags.push("fail_open"),
-                        "fail_closed" => {
-                            fail_flags.push("fail_closed");
-                            args.fail_closed = true;
-                        }
-                        _ => args.charge_hits = Some(arg.name.span()),
-                    }
-                    if fail_flags.len() == 2 {
-                        errors.push(
-                            arg.name.span(),
-                            "`fail_open` and `fail_closed` exclude each other: choose what a call gets when the store fails (`fail_open`, the default, admits it)",
-                        );
-                    }
-                }
-                "cache" => match arg.value {
-                    Some(value) => args.cache = Some(value),
-                    None => {
-                        errors.push(arg.name.span(), "`cache` needs a value: `cache = self.cache`")
-                    }
-                },
-                _ => errors.push(
-                    arg.name.span(),
-                    format!("unknown argument `{arg_name}`; expected one of {ARGS}"),
-                ),
-            }
-        }
-        let missing = |name: &str| !seen.iter().any(|s| s == name);
-        if missing("key") {
-            errors.push(Span::call_site(), "missing `key = \"...\"`: `#[rate_limit]` needs a key template such as `key = \"login:<ip>\"`");
-        }
-        if missing("limit") {
-            errors.push(Span::call_site(), "missing `limit = ...`: `#[rate_limit]` needs the calls admitted per window, such as `limit = 5`");
-        }
-        if missing("per") {
-            errors.push(
-                Span::call_site(),
-                "missing `per = \"...\"`: `#[rate_limit]` needs the window, such as `per = \"1m\"`",
-            );
-        }
-        args
-    }
-}
-
-/// One `name` or `name = value` argument.
-struct Named {
-    name: Ident,
-    value: Option<Expr>,
-}
-
-/// `limit = <integer literal>`, 1 to [`MAX_LIMIT`].
-fn limit_value(arg: &Named, errors: &mut Errors) -> Option<u64> {
-    let Some(value) = &arg.value else {
-        errors.push(arg.name.span(), "`limit` needs a value: `limit = 5`");
-        return None;
-    };
-    let Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(int), .. }) = value else {
-        errors.push(value.span(), "expected an integer literal: `limit = 5`");
-        return None;
-    };
-    match int.base10_parse::<u64>() {
-        Ok(0) => errors
-            .push(int.span(), "`limit` must be at least 1: it is how many calls the window admits"),
-        Ok(limit) if limit > MAX_LIMIT => errors.push(
-            int.span(),
-            "`limit` must be at most 1000000: the exact window keeps one entry per admitted call",
-        ),
-        Ok(limit) => return Some(limit),
-        Err(error) => errors.add(error),
-    }
-    None
-}
-
-/// The string literal value of `arg`, or an error showing the expected form.
-fn string_value(arg: &Named, errors: &mut Errors, example: &str) -> Option<LitStr> {
-    match &arg.value {
-        Some(Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(lit), .. })) => Some(lit.clone()),
-        Some(other) => {
-            errors.push(other.span(), format!("expected a string literal: `{example}`"));
-            None
-        }
-        None => {
-            errors.push(arg.name.span(), format!("`{}` needs a value: `{example}`", arg.name));
-            None
-        }
-    }
 }
 
 /// A refused call returns `Err`: the function must return a `Result` (by its written name,
@@ -322,4 +167,82 @@ fn expanded_by_cached(function: &ItemFn) -> bool {
 fn with_errors(errors: &Errors, item: TokenStream) -> TokenStream {
     let errors = errors.to_compile_errors();
     quote!(#errors #item)
+}
+
+#[cfg(test)]
+mod tests {
+    use proc_macro2::TokenTree;
+    use quote::quote;
+
+    use super::*;
+
+    /// The messages of the `compile_error!`s in the output.
+    fn errors_of(output: TokenStream) -> Vec<String> {
+        let tokens: Vec<TokenTree> = output.into_iter().collect();
+        tokens
+            .windows(3)
+            .filter_map(|window| match window {
+                [TokenTree::Ident(name), TokenTree::Punct(bang), TokenTree::Group(group)]
+                    if name == "compile_error" && bang.as_char() == '!' =>
+                {
+                    Some(syn::parse2::<LitStr>(group.stream()).unwrap().value())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn login() -> TokenStream {
+        quote!(
+            async fn login(ip: u32) -> Result<u32, E> {
+                Ok(ip)
+            }
+        )
+    }
+
+    #[test]
+    fn the_limiter_is_built_from_the_arguments() {
+        let output = rate_limit(
+            quote!(key = "login:<ip>", limit = 5, per = "1m", fail_closed, name = "n"),
+            login(),
+        );
+        let text = output.to_string();
+        assert!(errors_of(output).is_empty(), "{text}");
+        assert!(text.contains("name : \"n\" , limit : 5u64 , per : :: core :: time :: Duration :: from_millis (60000u64) , on_failure : :: cache_runtime :: __private :: FailMode :: Closed"), "{text}");
+    }
+
+    #[test]
+    fn arguments_are_read_by_the_shared_parser() {
+        let errors = errors_of(rate_limit(
+            quote!(key = 1, limit = "5", limit = 6, per = "1m", burst = 2, fail_open = true),
+            login(),
+        ));
+        assert_eq!(
+            errors,
+            [
+                "expected a string literal: `key = \"login:<ip>\"`",
+                "expected an integer literal: `limit = 5`",
+                "duplicate argument `limit`",
+                "unknown argument `burst`; expected one of `key`, `limit`, `per`, `fail_open`, `fail_closed`, `charge_hits`, `cache`, `name`",
+                "`fail_open` is a flag and takes no value: write `fail_open`",
+            ]
+        );
+    }
+
+    #[test]
+    fn rules_between_arguments_apply() {
+        for args in [
+            quote!(key = "login:<ip>", limit = 5, per = "1m", fail_open, fail_closed),
+            quote!(key = "login:<ip>", limit = 5, per = "1m", fail_closed, fail_open),
+        ] {
+            let errors = errors_of(rate_limit(args, login()));
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].starts_with("`fail_open` and `fail_closed` exclude each other"));
+        }
+        let errors = errors_of(rate_limit(quote!(limit = 0), login()));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("missing `key = \"...\"`: `#[rate_limit]`"), "{errors:?}");
+        assert!(errors[1].starts_with("missing `per = \"...\"`"), "{errors:?}");
+        assert!(errors[2].starts_with("`limit` must be at least 1"), "{errors:?}");
+    }
 }

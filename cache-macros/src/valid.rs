@@ -1,85 +1,168 @@
-//! Rules between arguments, checked once each argument was read on its own (`attr.rs`).
+//! Rules between arguments, checked once each argument was read on its own (`attr.rs`): one
+//! function per rule, listed in [`RULES`], each spanned on the user's text (the argument it
+//! is about, or the whole attribute for a missing one).
+//!
+//! A rule reads the slots of [`Args`]; an argument the attribute does not accept is never
+//! written, so every rule applies to every attribute.
 
 use proc_macro2::Span;
 
 use crate::attr::{Args, Attribute};
 use crate::errors::Errors;
+use crate::item::Shape;
 
-/// How `#[cached]` and `#[cache_put]` store a value, checked: durations in milliseconds.
-pub(crate) struct Storage {
-    pub(crate) ttl: u64,
-    pub(crate) lock: bool,
-    /// Total keep time for stale fallback, longer than `ttl`.
-    pub(crate) stale: Option<u64>,
-    /// Age that triggers an early refresh, shorter than `ttl`.
-    pub(crate) refresh: Option<u64>,
-    /// How long absent results are cached.
-    pub(crate) absent_ttl: Option<u64>,
-    /// XFetch's β (`early`).
-    pub(crate) early: Option<f64>,
-    /// How long a caller holding a stale value waits for the body (`timeout`).
-    pub(crate) timeout: Option<u64>,
-    /// Use the cache's near cache, if it has one (`near = false` opts out).
-    pub(crate) near: bool,
-    /// Sliding expiration: a hit extends the value's life by this, up to `ttl`.
-    pub(crate) idle: Option<u64>,
-}
+/// The largest `limit` (the runtime's `MAX_RATE_LIMIT`).
+const MAX_LIMIT: u64 = 1_000_000;
+
+/// Every rule, in the order their errors are reported.
+const RULES: &[fn(&Args, &mut Errors)] = &[
+    templates_required,
+    key_required,
+    ttl_required,
+    limit_required,
+    per_required,
+    stale_longer_than_ttl,
+    refresh_shorter_than_ttl,
+    early_excludes_refresh,
+    timeout_needs_stale,
+    idle_shorter_than_ttl,
+    idle_excludes_stale,
+    idle_excludes_refresh_and_early,
+    limit_in_range,
+    fail_open_excludes_fail_closed,
+];
 
 impl Args {
-    /// Reports every rule between arguments that does not hold. Returns how a key-writing
-    /// attribute stores, or `None` for `#[invalidates]` and when `ttl` is missing or invalid.
-    pub(crate) fn check(&self, errors: &mut Errors) -> Option<Storage> {
-        let attribute = self.attribute.name();
-        if self.attribute == Attribute::Invalidates {
-            if self.templates.is_empty() {
-                errors.push(Span::call_site(), "`#[invalidates]` needs at least one key or pattern: `#[invalidates(\"vehicle:<v.id>\", \"homepage:*\")]`");
-            }
-            return None;
+    /// Reports every rule between arguments that does not hold.
+    pub(crate) fn check(&self, errors: &mut Errors) {
+        for rule in RULES {
+            rule(self, errors);
         }
-        if !self.key.is_written() {
-            errors.push(Span::call_site(), format!("missing `key = \"...\"`: `#[{attribute}]` needs a key template such as `key = \"vehicle:<id>\"`"));
-        }
-        if !self.ttl.is_written() {
-            errors.push(
-                Span::call_site(),
-                format!("missing `ttl = \"...\"`: `#[{attribute}]` needs a time to live such as `ttl = \"15m\"`"),
-            );
-        }
-        let ttl = self.ttl.get()?.millis;
-        if let Some(stale) = self.stale.get().filter(|stale| stale.millis <= ttl) {
+    }
+}
+
+fn templates_required(args: &Args, errors: &mut Errors) {
+    if args.attribute == Attribute::Invalidates && args.templates.is_empty() {
+        errors.push(Span::call_site(), "`#[invalidates]` needs at least one key or pattern: `#[invalidates(\"vehicle:<v.id>\", \"homepage:*\")]`");
+    }
+}
+
+fn key_required(args: &Args, errors: &mut Errors) {
+    if args.key.is_missing() {
+        let (attribute, example) = (args.attribute.name(), args.attribute.example_key());
+        errors.push(Span::call_site(), format!("missing `key = \"...\"`: `#[{attribute}]` needs a key template such as `key = \"{example}\"`"));
+    }
+}
+
+fn ttl_required(args: &Args, errors: &mut Errors) {
+    if args.ttl.is_missing() {
+        let attribute = args.attribute.name();
+        errors.push(
+            Span::call_site(),
+            format!("missing `ttl = \"...\"`: `#[{attribute}]` needs a time to live such as `ttl = \"15m\"`"),
+        );
+    }
+}
+
+fn limit_required(args: &Args, errors: &mut Errors) {
+    if args.limit.is_missing() {
+        errors.push(Span::call_site(), "missing `limit = ...`: `#[rate_limit]` needs the calls admitted per window, such as `limit = 5`");
+    }
+}
+
+fn per_required(args: &Args, errors: &mut Errors) {
+    if args.per.is_missing() {
+        errors.push(
+            Span::call_site(),
+            "missing `per = \"...\"`: `#[rate_limit]` needs the window, such as `per = \"1m\"`",
+        );
+    }
+}
+
+fn stale_longer_than_ttl(args: &Args, errors: &mut Errors) {
+    if let (Some(ttl), Some(stale)) = (args.ttl.get(), args.stale.get()) {
+        if stale.millis <= ttl.millis {
             errors.push(stale.span, "`stale` must be longer than `ttl`: it is how long a value is kept in all, to be served when the body fails after the value expired");
         }
-        if let Some(refresh) = self.refresh.get().filter(|refresh| refresh.millis >= ttl) {
+    }
+}
+
+fn refresh_shorter_than_ttl(args: &Args, errors: &mut Errors) {
+    if let (Some(ttl), Some(refresh)) = (args.ttl.get(), args.refresh.get()) {
+        if refresh.millis >= ttl.millis {
             errors.push(refresh.span, "`refresh` must be shorter than `ttl`: it is the age at which a hit recomputes the value before it expires");
         }
-        if let (Some((_, span)), true) = (self.early.get(), self.refresh.is_written()) {
-            errors.push(*span, "`early` and `refresh` exclude each other: both recompute a value before it expires (`refresh` at a fixed age, `early` with XFetch's probability); choose one");
+    }
+}
+
+fn early_excludes_refresh(args: &Args, errors: &mut Errors) {
+    if let (Some(early), true) = (args.early.get(), args.refresh.is_written()) {
+        errors.push(early.span, "`early` and `refresh` exclude each other: both recompute a value before it expires (`refresh` at a fixed age, `early` with XFetch's probability); choose one");
+    }
+}
+
+fn timeout_needs_stale(args: &Args, errors: &mut Errors) {
+    if let (Some(timeout), false) = (args.timeout.get(), args.stale.is_written()) {
+        errors.push(timeout.span, "`timeout` needs `stale`: past the timeout a caller is answered with the expired value that `stale` keeps (the body goes on in the background); without one there is nothing to answer with. Add `stale = \"1h\"`, or remove `timeout`");
+    }
+}
+
+fn idle_shorter_than_ttl(args: &Args, errors: &mut Errors) {
+    if let (Some(ttl), Some(idle)) = (args.ttl.get(), args.idle.get()) {
+        if idle.millis >= ttl.millis {
+            errors.push(idle.span, "`idle` must be shorter than `ttl`: a hit extends the value's life by `idle`, and `ttl` is the absolute cap, counted from when the value was written");
         }
-        if let (Some(timeout), false) = (self.timeout.get(), self.stale.is_written()) {
-            errors.push(timeout.span, "`timeout` needs `stale`: past the timeout a caller is answered with the expired value that `stale` keeps (the body goes on in the background); without one there is nothing to answer with. Add `stale = \"1h\"`, or remove `timeout`");
-        }
-        if let Some(idle) = self.idle.get() {
-            if idle.millis >= ttl {
-                errors.push(idle.span, "`idle` must be shorter than `ttl`: a hit extends the value's life by `idle`, and `ttl` is the absolute cap, counted from when the value was written");
-            }
-            if self.stale.is_written() {
-                errors.push(idle.span, "`idle` and `stale` exclude each other: `idle` ends a value's life once nobody reads it, `stale` keeps it past its `ttl` to serve when the body fails; choose one");
-            }
-            if self.refresh.is_written() || self.early.is_written() {
-                let other = if self.refresh.is_written() { "refresh" } else { "early" };
-                errors.push(idle.span, format!("`idle` and `{other}` exclude each other: `{other}` recomputes a value that is still read, which writes it anew and restarts the `ttl` that `idle` keeps as an absolute cap; choose one"));
-            }
-        }
-        Some(Storage {
-            ttl,
-            lock: self.lock.get().is_some(),
-            stale: self.stale.get().map(|stale| stale.millis),
-            refresh: self.refresh.get().map(|refresh| refresh.millis),
-            absent_ttl: self.absent_ttl.get().map(|absent| absent.millis),
-            early: self.early.get().map(|(beta, _)| *beta),
-            timeout: self.timeout.get().map(|timeout| timeout.millis),
-            near: self.near.get().copied().unwrap_or(true),
-            idle: self.idle.get().map(|idle| idle.millis),
-        })
+    }
+}
+
+fn idle_excludes_stale(args: &Args, errors: &mut Errors) {
+    if let (Some(idle), true) = (args.idle.get(), args.stale.is_written()) {
+        errors.push(idle.span, "`idle` and `stale` exclude each other: `idle` ends a value's life once nobody reads it, `stale` keeps it past its `ttl` to serve when the body fails; choose one");
+    }
+}
+
+fn idle_excludes_refresh_and_early(args: &Args, errors: &mut Errors) {
+    let Some(idle) = args.idle.get() else { return };
+    let other = if args.refresh.is_written() {
+        "refresh"
+    } else if args.early.is_written() {
+        "early"
+    } else {
+        return;
+    };
+    errors.push(idle.span, format!("`idle` and `{other}` exclude each other: `{other}` recomputes a value that is still read, which writes it anew and restarts the `ttl` that `idle` keeps as an absolute cap; choose one"));
+}
+
+fn limit_in_range(args: &Args, errors: &mut Errors) {
+    let Some(limit) = args.limit.get() else { return };
+    if limit.value == 0 {
+        errors
+            .push(limit.span, "`limit` must be at least 1: it is how many calls the window admits");
+    } else if limit.value > MAX_LIMIT {
+        errors.push(
+            limit.span,
+            "`limit` must be at most 1000000: the exact window keeps one entry per admitted call",
+        );
+    }
+}
+
+/// Spanned on whichever of the two was written last.
+fn fail_open_excludes_fail_closed(args: &Args, errors: &mut Errors) {
+    let (Some(()), Some(())) = (args.fail_open.get(), args.fail_closed.get()) else { return };
+    let last = if args.fail_open.position() > args.fail_closed.position() {
+        &args.fail_open
+    } else {
+        &args.fail_closed
+    };
+    if let Some(span) = last.span() {
+        errors.push(span, "`fail_open` and `fail_closed` exclude each other: choose what a call gets when the store fails (`fail_open`, the default, admits it)");
+    }
+}
+
+/// The rule between `absent_ttl` and the function's return shape, checked once the
+/// signature was read.
+pub(crate) fn absent_ttl_needs_an_absent_result(args: &Args, shape: Shape, errors: &mut Errors) {
+    if let (Some(absent_ttl), false) = (args.absent_ttl.get(), shape.has_absent()) {
+        errors.push(absent_ttl.span, "`absent_ttl` caches absent results, and this function has none: it needs a return type of `Option<T>` or `Result<Option<T>, E>`");
     }
 }
