@@ -19,6 +19,39 @@ use crate::store::Removed;
 const BATCH: usize = 1000;
 
 impl RedisStore {
+    /// At build: a cache without a prefix on a server that may evict keys could never
+    /// invalidate a pattern (its indexes are never trusted, and a `SCAN` without a prefix is
+    /// refused), so it is refused as a configuration error. Redis unreachable: `Ok` (a cache
+    /// builds while Redis is down; the policy is read on the first write instead).
+    pub(crate) async fn check_setup(&self) -> Result<()> {
+        if !self.prefix.is_empty() {
+            return Ok(());
+        }
+        // Read here rather than through `eviction()`: a reading that does not last (a node
+        // loading, a dead primary) must not refuse the build; a lasting one is kept.
+        match self.read_eviction().await {
+            Ok(reading) if reading.settled => {
+                let _ = self.eviction.set(reading.policy);
+                if reading.policy == EvictionPolicy::Never {
+                    return Ok(());
+                }
+                Err(Error::InvalidConfig(
+                    "a cache without a prefix on a Redis that may evict keys (maxmemory set with an allkeys-* or volatile-* maxmemory-policy, or CONFIG GET refused) cannot invalidate patterns: its invalidation indexes may lose keys, and the SCAN that would make up for it is refused without a prefix, since it would remove other applications' keys. Give the cache a prefix, or set maxmemory-policy noeviction (or maxmemory 0)".into(),
+                ))
+            }
+            Ok(_) => {
+                tracing::debug!(
+                    "Redis eviction policy not settled at build; read again on the first write"
+                );
+                Ok(())
+            }
+            Err(error) => {
+                tracing::debug!(%error, "Redis eviction policy not read at build; read again on the first write");
+                Ok(())
+            }
+        }
+    }
+
     async fn exists(&self, full_key: &str) -> Result<bool> {
         let mut connection = self.connection.clone();
         let found: u64 =

@@ -16,6 +16,9 @@ use crate::error::Result;
 use crate::notify::Signal;
 use crate::store::lease::{LeaseKind, Peek, Wakeup};
 
+/// A lease's value (its holder's token, settling or not) and `PTTL`.
+type LeaseState = (Option<Vec<u8>>, i64);
+
 impl RedisStore {
     /// `<prefix>#lock:{name}` or `<prefix>#load:{name}`: the hash tag keeps a lock and its
     /// fencing counter in one slot.
@@ -115,12 +118,13 @@ impl RedisStore {
         let lease_key = self.lease_key(LeaseKind::Load, key);
         let get = redis::cmd("GET").arg(self.full_key(key)).clone();
         let lease = redis::pipe().cmd("GET").arg(&lease_key).cmd("PTTL").arg(&lease_key).clone();
-        let (bytes, (holder, millis)): (Option<Vec<u8>>, (Option<Vec<u8>>, i64)) = self
+        let (bytes, lease_state): (Option<Vec<u8>>, LeaseState) = self
             .guarded(futures_util::future::try_join(
                 get.query_async(&mut value_connection),
                 lease.query_async(&mut lease_connection),
             ))
             .await?;
+        let (holder, millis) = lease_state;
         let entry = bytes
             .filter(|bytes| !is_marker(bytes))
             .map(|json| Arc::new(Entry::from_stored(json, self.read)));

@@ -64,6 +64,16 @@ pub(crate) enum EvictionPolicy {
     Possible,
 }
 
+/// What one read of the eviction settings found.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    policy: EvictionPolicy,
+    /// Whether the reading lasts: `false` when a node refused for a passing reason
+    /// (loading, cluster down, a dead primary) and `policy` is only the safe assumption
+    /// ([`EvictionPolicy::Possible`]) the write path keeps meanwhile.
+    settled: bool,
+}
+
 pub(crate) struct RedisStore {
     connection: Link,
     prefix: String,
@@ -190,12 +200,16 @@ impl RedisStore {
     }
 
     /// What the server's eviction settings mean for the indexes, read once (on the first
-    /// write) and logged. On a cluster, eviction on any primary counts.
+    /// write, or at build by [`check_setup`](Self::check_setup)) and logged. On a cluster,
+    /// eviction on any primary counts. A read that fails (Redis unreachable, loading, ...)
+    /// is not kept: the next call reads again.
     pub(crate) async fn eviction(&self) -> Result<EvictionPolicy> {
-        self.eviction.get_or_try_init(|| self.read_eviction()).await.copied()
+        let read = || async { self.read_eviction().await.map(|reading| reading.policy) };
+        self.eviction.get_or_try_init(read).await.copied()
     }
 
-    async fn read_eviction(&self) -> Result<EvictionPolicy> {
+    /// Reads the eviction settings of every primary (see [`Reading`]).
+    async fn read_eviction(&self) -> Result<Reading> {
         let mut config = redis::cmd("CONFIG");
         config.arg("GET").arg("maxmemory*");
         let mut replies: Vec<Result<Vec<String>>> = Vec::new();
@@ -213,12 +227,17 @@ impl RedisStore {
             replies.push(self.guarded(config.query_async(&mut connection)).await);
         }
         let mut policy = EvictionPolicy::Never;
+        let mut settled = true;
         for reply in replies {
             let pairs = match reply {
                 Ok(pairs) => pairs,
+                // Redis answered but did not say: assume the worst.
                 Err(Error::Backend(error)) if !is_connection_failure(&error.0) => {
                     tracing::warn!(%error, "CONFIG GET maxmemory* refused: assuming Redis may evict invalidation indexes");
                     policy = EvictionPolicy::Possible;
+                    // CONFIG renamed or not permitted lasts; a node loading, a cluster
+                    // down or a dead primary passes.
+                    settled &= matches!(error.0.retry_method(), redis::RetryMethod::NoRetry);
                     continue;
                 }
                 Err(error) => return Err(error),
@@ -239,7 +258,7 @@ impl RedisStore {
                 tracing::info!(maxmemory, policy = chosen, "Redis never evicts keys: invalidation indexes are complete from their creation");
             }
         }
-        Ok(policy)
+        Ok(Reading { policy, settled })
     }
 
     /// Whether new indexes are trusted from their creation (the server never evicts).
@@ -588,6 +607,135 @@ impl Drop for ProbeReport<'_> {
     fn drop(&mut self) {
         if !self.reported {
             self.breaker.abandoned(self.pass);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(dead_code, unreachable_pub, missing_docs)]
+#[path = "../../../../tests/src/redis_server.rs"]
+mod redis_server;
+
+#[cfg(test)]
+mod tests {
+    use super::redis_server::RedisServer;
+    use super::*;
+    use crate::format::{Codec, Format, Stamp};
+    use crate::notify::Signal;
+    use crate::store::lease::{new_token, LeaseKind};
+    use crate::store::Store;
+
+    fn store(url: &str, prefix: &str) -> Store {
+        Store::redis(RedisOptions {
+            urls: vec![url.to_owned()],
+            cluster: false,
+            prefix: prefix.to_owned(),
+            connect_timeout: Duration::from_millis(500),
+            command_timeout: Duration::from_millis(500),
+            read: ReadFormat::default(),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_settling_lease_is_seen_by_waiters_and_still_extended_and_released_by_its_token() {
+        let server = RedisServer::start();
+        let store = store(&server.url(), "t:");
+        let (key, token) = ("vehicle:1", new_token());
+        assert!(store.try_load_lease(key, &token, Duration::from_secs(10)).await.unwrap());
+        let peek = store.peek_with_lease(key).await.unwrap();
+        assert!(peek.entry.is_none() && !peek.settling);
+        assert!(peek.lease_left > Duration::from_secs(9), "{:?}", peek.lease_left);
+
+        assert!(!store.settle_load_lease(key, "someone else").await.unwrap());
+        assert!(!store.peek_with_lease(key).await.unwrap().settling);
+        assert!(store.settle_load_lease(key, &token).await.unwrap());
+        assert!(store.settle_load_lease(key, &token).await.unwrap(), "settling twice holds");
+        let peek = store.peek_with_lease(key).await.unwrap();
+        assert!(peek.settling);
+        assert!(peek.lease_left > Duration::from_secs(9), "TTL kept: {:?}", peek.lease_left);
+
+        let lease = Duration::from_secs(30);
+        assert!(!store.extend_lease(LeaseKind::Load, key, "someone else", lease).await.unwrap());
+        assert!(store.extend_lease(LeaseKind::Load, key, &token, lease).await.unwrap());
+        let peek = store.peek_with_lease(key).await.unwrap();
+        assert!(peek.settling && peek.lease_left > Duration::from_secs(20));
+        assert!(!store.try_load_lease(key, "another", lease).await.unwrap(), "still held");
+
+        let released = store.release_lease(LeaseKind::Load, key, &token, Signal::Ready);
+        assert!(released.await.unwrap());
+        let peek = store.peek_with_lease(key).await.unwrap();
+        assert!(!peek.settling && peek.lease_left.is_zero());
+        assert!(!store.settle_load_lease(key, &token).await.unwrap(), "released: not held");
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_settles_at_once() {
+        let store = Store::memory(1 << 20);
+        assert!(store.settle_load_lease("k", "t").await.unwrap());
+        let peek = store.peek_with_lease("k").await.unwrap();
+        assert!(peek.entry.is_none() && peek.lease_left.is_zero() && !peek.settling);
+        assert!(store.check_setup().await.is_ok());
+    }
+
+    const EVICTS: [&str; 4] = ["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"];
+
+    #[tokio::test]
+    async fn an_unprefixed_cache_on_an_evicting_redis_is_a_configuration_error() {
+        let evicting = RedisServer::start_with(&EVICTS);
+        let error = store(&evicting.url(), "").check_setup().await.unwrap_err();
+        assert!(
+            matches!(&error, crate::Error::InvalidConfig(why) if why.contains("prefix")),
+            "{error}"
+        );
+        assert!(store(&evicting.url(), "app:").check_setup().await.is_ok(), "a prefix scans");
+        // Indexes carry a TTL: volatile-* policies evict them too.
+        let volatile =
+            RedisServer::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru"]);
+        assert!(store(&volatile.url(), "").check_setup().await.is_err(), "volatile-lru");
+        let bounded = RedisServer::start_with(&["--maxmemory", "64mb"]); // noeviction
+        assert!(store(&bounded.url(), "").check_setup().await.is_ok(), "noeviction");
+        let never = RedisServer::start();
+        assert!(store(&never.url(), "").check_setup().await.is_ok(), "maxmemory 0");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_passes_the_check_and_is_read_again_later() {
+        let mut server = RedisServer::start_with(&EVICTS);
+        let store = store(&server.url(), "");
+        server.kill();
+        assert!(store.check_setup().await.is_ok(), "Redis down: the cache still builds");
+        server.restart();
+        // The failed read was not kept: once Redis answers, the policy is read.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match store.check_setup().await {
+                Err(crate::Error::InvalidConfig(_)) => break,
+                outcome => {
+                    assert!(std::time::Instant::now() < deadline, "still {outcome:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_lua_header_reader_reads_the_write_time_rust_wrote() {
+        let server = RedisServer::start();
+        let mut connection = server.connection().await;
+        let reader = format!("{}\nreturn written_ms(ARGV[1])", scripts::header_reader());
+        let script = redis::Script::new(&reader);
+        for codec in [Codec::Json, Codec::MessagePack, Codec::Postcard] {
+            let format = Format { codec, compress_above: Some(0), read: ReadFormat::default() };
+            let (bytes, _) = format.encode(&"x".repeat(100)).unwrap();
+            let written: Option<u64> =
+                script.arg(&bytes).invoke_async(&mut connection).await.unwrap();
+            assert_eq!(written, Some(Stamp::of(&bytes).unwrap().written_ms));
+        }
+        for other in [&b"7"[..], b"cr1:j:-:0000000000000000:7", crate::codec::ABSENT, MARKER_TAG] {
+            let written: Option<u64> =
+                script.arg(other).invoke_async(&mut connection).await.unwrap();
+            assert_eq!(written, None);
         }
     }
 }
