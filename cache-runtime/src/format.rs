@@ -11,8 +11,11 @@
 //!
 //! - `cr2`: the envelope version. Readers also decode `cr1` (the previous release's
 //!   envelope: the same fields without `written` and `delta`) and plain JSON (no header, the
-//!   release before). A reader that meets any other version (a later release) treats the
-//!   value as written by another schema: a miss that does not store.
+//!   release before). A reader that meets another version whose header parses (`cr<digits>:`
+//!   then the three fields every version starts with, `<codec>:<compression>:<fingerprint>:`,
+//!   see [`is_later_envelope`]) treats the value as a later release's: a miss that does not
+//!   store. Anything else that starts with `cr` (another application's text) is garbage: a
+//!   miss that the fresh value replaces.
 //! - codec: `j` JSON, `m` MessagePack (named fields), `p` postcard.
 //! - compression: `-` none, or `l<n>`: an lz4 block that inflates to exactly `n` bytes.
 //! - fingerprint: 16 hex digits, a hash of the value type's name (references stripped, so
@@ -40,6 +43,11 @@
 //! The header starts with `c`, never with a NUL byte (the first byte of a pending marker),
 //! and never with the first byte of a JSON text: a value without it is the previous
 //! release's plain JSON, decoded as before.
+//!
+//! **One layout.** [`MAGIC`], [`SEPARATOR`] and [`Field`] define the `cr2` header for the
+//! encoder, the decoder, [`Stamp::of`] and the Lua scripts that read a header on the server
+//! (`store/redis/scripts.rs` builds its header reader from them): changing the layout here
+//! changes it everywhere.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -86,12 +94,87 @@ impl Codec {
     }
 }
 
-/// The envelope's version tag, as written.
-const MAGIC: &[u8] = b"cr2:";
-/// The previous release's envelope (no `written` and `delta` fields), still read.
+/// The envelope's version tag, as written: the header starts with it.
+pub(crate) const MAGIC: &[u8] = b"cr2:";
+/// What separates the header's fields (and ends the last one, before the payload).
+pub(crate) const SEPARATOR: u8 = b':';
+/// The previous release's envelope (the first [`V1_FIELDS`] fields of `cr2`), still read.
 const MAGIC_V1: &[u8] = b"cr1:";
-/// Every envelope starts with `cr`; any other version is a later release's.
+/// How many fields a `cr1` header has: codec, compression, fingerprint.
+const V1_FIELDS: usize = 3;
+/// Every envelope starts with `cr` and its version in decimal digits.
 const FAMILY: &[u8] = b"cr";
+
+/// The fields of a `cr2` header after [`MAGIC`], in order, each ended by [`SEPARATOR`].
+/// Every envelope version starts with the first three ([`Field::Codec`],
+/// [`Field::Compression`], [`Field::Fingerprint`]); later versions may only add fields after
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Field {
+    /// `j`, `m` or `p` (see [`Codec`]).
+    Codec = 0,
+    /// `-`, or `l<n>` for an lz4 block inflating to `n` bytes.
+    Compression = 1,
+    /// 16 hex digits.
+    Fingerprint = 2,
+    /// The writer's clock at encoding, ms since the Unix epoch, decimal.
+    Written = 3,
+    /// How long the load took, whole ms, decimal (`0`: unknown).
+    Delta = 4,
+}
+
+impl Field {
+    /// How many fields a `cr2` header has.
+    pub(crate) const COUNT: usize = 5;
+
+    /// The field's position among the header's fields (0 for the first after [`MAGIC`]).
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A `cr2` header's fields and the payload after them; `None` when `stored` does not
+/// start with [`MAGIC`] or has fewer fields. The fields' contents are not checked.
+fn split_v2(stored: &[u8]) -> Option<([&[u8]; Field::COUNT], &[u8])> {
+    let rest = stored.strip_prefix(MAGIC)?;
+    let mut parts = rest.splitn(Field::COUNT + 1, |&b| b == SEPARATOR);
+    let mut fields: [&[u8]; Field::COUNT] = [&[]; Field::COUNT];
+    for field in &mut fields {
+        *field = parts.next()?;
+    }
+    Some((fields, parts.next()?))
+}
+
+/// Whether `stored` is a later release's envelope: `cr`, a version in decimal digits that
+/// this release does not read, `:`, then the fields every version starts with, each ended by
+/// `:`: a codec tag (ASCII letters and digits), a compression (`-`, or ASCII letters and
+/// digits) and a fingerprint (16 hex digits). Another application's text that happens to
+/// start with `cr` (`created by ...`, `cr:x`, `cr3 notes`) is not.
+pub(crate) fn is_later_envelope(stored: &[u8]) -> bool {
+    let Some(rest) = stored.strip_prefix(FAMILY) else { return false };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 9 {
+        return false;
+    }
+    let (version, rest) = rest.split_at(digits);
+    if version == &MAGIC[FAMILY.len()..MAGIC.len() - 1]
+        || version == &MAGIC_V1[FAMILY.len()..MAGIC_V1.len() - 1]
+    {
+        return false; // a version this release reads: judged by its own parser
+    }
+    let Some(rest) = rest.strip_prefix(&[SEPARATOR]) else { return false };
+    let mut parts = rest.splitn(V1_FIELDS + 1, |&b| b == SEPARATOR);
+    let (Some(codec), Some(compression), Some(fp), Some(_)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let token = |field: &[u8]| !field.is_empty() && field.iter().all(u8::is_ascii_alphanumeric);
+    token(codec)
+        && (compression == b"-" || token(compression))
+        && fp.len() == 16
+        && fp.iter().all(u8::is_ascii_hexdigit)
+}
 
 /// What a `cr2` header says about when and how a value was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,21 +189,9 @@ impl Stamp {
     /// Reads the stamp of stored bytes: `None` for a `cr1` value, plain JSON, a pending
     /// marker, an absent result or a malformed header.
     pub(crate) fn of(stored: &[u8]) -> Option<Stamp> {
-        let rest = stored.strip_prefix(MAGIC)?;
-        // codec, compression, fingerprint, written, delta, then the payload.
-        let mut fields = rest.splitn(6, |&b| b == b':');
-        let (_, _, _, Some(written), Some(delta), Some(_)) = (
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-        ) else {
-            return None;
-        };
-        let written_ms = decimal(written)?;
-        let delta = decimal(delta)?;
+        let (fields, _) = split_v2(stored)?;
+        let written_ms = decimal(fields[Field::Written.index()])?;
+        let delta = decimal(fields[Field::Delta.index()])?;
         Some(Stamp {
             written_ms,
             load_time: (delta > 0).then(|| std::time::Duration::from_millis(delta)),
@@ -339,27 +410,24 @@ impl Format {
         let compressed = compress.then(|| lz4_flex::block::compress(&payload));
         // Keep the compressed form only when it is smaller.
         let compressed = compressed.filter(|c| c.len() < payload.len());
-        let mut out = Vec::with_capacity(32 + compressed.as_ref().map_or(payload.len(), Vec::len));
-        out.extend_from_slice(MAGIC);
-        out.push(self.codec.tag());
-        out.push(b':');
-        match &compressed {
-            Some(_) => {
-                out.push(b'l');
-                out.extend_from_slice(encoded_len.to_string().as_bytes());
-            }
-            None => out.push(b'-'),
-        }
-        out.push(b':');
-        out.extend_from_slice(format!("{fp:016x}").as_bytes());
-        out.push(b':');
-        out.extend_from_slice(now_ms().to_string().as_bytes());
-        out.push(b':');
         // A load shorter than a millisecond is recorded as 1 ms: 0 means unknown.
         let delta =
             load_time.map_or(0, |took| u64::try_from(took.as_millis()).unwrap_or(u64::MAX).max(1));
-        out.extend_from_slice(delta.to_string().as_bytes());
-        out.push(b':');
+        let mut fields: [Vec<u8>; Field::COUNT] = Default::default();
+        fields[Field::Codec.index()] = vec![self.codec.tag()];
+        fields[Field::Compression.index()] = match &compressed {
+            Some(_) => format!("l{encoded_len}").into_bytes(),
+            None => b"-".to_vec(),
+        };
+        fields[Field::Fingerprint.index()] = format!("{fp:016x}").into_bytes();
+        fields[Field::Written.index()] = now_ms().to_string().into_bytes();
+        fields[Field::Delta.index()] = delta.to_string().into_bytes();
+        let mut out = Vec::with_capacity(64 + compressed.as_ref().map_or(payload.len(), Vec::len));
+        out.extend_from_slice(MAGIC);
+        for field in &fields {
+            out.extend_from_slice(field);
+            out.push(SEPARATOR);
+        }
         out.extend_from_slice(compressed.as_deref().unwrap_or(&payload));
         Ok((out, encoded_len))
     }
@@ -392,29 +460,36 @@ impl ReadFormat {
             }
             return serde_json::from_slice(stored).map_err(|e| DecodeError::Corrupt(e.to_string()));
         }
-        let (rest, stamped) = if let Some(rest) = stored.strip_prefix(MAGIC) {
-            (rest, true)
-        } else if let Some(rest) = stored.strip_prefix(MAGIC_V1) {
-            (rest, false)
-        } else {
-            return Err(DecodeError::Schema); // another envelope version
-        };
-        let mut fields = rest.splitn(if stamped { 6 } else { 4 }, |&b| b == b':');
-        let (Some(codec), Some(compression), Some(fp)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            return Err(DecodeError::Corrupt("truncated header".into()));
-        };
-        if stamped {
+        let (codec, compression, fp, payload) = if stored.starts_with(MAGIC) {
+            let Some((fields, payload)) = split_v2(stored) else {
+                return Err(DecodeError::Corrupt("truncated header".into()));
+            };
             // `written` and `delta` (read by `Stamp::of`): digits, or the header is corrupt.
-            for _ in 0..2 {
-                if fields.next().and_then(decimal).is_none() {
-                    return Err(DecodeError::Corrupt("bad write stamp".into()));
-                }
+            if [Field::Written, Field::Delta]
+                .iter()
+                .any(|field| decimal(fields[field.index()]).is_none())
+            {
+                return Err(DecodeError::Corrupt("bad write stamp".into()));
             }
-        }
-        let Some(payload) = fields.next() else {
-            return Err(DecodeError::Corrupt("truncated header".into()));
+            (
+                fields[Field::Codec.index()],
+                fields[Field::Compression.index()],
+                fields[Field::Fingerprint.index()],
+                payload,
+            )
+        } else if let Some(rest) = stored.strip_prefix(MAGIC_V1) {
+            let mut parts = rest.splitn(V1_FIELDS + 1, |&b| b == SEPARATOR);
+            let (Some(codec), Some(compression), Some(fp), Some(payload)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(DecodeError::Corrupt("truncated header".into()));
+            };
+            (codec, compression, fp, payload)
+        } else if is_later_envelope(stored) {
+            return Err(DecodeError::Schema); // a later release's envelope
+        } else {
+            // Starts with `cr` but is no envelope: another application's data.
+            return Err(DecodeError::Corrupt("not an envelope".into()));
         };
         let codec =
             Codec::from_tag(codec).ok_or_else(|| DecodeError::Corrupt("unknown codec".into()))?;
@@ -560,6 +635,74 @@ mod tests {
             ReadFormat::default().decode::<u32>(b"\"x\""),
             Err(DecodeError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn foreign_text_starting_with_cr_is_garbage_not_a_later_release() {
+        let reader = ReadFormat::default();
+        for foreign in [
+            &b"created by another app"[..],
+            b"cr",
+            b"cr:",
+            b"cr3",
+            b"cr3:",
+            b"cr3 notes",
+            b"cr12:j:-:",
+            b"cr3:j:-:not-a-fingerprint:1:0:{}",
+            b"cr3:j:-:0000000000000000",
+            b"cr3::-:0000000000000000:{}",
+            b"cr3:j::0000000000000000:{}",
+            b"crx:j:-:0000000000000000:{}",
+            b"cr2 and more",
+            b"cr1 and more",
+        ] {
+            assert!(!is_later_envelope(foreign), "{:?}", String::from_utf8_lossy(foreign));
+            for decoded in [
+                reader.decode::<String>(foreign).map(drop),
+                reader.decode::<Vehicle>(foreign).map(drop),
+            ] {
+                assert!(
+                    matches!(decoded, Err(DecodeError::Corrupt(_))),
+                    "{:?}: {decoded:?}",
+                    String::from_utf8_lossy(foreign)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_later_envelope_header_is_another_schema() {
+        let reader = ReadFormat::default();
+        for later in [
+            &b"cr3:j:-:0000000000000000:1:0:{}"[..],
+            b"cr3:z:-:0123456789abcdef:",
+            b"cr10:j:l12:0123456789ABCDEF:new:fields:payload",
+            b"cr3:m:-:0000000000000000:\xff\x00",
+        ] {
+            assert!(is_later_envelope(later), "{:?}", String::from_utf8_lossy(later));
+            assert!(matches!(reader.decode::<String>(later), Err(DecodeError::Schema)));
+        }
+        // The versions this release reads are judged by their own parser.
+        assert!(!is_later_envelope(b"cr2:j:-:0000000000000000:1:0:7"));
+        assert!(!is_later_envelope(b"cr1:j:-:0000000000000000:7"));
+    }
+
+    #[test]
+    fn the_layout_constants_describe_what_is_written() {
+        let (bytes, _) = format(Codec::Json, None)
+            .encode_traced(&7u32, Some(Duration::from_millis(42)))
+            .unwrap();
+        let (fields, payload) = split_v2(&bytes).unwrap();
+        assert_eq!(fields[Field::Codec.index()], b"j");
+        assert_eq!(fields[Field::Compression.index()], b"-");
+        let fp = format!("{:016x}", traced_fingerprint::<u32>(0));
+        assert_eq!(fields[Field::Fingerprint.index()], fp.as_bytes());
+        assert_eq!(
+            decimal(fields[Field::Written.index()]),
+            Some(Stamp::of(&bytes).unwrap().written_ms)
+        );
+        assert_eq!(fields[Field::Delta.index()], b"42");
+        assert_eq!(payload, b"7");
     }
 
     #[test]

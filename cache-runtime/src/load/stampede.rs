@@ -82,7 +82,8 @@ where
                 }
             }
             look_first = false;
-            let lease_left = match store.peek_with_lease(key).await {
+            let lease_left = match store.peek_with_lease(key).await.map(|p| (p.entry, p.lease_left))
+            {
                 Ok((Some(entry), _)) if entry.is_absent() => match S::absent() {
                     Some(absent) => {
                         // Read before followers that join now started: they look again.

@@ -4,51 +4,25 @@
 //! - A *lock* ([`LeaseKind::Lock`]) is [`Cache::lock`](crate::Cache::lock)'s lease, with a
 //!   fencing token per acquisition; its release wakes waiters on `#released:<resource>`.
 //! - A *load lease* ([`LeaseKind::Load`]) is what `#[cached(lock)]` takes so that one
-//!   process loads a key; its release says on `#filled:<key>` whether waiters should look
-//!   again (`1`) or the body failed (`0`).
+//!   process loads a key; its holder may mark it *settling* ([`Store::settle_load_lease`])
+//!   when it is about to confirm its outcome with the store; its release says on
+//!   `#filled:<key>` whether waiters should look again (`1`) or the body failed (`0`).
 //!
-//! On Redis a lease is `SET <prefix>#lock:{name} token NX PX lease` (or `#load:`), renewed
-//! and released only by its holder through compare-and-set scripts; the fencing counter
-//! `#fence:{name}` shares the lock's hash tag so the scripts stay in one slot on a cluster.
-//! On the memory store, locks are in-process ([`LocalLocks`]) and load leases are not
-//! needed: single flight already lets one caller load.
+//! On Redis (`store/redis/lease.rs`) a lease is a key set with `NX PX`, renewed, settled
+//! and released only by its holder through compare-and-set scripts. On the memory store,
+//! locks are in-process (`LocalLocks` in `store/memory.rs`) and load leases are not needed:
+//! single flight already lets one caller load.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
-use super::redis::{millis, RedisStore};
 use super::Store;
 use crate::codec::Entry;
 use crate::error::Result;
 use crate::notify::{Signal, FILLED, RELEASED};
-
-/// Sets the lock if free and returns the next fencing token, else 0.
-const ACQUIRE: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
-end
-return 0";
-
-/// Extends the lease if still held by this token.
-const EXTEND: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0";
-
-/// Deletes the lease if still held by this token, and publishes `ARGV[3]` on `ARGV[2]` to
-/// wake waiters (`1`: look again, `0`: the holder failed).
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return 1
-end
-return 0";
 
 /// A token no other holder uses: process id, time and a counter.
 pub(crate) fn new_token() -> String {
@@ -69,14 +43,14 @@ pub(crate) enum LeaseKind {
 }
 
 impl LeaseKind {
-    fn namespace(self) -> &'static str {
+    pub(crate) fn namespace(self) -> &'static str {
         match self {
             LeaseKind::Lock => "lock:",
             LeaseKind::Load => "load:",
         }
     }
 
-    fn channel_namespace(self) -> &'static str {
+    pub(crate) fn channel_namespace(self) -> &'static str {
         match self {
             LeaseKind::Lock => RELEASED,
             LeaseKind::Load => FILLED,
@@ -109,6 +83,18 @@ impl<'a> Wakeup<'a> {
     }
 }
 
+/// A waiter's look ([`Store::peek_with_lease`]).
+pub(crate) struct Peek {
+    /// The value under the key (a pending marker reads as absent).
+    pub(crate) entry: Option<Arc<Entry>>,
+    /// How long the load lease has left (zero when there is none).
+    pub(crate) lease_left: Duration,
+    /// Whether the lease's holder marked it settling: it is confirming its outcome with
+    /// the store.
+    #[allow(dead_code, reason = "read by the waiters in stampede.rs (being wired)")]
+    pub(crate) settling: bool,
+}
+
 impl Store {
     /// Whether other processes share this store (so loads coordinate through leases).
     pub(crate) fn shared(&self) -> bool {
@@ -124,16 +110,7 @@ impl Store {
     ) -> Result<Option<u64>> {
         match self {
             Store::Memory(store) => Ok(store.locks().try_acquire(resource, token, lease)),
-            Store::Redis(redis) => {
-                let (lock_key, fence_key) = (
-                    redis.lease_key(LeaseKind::Lock, resource),
-                    redis.reserved_key("fence:", &format!("{{{resource}}}")),
-                );
-                let fence: u64 = redis
-                    .script(ACQUIRE, &[&lock_key, &fence_key], &[token, &millis(lease).to_string()])
-                    .await?;
-                Ok((fence > 0).then_some(fence))
-            }
+            Store::Redis(redis) => redis.acquire_lock(resource, token, lease).await,
         }
     }
 
@@ -146,13 +123,24 @@ impl Store {
     ) -> Result<bool> {
         match self {
             Store::Memory(_) => Ok(true),
-            Store::Redis(redis) => {
-                redis.try_lease(&redis.lease_key(LeaseKind::Load, key), token, lease).await
-            }
+            Store::Redis(redis) => redis.try_load_lease(key, token, lease).await,
         }
     }
 
-    /// Extends a lease this token holds; `false` when it was lost.
+    /// Marks the load lease of `key` that `token` holds as *settling*: its holder is about
+    /// to confirm its outcome with the store. The lease keeps its time to live, and
+    /// [`extend_lease`](Self::extend_lease) and [`release_lease`](Self::release_lease) still
+    /// take the same token. Returns whether `token` held the lease (always on a store no
+    /// other process shares).
+    #[allow(dead_code, reason = "called by the holder in stampede.rs (being wired)")]
+    pub(crate) async fn settle_load_lease(&self, key: &str, token: &str) -> Result<bool> {
+        match self {
+            Store::Memory(_) => Ok(true),
+            Store::Redis(redis) => redis.settle_load_lease(key, token).await,
+        }
+    }
+
+    /// Extends a lease this token holds (settling or not); `false` when it was lost.
     pub(crate) async fn extend_lease(
         &self,
         kind: LeaseKind,
@@ -164,21 +152,12 @@ impl Store {
             Store::Memory(store) => {
                 Ok(kind == LeaseKind::Load || store.locks().extend(name, token, lease))
             }
-            Store::Redis(redis) => {
-                let extended: u64 = redis
-                    .script(
-                        EXTEND,
-                        &[&redis.lease_key(kind, name)],
-                        &[token, &millis(lease).to_string()],
-                    )
-                    .await?;
-                Ok(extended == 1)
-            }
+            Store::Redis(redis) => redis.extend_lease(kind, name, token, lease).await,
         }
     }
 
-    /// Releases a lease this token holds and wakes its waiters with `signal`; `false` when
-    /// it was no longer held.
+    /// Releases a lease this token holds (settling or not) and wakes its waiters with
+    /// `signal`; `false` when it was no longer held.
     pub(crate) async fn release_lease(
         &self,
         kind: LeaseKind,
@@ -190,18 +169,7 @@ impl Store {
             Store::Memory(store) => {
                 Ok(kind == LeaseKind::Load || store.locks().release(name, token))
             }
-            Store::Redis(redis) => {
-                let channel = redis.channel(kind, name);
-                let payload = match signal {
-                    Signal::Ready => "1",
-                    Signal::Failed => "0",
-                    Signal::Absent => "2",
-                };
-                let released: u64 = redis
-                    .script(RELEASE, &[&redis.lease_key(kind, name)], &[token, &channel, payload])
-                    .await?;
-                Ok(released == 1)
-            }
+            Store::Redis(redis) => redis.release_lease(kind, name, token, signal).await,
         }
     }
 
@@ -212,21 +180,20 @@ impl Store {
                 LeaseKind::Lock => store.locks().remaining(name),
                 LeaseKind::Load => None,
             }),
-            Store::Redis(redis) => redis.pttl(&redis.lease_key(kind, name)).await,
+            Store::Redis(redis) => redis.lease_left(kind, name).await,
         }
     }
 
-    /// A waiter's look: the value under `key` and how long its load lease has left, in one
-    /// round trip.
-    pub(crate) async fn peek_with_lease(
-        &self,
-        key: &str,
-    ) -> Result<(Option<Arc<Entry>>, Duration)> {
+    /// A waiter's look: the value under `key`, how long its load lease has left and whether
+    /// the lease is settling, in one round trip.
+    pub(crate) async fn peek_with_lease(&self, key: &str) -> Result<Peek> {
         match self {
-            Store::Memory(store) => Ok((store.get(key).await, Duration::ZERO)),
-            Store::Redis(redis) => {
-                redis.get_and_lease(key, &redis.lease_key(LeaseKind::Load, key)).await
-            }
+            Store::Memory(store) => Ok(Peek {
+                entry: store.get(key).await,
+                lease_left: Duration::ZERO,
+                settling: false,
+            }),
+            Store::Redis(redis) => redis.peek_with_lease(key).await,
         }
     }
 
@@ -234,15 +201,8 @@ impl Store {
     /// in between is not missed.
     pub(crate) fn watch(&self, kind: LeaseKind, name: &str) -> Wakeup<'_> {
         match self {
-            Store::Memory(store) => {
-                let mut notified = Box::pin(store.locks().released.notified());
-                notified.as_mut().enable();
-                Wakeup::Local(notified)
-            }
-            Store::Redis(redis) => match redis.notifier().register(&redis.channel(kind, name)) {
-                (receiver, true) => Wakeup::Message(receiver),
-                (_, false) => Wakeup::NotSubscribed,
-            },
+            Store::Memory(store) => Wakeup::Local(store.locks().watch()),
+            Store::Redis(redis) => redis.watch(kind, name),
         }
     }
 
@@ -251,69 +211,5 @@ impl Store {
         if let Store::Redis(redis) = self {
             redis.notifier().wait_subscribed(timeout).await;
         }
-    }
-}
-
-impl RedisStore {
-    /// `<prefix>#lock:{name}` or `<prefix>#load:{name}`: the hash tag keeps a lock and its
-    /// fencing counter in one slot.
-    fn lease_key(&self, kind: LeaseKind, name: &str) -> String {
-        self.reserved_key(kind.namespace(), &format!("{{{name}}}"))
-    }
-
-    /// The wake-up channel of a lease.
-    fn channel(&self, kind: LeaseKind, name: &str) -> String {
-        format!("{}{}{name}", self.prefix(), kind.channel_namespace())
-    }
-}
-
-/// In-process locks for the memory store.
-#[derive(Default)]
-pub(crate) struct LocalLocks {
-    held: Mutex<HashMap<String, (String, Instant)>>,
-    fences: Mutex<HashMap<String, u64>>,
-    released: Notify,
-}
-
-impl LocalLocks {
-    fn try_acquire(&self, resource: &str, token: &str, lease: Duration) -> Option<u64> {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if held.get(resource).is_some_and(|(_, until)| *until > now) {
-            return None;
-        }
-        held.insert(resource.to_owned(), (token.to_owned(), now + lease));
-        let mut fences = self.fences.lock().unwrap_or_else(|e| e.into_inner());
-        let fence = fences.entry(resource.to_owned()).or_default();
-        *fence += 1;
-        Some(*fence)
-    }
-
-    fn extend(&self, resource: &str, token: &str, lease: Duration) -> bool {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        match held.get_mut(resource) {
-            Some((owner, until)) if owner == token && *until > Instant::now() => {
-                *until = Instant::now() + lease;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn release(&self, resource: &str, token: &str) -> bool {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let owned = held
-            .get(resource)
-            .is_some_and(|(owner, until)| owner == token && *until > Instant::now());
-        if owned {
-            held.remove(resource);
-            self.released.notify_waiters();
-        }
-        owned
-    }
-
-    fn remaining(&self, resource: &str) -> Option<Duration> {
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.get(resource).and_then(|(_, until)| until.checked_duration_since(Instant::now()))
     }
 }

@@ -7,14 +7,16 @@
 //! which no removal can fall between.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
-use super::lease::LocalLocks;
 use super::{Begun, FillPlan, Found, Marker, Ticket, Touch, Version};
 use crate::codec::Entry;
 use crate::{glob, index};
@@ -377,6 +379,66 @@ impl MemoryStore {
 
     pub(crate) async fn clear(&self) -> u64 {
         self.remove_matching("*").await
+    }
+}
+
+/// In-process locks ([`Cache::lock`](crate::Cache::lock) on the memory store; the interface
+/// is `store/lease.rs`).
+#[derive(Default)]
+pub(crate) struct LocalLocks {
+    held: Mutex<HashMap<String, (String, Instant)>>,
+    fences: Mutex<HashMap<String, u64>>,
+    released: Notify,
+}
+
+impl LocalLocks {
+    pub(crate) fn try_acquire(&self, resource: &str, token: &str, lease: Duration) -> Option<u64> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if held.get(resource).is_some_and(|(_, until)| *until > now) {
+            return None;
+        }
+        held.insert(resource.to_owned(), (token.to_owned(), now + lease));
+        let mut fences = self.fences.lock().unwrap_or_else(|e| e.into_inner());
+        let fence = fences.entry(resource.to_owned()).or_default();
+        *fence += 1;
+        Some(*fence)
+    }
+
+    pub(crate) fn extend(&self, resource: &str, token: &str, lease: Duration) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        match held.get_mut(resource) {
+            Some((owner, until)) if owner == token && *until > Instant::now() => {
+                *until = Instant::now() + lease;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn release(&self, resource: &str, token: &str) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let owned = held
+            .get(resource)
+            .is_some_and(|(owner, until)| owner == token && *until > Instant::now());
+        if owned {
+            held.remove(resource);
+            self.released.notify_waiters();
+        }
+        owned
+    }
+
+    pub(crate) fn remaining(&self, resource: &str) -> Option<Duration> {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(resource).and_then(|(_, until)| until.checked_duration_since(Instant::now()))
+    }
+
+    /// A wake-up on the next release, registered now (so a release between this call and
+    /// the wait is not missed).
+    pub(crate) fn watch(&self) -> Pin<Box<Notified<'_>>> {
+        let mut notified = Box::pin(self.released.notified());
+        notified.as_mut().enable();
+        notified
     }
 }
 

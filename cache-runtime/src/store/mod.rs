@@ -179,6 +179,22 @@ impl Store {
         }
     }
 
+    /// Checks at build that the store can keep the contract with this configuration: a
+    /// Redis store without a prefix on a server that may evict keys could never invalidate
+    /// a pattern, and is an [`Error::InvalidConfig`](crate::Error::InvalidConfig). `Ok` for
+    /// the memory store, and when Redis is unreachable (a cache builds while Redis is down).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig), as above.
+    #[allow(dead_code, reason = "called by CacheBuilder::build (being wired)")]
+    pub(crate) async fn check_setup(&self) -> Result<()> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(store) => store.check_setup().await,
+        }
+    }
+
     /// The entry under `key` (without the cache's prefix), if any. A pending marker reads
     /// as absent.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>> {

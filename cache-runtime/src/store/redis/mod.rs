@@ -1,0 +1,741 @@
+//! The Redis store (standalone or Cluster, see [`super::link`]): values as JSON strings
+//! under `prefix + key`, pending fill markers (see `store/mod.rs`), and the invalidation
+//! indexes described in the crate docs.
+//!
+//! On a standalone server every write is one Lua script: the index updates and the write
+//! happen atomically. On a cluster, where a script must stay in one slot, the index
+//! updates are sent first and the write after them, so a key is never visible without its
+//! index entry; keyspace-wide `SCAN`s run on every primary.
+//!
+//! - [`scripts`]: every Lua script, each invoked only through its typed call.
+//! - [`index`]: the pattern invalidation's index walk, rebuild and keyspace scans.
+//! - [`lease`]: leases, fencing and wake-ups on Redis (the interface is `store/lease.rs`).
+
+mod index;
+mod lease;
+mod scripts;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::try_join_all;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
+
+use scripts::{Abandon, BeginFill, Call, Cover, Fill, IndexAdd, Replace, Target, Write};
+
+use super::lease::new_token;
+use super::link::{LazyCluster, Link};
+use super::{Begun, FillPlan, Found, Marker, Ticket, Touch, Version};
+use crate::breaker::{is_connection_failure, Breaker, BreakerState, Pass};
+use crate::codec::Entry;
+use crate::error::{BackendError, Error, Result};
+use crate::format::ReadFormat;
+use crate::index::{levels, INDEX_NAMESPACE};
+use crate::key::RESERVED;
+use crate::notify::Notifier;
+
+/// Pending markers start with this (a NUL byte first, which no JSON text has): a reader
+/// takes them for a miss.
+const MARKER_TAG: &[u8] = b"\0cache-runtime:loading:";
+
+fn is_marker(bytes: &[u8]) -> bool {
+    bytes.starts_with(MARKER_TAG)
+}
+
+/// The expired value a marker keeps for stale fallback, if any.
+fn kept_by_marker(marker: &[u8]) -> Option<Vec<u8>> {
+    let rest = &marker[MARKER_TAG.len()..];
+    let id_end = rest.iter().position(|&b| b == b'\n')?;
+    let rest = &rest[id_end + 1..];
+    let expiry_end = rest.iter().position(|&b| b == b'\n')?;
+    Some(rest[expiry_end + 1..].to_vec())
+}
+
+/// What the server's `maxmemory` settings mean for the invalidation indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EvictionPolicy {
+    /// `maxmemory 0` or `noeviction`: keys go only when they expire or are deleted, so an
+    /// index is complete from its creation.
+    Never,
+    /// Redis may evict any key, an index included (or the settings could not be read):
+    /// an index is trusted only after a pattern invalidation has rebuilt it.
+    Possible,
+}
+
+/// What one read of the eviction settings found.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    policy: EvictionPolicy,
+    /// Whether the reading lasts: `false` when a node refused for a passing reason
+    /// (loading, cluster down, a dead primary) and `policy` is only the safe assumption
+    /// ([`EvictionPolicy::Possible`]) the write path keeps meanwhile.
+    settled: bool,
+}
+
+pub(crate) struct RedisStore {
+    connection: Link,
+    prefix: String,
+    notifier: Notifier,
+    breaker: Breaker,
+    /// Read from the server on the first write.
+    eviction: OnceCell<EvictionPolicy>,
+    /// How values read back are decoded (schema version, inflate limit).
+    read: ReadFormat,
+}
+
+/// Connection settings taken from the builder.
+pub(crate) struct RedisOptions {
+    /// One URL for a standalone server; the seed nodes of a cluster.
+    pub(crate) urls: Vec<String>,
+    pub(crate) cluster: bool,
+    pub(crate) prefix: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) command_timeout: Duration,
+    pub(crate) read: ReadFormat,
+}
+
+impl RedisStore {
+    /// Checks the URL and prepares the connection without opening it: a cache can be built
+    /// while Redis is down, and connects when Redis answers.
+    pub(crate) fn new(options: RedisOptions) -> Result<Self> {
+        let clients = options
+            .urls
+            .iter()
+            .map(|url| {
+                redis::Client::open(url.as_str()).map_err(|source| Error::InvalidUrl {
+                    url: url.clone(),
+                    source: BackendError(source),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let connection = if options.cluster {
+            let client = redis::cluster::ClusterClient::builder(options.urls.clone())
+                .connection_timeout(options.connect_timeout)
+                .response_timeout(options.command_timeout)
+                .retries(1)
+                .build()
+                .map_err(|source| Error::InvalidUrl {
+                    url: options.urls.join(","),
+                    source: BackendError(source),
+                })?;
+            Link::Cluster(Arc::new(LazyCluster::new(client)))
+        } else {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(options.connect_timeout))
+                .set_response_timeout(Some(options.command_timeout))
+                // One quick retry: a call never waits through a long reconnect schedule; the
+                // next call tries again.
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(100));
+            Link::Standalone(
+                ConnectionManager::new_lazy_with_config(clients[0].clone(), config)
+                    .map_err(Error::backend)?,
+            )
+        };
+        // Classic pub/sub reaches every node of a cluster: one subscription to any node
+        // hears every fill notification.
+        let notifier = Notifier::new(clients, &options.prefix);
+        Ok(RedisStore {
+            connection,
+            prefix: options.prefix,
+            notifier,
+            breaker: Breaker::default(),
+            eviction: OnceCell::new(),
+            read: options.read,
+        })
+    }
+
+    /// The prefix of every key of this cache.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `prefix + key`.
+    pub(crate) fn full_key(&self, key: &str) -> String {
+        let mut full = String::with_capacity(self.prefix.len() + key.len());
+        full.push_str(&self.prefix);
+        full.push_str(key);
+        full
+    }
+
+    /// `prefix + #<namespace><name>`: one of the runtime's own keys, which no user key can
+    /// name (user keys never contain `#`).
+    pub(crate) fn reserved_key(&self, namespace: &str, name: &str) -> String {
+        format!("{}{RESERVED}{namespace}{name}", self.prefix)
+    }
+
+    /// Runs one Redis exchange behind the circuit breaker: refused at once while Redis is
+    /// known down, and its outcome recorded.
+    async fn guarded<T>(&self, exchange: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
+        let Some(pass) = self.breaker.allow() else {
+            return Err(Error::Unavailable);
+        };
+        let mut report = ProbeReport { breaker: &self.breaker, pass, reported: false };
+        if pass == Pass::Probe {
+            // While Redis was down, the connection manager kept its last failed reconnect;
+            // the first command after that gets the stale error and starts a new attempt.
+            // Spend that on a PING, so the probe itself meets the fresh connection.
+            let mut connection = self.connection.clone();
+            let _ = redis::cmd("PING").query_async::<()>(&mut connection).await;
+        }
+        let outcome = exchange.await;
+        report.reported = true;
+        match &outcome {
+            Err(error) if is_connection_failure(error) => self.breaker.failed(pass),
+            // An error reply still means Redis answers.
+            _ => self.breaker.succeeded(),
+        }
+        outcome.map_err(Error::backend)
+    }
+
+    /// The circuit breaker's state.
+    pub(crate) fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    fn index_key(&self, level: &str) -> String {
+        self.reserved_key(INDEX_NAMESPACE, level)
+    }
+
+    /// What the server's eviction settings mean for the indexes, read once (on the first
+    /// write, or at build by [`check_setup`](Self::check_setup)) and logged. On a cluster,
+    /// eviction on any primary counts. A read that fails (Redis unreachable, loading, ...)
+    /// is not kept: the next call reads again.
+    pub(crate) async fn eviction(&self) -> Result<EvictionPolicy> {
+        let read = || async { self.read_eviction().await.map(|reading| reading.policy) };
+        self.eviction.get_or_try_init(read).await.copied()
+    }
+
+    /// Reads the eviction settings of every primary (see [`Reading`]).
+    async fn read_eviction(&self) -> Result<Reading> {
+        let mut config = redis::cmd("CONFIG");
+        config.arg("GET").arg("maxmemory*");
+        let mut replies: Vec<Result<Vec<String>>> = Vec::new();
+        if self.connection.is_cluster() {
+            for (host, port) in self.guarded(self.connection.primaries()).await? {
+                replies.push(
+                    self.connection
+                        .on_node(config.clone(), &host, port)
+                        .await
+                        .map_err(Error::backend),
+                );
+            }
+        } else {
+            let mut connection = self.connection.clone();
+            replies.push(self.guarded(config.query_async(&mut connection)).await);
+        }
+        let mut policy = EvictionPolicy::Never;
+        let mut settled = true;
+        for reply in replies {
+            let pairs = match reply {
+                Ok(pairs) => pairs,
+                // Redis answered but did not say: assume the worst.
+                Err(Error::Backend(error)) if !is_connection_failure(&error.0) => {
+                    tracing::warn!(%error, "CONFIG GET maxmemory* refused: assuming Redis may evict invalidation indexes");
+                    policy = EvictionPolicy::Possible;
+                    // CONFIG renamed or not permitted lasts; a node loading, a cluster
+                    // down or a dead primary passes.
+                    settled &= matches!(error.0.retry_method(), redis::RetryMethod::NoRetry);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            let setting = |name: &str| {
+                pairs
+                    .chunks(2)
+                    .find(|pair| pair[0] == name)
+                    .and_then(|pair| pair.get(1).cloned())
+                    .unwrap_or_default()
+            };
+            let (maxmemory, chosen) = (setting("maxmemory"), setting("maxmemory-policy"));
+            let evicts = maxmemory != "0" && chosen != "noeviction";
+            if evicts {
+                policy = EvictionPolicy::Possible;
+                tracing::info!(maxmemory, policy = chosen, "Redis may evict keys: an invalidation index is trusted only once a pattern invalidation has rebuilt it (one SCAN of its level)");
+            } else {
+                tracing::info!(maxmemory, policy = chosen, "Redis never evicts keys: invalidation indexes are complete from their creation");
+            }
+        }
+        Ok(Reading { policy, settled })
+    }
+
+    /// Whether new indexes are trusted from their creation (the server never evicts).
+    async fn trusted_at_birth(&self) -> Result<bool> {
+        Ok(self.eviction().await? == EvictionPolicy::Never)
+    }
+
+    /// One `GET`: a hit costs exactly one round trip.
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>> {
+        let mut connection = self.connection.clone();
+        let bytes: Option<Vec<u8>> = self
+            .guarded(redis::cmd("GET").arg(self.full_key(key)).query_async(&mut connection))
+            .await?;
+        Ok(bytes
+            .filter(|bytes| !is_marker(bytes))
+            .map(|json| Arc::new(Entry::from_stored(json, self.read))))
+    }
+
+    /// A hit for `idle`: one script ([`scripts::Touch`]) reads the value and extends its life;
+    /// on a cluster the index covers ([`Cover`], one per index level, other slots) are
+    /// in flight together with it: still one round trip.
+    pub(crate) async fn get_touched(&self, key: &str, touch: Touch) -> Result<Option<Arc<Entry>>> {
+        let trusted_at_birth = self.trusted_at_birth().await?;
+        let (idle_ms, cap_ms) = (millis(touch.idle), millis(touch.cap));
+        let target = self.target(key);
+        let read = scripts::Touch {
+            target: &target,
+            idle_ms,
+            cap_ms,
+            now_ms: crate::format::now_ms(),
+            member: key,
+            trusted_at_birth,
+        };
+        let bytes = if self.connection.is_cluster() {
+            let indexes = self.level_indexes(key);
+            let covers = self.on_each_level(&indexes, |index| Cover {
+                index,
+                member: key,
+                idle_ms,
+                cap_ms,
+                trusted_at_birth,
+            });
+            let (bytes, ()) = futures_util::future::try_join(self.call(&read), covers).await?;
+            bytes
+        } else {
+            self.call(&read).await?
+        };
+        Ok(bytes.filter(|bytes| !is_marker(bytes)).and_then(|bytes| {
+            let entry = Entry::from_stored(bytes, self.read);
+            // Past the cap: a miss (the script left it alone).
+            let expired = entry.stamp().is_some_and(|stamp| stamp.age() >= touch.cap);
+            (!expired).then(|| Arc::new(entry))
+        }))
+    }
+
+    /// `GET` and `PTTL` in one round trip: the entry, its age (by the write time in its
+    /// header; for a `cr1` or plain-JSON value stored with `lifetime`, `lifetime - PTTL`)
+    /// and its version (the `PTTL`, which a refresh's `Ticket::Replace` checks).
+    pub(crate) async fn get_aged(&self, key: &str, lifetime: Duration) -> Result<Option<Found>> {
+        let read_at = std::time::Instant::now();
+        let mut connection = self.connection.clone();
+        let full_key = self.full_key(key);
+        let (bytes, millis): (Option<Vec<u8>>, i64) = self
+            .guarded(
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(&full_key)
+                    .cmd("PTTL")
+                    .arg(&full_key)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        let remaining = Duration::from_millis(u64::try_from(millis).unwrap_or(0));
+        Ok(bytes.and_then(|bytes| {
+            if !is_marker(&bytes) {
+                let entry = Arc::new(Entry::from_stored(bytes, self.read));
+                let stamp = entry.stamp();
+                return Some(Found {
+                    // The write time in the header; for older formats, from the expiry.
+                    age: stamp.map_or_else(|| lifetime.saturating_sub(remaining), |s| s.age()),
+                    load_time: stamp.and_then(|stamp| stamp.load_time),
+                    entry,
+                    read_at,
+                    version: Version::Redis(millis),
+                });
+            }
+            // A load is running; the expired value it replaced still serves as stale.
+            kept_by_marker(&bytes).map(|kept| Found {
+                entry: Arc::new(Entry::from_stored(kept, self.read)),
+                age: Duration::MAX,
+                load_time: None,
+                read_at,
+                version: Version::Redis(-2),
+            })
+        }))
+    }
+
+    /// Sends the index updates for `key` (cluster: before the write they cover).
+    async fn index_on_cluster(&self, key: &str, ttl_ms: u64, trusted_at_birth: bool) -> Result<()> {
+        let indexes = self.level_indexes(key);
+        self.on_each_level(&indexes, |index| IndexAdd {
+            index,
+            member: key,
+            ttl_ms,
+            trusted_at_birth,
+        })
+        .await
+    }
+
+    /// The full keys of `key`'s indexes, one per level.
+    fn level_indexes(&self, key: &str) -> Vec<String> {
+        levels(key).map(|level| self.index_key(level)).collect()
+    }
+
+    /// Cluster: runs the call `per_index` makes for each of `indexes` (each in its own
+    /// slot), all in flight together (one round trip). The one per-level invoker of the
+    /// index updates ([`IndexAdd`]) and covers ([`Cover`]).
+    async fn on_each_level<'i, C: Call>(
+        &self,
+        indexes: &'i [String],
+        per_index: impl Fn(&'i str) -> C,
+    ) -> Result<()> {
+        let invocations: Vec<_> =
+            indexes.iter().map(|index| per_index(index).invocation()).collect();
+        let runs = invocations.iter().map(|invocation| {
+            let mut connection = self.connection.clone();
+            async move { invocation.invoke_async::<C::Reply>(&mut connection).await }
+        });
+        self.guarded(try_join_all(runs)).await?;
+        Ok(())
+    }
+
+    /// `key` as a script target: its full key and, on standalone, its indexes.
+    fn target(&self, key: &str) -> Target {
+        let indexes =
+            if self.connection.is_cluster() { Vec::new() } else { self.level_indexes(key) };
+        Target { data: self.full_key(key), indexes }
+    }
+
+    /// Runs a script through its typed call (behind the breaker).
+    async fn call<C: Call>(&self, call: &C) -> Result<C::Reply> {
+        self.run(&call.invocation()).await
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let mut connection = self.connection.clone();
+        self.guarded(invocation.invoke_async(&mut connection)).await
+    }
+
+    /// Write-through: `SET` with the index updates, atomically on standalone, indexes first
+    /// on a cluster.
+    pub(crate) async fn set(&self, key: &str, entry: &Entry, ttl: Duration) -> Result<()> {
+        let ttl_ms = millis(ttl);
+        let trusted_at_birth = self.trusted_at_birth().await?;
+        if self.connection.is_cluster() {
+            self.index_on_cluster(key, ttl_ms, trusted_at_birth).await?;
+        }
+        let target = self.target(key);
+        self.call(&Write {
+            target: &target,
+            value: &entry.json,
+            ttl_ms,
+            member: key,
+            trusted_at_birth,
+        })
+        .await
+    }
+
+    /// Step 1 of the fill protocol (see `store/mod.rs`). The index entry covers the marker
+    /// and the value that may replace it (`window + lifetime`; a marker keeping an expired
+    /// value lives at most as long as that value).
+    pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan) -> Result<Begun> {
+        let trusted_at_birth = self.trusted_at_birth().await?;
+        let mut marker = MARKER_TAG.to_vec();
+        marker.extend_from_slice(new_token().as_bytes());
+        marker.push(b'\n');
+        let index_ttl_ms = millis(plan.window) + millis(plan.lifetime);
+        let target = self.target(key);
+        let begin = BeginFill {
+            target: &target,
+            marker: &marker,
+            window_ms: millis(plan.window),
+            member: key,
+            index_ttl_ms,
+            force: plan.force,
+            trusted_at_birth,
+            fresh_ms: millis(plan.fresh_for),
+            lifetime_ms: millis(plan.lifetime),
+            now_ms: crate::format::now_ms(),
+        };
+        let (found, bytes) = if self.connection.is_cluster() {
+            // Both in flight together: the load starts only when both are done, so either
+            // an invalidation finds the marker, or it ran before the load reads anything.
+            let ((), reply) = futures_util::future::try_join(
+                self.index_on_cluster(key, index_ttl_ms, trusted_at_birth),
+                self.call(&begin),
+            )
+            .await?;
+            reply
+        } else {
+            self.call(&begin).await?
+        };
+        Ok(if found == 1 {
+            Begun::Present(Arc::new(Entry::from_stored(bytes, self.read)))
+        } else if bytes == marker {
+            Begun::Ticket(Ticket::Marker(Marker::Redis(bytes)))
+        } else {
+            Begun::Ticket(Ticket::Adopted(Marker::Redis(bytes)))
+        })
+    }
+
+    /// Step 3 of the fill protocol: stores `entry` if `ticket` still holds.
+    pub(crate) async fn fill(
+        &self,
+        key: &str,
+        ticket: &Ticket,
+        entry: &Entry,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let ttl_ms = millis(ttl);
+        let stored: i64 = match ticket {
+            Ticket::Marker(Marker::Redis(marker)) | Ticket::Adopted(Marker::Redis(marker)) => {
+                let data = self.full_key(key);
+                self.call(&Fill { data: &data, marker, value: &entry.json, ttl_ms }).await?
+            }
+            Ticket::Replace { old, version: Version::Redis(pttl) } => {
+                let trusted_at_birth = self.trusted_at_birth().await?;
+                if self.connection.is_cluster() {
+                    self.index_on_cluster(key, ttl_ms, trusted_at_birth).await?;
+                }
+                let target = self.target(key);
+                self.call(&Replace {
+                    target: &target,
+                    old: &old.json,
+                    old_pttl_ms: *pttl,
+                    value: &entry.json,
+                    ttl_ms,
+                    member: key,
+                    trusted_at_birth,
+                })
+                .await?
+            }
+            _ => 0,
+        };
+        Ok(stored == 1)
+    }
+
+    /// A load stores nothing: whether its marker is still there; removed (putting back the
+    /// value it kept) if this load placed it.
+    pub(crate) async fn abandon(&self, key: &str, ticket: &Ticket) -> Result<bool> {
+        let (marker, placed_here) = match ticket {
+            Ticket::Marker(Marker::Redis(marker)) => (marker, true),
+            Ticket::Adopted(Marker::Redis(marker)) => (marker, false),
+            _ => return Ok(false),
+        };
+        let data = self.full_key(key);
+        Ok(self.call(&Abandon { data: &data, marker, placed_here }).await? == 1)
+    }
+
+    /// `PING`, then `INFO memory/clients/stats` of each primary (bypassing the breaker;
+    /// bounded by the command timeout).
+    pub(crate) async fn ping_and_info(&self) -> Result<Vec<String>> {
+        let mut connection = self.connection.clone();
+        let mut info = redis::cmd("INFO");
+        info.arg("memory").arg("clients").arg("stats");
+        if !self.connection.is_cluster() {
+            let (_, info): (String, String) = redis::pipe()
+                .cmd("PING")
+                .add_command(info)
+                .query_async(&mut connection)
+                .await
+                .map_err(Error::backend)?;
+            return Ok(vec![info]);
+        }
+        redis::cmd("PING").query_async::<()>(&mut connection).await.map_err(Error::backend)?;
+        let mut infos = Vec::new();
+        for (host, port) in self.connection.primaries().await.map_err(Error::backend)? {
+            infos.push(
+                self.connection
+                    .on_node::<String>(info.clone(), &host, port)
+                    .await
+                    .map_err(Error::backend)?,
+            );
+        }
+        Ok(infos)
+    }
+
+    /// The pub/sub wake-ups of this cache.
+    pub(crate) fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    /// The remaining time to live of a full key, `None` if it does not exist or never expires.
+    pub(crate) async fn pttl(&self, full_key: &str) -> Result<Option<Duration>> {
+        let mut connection = self.connection.clone();
+        let millis: i64 =
+            self.guarded(redis::cmd("PTTL").arg(full_key).query_async(&mut connection)).await?;
+        Ok(u64::try_from(millis).ok().map(Duration::from_millis))
+    }
+
+    /// `UNLINK prefix+key`: a value or a pending marker (which voids a running load's
+    /// ticket).
+    pub(crate) async fn remove(&self, key: &str) -> Result<u64> {
+        let mut connection = self.connection.clone();
+        self.guarded(redis::cmd("UNLINK").arg(self.full_key(key)).query_async(&mut connection))
+            .await
+    }
+
+    /// Runs a script that lives outside the store (the rate limiter's, `rate_limit.rs`),
+    /// built once by its owner. The store's own scripts go through their typed calls
+    /// ([`scripts`]).
+    pub(crate) async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<T> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(*key);
+        }
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        self.run(&invocation).await
+    }
+}
+
+/// A duration in whole milliseconds, at least 1 (Redis rejects `PX 0`).
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Tells the breaker a probe was abandoned (its future dropped mid-flight), so the next
+/// call may probe instead of the breaker staying half-open forever.
+struct ProbeReport<'a> {
+    breaker: &'a Breaker,
+    pass: Pass,
+    reported: bool,
+}
+
+impl Drop for ProbeReport<'_> {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.breaker.abandoned(self.pass);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(dead_code, unreachable_pub, missing_docs)]
+#[path = "../../../../tests/src/redis_server.rs"]
+mod redis_server;
+
+#[cfg(test)]
+mod tests {
+    use super::redis_server::RedisServer;
+    use super::*;
+    use crate::format::{Codec, Format, Stamp};
+    use crate::notify::Signal;
+    use crate::store::lease::{new_token, LeaseKind};
+    use crate::store::Store;
+
+    fn store(url: &str, prefix: &str) -> Store {
+        Store::redis(RedisOptions {
+            urls: vec![url.to_owned()],
+            cluster: false,
+            prefix: prefix.to_owned(),
+            connect_timeout: Duration::from_millis(500),
+            command_timeout: Duration::from_millis(500),
+            read: ReadFormat::default(),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_settling_lease_is_seen_by_waiters_and_still_extended_and_released_by_its_token() {
+        let server = RedisServer::start();
+        let store = store(&server.url(), "t:");
+        let (key, token) = ("vehicle:1", new_token());
+        assert!(store.try_load_lease(key, &token, Duration::from_secs(10)).await.unwrap());
+        let peek = store.peek_with_lease(key).await.unwrap();
+        assert!(peek.entry.is_none() && !peek.settling);
+        assert!(peek.lease_left > Duration::from_secs(9), "{:?}", peek.lease_left);
+
+        assert!(!store.settle_load_lease(key, "someone else").await.unwrap());
+        assert!(!store.peek_with_lease(key).await.unwrap().settling);
+        assert!(store.settle_load_lease(key, &token).await.unwrap());
+        assert!(store.settle_load_lease(key, &token).await.unwrap(), "settling twice holds");
+        let peek = store.peek_with_lease(key).await.unwrap();
+        assert!(peek.settling);
+        assert!(peek.lease_left > Duration::from_secs(9), "TTL kept: {:?}", peek.lease_left);
+
+        let lease = Duration::from_secs(30);
+        assert!(!store.extend_lease(LeaseKind::Load, key, "someone else", lease).await.unwrap());
+        assert!(store.extend_lease(LeaseKind::Load, key, &token, lease).await.unwrap());
+        let peek = store.peek_with_lease(key).await.unwrap();
+        assert!(peek.settling && peek.lease_left > Duration::from_secs(20));
+        assert!(!store.try_load_lease(key, "another", lease).await.unwrap(), "still held");
+
+        let released = store.release_lease(LeaseKind::Load, key, &token, Signal::Ready);
+        assert!(released.await.unwrap());
+        let peek = store.peek_with_lease(key).await.unwrap();
+        assert!(!peek.settling && peek.lease_left.is_zero());
+        assert!(!store.settle_load_lease(key, &token).await.unwrap(), "released: not held");
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_settles_at_once() {
+        let store = Store::memory(1 << 20);
+        assert!(store.settle_load_lease("k", "t").await.unwrap());
+        let peek = store.peek_with_lease("k").await.unwrap();
+        assert!(peek.entry.is_none() && peek.lease_left.is_zero() && !peek.settling);
+        assert!(store.check_setup().await.is_ok());
+    }
+
+    const EVICTS: [&str; 4] = ["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"];
+
+    #[tokio::test]
+    async fn an_unprefixed_cache_on_an_evicting_redis_is_a_configuration_error() {
+        let evicting = RedisServer::start_with(&EVICTS);
+        let error = store(&evicting.url(), "").check_setup().await.unwrap_err();
+        assert!(
+            matches!(&error, crate::Error::InvalidConfig(why) if why.contains("prefix")),
+            "{error}"
+        );
+        assert!(store(&evicting.url(), "app:").check_setup().await.is_ok(), "a prefix scans");
+        // Indexes carry a TTL: volatile-* policies evict them too.
+        let volatile =
+            RedisServer::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru"]);
+        assert!(store(&volatile.url(), "").check_setup().await.is_err(), "volatile-lru");
+        let bounded = RedisServer::start_with(&["--maxmemory", "64mb"]); // noeviction
+        assert!(store(&bounded.url(), "").check_setup().await.is_ok(), "noeviction");
+        let never = RedisServer::start();
+        assert!(store(&never.url(), "").check_setup().await.is_ok(), "maxmemory 0");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_passes_the_check_and_is_read_again_later() {
+        let mut server = RedisServer::start_with(&EVICTS);
+        let store = store(&server.url(), "");
+        server.kill();
+        assert!(store.check_setup().await.is_ok(), "Redis down: the cache still builds");
+        server.restart();
+        // The failed read was not kept: once Redis answers, the policy is read.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match store.check_setup().await {
+                Err(crate::Error::InvalidConfig(_)) => break,
+                outcome => {
+                    assert!(std::time::Instant::now() < deadline, "still {outcome:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_lua_header_reader_reads_the_write_time_rust_wrote() {
+        let server = RedisServer::start();
+        let mut connection = server.connection().await;
+        let reader = format!("{}\nreturn written_ms(ARGV[1])", scripts::header_reader());
+        let script = redis::Script::new(&reader);
+        for codec in [Codec::Json, Codec::MessagePack, Codec::Postcard] {
+            let format = Format { codec, compress_above: Some(0), read: ReadFormat::default() };
+            let (bytes, _) = format.encode(&"x".repeat(100)).unwrap();
+            let written: Option<u64> =
+                script.arg(&bytes).invoke_async(&mut connection).await.unwrap();
+            assert_eq!(written, Some(Stamp::of(&bytes).unwrap().written_ms));
+        }
+        for other in [&b"7"[..], b"cr1:j:-:0000000000000000:7", crate::codec::ABSENT, MARKER_TAG] {
+            let written: Option<u64> =
+                script.arg(other).invoke_async(&mut connection).await.unwrap();
+            assert_eq!(written, None);
+        }
+    }
+}

@@ -1,0 +1,743 @@
+//! Every Lua script of the Redis store, each with the one typed call that invokes it.
+//!
+//! A script's arguments are the named fields of its call struct; the struct's
+//! [`Call::invocation`] turns them into `KEYS` and `ARGV` in the one order the script reads
+//! them (and the script names them at its top), so no caller can pass them in the wrong
+//! order. Each script is built once ([`redis::Script`]: its SHA1 computed once, sent with
+//! `EVALSHA`, loaded on a `NOSCRIPT` reply).
+//!
+//! Scripts marked *standalone* also keep the written key's invalidation indexes up to date
+//! in the same step (`KEYS[2..]`, see [`Target`]); on a cluster, where a script must stay in
+//! one slot, their [`Target`] has no indexes and the store sends [`IndexAdd`] or [`Cover`]
+//! per index level instead (`RedisStore::on_each_level`).
+//!
+//! The value envelope's header is read on the server by `written_ms`, generated from the
+//! layout constants of `format.rs` ([`header_reader`]): the layout is defined there only.
+
+use std::sync::LazyLock;
+
+use redis::{Script, ScriptInvocation};
+
+use super::MARKER_TAG;
+use crate::codec::ABSENT;
+use crate::format::{Field, MAGIC, SEPARATOR};
+
+/// A script's typed call.
+pub(super) trait Call {
+    /// What the script replies.
+    type Reply: redis::FromRedisValue;
+
+    /// The invocation: the script with this call's `KEYS` and `ARGV`.
+    fn invocation(&self) -> ScriptInvocation<'static>;
+}
+
+/// A written key and the invalidation indexes a standalone script updates with it (none on
+/// a cluster: see the module docs).
+pub(super) struct Target {
+    /// The full data key (`prefix + key`).
+    pub(super) data: String,
+    /// The full keys of its indexes, one per level (empty on a cluster).
+    pub(super) indexes: Vec<String>,
+}
+
+/// What a lease holds once its holder marked it settling ([`Settle`]): its token and this.
+pub(super) const SETTLED_SUFFIX: &str = ":s";
+
+fn flag(on: bool) -> &'static str {
+    if on {
+        "1"
+    } else {
+        "0"
+    }
+}
+
+/// A script body with the shared Lua functions before it:
+///
+/// - `now_ms()`: the server's clock.
+/// - `index_add(index, member, ttl, now, birth)` records `member` with its expiry
+///   (`now + ttl` ms) as score, never lowering a score (`GT`), prunes members whose keys have
+///   expired, and keeps the index alive for an hour past its longest-lived member. With
+///   `birth == '1'` (a server that never evicts, see `EvictionPolicy`) a newly created index
+///   gets its sentinel at once: it cannot have lost members it never had.
+/// - `written_ms(value)`: the write time in a value's `cr2` header, or `nil` (see
+///   [`header_reader`]).
+fn with_prelude(body: &str) -> Script {
+    let source = format!(
+        r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function index_add(index, member, ttl, now, birth)
+  if birth == '1' and redis.call('EXISTS', index) == 0 then
+    redis.call('ZADD', index, 'inf', '#')
+  end
+  redis.call('ZADD', index, 'GT', now + ttl, member)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. now)
+  local keep = ttl + 3600000
+  if redis.call('PTTL', index) < keep then
+    redis.call('PEXPIRE', index, keep)
+  end
+end
+{}
+{body}",
+        header_reader()
+    );
+    Script::new(&source)
+}
+
+/// The Lua function `written_ms(value)`: the write time in a `cr2` header (field
+/// [`Field::Written`] after [`MAGIC`], fields ended by [`SEPARATOR`]), or `nil` for any
+/// other value. Generated from `format.rs`'s constants.
+pub(super) fn header_reader() -> String {
+    let separator = lua_literal(&[SEPARATOR]);
+    let skip = format!("[^{separator}]*{separator}").repeat(Field::Written.index());
+    let pattern = format!("^{}{skip}(%d+){separator}", lua_literal(MAGIC));
+    format!(
+        "local function written_ms(value)\n  return tonumber(string.match(value, '{pattern}'))\nend"
+    )
+}
+
+/// `bytes` as literal text inside a single-quoted Lua pattern: every byte but ASCII letters
+/// and digits escaped with `%` (which Lua patterns read as that byte, in and out of sets),
+/// and the string's own special characters escaped for the string literal.
+fn lua_literal(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for &byte in bytes {
+        if byte.is_ascii_alphanumeric() {
+            out.push(char::from(byte));
+            continue;
+        }
+        out.push('%');
+        match byte {
+            b'\'' | b'\\' => {
+                out.push('\\');
+                out.push(char::from(byte));
+            }
+            0x20..=0x7e => out.push(char::from(byte)),
+            _ => out.push_str(&format!("\\{byte:03}")),
+        }
+    }
+    out
+}
+
+/// Adds `member` to one index for `ttl_ms` (cluster: one call per index level).
+pub(super) struct IndexAdd<'a> {
+    pub(super) index: &'a str,
+    pub(super) member: &'a str,
+    pub(super) ttl_ms: u64,
+    /// New indexes are trusted from their creation (`EvictionPolicy::Never`).
+    pub(super) trusted_at_birth: bool,
+}
+
+static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| {
+    with_prelude(
+        r"
+local index, member, ttl, birth = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3]
+index_add(index, member, ttl, now_ms(), birth)
+return 1",
+    )
+});
+
+impl Call for IndexAdd<'_> {
+    type Reply = ();
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = INDEX_ADD.prepare_invoke();
+        call.key(self.index).arg(self.member).arg(self.ttl_ms).arg(flag(self.trusted_at_birth));
+        call
+    }
+}
+
+/// Write-through: `SET` the value for `ttl_ms` (standalone: with its index entries).
+pub(super) struct Write<'a> {
+    pub(super) target: &'a Target,
+    pub(super) value: &'a [u8],
+    pub(super) ttl_ms: u64,
+    /// The key without the prefix: its members in the indexes.
+    pub(super) member: &'a str,
+    pub(super) trusted_at_birth: bool,
+}
+
+static WRITE: LazyLock<Script> = LazyLock::new(|| {
+    with_prelude(
+        r"
+local value, ttl, member, birth = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local now = now_ms()
+for i = 2, #KEYS do index_add(KEYS[i], member, ttl, now, birth) end
+redis.call('SET', KEYS[1], value, 'PX', ttl)
+return 1",
+    )
+});
+
+impl Call for Write<'_> {
+    type Reply = ();
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = target_invocation(&WRITE, self.target);
+        call.arg(self.value).arg(self.ttl_ms).arg(self.member).arg(flag(self.trusted_at_birth));
+        call
+    }
+}
+
+/// Step 1 of the fill protocol (see `store/mod.rs`). Replies `(1, value)` when a fresh
+/// value is stored, `(2, marker id)` with the marker to fill. A marker is `<id>` or, when
+/// it replaces an expired value kept for `stale`, `<id><expiry ms>\n<value>`, so readers
+/// can still serve that value and an abandoned load can put it back.
+///
+/// A stored value's age is `now_ms` (the caller's clock) minus the write time in its `cr2`
+/// header; a `cr1` or plain-JSON value's is `lifetime - PTTL`. A cached absent result lives
+/// by its own expiry: always fresh.
+pub(super) struct BeginFill<'a> {
+    pub(super) target: &'a Target,
+    /// The new marker (`MARKER_TAG`, a fresh id, `\n`).
+    pub(super) marker: &'a [u8],
+    /// How long the marker lives (the builder's `fill_window`).
+    pub(super) window_ms: u64,
+    pub(super) member: &'a str,
+    /// How long the index entries cover the key (marker, then the value).
+    pub(super) index_ttl_ms: u64,
+    /// Replace whatever is stored (the caller could not decode it).
+    pub(super) force: bool,
+    pub(super) trusted_at_birth: bool,
+    /// How long a value is fresh (`ttl`).
+    pub(super) fresh_ms: u64,
+    /// How long values are kept (`ttl`, or `stale` when longer).
+    pub(super) lifetime_ms: u64,
+    /// The caller's clock, ms since the Unix epoch.
+    pub(super) now_ms: u64,
+}
+
+static BEGIN_FILL: LazyLock<Script> = LazyLock::new(|| {
+    with_prelude(
+        r"
+local marker, window, member, index_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local force, birth, fresh, lifetime = ARGV[5] == '1', ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local caller_now, marker_tag, absent = tonumber(ARGV[9]), ARGV[10], ARGV[11]
+local current = redis.pcall('GET', KEYS[1])
+if type(current) == 'table' and current.err then
+  -- Not a string (another application's data): replaced only when forced.
+  if not force then return redis.error_reply(current.err) end
+  redis.call('DEL', KEYS[1])
+  current = false
+end
+local pending = current and string.sub(current, 1, #marker_tag) == marker_tag
+local kept = false
+local left = 0
+if current and not pending and not force then
+  if current == absent then
+    return {1, current}
+  end
+  left = redis.call('PTTL', KEYS[1])
+  -- Age: by the write time of a cr2 header (the caller's clock), else by expiry.
+  local written = written_ms(current)
+  local age = lifetime - left
+  if written then age = math.max(0, caller_now - written) end
+  if age < fresh then
+    return {1, current}
+  end
+  kept = current
+end
+local now = now_ms()
+for i = 2, #KEYS do index_add(KEYS[i], member, index_ttl, now, birth) end
+if pending then
+  local stop = string.find(current, '\n', #marker_tag + 1, true)
+  return {2, string.sub(current, 1, stop)}
+end
+if kept and left > 0 then
+  redis.call('SET', KEYS[1], marker .. (now + left) .. '\n' .. kept, 'PX', math.max(window, left))
+else
+  redis.call('SET', KEYS[1], marker, 'PX', window)
+end
+return {2, marker}",
+    )
+});
+
+impl Call for BeginFill<'_> {
+    type Reply = (i64, Vec<u8>);
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = target_invocation(&BEGIN_FILL, self.target);
+        call.arg(self.marker)
+            .arg(self.window_ms)
+            .arg(self.member)
+            .arg(self.index_ttl_ms)
+            .arg(flag(self.force))
+            .arg(flag(self.trusted_at_birth))
+            .arg(self.fresh_ms)
+            .arg(self.lifetime_ms)
+            .arg(self.now_ms)
+            .arg(MARKER_TAG)
+            .arg(ABSENT);
+        call
+    }
+}
+
+/// Step 3 of the fill protocol: `SET data value PX ttl_ms` if the key still holds the
+/// marker `marker`. Replies 1 when stored.
+pub(super) struct Fill<'a> {
+    pub(super) data: &'a str,
+    pub(super) marker: &'a [u8],
+    pub(super) value: &'a [u8],
+    pub(super) ttl_ms: u64,
+}
+
+static FILL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local marker, value, ttl = ARGV[1], ARGV[2], ARGV[3]
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, #marker) == marker then
+  redis.call('SET', KEYS[1], value, 'PX', ttl)
+  return 1
+end
+return 0",
+    )
+});
+
+impl Call for Fill<'_> {
+    type Reply = i64;
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = FILL.prepare_invoke();
+        call.key(self.data).arg(self.marker).arg(self.value).arg(self.ttl_ms);
+        call
+    }
+}
+
+/// A refresh: replaces the value only if the key still holds the bytes `old` with a
+/// remaining time to live of at most `old_pttl_ms` (a later write of the same bytes lives
+/// longer). Replies 1 when replaced.
+pub(super) struct Replace<'a> {
+    pub(super) target: &'a Target,
+    pub(super) old: &'a [u8],
+    pub(super) old_pttl_ms: i64,
+    pub(super) value: &'a [u8],
+    pub(super) ttl_ms: u64,
+    pub(super) member: &'a str,
+    pub(super) trusted_at_birth: bool,
+}
+
+static REPLACE: LazyLock<Script> = LazyLock::new(|| {
+    with_prelude(
+        r"
+local old, old_pttl, value, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local member, birth = ARGV[5], ARGV[6]
+if redis.call('GET', KEYS[1]) ~= old then return 0 end
+if redis.call('PTTL', KEYS[1]) > old_pttl then return 0 end
+local now = now_ms()
+for i = 2, #KEYS do index_add(KEYS[i], member, ttl, now, birth) end
+redis.call('SET', KEYS[1], value, 'PX', ttl)
+return 1",
+    )
+});
+
+impl Call for Replace<'_> {
+    type Reply = i64;
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = target_invocation(&REPLACE, self.target);
+        call.arg(self.old)
+            .arg(self.old_pttl_ms)
+            .arg(self.value)
+            .arg(self.ttl_ms)
+            .arg(self.member)
+            .arg(flag(self.trusted_at_birth));
+        call
+    }
+}
+
+/// A hit for `idle` (sliding expiration), in one round trip: `GET` and, for a value with a
+/// write time (a `cr2` header), `PEXPIRE` to `min(idle, cap - age)`, age being `now_ms` (the
+/// caller's clock) minus the write time. A value at least `cap` old, a pending marker and a
+/// value without a write time are returned untouched (the caller reads the first two as a
+/// miss). Standalone: the key's indexes are made to cover the extended life (a member whose
+/// score lies before the new expiry is re-added until the cap). Replies the stored bytes.
+pub(super) struct Touch<'a> {
+    pub(super) target: &'a Target,
+    pub(super) idle_ms: u64,
+    pub(super) cap_ms: u64,
+    pub(super) now_ms: u64,
+    pub(super) member: &'a str,
+    pub(super) trusted_at_birth: bool,
+}
+
+static TOUCH: LazyLock<Script> = LazyLock::new(|| {
+    with_prelude(
+        r"
+local idle, cap, caller_now, marker_tag = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local member, birth = ARGV[5], ARGV[6]
+local current = redis.call('GET', KEYS[1])
+if not current or string.sub(current, 1, #marker_tag) == marker_tag then return current end
+local written = written_ms(current)
+if not written then return current end
+local until_cap = cap - math.max(0, caller_now - written)
+if until_cap <= 0 then return current end
+local left = math.min(idle, until_cap)
+redis.call('PEXPIRE', KEYS[1], left)
+if #KEYS > 1 then
+  local now = now_ms()
+  for i = 2, #KEYS do
+    local score = redis.call('ZSCORE', KEYS[i], member)
+    if not score or tonumber(score) < now + left then
+      index_add(KEYS[i], member, until_cap, now, birth)
+    end
+  end
+end
+return current",
+    )
+});
+
+impl Call for Touch<'_> {
+    type Reply = Option<Vec<u8>>;
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = target_invocation(&TOUCH, self.target);
+        call.arg(self.idle_ms)
+            .arg(self.cap_ms)
+            .arg(self.now_ms)
+            .arg(MARKER_TAG)
+            .arg(self.member)
+            .arg(flag(self.trusted_at_birth));
+        call
+    }
+}
+
+/// Cluster side of [`Touch`]'s index cover, per index: `member` is re-added for `cap_ms`
+/// if its score lies before `now + idle_ms` (the furthest a hit moves the expiry).
+pub(super) struct Cover<'a> {
+    pub(super) index: &'a str,
+    pub(super) member: &'a str,
+    pub(super) idle_ms: u64,
+    pub(super) cap_ms: u64,
+    pub(super) trusted_at_birth: bool,
+}
+
+static COVER: LazyLock<Script> = LazyLock::new(|| {
+    with_prelude(
+        r"
+local member, idle, cap, birth = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local now = now_ms()
+local score = redis.call('ZSCORE', KEYS[1], member)
+if not score or tonumber(score) < now + idle then
+  index_add(KEYS[1], member, cap, now, birth)
+end
+return 1",
+    )
+});
+
+impl Call for Cover<'_> {
+    type Reply = ();
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = COVER.prepare_invoke();
+        call.key(self.index)
+            .arg(self.member)
+            .arg(self.idle_ms)
+            .arg(self.cap_ms)
+            .arg(flag(self.trusted_at_birth));
+        call
+    }
+}
+
+/// Re-indexes `full_keys` in `index`, each with its remaining time to live (standalone:
+/// the keys share the script's node). Members are the keys without the prefix
+/// (`prefix_len` bytes).
+pub(super) struct Reindex<'a> {
+    pub(super) index: &'a str,
+    pub(super) full_keys: &'a [String],
+    pub(super) prefix_len: usize,
+    pub(super) trusted_at_birth: bool,
+}
+
+static REINDEX: LazyLock<Script> = LazyLock::new(|| {
+    with_prelude(
+        r"
+local prefix_len, birth = tonumber(ARGV[1]), ARGV[2]
+local now = now_ms()
+for i = 2, #KEYS do
+  local left = redis.call('PTTL', KEYS[i])
+  if left > 0 then
+    index_add(KEYS[1], string.sub(KEYS[i], prefix_len + 1), left, now, birth)
+  end
+end
+return 1",
+    )
+});
+
+impl Call for Reindex<'_> {
+    type Reply = ();
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = REINDEX.prepare_invoke();
+        call.key(self.index);
+        for full in self.full_keys {
+            call.key(full.as_str());
+        }
+        call.arg(self.prefix_len).arg(flag(self.trusted_at_birth));
+        call
+    }
+}
+
+/// Starts an index rebuild: a member of its own (`own`), so the end ([`Trust`]) can tell
+/// whether the index survived the scan.
+pub(super) struct StartRebuild<'a> {
+    pub(super) index: &'a str,
+    pub(super) own: &'a str,
+}
+
+static START_REBUILD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local own = ARGV[1]
+redis.call('ZADD', KEYS[1], 'inf', own)
+if redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], 3600000)
+end
+return 1",
+    )
+});
+
+impl Call for StartRebuild<'_> {
+    type Reply = ();
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = START_REBUILD.prepare_invoke();
+        call.key(self.index).arg(self.own);
+        call
+    }
+}
+
+/// Ends an index rebuild: the index is trusted again (its sentinel set) only if it was not
+/// lost while the keyspace was scanned (the rebuild's own member is still there). Replies 1
+/// when trusted.
+pub(super) struct Trust<'a> {
+    pub(super) index: &'a str,
+    pub(super) own: &'a str,
+}
+
+static TRUST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local own = ARGV[1]
+if redis.call('ZSCORE', KEYS[1], own) then
+  redis.call('ZREM', KEYS[1], own)
+  redis.call('ZADD', KEYS[1], 'inf', '#')
+  return 1
+end
+return 0",
+    )
+});
+
+impl Call for Trust<'_> {
+    type Reply = i64;
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = TRUST.prepare_invoke();
+        call.key(self.index).arg(self.own);
+        call
+    }
+}
+
+/// A load stores nothing: whether the key still holds `marker` (1) or not (0). When this
+/// load placed it (`placed_here`) it is removed, putting back the expired value it kept for
+/// stale fallback (until that value's own expiry).
+pub(super) struct Abandon<'a> {
+    pub(super) data: &'a str,
+    pub(super) marker: &'a [u8],
+    pub(super) placed_here: bool,
+}
+
+static ABANDON: LazyLock<Script> = LazyLock::new(|| {
+    with_prelude(
+        r"
+local marker, placed_here = ARGV[1], ARGV[2] == '1'
+local current = redis.call('GET', KEYS[1])
+if not current or string.sub(current, 1, #marker) ~= marker then return 0 end
+if not placed_here then return 1 end
+local rest = string.sub(current, #marker + 1)
+if #rest > 0 then
+  local stop = string.find(rest, '\n', 1, true)
+  local left = tonumber(string.sub(rest, 1, stop - 1)) - now_ms()
+  if left > 0 then
+    redis.call('SET', KEYS[1], string.sub(rest, stop + 1), 'PX', left)
+    return 1
+  end
+end
+redis.call('DEL', KEYS[1])
+return 1",
+    )
+});
+
+impl Call for Abandon<'_> {
+    type Reply = i64;
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = ABANDON.prepare_invoke();
+        call.key(self.data).arg(self.marker).arg(flag(self.placed_here));
+        call
+    }
+}
+
+/// Sets the lock `lock` to `token` if free and replies the next fencing token (from
+/// `fence`, which shares the lock's slot), else 0.
+pub(super) struct Acquire<'a> {
+    pub(super) lock: &'a str,
+    pub(super) fence: &'a str,
+    pub(super) token: &'a str,
+    pub(super) lease_ms: u64,
+}
+
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local token, lease = ARGV[1], ARGV[2]
+if redis.call('SET', KEYS[1], token, 'NX', 'PX', lease) then
+  return redis.call('INCR', KEYS[2])
+end
+return 0",
+    )
+});
+
+impl Call for Acquire<'_> {
+    type Reply = u64;
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = ACQUIRE.prepare_invoke();
+        call.key(self.lock).key(self.fence).arg(self.token).arg(self.lease_ms);
+        call
+    }
+}
+
+/// Lua: whether `held` (a lease's value) is `token`'s, settling or not.
+const HELD_BY: &str = r"
+local function held_by(held, token, settled)
+  return held == token or held == token .. settled
+end";
+
+/// Extends the lease to `lease_ms` if `token` still holds it (settling or not). Replies 1
+/// when extended.
+pub(super) struct Extend<'a> {
+    pub(super) lease: &'a str,
+    pub(super) token: &'a str,
+    pub(super) lease_ms: u64,
+}
+
+static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{HELD_BY}
+local token, lease, settled = ARGV[1], ARGV[2], ARGV[3]
+if held_by(redis.call('GET', KEYS[1]), token, settled) then
+  return redis.call('PEXPIRE', KEYS[1], lease)
+end
+return 0"
+    ))
+});
+
+impl Call for Extend<'_> {
+    type Reply = u64;
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = EXTEND.prepare_invoke();
+        call.key(self.lease).arg(self.token).arg(self.lease_ms).arg(SETTLED_SUFFIX);
+        call
+    }
+}
+
+/// Deletes the lease if `token` still holds it (settling or not), and publishes `payload`
+/// on `channel` to wake waiters. Replies 1 when released.
+pub(super) struct Release<'a> {
+    pub(super) lease: &'a str,
+    pub(super) token: &'a str,
+    pub(super) channel: &'a str,
+    /// `1`: look again, `0`: the holder failed, `2`: the value is absent.
+    pub(super) payload: &'a str,
+}
+
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{HELD_BY}
+local token, channel, payload, settled = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if held_by(redis.call('GET', KEYS[1]), token, settled) then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', channel, payload)
+  return 1
+end
+return 0"
+    ))
+});
+
+impl Call for Release<'_> {
+    type Reply = u64;
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = RELEASE.prepare_invoke();
+        call.key(self.lease)
+            .arg(self.token)
+            .arg(self.channel)
+            .arg(self.payload)
+            .arg(SETTLED_SUFFIX);
+        call
+    }
+}
+
+/// Marks the lease settling (its holder is about to confirm its outcome with the store):
+/// if `token` holds it, its value becomes `token` + [`SETTLED_SUFFIX`], its time to live
+/// unchanged. Replies 1 when `token` held it (settling already or not).
+pub(super) struct Settle<'a> {
+    pub(super) lease: &'a str,
+    pub(super) token: &'a str,
+}
+
+static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{HELD_BY}
+local token, settled = ARGV[1], ARGV[2]
+if not held_by(redis.call('GET', KEYS[1]), token, settled) then return 0 end
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 then
+  redis.call('SET', KEYS[1], token .. settled, 'PX', left)
+else
+  redis.call('SET', KEYS[1], token .. settled, 'KEEPTTL')
+end
+return 1"
+    ))
+});
+
+impl Call for Settle<'_> {
+    type Reply = u64;
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = SETTLE.prepare_invoke();
+        call.key(self.lease).arg(self.token).arg(SETTLED_SUFFIX);
+        call
+    }
+}
+
+/// A standalone script's invocation on `target`: its data key, then its indexes.
+fn target_invocation(script: &'static Script, target: &Target) -> ScriptInvocation<'static> {
+    let mut call = script.prepare_invoke();
+    call.key(target.data.as_str());
+    for index in &target.indexes {
+        call.key(index.as_str());
+    }
+    call
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_reader_follows_the_envelope_layout() {
+        // cr2:<codec>:<compression>:<fingerprint>:<written>:...
+        assert!(header_reader().contains("'^cr2%:[^%:]*%:[^%:]*%:[^%:]*%:(%d+)%:'"));
+    }
+
+    #[test]
+    fn lua_literals_escape_pattern_and_string_specials() {
+        assert_eq!(lua_literal(b"cr2:"), "cr2%:");
+        assert_eq!(lua_literal(b"a.b'c\\"), "a%.b%\\'c%\\\\");
+        assert_eq!(lua_literal(b"\0"), "%\\000");
+    }
+}
