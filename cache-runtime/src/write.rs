@@ -236,10 +236,19 @@ pub(crate) async fn put_outcome<S, R>(
     S: Shape<R>,
     S::Value: Serialize + Send + Sync + 'static,
 {
-    let Outcome::Value(value) = S::outcome(returned) else {
-        return;
-    };
     let counters = core.counters(function);
+    let value = match S::outcome(returned) {
+        Outcome::Value(value) => value,
+        // The function wrote that the row is gone (`Ok(None)`): so is its cached value.
+        Outcome::Absent => {
+            let gone = Change::Remove(Scope::Key(key.to_owned()));
+            if let Err(error) = apply(core, &counters, gone).await {
+                tracing::warn!(function, key, %error, store = core.kind(), "cache write-through (removal) failed");
+            }
+            return;
+        }
+        Outcome::Failed => return,
+    };
     let value = Entry::encode(value, cloner, &core.settings().format)
         .map(Arc::new)
         .map_err(|source| Error::Encode { key: key.to_owned(), source });

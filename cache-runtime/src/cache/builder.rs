@@ -212,7 +212,10 @@ impl CacheBuilder {
     /// [`Error::InvalidUrl`] for a malformed Redis URL; [`Error::InvalidConfig`] for a prefix
     /// that does not end with `:` or contains glob characters (`* ? [ ] \`), the reserved
     /// `#`, whitespace or control characters; a zero timeout, fill window or memory
-    /// capacity; a zero `near_cache` bound.
+    /// capacity; a zero `near_cache` bound; a Redis cache without a prefix on a server that
+    /// may evict keys (a `maxmemory` with any `maxmemory-policy` but `noeviction`, or
+    /// `CONFIG` refused), checked when Redis answers at build: pattern invalidation would
+    /// need a keyspace scan that an unprefixed cache must refuse. Give the cache a prefix.
     pub async fn build(mut self) -> Result<Cache> {
         self.settings.format.read.limit = self.settings.max_value_bytes;
         if self.redis_urls.is_empty() {
@@ -282,6 +285,10 @@ impl CacheBuilder {
                 Store::memory(self.memory_capacity)
             }
         };
+        // An unprefixed cache on a Redis that may evict keys could never invalidate a
+        // pattern (its indexes would need a keyspace scan it must refuse): refused here,
+        // when Redis answers (it may be down at start).
+        store.check_setup().await?;
         let near = near.map(|(near, options)| {
             tracking::spawn(&near, options);
             near

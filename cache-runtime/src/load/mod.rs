@@ -256,8 +256,7 @@ where
         S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
     {
-        let locked =
-            self.policy.lock && self.store == StoreUse::Fill && self.core.store().shared();
+        let locked = self.policy.lock && self.store == StoreUse::Fill && self.core.store().shared();
         let returned = if locked {
             self.locked::<S, R, Fut>(load, leader).await
         } else {
@@ -317,9 +316,10 @@ where
             Began::Ticket(ticket) => return Ok(Permit::Ticket(ticket)),
             Began::Failed => return Ok(Permit::None),
             Began::Present(value) => (S::from_value(value), Signal::Ready),
+            // Read before waiting processes that look now started: they read for themselves.
             Began::Absent => (
                 S::absent().expect("accepted only for shapes with an absent result"),
-                Signal::Absent,
+                Signal::Ready,
             ),
         };
         leader.publish(Landed::Refused);
@@ -623,6 +623,7 @@ where
             true => Permit::Ticket(Ticket::Replace { old: found.entry, version: found.version }),
             false => Permit::None,
         };
+        lease.settle().await;
         let signal = self.finish(self.landed::<S, R>(&returned), &permit, Some(leader)).await;
         if matches!(S::outcome(&returned), Outcome::Absent) && self.policy.absent_ttl.is_none() {
             // The value is gone at its source: nobody may be served the old one any more.
@@ -649,10 +650,13 @@ where
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let mut follower = match self.core.flights().join(self.key) {
-                Join::Leader(leader) => return self.lead_within::<S, R, B>(body, leader, deadline).await,
+                Join::Leader(leader) => {
+                    return self.lead_within::<S, R, B>(body, leader, deadline).await
+                }
                 Join::Follower(follower) => follower,
             };
-            let landed = match tokio::time::timeout_at(deadline, flight::wait(&mut follower)).await {
+            let landed = match tokio::time::timeout_at(deadline, flight::wait(&mut follower)).await
+            {
                 Ok(landed) => landed,
                 Err(_) => match self.take_stale() {
                     Some(value) => return S::from_value(value),

@@ -60,6 +60,8 @@ where
         let token = new_token();
         // The first attempt follows a miss, so it tries the lease before looking again.
         let mut look_first = false;
+        // Whether a look saw the lease held by a holder that had not begun to settle.
+        let mut before_settling = false;
         loop {
             let woken = store.watch(LeaseKind::Load, key);
             if !look_first {
@@ -82,8 +84,17 @@ where
                 }
             }
             look_first = false;
-            let lease_left = match store.peek_with_lease(key).await.map(|p| (p.entry, p.lease_left))
-            {
+            let peek = store.peek_with_lease(key).await.map(|peek| {
+                // Seen held and not yet settling: this call started before its holder began
+                // to confirm what it loaded, so that outcome is fresh for it (the rule of
+                // `Follower::before_settling`, across processes). A later holder, too, can
+                // settle only after this look.
+                if !peek.lease_left.is_zero() && !peek.settling {
+                    before_settling = true;
+                }
+                (peek.entry, peek.lease_left)
+            });
+            let lease_left = match peek {
                 Ok((Some(entry), _)) if entry.is_absent() => match S::absent() {
                     Some(absent) => {
                         // Read before followers that join now started: they look again.
@@ -133,7 +144,10 @@ where
             match woken.wait(until).await {
                 // The value landed: read it before contending.
                 Some(Signal::Ready) => look_first = true,
-                // The holder's body found nothing, and the store confirmed it: so do we.
+                // The holder's body found nothing, and the store confirmed it: so do we, if
+                // we looked before it settled; otherwise a write may have landed between
+                // its confirmation and this signal: read for ourselves.
+                Some(Signal::Absent) if !before_settling => look_first = true,
                 Some(Signal::Absent) => {
                     if let Some(absent) = S::absent() {
                         // Read before followers that join now started: they look again.
@@ -194,6 +208,7 @@ where
             returned = self.body(load) => returned,
             () = renew => unreachable!("renewal never ends"),
         };
+        held.settle().await;
         let signal = self.finish(self.landed::<S, R>(&returned), &permit, Some(leader)).await;
         held.release(signal).await;
         returned
@@ -204,6 +219,15 @@ where
 pub(crate) struct RefreshLease(Option<HeldLease>);
 
 impl RefreshLease {
+    /// Marks the lease settling: the refresh is about to confirm its outcome (see
+    /// [`HeldLease::settle`]).
+    pub(crate) async fn settle(&mut self) {
+        if let Some(held) = &mut self.0 {
+            held.settle().await;
+        }
+    }
+
+    /// Releases the lease, telling waiters what became of the refresh.
     pub(crate) async fn release(&mut self, signal: Signal) {
         if let Some(held) = &mut self.0 {
             held.release(signal).await;
@@ -241,6 +265,17 @@ struct HeldLease {
 }
 
 impl HeldLease {
+    /// Marks the lease settling before the holder confirms its outcome with the store, so
+    /// that a waiter whose look comes later knows a write may land between that
+    /// confirmation and the release's signal, and reads the store for itself. A failure
+    /// (Redis failing, when the confirmation most likely fails too) is logged.
+    async fn settle(&mut self) {
+        let store = self.core.store();
+        if let Err(error) = store.settle_load_lease(&self.key, &self.token).await {
+            tracing::debug!(key = %self.key, %error, "could not mark the load lease settling");
+        }
+    }
+
     /// Releases the lease, telling waiters what became of the load.
     async fn release(&mut self, signal: Signal) {
         self.done = true;

@@ -91,7 +91,6 @@ pub(crate) struct Peek {
     pub(crate) lease_left: Duration,
     /// Whether the lease's holder marked it settling: it is confirming its outcome with
     /// the store.
-    #[allow(dead_code, reason = "read by the waiters in stampede.rs (being wired)")]
     pub(crate) settling: bool,
 }
 
@@ -132,7 +131,6 @@ impl Store {
     /// [`extend_lease`](Self::extend_lease) and [`release_lease`](Self::release_lease) still
     /// take the same token. Returns whether `token` held the lease (always on a store no
     /// other process shares).
-    #[allow(dead_code, reason = "called by the holder in stampede.rs (being wired)")]
     pub(crate) async fn settle_load_lease(&self, key: &str, token: &str) -> Result<bool> {
         match self {
             Store::Memory(_) => Ok(true),

@@ -187,7 +187,6 @@ impl Store {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`](crate::Error::InvalidConfig), as above.
-    #[allow(dead_code, reason = "called by CacheBuilder::build (being wired)")]
     pub(crate) async fn check_setup(&self) -> Result<()> {
         match self {
             Store::Memory(_) => Ok(()),
