@@ -1261,8 +1261,8 @@ async fn read2(model: Model, cache: &Cache, instance: usize, db: &Rows, rng: &mu
             0 => (short_plain(cache, db, g, row, jitter).await.ok(), "short plain", SHORT_TTL),
             1 => (short_locked(cache, db, g, row, jitter).await.ok(), "short lock", SHORT_TTL),
             _ => {
-                // One load in four holds the lease for 400 ms.
-                let slow_ms = if jitter % 4 == 0 { 400 } else { 0 };
+                // One load in eight holds the lease for 300 ms.
+                let slow_ms = if jitter % 8 == 0 { 300 } else { 0 };
                 let read = short_refresh_locked(cache, db, g, row, jitter, slow_ms).await;
                 (read.ok(), "short refresh lock", SHORT_TTL)
             }
@@ -1410,7 +1410,12 @@ async fn deploy(deployment: Deployment) -> (Vec<String>, Rows) {
                     let wrote = write2(model, &cache, &db, &mut rng, plain.as_ref()).await;
                     log.wrote.lock().unwrap().extend(wrote);
                     // Absent rows: fewer writes, so that an absent read has fewer excuses.
-                    let pause = if matches!(model, Model::Absent { .. }) { 12_000 } else { 3000 };
+                    let pause = match model {
+                        Model::Absent { .. } => 12_000,
+                        // Values must live long enough to be refreshed.
+                        Model::Refresh => 40_000,
+                        _ => 3000,
+                    };
                     tokio::time::sleep(Duration::from_micros(rng.below(pause))).await;
                 }
             });
@@ -1803,6 +1808,56 @@ async fn backlog_overflow(prefix: Option<&'static str>) {
     eprintln!("coherence: {} backlogs overflowed", overflowed.load(SeqCst));
     assert_coherent(&violations);
     assert!(overflowed.load(SeqCst) > 0, "a backlog passed its bound");
+    // A last fault after the traffic, so that no later write repairs what it leaves: every
+    // instance holds every row; then, Redis paused, each row is written (its invalidation
+    // fails and is kept), and every instance's backlog overflows.
+    let started = Instant::now();
+    for cache in &caches {
+        loop {
+            let health = cache.health().await;
+            if health.pending_invalidations == 0
+                && health.breaker == cache_runtime::BreakerState::Closed
+            {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "Redis is back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for row in 0..ROWS {
+            row_plain(cache, &db, group(row), row, 0).await.unwrap();
+        }
+    }
+    let mut raw = server.connection().await;
+    for row in 0..ROWS {
+        let key = format!("{}grp:{}:row:{row}", prefix.unwrap_or(""), group(row));
+        let stored: Option<String> =
+            redis::cmd("GET").arg(&key).query_async(&mut raw).await.unwrap();
+        assert!(stored.is_some(), "{key} is cached before the last fault");
+    }
+    server.pause();
+    // Commands sent to the paused server still run when it resumes: open every breaker
+    // first, so that the writes' invalidations below never reach Redis.
+    for (instance, cache) in caches.iter().enumerate() {
+        for i in 0.. {
+            if cache.breaker_state() == cache_runtime::BreakerState::Open {
+                break;
+            }
+            let _ = cache.invalidate(&format!("junk:trip:{instance}:{i}")).await;
+        }
+    }
+    for row in 0..ROWS {
+        db.bump(row, true);
+        let cache = &caches[row as usize % caches.len()];
+        let key = format!("grp:{}:row:{row}", group(row));
+        assert!(cache.invalidate(&key).await.is_err(), "Redis is paused");
+    }
+    for (instance, cache) in caches.iter().enumerate() {
+        for i in 0..10_050 {
+            let _ = cache.invalidate(&format!("junk:last:{instance}:{i}")).await;
+        }
+        assert_eq!(cache.health().await.pending_invalidations, 1, "collapsed into one `clear`");
+    }
+    server.resume();
     // Check 3: the backlogs drain by themselves, then every instance is current.
     let started = Instant::now();
     for cache in &caches {
