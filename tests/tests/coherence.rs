@@ -1261,8 +1261,8 @@ async fn read2(model: Model, cache: &Cache, instance: usize, db: &Rows, rng: &mu
             0 => (short_plain(cache, db, g, row, jitter).await.ok(), "short plain", SHORT_TTL),
             1 => (short_locked(cache, db, g, row, jitter).await.ok(), "short lock", SHORT_TTL),
             _ => {
-                // One load in eight holds the lease for 300 ms.
-                let slow_ms = if jitter % 8 == 0 { 300 } else { 0 };
+                // One load in eight holds the lease for 600 ms.
+                let slow_ms = if jitter.is_multiple_of(8) { 600 } else { 0 };
                 let read = short_refresh_locked(cache, db, g, row, jitter, slow_ms).await;
                 (read.ok(), "short refresh lock", SHORT_TTL)
             }
@@ -1701,7 +1701,7 @@ async fn coherent_absent_rows_with_lock_and_write_through_of_deletions() {
 }
 
 /// Scenario 4: `refresh` + `lock` (no `stale`) with a 100 ms TTL and a 30 ms refresh, one
-/// load in four holding the lease for 400 ms, three instances; some writes reach the
+/// load in eight holding the lease for 600 ms, three instances; some writes reach the
 /// database only. Besides read-your-writes, no read gets a value read from the database
 /// more than its TTL (plus [`AGE_MARGIN`]) before the read started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
