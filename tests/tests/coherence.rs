@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cache_runtime::{cached, invalidates, Cache};
+use cache_runtime::{cache_put, cached, invalidates, Cache};
 use cache_tests::{RedisCluster, RedisServer};
 
 const ROWS: u64 = 6;
@@ -920,4 +920,970 @@ async fn a_key_written_after_a_clear_is_still_found_by_patterns() {
     cache.set("grp:1:row:9", &9, Duration::from_secs(60)).await.unwrap();
     assert_eq!(cache.invalidate_pattern("grp:1:*").await.unwrap(), 1);
     assert_eq!(cache.stats().pattern_scans, 0, "served by the index, no scan");
+}
+
+// ---------------------------------------------------------------------------------------
+// The paths an outside review broke that the deployments above do not model: values around
+// `max_value_bytes`, an OOM window, absent rows read with `lock`, `refresh` + `lock` with
+// grace copies, unprefixed caches, and a backlog that overflows its bound. Same clock, same
+// seeded operations; the model adds absent rows and the age of a value.
+// ---------------------------------------------------------------------------------------
+
+/// A row as the second model stores it: its version, when the body (or writer) read it,
+/// and a payload whose size depends on the version (to cross `max_value_bytes`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Row {
+    version: u64,
+    at_ms: u64,
+    body: String,
+}
+
+/// The second model's database: per row `version << 1 | present`, a row lock, and the
+/// payload size of each version.
+#[derive(Clone)]
+struct Rows {
+    state: Arc<Vec<AtomicU64>>,
+    row_locks: Arc<Vec<tokio::sync::Mutex<()>>>,
+    slow_micros: u64,
+    body_bytes: fn(u64) -> usize,
+    epoch: Instant,
+}
+
+impl Rows {
+    fn new(slow_micros: u64, present: bool, body_bytes: fn(u64) -> usize) -> Rows {
+        Rows {
+            state: Arc::new((0..ROWS).map(|_| AtomicU64::new(u64::from(present))).collect()),
+            row_locks: Arc::new((0..ROWS).map(|_| tokio::sync::Mutex::new(())).collect()),
+            slow_micros,
+            body_bytes,
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn row(&self, version: u64) -> Row {
+        Row { version, at_ms: self.now_ms(), body: "x".repeat((self.body_bytes)(version)) }
+    }
+
+    /// The body of every reader: `slow_ms` first (a slow load holding a lease), jitter
+    /// around the read.
+    async fn load(&self, row: u64, jitter: u64, slow_ms: u64) -> Option<Row> {
+        tokio::time::sleep(Duration::from_millis(slow_ms)).await;
+        tokio::time::sleep(Duration::from_micros(jitter % (self.slow_micros + 1))).await;
+        let state = self.state[row as usize].load(SeqCst);
+        let found = (state & 1 == 1).then(|| self.row(state >> 1));
+        tokio::time::sleep(Duration::from_micros((jitter >> 20) % (self.slow_micros + 1))).await;
+        found
+    }
+
+    /// The write itself (under the row lock): the new version, present or not.
+    fn bump(&self, row: u64, present: bool) -> u64 {
+        let version = (self.state[row as usize].load(SeqCst) >> 1) + 1;
+        self.state[row as usize].store(version << 1 | u64::from(present), SeqCst);
+        version
+    }
+}
+
+fn missing(row: u64) -> String {
+    format!("row {row} is absent")
+}
+
+// Readers of present rows (`Result<Row, String>`).
+
+#[cached(key = "grp:<g>:row:<row>", ttl = "20s", cache = cache)]
+async fn row_plain(cache: &Cache, db: &Rows, g: u64, row: u64, jitter: u64) -> Result<Row, String> {
+    db.load(row, jitter, 0).await.ok_or_else(|| missing(row))
+}
+
+#[cached(key = "grp:<g>:row:<row>", ttl = "20s", lock, cache = cache)]
+async fn row_locked(
+    cache: &Cache,
+    db: &Rows,
+    g: u64,
+    row: u64,
+    jitter: u64,
+) -> Result<Row, String> {
+    db.load(row, jitter, 0).await.ok_or_else(|| missing(row))
+}
+
+#[cached(key = "grp:<g>:row:<row>", ttl = "20s", refresh = "5ms", lock, cache = cache)]
+async fn row_refresh_locked(
+    cache: &Cache,
+    db: &Rows,
+    g: u64,
+    row: u64,
+    jitter: u64,
+) -> Result<Row, String> {
+    db.load(row, jitter, 0).await.ok_or_else(|| missing(row))
+}
+
+/// The short-lived readers of scenario 4: a value is never served past [`SHORT_TTL`].
+const SHORT_TTL: Duration = Duration::from_millis(100);
+/// How far past its TTL a read may start and still get a value (the body's time between
+/// reading the row and the value's write time, on a loaded 2-core machine).
+const AGE_MARGIN: Duration = Duration::from_millis(150);
+
+#[cached(key = "grp:<g>:row:<row>", ttl = "100ms", cache = cache)]
+async fn short_plain(
+    cache: &Cache,
+    db: &Rows,
+    g: u64,
+    row: u64,
+    jitter: u64,
+) -> Result<Row, String> {
+    db.load(row, jitter, 0).await.ok_or_else(|| missing(row))
+}
+
+#[cached(key = "grp:<g>:row:<row>", ttl = "100ms", lock, cache = cache)]
+async fn short_locked(
+    cache: &Cache,
+    db: &Rows,
+    g: u64,
+    row: u64,
+    jitter: u64,
+) -> Result<Row, String> {
+    db.load(row, jitter, 0).await.ok_or_else(|| missing(row))
+}
+
+/// Sometimes slow (`slow_ms`), so that a background refresh holds the lease while the
+/// value passes its TTL and sits in its grace period.
+#[cached(key = "grp:<g>:row:<row>", ttl = "100ms", refresh = "30ms", lock, cache = cache)]
+async fn short_refresh_locked(
+    cache: &Cache,
+    db: &Rows,
+    g: u64,
+    row: u64,
+    jitter: u64,
+    slow_ms: u64,
+) -> Result<Row, String> {
+    db.load(row, jitter, slow_ms).await.ok_or_else(|| missing(row))
+}
+
+// Readers of rows that may be absent (`Result<Option<Row>, String>`).
+
+#[cached(key = "grp:<g>:row:<row>", ttl = "20s", cache = cache)]
+async fn opt_plain(
+    cache: &Cache,
+    db: &Rows,
+    g: u64,
+    row: u64,
+    jitter: u64,
+) -> Result<Option<Row>, String> {
+    Ok(db.load(row, jitter, 0).await)
+}
+
+#[cached(key = "grp:<g>:row:<row>", ttl = "20s", lock, cache = cache)]
+async fn opt_locked(
+    cache: &Cache,
+    db: &Rows,
+    g: u64,
+    row: u64,
+    jitter: u64,
+) -> Result<Option<Row>, String> {
+    Ok(db.load(row, jitter, 0).await)
+}
+
+#[cached(key = "grp:<g>:row:<row>", ttl = "20s", lock, absent_ttl = "10s", cache = cache)]
+async fn opt_locked_absent_ttl(
+    cache: &Cache,
+    db: &Rows,
+    g: u64,
+    row: u64,
+    jitter: u64,
+) -> Result<Option<Row>, String> {
+    Ok(db.load(row, jitter, 0).await)
+}
+
+#[cached(key = "grp:<g>:row:<row>", ttl = "20s", refresh = "5ms", lock, cache = cache)]
+async fn opt_refresh_locked(
+    cache: &Cache,
+    db: &Rows,
+    g: u64,
+    row: u64,
+    jitter: u64,
+) -> Result<Option<Row>, String> {
+    Ok(db.load(row, jitter, 0).await)
+}
+
+#[cached(
+    key = "grp:<g>:row:<row>",
+    ttl = "20s",
+    refresh = "5ms",
+    lock,
+    absent_ttl = "10s",
+    cache = cache
+)]
+async fn opt_refresh_locked_absent_ttl(
+    cache: &Cache,
+    db: &Rows,
+    g: u64,
+    row: u64,
+    jitter: u64,
+) -> Result<Option<Row>, String> {
+    Ok(db.load(row, jitter, 0).await)
+}
+
+// Writers.
+
+#[cache_put(key = "grp:<g>:row:<row>", ttl = "20s", cache = cache)]
+async fn put_row(cache: &Cache, db: &Rows, g: u64, row: u64) -> Result<Row, String> {
+    Ok(db.row(db.bump(row, true)))
+}
+
+/// Write-through of a row that may be deleted: `Ok(None)` when it is.
+#[cache_put(key = "grp:<g>:row:<row>", ttl = "20s", cache = cache)]
+async fn put_opt_row(
+    cache: &Cache,
+    db: &Rows,
+    g: u64,
+    row: u64,
+    present: bool,
+) -> Result<Option<Row>, String> {
+    let version = db.bump(row, present);
+    Ok(present.then(|| db.row(version)))
+}
+
+#[invalidates("grp:<g>:row:<row>", cache = cache)]
+async fn bump_row(
+    cache: &Cache,
+    db: &Rows,
+    g: u64,
+    row: u64,
+    present: bool,
+) -> Result<u64, String> {
+    Ok(db.bump(row, present))
+}
+
+/// Which paths a deployment of the second model exercises.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Model {
+    /// Scenario 1: write-through (`#[cache_put]`, `set`) of values around `max_value_bytes`.
+    WriteThrough,
+    /// Scenario 2: the same writers and readers while Redis refuses writes now and then.
+    Oom,
+    /// Scenario 3: rows start absent, are created and deleted; `lock` readers with and
+    /// without `absent_ttl`, with and without `refresh`. With `put_none`, `#[cache_put]`
+    /// also writes deletions through (`Ok(None)`).
+    Absent { put_none: bool },
+    /// Scenario 4: `refresh` + `lock` with a short TTL, and writes to the database that no
+    /// invalidation follows (only the TTL bounds them).
+    Refresh,
+    /// Scenarios 5 and 6: the ordinary readers and writers (prefixed or not).
+    Plain,
+}
+
+/// One recorded read of the second model.
+struct Seen {
+    row: u64,
+    started: u64,
+    ended: u64,
+    started_ms: u64,
+    /// `None`: the reader returned "absent".
+    row_seen: Option<Row>,
+    instance: usize,
+    how: &'static str,
+    /// The reader's TTL: the value must not be older when the read starts (plus margin).
+    ttl: Duration,
+}
+
+/// One recorded write of the second model.
+struct Wrote {
+    row: u64,
+    version: u64,
+    present: bool,
+    /// Taken after the database write.
+    began: u64,
+    completed: Option<u64>,
+    how: &'static str,
+}
+
+#[derive(Default)]
+struct Log {
+    seen: Mutex<Vec<Seen>>,
+    wrote: Mutex<Vec<Wrote>>,
+}
+
+type Fault = Box<
+    dyn Fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync,
+>;
+
+struct Deployment {
+    model: Model,
+    caches: Vec<Cache>,
+    seed: u64,
+    duration: Duration,
+    slow_micros: u64,
+    /// Row payload size per version.
+    body_bytes: fn(u64) -> usize,
+    /// Run (awaited, with its round number) every `fault_every` during traffic.
+    fault: Option<Fault>,
+    fault_every: Duration,
+    /// Writes from a plain redis-rs client: `DEL` of `<raw_prefix>grp:..`.
+    plain: Option<(Plain, &'static str)>,
+}
+
+fn ok_or_absent(read: Result<Option<Row>, String>) -> Option<Row> {
+    read.expect("the bodies never fail")
+}
+
+async fn read2(model: Model, cache: &Cache, instance: usize, db: &Rows, rng: &mut Rng) -> Seen {
+    let row = rng.below(ROWS);
+    let g = group(row);
+    let jitter = rng.next();
+    let started_ms = db.now_ms();
+    let started = tick();
+    let long = Duration::from_secs(20);
+    let choice = rng.below(6);
+    let (row_seen, how, ttl) = match model {
+        Model::Absent { .. } => match choice {
+            0 => (ok_or_absent(opt_plain(cache, db, g, row, jitter).await), "plain", long),
+            1 => (ok_or_absent(opt_locked(cache, db, g, row, jitter).await), "lock", long),
+            2 => (
+                ok_or_absent(opt_locked_absent_ttl(cache, db, g, row, jitter).await),
+                "lock absent_ttl",
+                long,
+            ),
+            3 => (
+                ok_or_absent(opt_refresh_locked(cache, db, g, row, jitter).await),
+                "refresh lock",
+                long,
+            ),
+            _ => (
+                ok_or_absent(opt_refresh_locked_absent_ttl(cache, db, g, row, jitter).await),
+                "refresh lock absent_ttl",
+                long,
+            ),
+        },
+        Model::Refresh => match choice {
+            0 => (short_plain(cache, db, g, row, jitter).await.ok(), "short plain", SHORT_TTL),
+            1 => (short_locked(cache, db, g, row, jitter).await.ok(), "short lock", SHORT_TTL),
+            _ => {
+                // One load in eight holds the lease for 600 ms.
+                let slow_ms = if jitter.is_multiple_of(8) { 600 } else { 0 };
+                let read = short_refresh_locked(cache, db, g, row, jitter, slow_ms).await;
+                (read.ok(), "short refresh lock", SHORT_TTL)
+            }
+        },
+        Model::WriteThrough | Model::Oom | Model::Plain => match choice {
+            0 | 1 => (row_plain(cache, db, g, row, jitter).await.ok(), "plain", long),
+            2 | 3 => (row_locked(cache, db, g, row, jitter).await.ok(), "lock", long),
+            _ => (row_refresh_locked(cache, db, g, row, jitter).await.ok(), "refresh lock", long),
+        },
+    };
+    Seen { row, started, ended: tick(), started_ms, row_seen, instance, how, ttl }
+}
+
+/// One write of the second model: the database first (under the row lock), then the cache.
+async fn write2(
+    model: Model,
+    cache: &Cache,
+    db: &Rows,
+    rng: &mut Rng,
+    plain: Option<&(Plain, &'static str)>,
+) -> Vec<Wrote> {
+    let row = rng.below(ROWS);
+    let g = group(row);
+    let key = format!("grp:{g}:row:{row}");
+    let _row_lock = db.row_locks[row as usize].lock().await;
+    // Absent rows: one write in four deletes.
+    let present = !matches!(model, Model::Absent { .. }) || rng.below(4) != 0;
+    let choice = rng.below(if plain.is_some() { 9 } else { 8 });
+    let wrote = |version: u64, began: u64, ok: bool, how: &'static str| Wrote {
+        row,
+        version,
+        present,
+        began,
+        completed: ok.then(tick),
+        how,
+    };
+    let no_backlog = |cache: &Cache| {
+        let cache = cache.clone();
+        async move { cache.health().await.pending_invalidations == 0 }
+    };
+    match choice {
+        0 | 1 if present || matches!(model, Model::Absent { put_none: true }) => {
+            // `#[cache_put]` never reports a failure: completed when nothing is pending.
+            let (version, how) = if matches!(model, Model::Absent { .. }) {
+                let put = put_opt_row(cache, db, g, row, present).await.unwrap();
+                let version = db.state[row as usize].load(SeqCst) >> 1;
+                (put.map_or(version, |put| put.version), "#[cache_put]")
+            } else {
+                (put_row(cache, db, g, row).await.unwrap().version, "#[cache_put]")
+            };
+            let began = tick();
+            let ok = no_backlog(cache).await;
+            vec![wrote(version, began, ok, how)]
+        }
+        2 if present => {
+            let version = db.bump(row, true);
+            let began = tick();
+            let value = db.row(version);
+            match cache.set(&key, &value, Duration::from_secs(20)).await {
+                Ok(()) => vec![wrote(version, began, true, "set")],
+                Err(cache_runtime::Error::ValueTooLarge { .. }) => {
+                    // `set` changed nothing: the write is not complete. A user falls back
+                    // to invalidating (half the time here).
+                    let mut wrote_list = vec![wrote(version, began, false, "set (too large)")];
+                    if rng.below(2) == 0 {
+                        let ok = cache.invalidate(&key).await.is_ok();
+                        wrote_list.push(wrote(version, began, ok, "set (too large) + invalidate"));
+                    }
+                    wrote_list
+                }
+                // Redis refused the value but answered (`OOM`): the old value is removed,
+                // as `set` promises; the write counts as complete.
+                Err(error) if error.kind() == cache_runtime::ErrorKind::Server => {
+                    vec![wrote(version, began, true, "set (refused by Redis)")]
+                }
+                Err(_) => vec![wrote(version, began, false, "set (failed)")],
+            }
+        }
+        3 => {
+            let version = bump_row(cache, db, g, row, present).await.unwrap();
+            let began = tick();
+            let ok = no_backlog(cache).await;
+            vec![wrote(version, began, ok, "#[invalidates]")]
+        }
+        4 => {
+            let version = db.bump(row, present);
+            let began = tick();
+            let ok = cache.invalidate_pattern(&format!("grp:{g}:*")).await.is_ok();
+            vec![wrote(version, began, ok, "invalidate_pattern")]
+        }
+        5 if model == Model::Refresh => {
+            // The database alone: only the TTL bounds how long the old version is served.
+            let version = db.bump(row, present);
+            vec![wrote(version, tick(), false, "database only")]
+        }
+        8 => {
+            let (plain, raw_prefix) = plain.expect("chosen only with a plain client");
+            let version = db.bump(row, present);
+            let began = tick();
+            let ok = plain.run(redis::cmd("DEL").arg(format!("{raw_prefix}{key}"))).await;
+            vec![wrote(version, began, ok, "plain DEL")]
+        }
+        _ => {
+            let version = db.bump(row, present);
+            let began = tick();
+            let ok = cache.invalidate(&key).await.is_ok();
+            vec![wrote(version, began, ok, "invalidate")]
+        }
+    }
+}
+
+/// Runs the second model's traffic; returns the violations of check 1 (and of the TTL
+/// bound) and the database.
+async fn deploy(deployment: Deployment) -> (Vec<String>, Rows) {
+    let present = !matches!(deployment.model, Model::Absent { .. });
+    let db = Rows::new(deployment.slow_micros, present, deployment.body_bytes);
+    let log = Arc::new(Log::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + deployment.duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut seeds = Rng(deployment.seed);
+    let model = deployment.model;
+    for (instance, cache) in deployment.caches.iter().enumerate() {
+        let memory = cache.health().await.store == "memory";
+        for reader in 0..6 {
+            let (cache, db, log, stop) = (cache.clone(), db.clone(), log.clone(), stop.clone());
+            let mut rng = Rng(seeds.next() ^ reader);
+            tasks.spawn(async move {
+                while !stop.load(SeqCst) {
+                    let seen = read2(model, &cache, instance, &db, &mut rng).await;
+                    log.seen.lock().unwrap().push(seen);
+                    if memory {
+                        // Hits there never wait: leave the writers their turn.
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    }
+                }
+            });
+        }
+        for _writer in 0..2 {
+            let (cache, db, log, stop) = (cache.clone(), db.clone(), log.clone(), stop.clone());
+            let mut rng = Rng(seeds.next());
+            let plain = deployment.plain.clone();
+            tasks.spawn(async move {
+                while !stop.load(SeqCst) {
+                    let wrote = write2(model, &cache, &db, &mut rng, plain.as_ref()).await;
+                    log.wrote.lock().unwrap().extend(wrote);
+                    // Absent rows: fewer writes, so that an absent read has fewer excuses.
+                    let pause = match model {
+                        Model::Absent { .. } => 12_000,
+                        // Values must live long enough to be refreshed.
+                        Model::Refresh => 40_000,
+                        _ => 3000,
+                    };
+                    tokio::time::sleep(Duration::from_micros(rng.below(pause))).await;
+                }
+            });
+        }
+    }
+    let mut last_fault = Instant::now();
+    let mut round = 0;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(fault) = &deployment.fault {
+            if last_fault.elapsed() > deployment.fault_every {
+                fault(round).await;
+                round += 1;
+                last_fault = Instant::now();
+            }
+        }
+    }
+    stop.store(true, SeqCst);
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("no task panics");
+    }
+    (check2(&log, present), db)
+}
+
+/// Check 1 for the second model, absent rows included, plus the age bound: a read that
+/// starts more than its TTL (and [`AGE_MARGIN`]) after the value was read from the
+/// database does not return it.
+fn check2(log: &Log, initially_present: bool) -> Vec<String> {
+    let wrote = log.wrote.lock().unwrap();
+    let seen = log.seen.lock().unwrap();
+    // Per row: completed writes by completion, and every deletion's (version, began).
+    let mut completed: HashMap<u64, Vec<(u64, u64, bool, &'static str)>> = HashMap::new();
+    let mut deletions: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+    for w in wrote.iter() {
+        if let Some(at) = w.completed {
+            completed.entry(w.row).or_default().push((at, w.version, w.present, w.how));
+        }
+        if !w.present {
+            deletions.entry(w.row).or_default().push((w.version, w.began));
+        }
+    }
+    for list in completed.values_mut() {
+        list.sort_unstable();
+    }
+    let mut violations = Vec::new();
+    let mut kinds: HashMap<String, usize> = HashMap::new();
+    let empty = Vec::new();
+    for read in seen.iter() {
+        let shown = read.row_seen.as_ref().map_or("absent".to_owned(), |r| {
+            format!("version {} ({} bytes)", r.version, r.body.len())
+        });
+        if let Some(row) = &read.row_seen {
+            let age = read.started_ms.saturating_sub(row.at_ms);
+            if u128::from(age) > (read.ttl + AGE_MARGIN).as_millis() {
+                *kinds.entry(format!("{} past its TTL", read.how)).or_default() += 1;
+                violations.push(format!(
+                    "row {} read ({}) through instance {} (started at {}) returned {shown}, read from the database {age} ms before (ttl {} ms)",
+                    read.row, read.how, read.instance, read.started, read.ttl.as_millis()
+                ));
+            }
+        }
+        let list = completed.get(&read.row).unwrap_or(&empty);
+        let before = list.partition_point(|(at, ..)| *at < read.started);
+        let (floor, floor_present, floor_how) = list[..before]
+            .iter()
+            .max_by_key(|(_, version, ..)| *version)
+            .map_or((0, initially_present, "start"), |&(_, v, p, how)| (v, p, how));
+        let stale = match &read.row_seen {
+            Some(row) => row.version < floor,
+            // Absent is right when the floor is a deletion, or a later deletion had begun
+            // before the read ended.
+            None => {
+                floor_present
+                    && !deletions.get(&read.row).is_some_and(|list| {
+                        list.iter().any(|&(v, began)| v > floor && began < read.ended)
+                    })
+            }
+        };
+        if stale {
+            *kinds.entry(format!("{} after `{floor_how}`", read.how)).or_default() += 1;
+            let floor_state = if floor_present { "written" } else { "deleted" };
+            violations.push(format!(
+                "row {} read ({}) through instance {} (started at {}) returned {shown} after version {floor} was {floor_state} and its `{floor_how}` returned",
+                read.row, read.how, read.instance, read.started
+            ));
+        }
+    }
+    let mut kinds: Vec<_> = kinds.into_iter().collect();
+    kinds.sort();
+    eprintln!(
+        "coherence: {} reads ({} absent), {} writes ({} completed), {} violations {kinds:?}",
+        seen.len(),
+        seen.iter().filter(|read| read.row_seen.is_none()).count(),
+        wrote.len(),
+        wrote.iter().filter(|w| w.completed.is_some()).count(),
+        violations.len()
+    );
+    violations
+}
+
+/// `n` instances with the prefix `cn:` (or none) and a short command timeout.
+async fn caches_of(
+    url: &str,
+    n: usize,
+    prefix: Option<&str>,
+    max_value_bytes: Option<usize>,
+) -> Vec<Cache> {
+    let mut caches = Vec::new();
+    for _ in 0..n {
+        let mut builder = Cache::builder().redis(url).command_timeout(Duration::from_millis(300));
+        if let Some(prefix) = prefix {
+            builder = builder.prefix(prefix);
+        }
+        if let Some(bytes) = max_value_bytes {
+            builder = builder.max_value_bytes(bytes);
+        }
+        caches.push(builder.build().await.unwrap());
+    }
+    caches
+}
+
+fn small_bodies(version: u64) -> usize {
+    (version % 5) as usize * 8
+}
+
+/// The bound of scenario 1 and bodies around it: a `Row` with an empty body encodes to
+/// about 100 bytes with its header, so 880-940 byte bodies are just under or just over.
+const MAX_VALUE_BYTES: usize = 1024;
+
+fn bodies_around_the_bound(version: u64) -> usize {
+    match version % 4 {
+        0 => 0,
+        1 => 880 + (version % 7) as usize * 10, // 880..940: either side of the bound
+        2 => 4096,                              // well over
+        _ => 600,                               // well under
+    }
+}
+
+/// Scenario 1: write-through (`#[cache_put]`, `set`) of values just under and over
+/// `max_value_bytes`, three instances on one Redis. A `#[cache_put]` over the bound
+/// removes the old value; a `set` over it returns `ValueTooLarge` and changes nothing (the
+/// model counts it as not completed; half the time the writer then invalidates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coherent_write_through_around_max_value_bytes_across_three_instances() {
+    let server = RedisServer::start();
+    let caches = caches_of(&server.url(), 3, Some("cn:"), Some(MAX_VALUE_BYTES)).await;
+    let (violations, _db) = deploy(Deployment {
+        model: Model::WriteThrough,
+        caches: caches.clone(),
+        seed: seed(),
+        duration: duration(),
+        slow_micros: 3000,
+        body_bytes: bodies_around_the_bound,
+        fault: None,
+        fault_every: Duration::MAX,
+        plain: None,
+    })
+    .await;
+    let too_large: u64 = caches.iter().map(|cache| cache.stats().errors).sum();
+    eprintln!("coherence: {too_large} errors counted (values over the bound)");
+    assert_coherent(&violations);
+    assert!(too_large > 0, "some values were over the bound");
+}
+
+/// Scenario 1 on the memory store (one instance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coherent_write_through_around_max_value_bytes_on_memory() {
+    let cache = Cache::builder().max_value_bytes(MAX_VALUE_BYTES).build().await.unwrap();
+    let (violations, _db) = deploy(Deployment {
+        model: Model::WriteThrough,
+        caches: vec![cache.clone()],
+        seed: seed(),
+        duration: duration(),
+        slow_micros: 2000,
+        body_bytes: bodies_around_the_bound,
+        fault: None,
+        fault_every: Duration::MAX,
+        plain: None,
+    })
+    .await;
+    assert_coherent(&violations);
+    assert!(cache.stats().errors > 0, "some values were over the bound");
+}
+
+/// Scenario 2: Redis with `noeviction`, filled with ballast outside the cache's prefix;
+/// every 300 ms a raw client moves `maxmemory` between no limit, just above what is used
+/// (some writes refused) and below it (every write refused, `OOM`; `DEL` still accepted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coherent_through_oom_windows_across_three_instances() {
+    let server = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
+    let mut raw = server.connection().await;
+    let ballast = "b".repeat(64 * 1024);
+    for i in 0..64 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("ballast:{i}"))
+            .arg(&ballast)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    }
+    let caches = caches_of(&server.url(), 3, Some("cn:"), None).await;
+    let refused = Arc::new(AtomicU64::new(0));
+    let fault: Fault = Box::new({
+        let (raw, refused) = (raw.clone(), refused.clone());
+        move |round| {
+            let (mut raw, refused) = (raw.clone(), refused.clone());
+            Box::pin(async move {
+                let info: String =
+                    redis::cmd("INFO").arg("memory").query_async(&mut raw).await.unwrap();
+                let used: u64 = info
+                    .lines()
+                    .find_map(|line| line.strip_prefix("used_memory:"))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap();
+                let limit = match round % 3 {
+                    0 => used / 2,         // OOM: every write refused
+                    1 => used + 16 * 1024, // at the edge: some writes refused
+                    _ => 0,                // no limit
+                };
+                let _: () = redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("maxmemory")
+                    .arg(limit)
+                    .query_async(&mut raw)
+                    .await
+                    .unwrap();
+                let probe: redis::RedisResult<()> =
+                    redis::cmd("SET").arg("ballast:probe").arg(1).query_async(&mut raw).await;
+                if probe.is_err_and(|error| error.to_string().contains("OOM")) {
+                    refused.fetch_add(1, SeqCst);
+                }
+            })
+        }
+    });
+    let (violations, _db) = deploy(Deployment {
+        model: Model::Oom,
+        caches: caches.clone(),
+        seed: seed(),
+        duration: duration(),
+        slow_micros: 3000,
+        body_bytes: small_bodies,
+        fault: Some(fault),
+        fault_every: Duration::from_millis(300),
+        plain: None,
+    })
+    .await;
+    eprintln!("coherence: {} OOM windows", refused.load(SeqCst));
+    assert_coherent(&violations);
+    assert!(refused.load(SeqCst) > 0, "Redis refused writes at times");
+}
+
+async fn absent_rows_with_lock(put_none: bool) {
+    let server = RedisServer::start();
+    let caches = caches_of(&server.url(), 3, Some("cn:"), None).await;
+    let (violations, _db) = deploy(Deployment {
+        model: Model::Absent { put_none },
+        caches,
+        seed: seed(),
+        duration: duration(),
+        slow_micros: 3000,
+        body_bytes: small_bodies,
+        fault: None,
+        fault_every: Duration::MAX,
+        plain: Some((Plain::Standalone(server.connection().await), "cn:")),
+    })
+    .await;
+    assert_coherent(&violations);
+}
+
+/// Scenario 3: rows start absent, writers create, update and delete them (invalidations,
+/// `set`, `#[cache_put]` of created rows, a plain `DEL`); readers `Result<Option<Row>, _>`
+/// with `lock`, with and without `absent_ttl`, with and without `refresh` (a refresh that
+/// finds nothing), three instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coherent_absent_rows_with_lock_across_three_instances() {
+    absent_rows_with_lock(false).await;
+}
+
+/// Scenario 3, where `#[cache_put]` also writes deletions through (`Ok(None)`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coherent_absent_rows_with_lock_and_write_through_of_deletions() {
+    absent_rows_with_lock(true).await;
+}
+
+/// Scenario 4: `refresh` + `lock` (no `stale`) with a 100 ms TTL and a 30 ms refresh, one
+/// load in eight holding the lease for 600 ms, three instances; some writes reach the
+/// database only. Besides read-your-writes, no read gets a value read from the database
+/// more than its TTL (plus [`AGE_MARGIN`]) before the read started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coherent_refresh_with_lock_and_short_ttl_across_three_instances() {
+    let server = RedisServer::start();
+    let caches = caches_of(&server.url(), 3, Some("cn:"), None).await;
+    let (violations, _db) = deploy(Deployment {
+        model: Model::Refresh,
+        caches: caches.clone(),
+        seed: seed(),
+        duration: duration(),
+        slow_micros: 3000,
+        body_bytes: small_bodies,
+        fault: None,
+        fault_every: Duration::MAX,
+        plain: None,
+    })
+    .await;
+    let refreshes: u64 = caches.iter().map(|cache| cache.stats().refreshes).sum();
+    eprintln!("coherence: {refreshes} refreshes");
+    assert_coherent(&violations);
+    assert!(refreshes > 0, "refreshes ran");
+}
+
+/// Scenario 5: caches without a prefix on a `noeviction` Redis, with a plain client's
+/// `DEL` of the raw key too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coherent_unprefixed_on_noeviction_across_three_instances() {
+    let server =
+        RedisServer::start_with(&["--maxmemory", "512mb", "--maxmemory-policy", "noeviction"]);
+    let caches = caches_of(&server.url(), 3, None, None).await;
+    let (violations, _db) = deploy(Deployment {
+        model: Model::Plain,
+        caches: caches.clone(),
+        seed: seed(),
+        duration: duration(),
+        slow_micros: 3000,
+        body_bytes: small_bodies,
+        fault: None,
+        fault_every: Duration::MAX,
+        plain: Some((Plain::Standalone(server.connection().await), "")),
+    })
+    .await;
+    assert_coherent(&violations);
+    let mut raw = server.connection().await;
+    let keys = async move {
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg("grp:*").query_async(&mut raw).await.unwrap();
+        data_keys(keys).await
+    };
+    assert_pattern_completes(&caches[0], keys).await;
+}
+
+/// Scenario 5: an unprefixed cache on a Redis that may evict is refused by `build()`
+/// (patterns could not be complete without a scan of the whole keyspace).
+#[tokio::test]
+async fn an_unprefixed_cache_on_an_evicting_redis_is_refused_at_build() {
+    let server =
+        RedisServer::start_with(&["--maxmemory", "512mb", "--maxmemory-policy", "allkeys-lru"]);
+    let built = Cache::builder().redis(server.url()).build().await;
+    assert!(built.is_err(), "an unprefixed cache on an allkeys-lru Redis was built");
+}
+
+/// Scenario 6: every 1.5 s the server is paused for about a second, and meanwhile one
+/// instance issues 10,050 distinct invalidations (past the backlog bound of 10,000: the
+/// backlog collapses into one `clear`); then convergence: after the backlogs drain, every
+/// instance serves every row's current version.
+async fn backlog_overflow(prefix: Option<&'static str>) {
+    let server = Arc::new(RedisServer::start_with(&["--maxmemory-policy", "noeviction"]));
+    let caches = caches_of(&server.url(), 3, prefix, None).await;
+    let overflowed = Arc::new(AtomicU64::new(0));
+    let fault: Fault = Box::new({
+        let (server, caches, overflowed) = (server.clone(), caches.clone(), overflowed.clone());
+        move |round| {
+            let (server, overflowed) = (server.clone(), overflowed.clone());
+            let cache = caches[round as usize % caches.len()].clone();
+            Box::pin(async move {
+                server.pause();
+                let started = Instant::now();
+                for i in 0..10_050 {
+                    let _ = cache.invalidate(&format!("junk:{round}:{i}")).await;
+                }
+                if cache.health().await.pending_invalidations == 1 {
+                    overflowed.fetch_add(1, SeqCst); // collapsed into one `clear`
+                }
+                let left = Duration::from_secs(1).saturating_sub(started.elapsed());
+                tokio::time::sleep(left).await;
+                server.resume();
+            })
+        }
+    });
+    let (violations, db) = deploy(Deployment {
+        model: Model::Plain,
+        caches: caches.clone(),
+        seed: seed(),
+        duration: duration(),
+        slow_micros: 3000,
+        body_bytes: small_bodies,
+        fault: Some(fault),
+        fault_every: Duration::from_millis(1500),
+        plain: None,
+    })
+    .await;
+    eprintln!("coherence: {} backlogs overflowed", overflowed.load(SeqCst));
+    assert_coherent(&violations);
+    assert!(overflowed.load(SeqCst) > 0, "a backlog passed its bound");
+    // A last fault after the traffic, so that no later write repairs what it leaves: every
+    // instance holds every row; then, Redis paused, each row is written (its invalidation
+    // fails and is kept), and every instance's backlog overflows.
+    let started = Instant::now();
+    for cache in &caches {
+        loop {
+            let health = cache.health().await;
+            if health.pending_invalidations == 0
+                && health.breaker == cache_runtime::BreakerState::Closed
+            {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "Redis is back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for row in 0..ROWS {
+            row_plain(cache, &db, group(row), row, 0).await.unwrap();
+        }
+    }
+    let mut raw = server.connection().await;
+    for row in 0..ROWS {
+        let key = format!("{}grp:{}:row:{row}", prefix.unwrap_or(""), group(row));
+        let stored: Option<String> =
+            redis::cmd("GET").arg(&key).query_async(&mut raw).await.unwrap();
+        assert!(stored.is_some(), "{key} is cached before the last fault");
+    }
+    server.pause();
+    // Commands sent to the paused server still run when it resumes: open every breaker
+    // first, so that the writes' invalidations below never reach Redis.
+    for (instance, cache) in caches.iter().enumerate() {
+        for i in 0.. {
+            if cache.breaker_state() == cache_runtime::BreakerState::Open {
+                break;
+            }
+            let _ = cache.invalidate(&format!("junk:trip:{instance}:{i}")).await;
+        }
+    }
+    for row in 0..ROWS {
+        db.bump(row, true);
+        let cache = &caches[row as usize % caches.len()];
+        let key = format!("grp:{}:row:{row}", group(row));
+        assert!(cache.invalidate(&key).await.is_err(), "Redis is paused");
+    }
+    for (instance, cache) in caches.iter().enumerate() {
+        for i in 0..10_050 {
+            let _ = cache.invalidate(&format!("junk:last:{instance}:{i}")).await;
+        }
+        assert_eq!(cache.health().await.pending_invalidations, 1, "collapsed into one `clear`");
+    }
+    server.resume();
+    // Check 3: the backlogs drain by themselves, then every instance is current.
+    let started = Instant::now();
+    for cache in &caches {
+        while cache.health().await.pending_invalidations > 0 {
+            assert!(started.elapsed() < Duration::from_secs(30), "the backlog drains");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for (instance, cache) in caches.iter().enumerate() {
+        for row in 0..ROWS {
+            let current = db.state[row as usize].load(SeqCst) >> 1;
+            let served = row_plain(cache, &db, group(row), row, 0).await.unwrap();
+            assert_eq!(
+                served.version, current,
+                "instance {instance} serves row {row} at its current version after the backlog drained"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converges_after_a_backlog_overflow_across_three_instances() {
+    backlog_overflow(Some("cn:")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converges_after_a_backlog_overflow_unprefixed_across_three_instances() {
+    backlog_overflow(None).await;
 }
