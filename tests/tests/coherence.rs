@@ -1767,7 +1767,8 @@ async fn an_unprefixed_cache_on_an_evicting_redis_is_refused_at_build() {
 
 /// Scenario 6: every 1.5 s the server is paused for about a second, and meanwhile one
 /// instance issues 10,050 distinct invalidations (past the backlog bound of 10,000: the
-/// backlog collapses into one `clear`); then convergence: after the backlogs drain, every
+/// backlog collapses into one `clear`, or without a prefix into first-level patterns); then
+/// convergence: after the backlogs drain, every
 /// instance serves every row's current version.
 async fn backlog_overflow(prefix: Option<&'static str>) {
     let server = Arc::new(RedisServer::start_with(&["--maxmemory-policy", "noeviction"]));
@@ -1784,8 +1785,10 @@ async fn backlog_overflow(prefix: Option<&'static str>) {
                 for i in 0..10_050 {
                     let _ = cache.invalidate(&format!("junk:{round}:{i}")).await;
                 }
-                if cache.health().await.pending_invalidations == 1 {
-                    overflowed.fetch_add(1, SeqCst); // collapsed into one `clear`
+                // Past the bound the backlog shrinks: into one `clear` with a prefix, into
+                // first-level patterns (`junk:*`, `grp:*`) without one.
+                if cache.health().await.pending_invalidations < 10 {
+                    overflowed.fetch_add(1, SeqCst);
                 }
                 let left = Duration::from_secs(1).saturating_sub(started.elapsed());
                 tokio::time::sleep(left).await;
@@ -1855,7 +1858,8 @@ async fn backlog_overflow(prefix: Option<&'static str>) {
         for i in 0..10_050 {
             let _ = cache.invalidate(&format!("junk:last:{instance}:{i}")).await;
         }
-        assert_eq!(cache.health().await.pending_invalidations, 1, "collapsed into one `clear`");
+        let pending = cache.health().await.pending_invalidations;
+        assert!(pending < 10, "the backlog shrank past its bound ({pending} kept)");
     }
     server.resume();
     // Check 3: the backlogs drain by themselves, then every instance is current.
