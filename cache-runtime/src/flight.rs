@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::codec::Entry;
+use crate::scope::Scope;
 
 /// How a flight ended, as its followers see it.
 #[derive(Clone)]
@@ -105,14 +106,20 @@ impl Flights {
         })
     }
 
-    /// Detaches the running flights whose key `matches`: they are marked invalidated (see
-    /// [`Leader::invalidated`]) and leave the map, so a caller arriving from now on starts
-    /// a new flight instead of joining one whose value may predate the write. Followers
-    /// that joined before still get the detached flight's outcome.
-    pub(crate) fn detach(&self, matches: impl Fn(&str) -> bool) {
+    /// Detaches the running flights of the keys `scope` covers: they are marked invalidated
+    /// (see [`Leader::invalidated`]) and leave the map, so a caller arriving from now on
+    /// starts a new flight instead of joining one whose value may predate the write.
+    /// Followers that joined before still get the detached flight's outcome.
+    pub(crate) fn detach(&self, scope: &Scope) {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Scope::Key(key) = scope {
+            if let Some(flight) = running.remove(key) {
+                flight.invalidated.store(true, Ordering::SeqCst);
+            }
+            return;
+        }
         running.retain(|key, flight| {
-            if matches(key) {
+            if scope.covers(key) {
                 flight.invalidated.store(true, Ordering::SeqCst);
                 false
             } else {
@@ -238,7 +245,7 @@ mod tests {
     async fn a_detached_flight_is_not_joined_and_its_end_spares_the_new_one() {
         let flights = Flights::default();
         let Join::Leader(old) = flights.join("k") else { panic!("first is leader") };
-        flights.detach(|key| key == "k");
+        flights.detach(&Scope::Key("k".into()));
         assert!(old.invalidated());
         let Join::Leader(new) = flights.join("k") else { panic!("a new flight starts") };
         drop(old);

@@ -66,7 +66,7 @@ pub(crate) struct Family {
 /// The state of a whole cache that per-cache families show, read once per rendering.
 pub(crate) struct CacheState {
     pub(crate) breaker: BreakerState,
-    /// Invalidations waiting to be replayed (see `pending.rs`).
+    /// Invalidations waiting to be replayed (see `backlog.rs`).
     pub(crate) pending_invalidations: u64,
 }
 
@@ -189,7 +189,7 @@ mod tests {
         let method = lines
             .iter()
             .position(|line| line.trim_start().starts_with("pub fn prometheus("))
-            .expect("Cache::prometheus in cache.rs");
+            .expect("Cache::prometheus in cache/mod.rs");
         let mut doc: Vec<&str> = lines[..method]
             .iter()
             .rev()

@@ -1,8 +1,8 @@
-//! Rate limits shared by every process on the same store: [`Cache::rate_limit`] and the
+//! Rate limits shared by every process on the same store: [`Cache::rate_limit`](crate::Cache::rate_limit) and the
 //! `#[rate_limit]` attribute, over an exact sliding window: the Lua script of a decision on
 //! Redis, the in-process windows of the memory store, and the failure policy.
 //!
-//! The algorithm and its costs are argued in the docs of [`Cache::rate_limit`], where
+//! The algorithm and its costs are argued in the docs of [`Cache::rate_limit`](crate::Cache::rate_limit), where
 //! users read them.
 
 use std::collections::{HashMap, VecDeque};
@@ -20,7 +20,7 @@ use crate::store::Store;
 pub(crate) const RATE_NAMESPACE: &str = "rate:";
 
 /// The largest `limit` a rate limit accepts. The exact window keeps one entry per call it
-/// admitted within the window (see [`Cache::rate_limit`]), so this bounds a key's memory
+/// admitted within the window (see [`Cache::rate_limit`](crate::Cache::rate_limit)), so this bounds a key's memory
 /// (about 125 MB on Redis for one full key at this limit).
 pub const MAX_RATE_LIMIT: u64 = 1_000_000;
 
@@ -68,7 +68,7 @@ pub enum FailMode {
     Closed,
 }
 
-/// The outcome of one [`Cache::rate_limit`] call: whether the call may go ahead, and what an
+/// The outcome of one [`Cache::rate_limit`](crate::Cache::rate_limit) call: whether the call may go ahead, and what an
 /// HTTP answer needs (`429` with `Retry-After`, and the `RateLimit-*` headers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateDecision {

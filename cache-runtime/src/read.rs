@@ -113,7 +113,33 @@ where
         }
     }
     if !policy.tracks_age() && near.is_none() {
-        return plain(core, counters, key, policy, cloner, accepts_absent).await;
+        // The plain hit path: one `GET` (a script with `idle`). Written here rather than in
+        // a function of its own: one async call less on every hit.
+        let read = match policy.touch() {
+            Some(touch) => core.store().get_touched(key, touch).await,
+            None => core.store().get(key).await,
+        };
+        return match read {
+            Ok(Some(entry)) if entry.is_absent() => {
+                counters.hit();
+                tracing::debug!(key, "cache hit (absent)");
+                absent(accepts_absent)
+            }
+            Ok(Some(entry)) => match entry.take(cloner) {
+                Ok(value) => {
+                    counters.hit();
+                    tracing::debug!(key, "cache hit");
+                    Read::Hit { value, found: None, due: false }
+                }
+                Err(error) => undecodable(counters, key, &error),
+            },
+            Ok(None) => {
+                counters.miss();
+                tracing::debug!(key, "cache miss");
+                miss(StoreUse::Fill)
+            }
+            Err(error) => failed(core, counters, key, error),
+        };
     }
     let epoch = near.and_then(|near| near.epoch(key));
     let read = core.store().get_aged(key, policy.lifetime()).await;
@@ -157,45 +183,6 @@ where
             Read::Hit { value, found: Some(found), due }
         }
         Err(error) => undecodable(counters, key, &error),
-    }
-}
-
-/// One `GET` (a script with `idle`): the hit path of policies without age or near cache.
-async fn plain<T>(
-    core: &CacheCore,
-    counters: &Counters,
-    key: &str,
-    policy: &Policy,
-    cloner: Cloner<T>,
-    accepts_absent: bool,
-) -> Read<T>
-where
-    T: DeserializeOwned + 'static,
-{
-    let read = match policy.touch() {
-        Some(touch) => core.store().get_touched(key, touch).await,
-        None => core.store().get(key).await,
-    };
-    match read {
-        Ok(Some(entry)) if entry.is_absent() => {
-            counters.hit();
-            tracing::debug!(key, "cache hit (absent)");
-            absent(accepts_absent)
-        }
-        Ok(Some(entry)) => match entry.take(cloner) {
-            Ok(value) => {
-                counters.hit();
-                tracing::debug!(key, "cache hit");
-                Read::Hit { value, found: None, due: false }
-            }
-            Err(error) => undecodable(counters, key, &error),
-        },
-        Ok(None) => {
-            counters.miss();
-            tracing::debug!(key, "cache miss");
-            miss(StoreUse::Fill)
-        }
-        Err(error) => failed(core, counters, key, error),
     }
 }
 

@@ -73,7 +73,8 @@ pub(crate) async fn apply(
 ) -> Result<Applied> {
     match change {
         Change::Put { key, value, ttl } => {
-            core.flights().detach(|running| running == key);
+            let scope = Scope::Key(key.to_owned());
+            core.flights().detach(&scope);
             let written = match value.and_then(|entry| storable(core, key, entry)) {
                 Ok(entry) => core.store().set(key, &entry, ttl).await,
                 Err(error) => Err(error),
@@ -81,16 +82,16 @@ pub(crate) async fn apply(
             if let Err(error) = &written {
                 counters.error(error.kind());
                 match retryable(error.kind()) {
-                    true => keep(core, Scope::Key(key.to_owned())),
+                    true => keep(core, scope.clone()),
                     // Too large, not encodable, refused (`OOM` under `noeviction`; Redis
                     // still accepts `DEL` then): the old value must not outlive the write.
                     false => {
                         tracing::warn!(key, %error, store = core.kind(), "the new value cannot be stored; removing the old one");
-                        let _ = remove(core, counters, &Scope::Key(key.to_owned())).await;
+                        let _ = remove(core, counters, &scope).await;
                     }
                 }
             }
-            evict_near(core, &Scope::Key(key.to_owned()));
+            evict_near(core, &scope);
             written.map(|()| Applied::Written)
         }
         Change::Fill { key, ticket, entry, ttl } => {
@@ -106,7 +107,9 @@ pub(crate) async fn apply(
                 return Ok(Applied::Filled(Filled::Skipped));
             }
             let filled = core.store().fill(key, ticket, entry, ttl).await;
-            evict_near(core, &Scope::Key(key.to_owned()));
+            if let Some(near) = core.near() {
+                near.evict(&Scope::Key(key.to_owned()));
+            }
             Ok(Applied::Filled(match filled {
                 Ok(true) => Filled::Stored,
                 Ok(false) => {
@@ -154,7 +157,7 @@ async fn remove(core: &Arc<CacheCore>, counters: &Counters, scope: &Scope) -> Re
 
 /// Detaches the covered flights, removes in the store, evicts near copies.
 async fn removal(core: &CacheCore, scope: &Scope) -> Result<Removed> {
-    core.flights().detach(|running| scope.covers(running));
+    core.flights().detach(scope);
     let store = core.store();
     let removed = match scope {
         Scope::Key(key) => store.remove(key).await.map(|keys| Removed { keys, scanned: false }),

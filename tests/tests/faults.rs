@@ -897,7 +897,7 @@ async fn breaker_late_failures_of_concurrent_calls_do_not_stretch_the_cool_down(
     );
 }
 
-/// The first probe after Redis comes back reaches it (`cache-runtime/src/store/redis.rs`,
+/// The first probe after Redis comes back reaches it (`cache-runtime/src/store/redis/mod.rs`,
 /// `RedisStore::guarded`, with redis-rs 1.8's `ConnectionManager`). While Redis is down the
 /// manager keeps its last failed reconnect future; the next command gets that future's
 /// stale `Connection refused` and only then starts a new reconnect. `guarded` spends that

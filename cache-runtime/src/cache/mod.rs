@@ -201,7 +201,7 @@ impl Cache {
     /// | `cache_invalidated_keys_total` | counter | `function` | keys removed by invalidation ([`Stats::invalidated`]) |
     /// | `cache_rate_limited_total` | counter | `function` | calls refused by a rate limit ([`Stats::rate_limited`]) |
     /// | `cache_rate_allowed_total` | counter | `function` | calls a rate limit let through ([`Stats::rate_allowed`]) |
-    /// | `cache_errors_total` | counter | `function`, `kind` | failures by [`ErrorKind`] ([`Stats::errors`]); `kind="connection"` always, other kinds once non-zero |
+    /// | `cache_errors_total` | counter | `function`, `kind` | failures by [`ErrorKind`](crate::ErrorKind) ([`Stats::errors`]); `kind="connection"` always, other kinds once non-zero |
     /// | `cache_load_duration_seconds` | histogram | `function`, `le` | time spent running bodies to fill the cache (`_bucket`, `_sum`, `_count`) |
     /// | `cache_breaker_state` | gauge | `state` | the circuit breaker in front of Redis: 1 for the current state (`closed`, `open`, `half_open`), 0 for the others |
     /// | `cache_pending_invalidations` | gauge | | invalidations that could not reach Redis yet and are replayed until they land |
@@ -364,7 +364,7 @@ impl Cache {
     ///   80 bytes for 1, 2.1 KB for a full `limit = 100` key) and about 125 bytes per call
     ///   beyond (a skiplist: 116 KB for 1,000, 1.27 MB for 10,000), plus the key's name. In
     ///   process, 16 bytes per call. An idle limiter vanishes `per` after its last admitted
-    ///   call (a Redis TTL; a sweep in process). [`MAX_RATE_LIMIT`] bounds a key.
+    ///   call (a Redis TTL; a sweep in process). [`MAX_RATE_LIMIT`](crate::MAX_RATE_LIMIT) bounds a key.
     /// - **The alternative, GCRA** (the generic cell rate algorithm: one timestamp per
     ///   key): constant memory (one string, 48 bytes whatever the limit), but it lets a
     ///   burst of `limit` through and then one call every `per / limit`, so right after an
@@ -394,7 +394,7 @@ impl Cache {
     /// # Errors
     ///
     /// [`Error::InvalidKey`] for a bad key (empty, whitespace, control characters, `#`);
-    /// [`Error::InvalidRateLimit`] for a `limit` of 0 or over [`MAX_RATE_LIMIT`], or a
+    /// [`Error::InvalidRateLimit`] for a `limit` of 0 or over [`MAX_RATE_LIMIT`](crate::MAX_RATE_LIMIT), or a
     /// window under one millisecond. Nothing is counted then. Store failures are not
     /// errors: see [`FailMode`].
     pub async fn rate_limit(&self, key: &str, limit: u64, per: Duration) -> Result<RateDecision> {

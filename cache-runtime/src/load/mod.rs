@@ -1,12 +1,14 @@
-//! The miss path of cache-aside, as one type: [`Load`] carries what every step needs (the
-//! cache, the call site's counters, the key, its policy, how to clone values, a stale
-//! value kept for fallback), and its methods are the steps: lead a flight, follow one,
-//! load alone, load under a cross-process lease (`stampede.rs`), refresh early, store
-//! through the fill protocol, serve a stale value.
+//! The miss path of cache-aside. [`through`] is every cached call: the read path
+//! (`read.rs`), then, on a miss, a [`Load`], which carries what every step needs (the core,
+//! the call site's counters, the key, its policy, how to clone values, what the lookup
+//! learned as one [`Missed`]), and whose methods are the steps: lead a flight, follow one,
+//! load alone, load under a cross-process lease ([`stampede`]), refresh early, answer within
+//! a `timeout`, serve a stale value.
 //!
 //! Every path that stores the result of a load goes through [`Load::begin`] before the body
-//! runs and [`Load::fill`] after it, so a load that an invalidation overtook never stores
-//! its value, in this process or any other (see `store/mod.rs`).
+//! runs and a fill through the write path (`write.rs`, `Change::Fill`) after it, so a load
+//! that an invalidation overtook never stores its value, in this process or any other (see
+//! `store/mod.rs`).
 
 use std::future::Future;
 use std::marker::PhantomData;
