@@ -57,6 +57,13 @@
 //! An application router with state merges the admin router after its own `.with_state(...)`
 //! (the admin router is a `Router<()>`).
 //!
+//! The admin router has a fallback, which answers paths no route matches with a JSON 404
+//! (see "Error responses" below). Nested, it answers only the paths under its prefix.
+//! Merged, it becomes the fallback of the whole router, unless the application sets its own
+//! **after** the merge (`.merge(admin::router(..)?).fallback(own)`): axum panics when it
+//! merges two routers that both have a fallback, so either set yours after merging, or drop
+//! the admin router's with [`Router::reset_fallback`] before merging.
+//!
 //! # Security
 //!
 //! - The three `POST` routes remove data and require `Authorization: Bearer <token>`, the
@@ -85,12 +92,16 @@
 //!
 //! # Error responses
 //!
-//! Every error is JSON, `{"error": "<message>"}`:
+//! Every error is JSON, `{"error": "<message>"}` with `Content-Type: application/json`,
+//! including the ones axum answers itself (no route, wrong method, a path parameter it cannot
+//! extract):
 //!
 //! | status | when |
 //! |---|---|
 //! | 400 | the key or pattern is invalid ([`Error::InvalidKey`], [`Error::InvalidPattern`]: empty, whitespace, unclosed `[`, reserved `#`), or the path does not decode as UTF-8 |
 //! | 401 | a `POST` without the right bearer token |
+//! | 404 | no route at this path (including an empty key or pattern: `POST /cache/invalidate/`) |
+//! | 405 | a route called with another method (`GET /cache/clear`); the `Allow` header names the methods it takes |
 //! | 409 | `POST /cache/clear` on a Redis cache without a prefix ([`Error::InvalidConfig`]: it would remove the whole database) |
 //! | 503 | the store failed: Redis unreachable, timed out, circuit breaker open, error reply |
 //!
@@ -164,6 +175,9 @@ pub fn router(cache: Cache, token: impl Into<String>) -> Result<Router> {
         .route("/cache/invalidate/{*key}", post(invalidate))
         .route("/cache/invalidate-pattern/{*pattern}", post(invalidate_pattern))
         .route("/cache/clear", post(clear))
+        // After the routes: it applies to the routes registered before it.
+        .method_not_allowed_fallback(wrong_method)
+        .fallback(no_route)
         .with_state(admin))
 }
 
@@ -212,7 +226,23 @@ impl From<Error> for Failure {
 
 impl From<PathRejection> for Failure {
     fn from(rejection: PathRejection) -> Self {
-        Failure { status: StatusCode::BAD_REQUEST, message: rejection.body_text() }
+        // 400 for a parameter that does not decode; 500 when the router was mounted so that
+        // the route has other path parameters (a server bug, not the client's).
+        Failure { status: rejection.status(), message: rejection.body_text() }
+    }
+}
+
+/// The answer to a path no route matches (axum's fallback): 404.
+async fn no_route() -> Failure {
+    Failure { status: StatusCode::NOT_FOUND, message: "no route at this path".into() }
+}
+
+/// The answer to a route called with a method it does not take: 405. axum adds the `Allow`
+/// header naming the methods it takes.
+async fn wrong_method() -> Failure {
+    Failure {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: "this route does not take this method (see the Allow header)".into(),
     }
 }
 

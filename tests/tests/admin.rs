@@ -524,3 +524,66 @@ async fn the_router_nests_under_a_prefix_and_merges_beside_other_routes() {
     assert_eq!(http::get(merged, "/metrics").await.status, 200);
     assert_removed(&http::post(merged, "/cache/clear", Some(TOKEN)).await, 0);
 }
+
+/// Asserts `response` is an error in the router's one shape: `status`, `Content-Type:
+/// application/json` and `{"error": "..."}` mentioning `needle`.
+#[track_caller]
+fn assert_json_error(response: &Response, status: u16, needle: &str) {
+    assert_eq!(response.header("content-type"), Some("application/json"), "{response:?}");
+    assert_error(response, status, needle);
+}
+
+/// The errors axum itself answers (no such route, a method the route does not take, a path
+/// parameter it cannot extract) have the router's JSON shape too, served alone, nested under
+/// a prefix or merged beside other routes.
+#[tokio::test]
+async fn unknown_routes_wrong_methods_and_bad_paths_are_json_errors() {
+    use axum::routing::get;
+
+    let cache = Cache::memory();
+    let app = || axum::Router::new().route("/hello", get(|| async { "hello" }));
+    let alone = serve_admin(&cache).await;
+    let nested = serve(app().nest("/admin", admin::router(cache.clone(), TOKEN).unwrap())).await;
+    let merged = serve(app().merge(admin::router(cache.clone(), TOKEN).unwrap())).await;
+    let bearer = format!("Bearer {TOKEN}");
+    for (addr, prefix) in [(alone, ""), (nested, "/admin"), (merged, "")] {
+        let request = |method: &'static str, path: &str| {
+            let target = format!("{prefix}{path}");
+            let bearer = bearer.clone();
+            async move { http::request(addr, method, &target, Some(&bearer)).await }
+        };
+        // No such route, including an empty key or pattern.
+        for path in ["/nothing", "/cache", "/cache/statistics", "/cache/invalidate/"] {
+            assert_json_error(&request("GET", path).await, 404, "no route");
+        }
+        assert_json_error(&request("POST", "/cache/invalidate-pattern/").await, 404, "no route");
+        // A route, but not with this method: 405, and `Allow` names the methods it takes.
+        for (method, path, allow) in [
+            ("GET", "/cache/clear", "POST"),
+            ("GET", "/cache/invalidate/homepage:news", "POST"),
+            ("DELETE", "/cache/invalidate-pattern/homepage:*", "POST"),
+            ("POST", "/cache/stats", "GET,HEAD"),
+            ("PUT", "/metrics", "GET,HEAD"),
+        ] {
+            let response = request(method, path).await;
+            assert_json_error(&response, 405, "method");
+            assert_eq!(response.header("allow"), Some(allow), "{method} {path}");
+        }
+        // A path parameter that does not decode.
+        assert_json_error(&request("POST", "/cache/invalidate/%FF").await, 400, "UTF-8");
+    }
+    // The application's own routes are untouched.
+    assert_eq!(http::get(nested, "/hello").await.body, "hello");
+    assert_eq!(http::get(merged, "/hello").await.body, "hello");
+
+    // An application's own fallback, set after the merge, answers the unknown paths; and the
+    // admin router's fallback can be dropped before merging into a router that has one.
+    let own = || async { (axum::http::StatusCode::NOT_FOUND, "own") };
+    let after = app().merge(admin::router(cache.clone(), TOKEN).unwrap()).fallback(own);
+    let reset =
+        app().fallback(own).merge(admin::router(cache.clone(), TOKEN).unwrap().reset_fallback());
+    for addr in [serve(after).await, serve(reset).await] {
+        assert_eq!(http::get(addr, "/nothing").await.body, "own");
+        assert_json_error(&http::get(addr, "/cache/clear").await, 405, "method");
+    }
+}
