@@ -9,11 +9,29 @@
 //! | `GET /search?make=toyota&max_price=25000` | a [`SearchPage`](super::SearchPage); see [`SearchQuery`] |
 //! | `GET /users/{id}` | a [`UserProfile`](super::UserProfile), or 404 |
 //! | `PUT /users/{id}` | body a [`ProfileUpdate`]: the updated profile, or 404 |
+//! | anything else | 404 (no route) or 405 (a route, another method) |
 //! | `/admin/...` | the cache's admin routes ([`cache_runtime::admin`]): `GET /admin/metrics`, `GET /admin/cache/stats`, `GET /admin/cache/health`, and the token-guarded `POST /admin/cache/invalidate/{key}`, `POST /admin/cache/invalidate-pattern/{pattern}`, `POST /admin/cache/clear` |
+
+//!
+//! # Errors
+//!
+//! Every error is JSON, `{"error": "<message>"}` with `Content-Type: application/json`, the
+//! same shape as the admin routes' errors:
+//!
+//! | status | when |
+//! |---|---|
+//! | 400 | a path parameter that is not a number (`/vehicles/abc`), a query value of the wrong type (`?max_price=cheap`), a search filter longer than [`MAX_FILTER_BYTES`](super::MAX_FILTER_BYTES), a body that is not JSON, a price that is not positive, an empty name |
+//! | 404 | an unknown id, or no route at this path |
+//! | 405 | a route called with another method; `Allow` names the methods it takes |
+//! | 415 | a `PUT` body without `Content-Type: application/json` |
+//! | 422 | a JSON body of the wrong shape (`{"price": "x"}`) |
+//! | 429 | too many price changes from one address (with `Retry-After` and `RateLimit-*`) |
+//! | 500 | the database failed |
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -23,7 +41,7 @@ use cache_runtime::{rate_limit, RateLimited};
 use serde::{Deserialize, Serialize};
 
 use super::db::DbError;
-use super::model::{ProfileUpdate, SearchFilters, SearchQuery};
+use super::model::{FilterTooLong, ProfileUpdate, SearchFilters, SearchQuery};
 use super::service::Marketplace;
 
 /// The body of `PUT /vehicles/{id}`.
@@ -54,16 +72,61 @@ pub fn router(service: Marketplace, admin_token: &str) -> Result<Router, cache_r
         .route("/homepage", get(homepage))
         .route("/search", get(search))
         .route("/users/{id}", get(user).put(update_profile))
+        // After the routes: it applies to the routes registered before it.
+        .method_not_allowed_fallback(|| async { ApiError::WrongMethod })
+        .fallback(|| async { ApiError::NoRoute })
         .with_state(service)
         .nest("/admin", admin))
 }
 
-/// What a handler fails with.
+/// What a handler fails with; answered as JSON `{"error": "<message>"}`.
 enum ApiError {
+    /// An unknown id.
     NotFound,
-    BadRequest(&'static str),
+    /// No route at this path.
+    NoRoute,
+    /// A route, but not with this method.
+    WrongMethod,
+    /// Input the handler refused.
+    BadRequest(String),
+    /// A path, query or body axum could not extract, with the status it chose.
+    Rejected(StatusCode, String),
     Database(DbError),
     TooManyRequests(RateLimited),
+}
+
+/// The body of every error answer.
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(ErrorBody { error: message.into() })).into_response()
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::Rejected(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::Rejected(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        ApiError::Rejected(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<FilterTooLong> for ApiError {
+    fn from(too_long: FilterTooLong) -> Self {
+        ApiError::BadRequest(too_long.to_string())
+    }
 }
 
 impl From<RateLimited> for ApiError {
@@ -86,13 +149,15 @@ impl From<DbError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
-            ApiError::NotFound => (StatusCode::NOT_FOUND, "not found\n").into_response(),
-            ApiError::BadRequest(why) => {
-                (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response()
-            }
-            ApiError::Database(error) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response()
-            }
+            ApiError::NotFound => error(StatusCode::NOT_FOUND, "not found"),
+            ApiError::NoRoute => error(StatusCode::NOT_FOUND, "no route at this path"),
+            ApiError::WrongMethod => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take this method (see the Allow header)",
+            ),
+            ApiError::BadRequest(why) => error(StatusCode::BAD_REQUEST, why),
+            ApiError::Rejected(status, why) => error(status, why),
+            ApiError::Database(db) => error(StatusCode::INTERNAL_SERVER_ERROR, db.to_string()),
             ApiError::TooManyRequests(limited) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 [
@@ -101,7 +166,7 @@ impl IntoResponse for ApiError {
                     ("ratelimit-remaining", limited.remaining.to_string()),
                     ("ratelimit-reset", seconds(limited.reset_after)),
                 ],
-                format!("{limited}\n"),
+                error(StatusCode::TOO_MANY_REQUESTS, limited.to_string()),
             )
                 .into_response(),
         }
@@ -116,19 +181,21 @@ fn found<T>(value: Option<T>) -> ApiResult<T> {
 
 async fn vehicle(
     State(service): State<Marketplace>,
-    Path(id): Path<i64>,
+    id: Result<Path<i64>, PathRejection>,
 ) -> ApiResult<super::Vehicle> {
+    let Path(id) = id?;
     found(service.vehicle(id).await?)
 }
 
 async fn update_price(
     State(service): State<Marketplace>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path(id): Path<i64>,
-    Json(update): Json<PriceUpdate>,
+    id: Result<Path<i64>, PathRejection>,
+    update: Result<Json<PriceUpdate>, JsonRejection>,
 ) -> ApiResult<super::Vehicle> {
+    let (Path(id), Json(update)) = (id?, update?);
     if update.price <= 0 {
-        return Err(ApiError::BadRequest("price must be positive"));
+        return Err(ApiError::BadRequest("price must be positive".into()));
     }
     found(change_price(&service, client.ip(), id, update.price).await?)
 }
@@ -147,8 +214,9 @@ async fn change_price(
 
 async fn dealer_vehicles(
     State(service): State<Marketplace>,
-    Path(id): Path<i64>,
+    id: Result<Path<i64>, PathRejection>,
 ) -> ApiResult<super::DealerVehicles> {
+    let Path(id) = id?;
     found(service.dealer_vehicles(id).await?)
 }
 
@@ -158,25 +226,30 @@ async fn homepage(State(service): State<Marketplace>) -> ApiResult<super::Homepa
 
 async fn search(
     State(service): State<Marketplace>,
-    Query(query): Query<SearchQuery>,
+    query: Result<Query<SearchQuery>, QueryRejection>,
 ) -> ApiResult<super::SearchPage> {
-    Ok(Json(service.search(&SearchFilters::normalise(&query)).await?))
+    let Query(query) = query?;
+    // Refused before the cache: an absurd value never becomes a key.
+    let filters = SearchFilters::from_query(&query)?;
+    Ok(Json(service.search(&filters).await?))
 }
 
 async fn user(
     State(service): State<Marketplace>,
-    Path(id): Path<i64>,
+    id: Result<Path<i64>, PathRejection>,
 ) -> ApiResult<super::UserProfile> {
+    let Path(id) = id?;
     found(service.user(id).await?)
 }
 
 async fn update_profile(
     State(service): State<Marketplace>,
-    Path(id): Path<i64>,
-    Json(update): Json<ProfileUpdate>,
+    id: Result<Path<i64>, PathRejection>,
+    update: Result<Json<ProfileUpdate>, JsonRejection>,
 ) -> ApiResult<super::UserProfile> {
+    let (Path(id), Json(update)) = (id?, update?);
     if update.name.trim().is_empty() {
-        return Err(ApiError::BadRequest("name must not be empty"));
+        return Err(ApiError::BadRequest("name must not be empty".into()));
     }
     found(service.update_profile(id, &update).await?)
 }

@@ -217,51 +217,48 @@ impl SearchFilters {
         }
     }
 
-    /// The canonical text of the filters: one `name=value` per field, in a fixed order,
-    /// `~` for an absent value. Equal filters give equal text.
-    pub fn canonical(&self) -> String {
-        fn opt<T: ToString>(value: &Option<T>) -> String {
-            value.as_ref().map_or_else(|| "~".to_owned(), T::to_string)
+    /// [Normalises](Self::normalise) a client's query and checks its text filters: each of
+    /// `make`, `body` and `province` is at most [`MAX_FILTER_BYTES`] once normalised.
+    ///
+    /// # Errors
+    ///
+    /// [`FilterTooLong`], naming the first filter over the bound.
+    pub fn from_query(query: &SearchQuery) -> Result<SearchFilters, FilterTooLong> {
+        let filters = SearchFilters::normalise(query);
+        for (filter, value) in
+            [("make", &filters.make), ("body", &filters.body), ("province", &filters.province)]
+        {
+            let bytes = value.as_ref().map_or(0, String::len);
+            if bytes > MAX_FILTER_BYTES {
+                return Err(FilterTooLong { filter, bytes });
+            }
         }
-        format!(
-            "make={}&body={}&province={}&min_price={}&max_price={}&year_from={}&sort={}&page={}",
-            opt(&self.make),
-            opt(&self.body),
-            opt(&self.province),
-            opt(&self.min_price),
-            opt(&self.max_price),
-            opt(&self.year_from),
-            self.sort.name(),
-            self.page,
-        )
-    }
-
-    /// A 16-hex-digit FNV-1a hash of [`canonical`](Self::canonical): short, stable across
-    /// processes, builds and platforms (unlike `std`'s randomly seeded `DefaultHasher`).
-    pub fn hash(&self) -> String {
-        format!("{:016x}", fnv1a_64(self.canonical().as_bytes()))
+        Ok(filters)
     }
 }
 
-/// `<filters>` renders the filters' [hash](SearchFilters::hash), as in the seed service's
-/// `search:vehicles:{hash}`.
-///
-/// A hash gives short keys whatever the filters, at the price of the guarantee that two
-/// different argument lists never share a key: two filter sets could in principle collide.
-/// With 64 bits the odds are about n²/2⁶⁵ for n distinct live searches (1 in 3.7 million for
-/// ten thousand). Write the canonical text instead (`key.push_str(&self.canonical())`) where
-/// that is not good enough.
-impl KeyPart for SearchFilters {
+/// The longest text filter (`make`, `body`, `province`) a search accepts, in bytes of UTF-8
+/// once trimmed and lowercased. No make, body style or province is longer; the bound keeps a
+/// search key short (each value is at most 192 bytes once percent-encoded, a whole key at most
+/// about 700, under the cache's default `max_key_bytes` of 1024), so a client cannot make the
+/// cache store huge keys.
+pub const MAX_FILTER_BYTES: usize = 64;
+
+/// A search filter longer than [`MAX_FILTER_BYTES`]: `GET /search` answers 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the {filter} filter is {bytes} bytes long; at most {MAX_FILTER_BYTES} are accepted")]
+pub struct FilterTooLong {
+    /// The filter: `make`, `body` or `province`.
+    pub filter: &'static str,
+    /// Its length in bytes, normalised.
+    pub bytes: usize,
+}
+
+/// `<filters.sort>` renders the order's name: `newest`, `price_asc`, `price_desc`, `mileage`.
+impl KeyPart for Sort {
     fn write_key_part(&self, key: &mut KeyWriter<'_>) {
-        key.push_str(&self.hash());
+        key.push_str(self.name());
     }
-}
-
-/// 64-bit FNV-1a (Fowler–Noll–Vo): a fixed, seedless hash.
-pub fn fnv1a_64(bytes: &[u8]) -> u64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(PRIME))
 }
 
 /// One page of search results: `GET /search`.
@@ -280,14 +277,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fnv1a_matches_the_reference_vectors() {
-        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
-    }
-
-    #[test]
-    fn equivalent_queries_share_a_hash() {
+    fn equivalent_queries_normalise_to_equal_filters() {
         let a = SearchFilters::normalise(&SearchQuery {
             make: Some(" Toyota ".into()),
             page: Some(1),
@@ -298,13 +288,30 @@ mod tests {
             sort: Some("bogus".into()),
             ..SearchQuery::default()
         });
-        assert_eq!(a.hash(), b.hash());
+        assert_eq!(a, b);
         let c = SearchFilters::normalise(&SearchQuery {
             make: Some("toyota".into()),
             page: Some(2),
             ..SearchQuery::default()
         });
-        assert_ne!(a.hash(), c.hash());
-        assert_eq!(a.hash().len(), 16);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn text_filters_are_bounded_once_normalised() {
+        let query = |make: String| SearchQuery { make: Some(make), ..SearchQuery::default() };
+        let at_bound = "ü".repeat(MAX_FILTER_BYTES / 2);
+        assert!(SearchFilters::from_query(&query(format!("  {at_bound}  "))).is_ok());
+        assert_eq!(
+            SearchFilters::from_query(&query(format!("{at_bound}a"))),
+            Err(FilterTooLong { filter: "make", bytes: MAX_FILTER_BYTES + 1 })
+        );
+        // Lowercasing can grow a value (`İ` is 2 bytes, `i̇` 3): the normalised length counts.
+        assert!(SearchFilters::from_query(&query("İ".repeat(MAX_FILTER_BYTES / 2))).is_err());
+        let long_body = SearchQuery { body: Some("x".repeat(65)), ..SearchQuery::default() };
+        assert_eq!(SearchFilters::from_query(&long_body).unwrap_err().filter, "body");
+        let long_province =
+            SearchQuery { province: Some("x".repeat(65)), ..SearchQuery::default() };
+        assert_eq!(SearchFilters::from_query(&long_province).unwrap_err().filter, "province");
     }
 }

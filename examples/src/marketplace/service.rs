@@ -6,7 +6,7 @@
 //! | `vehicle:<id>` | [`Marketplace::vehicle`] | 15m | `lock`, `early`, `absent_ttl = "30s"` |
 //! | `dealer:<dealer_id>:vehicles` | [`Marketplace::dealer_vehicles`] | 5m | `lock`, `refresh = "4m"`, `absent_ttl = "30s"` |
 //! | `homepage:<section>` | [`Marketplace::homepage_section`] | 10m | `lock`, `stale = "1h"`, `refresh = "8m"`, `timeout = "50ms"` |
-//! | `search:<make or ~>:<hash of the filters>` | [`Marketplace::search`] | 5m | |
+//! | `search:<make>:<body>:<province>:<min_price>:<max_price>:<year_from>:<sort>:<page>` (`~` for an absent filter) | [`Marketplace::search`] | 5m | |
 //! | `user:<id>` | [`Marketplace::user`] | 1h | `absent_ttl = "30s"` |
 //!
 //! A price change drops `vehicle:<id>`, `dealer:<dealer>:*`, `homepage:*`, and the searches
@@ -129,14 +129,26 @@ impl Marketplace {
         Ok(Homepage { featured, latest, deals })
     }
 
-    /// A search, keyed by its make (`~` for any) and the hash of its normalised filters:
-    /// `search:toyota:9f0c7d2e41a6b3c8`. The make in the key lets a price change drop only
-    /// the searches that can list the vehicle.
+    /// A search, keyed by every normalised filter, each a placeholder (`~` for an absent
+    /// one): `?make=Toyota&max_price=25000` is `search:toyota:~:~:~:25000:~:newest:1`.
+    ///
+    /// Placeholder values are percent-encoded (every byte outside `[A-Za-z0-9_.-]`), so a
+    /// value cannot spill into the next level: two different filter sets always have two
+    /// different keys, where a hash of the filters could collide, and a client who computed
+    /// a collision could have one search answered with another's result. The make comes
+    /// first so that a price change drops only the searches that can list the vehicle
+    /// (`search:<its make>:*` and `search:~:*`). The HTTP API bounds the text filters
+    /// ([`MAX_FILTER_BYTES`](super::MAX_FILTER_BYTES)), which keeps the keys short.
     ///
     /// # Errors
     ///
     /// When the database fails.
-    #[cached(key = "search:<filters.make>:<filters>", ttl = "5m", cache = self.cache)]
+    #[cached(
+        key = "search:<filters.make>:<filters.body>:<filters.province>:<filters.min_price>:\
+               <filters.max_price>:<filters.year_from>:<filters.sort>:<filters.page>",
+        ttl = "5m",
+        cache = self.cache
+    )]
     pub async fn search(&self, filters: &SearchFilters) -> Result<SearchPage, DbError> {
         self.db.search(filters).await
     }
