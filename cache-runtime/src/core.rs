@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use crate::backlog::Backlog;
 use crate::breaker::BreakerState;
-use crate::flight::Flights;
 use crate::error::{ErrorKind, Result};
+use crate::flight::Flights;
 use crate::format::Format;
 use crate::log_limit::{clip, LogKind, LogLimit};
 use crate::near::Near;

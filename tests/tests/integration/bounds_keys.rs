@@ -124,8 +124,13 @@ async fn the_programmatic_api_refuses_keys_over_the_bound() {
 
     // The bound itself is accepted, and can be raised.
     cache.set(&long[..1024], &1u32, minute).await.unwrap();
-    let roomy =
-        Cache::builder().redis(server.url()).prefix("u:").max_key_bytes(4096).build().await.unwrap();
+    let roomy = Cache::builder()
+        .redis(server.url())
+        .prefix("u:")
+        .max_key_bytes(4096)
+        .build()
+        .await
+        .unwrap();
     roomy.set(&long, &2u32, minute).await.unwrap();
     assert_eq!(roomy.get::<u32>(&long).await.unwrap(), Some(2));
 
@@ -165,7 +170,12 @@ async fn rate_limit_keys_over_the_bound_are_hashed_and_keep_their_own_limit() {
         assert!(login(&cache, user).await.is_err(), "the third call in a minute is refused");
     }
     let keys = all_keys(&con).await;
-    assert_eq!(keys.len(), 2, "one limiter per user: {:?}", keys.iter().map(|k| &k.0).collect::<Vec<_>>());
+    assert_eq!(
+        keys.len(),
+        2,
+        "one limiter per user: {:?}",
+        keys.iter().map(|k| &k.0).collect::<Vec<_>>()
+    );
     for (key, _) in &keys {
         assert!(key.len() <= PREFIX.len() + "#rate:{}".len() + 1024, "a {}-byte key", key.len());
     }
@@ -265,11 +275,8 @@ async fn ten_thousand_failed_calls_log_a_bounded_number_of_lines_with_clipped_ke
 
     let lines = lines.lock().unwrap().clone();
     let warns: Vec<&Line> = lines.iter().filter(|l| l.level == tracing::Level::WARN).collect();
-    let read_failed: Vec<&Line> = warns
-        .iter()
-        .copied()
-        .filter(|l| l.field("message") == Some("cache read failed"))
-        .collect();
+    let read_failed: Vec<&Line> =
+        warns.iter().copied().filter(|l| l.field("message") == Some("cache read failed")).collect();
     // One line per kind per second: the calls took `took`, plus the one after the pause.
     let seconds = took.as_secs() as usize + 2;
     assert!(
