@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use crate::backlog::Backlog;
 use crate::breaker::BreakerState;
+use crate::error::{ErrorKind, Result};
 use crate::flight::Flights;
 use crate::format::Format;
+use crate::log_limit::{clip, LogKind, LogLimit};
 use crate::near::Near;
 use crate::policy::Policy;
 use crate::stats::{Counters, StatsRegistry};
@@ -35,6 +37,9 @@ pub(crate) struct Settings {
     pub(crate) fill_window: Duration,
     /// Codec, compression and schema version of stored values.
     pub(crate) format: Format,
+    /// Rendered keys longer than this are never stored (attributes) or refused
+    /// (programmatic API); longer rate-limit keys are hashed.
+    pub(crate) max_key_bytes: usize,
 }
 
 impl Default for Settings {
@@ -45,6 +50,7 @@ impl Default for Settings {
             max_value_bytes: crate::format::DEFAULT_MAX_VALUE_BYTES,
             fill_window: Duration::from_secs(60),
             format: Format::default(),
+            max_key_bytes: crate::key::DEFAULT_MAX_KEY_BYTES,
         }
     }
 }
@@ -62,6 +68,8 @@ pub(crate) struct CacheCore {
     backlog: Backlog,
     /// The near cache (`CacheBuilder::near_cache`), in front of Redis.
     near: Option<Arc<Near>>,
+    /// How many failure lines each kind may still write (`log_limit.rs`).
+    logs: LogLimit,
 }
 
 impl CacheCore {
@@ -76,6 +84,7 @@ impl CacheCore {
             flights: Flights::default(),
             backlog,
             near,
+            logs: LogLimit::default(),
         }
     }
 
@@ -127,6 +136,39 @@ impl CacheCore {
         self.near.as_deref().filter(|_| {
             policy.near && policy.idle.is_none() && self.store.breaker_state() != BreakerState::Open
         })
+    }
+
+    /// Whether a line of `kind` may be logged now: `Some(left out since the last one)`.
+    pub(crate) fn log(&self, kind: LogKind) -> Option<u64> {
+        self.logs.admit(kind)
+    }
+
+    /// Checks a key given to the programmatic API: the key grammar, then
+    /// `max_key_bytes`.
+    pub(crate) fn check_key(&self, key: &str) -> Result<()> {
+        crate::key::validate_key(key)?;
+        crate::key::check_length(key, self.settings.max_key_bytes)
+    }
+
+    /// Whether a key rendered by an attribute may be cached. A longer one is not: it is
+    /// counted (as [`ErrorKind::TooLarge`]) and logged (bounded), and the caller goes on
+    /// without the cache.
+    pub(crate) fn key_fits(&self, counters: &Counters, key: &str) -> bool {
+        let max = self.settings.max_key_bytes;
+        if key.len() <= max {
+            return true;
+        }
+        counters.error(ErrorKind::TooLarge);
+        if let Some(suppressed) = self.log(LogKind::KeyTooLong) {
+            tracing::warn!(
+                key = %clip(key),
+                bytes = key.len(),
+                max,
+                suppressed,
+                "cache key longer than max_key_bytes; not cached"
+            );
+        }
+        false
     }
 
     /// The store's short name, for logs.

@@ -112,7 +112,8 @@ pub enum ErrorKind {
     Schema,
     /// A value could not be encoded.
     Encode,
-    /// A value was larger than the configured maximum and was not cached.
+    /// A value (or a key rendered by an attribute) was larger than the configured maximum
+    /// (`max_value_bytes`, `max_key_bytes`) and was not cached.
     TooLarge,
     /// Bad input or misuse of the API (never counted by the cache itself).
     Usage,

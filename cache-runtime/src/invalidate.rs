@@ -8,6 +8,8 @@
 use std::sync::Arc;
 
 use crate::core::CacheCore;
+use crate::key::pattern_may_match_within;
+use crate::log_limit::{clip, LogKind};
 use crate::scope::Scope;
 use crate::write::{self, Change};
 
@@ -28,14 +30,21 @@ pub(crate) async fn invalidate_targets(
     targets: Vec<Target>,
 ) {
     let counters = core.counters(function);
+    let max = core.settings().max_key_bytes;
     for target in targets {
         let scope = match target {
+            // Nothing is ever stored under a key over `max_key_bytes`, nor under any key a
+            // pattern matches only beyond it: nothing to remove.
+            Target::Key(key) if key.len() > max => continue,
+            Target::Pattern(pattern) if !pattern_may_match_within(&pattern, max) => continue,
             Target::Key(key) => Scope::Key(key),
             Target::Pattern(pattern) => Scope::of_pattern(&pattern),
         };
-        let text = scope.text().to_owned();
-        if let Err(error) = write::apply(core, &counters, Change::Remove(scope)).await {
-            tracing::warn!(function, target = %text, %error, "cache invalidation failed");
+        if let Err(error) = write::apply(core, &counters, Change::Remove(scope.clone())).await {
+            if let Some(suppressed) = core.log(LogKind::RemovalFailed) {
+                let target = clip(scope.text());
+                tracing::warn!(function, %target, error = %clip(&error), suppressed, "cache invalidation failed");
+            }
         }
     }
 }

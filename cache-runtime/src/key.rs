@@ -115,6 +115,69 @@ pub(crate) fn validate_key(key: &str) -> Result<()> {
     cache_keys::check_key(key).map_err(|reason| Error::invalid_key(key, reason))
 }
 
+/// The default of [`CacheBuilder::max_key_bytes`](crate::CacheBuilder::max_key_bytes).
+pub(crate) const DEFAULT_MAX_KEY_BYTES: usize = 1024;
+
+/// The smallest accepted `max_key_bytes`: a hashed rate-limit key ([`bounded_rate_key`])
+/// needs [`HASHED_TAIL`] bytes plus some literal head.
+pub(crate) const MIN_MAX_KEY_BYTES: usize = 128;
+
+/// The bytes a hashed rate-limit key ends with: `#` and 64 hex digits (SHA-256).
+const HASHED_TAIL: usize = 1 + 64;
+
+/// Why a key longer than `max_key_bytes` is refused by the programmatic API.
+pub(crate) const TOO_LONG: &str =
+    "longer than the cache's max_key_bytes (CacheBuilder::max_key_bytes, 1024 by default)";
+
+/// Checks the length of a rendered key given to the programmatic API.
+pub(crate) fn check_length(key: &str, max: usize) -> Result<()> {
+    match key.len() > max {
+        true => Err(Error::invalid_key(key, TOO_LONG)),
+        false => Ok(()),
+    }
+}
+
+/// Whether some key of at most `max` bytes may match the glob `pattern`: its shortest match
+/// (every `*` empty, every `?` or `[...]` one byte) is not longer. A pattern that fails
+/// this can match nothing the cache stores, so its invalidation has nothing to remove.
+pub(crate) fn pattern_may_match_within(pattern: &str, max: usize) -> bool {
+    use cache_keys::glob::Token;
+    let Ok(tokens) = cache_keys::glob::tokenize(pattern) else { return true };
+    let shortest: usize = tokens
+        .iter()
+        .map(|token| match token {
+            Token::Literal(c) => c.len_utf8(),
+            Token::AnyRun => 0,
+            Token::AnyChar | Token::Class(_) | Token::Value => 1,
+        })
+        .sum();
+    shortest <= max
+}
+
+/// A rate-limit key of at most `max` bytes: `key` itself when it fits; otherwise its first
+/// bytes, `#` and the SHA-256 of the whole key in hex (`login:aaaa…#3f2a…`). No rendered key
+/// contains `#`, so a hashed key never equals one that fits; two long keys share a limit
+/// only if their SHA-256 collide. Rate-limit keys are never matched by patterns, so
+/// hashing loses nothing there (cache keys are not hashed: see `max_key_bytes`).
+pub(crate) fn bounded_rate_key(key: &str, max: usize) -> Cow<'_, str> {
+    use sha2::{Digest, Sha256};
+    if key.len() <= max {
+        return Cow::Borrowed(key);
+    }
+    let mut head = max.saturating_sub(HASHED_TAIL);
+    while !key.is_char_boundary(head) {
+        head -= 1;
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let mut bounded = String::with_capacity(head + HASHED_TAIL);
+    bounded.push_str(&key[..head]);
+    bounded.push('#');
+    for byte in digest {
+        let _ = write!(bounded, "{byte:02x}");
+    }
+    Cow::Owned(bounded)
+}
+
 macro_rules! integer_key_parts {
     ($($t:ty),*) => {$(
         impl KeyPart for $t {
@@ -277,6 +340,34 @@ mod tests {
         let mut s = String::from("k:~");
         push_part(&mut s, &Some(None::<u8>));
         assert_eq!(s, "k:~~~");
+    }
+
+    #[test]
+    fn long_keys_are_refused_by_length() {
+        assert!(check_length(&"k".repeat(1024), 1024).is_ok());
+        match check_length(&"k".repeat(1025), 1024) {
+            Err(Error::InvalidKey { reason, .. }) => assert_eq!(reason, TOO_LONG),
+            other => panic!("{other:?}"),
+        }
+        assert!(pattern_may_match_within("a:*", 3));
+        assert!(!pattern_may_match_within("ab:*", 2));
+        assert!(pattern_may_match_within(&format!("{}*", "?".repeat(10)), 10));
+        assert!(!pattern_may_match_within(&format!("{}*", "[ab]".repeat(11)), 10));
+    }
+
+    #[test]
+    fn long_rate_keys_are_hashed_within_the_bound() {
+        assert_eq!(bounded_rate_key("login:1.2.3.4", 128), "login:1.2.3.4");
+        let a = format!("login:{}a", "x".repeat(10_000));
+        let b = format!("login:{}b", "x".repeat(10_000));
+        let (ha, hb) = (bounded_rate_key(&a, 128), bounded_rate_key(&b, 128));
+        assert_eq!(ha.len(), 128);
+        assert!(ha.starts_with("login:xxx") && ha.contains('#'), "{ha}");
+        assert_ne!(ha, hb, "keys differing past the head stay apart");
+        assert_eq!(ha, bounded_rate_key(&a, 128), "the same key, the same limit");
+        // A multi-byte character at the cut.
+        let wide = "é".repeat(1000);
+        assert!(bounded_rate_key(&wide, 128).len() <= 128);
     }
 
     #[test]

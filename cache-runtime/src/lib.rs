@@ -162,6 +162,7 @@ mod invalidate;
 mod key;
 mod load;
 mod lock;
+mod log_limit;
 mod metric_families;
 mod near;
 mod notify;

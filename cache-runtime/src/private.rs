@@ -48,6 +48,9 @@ where
 {
     let core = cache.core();
     let counters = function.counters.get(core.id(), core.stats(), function.name);
+    if !core.key_fits(&counters, &key) {
+        return body().await;
+    }
     crate::load::through::<S, R, _>(core, &counters, &key, &function.policy, cloner, Inline(body))
         .await
 }
@@ -76,6 +79,9 @@ where
     let call: std::pin::Pin<Box<dyn Future<Output = R> + Send + '_>> = Box::pin(async move {
         let core = cache.core();
         let counters = function.counters.get(core.id(), core.stats(), function.name);
+        if !core.key_fits(&counters, &key) {
+            return body().await;
+        }
         let policy = &function.policy;
         crate::load::through::<S, R, _>(core, &counters, &key, policy, cloner, Detachable(body))
             .await
@@ -133,6 +139,11 @@ pub async fn put_after<S, R>(
     S: Shape<R>,
     S::Value: Serialize + Send + Sync + 'static,
 {
+    // Nothing can be stored under a key over `max_key_bytes`, so there is nothing to
+    // replace or remove either.
+    if !cache.core().key_fits(&cache.core().counters(function.name), &key) {
+        return;
+    }
     crate::write::put_outcome::<S, R>(
         cache.core(),
         function.name,
@@ -170,6 +181,8 @@ pub async fn rate_limit(
 ) -> Result<(), RateLimited> {
     let core = cache.core();
     let counters = function.counters.get(core.id(), core.stats(), function.name);
+    // A key over `max_key_bytes` is hashed: it keeps a limit of its own.
+    let key = crate::key::bounded_rate_key(&key, core.settings().max_key_bytes);
     crate::rate_limit::decide(
         core,
         &counters,

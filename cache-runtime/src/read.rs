@@ -23,6 +23,7 @@ use crate::codec::{Cloner, Entry};
 use crate::core::CacheCore;
 use crate::error::{Error, ErrorKind};
 use crate::format::DecodeError;
+use crate::log_limit::{clip, LogKind};
 use crate::policy::Policy;
 use crate::stats::Counters;
 use crate::store::Found;
@@ -131,7 +132,7 @@ where
                     tracing::debug!(key, "cache hit");
                     Read::Hit { value, found: None, due: false }
                 }
-                Err(error) => undecodable(counters, key, &error),
+                Err(error) => undecodable(core, counters, key, &error),
             },
             Ok(None) => {
                 counters.miss();
@@ -182,7 +183,7 @@ where
             let due = due || policy.recompute_now(found.age, delta);
             Read::Hit { value, found: Some(found), due }
         }
-        Err(error) => undecodable(counters, key, &error),
+        Err(error) => undecodable(core, counters, key, &error),
     }
 }
 
@@ -202,7 +203,10 @@ fn absent<T>(accepts_absent: bool) -> Read<T> {
 /// A read that Redis failed (down, timeout, breaker open): counted as an error and a miss;
 /// the caller runs its body.
 fn failed<T>(core: &CacheCore, counters: &Counters, key: &str, error: Error) -> Read<T> {
-    tracing::warn!(key, %error, store = core.kind(), "cache read failed");
+    if let Some(suppressed) = core.log(LogKind::ReadFailed) {
+        let (key, error) = (clip(key), clip(&error));
+        tracing::warn!(%key, %error, store = core.kind(), suppressed, "cache read failed");
+    }
     counters.error(error.kind());
     counters.miss();
     Read::Failed(error)
@@ -212,8 +216,16 @@ fn failed<T>(core: &CacheCore, counters: &Counters, key: &str, error: Error) -> 
 /// A value written for another type or schema (a rolling upgrade) is left in place, so two
 /// versions sharing a key never overwrite each other in a loop; anything else (garbage,
 /// another service's data) is replaced by the fresh value.
-fn undecodable<T>(counters: &Counters, key: &str, error: &DecodeError) -> Read<T> {
-    tracing::warn!(key, %error, "cached value does not decode; treating as a miss");
+fn undecodable<T>(
+    core: &CacheCore,
+    counters: &Counters,
+    key: &str,
+    error: &DecodeError,
+) -> Read<T> {
+    if let Some(suppressed) = core.log(LogKind::Undecodable) {
+        let (key, error) = (clip(key), clip(error));
+        tracing::warn!(%key, %error, suppressed, "cached value does not decode; treating as a miss");
+    }
     counters.error(error.kind());
     counters.miss();
     miss(match error {

@@ -25,6 +25,7 @@ use serde::Serialize;
 use crate::codec::{Cloner, Entry};
 use crate::core::CacheCore;
 use crate::error::{Error, ErrorKind, Result};
+use crate::log_limit::{clip, LogKind};
 use crate::scope::Scope;
 use crate::shape::{Outcome, Shape};
 use crate::stats::{Counters, DIRECT_CALLS};
@@ -86,7 +87,10 @@ pub(crate) async fn apply(
                     // Too large, not encodable, refused (`OOM` under `noeviction`; Redis
                     // still accepts `DEL` then): the old value must not outlive the write.
                     false => {
-                        tracing::warn!(key, %error, store = core.kind(), "the new value cannot be stored; removing the old one");
+                        if let Some(suppressed) = core.log(LogKind::WriteFailed) {
+                            let (key, error) = (clip(key), clip(error));
+                            tracing::warn!(%key, %error, store = core.kind(), suppressed, "the new value cannot be stored; removing the old one");
+                        }
                         let _ = remove(core, counters, &scope).await;
                     }
                 }
@@ -97,12 +101,11 @@ pub(crate) async fn apply(
         Change::Fill { key, ticket, entry, ttl } => {
             let max = core.settings().max_value_bytes;
             if entry.size() > max {
-                tracing::warn!(
-                    key,
-                    bytes = entry.size(),
-                    max,
-                    "value too large to cache; not stored"
-                );
+                if let Some(suppressed) = core.log(LogKind::WriteFailed) {
+                    let key = clip(key);
+                    let bytes = entry.size();
+                    tracing::warn!(%key, bytes, max, suppressed, "value too large to cache; not stored");
+                }
                 counters.error(ErrorKind::TooLarge);
                 return Ok(Applied::Filled(Filled::Skipped));
             }
@@ -117,7 +120,10 @@ pub(crate) async fn apply(
                     Filled::Refused
                 }
                 Err(error) => {
-                    tracing::warn!(key, %error, store = core.kind(), "cache write failed");
+                    if let Some(suppressed) = core.log(LogKind::WriteFailed) {
+                        let (key, error) = (clip(key), clip(&error));
+                        tracing::warn!(%key, %error, store = core.kind(), suppressed, "cache write failed");
+                    }
                     counters.error(error.kind());
                     Filled::Failed
                 }
@@ -178,7 +184,10 @@ fn evict_near(core: &CacheCore, scope: &Scope) {
 
 /// Keeps a removal that failed for a connection reason, and makes sure the replay runs.
 fn keep(core: &Arc<CacheCore>, scope: Scope) {
-    tracing::warn!(scope = scope.text(), "invalidation kept for replay when Redis answers");
+    if let Some(suppressed) = core.log(LogKind::RemovalFailed) {
+        let scope = clip(scope.text());
+        tracing::warn!(%scope, suppressed, "invalidation kept for replay when Redis answers");
+    }
     core.backlog().push(scope);
     if !core.backlog().claim_replay() {
         return;
@@ -205,7 +214,8 @@ async fn replay(core: Weak<CacheCore>) {
                     break;
                 }
                 Err(error) => {
-                    tracing::warn!(scope = kept.scope.text(), %error, "pending invalidation dropped: it cannot succeed");
+                    let (scope, error) = (clip(kept.scope.text()), clip(&error));
+                    tracing::warn!(%scope, %error, "pending invalidation dropped: it cannot succeed");
                     core.backlog().remove(&kept);
                 }
             }
@@ -221,7 +231,7 @@ async fn replay(core: Weak<CacheCore>) {
 }
 
 fn replayed(core: &CacheCore, kept: &Kept, keys: u64) {
-    tracing::info!(scope = kept.scope.text(), removed = keys, "pending invalidation replayed");
+    tracing::info!(scope = %clip(kept.scope.text()), removed = keys, "pending invalidation replayed");
     core.counters(DIRECT_CALLS).invalidated(keys);
     core.backlog().remove(kept);
 }
@@ -246,7 +256,10 @@ pub(crate) async fn put_outcome<S, R>(
         Outcome::Absent => {
             let gone = Change::Remove(Scope::Key(key.to_owned()));
             if let Err(error) = apply(core, &counters, gone).await {
-                tracing::warn!(function, key, %error, store = core.kind(), "cache write-through (removal) failed");
+                if let Some(suppressed) = core.log(LogKind::WriteFailed) {
+                    let (key, error) = (clip(key), clip(&error));
+                    tracing::warn!(function, %key, %error, store = core.kind(), suppressed, "cache write-through (removal) failed");
+                }
             }
             return;
         }
@@ -256,6 +269,9 @@ pub(crate) async fn put_outcome<S, R>(
         .map(Arc::new)
         .map_err(|source| Error::Encode { key: key.to_owned(), source });
     if let Err(error) = apply(core, &counters, Change::Put { key, value, ttl }).await {
-        tracing::warn!(function, key, %error, store = core.kind(), "cache write-through failed");
+        if let Some(suppressed) = core.log(LogKind::WriteFailed) {
+            let (key, error) = (clip(key), clip(&error));
+            tracing::warn!(function, %key, %error, store = core.kind(), suppressed, "cache write-through failed");
+        }
     }
 }

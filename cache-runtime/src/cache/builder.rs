@@ -164,6 +164,35 @@ impl CacheBuilder {
         self
     }
 
+    /// Rendered keys longer than `bytes` (default 1024, without the prefix) never reach the
+    /// store, neither as keys nor as invalidation-index members:
+    ///
+    /// - `#[cached]` runs its body and returns its result without the cache (no lookup, no
+    ///   fill, no single flight); `#[cache_put]` stores nothing. Each is counted as a
+    ///   `too_large` error and logged (at most one line a second).
+    /// - `#[invalidates]` of such a key, or of a pattern whose shortest match is longer,
+    ///   does nothing: nothing can be stored under it.
+    /// - The programmatic API ([`Cache::get`], [`Cache::set`], [`Cache::get_or_load`],
+    ///   [`Cache::invalidate`], [`Cache::rate_limit`]) answers [`Error::InvalidKey`], and
+    ///   [`Cache::invalidate_pattern`] [`Error::InvalidPattern`] for a longer pattern.
+    /// - `#[rate_limit]` keys are hashed instead: the first bytes, `#` and the SHA-256 of
+    ///   the whole key, so every key keeps its own limit.
+    ///
+    /// Keys are not hashed for the cache because pattern invalidation matches the literal
+    /// key. The bound must be at least 128.
+    ///
+    /// [`Cache::get`]: crate::Cache::get
+    /// [`Cache::set`]: crate::Cache::set
+    /// [`Cache::get_or_load`]: crate::Cache::get_or_load
+    /// [`Cache::invalidate`]: crate::Cache::invalidate
+    /// [`Cache::invalidate_pattern`]: crate::Cache::invalidate_pattern
+    /// [`Cache::rate_limit`]: crate::Cache::rate_limit
+    /// [`Error::InvalidPattern`]: crate::Error::InvalidPattern
+    pub fn max_key_bytes(mut self, bytes: usize) -> Self {
+        self.settings.max_key_bytes = bytes;
+        self
+    }
+
     /// How values are serialized in Redis (default [`Codec::Json`], readable in
     /// `redis-cli`). Every value names its codec in its header, so values written with
     /// another codec (or by the previous release, plain JSON) are still read: switching
@@ -211,7 +240,8 @@ impl CacheBuilder {
     ///
     /// [`Error::InvalidUrl`] for a malformed Redis URL; [`Error::InvalidConfig`] for a prefix
     /// that does not end with `:` or contains glob characters (`* ? [ ] \`), the reserved
-    /// `#`, whitespace or control characters; a zero timeout, fill window or memory
+    /// `#`, whitespace or control characters; a `max_key_bytes` under 128; a zero
+    /// timeout, fill window or memory
     /// capacity; a zero `near_cache` bound; a Redis cache without a prefix on a server that
     /// may evict keys (a `maxmemory` with any `maxmemory-policy` but `noeviction`, or
     /// `CONFIG` refused), checked when Redis answers at build: pattern invalidation would
@@ -235,6 +265,13 @@ impl CacheBuilder {
             return Err(Error::InvalidConfig(format!(
                 "the prefix {:?} must end with `:` (like \"okla:\"), so that one cache's keys can never run into another prefix's",
                 self.prefix
+            )));
+        }
+        if self.settings.max_key_bytes < crate::key::MIN_MAX_KEY_BYTES {
+            return Err(Error::InvalidConfig(format!(
+                "max_key_bytes must be at least {} (got {})",
+                crate::key::MIN_MAX_KEY_BYTES,
+                self.settings.max_key_bytes
             )));
         }
         if self.settings.fill_window.is_zero() {

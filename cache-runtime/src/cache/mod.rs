@@ -13,7 +13,6 @@ use crate::core::{CacheCore, Settings, DEFAULT_MEMORY_CAPACITY};
 use crate::error::{Error, Result};
 use crate::glob;
 use crate::health::{self, Health};
-use crate::key::validate_key;
 use crate::load::{self, body::Inline};
 use crate::lock::{self, LockGuard};
 use crate::policy::{validate_ttl, Policy, DIRECT_GET};
@@ -85,10 +84,11 @@ impl Cache {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidKey`] for an empty key or one with whitespace or control characters;
+    /// [`Error::InvalidKey`] for an empty key, one with whitespace, control characters or
+    /// `#`, or one longer than [`max_key_bytes`](crate::CacheBuilder::max_key_bytes);
     /// [`Error::Backend`] when Redis fails.
     pub async fn get<T: DeserializeOwned + 'static>(&self, key: &str) -> Result<Option<T>> {
-        validate_key(key)?;
+        self.core.check_key(key)?;
         let counters = self.core.counters(DIRECT_CALLS);
         let hold = |found: &Found, _: &T| Arc::clone(&found.entry);
         match read::read(&self.core, &counters, key, &DIRECT_GET, None, false, hold).await {
@@ -113,7 +113,7 @@ impl Cache {
         value: &T,
         ttl: Duration,
     ) -> Result<()> {
-        validate_key(key)?;
+        self.core.check_key(key)?;
         validate_ttl(ttl)?;
         let value = Entry::encode_unsized(value, &self.core.settings().format)
             .map(Arc::new)
@@ -154,7 +154,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        validate_key(key)?;
+        self.core.check_key(key)?;
         validate_ttl(ttl)?;
         let counters = self.core.counters(DIRECT_CALLS);
         let policy = Policy::ttl(ttl);
@@ -227,10 +227,11 @@ impl Cache {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidKey`](crate::Error::InvalidKey) for an empty key or one with whitespace, control characters or `#`;
+    /// [`Error::InvalidKey`](crate::Error::InvalidKey) for an empty key, one with whitespace, control characters or `#`,
+    /// or one longer than [`max_key_bytes`](crate::CacheBuilder::max_key_bytes);
     /// [`Error::Backend`](crate::Error::Backend) or [`Error::Unavailable`](crate::Error::Unavailable) when Redis fails.
     pub async fn invalidate(&self, key: &str) -> Result<u64> {
-        validate_key(key)?;
+        self.core.check_key(key)?;
         self.remove(Scope::Key(key.to_owned())).await
     }
 
@@ -246,11 +247,18 @@ impl Cache {
     /// # Errors
     ///
     /// [`Error::InvalidPattern`](crate::Error::InvalidPattern) for an empty pattern, an unclosed `[`, a trailing `\`,
-    /// whitespace or `#`; [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a pattern that needs a scan on a
+    /// whitespace or `#`, or longer than [`max_key_bytes`](crate::CacheBuilder::max_key_bytes);
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a pattern that needs a scan on a
     /// cache without a prefix; [`Error::Backend`](crate::Error::Backend) when Redis fails (the invalidation is then
     /// kept and replayed until it lands).
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
         glob::validate(pattern)?;
+        if pattern.len() > self.core.settings().max_key_bytes {
+            return Err(Error::InvalidPattern {
+                pattern: pattern.to_owned(),
+                reason: crate::key::TOO_LONG,
+            });
+        }
         self.remove(Scope::of_pattern(pattern)).await
     }
 
@@ -393,7 +401,8 @@ impl Cache {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidKey`] for a bad key (empty, whitespace, control characters, `#`);
+    /// [`Error::InvalidKey`] for a bad key (empty, whitespace, control characters, `#`, longer
+    /// than [`max_key_bytes`](crate::CacheBuilder::max_key_bytes));
     /// [`Error::InvalidRateLimit`] for a `limit` of 0 or over [`MAX_RATE_LIMIT`](crate::MAX_RATE_LIMIT), or a
     /// window under one millisecond. Nothing is counted then. Store failures are not
     /// errors: see [`FailMode`].
@@ -414,7 +423,7 @@ impl Cache {
         per: Duration,
         on_failure: FailMode,
     ) -> Result<RateDecision> {
-        validate_key(key)?;
+        self.core.check_key(key)?;
         rate_limit::validate(limit, per)?;
         let counters = self.core.counters(DIRECT_CALLS);
         Ok(rate_limit::decide(&self.core, &counters, key, limit, per, on_failure).await)

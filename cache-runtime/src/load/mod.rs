@@ -23,6 +23,7 @@ use crate::core::CacheCore;
 use crate::error::ErrorKind;
 use crate::flight::{self, Join, Landed, Leader};
 use crate::format::DecodeError;
+use crate::log_limit::{clip, LogKind};
 use crate::notify::Signal;
 use crate::policy::Policy;
 use crate::read::{self, Missed, Read, StoreUse};
@@ -402,7 +403,10 @@ where
                 },
                 Ok(Begun::Ticket(ticket)) => return Began::Ticket(ticket),
                 Err(error) => {
-                    tracing::warn!(key = self.key, %error, "could not prepare the fill; loading without caching");
+                    if let Some(suppressed) = self.core.log(LogKind::LoadFailed) {
+                        let (key, error) = (clip(self.key), clip(&error));
+                        tracing::warn!(%key, %error, suppressed, "could not prepare the fill; loading without caching");
+                    }
                     self.counters.error(error.kind());
                     return Began::Failed;
                 }
@@ -427,7 +431,10 @@ where
                 match Entry::encode_traced(value, self.cloner, format, took) {
                     Ok(entry) => Landed::Value(Arc::new(entry)),
                     Err(error) => {
-                        tracing::warn!(key = self.key, %error, "value cannot be encoded; not cached");
+                        if let Some(suppressed) = self.core.log(LogKind::LoadFailed) {
+                            let (key, error) = (clip(self.key), clip(&error));
+                            tracing::warn!(%key, %error, suppressed, "value cannot be encoded; not cached");
+                        }
                         self.counters.error(ErrorKind::Encode);
                         Landed::Failed
                     }

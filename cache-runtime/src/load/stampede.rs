@@ -26,6 +26,7 @@ use serde::Serialize;
 use super::Load;
 use crate::core::CacheCore;
 use crate::flight::{Landed, Leader};
+use crate::log_limit::{clip, LogKind};
 use crate::notify::Signal;
 use crate::shape::Shape;
 use crate::store::lease::{new_token, LeaseKind, Wakeup};
@@ -77,7 +78,10 @@ where
                     }
                     Ok(false) => {}
                     Err(error) => {
-                        tracing::warn!(key, %error, "could not take the load lock; loading without it");
+                        if let Some(suppressed) = core.log(LogKind::LoadFailed) {
+                            let (key, error) = (clip(key), clip(&error));
+                            tracing::warn!(%key, %error, suppressed, "could not take the load lock; loading without it");
+                        }
                         counters.error(error.kind());
                         break;
                     }
@@ -128,7 +132,7 @@ where
             };
             let now = Instant::now();
             if now >= deadline {
-                tracing::warn!(key, "waited lock_wait for another process's load; loading here");
+                tracing::warn!(key = %clip(key), "waited lock_wait for another process's load; loading here");
                 break;
             }
             if lease_left.is_zero() {
@@ -198,7 +202,7 @@ where
                 tokio::time::sleep(lease / 3).await;
                 let renewed = store.extend_lease(LeaseKind::Load, key, &token, lease).await;
                 if !matches!(renewed, Ok(true)) {
-                    tracing::warn!(key, "lost the load lock while loading (lease ran out)");
+                    tracing::warn!(key = %clip(key), "lost the load lock while loading (lease ran out)");
                     std::future::pending::<()>().await;
                 }
             }
@@ -283,7 +287,10 @@ impl HeldLease {
         if let Err(error) =
             store.release_lease(LeaseKind::Load, &self.key, &self.token, signal).await
         {
-            tracing::warn!(key = %self.key, %error, "could not release the load lock; it lapses after its lease");
+            if let Some(suppressed) = self.core.log(LogKind::LoadFailed) {
+                let (key, error) = (clip(&self.key), clip(&error));
+                tracing::warn!(%key, %error, suppressed, "could not release the load lock; it lapses after its lease");
+            }
         }
     }
 }
