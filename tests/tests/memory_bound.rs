@@ -183,7 +183,7 @@ async fn rate_limit_case() -> (u64, u64) {
         }
     }
     meter.sample();
-    // The bound: 100,000 windows of about 200 bytes each.
+    // The bound: `LOCAL_LIMITER_BYTES`, 16 MiB.
     (16 * MIB, meter.growth())
 }
 
