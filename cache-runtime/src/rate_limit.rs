@@ -358,9 +358,9 @@ impl Shard {
             .windows
             .iter()
             .flat_map(|(&cache, windows)| {
-                windows.iter().map(move |(key, window)| {
-                    (window.used, cache, key.clone(), window.weight(key))
-                })
+                windows
+                    .iter()
+                    .map(move |(key, window)| (window.used, cache, key.clone(), window.weight(key)))
             })
             .filter(|(_, cache, key, _)| (*cache, key.as_str()) != current)
             .collect();
@@ -427,7 +427,8 @@ mod tests {
 
     #[test]
     fn a_window_admits_limit_calls_then_frees_one_slot_per_expired_call() {
-        let mut window = Window { admitted: VecDeque::new(), idle_at: Instant::now(), used: Instant::now() };
+        let mut window =
+            Window { admitted: VecDeque::new(), idle_at: Instant::now(), used: Instant::now() };
         let start = Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
         assert_eq!(window.decide(3, SECOND, at(0)).remaining, 2);
@@ -453,7 +454,8 @@ mod tests {
 
     #[test]
     fn no_window_of_length_per_holds_more_than_limit() {
-        let mut window = Window { admitted: VecDeque::new(), idle_at: Instant::now(), used: Instant::now() };
+        let mut window =
+            Window { admitted: VecDeque::new(), idle_at: Instant::now(), used: Instant::now() };
         let start = Instant::now();
         let mut admitted = Vec::new();
         for ms in 0..5_000 {
