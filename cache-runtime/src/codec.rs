@@ -29,6 +29,21 @@ pub(crate) struct Entry {
     read: ReadFormat,
     /// The value itself, when the writer could clone it: a memory hit downcasts and clones.
     typed: Option<Box<dyn Any + Send + Sync>>,
+    /// What the typed copy is weighed as (see [`Entry::weight`]); 0 without one.
+    typed_weight: usize,
+}
+
+/// Allocator bookkeeping and the pointer-rich parts of a typed copy (a `String`'s or `Vec`'s
+/// own allocation each cost 16 to 32 bytes beyond their bytes), added to its estimate:
+/// calibrated on a four-field struct (two `String`s), whose copy measured 217 bytes against
+/// 62 bytes of JSON and a 64-byte struct (`tests/tests/memory_bound.rs`).
+const TYPED_OVERHEAD: usize = 96;
+
+/// The weight of a typed copy of `T` encoded in `encoded_len` bytes: its inline size plus
+/// its encoding's length as the proxy of its heap part (a `String` or a `Vec` of strings or
+/// bytes holds no more than its JSON), plus [`TYPED_OVERHEAD`].
+fn typed_weight<T>(encoded_len: usize) -> usize {
+    std::mem::size_of::<T>() + encoded_len + TYPED_OVERHEAD
 }
 
 /// What a cached absent result (`absent_ttl`) is stored as: a NUL byte first, which no JSON
@@ -43,6 +58,7 @@ impl Entry {
             encoded_len: ABSENT.len(),
             read: ReadFormat::default(),
             typed: None,
+            typed_weight: 0,
         }
     }
 
@@ -62,8 +78,7 @@ impl Entry {
         T: Serialize + Send + Sync + 'static,
     {
         let (bytes, encoded_len) = format.encode(value)?;
-        let typed = cloner.map(|clone| Box::new(clone(value)) as Box<dyn Any + Send + Sync>);
-        Ok(Entry { json: bytes.into_boxed_slice(), encoded_len, read: format.read, typed })
+        Ok(Entry::typed(bytes.into_boxed_slice(), encoded_len, format.read, value, cloner))
     }
 
     /// An entry for a value decoded from `source`: the same bytes, and a typed copy when a
@@ -72,13 +87,23 @@ impl Entry {
     where
         T: Send + Sync + 'static,
     {
+        Entry::typed(source.json.clone(), source.encoded_len, source.read, value, cloner)
+    }
+
+    /// An entry of `json`, with a typed copy of `value` when a cloner is available.
+    fn typed<T>(
+        json: Box<[u8]>,
+        encoded_len: usize,
+        read: ReadFormat,
+        value: &T,
+        cloner: Cloner<T>,
+    ) -> Entry
+    where
+        T: Send + Sync + 'static,
+    {
         let typed = cloner.map(|clone| Box::new(clone(value)) as Box<dyn Any + Send + Sync>);
-        Entry {
-            json: source.json.clone(),
-            encoded_len: source.encoded_len,
-            read: source.read,
-            typed,
-        }
+        let typed_weight = if typed.is_some() { typed_weight::<T>(encoded_len) } else { 0 };
+        Entry { json, encoded_len, read, typed, typed_weight }
     }
 
     /// [`encode`](Self::encode) with the traced fingerprint (see `format.rs`) and how long
@@ -93,8 +118,7 @@ impl Entry {
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         let (bytes, encoded_len) = format.encode_traced(value, load_time)?;
-        let typed = cloner.map(|clone| Box::new(clone(value)) as Box<dyn Any + Send + Sync>);
-        Ok(Entry { json: bytes.into_boxed_slice(), encoded_len, read: format.read, typed })
+        Ok(Entry::typed(bytes.into_boxed_slice(), encoded_len, format.read, value, cloner))
     }
 
     /// Encodes a borrowed value (the programmatic `set`): no typed copy.
@@ -103,7 +127,13 @@ impl Entry {
         T: Serialize + ?Sized,
     {
         let (bytes, encoded_len) = format.encode(value)?;
-        Ok(Entry { json: bytes.into_boxed_slice(), encoded_len, read: format.read, typed: None })
+        Ok(Entry {
+            json: bytes.into_boxed_slice(),
+            encoded_len,
+            read: format.read,
+            typed: None,
+            typed_weight: 0,
+        })
     }
 
     /// An entry read back from a remote store, read with the default [`ReadFormat`].
@@ -114,7 +144,13 @@ impl Entry {
 
     /// An entry read back from a remote store: bytes only, decoded on `take` with `read`.
     pub(crate) fn from_stored(bytes: Vec<u8>, read: ReadFormat) -> Entry {
-        Entry { encoded_len: bytes.len(), json: bytes.into_boxed_slice(), read, typed: None }
+        Entry {
+            encoded_len: bytes.len(),
+            json: bytes.into_boxed_slice(),
+            read,
+            typed: None,
+            typed_weight: 0,
+        }
     }
 
     /// The size `max_value_bytes` applies to: the encoded value before compression (the
@@ -122,6 +158,16 @@ impl Entry {
     /// reader never inflates past the limit the writer honoured.
     pub(crate) fn size(&self) -> usize {
         self.encoded_len
+    }
+
+    /// What this entry costs in process memory, as the stores' weighers count it: the entry
+    /// and its `Arc`, the stored bytes, and the typed copy's estimate (its inline size plus
+    /// its encoding's length plus a fixed overhead: the encoding is the proxy of the copy's
+    /// heap part, which cannot be measured for an arbitrary `T`).
+    pub(crate) fn weight(&self) -> usize {
+        // The `Arc`'s two counters, and the allocator's header of each allocation.
+        const ARC_AND_HEADERS: usize = 16 + 2 * 16;
+        std::mem::size_of::<Entry>() + ARC_AND_HEADERS + self.json.len() + self.typed_weight
     }
 
     /// When the value was written and how long its load took, from its header (`None` for

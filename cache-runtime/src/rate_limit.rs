@@ -231,9 +231,24 @@ static LOCAL: LazyLock<LocalLimiters> = LazyLock::new(LocalLimiters::default);
 /// Shards of [`LocalLimiters`]: calls on different keys rarely wait for each other.
 const SHARDS: usize = 16;
 
+/// What the in-process limiters of a process may hold, in bytes (16 MiB, about 80,000 keys
+/// with a few calls in their window). Beyond it the least recently used windows are
+/// forgotten: an evicted key's next call is admitted as if it were new (its calls still in
+/// the window no longer count). Each of the [`SHARDS`] shards holds a sixteenth; a single
+/// window heavier than that (over about 65,000 admitted calls) crowds out its shard.
+pub(crate) const LOCAL_LIMITER_BYTES: usize = 16 << 20;
+
+/// What a window costs besides its key's bytes and 16 bytes per admitted call it can hold:
+/// the map's slot, the `String` and the `VecDeque`, allocator headers. Calibrated from RSS:
+/// 1,000,000 keys `client:<n>` with one call each grew the process by 260 bytes per key
+/// (`tests/tests/memory_bound.rs`, docs/benchmarks.md).
+const WINDOW_OVERHEAD: usize = 184;
+
 #[derive(Default)]
 struct LocalLimiters {
     shards: [Mutex<Shard>; SHARDS],
+    /// Windows forgotten to stay within [`LOCAL_LIMITER_BYTES`].
+    evicted: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -243,6 +258,8 @@ struct Shard {
     /// Windows held, and the count at which idle ones are swept next.
     len: usize,
     sweep_at: usize,
+    /// What the windows weigh (see [`Window::weight`]).
+    bytes: usize,
 }
 
 /// One limiter's admitted calls, oldest first.
@@ -250,6 +267,8 @@ struct Window {
     admitted: VecDeque<Instant>,
     /// When the newest admitted call leaves the window: the limiter is idle after that.
     idle_at: Instant,
+    /// The last decision on it: the least recently used windows are evicted first.
+    used: Instant,
 }
 
 /// Windows a shard may hold before its first sweep.
@@ -274,13 +293,33 @@ impl LocalLimiters {
         let windows = shard.windows.entry(cache).or_default();
         let created = !windows.contains_key(key);
         if created {
-            windows.insert(key.to_owned(), Window { admitted: VecDeque::new(), idle_at: now });
+            let window = Window { admitted: VecDeque::new(), idle_at: now, used: now };
+            windows.insert(key.to_owned(), window);
         }
-        let decision = windows.get_mut(key).map(|window| window.decide(limit, per, now));
+        let window = windows.get_mut(key).expect("inserted above");
+        let before = if created { 0 } else { window.weight(key) };
+        let decision = window.decide(limit, per, now);
+        let after = window.weight(key);
         if created {
             shard.len += 1;
         }
-        decision.expect("inserted above")
+        shard.bytes = shard.bytes + after - before;
+        if shard.bytes > LOCAL_LIMITER_BYTES / SHARDS {
+            let evicted = shard.evict(now, (cache, key));
+            self.evicted.fetch_add(evicted, std::sync::atomic::Ordering::Relaxed);
+        }
+        decision
+    }
+
+    /// Windows held, and windows evicted so far.
+    #[cfg(test)]
+    fn census(&self) -> (usize, u64) {
+        let held = self
+            .shards
+            .iter()
+            .map(|shard| shard.lock().unwrap().windows.values().map(HashMap::len).sum::<usize>())
+            .sum();
+        (held, self.evicted.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -292,13 +331,66 @@ impl Shard {
             windows.retain(|_, window| window.idle_at > now);
         }
         self.windows.retain(|_, windows| !windows.is_empty());
-        self.len = self.windows.values().map(HashMap::len).sum();
+        self.recount();
         self.sweep_at = self.len * 2;
+    }
+
+    fn recount(&mut self) {
+        self.len = self.windows.values().map(HashMap::len).sum();
+        self.bytes = self
+            .windows
+            .values()
+            .flat_map(|windows| windows.iter().map(|(key, window)| window.weight(key)))
+            .sum();
+    }
+
+    /// Over its share of [`LOCAL_LIMITER_BYTES`]: drops idle windows, then the least
+    /// recently used ones (never `current`) until an eighth of the share is free, so the
+    /// next eviction waits for that eighth to fill. Returns how many active windows it
+    /// dropped.
+    fn evict(&mut self, now: Instant, current: (u64, &str)) -> u64 {
+        self.sweep(now);
+        let target = LOCAL_LIMITER_BYTES / SHARDS / 8 * 7;
+        if self.bytes <= target {
+            return 0;
+        }
+        let mut by_use: Vec<(Instant, u64, String, usize)> = self
+            .windows
+            .iter()
+            .flat_map(|(&cache, windows)| {
+                windows
+                    .iter()
+                    .map(move |(key, window)| (window.used, cache, key.clone(), window.weight(key)))
+            })
+            .filter(|(_, cache, key, _)| (*cache, key.as_str()) != current)
+            .collect();
+        by_use.sort_unstable_by_key(|(used, ..)| *used);
+        let mut evicted = 0;
+        for (_, cache, key, weight) in by_use {
+            if self.bytes <= target {
+                break;
+            }
+            if let Some(windows) = self.windows.get_mut(&cache) {
+                windows.remove(&key);
+                self.bytes -= weight;
+                self.len -= 1;
+                evicted += 1;
+            }
+        }
+        self.windows.retain(|_, windows| !windows.is_empty());
+        self.sweep_at = self.len * 2;
+        evicted
     }
 }
 
 impl Window {
+    /// What this window costs in memory, as [`LOCAL_LIMITER_BYTES`] counts it.
+    fn weight(&self, key: &str) -> usize {
+        key.len() + self.admitted.capacity() * std::mem::size_of::<Instant>() + WINDOW_OVERHEAD
+    }
+
     fn decide(&mut self, limit: u64, per: Duration, now: Instant) -> RateDecision {
+        self.used = now;
         while self.admitted.front().is_some_and(|&at| now.saturating_duration_since(at) >= per) {
             self.admitted.pop_front();
         }
@@ -335,7 +427,8 @@ mod tests {
 
     #[test]
     fn a_window_admits_limit_calls_then_frees_one_slot_per_expired_call() {
-        let mut window = Window { admitted: VecDeque::new(), idle_at: Instant::now() };
+        let mut window =
+            Window { admitted: VecDeque::new(), idle_at: Instant::now(), used: Instant::now() };
         let start = Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
         assert_eq!(window.decide(3, SECOND, at(0)).remaining, 2);
@@ -361,7 +454,8 @@ mod tests {
 
     #[test]
     fn no_window_of_length_per_holds_more_than_limit() {
-        let mut window = Window { admitted: VecDeque::new(), idle_at: Instant::now() };
+        let mut window =
+            Window { admitted: VecDeque::new(), idle_at: Instant::now(), used: Instant::now() };
         let start = Instant::now();
         let mut admitted = Vec::new();
         for ms in 0..5_000 {
@@ -385,11 +479,7 @@ mod tests {
         for i in 0..40_000 {
             limiters.decide(1, &format!("k:{i}"), 1, ms, start + ms * i);
         }
-        let held: usize = limiters
-            .shards
-            .iter()
-            .map(|shard| shard.lock().unwrap().windows.values().map(HashMap::len).sum::<usize>())
-            .sum();
+        let (held, _) = limiters.census();
         // Every window but the newest is idle at each sweep: a shard never holds more than
         // its first sweep's threshold.
         assert!(held <= SHARDS * FIRST_SWEEP, "{held} windows held");
@@ -402,5 +492,26 @@ mod tests {
         assert!(validate(1, Duration::from_micros(999)).is_err());
         assert!(validate(1, Duration::from_millis(1)).is_ok());
         assert!(validate(MAX_RATE_LIMIT, Duration::from_secs(86_400)).is_ok());
+    }
+
+    #[test]
+    fn a_million_keys_stay_within_the_byte_cap() {
+        let limiters = LocalLimiters::default();
+        let now = Instant::now();
+        let hour = Duration::from_secs(3600);
+        for i in 0..1_000_000 {
+            assert!(limiters.decide(1, &format!("client:{i}"), 10, hour, now).allowed);
+        }
+        let (held, evicted) = limiters.census();
+        let bytes: usize = limiters.shards.iter().map(|shard| shard.lock().unwrap().bytes).sum();
+        assert!(bytes <= LOCAL_LIMITER_BYTES, "{bytes} bytes in {held} windows");
+        assert!(held < 100_000, "{held} windows held");
+        assert_eq!(held as u64 + evicted, 1_000_000, "every window is held or counted");
+        // The most recent keys are kept and still limited: what is lost is the oldest.
+        for _ in 0..9 {
+            limiters.decide(1, "client:999999", 10, hour, now);
+        }
+        assert!(!limiters.decide(1, "client:999999", 10, hour, now).allowed);
+        assert!(limiters.decide(1, "client:0", 10, hour, now).allowed, "forgotten: new again");
     }
 }

@@ -14,7 +14,9 @@
 //! was being read is never inserted afterwards.
 //!
 //! **Bounds.** An entry expires when its Redis entry does (`PTTL` read with the value, in the
-//! same round trip); the byte bound counts keys, JSON bytes and a fixed overhead per entry.
+//! same round trip). The byte bound counts what an entry costs in process memory: its key,
+//! its stored bytes, its typed copy (estimated, see `Entry::weight`) and a per-entry
+//! overhead measured from RSS.
 
 pub(crate) mod tracking;
 
@@ -31,8 +33,13 @@ use crate::store::{Found, Version};
 /// Shards of the invalidation counters (and of the lock between an insert and an eviction).
 const SHARDS: usize = 64;
 
-/// Bookkeeping per entry besides the key and JSON bytes.
-const ENTRY_OVERHEAD: usize = 96;
+/// What an entry costs besides its key's bytes and its [`Entry::weight`] (stored bytes and
+/// typed copy): moka's bookkeeping (its table slot, the key's `Arc`, the access, write and
+/// timer deque nodes), the `Held` and the allocator's headers. Calibrated from RSS: 50,000
+/// `#[cached]` hits filling a near cache grew the process by 747 bytes each, of which the
+/// key and the entry account for about 340 (`tests/tests/memory_bound.rs`,
+/// docs/benchmarks.md).
+const ENTRY_OVERHEAD: usize = 416;
 
 /// How long an entry whose Redis key has no expiry (written by another client) is kept at
 /// most; tracking evicts it on any change before that.
@@ -100,14 +107,13 @@ pub(crate) struct Near {
 }
 
 impl Near {
-    /// An L1 of at most about `max_bytes` for the cache whose Redis keys start with `prefix`.
+    /// An L1 whose entries cost at most about `max_bytes` of memory, for the cache whose Redis keys start with `prefix`.
     /// It serves nothing until tracking is live.
     pub(crate) fn new(max_bytes: u64, prefix: &str) -> Near {
         let entries = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &String, held: &Held| {
-                u32::try_from(key.len() + held.entry.json.len() + ENTRY_OVERHEAD)
-                    .unwrap_or(u32::MAX)
+                u32::try_from(key.len() + held.entry.weight() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
             })
             .expire_after(UntilRedisExpiry)
             .build();

@@ -40,8 +40,48 @@ fn unindex(prefixes: &PrefixIndex, key: &str, write: u64) {
     }
 }
 
-/// Per-entry bookkeeping besides the bytes moka weighs.
-const ENTRY_OVERHEAD: usize = 64;
+/// Adds `key` (written as `write`) to every level of the index it belongs to; returns what
+/// that costs ([`INDEX_ENTRY`] per level, [`INDEX_LEVEL`] for a level it creates), which the
+/// entry's weight carries.
+fn index_key(prefixes: &mut HashMap<String, HashMap<String, u64>>, key: &str, write: u64) -> u32 {
+    let mut weight = 0;
+    for level in index::levels(key) {
+        if !prefixes.contains_key(level) {
+            weight += level.len() + INDEX_LEVEL;
+            prefixes.insert(level.to_owned(), HashMap::new());
+        }
+        weight += key.len() + INDEX_ENTRY;
+        prefixes.get_mut(level).expect("inserted above").insert(key.to_owned(), write);
+    }
+    u32::try_from(weight).unwrap_or(u32::MAX)
+}
+
+/// What an entry costs besides its key's bytes, its [`Entry::weight`] and its index
+/// entries: moka's bookkeeping (its table slot, the key's `Arc`, the access, write and timer
+/// deque nodes), the `Stored` and the allocator's headers. Calibrated from RSS: 100,000
+/// entries of a `u64` under `k:<n>` grew the process by 698 bytes each, of which the key,
+/// its index entry and the `Entry` account for about 250 (`tests/tests/memory_bound.rs`,
+/// docs/benchmarks.md).
+const ENTRY_OVERHEAD: usize = 448;
+
+/// One key in one level of the prefix index besides its bytes: the `String`, the write
+/// number and the hash table's slot at its load factor, with the allocator's header.
+const INDEX_ENTRY: usize = 64;
+
+/// A level of the prefix index besides its name (an outer slot and an inner table): keys
+/// `k:<n>:x`, each creating its own second level, measured 323 bytes more than `k:<n>`.
+const INDEX_LEVEL: usize = 320;
+
+/// What moka weighs an entry as: what it costs in process memory (see [`ENTRY_OVERHEAD`]),
+/// the expired value a marker keeps included.
+fn weigh(key: &str, stored: &Stored) -> u32 {
+    let value = |stored: &Stored| {
+        stored.index_weight as usize + stored.entry.as_ref().map_or(0, |entry| entry.weight())
+    };
+    let kept =
+        stored.kept.as_ref().map_or(0, |kept| std::mem::size_of::<Stored>() + 16 + value(kept));
+    u32::try_from(key.len() + ENTRY_OVERHEAD + value(stored) + kept).unwrap_or(u32::MAX)
+}
 
 #[derive(Clone)]
 struct Stored {
@@ -52,6 +92,8 @@ struct Stored {
     kept: Option<Box<Stored>>,
     /// Unique per write in this store: names markers and values.
     write: u64,
+    /// What its index entries cost (see [`index_key`]).
+    index_weight: u32,
     /// When it expires (kept across a restore, see `abandon`).
     expires: Instant,
     stored_at: Instant,
@@ -85,15 +127,13 @@ pub(crate) struct MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store holding at most about `capacity_bytes` of keys and JSON-encoded values.
+    /// A store whose entries (keys, stored bytes, typed copies, index entries and the
+    /// bookkeeping of each) cost at most about `capacity_bytes` of process memory.
     pub(crate) fn new(capacity_bytes: u64) -> Self {
         let prefixes = Arc::new(PrefixIndex::default());
         let entries = moka::future::Cache::builder()
             .max_capacity(capacity_bytes)
-            .weigher(|key: &String, stored: &Stored| {
-                let value = stored.entry.as_ref().map_or(0, |entry| entry.size());
-                u32::try_from(key.len() + value + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
-            })
+            .weigher(|key: &String, stored: &Stored| weigh(key, stored))
             .expire_after(PerEntryTtl)
             .eviction_listener({
                 let prefixes = Arc::clone(&prefixes);
@@ -197,11 +237,9 @@ impl MemoryStore {
     fn stored(&self, key: &str, entry: Option<Arc<Entry>>, ttl: Duration) -> Stored {
         let write = self.writes.fetch_add(1, Ordering::Relaxed);
         let mut prefixes = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
-        for level in index::levels(key) {
-            prefixes.entry(level.to_owned()).or_default().insert(key.to_owned(), write);
-        }
+        let index_weight = index_key(&mut prefixes, key, write);
         let stored_at = Instant::now();
-        Stored { entry, kept: None, write, expires: stored_at + ttl, stored_at }
+        Stored { entry, kept: None, write, index_weight, expires: stored_at + ttl, stored_at }
     }
 
     pub(crate) async fn set(&self, key: &str, entry: Arc<Entry>, ttl: Duration) {
@@ -306,12 +344,7 @@ impl MemoryStore {
                                 let restored = *kept;
                                 let mut prefixes =
                                     self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
-                                for level in index::levels(key) {
-                                    prefixes
-                                        .entry(level.to_owned())
-                                        .or_default()
-                                        .insert(key.to_owned(), restored.write);
-                                }
+                                index_key(&mut prefixes, key, restored.write);
                                 Op::Put(restored)
                             }
                             _ => Op::Remove,
@@ -384,30 +417,55 @@ impl MemoryStore {
 
 /// In-process locks ([`Cache::lock`](crate::Cache::lock) on the memory store; the interface
 /// is `store/lease.rs`).
+///
+/// Fencing tokens come from one counter for every resource of the store, so a resource's
+/// next token is greater than any token ever handed out for it without remembering
+/// anything per resource: a released or expired lease leaves nothing behind once swept.
 #[derive(Default)]
 pub(crate) struct LocalLocks {
-    held: Mutex<HashMap<String, (String, Instant)>>,
-    fences: Mutex<HashMap<String, u64>>,
+    held: Mutex<Held>,
     released: Notify,
 }
+
+/// The leases held, by resource: holder and end.
+#[derive(Default)]
+struct Held {
+    leases: HashMap<String, (String, Instant)>,
+    /// The last fencing token handed out, for any resource.
+    fence: u64,
+    /// Leases held at which expired ones are swept next (amortized: the table doubles in
+    /// between).
+    sweep_at: usize,
+}
+
+/// Leases the table holds before its first sweep of expired ones.
+const FIRST_SWEEP: usize = 1024;
 
 impl LocalLocks {
     pub(crate) fn try_acquire(&self, resource: &str, token: &str, lease: Duration) -> Option<u64> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if held.get(resource).is_some_and(|(_, until)| *until > now) {
+        if held.leases.get(resource).is_some_and(|(_, until)| *until > now) {
             return None;
         }
-        held.insert(resource.to_owned(), (token.to_owned(), now + lease));
-        let mut fences = self.fences.lock().unwrap_or_else(|e| e.into_inner());
-        let fence = fences.entry(resource.to_owned()).or_default();
-        *fence += 1;
-        Some(*fence)
+        if held.leases.len() >= held.sweep_at.max(FIRST_SWEEP) {
+            held.leases.retain(|_, (_, until)| *until > now);
+            held.sweep_at = held.leases.len() * 2;
+        }
+        held.leases.insert(resource.to_owned(), (token.to_owned(), now + lease));
+        held.fence += 1;
+        Some(held.fence)
+    }
+
+    /// Leases in the table (held, or expired and not swept yet).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.held.lock().unwrap().leases.len()
     }
 
     pub(crate) fn extend(&self, resource: &str, token: &str, lease: Duration) -> bool {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        match held.get_mut(resource) {
+        match held.leases.get_mut(resource) {
             Some((owner, until)) if owner == token && *until > Instant::now() => {
                 *until = Instant::now() + lease;
                 true
@@ -419,10 +477,11 @@ impl LocalLocks {
     pub(crate) fn release(&self, resource: &str, token: &str) -> bool {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let owned = held
+            .leases
             .get(resource)
             .is_some_and(|(owner, until)| owner == token && *until > Instant::now());
         if owned {
-            held.remove(resource);
+            held.leases.remove(resource);
             self.released.notify_waiters();
         }
         owned
@@ -430,7 +489,9 @@ impl LocalLocks {
 
     pub(crate) fn remaining(&self, resource: &str) -> Option<Duration> {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.get(resource).and_then(|(_, until)| until.checked_duration_since(Instant::now()))
+        held.leases
+            .get(resource)
+            .and_then(|(_, until)| until.checked_duration_since(Instant::now()))
     }
 
     /// A wake-up on the next release, registered now (so a release between this call and
@@ -529,5 +590,57 @@ mod tests {
         let refresh = Ticket::Replace { old: found.entry, version: found.version };
         store.set("k:1", entry(), ttl).await;
         assert!(!store.fill("k:1", &refresh, entry(), ttl).await, "the value changed");
+    }
+
+    #[test]
+    fn the_lock_table_is_pruned_and_fencing_stays_monotonic() {
+        let locks = LocalLocks::default();
+        let lease = Duration::from_millis(1);
+        let mut last = 0;
+        for i in 0..100_000 {
+            let resource = format!("order:{i}");
+            let lease = if i % 2 == 0 { Duration::from_secs(60) } else { lease };
+            let fence = locks.try_acquire(&resource, "t", lease).expect("free");
+            assert!(fence > last);
+            last = fence;
+            if i % 2 == 0 {
+                assert!(locks.release(&resource, "t"));
+            } // else: its holder died, the lease runs out
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        locks.try_acquire("order:last", "t", lease);
+        assert!(locks.len() <= 2 * FIRST_SWEEP, "{} leases kept", locks.len());
+        // A pruned resource's next token is still greater than any it handed out.
+        let again = locks.try_acquire("order:1", "t", Duration::from_secs(60)).expect("expired");
+        assert!(again > last);
+        assert!(locks.try_acquire("order:1", "u", lease).is_none(), "held");
+    }
+
+    #[tokio::test]
+    async fn weights_count_the_index_and_the_typed_copy() {
+        let store = MemoryStore::new(1 << 30);
+        let ttl = Duration::from_secs(60);
+        store.set("k:0", entry(), ttl).await; // creates the level `k:`
+        store.set("k:1", entry(), ttl).await;
+        store.set("k:2:x", entry(), ttl).await;
+        store.set("k:3:x", entry(), ttl).await;
+        let weight = |key: &'static str| {
+            let store = &store;
+            async move { weigh(key, &store.entries.get(key).await.unwrap()) as usize }
+        };
+        let (one, two, shared) =
+            (weight("k:1").await, weight("k:2:x").await, weight("k:3:x").await);
+        assert!(two >= one + INDEX_LEVEL + INDEX_ENTRY, "{one} {two}");
+        assert_eq!(two, shared, "both created their own second level");
+        let typed = Arc::new(
+            Entry::encode(
+                &String::from("abc"),
+                Some(String::clone),
+                &crate::format::Format::default(),
+            )
+            .unwrap(),
+        );
+        store.set("k:4", typed, ttl).await;
+        assert!(weight("k:4").await > one + 3 + std::mem::size_of::<String>());
     }
 }
