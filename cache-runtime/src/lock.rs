@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use crate::core::CacheCore;
 use crate::error::{Error, Result};
-use crate::key::validate_key;
 use crate::notify::Signal;
 use crate::policy::validate_ttl;
 use crate::store::lease::{new_token, LeaseKind};
@@ -21,7 +20,7 @@ pub(crate) async fn try_lock(
     resource: &str,
     lease: Duration,
 ) -> Result<Option<LockGuard>> {
-    validate_key(resource)?;
+    core.check_key(resource)?;
     validate_ttl(lease)?;
     let token = new_token();
     let fence = core.store().acquire_lock(resource, &token, lease).await?;

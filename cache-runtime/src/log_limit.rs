@@ -31,9 +31,11 @@ pub(crate) enum LogKind {
     LoadFailed,
     /// A rendered key was longer than `max_key_bytes` and not cached.
     KeyTooLong,
+    /// A rate-limit decision could not ask the store and followed its `FailMode`.
+    RateLimitFailed,
 }
 
-const KINDS: usize = 6;
+const KINDS: usize = 7;
 
 impl LogKind {
     fn index(self) -> usize {

@@ -12,6 +12,7 @@ use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::core::CacheCore;
+use crate::log_limit::{clip, LogKind};
 use crate::error::{Error, Result};
 use crate::stats::Counters;
 use crate::store::Store;
@@ -197,13 +198,17 @@ pub(crate) async fn decide(
     let decision = decided.unwrap_or_else(|error| {
         counters.error(error.kind());
         let allowed = on_failure == FailMode::Open;
-        tracing::warn!(
-            key,
-            %error,
-            store = core.kind(),
-            "rate limit store failed: call {} ({on_failure:?})",
-            if allowed { "admitted" } else { "refused" }
-        );
+        if let Some(suppressed) = core.log(LogKind::RateLimitFailed) {
+            let (key, error) = (clip(key), clip(&error));
+            tracing::warn!(
+                %key,
+                %error,
+                suppressed,
+                store = core.kind(),
+                "rate limit store failed: call {} ({on_failure:?})",
+                if allowed { "admitted" } else { "refused" }
+            );
+        }
         RateDecision {
             allowed,
             limit,
