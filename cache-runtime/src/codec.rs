@@ -8,7 +8,7 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::format::{DecodeError, Format, ReadFormat, Stamp};
+use crate::format::{DecodeError, EncodeError, Format, ReadFormat, Stamp};
 
 /// Produces an owned value from a shared one without a serialization round trip.
 ///
@@ -27,6 +27,11 @@ pub(crate) struct Entry {
     encoded_len: usize,
     /// How to read `json`: fingerprint salt and inflate limit.
     read: ReadFormat,
+    /// Over `max_value_bytes`: the encoder stopped at the limit, or a bounded read of the
+    /// store found more than a value of that size can take. `json` is empty then (nothing
+    /// of it is kept, and it must never be stored); `encoded_len` is past the limit, so
+    /// every size check refuses it, and `take` answers [`DecodeError::TooLarge`].
+    over_limit: bool,
     /// The value itself, when the writer could clone it: a memory hit downcasts and clones.
     typed: Option<Box<dyn Any + Send + Sync>>,
 }
@@ -42,6 +47,7 @@ impl Entry {
             json: ABSENT.into(),
             encoded_len: ABSENT.len(),
             read: ReadFormat::default(),
+            over_limit: false,
             typed: None,
         }
     }
@@ -61,9 +67,45 @@ impl Entry {
     where
         T: Serialize + Send + Sync + 'static,
     {
-        let (bytes, encoded_len) = format.encode(value)?;
         let typed = cloner.map(|clone| Box::new(clone(value)) as Box<dyn Any + Send + Sync>);
-        Ok(Entry { json: bytes.into_boxed_slice(), encoded_len, read: format.read, typed })
+        Entry::encoded(format.encode(value), format, typed)
+    }
+
+    /// The entry for an encoder's outcome: the stored bytes, or, when the encoder stopped at
+    /// the limit, an entry [over the limit](Self::over_limit) that every size check refuses
+    /// (so the caller reports `ValueTooLarge` / counts `too_large`, as for any value over
+    /// `max_value_bytes`). The typed copy is kept: in-process followers of a load still get
+    /// the value it returned.
+    fn encoded(
+        outcome: Result<(Vec<u8>, usize), EncodeError>,
+        format: &Format,
+        typed: Option<Box<dyn Any + Send + Sync>>,
+    ) -> Result<Entry, serde_json::Error> {
+        match outcome {
+            Ok((bytes, encoded_len)) => Ok(Entry {
+                json: bytes.into_boxed_slice(),
+                encoded_len,
+                read: format.read,
+                over_limit: false,
+                typed,
+            }),
+            Err(EncodeError::TooLarge) => {
+                Ok(Entry { typed, ..Entry::over_limit(format.read.limit, format.read) })
+            }
+            Err(EncodeError::Codec(error)) => Err(error),
+        }
+    }
+
+    /// An entry known to be over `limit` without its bytes (see the `over_limit` field):
+    /// `at_least` is what was seen of it (its size counts as at least `limit + 1`).
+    pub(crate) fn over_limit(at_least: usize, read: ReadFormat) -> Entry {
+        Entry {
+            json: Box::default(),
+            encoded_len: at_least.max(read.limit.saturating_add(1)),
+            read,
+            over_limit: true,
+            typed: None,
+        }
     }
 
     /// An entry for a value decoded from `source`: the same bytes, and a typed copy when a
@@ -77,6 +119,7 @@ impl Entry {
             json: source.json.clone(),
             encoded_len: source.encoded_len,
             read: source.read,
+            over_limit: source.over_limit,
             typed,
         }
     }
@@ -92,9 +135,8 @@ impl Entry {
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
-        let (bytes, encoded_len) = format.encode_traced(value, load_time)?;
         let typed = cloner.map(|clone| Box::new(clone(value)) as Box<dyn Any + Send + Sync>);
-        Ok(Entry { json: bytes.into_boxed_slice(), encoded_len, read: format.read, typed })
+        Entry::encoded(format.encode_traced(value, load_time), format, typed)
     }
 
     /// Encodes a borrowed value (the programmatic `set`): no typed copy.
@@ -102,8 +144,7 @@ impl Entry {
     where
         T: Serialize + ?Sized,
     {
-        let (bytes, encoded_len) = format.encode(value)?;
-        Ok(Entry { json: bytes.into_boxed_slice(), encoded_len, read: format.read, typed: None })
+        Entry::encoded(format.encode(value), format, None)
     }
 
     /// An entry read back from a remote store, read with the default [`ReadFormat`].
@@ -114,12 +155,20 @@ impl Entry {
 
     /// An entry read back from a remote store: bytes only, decoded on `take` with `read`.
     pub(crate) fn from_stored(bytes: Vec<u8>, read: ReadFormat) -> Entry {
-        Entry { encoded_len: bytes.len(), json: bytes.into_boxed_slice(), read, typed: None }
+        Entry {
+            encoded_len: bytes.len(),
+            json: bytes.into_boxed_slice(),
+            read,
+            over_limit: false,
+            typed: None,
+        }
     }
 
     /// The size `max_value_bytes` applies to: the encoded value before compression (the
-    /// stored payload is never larger; the header, under 50 bytes, is not counted), so a
-    /// reader never inflates past the limit the writer honoured.
+    /// stored payload is never larger; the header, under [`MAX_HEADER`](crate::format::MAX_HEADER)
+    /// bytes, is not counted), so a reader never inflates past the limit the writer
+    /// honoured. For an entry over the limit, `limit + 1` (or what a bounded read saw):
+    /// encoding stopped there, so the real size is never computed.
     pub(crate) fn size(&self) -> usize {
         self.encoded_len
     }
@@ -140,6 +189,9 @@ impl Entry {
             if let Some(value) = typed.downcast_ref::<T>() {
                 return Ok(clone(value));
             }
+        }
+        if self.over_limit {
+            return Err(DecodeError::TooLarge(self.encoded_len));
         }
         self.read.decode(&self.json)
     }

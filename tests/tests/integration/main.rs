@@ -7,6 +7,7 @@
 //! binary run in parallel, so they never use the process-wide default cache, except the single
 //! test in `default_cache.rs`.
 
+mod bounds_size;
 mod coherence_gaps;
 mod default_cache;
 mod failures;

@@ -31,7 +31,7 @@ use super::{Begun, FillPlan, Found, Marker, Ticket, Touch, Version};
 use crate::breaker::{is_connection_failure, Breaker, BreakerState, Pass};
 use crate::codec::Entry;
 use crate::error::{BackendError, Error, Result};
-use crate::format::ReadFormat;
+use crate::format::{ReadFormat, MAX_HEADER};
 use crate::index::{levels, INDEX_NAMESPACE};
 use crate::key::RESERVED;
 use crate::notify::Notifier;
@@ -42,6 +42,21 @@ const MARKER_TAG: &[u8] = b"\0cache-runtime:loading:";
 
 fn is_marker(bytes: &[u8]) -> bool {
     bytes.starts_with(MARKER_TAG)
+}
+
+/// What a marker adds around the value it keeps: [`MARKER_TAG`], an id (a lease token, under
+/// 64 bytes), `\n`, an expiry in decimal ms and `\n`.
+const MARKER_OVERHEAD: usize = MARKER_TAG.len() + 64 + 1 + 20 + 1;
+
+/// What a script replies in place of a string longer than the bound it was given (see
+/// `scripts.rs`): this tag, then the string's length in decimal. It starts with a NUL byte,
+/// like the markers: no value of this cache starts so.
+const OVER_LIMIT_TAG: &[u8] = b"\0cache-runtime:over-limit:";
+
+/// The length in a script's [`OVER_LIMIT_TAG`] reply.
+fn over_limit_reply(bytes: &[u8]) -> Option<usize> {
+    let digits = bytes.strip_prefix(OVER_LIMIT_TAG)?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// The expired value a marker keeps for stale fallback, if any.
@@ -266,15 +281,46 @@ impl RedisStore {
         Ok(self.eviction().await? == EvictionPolicy::Never)
     }
 
-    /// One `GET`: a hit costs exactly one round trip.
+    /// The most bytes a stored string of this cache can hold: a value of `max_value_bytes`
+    /// behind the longest header, or a pending marker keeping one.
+    fn read_bound(&self) -> usize {
+        self.read.limit.saturating_add(MAX_HEADER + MARKER_OVERHEAD)
+    }
+
+    /// `GETRANGE <full key> 0 <bound>`: a `GET` that transfers at most
+    /// [`read_bound`](Self::read_bound)` + 1` bytes, in the same one round trip. A longer
+    /// string (another application's data, a writer with a larger limit) is never read
+    /// whole: [`stored`](Self::stored) sees it is over. Redis answers `""` for a missing key.
+    pub(super) fn bounded_get(&self, full_key: &str) -> redis::Cmd {
+        let end = u64::try_from(self.read_bound()).unwrap_or(u64::MAX).min(i64::MAX as u64);
+        redis::cmd("GETRANGE").arg(full_key).arg(0).arg(end).clone()
+    }
+
+    /// What a bounded read ([`bounded_get`](Self::bounded_get), or a script's reply) found:
+    /// `None` for a missing key (or an empty string, which no writer stores) and a pending
+    /// marker; an entry [over the limit](Entry::over_limit) for a string longer than any
+    /// value of this cache (its truncated bytes are dropped, never decoded); else the value.
+    pub(super) fn stored(&self, bytes: Vec<u8>) -> Option<Arc<Entry>> {
+        if bytes.is_empty() || is_marker(&bytes) {
+            return None;
+        }
+        if let Some(len) = over_limit_reply(&bytes) {
+            return Some(Arc::new(Entry::over_limit(len, self.read)));
+        }
+        if bytes.len() > self.read_bound() {
+            return Some(Arc::new(Entry::over_limit(bytes.len(), self.read)));
+        }
+        Some(Arc::new(Entry::from_stored(bytes, self.read)))
+    }
+
+    /// One bounded `GET` ([`bounded_get`](Self::bounded_get)): a hit costs exactly one round
+    /// trip, and a string longer than any value of this cache is not transferred.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>> {
         let mut connection = self.connection.clone();
-        let bytes: Option<Vec<u8>> = self
-            .guarded(redis::cmd("GET").arg(self.full_key(key)).query_async(&mut connection))
+        let bytes: Vec<u8> = self
+            .guarded(self.bounded_get(&self.full_key(key)).query_async(&mut connection))
             .await?;
-        Ok(bytes
-            .filter(|bytes| !is_marker(bytes))
-            .map(|json| Arc::new(Entry::from_stored(json, self.read))))
+        Ok(self.stored(bytes))
     }
 
     /// A hit for `idle`: one script ([`scripts::Touch`]) reads the value and extends its life;
@@ -291,6 +337,7 @@ impl RedisStore {
             now_ms: crate::format::now_ms(),
             member: key,
             trusted_at_birth,
+            bound: self.read_bound(),
         };
         let bytes = if self.connection.is_cluster() {
             let indexes = self.level_indexes(key);
@@ -306,11 +353,9 @@ impl RedisStore {
         } else {
             self.call(&read).await?
         };
-        Ok(bytes.filter(|bytes| !is_marker(bytes)).and_then(|bytes| {
-            let entry = Entry::from_stored(bytes, self.read);
+        Ok(bytes.and_then(|bytes| self.stored(bytes)).filter(|entry| {
             // Past the cap: a miss (the script left it alone).
-            let expired = entry.stamp().is_some_and(|stamp| stamp.age() >= touch.cap);
-            (!expired).then(|| Arc::new(entry))
+            !entry.stamp().is_some_and(|stamp| stamp.age() >= touch.cap)
         }))
     }
 
@@ -321,20 +366,24 @@ impl RedisStore {
         let read_at = std::time::Instant::now();
         let mut connection = self.connection.clone();
         let full_key = self.full_key(key);
-        let (bytes, millis): (Option<Vec<u8>>, i64) = self
+        let (bytes, millis): (Vec<u8>, i64) = self
             .guarded(
                 redis::pipe()
-                    .cmd("GET")
-                    .arg(&full_key)
+                    .add_command(self.bounded_get(&full_key))
                     .cmd("PTTL")
                     .arg(&full_key)
                     .query_async(&mut connection),
             )
             .await?;
         let remaining = Duration::from_millis(u64::try_from(millis).unwrap_or(0));
-        Ok(bytes.and_then(|bytes| {
+        // Missing (`GETRANGE` answers ""), or a marker cut by the bound: what it keeps is
+        // over the limit anyway, so no stale value.
+        if bytes.is_empty() || (is_marker(&bytes) && bytes.len() > self.read_bound()) {
+            return Ok(None);
+        }
+        Ok(Some(bytes).and_then(|bytes| {
             if !is_marker(&bytes) {
-                let entry = Arc::new(Entry::from_stored(bytes, self.read));
+                let entry = self.stored(bytes)?;
                 let stamp = entry.stamp();
                 return Some(Found {
                     // The write time in the header; for older formats, from the expiry.
@@ -451,6 +500,7 @@ impl RedisStore {
             fresh_ms: millis(plan.fresh_for),
             lifetime_ms: millis(plan.lifetime),
             now_ms: crate::format::now_ms(),
+            bound: self.read_bound(),
         };
         let (found, bytes) = if self.connection.is_cluster() {
             // Both in flight together: the load starts only when both are done, so either
@@ -465,7 +515,10 @@ impl RedisStore {
             self.call(&begin).await?
         };
         Ok(if found == 1 {
-            Begun::Present(Arc::new(Entry::from_stored(bytes, self.read)))
+            Begun::Present(Arc::new(match over_limit_reply(&bytes) {
+                Some(len) => Entry::over_limit(len, self.read),
+                None => Entry::from_stored(bytes, self.read),
+            }))
         } else if bytes == marker {
             Begun::Ticket(Ticket::Marker(Marker::Redis(bytes)))
         } else {
