@@ -894,7 +894,79 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn the_longest_header_fits_max_header() {
+        let fp = u64::MAX;
+        let header = format!("cr2:j:l{}:{fp:016x}:{}:{}:", usize::MAX, u64::MAX, u64::MAX);
+        assert_eq!(header.len(), MAX_HEADER);
+    }
+
     proptest! {
+        /// The bounded encoder, at random limits and sizes around them, for every codec
+        /// with and without compression: a value fits exactly when its full encoding is
+        /// at most the limit (then the same bytes and size as an unbounded encoding, read
+        /// back whole, and never longer than the limit plus `MAX_HEADER`); otherwise the
+        /// encoder stops with `TooLarge`, never with a codec error.
+        #[test]
+        fn the_encoder_stops_exactly_past_the_limit(
+            codec in 0usize..3,
+            compressed in any::<bool>(),
+            limit in 0usize..4096,
+            around in -8i64..8,
+        ) {
+            let codec = CODECS[codec];
+            let unbounded = |text: &String| match codec {
+                Codec::Json => serde_json::to_vec(text).unwrap().len(),
+                Codec::MessagePack => rmp_serde::to_vec_named(text).unwrap().len(),
+                Codec::Postcard => postcard::to_stdvec(text).unwrap().len(),
+            };
+            // A string whose encoding is about `limit + around` bytes.
+            let len = usize::try_from((limit as i64 + around).max(0)).unwrap();
+            let text = "z".repeat(len.saturating_sub(unbounded(&String::new())));
+            let full = unbounded(&text);
+            let read = ReadFormat { limit, ..ReadFormat::default() };
+            let format = Format { codec, compress_above: compressed.then_some(0), read };
+            match format.encode(&text) {
+                Ok((bytes, encoded_len)) => {
+                    prop_assert!(full <= limit, "{full} bytes accepted under a {limit}-byte limit");
+                    prop_assert_eq!(encoded_len, full);
+                    prop_assert!(bytes.len() <= limit + MAX_HEADER);
+                    prop_assert_eq!(read.decode::<String>(&bytes).unwrap(), text);
+                }
+                Err(EncodeError::TooLarge) => prop_assert!(full > limit, "{full} refused under {limit}"),
+                Err(EncodeError::Codec(error)) => prop_assert!(false, "{error}"),
+            }
+        }
+
+        /// The decoder's limit, at random limits and payload sizes around them: a payload
+        /// (or the length a compressed one claims) over the limit is `TooLarge`, at or
+        /// under it decodes.
+        #[test]
+        fn the_decoder_refuses_exactly_past_the_limit(
+            compressed in any::<bool>(),
+            limit in 2usize..4096,
+            around in -8i64..8,
+        ) {
+            let len = usize::try_from((limit as i64 + around).max(2)).unwrap();
+            let text = "z".repeat(len - 2); // JSON: two quotes around it
+            let writer = Format {
+                codec: Codec::Json,
+                compress_above: compressed.then_some(0),
+                read: ReadFormat { limit: usize::MAX, ..ReadFormat::default() },
+            };
+            let (bytes, encoded_len) = writer.encode(&text).unwrap();
+            prop_assert_eq!(encoded_len, len);
+            let reader = ReadFormat { limit, ..ReadFormat::default() };
+            match reader.decode::<String>(&bytes) {
+                Ok(decoded) => {
+                    prop_assert!(len <= limit);
+                    prop_assert_eq!(decoded, text);
+                }
+                Err(DecodeError::TooLarge(_)) => prop_assert!(len > limit),
+                Err(error) => prop_assert!(false, "{error}"),
+            }
+        }
+
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = ReadFormat::default().decode::<Vehicle>(&bytes);

@@ -772,6 +772,92 @@ mod tests {
         }
     }
 
+    /// Bounded reads at lengths around the bound (each side, and a few random ones further
+    /// off), through every read that returns a value: the plain `GET` (`GETRANGE`), `GET` +
+    /// `PTTL`, the `idle` script and the begin-fill script. A string over the bound is an
+    /// entry over the limit (never decoded, `TooLarge`); one at the bound is read whole.
+    #[tokio::test]
+    async fn reads_are_bounded_at_exactly_the_limit_plus_a_header() {
+        use super::super::{Begun, FillPlan, Touch};
+        let server = RedisServer::start();
+        let mut raw = server.connection().await;
+        let limit = 1000;
+        let redis = RedisStore::new(RedisOptions {
+            urls: vec![server.url()],
+            cluster: false,
+            prefix: "b:".to_owned(),
+            connect_timeout: Duration::from_millis(500),
+            command_timeout: Duration::from_millis(500),
+            read: ReadFormat { limit, ..ReadFormat::default() },
+        })
+        .unwrap();
+        let bound = redis.read_bound();
+        let store = Store::Redis(redis);
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut lengths: Vec<usize> = (bound - 3..=bound + 3).collect();
+        for _ in 0..6 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            lengths.push(bound - 200 + usize::try_from(seed % 400).unwrap());
+        }
+        lengths.extend([1, limit, 10 * bound]);
+        let touch = Touch { idle: Duration::from_secs(60), cap: Duration::from_secs(600) };
+        let plan = FillPlan {
+            lifetime: Duration::from_secs(600),
+            fresh_for: Duration::from_secs(600),
+            window: Duration::from_secs(5),
+            force: false,
+        };
+        for len in lengths {
+            let over = len > bound;
+            let key = format!("k{len}");
+            // Another application's string, with a TTL so that begin-fill finds it fresh.
+            let _: () = redis::cmd("SET")
+                .arg(format!("b:{key}"))
+                .arg(vec![b'x'; len])
+                .arg("PX")
+                .arg(60_000)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            let judge = |entry: &Entry, how: &str| {
+                // Over the bound: nothing of it kept (not transferred); else read whole.
+                assert_eq!(entry.json.len(), if over { 0 } else { len }, "{how}, {len} bytes");
+                // Plain text over the limit is too large either way; under it, garbage.
+                let decoded = entry.take::<String>(None);
+                assert_eq!(
+                    matches!(decoded, Err(crate::format::DecodeError::TooLarge(_))),
+                    len > limit,
+                    "{how}, {len} bytes (bound {bound}): {decoded:?}"
+                );
+            };
+            judge(&store.get(&key).await.unwrap().unwrap(), "GET");
+            judge(
+                &store.get_aged(&key, Duration::from_secs(600)).await.unwrap().unwrap().entry,
+                "GET+PTTL",
+            );
+            judge(&store.get_touched(&key, touch).await.unwrap().unwrap(), "idle");
+            match store.begin_fill(&key, &plan).await.unwrap() {
+                Begun::Present(entry) => judge(&entry, "begin-fill"),
+                Begun::Ticket(_) => panic!("begin-fill took a ticket over a fresh value"),
+            }
+        }
+        // A value of this cache with a payload of exactly the limit reads back whole.
+        let format = Format {
+            codec: Codec::Json,
+            compress_above: None,
+            read: ReadFormat { limit, ..ReadFormat::default() },
+        };
+        let at_limit = "y".repeat(limit - 2);
+        let entry = Arc::new(Entry::encode(&at_limit, None, &format).unwrap());
+        store.set("v", &entry, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(store.get("v").await.unwrap().unwrap().take::<String>(None).unwrap(), at_limit);
+        // A missing key (`GETRANGE` answers "") is a miss.
+        assert!(store.get("missing").await.unwrap().is_none());
+        assert!(store.get_aged("missing", Duration::from_secs(1)).await.unwrap().is_none());
+    }
+
     #[tokio::test]
     async fn the_lua_header_reader_reads_the_write_time_rust_wrote() {
         let server = RedisServer::start();
