@@ -8,7 +8,7 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::format::{DecodeError, Format, ReadFormat, Stamp};
+use crate::format::{DecodeError, EncodeError, Format, ReadFormat, Stamp};
 
 /// Produces an owned value from a shared one without a serialization round trip.
 ///
@@ -27,6 +27,11 @@ pub(crate) struct Entry {
     encoded_len: usize,
     /// How to read `json`: fingerprint salt and inflate limit.
     read: ReadFormat,
+    /// Over `max_value_bytes`: the encoder stopped at the limit, or a bounded read of the
+    /// store found more than a value of that size can take. `json` is empty then (nothing
+    /// of it is kept, and it must never be stored); `encoded_len` is past the limit, so
+    /// every size check refuses it, and `take` answers [`DecodeError::TooLarge`].
+    over_limit: bool,
     /// The value itself, when the writer could clone it: a memory hit downcasts and clones.
     typed: Option<Box<dyn Any + Send + Sync>>,
     /// What the typed copy is weighed as (see [`Entry::weight`]); 0 without one.
@@ -57,6 +62,7 @@ impl Entry {
             json: ABSENT.into(),
             encoded_len: ABSENT.len(),
             read: ReadFormat::default(),
+            over_limit: false,
             typed: None,
             typed_weight: 0,
         }
@@ -77,8 +83,65 @@ impl Entry {
     where
         T: Serialize + Send + Sync + 'static,
     {
-        let (bytes, encoded_len) = format.encode(value)?;
-        Ok(Entry::typed(bytes.into_boxed_slice(), encoded_len, format.read, value, cloner))
+        let typed = cloner.map(|clone| Box::new(clone(value)) as Box<dyn Any + Send + Sync>);
+        Entry::encoded(format.encode(value), format, typed).map(Entry::weighed::<T>)
+    }
+
+    /// The entry for an encoder's outcome: the stored bytes, or, when the encoder stopped at
+    /// the limit, an entry [over the limit](Self::over_limit) that every size check refuses
+    /// (so the caller reports `ValueTooLarge` / counts `too_large`, as for any value over
+    /// `max_value_bytes`). The typed copy is kept: in-process followers of a load still get
+    /// the value it returned.
+    fn encoded(
+        outcome: Result<(Vec<u8>, usize), EncodeError>,
+        format: &Format,
+        typed: Option<Box<dyn Any + Send + Sync>>,
+    ) -> Result<Entry, serde_json::Error> {
+        match outcome {
+            Ok((bytes, encoded_len)) => Ok(Entry {
+                json: bytes.into_boxed_slice(),
+                encoded_len,
+                read: format.read,
+                over_limit: false,
+                typed,
+                typed_weight: 0,
+            }),
+            Err(EncodeError::TooLarge) => {
+                Ok(Entry { typed, ..Entry::over_limit(format.read.limit, format.read) })
+            }
+            Err(EncodeError::Codec(error)) => Err(error),
+        }
+    }
+
+    /// An entry known to be over `limit` without its bytes (see the `over_limit` field):
+    /// `at_least` is what was seen of it (its size counts as at least `limit + 1`).
+    pub(crate) fn over_limit(at_least: usize, read: ReadFormat) -> Entry {
+        Entry {
+            json: Box::default(),
+            encoded_len: at_least.max(read.limit.saturating_add(1)),
+            read,
+            over_limit: true,
+            typed: None,
+            typed_weight: 0,
+        }
+    }
+
+    /// This entry with its typed copy (if any) weighed as a copy of `T`.
+    fn weighed<T>(mut self) -> Entry {
+        if self.typed.is_some() {
+            self.typed_weight = typed_weight::<T>(self.encoded_len);
+        }
+        self
+    }
+
+    /// What this entry costs in process memory, as the stores' weighers count it: the entry
+    /// and its `Arc`, the stored bytes, and the typed copy's estimate (its inline size plus
+    /// its encoding's length plus a fixed overhead: the encoding is the proxy of the copy's
+    /// heap part, which cannot be measured for an arbitrary `T`).
+    pub(crate) fn weight(&self) -> usize {
+        // The `Arc`'s two counters, and the allocator's header of each allocation.
+        const ARC_AND_HEADERS: usize = 16 + 2 * 16;
+        std::mem::size_of::<Entry>() + ARC_AND_HEADERS + self.json.len() + self.typed_weight
     }
 
     /// An entry for a value decoded from `source`: the same bytes, and a typed copy when a
@@ -87,23 +150,16 @@ impl Entry {
     where
         T: Send + Sync + 'static,
     {
-        Entry::typed(source.json.clone(), source.encoded_len, source.read, value, cloner)
-    }
-
-    /// An entry of `json`, with a typed copy of `value` when a cloner is available.
-    fn typed<T>(
-        json: Box<[u8]>,
-        encoded_len: usize,
-        read: ReadFormat,
-        value: &T,
-        cloner: Cloner<T>,
-    ) -> Entry
-    where
-        T: Send + Sync + 'static,
-    {
         let typed = cloner.map(|clone| Box::new(clone(value)) as Box<dyn Any + Send + Sync>);
-        let typed_weight = if typed.is_some() { typed_weight::<T>(encoded_len) } else { 0 };
-        Entry { json, encoded_len, read, typed, typed_weight }
+        Entry {
+            json: source.json.clone(),
+            encoded_len: source.encoded_len,
+            read: source.read,
+            over_limit: source.over_limit,
+            typed,
+            typed_weight: 0,
+        }
+        .weighed::<T>()
     }
 
     /// [`encode`](Self::encode) with the traced fingerprint (see `format.rs`) and how long
@@ -117,8 +173,8 @@ impl Entry {
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
-        let (bytes, encoded_len) = format.encode_traced(value, load_time)?;
-        Ok(Entry::typed(bytes.into_boxed_slice(), encoded_len, format.read, value, cloner))
+        let typed = cloner.map(|clone| Box::new(clone(value)) as Box<dyn Any + Send + Sync>);
+        Entry::encoded(format.encode_traced(value, load_time), format, typed).map(Entry::weighed::<T>)
     }
 
     /// Encodes a borrowed value (the programmatic `set`): no typed copy.
@@ -126,14 +182,7 @@ impl Entry {
     where
         T: Serialize + ?Sized,
     {
-        let (bytes, encoded_len) = format.encode(value)?;
-        Ok(Entry {
-            json: bytes.into_boxed_slice(),
-            encoded_len,
-            read: format.read,
-            typed: None,
-            typed_weight: 0,
-        })
+        Entry::encoded(format.encode(value), format, None)
     }
 
     /// An entry read back from a remote store, read with the default [`ReadFormat`].
@@ -148,26 +197,19 @@ impl Entry {
             encoded_len: bytes.len(),
             json: bytes.into_boxed_slice(),
             read,
+            over_limit: false,
             typed: None,
             typed_weight: 0,
         }
     }
 
     /// The size `max_value_bytes` applies to: the encoded value before compression (the
-    /// stored payload is never larger; the header, under 50 bytes, is not counted), so a
-    /// reader never inflates past the limit the writer honoured.
+    /// stored payload is never larger; the header, under [`MAX_HEADER`](crate::format::MAX_HEADER)
+    /// bytes, is not counted), so a reader never inflates past the limit the writer
+    /// honoured. For an entry over the limit, `limit + 1` (or what a bounded read saw):
+    /// encoding stopped there, so the real size is never computed.
     pub(crate) fn size(&self) -> usize {
         self.encoded_len
-    }
-
-    /// What this entry costs in process memory, as the stores' weighers count it: the entry
-    /// and its `Arc`, the stored bytes, and the typed copy's estimate (its inline size plus
-    /// its encoding's length plus a fixed overhead: the encoding is the proxy of the copy's
-    /// heap part, which cannot be measured for an arbitrary `T`).
-    pub(crate) fn weight(&self) -> usize {
-        // The `Arc`'s two counters, and the allocator's header of each allocation.
-        const ARC_AND_HEADERS: usize = 16 + 2 * 16;
-        std::mem::size_of::<Entry>() + ARC_AND_HEADERS + self.json.len() + self.typed_weight
     }
 
     /// When the value was written and how long its load took, from its header (`None` for
@@ -186,6 +228,9 @@ impl Entry {
             if let Some(value) = typed.downcast_ref::<T>() {
                 return Ok(clone(value));
             }
+        }
+        if self.over_limit {
+            return Err(DecodeError::TooLarge(self.encoded_len));
         }
         self.read.decode(&self.json)
     }

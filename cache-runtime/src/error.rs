@@ -42,12 +42,15 @@ pub enum Error {
         #[source]
         source: BackendError,
     },
-    /// A value's encoded size is larger than the builder's `max_value_bytes`.
-    #[error("the value for key {key:?} is {bytes} bytes once encoded, over the {max}-byte limit")]
+    /// A value's encoded size is larger than the builder's `max_value_bytes`. Encoding
+    /// stops as soon as it passes the limit, so a huge value costs no more work or memory
+    /// than the limit itself.
+    #[error("the value for key {key:?} is over the {max}-byte limit once encoded (at least {bytes} bytes; encoding stopped there)")]
     ValueTooLarge {
         /// The key.
         key: String,
-        /// The encoded size.
+        /// How much of the encoded value was seen: `max + 1` (encoding stops there; the
+        /// real size is never computed).
         bytes: usize,
         /// The configured maximum.
         max: usize,

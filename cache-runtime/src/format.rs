@@ -105,6 +105,13 @@ const V1_FIELDS: usize = 3;
 /// Every envelope starts with `cr` and its version in decimal digits.
 const FAMILY: &[u8] = b"cr";
 
+/// The longest `cr2` header this release writes: [`MAGIC`], the codec tag (1 byte), the
+/// compression (`l` and a length of up to 20 digits), the fingerprint (16), the write time
+/// and the load time (up to 20 digits each) and one [`SEPARATOR`] after each field. A
+/// stored value is never longer than `max_value_bytes` plus this, which is what bounded
+/// reads of the store rely on.
+pub(crate) const MAX_HEADER: usize = MAGIC.len() + 1 + 21 + 16 + 20 + 20 + Field::COUNT;
+
 /// The fields of a `cr2` header after [`MAGIC`], in order, each ended by [`SEPARATOR`].
 /// Every envelope version starts with the first three ([`Field::Codec`],
 /// [`Field::Compression`], [`Field::Fingerprint`]); later versions may only add fields after
@@ -371,13 +378,69 @@ fn normalized_type_name(mut name: &str) -> std::borrow::Cow<'_, str> {
     name.into()
 }
 
+/// Why a value was not encoded.
+#[derive(Debug)]
+pub(crate) enum EncodeError {
+    /// The codec refused the value (a map with non-string keys in JSON, a failing
+    /// `Serialize`).
+    Codec(serde_json::Error),
+    /// The encoded value passed the limit (`max_value_bytes`): encoding stopped there.
+    TooLarge,
+}
+
+impl std::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EncodeError::Codec(error) => error.fmt(f),
+            EncodeError::TooLarge => f.write_str("the encoded value is over the size limit"),
+        }
+    }
+}
+
+/// An encoding buffer that holds at most `limit` bytes: a write that would pass it fails
+/// (and sets `over`), which makes every codec's serializer stop where it is. It grows as a
+/// `Vec` does, but never reserves past the limit.
+struct Bounded {
+    bytes: Vec<u8>,
+    limit: usize,
+    /// A write was refused: the value is longer than `limit`.
+    over: bool,
+}
+
+impl Bounded {
+    fn new(limit: usize) -> Self {
+        Bounded { bytes: Vec::with_capacity(limit.min(128)), limit, over: false }
+    }
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let len = self.bytes.len();
+        if data.len() > self.limit - len {
+            self.over = true;
+            return Err(std::io::Error::other("over max_value_bytes"));
+        }
+        if self.bytes.capacity() - len < data.len() {
+            let wanted = (self.bytes.capacity() * 2).max(len + data.len()).min(self.limit);
+            self.bytes.reserve_exact(wanted - len);
+        }
+        self.bytes.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Format {
     /// Encodes `value` in an envelope with its named fingerprint. Returns the stored bytes
-    /// and the encoded size before compression.
+    /// and the encoded size before compression, or [`EncodeError::TooLarge`] as soon as the
+    /// encoding passes `max_value_bytes` (the rest of the value is never serialized).
     pub(crate) fn encode<T: Serialize + ?Sized>(
         &self,
         value: &T,
-    ) -> Result<(Vec<u8>, usize), serde_json::Error> {
+    ) -> Result<(Vec<u8>, usize), EncodeError> {
         self.encode_with(value, fingerprint::<T>(self.read.schema_version), None)
     }
 
@@ -387,7 +450,7 @@ impl Format {
         &self,
         value: &T,
         load_time: Option<std::time::Duration>,
-    ) -> Result<(Vec<u8>, usize), serde_json::Error> {
+    ) -> Result<(Vec<u8>, usize), EncodeError> {
         self.encode_with(value, traced_fingerprint::<T>(self.read.schema_version), load_time)
     }
 
@@ -396,15 +459,25 @@ impl Format {
         value: &T,
         fp: u64,
         load_time: Option<std::time::Duration>,
-    ) -> Result<(Vec<u8>, usize), serde_json::Error> {
+    ) -> Result<(Vec<u8>, usize), EncodeError> {
         use serde::ser::Error as _;
-        let payload = match self.codec {
-            Codec::Json => serde_json::to_vec(value)?,
+        // The codec writes into a buffer that refuses to grow past the limit: a value over
+        // it stops the serializer there, so neither the work nor the memory goes further.
+        let mut sink = Bounded::new(self.read.limit);
+        let written = match self.codec {
+            Codec::Json => serde_json::to_writer(&mut sink, value),
             Codec::MessagePack => {
-                rmp_serde::to_vec_named(value).map_err(serde_json::Error::custom)?
+                rmp_serde::encode::write_named(&mut sink, value).map_err(serde_json::Error::custom)
             }
-            Codec::Postcard => postcard::to_stdvec(value).map_err(serde_json::Error::custom)?,
+            Codec::Postcard => {
+                postcard::to_io(value, &mut sink).map(drop).map_err(serde_json::Error::custom)
+            }
         };
+        if sink.over {
+            return Err(EncodeError::TooLarge);
+        }
+        written.map_err(EncodeError::Codec)?;
+        let payload = sink.bytes;
         let encoded_len = payload.len();
         let compress = self.compress_above.is_some_and(|above| payload.len() > above);
         let compressed = compress.then(|| lz4_flex::block::compress(&payload));
@@ -821,7 +894,79 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn the_longest_header_fits_max_header() {
+        let fp = u64::MAX;
+        let header = format!("cr2:j:l{}:{fp:016x}:{}:{}:", usize::MAX, u64::MAX, u64::MAX);
+        assert_eq!(header.len(), MAX_HEADER);
+    }
+
     proptest! {
+        /// The bounded encoder, at random limits and sizes around them, for every codec
+        /// with and without compression: a value fits exactly when its full encoding is
+        /// at most the limit (then the same bytes and size as an unbounded encoding, read
+        /// back whole, and never longer than the limit plus `MAX_HEADER`); otherwise the
+        /// encoder stops with `TooLarge`, never with a codec error.
+        #[test]
+        fn the_encoder_stops_exactly_past_the_limit(
+            codec in 0usize..3,
+            compressed in any::<bool>(),
+            limit in 0usize..4096,
+            around in -8i64..8,
+        ) {
+            let codec = CODECS[codec];
+            let unbounded = |text: &String| match codec {
+                Codec::Json => serde_json::to_vec(text).unwrap().len(),
+                Codec::MessagePack => rmp_serde::to_vec_named(text).unwrap().len(),
+                Codec::Postcard => postcard::to_stdvec(text).unwrap().len(),
+            };
+            // A string whose encoding is about `limit + around` bytes.
+            let len = usize::try_from((limit as i64 + around).max(0)).unwrap();
+            let text = "z".repeat(len.saturating_sub(unbounded(&String::new())));
+            let full = unbounded(&text);
+            let read = ReadFormat { limit, ..ReadFormat::default() };
+            let format = Format { codec, compress_above: compressed.then_some(0), read };
+            match format.encode(&text) {
+                Ok((bytes, encoded_len)) => {
+                    prop_assert!(full <= limit, "{full} bytes accepted under a {limit}-byte limit");
+                    prop_assert_eq!(encoded_len, full);
+                    prop_assert!(bytes.len() <= limit + MAX_HEADER);
+                    prop_assert_eq!(read.decode::<String>(&bytes).unwrap(), text);
+                }
+                Err(EncodeError::TooLarge) => prop_assert!(full > limit, "{full} refused under {limit}"),
+                Err(EncodeError::Codec(error)) => prop_assert!(false, "{error}"),
+            }
+        }
+
+        /// The decoder's limit, at random limits and payload sizes around them: a payload
+        /// (or the length a compressed one claims) over the limit is `TooLarge`, at or
+        /// under it decodes.
+        #[test]
+        fn the_decoder_refuses_exactly_past_the_limit(
+            compressed in any::<bool>(),
+            limit in 2usize..4096,
+            around in -8i64..8,
+        ) {
+            let len = usize::try_from((limit as i64 + around).max(2)).unwrap();
+            let text = "z".repeat(len - 2); // JSON: two quotes around it
+            let writer = Format {
+                codec: Codec::Json,
+                compress_above: compressed.then_some(0),
+                read: ReadFormat { limit: usize::MAX, ..ReadFormat::default() },
+            };
+            let (bytes, encoded_len) = writer.encode(&text).unwrap();
+            prop_assert_eq!(encoded_len, len);
+            let reader = ReadFormat { limit, ..ReadFormat::default() };
+            match reader.decode::<String>(&bytes) {
+                Ok(decoded) => {
+                    prop_assert!(len <= limit);
+                    prop_assert_eq!(decoded, text);
+                }
+                Err(DecodeError::TooLarge(_)) => prop_assert!(len > limit),
+                Err(error) => prop_assert!(false, "{error}"),
+            }
+        }
+
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = ReadFormat::default().decode::<Vehicle>(&bytes);

@@ -5,7 +5,7 @@
 //!    holds may predate a write: a miss that must replace it.
 //! 2. **The near cache** (when the cache has one and the policy uses it): a fresh copy is
 //!    served without a round trip; one due for a recompute goes on to the store.
-//! 3. **The store**: one `GET` (`GET`+`PTTL` when the policy needs the value's age or the
+//! 3. **The store**: one bounded `GET` (`GETRANGE`; with `PTTL` when the policy needs the value's age or the
 //!    near cache its expiry; one script with `idle`).
 //! 4. **Decode**, classify (fresh, kept past its TTL, absent, undecodable, another
 //!    release's), count, and hold a fresh value in the near cache if no invalidation of

@@ -739,7 +739,7 @@ async fn value_over_max_value_bytes() {
     // The programmatic API refuses it too, with a clear error.
     let refused = cache.set("blob:direct", &"x".repeat(2000), Duration::from_secs(60)).await;
     assert!(
-        matches!(refused, Err(cache_runtime::Error::ValueTooLarge { bytes: 2002, max: 1024, .. })),
+        matches!(refused, Err(cache_runtime::Error::ValueTooLarge { bytes: 1025, max: 1024, .. })),
         "{refused:?}"
     );
 

@@ -8,6 +8,7 @@
 //! test in `default_cache.rs`.
 
 mod bounds_keys;
+mod bounds_size;
 mod coherence_gaps;
 mod default_cache;
 mod failures;

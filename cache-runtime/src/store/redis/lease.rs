@@ -6,12 +6,10 @@
 //! the fencing counter `#fence:{name}` shares the lock's hash tag so the scripts stay in one
 //! slot on a cluster. A release publishes on the lease's channel to wake its waiters.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::scripts::{Acquire, Extend, Release, Settle, SETTLED_SUFFIX};
-use super::{is_marker, millis, RedisStore};
-use crate::codec::Entry;
+use super::{millis, RedisStore};
 use crate::error::Result;
 use crate::notify::Signal;
 use crate::store::lease::{LeaseKind, Peek, Wakeup};
@@ -116,18 +114,16 @@ impl RedisStore {
         let (mut value_connection, mut lease_connection) =
             (self.connection.clone(), self.connection.clone());
         let lease_key = self.lease_key(LeaseKind::Load, key);
-        let get = redis::cmd("GET").arg(self.full_key(key)).clone();
+        let get = self.bounded_get(&self.full_key(key));
         let lease = redis::pipe().cmd("GET").arg(&lease_key).cmd("PTTL").arg(&lease_key).clone();
-        let (bytes, lease_state): (Option<Vec<u8>>, LeaseState) = self
+        let (bytes, lease_state): (Vec<u8>, LeaseState) = self
             .guarded(futures_util::future::try_join(
                 get.query_async(&mut value_connection),
                 lease.query_async(&mut lease_connection),
             ))
             .await?;
         let (holder, millis) = lease_state;
-        let entry = bytes
-            .filter(|bytes| !is_marker(bytes))
-            .map(|json| Arc::new(Entry::from_stored(json, self.read)));
+        let entry = self.stored(bytes);
         Ok(Peek {
             entry,
             lease_left: Duration::from_millis(u64::try_from(millis).unwrap_or(0)),

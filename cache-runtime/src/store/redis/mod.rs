@@ -31,7 +31,7 @@ use super::{Begun, FillPlan, Found, Marker, Ticket, Touch, Version};
 use crate::breaker::{is_connection_failure, Breaker, BreakerState, Pass};
 use crate::codec::Entry;
 use crate::error::{BackendError, Error, Result};
-use crate::format::ReadFormat;
+use crate::format::{ReadFormat, MAX_HEADER};
 use crate::index::{levels, INDEX_NAMESPACE};
 use crate::key::RESERVED;
 use crate::notify::Notifier;
@@ -42,6 +42,21 @@ const MARKER_TAG: &[u8] = b"\0cache-runtime:loading:";
 
 fn is_marker(bytes: &[u8]) -> bool {
     bytes.starts_with(MARKER_TAG)
+}
+
+/// What a marker adds around the value it keeps: [`MARKER_TAG`], an id (a lease token, under
+/// 64 bytes), `\n`, an expiry in decimal ms and `\n`.
+const MARKER_OVERHEAD: usize = MARKER_TAG.len() + 64 + 1 + 20 + 1;
+
+/// What a script replies in place of a string longer than the bound it was given (see
+/// `scripts.rs`): this tag, then the string's length in decimal. It starts with a NUL byte,
+/// like the markers: no value of this cache starts so.
+const OVER_LIMIT_TAG: &[u8] = b"\0cache-runtime:over-limit:";
+
+/// The length in a script's [`OVER_LIMIT_TAG`] reply.
+fn over_limit_reply(bytes: &[u8]) -> Option<usize> {
+    let digits = bytes.strip_prefix(OVER_LIMIT_TAG)?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// The expired value a marker keeps for stale fallback, if any.
@@ -266,15 +281,46 @@ impl RedisStore {
         Ok(self.eviction().await? == EvictionPolicy::Never)
     }
 
-    /// One `GET`: a hit costs exactly one round trip.
+    /// The most bytes a stored string of this cache can hold: a value of `max_value_bytes`
+    /// behind the longest header, or a pending marker keeping one.
+    fn read_bound(&self) -> usize {
+        self.read.limit.saturating_add(MAX_HEADER + MARKER_OVERHEAD)
+    }
+
+    /// `GETRANGE <full key> 0 <bound>`: a `GET` that transfers at most
+    /// [`read_bound`](Self::read_bound)` + 1` bytes, in the same one round trip. A longer
+    /// string (another application's data, a writer with a larger limit) is never read
+    /// whole: [`stored`](Self::stored) sees it is over. Redis answers `""` for a missing key.
+    pub(super) fn bounded_get(&self, full_key: &str) -> redis::Cmd {
+        let end = u64::try_from(self.read_bound()).unwrap_or(u64::MAX).min(i64::MAX as u64);
+        redis::cmd("GETRANGE").arg(full_key).arg(0).arg(end).clone()
+    }
+
+    /// What a bounded read ([`bounded_get`](Self::bounded_get), or a script's reply) found:
+    /// `None` for a missing key (or an empty string, which no writer stores) and a pending
+    /// marker; an entry [over the limit](Entry::over_limit) for a string longer than any
+    /// value of this cache (its truncated bytes are dropped, never decoded); else the value.
+    pub(super) fn stored(&self, bytes: Vec<u8>) -> Option<Arc<Entry>> {
+        if bytes.is_empty() || is_marker(&bytes) {
+            return None;
+        }
+        if let Some(len) = over_limit_reply(&bytes) {
+            return Some(Arc::new(Entry::over_limit(len, self.read)));
+        }
+        if bytes.len() > self.read_bound() {
+            return Some(Arc::new(Entry::over_limit(bytes.len(), self.read)));
+        }
+        Some(Arc::new(Entry::from_stored(bytes, self.read)))
+    }
+
+    /// One bounded `GET` ([`bounded_get`](Self::bounded_get)): a hit costs exactly one round
+    /// trip, and a string longer than any value of this cache is not transferred.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>> {
         let mut connection = self.connection.clone();
-        let bytes: Option<Vec<u8>> = self
-            .guarded(redis::cmd("GET").arg(self.full_key(key)).query_async(&mut connection))
+        let bytes: Vec<u8> = self
+            .guarded(self.bounded_get(&self.full_key(key)).query_async(&mut connection))
             .await?;
-        Ok(bytes
-            .filter(|bytes| !is_marker(bytes))
-            .map(|json| Arc::new(Entry::from_stored(json, self.read))))
+        Ok(self.stored(bytes))
     }
 
     /// A hit for `idle`: one script ([`scripts::Touch`]) reads the value and extends its life;
@@ -291,6 +337,7 @@ impl RedisStore {
             now_ms: crate::format::now_ms(),
             member: key,
             trusted_at_birth,
+            bound: self.read_bound(),
         };
         let bytes = if self.connection.is_cluster() {
             let indexes = self.level_indexes(key);
@@ -306,11 +353,9 @@ impl RedisStore {
         } else {
             self.call(&read).await?
         };
-        Ok(bytes.filter(|bytes| !is_marker(bytes)).and_then(|bytes| {
-            let entry = Entry::from_stored(bytes, self.read);
+        Ok(bytes.and_then(|bytes| self.stored(bytes)).filter(|entry| {
             // Past the cap: a miss (the script left it alone).
-            let expired = entry.stamp().is_some_and(|stamp| stamp.age() >= touch.cap);
-            (!expired).then(|| Arc::new(entry))
+            !entry.stamp().is_some_and(|stamp| stamp.age() >= touch.cap)
         }))
     }
 
@@ -321,20 +366,24 @@ impl RedisStore {
         let read_at = std::time::Instant::now();
         let mut connection = self.connection.clone();
         let full_key = self.full_key(key);
-        let (bytes, millis): (Option<Vec<u8>>, i64) = self
+        let (bytes, millis): (Vec<u8>, i64) = self
             .guarded(
                 redis::pipe()
-                    .cmd("GET")
-                    .arg(&full_key)
+                    .add_command(self.bounded_get(&full_key))
                     .cmd("PTTL")
                     .arg(&full_key)
                     .query_async(&mut connection),
             )
             .await?;
         let remaining = Duration::from_millis(u64::try_from(millis).unwrap_or(0));
-        Ok(bytes.and_then(|bytes| {
+        // Missing (`GETRANGE` answers ""), or a marker cut by the bound: what it keeps is
+        // over the limit anyway, so no stale value.
+        if bytes.is_empty() || (is_marker(&bytes) && bytes.len() > self.read_bound()) {
+            return Ok(None);
+        }
+        Ok(Some(bytes).and_then(|bytes| {
             if !is_marker(&bytes) {
-                let entry = Arc::new(Entry::from_stored(bytes, self.read));
+                let entry = self.stored(bytes)?;
                 let stamp = entry.stamp();
                 return Some(Found {
                     // The write time in the header; for older formats, from the expiry.
@@ -451,6 +500,7 @@ impl RedisStore {
             fresh_ms: millis(plan.fresh_for),
             lifetime_ms: millis(plan.lifetime),
             now_ms: crate::format::now_ms(),
+            bound: self.read_bound(),
         };
         let (found, bytes) = if self.connection.is_cluster() {
             // Both in flight together: the load starts only when both are done, so either
@@ -465,7 +515,10 @@ impl RedisStore {
             self.call(&begin).await?
         };
         Ok(if found == 1 {
-            Begun::Present(Arc::new(Entry::from_stored(bytes, self.read)))
+            Begun::Present(Arc::new(match over_limit_reply(&bytes) {
+                Some(len) => Entry::over_limit(len, self.read),
+                None => Entry::from_stored(bytes, self.read),
+            }))
         } else if bytes == marker {
             Begun::Ticket(Ticket::Marker(Marker::Redis(bytes)))
         } else {
@@ -717,6 +770,92 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Bounded reads at lengths around the bound (each side, and a few random ones further
+    /// off), through every read that returns a value: the plain `GET` (`GETRANGE`), `GET` +
+    /// `PTTL`, the `idle` script and the begin-fill script. A string over the bound is an
+    /// entry over the limit (never decoded, `TooLarge`); one at the bound is read whole.
+    #[tokio::test]
+    async fn reads_are_bounded_at_exactly_the_limit_plus_a_header() {
+        use super::super::{Begun, FillPlan, Touch};
+        let server = RedisServer::start();
+        let mut raw = server.connection().await;
+        let limit = 1000;
+        let redis = RedisStore::new(RedisOptions {
+            urls: vec![server.url()],
+            cluster: false,
+            prefix: "b:".to_owned(),
+            connect_timeout: Duration::from_millis(500),
+            command_timeout: Duration::from_millis(500),
+            read: ReadFormat { limit, ..ReadFormat::default() },
+        })
+        .unwrap();
+        let bound = redis.read_bound();
+        let store = Store::Redis(redis);
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut lengths: Vec<usize> = (bound - 3..=bound + 3).collect();
+        for _ in 0..6 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            lengths.push(bound - 200 + usize::try_from(seed % 400).unwrap());
+        }
+        lengths.extend([1, limit, 10 * bound]);
+        let touch = Touch { idle: Duration::from_secs(60), cap: Duration::from_secs(600) };
+        let plan = FillPlan {
+            lifetime: Duration::from_secs(600),
+            fresh_for: Duration::from_secs(600),
+            window: Duration::from_secs(5),
+            force: false,
+        };
+        for len in lengths {
+            let over = len > bound;
+            let key = format!("k{len}");
+            // Another application's string, with a TTL so that begin-fill finds it fresh.
+            let _: () = redis::cmd("SET")
+                .arg(format!("b:{key}"))
+                .arg(vec![b'x'; len])
+                .arg("PX")
+                .arg(60_000)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            let judge = |entry: &Entry, how: &str| {
+                // Over the bound: nothing of it kept (not transferred); else read whole.
+                assert_eq!(entry.json.len(), if over { 0 } else { len }, "{how}, {len} bytes");
+                // Plain text over the limit is too large either way; under it, garbage.
+                let decoded = entry.take::<String>(None);
+                assert_eq!(
+                    matches!(decoded, Err(crate::format::DecodeError::TooLarge(_))),
+                    len > limit,
+                    "{how}, {len} bytes (bound {bound}): {decoded:?}"
+                );
+            };
+            judge(&store.get(&key).await.unwrap().unwrap(), "GET");
+            judge(
+                &store.get_aged(&key, Duration::from_secs(600)).await.unwrap().unwrap().entry,
+                "GET+PTTL",
+            );
+            judge(&store.get_touched(&key, touch).await.unwrap().unwrap(), "idle");
+            match store.begin_fill(&key, &plan).await.unwrap() {
+                Begun::Present(entry) => judge(&entry, "begin-fill"),
+                Begun::Ticket(_) => panic!("begin-fill took a ticket over a fresh value"),
+            }
+        }
+        // A value of this cache with a payload of exactly the limit reads back whole.
+        let format = Format {
+            codec: Codec::Json,
+            compress_above: None,
+            read: ReadFormat { limit, ..ReadFormat::default() },
+        };
+        let at_limit = "y".repeat(limit - 2);
+        let entry = Arc::new(Entry::encode(&at_limit, None, &format).unwrap());
+        store.set("v", &entry, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(store.get("v").await.unwrap().unwrap().take::<String>(None).unwrap(), at_limit);
+        // A missing key (`GETRANGE` answers "") is a miss.
+        assert!(store.get("missing").await.unwrap().is_none());
+        assert!(store.get_aged("missing", Duration::from_secs(1)).await.unwrap().is_none());
     }
 
     #[tokio::test]

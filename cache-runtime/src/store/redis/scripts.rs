@@ -18,7 +18,7 @@ use std::sync::LazyLock;
 
 use redis::{Script, ScriptInvocation};
 
-use super::MARKER_TAG;
+use super::{MARKER_TAG, OVER_LIMIT_TAG};
 use crate::codec::ABSENT;
 use crate::format::{Field, MAGIC, SEPARATOR};
 
@@ -206,6 +206,9 @@ pub(super) struct BeginFill<'a> {
     pub(super) lifetime_ms: u64,
     /// The caller's clock, ms since the Unix epoch.
     pub(super) now_ms: u64,
+    /// The longest string returned as a value (`RedisStore::read_bound`): a longer one is
+    /// replied as `OVER_LIMIT_TAG` and its length, and never kept in a marker.
+    pub(super) bound: usize,
 }
 
 static BEGIN_FILL: LazyLock<Script> = LazyLock::new(|| {
@@ -214,6 +217,7 @@ static BEGIN_FILL: LazyLock<Script> = LazyLock::new(|| {
 local marker, window, member, index_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local force, birth, fresh, lifetime = ARGV[5] == '1', ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 local caller_now, marker_tag, absent = tonumber(ARGV[9]), ARGV[10], ARGV[11]
+local bound, over_tag = tonumber(ARGV[12]), ARGV[13]
 local current = redis.pcall('GET', KEYS[1])
 if type(current) == 'table' and current.err then
   -- Not a string (another application's data): replaced only when forced.
@@ -233,6 +237,10 @@ if current and not pending and not force then
   local written = written_ms(current)
   local age = lifetime - left
   if written then age = math.max(0, caller_now - written) end
+  if #current > bound then
+    -- Longer than any value of the cache: reported by its length, never sent or kept.
+    return {1, over_tag .. #current}
+  end
   if age < fresh then
     return {1, current}
   end
@@ -268,7 +276,9 @@ impl Call for BeginFill<'_> {
             .arg(self.lifetime_ms)
             .arg(self.now_ms)
             .arg(MARKER_TAG)
-            .arg(ABSENT);
+            .arg(ABSENT)
+            .arg(self.bound)
+            .arg(OVER_LIMIT_TAG);
         call
     }
 }
@@ -360,13 +370,23 @@ pub(super) struct Touch<'a> {
     pub(super) now_ms: u64,
     pub(super) member: &'a str,
     pub(super) trusted_at_birth: bool,
+    /// The longest string returned as a value (`RedisStore::read_bound`): a longer one is
+    /// neither read nor extended, and replied as `OVER_LIMIT_TAG` and its length (a marker
+    /// as its tag).
+    pub(super) bound: usize,
 }
 
 static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     with_prelude(
         r"
 local idle, cap, caller_now, marker_tag = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local member, birth = ARGV[5], ARGV[6]
+local member, birth, bound, over_tag = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
+local size = redis.call('STRLEN', KEYS[1])
+if size > bound then
+  local head = redis.call('GETRANGE', KEYS[1], 0, #marker_tag - 1)
+  if head == marker_tag then return head end
+  return over_tag .. size
+end
 local current = redis.call('GET', KEYS[1])
 if not current or string.sub(current, 1, #marker_tag) == marker_tag then return current end
 local written = written_ms(current)
@@ -398,7 +418,9 @@ impl Call for Touch<'_> {
             .arg(self.now_ms)
             .arg(MARKER_TAG)
             .arg(self.member)
-            .arg(flag(self.trusted_at_birth));
+            .arg(flag(self.trusted_at_birth))
+            .arg(self.bound)
+            .arg(OVER_LIMIT_TAG);
         call
     }
 }
