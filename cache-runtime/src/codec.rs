@@ -174,7 +174,8 @@ impl Entry {
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         let typed = cloner.map(|clone| Box::new(clone(value)) as Box<dyn Any + Send + Sync>);
-        Entry::encoded(format.encode_traced(value, load_time), format, typed).map(Entry::weighed::<T>)
+        Entry::encoded(format.encode_traced(value, load_time), format, typed)
+            .map(Entry::weighed::<T>)
     }
 
     /// Encodes a borrowed value (the programmatic `set`): no typed copy.

@@ -12,8 +12,8 @@ use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::core::CacheCore;
-use crate::log_limit::{clip, LogKind};
 use crate::error::{Error, Result};
+use crate::log_limit::{clip, LogKind};
 use crate::stats::Counters;
 use crate::store::Store;
 

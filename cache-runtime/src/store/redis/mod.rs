@@ -355,7 +355,7 @@ impl RedisStore {
         };
         Ok(bytes.and_then(|bytes| self.stored(bytes)).filter(|entry| {
             // Past the cap: a miss (the script left it alone).
-            !entry.stamp().is_some_and(|stamp| stamp.age() >= touch.cap)
+            entry.stamp().is_none_or(|stamp| stamp.age() < touch.cap)
         }))
     }
 
