@@ -194,6 +194,7 @@ mod tests {
         assert!(!matches("dealer:<id>:vehicles", "dealer:<v.dealer_id>:cars"));
         // A placeholder value never contains a raw `:`.
         assert!(!matches("vehicle:<id>", "vehicle:<v.id>:photos"));
-        assert!(!matches("v:<id>", "v:[^a-zA-Z0-9_.%~,-]"));
+        // (A pattern cannot name `%` any more: templates refuse it, see `cache-keys`.)
+        assert!(!matches("v:<id>", "v:[:]"));
     }
 }
