@@ -139,7 +139,10 @@ pub(crate) async fn apply(
             let removed = remove(core, counters, &scope).instrument(span.clone()).await;
             let removed = match removed {
                 Ok(removed) => {
-                    span.record("cache.keys_removed", removed.keys);
+                    span.record(
+                        "cache.keys_removed",
+                        i64::try_from(removed.keys).unwrap_or(i64::MAX),
+                    );
                     span.record("cache.outcome", "removed");
                     removed
                 }
