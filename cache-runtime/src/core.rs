@@ -13,7 +13,7 @@ use crate::breaker::BreakerState;
 use crate::error::{ErrorKind, Result};
 use crate::flight::Flights;
 use crate::format::Format;
-use crate::log_limit::{clip, LogKind, LogLimit};
+use crate::log_limit::{clip, Clip, LogKind, LogLimit};
 use crate::near::Near;
 use crate::policy::Policy;
 use crate::stats::{Counters, StatsRegistry};
@@ -40,6 +40,8 @@ pub(crate) struct Settings {
     /// Rendered keys longer than this are never stored (attributes) or refused
     /// (programmatic API); longer rate-limit keys are hashed.
     pub(crate) max_key_bytes: usize,
+    /// Keys are left out of spans and log lines (`CacheBuilder::redact_keys`).
+    pub(crate) redact_keys: bool,
 }
 
 impl Default for Settings {
@@ -51,6 +53,7 @@ impl Default for Settings {
             fill_window: Duration::from_secs(60),
             format: Format::default(),
             max_key_bytes: crate::key::DEFAULT_MAX_KEY_BYTES,
+            redact_keys: false,
         }
     }
 }
@@ -161,7 +164,7 @@ impl CacheCore {
         counters.error(ErrorKind::TooLarge);
         if let Some(suppressed) = self.log(LogKind::KeyTooLong) {
             tracing::warn!(
-                key = %clip(key),
+                key = %self.shown(key),
                 bytes = key.len(),
                 max,
                 suppressed,
@@ -171,8 +174,52 @@ impl CacheCore {
         false
     }
 
+    /// A key (or a pattern, or a scope's text) for a log line: clipped (see
+    /// [`clip`]), or `<redacted>` when the builder's `redact_keys` is on.
+    pub(crate) fn shown<'a>(&self, key: &'a str) -> Shown<'a> {
+        match self.settings.redact_keys {
+            true => Shown::Redacted,
+            false => Shown::Clipped(clip(key)),
+        }
+    }
+
+    /// An error's text for a log line, clipped; with `redact_keys`, every occurrence of
+    /// `key` in it (an error may name its key) is replaced by `<redacted>`.
+    pub(crate) fn shown_error(&self, error: &dyn std::fmt::Display, key: &str) -> String {
+        let text = clip(error).to_string();
+        match self.settings.redact_keys && !key.is_empty() {
+            true => text.replace(key, REDACTED),
+            false => text,
+        }
+    }
+
+    /// Whether keys are left out of spans and log lines.
+    pub(crate) fn redacts_keys(&self) -> bool {
+        self.settings.redact_keys
+    }
+
     /// The store's short name, for logs.
     pub(crate) fn kind(&self) -> &'static str {
         self.store.kind()
+    }
+}
+
+/// What stands for a key in a log line when keys are redacted.
+pub(crate) const REDACTED: &str = "<redacted>";
+
+/// A key as a log line shows it (see [`CacheCore::shown`]).
+pub(crate) enum Shown<'a> {
+    /// Clipped to its first bytes and length.
+    Clipped(Clip<'a, str>),
+    /// Left out (`redact_keys`).
+    Redacted,
+}
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shown::Clipped(clipped) => std::fmt::Display::fmt(clipped, f),
+            Shown::Redacted => f.write_str(REDACTED),
+        }
     }
 }

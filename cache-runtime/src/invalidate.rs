@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::core::CacheCore;
 use crate::key::pattern_may_match_within;
-use crate::log_limit::{clip, LogKind};
+use crate::log_limit::LogKind;
 use crate::scope::Scope;
 use crate::write::{self, Change};
 
@@ -42,8 +42,9 @@ pub(crate) async fn invalidate_targets(
         };
         if let Err(error) = write::apply(core, &counters, Change::Remove(scope.clone())).await {
             if let Some(suppressed) = core.log(LogKind::RemovalFailed) {
-                let target = clip(scope.text());
-                tracing::warn!(function, %target, error = %clip(&error), suppressed, "cache invalidation failed");
+                let text = scope.text();
+                let (target, error) = (core.shown(text), core.shown_error(&error, text));
+                tracing::warn!(function, %target, %error, suppressed, "cache invalidation failed");
             }
         }
     }

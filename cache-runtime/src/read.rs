@@ -23,7 +23,7 @@ use crate::codec::{Cloner, Entry};
 use crate::core::CacheCore;
 use crate::error::{Error, ErrorKind};
 use crate::format::DecodeError;
-use crate::log_limit::{clip, LogKind};
+use crate::log_limit::LogKind;
 use crate::policy::Policy;
 use crate::stats::Counters;
 use crate::store::Found;
@@ -123,20 +123,20 @@ where
         return match read {
             Ok(Some(entry)) if entry.is_absent() => {
                 counters.hit();
-                tracing::debug!(key, "cache hit (absent)");
+                tracing::debug!(key = %core.shown(key), "cache hit (absent)");
                 absent(accepts_absent)
             }
             Ok(Some(entry)) => match entry.take(cloner) {
                 Ok(value) => {
                     counters.hit();
-                    tracing::debug!(key, "cache hit");
+                    tracing::debug!(key = %core.shown(key), "cache hit");
                     Read::Hit { value, found: None, due: false }
                 }
                 Err(error) => undecodable(core, counters, key, &error),
             },
             Ok(None) => {
                 counters.miss();
-                tracing::debug!(key, "cache miss");
+                tracing::debug!(key = %core.shown(key), "cache miss");
                 miss(StoreUse::Fill)
             }
             Err(error) => failed(core, counters, key, error),
@@ -148,7 +148,7 @@ where
         Ok(Some(found)) => found,
         Ok(None) => {
             counters.miss();
-            tracing::debug!(key, "cache miss");
+            tracing::debug!(key = %core.shown(key), "cache miss");
             return miss(StoreUse::Fill);
         }
         Err(error) => return failed(core, counters, key, error),
@@ -161,21 +161,21 @@ where
             return miss(StoreUse::Fill);
         }
         counters.hit();
-        tracing::debug!(key, "cache hit (absent)");
+        tracing::debug!(key = %core.shown(key), "cache hit (absent)");
         return absent(accepts_absent);
     }
     // Without `stale`/`refresh` (a near-cache read) any value is fresh, as for `GET`.
     let fresh = found.age < policy.ttl || (!policy.tracks_age() && found.age != Duration::MAX);
     if !fresh {
         counters.miss();
-        tracing::debug!(key, "cache miss (expired value kept for stale fallback)");
+        tracing::debug!(key = %core.shown(key), "cache miss (expired value kept for stale fallback)");
         let stale = policy.stale.is_some().then(|| Arc::clone(&found.entry));
         return Read::Miss(Missed { stale, store: StoreUse::Fill });
     }
     match found.entry.take(cloner) {
         Ok(value) => {
             counters.hit();
-            tracing::debug!(key, age = ?found.age, "cache hit");
+            tracing::debug!(key = %core.shown(key), age = ?found.age, "cache hit");
             if let (Some(near), Some(epoch)) = (near, epoch) {
                 near.insert(key, epoch, &found, hold(&found, &value));
             }
@@ -204,7 +204,7 @@ fn absent<T>(accepts_absent: bool) -> Read<T> {
 /// the caller runs its body.
 fn failed<T>(core: &CacheCore, counters: &Counters, key: &str, error: Error) -> Read<T> {
     if let Some(suppressed) = core.log(LogKind::ReadFailed) {
-        let (key, error) = (clip(key), clip(&error));
+        let (key, error) = (core.shown(key), core.shown_error(&error, key));
         tracing::warn!(%key, %error, store = core.kind(), suppressed, "cache read failed");
     }
     counters.error(error.kind());
@@ -223,7 +223,7 @@ fn undecodable<T>(
     error: &DecodeError,
 ) -> Read<T> {
     if let Some(suppressed) = core.log(LogKind::Undecodable) {
-        let (key, error) = (clip(key), clip(error));
+        let (key, error) = (core.shown(key), core.shown_error(error, key));
         tracing::warn!(%key, %error, suppressed, "cached value does not decode; treating as a miss");
     }
     counters.error(error.kind());

@@ -108,6 +108,8 @@ pub(crate) const LOAD_BUCKETS: [f64; 12] =
 /// the `metrics` feature, the matching facade handle's): no lock, no allocation.
 #[derive(Default)]
 pub(crate) struct Counters {
+    /// The function name (the `cache.function` field of spans).
+    name: Box<str>,
     /// Handles into the `metrics` facade, so users' exporters see the same counts.
     #[cfg(feature = "metrics")]
     exported: Option<Exported>,
@@ -122,13 +124,17 @@ pub(crate) struct Counters {
 impl Counters {
     /// Counters for `name`, also reported through the `metrics` facade when that feature is on.
     fn named(name: &str) -> Counters {
-        #[cfg(not(feature = "metrics"))]
-        let _ = name;
         Counters {
+            name: name.into(),
             #[cfg(feature = "metrics")]
             exported: Some(Exported::new(name)),
             ..Counters::default()
         }
+    }
+
+    /// The function name these counters count.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
     /// Adds `by` to `count`, and to its facade counter when it has one.

@@ -15,17 +15,21 @@
 //!
 //! `set`, `#[cache_put]`, `invalidate`, `invalidate_pattern`, `#[invalidates]`, `clear`,
 //! the fills of loads and refreshes, and a refresh that found nothing all call [`apply`].
+//!
+//! Every removal is a `cache.invalidate` span (INFO; see [`invalidate_span`]).
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::backlog::{retryable, Kept};
 use serde::Serialize;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use crate::codec::{Cloner, Entry};
 use crate::core::CacheCore;
 use crate::error::{Error, ErrorKind, Result};
-use crate::log_limit::{clip, LogKind};
+use crate::log_limit::LogKind;
 use crate::scope::Scope;
 use crate::shape::{Outcome, Shape};
 use crate::stats::{Counters, DIRECT_CALLS};
@@ -88,7 +92,7 @@ pub(crate) async fn apply(
                     // still accepts `DEL` then): the old value must not outlive the write.
                     false => {
                         if let Some(suppressed) = core.log(LogKind::WriteFailed) {
-                            let (key, error) = (clip(key), clip(error));
+                            let (key, error) = (core.shown(key), core.shown_error(error, key));
                             tracing::warn!(%key, %error, store = core.kind(), suppressed, "the new value cannot be stored; removing the old one");
                         }
                         let _ = remove(core, counters, &scope).await;
@@ -102,7 +106,7 @@ pub(crate) async fn apply(
             let max = core.settings().max_value_bytes;
             if entry.size() > max {
                 if let Some(suppressed) = core.log(LogKind::WriteFailed) {
-                    let key = clip(key);
+                    let key = core.shown(key);
                     let bytes = entry.size();
                     tracing::warn!(%key, bytes, max, suppressed, "value too large to cache; not stored");
                 }
@@ -116,12 +120,13 @@ pub(crate) async fn apply(
             Ok(Applied::Filled(match filled {
                 Ok(true) => Filled::Stored,
                 Ok(false) => {
-                    tracing::debug!(key, "the key was written or invalidated while loading; value returned, not stored");
+                    let key = core.shown(key);
+                    tracing::debug!(%key, "the key was written or invalidated while loading; value returned, not stored");
                     Filled::Refused
                 }
                 Err(error) => {
                     if let Some(suppressed) = core.log(LogKind::WriteFailed) {
-                        let (key, error) = (clip(key), clip(&error));
+                        let (key, error) = (core.shown(key), core.shown_error(&error, key));
                         tracing::warn!(%key, %error, store = core.kind(), suppressed, "cache write failed");
                     }
                     counters.error(error.kind());
@@ -130,7 +135,25 @@ pub(crate) async fn apply(
             }))
         }
         Change::Remove(scope) => {
-            let removed = remove(core, counters, &scope).await?;
+            let span = invalidate_span(core, counters, &scope);
+            let removed = remove(core, counters, &scope).instrument(span.clone()).await;
+            let removed = match removed {
+                Ok(removed) => {
+                    span.record(
+                        "cache.keys_removed",
+                        i64::try_from(removed.keys).unwrap_or(i64::MAX),
+                    );
+                    span.record("cache.outcome", "removed");
+                    removed
+                }
+                Err(error) => {
+                    let kept = retryable(error.kind());
+                    span.record("cache.outcome", if kept { "kept" } else { "failed" });
+                    span.record("error.type", error.kind().as_str());
+                    span.record("otel.status_code", "ERROR");
+                    return Err(error);
+                }
+            };
             if removed.scanned {
                 counters.pattern_scan();
             }
@@ -138,6 +161,40 @@ pub(crate) async fn apply(
             Ok(Applied::Removed(removed))
         }
     }
+}
+
+/// The `cache.invalidate` span of a removal: INFO, with `cache.function` (the function whose
+/// `#[invalidates]` or `#[cache_put]` removed, or `direct`), `cache.scope` (`key`,
+/// `pattern`, `all`), `cache.key` or `cache.pattern` (unless keys are redacted) and, when
+/// it ends, `cache.keys_removed` and `cache.outcome` (`removed`, `kept`: failed for a
+/// connection reason and kept for replay, `failed`) with `error.type` on failure.
+pub(crate) fn invalidate_span(core: &CacheCore, counters: &Counters, scope: &Scope) -> Span {
+    let kind = match scope {
+        Scope::Key(_) => "key",
+        Scope::Pattern(_) => "pattern",
+        Scope::All => "all",
+    };
+    let span = tracing::info_span!(
+        "cache.invalidate",
+        cache.function = counters.name(),
+        cache.scope = kind,
+        cache.key = Empty,
+        cache.pattern = Empty,
+        cache.keys_removed = Empty,
+        cache.outcome = Empty,
+        error.type = Empty,
+        otel.status_code = Empty,
+    );
+    if !core.redacts_keys() && !span.is_disabled() {
+        match scope {
+            Scope::Key(key) => span.record("cache.key", tracing::field::display(core.shown(key))),
+            Scope::Pattern(_) => {
+                span.record("cache.pattern", tracing::field::display(core.shown(scope.text())))
+            }
+            Scope::All => &span,
+        };
+    }
+    span
 }
 
 /// The entry, if the store may take it (not over `max_value_bytes`).
@@ -185,7 +242,7 @@ fn evict_near(core: &CacheCore, scope: &Scope) {
 /// Keeps a removal that failed for a connection reason, and makes sure the replay runs.
 fn keep(core: &Arc<CacheCore>, scope: Scope) {
     if let Some(suppressed) = core.log(LogKind::RemovalFailed) {
-        let scope = clip(scope.text());
+        let scope = core.shown(scope.text());
         tracing::warn!(%scope, suppressed, "invalidation kept for replay when Redis answers");
     }
     core.backlog().push(scope);
@@ -214,7 +271,8 @@ async fn replay(core: Weak<CacheCore>) {
                     break;
                 }
                 Err(error) => {
-                    let (scope, error) = (clip(kept.scope.text()), clip(&error));
+                    let text = kept.scope.text();
+                    let (scope, error) = (core.shown(text), core.shown_error(&error, text));
                     tracing::warn!(%scope, %error, "pending invalidation dropped: it cannot succeed");
                     core.backlog().remove(&kept);
                 }
@@ -231,7 +289,7 @@ async fn replay(core: Weak<CacheCore>) {
 }
 
 fn replayed(core: &CacheCore, kept: &Kept, keys: u64) {
-    tracing::info!(scope = %clip(kept.scope.text()), removed = keys, "pending invalidation replayed");
+    tracing::info!(scope = %core.shown(kept.scope.text()), removed = keys, "pending invalidation replayed");
     core.counters(DIRECT_CALLS).invalidated(keys);
     core.backlog().remove(kept);
 }
@@ -257,7 +315,7 @@ pub(crate) async fn put_outcome<S, R>(
             let gone = Change::Remove(Scope::Key(key.to_owned()));
             if let Err(error) = apply(core, &counters, gone).await {
                 if let Some(suppressed) = core.log(LogKind::WriteFailed) {
-                    let (key, error) = (clip(key), clip(&error));
+                    let (key, error) = (core.shown(key), core.shown_error(&error, key));
                     tracing::warn!(function, %key, %error, store = core.kind(), suppressed, "cache write-through (removal) failed");
                 }
             }
@@ -270,7 +328,7 @@ pub(crate) async fn put_outcome<S, R>(
         .map_err(|source| Error::Encode { key: key.to_owned(), source });
     if let Err(error) = apply(core, &counters, Change::Put { key, value, ttl }).await {
         if let Some(suppressed) = core.log(LogKind::WriteFailed) {
-            let (key, error) = (clip(key), clip(&error));
+            let (key, error) = (core.shown(key), core.shown_error(&error, key));
             tracing::warn!(function, %key, %error, store = core.kind(), suppressed, "cache write-through failed");
         }
     }

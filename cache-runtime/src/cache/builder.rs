@@ -193,6 +193,17 @@ impl CacheBuilder {
         self
     }
 
+    /// Leaves keys out of the cache's telemetry (default `false`): the `cache.key` field of
+    /// its spans is not recorded (nor `cache.pattern`), and its own log lines show
+    /// `<redacted>` where they would show a key, a pattern or an error text's copy of the
+    /// key. Turn it on when keys carry personal data (`user:<email>`) and traces or logs
+    /// leave the service. Function names, outcomes and counts are still recorded; metrics
+    /// never carry keys.
+    pub fn redact_keys(mut self, redact: bool) -> Self {
+        self.settings.redact_keys = redact;
+        self
+    }
+
     /// How values are serialized in Redis (default [`Codec::Json`], readable in
     /// `redis-cli`). Every value names its codec in its header, so values written with
     /// another codec (or by the previous release, plain JSON) are still read: switching

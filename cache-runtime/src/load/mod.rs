@@ -9,21 +9,29 @@
 //! runs and a fill through the write path (`write.rs`, `Change::Fill`) after it, so a load
 //! that an invalidation overtook never stores its value, in this process or any other (see
 //! `store/mod.rs`).
+//!
+//! Telemetry: a miss opens one `cache.load` span (never a hit: a hit stays a lookup), a
+//! `lock` waiter one `cache.lock_wait` inside it, an early refresh one `cache.refresh`; their
+//! names and fields are made here ([`load_span`], [`refresh_span`], `stampede.rs`) and listed
+//! in the README ("Traces").
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use crate::codec::{Cloner, Entry};
 use crate::core::CacheCore;
 use crate::error::ErrorKind;
 use crate::flight::{self, Join, Landed, Leader};
 use crate::format::DecodeError;
-use crate::log_limit::{clip, LogKind};
+use crate::log_limit::LogKind;
 use crate::notify::Signal;
 use crate::policy::Policy;
 use crate::read::{self, Missed, Read, StoreUse};
@@ -57,6 +65,131 @@ pub(crate) struct Load<'a, T> {
     /// How long the body took, in microseconds (`u64::MAX` until it ran): stored with the
     /// value it produced (the `delta` of the envelope, see `format.rs`).
     pub(crate) loaded_in: std::sync::atomic::AtomicU64,
+    /// What became of this load so far (a [`LoadOutcome`]), recorded as `cache.outcome`.
+    outcome: AtomicU8,
+}
+
+/// What became of a load, the `cache.outcome` field of its span (`cache.load`, or
+/// `cache.refresh`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum LoadOutcome {
+    /// Not known (yet).
+    Unknown,
+    /// The body's value was stored.
+    Stored,
+    /// The body's value (or absent result) was returned, not stored: a write or an
+    /// invalidation of the key landed while it loaded.
+    Refused,
+    /// The body's value was returned, not stored: too large, or the store failed.
+    NotStored,
+    /// The body found nothing (stored as such with `absent_ttl`).
+    Absent,
+    /// The body failed, and no stale value stood in.
+    Failed,
+    /// The body failed (or overran `timeout`) and the stale value answered.
+    Stale,
+    /// Another load's result answered (single flight, a `lock` holder, or a value that
+    /// landed meanwhile): this call ran no body.
+    Coalesced,
+    /// A refresh that did not run: another process holds its lease.
+    Skipped,
+}
+
+impl LoadOutcome {
+    const ALL: [LoadOutcome; 9] = [
+        LoadOutcome::Unknown,
+        LoadOutcome::Stored,
+        LoadOutcome::Refused,
+        LoadOutcome::NotStored,
+        LoadOutcome::Absent,
+        LoadOutcome::Failed,
+        LoadOutcome::Stale,
+        LoadOutcome::Coalesced,
+        LoadOutcome::Skipped,
+    ];
+
+    /// The value of the `cache.outcome` field.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            LoadOutcome::Unknown => "unknown",
+            LoadOutcome::Stored => "stored",
+            LoadOutcome::Refused => "refused",
+            LoadOutcome::NotStored => "not_stored",
+            LoadOutcome::Absent => "absent",
+            LoadOutcome::Failed => "failed",
+            LoadOutcome::Stale => "stale",
+            LoadOutcome::Coalesced => "coalesced",
+            LoadOutcome::Skipped => "skipped",
+        }
+    }
+
+    fn from_u8(value: u8) -> LoadOutcome {
+        LoadOutcome::ALL.get(usize::from(value)).copied().unwrap_or(LoadOutcome::Unknown)
+    }
+
+    /// Records this outcome on `span` (`cache.outcome`, and `otel.status_code` when failed).
+    fn record(self, span: &Span) {
+        if self == LoadOutcome::Unknown {
+            return;
+        }
+        span.record("cache.outcome", self.as_str());
+        if self == LoadOutcome::Failed {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+}
+
+/// The `cache.load` span of a miss: INFO, with `cache.function`, `cache.key` (unless keys
+/// are redacted) and, when it ends, `cache.outcome`. Its parent is the caller's span.
+pub(crate) fn load_span(core: &CacheCore, counters: &Counters, key: &str) -> Span {
+    let span = tracing::info_span!(
+        "cache.load",
+        cache.function = counters.name(),
+        cache.key = Empty,
+        cache.outcome = Empty,
+        otel.status_code = Empty,
+    );
+    record_key(core, &span, key);
+    span
+}
+
+/// The `cache.refresh` span of an early refresh (`refresh`, `early`): INFO, with the fields
+/// of `cache.load`. A refresh on a task of its own is not part of the request that started
+/// it (it outlives it, and its outcome is not the request's): its span starts a trace of its
+/// own that *follows from* the caller's span (an OpenTelemetry link). A refresh that runs in
+/// the caller is its child.
+fn refresh_span(core: &CacheCore, counters: &Counters, key: &str, detached: bool) -> Span {
+    let span = match detached {
+        true => {
+            let span = tracing::info_span!(
+                parent: None,
+                "cache.refresh",
+                cache.function = counters.name(),
+                cache.key = Empty,
+                cache.outcome = Empty,
+                otel.status_code = Empty,
+            );
+            span.follows_from(Span::current());
+            span
+        }
+        false => tracing::info_span!(
+            "cache.refresh",
+            cache.function = counters.name(),
+            cache.key = Empty,
+            cache.outcome = Empty,
+            otel.status_code = Empty,
+        ),
+    };
+    record_key(core, &span, key);
+    span
+}
+
+/// Records `cache.key` on `span`, clipped, unless keys are redacted.
+pub(crate) fn record_key(core: &CacheCore, span: &Span, key: &str) {
+    if !core.redacts_keys() && !span.is_disabled() {
+        span.record("cache.key", tracing::field::display(core.shown(key)));
+    }
 }
 
 /// What [`Load::begin`] decided.
@@ -108,14 +241,20 @@ where
         Read::Miss(missed) => missed,
         Read::Failed(error) => Missed::after_failure(error.kind()),
     };
-    let load = Load::new(core, counters, key, policy, cloner, missed);
-    if let (Some(timeout), Some(called), Some(_)) = (policy.timeout, called, &load.stale) {
-        // A stale value to answer with: the body may overrun its timeout.
-        let left = timeout.saturating_sub(called.elapsed());
-        return load.run_within::<S, R, B>(body, left).await;
+    let mut load = Load::new(core, counters, key, policy, cloner, missed);
+    let span = load_span(core, counters, key);
+    let returned = async {
+        if let (Some(timeout), Some(called), Some(_)) = (policy.timeout, called, &load.stale) {
+            // A stale value to answer with: the body may overrun its timeout.
+            let left = timeout.saturating_sub(called.elapsed());
+            return load.run_within::<S, R, B>(body, left).await;
+        }
+        load.run::<S, R, _>(|| body.start()).await
     }
-    let mut load = load;
-    load.run::<S, R, _>(|| body.start()).await
+    .instrument(span.clone())
+    .await;
+    load.outcome().record(&span);
+    returned
 }
 
 impl<'a, T> Load<'a, T> {
@@ -139,7 +278,24 @@ impl<'a, T> Load<'a, T> {
             behind: false,
             served_stale: Default::default(),
             loaded_in: std::sync::atomic::AtomicU64::new(u64::MAX),
+            outcome: AtomicU8::new(LoadOutcome::Unknown as u8),
         }
+    }
+
+    /// What became of this load so far.
+    pub(crate) fn outcome(&self) -> LoadOutcome {
+        LoadOutcome::from_u8(self.outcome.load(Ordering::Relaxed))
+    }
+
+    /// Sets what became of this load.
+    pub(crate) fn set_outcome(&self, outcome: LoadOutcome) {
+        self.outcome.store(outcome as u8, Ordering::Relaxed);
+    }
+
+    /// Another load's result answers this call: counted, and its outcome.
+    pub(crate) fn coalesced(&self) {
+        self.counters.coalesced();
+        self.set_outcome(LoadOutcome::Coalesced);
     }
 }
 
@@ -182,7 +338,7 @@ where
                     Landed::Value(_) | Landed::Absent if !follower.before_settling => continue,
                     Landed::Value(entry) => match entry.take(self.cloner) {
                         Ok(value) => {
-                            self.counters.coalesced();
+                            self.coalesced();
                             return S::from_value(value);
                         }
                         Err(error) => {
@@ -200,7 +356,7 @@ where
                     },
                     Landed::Absent => {
                         if let Some(absent) = S::absent() {
-                            self.counters.coalesced();
+                            self.coalesced();
                             return absent;
                         }
                         return self.alone::<S, R, Fut>(load).await;
@@ -219,14 +375,14 @@ where
                     Landed::Unconfirmed(value) if follower.early => match value {
                         Some(entry) => match entry.take(self.cloner) {
                             Ok(value) => {
-                                self.counters.coalesced();
+                                self.coalesced();
                                 return S::from_value(value);
                             }
                             Err(_) => continue,
                         },
                         None => match S::absent() {
                             Some(absent) => {
-                                self.counters.coalesced();
+                                self.coalesced();
                                 return absent;
                             }
                             None => continue,
@@ -278,12 +434,12 @@ where
         match self.core.store().get(self.key).await {
             Ok(Some(entry)) if entry.is_absent() => {
                 let absent = S::absent()?;
-                self.counters.coalesced();
+                self.coalesced();
                 Some(absent)
             }
             Ok(Some(entry)) => {
                 let value = entry.take(self.cloner).ok()?;
-                self.counters.coalesced();
+                self.coalesced();
                 Some(S::from_value(value))
             }
             _ => None,
@@ -326,7 +482,7 @@ where
             ),
         };
         leader.publish(Landed::Refused);
-        self.counters.coalesced();
+        self.coalesced();
         Err(answer)
     }
 
@@ -339,11 +495,11 @@ where
     {
         let permit = match self.begin(S::absent().is_some()).await {
             Began::Present(value) => {
-                self.counters.coalesced();
+                self.coalesced();
                 return S::from_value(value);
             }
             Began::Absent => {
-                self.counters.coalesced();
+                self.coalesced();
                 return S::absent().expect("accepted only for shapes with an absent result");
             }
             Began::Ticket(ticket) => Permit::Ticket(ticket),
@@ -404,7 +560,8 @@ where
                 Ok(Begun::Ticket(ticket)) => return Began::Ticket(ticket),
                 Err(error) => {
                     if let Some(suppressed) = self.core.log(LogKind::LoadFailed) {
-                        let (key, error) = (clip(self.key), clip(&error));
+                        let (key, error) =
+                            (self.core.shown(self.key), self.core.shown_error(&error, self.key));
                         tracing::warn!(%key, %error, suppressed, "could not prepare the fill; loading without caching");
                     }
                     self.counters.error(error.kind());
@@ -432,7 +589,10 @@ where
                     Ok(entry) => Landed::Value(Arc::new(entry)),
                     Err(error) => {
                         if let Some(suppressed) = self.core.log(LogKind::LoadFailed) {
-                            let (key, error) = (clip(self.key), clip(&error));
+                            let (key, error) = (
+                                self.core.shown(self.key),
+                                self.core.shown_error(&error, self.key),
+                            );
                             tracing::warn!(%key, %error, suppressed, "value cannot be encoded; not cached");
                         }
                         self.counters.error(ErrorKind::Encode);
@@ -475,7 +635,7 @@ where
             }
             (outcome, _) if invalidated => {
                 tracing::debug!(
-                    key = self.key,
+                    key = %self.core.shown(self.key),
                     "key invalidated while loading; value returned, not stored"
                 );
                 if let Permit::Ticket(ticket) = permit {
@@ -490,7 +650,10 @@ where
             (Landed::Value(entry), Permit::Ticket(ticket)) => {
                 let lifetime = self.policy.lifetime();
                 match self.fill(ticket, &entry, lifetime).await {
-                    Filled::Stored => Landed::Value(entry),
+                    Filled::Stored => {
+                        self.set_outcome(LoadOutcome::Stored);
+                        Landed::Value(entry)
+                    }
                     Filled::Refused => Landed::Refused,
                     Filled::Skipped => self.confirm(ticket, Landed::Value(entry)).await,
                     // Stored or not? Ask (and take our marker away if it is still there).
@@ -515,6 +678,17 @@ where
             (Landed::Absent, Permit::None) => Landed::Unconfirmed(None),
             (outcome, _) => outcome,
         };
+        // What this load's span records, when the fill did not say already.
+        match &published {
+            Landed::Value(_) if self.outcome() == LoadOutcome::Stored => {}
+            Landed::Value(_) | Landed::Unconfirmed(Some(_)) => {
+                self.set_outcome(LoadOutcome::NotStored)
+            }
+            Landed::Absent | Landed::Unconfirmed(None) => self.set_outcome(LoadOutcome::Absent),
+            Landed::Failed => self.set_outcome(LoadOutcome::Failed),
+            Landed::Refused => self.set_outcome(LoadOutcome::Refused),
+            Landed::Abandoned | Landed::Running => {}
+        }
         // What the processes waiting on a load lease hear: an absent result the store
         // confirmed is theirs too (no body needs to run); a failed body lets them serve a
         // stale value; anything else sends them to look again.
@@ -553,6 +727,7 @@ where
     pub(crate) fn take_stale(&self) -> Option<T> {
         let value = self.stale_value()?;
         self.served_stale.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.set_outcome(LoadOutcome::Stale);
         if !self.behind {
             self.counters.stale();
         }
@@ -592,7 +767,13 @@ where
         match body.detach(behind) {
             Ok(()) => S::from_value(current),
             Err((body, RefreshBehind { mut leader, found, .. })) => {
-                match self.refresh_now::<S, R, _>(|| body.start(), &mut leader, found).await {
+                let span = refresh_span(self.core, self.counters, self.key, false);
+                let refreshed = self
+                    .refresh_now::<S, R, _>(|| body.start(), &mut leader, found)
+                    .instrument(span.clone())
+                    .await;
+                self.outcome().record(&span);
+                match refreshed {
                     // The caller asked for a fresh value; a failed refresh keeps the old one.
                     Some(returned) if !matches!(S::outcome(&returned), Outcome::Failed) => returned,
                     _ => S::from_value(current),
@@ -614,7 +795,10 @@ where
         S: Shape<R, Value = T>,
         Fut: Future<Output = R>,
     {
-        let mut lease = stampede::refresh_lease(self.core, self.key).await?;
+        let Some(mut lease) = stampede::refresh_lease(self.core, self.key).await else {
+            self.set_outcome(LoadOutcome::Skipped);
+            return None;
+        };
         self.counters.refresh();
         leader.loading();
         let returned = self.body(load).await;
@@ -651,7 +835,7 @@ where
     /// after the caller left (a failure then is counted in `background_failures`); the other
     /// callers wait for that flight without a task. A body that borrows from the caller
     /// runs here, as without `timeout`.
-    pub(crate) async fn run_within<S, R, B>(self, body: B, timeout: std::time::Duration) -> R
+    pub(crate) async fn run_within<S, R, B>(&self, body: B, timeout: std::time::Duration) -> R
     where
         S: Shape<R, Value = T>,
         B: Body<R>,
@@ -679,13 +863,13 @@ where
                 // for this caller (see `Follower::before_settling`).
                 Landed::Value(entry) if follower.before_settling => {
                     if let Ok(value) = entry.take(self.cloner) {
-                        self.counters.coalesced();
+                        self.coalesced();
                         return S::from_value(value);
                     }
                 }
                 Landed::Absent if follower.before_settling => {
                     if let Some(absent) = S::absent() {
-                        self.counters.coalesced();
+                        self.coalesced();
                         return absent;
                     }
                 }
@@ -728,10 +912,11 @@ where
             },
         };
         match answered {
-            Ok((returned, served_stale)) => {
+            Ok((returned, served_stale, outcome)) => {
                 if served_stale {
                     self.counters.stale();
                 }
+                self.set_outcome(outcome);
                 returned
             }
             // The load panicked: the stale value answers, as it does for a failed body.
@@ -801,9 +986,14 @@ where
         R: Send + 'static,
     {
         let RefreshBehind { owned, mut leader, found, .. } = self;
+        let span = refresh_span(&owned.core, &owned.counters, &owned.key, true);
         tokio::spawn(async move {
             let load = owned.load();
-            let refreshed = load.refresh_now::<S, R, _>(|| body, &mut leader, found).await;
+            let refreshed = load
+                .refresh_now::<S, R, _>(|| body, &mut leader, found)
+                .instrument(span.clone())
+                .await;
+            load.outcome().record(&span);
             if let Some(returned) = refreshed {
                 if matches!(S::outcome(&returned), Outcome::Failed) {
                     // The current value stays; nobody saw this error.
@@ -828,8 +1018,9 @@ where
     S: Shape<R, Value = T>,
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    /// The result, and whether it is the stale value standing in for a failed body.
-    type Output = tokio::sync::oneshot::Receiver<(R, bool)>;
+    /// The result, whether it is the stale value standing in for a failed body, and what
+    /// became of the load.
+    type Output = tokio::sync::oneshot::Receiver<(R, bool, LoadOutcome)>;
 
     fn detached<F>(self, body: F) -> Self::Output
     where
@@ -838,16 +1029,19 @@ where
     {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let LoadBehind { owned, mut leader, .. } = self;
-        tokio::spawn(async move {
+        // The load goes on in the caller's `cache.load` span, which stays open until it ends.
+        let task = async move {
             let load = owned.behind();
             let returned = load.led::<S, R, _>(|| body, &mut leader).await;
             let failed = matches!(S::outcome(&returned), Outcome::Failed);
             let served_stale = load.served_stale.load(std::sync::atomic::Ordering::Relaxed);
-            if answer.send((returned, served_stale)).is_err() && (failed || served_stale) {
+            let outcome = load.outcome();
+            if answer.send((returned, served_stale, outcome)).is_err() && (failed || served_stale) {
                 // The caller was answered with the stale value and left; nobody saw this.
                 load.counters.background_failure();
             }
-        });
+        };
+        tokio::spawn(task.instrument(Span::current()));
         answered
     }
 }

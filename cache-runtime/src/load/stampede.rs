@@ -15,6 +15,12 @@
 //!    lease (its holder died) it tries to take the lease itself.
 //! 4. Nobody waits longer than the builder's `lock_wait`: past it, or when Redis fails, the
 //!    caller runs its own body. A hit never touches any of this.
+//!
+//! A caller that finds the lease held records its wait as a `cache.lock_wait` span (INFO,
+//! inside its `cache.load`), with `cache.function`, `cache.key` (unless keys are redacted)
+//! and, when the wait ends, `cache.outcome`: `woken` (another process's load answered),
+//! `took_lease` (it loads under the lease after all), `timed_out` (past `lock_wait`: it
+//! loads without the lease), `failed` (Redis failed: it loads without the lease).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,14 +28,64 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
-use super::Load;
+use super::{record_key, Load};
 use crate::core::CacheCore;
 use crate::flight::{Landed, Leader};
-use crate::log_limit::{clip, LogKind};
+use crate::log_limit::LogKind;
 use crate::notify::Signal;
 use crate::shape::Shape;
 use crate::store::lease::{new_token, LeaseKind, Wakeup};
+
+/// How a lock wait ended: the `cache.outcome` of its `cache.lock_wait` span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitEnd {
+    Woken,
+    TookLease,
+    TimedOut,
+    Failed,
+}
+
+impl WaitEnd {
+    fn as_str(self) -> &'static str {
+        match self {
+            WaitEnd::Woken => "woken",
+            WaitEnd::TookLease => "took_lease",
+            WaitEnd::TimedOut => "timed_out",
+            WaitEnd::Failed => "failed",
+        }
+    }
+}
+
+/// The `cache.lock_wait` span of one call, opened when it first finds the lease held.
+struct Wait(Option<Span>);
+
+impl Wait {
+    /// The span, opened now if it is not yet (a child of the current `cache.load`).
+    fn span(&mut self, core: &CacheCore, counters: &crate::stats::Counters, key: &str) -> Span {
+        self.0
+            .get_or_insert_with(|| {
+                let span = tracing::info_span!(
+                    "cache.lock_wait",
+                    cache.function = counters.name(),
+                    cache.key = Empty,
+                    cache.outcome = Empty,
+                );
+                record_key(core, &span, key);
+                span
+            })
+            .clone()
+    }
+
+    /// Records how the wait ended, if there was one.
+    fn end(&self, end: WaitEnd) {
+        if let Some(span) = &self.0 {
+            span.record("cache.outcome", end.as_str());
+        }
+    }
+}
 
 impl<T> Load<'_, T>
 where
@@ -63,11 +119,14 @@ where
         let mut look_first = false;
         // Whether a look saw the lease held by a holder that had not begun to settle.
         let mut before_settling = false;
+        let mut wait = Wait(None);
         loop {
             let woken = store.watch(LeaseKind::Load, key);
             if !look_first {
                 match store.try_load_lease(key, &token, settings.lock_lease).await {
                     Ok(true) => {
+                        wait.end(WaitEnd::TookLease);
+                        drop(wait); // the wait ends here; the load runs in `cache.load`
                         let held = HeldLease {
                             core: Arc::clone(core),
                             key: key.to_owned(),
@@ -76,19 +135,23 @@ where
                         };
                         return self.holding::<S, R, Fut>(load, leader, held).await;
                     }
-                    Ok(false) => {}
+                    Ok(false) => {
+                        wait.span(core, counters, key);
+                    }
                     Err(error) => {
                         if let Some(suppressed) = core.log(LogKind::LoadFailed) {
-                            let (key, error) = (clip(key), clip(&error));
+                            let (key, error) = (core.shown(key), core.shown_error(&error, key));
                             tracing::warn!(%key, %error, suppressed, "could not take the load lock; loading without it");
                         }
                         counters.error(error.kind());
+                        wait.end(WaitEnd::Failed);
                         break;
                     }
                 }
             }
             look_first = false;
-            let peek = store.peek_with_lease(key).await.map(|peek| {
+            let span = wait.span(core, counters, key);
+            let peek = store.peek_with_lease(key).instrument(span.clone()).await.map(|peek| {
                 // Seen held and not yet settling: this call started before its holder began
                 // to confirm what it loaded, so that outcome is fresh for it (the rule of
                 // `Follower::before_settling`, across processes). A later holder, too, can
@@ -103,10 +166,14 @@ where
                     Some(absent) => {
                         // Read before followers that join now started: they look again.
                         leader.publish(Landed::Refused);
-                        counters.coalesced();
+                        self.coalesced();
+                        wait.end(WaitEnd::Woken);
                         return absent;
                     }
-                    None => break,
+                    None => {
+                        wait.end(WaitEnd::Woken);
+                        break;
+                    }
                 },
                 // A copy kept past its TTL (a refresh's grace period, or for `stale`): the
                 // lease's holder is replacing it; wait for that, as for a missing value.
@@ -116,23 +183,27 @@ where
                         // Read before followers that join now started: they look again.
                         let _ = entry;
                         leader.publish(Landed::Refused);
-                        counters.coalesced();
+                        self.coalesced();
+                        wait.end(WaitEnd::Woken);
                         return S::from_value(value);
                     }
                     Err(error) => {
                         counters.error(error.kind());
+                        wait.end(WaitEnd::Failed);
                         break;
                     }
                 },
                 Ok((None, lease_left)) => lease_left,
                 Err(error) => {
                     counters.error(error.kind());
+                    wait.end(WaitEnd::Failed);
                     break;
                 }
             };
             let now = Instant::now();
             if now >= deadline {
-                tracing::warn!(key = %clip(key), "waited lock_wait for another process's load; loading here");
+                tracing::warn!(key = %core.shown(key), "waited lock_wait for another process's load; loading here");
+                wait.end(WaitEnd::TimedOut);
                 break;
             }
             if lease_left.is_zero() {
@@ -141,11 +212,11 @@ where
             let until = deadline.min(now + lease_left + Duration::from_millis(2));
             if let Wakeup::NotSubscribed = woken {
                 // First use of the subscription: wait for it, then look again.
-                store.wait_subscribed(until - now).await;
+                store.wait_subscribed(until - now).instrument(span).await;
                 look_first = true;
                 continue;
             }
-            match woken.wait(until).await {
+            match woken.wait(until).instrument(span).await {
                 // The value landed: read it before contending.
                 Some(Signal::Ready) => look_first = true,
                 // The holder's body found nothing, and the store confirmed it: so do we, if
@@ -156,7 +227,8 @@ where
                     if let Some(absent) = S::absent() {
                         // Read before followers that join now started: they look again.
                         leader.publish(Landed::Refused);
-                        counters.coalesced();
+                        self.coalesced();
+                        wait.end(WaitEnd::Woken);
                         return absent;
                     }
                     look_first = true;
@@ -165,6 +237,7 @@ where
                 Some(Signal::Failed) => {
                     if let Some(value) = self.take_stale() {
                         leader.publish(Landed::Failed);
+                        wait.end(WaitEnd::Woken);
                         return S::from_value(value);
                     }
                 }
@@ -202,7 +275,7 @@ where
                 tokio::time::sleep(lease / 3).await;
                 let renewed = store.extend_lease(LeaseKind::Load, key, &token, lease).await;
                 if !matches!(renewed, Ok(true)) {
-                    tracing::warn!(key = %clip(key), "lost the load lock while loading (lease ran out)");
+                    tracing::warn!(key = %self.core.shown(key), "lost the load lock while loading (lease ran out)");
                     std::future::pending::<()>().await;
                 }
             }
@@ -276,7 +349,9 @@ impl HeldLease {
     async fn settle(&mut self) {
         let store = self.core.store();
         if let Err(error) = store.settle_load_lease(&self.key, &self.token).await {
-            tracing::debug!(key = %self.key, %error, "could not mark the load lease settling");
+            let (key, error) =
+                (self.core.shown(&self.key), self.core.shown_error(&error, &self.key));
+            tracing::debug!(%key, %error, "could not mark the load lease settling");
         }
     }
 
@@ -288,7 +363,8 @@ impl HeldLease {
             store.release_lease(LeaseKind::Load, &self.key, &self.token, signal).await
         {
             if let Some(suppressed) = self.core.log(LogKind::LoadFailed) {
-                let (key, error) = (clip(&self.key), clip(&error));
+                let (key, error) =
+                    (self.core.shown(&self.key), self.core.shown_error(&error, &self.key));
                 tracing::warn!(%key, %error, suppressed, "could not release the load lock; it lapses after its lease");
             }
         }
