@@ -317,7 +317,8 @@ async fn invalidate(
 ) -> Result<Json<Removed>, Failure> {
     let Path(key) = key?;
     let removed = admin.cache.invalidate(&key).await?;
-    tracing::info!(key, removed, "cache admin: invalidated a key");
+    let shown = admin.cache.core().shown(&key);
+    tracing::info!(key = %shown, removed, "cache admin: invalidated a key");
     Ok(Json(Removed { removed }))
 }
 
@@ -328,7 +329,8 @@ async fn invalidate_pattern(
 ) -> Result<Json<Removed>, Failure> {
     let Path(pattern) = pattern?;
     let removed = admin.cache.invalidate_pattern(&pattern).await?;
-    tracing::info!(pattern, removed, "cache admin: invalidated a pattern");
+    let shown = admin.cache.core().shown(&pattern);
+    tracing::info!(pattern = %shown, removed, "cache admin: invalidated a pattern");
     Ok(Json(Removed { removed }))
 }
 

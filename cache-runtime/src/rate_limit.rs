@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::CacheCore;
 use crate::error::{Error, Result};
-use crate::log_limit::{clip, LogKind};
+use crate::log_limit::LogKind;
 use crate::stats::Counters;
 use crate::store::Store;
 
@@ -199,7 +199,7 @@ pub(crate) async fn decide(
         counters.error(error.kind());
         let allowed = on_failure == FailMode::Open;
         if let Some(suppressed) = core.log(LogKind::RateLimitFailed) {
-            let (key, error) = (clip(key), clip(&error));
+            let (key, error) = (core.shown(key), core.shown_error(&error, key));
             tracing::warn!(
                 %key,
                 %error,
