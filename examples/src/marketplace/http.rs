@@ -74,6 +74,10 @@ pub enum Mode {
     /// one load. The rate limit of `PUT /vehicles/{id}` still counts in the cache's store
     /// (it is a limit, not a cache; the route answers alike in both modes), and the admin
     /// routes still show that cache, which stays empty.
+    ///
+    /// Writes go to the database alone: they neither invalidate nor write through, so a
+    /// Redis cache filled before keeps its old values. Clear it (`POST /admin/cache/clear`)
+    /// before serving through it again.
     Direct,
 }
 
