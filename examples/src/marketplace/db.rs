@@ -13,8 +13,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor as _, FromRow, Row as _};
 
 use super::model::{
-    Dealer, DealerVehicles, Homepage, ProfileUpdate, SearchFilters, SearchPage, Section, Sort, UserProfile,
-    Vehicle, PAGE_SIZE,
+    Dealer, DealerVehicles, Homepage, ProfileUpdate, SearchFilters, SearchPage, Section, Sort,
+    UserProfile, Vehicle, PAGE_SIZE,
 };
 use super::seed;
 

@@ -46,8 +46,8 @@ use serde::{Deserialize, Serialize};
 
 use super::db::DbError;
 use super::model::{
-    DealerVehicles, FilterTooLong, Homepage, ProfileUpdate, SearchFilters, SearchPage,
-    SearchQuery, UserProfile, Vehicle,
+    DealerVehicles, FilterTooLong, Homepage, ProfileUpdate, SearchFilters, SearchPage, SearchQuery,
+    UserProfile, Vehicle,
 };
 use super::service::Marketplace;
 
