@@ -520,3 +520,57 @@ async fn absurd_search_values_are_refused_before_they_reach_redis() {
     let refused = format!("/search?make={}a", "%C3%BC".repeat(32));
     assert_eq!(send(addr, Method::GET, &refused, None).await.0, StatusCode::BAD_REQUEST);
 }
+
+/// `router` on `127.0.0.1:<free port>`; the server task stops with the test's runtime.
+async fn spawn(router: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = router.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// `vehicles serve --no-cache` ([`http::Mode::Direct`]): every route answers the same bytes
+/// as through the cache, the cache is never read or written, and a price change shows on the
+/// next read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_cache_the_routes_answer_the_same_json() {
+    let dir = TempDir::new("http-direct");
+    let db = Db::connect(&dir.sqlite_url()).await.expect("database");
+    let (cache, unused) = (Cache::memory(), Cache::memory());
+    let cached = spawn(http::router(Marketplace::new(db.clone(), cache.clone()), TOKEN).unwrap());
+    let direct = Marketplace::new(db.clone(), unused.clone());
+    let direct = spawn(http::router_with(direct, TOKEN, http::Mode::Direct).unwrap());
+    let (cached, direct) = (cached.await, direct.await);
+
+    let paths = [
+        "/vehicles/1",
+        "/vehicles/999999",
+        "/dealers/2/vehicles",
+        "/homepage",
+        "/search?make=Toyota&max_price=30000&sort=price_asc",
+        "/users/4",
+    ];
+    for path in paths {
+        // Twice through the cache: the second answer is a hit.
+        let miss = send(cached, Method::GET, path, None).await;
+        let hit = send(cached, Method::GET, path, None).await;
+        let queries = db.queries();
+        let straight = send(direct, Method::GET, path, None).await;
+        assert_eq!(hit, miss, "GET {path}");
+        assert_eq!(straight, hit, "GET {path}");
+        assert!(db.queries() > queries, "GET {path} without the cache reads the database");
+    }
+    assert!(cache.stats().hits >= paths.len() as u64, "{:?}", cache.stats());
+    let stats = unused.stats();
+    assert_eq!((stats.hits, stats.misses, stats.loads), (0, 0, 0), "{stats:?}");
+
+    let before: Vehicle = get(direct, "/vehicles/5").await;
+    let price = before.price + 1_000;
+    let (status, body) =
+        send(direct, Method::PUT, "/vehicles/5", Some(format!(r#"{{"price": {price}}}"#))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(get::<Vehicle>(direct, "/vehicles/5").await, Vehicle { price, ..before });
+    let stats = unused.stats();
+    assert_eq!((stats.hits, stats.misses, stats.invalidated), (0, 0, 0), "{stats:?}");
+}

@@ -13,8 +13,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor as _, FromRow, Row as _};
 
 use super::model::{
-    Dealer, DealerVehicles, ProfileUpdate, SearchFilters, SearchPage, Section, Sort, UserProfile,
-    Vehicle, PAGE_SIZE,
+    Dealer, DealerVehicles, Homepage, ProfileUpdate, SearchFilters, SearchPage, Section, Sort,
+    UserProfile, Vehicle, PAGE_SIZE,
 };
 use super::seed;
 
@@ -174,6 +174,20 @@ impl Db {
         };
         let sql = format!("SELECT {VEHICLE_COLUMNS} FROM vehicles {clause} LIMIT 12");
         Ok(sqlx::query_as(&sql).fetch_all(&self.pool).await?)
+    }
+
+    /// The homepage: its three sections, read concurrently. Three queries.
+    ///
+    /// # Errors
+    ///
+    /// When a section cannot be read.
+    pub async fn homepage(&self) -> Result<Homepage, DbError> {
+        let (featured, latest, deals) = tokio::try_join!(
+            self.homepage_section(Section::Featured),
+            self.homepage_section(Section::Latest),
+            self.homepage_section(Section::Deals),
+        )?;
+        Ok(Homepage { featured, latest, deals })
     }
 
     /// One page of vehicles matching `filters`, with the total over all pages. One query.

@@ -11,6 +11,10 @@
 //! | `PUT /users/{id}` | body a [`ProfileUpdate`]: the updated profile, or 404 |
 //! | anything else | 404 (no route) or 405 (a route, another method) |
 //! | `/admin/...` | the cache's admin routes ([`cache_runtime::admin`]): `GET /admin/metrics`, `GET /admin/cache/stats`, `GET /admin/cache/health`, and the token-guarded `POST /admin/cache/invalidate/{key}`, `POST /admin/cache/invalidate-pattern/{pattern}`, `POST /admin/cache/clear` |
+//!
+//! [`router`] serves the routes through the cached service; [`router_with`] and
+//! [`Mode::Direct`] serve the same routes straight from the database, to compare the two
+//! under one load.
 
 //!
 //! # Errors
@@ -41,7 +45,10 @@ use cache_runtime::{rate_limit, RateLimited};
 use serde::{Deserialize, Serialize};
 
 use super::db::DbError;
-use super::model::{FilterTooLong, ProfileUpdate, SearchFilters, SearchQuery};
+use super::model::{
+    DealerVehicles, FilterTooLong, Homepage, ProfileUpdate, SearchFilters, SearchPage, SearchQuery,
+    UserProfile, Vehicle,
+};
 use super::service::Marketplace;
 
 /// The body of `PUT /vehicles/{id}`.
@@ -55,8 +62,28 @@ pub struct PriceUpdate {
 /// the service's cache (so across every process sharing its Redis).
 pub const PRICE_CHANGES_PER_MINUTE: u64 = 5;
 
+/// How the routes reach the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Through the service's `#[cached]`, `#[invalidates]` and `#[cache_put]` functions.
+    #[default]
+    Cached,
+    /// Straight from the database: each route calls the [`Db`](super::Db) method that the
+    /// cached function's body calls, so no read or write goes through the cache and the
+    /// answers are the same JSON. For comparing a service with and without its cache under
+    /// one load. The rate limit of `PUT /vehicles/{id}` still counts in the cache's store
+    /// (it is a limit, not a cache; the route answers alike in both modes), and the admin
+    /// routes still show that cache, which stays empty.
+    ///
+    /// Writes go to the database alone: they neither invalidate nor write through, so a
+    /// Redis cache filled before keeps its old values. Clear it (`POST /admin/cache/clear`)
+    /// before serving through it again.
+    Direct,
+}
+
 /// The API's routes over `service`, with the cache's admin routes under `/admin` (their
-/// `POST` routes require `Authorization: Bearer <admin_token>`).
+/// `POST` routes require `Authorization: Bearer <admin_token>`). The same as
+/// [`router_with`]`(service, admin_token, Mode::Cached)`.
 ///
 /// `PUT /vehicles/{id}` is limited per client address, so serve the router with
 /// `into_make_service_with_connect_info::<SocketAddr>()`.
@@ -65,6 +92,20 @@ pub const PRICE_CHANGES_PER_MINUTE: u64 = 5;
 ///
 /// An empty `admin_token`, or one with whitespace or control characters.
 pub fn router(service: Marketplace, admin_token: &str) -> Result<Router, cache_runtime::Error> {
+    router_with(service, admin_token, Mode::Cached)
+}
+
+/// [`router`], serving the routes in `mode`: through the cache or straight from the
+/// database.
+///
+/// # Errors
+///
+/// An empty `admin_token`, or one with whitespace or control characters.
+pub fn router_with(
+    service: Marketplace,
+    admin_token: &str,
+    mode: Mode,
+) -> Result<Router, cache_runtime::Error> {
     let admin = cache_runtime::admin::router(service.cache().clone(), admin_token)?;
     Ok(Router::new()
         .route("/vehicles/{id}", get(vehicle).put(update_price))
@@ -75,8 +116,70 @@ pub fn router(service: Marketplace, admin_token: &str) -> Result<Router, cache_r
         // After the routes: it applies to the routes registered before it.
         .method_not_allowed_fallback(|| async { ApiError::WrongMethod })
         .fallback(|| async { ApiError::NoRoute })
-        .with_state(service)
+        .with_state(Api { service, mode })
         .nest("/admin", admin))
+}
+
+/// The routes' state: the service, and whether its cache is used.
+#[derive(Clone)]
+struct Api {
+    service: Marketplace,
+    mode: Mode,
+}
+
+impl Api {
+    async fn vehicle(&self, id: i64) -> Result<Option<Vehicle>, DbError> {
+        match self.mode {
+            Mode::Cached => self.service.vehicle(id).await,
+            Mode::Direct => self.service.db().vehicle(id).await,
+        }
+    }
+
+    async fn update_price(&self, id: i64, price: i64) -> Result<Option<Vehicle>, DbError> {
+        match self.mode {
+            Mode::Cached => self.service.update_price(id, price).await,
+            Mode::Direct => self.service.db().update_price(id, price).await,
+        }
+    }
+
+    async fn dealer_vehicles(&self, id: i64) -> Result<Option<DealerVehicles>, DbError> {
+        match self.mode {
+            Mode::Cached => self.service.dealer_vehicles(id).await,
+            Mode::Direct => self.service.db().dealer_vehicles(id).await,
+        }
+    }
+
+    async fn homepage(&self) -> Result<Homepage, DbError> {
+        match self.mode {
+            Mode::Cached => self.service.homepage().await,
+            Mode::Direct => self.service.db().homepage().await,
+        }
+    }
+
+    async fn search(&self, filters: &SearchFilters) -> Result<SearchPage, DbError> {
+        match self.mode {
+            Mode::Cached => self.service.search(filters).await,
+            Mode::Direct => self.service.db().search(filters).await,
+        }
+    }
+
+    async fn user(&self, id: i64) -> Result<Option<UserProfile>, DbError> {
+        match self.mode {
+            Mode::Cached => self.service.user(id).await,
+            Mode::Direct => self.service.db().user(id).await,
+        }
+    }
+
+    async fn update_profile(
+        &self,
+        id: i64,
+        update: &ProfileUpdate,
+    ) -> Result<Option<UserProfile>, DbError> {
+        match self.mode {
+            Mode::Cached => self.service.update_profile(id, update).await,
+            Mode::Direct => self.service.db().update_profile(id, update).await,
+        }
+    }
 }
 
 /// What a handler fails with; answered as JSON `{"error": "<message>"}`.
@@ -180,15 +283,15 @@ fn found<T>(value: Option<T>) -> ApiResult<T> {
 }
 
 async fn vehicle(
-    State(service): State<Marketplace>,
+    State(api): State<Api>,
     id: Result<Path<i64>, PathRejection>,
 ) -> ApiResult<super::Vehicle> {
     let Path(id) = id?;
-    found(service.vehicle(id).await?)
+    found(api.vehicle(id).await?)
 }
 
 async fn update_price(
-    State(service): State<Marketplace>,
+    State(api): State<Api>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     id: Result<Path<i64>, PathRejection>,
     update: Result<Json<PriceUpdate>, JsonRejection>,
@@ -197,53 +300,53 @@ async fn update_price(
     if update.price <= 0 {
         return Err(ApiError::BadRequest("price must be positive".into()));
     }
-    found(change_price(&service, client.ip(), id, update.price).await?)
+    found(change_price(&api, client.ip(), id, update.price).await?)
 }
 
 /// A price change on behalf of `client`: at most [`PRICE_CHANGES_PER_MINUTE`] per minute
 /// and client address; a refused change never reaches the database.
-#[rate_limit(key = "price-change:<client>", limit = 5, per = "1m", cache = service.cache())]
+#[rate_limit(key = "price-change:<client>", limit = 5, per = "1m", cache = api.service.cache())]
 async fn change_price(
-    service: &Marketplace,
+    api: &Api,
     client: IpAddr,
     id: i64,
     price: i64,
 ) -> Result<Option<super::Vehicle>, ApiError> {
-    Ok(service.update_price(id, price).await?)
+    Ok(api.update_price(id, price).await?)
 }
 
 async fn dealer_vehicles(
-    State(service): State<Marketplace>,
+    State(api): State<Api>,
     id: Result<Path<i64>, PathRejection>,
 ) -> ApiResult<super::DealerVehicles> {
     let Path(id) = id?;
-    found(service.dealer_vehicles(id).await?)
+    found(api.dealer_vehicles(id).await?)
 }
 
-async fn homepage(State(service): State<Marketplace>) -> ApiResult<super::Homepage> {
-    Ok(Json(service.homepage().await?))
+async fn homepage(State(api): State<Api>) -> ApiResult<super::Homepage> {
+    Ok(Json(api.homepage().await?))
 }
 
 async fn search(
-    State(service): State<Marketplace>,
+    State(api): State<Api>,
     query: Result<Query<SearchQuery>, QueryRejection>,
 ) -> ApiResult<super::SearchPage> {
     let Query(query) = query?;
     // Refused before the cache: an absurd value never becomes a key.
     let filters = SearchFilters::from_query(&query)?;
-    Ok(Json(service.search(&filters).await?))
+    Ok(Json(api.search(&filters).await?))
 }
 
 async fn user(
-    State(service): State<Marketplace>,
+    State(api): State<Api>,
     id: Result<Path<i64>, PathRejection>,
 ) -> ApiResult<super::UserProfile> {
     let Path(id) = id?;
-    found(service.user(id).await?)
+    found(api.user(id).await?)
 }
 
 async fn update_profile(
-    State(service): State<Marketplace>,
+    State(api): State<Api>,
     id: Result<Path<i64>, PathRejection>,
     update: Result<Json<ProfileUpdate>, JsonRejection>,
 ) -> ApiResult<super::UserProfile> {
@@ -251,5 +354,5 @@ async fn update_profile(
     if update.name.trim().is_empty() {
         return Err(ApiError::BadRequest("name must not be empty".into()));
     }
-    found(service.update_profile(id, &update).await?)
+    found(api.update_profile(id, &update).await?)
 }

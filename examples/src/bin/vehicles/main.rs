@@ -4,6 +4,8 @@
 //! ```text
 //! cargo run --release -p examples --bin vehicles -- demo     # seed, drive a workload, report
 //! cargo run --release -p examples --bin vehicles -- serve    # the HTTP API on 127.0.0.1:8080
+//! cargo run --release -p examples --bin vehicles -- serve --no-cache  # the same, no cache
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --release -p examples --bin vehicles -- serve --near
 //! ```
 //!
 //! The database is an embedded SQLite file (created and seeded on first run) unless
@@ -11,6 +13,10 @@
 //! The cache is the in-process memory store unless `REDIS_URL` is set. `serve` mounts the
 //! cache's admin routes under `/admin`; their `POST` routes take `CACHE_ADMIN_TOKEN` (a random
 //! token, printed at start, when it is not set).
+//!
+//! Logs go to stderr through a `tracing` subscriber: `RUST_LOG` chooses them (e.g.
+//! `RUST_LOG=cache_runtime=debug` for every hit and miss); without it, warnings from every
+//! crate and the runtime's info lines (`cache_runtime=info`) print.
 
 mod demo;
 mod workload;
@@ -21,6 +27,7 @@ use std::time::Instant;
 
 use cache_runtime::Cache;
 use clap::{Parser, Subcommand};
+use examples::marketplace::http::Mode;
 use examples::marketplace::{self, Backend, Db, Marketplace};
 
 #[derive(Debug, Parser)]
@@ -50,20 +57,81 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: SocketAddr,
+        /// Cache in Redis with a near cache (`near_cache(64 MiB)`) in front; needs
+        /// `REDIS_URL`.
+        #[arg(long, conflicts_with = "no_cache")]
+        near: bool,
+        /// Serve every route straight from the database, without the cache, to compare.
+        #[arg(long)]
+        no_cache: bool,
     },
+}
+
+/// The filter without `RUST_LOG`: warnings from every crate, and the runtime's info lines
+/// (Redis's eviction policy at connect, the circuit breaker closing, admin invalidations).
+const DEFAULT_LOG: &str = "warn,cache_runtime=info";
+
+/// Logs to stderr, filtered by `RUST_LOG` (else [`DEFAULT_LOG`]).
+fn install_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colours on a terminal only: a log file or a pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// `url` with its password replaced by `***` (`redis://user:***@host`), and the values of
+/// `pass` and `password` query parameters too (`unix:///run/redis.sock?pass=***`), for
+/// printing.
+fn redact(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    let authority_end = before_query.find('/').unwrap_or(before_query.len());
+    let (authority, path) = before_query.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let mut redacted = match scheme {
+        Some(scheme) => format!("{scheme}://{authority}{path}"),
+        None => format!("{authority}{path}"),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if matches!(name, "pass" | "password") => format!("{name}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        redacted = format!("{redacted}?{}", pairs.join("&"));
+    }
+    redacted
 }
 
 /// Where the data and the cache live, said once at the start.
 struct Setup {
     service: Marketplace,
-    /// With `REDIS_URL`: the same service over a Redis cache with a near cache (`demo` runs
-    /// the workload a third time through it).
+    /// With `REDIS_URL` and `with_near`: the same service over a Redis cache with a near
+    /// cache (`demo` runs the workload a third time through it, `serve --near` serves it).
     near: Option<Marketplace>,
     database: String,
     store: String,
 }
 
-async fn setup(database_url: Option<String>) -> Result<Setup, String> {
+async fn setup(database_url: Option<String>, with_near: bool) -> Result<Setup, String> {
     let url = match database_url.or_else(|| std::env::var("DATABASE_URL").ok()) {
         Some(url) if !url.is_empty() => url,
         _ => marketplace::default_sqlite_url().map_err(|e| format!("temp dir: {e}"))?,
@@ -90,12 +158,13 @@ async fn setup(database_url: Option<String>) -> Result<Setup, String> {
         Ok(url) if !url.is_empty() => {
             let builder = Cache::builder().redis(url.clone()).prefix("vehicles:");
             let cache = builder.clone().build().await.map_err(|e| format!("REDIS_URL: {e}"))?;
-            let near = builder
-                .near_cache(64 * 1024 * 1024)
-                .build()
-                .await
-                .map_err(|e| format!("REDIS_URL: {e}"))?;
-            (cache, Some(near), format!("Redis at {url}, prefix \"vehicles:\""))
+            let near = if with_near {
+                let near = builder.near_cache(64 * 1024 * 1024).build().await;
+                Some(near.map_err(|e| format!("REDIS_URL: {e}"))?)
+            } else {
+                None
+            };
+            (cache, near, format!("Redis at {}, prefix \"vehicles:\"", redact(&url)))
         }
         _ => (Cache::memory(), None, "in-process memory store".to_owned()),
     };
@@ -119,16 +188,42 @@ fn admin_token() -> String {
     }
 }
 
-async fn serve(setup: Setup, addr: SocketAddr) -> Result<(), String> {
+/// What `serve` puts between the routes and the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serving {
+    /// The cache (memory, or Redis with `REDIS_URL`).
+    Cached,
+    /// Redis with a near cache.
+    Near,
+    /// Nothing: every route reads the database.
+    NoCache,
+}
+
+async fn serve(setup: Setup, addr: SocketAddr, serving: Serving) -> Result<(), String> {
     let token = admin_token();
-    let router = marketplace::http::router(setup.service, &token)
+    let (service, mode, store) = match serving {
+        Serving::Cached => (setup.service, Mode::Cached, setup.store),
+        Serving::Near => match setup.near {
+            Some(near) => (near, Mode::Cached, format!("{}, near cache 64 MiB", setup.store)),
+            None => return Err("--near needs REDIS_URL: the near cache fronts Redis".to_owned()),
+        },
+        Serving::NoCache => (
+            setup.service,
+            Mode::Direct,
+            format!(
+                "none (--no-cache: every route reads the database; the price-change rate limit still counts in the {})",
+                setup.store
+            ),
+        ),
+    };
+    let router = marketplace::http::router_with(service, &token, mode)
         .map_err(|e| format!("CACHE_ADMIN_TOKEN: {e}"))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!("database: {}", setup.database);
-    println!("cache:    {}", setup.store);
+    println!("cache:    {store}");
     println!("listening on http://{addr}");
     println!("  try /vehicles/1, /dealers/1/vehicles, /homepage, /search?make=toyota&max_price=25000, /users/1");
     println!(
@@ -147,13 +242,25 @@ async fn serve(setup: Setup, addr: SocketAddr) -> Result<(), String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match setup(cli.database_url).await {
+    install_logging();
+    let with_near = match cli.command {
+        Command::Demo { .. } => true,
+        Command::Serve { near, .. } => near,
+    };
+    let result = match setup(cli.database_url, with_near).await {
         Err(e) => Err(e),
         Ok(setup) => match cli.command {
             Command::Demo { requests, concurrency } => {
                 demo::run(setup, requests.max(1), concurrency.max(1)).await
             }
-            Command::Serve { addr } => serve(setup, addr).await,
+            Command::Serve { addr, near, no_cache } => {
+                let serving = match (near, no_cache) {
+                    (true, _) => Serving::Near,
+                    (_, true) => Serving::NoCache,
+                    _ => Serving::Cached,
+                };
+                serve(setup, addr, serving).await
+            }
         },
     };
     match result {
@@ -162,5 +269,23 @@ async fn main() -> ExitCode {
             eprintln!("vehicles: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn printed_urls_carry_no_password() {
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact("redis://:s3cret@host:6379/0"), "redis://:***@host:6379/0");
+        assert_eq!(redact("rediss://app:s3cret@host/2"), "rediss://app:***@host/2");
+        assert_eq!(redact("redis://app@host"), "redis://app@host");
+        assert_eq!(redact("redis://u:p@ss@host"), "redis://u:***@host");
+        assert_eq!(
+            redact("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
     }
 }

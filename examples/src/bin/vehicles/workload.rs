@@ -140,14 +140,7 @@ pub(crate) async fn uncached(db: &Db, op: &Op) -> Result<(), DbError> {
     match op {
         Op::Vehicle(id) => drop(db.vehicle(*id).await?),
         Op::Dealer(id) => drop(db.dealer_vehicles(*id).await?),
-        Op::Homepage => {
-            use examples::marketplace::Section;
-            tokio::try_join!(
-                db.homepage_section(Section::Featured),
-                db.homepage_section(Section::Latest),
-                db.homepage_section(Section::Deals),
-            )?;
-        }
+        Op::Homepage => drop(db.homepage().await?),
         Op::Search(filters) => drop(db.search(filters).await?),
         Op::User(id) => drop(db.user(*id).await?),
         Op::UpdatePrice(id, price) => drop(db.update_price(*id, *price).await?),
