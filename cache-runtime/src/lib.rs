@@ -164,6 +164,10 @@ mod load;
 mod lock;
 mod log_limit;
 mod metric_families;
+#[cfg(feature = "redis")]
+mod near;
+#[cfg(not(feature = "redis"))]
+#[path = "near/off.rs"]
 mod near;
 mod notify;
 mod policy;
