@@ -10,14 +10,22 @@
 //!
 //! Only connection-level failures count: an error reply such as `OOM` means Redis answers,
 //! and tripping the breaker would stop reads that still work.
+//!
+//! Without the `redis` feature only [`BreakerState`] remains (always closed).
 
+#[cfg(feature = "redis")]
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+#[cfg(feature = "redis")]
 use std::sync::OnceLock;
+#[cfg(feature = "redis")]
 use std::time::{Duration, Instant};
 
 /// Consecutive connection failures that open the breaker.
+#[cfg(feature = "redis")]
 pub(crate) const FAILURES_TO_OPEN: u32 = 3;
+#[cfg(feature = "redis")]
 const FIRST_COOL_DOWN: Duration = Duration::from_secs(1);
+#[cfg(feature = "redis")]
 const MAX_COOL_DOWN: Duration = Duration::from_secs(30);
 
 /// The breaker's state, as metrics show it.
@@ -33,6 +41,7 @@ pub enum BreakerState {
 }
 
 /// How a command was let through.
+#[cfg(feature = "redis")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pass {
     /// The breaker is closed.
@@ -41,6 +50,7 @@ pub(crate) enum Pass {
     Probe,
 }
 
+#[cfg(feature = "redis")]
 #[derive(Default)]
 pub(crate) struct Breaker {
     consecutive_failures: AtomicU32,
@@ -51,15 +61,18 @@ pub(crate) struct Breaker {
 }
 
 /// A process-wide monotonic origin, so instants fit in an atomic.
+#[cfg(feature = "redis")]
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
 }
 
+#[cfg(feature = "redis")]
 fn now_nanos() -> u64 {
     u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX).max(1)
 }
 
+#[cfg(feature = "redis")]
 impl Breaker {
     /// Whether a command may go to Redis now, and as what. In half-open state only one
     /// caller gets [`Pass::Probe`]; it must report back with `succeeded`, `failed` or
@@ -134,6 +147,7 @@ impl Breaker {
 }
 
 /// Whether an error means Redis could not be reached in time (as opposed to an error reply).
+#[cfg(feature = "redis")]
 pub(crate) fn is_connection_failure(error: &redis::RedisError) -> bool {
     error.is_io_error()
         || error.is_timeout()
@@ -141,7 +155,7 @@ pub(crate) fn is_connection_failure(error: &redis::RedisError) -> bool {
         || error.is_connection_refusal()
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "redis"))]
 mod tests {
     use super::*;
 

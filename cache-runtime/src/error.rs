@@ -157,11 +157,7 @@ impl Error {
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Backend(error) if error.0.is_timeout() => ErrorKind::Timeout,
-            Error::Backend(error) if crate::breaker::is_connection_failure(&error.0) => {
-                ErrorKind::Connection
-            }
-            Error::Backend(_) => ErrorKind::Server,
+            Error::Backend(error) => error.kind(),
             Error::Unavailable => ErrorKind::Unavailable,
             Error::Encode { .. } => ErrorKind::Encode,
             Error::ValueTooLarge { .. } => ErrorKind::TooLarge,
@@ -170,6 +166,7 @@ impl Error {
     }
 
     /// A failure of the Redis client.
+    #[cfg(feature = "redis")]
     pub(crate) fn backend(error: redis::RedisError) -> Self {
         Error::Backend(BackendError(error))
     }
@@ -185,18 +182,58 @@ impl Error {
 /// not part of this crate's API (a new redis-rs release cannot break your code). Its
 /// message is in `Display`, and its own cause in [`source`](std::error::Error::source);
 /// [`Error::kind`] classifies it.
+///
+/// Without the `redis` feature there is no client, and no value of this type exists: the
+/// type stays so that code matching on [`Error::Backend`] compiles with any features.
 #[derive(Debug)]
-pub struct BackendError(pub(crate) redis::RedisError);
+pub struct BackendError(pub(crate) Client);
+
+/// The client's error type: redis-rs's, or none in a build without Redis.
+#[cfg(feature = "redis")]
+pub(crate) type Client = redis::RedisError;
+/// The client's error type: redis-rs's, or none in a build without Redis.
+#[cfg(not(feature = "redis"))]
+#[derive(Debug)]
+pub(crate) enum Client {}
+
+impl BackendError {
+    /// Timeout, connection failure, or an error reply.
+    fn kind(&self) -> ErrorKind {
+        #[cfg(feature = "redis")]
+        {
+            if self.0.is_timeout() {
+                ErrorKind::Timeout
+            } else if crate::breaker::is_connection_failure(&self.0) {
+                ErrorKind::Connection
+            } else {
+                ErrorKind::Server
+            }
+        }
+        #[cfg(not(feature = "redis"))]
+        match self.0 {}
+    }
+}
 
 impl std::fmt::Display for BackendError {
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        #[cfg(feature = "redis")]
+        {
+            self.0.fmt(f)
+        }
+        #[cfg(not(feature = "redis"))]
+        match self.0 {}
     }
 }
 
 impl std::error::Error for BackendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        std::error::Error::source(&self.0)
+        #[cfg(feature = "redis")]
+        {
+            std::error::Error::source(&self.0)
+        }
+        #[cfg(not(feature = "redis"))]
+        match self.0 {}
     }
 }
 

@@ -84,6 +84,16 @@ impl Codec {
         }
     }
 
+    /// The Cargo feature this codec needs, when this build lacks it (`None` for JSON, which
+    /// is always there).
+    pub(crate) fn missing_feature(self) -> Option<&'static str> {
+        match self {
+            Codec::Json => None,
+            Codec::MessagePack => (!cfg!(feature = "msgpack")).then_some("msgpack"),
+            Codec::Postcard => (!cfg!(feature = "postcard")).then_some("postcard"),
+        }
+    }
+
     fn from_tag(tag: &[u8]) -> Option<Codec> {
         match tag {
             b"j" => Some(Codec::Json),
@@ -110,6 +120,7 @@ const FAMILY: &[u8] = b"cr";
 /// and the load time (up to 20 digits each) and one [`SEPARATOR`] after each field. A
 /// stored value is never longer than `max_value_bytes` plus this, which is what bounded
 /// reads of the store rely on.
+#[cfg(any(feature = "redis", test))]
 pub(crate) const MAX_HEADER: usize = MAGIC.len() + 1 + 21 + 16 + 20 + 20 + Field::COUNT;
 
 /// The fields of a `cr2` header after [`MAGIC`], in order, each ended by [`SEPARATOR`].
@@ -237,6 +248,26 @@ pub(crate) struct Format {
     pub(crate) read: ReadFormat,
 }
 
+impl Format {
+    /// Why this build cannot write values this way, naming the Cargo feature it lacks (the
+    /// builder's [`Error::InvalidConfig`](crate::Error::InvalidConfig)); `None` when it can.
+    pub(crate) fn missing_feature(&self) -> Option<String> {
+        if let Some(feature) = self.codec.missing_feature() {
+            return Some(format!(
+                "Codec::{:?} needs the `{feature}` feature of cache-runtime, which this build lacks",
+                self.codec
+            ));
+        }
+        if self.compress_above.is_some() && !cfg!(feature = "lz4") {
+            return Some(
+                "compress_above needs the `lz4` feature of cache-runtime, which this build lacks"
+                    .into(),
+            );
+        }
+        None
+    }
+}
+
 impl Default for Format {
     fn default() -> Self {
         Format { codec: Codec::Json, compress_above: None, read: ReadFormat::default() }
@@ -329,6 +360,7 @@ fn fnv<'a>(bytes: impl IntoIterator<Item = &'a u8>) -> u64 {
 /// A hash of `T`'s serde shape (as JSON text), traced once per type; `None` when `T` cannot be traced
 /// (a `Deserialize` that validates its input, such as a date parsed from a string, an
 /// untagged enum, `flatten`).
+#[cfg(feature = "redis")]
 fn shape_of<T: DeserializeOwned + 'static>() -> Option<u64> {
     use std::any::TypeId;
     use std::collections::HashMap;
@@ -353,6 +385,14 @@ fn shape_of<T: DeserializeOwned + 'static>() -> Option<u64> {
     .map(|shape| fnv(&shape));
     shapes.write().unwrap_or_else(|e| e.into_inner()).insert(id, traced);
     traced
+}
+
+/// No shape without the `redis` feature: no bytes leave the process (the memory store keeps
+/// typed copies), so serde-reflection is not built and loads write the named fingerprint.
+#[cfg(not(feature = "redis"))]
+#[allow(clippy::extra_unused_type_parameters)] // the same signature as with `redis`
+fn shape_of<T: DeserializeOwned + 'static>() -> Option<u64> {
+    None
 }
 
 /// `&T`, `&mut T` → `T`; `str` → `String`; `[T]` → `Vec<T>`: what a value written
@@ -466,12 +506,17 @@ impl Format {
         let mut sink = Bounded::new(self.read.limit);
         let written = match self.codec {
             Codec::Json => serde_json::to_writer(&mut sink, value),
+            #[cfg(feature = "msgpack")]
             Codec::MessagePack => {
                 rmp_serde::encode::write_named(&mut sink, value).map_err(serde_json::Error::custom)
             }
+            #[cfg(feature = "postcard")]
             Codec::Postcard => {
                 postcard::to_io(value, &mut sink).map(drop).map_err(serde_json::Error::custom)
             }
+            // Refused by the builder (`Format::missing_feature`); never reached.
+            #[cfg(not(all(feature = "msgpack", feature = "postcard")))]
+            codec => Err(serde_json::Error::custom(format!("{codec:?} is not in this build"))),
         };
         if sink.over {
             return Err(EncodeError::TooLarge);
@@ -479,10 +524,16 @@ impl Format {
         written.map_err(EncodeError::Codec)?;
         let payload = sink.bytes;
         let encoded_len = payload.len();
-        let compress = self.compress_above.is_some_and(|above| payload.len() > above);
-        let compressed = compress.then(|| lz4_flex::block::compress(&payload));
-        // Keep the compressed form only when it is smaller.
-        let compressed = compressed.filter(|c| c.len() < payload.len());
+        #[cfg(feature = "lz4")]
+        let compressed = {
+            let compress = self.compress_above.is_some_and(|above| payload.len() > above);
+            let compressed = compress.then(|| lz4_flex::block::compress(&payload));
+            // Keep the compressed form only when it is smaller.
+            compressed.filter(|c| c.len() < payload.len())
+        };
+        // Without lz4 the builder refuses `compress_above`.
+        #[cfg(not(feature = "lz4"))]
+        let compressed: Option<Vec<u8>> = None;
         // A load shorter than a millisecond is recorded as 1 ms: 0 means unknown.
         let delta =
             load_time.map_or(0, |took| u64::try_from(took.as_millis()).unwrap_or(u64::MAX).max(1));
@@ -574,9 +625,15 @@ impl ReadFormat {
         if !accepts(fp) {
             return Err(DecodeError::Schema);
         }
+        #[cfg(feature = "lz4")]
         let inflated;
         let payload = match compression {
             b"-" => payload,
+            // A compressed value, in a build without lz4: like another release's value, a
+            // miss that leaves it in place for the builds that read it.
+            #[cfg(not(feature = "lz4"))]
+            [b'l', ..] => return Err(DecodeError::Schema),
+            #[cfg(feature = "lz4")]
             [b'l', len @ ..] => {
                 let len: usize = std::str::from_utf8(len)
                     .ok()
@@ -602,7 +659,9 @@ impl ReadFormat {
         let corrupt = |e: &dyn std::fmt::Display| DecodeError::Corrupt(e.to_string());
         match codec {
             Codec::Json => serde_json::from_slice(payload).map_err(|e| corrupt(&e)),
+            #[cfg(feature = "msgpack")]
             Codec::MessagePack => rmp_serde::from_slice(payload).map_err(|e| corrupt(&e)),
+            #[cfg(feature = "postcard")]
             Codec::Postcard => {
                 let (value, rest) = postcard::take_from_bytes(payload).map_err(|e| corrupt(&e))?;
                 if !rest.is_empty() {
@@ -610,6 +669,10 @@ impl ReadFormat {
                 }
                 Ok(value)
             }
+            // A codec this build lacks: like another release's value, a miss that leaves
+            // it in place for the builds that read it.
+            #[cfg(not(all(feature = "msgpack", feature = "postcard")))]
+            _ => Err(DecodeError::Schema),
         }
     }
 }
@@ -642,8 +705,10 @@ mod tests {
         Format { codec, compress_above, read: ReadFormat::default() }
     }
 
+    #[cfg(all(feature = "msgpack", feature = "postcard", feature = "lz4"))]
     const CODECS: [Codec; 3] = [Codec::Json, Codec::MessagePack, Codec::Postcard];
 
+    #[cfg(all(feature = "msgpack", feature = "postcard", feature = "lz4"))]
     #[test]
     fn every_codec_round_trips_with_and_without_compression() {
         for codec in CODECS {
@@ -778,6 +843,7 @@ mod tests {
         assert_eq!(payload, b"7");
     }
 
+    #[cfg(all(feature = "msgpack", feature = "postcard", feature = "lz4"))]
     #[test]
     fn other_types_and_versions_are_schema_misses() {
         let (bytes, _) = format(Codec::Postcard, None).encode(&vehicle()).unwrap();
@@ -794,6 +860,7 @@ mod tests {
     }
 
     /// Two releases of `app::Vehicle`: same path, a field retyped; then reordered.
+    #[cfg(all(feature = "redis", feature = "msgpack", feature = "postcard", feature = "lz4"))]
     mod release {
         #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
         pub(super) struct Old {
@@ -812,6 +879,8 @@ mod tests {
         }
     }
 
+    // The traced shape tells the types apart: serde-reflection comes with `redis`.
+    #[cfg(all(feature = "redis", feature = "msgpack", feature = "postcard", feature = "lz4"))]
     #[test]
     fn a_changed_type_under_the_same_name_is_another_schema() {
         let shape = |s: Option<u64>| s.expect("traceable").to_le_bytes();
@@ -851,6 +920,7 @@ mod tests {
         assert_ne!(fingerprint::<Vehicle>(0), fingerprint::<VehicleV2>(0));
     }
 
+    #[cfg(all(feature = "msgpack", feature = "postcard", feature = "lz4"))]
     #[test]
     fn truncated_and_corrupted_values_fail() {
         for codec in CODECS {
@@ -863,6 +933,7 @@ mod tests {
         }
     }
 
+    #[cfg(all(feature = "msgpack", feature = "postcard", feature = "lz4"))]
     #[test]
     fn wrong_codec_tag_fails() {
         let (mut bytes, _) = format(Codec::MessagePack, None).encode(&vehicle()).unwrap();
@@ -873,6 +944,7 @@ mod tests {
         ));
     }
 
+    #[cfg(all(feature = "msgpack", feature = "postcard", feature = "lz4"))]
     #[test]
     fn bombs_never_inflate_past_the_limit() {
         let big = "a".repeat(1 << 20);
@@ -895,6 +967,39 @@ mod tests {
     }
 
     #[test]
+    fn a_codec_or_compression_this_build_lacks_reads_as_another_release() {
+        let fp = fingerprint::<Vehicle>(0);
+        let json = serde_json::to_string(&vehicle()).unwrap();
+        let missing = |codec: Codec| codec.missing_feature().is_some();
+        for codec in [Codec::Json, Codec::MessagePack, Codec::Postcard] {
+            let format = format(codec, None);
+            assert_eq!(format.missing_feature().is_some(), missing(codec), "{codec:?}");
+            if let Some(why) = format.missing_feature() {
+                let feature = codec.missing_feature().unwrap();
+                assert!(why.contains(&format!("`{feature}` feature")), "{why}");
+                // A value another build wrote with it: left alone, like a later release's.
+                let tag = codec.tag() as char;
+                let stored = format!("cr2:{tag}:-:{fp:016x}:1718000000000:0:x");
+                assert!(matches!(
+                    ReadFormat::default().decode::<Vehicle>(stored.as_bytes()),
+                    Err(DecodeError::Schema)
+                ));
+            }
+        }
+        let compressed = format(Codec::Json, Some(0));
+        let lz4 = format!("cr2:j:l{}:{fp:016x}:1718000000000:0:xx", json.len());
+        let decoded = ReadFormat::default().decode::<Vehicle>(lz4.as_bytes());
+        if cfg!(feature = "lz4") {
+            assert!(compressed.missing_feature().is_none());
+            assert!(matches!(decoded, Err(DecodeError::Corrupt(_))), "not an lz4 block");
+        } else {
+            let why = compressed.missing_feature().unwrap();
+            assert!(why.contains("`lz4` feature"), "{why}");
+            assert!(matches!(decoded, Err(DecodeError::Schema)));
+        }
+    }
+
+    #[test]
     fn the_longest_header_fits_max_header() {
         let fp = u64::MAX;
         let header = format!("cr2:j:l{}:{fp:016x}:{}:{}:", usize::MAX, u64::MAX, u64::MAX);
@@ -907,6 +1012,7 @@ mod tests {
         /// at most the limit (then the same bytes and size as an unbounded encoding, read
         /// back whole, and never longer than the limit plus `MAX_HEADER`); otherwise the
         /// encoder stops with `TooLarge`, never with a codec error.
+        #[cfg(all(feature = "msgpack", feature = "postcard", feature = "lz4"))]
         #[test]
         fn the_encoder_stops_exactly_past_the_limit(
             codec in 0usize..3,
@@ -988,6 +1094,7 @@ mod tests {
             let _ = ReadFormat::default().decode::<Vehicle>(&bytes);
         }
 
+        #[cfg(all(feature = "msgpack", feature = "postcard", feature = "lz4"))]
         #[test]
         fn mutated_values_never_panic(at in any::<prop::sample::Index>(), byte in any::<u8>(), codec in 0usize..3) {
             let (mut bytes, _) = format(CODECS[codec], Some(0)).encode(&vehicle()).unwrap();

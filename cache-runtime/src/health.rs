@@ -1,5 +1,6 @@
 //! [`Cache::health`]: is the store reachable, how fast, and what Redis says about itself.
 
+#[cfg(feature = "redis")]
 use std::time::Duration;
 
 use serde::Serialize;
@@ -61,6 +62,7 @@ pub(crate) async fn probe(core: &CacheCore) -> Health {
             health.used_memory_bytes = Some(bytes);
             health.round_trip_ms = Some(0.0);
         }
+        #[cfg(feature = "redis")]
         Probe::Redis { round_trip, info } => {
             health.round_trip_ms = Some(millis(round_trip));
             // A cluster answers per primary: sum over them.
@@ -72,6 +74,7 @@ pub(crate) async fn probe(core: &CacheCore) -> Health {
             health.keyspace_hits = field("keyspace_hits");
             health.keyspace_misses = field("keyspace_misses");
         }
+        #[cfg(feature = "redis")]
         Probe::Unreachable(error) => {
             health.reachable = false;
             health.error = Some(error.to_string());
@@ -80,16 +83,18 @@ pub(crate) async fn probe(core: &CacheCore) -> Health {
     health
 }
 
+#[cfg(feature = "redis")]
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
 /// A numeric `name:value` line of `INFO`.
+#[cfg(feature = "redis")]
 fn info_field(info: &str, name: &str) -> Option<u64> {
     info.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "redis"))]
 mod tests {
     #[test]
     fn reads_info_fields() {

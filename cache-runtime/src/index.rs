@@ -7,6 +7,7 @@ use crate::glob;
 
 /// The namespace of index sets, after the cache's prefix and the reserved `#`
 /// (`okla:#idx:dealer:`).
+#[cfg(feature = "redis")]
 pub(crate) const INDEX_NAMESPACE: &str = "idx:";
 
 /// The member that marks an index as complete (it holds every live key of its level):
@@ -14,6 +15,7 @@ pub(crate) const INDEX_NAMESPACE: &str = "idx:";
 /// invalidation has rebuilt it with a `SCAN`. An index that Redis evicted and a write
 /// re-created lacks it, so its loss is noticed instead of silently missing keys. No user
 /// key contains `#`, so no key can be mistaken for it.
+#[cfg(feature = "redis")]
 pub(crate) const SENTINEL: &str = "#";
 
 /// How many `:`-levels a key is indexed under.

@@ -108,6 +108,7 @@ pub fn push_part<P: KeyPart + ?Sized>(out: &mut String, part: &P) {
 /// Marks the cache's own keys (see [`cache_keys::RESERVED`]): after the prefix, invalidation
 /// indexes (`#idx:`), locks (`#lock:`), fencing counters (`#fence:`) and load leases
 /// (`#load:`), e.g. `okla:#idx:dealer:`.
+#[cfg(feature = "redis")]
 pub(crate) const RESERVED: &str = cache_keys::RESERVED;
 
 /// Checks a rendered key given to the programmatic API.

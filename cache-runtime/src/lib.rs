@@ -37,6 +37,25 @@
 //! Build a Redis cache with [`Cache::builder`] and make it the default with [`set_default`],
 //! or name a cache per function with `cache = <expr>`.
 //!
+//! ## Cargo features
+//!
+//! | feature | default | adds |
+//! |---|---|---|
+//! | `redis` | on | the Redis and Redis Cluster stores, the near cache, cross-process `lock` leases and wake-ups, the load-shape fingerprint (serde-reflection) |
+//! | `msgpack` | on | [`Codec::MessagePack`] |
+//! | `postcard` | on | [`Codec::Postcard`] |
+//! | `lz4` | on | [`CacheBuilder::compress_above`] |
+//! | `uuid` | off | [`KeyPart`] for `uuid::Uuid` |
+//! | `metrics` | off | the counters through the `metrics` facade too |
+//! | `axum` | off | `admin::router`: stats, health, metrics and invalidation over HTTP |
+//!
+//! JSON is always there. `cache-runtime = { version = "0.1", default-features = false }` is a
+//! memory-only cache without redis-rs, the other codecs, lz4 or serde-reflection. [`Codec`]
+//! keeps its variants in every build: [`CacheBuilder::build`] refuses one whose feature is
+//! off with [`Error::InvalidConfig`] naming the feature, and a stored value written with it
+//! by another build is a miss that is left in place (a `schema` error), like another
+//! release's value.
+//!
 //! ## Invalidation
 //!
 //! [`invalidates`] removes keys and glob patterns after a function succeeds, and
@@ -164,6 +183,10 @@ mod load;
 mod lock;
 mod log_limit;
 mod metric_families;
+#[cfg(feature = "redis")]
+mod near;
+#[cfg(not(feature = "redis"))]
+#[path = "near/off.rs"]
 mod near;
 mod notify;
 mod policy;

@@ -4,12 +4,12 @@
 //! to both patterns, that wakes the local waiters of that key. Waiters never poll on fixed
 //! sleeps: they wake on the message, or when the holder's lease runs out.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+//!
+//! Without the `redis` feature only [`Signal`] and the channel names remain: the memory
+//! store wakes its waiters in process.
 
-use futures_util::StreamExt as _;
-use tokio::sync::{oneshot, watch};
+#[cfg(feature = "redis")]
+pub(crate) use subscriber::Notifier;
 
 /// What a wake-up says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,140 +22,155 @@ pub(crate) enum Signal {
     Absent,
 }
 
+#[cfg(feature = "redis")]
 pub(crate) const FILLED: &str = "#filled:";
+#[cfg(feature = "redis")]
 pub(crate) const RELEASED: &str = "#released:";
 
-type Waiters = Mutex<HashMap<String, Vec<oneshot::Sender<Signal>>>>;
+/// The pub/sub side, on Redis.
+#[cfg(feature = "redis")]
+mod subscriber {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, Weak};
+    use std::time::Duration;
 
-pub(crate) struct Notifier {
-    /// The nodes to subscribe through, tried in turn (any node of a cluster hears every
-    /// classic pub/sub message).
-    clients: Vec<redis::Client>,
-    /// What the subscription listens to: `<prefix>#filled:*` and `<prefix>#released:*`.
-    patterns: [String; 2],
-    /// Local waiters by channel name.
-    waiters: Arc<Waiters>,
-    /// `true` while the subscription is live; started on first use.
-    subscribed: Mutex<Option<watch::Receiver<bool>>>,
-    /// Dropped with the cache, which ends the subscriber task.
-    _alive: Arc<()>,
-}
+    use futures_util::StreamExt as _;
+    use tokio::sync::{oneshot, watch};
 
-impl Notifier {
-    /// Wake-ups for the cache whose keys start with `prefix`.
-    pub(crate) fn new(clients: Vec<redis::Client>, prefix: &str) -> Self {
-        Notifier {
-            clients,
-            patterns: [format!("{prefix}{FILLED}*"), format!("{prefix}{RELEASED}*")],
-            waiters: Arc::default(),
-            subscribed: Mutex::new(None),
-            _alive: Arc::new(()),
-        }
+    use super::{Signal, FILLED, RELEASED};
+
+    type Waiters = Mutex<HashMap<String, Vec<oneshot::Sender<Signal>>>>;
+
+    pub(crate) struct Notifier {
+        /// The nodes to subscribe through, tried in turn (any node of a cluster hears every
+        /// classic pub/sub message).
+        clients: Vec<redis::Client>,
+        /// What the subscription listens to: `<prefix>#filled:*` and `<prefix>#released:*`.
+        patterns: [String; 2],
+        /// Local waiters by channel name.
+        waiters: Arc<Waiters>,
+        /// `true` while the subscription is live; started on first use.
+        subscribed: Mutex<Option<watch::Receiver<bool>>>,
+        /// Dropped with the cache, which ends the subscriber task.
+        _alive: Arc<()>,
     }
 
-    /// Registers interest in `channel` and returns whether the subscription is live (if it
-    /// is not, the caller must not rely on the message and waits for the lease instead).
-    /// Register *before* re-checking the condition, so a message in between is not lost.
-    pub(crate) fn register(&self, channel: &str) -> (oneshot::Receiver<Signal>, bool) {
-        let live = self.ensure_subscriber();
-        let (sender, receiver) = oneshot::channel();
-        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        let list = waiters.entry(channel.to_owned()).or_default();
-        // Waiters that gave up (timed out) are dropped here rather than accumulating.
-        list.retain(|waiter| !waiter.is_closed());
-        list.push(sender);
-        (receiver, live)
-    }
-
-    /// Waits until the subscription is live, at most `timeout` (used once, on first use,
-    /// so that the first waiters get their message).
-    pub(crate) async fn wait_subscribed(&self, timeout: Duration) -> bool {
-        self.ensure_subscriber();
-        let Some(mut live) = self.subscribed.lock().unwrap_or_else(|e| e.into_inner()).clone()
-        else {
-            return false;
-        };
-        let subscribed = tokio::time::timeout(timeout, live.wait_for(|up| *up)).await;
-        matches!(subscribed, Ok(Ok(_)))
-    }
-
-    /// Starts the subscriber task if needed; returns whether it is subscribed now.
-    fn ensure_subscriber(&self) -> bool {
-        let mut subscribed = self.subscribed.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(live) = subscribed.as_ref() {
-            return *live.borrow();
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return false;
-        };
-        let (state, live) = watch::channel(false);
-        *subscribed = Some(live);
-        runtime.spawn(subscribe(
-            self.clients.clone(),
-            self.patterns.clone(),
-            Arc::downgrade(&self.waiters),
-            Arc::downgrade(&self._alive),
-            state,
-        ));
-        false
-    }
-}
-
-/// The subscriber task: (re)connects, subscribes, and dispatches messages to local waiters
-/// until the cache is dropped.
-async fn subscribe(
-    clients: Vec<redis::Client>,
-    patterns: [String; 2],
-    waiters: Weak<Waiters>,
-    alive: Weak<()>,
-    state: watch::Sender<bool>,
-) {
-    let mut backoff = Duration::from_millis(50);
-    let mut attempt = 0;
-    while alive.strong_count() > 0 {
-        let client = &clients[attempt % clients.len()];
-        attempt += 1;
-        let connected = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.psubscribe(&patterns[..]).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        let pubsub = match tokio::time::timeout(Duration::from_secs(2), connected).await {
-            Ok(Ok(pubsub)) => pubsub,
-            _ => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
+    impl Notifier {
+        /// Wake-ups for the cache whose keys start with `prefix`.
+        pub(crate) fn new(clients: Vec<redis::Client>, prefix: &str) -> Self {
+            Notifier {
+                clients,
+                patterns: [format!("{prefix}{FILLED}*"), format!("{prefix}{RELEASED}*")],
+                waiters: Arc::default(),
+                subscribed: Mutex::new(None),
+                _alive: Arc::new(()),
             }
-        };
-        backoff = Duration::from_millis(50);
-        state.send_replace(true);
-        let mut messages = pubsub.into_on_message();
-        loop {
-            // Wake up now and then to notice a dropped cache on an idle channel.
-            match tokio::time::timeout(Duration::from_secs(1), messages.next()).await {
-                Ok(Some(message)) => {
-                    let Some(waiters) = waiters.upgrade() else {
-                        return;
-                    };
-                    let signal = match message.get_payload_bytes() {
-                        b"0" => Signal::Failed,
-                        b"2" => Signal::Absent,
-                        _ => Signal::Ready,
-                    };
-                    let woken = waiters
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(message.get_channel_name());
-                    for waiter in woken.into_iter().flatten() {
-                        let _ = waiter.send(signal);
-                    }
+        }
+
+        /// Registers interest in `channel` and returns whether the subscription is live (if it
+        /// is not, the caller must not rely on the message and waits for the lease instead).
+        /// Register *before* re-checking the condition, so a message in between is not lost.
+        pub(crate) fn register(&self, channel: &str) -> (oneshot::Receiver<Signal>, bool) {
+            let live = self.ensure_subscriber();
+            let (sender, receiver) = oneshot::channel();
+            let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            let list = waiters.entry(channel.to_owned()).or_default();
+            // Waiters that gave up (timed out) are dropped here rather than accumulating.
+            list.retain(|waiter| !waiter.is_closed());
+            list.push(sender);
+            (receiver, live)
+        }
+
+        /// Waits until the subscription is live, at most `timeout` (used once, on first use,
+        /// so that the first waiters get their message).
+        pub(crate) async fn wait_subscribed(&self, timeout: Duration) -> bool {
+            self.ensure_subscriber();
+            let Some(mut live) = self.subscribed.lock().unwrap_or_else(|e| e.into_inner()).clone()
+            else {
+                return false;
+            };
+            let subscribed = tokio::time::timeout(timeout, live.wait_for(|up| *up)).await;
+            matches!(subscribed, Ok(Ok(_)))
+        }
+
+        /// Starts the subscriber task if needed; returns whether it is subscribed now.
+        fn ensure_subscriber(&self) -> bool {
+            let mut subscribed = self.subscribed.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(live) = subscribed.as_ref() {
+                return *live.borrow();
+            }
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return false;
+            };
+            let (state, live) = watch::channel(false);
+            *subscribed = Some(live);
+            runtime.spawn(subscribe(
+                self.clients.clone(),
+                self.patterns.clone(),
+                Arc::downgrade(&self.waiters),
+                Arc::downgrade(&self._alive),
+                state,
+            ));
+            false
+        }
+    }
+
+    /// The subscriber task: (re)connects, subscribes, and dispatches messages to local waiters
+    /// until the cache is dropped.
+    async fn subscribe(
+        clients: Vec<redis::Client>,
+        patterns: [String; 2],
+        waiters: Weak<Waiters>,
+        alive: Weak<()>,
+        state: watch::Sender<bool>,
+    ) {
+        let mut backoff = Duration::from_millis(50);
+        let mut attempt = 0;
+        while alive.strong_count() > 0 {
+            let client = &clients[attempt % clients.len()];
+            attempt += 1;
+            let connected = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.psubscribe(&patterns[..]).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let pubsub = match tokio::time::timeout(Duration::from_secs(2), connected).await {
+                Ok(Ok(pubsub)) => pubsub,
+                _ => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
                 }
-                Ok(None) => break, // connection lost: resubscribe
-                Err(_) if alive.strong_count() == 0 => return,
-                Err(_) => {}
+            };
+            backoff = Duration::from_millis(50);
+            state.send_replace(true);
+            let mut messages = pubsub.into_on_message();
+            loop {
+                // Wake up now and then to notice a dropped cache on an idle channel.
+                match tokio::time::timeout(Duration::from_secs(1), messages.next()).await {
+                    Ok(Some(message)) => {
+                        let Some(waiters) = waiters.upgrade() else {
+                            return;
+                        };
+                        let signal = match message.get_payload_bytes() {
+                            b"0" => Signal::Failed,
+                            b"2" => Signal::Absent,
+                            _ => Signal::Ready,
+                        };
+                        let woken = waiters
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(message.get_channel_name());
+                        for waiter in woken.into_iter().flatten() {
+                            let _ = waiter.send(signal);
+                        }
+                    }
+                    Ok(None) => break, // connection lost: resubscribe
+                    Err(_) if alive.strong_count() == 0 => return,
+                    Err(_) => {}
+                }
             }
+            state.send_replace(false);
         }
-        state.send_replace(false);
     }
 }

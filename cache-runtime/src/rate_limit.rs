@@ -18,6 +18,7 @@ use crate::stats::Counters;
 use crate::store::Store;
 
 /// The reserved namespace of the limiters' keys: `<prefix>#rate:{<key>}`.
+#[cfg(feature = "redis")]
 pub(crate) const RATE_NAMESPACE: &str = "rate:";
 
 /// The largest `limit` a rate limit accepts. The exact window keeps one entry per call it
@@ -33,6 +34,7 @@ pub const MAX_RATE_LIMIT: u64 = 1_000_000;
 /// suffix when two calls share a microsecond. A refused call's slot frees when the entry at
 /// `count - limit` (the oldest, unless the limit was lowered) leaves the window; the limiter
 /// is full again when the newest has.
+#[cfg(feature = "redis")]
 const DECIDE_SOURCE: &str = r"local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -54,6 +56,7 @@ local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 return {0, 0, tonumber(freeing[2]) + window - now, tonumber(newest[2]) + window - now}";
 
 /// [`DECIDE_SOURCE`], hashed once.
+#[cfg(feature = "redis")]
 static DECIDE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(DECIDE_SOURCE));
 
 /// What to decide when the store cannot be asked (Redis down, timing out, or the circuit
@@ -174,8 +177,9 @@ pub(crate) async fn decide(
     per: Duration,
     on_failure: FailMode,
 ) -> RateDecision {
-    let decided = match core.store() {
+    let decided: Result<RateDecision> = match core.store() {
         Store::Memory(_) => Ok(LOCAL.decide(core.id(), key, limit, per, Instant::now())),
+        #[cfg(feature = "redis")]
         Store::Redis(redis) => {
             let full_key = redis.reserved_key(RATE_NAMESPACE, &format!("{{{key}}}"));
             let window_ms = u64::try_from(per.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -225,6 +229,7 @@ pub(crate) async fn decide(
     decision
 }
 
+#[cfg(feature = "redis")]
 fn micros(value: i64) -> Duration {
     Duration::from_micros(u64::try_from(value).unwrap_or(0))
 }

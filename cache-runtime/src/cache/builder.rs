@@ -7,46 +7,74 @@ use super::Cache;
 use crate::core::{CacheCore, Settings, DEFAULT_MEMORY_CAPACITY};
 use crate::error::{Error, Result};
 use crate::format::Codec;
+#[cfg(feature = "redis")]
 use crate::near::tracking::{self, TrackingOptions};
+#[cfg(feature = "redis")]
 use crate::near::Near;
+#[cfg(feature = "redis")]
 use crate::store::redis::RedisOptions;
 use crate::store::Store;
 
 /// Builds a [`Cache`]: Redis when [`redis`](Self::redis) is given, the memory store otherwise.
 ///
+/// The Redis settings (`redis`, `redis_cluster`, `near_cache`, `connect_timeout`,
+/// `command_timeout`) exist with the `redis` feature (on by default).
+///
 /// ```no_run
 /// # async fn run() -> Result<(), cache_runtime::Error> {
+/// # #[cfg(feature = "redis")]
 /// let cache = cache_runtime::Cache::builder()
 ///     .redis("redis://127.0.0.1:6379")
 ///     .prefix("okla:")
 ///     .build()
 ///     .await?;
+/// # #[cfg(not(feature = "redis"))]
+/// # let cache = cache_runtime::Cache::builder().build().await?;
 /// cache_runtime::set_default(cache.clone());
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct CacheBuilder {
-    redis_urls: Vec<String>,
-    cluster: bool,
+    #[cfg(feature = "redis")]
+    redis: RedisSetup,
     prefix: String,
     memory_capacity: u64,
+    settings: Settings,
+}
+
+/// The builder's Redis settings (feature `redis`).
+#[cfg(feature = "redis")]
+#[derive(Debug, Clone)]
+struct RedisSetup {
+    /// Empty: the memory store.
+    urls: Vec<String>,
+    cluster: bool,
     connect_timeout: Duration,
     command_timeout: Duration,
     near_bytes: Option<u64>,
-    settings: Settings,
+}
+
+#[cfg(feature = "redis")]
+impl Default for RedisSetup {
+    fn default() -> Self {
+        RedisSetup {
+            urls: Vec::new(),
+            cluster: false,
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_millis(500),
+            near_bytes: None,
+        }
+    }
 }
 
 impl Default for CacheBuilder {
     fn default() -> Self {
         CacheBuilder {
-            redis_urls: Vec::new(),
-            cluster: false,
+            #[cfg(feature = "redis")]
+            redis: RedisSetup::default(),
             prefix: String::new(),
             memory_capacity: DEFAULT_MEMORY_CAPACITY,
-            connect_timeout: Duration::from_secs(1),
-            command_timeout: Duration::from_millis(500),
-            near_bytes: None,
             settings: Settings::default(),
         }
     }
@@ -55,9 +83,11 @@ impl Default for CacheBuilder {
 impl CacheBuilder {
     /// Use the Redis server at `url` (`redis://[user:password@]host:port[/db]`, or `rediss://`
     /// for TLS when redis-rs is built with TLS support).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis(mut self, url: impl Into<String>) -> Self {
-        self.redis_urls = vec![url.into()];
-        self.cluster = false;
+        self.redis.urls = vec![url.into()];
+        self.redis.cluster = false;
         self
     }
 
@@ -74,12 +104,14 @@ impl CacheBuilder {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis_cluster<U: Into<String>>(
         mut self,
         seed_nodes: impl IntoIterator<Item = U>,
     ) -> Self {
-        self.redis_urls = seed_nodes.into_iter().map(Into::into).collect();
-        self.cluster = true;
+        self.redis.urls = seed_nodes.into_iter().map(Into::into).collect();
+        self.redis.cluster = true;
         self
     }
 
@@ -112,21 +144,27 @@ impl CacheBuilder {
     /// cache" in the README for the guarantee and its bound. Needs Redis 6 or later.
     ///
     /// No effect on a memory-only cache, which is in process already.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn near_cache(mut self, max_bytes: u64) -> Self {
-        self.near_bytes = Some(max_bytes);
+        self.redis.near_bytes = Some(max_bytes);
         self
     }
 
     /// How long to wait for a connection to Redis (default 1 s).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.redis.connect_timeout = timeout;
         self
     }
 
     /// How long to wait for a Redis reply (default 500 ms). A call whose cache read times
     /// out runs its body instead.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
-        self.command_timeout = timeout;
+        self.redis.command_timeout = timeout;
         self
     }
 
@@ -257,9 +295,19 @@ impl CacheBuilder {
     /// may evict keys (a `maxmemory` with any `maxmemory-policy` but `noeviction`, or
     /// `CONFIG` refused), checked when Redis answers at build: pattern invalidation would
     /// need a keyspace scan that an unprefixed cache must refuse. Give the cache a prefix.
+    /// Also [`Error::InvalidConfig`], naming the Cargo feature, for a [`codec`](Self::codec)
+    /// or [`compress_above`](Self::compress_above) whose feature (`msgpack`, `postcard`,
+    /// `lz4`) this build lacks, whichever the store.
     pub async fn build(mut self) -> Result<Cache> {
         self.settings.format.read.limit = self.settings.max_value_bytes;
-        if self.redis_urls.is_empty() {
+        if let Some(why) = self.settings.format.missing_feature() {
+            return Err(Error::InvalidConfig(why));
+        }
+        #[cfg(feature = "redis")]
+        let redis = !self.redis.urls.is_empty();
+        #[cfg(not(feature = "redis"))]
+        let redis = false;
+        if !redis {
             // Codecs apply to Redis bytes only: the memory store keeps typed copies.
             self.settings.format.codec = Codec::Json;
             self.settings.format.compress_above = None;
@@ -288,51 +336,47 @@ impl CacheBuilder {
         if self.settings.fill_window.is_zero() {
             return Err(Error::InvalidConfig("fill_window must be greater than zero".into()));
         }
-        if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
-            return Err(Error::InvalidConfig("timeouts must be greater than zero".into()));
-        }
         if self.settings.lock_lease < Duration::from_millis(10) || self.settings.lock_wait.is_zero()
         {
             return Err(Error::InvalidConfig(
                 "lock_lease must be at least 10ms and lock_wait above zero".into(),
             ));
         }
-        if self.cluster && self.redis_urls.is_empty() {
-            return Err(Error::InvalidConfig("redis_cluster needs at least one seed node".into()));
-        }
-        if self.near_bytes == Some(0) {
-            return Err(Error::InvalidConfig("near_cache needs a bound above zero bytes".into()));
-        }
-        let near = match (&self.near_bytes, self.redis_urls.is_empty()) {
-            (Some(max_bytes), false) => {
-                let tracking = TrackingOptions {
-                    urls: self.redis_urls.clone(),
-                    cluster: self.cluster,
-                    prefix: self.prefix.clone(),
-                    connect_timeout: self.connect_timeout,
-                };
-                Some((Arc::new(Near::new(*max_bytes, &self.prefix)), tracking))
+        #[cfg(feature = "redis")]
+        {
+            self.redis.check()?;
+            if redis {
+                return self.build_redis().await;
             }
-            _ => None,
-        };
-        let store = match self.redis_urls.is_empty() {
-            false => Store::redis(RedisOptions {
-                urls: self.redis_urls,
-                cluster: self.cluster,
+        }
+        if self.memory_capacity == 0 {
+            return Err(Error::InvalidConfig("memory capacity must be greater than zero".into()));
+        }
+        let store = Store::memory(self.memory_capacity);
+        Ok(Cache::from_core(Arc::new(CacheCore::new(store, self.settings, None))))
+    }
+
+    /// [`build`](Self::build) of a Redis cache, once the settings passed their checks.
+    #[cfg(feature = "redis")]
+    async fn build_redis(self) -> Result<Cache> {
+        let redis = self.redis;
+        let near = redis.near_bytes.map(|max_bytes| {
+            let tracking = TrackingOptions {
+                urls: redis.urls.clone(),
+                cluster: redis.cluster,
                 prefix: self.prefix.clone(),
-                connect_timeout: self.connect_timeout,
-                command_timeout: self.command_timeout,
-                read: self.settings.format.read,
-            })?,
-            true => {
-                if self.memory_capacity == 0 {
-                    return Err(Error::InvalidConfig(
-                        "memory capacity must be greater than zero".into(),
-                    ));
-                }
-                Store::memory(self.memory_capacity)
-            }
-        };
+                connect_timeout: redis.connect_timeout,
+            };
+            (Arc::new(Near::new(max_bytes, &self.prefix)), tracking)
+        });
+        let store = Store::redis(RedisOptions {
+            urls: redis.urls,
+            cluster: redis.cluster,
+            prefix: self.prefix.clone(),
+            connect_timeout: redis.connect_timeout,
+            command_timeout: redis.command_timeout,
+            read: self.settings.format.read,
+        })?;
         // An unprefixed cache on a Redis that may evict keys could never invalidate a
         // pattern (its indexes would need a keyspace scan it must refuse): refused here,
         // when Redis answers (it may be down at start).
@@ -342,5 +386,49 @@ impl CacheBuilder {
             near
         });
         Ok(Cache::from_core(Arc::new(CacheCore::new(store, self.settings, near))))
+    }
+}
+
+#[cfg(feature = "redis")]
+impl RedisSetup {
+    /// The Redis settings' own checks (they apply to a memory cache too, as before).
+    fn check(&self) -> Result<()> {
+        if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
+            return Err(Error::InvalidConfig("timeouts must be greater than zero".into()));
+        }
+        if self.cluster && self.urls.is_empty() {
+            return Err(Error::InvalidConfig("redis_cluster needs at least one seed node".into()));
+        }
+        if self.near_bytes == Some(0) {
+            return Err(Error::InvalidConfig("near_cache needs a bound above zero bytes".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Cache, Codec, Error};
+
+    /// A codec or compression whose Cargo feature this build lacks is refused at build,
+    /// naming the feature; with the feature, the same settings build (memory store).
+    #[tokio::test]
+    async fn a_codec_without_its_feature_is_refused_naming_it() {
+        let cases = [
+            (Cache::builder().codec(Codec::MessagePack), "msgpack", cfg!(feature = "msgpack")),
+            (Cache::builder().codec(Codec::Postcard), "postcard", cfg!(feature = "postcard")),
+            (Cache::builder().compress_above(1024), "lz4", cfg!(feature = "lz4")),
+        ];
+        for (builder, feature, built_with) in cases {
+            match builder.build().await {
+                Ok(_) => assert!(built_with, "{feature}: built without the feature"),
+                Err(Error::InvalidConfig(why)) => {
+                    assert!(!built_with, "{feature}: refused with the feature: {why}");
+                    assert!(why.contains(&format!("`{feature}` feature")), "{why}");
+                }
+                Err(other) => panic!("{feature}: {other}"),
+            }
+        }
+        assert!(Cache::builder().codec(Codec::Json).build().await.is_ok());
     }
 }

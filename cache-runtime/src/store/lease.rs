@@ -13,16 +13,22 @@
 //! locks are in-process (`LocalLocks` in `store/memory.rs`) and load leases are not needed:
 //! single flight already lets one caller load.
 
+// Some parameters are for the Redis store only.
+#![cfg_attr(not(feature = "redis"), allow(unused_variables))]
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "redis")]
 use tokio::sync::oneshot;
 
 use super::Store;
 use crate::codec::Entry;
 use crate::error::Result;
-use crate::notify::{Signal, FILLED, RELEASED};
+use crate::notify::Signal;
+#[cfg(feature = "redis")]
+use crate::notify::{FILLED, RELEASED};
 
 /// A token no other holder uses: process id, time and a counter.
 pub(crate) fn new_token() -> String {
@@ -42,6 +48,7 @@ pub(crate) enum LeaseKind {
     Load,
 }
 
+#[cfg(feature = "redis")]
 impl LeaseKind {
     pub(crate) fn namespace(self) -> &'static str {
         match self {
@@ -61,10 +68,13 @@ impl LeaseKind {
 /// How a waiter is woken.
 pub(crate) enum Wakeup<'a> {
     /// A pub/sub message from the holder's release.
+    #[cfg(feature = "redis")]
     Message(oneshot::Receiver<Signal>),
     /// An in-process release (memory store), already registered.
     Local(Pin<Box<tokio::sync::futures::Notified<'a>>>),
-    /// The pub/sub subscription is not live yet: wait for it, then look again.
+    /// The pub/sub subscription is not live yet: wait for it, then look again (Redis only;
+    /// kept in every build so that callers match on it without a `cfg`).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     NotSubscribed,
 }
 
@@ -72,6 +82,7 @@ impl<'a> Wakeup<'a> {
     /// Waits for the wake-up, at most until `until`; returns the signal if one came.
     pub(crate) async fn wait(self, until: Instant) -> Option<Signal> {
         match self {
+            #[cfg(feature = "redis")]
             Wakeup::Message(receiver) => {
                 tokio::time::timeout_at(until.into(), receiver).await.ok().and_then(Result::ok)
             }
@@ -97,7 +108,11 @@ pub(crate) struct Peek {
 impl Store {
     /// Whether other processes share this store (so loads coordinate through leases).
     pub(crate) fn shared(&self) -> bool {
-        matches!(self, Store::Redis(_))
+        match self {
+            Store::Memory(_) => false,
+            #[cfg(feature = "redis")]
+            Store::Redis(_) => true,
+        }
     }
 
     /// Takes the lock on `resource` for `lease`: its fencing token, or `None` when held.
@@ -109,6 +124,7 @@ impl Store {
     ) -> Result<Option<u64>> {
         match self {
             Store::Memory(store) => Ok(store.locks().try_acquire(resource, token, lease)),
+            #[cfg(feature = "redis")]
             Store::Redis(redis) => redis.acquire_lock(resource, token, lease).await,
         }
     }
@@ -122,6 +138,7 @@ impl Store {
     ) -> Result<bool> {
         match self {
             Store::Memory(_) => Ok(true),
+            #[cfg(feature = "redis")]
             Store::Redis(redis) => redis.try_load_lease(key, token, lease).await,
         }
     }
@@ -134,6 +151,7 @@ impl Store {
     pub(crate) async fn settle_load_lease(&self, key: &str, token: &str) -> Result<bool> {
         match self {
             Store::Memory(_) => Ok(true),
+            #[cfg(feature = "redis")]
             Store::Redis(redis) => redis.settle_load_lease(key, token).await,
         }
     }
@@ -150,6 +168,7 @@ impl Store {
             Store::Memory(store) => {
                 Ok(kind == LeaseKind::Load || store.locks().extend(name, token, lease))
             }
+            #[cfg(feature = "redis")]
             Store::Redis(redis) => redis.extend_lease(kind, name, token, lease).await,
         }
     }
@@ -167,6 +186,7 @@ impl Store {
             Store::Memory(store) => {
                 Ok(kind == LeaseKind::Load || store.locks().release(name, token))
             }
+            #[cfg(feature = "redis")]
             Store::Redis(redis) => redis.release_lease(kind, name, token, signal).await,
         }
     }
@@ -178,6 +198,7 @@ impl Store {
                 LeaseKind::Lock => store.locks().remaining(name),
                 LeaseKind::Load => None,
             }),
+            #[cfg(feature = "redis")]
             Store::Redis(redis) => redis.lease_left(kind, name).await,
         }
     }
@@ -191,6 +212,7 @@ impl Store {
                 lease_left: Duration::ZERO,
                 settling: false,
             }),
+            #[cfg(feature = "redis")]
             Store::Redis(redis) => redis.peek_with_lease(key).await,
         }
     }
@@ -200,14 +222,19 @@ impl Store {
     pub(crate) fn watch(&self, kind: LeaseKind, name: &str) -> Wakeup<'_> {
         match self {
             Store::Memory(store) => Wakeup::Local(store.locks().watch()),
+            #[cfg(feature = "redis")]
             Store::Redis(redis) => redis.watch(kind, name),
         }
     }
 
     /// Waits (at most `timeout`) for the wake-up subscription to be live.
     pub(crate) async fn wait_subscribed(&self, timeout: Duration) {
-        if let Store::Redis(redis) = self {
-            redis.notifier().wait_subscribed(timeout).await;
+        match self {
+            Store::Memory(_) => {}
+            #[cfg(feature = "redis")]
+            Store::Redis(redis) => {
+                redis.notifier().wait_subscribed(timeout).await;
+            }
         }
     }
 }

@@ -308,6 +308,8 @@ impl MemoryStore {
                         Ticket::Replace { version: Version::Memory(write), .. } => {
                             current.entry.is_some() && current.write == *write
                         }
+                        // Redis markers and versions, in a build with Redis.
+                        #[allow(unreachable_patterns)]
                         _ => false,
                     }
                 });

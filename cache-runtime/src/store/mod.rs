@@ -18,9 +18,14 @@
 //! [`Ticket::Replace`]: the new value goes in only if the key still holds the very value
 //! the refresh started from.
 
+// Some parameters are for the Redis store only.
+#![cfg_attr(not(feature = "redis"), allow(unused_variables))]
+
 pub(crate) mod lease;
+#[cfg(feature = "redis")]
 pub(crate) mod link;
 pub(crate) mod memory;
+#[cfg(feature = "redis")]
 pub(crate) mod redis;
 
 use std::sync::Arc;
@@ -64,6 +69,7 @@ pub(crate) enum Version {
     /// the value's bytes this tells the value apart from a later write of the same bytes,
     /// whose remaining time to live is longer (a refresh that took longer than the value's
     /// age is never stored, see `load.rs`).
+    #[cfg(feature = "redis")]
     Redis(i64),
 }
 
@@ -80,6 +86,7 @@ pub(crate) struct Touch {
 /// What a load is about to store, for [`Store::begin_fill`].
 pub(crate) struct FillPlan {
     /// How long the value will be kept (`ttl`, or `stale` when longer).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) lifetime: Duration,
     /// How long a stored value is fresh (`ttl`): an older one kept for `stale` does not
     /// answer the miss; the marker keeps it, so stale fallback still works meanwhile.
@@ -106,13 +113,18 @@ pub(crate) enum Ticket {
     /// wins, and a load that stores nothing leaves it for the other.
     Adopted(Marker),
     /// A refresh: replace the value only if it is still `old` (same bytes and version).
-    Replace { old: Arc<Entry>, version: Version },
+    Replace {
+        #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+        old: Arc<Entry>,
+        version: Version,
+    },
 }
 
 /// A pending marker's identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Marker {
     Memory(u64),
+    #[cfg(feature = "redis")]
     Redis(Vec<u8>),
 }
 
@@ -120,6 +132,7 @@ pub(crate) enum Marker {
 /// two stores, and static dispatch keeps the hit path free of boxing.
 pub(crate) enum Store {
     Memory(memory::MemoryStore),
+    #[cfg(feature = "redis")]
     Redis(redis::RedisStore),
 }
 
@@ -128,8 +141,10 @@ pub(crate) enum Probe {
     /// The memory store's entries and weighed bytes.
     Memory { entries: u64, bytes: u64 },
     /// Redis answered a `PING` (after `round_trip`) and `INFO` of each primary.
+    #[cfg(feature = "redis")]
     Redis { round_trip: Duration, info: Vec<String> },
     /// Redis did not answer.
+    #[cfg(feature = "redis")]
     Unreachable(crate::Error),
 }
 
@@ -140,6 +155,7 @@ impl Store {
     }
 
     /// A Redis store (not connected yet).
+    #[cfg(feature = "redis")]
     pub(crate) fn redis(options: redis::RedisOptions) -> Result<Store> {
         Ok(Store::Redis(redis::RedisStore::new(options)?))
     }
@@ -149,6 +165,7 @@ impl Store {
     pub(crate) fn prefix(&self) -> &str {
         match self {
             Store::Memory(_) => "",
+            #[cfg(feature = "redis")]
             Store::Redis(store) => store.prefix(),
         }
     }
@@ -157,6 +174,7 @@ impl Store {
     pub(crate) fn breaker_state(&self) -> BreakerState {
         match self {
             Store::Memory(_) => BreakerState::Closed,
+            #[cfg(feature = "redis")]
             Store::Redis(store) => store.breaker_state(),
         }
     }
@@ -169,6 +187,7 @@ impl Store {
                 let (entries, bytes) = store.size().await;
                 Probe::Memory { entries, bytes }
             }
+            #[cfg(feature = "redis")]
             Store::Redis(store) => {
                 let started = Instant::now();
                 match store.ping_and_info().await {
@@ -187,9 +206,11 @@ impl Store {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`](crate::Error::InvalidConfig), as above.
+    #[cfg(feature = "redis")]
     pub(crate) async fn check_setup(&self) -> Result<()> {
         match self {
             Store::Memory(_) => Ok(()),
+            #[cfg(feature = "redis")]
             Store::Redis(store) => store.check_setup().await,
         }
     }
@@ -199,6 +220,7 @@ impl Store {
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>> {
         match self {
             Store::Memory(store) => Ok(store.get(key).await),
+            #[cfg(feature = "redis")]
             Store::Redis(store) => store.get(key).await,
         }
     }
@@ -210,6 +232,7 @@ impl Store {
     pub(crate) async fn get_touched(&self, key: &str, touch: Touch) -> Result<Option<Arc<Entry>>> {
         match self {
             Store::Memory(store) => Ok(store.get_touched(key, touch).await),
+            #[cfg(feature = "redis")]
             Store::Redis(store) => store.get_touched(key, touch).await,
         }
     }
@@ -218,6 +241,7 @@ impl Store {
     pub(crate) async fn get_aged(&self, key: &str, lifetime: Duration) -> Result<Option<Found>> {
         match self {
             Store::Memory(store) => Ok(store.get_aged(key).await),
+            #[cfg(feature = "redis")]
             Store::Redis(store) => store.get_aged(key, lifetime).await,
         }
     }
@@ -227,6 +251,7 @@ impl Store {
     pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan) -> Result<Begun> {
         match self {
             Store::Memory(store) => Ok(store.begin_fill(key, plan).await),
+            #[cfg(feature = "redis")]
             Store::Redis(store) => store.begin_fill(key, plan).await,
         }
     }
@@ -242,6 +267,7 @@ impl Store {
     ) -> Result<bool> {
         match self {
             Store::Memory(store) => Ok(store.fill(key, ticket, Arc::clone(entry), ttl).await),
+            #[cfg(feature = "redis")]
             Store::Redis(store) => store.fill(key, ticket, entry, ttl).await,
         }
     }
@@ -252,6 +278,7 @@ impl Store {
     pub(crate) async fn abandon(&self, key: &str, ticket: &Ticket) -> Result<bool> {
         match self {
             Store::Memory(store) => Ok(store.abandon(key, ticket).await),
+            #[cfg(feature = "redis")]
             Store::Redis(store) => store.abandon(key, ticket).await,
         }
     }
@@ -263,6 +290,7 @@ impl Store {
                 store.set(key, Arc::clone(entry), ttl).await;
                 Ok(())
             }
+            #[cfg(feature = "redis")]
             Store::Redis(store) => store.set(key, entry, ttl).await,
         }
     }
@@ -271,6 +299,7 @@ impl Store {
     pub(crate) async fn remove(&self, key: &str) -> Result<u64> {
         match self {
             Store::Memory(store) => Ok(store.remove(key).await),
+            #[cfg(feature = "redis")]
             Store::Redis(store) => store.remove(key).await,
         }
     }
@@ -281,6 +310,7 @@ impl Store {
             Store::Memory(store) => {
                 Ok(Removed { keys: store.remove_matching(pattern).await, scanned: false })
             }
+            #[cfg(feature = "redis")]
             Store::Redis(store) => store.remove_matching(pattern).await,
         }
     }
@@ -289,6 +319,7 @@ impl Store {
     pub(crate) async fn clear(&self) -> Result<u64> {
         match self {
             Store::Memory(store) => Ok(store.clear().await),
+            #[cfg(feature = "redis")]
             Store::Redis(store) => store.clear().await,
         }
     }
@@ -297,6 +328,7 @@ impl Store {
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             Store::Memory(_) => "memory",
+            #[cfg(feature = "redis")]
             Store::Redis(_) => "redis",
         }
     }
