@@ -2,12 +2,12 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /vehicles/{id}` | a [`Vehicle`](super::Vehicle), or 404 |
+//! | `GET /vehicles/{id}` | a [`Vehicle`], or 404 |
 //! | `PUT /vehicles/{id}` | body `{"price": 18500}`: the updated vehicle, or 404; at most [`PRICE_CHANGES_PER_MINUTE`] per client address (`#[rate_limit]`), then 429 with `Retry-After` and `RateLimit-*` headers |
-//! | `GET /dealers/{id}/vehicles` | a [`DealerVehicles`](super::DealerVehicles), or 404 |
-//! | `GET /homepage` | a [`Homepage`](super::Homepage) |
-//! | `GET /search?make=toyota&max_price=25000` | a [`SearchPage`](super::SearchPage); see [`SearchQuery`] |
-//! | `GET /users/{id}` | a [`UserProfile`](super::UserProfile), or 404 |
+//! | `GET /dealers/{id}/vehicles` | a [`DealerVehicles`], or 404 |
+//! | `GET /homepage` | a [`Homepage`] |
+//! | `GET /search?make=toyota&max_price=25000` | a [`SearchPage`]; see [`SearchQuery`] |
+//! | `GET /users/{id}` | a [`UserProfile`], or 404 |
 //! | `PUT /users/{id}` | body a [`ProfileUpdate`]: the updated profile, or 404 |
 //! | anything else | 404 (no route) or 405 (a route, another method) |
 //! | `/admin/...` | the cache's admin routes ([`cache_runtime::admin`]): `GET /admin/metrics`, `GET /admin/cache/stats`, `GET /admin/cache/health`, and the token-guarded `POST /admin/cache/invalidate/{key}`, `POST /admin/cache/invalidate-pattern/{pattern}`, `POST /admin/cache/clear` |
