@@ -15,49 +15,11 @@ use crate::core::CacheCore;
 use crate::error::{Error, Result};
 use crate::log_limit::LogKind;
 use crate::stats::Counters;
-use crate::store::Store;
-
-/// The reserved namespace of the limiters' keys: `<prefix>#rate:{<key>}`.
-#[cfg(feature = "redis")]
-pub(crate) const RATE_NAMESPACE: &str = "rate:";
 
 /// The largest `limit` a rate limit accepts. The exact window keeps one entry per call it
 /// admitted within the window (see [`Cache::rate_limit`](crate::Cache::rate_limit)), so this bounds a key's memory
 /// (about 125 MB on Redis for one full key at this limit).
 pub const MAX_RATE_LIMIT: u64 = 1_000_000;
-
-/// The one Lua script of a decision. `KEYS[1]`: the limiter's sorted set; `ARGV`: limit,
-/// window in microseconds, window in milliseconds (the key's expiry).
-/// Replies `{allowed (1/0), remaining, retry_after µs, reset_after µs}`.
-///
-/// Members are the admission times (`TIME` as microseconds, digits only), made unique with a
-/// suffix when two calls share a microsecond. A refused call's slot frees when the entry at
-/// `count - limit` (the oldest, unless the limit was lowered) leaves the window; the limiter
-/// is full again when the newest has.
-#[cfg(feature = "redis")]
-const DECIDE_SOURCE: &str = r"local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local stamp = t[1] .. string.format('%06d', tonumber(t[2]))
-local now = tonumber(stamp)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - window))
-local count = redis.call('ZCARD', KEYS[1])
-if count < limit then
-  local member, n = stamp, 0
-  while redis.call('ZADD', KEYS[1], 'NX', stamp, member) == 0 do
-    n = n + 1
-    member = stamp .. '.' .. n
-  end
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {1, limit - count - 1, 0, window}
-end
-local freeing = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
-local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-return {0, 0, tonumber(freeing[2]) + window - now, tonumber(newest[2]) + window - now}";
-
-/// [`DECIDE_SOURCE`], hashed once.
-#[cfg(feature = "redis")]
-static DECIDE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(DECIDE_SOURCE));
 
 /// What to decide when the store cannot be asked (Redis down, timing out, or the circuit
 /// breaker open). The attribute's `fail_open` / `fail_closed`.
@@ -177,27 +139,18 @@ pub(crate) async fn decide(
     per: Duration,
     on_failure: FailMode,
 ) -> RateDecision {
-    let decided: Result<RateDecision> = match core.store() {
-        Store::Memory(_) => Ok(LOCAL.decide(core.id(), key, limit, per, Instant::now())),
-        #[cfg(feature = "redis")]
-        Store::Redis(redis) => {
-            let full_key = redis.reserved_key(RATE_NAMESPACE, &format!("{{{key}}}"));
-            let window_ms = u64::try_from(per.as_millis()).unwrap_or(u64::MAX).max(1);
-            let reply: Result<(i64, i64, i64, i64)> = redis
-                .run_script(
-                    &DECIDE,
-                    &[&full_key],
-                    &[&limit.to_string(), &per.as_micros().to_string(), &window_ms.to_string()],
-                )
-                .await;
-            reply.map(|(allowed, remaining, retry_after, reset_after)| RateDecision {
-                allowed: allowed == 1,
-                limit,
-                remaining: u64::try_from(remaining).unwrap_or(0),
-                retry_after: micros(retry_after),
-                reset_after: micros(reset_after),
-            })
-        }
+    // The store decides when processes share it (one script on Redis); a store private to
+    // this process leaves it to the in-process limiters.
+    let decided: Result<RateDecision> = match core.store().rate_decide(key, limit, per).await {
+        Ok(Some(window)) => Ok(RateDecision {
+            allowed: window.allowed,
+            limit,
+            remaining: window.remaining,
+            retry_after: window.retry_after,
+            reset_after: window.reset_after,
+        }),
+        Ok(None) => Ok(LOCAL.decide(core.id(), key, limit, per, Instant::now())),
+        Err(error) => Err(error),
     };
     let decision = decided.unwrap_or_else(|error| {
         counters.error(error.kind());
@@ -227,11 +180,6 @@ pub(crate) async fn decide(
         counters.rate_limited();
     }
     decision
-}
-
-#[cfg(feature = "redis")]
-fn micros(value: i64) -> Duration {
-    Duration::from_micros(u64::try_from(value).unwrap_or(0))
 }
 
 /// The memory store's limiters, for every memory cache of the process: sharded maps from

@@ -35,6 +35,14 @@ use crate::breaker::BreakerState;
 use crate::codec::Entry;
 use crate::error::Result;
 
+/// A rate-limit decision taken by a store that processes share.
+pub(crate) struct RateWindow {
+    pub(crate) allowed: bool,
+    pub(crate) remaining: u64,
+    pub(crate) retry_after: Duration,
+    pub(crate) reset_after: Duration,
+}
+
 /// What a pattern invalidation removed.
 pub(crate) struct Removed {
     /// Keys removed.
@@ -312,6 +320,22 @@ impl Store {
             }
             #[cfg(feature = "redis")]
             Store::Redis(store) => store.remove_matching(pattern).await,
+        }
+    }
+
+    /// A rate-limit decision, when other processes share this store (one script on Redis);
+    /// `None` for a store private to this process, whose limits the in-process limiters keep
+    /// (`rate_limit.rs`).
+    pub(crate) async fn rate_decide(
+        &self,
+        key: &str,
+        limit: u64,
+        per: Duration,
+    ) -> Result<Option<RateWindow>> {
+        match self {
+            Store::Memory(_) => Ok(None),
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => store.rate_decide(key, limit, per).await.map(Some),
         }
     }
 

@@ -623,25 +623,35 @@ impl RedisStore {
             .await
     }
 
-    /// Runs a script that lives outside the store (the rate limiter's, `rate_limit.rs`),
-    /// built once by its owner. The store's own scripts go through their typed calls
-    /// ([`scripts`]).
-    pub(crate) async fn run_script<T: redis::FromRedisValue>(
+    /// One rate-limit decision for `key` (a rendered key, without the prefix): the limiter
+    /// `<prefix>#rate:{<key>}`, in the cache's reserved namespace (no invalidation, pattern or
+    /// `clear()` removes it) and one key, so the script runs on one node of a cluster.
+    pub(crate) async fn rate_decide(
         &self,
-        script: &redis::Script,
-        keys: &[&str],
-        args: &[&str],
-    ) -> Result<T> {
-        let mut invocation = script.prepare_invoke();
-        for key in keys {
-            invocation.key(*key);
-        }
-        for arg in args {
-            invocation.arg(*arg);
-        }
-        self.run(&invocation).await
+        key: &str,
+        limit: u64,
+        per: Duration,
+    ) -> Result<super::RateWindow> {
+        let full_key = self.reserved_key(RATE_NAMESPACE, &format!("{{{key}}}"));
+        let decide = scripts::RateDecide {
+            key: &full_key,
+            limit,
+            window_micros: per.as_micros(),
+            expire_ms: millis(per),
+        };
+        let (allowed, remaining, retry_after, reset_after) = self.call(&decide).await?;
+        let micros = |value: i64| Duration::from_micros(u64::try_from(value).unwrap_or(0));
+        Ok(super::RateWindow {
+            allowed: allowed == 1,
+            remaining: u64::try_from(remaining).unwrap_or(0),
+            retry_after: micros(retry_after),
+            reset_after: micros(reset_after),
+        })
     }
 }
+
+/// The reserved namespace of the rate limiters' keys: `<prefix>#rate:{<key>}`.
+const RATE_NAMESPACE: &str = "rate:";
 
 /// A duration in whole milliseconds, at least 1 (Redis rejects `PX 0`).
 pub(crate) fn millis(duration: Duration) -> u64 {

@@ -746,6 +746,54 @@ fn target_invocation(script: &'static Script, target: &Target) -> ScriptInvocati
     call
 }
 
+/// A rate-limit decision, an exact sliding window (see `Cache::rate_limit`): one sorted set
+/// per limiter, `key`, whose members are the admission times (`TIME` as microseconds, digits
+/// only), made unique with a suffix when two calls share a microsecond. A refused call's slot
+/// frees when the entry at `count - limit` (the oldest, unless the limit was lowered) leaves
+/// the window; the limiter is full again when the newest has. Replies
+/// `{allowed (1/0), remaining, retry_after µs, reset_after µs}`.
+pub(super) struct RateDecide<'a> {
+    /// The limiter's full key (`<prefix>#rate:{<key>}`).
+    pub(super) key: &'a str,
+    pub(super) limit: u64,
+    pub(super) window_micros: u128,
+    /// The key's expiry: the window, in milliseconds (at least 1).
+    pub(super) expire_ms: u64,
+}
+
+static RATE_DECIDE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local limit, window, expire_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local t = redis.call('TIME')
+local stamp = t[1] .. string.format('%06d', tonumber(t[2]))
+local now = tonumber(stamp)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - window))
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
+  local member, n = stamp, 0
+  while redis.call('ZADD', KEYS[1], 'NX', stamp, member) == 0 do
+    n = n + 1
+    member = stamp .. '.' .. n
+  end
+  redis.call('PEXPIRE', KEYS[1], expire_ms)
+  return {1, limit - count - 1, 0, window}
+end
+local freeing = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+return {0, 0, tonumber(freeing[2]) + window - now, tonumber(newest[2]) + window - now}",
+    )
+});
+
+impl Call for RateDecide<'_> {
+    type Reply = (i64, i64, i64, i64);
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = RATE_DECIDE.prepare_invoke();
+        call.key(self.key).arg(self.limit).arg(self.window_micros.to_string()).arg(self.expire_ms);
+        call
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
