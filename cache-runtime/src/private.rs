@@ -141,7 +141,10 @@ pub async fn put_after<S, R>(
 {
     // Nothing can be stored under a key over `max_key_bytes`, so there is nothing to
     // replace or remove either.
-    if !cache.core().key_fits(&cache.core().counters(function.name), &key) {
+    let core = cache.core();
+    if key.len() > core.settings().max_key_bytes {
+        // Counted and logged (bounded) like an attribute's key that does not fit.
+        core.key_fits(&core.counters(function.name), &key);
         return;
     }
     crate::write::put_outcome::<S, R>(

@@ -160,27 +160,19 @@ pub(crate) fn load_span(core: &CacheCore, counters: &Counters, key: &str) -> Spa
 /// own that *follows from* the caller's span (an OpenTelemetry link). A refresh that runs in
 /// the caller is its child.
 fn refresh_span(core: &CacheCore, counters: &Counters, key: &str, detached: bool) -> Span {
-    let span = match detached {
-        true => {
-            let span = tracing::info_span!(
-                parent: None,
-                "cache.refresh",
-                cache.function = counters.name(),
-                cache.key = Empty,
-                cache.outcome = Empty,
-                otel.status_code = Empty,
-            );
-            span.follows_from(Span::current());
-            span
-        }
-        false => tracing::info_span!(
-            "cache.refresh",
-            cache.function = counters.name(),
-            cache.key = Empty,
-            cache.outcome = Empty,
-            otel.status_code = Empty,
-        ),
-    };
+    // No parent for a detached refresh: its trace is its own, linked to the caller's.
+    let parent = if detached { None } else { Span::current().id() };
+    let span = tracing::info_span!(
+        parent: parent,
+        "cache.refresh",
+        cache.function = counters.name(),
+        cache.key = Empty,
+        cache.outcome = Empty,
+        otel.status_code = Empty,
+    );
+    if detached {
+        span.follows_from(Span::current());
+    }
     record_key(core, &span, key);
     span
 }
