@@ -7,7 +7,7 @@
 //! leader instead of waiting forever.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -57,6 +57,10 @@ pub(crate) struct Flights {
     /// Shared with the leaders, which may run on a task of their own (a background
     /// refresh) and must leave the map when they end.
     running: Arc<Mutex<HashMap<String, Slot>>>,
+    /// How many times a flight started or ended (any key): a load that took its fill
+    /// ticket in its lookup uses it only if no flight started or ended since, other than
+    /// its own start (see `load/mod.rs`).
+    changes: Arc<AtomicU64>,
 }
 
 /// The role a caller got when joining a flight.
@@ -98,12 +102,20 @@ impl Flights {
             settling: AtomicBool::new(false),
         });
         running.insert(key.to_owned(), Arc::clone(&slot));
+        let number = self.changes.fetch_add(1, Ordering::SeqCst) + 1;
         Join::Leader(Leader {
             running: Arc::clone(&self.running),
+            changes: Arc::clone(&self.changes),
             key: key.to_owned(),
             slot,
             published: false,
+            number,
         })
+    }
+
+    /// How many times a flight started or ended so far.
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
     }
 
     /// Detaches the running flights of the keys `scope` covers: they are marked invalidated
@@ -155,12 +167,21 @@ pub(crate) async fn wait(follower: &mut Follower) -> Landed {
 /// Held by the caller running the body. Dropping it ends the flight.
 pub(crate) struct Leader {
     running: Arc<Mutex<HashMap<String, Slot>>>,
+    changes: Arc<AtomicU64>,
     key: String,
     slot: Slot,
     published: bool,
+    /// [`Flights::changes`] right after this flight started.
+    number: u64,
 }
 
 impl Leader {
+    /// [`Flights::changes`] right after this flight started: `n + 1` when it read `n`
+    /// before, so no flight started or ended in between.
+    pub(crate) fn number(&self) -> u64 {
+        self.number
+    }
+
     /// Ends the flight for newcomers, then wakes the followers with the outcome. Callers
     /// arriving from now on read the store instead: only callers that joined while the
     /// value was loading get it from the flight (see `load.rs` for why that order makes
@@ -177,6 +198,7 @@ impl Leader {
         if running.get(&self.key).is_some_and(|slot| Arc::ptr_eq(slot, &self.slot)) {
             running.remove(&self.key);
         }
+        self.changes.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Marks the start of the body: followers joining from now on are not

@@ -231,6 +231,14 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// A non-empty run of ASCII digits, as a number.
+/// Whether [`decimal`] reads `digits` as a number, without parsing it when it is short.
+fn is_decimal(digits: &[u8]) -> bool {
+    if (1..20).contains(&digits.len()) {
+        return digits.iter().all(u8::is_ascii_digit);
+    }
+    decimal(digits).is_some()
+}
+
 fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -340,6 +348,51 @@ pub(crate) fn traced_fingerprint<T: DeserializeOwned + 'static>(schema_version: 
     let shape = shape_of::<T>().map(u64::to_le_bytes);
     fingerprint_of(std::any::type_name::<T>(), shape.as_ref().map(|s| &s[..]), schema_version)
 }
+
+/// [`traced_fingerprint`] and [`fingerprint`] of `T`, computed once per type and schema
+/// version in each thread: a decode (every Redis hit) compares the envelope's fingerprint
+/// with them without hashing the type name or touching a lock shared across threads.
+pub(crate) fn accepted_fingerprints<T: DeserializeOwned + 'static>(
+    schema_version: u32,
+) -> (u64, u64) {
+    use std::any::TypeId;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    type Known = HashMap<(TypeId, u32), (u64, u64), std::hash::BuildHasherDefault<Fnv>>;
+    thread_local! {
+        static KNOWN: RefCell<Known> = RefCell::new(Known::default());
+    }
+    let id = (TypeId::of::<T>(), schema_version);
+    if let Some(known) = KNOWN.with(|known| known.borrow().get(&id).copied()) {
+        return known;
+    }
+    let both = (traced_fingerprint::<T>(schema_version), fingerprint::<T>(schema_version));
+    KNOWN.with(|known| known.borrow_mut().insert(id, both));
+    both
+}
+
+/// A `Hasher` of FNV-1a over the bytes written (a `TypeId` writes a few words).
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(FNV_OFFSET)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
+        }
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
 fn fingerprint_of(type_name: &str, shape: Option<&[u8]>, schema_version: u32) -> u64 {
     let name = normalized_type_name(type_name);
@@ -567,7 +620,8 @@ impl ReadFormat {
     ) -> Result<T, DecodeError> {
         let version = self.schema_version;
         self.decode_checked(stored, |fp| {
-            fp == traced_fingerprint::<T>(version) || fp == fingerprint::<T>(version)
+            let (traced, named) = accepted_fingerprints::<T>(version);
+            fp == traced || fp == named
         })
     }
 
@@ -589,9 +643,7 @@ impl ReadFormat {
                 return Err(DecodeError::Corrupt("truncated header".into()));
             };
             // `written` and `delta` (read by `Stamp::of`): digits, or the header is corrupt.
-            if [Field::Written, Field::Delta]
-                .iter()
-                .any(|field| decimal(fields[field.index()]).is_none())
+            if [Field::Written, Field::Delta].iter().any(|field| !is_decimal(fields[field.index()]))
             {
                 return Err(DecodeError::Corrupt("bad write stamp".into()));
             }

@@ -6,7 +6,9 @@
 //! 2. **The near cache** (when the cache has one and the policy uses it): a fresh copy is
 //!    served without a round trip; one due for a recompute goes on to the store.
 //! 3. **The store**: one bounded `GET` (`GETRANGE`; with `PTTL` when the policy needs the value's age or the
-//!    near cache its expiry; one script with `idle`).
+//!    near cache its expiry; one script with `idle`). For a caller that loads, after a miss
+//!    of the same function, the begin-fill script instead ([`lookup_or_begin`]): the
+//!    lookup and step 1 of the fill protocol in one round trip.
 //! 4. **Decode**, classify (fresh, kept past its TTL, absent, undecodable, another
 //!    release's), count, and hold a fresh value in the near cache if no invalidation of
 //!    the key arrived during the read.
@@ -26,7 +28,7 @@ use crate::format::DecodeError;
 use crate::log_limit::LogKind;
 use crate::policy::Policy;
 use crate::stats::Counters;
-use crate::store::Found;
+use crate::store::{Begun, FillPlan, Found, Ticket};
 
 /// What a read found.
 pub(crate) enum Read<T> {
@@ -48,6 +50,11 @@ pub(crate) struct Missed {
     pub(crate) stale: Option<Arc<Entry>>,
     /// How the load may use the store.
     pub(crate) store: StoreUse,
+    /// The fill ticket the lookup already took (a lookup by [`lookup_or_begin`]), with
+    /// [`Flights::changes`](crate::flight::Flights::changes) read before it: step 1 of the
+    /// fill protocol is done, unless a flight started or ended since (it may have filled
+    /// the key).
+    pub(crate) ticket: Option<(Ticket, u64)>,
 }
 
 /// How a load may use the store after its lookup.
@@ -76,13 +83,14 @@ impl Missed {
             ErrorKind::Connection | ErrorKind::Timeout => StoreUse::Fill,
             _ => StoreUse::Overwrite,
         };
-        Missed { stale: None, store }
+        Missed { stale: None, store, ticket: None }
     }
 }
 
-/// Reads `key` for `policy` (see the module docs). `accepts_absent`: the caller's shape
-/// has an absent result (`Option`). `hold` makes the entry the near cache keeps for a
-/// fresh value (with a typed copy when the caller can clone).
+/// Reads `key` for `policy` (see the module docs), for a caller that does not load on a
+/// miss (`Cache::get`). `accepts_absent`: the caller's shape has an absent result
+/// (`Option`). `hold` makes the entry the near cache keeps for a fresh value (with a typed
+/// copy when the caller can clone).
 pub(crate) async fn read<T>(
     core: &CacheCore,
     counters: &Counters,
@@ -91,6 +99,26 @@ pub(crate) async fn read<T>(
     cloner: Cloner<T>,
     accepts_absent: bool,
     hold: impl FnOnce(&Found, &T) -> Arc<Entry>,
+) -> Read<T>
+where
+    T: DeserializeOwned + 'static,
+{
+    read_to_load(core, counters, key, policy, cloner, accepts_absent, hold, false).await
+}
+
+/// [`read`] for a caller that loads on a miss when `loads`: after a miss of the same
+/// counters, a plain lookup on a shared store also takes the fill ticket
+/// ([`lookup_or_begin`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn read_to_load<T>(
+    core: &CacheCore,
+    counters: &Counters,
+    key: &str,
+    policy: &Policy,
+    cloner: Cloner<T>,
+    accepts_absent: bool,
+    hold: impl FnOnce(&Found, &T) -> Arc<Entry>,
+    loads: bool,
 ) -> Read<T>
 where
     T: DeserializeOwned + 'static,
@@ -114,6 +142,10 @@ where
         }
     }
     if !policy.tracks_age() && near.is_none() {
+        let begins = loads && lookup_begins(core, policy);
+        if begins && counters.last_missed() {
+            return lookup_or_begin(core, counters, key, policy, cloner, accepts_absent).await;
+        }
         // The plain hit path: one `GET` (a script with `idle`). Written here rather than in
         // a function of its own: one async call less on every hit.
         let read = match policy.touch() {
@@ -123,12 +155,18 @@ where
         return match read {
             Ok(Some(entry)) if entry.is_absent() => {
                 counters.hit();
+                if begins {
+                    counters.looked_up(false);
+                }
                 tracing::debug!(key = %core.shown(key), "cache hit (absent)");
                 absent(accepts_absent)
             }
             Ok(Some(entry)) => match entry.take(cloner) {
                 Ok(value) => {
                     counters.hit();
+                    if begins {
+                        counters.looked_up(false);
+                    }
                     tracing::debug!(key = %core.shown(key), "cache hit");
                     Read::Hit { value, found: None, due: false }
                 }
@@ -136,6 +174,9 @@ where
             },
             Ok(None) => {
                 counters.miss();
+                if begins {
+                    counters.looked_up(true);
+                }
                 tracing::debug!(key = %core.shown(key), "cache miss");
                 miss(StoreUse::Fill)
             }
@@ -170,7 +211,7 @@ where
         counters.miss();
         tracing::debug!(key = %core.shown(key), "cache miss (expired value kept for stale fallback)");
         let stale = policy.stale.is_some().then(|| Arc::clone(&found.entry));
-        return Read::Miss(Missed { stale, store: StoreUse::Fill });
+        return Read::Miss(Missed { stale, store: StoreUse::Fill, ticket: None });
     }
     match found.entry.take(cloner) {
         Ok(value) => {
@@ -188,7 +229,73 @@ where
 }
 
 fn miss<T>(store: StoreUse) -> Read<T> {
-    Read::Miss(Missed { stale: None, store })
+    Read::Miss(Missed { stale: None, store, ticket: None })
+}
+
+/// What step 1 of the fill protocol ([`crate::store::Store::begin_fill`]) is told for a
+/// load of `policy`; `force` replaces a value the caller could not decode.
+pub(crate) fn fill_plan(core: &CacheCore, policy: &Policy, force: bool) -> FillPlan {
+    FillPlan {
+        lifetime: policy.longest(),
+        fresh_for: policy.ttl,
+        window: core.settings().fill_window,
+        force,
+        lookup: false,
+    }
+}
+
+/// Whether a plain lookup for `policy` may take its fill ticket in the same round trip:
+/// on a shared store (where a miss costs a round trip per step), without `idle` (whose
+/// lookup is a script of its own) and without `lock` (whose lease holder must look again
+/// after it won the lease, to find a value another process's holder stored meanwhile).
+fn lookup_begins(core: &CacheCore, policy: &Policy) -> bool {
+    !policy.lock && policy.touch().is_none() && core.store().shared()
+}
+
+/// A plain lookup after this function's previous lookup missed: the begin-fill script
+/// ([`crate::store::Store::begin_fill`]) as the lookup itself. It answers a fresh value
+/// like a `GET` does; on a miss it has already put the pending marker at the key (indexed,
+/// before the body reads anything), so the miss path goes straight to the body and the fill:
+/// two round trips instead of three. A hit this way costs the same one round trip, in a
+/// script rather than a `GET`: the lookup only takes this way while misses come, and goes
+/// back to the `GET` at the first hit.
+async fn lookup_or_begin<T>(
+    core: &CacheCore,
+    counters: &Counters,
+    key: &str,
+    policy: &Policy,
+    cloner: Cloner<T>,
+    accepts_absent: bool,
+) -> Read<T>
+where
+    T: DeserializeOwned + 'static,
+{
+    let plan = FillPlan { lookup: true, ..fill_plan(core, policy, false) };
+    let flights = core.flights().changes();
+    match core.store().begin_fill(key, &plan).await {
+        Ok(Begun::Present(entry)) if entry.is_absent() => {
+            counters.hit();
+            counters.looked_up(false);
+            tracing::debug!(key = %core.shown(key), "cache hit (absent)");
+            absent(accepts_absent)
+        }
+        Ok(Begun::Present(entry)) => match entry.take(cloner) {
+            Ok(value) => {
+                counters.hit();
+                counters.looked_up(false);
+                tracing::debug!(key = %core.shown(key), "cache hit");
+                Read::Hit { value, found: None, due: false }
+            }
+            Err(error) => undecodable(core, counters, key, &error),
+        },
+        Ok(Begun::Ticket(ticket)) => {
+            counters.miss();
+            tracing::debug!(key = %core.shown(key), "cache miss (fill ticket taken)");
+            let ticket = Some((ticket, flights));
+            Read::Miss(Missed { stale: None, store: StoreUse::Fill, ticket })
+        }
+        Err(error) => failed(core, counters, key, error),
+    }
 }
 
 /// A cached absent result: served when the caller's shape has one; otherwise another

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -119,6 +119,10 @@ pub(crate) struct Counters {
     /// Per bucket (non-cumulative), plus one for `+Inf`.
     load_buckets: [AtomicU64; LOAD_BUCKETS.len() + 1],
     load_nanos: AtomicU64,
+    /// Whether this function's last plain lookup on a shared store missed: the next one then
+    /// takes its fill ticket in the same round trip (see `read.rs`). Written only when it
+    /// changes, so a run of hits never writes it.
+    last_missed: AtomicBool,
 }
 
 impl Counters {
@@ -155,6 +159,18 @@ impl Counters {
     #[inline]
     pub(crate) fn hit(&self) {
         self.bump(Count::Hits, 1);
+    }
+    /// Whether the last plain lookup missed (see [`Counters::looked_up`]).
+    #[inline]
+    pub(crate) fn last_missed(&self) -> bool {
+        self.last_missed.load(Relaxed)
+    }
+    /// Records whether a plain lookup missed; the shared line is written only on a change.
+    #[inline]
+    pub(crate) fn looked_up(&self, missed: bool) {
+        if self.last_missed.load(Relaxed) != missed {
+            self.last_missed.store(missed, Relaxed);
+        }
     }
     #[inline]
     pub(crate) fn near_hit(&self) {

@@ -29,7 +29,7 @@ use tracing::{Instrument, Span};
 use crate::codec::{Cloner, Entry};
 use crate::core::CacheCore;
 use crate::error::ErrorKind;
-use crate::flight::{self, Join, Landed, Leader};
+use crate::flight::{self, Follower, Join, Landed, Leader};
 use crate::format::DecodeError;
 use crate::log_limit::LogKind;
 use crate::notify::Signal;
@@ -37,7 +37,7 @@ use crate::policy::Policy;
 use crate::read::{self, Missed, Read, StoreUse};
 use crate::shape::{Outcome, Shape};
 use crate::stats::Counters;
-use crate::store::{Begun, FillPlan, Found, Ticket, Version};
+use crate::store::{Begun, Found, Ticket, Version};
 use crate::write::{self, Applied, Change, Filled};
 
 pub(crate) mod body;
@@ -67,6 +67,9 @@ pub(crate) struct Load<'a, T> {
     pub(crate) loaded_in: std::sync::atomic::AtomicU64,
     /// What became of this load so far (a [`LoadOutcome`]), recorded as `cache.outcome`.
     outcome: AtomicU8,
+    /// The fill ticket the lookup took (see `read::lookup_or_begin`), for this load's first
+    /// [`Load::begin`] if it leads at once.
+    lookup_ticket: std::sync::Mutex<Option<(Ticket, u64)>>,
 }
 
 /// What became of a load, the `cache.outcome` field of its span (`cache.load`, or
@@ -223,7 +226,8 @@ where
     let hold =
         |found: &Found, value: &S::Value| Arc::new(Entry::with_copy(&found.entry, value, cloner));
     let accepts_absent = S::absent().is_some();
-    let missed = match read::read(core, counters, key, policy, cloner, accepts_absent, hold).await {
+    let read = read::read_to_load(core, counters, key, policy, cloner, accepts_absent, hold, true);
+    let missed = match read.await {
         Read::Hit { value, found: Some(found), due: true } => {
             let load = Load::new(core, counters, key, policy, cloner, Missed::default());
             return load.refresh::<S, R, B>(body, value, found).await;
@@ -271,7 +275,13 @@ impl<'a, T> Load<'a, T> {
             served_stale: Default::default(),
             loaded_in: std::sync::atomic::AtomicU64::new(u64::MAX),
             outcome: AtomicU8::new(LoadOutcome::Unknown as u8),
+            lookup_ticket: std::sync::Mutex::new(missed.ticket),
         }
+    }
+
+    /// The ticket the lookup took, once, with the flights started before it.
+    fn take_lookup_ticket(&self) -> Option<(Ticket, u64)> {
+        self.lookup_ticket.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// What became of this load so far.
@@ -314,7 +324,7 @@ where
         loop {
             match self.core.flights().join(self.key) {
                 Join::Leader(mut leader) => return self.led::<S, R, Fut>(load, &mut leader).await,
-                Join::Follower(mut follower) => match flight::wait(&mut follower).await {
+                Join::Follower(mut follower) => match self.follow(&mut follower).await {
                     // Joined after the leader's confirmation was sent: a write may have
                     // landed in between (see `Follower::before_settling`). The value is in
                     // the store unless such a write removed it: a read of our own, which
@@ -399,6 +409,13 @@ where
         }
     }
 
+    /// Waits for the flight's outcome. A follower's lookup ticket goes unused: by the time
+    /// it might lead, its marker may have been filled or have expired; it takes a new one.
+    async fn follow(&self, follower: &mut Follower) -> Landed {
+        drop(self.take_lookup_ticket());
+        flight::wait(follower).await
+    }
+
     /// The flight's leader: loads under the cross-process lease when the policy says
     /// `lock` and the store is shared, else alone; a failed body is answered with the kept
     /// stale value, if any.
@@ -463,6 +480,14 @@ where
     where
         S: Shape<R, Value = T>,
     {
+        if let Some((ticket, flights)) = self.take_lookup_ticket() {
+            // The lookup placed (or adopted) the marker already, before the body runs; no
+            // flight started or ended since but ours, so no load of this process filled
+            // the key since.
+            if leader.number() == flights + 1 {
+                return Ok(Permit::Ticket(ticket));
+            }
+        }
         let answer = match self.begin(S::absent().is_some()).await {
             Began::Ticket(ticket) => return Ok(Permit::Ticket(ticket)),
             Began::Failed => return Ok(Permit::None),
@@ -521,12 +546,7 @@ where
             return Began::Failed;
         }
         let store = self.core.store();
-        let mut plan = FillPlan {
-            lifetime: self.policy.longest(),
-            fresh_for: self.policy.ttl,
-            window: self.core.settings().fill_window,
-            force: self.store == StoreUse::Overwrite,
-        };
+        let mut plan = read::fill_plan(self.core, self.policy, self.store == StoreUse::Overwrite);
         loop {
             match store.begin_fill(self.key, &plan).await {
                 Ok(Begun::Present(entry)) if entry.is_absent() => {
@@ -946,7 +966,7 @@ struct Owned<T> {
 
 impl<T> Owned<T> {
     fn load(&self) -> Load<'_, T> {
-        let missed = Missed { stale: self.stale.clone(), store: self.store };
+        let missed = Missed { stale: self.stale.clone(), store: self.store, ticket: None };
         Load::new(&self.core, &self.counters, &self.key, &self.policy, self.cloner, missed)
     }
 

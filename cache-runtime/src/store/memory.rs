@@ -522,6 +522,7 @@ mod tests {
         fresh_for: Duration::from_secs(60),
         window: Duration::from_secs(60),
         force: false,
+        lookup: false,
     };
 
     #[tokio::test]

@@ -103,6 +103,9 @@ pub(crate) struct FillPlan {
     pub(crate) window: Duration,
     /// Replace a stored value the caller could not decode.
     pub(crate) force: bool,
+    /// The call is the lookup itself (`read.rs`): any stored value that is not a pending
+    /// marker is returned, as a `GET` would, for the caller to classify.
+    pub(crate) lookup: bool,
 }
 
 /// What [`Store::begin_fill`] found.

@@ -293,7 +293,10 @@ impl RedisStore {
     /// whole: [`stored`](Self::stored) sees it is over. Redis answers `""` for a missing key.
     pub(super) fn bounded_get(&self, full_key: &str) -> redis::Cmd {
         let end = u64::try_from(self.read_bound()).unwrap_or(u64::MAX).min(i64::MAX as u64);
-        redis::cmd("GETRANGE").arg(full_key).arg(0).arg(end).clone()
+        // Sized up front and not cloned: this is every hit's command.
+        let mut get = redis::Cmd::with_capacity(4, "GETRANGE".len() + full_key.len() + 21);
+        get.arg("GETRANGE").arg(full_key).arg(0).arg(end);
+        get
     }
 
     /// What a bounded read ([`bounded_get`](Self::bounded_get), or a script's reply) found:
@@ -496,6 +499,7 @@ impl RedisStore {
             member: key,
             index_ttl_ms,
             force: plan.force,
+            lookup: plan.lookup,
             trusted_at_birth,
             fresh_ms: millis(plan.fresh_for),
             lifetime_ms: millis(plan.lifetime),
@@ -818,6 +822,7 @@ mod tests {
             fresh_for: Duration::from_secs(600),
             window: Duration::from_secs(5),
             force: false,
+            lookup: false,
         };
         for len in lengths {
             let over = len > bound;

@@ -209,6 +209,9 @@ pub(super) struct BeginFill<'a> {
     /// The longest string returned as a value (`RedisStore::read_bound`): a longer one is
     /// replied as `OVER_LIMIT_TAG` and its length, and never kept in a marker.
     pub(super) bound: usize,
+    /// The lookup itself (`read.rs`): any value that is not a marker is replied as a `GET`
+    /// would (the caller classifies it); only a missing key or a marker takes a ticket.
+    pub(super) lookup: bool,
 }
 
 static BEGIN_FILL: LazyLock<Script> = LazyLock::new(|| {
@@ -217,8 +220,11 @@ static BEGIN_FILL: LazyLock<Script> = LazyLock::new(|| {
 local marker, window, member, index_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local force, birth, fresh, lifetime = ARGV[5] == '1', ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 local caller_now, marker_tag, absent = tonumber(ARGV[9]), ARGV[10], ARGV[11]
-local bound, over_tag = tonumber(ARGV[12]), ARGV[13]
+local bound, over_tag, lookup = tonumber(ARGV[12]), ARGV[13], ARGV[14] == '1'
 local current = redis.pcall('GET', KEYS[1])
+if lookup and type(current) == 'table' and current.err then
+  return redis.error_reply(current.err)
+end
 if type(current) == 'table' and current.err then
   -- Not a string (another application's data): replaced only when forced.
   if not force then return redis.error_reply(current.err) end
@@ -228,6 +234,10 @@ end
 local pending = current and string.sub(current, 1, #marker_tag) == marker_tag
 local kept = false
 local left = 0
+if current and not pending and lookup then
+  if #current > bound then return {1, over_tag .. #current} end
+  return {1, current}
+end
 if current and not pending and not force then
   if current == absent then
     return {1, current}
@@ -278,7 +288,8 @@ impl Call for BeginFill<'_> {
             .arg(MARKER_TAG)
             .arg(ABSENT)
             .arg(self.bound)
-            .arg(OVER_LIMIT_TAG);
+            .arg(OVER_LIMIT_TAG)
+            .arg(flag(self.lookup));
         call
     }
 }

@@ -1,0 +1,596 @@
+//! The hot paths of issue 25, each next to the code it replaces, in one process and one run
+//! (a `harness = false` program that prints its figures; no criterion):
+//!
+//! | part | subject | baseline | figure |
+//! |---|---|---|---|
+//! | `redis64` | 64 tasks hitting one hot key through `#[cached]` on Redis | hand-written redis-rs `GET` + `serde_json` on a `ConnectionManager` | throughput ratio |
+//! | `hit` | one task, one warm key, `#[cached]` on Redis | the same hand-written `GET` | latency ratio |
+//! | `memory` | `#[cached]` hit on `Cache::memory()` | `moka::future::Cache::get(&format!(..))` of the same value | latency ratio |
+//! | `near` | `#[cached]` near hit (Redis + `near_cache`) | the same bare moka `get` | latency ratio |
+//! | `near64` | 64 tasks of near hits | hand-written `GET`, and bare in-process maps (moka sync in two settings, `quick_cache`, a sharded `RwLock<HashMap>` of `Arc` copies), each returning an owned copy | throughput ratio |
+//! | `miss` | `#[cached]` miss and fill, a fresh key each call | hand-written `GET` (nil), body, `SET PX` | latency ratio |
+//! | `pattern` | `Cache::invalidate_pattern("page:<n>:*")` of 10 keys | one hand-written `GET` round trip | latency, in round trips |
+//!
+//! Method: each round times subject and baseline in batches, the order alternating round by
+//! round (so machine noise hits both alike); the figure is the median of the per-round
+//! ratios (9 rounds unless `HOT_ROUNDS` says otherwise). Throughput parts run on one
+//! 2-worker tokio runtime, latency parts on a current-thread one.
+//!
+//! Redis: a private `redis-server` on a free loopback port, or the server at `HOT_REDIS_URL`
+//! (the network-namespace harness `cache-runtime/benches/netns.sh` points it at a server
+//! behind a delayed veth pair). `HOT_PARTS=redis64,memory` runs some parts only.
+//!
+//! ```text
+//! cargo bench -p cache-runtime --bench hot
+//! HOT_PARTS=redis64 HOT_ROUNDS=15 cargo bench -p cache-runtime --bench hot
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use cache_runtime::{cached, Cache};
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands as _;
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Runtime;
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../tests/src/redis_server.rs"]
+mod redis_server;
+
+const ID: u64 = 42;
+const PREFIX: &str = "hot:";
+const TTL: Duration = Duration::from_secs(15 * 60);
+
+/// A realistic cached row (the one of `hit.rs` and `peers.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Vehicle {
+    id: u64,
+    dealer_id: u64,
+    make: String,
+    model: String,
+    price: u32,
+    features: Vec<String>,
+}
+
+fn load_vehicle(id: u64) -> Vehicle {
+    Vehicle {
+        id,
+        dealer_id: 7_311,
+        make: "Honda".to_owned(),
+        model: "Civic EX 2.0 CVT".to_owned(),
+        price: 23_450,
+        features: ["sunroof", "heated seats", "apple carplay", "lane assist", "backup camera"]
+            .map(str::to_owned)
+            .to_vec(),
+    }
+}
+
+static REDIS: OnceLock<Cache> = OnceLock::new();
+static MEMORY: OnceLock<Cache> = OnceLock::new();
+static NEAR: OnceLock<Cache> = OnceLock::new();
+/// Body runs of `fill_vehicle` (each measured miss runs it once).
+static FILLS: AtomicU64 = AtomicU64::new(0);
+
+#[cached(key = "vehicle:<id>", ttl = "15m", cache = REDIS.get().unwrap())]
+async fn redis_vehicle(id: u64) -> Result<Vehicle, String> {
+    Ok(load_vehicle(id))
+}
+
+#[cached(key = "vehicle:<id>", ttl = "15m", cache = MEMORY.get().unwrap())]
+async fn memory_vehicle(id: u64) -> Result<Vehicle, String> {
+    Ok(load_vehicle(id))
+}
+
+#[cached(key = "vehicle:<id>", ttl = "15m", cache = NEAR.get().unwrap())]
+async fn near_vehicle(id: u64) -> Result<Vehicle, String> {
+    Ok(load_vehicle(id))
+}
+
+#[cached(key = "fill:<id>", ttl = "15m", cache = REDIS.get().unwrap())]
+async fn fill_vehicle(id: u64) -> Result<Vehicle, String> {
+    FILLS.fetch_add(1, Relaxed);
+    Ok(load_vehicle(id))
+}
+
+/// Hand-written hit: `GET` + `serde_json::from_slice`.
+async fn hand_written(connection: &ConnectionManager, id: u64) -> Result<Vehicle, String> {
+    let mut connection = connection.clone();
+    let bytes: Option<Vec<u8>> =
+        connection.get(format!("{PREFIX}hand:vehicle:{id}")).await.map_err(|e| e.to_string())?;
+    match bytes {
+        Some(json) => serde_json::from_slice(&json).map_err(|e| e.to_string()),
+        None => Err("hand-written key missing".to_owned()),
+    }
+}
+
+/// Hand-written cache-aside on a miss: `GET`, the body, `SET PX`.
+async fn hand_fill(connection: &ConnectionManager, id: u64) -> Result<Vehicle, String> {
+    let mut connection = connection.clone();
+    let key = format!("{PREFIX}handfill:vehicle:{id}");
+    let bytes: Option<Vec<u8>> = connection.get(&key).await.map_err(|e| e.to_string())?;
+    if let Some(json) = bytes {
+        return serde_json::from_slice(&json).map_err(|e| e.to_string());
+    }
+    let value = load_vehicle(id);
+    let json = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(json)
+        .arg("PX")
+        .arg(TTL.as_millis() as u64)
+        .query_async(&mut connection)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
+fn median(mut list: Vec<f64>) -> f64 {
+    list.sort_by(f64::total_cmp);
+    list[list.len() / 2]
+}
+
+fn min_max(list: &[f64]) -> (f64, f64) {
+    list.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
+/// Sequential latency: subject and baseline in alternating batches; the median of the
+/// per-round ratios (subject / baseline) and the mean ns per call of each.
+fn interleaved<S, SF, B, BF>(
+    runtime: &Runtime,
+    rounds: usize,
+    batch: u32,
+    mut subject: S,
+    mut baseline: B,
+) -> (f64, f64, f64)
+where
+    S: FnMut() -> SF,
+    SF: Future,
+    B: FnMut() -> BF,
+    BF: Future,
+{
+    async fn time<F: Future>(batch: u32, call: &mut impl FnMut() -> F) -> Duration {
+        let started = Instant::now();
+        for _ in 0..batch {
+            black_box(call().await);
+        }
+        started.elapsed()
+    }
+    runtime.block_on(async {
+        time(batch, &mut subject).await;
+        time(batch, &mut baseline).await;
+        let mut ratios = Vec::with_capacity(rounds);
+        let (mut subject_total, mut baseline_total) = (Duration::ZERO, Duration::ZERO);
+        for round in 0..rounds {
+            let (s, b) = if round % 2 == 0 {
+                let s = time(batch, &mut subject).await;
+                (s, time(batch, &mut baseline).await)
+            } else {
+                let b = time(batch, &mut baseline).await;
+                (time(batch, &mut subject).await, b)
+            };
+            subject_total += s;
+            baseline_total += b;
+            ratios.push(s.as_secs_f64() / b.as_secs_f64());
+        }
+        let calls = (rounds as u32 * batch) as f64;
+        (
+            median(ratios),
+            subject_total.as_nanos() as f64 / calls,
+            baseline_total.as_nanos() as f64 / calls,
+        )
+    })
+}
+
+/// One contender of a throughput part: a name and a call, cloned into each task.
+type Call = Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+fn call<F, Fut>(f: F) -> Call
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Arc::new(move || Box::pin(f()))
+}
+
+/// Calls per second of `tasks` tasks each making `per_task` calls.
+async fn rate(tasks: usize, per_task: usize, call: &Call) -> f64 {
+    let started = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let call = Arc::clone(call);
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    call().await;
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.expect("a task");
+    }
+    (tasks * per_task) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Throughput of each contender over `rounds` rounds, the order rotating each round; per
+/// contender the list of its rates and of its ratios to contender 0 (the baseline) in the
+/// same round.
+async fn throughput(
+    rounds: usize,
+    contenders: &[(&str, usize, Call)],
+) -> Vec<(Vec<f64>, Vec<f64>)> {
+    for (_, per_task, call) in contenders {
+        rate(64, (*per_task / 10).max(1), call).await;
+    }
+    let n = contenders.len();
+    let mut out = vec![(Vec::new(), Vec::new()); n];
+    for round in 0..rounds {
+        let mut rates = vec![0.0; n];
+        for step in 0..n {
+            // Rotate the order, and reverse it every other round.
+            let mut i = (step + round) % n;
+            if round % 2 == 1 {
+                i = n - 1 - i;
+            }
+            let (_, per_task, call) = &contenders[i];
+            rates[i] = rate(64, *per_task, call).await;
+        }
+        for i in 0..n {
+            out[i].0.push(rates[i]);
+            out[i].1.push(rates[i] / rates[0]);
+        }
+    }
+    out
+}
+
+fn report(title: &str, contenders: &[(&str, usize, Call)], figures: &[(Vec<f64>, Vec<f64>)]) {
+    println!("{title}");
+    for ((name, _, _), (rates, ratios)) in contenders.iter().zip(figures) {
+        let (lo, hi) = min_max(ratios);
+        println!(
+            "  {name:<48} {:>11.0} calls/s (median)  ratio to {}: {:.3}x (rounds {lo:.3}-{hi:.3})",
+            median(rates.clone()),
+            contenders[0].0,
+            median(ratios.clone()),
+        );
+    }
+}
+
+/// A sharded map of `Arc` copies: the simplest in-process map a user could write.
+struct Sharded {
+    hasher: RandomState,
+    shards: Vec<RwLock<HashMap<String, Arc<Vehicle>>>>,
+}
+
+impl Sharded {
+    fn new(shards: usize) -> Sharded {
+        Sharded {
+            hasher: RandomState::new(),
+            shards: (0..shards).map(|_| RwLock::new(HashMap::new())).collect(),
+        }
+    }
+    fn shard(&self, key: &str) -> &RwLock<HashMap<String, Arc<Vehicle>>> {
+        &self.shards[self.hasher.hash_one(key) as usize % self.shards.len()]
+    }
+    fn insert(&self, key: String, value: Vehicle) {
+        self.shard(&key).write().unwrap().insert(key, Arc::new(value));
+    }
+    fn get(&self, key: &str) -> Option<Vehicle> {
+        self.shard(key).read().unwrap().get(key).map(|value| Vehicle::clone(value))
+    }
+}
+
+fn parts() -> Vec<String> {
+    let all = "hit,redis64,memory,near,near64,miss,pattern";
+    std::env::var("HOT_PARTS")
+        .unwrap_or_else(|_| all.to_owned())
+        .split(',')
+        .map(|part| part.trim().to_owned())
+        .collect()
+}
+
+fn main() {
+    let parts = parts();
+    let runs = |part: &str| parts.iter().any(|p| p == part);
+    let rounds: usize = std::env::var("HOT_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(9);
+    let (_server, url) = match std::env::var("HOT_REDIS_URL") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let server = redis_server::RedisServer::start();
+            let url = server.url();
+            (Some(server), url)
+        }
+    };
+    println!("hot: Redis at {url}, {rounds} rounds, {} workers for the 64-task parts", 2);
+    let threaded = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let single =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    // Caches built on the threaded runtime (their connections' drivers live there); the
+    // current-thread parts use connections made on their own runtime.
+    let client = redis::Client::open(url.as_str()).expect("a Redis URL");
+    threaded.block_on(async {
+        let redis = Cache::builder().redis(&url).prefix(PREFIX).build().await.expect("Redis");
+        REDIS.set(redis).ok().expect("once");
+        MEMORY.set(Cache::memory()).ok().expect("once");
+        let near = Cache::builder()
+            .redis(&url)
+            .prefix("hotnear:")
+            .near_cache(64 << 20)
+            .build()
+            .await
+            .expect("a near cache");
+        while !near.near_cache_live() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        NEAR.set(near).ok().expect("once");
+        let mut connection = ConnectionManager::new(client.clone()).await.expect("a connection");
+        let json = serde_json::to_vec(&load_vehicle(ID)).unwrap();
+        let _: () = connection.set(format!("{PREFIX}hand:vehicle:{ID}"), json).await.unwrap();
+        assert_eq!(redis_vehicle(ID).await.unwrap(), load_vehicle(ID));
+        assert_eq!(memory_vehicle(ID).await.unwrap(), load_vehicle(ID));
+        let near = NEAR.get().unwrap();
+        while near.stats().near_hits == 0 {
+            assert_eq!(near_vehicle(ID).await.unwrap(), load_vehicle(ID));
+        }
+    });
+    let stats = |cache: &OnceLock<Cache>| cache.get().unwrap().stats();
+    let (redis_before, near_before) = (stats(&REDIS), stats(&NEAR));
+
+    if runs("redis64") {
+        let figures = threaded.block_on(async {
+            let connection = ConnectionManager::new(client.clone()).await.expect("a connection");
+            let contenders: Vec<(&str, usize, Call)> = vec![
+                (
+                    "hand-written GET + serde_json",
+                    200,
+                    call(move || {
+                        let connection = connection.clone();
+                        async move {
+                            black_box(hand_written(&connection, ID).await.unwrap());
+                        }
+                    }),
+                ),
+                (
+                    "#[cached] hit",
+                    200,
+                    call(|| async {
+                        black_box(redis_vehicle(ID).await.unwrap());
+                    }),
+                ),
+            ];
+            let figures = throughput(rounds, &contenders).await;
+            report("redis64: 64 tasks x 200 hits of one hot key on Redis", &contenders, &figures);
+            figures
+        });
+        let _ = figures;
+    }
+
+    // For `valgrind --tool=callgrind`: one side only, 64 tasks x 200 hits, no timing.
+    for (part, attr) in [("prof-attr", true), ("prof-hand", false)] {
+        if runs(part) {
+            threaded.block_on(async {
+                let connection = ConnectionManager::new(client.clone()).await.expect("conn");
+                let contender = if attr {
+                    call(|| async {
+                        black_box(redis_vehicle(ID).await.unwrap());
+                    })
+                } else {
+                    call(move || {
+                        let connection = connection.clone();
+                        async move {
+                            black_box(hand_written(&connection, ID).await.unwrap());
+                        }
+                    })
+                };
+                println!("{part}: {:.0} hits/s", rate(64, 200, &contender).await);
+            });
+        }
+    }
+
+    if runs("prof-memory") {
+        // For callgrind: 100,000 memory hits, then as many bare moka gets.
+        let moka: moka::future::Cache<String, Vehicle> =
+            moka::future::Cache::builder().max_capacity(10_000).time_to_live(TTL).build();
+        single.block_on(async {
+            moka.insert(format!("vehicle:{ID}"), load_vehicle(ID)).await;
+            for _ in 0..100_000 {
+                black_box(memory_vehicle(ID).await.unwrap());
+            }
+            for _ in 0..100_000 {
+                black_box(moka.get(&format!("vehicle:{ID}")).await.unwrap());
+            }
+        });
+    }
+
+    if runs("hit") {
+        // The attribute's cache lives on the threaded runtime: a sequential caller there, and
+        // the baseline's connection too.
+        let connection =
+            threaded.block_on(ConnectionManager::new(client.clone())).expect("a connection");
+        let (ratio, subject, baseline) = interleaved(
+            &threaded,
+            rounds.max(15),
+            300,
+            || async { redis_vehicle(ID).await.unwrap() },
+            || hand_written(&connection, ID),
+        );
+        println!(
+            "hit: one task, #[cached] Redis hit / hand-written GET + serde_json: {ratio:.3}x ({subject:.0} vs {baseline:.0} ns)"
+        );
+    }
+
+    if runs("memory") {
+        let moka: moka::future::Cache<String, Vehicle> =
+            moka::future::Cache::builder().max_capacity(10_000).time_to_live(TTL).build();
+        single.block_on(moka.insert(format!("vehicle:{ID}"), load_vehicle(ID)));
+        let (ratio, subject, baseline) = interleaved(
+            &single,
+            rounds.max(15) * 4,
+            20_000,
+            || async { memory_vehicle(ID).await.unwrap() },
+            || async { moka.get(&format!("vehicle:{ID}")).await.unwrap() },
+        );
+        println!(
+            "memory: #[cached] memory hit / moka::future get: {ratio:.3}x ({subject:.0} vs {baseline:.0} ns; goal <= 1.2x)"
+        );
+    }
+
+    if runs("near") {
+        let moka: moka::future::Cache<String, Vehicle> =
+            moka::future::Cache::builder().max_capacity(10_000).time_to_live(TTL).build();
+        single.block_on(moka.insert(format!("vehicle:{ID}"), load_vehicle(ID)));
+        let (ratio, subject, baseline) = interleaved(
+            &single,
+            rounds.max(15) * 4,
+            20_000,
+            || async { near_vehicle(ID).await.unwrap() },
+            || async { moka.get(&format!("vehicle:{ID}")).await.unwrap() },
+        );
+        println!(
+            "near: #[cached] near hit / moka::future get: {ratio:.3}x ({subject:.0} vs {baseline:.0} ns; goal <= 1.1x)"
+        );
+    }
+
+    if runs("near64") {
+        threaded.block_on(async {
+            let connection = ConnectionManager::new(client.clone()).await.expect("a connection");
+            let key = format!("vehicle:{ID}");
+            let sync_default: moka::sync::Cache<String, Vehicle> =
+                moka::sync::Cache::builder().max_capacity(10_000).time_to_live(TTL).build();
+            sync_default.insert(key.clone(), load_vehicle(ID));
+            let sync_plain: moka::sync::Cache<String, Arc<Vehicle>> =
+                moka::sync::Cache::builder().max_capacity(10_000).build();
+            sync_plain.insert(key.clone(), Arc::new(load_vehicle(ID)));
+            let quick: Arc<quick_cache::sync::Cache<String, Arc<Vehicle>>> =
+                Arc::new(quick_cache::sync::Cache::new(10_000));
+            quick.insert(key.clone(), Arc::new(load_vehicle(ID)));
+            let sharded = Arc::new(Sharded::new(64));
+            sharded.insert(key, load_vehicle(ID));
+            let contenders: Vec<(&str, usize, Call)> = vec![
+                (
+                    "hand-written GET + serde_json",
+                    50,
+                    call(move || {
+                        let connection = connection.clone();
+                        async move {
+                            black_box(hand_written(&connection, ID).await.unwrap());
+                        }
+                    }),
+                ),
+                (
+                    "#[cached] near hit",
+                    2_000,
+                    call(|| async {
+                        black_box(near_vehicle(ID).await.unwrap());
+                    }),
+                ),
+                (
+                    "moka::sync, ttl, owned value, get + clone",
+                    2_000,
+                    call(move || {
+                        let found = sync_default.get(&format!("vehicle:{ID}"));
+                        async move {
+                            black_box(found.unwrap());
+                        }
+                    }),
+                ),
+                (
+                    "moka::sync, no ttl, Arc value, get + clone",
+                    2_000,
+                    call(move || {
+                        let found = sync_plain.get(&format!("vehicle:{ID}")).map(|v| (*v).clone());
+                        async move {
+                            black_box(found.unwrap());
+                        }
+                    }),
+                ),
+                (
+                    "quick_cache::sync, Arc value, get + clone",
+                    2_000,
+                    call(move || {
+                        let found = quick.get(&format!("vehicle:{ID}")).map(|v| (*v).clone());
+                        async move {
+                            black_box(found.unwrap());
+                        }
+                    }),
+                ),
+                (
+                    "64 RwLock<HashMap> shards of Arc, get + clone",
+                    2_000,
+                    call(move || {
+                        let found = sharded.get(&format!("vehicle:{ID}"));
+                        async move {
+                            black_box(found.unwrap());
+                        }
+                    }),
+                ),
+            ];
+            let figures = throughput(rounds, &contenders).await;
+            report(
+                "near64: 64 tasks of in-process hits (goal: near >= 20x hand-written)",
+                &contenders,
+                &figures,
+            );
+        });
+    }
+
+    if runs("miss") {
+        let connection = threaded.block_on(ConnectionManager::new(client.clone())).expect("conn");
+        let next = AtomicU64::new(1_000_000);
+        let fills_before = FILLS.load(Relaxed);
+        let (ratio, subject, baseline) = interleaved(
+            &threaded,
+            rounds,
+            300,
+            || fill_vehicle(next.fetch_add(1, Relaxed)),
+            || hand_fill(&connection, next.fetch_add(1, Relaxed)),
+        );
+        let calls = FILLS.load(Relaxed) - fills_before;
+        assert_eq!(calls, (rounds as u64 + 1) * 300, "every measured call was a miss");
+        println!(
+            "miss: #[cached] miss and fill / hand-written GET + SET PX: {ratio:.3}x ({subject:.0} vs {baseline:.0} ns; goal <= 1.3x)"
+        );
+    }
+
+    if runs("pattern") {
+        // Per round: 10 keys written through the cache (so indexed; untimed), then the
+        // pattern removal timed, next to one hand-written `GET` round trip timed alone.
+        let (pattern_us, get_us) = threaded.block_on(async {
+            let connection = ConnectionManager::new(client.clone()).await.expect("conn");
+            let cache = REDIS.get().unwrap();
+            let (mut patterns, mut gets) = (Vec::new(), Vec::new());
+            for n in 0..(rounds * 20) {
+                for i in 0..10 {
+                    cache.set(&format!("page:{n}:{i}"), &i, TTL).await.unwrap();
+                }
+                let started = Instant::now();
+                let removed = cache.invalidate_pattern(&format!("page:{n}:*")).await.unwrap();
+                patterns.push(started.elapsed().as_secs_f64() * 1e6);
+                assert_eq!(removed, 10);
+                let started = Instant::now();
+                black_box(hand_written(&connection, ID).await.unwrap());
+                gets.push(started.elapsed().as_secs_f64() * 1e6);
+            }
+            (median(patterns), median(gets))
+        });
+        println!(
+            "pattern: invalidate_pattern of 10 indexed keys: median {pattern_us:.1} µs; one hand-written GET: median {get_us:.1} µs ({:.2} round trips)",
+            pattern_us / get_us
+        );
+    }
+
+    let (redis_after, near_after) = (stats(&REDIS), stats(&NEAR));
+    let misses = redis_after.misses - redis_before.misses;
+    let fills = FILLS.load(Relaxed);
+    assert!(misses <= fills, "only the miss part missed on Redis ({misses} misses, {fills} fills)");
+    assert_eq!(near_after.misses, near_before.misses, "every near call was a hit");
+}
