@@ -319,8 +319,8 @@ fn main() {
     let client = redis::Client::open(url.as_str()).expect("a Redis URL");
     threaded.block_on(async {
         let redis = Cache::builder().redis(&url).prefix(PREFIX).build().await.expect("Redis");
-        REDIS.set(redis).ok().expect("once");
-        MEMORY.set(Cache::memory()).ok().expect("once");
+        REDIS.set(redis).expect("once");
+        MEMORY.set(Cache::memory()).expect("once");
         let near = Cache::builder()
             .redis(&url)
             .prefix("hotnear:")
@@ -331,7 +331,7 @@ fn main() {
         while !near.near_cache_live() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        NEAR.set(near).ok().expect("once");
+        NEAR.set(near).expect("once");
         let mut connection = ConnectionManager::new(client.clone()).await.expect("a connection");
         let json = serde_json::to_vec(&load_vehicle(ID)).unwrap();
         let _: () = connection.set(format!("{PREFIX}hand:vehicle:{ID}"), json).await.unwrap();
