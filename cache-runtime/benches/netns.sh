@@ -60,16 +60,25 @@ done
 redis-cli -h 10.200.0.2 -p "$port" ping >/dev/null || skip "redis-server in the namespace did not answer"
 
 cd "$(dirname "$0")/../.."
-cargo bench -p cache-runtime --bench hot --no-run >/dev/null 2>&1 || cargo bench -p cache-runtime --bench hot --no-run
+# HOT_BIN: an already built `hot` bench executable (else cargo builds and runs it).
+if [ -z "${HOT_BIN:-}" ]; then
+    cargo bench -p cache-runtime --bench hot --no-run
+fi
 
 for delay in ${NETNS_DELAYS:-0ms 0.25ms 1ms}; do
     half=$(awk -v d="${delay%ms}" 'BEGIN { printf "%.3fms", d / 2 }')
-    tc qdisc replace dev "$host" root netem delay "$half"
-    ip netns exec "$ns" tc qdisc replace dev "$peer" root netem delay "$half"
+    if ! tc qdisc replace dev "$host" root netem delay "$half" 2>/dev/null ||
+        ! ip netns exec "$ns" tc qdisc replace dev "$peer" root netem delay "$half" 2>/dev/null; then
+        skip "tc netem is unavailable here (kernel module sch_netem: try 'modprobe sch_netem')"
+    fi
     redis-cli -h 10.200.0.2 -p "$port" flushall >/dev/null
     rtt=$(ping -c 20 -i 0.01 -q 10.200.0.2 2>/dev/null | awk -F/ '/rtt|round-trip/ { print $5 " ms" }' || true)
     echo "== netem delay $delay added per round trip ($half each way); ping mean RTT ${rtt:-unknown}"
-    HOT_REDIS_URL="$url" cargo bench -p cache-runtime --bench hot
+    if [ -n "${HOT_BIN:-}" ]; then
+        HOT_REDIS_URL="$url" "$HOT_BIN"
+    else
+        HOT_REDIS_URL="$url" cargo bench -p cache-runtime --bench hot
+    fi
     if [ "${NETNS_DEMO:-0}" = 1 ]; then
         redis-cli -h 10.200.0.2 -p "$port" flushall >/dev/null
         REDIS_URL="$url" cargo run --release -p examples --bin vehicles -- demo
