@@ -174,9 +174,16 @@ impl Attribute {
         }
     }
 
-    /// Methods must take `&self`: the cached value must not depend on mutable state.
+    /// Methods must take `&self` (or `self: Arc<Self>`): the cached value must not depend
+    /// on mutable state.
     pub(crate) fn shared_self(self) -> bool {
         self == Attribute::Cached
+    }
+
+    /// Whether its templates may name the returned value (`<return.id>`): rendered after the
+    /// body, from the value of `Ok` / `Some` / the whole value.
+    pub(crate) fn names_return(self) -> bool {
+        matches!(self, Attribute::Invalidates | Attribute::CachePut)
     }
 
     /// A return type is needed: there must be a value to store.

@@ -2,6 +2,7 @@
 //! `cache-runtime` and use them from there: the generated code refers to it.
 
 mod attr;
+mod derive;
 mod detach;
 mod errors;
 mod expand;
@@ -185,4 +186,23 @@ pub fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
     rate_limit::rate_limit(args.into(), item.into()).into()
+}
+
+/// Derives `cache_runtime::KeyPart`, so the type can be a key placeholder.
+///
+/// ```ignore
+/// #[derive(KeyPart)]
+/// enum Region { Eu, Us }          // `<region>` renders `Eu` or `Us`
+///
+/// #[derive(KeyPart)]
+/// struct Vin(String);             // `<vin>` renders the string, encoded
+/// ```
+///
+/// An enum of unit variants renders the variant's name; a newtype (one field, named or
+/// not) renders its field as the field's own `KeyPart` does. The text is encoded as every
+/// placeholder value is (`:` and glob characters percent-encoded). Other shapes (variants
+/// with fields, structs of several fields) are compile errors: implement `KeyPart` by hand.
+#[proc_macro_derive(KeyPart)]
+pub fn derive_key_part(item: TokenStream) -> TokenStream {
+    derive::key_part(item.into()).into()
 }

@@ -9,7 +9,6 @@ use proc_macro2::Span;
 
 use crate::attr::{Args, Attribute};
 use crate::errors::Errors;
-use crate::item::Shape;
 
 /// The largest `limit` (the runtime's `MAX_RATE_LIMIT`).
 const MAX_LIMIT: u64 = 1_000_000;
@@ -156,13 +155,5 @@ fn fail_open_excludes_fail_closed(args: &Args, errors: &mut Errors) {
     };
     if let Some(span) = last.span() {
         errors.push(span, "`fail_open` and `fail_closed` exclude each other: choose what a call gets when the store fails (`fail_open`, the default, admits it)");
-    }
-}
-
-/// The rule between `absent_ttl` and the function's return shape, checked once the
-/// signature was read.
-pub(crate) fn absent_ttl_needs_an_absent_result(args: &Args, shape: Shape, errors: &mut Errors) {
-    if let (Some(absent_ttl), false) = (args.absent_ttl.get(), shape.has_absent()) {
-        errors.push(absent_ttl.span, "`absent_ttl` caches absent results, and this function has none: it needs a return type of `Option<T>` or `Result<Option<T>, E>`");
     }
 }

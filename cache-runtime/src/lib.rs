@@ -224,3 +224,6 @@ pub use stats::{Stats, StatsReport, DIRECT_CALLS};
 
 #[doc(inline)]
 pub use cache_macros::{cache_put, cached, invalidates, rate_limit};
+/// `#[derive(KeyPart)]`: enums of unit variants (rendered by name) and newtypes (rendered as
+/// their field), beside the trait as serde exports its derives.
+pub use cache_macros::KeyPart;

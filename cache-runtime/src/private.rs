@@ -8,11 +8,16 @@ use serde::Serialize;
 
 pub use crate::codec::{CloneProbe, Cloner, ViaClone, ViaDecode};
 pub use crate::default_cache::default_cache;
-pub use crate::key::push_part;
+pub use crate::key::{push_part, KeyPart, KeyWriter};
 use crate::load::body::{Detachable, Inline};
 #[doc(hidden)]
 pub use crate::policy::Policy;
-pub use crate::shape::{OptionShape, PlainShape, ResultOptionShape, ResultShape, Shape};
+pub use crate::shape::{
+    absent_ttl_applies, cacheable, AbsentShape, ByNesting, ByOption, ByPlain, ByResult,
+    CacheableValue, NotStorable, OptionResultShape, OptionShape, Outcome, PlainShape,
+    ResultOptionShape, ResultShape, Shape, ShapeProbe, Shaped, Storable, ValueProbe, VerdictOn,
+    ViaAnything, ViaSerde,
+};
 pub use crate::stats::CountersSlot;
 use crate::Cache;
 
@@ -34,6 +39,7 @@ pub fn cache_of(cache: &Cache) -> Cache {
 
 /// The body of a `#[cached]` function whose body runs in the caller.
 pub async fn cached<S, R, F, Fut>(
+    _shape: Shaped<S, R>,
     cache: Cache,
     function: &'static CachedFn,
     key: String,
@@ -58,6 +64,7 @@ where
 /// The body of a `#[cached]` function with `refresh`, `early` or `timeout`: started, the
 /// body owns its arguments, so it may finish on a task of its own after the caller returned.
 pub async fn cached_detached<S, R, F, Fut>(
+    _shape: Shaped<S, R>,
     cache: Cache,
     function: &'static CachedFn,
     key: String,
@@ -99,12 +106,22 @@ pub fn detached_self<T: Clone + Send + Sync + 'static>(this: &T) -> T {
 /// `refresh`, `early` and `timeout` finish the body in the background, with an owned copy
 /// of each borrowed parameter it uses (`ToOwned`: `&str` becomes a `String`): the copy must
 /// be `Send + 'static`.
-pub fn detached_param<T>(borrowed: &T) -> T::Owned
+pub fn detached_param<T>(borrowed: &T) -> OwnedParam<T>
 where
     T: std::borrow::ToOwned + ?Sized,
     T::Owned: Send + 'static,
 {
-    borrowed.to_owned()
+    OwnedParam(borrowed.to_owned())
+}
+
+/// The owned copy of a borrowed parameter, lent to the body as the parameter's type.
+pub struct OwnedParam<T: std::borrow::ToOwned + ?Sized>(T::Owned);
+
+impl<T: std::borrow::ToOwned + ?Sized> OwnedParam<T> {
+    /// The copy, borrowed as the parameter was (`&str` from a `String`).
+    pub fn get(&self) -> &T {
+        std::borrow::Borrow::borrow(&self.0)
+    }
 }
 
 /// `refresh`, `early` and `timeout` finish the body in the background: an owned parameter
@@ -130,6 +147,7 @@ pub async fn invalidate_after(cache: &Cache, function: &'static WritingFn, targe
 
 /// Runs after a `#[cache_put]` function returned: stores its value when it has one.
 pub async fn put_after<S, R>(
+    _shape: Shaped<S, R>,
     cache: &Cache,
     function: &'static WritingFn,
     key: String,
@@ -201,8 +219,40 @@ pub async fn rate_limit(
 
 /// The refused call's return value: `Err(E::from(limited))`. Generated spanned on the
 /// function's return type, so a missing `From<RateLimited>` is reported there.
-pub fn rate_limited<T, E: From<RateLimited>>(limited: RateLimited) -> Result<T, E> {
-    Err(E::from(limited))
+pub fn rate_limited<R: Refusable>(limited: RateLimited) -> R {
+    R::refused(limited)
+}
+
+/// Return types a refused call can be answered with: `Result<T, E>` (through any alias)
+/// with `E: From<RateLimited>`, answered `Err(E::from(limited))`.
+#[diagnostic::on_unimplemented(
+    message = "`#[rate_limit]` needs a function returning `Result<T, E>` with `E: From<cache_runtime::RateLimited>`: `{Self}` is not a `Result`",
+    label = "a refused call returns `Err(E::from(RateLimited {{ .. }}))`"
+)]
+pub trait Refusable {
+    /// The answer to a refused call.
+    fn refused(limited: RateLimited) -> Self;
+}
+
+impl<T, E: From<RateLimited>> Refusable for Result<T, E> {
+    fn refused(limited: RateLimited) -> Self {
+        Err(E::from(limited))
+    }
+}
+
+/// The cached value of a returned value (of `Ok`, `Some`, or the whole value), for the
+/// `<return>` placeholder of `#[invalidates]` and `#[cache_put]`; `None` otherwise.
+pub fn returned_value<S: Shape<R>, R>(_shape: Shaped<S, R>, returned: &R) -> Option<&S::Value> {
+    match S::outcome(returned) {
+        Outcome::Value(value) => Some(value),
+        Outcome::Absent | Outcome::Failed => None,
+    }
+}
+
+/// Whether the function succeeded: anything but `Err` (of `Result<T, E>`, through any
+/// alias, or `Some(Err)`), for `#[invalidates]`.
+pub fn succeeded<S: Shape<R>, R>(_shape: Shaped<S, R>, returned: &R) -> bool {
+    !matches!(S::outcome(returned), Outcome::Failed)
 }
 
 /// The stored bytes of `value` with `codec` and `compress_above` (the `formats` bench and
