@@ -87,7 +87,7 @@ impl Detached {
                         (Pat::Ident(pat), Type::Reference(_)) if !mentions(body, &pat.ident) => {}
                         (_, Type::Reference(reference)) if mentions_impl_trait(&reference.elem) => {
                             errors.push(
-                                ty.span(),
+                                impl_span(&reference.elem),
                                 format!("`{why}` finishes the body in the background and copies each borrowed parameter it uses (`ToOwned`), which a borrowed `impl Trait` cannot be: take a concrete type (`&str`, `&[u8]`, `&Row`) or an owned value"),
                             );
                         }
@@ -128,6 +128,18 @@ impl Detached {
         }
         Detached { take, rebind, checks }
     }
+}
+
+/// The span of the first `impl` in `ty`.
+fn impl_span(ty: &Type) -> proc_macro2::Span {
+    fn find(tokens: TokenStream) -> Option<proc_macro2::Span> {
+        tokens.into_iter().find_map(|token| match token {
+            TokenTree::Ident(ident) if ident == "impl" => Some(ident.span()),
+            TokenTree::Group(group) => find(group.stream()),
+            _ => None,
+        })
+    }
+    find(ty.to_token_stream()).unwrap_or_else(|| ty.span())
 }
 
 /// Whether the type parameter `name` is bounded by `'static`, in its list or the `where`
@@ -203,12 +215,19 @@ pub(crate) fn rename_self(block: TokenStream) -> TokenStream {
     renamed.into_iter().collect()
 }
 
-/// Whether `tokens` name `ident` anywhere, macro arguments included.
+/// Whether `tokens` name `ident` anywhere, macro arguments included, and format strings
+/// inline arguments (`format!("{region}")`).
 fn mentions(tokens: &TokenStream, ident: &Ident) -> bool {
+    let name = ident.unraw().to_string();
+    let inline = [format!("{{{name}}}"), format!("{{{name}:")];
     tokens.clone().into_iter().any(|token| match token {
-        TokenTree::Ident(name) => name == *ident,
+        TokenTree::Ident(other) => other == *ident,
         TokenTree::Group(group) => mentions(&group.stream(), ident),
-        _ => false,
+        TokenTree::Literal(literal) => {
+            let text = literal.to_string();
+            inline.iter().any(|inline| text.contains(inline.as_str()))
+        }
+        TokenTree::Punct(_) => false,
     })
 }
 

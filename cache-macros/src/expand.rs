@@ -115,6 +115,9 @@ impl Prepared {
                 else {
                     return Err(rejected(&errors));
                 };
+                if borrowed_value(&returned) {
+                    errors.push(returned.span(), "the cached value must be `Serialize + DeserializeOwned + Send + Sync + 'static`, and a borrowed value (`&str`, `&[u8]`) cannot be read back from the cache: return an owned type (`String`, `Vec<u8>`, `Cow<'static, str>`)");
+                }
                 if attribute == Attribute::Cached {
                     if mentions_impl_trait(&returned) {
                         errors.push(returned.span(), "a cached value is read back as the type it was stored as, and `impl Trait` names none: return a named type that is `Serialize + DeserializeOwned`");
@@ -134,6 +137,9 @@ impl Prepared {
                     }
                     Plan::Cached { key, ttl, returned, detached }
                 } else {
+                    if !errors.is_empty() {
+                        return Err(rejected(&errors));
+                    }
                     Plan::Put { key, ttl }
                 }
             }
@@ -205,6 +211,7 @@ impl Prepared {
         let storable = storable(&shape, span);
         // `absent_ttl` on a shape without an absent result: reported on the argument.
         let absent_check = args.absent_ttl.get().map(|absent_ttl| {
+            let shape = Ident::new("__cache_runtime_shape", absent_ttl.span);
             quote_spanned! {absent_ttl.span=>
                 ::cache_runtime::__private::absent_ttl_applies(#shape);
             }
@@ -216,14 +223,13 @@ impl Prepared {
         let (entry, checks, body) = match detached {
             None => (quote!(cached), quote!(), quote!(|| async move #block)),
             Some(Detached { take, rebind, checks }) => {
-                let block = rename_self(block);
+                // The re-borrowed parameters go first in the body's own braces (a block
+                // inside a block would be `unused_braces` for a one-line body).
+                let block = prepend(rename_self(block), rebind);
                 let body = quote! {
                     move || {
                         #take
-                        async move {
-                            #rebind
-                            #block
-                        }
+                        async move #block
                     }
                 };
                 (quote!(cached_detached), checks.clone(), body)
@@ -385,6 +391,41 @@ impl Prepared {
     }
 }
 
+/// Whether the value type borrows, as far as the written type shows (`&'static str`,
+/// `Option<&str>`, `Result<&[u8], E>`; an error type that borrows is fine): serde can write
+/// it but not read it back as an owned value, which rustc would report on the attribute.
+fn borrowed_value(returned: &Type) -> bool {
+    match returned {
+        Type::Reference(_) => true,
+        Type::Paren(inner) => borrowed_value(&inner.elem),
+        Type::Path(path) => path.path.segments.last().is_some_and(|last| match &last.arguments {
+            syn::PathArguments::AngleBracketed(args) => {
+                args.args.iter().find_map(|arg| match arg {
+                    syn::GenericArgument::Type(ty) => Some(borrowed_value(ty)),
+                    _ => None,
+                }) == Some(true)
+            }
+            _ => false,
+        }),
+        _ => false,
+    }
+}
+
+/// `block` (one braced group) with `first` before its statements, its braces' span kept.
+fn prepend(block: TokenStream, first: &TokenStream) -> TokenStream {
+    let mut tokens = block.clone().into_iter();
+    match (tokens.next(), tokens.next()) {
+        (Some(proc_macro2::TokenTree::Group(group)), None) => {
+            let mut inner = first.clone();
+            inner.extend(group.stream());
+            let mut braced = proc_macro2::Group::new(group.delimiter(), inner);
+            braced.set_span(group.span());
+            quote!(#braced)
+        }
+        _ => quote!({ #first #block }),
+    }
+}
+
 /// `#[rate_limit]` written below `#[cached]`, wherever among other attributes: it would run
 /// before the cache lookup and charge hits (it expands after `#[cached]`, inside it).
 fn rate_limit_below(function: &Function, errors: &mut Errors) {
@@ -394,7 +435,7 @@ fn rate_limit_below(function: &Function, errors: &mut Errors) {
         .find(|attr| attr.path().segments.last().is_some_and(|last| last.ident == "rate_limit"));
     if let Some(attr) = below {
         errors.push(
-            attr.span(),
+            attr.path().span(),
             "write `#[rate_limit]` above `#[cached]`, not below it: below, it would run before the cache lookup and charge cache hits too (to charge them, write `#[rate_limit(..., charge_hits)]` above `#[cached]`)",
         );
     }

@@ -106,21 +106,24 @@ pub fn detached_self<T: Clone + Send + Sync + 'static>(this: &T) -> T {
 /// `refresh`, `early` and `timeout` finish the body in the background, with an owned copy
 /// of each borrowed parameter it uses (`ToOwned`: `&str` becomes a `String`): the copy must
 /// be `Send + 'static`.
-pub fn detached_param<T>(borrowed: &T) -> OwnedParam<T>
+pub fn detached_param<T>(borrowed: &T) -> OwnedParam<T, T::Owned>
 where
     T: std::borrow::ToOwned + ?Sized,
     T::Owned: Send + 'static,
 {
-    OwnedParam(borrowed.to_owned())
+    OwnedParam { owned: borrowed.to_owned(), borrowed: std::marker::PhantomData }
 }
 
-/// The owned copy of a borrowed parameter, lent to the body as the parameter's type.
-pub struct OwnedParam<T: std::borrow::ToOwned + ?Sized>(T::Owned);
+/// The owned copy `O` of a borrowed parameter `&T`, lent to the body as a `&T` again.
+pub struct OwnedParam<T: ?Sized, O> {
+    owned: O,
+    borrowed: std::marker::PhantomData<fn() -> *const T>,
+}
 
-impl<T: std::borrow::ToOwned + ?Sized> OwnedParam<T> {
+impl<T: ?Sized, O: std::borrow::Borrow<T>> OwnedParam<T, O> {
     /// The copy, borrowed as the parameter was (`&str` from a `String`).
     pub fn get(&self) -> &T {
-        std::borrow::Borrow::borrow(&self.0)
+        self.owned.borrow()
     }
 }
 
