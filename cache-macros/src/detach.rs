@@ -149,9 +149,7 @@ fn outlives_static(
     name: &Ident,
     bounds: &syn::punctuated::Punctuated<TypeParamBound, syn::Token![+]>,
 ) -> bool {
-    let is_static = |bound: &TypeParamBound| {
-        matches!(bound, TypeParamBound::Lifetime(lifetime) if lifetime.ident == "static")
-    };
+    let is_static = |bound: &TypeParamBound| matches!(bound, TypeParamBound::Lifetime(lifetime) if lifetime.ident == "static");
     bounds.iter().any(is_static)
         || sig.generics.where_clause.iter().flat_map(|clause| &clause.predicates).any(|predicate| {
             matches!(predicate, syn::WherePredicate::Type(predicate)

@@ -49,7 +49,7 @@ struct Prepared {
 enum Plan {
     /// `#[cached]`: look up, on a miss run the body and store. `detached` when the body
     /// may finish in the background (`refresh`, `early`, `timeout`).
-    Cached { key: Key, ttl: Duration, returned: Type, detached: Option<Detached> },
+    Cached { key: Key, ttl: Duration, detached: Option<Detached> },
     /// `#[cache_put]`: run the body, store what it returned.
     Put { key: Key, ttl: Duration },
     /// `#[invalidates]`: run the body, then remove keys and patterns.
@@ -135,7 +135,7 @@ impl Prepared {
                     if !errors.is_empty() {
                         return Err(rejected(&errors));
                     }
-                    Plan::Cached { key, ttl, returned, detached }
+                    Plan::Cached { key, ttl, detached }
                 } else {
                     if !errors.is_empty() {
                         return Err(rejected(&errors));
@@ -150,9 +150,7 @@ impl Prepared {
 
     fn expand(&self) -> TokenStream {
         match &self.plan {
-            Plan::Cached { key, ttl, returned, detached } => {
-                self.cached(key, ttl.millis, returned, detached.as_ref())
-            }
+            Plan::Cached { key, ttl, detached } => self.cached(key, ttl.millis, detached.as_ref()),
             Plan::Put { key, ttl } => self.put(key, ttl.millis),
             Plan::Invalidates { targets } => self.invalidates(targets),
         }
@@ -162,10 +160,9 @@ impl Prepared {
     /// from the written return type, or from the value when the type names `impl Trait`.
     fn shape_after(&self) -> TokenStream {
         match self.function.output() {
-            Some(ty) if !mentions_impl_trait(ty) => shape_of(
-                &quote!(::cache_runtime::__private::ShapeProbe::<#ty>::new()),
-                ty.span(),
-            ),
+            Some(ty) if !mentions_impl_trait(ty) => {
+                shape_of(&quote!(::cache_runtime::__private::ShapeProbe::<#ty>::new()), ty.span())
+            }
             _ => shape_of(
                 &quote!(::cache_runtime::__private::ShapeProbe::of(&__cache_runtime_returned)),
                 Span::call_site(),
@@ -178,14 +175,9 @@ impl Prepared {
         self.function.output().map_or_else(|| self.function.sig.ident.span(), Spanned::span)
     }
 
-    fn cached(
-        &self,
-        key: &Key,
-        ttl: u64,
-        returned: &Type,
-        detached: Option<&Detached>,
-    ) -> TokenStream {
+    fn cached(&self, key: &Key, ttl: u64, detached: Option<&Detached>) -> TokenStream {
         let Prepared { function, args, name, .. } = self;
+        let returned = function.output().expect("checked: `#[cached]` has a return type");
         // The arguments' consumers: each argument becomes an argument of `Policy::new` or of
         // one of its `with_` calls.
         let lock = args.lock.get().is_some();
@@ -207,7 +199,8 @@ impl Prepared {
         let key = &key.expr;
         let shape = shape_binding();
         let span = returned.span();
-        let probe = shape_of(&quote!(::cache_runtime::__private::ShapeProbe::<#returned>::new()), span);
+        let probe =
+            shape_of(&quote!(::cache_runtime::__private::ShapeProbe::<#returned>::new()), span);
         let storable = storable(&shape, span);
         // `absent_ttl` on a shape without an absent result: reported on the argument.
         let absent_check = args.absent_ttl.get().map(|absent_ttl| {
@@ -453,7 +446,7 @@ fn type_params_in_key(
     let output = quote::ToTokens::to_token_stream(output);
     for param in sig.generics.type_params() {
         let name = param.ident.to_string();
-        let in_key = keys.iter().any(|key| key.roots.iter().any(|root| *root == name));
+        let in_key = keys.iter().any(|key| key.roots.contains(&name));
         if mentions(&output, &name) && !in_key {
             errors.push(
                 param.ident.span(),
@@ -724,7 +717,11 @@ mod tests {
                     &'life0 self,
                     id: u64,
                 ) -> ::core::pin::Pin<
-                    Box<dyn ::core::future::Future<Output = u64> + ::core::marker::Send + 'async_trait>,
+                    Box<
+                        dyn ::core::future::Future<Output = u64>
+                            + ::core::marker::Send
+                            + 'async_trait,
+                    >,
                 >
                 where
                     'life0: 'async_trait,
@@ -740,7 +737,12 @@ mod tests {
                 }
             ),
         ));
-        assert!(text.contains("{ :: std :: boxed :: Box :: pin (async move { static __CACHE_RUNTIME_FN"), "{text}");
+        assert!(
+            text.contains(
+                "{ :: std :: boxed :: Box :: pin (async move { static __CACHE_RUNTIME_FN"
+            ),
+            "{text}"
+        );
         assert!(text.contains("ShapeProbe :: < u64 > :: new ()"), "{text}");
         assert!(text.contains("|| async move { let __self = self ;"), "{text}");
     }

@@ -270,13 +270,7 @@ impl<'a> Signature<'a> {
                 format!("`#[{name}]` needs a return type: there is no value to store"),
             );
         }
-        Signature {
-            has_self,
-            params,
-            type_params,
-            output,
-            names_return: attribute.names_return(),
-        }
+        Signature { has_self, params, type_params, output, names_return: attribute.names_return() }
     }
 
     /// The parameter or pattern-bound name `root` (raw identifiers match without `r#`).
@@ -289,12 +283,14 @@ impl<'a> Signature<'a> {
 fn is_shared_receiver(receiver: &syn::Receiver) -> bool {
     match &*receiver.ty {
         Type::Reference(reference) => reference.mutability.is_none(),
-        ty => receiver.reference.is_none()
-            && receiver.mutability.is_none()
-            && receiver.colon_token.is_some()
-            && generic_of(ty, "Arc").is_some_and(|inner| {
-                matches!(inner, Type::Path(path) if path.path.is_ident("Self"))
-            }),
+        ty => {
+            receiver.reference.is_none()
+                && receiver.mutability.is_none()
+                && receiver.colon_token.is_some()
+                && generic_of(ty, "Arc").is_some_and(
+                    |inner| matches!(inner, Type::Path(path) if path.path.is_ident("Self")),
+                )
+        }
     }
 }
 

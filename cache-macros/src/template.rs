@@ -104,7 +104,10 @@ fn placeholder_value(
     } else if let Some(ty) = signature.type_params.iter().find(|ty| **ty == root) {
         // A type parameter: its name, so each instantiation has keys of its own.
         if !fields.is_empty() {
-            errors.push(span, format!("`<{root}>` names a type parameter, which has no fields: write `<{root}>`"));
+            errors.push(
+                span,
+                format!("`<{root}>` names a type parameter, which has no fields: write `<{root}>`"),
+            );
             return None;
         }
         return Some(quote_spanned! {span=>

@@ -222,8 +222,8 @@ pub use registry::{
 };
 pub use stats::{Stats, StatsReport, DIRECT_CALLS};
 
-#[doc(inline)]
-pub use cache_macros::{cache_put, cached, invalidates, rate_limit};
 /// `#[derive(KeyPart)]`: enums of unit variants (rendered by name) and newtypes (rendered as
 /// their field), beside the trait as serde exports its derives.
 pub use cache_macros::KeyPart;
+#[doc(inline)]
+pub use cache_macros::{cache_put, cached, invalidates, rate_limit};
