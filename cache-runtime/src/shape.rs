@@ -360,3 +360,47 @@ impl AbsentShape for OptionResultShape {}
 
 /// Compiles only for a shape with an absent result.
 pub fn absent_ttl_applies<S: AbsentShape, R>(_shape: Shaped<S, R>) {}
+
+#[cfg(test)]
+mod tests {
+    use std::any::TypeId;
+
+    use super::*;
+
+    type Res<T> = Result<T, String>;
+    type Maybe<T> = Option<T>;
+    type Flipped<E, T> = Result<T, E>;
+
+    fn id<S: 'static, R>(_: Shaped<S, R>) -> TypeId {
+        TypeId::of::<S>()
+    }
+
+    /// The shape the probe picks for a concrete type, as the generated code asks it (in a
+    /// generic function a type parameter is a plain value, so this is a macro).
+    macro_rules! pick {
+        ($r:ty) => {{
+            #[allow(clippy::needless_borrow)]
+            let shape = (&&&ShapeProbe::<$r>::new()).shape();
+            id(shape)
+        }};
+    }
+
+    #[test]
+    fn the_shape_follows_the_resolved_type() {
+        assert_eq!(pick!(Res<u64>), TypeId::of::<ResultShape>());
+        assert_eq!(pick!(Maybe<u64>), TypeId::of::<OptionShape>());
+        assert_eq!(pick!(Result<Maybe<u64>, String>), TypeId::of::<ResultOptionShape>());
+        assert_eq!(pick!(Flipped<String, u64>), TypeId::of::<ResultShape>());
+        assert_eq!(pick!(Option<Res<u64>>), TypeId::of::<OptionResultShape>());
+        assert_eq!(pick!(u64), TypeId::of::<PlainShape>());
+    }
+
+    #[test]
+    fn option_of_result_caches_some_ok_only() {
+        type S = OptionResultShape;
+        let ok: Option<Result<u64, String>> = Some(Ok(1));
+        assert!(matches!(<S as Shape<_>>::outcome(&ok), Outcome::Value(1)));
+        assert!(matches!(<S as Shape<_>>::outcome(&Some(Err::<u64, _>("e"))), Outcome::Failed));
+        assert!(matches!(<S as Shape<_>>::outcome(&None::<Result<u64, String>>), Outcome::Absent));
+    }
+}
