@@ -198,6 +198,7 @@ mod scope;
 mod shape;
 mod stats;
 mod store;
+mod tags;
 mod write;
 
 #[cfg(feature = "axum")]
