@@ -12,7 +12,7 @@ use crate::attr::{Args, Attribute, Duration};
 use crate::detach::{rename_self, Detached};
 use crate::errors::Errors;
 use crate::item::{returned_annotation, Function, Returned, Signature};
-use crate::template::Key;
+use crate::template::{resolve_tag, Key};
 use crate::valid::absent_ttl_needs_an_absent_result;
 
 /// `#[cached(...)]`.
@@ -43,6 +43,8 @@ struct Prepared {
     args: Args,
     /// The name in stats and metrics.
     name: String,
+    /// The tag templates (`tags = [...]`), resolved.
+    tags: Vec<Key>,
     plan: Plan,
 }
 
@@ -85,6 +87,11 @@ impl Prepared {
             .filter_map(|template| {
                 Key::resolve(template, attribute.purpose(), &signature, &mut errors)
             })
+            .collect();
+        let tags: Vec<Key> = args
+            .iter()
+            .flat_map(|args| args.tags.get().into_iter().flatten())
+            .filter_map(|template| resolve_tag(template, &signature, &mut errors))
             .collect();
         let returned = signature.returned;
         let rejected = |errors: &Errors| {
@@ -130,7 +137,7 @@ impl Prepared {
             }
         };
         let name = args.name.get().map_or_else(|| function.sig.ident.to_string(), LitStr::value);
-        Ok(Prepared { function, args, name, plan })
+        Ok(Prepared { function, args, name, tags, plan })
     }
 
     fn expand(&self) -> TokenStream {
@@ -181,6 +188,8 @@ impl Prepared {
         let idle = optional_duration(args.idle.get());
         let cache = cache_expr(args.cache.get());
         let register = register("Cached", [&key.template], name);
+        let register_tags = self::register("Tag", self.tags.iter().map(|tag| &tag.template), name);
+        let tags = self.rendered_tags();
         let key = &key.expr;
         let shape = returned.shape;
         let cloner = cloner(&returned.value);
@@ -220,13 +229,16 @@ impl Prepared {
                     counters: ::cache_runtime::__private::CountersSlot::new(),
                 };
             #register
+            #register_tags
             let __cache_runtime_cache = #cache;
             let __cache_runtime_key = #key;
+            let __cache_runtime_tags = #tags;
             #checks
             ::cache_runtime::__private::#entry::<#shape, _, _, _>(
                 __cache_runtime_cache,
                 &__CACHE_RUNTIME_FN,
                 __cache_runtime_key,
+                __cache_runtime_tags,
                 #cloner,
                 #body,
             )
@@ -243,6 +255,8 @@ impl Prepared {
             idle.map_or_else(|| stale.map_or(0, |stale| stale.millis).max(ttl), |idle| idle.millis);
         let cache = cache_expr(args.cache.get());
         let register = register("Put", [&key.template], name);
+        let register_tags = self::register("Tag", self.tags.iter().map(|tag| &tag.template), name);
+        let tags = self.rendered_tags();
         let key = &key.expr;
         let shape = returned.shape;
         let cloner = cloner(&returned.value);
@@ -255,13 +269,16 @@ impl Prepared {
                     ttl: ::core::time::Duration::from_millis(#millis),
                 };
             #register
+            #register_tags
             let __cache_runtime_cache = #cache;
             let __cache_runtime_key = #key;
+            let __cache_runtime_tags = #tags;
             let __cache_runtime_returned #returned_ty = async move #block.await;
             ::cache_runtime::__private::put_after::<#shape, _>(
                 &__cache_runtime_cache,
                 &__CACHE_RUNTIME_FN,
                 __cache_runtime_key,
+                __cache_runtime_tags,
                 #cloner,
                 &__cache_runtime_returned,
             )
@@ -274,6 +291,11 @@ impl Prepared {
         let Prepared { function, args, name, .. } = self;
         let cache = cache_expr(args.cache.get());
         let register = register("Invalidates", targets.iter().map(|key| &key.template), name);
+        let register_tags =
+            self::register("InvalidatesTag", self.tags.iter().map(|tag| &tag.template), name);
+        let tags = self.tags.iter().map(|Key { expr, .. }| {
+            quote!(::cache_runtime::__private::Target::Tag(#expr))
+        });
         let targets = targets.iter().map(|Key { expr, glob, .. }| {
             let variant = if *glob { format_ident!("Pattern") } else { format_ident!("Key") };
             quote!(::cache_runtime::__private::Target::#variant(#expr))
@@ -291,8 +313,9 @@ impl Prepared {
             static __CACHE_RUNTIME_FN: ::cache_runtime::__private::WritingFn =
                 ::cache_runtime::__private::WritingFn { name: #name, ttl: ::core::time::Duration::ZERO };
             #register
+            #register_tags
             let __cache_runtime_cache = #cache;
-            let __cache_runtime_targets = ::std::vec![#(#targets),*];
+            let __cache_runtime_targets = ::std::vec![#(#targets,)* #(#tags),*];
             let __cache_runtime_returned #returned_ty = async move #block.await;
             if #succeeded {
                 ::cache_runtime::__private::invalidate_after(
@@ -304,6 +327,17 @@ impl Prepared {
             }
             __cache_runtime_returned
         })
+    }
+}
+
+impl Prepared {
+    /// The rendered tags, a `Vec<String>` (empty, without allocating, when there are none).
+    fn rendered_tags(&self) -> TokenStream {
+        if self.tags.is_empty() {
+            return quote!(::std::vec::Vec::new());
+        }
+        let tags = self.tags.iter().map(|tag| &tag.expr);
+        quote!(::std::vec![#(#tags),*])
     }
 }
 
@@ -500,7 +534,7 @@ mod tests {
                 "duplicate argument `ttl`",
                 "`lock` is a flag and takes no value: write `lock`",
                 "duplicate argument `lock`",
-                "unknown argument `what`; expected one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `timeout`, `absent_ttl`, `idle`, `near`, `cache`, `name`",
+                "unknown argument `what`; expected one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `timeout`, `absent_ttl`, `idle`, `tags`, `near`, `cache`, `name`",
                 "`stale` must be longer than `ttl`: it is how long a value is kept in all, to be served when the body fails after the value expired",
             ]
         );
@@ -531,13 +565,13 @@ mod tests {
         let errors = errors_of(cache_put(quote!(key = "v:<id>", refresh = "1m"), item.clone()));
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with(
-            "unknown argument `refresh`; expected one of `key`, `ttl`, `stale`, `idle`, `cache`, `name`"
+            "unknown argument `refresh`; expected one of `key`, `ttl`, `stale`, `idle`, `tags`, `cache`, `name`"
         ));
         assert!(errors[1].starts_with("missing `ttl = \"...\"`: `#[cache_put]`"), "{errors:?}");
         let errors = errors_of(invalidates(quote!(key = "v:<id>"), item));
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with("unknown argument `key`; expected key templates"));
-        assert!(errors[1].starts_with("`#[invalidates]` needs at least one key or pattern"));
+        assert!(errors[1].starts_with("`#[invalidates]` needs at least one key, pattern or tag"));
     }
 
     #[test]
