@@ -23,13 +23,24 @@ use tokio::sync::{Notify, Semaphore};
 
 /// The database behind the functions: a version that writes bump, and an optional gate
 /// that holds loads until released.
-#[derive(Default)]
 struct Db {
     version: AtomicU64,
     loads: AtomicU64,
     gated: AtomicBool,
     entered: Notify,
     release: Semaphore,
+}
+
+impl Default for Db {
+    fn default() -> Db {
+        Db {
+            version: AtomicU64::new(0),
+            loads: AtomicU64::new(0),
+            gated: AtomicBool::new(false),
+            entered: Notify::new(),
+            release: Semaphore::new(0),
+        }
+    }
 }
 
 impl Db {
@@ -125,7 +136,7 @@ async fn query<T: redis::FromRedisValue>(
     cmd: &mut redis::Cmd,
 ) -> T {
     let value = raw.req_packed_command(cmd).await.expect("raw command");
-    redis::from_redis_value(&value).expect("reply")
+    redis::from_redis_value(value).expect("reply")
 }
 
 async fn only_tagged_values_go(deployment: Deployment) {
