@@ -431,10 +431,7 @@ impl Kind for kind::Tags {
             return None;
         };
         let Expr::Array(array) = value else {
-            errors.push(
-                value.span(),
-                format!("expected an array of string literals: `{example}`"),
-            );
+            errors.push(value.span(), format!("expected an array of string literals: `{example}`"));
             return None;
         };
         if array.elems.is_empty() {

@@ -293,9 +293,10 @@ impl Prepared {
         let register = register("Invalidates", targets.iter().map(|key| &key.template), name);
         let register_tags =
             self::register("InvalidatesTag", self.tags.iter().map(|tag| &tag.template), name);
-        let tags = self.tags.iter().map(|Key { expr, .. }| {
-            quote!(::cache_runtime::__private::Target::Tag(#expr))
-        });
+        let tags = self
+            .tags
+            .iter()
+            .map(|Key { expr, .. }| quote!(::cache_runtime::__private::Target::Tag(#expr)));
         let targets = targets.iter().map(|Key { expr, glob, .. }| {
             let variant = if *glob { format_ident!("Pattern") } else { format_ident!("Key") };
             quote!(::cache_runtime::__private::Target::#variant(#expr))

@@ -260,7 +260,11 @@ async fn write(cache: &Cache, db: &Db, rng: &mut Rng, plain: Option<&Plain>) -> 
         }
         5..=6 => {
             let version = db.versions[row as usize].fetch_add(1, SeqCst) + 1;
-            let ok = cache.set(&key, &version, Duration::from_secs(20)).await.is_ok();
+            // With the row's tag, as its readers store it: a value written without the tag
+            // would not be removed by it.
+            let tag = format!("row:{row}");
+            let ttl = Duration::from_secs(20);
+            let ok = cache.set_tagged(&key, &version, ttl, &[&tag]).await.is_ok();
             (version, ok, "set")
         }
         _ => {

@@ -124,6 +124,38 @@ impl Cache {
             .map(drop)
     }
 
+    /// [`set`](Self::set) with tags: stores `value` under `key` for `ttl`, stored with
+    /// `tags` (rendered tags), so [`invalidate_tag`](Self::invalidate_tag) of any of them
+    /// removes it, as it removes what `#[cached(tags = [...])]` and `#[cache_put(tags = [...])]`
+    /// store. A value written without a tag (by [`set`](Self::set), or a function without
+    /// `tags`) is not removed by that tag.
+    ///
+    /// # Errors
+    ///
+    /// As [`set`](Self::set), and [`Error::InvalidTag`] for a tag that
+    /// [`invalidate_tag`](Self::invalidate_tag) would refuse.
+    pub async fn set_tagged<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Duration,
+        tags: &[&str],
+    ) -> Result<()> {
+        self.core.check_key(key)?;
+        validate_ttl(ttl)?;
+        let max = self.core.settings().max_key_bytes;
+        for tag in tags {
+            crate::tags::validate_tag(tag, max)?;
+        }
+        let tags: Vec<String> = tags.iter().map(|tag| (*tag).to_owned()).collect();
+        let value = Entry::encode_unsized(value, &self.core.settings().format)
+            .map(Arc::new)
+            .map_err(|source| Error::Encode { key: key.to_owned(), source });
+        let counters = self.core.counters(DIRECT_CALLS);
+        let put = Change::Put { key, value, ttl, tags: &tags };
+        write::apply(&self.core, &counters, put).await.map(drop)
+    }
+
     /// Cache-aside by hand: the value under `key`, or else the result of `load`, stored for
     /// `ttl` when it is `Ok`. Concurrent misses of one key share one run of `load`.
     ///
