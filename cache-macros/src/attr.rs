@@ -110,6 +110,9 @@ arguments! {
     absent_ttl: Duration, [Cached], "absent_ttl = \"30s\"";
     /// `idle = "30m"`: sliding expiration, each hit extends the value's life up to `ttl`.
     idle: Duration, [Cached, CachePut], "idle = \"30m\"";
+    /// `tags = ["make:<v.make>", "listings"]`: tag templates (stored with the value, or, in
+    /// `#[invalidates]`, the tags whose keys are removed).
+    tags: Tags, [Cached, CachePut, Invalidates], "tags = [\"make:<v.make>\"]";
     /// `near = false`: this function bypasses the cache's near cache.
     near: Bool, [Cached], "near = false";
     /// `limit = 5`: calls a rate limit admits per window.
@@ -420,6 +423,40 @@ pub(crate) mod kind {
     pub(crate) struct Int;
     /// Any expression: `cache = self.cache`.
     pub(crate) struct Expr;
+    /// An array of string literals: `tags = ["make:<v.make>", "listings"]`.
+    pub(crate) struct Tags;
+}
+
+impl Kind for kind::Tags {
+    type Value = Vec<LitStr>;
+
+    /// `[...]` of string literals, at least one; each is checked as a template later.
+    fn read(written: Written, example: &str, errors: &mut Errors) -> Option<Vec<LitStr>> {
+        let name = &written.name;
+        let Some(value) = written.value else {
+            errors.push(name.span(), format!("`{name}` needs a value: `{example}`"));
+            return None;
+        };
+        let Expr::Array(array) = value else {
+            errors.push(value.span(), format!("expected an array of string literals: `{example}`"));
+            return None;
+        };
+        if array.elems.is_empty() {
+            errors.push(array.span(), format!("`{name}` needs at least one tag: `{example}`"));
+            return None;
+        }
+        let mut tags = Vec::new();
+        for element in array.elems {
+            match element {
+                Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(lit), .. }) => tags.push(lit),
+                other => errors.push(
+                    other.span(),
+                    format!("expected a string literal (a tag template): `{example}`"),
+                ),
+            }
+        }
+        Some(tags)
+    }
 }
 
 impl Kind for kind::Str {
@@ -604,15 +641,15 @@ mod tests {
     fn the_expected_lists_follow_the_table() {
         assert_eq!(
             Attribute::Cached.expected(),
-            "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `timeout`, `absent_ttl`, `idle`, `near`, `cache`, `name`"
+            "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `timeout`, `absent_ttl`, `idle`, `tags`, `near`, `cache`, `name`"
         );
         assert_eq!(
             Attribute::CachePut.expected(),
-            "one of `key`, `ttl`, `stale`, `idle`, `cache`, `name`"
+            "one of `key`, `ttl`, `stale`, `idle`, `tags`, `cache`, `name`"
         );
         assert_eq!(
             Attribute::Invalidates.expected(),
-            "key templates or patterns as strings (`\"vehicle:<v.id>\"`, `\"homepage:*\"`), `cache`, `name`"
+            "key templates or patterns as strings (`\"vehicle:<v.id>\"`, `\"homepage:*\"`), `tags`, `cache`, `name`"
         );
         assert_eq!(
             Attribute::RateLimit.expected(),

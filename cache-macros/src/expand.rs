@@ -12,7 +12,7 @@ use crate::attr::{Args, Attribute, Duration};
 use crate::detach::{rename_self, Detached};
 use crate::errors::Errors;
 use crate::item::{mentions, mentions_impl_trait, shape_of, storable, Function, Signature};
-use crate::template::Key;
+use crate::template::{resolve_tag, Key};
 
 /// `#[cached(...)]`.
 pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -42,6 +42,8 @@ struct Prepared {
     args: Args,
     /// The name in stats and metrics.
     name: String,
+    /// The tag templates (`tags = [...]`), resolved.
+    tags: Vec<Key>,
     plan: Plan,
 }
 
@@ -96,6 +98,11 @@ impl Prepared {
         if matches!(attribute, Attribute::Cached | Attribute::CachePut) {
             type_params_in_key(&function.sig, &signature, &keys, &mut errors);
         }
+        let tags: Vec<Key> = args
+            .iter()
+            .flat_map(|args| args.tags.get().into_iter().flatten())
+            .filter_map(|template| resolve_tag(template, &signature, &mut errors))
+            .collect();
         let output = signature.output.cloned();
         let rejected = |errors: &Errors| {
             let errors = errors.to_compile_errors();
@@ -145,7 +152,7 @@ impl Prepared {
             }
         };
         let name = args.name.get().map_or_else(|| function.sig.ident.to_string(), LitStr::value);
-        Ok(Prepared { function, args, name, plan })
+        Ok(Prepared { function, args, name, tags, plan })
     }
 
     fn expand(&self) -> TokenStream {
@@ -196,6 +203,8 @@ impl Prepared {
         let idle = optional_duration(args.idle.get());
         let cache = cache_expr(args.cache.get());
         let register = register("Cached", [&key.template], name);
+        let register_tags = self::register("Tag", self.tags.iter().map(|tag| &tag.template), name);
+        let tags = self.rendered_tags();
         let key = &key.expr;
         let shape = shape_binding();
         let span = returned.span();
@@ -246,8 +255,10 @@ impl Prepared {
                     counters: ::cache_runtime::__private::CountersSlot::new(),
                 };
             #register
+            #register_tags
             let __cache_runtime_cache = #cache;
             let __cache_runtime_key = #key;
+            let __cache_runtime_tags = #tags;
             #checks
             let #shape = #probe;
             let #shape = #storable;
@@ -259,6 +270,7 @@ impl Prepared {
                 __cache_runtime_cache,
                 &__CACHE_RUNTIME_FN,
                 __cache_runtime_key,
+                __cache_runtime_tags,
                 #cloner,
                 __cache_runtime_body,
             )
@@ -275,6 +287,8 @@ impl Prepared {
             idle.map_or_else(|| stale.map_or(0, |stale| stale.millis).max(ttl), |idle| idle.millis);
         let cache = cache_expr(args.cache.get());
         let register = register("Put", [&key.template], name);
+        let register_tags = self::register("Tag", self.tags.iter().map(|tag| &tag.template), name);
+        let tags = self.rendered_tags();
         let shape = shape_binding();
         let probe = self.shape_after();
         let storable = storable(&shape, self.output_span());
@@ -289,25 +303,27 @@ impl Prepared {
                 &__cache_runtime_cache,
                 &__CACHE_RUNTIME_FN,
                 __cache_runtime_key,
+                __cache_runtime_tags,
                 #cloner,
                 &__cache_runtime_returned,
             )
             .await;
         };
-        // A key naming the returned value is rendered from it, when there is one.
-        let (before, after) = if key.after {
+        // A key (or a tag) naming the returned value is rendered from it, when there is one.
+        let (before, after) = if key.after || self.tags.iter().any(|tag| tag.after) {
             let value = Ident::new(crate::template::RETURNED_VALUE, Span::call_site());
             let after = quote! {
                 if let ::core::option::Option::Some(#value) =
                     ::cache_runtime::__private::returned_value(#shape, &__cache_runtime_returned)
                 {
                     let __cache_runtime_key = #expr;
+                    let __cache_runtime_tags = #tags;
                     #put
                 }
             };
             (quote!(), after)
         } else {
-            (quote!(let __cache_runtime_key = #expr;), put)
+            (quote!(let __cache_runtime_key = #expr; let __cache_runtime_tags = #tags;), put)
         };
         function.around(quote! {
             static __CACHE_RUNTIME_FN: ::cache_runtime::__private::WritingFn =
@@ -316,6 +332,7 @@ impl Prepared {
                     ttl: ::core::time::Duration::from_millis(#millis),
                 };
             #register
+            #register_tags
             let __cache_runtime_cache = #cache;
             #before
             #lints
@@ -335,8 +352,21 @@ impl Prepared {
             let variant = if *glob { format_ident!("Pattern") } else { format_ident!("Key") };
             quote!(::cache_runtime::__private::Target::#variant(#expr))
         };
-        let before = targets.iter().filter(|key| !key.after).map(target);
-        let after: Vec<TokenStream> = targets.iter().filter(|key| key.after).map(target).collect();
+        let register_tags =
+            self::register("InvalidatesTag", self.tags.iter().map(|tag| &tag.template), name);
+        let tag = |Key { expr, .. }: &Key| quote!(::cache_runtime::__private::Target::Tag(#expr));
+        let before: Vec<TokenStream> = targets
+            .iter()
+            .filter(|key| !key.after)
+            .map(target)
+            .chain(self.tags.iter().filter(|key| !key.after).map(tag))
+            .collect();
+        let after: Vec<TokenStream> = targets
+            .iter()
+            .filter(|key| key.after)
+            .map(target)
+            .chain(self.tags.iter().filter(|key| key.after).map(tag))
+            .collect();
         let shape = shape_binding();
         let probe = self.shape_after();
         let returned_ty = function.returned_annotation();
@@ -365,6 +395,7 @@ impl Prepared {
             static __CACHE_RUNTIME_FN: ::cache_runtime::__private::WritingFn =
                 ::cache_runtime::__private::WritingFn { name: #name, ttl: ::core::time::Duration::ZERO };
             #register
+            #register_tags
             let __cache_runtime_cache = #cache;
             let #targets_binding: ::std::vec::Vec<::cache_runtime::__private::Target> = ::std::vec![#(#before),*];
             #lints
@@ -453,6 +484,17 @@ fn type_params_in_key(
                 format!("the type parameter `{name}` reaches the cached value, so each `{name}` needs keys of its own: name it in the key template, such as `key = \"...:<{name}>:...\"` (it renders `std::any::type_name::<{name}>()`)"),
             );
         }
+    }
+}
+
+impl Prepared {
+    /// The rendered tags, a `Vec<String>` (empty, without allocating, when there are none).
+    fn rendered_tags(&self) -> TokenStream {
+        if self.tags.is_empty() {
+            return quote!(::std::vec::Vec::new());
+        }
+        let tags = self.tags.iter().map(|tag| &tag.expr);
+        quote!(::std::vec![#(#tags),*])
     }
 }
 
@@ -649,7 +691,7 @@ mod tests {
                 "duplicate argument `ttl`",
                 "`lock` is a flag and takes no value: write `lock`",
                 "duplicate argument `lock`",
-                "unknown argument `what`; expected one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `timeout`, `absent_ttl`, `idle`, `near`, `cache`, `name`",
+                "unknown argument `what`; expected one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `timeout`, `absent_ttl`, `idle`, `tags`, `near`, `cache`, `name`",
                 "`stale` must be longer than `ttl`: it is how long a value is kept in all, to be served when the body fails after the value expired",
             ]
         );
@@ -680,13 +722,13 @@ mod tests {
         let errors = errors_of(cache_put(quote!(key = "v:<id>", refresh = "1m"), item.clone()));
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with(
-            "unknown argument `refresh`; expected one of `key`, `ttl`, `stale`, `idle`, `cache`, `name`"
+            "unknown argument `refresh`; expected one of `key`, `ttl`, `stale`, `idle`, `tags`, `cache`, `name`"
         ));
         assert!(errors[1].starts_with("missing `ttl = \"...\"`: `#[cache_put]`"), "{errors:?}");
         let errors = errors_of(invalidates(quote!(key = "v:<id>"), item));
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with("unknown argument `key`; expected key templates"));
-        assert!(errors[1].starts_with("`#[invalidates]` needs at least one key or pattern"));
+        assert!(errors[1].starts_with("`#[invalidates]` needs at least one key, pattern or tag"));
     }
 
     #[test]

@@ -39,6 +39,7 @@ use proc_macro::TokenStream;
 /// | `timeout = "..."` | Needs `stale`. A caller holding an expired value kept by `stale` waits this long for the body, then returns that value; the body goes on in the background and stores its result. |
 /// | `absent_ttl = "..."` | Cache absent results (`None`, `Ok(None)`) this long (negative caching). Needs a return type with an absent result: `Option<T>`, `Result<Option<T>, E>` or `Option<Result<T, E>>`, through any alias (a compile error otherwise). |
 /// | `idle = "..."` | Sliding expiration (sessions): the value is stored for `idle`, and each hit extends its remaining life to `min(idle, ttl - age)`, so a value nobody reads for `idle` is gone and `ttl` stays an absolute cap from the write time. Still one round trip on Redis (one script). Shorter than `ttl`; excludes `stale`, `refresh` and `early`; bypasses the near cache. |
+/// | `tags = ["...", ...]` | Tags stored with the value: templates with the key grammar (placeholders encoded; no glob characters, not empty, no `#`), rendered per call. `Cache::invalidate_tag("make:ford")` or `#[invalidates(tags = ["make:<v.make>"])]` removes every key stored with the tag, in every process; reads never look at tags (a hit stays one `GET`). Excludes `idle`. |
 /// | `near = false` | Bypass the cache's near cache (`CacheBuilder::near_cache`) for this function: every call reads Redis. No effect on a cache without one. Default: `true`. |
 /// | `cache = <expr>` | The `Cache` to use: an expression of type `Cache`, `&Cache` or `Arc<Cache>`, which may use `self` and the parameters. Default: [`default_cache()`](https://docs.rs/cache-runtime/latest/cache_runtime/fn.default_cache.html). |
 /// | `name = "..."` | The function's name in stats and metrics. Default: its identifier. |
@@ -123,6 +124,8 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// async fn create_vehicle(new: NewVehicle) -> Result<Vehicle, DbError> { /* INSERT */ }
 /// ```
 ///
+/// `tags = ["make:<v.make>", "listings"]` also removes every key stored with each rendered
+/// tag (see `tags` in `#[cached]`); `#[invalidates(tags = ["listings"])]` alone is valid.
 /// Also accepts `cache = <expr>` and `name = "..."` (the function's name in stats).
 ///
 /// A failure to invalidate (Redis down) never changes what the function returns: it is
@@ -157,6 +160,7 @@ pub fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
 /// | `ttl = "..."` | Required. Time to live, as in `#[cached]`. |
 /// | `stale = "..."` | Keep the value this long in all (longer than `ttl`): give the same `stale` as the `#[cached]` readers of this key, so they can serve it once expired when their body fails. |
 /// | `idle = "..."` | Store the value for `idle` only (shorter than `ttl`, without `stale`): for keys read with `#[cached(..., idle = ...)]`, whose hits extend it. |
+/// | `tags = ["...", ...]` | Tags stored with the value, as in `#[cached]`. |
 /// | `cache = <expr>` | The `Cache` to use, as in `#[cached]`. |
 /// | `name = "..."` | The function's name in stats and metrics. Default: its identifier. |
 #[proc_macro_attribute]

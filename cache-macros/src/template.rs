@@ -75,6 +75,31 @@ impl Key {
     }
 }
 
+/// A tag template (`tags = ["make:<f.make>"]`): the key grammar (placeholders, encoding; no
+/// glob characters, not empty, no `#`), its errors worded for a tag, spanned on the literal.
+pub(crate) fn resolve_tag(
+    template: &LitStr,
+    signature: &Signature<'_>,
+    errors: &mut Errors,
+) -> Option<Key> {
+    if let Err(messages) = template::parse(&template.value(), Purpose::Key) {
+        for message in messages {
+            let message = message
+                .replace("the key template is empty", "the tag template is empty")
+                .replace("in the cached key", "in the tag")
+                .replace(
+                    "a stored key must not contain `*`, `?`, `[` or `]` (patterns belong in `#[invalidates]`)",
+                    "a tag is never a pattern, so it must not contain `*`, `?`, `[` or `]` (placeholder values are encoded)",
+                )
+                .replace("so a key or pattern must not contain it", "so a tag must not contain it")
+                .replace("key template", "tag template");
+            errors.push(template.span(), message);
+        }
+        return None;
+    }
+    Key::resolve(template, Purpose::Key, signature, errors)
+}
+
 /// `push_part(&mut key, &param.field)`, spanned so that a missing `KeyPart` or an unknown
 /// field is reported on the user's parameter type or template.
 fn placeholder_value(

@@ -25,6 +25,15 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// A tag given to [`Cache::invalidate_tag`](crate::Cache::invalidate_tag) is not a
+    /// rendered tag (empty, whitespace, control or glob characters, `#`, too long).
+    #[error("invalid tag {tag:?}: {reason}")]
+    InvalidTag {
+        /// The tag as given.
+        tag: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
     /// A time to live of zero (or one too large to represent) was given.
     #[error("invalid time to live {ttl:?}: {reason}")]
     InvalidTtl {

@@ -95,6 +95,14 @@
 //! index updates first and the write after them, and pattern invalidation reads one index
 //! and unlinks per slot.
 //!
+//! ### Tags
+//!
+//! `tags = ["make:<f.make>"]` on [`cached`] and [`cache_put`] stores a value with its
+//! rendered tags; [`Cache::invalidate_tag`] and `#[invalidates(tags = [...])]` remove every
+//! key stored with a tag. Each tag keeps a set of its keys beside the indexes, written with
+//! the value (or with a load's pending marker), pruned by expiry; reads never look at tags.
+//! See `docs/tags.md` for the design, Redis Cluster and eviction.
+//!
 //! ## Consistency
 //!
 //! The promise (see the README's "Consistency" section for the user-facing statement and
@@ -198,6 +206,7 @@ mod scope;
 mod shape;
 mod stats;
 mod store;
+mod tags;
 mod write;
 
 #[cfg(feature = "axum")]

@@ -37,12 +37,14 @@ pub fn cache_of(cache: &Cache) -> Cache {
     cache.clone()
 }
 
-/// The body of a `#[cached]` function whose body runs in the caller.
+/// The body of a `#[cached]` function whose body runs in the caller. `tags`: the rendered
+/// `tags = [...]` (empty without).
 pub async fn cached<S, R, F, Fut>(
     _shape: Shaped<S, R>,
     cache: Cache,
     function: &'static CachedFn,
     key: String,
+    tags: Vec<String>,
     cloner: Cloner<S::Value>,
     body: F,
 ) -> R
@@ -54,11 +56,20 @@ where
 {
     let core = cache.core();
     let counters = function.counters.get(core.id(), core.stats(), function.name);
-    if !core.key_fits(&counters, &key) {
+    if !core.key_fits(&counters, &key) || !tags.iter().all(|tag| core.key_fits(&counters, tag)) {
         return body().await;
     }
-    crate::load::through::<S, R, _>(core, &counters, &key, &function.policy, cloner, Inline(body))
-        .await
+    let policy = &function.policy;
+    crate::load::through_tagged::<S, R, _>(
+        core,
+        &counters,
+        &key,
+        &tags,
+        policy,
+        cloner,
+        Inline(body),
+    )
+    .await
 }
 
 /// The body of a `#[cached]` function with `refresh`, `early` or `timeout`: started, the
@@ -68,6 +79,7 @@ pub async fn cached_detached<S, R, F, Fut>(
     cache: Cache,
     function: &'static CachedFn,
     key: String,
+    tags: Vec<String>,
     cloner: Cloner<S::Value>,
     body: F,
 ) -> R
@@ -86,11 +98,13 @@ where
     let call: std::pin::Pin<Box<dyn Future<Output = R> + Send + '_>> = Box::pin(async move {
         let core = cache.core();
         let counters = function.counters.get(core.id(), core.stats(), function.name);
-        if !core.key_fits(&counters, &key) {
+        if !core.key_fits(&counters, &key) || !tags.iter().all(|tag| core.key_fits(&counters, tag))
+        {
             return body().await;
         }
         let policy = &function.policy;
-        crate::load::through::<S, R, _>(core, &counters, &key, policy, cloner, Detachable(body))
+        let body = Detachable(body);
+        crate::load::through_tagged::<S, R, _>(core, &counters, &key, &tags, policy, cloner, body)
             .await
     });
     call.await
@@ -148,12 +162,14 @@ pub async fn invalidate_after(cache: &Cache, function: &'static WritingFn, targe
     crate::invalidate::invalidate_targets(cache.core(), function.name, targets).await;
 }
 
-/// Runs after a `#[cache_put]` function returned: stores its value when it has one.
+/// Runs after a `#[cache_put]` function returned: stores its value when it has one, with
+/// `tags` (the rendered `tags = [...]`).
 pub async fn put_after<S, R>(
     _shape: Shaped<S, R>,
     cache: &Cache,
     function: &'static WritingFn,
     key: String,
+    tags: Vec<String>,
     cloner: Cloner<S::Value>,
     returned: &R,
 ) where
@@ -163,9 +179,18 @@ pub async fn put_after<S, R>(
     // Nothing can be stored under a key over `max_key_bytes`, so there is nothing to
     // replace or remove either.
     let core = cache.core();
-    if key.len() > core.settings().max_key_bytes {
-        // Counted and logged (bounded) like an attribute's key that does not fit.
-        core.key_fits(&core.counters(function.name), &key);
+    let max = core.settings().max_key_bytes;
+    if key.len() > max || tags.iter().any(|tag| tag.len() > max) {
+        // Counted and logged (bounded) like an attribute's key that does not fit. A tag
+        // that does not fit could never be invalidated: the value is not stored either,
+        // and the old one goes.
+        let counters = core.counters(function.name);
+        if key.len() <= max {
+            let gone = crate::write::Change::Remove(crate::scope::Scope::Key(key.clone()));
+            let _ = crate::write::apply(core, &counters, gone).await;
+        }
+        let long = tags.iter().find(|tag| tag.len() > max).unwrap_or(&key);
+        core.key_fits(&counters, long);
         return;
     }
     crate::write::put_outcome::<S, R>(
@@ -173,6 +198,7 @@ pub async fn put_after<S, R>(
         function.name,
         &key,
         function.ttl,
+        &tags,
         cloner,
         returned,
     )

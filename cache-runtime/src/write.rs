@@ -39,10 +39,18 @@ use crate::store::{Removed, Ticket};
 pub(crate) enum Change<'a> {
     /// Write-through (`set`, `#[cache_put]`): replace whatever the key holds with the
     /// encoded value, or, when it could not be encoded, remove the key.
-    Put { key: &'a str, value: Result<Arc<Entry>>, ttl: Duration },
+    /// `tags`: the tags the value is stored with.
+    Put { key: &'a str, value: Result<Arc<Entry>>, ttl: Duration, tags: &'a [String] },
     /// A load's result, stored only if its ticket still holds (the fill protocol,
     /// `store/mod.rs`). Detaches nothing: its own flight is the writer.
-    Fill { key: &'a str, ticket: &'a Ticket, entry: &'a Arc<Entry>, ttl: Duration },
+    /// `tags`: the tags its ticket was taken with.
+    Fill {
+        key: &'a str,
+        ticket: &'a Ticket,
+        entry: &'a Arc<Entry>,
+        ttl: Duration,
+        tags: &'a [String],
+    },
     /// Remove what the scope covers.
     Remove(Scope),
 }
@@ -77,11 +85,11 @@ pub(crate) async fn apply(
     change: Change<'_>,
 ) -> Result<Applied> {
     match change {
-        Change::Put { key, value, ttl } => {
+        Change::Put { key, value, ttl, tags } => {
             let scope = Scope::Key(key.to_owned());
             core.flights().detach(&scope);
             let written = match value.and_then(|entry| storable(core, key, entry)) {
-                Ok(entry) => core.store().set(key, &entry, ttl).await,
+                Ok(entry) => core.store().set(key, &entry, ttl, tags).await,
                 Err(error) => Err(error),
             };
             if let Err(error) = &written {
@@ -102,7 +110,7 @@ pub(crate) async fn apply(
             evict_near(core, &scope);
             written.map(|()| Applied::Written)
         }
-        Change::Fill { key, ticket, entry, ttl } => {
+        Change::Fill { key, ticket, entry, ttl, tags } => {
             let max = core.settings().max_value_bytes;
             if entry.size() > max {
                 if let Some(suppressed) = core.log(LogKind::WriteFailed) {
@@ -113,7 +121,7 @@ pub(crate) async fn apply(
                 counters.error(ErrorKind::TooLarge);
                 return Ok(Applied::Filled(Filled::Skipped));
             }
-            let filled = core.store().fill(key, ticket, entry, ttl).await;
+            let filled = core.store().fill(key, ticket, entry, ttl, tags).await;
             if let Some(near) = core.near() {
                 near.evict(&Scope::Key(key.to_owned()));
             }
@@ -165,13 +173,14 @@ pub(crate) async fn apply(
 
 /// The `cache.invalidate` span of a removal: INFO, with `cache.function` (the function whose
 /// `#[invalidates]` or `#[cache_put]` removed, or `direct`), `cache.scope` (`key`,
-/// `pattern`, `all`), `cache.key` or `cache.pattern` (unless keys are redacted) and, when
+/// `pattern`, `tag`, `all`), `cache.key`, `cache.pattern` or `cache.tag` (unless keys are redacted) and, when
 /// it ends, `cache.keys_removed` and `cache.outcome` (`removed`, `kept`: failed for a
 /// connection reason and kept for replay, `failed`) with `error.type` on failure.
 pub(crate) fn invalidate_span(core: &CacheCore, counters: &Counters, scope: &Scope) -> Span {
     let kind = match scope {
         Scope::Key(_) => "key",
         Scope::Pattern(_) => "pattern",
+        Scope::Tag(_) => "tag",
         Scope::All => "all",
     };
     let span = tracing::info_span!(
@@ -180,6 +189,7 @@ pub(crate) fn invalidate_span(core: &CacheCore, counters: &Counters, scope: &Sco
         cache.scope = kind,
         cache.key = Empty,
         cache.pattern = Empty,
+        cache.tag = Empty,
         cache.keys_removed = Empty,
         cache.outcome = Empty,
         error.type = Empty,
@@ -191,6 +201,7 @@ pub(crate) fn invalidate_span(core: &CacheCore, counters: &Counters, scope: &Sco
             Scope::Pattern(_) => {
                 span.record("cache.pattern", tracing::field::display(core.shown(scope.text())))
             }
+            Scope::Tag(tag) => span.record("cache.tag", tracing::field::display(core.shown(tag))),
             Scope::All => &span,
         };
     }
@@ -225,6 +236,7 @@ async fn removal(core: &CacheCore, scope: &Scope) -> Result<Removed> {
     let removed = match scope {
         Scope::Key(key) => store.remove(key).await.map(|keys| Removed { keys, scanned: false }),
         Scope::Pattern(pattern) => store.remove_matching(pattern).await,
+        Scope::Tag(tag) => store.remove_tagged(tag).await,
         Scope::All => store.clear().await.map(|keys| Removed { keys, scanned: false }),
     };
     evict_near(core, scope);
@@ -294,13 +306,14 @@ fn replayed(core: &CacheCore, kept: &Kept, keys: u64) {
     core.backlog().remove(kept);
 }
 
-/// Write-through for `#[cache_put]`: stores the value of `returned`, if any. Failures are
+/// Write-through for `#[cache_put]`: stores the value of `returned`, if any, with `tags`. Failures are
 /// counted and logged, never returned (they must not change what the function returns).
 pub(crate) async fn put_outcome<S, R>(
     core: &Arc<CacheCore>,
     function: &str,
     key: &str,
     ttl: Duration,
+    tags: &[String],
     cloner: Cloner<S::Value>,
     returned: &R,
 ) where
@@ -326,7 +339,7 @@ pub(crate) async fn put_outcome<S, R>(
     let value = Entry::encode(value, cloner, &core.settings().format)
         .map(Arc::new)
         .map_err(|source| Error::Encode { key: key.to_owned(), source });
-    if let Err(error) = apply(core, &counters, Change::Put { key, value, ttl }).await {
+    if let Err(error) = apply(core, &counters, Change::Put { key, value, ttl, tags }).await {
         if let Some(suppressed) = core.log(LogKind::WriteFailed) {
             let (key, error) = (core.shown(key), core.shown_error(&error, key));
             tracing::warn!(function, %key, %error, store = core.kind(), suppressed, "cache write-through failed");

@@ -4,8 +4,9 @@
 //! for processes. Reader tasks call a `#[cached]` function (with and without `lock`, with
 //! `refresh`, with a short `ttl` and a long `stale`) whose body reads a row slowly, so loads overlap writes; writer tasks bump
 //! a row's version and then invalidate it in one of the ways a user can: `invalidate`,
-//! `invalidate_pattern` on the row's group, `set` (write-through), `clear`, or an
-//! `#[invalidates]` function. Every operation is recorded with sequence numbers taken before
+//! `invalidate_pattern` on the row's group, `set` (write-through), `clear`, an
+//! `#[invalidates]` function, or the tag the readers store the row with (`invalidate_tag`,
+//! `#[invalidates(tags = [...])]`). Every operation is recorded with sequence numbers taken before
 //! it starts and after it returns. The checks:
 //!
 //! 1. **Read-your-writes, across instances**: a read that starts after a write and its
@@ -86,22 +87,22 @@ fn group(row: u64) -> u64 {
     row % GROUPS
 }
 
-#[cached(key = "grp:<g>:row:<row>", ttl = "20s", cache = cache)]
+#[cached(key = "grp:<g>:row:<row>", ttl = "20s", tags = ["row:<row>"], cache = cache)]
 async fn read_row(cache: &Cache, db: &Db, g: u64, row: u64, jitter: u64) -> u64 {
     db.read(row, jitter).await
 }
 
-#[cached(key = "grp:<g>:row:<row>", ttl = "20s", lock, cache = cache)]
+#[cached(key = "grp:<g>:row:<row>", ttl = "20s", lock, tags = ["row:<row>"], cache = cache)]
 async fn read_row_locked(cache: &Cache, db: &Db, g: u64, row: u64, jitter: u64) -> u64 {
     db.read(row, jitter).await
 }
 
-#[cached(key = "grp:<g>:row:<row>", ttl = "20s", refresh = "5ms", cache = cache)]
+#[cached(key = "grp:<g>:row:<row>", ttl = "20s", refresh = "5ms", tags = ["row:<row>"], cache = cache)]
 async fn read_row_refreshing(cache: &Cache, db: &Db, g: u64, row: u64, jitter: u64) -> u64 {
     db.read(row, jitter).await
 }
 
-#[cached(key = "grp:<g>:row:<row>", ttl = "30ms", stale = "20s", cache = cache)]
+#[cached(key = "grp:<g>:row:<row>", ttl = "30ms", stale = "20s", tags = ["row:<row>"], cache = cache)]
 async fn read_row_stale(
     cache: &Cache,
     db: &Db,
@@ -115,6 +116,24 @@ async fn read_row_stale(
 #[invalidates("grp:<g>:row:<row>", cache = cache)]
 async fn write_row(cache: &Cache, db: &Db, g: u64, row: u64) -> Result<u64, String> {
     Ok(db.versions[row as usize].fetch_add(1, SeqCst) + 1)
+}
+
+/// A write whose invalidation is a tag the readers store their rows with.
+#[invalidates(tags = ["row:<row>"], cache = cache)]
+async fn write_row_tagged(cache: &Cache, db: &Db, row: u64) -> Result<u64, String> {
+    Ok(db.versions[row as usize].fetch_add(1, SeqCst) + 1)
+}
+
+/// A write invalidated by the tag of its row (`invalidate_tag` or `#[invalidates(tags)]`).
+async fn tag_write(cache: &Cache, db: &Db, rng: &mut Rng, row: u64) -> Write {
+    let (version, ok, how) = if rng.below(2) == 0 {
+        let version = db.versions[row as usize].fetch_add(1, SeqCst) + 1;
+        (version, cache.invalidate_tag(&format!("row:{row}")).await.is_ok(), "invalidate_tag")
+    } else {
+        let version = write_row_tagged(cache, db, row).await.unwrap();
+        (version, cache.health().await.pending_invalidations == 0, "#[invalidates(tags)]")
+    };
+    Write { row, version, completed: ok.then(tick), completed_at: Instant::now(), how }
 }
 
 /// One recorded read: the version returned, with the sequence number taken before it
@@ -194,6 +213,9 @@ async fn write(cache: &Cache, db: &Db, rng: &mut Rng, plain: Option<&Plain>) -> 
     let g = group(row);
     let key = format!("grp:{g}:row:{row}");
     let _row_lock = db.row_locks[row as usize].lock().await;
+    if rng.below(6) == 0 {
+        return vec![tag_write(cache, db, rng, row).await];
+    }
     let choice = rng.below(if plain.is_some() { 12 } else { 10 });
     if choice == 9 {
         // clear(): every row's newest version is now "completed" for the check.
@@ -238,7 +260,11 @@ async fn write(cache: &Cache, db: &Db, rng: &mut Rng, plain: Option<&Plain>) -> 
         }
         5..=6 => {
             let version = db.versions[row as usize].fetch_add(1, SeqCst) + 1;
-            let ok = cache.set(&key, &version, Duration::from_secs(20)).await.is_ok();
+            // With the row's tag, as its readers store it: a value written without the tag
+            // would not be removed by it.
+            let tag = format!("row:{row}");
+            let ttl = Duration::from_secs(20);
+            let ok = cache.set_tagged(&key, &version, ttl, &[&tag]).await.is_ok();
             (version, ok, "set")
         }
         _ => {

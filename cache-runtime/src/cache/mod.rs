@@ -119,7 +119,41 @@ impl Cache {
             .map(Arc::new)
             .map_err(|source| Error::Encode { key: key.to_owned(), source });
         let counters = self.core.counters(DIRECT_CALLS);
-        write::apply(&self.core, &counters, Change::Put { key, value, ttl }).await.map(drop)
+        write::apply(&self.core, &counters, Change::Put { key, value, ttl, tags: &[] })
+            .await
+            .map(drop)
+    }
+
+    /// [`set`](Self::set) with tags: stores `value` under `key` for `ttl`, stored with
+    /// `tags` (rendered tags), so [`invalidate_tag`](Self::invalidate_tag) of any of them
+    /// removes it, as it removes what `#[cached(tags = [...])]` and `#[cache_put(tags = [...])]`
+    /// store. A value written without a tag (by [`set`](Self::set), or a function without
+    /// `tags`) is not removed by that tag.
+    ///
+    /// # Errors
+    ///
+    /// As [`set`](Self::set), and [`Error::InvalidTag`] for a tag that
+    /// [`invalidate_tag`](Self::invalidate_tag) would refuse.
+    pub async fn set_tagged<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Duration,
+        tags: &[&str],
+    ) -> Result<()> {
+        self.core.check_key(key)?;
+        validate_ttl(ttl)?;
+        let max = self.core.settings().max_key_bytes;
+        for tag in tags {
+            crate::tags::validate_tag(tag, max)?;
+        }
+        let tags: Vec<String> = tags.iter().map(|tag| (*tag).to_owned()).collect();
+        let value = Entry::encode_unsized(value, &self.core.settings().format)
+            .map(Arc::new)
+            .map_err(|source| Error::Encode { key: key.to_owned(), source });
+        let counters = self.core.counters(DIRECT_CALLS);
+        let put = Change::Put { key, value, ttl, tags: &tags };
+        write::apply(&self.core, &counters, put).await.map(drop)
     }
 
     /// Cache-aside by hand: the value under `key`, or else the result of `load`, stored for
@@ -260,6 +294,30 @@ impl Cache {
             });
         }
         self.remove(Scope::of_pattern(pattern)).await
+    }
+
+    /// Removes every key stored with `tag` (a rendered tag, as [`invalidate`](Self::invalidate)
+    /// takes a rendered key: `make = "a:b"` in `tags = ["make:<make>"]` is the tag
+    /// `make:a%3Ab`). Returns how many keys went (keys already gone are not counted); they
+    /// count in [`Stats::invalidated`](crate::Stats::invalidated).
+    ///
+    /// The same guarantees as [`invalidate`](Self::invalidate): once it returns, no call
+    /// that starts afterwards, in any process, gets a value stored with the tag before it;
+    /// a load of such a value running meanwhile does not store it; near copies are
+    /// evicted; kept and replayed if Redis is unreachable. Reads never check tags: a hit
+    /// stays one `GET`. On a Redis that may evict keys, a tag whose set was not known
+    /// complete removes every key of the cache instead (see `docs/tags.md`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTag`](crate::Error::InvalidTag) for an empty tag, one with
+    /// whitespace, control or glob characters or `#`, or longer than
+    /// [`max_key_bytes`](crate::CacheBuilder::max_key_bytes);
+    /// [`Error::Backend`](crate::Error::Backend) or [`Error::Unavailable`](crate::Error::Unavailable)
+    /// when Redis fails (the invalidation is then kept and replayed until it lands).
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
+        crate::tags::validate_tag(tag, self.core.settings().max_key_bytes)?;
+        self.remove(Scope::Tag(tag.to_owned())).await
     }
 
     /// Removes every key of this cache: with Redis, the keys under its prefix (never

@@ -236,7 +236,9 @@ impl Near {
         match scope {
             Scope::Key(key) => self.evict_key(key),
             Scope::Pattern(pattern) => self.evict_matching(pattern),
-            Scope::All => self.flush(),
+            // Which keys carry the tag is known to the store only: every near copy goes
+            // (a tag invalidation is a rarer event than a key's).
+            Scope::Tag(_) | Scope::All => self.flush(),
         }
     }
 

@@ -92,7 +92,7 @@ pub(crate) struct Touch {
 }
 
 /// What a load is about to store, for [`Store::begin_fill`].
-pub(crate) struct FillPlan {
+pub(crate) struct FillPlan<'a> {
     /// How long the value will be kept (`ttl`, or `stale` when longer).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) lifetime: Duration,
@@ -103,6 +103,9 @@ pub(crate) struct FillPlan {
     pub(crate) window: Duration,
     /// Replace a stored value the caller could not decode.
     pub(crate) force: bool,
+    /// The tags the value will be stored with: the marker joins their tag sets, so an
+    /// invalidation of a tag while the load runs removes it and the fill is refused.
+    pub(crate) tags: &'a [String],
 }
 
 /// What [`Store::begin_fill`] found.
@@ -256,7 +259,7 @@ impl Store {
 
     /// Step 1 of the fill protocol (module docs): the value if a fresh one landed, else a
     /// ticket.
-    pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan) -> Result<Begun> {
+    pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan<'_>) -> Result<Begun> {
         match self {
             Store::Memory(store) => Ok(store.begin_fill(key, plan).await),
             #[cfg(feature = "redis")]
@@ -265,18 +268,20 @@ impl Store {
     }
 
     /// Step 3 of the fill protocol: stores `entry` for `ttl` if `ticket` still holds.
-    /// Returns whether it was stored.
+    /// Returns whether it was stored. `tags` are the ticket's (a marker is already in their
+    /// tag sets; a refresh's replacement joins them for its new lifetime).
     pub(crate) async fn fill(
         &self,
         key: &str,
         ticket: &Ticket,
         entry: &Arc<Entry>,
         ttl: Duration,
+        tags: &[String],
     ) -> Result<bool> {
         match self {
-            Store::Memory(store) => Ok(store.fill(key, ticket, Arc::clone(entry), ttl).await),
+            Store::Memory(store) => Ok(store.fill(key, ticket, Arc::clone(entry), ttl, tags).await),
             #[cfg(feature = "redis")]
-            Store::Redis(store) => store.fill(key, ticket, entry, ttl).await,
+            Store::Redis(store) => store.fill(key, ticket, entry, ttl, tags).await,
         }
     }
 
@@ -291,15 +296,22 @@ impl Store {
         }
     }
 
-    /// Stores `entry` under `key` for `ttl`, replacing whatever is there (write-through).
-    pub(crate) async fn set(&self, key: &str, entry: &Arc<Entry>, ttl: Duration) -> Result<()> {
+    /// Stores `entry` under `key` for `ttl` with `tags`, replacing whatever is there
+    /// (write-through).
+    pub(crate) async fn set(
+        &self,
+        key: &str,
+        entry: &Arc<Entry>,
+        ttl: Duration,
+        tags: &[String],
+    ) -> Result<()> {
         match self {
             Store::Memory(store) => {
-                store.set(key, Arc::clone(entry), ttl).await;
+                store.set(key, Arc::clone(entry), ttl, tags).await;
                 Ok(())
             }
             #[cfg(feature = "redis")]
-            Store::Redis(store) => store.set(key, entry, ttl).await,
+            Store::Redis(store) => store.set(key, entry, ttl, tags).await,
         }
     }
 
@@ -320,6 +332,19 @@ impl Store {
             }
             #[cfg(feature = "redis")]
             Store::Redis(store) => store.remove_matching(pattern).await,
+        }
+    }
+
+    /// Removes the keys stored with `tag` (values and pending markers alike, so loads
+    /// running anywhere cannot store): through the tag's set (see `tags.rs` and
+    /// `redis/tags.rs`).
+    pub(crate) async fn remove_tagged(&self, tag: &str) -> Result<Removed> {
+        match self {
+            Store::Memory(store) => {
+                Ok(Removed { keys: store.remove_tagged(tag).await, scanned: false })
+            }
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => store.remove_tagged(tag).await,
         }
     }
 

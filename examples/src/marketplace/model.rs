@@ -187,6 +187,22 @@ pub struct SearchFilters {
     pub sort: Sort,
     /// Page number, from 1.
     pub page: i64,
+    /// The price bucket of `max_price` ([`price_bucket`]), `None` without a ceiling: the
+    /// search's cache tag (`searches:<make>:<ceiling>`), so a price change drops only the
+    /// searches that can list the vehicle at its old or new price.
+    pub ceiling: Option<i64>,
+}
+
+/// The width of a price bucket, for the searches' cache tags.
+pub const PRICE_BUCKET: i64 = 5_000;
+
+/// The highest bucket: every ceiling from `MAX_BUCKET * PRICE_BUCKET` up shares it.
+pub const MAX_BUCKET: i64 = 20;
+
+/// The bucket of a price, `0..=MAX_BUCKET`. A vehicle priced `p` can be listed by a search
+/// with ceiling `c` only if `p <= c`, so only if `price_bucket(p) <= price_bucket(c)`.
+pub fn price_bucket(price: i64) -> i64 {
+    (price.max(0) / PRICE_BUCKET).min(MAX_BUCKET)
 }
 
 /// Results per search page.
@@ -214,6 +230,7 @@ impl SearchFilters {
             year_from: query.year_from,
             sort,
             page: query.page.unwrap_or(1).max(1),
+            ceiling: query.max_price.map(price_bucket),
         }
     }
 

@@ -6,11 +6,13 @@
 //! | `vehicle:<id>` | [`Marketplace::vehicle`] | 15m | `lock`, `early`, `absent_ttl = "30s"` |
 //! | `dealer:<dealer_id>:vehicles` | [`Marketplace::dealer_vehicles`] | 5m | `lock`, `refresh = "4m"`, `absent_ttl = "30s"` |
 //! | `homepage:<section>` | [`Marketplace::homepage_section`] | 10m | `lock`, `stale = "1h"`, `refresh = "8m"`, `timeout = "50ms"` |
-//! | `search:<make>:<body>:<province>:<min_price>:<max_price>:<year_from>:<sort>:<page>` (`~` for an absent filter) | [`Marketplace::search`] | 5m | |
+//! | `search:<make>:<body>:<province>:<min_price>:<max_price>:<year_from>:<sort>:<page>` (`~` for an absent filter) | [`Marketplace::search`] | 5m | `tags = ["searches:<make>:<ceiling>"]` |
 //! | `user:<id>` | [`Marketplace::user`] | 1h | `absent_ttl = "30s"` |
 //!
 //! A price change drops `vehicle:<id>`, `dealer:<dealer>:*`, `homepage:*`, and the searches
-//! that can list the vehicle: `search:<its make>:*` and `search:~:*` (searches of any make).
+//! that can list the vehicle at its old or new price, by their tags: of its make or of any
+//! make (`~`), with a price ceiling at or above the lower of the two prices, or none
+//! ([`price_bucket`](super::model::price_bucket)). A search for cheaper cars stays cached.
 //! A profile change is written through to `user:<id>`. Invalidation removes a key whatever
 //! its options: an early refresh, a stale value and an absent entry go with it.
 //!
@@ -22,8 +24,8 @@ use cache_runtime::{cache_put, cached, invalidates, Cache};
 
 use super::db::{Db, DbError};
 use super::model::{
-    DealerVehicles, Homepage, ProfileUpdate, SearchFilters, SearchPage, Section, UserProfile,
-    Vehicle,
+    price_bucket, DealerVehicles, Homepage, ProfileUpdate, SearchFilters, SearchPage, Section,
+    UserProfile, Vehicle, MAX_BUCKET,
 };
 
 /// The marketplace service: the database plus the cache in front of it. Cheap to clone.
@@ -135,9 +137,9 @@ impl Marketplace {
     /// Placeholder values are percent-encoded (every byte outside `[A-Za-z0-9_.-]`), so a
     /// value cannot spill into the next level: two different filter sets always have two
     /// different keys, where a hash of the filters could collide, and a client who computed
-    /// a collision could have one search answered with another's result. The make comes
-    /// first so that a price change drops only the searches that can list the vehicle
-    /// (`search:<its make>:*` and `search:~:*`). The HTTP API bounds the text filters
+    /// a collision could have one search answered with another's result. Tagged with its
+    /// make and price ceiling bucket, so that a price change drops only the searches that
+    /// can list the vehicle (see [`Marketplace::update_price`]). The HTTP API bounds the text filters
     /// ([`MAX_FILTER_BYTES`](super::MAX_FILTER_BYTES)), which keeps the keys short.
     ///
     /// # Errors
@@ -147,6 +149,7 @@ impl Marketplace {
         key = "search:<filters.make>:<filters.body>:<filters.province>:<filters.min_price>:\
                <filters.max_price>:<filters.year_from>:<filters.sort>:<filters.page>",
         ttl = "5m",
+        tags = ["searches:<filters.make>:<filters.ceiling>"],
         cache = self.cache
     )]
     pub async fn search(&self, filters: &SearchFilters) -> Result<SearchPage, DbError> {
@@ -179,23 +182,25 @@ impl Marketplace {
             return Ok(None);
         };
         let make = current.make.to_lowercase(); // as SearchFilters normalises it
-        self.save_price(&current, &make, price).await
+        let updated = self.save_price(&current, price).await?;
+        if updated.is_some() {
+            // The searches that can list it, before or after: every ceiling from the lower
+            // of the two prices' buckets up, and the searches without a ceiling.
+            let lowest = price_bucket(current.price.min(price));
+            for ceiling in (lowest..=MAX_BUCKET).map(Some).chain([None]) {
+                self.drop_searches(&make, ceiling).await;
+            }
+        }
+        Ok(updated)
     }
 
-    #[invalidates(
-        "vehicle:<v.id>",
-        "dealer:<v.dealer_id>:*",
-        "homepage:*",
-        "search:<make>:*",
-        "search:~:*",
-        cache = self.cache
-    )]
-    async fn save_price(
-        &self,
-        v: &Vehicle,
-        make: &str,
-        price: i64,
-    ) -> Result<Option<Vehicle>, DbError> {
+    /// Drops the searches of `make` and of any make (`~`) under the price ceiling bucket
+    /// `ceiling` (`None`: without a ceiling).
+    #[invalidates(tags = ["searches:<make>:<ceiling>", "searches:~:<ceiling>"], cache = self.cache)]
+    async fn drop_searches(&self, make: &str, ceiling: Option<i64>) {}
+
+    #[invalidates("vehicle:<v.id>", "dealer:<v.dealer_id>:*", "homepage:*", cache = self.cache)]
+    async fn save_price(&self, v: &Vehicle, price: i64) -> Result<Option<Vehicle>, DbError> {
         self.db.update_price(v.id, price).await
     }
 

@@ -14,6 +14,7 @@
 mod index;
 mod lease;
 mod scripts;
+mod tags;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -406,8 +407,15 @@ impl RedisStore {
     }
 
     /// Sends the index updates for `key` (cluster: before the write they cover).
-    async fn index_on_cluster(&self, key: &str, ttl_ms: u64, trusted_at_birth: bool) -> Result<()> {
-        let indexes = self.level_indexes(key);
+    async fn index_on_cluster(
+        &self,
+        key: &str,
+        ttl_ms: u64,
+        trusted_at_birth: bool,
+        tags: &[String],
+    ) -> Result<()> {
+        let mut indexes = self.level_indexes(key);
+        indexes.extend(self.tag_sets(tags));
         self.on_each_level(&indexes, |index| IndexAdd {
             index,
             member: key,
@@ -442,8 +450,19 @@ impl RedisStore {
 
     /// `key` as a script target: its full key and, on standalone, its indexes.
     fn target(&self, key: &str) -> Target {
-        let indexes =
-            if self.connection.is_cluster() { Vec::new() } else { self.level_indexes(key) };
+        self.tagged_target(key, &[])
+    }
+
+    /// [`target`](Self::target) for a value stored with `tags`: on standalone, their tag
+    /// sets are kept up with the indexes, in the same script.
+    fn tagged_target(&self, key: &str, tags: &[String]) -> Target {
+        let indexes = if self.connection.is_cluster() {
+            Vec::new()
+        } else {
+            let mut indexes = self.level_indexes(key);
+            indexes.extend(self.tag_sets(tags));
+            indexes
+        };
         Target { data: self.full_key(key), indexes }
     }
 
@@ -462,13 +481,19 @@ impl RedisStore {
 
     /// Write-through: `SET` with the index updates, atomically on standalone, indexes first
     /// on a cluster.
-    pub(crate) async fn set(&self, key: &str, entry: &Entry, ttl: Duration) -> Result<()> {
+    pub(crate) async fn set(
+        &self,
+        key: &str,
+        entry: &Entry,
+        ttl: Duration,
+        tags: &[String],
+    ) -> Result<()> {
         let ttl_ms = millis(ttl);
         let trusted_at_birth = self.trusted_at_birth().await?;
         if self.connection.is_cluster() {
-            self.index_on_cluster(key, ttl_ms, trusted_at_birth).await?;
+            self.index_on_cluster(key, ttl_ms, trusted_at_birth, tags).await?;
         }
-        let target = self.target(key);
+        let target = self.tagged_target(key, tags);
         self.call(&Write {
             target: &target,
             value: &entry.json,
@@ -482,13 +507,13 @@ impl RedisStore {
     /// Step 1 of the fill protocol (see `store/mod.rs`). The index entry covers the marker
     /// and the value that may replace it (`window + lifetime`; a marker keeping an expired
     /// value lives at most as long as that value).
-    pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan) -> Result<Begun> {
+    pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan<'_>) -> Result<Begun> {
         let trusted_at_birth = self.trusted_at_birth().await?;
         let mut marker = MARKER_TAG.to_vec();
         marker.extend_from_slice(new_token().as_bytes());
         marker.push(b'\n');
         let index_ttl_ms = millis(plan.window) + millis(plan.lifetime);
-        let target = self.target(key);
+        let target = self.tagged_target(key, plan.tags);
         let begin = BeginFill {
             target: &target,
             marker: &marker,
@@ -506,7 +531,7 @@ impl RedisStore {
             // Both in flight together: the load starts only when both are done, so either
             // an invalidation finds the marker, or it ran before the load reads anything.
             let ((), reply) = futures_util::future::try_join(
-                self.index_on_cluster(key, index_ttl_ms, trusted_at_birth),
+                self.index_on_cluster(key, index_ttl_ms, trusted_at_birth, plan.tags),
                 self.call(&begin),
             )
             .await?;
@@ -533,6 +558,7 @@ impl RedisStore {
         ticket: &Ticket,
         entry: &Entry,
         ttl: Duration,
+        tags: &[String],
     ) -> Result<bool> {
         let ttl_ms = millis(ttl);
         let stored: i64 = match ticket {
@@ -543,9 +569,9 @@ impl RedisStore {
             Ticket::Replace { old, version: Version::Redis(pttl) } => {
                 let trusted_at_birth = self.trusted_at_birth().await?;
                 if self.connection.is_cluster() {
-                    self.index_on_cluster(key, ttl_ms, trusted_at_birth).await?;
+                    self.index_on_cluster(key, ttl_ms, trusted_at_birth, tags).await?;
                 }
-                let target = self.target(key);
+                let target = self.tagged_target(key, tags);
                 self.call(&Replace {
                     target: &target,
                     old: &old.json,
@@ -818,6 +844,7 @@ mod tests {
             fresh_for: Duration::from_secs(600),
             window: Duration::from_secs(5),
             force: false,
+            tags: &[],
         };
         for len in lengths {
             let over = len > bound;
@@ -861,7 +888,7 @@ mod tests {
         };
         let at_limit = "y".repeat(limit - 2);
         let entry = Arc::new(Entry::encode(&at_limit, None, &format).unwrap());
-        store.set("v", &entry, Duration::from_secs(60)).await.unwrap();
+        store.set("v", &entry, Duration::from_secs(60), &[]).await.unwrap();
         assert_eq!(store.get("v").await.unwrap().unwrap().take::<String>(None).unwrap(), at_limit);
         // A missing key (`GETRANGE` answers "") is a miss.
         assert!(store.get("missing").await.unwrap().is_none());
