@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ConnectionAddr, ProtocolVersion, PushKind, Value};
+use redis::{AsyncConnectionConfig, ProtocolVersion, PushKind, Value};
 
 use super::Near;
+use crate::store::endpoint::{self, Endpoints};
 use crate::store::link::slot_ranges;
 
 /// How often every tracking connection is pinged.
@@ -33,8 +34,8 @@ pub(crate) const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
 
 /// Where to track.
 pub(crate) struct TrackingOptions {
-    /// One URL for a standalone server; seed nodes of a cluster.
-    pub(crate) urls: Vec<String>,
+    /// One URL for a standalone server; seed nodes of a cluster (with the TLS settings).
+    pub(crate) endpoints: Endpoints,
     pub(crate) cluster: bool,
     pub(crate) prefix: String,
     pub(crate) connect_timeout: Duration,
@@ -70,19 +71,13 @@ async fn run(near: Weak<Near>, options: TrackingOptions) {
 /// One session: connect and track every node, then watch them. Returns `Ok` when the
 /// cache is gone, an error saying why tracking is no longer known live otherwise.
 async fn track(near: &Weak<Near>, options: &TrackingOptions, session: u64) -> Result<(), String> {
-    let seeds = options
-        .urls
-        .iter()
-        .map(|url| redis::Client::open(url.as_str()).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let seeds = options.endpoints.clients().map_err(|e| e.to_string())?;
     let (nodes, topology) = if options.cluster {
         let (slots, seed) = slot_map(&seeds, options.connect_timeout).await?;
         let mut nodes: Vec<redis::ConnectionInfo> = Vec::new();
         for (_, _, host, port) in &slots {
-            let info = seed
-                .get_connection_info()
-                .clone()
-                .set_addr(ConnectionAddr::Tcp(host.clone(), *port));
+            // TLS kept, with the same certificates, when the seed uses it.
+            let info = endpoint::node(seed.get_connection_info(), host, *port);
             if !nodes.iter().any(|known| known.addr() == info.addr()) {
                 nodes.push(info);
             }

@@ -21,6 +21,8 @@
 // Some parameters are for the Redis store only.
 #![cfg_attr(not(feature = "redis"), allow(unused_variables))]
 
+#[cfg(feature = "redis")]
+pub(crate) mod endpoint;
 pub(crate) mod lease;
 #[cfg(feature = "redis")]
 pub(crate) mod link;

@@ -20,13 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use tokio::sync::OnceCell;
 
 use scripts::{Abandon, BeginFill, Call, Cover, Fill, IndexAdd, Replace, Target, Write};
 
 use super::lease::new_token;
-use super::link::{LazyCluster, Link};
+use super::endpoint::{redact, Endpoints, Tls};
+use super::link::{needs_renewal, LazyCluster, Link, Standalone};
 use super::{Begun, FillPlan, Found, Marker, Ticket, Touch, Version};
 use crate::breaker::{is_connection_failure, Breaker, BreakerState, Pass};
 use crate::codec::Entry;
@@ -109,45 +110,38 @@ pub(crate) struct RedisOptions {
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
     pub(crate) read: ReadFormat,
+    /// Certificates for `rediss://` URLs (every connection of the cache uses them).
+    pub(crate) tls: Tls,
 }
 
 impl RedisStore {
     /// Checks the URL and prepares the connection without opening it: a cache can be built
     /// while Redis is down, and connects when Redis answers.
     pub(crate) fn new(options: RedisOptions) -> Result<Self> {
-        let clients = options
-            .urls
-            .iter()
-            .map(|url| {
-                redis::Client::open(url.as_str()).map_err(|source| Error::InvalidUrl {
-                    url: url.clone(),
-                    source: BackendError(source),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let endpoints = Endpoints::new(options.urls.clone(), &options.tls)?;
+        let clients = endpoints.clients()?;
         let connection = if options.cluster {
-            let client = redis::cluster::ClusterClient::builder(options.urls.clone())
+            let mut builder = redis::cluster::ClusterClient::builder(options.urls.clone())
                 .connection_timeout(options.connect_timeout)
                 .response_timeout(options.command_timeout)
-                .retries(1)
-                .build()
-                .map_err(|source| Error::InvalidUrl {
-                    url: options.urls.join(","),
-                    source: BackendError(source),
-                })?;
+                .retries(1);
+            if let Some(certificates) = endpoints.certificates() {
+                builder = builder.certs(certificates);
+            }
+            let client = builder.build().map_err(|source| Error::InvalidUrl {
+                url: options.urls.iter().map(|url| redact(url)).collect::<Vec<_>>().join(","),
+                source: BackendError(source),
+            })?;
             Link::Cluster(Arc::new(LazyCluster::new(client)))
         } else {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(options.connect_timeout))
                 .set_response_timeout(Some(options.command_timeout))
-                // One quick retry: a call never waits through a long reconnect schedule; the
-                // next call tries again.
-                .set_number_of_retries(1)
+                // No retry inside a call: a silent or refusing server costs a call one
+                // connect timeout, not several; the next call tries again.
+                .set_number_of_retries(0)
                 .set_max_delay(Duration::from_millis(100));
-            Link::Standalone(
-                ConnectionManager::new_lazy_with_config(clients[0].clone(), config)
-                    .map_err(Error::backend)?,
-            )
+            Link::Standalone(Standalone::new(clients[0].clone(), config).map_err(Error::backend)?)
         };
         // Classic pub/sub reaches every node of a cluster: one subscription to any node
         // hears every fill notification.
@@ -193,10 +187,18 @@ impl RedisStore {
             // the first command after that gets the stale error and starts a new attempt.
             // Spend that on a PING, so the probe itself meets the fresh connection.
             let mut connection = self.connection.clone();
-            let _ = redis::cmd("PING").query_async::<()>(&mut connection).await;
+            let ping = redis::cmd("PING").query_async::<()>(&mut connection).await;
+            if ping.as_ref().is_err_and(needs_renewal) {
+                self.connection.renew();
+            }
         }
         let outcome = exchange.await;
         report.reported = true;
+        if outcome.as_ref().is_err_and(needs_renewal) {
+            // Refused credentials (or a peer that is not Redis): a new connection next time,
+            // so a rotated password is picked up.
+            self.connection.renew();
+        }
         match &outcome {
             Err(error) if is_connection_failure(error) => self.breaker.failed(pass),
             // An error reply still means Redis answers.
@@ -586,7 +588,12 @@ impl RedisStore {
                 .add_command(info)
                 .query_async(&mut connection)
                 .await
-                .map_err(Error::backend)?;
+                .map_err(|error| {
+                    if needs_renewal(&error) {
+                        self.connection.renew();
+                    }
+                    Error::backend(error)
+                })?;
             return Ok(vec![info]);
         }
         redis::cmd("PING").query_async::<()>(&mut connection).await.map_err(Error::backend)?;
@@ -696,6 +703,7 @@ mod tests {
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_millis(500),
             read: ReadFormat::default(),
+            tls: Tls::default(),
         })
         .unwrap()
     }
@@ -799,6 +807,7 @@ mod tests {
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_millis(500),
             read: ReadFormat { limit, ..ReadFormat::default() },
+            tls: Tls::default(),
         })
         .unwrap();
         let bound = redis.read_bound();
