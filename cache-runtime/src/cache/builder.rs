@@ -445,6 +445,9 @@ impl CacheBuilder {
         // pattern (its indexes would need a keyspace scan it must refuse): refused here,
         // when Redis answers (it may be down at start).
         store.check_setup().await?;
+        if let Store::Redis(redis) = &store {
+            redis.check_access_at_build(near.is_some());
+        }
         let near = near.map(|(near, options)| {
             tracking::spawn(&near, options);
             near

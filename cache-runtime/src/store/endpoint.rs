@@ -230,7 +230,8 @@ mod tests {
 
     #[test]
     fn base64_matches_the_rfc_vectors() {
-        let vectors = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg==")];
+        let vectors =
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg==")];
         for (plain, encoded) in vectors {
             assert_eq!(base64(plain.as_bytes()), encoded);
         }
@@ -240,9 +241,10 @@ mod tests {
 
     #[test]
     fn a_bad_url_is_an_error_without_its_password() {
-        let error = Endpoints::new(vec!["redis://app:s3cret@host:notaport".into()], &Tls::default())
-            .err()
-            .expect("a port that is not a number");
+        let error =
+            Endpoints::new(vec!["redis://app:s3cret@host:notaport".into()], &Tls::default())
+                .err()
+                .expect("a port that is not a number");
         let text = format!("{error} {error:?}");
         assert!(!text.contains("s3cret"), "{text}");
         assert!(text.contains("app:***@host"), "{text}");
@@ -252,7 +254,10 @@ mod tests {
     fn tls_settings_need_a_tls_url() {
         let tls = Tls { root_cert: Some(b"x".to_vec()), client_cert: None };
         let error = Endpoints::new(vec!["redis://:pw@127.0.0.1:1".into()], &tls).err().unwrap();
-        assert!(matches!(&error, Error::InvalidConfig(why) if why.contains("rediss://")), "{error}");
+        assert!(
+            matches!(&error, Error::InvalidConfig(why) if why.contains("rediss://")),
+            "{error}"
+        );
         assert!(!error.to_string().contains("pw@"), "{error}");
     }
 }

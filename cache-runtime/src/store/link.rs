@@ -94,9 +94,10 @@ impl Link {
     pub(crate) fn renew(&self) {
         if let Link::Standalone(standalone) = self {
             let shared = &standalone.shared;
-            if let Ok(fresh) =
-                ConnectionManager::new_lazy_with_config(shared.client.clone(), shared.config.clone())
-            {
+            if let Ok(fresh) = ConnectionManager::new_lazy_with_config(
+                shared.client.clone(),
+                shared.config.clone(),
+            ) {
                 shared.manager.store(Arc::new(fresh));
             }
         }
@@ -208,6 +209,18 @@ fn as_eval(cmd: &Cmd, sha: &[u8]) -> Option<Cmd> {
     Some(eval)
 }
 
+/// The kind of an error reply (redis-rs hands most of them back as a value).
+fn refused_with(reply: &RedisResult<Value>) -> Option<ServerErrorKind> {
+    match reply {
+        Ok(Value::ServerError(error)) => error.kind(),
+        Err(error) => match error.kind() {
+            ErrorKind::Server(kind) => Some(kind),
+            _ => None,
+        },
+        Ok(_) => None,
+    }
+}
+
 fn sha1_hex(source: &[u8]) -> String {
     redis::Script::new(&String::from_utf8_lossy(source)).get_hash().to_owned()
 }
@@ -229,15 +242,13 @@ impl ConnectionLike for Link {
         match script_command(cmd) {
             None => self.send(cmd),
             Some(ScriptCommand::EvalSha(sha)) => Box::pin(async move {
-                match self.send(cmd).await {
-                    Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        match as_eval(cmd, sha) {
-                            Some(eval) => self.send(&eval).await,
-                            None => Err(error),
-                        }
+                let reply = self.send(cmd).await;
+                if refused_with(&reply) == Some(ServerErrorKind::NoScript) {
+                    if let Some(eval) = as_eval(cmd, sha) {
+                        return self.send(&eval).await;
                     }
-                    reply => reply,
                 }
+                reply
             }),
             Some(ScriptCommand::Load(source)) => Box::pin(async move {
                 let sha = sha1_hex(source);
@@ -246,13 +257,12 @@ impl ConnectionLike for Link {
                     .unwrap_or_else(|e| e.into_inner())
                     .get_or_insert_with(HashMap::new)
                     .insert(sha.clone().into_bytes(), source.to_vec());
-                match self.send(cmd).await {
+                let reply = self.send(cmd).await;
+                if refused_with(&reply) == Some(ServerErrorKind::NoPerm) {
                     // Not permitted: the next EVALSHA's NOSCRIPT is answered with EVAL.
-                    Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) => {
-                        Ok(Value::BulkString(sha.into_bytes()))
-                    }
-                    reply => reply,
+                    return Ok(Value::BulkString(sha.into_bytes()));
                 }
+                reply
             }),
         }
     }

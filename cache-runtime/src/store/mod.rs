@@ -208,6 +208,16 @@ impl Store {
         }
     }
 
+    /// The permissions the Redis user lacks (checked now), each with what fails without
+    /// it; `near`: the cache has a near cache. Empty for the memory store.
+    pub(crate) async fn missing_permissions(&self, near: bool) -> Vec<String> {
+        match self {
+            Store::Memory(_) => Vec::new(),
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => store.missing_permissions(near).await,
+        }
+    }
+
     /// Checks at build that the store can keep the contract with this configuration: a
     /// Redis store without a prefix on a server that may evict keys could never invalidate
     /// a pattern, and is an [`Error::InvalidConfig`](crate::Error::InvalidConfig). `Ok` for

@@ -11,6 +11,7 @@
 //! - [`index`]: the pattern invalidation's index walk, rebuild and keyspace scans.
 //! - [`lease`]: leases, fencing and wake-ups on Redis (the interface is `store/lease.rs`).
 
+mod access;
 mod index;
 mod lease;
 mod scripts;
@@ -25,8 +26,8 @@ use tokio::sync::OnceCell;
 
 use scripts::{Abandon, BeginFill, Call, Cover, Fill, IndexAdd, Replace, Target, Write};
 
-use super::lease::new_token;
 use super::endpoint::{redact, Endpoints, Tls};
+use super::lease::new_token;
 use super::link::{needs_renewal, LazyCluster, Link, Standalone};
 use super::{Begun, FillPlan, Found, Marker, Ticket, Touch, Version};
 use crate::breaker::{is_connection_failure, Breaker, BreakerState, Pass};
@@ -99,6 +100,8 @@ pub(crate) struct RedisStore {
     eviction: OnceCell<EvictionPolicy>,
     /// How values read back are decoded (schema version, inflate limit).
     read: ReadFormat,
+    /// What the Redis user may run, as last checked.
+    access: access::Access,
 }
 
 /// Connection settings taken from the builder.
@@ -153,6 +156,7 @@ impl RedisStore {
             breaker: Breaker::default(),
             eviction: OnceCell::new(),
             read: options.read,
+            access: access::Access::default(),
         })
     }
 
@@ -205,6 +209,21 @@ impl RedisStore {
             _ => self.breaker.succeeded(),
         }
         outcome.map_err(Error::backend)
+    }
+
+    /// Checks the Redis user's permissions (see `access.rs`): now, or once Redis first
+    /// answers; one warning names what is missing.
+    pub(crate) fn check_access_at_build(&self, near: bool) {
+        self.access.check_at_build(&self.connection, &self.prefix, near);
+    }
+
+    /// The permissions the Redis user lacks, each with what fails without it: checked again
+    /// now (the last result if Redis does not answer).
+    pub(crate) async fn missing_permissions(&self, near: bool) -> Vec<String> {
+        match self.access.check(&self.connection, &self.prefix, near).await {
+            Ok(missing) => missing,
+            Err(_) => self.access.missing(),
+        }
     }
 
     /// The circuit breaker's state.
@@ -582,29 +601,36 @@ impl RedisStore {
         let mut connection = self.connection.clone();
         let mut info = redis::cmd("INFO");
         info.arg("memory").arg("clients").arg("stats");
+        // `INFO` not permitted (a least-privilege user without `+info`): Redis still answers;
+        // health just has no figures.
+        let refused = |error: &redis::RedisError| {
+            error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+        };
         if !self.connection.is_cluster() {
-            let (_, info): (String, String) = redis::pipe()
-                .cmd("PING")
-                .add_command(info)
-                .query_async(&mut connection)
-                .await
-                .map_err(|error| {
+            let reply: redis::RedisResult<(String, String)> =
+                redis::pipe().cmd("PING").add_command(info).query_async(&mut connection).await;
+            return match reply {
+                Ok((_, info)) => Ok(vec![info]),
+                Err(error) if refused(&error) => {
+                    let ping = redis::cmd("PING").query_async::<()>(&mut connection).await;
+                    ping.map(|()| Vec::new()).map_err(Error::backend)
+                }
+                Err(error) => {
                     if needs_renewal(&error) {
                         self.connection.renew();
                     }
-                    Error::backend(error)
-                })?;
-            return Ok(vec![info]);
+                    Err(Error::backend(error))
+                }
+            };
         }
         redis::cmd("PING").query_async::<()>(&mut connection).await.map_err(Error::backend)?;
         let mut infos = Vec::new();
         for (host, port) in self.connection.primaries().await.map_err(Error::backend)? {
-            infos.push(
-                self.connection
-                    .on_node::<String>(info.clone(), &host, port)
-                    .await
-                    .map_err(Error::backend)?,
-            );
+            match self.connection.on_node::<String>(info.clone(), &host, port).await {
+                Ok(info) => infos.push(info),
+                Err(error) if refused(&error) => {}
+                Err(error) => return Err(Error::backend(error)),
+            }
         }
         Ok(infos)
     }
