@@ -185,3 +185,98 @@ pub fn free_port() -> u16 {
         .map(|addr| addr.port())
         .expect("cannot bind 127.0.0.1:0")
 }
+
+/// A free port `p` under 30000 whose cluster-bus port `p + 10000` is free too (the OS's
+/// ephemeral ports can be too high for a bus port).
+fn bus_safe_port() -> u16 {
+    let seed = std::process::id() as u64 * 7919
+        + u64::from(COUNTER.fetch_add(1, Ordering::Relaxed)) * 104_729;
+    for step in 0..5000_u64 {
+        let port = 20_000 + u16::try_from((seed + step * 13) % 10_000).unwrap();
+        let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+    panic!("no free port pair below 40000");
+}
+
+/// A Redis Cluster whose nodes talk TLS to clients and to each other (`tls-cluster yes`),
+/// `masters` primaries and no replicas, formed with `redis-cli --tls --cluster create`.
+/// Clients on a TLS connection are told the nodes' TLS ports.
+pub struct TlsRedisCluster {
+    nodes: Vec<RedisServer>,
+    tls_ports: Vec<u16>,
+}
+
+impl TlsRedisCluster {
+    /// Starts and forms the cluster; returns once every node reports `cluster_state:ok`.
+    ///
+    /// # Panics
+    ///
+    /// If a node does not start or the cluster does not form within 20 s.
+    pub fn start(certificates: &Certificates, masters: usize) -> TlsRedisCluster {
+        let mut nodes = Vec::new();
+        let mut tls_ports = Vec::new();
+        for _ in 0..masters {
+            let tls_port = bus_safe_port();
+            let mut args = certificates.server_args(tls_port, false);
+            for arg in [
+                "--tls-cluster",
+                "yes",
+                "--tls-replication",
+                "yes",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+            ] {
+                args.push(arg.to_owned());
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            nodes.push(RedisServer::start_with(&args));
+            tls_ports.push(tls_port);
+        }
+        let ca = certificates.path("ca.crt").display().to_string();
+        let output = Command::new("redis-cli")
+            .args(["--tls", "--cacert", &ca, "--cluster", "create"])
+            .args(tls_ports.iter().map(|port| format!("127.0.0.1:{port}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            output.status.success(),
+            "redis-cli --tls --cluster create failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let started = std::time::Instant::now();
+        loop {
+            let ok = nodes.iter().all(|node| {
+                let output = Command::new("redis-cli")
+                    .args(["-p", &node.port().to_string(), "CLUSTER", "INFO"])
+                    .output()
+                    .expect("redis-cli");
+                String::from_utf8_lossy(&output.stdout).contains("cluster_state:ok")
+            });
+            if ok {
+                break;
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(20), "no cluster_state:ok");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        TlsRedisCluster { nodes, tls_ports }
+    }
+
+    /// `rediss://127.0.0.1:<tls port>/` of every node.
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.tls_ports.iter().map(|port| format!("rediss://127.0.0.1:{port}/")).collect()
+    }
+
+    /// The nodes (plain ports, for the test's own inspection).
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+}

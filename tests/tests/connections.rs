@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cache_runtime::{BreakerState, Cache, CacheBuilder, ErrorKind};
-use cache_tests::tls::{Certificates, TlsRedisServer};
+use cache_tests::tls::{Certificates, TlsRedisCluster, TlsRedisServer};
 use cache_tests::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -195,6 +195,22 @@ async fn every_feature_works_over_tls_with_a_given_ca() {
     };
     let (a, b) = (cache(true).await.expect("builds"), cache(false).await.expect("builds"));
     every_feature_works(&a, &b).await;
+}
+
+/// A cluster over TLS: the data connection, the pub/sub wake-ups and the near cache's
+/// tracking connections (one per primary, addresses from `CLUSTER SLOTS`) all keep TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_feature_works_on_a_tls_cluster() {
+    let certificates = Certificates::generate();
+    let cluster = TlsRedisCluster::start(&certificates, 3);
+    let cache = |near: bool| {
+        let builder = builder().redis_cluster(cluster.tls_urls()).tls_root_cert(certificates.ca());
+        let builder = if near { builder.near_cache(1 << 20) } else { builder };
+        builder.build()
+    };
+    let (a, b) = (cache(true).await.expect("builds"), cache(false).await.expect("builds"));
+    every_feature_works(&a, &b).await;
+    assert_eq!(cluster.nodes().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
