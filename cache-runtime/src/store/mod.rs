@@ -209,11 +209,11 @@ impl Store {
     }
 
     /// The permissions the Redis user lacks (checked now), each with what fails without
-    /// it; `near`: the cache has a near cache. Empty for the memory store.
+    /// it; `near`: the cache has a near cache (asked by `health()` of a Redis store only).
+    #[cfg(feature = "redis")]
     pub(crate) async fn missing_permissions(&self, near: bool) -> Vec<String> {
         match self {
             Store::Memory(_) => Vec::new(),
-            #[cfg(feature = "redis")]
             Store::Redis(store) => store.missing_permissions(near).await,
         }
     }

@@ -607,8 +607,16 @@ impl RedisStore {
             error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
         };
         if !self.connection.is_cluster() {
-            let reply: redis::RedisResult<(String, String)> =
-                redis::pipe().cmd("PING").add_command(info).query_async(&mut connection).await;
+            let pipeline = redis::pipe().cmd("PING").add_command(info).clone();
+            let mut reply: redis::RedisResult<(String, String)> =
+                pipeline.query_async(&mut connection).await;
+            if reply.as_ref().is_err_and(|error| error.is_io_error() && !error.is_timeout()) {
+                // The connection manager's last reconnect failed while Redis was down; that
+                // stale error started a new attempt, which this one meets: a Redis that is
+                // back is seen at once (one connect timeout at most, never two).
+                connection = self.connection.clone();
+                reply = pipeline.query_async(&mut connection).await;
+            }
             return match reply {
                 Ok((_, info)) => Ok(vec![info]),
                 Err(error) if refused(&error) => {
