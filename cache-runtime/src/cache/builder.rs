@@ -19,8 +19,9 @@ use crate::store::Store;
 
 /// Builds a [`Cache`]: Redis when [`redis`](Self::redis) is given, the memory store otherwise.
 ///
-/// The Redis settings (`redis`, `redis_cluster`, `near_cache`, `connect_timeout`,
-/// `command_timeout`) exist with the `redis` feature (on by default).
+/// The Redis settings (`redis`, `redis_cluster`, `tls_root_cert`, `tls_client_cert`,
+/// `near_cache`, `connect_timeout`, `command_timeout`) exist with the `redis` feature (on by
+/// default).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), cache_runtime::Error> {
