@@ -263,6 +263,11 @@ async fn a_wrong_ca_is_a_clear_connection_error_that_opens_the_breaker() {
     }
     assert_eq!(cache.breaker_state(), BreakerState::Open);
 
+    // Without `tls_root_cert` only the system roots are trusted: not the test's CA.
+    let system_roots = builder().redis(server.tls_url()).build().await.expect("builds");
+    let error = system_roots.get::<u64>("v:1").await.expect_err("a CA no system trusts");
+    assert_eq!(error.kind(), ErrorKind::Connection, "{error}");
+
     // A plain URL with TLS settings is a mistake caught at build.
     let plain = builder().redis(server.server.url()).tls_root_cert(certificates.ca()).build();
     let error = plain.await.expect_err("a CA with a plain URL");
