@@ -153,6 +153,16 @@ pub(crate) fn is_connection_failure(error: &redis::RedisError) -> bool {
         || error.is_timeout()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
+        || is_refused_session(error)
+}
+
+/// Refused credentials (`AUTH` failed at connect, `NOAUTH`, `WRONGPASS`) or a peer that does
+/// not speak the Redis protocol: no command can succeed on that connection, like an
+/// unreachable server, and a later attempt may (a rotated password, the right service back).
+#[cfg(feature = "redis")]
+fn is_refused_session(error: &redis::RedisError) -> bool {
+    matches!(error.kind(), redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::Parse)
+        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS"))
 }
 
 #[cfg(all(test, feature = "redis"))]

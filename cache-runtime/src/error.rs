@@ -45,7 +45,7 @@ pub enum Error {
     /// The Redis URL given to [`CacheBuilder::redis`](crate::CacheBuilder::redis) is malformed.
     #[error("invalid Redis URL {url:?}: {source}")]
     InvalidUrl {
-        /// The URL as given.
+        /// The URL, its password replaced by `***` (`redis://user:***@host`).
         url: String,
         /// What the Redis client said about it.
         #[source]

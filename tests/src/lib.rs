@@ -12,6 +12,7 @@ pub mod lock_workers;
 pub mod proxy;
 pub mod redis_cluster;
 pub mod redis_server;
+pub mod tls;
 pub use proxy::DelayProxy;
 pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;

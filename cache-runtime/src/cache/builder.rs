@@ -12,13 +12,16 @@ use crate::near::tracking::{self, TrackingOptions};
 #[cfg(feature = "redis")]
 use crate::near::Near;
 #[cfg(feature = "redis")]
+use crate::store::endpoint::{redact, Endpoints, Tls};
+#[cfg(feature = "redis")]
 use crate::store::redis::RedisOptions;
 use crate::store::Store;
 
 /// Builds a [`Cache`]: Redis when [`redis`](Self::redis) is given, the memory store otherwise.
 ///
-/// The Redis settings (`redis`, `redis_cluster`, `near_cache`, `connect_timeout`,
-/// `command_timeout`) exist with the `redis` feature (on by default).
+/// The Redis settings (`redis`, `redis_cluster`, `tls_root_cert`, `tls_client_cert`,
+/// `near_cache`, `connect_timeout`, `command_timeout`) exist with the `redis` feature (on by
+/// default).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), cache_runtime::Error> {
@@ -45,10 +48,12 @@ pub struct CacheBuilder {
 
 /// The builder's Redis settings (feature `redis`).
 #[cfg(feature = "redis")]
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct RedisSetup {
     /// Empty: the memory store.
     urls: Vec<String>,
+    /// Certificates for `rediss://` (never printed).
+    tls: Tls,
     cluster: bool,
     connect_timeout: Duration,
     command_timeout: Duration,
@@ -60,11 +65,28 @@ impl Default for RedisSetup {
     fn default() -> Self {
         RedisSetup {
             urls: Vec::new(),
+            tls: Tls::default(),
             cluster: false,
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_millis(500),
             near_bytes: None,
         }
+    }
+}
+
+/// URLs redacted (no password), certificates shown as given or not.
+#[cfg(feature = "redis")]
+impl std::fmt::Debug for RedisSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|url| redact(url)).collect();
+        f.debug_struct("RedisSetup")
+            .field("urls", &urls)
+            .field("tls", &self.tls)
+            .field("cluster", &self.cluster)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("near_bytes", &self.near_bytes)
+            .finish()
     }
 }
 
@@ -81,8 +103,10 @@ impl Default for CacheBuilder {
 }
 
 impl CacheBuilder {
-    /// Use the Redis server at `url` (`redis://[user:password@]host:port[/db]`, or `rediss://`
-    /// for TLS when redis-rs is built with TLS support).
+    /// Use the Redis server at `url` (`redis://[user:password@]host:port[/db]`, or
+    /// `rediss://` for TLS, the server's certificate checked against the system's root
+    /// certificates and [`tls_root_cert`](Self::tls_root_cert)). The password never appears
+    /// in an error, a log line or this builder's `Debug` output.
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis(mut self, url: impl Into<String>) -> Self {
@@ -148,6 +172,45 @@ impl CacheBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn near_cache(mut self, max_bytes: u64) -> Self {
         self.redis.near_bytes = Some(max_bytes);
+        self
+    }
+
+    /// Trust the CA certificate(s) in `pem` (PEM text, one or more certificates) for
+    /// `rediss://` connections, besides the system's root certificates: a managed service's
+    /// or a private CA. Every connection the cache opens uses it (data, `lock` wake-ups,
+    /// near-cache tracking; each node of a cluster). Needs `rediss://` URLs: with a plain
+    /// `redis://` URL, [`build`](Self::build) answers [`Error::InvalidConfig`].
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = cache_runtime::Cache::builder()
+    ///     .redis("rediss://app:secret@redis.internal:6380")
+    ///     .tls_root_cert(std::fs::read("/etc/redis/ca.pem")?)
+    ///     .prefix("okla:")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.redis.tls.root_cert = Some(pem.into());
+        self
+    }
+
+    /// Present this client certificate (PEM chain) and private key (PEM, PKCS#8, PKCS#1 or
+    /// SEC1) on `rediss://` connections: mutual TLS, for a server started with
+    /// `tls-auth-clients yes`. Used by every connection, like
+    /// [`tls_root_cert`](Self::tls_root_cert); a malformed PEM is an
+    /// [`Error::InvalidConfig`] at [`build`](Self::build). The key never appears in `Debug`.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn tls_client_cert(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.redis.tls.client_cert = Some((cert_pem.into(), key_pem.into()));
         self
     }
 
@@ -360,9 +423,10 @@ impl CacheBuilder {
     #[cfg(feature = "redis")]
     async fn build_redis(self) -> Result<Cache> {
         let redis = self.redis;
+        let endpoints = Endpoints::new(redis.urls.clone(), &redis.tls)?;
         let near = redis.near_bytes.map(|max_bytes| {
             let tracking = TrackingOptions {
-                urls: redis.urls.clone(),
+                endpoints,
                 cluster: redis.cluster,
                 prefix: self.prefix.clone(),
                 connect_timeout: redis.connect_timeout,
@@ -376,11 +440,15 @@ impl CacheBuilder {
             connect_timeout: redis.connect_timeout,
             command_timeout: redis.command_timeout,
             read: self.settings.format.read,
+            tls: redis.tls,
         })?;
         // An unprefixed cache on a Redis that may evict keys could never invalidate a
         // pattern (its indexes would need a keyspace scan it must refuse): refused here,
         // when Redis answers (it may be down at start).
         store.check_setup().await?;
+        if let Store::Redis(redis) = &store {
+            redis.check_access_at_build(near.is_some());
+        }
         let near = near.map(|(near, options)| {
             tracking::spawn(&near, options);
             near

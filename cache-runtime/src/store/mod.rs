@@ -21,6 +21,8 @@
 // Some parameters are for the Redis store only.
 #![cfg_attr(not(feature = "redis"), allow(unused_variables))]
 
+#[cfg(feature = "redis")]
+pub(crate) mod endpoint;
 pub(crate) mod lease;
 #[cfg(feature = "redis")]
 pub(crate) mod link;
@@ -206,6 +208,16 @@ impl Store {
                     Err(error) => Probe::Unreachable(error),
                 }
             }
+        }
+    }
+
+    /// The permissions the Redis user lacks (checked now), each with what fails without
+    /// it; `near`: the cache has a near cache (asked by `health()` of a Redis store only).
+    #[cfg(feature = "redis")]
+    pub(crate) async fn missing_permissions(&self, near: bool) -> Vec<String> {
+        match self {
+            Store::Memory(_) => Vec::new(),
+            Store::Redis(store) => store.missing_permissions(near).await,
         }
     }
 

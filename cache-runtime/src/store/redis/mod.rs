@@ -11,6 +11,7 @@
 //! - [`index`]: the pattern invalidation's index walk, rebuild and keyspace scans.
 //! - [`lease`]: leases, fencing and wake-ups on Redis (the interface is `store/lease.rs`).
 
+mod access;
 mod index;
 mod lease;
 mod scripts;
@@ -21,13 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use tokio::sync::OnceCell;
 
 use scripts::{Abandon, BeginFill, Call, Cover, Fill, IndexAdd, Replace, Target, Write};
 
+use super::endpoint::{redact, Endpoints, Tls};
 use super::lease::new_token;
-use super::link::{LazyCluster, Link};
+use super::link::{needs_renewal, LazyCluster, Link, Standalone};
 use super::{Begun, FillPlan, Found, Marker, Ticket, Touch, Version};
 use crate::breaker::{is_connection_failure, Breaker, BreakerState, Pass};
 use crate::codec::Entry;
@@ -99,6 +101,8 @@ pub(crate) struct RedisStore {
     eviction: OnceCell<EvictionPolicy>,
     /// How values read back are decoded (schema version, inflate limit).
     read: ReadFormat,
+    /// What the Redis user may run, as last checked.
+    access: access::Access,
 }
 
 /// Connection settings taken from the builder.
@@ -110,45 +114,38 @@ pub(crate) struct RedisOptions {
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
     pub(crate) read: ReadFormat,
+    /// Certificates for `rediss://` URLs (every connection of the cache uses them).
+    pub(crate) tls: Tls,
 }
 
 impl RedisStore {
     /// Checks the URL and prepares the connection without opening it: a cache can be built
     /// while Redis is down, and connects when Redis answers.
     pub(crate) fn new(options: RedisOptions) -> Result<Self> {
-        let clients = options
-            .urls
-            .iter()
-            .map(|url| {
-                redis::Client::open(url.as_str()).map_err(|source| Error::InvalidUrl {
-                    url: url.clone(),
-                    source: BackendError(source),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let endpoints = Endpoints::new(options.urls.clone(), &options.tls)?;
+        let clients = endpoints.clients()?;
         let connection = if options.cluster {
-            let client = redis::cluster::ClusterClient::builder(options.urls.clone())
+            let mut builder = redis::cluster::ClusterClient::builder(options.urls.clone())
                 .connection_timeout(options.connect_timeout)
                 .response_timeout(options.command_timeout)
-                .retries(1)
-                .build()
-                .map_err(|source| Error::InvalidUrl {
-                    url: options.urls.join(","),
-                    source: BackendError(source),
-                })?;
+                .retries(1);
+            if let Some(certificates) = endpoints.certificates() {
+                builder = builder.certs(certificates);
+            }
+            let client = builder.build().map_err(|source| Error::InvalidUrl {
+                url: options.urls.iter().map(|url| redact(url)).collect::<Vec<_>>().join(","),
+                source: BackendError(source),
+            })?;
             Link::Cluster(Arc::new(LazyCluster::new(client)))
         } else {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(options.connect_timeout))
                 .set_response_timeout(Some(options.command_timeout))
-                // One quick retry: a call never waits through a long reconnect schedule; the
-                // next call tries again.
-                .set_number_of_retries(1)
+                // No retry inside a call: a silent or refusing server costs a call one
+                // connect timeout, not several; the next call tries again.
+                .set_number_of_retries(0)
                 .set_max_delay(Duration::from_millis(100));
-            Link::Standalone(
-                ConnectionManager::new_lazy_with_config(clients[0].clone(), config)
-                    .map_err(Error::backend)?,
-            )
+            Link::Standalone(Standalone::new(clients[0].clone(), config).map_err(Error::backend)?)
         };
         // Classic pub/sub reaches every node of a cluster: one subscription to any node
         // hears every fill notification.
@@ -160,6 +157,7 @@ impl RedisStore {
             breaker: Breaker::default(),
             eviction: OnceCell::new(),
             read: options.read,
+            access: access::Access::default(),
         })
     }
 
@@ -194,16 +192,39 @@ impl RedisStore {
             // the first command after that gets the stale error and starts a new attempt.
             // Spend that on a PING, so the probe itself meets the fresh connection.
             let mut connection = self.connection.clone();
-            let _ = redis::cmd("PING").query_async::<()>(&mut connection).await;
+            let ping = redis::cmd("PING").query_async::<()>(&mut connection).await;
+            if ping.as_ref().is_err_and(needs_renewal) {
+                self.connection.renew();
+            }
         }
         let outcome = exchange.await;
         report.reported = true;
+        if outcome.as_ref().is_err_and(needs_renewal) {
+            // Refused credentials (or a peer that is not Redis): a new connection next time,
+            // so a rotated password is picked up.
+            self.connection.renew();
+        }
         match &outcome {
             Err(error) if is_connection_failure(error) => self.breaker.failed(pass),
             // An error reply still means Redis answers.
             _ => self.breaker.succeeded(),
         }
         outcome.map_err(Error::backend)
+    }
+
+    /// Checks the Redis user's permissions (see `access.rs`): now, or once Redis first
+    /// answers; one warning names what is missing.
+    pub(crate) fn check_access_at_build(&self, near: bool) {
+        self.access.check_at_build(&self.connection, &self.prefix, near);
+    }
+
+    /// The permissions the Redis user lacks, each with what fails without it: checked again
+    /// now (the last result if Redis does not answer).
+    pub(crate) async fn missing_permissions(&self, near: bool) -> Vec<String> {
+        match self.access.check(&self.connection, &self.prefix, near).await {
+            Ok(missing) => missing,
+            Err(_) => self.access.missing(),
+        }
     }
 
     /// The circuit breaker's state.
@@ -606,24 +627,44 @@ impl RedisStore {
         let mut connection = self.connection.clone();
         let mut info = redis::cmd("INFO");
         info.arg("memory").arg("clients").arg("stats");
+        // `INFO` not permitted (a least-privilege user without `+info`): Redis still answers;
+        // health just has no figures.
+        let refused = |error: &redis::RedisError| {
+            error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+        };
         if !self.connection.is_cluster() {
-            let (_, info): (String, String) = redis::pipe()
-                .cmd("PING")
-                .add_command(info)
-                .query_async(&mut connection)
-                .await
-                .map_err(Error::backend)?;
-            return Ok(vec![info]);
+            let pipeline = redis::pipe().cmd("PING").add_command(info).clone();
+            let mut reply: redis::RedisResult<(String, String)> =
+                pipeline.query_async(&mut connection).await;
+            if reply.as_ref().is_err_and(|error| error.is_io_error() && !error.is_timeout()) {
+                // The connection manager's last reconnect failed while Redis was down; that
+                // stale error started a new attempt, which this one meets: a Redis that is
+                // back is seen at once (one connect timeout at most, never two).
+                connection = self.connection.clone();
+                reply = pipeline.query_async(&mut connection).await;
+            }
+            return match reply {
+                Ok((_, info)) => Ok(vec![info]),
+                Err(error) if refused(&error) => {
+                    let ping = redis::cmd("PING").query_async::<()>(&mut connection).await;
+                    ping.map(|()| Vec::new()).map_err(Error::backend)
+                }
+                Err(error) => {
+                    if needs_renewal(&error) {
+                        self.connection.renew();
+                    }
+                    Err(Error::backend(error))
+                }
+            };
         }
         redis::cmd("PING").query_async::<()>(&mut connection).await.map_err(Error::backend)?;
         let mut infos = Vec::new();
         for (host, port) in self.connection.primaries().await.map_err(Error::backend)? {
-            infos.push(
-                self.connection
-                    .on_node::<String>(info.clone(), &host, port)
-                    .await
-                    .map_err(Error::backend)?,
-            );
+            match self.connection.on_node::<String>(info.clone(), &host, port).await {
+                Ok(info) => infos.push(info),
+                Err(error) if refused(&error) => {}
+                Err(error) => return Err(Error::backend(error)),
+            }
         }
         Ok(infos)
     }
@@ -722,6 +763,7 @@ mod tests {
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_millis(500),
             read: ReadFormat::default(),
+            tls: Tls::default(),
         })
         .unwrap()
     }
@@ -825,6 +867,7 @@ mod tests {
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_millis(500),
             read: ReadFormat { limit, ..ReadFormat::default() },
+            tls: Tls::default(),
         })
         .unwrap();
         let bound = redis.read_bound();
