@@ -193,6 +193,7 @@ mod policy;
 mod prometheus;
 mod rate_limit;
 mod read;
+mod recent;
 mod registry;
 mod scope;
 mod shape;

@@ -23,6 +23,7 @@ use redis::{AsyncConnectionConfig, ConnectionAddr, ProtocolVersion, PushKind, Va
 
 use super::Near;
 use crate::store::link::slot_ranges;
+use crate::store::redis::sentinel::SentinelLink;
 
 /// How often every tracking connection is pinged.
 pub(crate) const PING_EVERY: Duration = Duration::from_millis(250);
@@ -36,6 +37,8 @@ pub(crate) struct TrackingOptions {
     /// One URL for a standalone server; seed nodes of a cluster.
     pub(crate) urls: Vec<String>,
     pub(crate) cluster: bool,
+    /// Behind Sentinel: track on the primary it names; a primary change ends the session.
+    pub(crate) sentinel: Option<SentinelLink>,
     pub(crate) prefix: String,
     pub(crate) connect_timeout: Duration,
 }
@@ -75,7 +78,10 @@ async fn track(near: &Weak<Near>, options: &TrackingOptions, session: u64) -> Re
         .iter()
         .map(|url| redis::Client::open(url.as_str()).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
-    let (nodes, topology) = if options.cluster {
+    let generation = options.sentinel.as_ref().map(SentinelLink::generation);
+    let (nodes, topology) = if let Some(link) = &options.sentinel {
+        (vec![link.primary_info().await.map_err(|e| e.to_string())?], None)
+    } else if options.cluster {
         let (slots, seed) = slot_map(&seeds, options.connect_timeout).await?;
         let mut nodes: Vec<redis::ConnectionInfo> = Vec::new();
         for (_, _, host, port) in &slots {
@@ -107,6 +113,11 @@ async fn track(near: &Weak<Near>, options: &TrackingOptions, session: u64) -> Re
         let Some(live) = near.upgrade() else { return Ok(()) };
         if !live.is_live() {
             return Err("a tracking connection disconnected".into());
+        }
+        if generation.is_some()
+            && generation != options.sentinel.as_ref().map(SentinelLink::generation)
+        {
+            return Err("the primary changed (Sentinel failover)".into());
         }
         drop(live);
         let pings = connections.iter_mut().map(|connection| async move {

@@ -1,7 +1,8 @@
 //! The connection to Redis: one multiplexed connection that reconnects by itself, to a
 //! standalone server (redis-rs's `ConnectionManager`) or to a Redis Cluster (redis-rs's
 //! async cluster connection, which follows `MOVED`/`ASK` redirections and topology
-//! changes). Both are opened lazily, so a cache can be built while Redis is down.
+//! changes), or to the primary that Redis Sentinel names (`redis/sentinel.rs`, which
+//! follows failovers). All are opened lazily, so a cache can be built while Redis is down.
 
 use std::sync::Arc;
 
@@ -12,11 +13,15 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
 
+use super::redis::sentinel::SentinelLink;
+
 /// A cheap, cloneable handle to the connection.
 #[derive(Clone)]
 pub(crate) enum Link {
     Standalone(ConnectionManager),
     Cluster(Arc<LazyCluster>),
+    /// The primary behind Redis Sentinel, followed across failovers.
+    Sentinel(SentinelLink),
 }
 
 /// A cluster connection made on first use; a failed attempt is retried by the next call.
@@ -105,6 +110,7 @@ impl ConnectionLike for Link {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Link::Standalone(connection) => connection.req_packed_command(cmd),
+            Link::Sentinel(connection) => connection.req_packed_command(cmd),
             Link::Cluster(cluster) => {
                 Box::pin(async move { cluster.connection().await?.req_packed_command(cmd).await })
             }
@@ -119,6 +125,7 @@ impl ConnectionLike for Link {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Link::Standalone(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Link::Sentinel(connection) => connection.req_packed_commands(pipeline, offset, count),
             Link::Cluster(cluster) => Box::pin(async move {
                 cluster.connection().await?.req_packed_commands(pipeline, offset, count).await
             }),
@@ -128,6 +135,7 @@ impl ConnectionLike for Link {
     fn get_db(&self) -> i64 {
         match self {
             Link::Standalone(connection) => connection.get_db(),
+            Link::Sentinel(connection) => connection.get_db(),
             Link::Cluster(_) => 0,
         }
     }

@@ -10,10 +10,13 @@
 //! - [`scripts`]: every Lua script, each invoked only through its typed call.
 //! - [`index`]: the pattern invalidation's index walk, rebuild and keyspace scans.
 //! - [`lease`]: leases, fencing and wake-ups on Redis (the interface is `store/lease.rs`).
+//! - [`sentinel`]: the connection to the primary that Redis Sentinel names, across
+//!   failovers.
 
 mod index;
 mod lease;
 mod scripts;
+pub(crate) mod sentinel;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,6 +38,7 @@ use crate::format::{ReadFormat, MAX_HEADER};
 use crate::index::{levels, INDEX_NAMESPACE};
 use crate::key::RESERVED;
 use crate::notify::Notifier;
+use sentinel::SentinelLink;
 
 /// Pending markers start with this (a NUL byte first, which no JSON text has): a reader
 /// takes them for a miss.
@@ -105,6 +109,8 @@ pub(crate) struct RedisOptions {
     /// One URL for a standalone server; the seed nodes of a cluster.
     pub(crate) urls: Vec<String>,
     pub(crate) cluster: bool,
+    /// The master name Redis Sentinel monitors: `urls` are then the sentinels'.
+    pub(crate) sentinel: Option<String>,
     pub(crate) prefix: String,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
@@ -136,6 +142,22 @@ impl RedisStore {
                     source: BackendError(source),
                 })?;
             Link::Cluster(Arc::new(LazyCluster::new(client)))
+        } else if let Some(master) = &options.sentinel {
+            let link = SentinelLink::new(
+                &options.urls,
+                master,
+                options.connect_timeout,
+                ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(options.connect_timeout))
+                    .set_response_timeout(Some(options.command_timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(100)),
+            )
+            .map_err(|source| Error::InvalidUrl {
+                url: options.urls.join(","),
+                source: BackendError(source),
+            })?;
+            Link::Sentinel(link)
         } else {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(options.connect_timeout))
@@ -151,7 +173,10 @@ impl RedisStore {
         };
         // Classic pub/sub reaches every node of a cluster: one subscription to any node
         // hears every fill notification.
-        let notifier = Notifier::new(clients, &options.prefix);
+        let notifier = match &connection {
+            Link::Sentinel(link) => Notifier::following(link.clone(), &options.prefix),
+            _ => Notifier::new(clients, &options.prefix),
+        };
         Ok(RedisStore {
             connection,
             prefix: options.prefix,
@@ -208,6 +233,19 @@ impl RedisStore {
     /// The circuit breaker's state.
     pub(crate) fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
+    }
+
+    /// The connection that follows the primary behind Sentinel, if this store has one.
+    pub(crate) fn sentinel(&self) -> Option<&SentinelLink> {
+        match &self.connection {
+            Link::Sentinel(link) => Some(link),
+            _ => None,
+        }
+    }
+
+    /// How many primary changes the store followed (behind Sentinel; `None` otherwise).
+    pub(crate) fn primary_generation(&self) -> Option<u64> {
+        self.sentinel().map(SentinelLink::generation)
     }
 
     fn index_key(&self, level: &str) -> String {
@@ -692,6 +730,7 @@ mod tests {
         Store::redis(RedisOptions {
             urls: vec![url.to_owned()],
             cluster: false,
+            sentinel: None,
             prefix: prefix.to_owned(),
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_millis(500),
@@ -795,6 +834,7 @@ mod tests {
         let redis = RedisStore::new(RedisOptions {
             urls: vec![server.url()],
             cluster: false,
+            sentinel: None,
             prefix: "b:".to_owned(),
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_millis(500),
