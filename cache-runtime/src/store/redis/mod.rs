@@ -208,26 +208,59 @@ impl RedisStore {
 
     /// Runs one Redis exchange behind the circuit breaker: refused at once while Redis is
     /// known down, and its outcome recorded.
+    ///
+    /// The half-open probe is not the exchange that happens to come first after the
+    /// cool-down: it is whether Redis answers, a `PING` of every primary
+    /// ([`ping_every_primary`](Self::ping_every_primary)). A command that cannot succeed
+    /// yet (a key or an index in a slot being migrated, a replayed invalidation that times
+    /// out) then fails alone, as a normal failure, instead of keeping the whole store shut
+    /// out with ever longer cool-downs while every node answers.
     async fn guarded<T>(&self, exchange: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
         let Some(pass) = self.breaker.allow() else {
             return Err(Error::Unavailable);
         };
         let mut report = ProbeReport { breaker: &self.breaker, pass, reported: false };
         if pass == Pass::Probe {
-            // While Redis was down, the connection manager kept its last failed reconnect;
-            // the first command after that gets the stale error and starts a new attempt.
-            // Spend that on a PING, so the probe itself meets the fresh connection.
-            let mut connection = self.connection.clone();
-            let _ = redis::cmd("PING").query_async::<()>(&mut connection).await;
+            match self.ping_every_primary().await {
+                Err(error) if is_connection_failure(&error) => {
+                    report.reported = true;
+                    self.breaker.failed(Pass::Probe);
+                    return Err(Error::backend(error));
+                }
+                // An error reply still means Redis answers.
+                _ => self.breaker.succeeded(),
+            }
+            report.pass = Pass::Normal;
         }
         let outcome = exchange.await;
         report.reported = true;
         match &outcome {
-            Err(error) if is_connection_failure(error) => self.breaker.failed(pass),
+            Err(error) if is_connection_failure(error) => self.breaker.failed(Pass::Normal),
             // An error reply still means Redis answers.
             _ => self.breaker.succeeded(),
         }
         outcome.map_err(Error::backend)
+    }
+
+    /// The breaker's probe: `PING` on a standalone server (the primary behind Sentinel),
+    /// on every primary of a cluster.
+    async fn ping_every_primary(&self) -> redis::RedisResult<()> {
+        let mut connection = self.connection.clone();
+        // While Redis was down, the connection manager kept its last failed reconnect; the
+        // first command after that gets the stale error and starts a new attempt. Spend
+        // that on a first PING, so the probe meets the fresh connection.
+        let first = redis::cmd("PING").query_async::<()>(&mut connection).await;
+        if !self.connection.is_cluster() {
+            if first.is_ok() {
+                return Ok(());
+            }
+            return redis::cmd("PING").query_async::<()>(&mut connection).await;
+        }
+        let pings = self.connection.primaries().await?.into_iter().map(|(host, port)| {
+            let link = self.connection.clone();
+            async move { link.on_node::<()>(redis::cmd("PING"), &host, port).await }
+        });
+        try_join_all(pings).await.map(|_| ())
     }
 
     /// The circuit breaker's state.
@@ -769,6 +802,33 @@ mod tests {
         let peek = store.peek_with_lease(key).await.unwrap();
         assert!(!peek.settling && peek.lease_left.is_zero());
         assert!(!store.settle_load_lease(key, &token).await.unwrap(), "released: not held");
+    }
+
+    /// The breaker's half-open probe is whether Redis answers (`PING`), not the command
+    /// that happens to come first: on a replica, writes are refused (`READONLY`, a
+    /// connection-class failure) while reads are served. The writes open the breaker; after
+    /// the cool-down a write probes, the PING answers, the breaker closes, and the write
+    /// fails alone: reads go to Redis again instead of waiting through ever longer
+    /// cool-downs.
+    #[tokio::test]
+    async fn the_probe_is_whether_redis_answers_not_the_command_that_probes() {
+        let primary = RedisServer::start();
+        let replica =
+            RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
+        let store = store(&replica.url(), "p:");
+        let Store::Redis(redis) = &store else { unreachable!() };
+        for _ in 0..crate::breaker::FAILURES_TO_OPEN {
+            let refused = store.remove("k").await.unwrap_err();
+            assert_eq!(refused.kind(), crate::ErrorKind::Connection, "{refused}");
+        }
+        assert_eq!(redis.breaker_state(), BreakerState::Open);
+        assert!(matches!(store.get("k").await, Err(crate::Error::Unavailable)));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(redis.breaker_state(), BreakerState::HalfOpen);
+        let refused = store.remove("k").await.unwrap_err();
+        assert_eq!(refused.kind(), crate::ErrorKind::Connection, "the write itself: {refused}");
+        assert_eq!(redis.breaker_state(), BreakerState::Closed, "the PING answered");
+        assert!(store.get("k").await.unwrap().is_none(), "reads reach Redis again");
     }
 
     #[tokio::test]
