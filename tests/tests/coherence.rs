@@ -175,7 +175,7 @@ struct Run {
 const NEAR_BOUND: Duration = Duration::from_millis(100);
 
 /// The staleness bound behind Sentinel across a failover (see the README, "Sentinel").
-const FAILOVER_BOUND: Duration = Duration::from_secs(2);
+const FAILOVER_BOUND: Duration = Duration::from_secs(1);
 
 /// A plain redis-rs connection, standalone or cluster, that knows nothing of this crate.
 #[derive(Clone)]

@@ -13,9 +13,10 @@
 //!   serve as primary now (`READONLY`, `LOADING`, `MASTERDOWN`): one lookup at a time,
 //!   and a refused command is sent once more if the primary changed (the node refused it, so
 //!   it did not run);
-//! - every [`POLL_EVERY`] in the background, so that a promotion is noticed even while the
-//!   old primary still accepts writes (Sentinel demotes it only seconds later, and what it
-//!   acknowledged meanwhile is lost by replication).
+//! - when a sentinel announces `+switch-master` (a subscription to one sentinel at a time),
+//!   and every [`POLL_EVERY`] in the background, so that a promotion is noticed even while
+//!   the old primary still accepts writes (Sentinel demotes it only seconds later, and what
+//!   it acknowledged meanwhile is lost by replication).
 //!
 //! A change bumps the [generation](SentinelLink::generation) and calls the listeners
 //! *before* the new primary takes commands: the cache keeps the writes of the last
@@ -25,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, ConnectionAddr, ConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
 
@@ -150,7 +152,7 @@ impl SentinelLink {
         if let Some(primary) = self.current() {
             return Ok(primary);
         }
-        self.inner.lookup(None).await
+        self.inner.lookup(None, false).await
     }
 
     fn current(&self) -> Option<Primary> {
@@ -165,6 +167,7 @@ impl SentinelLink {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         if !self.inner.polling.swap(true, Ordering::AcqRel) {
             runtime.spawn(poll(Arc::downgrade(&self.inner)));
+            runtime.spawn(listen(Arc::downgrade(&self.inner)));
         }
     }
 
@@ -180,7 +183,7 @@ impl SentinelLink {
         if !is_connection_failure(error) {
             return outcome;
         }
-        match self.inner.lookup(Some(primary.generation)).await {
+        match self.inner.lookup(Some(primary.generation), false).await {
             Ok(next) if next.generation != primary.generation && is_failover_refusal(error) => {
                 run(next.manager).await
             }
@@ -192,8 +195,14 @@ impl SentinelLink {
 impl Inner {
     /// Asks the sentinels for the primary and switches to it if it changed. `seen`: the
     /// generation the caller used (`None` on first use): if it is already past, the
-    /// current primary is the answer.
-    async fn lookup(self: &Arc<Self>, seen: Option<u64>) -> redis::RedisResult<Primary> {
+    /// current primary is the answer. Unless `fresh` (a sentinel said the primary changed,
+    /// or the poll saw another name), a lookup that ended less than [`MIN_LOOKUP_GAP`] ago
+    /// answers for this one too.
+    async fn lookup(
+        self: &Arc<Self>,
+        seen: Option<u64>,
+        fresh: bool,
+    ) -> redis::RedisResult<Primary> {
         let _one = self.looking.lock().await;
         let current = self.current.read().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(current) = &current {
@@ -202,7 +211,7 @@ impl Inner {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .is_some_and(|at| at.elapsed() < MIN_LOOKUP_GAP);
-            if seen != Some(current.generation) || recent {
+            if seen != Some(current.generation) || (recent && !fresh) {
                 return Ok(current.clone());
             }
         }
@@ -223,6 +232,12 @@ impl Inner {
                 return Ok(current.clone());
             }
         }
+        // Commands pick their primary under the read lock: while this holds the write
+        // lock, none starts on either primary. A write tagged with the new generation
+        // (read after the bump) therefore always goes to the new primary, and everything
+        // acknowledged under the old one is either handed over by the listeners or, when
+        // its acknowledgement comes later, kept for replay by the write path itself.
+        let mut slot = self.current.write().unwrap_or_else(|e| e.into_inner());
         let generation = match &current {
             None => 0,
             Some(previous) => {
@@ -240,7 +255,7 @@ impl Inner {
             }
         };
         let primary = Primary { addr, manager, generation };
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(primary.clone());
+        *slot = Some(primary.clone());
         Ok(primary)
     }
 
@@ -304,7 +319,58 @@ async fn poll(inner: Weak<Inner>) {
         let Some((generation, addr)) = seen else { continue };
         let named = tokio::time::timeout(inner.lookup_timeout, inner.named()).await;
         if matches!(named, Ok(Ok(named)) if named != addr) {
-            let _ = inner.lookup(Some(generation)).await;
+            let _ = inner.lookup(Some(generation), true).await;
+        }
+    }
+}
+
+/// Listens to the sentinels' `+switch-master` announcements (one sentinel at a time, the
+/// next one if it goes away), so that every process follows a failover within
+/// milliseconds of each other, rather than up to [`POLL_EVERY`] apart: what one process
+/// replays on the new primary is then missing there for the others only that long.
+async fn listen(inner: Weak<Inner>) {
+    let mut attempt = 0usize;
+    loop {
+        let Some(sentinel) = inner.upgrade().map(|inner| {
+            let sentinels = &inner.sentinels;
+            sentinels[attempt % sentinels.len()].clone()
+        }) else {
+            return;
+        };
+        attempt += 1;
+        let subscribed = async {
+            let mut pubsub = sentinel.get_async_pubsub().await?;
+            pubsub.subscribe("+switch-master").await?;
+            Ok::<_, RedisError>(pubsub)
+        };
+        let Ok(Ok(pubsub)) = tokio::time::timeout(Duration::from_secs(2), subscribed).await else {
+            tokio::time::sleep(POLL_EVERY).await;
+            continue;
+        };
+        let mut messages = pubsub.into_on_message();
+        loop {
+            // Wake up now and then to notice a dropped link on a quiet channel.
+            match tokio::time::timeout(Duration::from_secs(1), messages.next()).await {
+                Ok(Some(message)) => {
+                    let Some(inner) = inner.upgrade() else { return };
+                    // `<master name> <old ip> <old port> <new ip> <new port>`
+                    let payload = message.get_payload_bytes();
+                    let named =
+                        payload.split(|&b| b == b' ').next() == Some(inner.master.as_bytes());
+                    let current = inner
+                        .current
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_ref()
+                        .map(|p| p.generation);
+                    if named {
+                        let _ = inner.lookup(current, true).await;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) if inner.strong_count() == 0 => return,
+                Err(_) => {}
+            }
         }
     }
 }
