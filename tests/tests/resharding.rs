@@ -220,14 +220,14 @@ async fn resharding_twice_during_traffic_leaves_every_instance_caching_and_coher
             while !stop.load(SeqCst) {
                 round += 1;
                 // Every fifth round a pattern invalidation of the whole dealer.
-                let changed: Vec<(String, u64)> = if round % 5 == 0 {
+                let changed: Vec<(String, u64)> = if round.is_multiple_of(5) {
                     keys.iter().map(|key| (key.clone(), db.bump(key))).collect()
                 } else {
                     let key = keys[round * 7 % keys.len()].clone();
                     let version = db.bump(&key);
                     vec![(key, version)]
                 };
-                let outcome = if round % 5 == 0 {
+                let outcome = if round.is_multiple_of(5) {
                     cache.invalidate_pattern(&format!("dealer:{dealer}:*")).await
                 } else {
                     cache.invalidate(&changed[0].0).await

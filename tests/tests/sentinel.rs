@@ -133,7 +133,7 @@ async fn an_invalidation_issued_mid_failover_is_not_lost() {
                 let got = read(&cache, &db, &key).await;
                 reads.fetch_add(1, SeqCst);
                 if got < floor {
-                    stale.lock().unwrap().push((key, got, floor));
+                    stale.lock().unwrap().push((key, got, floor, Instant::now()));
                 }
                 i += 3;
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -160,10 +160,10 @@ async fn an_invalidation_issued_mid_failover_is_not_lost() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
 
     // The failover: once the replica is promoted, and before the sentinels name it, the
     // old primary still acknowledges writes that replication will lose.
-    let started = Instant::now();
     group.failover();
     wait_until("the replica is promoted", Duration::from_secs(10), || async { group.is_master(1) })
         .await;
@@ -204,7 +204,15 @@ async fn an_invalidation_issued_mid_failover_is_not_lost() {
     for task in tasks {
         task.await.unwrap();
     }
-    let stale = stale.lock().unwrap().clone();
+    let stale: Vec<_> = stale
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(key, got, floor, at)| {
+            let at = at.duration_since(started);
+            format!("{key}: version {got} read {at:?} after the failover request, floor {floor}")
+        })
+        .collect();
     assert!(stale.is_empty(), "reads older than an invalidation that returned: {stale:?}");
     // Another cache, after the failover: the latest of every key.
     wait_until("the other cache's near cache is live again", Duration::from_secs(10), || async {

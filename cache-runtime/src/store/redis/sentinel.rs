@@ -27,8 +27,13 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, ConnectionAddr, ConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, Pipeline, RedisError, RedisFuture,
+    Value,
+};
 
 use crate::breaker::{is_connection_failure, is_failover_refusal};
 
@@ -66,6 +71,8 @@ struct Inner {
     /// verdict instead of asking again.
     last_lookup: Mutex<Option<Instant>>,
     listeners: Mutex<Vec<Listener>>,
+    /// A connection to each sentinel that answered, reused by the next lookup.
+    asking: Mutex<Vec<Option<MultiplexedConnection>>>,
     /// The background poll runs (started on first use, inside a runtime).
     polling: std::sync::atomic::AtomicBool,
 }
@@ -121,6 +128,7 @@ impl SentinelLink {
                 looking: tokio::sync::Mutex::new(()),
                 last_lookup: Mutex::new(None),
                 listeners: Mutex::new(Vec::new()),
+                asking: Mutex::new(vec![None; urls.len()]),
                 polling: std::sync::atomic::AtomicBool::new(false),
             }),
             db,
@@ -215,10 +223,13 @@ impl Inner {
                 return Ok(current.clone());
             }
         }
-        let found = tokio::time::timeout(self.lookup_timeout, self.find()).await;
+        let known = current.as_ref().map(|current| &current.addr);
+        let found = tokio::time::timeout(self.lookup_timeout, self.find(known)).await;
         *self.last_lookup.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let (addr, manager) = match found {
-            Ok(Ok(found)) => found,
+            Ok(Ok(Some(found))) => found,
+            // The sentinels still name the current primary.
+            Ok(Ok(None)) => return current.ok_or_else(|| unreachable(String::new())),
             Ok(Err(error)) => return Err(error),
             Err(_) => {
                 return Err(unreachable(format!(
@@ -227,11 +238,6 @@ impl Inner {
                 )))
             }
         };
-        if let Some(current) = &current {
-            if current.addr == addr {
-                return Ok(current.clone());
-            }
-        }
         // Commands pick their primary under the read lock: while this holds the write
         // lock, none starts on either primary. A write tagged with the new generation
         // (read after the bump) therefore always goes to the new primary, and everything
@@ -259,16 +265,26 @@ impl Inner {
         Ok(primary)
     }
 
-    /// The primary the sentinels name, connected and confirmed by `ROLE`.
-    async fn find(&self) -> redis::RedisResult<((String, u16), ConnectionManager)> {
+    /// The primary the sentinels name, connected and confirmed by `ROLE`; `None` when they
+    /// still name `known`, the current one.
+    async fn find(
+        &self,
+        known: Option<&(String, u16)>,
+    ) -> redis::RedisResult<Option<((String, u16), ConnectionManager)>> {
         let (host, port) = self.named().await?;
+        if known.is_some_and(|(known_host, known_port)| *known_host == host && *known_port == port)
+        {
+            return Ok(None);
+        }
         let info = self.node.clone().set_addr(ConnectionAddr::Tcp(host.clone(), port));
         let client = redis::Client::open(info)?;
         let mut manager = ConnectionManager::new_lazy_with_config(client, self.config.clone())?;
         let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut manager).await?;
         match role.first() {
-            Some(Value::BulkString(role)) if role == b"master" => Ok(((host, port), manager)),
-            Some(Value::SimpleString(role)) if role == "master" => Ok(((host, port), manager)),
+            Some(Value::BulkString(role)) if role == b"master" => Ok(Some(((host, port), manager))),
+            Some(Value::SimpleString(role)) if role == "master" => {
+                Ok(Some(((host, port), manager)))
+            }
             _ => Err(unreachable(format!(
                 "{host}:{port}, named primary of {:?} by Sentinel, is not a primary (yet)",
                 self.master
@@ -279,14 +295,27 @@ impl Inner {
     /// `SENTINEL get-master-addr-by-name` of the first sentinel that names one.
     async fn named(&self) -> redis::RedisResult<(String, u16)> {
         let mut last = None;
-        for sentinel in &self.sentinels {
+        for (at, sentinel) in self.sentinels.iter().enumerate() {
             let asked = async {
-                let mut connection = sentinel.get_multiplexed_async_connection().await?;
-                redis::cmd("SENTINEL")
+                let cached = self.asking.lock().unwrap_or_else(|e| e.into_inner())[at].clone();
+                let mut connection = match cached {
+                    Some(connection) => connection,
+                    None => {
+                        let config = AsyncConnectionConfig::new()
+                            .set_connection_timeout(Some(self.lookup_timeout / 2))
+                            .set_response_timeout(Some(self.lookup_timeout / 2));
+                        sentinel.get_multiplexed_async_connection_with_config(&config).await?
+                    }
+                };
+                let named = redis::cmd("SENTINEL")
                     .arg("get-master-addr-by-name")
                     .arg(&self.master)
                     .query_async::<Option<(String, u16)>>(&mut connection)
-                    .await
+                    .await;
+                // Kept for the next lookup while it answers.
+                self.asking.lock().unwrap_or_else(|e| e.into_inner())[at] =
+                    named.is_ok().then_some(connection);
+                named
             };
             match asked.await {
                 Ok(Some(addr)) => return Ok(addr),
