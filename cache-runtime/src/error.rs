@@ -109,7 +109,10 @@ pub enum Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// Redis could not be reached or the connection broke.
+    /// Redis could not be reached or the connection broke, or the node could not take the
+    /// command now: a demoted primary (`READONLY`), loading (`LOADING`), a failover or a
+    /// slot migration in progress (`MASTERDOWN`, `TRYAGAIN`, `CLUSTERDOWN`). A removal that
+    /// failed so is kept and replayed.
     Connection,
     /// Redis did not answer within the command timeout.
     Timeout,
@@ -212,7 +215,9 @@ impl BackendError {
         {
             if self.0.is_timeout() {
                 ErrorKind::Timeout
-            } else if crate::breaker::is_connection_failure(&self.0) {
+            } else if crate::breaker::is_connection_failure(&self.0)
+                || crate::breaker::is_passing_refusal(&self.0)
+            {
                 ErrorKind::Connection
             } else {
                 ErrorKind::Server

@@ -201,6 +201,7 @@ mod policy;
 mod prometheus;
 mod rate_limit;
 mod read;
+mod recent;
 mod registry;
 mod scope;
 mod shape;

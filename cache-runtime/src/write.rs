@@ -88,10 +88,14 @@ pub(crate) async fn apply(
         Change::Put { key, value, ttl, tags } => {
             let scope = Scope::Key(key.to_owned());
             core.flights().detach(&scope);
+            let sent_on = core.store().primary_generation();
             let written = match value.and_then(|entry| storable(core, key, entry)) {
                 Ok(entry) => core.store().set(key, &entry, ttl, tags).await,
                 Err(error) => Err(error),
             };
+            if written.is_ok() {
+                acknowledged(core, &scope, sent_on);
+            }
             if let Err(error) = &written {
                 counters.error(error.kind());
                 match retryable(error.kind()) {
@@ -230,17 +234,56 @@ async fn remove(core: &Arc<CacheCore>, counters: &Counters, scope: &Scope) -> Re
 }
 
 /// Detaches the covered flights, removes in the store, evicts near copies.
-async fn removal(core: &CacheCore, scope: &Scope) -> Result<Removed> {
+async fn removal(core: &Arc<CacheCore>, scope: &Scope) -> Result<Removed> {
     core.flights().detach(scope);
     let store = core.store();
+    let sent_on = store.primary_generation();
     let removed = match scope {
         Scope::Key(key) => store.remove(key).await.map(|keys| Removed { keys, scanned: false }),
         Scope::Pattern(pattern) => store.remove_matching(pattern).await,
         Scope::Tag(tag) => store.remove_tagged(tag).await,
         Scope::All => store.clear().await.map(|keys| Removed { keys, scanned: false }),
     };
+    if removed.is_ok() {
+        acknowledged(core, scope, sent_on);
+    }
     evict_near(core, scope);
     removed
+}
+
+/// The primary acknowledged a write or removal covering `scope`, sent at primary
+/// generation `sent_on` (`None`: the store follows no failovers). Behind Sentinel it is
+/// kept for a failover (`recent.rs`), or, acknowledged by a primary that was replaced
+/// meanwhile, kept for replay at once.
+fn acknowledged(core: &Arc<CacheCore>, scope: &Scope, sent_on: Option<u64>) {
+    let Some(sent_on) = sent_on else { return };
+    let now_on = || core.store().primary_generation().unwrap_or(sent_on);
+    if !core.recent().acknowledged(scope, sent_on, now_on) {
+        core.backlog().push(scope.clone());
+        replay_soon(core);
+    }
+}
+
+/// The store moved to a new primary (a Sentinel failover) that has not taken a command
+/// yet: every write the old primary acknowledged lately may be lost by replication, so
+/// each is kept for replay there (and this process reads none of those keys from Redis
+/// until it landed), and the near cache is flushed (its tracking reconnects to the new
+/// primary).
+pub(crate) fn primary_changed(core: &Arc<CacheCore>) {
+    let scopes = core.recent().take();
+    tracing::info!(
+        writes = scopes.len(),
+        "primary changed: the writes its predecessor acknowledged lately are replayed on it"
+    );
+    if !scopes.is_empty() {
+        for scope in scopes {
+            core.backlog().push(scope);
+        }
+        replay_soon(core);
+    }
+    if let Some(near) = core.near() {
+        near.deafen(None);
+    }
 }
 
 /// This process wrote or removed what `scope` covers: evict it from the near cache at once
@@ -258,6 +301,11 @@ fn keep(core: &Arc<CacheCore>, scope: Scope) {
         tracing::warn!(%scope, suppressed, "invalidation kept for replay when Redis answers");
     }
     core.backlog().push(scope);
+    replay_soon(core);
+}
+
+/// Makes sure the replay task runs.
+fn replay_soon(core: &Arc<CacheCore>) {
     if !core.backlog().claim_replay() {
         return;
     }

@@ -55,6 +55,8 @@ struct RedisSetup {
     /// Certificates for `rediss://` (never printed).
     tls: Tls,
     cluster: bool,
+    /// The master name behind Sentinel (`urls` are then the sentinels).
+    sentinel: Option<String>,
     connect_timeout: Duration,
     command_timeout: Duration,
     near_bytes: Option<u64>,
@@ -67,6 +69,7 @@ impl Default for RedisSetup {
             urls: Vec::new(),
             tls: Tls::default(),
             cluster: false,
+            sentinel: None,
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_millis(500),
             near_bytes: None,
@@ -112,6 +115,45 @@ impl CacheBuilder {
     pub fn redis(mut self, url: impl Into<String>) -> Self {
         self.redis.urls = vec![url.into()];
         self.redis.cluster = false;
+        self.redis.sentinel = None;
+        self
+    }
+
+    /// Use the primary that Redis Sentinel monitors as `master`, asking these sentinels
+    /// (`redis://host:port` each; one answering is enough), and follow failovers: the cache
+    /// moves to the new primary when the sentinels name it (asked every 500 ms, and after
+    /// every connection failure). A user, password and database in the first URL apply to the
+    /// primary too (the database is not sent to the sentinels).
+    ///
+    /// A write that meets a demoted primary (`READONLY`), a loading one (`LOADING`,
+    /// `MASTERDOWN`) or a failover in progress is kept and replayed on the new primary, like
+    /// one that met a connection failure; the writes and invalidations the old primary
+    /// acknowledged in the last 15 s (which Redis' asynchronous replication may have lost)
+    /// are replayed on the new primary too, and the near cache is flushed. See
+    /// "Sentinel" in the README for what another process may still see meanwhile.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), cache_runtime::Error> {
+    /// let cache = cache_runtime::Cache::builder()
+    ///     .redis_sentinel(
+    ///         ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379", "redis://10.0.0.3:26379"],
+    ///         "mymaster",
+    ///     )
+    ///     .prefix("okla:")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis_sentinel<U: Into<String>>(
+        mut self,
+        sentinels: impl IntoIterator<Item = U>,
+        master: impl Into<String>,
+    ) -> Self {
+        self.redis.urls = sentinels.into_iter().map(Into::into).collect();
+        self.redis.cluster = false;
+        self.redis.sentinel = Some(master.into());
         self
     }
 
@@ -136,6 +178,7 @@ impl CacheBuilder {
     ) -> Self {
         self.redis.urls = seed_nodes.into_iter().map(Into::into).collect();
         self.redis.cluster = true;
+        self.redis.sentinel = None;
         self
     }
 
@@ -428,6 +471,7 @@ impl CacheBuilder {
             let tracking = TrackingOptions {
                 endpoints,
                 cluster: redis.cluster,
+                sentinel: None,
                 prefix: self.prefix.clone(),
                 connect_timeout: redis.connect_timeout,
             };
@@ -436,6 +480,7 @@ impl CacheBuilder {
         let store = Store::redis(RedisOptions {
             urls: redis.urls,
             cluster: redis.cluster,
+            sentinel: redis.sentinel,
             prefix: self.prefix.clone(),
             connect_timeout: redis.connect_timeout,
             command_timeout: redis.command_timeout,
@@ -449,11 +494,25 @@ impl CacheBuilder {
         if let Store::Redis(redis) = &store {
             redis.check_access_at_build(near.is_some());
         }
-        let near = near.map(|(near, options)| {
+        let following = match &store {
+            Store::Redis(redis) => redis.sentinel().cloned(),
+            _ => None,
+        };
+        let near = near.map(|(near, mut options)| {
+            options.sentinel = following.clone();
             tracking::spawn(&near, options);
             near
         });
-        Ok(Cache::from_core(Arc::new(CacheCore::new(store, self.settings, near))))
+        let core = Arc::new(CacheCore::new(store, self.settings, near));
+        if let Some(link) = following {
+            let core = Arc::downgrade(&core);
+            link.on_change(Box::new(move || {
+                if let Some(core) = core.upgrade() {
+                    crate::write::primary_changed(&core);
+                }
+            }));
+        }
+        Ok(Cache::from_core(core))
     }
 }
 
@@ -466,6 +525,9 @@ impl RedisSetup {
         }
         if self.cluster && self.urls.is_empty() {
             return Err(Error::InvalidConfig("redis_cluster needs at least one seed node".into()));
+        }
+        if self.sentinel.is_some() && self.urls.is_empty() {
+            return Err(Error::InvalidConfig("redis_sentinel needs at least one sentinel".into()));
         }
         if self.near_bytes == Some(0) {
             return Err(Error::InvalidConfig("near_cache needs a bound above zero bytes".into()));

@@ -24,6 +24,7 @@ use redis::{AsyncConnectionConfig, ProtocolVersion, PushKind, Value};
 use super::Near;
 use crate::store::endpoint::{self, Endpoints};
 use crate::store::link::slot_ranges;
+use crate::store::redis::sentinel::SentinelLink;
 
 /// How often every tracking connection is pinged.
 pub(crate) const PING_EVERY: Duration = Duration::from_millis(250);
@@ -37,6 +38,8 @@ pub(crate) struct TrackingOptions {
     /// One URL for a standalone server; seed nodes of a cluster (with the TLS settings).
     pub(crate) endpoints: Endpoints,
     pub(crate) cluster: bool,
+    /// Behind Sentinel: track on the primary it names; a primary change ends the session.
+    pub(crate) sentinel: Option<SentinelLink>,
     pub(crate) prefix: String,
     pub(crate) connect_timeout: Duration,
 }
@@ -117,7 +120,10 @@ impl From<redis::RedisError> for Lost {
 /// cache is gone, an error saying why tracking is no longer known live otherwise.
 async fn track(near: &Weak<Near>, options: &TrackingOptions, session: u64) -> Result<(), Lost> {
     let seeds = options.endpoints.clients().map_err(|e| e.to_string())?;
-    let (nodes, topology) = if options.cluster {
+    let generation = options.sentinel.as_ref().map(SentinelLink::generation);
+    let (nodes, topology) = if let Some(link) = &options.sentinel {
+        (vec![link.primary_info().await.map_err(|e| e.to_string())?], None)
+    } else if options.cluster {
         let (slots, seed) = slot_map(&seeds, options.connect_timeout).await?;
         let mut nodes: Vec<redis::ConnectionInfo> = Vec::new();
         for (_, _, host, port) in &slots {
@@ -147,6 +153,11 @@ async fn track(near: &Weak<Near>, options: &TrackingOptions, session: u64) -> Re
         let Some(live) = near.upgrade() else { return Ok(()) };
         if !live.is_live() {
             return Err("a tracking connection disconnected".into());
+        }
+        if generation.is_some()
+            && generation != options.sentinel.as_ref().map(SentinelLink::generation)
+        {
+            return Err("the primary changed (Sentinel failover)".into());
         }
         drop(live);
         let pings = connections.iter_mut().map(|connection| async move {

@@ -1,7 +1,8 @@
 //! The connection to Redis: one multiplexed connection that reconnects by itself, to a
 //! standalone server (redis-rs's `ConnectionManager`) or to a Redis Cluster (redis-rs's
 //! async cluster connection, which follows `MOVED`/`ASK` redirections and topology
-//! changes). Both are opened lazily, so a cache can be built while Redis is down.
+//! changes), or to the primary that Redis Sentinel names (`redis/sentinel.rs`, which
+//! follows failovers). All are opened lazily, so a cache can be built while Redis is down.
 //!
 //! Two reactions that every command needs live here, at the one choke point:
 //!
@@ -27,11 +28,15 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Arg, Cmd, ErrorKind, Pipeline, RedisFuture, RedisResult, ServerErrorKind, Value};
 use tokio::sync::OnceCell;
 
+use super::redis::sentinel::SentinelLink;
+
 /// A cheap, cloneable handle to the connection.
 #[derive(Clone)]
 pub(crate) enum Link {
     Standalone(Standalone),
     Cluster(Arc<LazyCluster>),
+    /// The primary behind Redis Sentinel, followed across failovers.
+    Sentinel(SentinelLink),
 }
 
 /// A standalone server's connection manager, renewable (see the module docs). A clone takes
@@ -230,6 +235,7 @@ impl Link {
     fn send<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Link::Standalone(connection) => connection.current.req_packed_command(cmd),
+            Link::Sentinel(connection) => connection.req_packed_command(cmd),
             Link::Cluster(cluster) => {
                 Box::pin(async move { cluster.connection().await?.req_packed_command(cmd).await })
             }
@@ -277,6 +283,7 @@ impl ConnectionLike for Link {
             Link::Standalone(connection) => {
                 connection.current.req_packed_commands(pipeline, offset, count)
             }
+            Link::Sentinel(connection) => connection.req_packed_commands(pipeline, offset, count),
             Link::Cluster(cluster) => Box::pin(async move {
                 cluster.connection().await?.req_packed_commands(pipeline, offset, count).await
             }),
@@ -286,6 +293,7 @@ impl ConnectionLike for Link {
     fn get_db(&self) -> i64 {
         match self {
             Link::Standalone(connection) => connection.current.get_db(),
+            Link::Sentinel(connection) => connection.get_db(),
             Link::Cluster(_) => 0,
         }
     }

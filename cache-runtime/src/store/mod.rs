@@ -192,6 +192,16 @@ impl Store {
         }
     }
 
+    /// How many primary changes the store followed: `Some` behind Redis Sentinel (see
+    /// `redis/sentinel.rs`), `None` for every other store.
+    pub(crate) fn primary_generation(&self) -> Option<u64> {
+        match self {
+            Store::Memory(_) => None,
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => store.primary_generation(),
+        }
+    }
+
     /// Checks the store: its size in process; a `PING` round trip and `INFO` on Redis
     /// (bypassing the breaker, bounded by the command timeout).
     pub(crate) async fn probe(&self) -> Probe {

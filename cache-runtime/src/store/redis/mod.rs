@@ -10,12 +10,15 @@
 //! - [`scripts`]: every Lua script, each invoked only through its typed call.
 //! - [`index`]: the pattern invalidation's index walk, rebuild and keyspace scans.
 //! - [`lease`]: leases, fencing and wake-ups on Redis (the interface is `store/lease.rs`).
+//! - [`sentinel`]: the connection to the primary that Redis Sentinel names, across
+//!   failovers.
 
 mod access;
 mod index;
 mod lease;
 mod scripts;
 mod tags;
+pub(crate) mod sentinel;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,6 +41,7 @@ use crate::format::{ReadFormat, MAX_HEADER};
 use crate::index::{levels, INDEX_NAMESPACE};
 use crate::key::RESERVED;
 use crate::notify::Notifier;
+use sentinel::SentinelLink;
 
 /// Pending markers start with this (a NUL byte first, which no JSON text has): a reader
 /// takes them for a miss.
@@ -110,6 +114,8 @@ pub(crate) struct RedisOptions {
     /// One URL for a standalone server; the seed nodes of a cluster.
     pub(crate) urls: Vec<String>,
     pub(crate) cluster: bool,
+    /// The master name Redis Sentinel monitors: `urls` are then the sentinels'.
+    pub(crate) sentinel: Option<String>,
     pub(crate) prefix: String,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
@@ -137,6 +143,22 @@ impl RedisStore {
                 source: BackendError(source),
             })?;
             Link::Cluster(Arc::new(LazyCluster::new(client)))
+        } else if let Some(master) = &options.sentinel {
+            let link = SentinelLink::new(
+                &options.urls,
+                master,
+                options.connect_timeout,
+                ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(options.connect_timeout))
+                    .set_response_timeout(Some(options.command_timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(100)),
+            )
+            .map_err(|source| Error::InvalidUrl {
+                url: options.urls.iter().map(|url| redact(url)).collect::<Vec<_>>().join(","),
+                source: BackendError(source),
+            })?;
+            Link::Sentinel(link)
         } else {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(options.connect_timeout))
@@ -149,7 +171,10 @@ impl RedisStore {
         };
         // Classic pub/sub reaches every node of a cluster: one subscription to any node
         // hears every fill notification.
-        let notifier = Notifier::new(clients, &options.prefix);
+        let notifier = match &connection {
+            Link::Sentinel(link) => Notifier::following(link.clone(), &options.prefix),
+            _ => Notifier::new(clients, &options.prefix),
+        };
         Ok(RedisStore {
             connection,
             prefix: options.prefix,
@@ -182,20 +207,32 @@ impl RedisStore {
 
     /// Runs one Redis exchange behind the circuit breaker: refused at once while Redis is
     /// known down, and its outcome recorded.
+    ///
+    /// The half-open probe is not the exchange that happens to come first after the
+    /// cool-down: it is whether Redis answers, a `PING` of every primary
+    /// ([`ping_every_primary`](Self::ping_every_primary)). A command that cannot succeed
+    /// yet (a key or an index in a slot being migrated, a replayed invalidation that times
+    /// out) then fails alone, as a normal failure, instead of keeping the whole store shut
+    /// out with ever longer cool-downs while every node answers.
     async fn guarded<T>(&self, exchange: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
         let Some(pass) = self.breaker.allow() else {
             return Err(Error::Unavailable);
         };
         let mut report = ProbeReport { breaker: &self.breaker, pass, reported: false };
         if pass == Pass::Probe {
-            // While Redis was down, the connection manager kept its last failed reconnect;
-            // the first command after that gets the stale error and starts a new attempt.
-            // Spend that on a PING, so the probe itself meets the fresh connection.
-            let mut connection = self.connection.clone();
-            let ping = redis::cmd("PING").query_async::<()>(&mut connection).await;
-            if ping.as_ref().is_err_and(needs_renewal) {
-                self.connection.renew();
+            match self.ping_every_primary().await {
+                Err(error) if is_connection_failure(&error) => {
+                    if needs_renewal(&error) {
+                        self.connection.renew();
+                    }
+                    report.reported = true;
+                    self.breaker.failed(Pass::Probe);
+                    return Err(Error::backend(error));
+                }
+                // An error reply still means Redis answers.
+                _ => self.breaker.succeeded(),
             }
+            report.pass = Pass::Normal;
         }
         let outcome = exchange.await;
         report.reported = true;
@@ -205,7 +242,7 @@ impl RedisStore {
             self.connection.renew();
         }
         match &outcome {
-            Err(error) if is_connection_failure(error) => self.breaker.failed(pass),
+            Err(error) if is_connection_failure(error) => self.breaker.failed(Pass::Normal),
             // An error reply still means Redis answers.
             _ => self.breaker.succeeded(),
         }
@@ -227,9 +264,49 @@ impl RedisStore {
         }
     }
 
+    /// The breaker's probe: `PING` on a standalone server (the primary behind Sentinel),
+    /// on every primary of a cluster.
+    async fn ping_every_primary(&self) -> redis::RedisResult<()> {
+        let mut connection = self.connection.clone();
+        // While Redis was down, the connection manager kept its last failed reconnect; the
+        // first command after that gets the stale error and starts a new attempt. Spend
+        // that on a first PING, so the probe meets the fresh connection.
+        let first = redis::cmd("PING").query_async::<()>(&mut connection).await;
+        if first.as_ref().is_err_and(needs_renewal) {
+            // Refused credentials (or a peer that is not Redis): a new connection, so a
+            // rotated password is picked up.
+            self.connection.renew();
+            connection = self.connection.clone();
+        }
+        if !self.connection.is_cluster() {
+            if first.is_ok() {
+                return Ok(());
+            }
+            return redis::cmd("PING").query_async::<()>(&mut connection).await;
+        }
+        let pings = self.connection.primaries().await?.into_iter().map(|(host, port)| {
+            let link = self.connection.clone();
+            async move { link.on_node::<()>(redis::cmd("PING"), &host, port).await }
+        });
+        try_join_all(pings).await.map(|_| ())
+    }
+
     /// The circuit breaker's state.
     pub(crate) fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
+    }
+
+    /// The connection that follows the primary behind Sentinel, if this store has one.
+    pub(crate) fn sentinel(&self) -> Option<&SentinelLink> {
+        match &self.connection {
+            Link::Sentinel(link) => Some(link),
+            _ => None,
+        }
+    }
+
+    /// How many primary changes the store followed (behind Sentinel; `None` otherwise).
+    pub(crate) fn primary_generation(&self) -> Option<u64> {
+        self.sentinel().map(SentinelLink::generation)
     }
 
     fn index_key(&self, level: &str) -> String {
@@ -759,6 +836,7 @@ mod tests {
         Store::redis(RedisOptions {
             urls: vec![url.to_owned()],
             cluster: false,
+            sentinel: None,
             prefix: prefix.to_owned(),
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_millis(500),
@@ -798,6 +876,33 @@ mod tests {
         let peek = store.peek_with_lease(key).await.unwrap();
         assert!(!peek.settling && peek.lease_left.is_zero());
         assert!(!store.settle_load_lease(key, &token).await.unwrap(), "released: not held");
+    }
+
+    /// The breaker's half-open probe is whether Redis answers (`PING`), not the command
+    /// that happens to come first: on a replica, writes are refused (`READONLY`, a
+    /// connection-class failure) while reads are served. The writes open the breaker; after
+    /// the cool-down a write probes, the PING answers, the breaker closes, and the write
+    /// fails alone: reads go to Redis again instead of waiting through ever longer
+    /// cool-downs.
+    #[tokio::test]
+    async fn the_probe_is_whether_redis_answers_not_the_command_that_probes() {
+        let primary = RedisServer::start();
+        let replica =
+            RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
+        let store = store(&replica.url(), "p:");
+        let Store::Redis(redis) = &store else { unreachable!() };
+        for _ in 0..crate::breaker::FAILURES_TO_OPEN {
+            let refused = store.remove("k").await.unwrap_err();
+            assert_eq!(refused.kind(), crate::ErrorKind::Connection, "{refused}");
+        }
+        assert_eq!(redis.breaker_state(), BreakerState::Open);
+        assert!(matches!(store.get("k").await, Err(crate::Error::Unavailable)));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(redis.breaker_state(), BreakerState::HalfOpen);
+        let refused = store.remove("k").await.unwrap_err();
+        assert_eq!(refused.kind(), crate::ErrorKind::Connection, "the write itself: {refused}");
+        assert_eq!(redis.breaker_state(), BreakerState::Closed, "the PING answered");
+        assert!(store.get("k").await.unwrap().is_none(), "reads reach Redis again");
     }
 
     #[tokio::test]
@@ -863,6 +968,7 @@ mod tests {
         let redis = RedisStore::new(RedisOptions {
             urls: vec![server.url()],
             cluster: false,
+            sentinel: None,
             prefix: "b:".to_owned(),
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_millis(500),
