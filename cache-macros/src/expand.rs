@@ -96,8 +96,8 @@ impl Prepared {
         };
         let plan = match attribute {
             Attribute::Invalidates => Plan::Invalidates { targets: keys, returned },
-            // Expanded by `rate_limit.rs`, which never prepares through here.
-            Attribute::RateLimit => return Err(rejected(&errors)),
+            // Expanded by `rate_limit.rs` and `batch.rs`, which never prepare through here.
+            Attribute::RateLimit | Attribute::CachedBatch => return Err(rejected(&errors)),
             Attribute::Cached | Attribute::CachePut => {
                 // With no error reported, there are a valid `ttl`, one key and a value.
                 let (Some(&ttl), Ok([key]), Some(returned)) =
@@ -308,7 +308,7 @@ impl Prepared {
 }
 
 /// The `Cache` to use: `cache = <expr>` or the process default.
-fn cache_expr(cache: Option<&syn::Expr>) -> TokenStream {
+pub(crate) fn cache_expr(cache: Option<&syn::Expr>) -> TokenStream {
     match cache {
         Some(expr) => quote_spanned!(expr.span()=> ::cache_runtime::__private::cache_of(&(#expr))),
         None => quote!(::cache_runtime::__private::default_cache()),
@@ -316,7 +316,7 @@ fn cache_expr(cache: Option<&syn::Expr>) -> TokenStream {
 }
 
 /// `Some(Duration)` or `None` for an optional duration argument.
-fn optional_duration(duration: Option<&Duration>) -> TokenStream {
+pub(crate) fn optional_duration(duration: Option<&Duration>) -> TokenStream {
     match duration {
         Some(&Duration { millis, .. }) => {
             quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#millis)))
@@ -326,7 +326,7 @@ fn optional_duration(duration: Option<&Duration>) -> TokenStream {
 }
 
 /// `Some(T::clone)` when the cached value type is `Clone`, chosen at compile time.
-fn cloner(value: &Type) -> TokenStream {
+pub(crate) fn cloner(value: &Type) -> TokenStream {
     quote! {{
         #[allow(unused_imports)]
         use ::cache_runtime::__private::{ViaClone as _, ViaDecode as _};
@@ -338,7 +338,7 @@ fn cloner(value: &Type) -> TokenStream {
 }
 
 /// Registers the templates at link time, for `check_invalidations`.
-fn register<'a>(
+pub(crate) fn register<'a>(
     kind: &str,
     templates: impl IntoIterator<Item = &'a LitStr>,
     function: &str,

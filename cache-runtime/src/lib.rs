@@ -165,6 +165,7 @@
 extern crate self as cache_runtime;
 
 mod backlog;
+mod batch_shape;
 mod breaker;
 mod cache;
 mod codec;
@@ -193,6 +194,7 @@ mod policy;
 mod prometheus;
 mod rate_limit;
 mod read;
+mod read_many;
 mod registry;
 mod scope;
 mod shape;
@@ -223,4 +225,4 @@ pub use registry::{
 pub use stats::{Stats, StatsReport, DIRECT_CALLS};
 
 #[doc(inline)]
-pub use cache_macros::{cache_put, cached, invalidates, rate_limit};
+pub use cache_macros::{cache_put, cached, cached_batch, invalidates, rate_limit};
