@@ -162,13 +162,41 @@ fn expand(
     let batch_return = quote_spanned!(returned.span()=> ::cache_runtime::__private::BatchReturn);
     let value = quote!(<#returned as #batch_return>::Value);
     let cloner = cloner(&syn::parse_quote!(#value));
-    // Spanned on the batch parameter's type: elements of another type than the map's keys
-    // are reported there.
-    let elements = quote_spanned! {ty.span()=>
-        ::cache_runtime::__private::batch_elements::<#returned>(&#batch_name[..])
+    // The calls that need `BatchReturn` are spanned on the return type (one error there,
+    // deduplicated, when it is not a map); the elements on the batch parameter's type (a
+    // key type other than the map's is reported there).
+    let on_return = returned.span();
+    let check = quote_spanned!(on_return=> ::cache_runtime::__private::batch_elements::<#returned>);
+    let entry =
+        quote_spanned!(on_return=> ::cache_runtime::__private::cached_batch::<#returned, _, _>);
+    let elements = quote_spanned!(ty.span()=> &#batch_name[..]);
+    let elements = quote_spanned! {on_return=>
+        // `&ids[..]` for a `&[K]` too, so that one expression serves every written type.
+        #[allow(clippy::redundant_slicing)]
+        let __cache_runtime_elements = #check(#elements);
     };
+    // One key per element: the batch parameter's placeholder renders the element.
     let element = Ident::new(&batch_name.to_string(), Span::call_site());
+    let keys = quote_spanned! {on_return=>
+        let __cache_runtime_keys: ::std::vec::Vec<::std::string::String> =
+            ::core::iter::Iterator::collect(::core::iter::Iterator::map(
+                <[_]>::iter(__cache_runtime_elements),
+                |#element| #key,
+            ));
+    };
     let block = function.block();
+    // The function itself only borrows the batch parameter (the body gets the missed
+    // elements): a `mut` written on it applies to the body's binding, not to the function's.
+    let mut sig = sig.clone();
+    for input in &mut sig.inputs {
+        if let FnArg::Typed(typed) = input {
+            if let Pat::Ident(pat) = &mut *typed.pat {
+                if pat.ident == *batch_name {
+                    pat.mutability = None;
+                }
+            }
+        }
+    }
     quote! {
         #(#attrs)*
         #vis #sig {
@@ -188,14 +216,9 @@ fn expand(
                 };
             #register
             let __cache_runtime_cache = #cache;
-            let __cache_runtime_elements = #elements;
-            // One key per element: the batch parameter's placeholder renders the element.
-            let __cache_runtime_keys: ::std::vec::Vec<::std::string::String> =
-                ::core::iter::Iterator::collect(::core::iter::Iterator::map(
-                    __cache_runtime_elements.iter(),
-                    |#element| #key,
-                ));
-            ::cache_runtime::__private::cached_batch::<#returned, _, _>(
+            #elements
+            #keys
+            #entry(
                 __cache_runtime_cache,
                 &__CACHE_RUNTIME_FN,
                 __cache_runtime_elements,

@@ -8,6 +8,10 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hash::{BuildHasher, Hash};
 
+/// The map of a [`BatchReturn`].
+pub(crate) type BatchMap<R> =
+    HashMap<<R as BatchReturn>::Key, <R as BatchReturn>::Value, <R as BatchReturn>::Hasher>;
+
 /// The return type of a batch function: `HashMap<K, V, S>` (every call succeeds) or
 /// `Result<HashMap<K, V, S>, E>` (`Err` stores nothing).
 #[doc(hidden)]
@@ -26,11 +30,9 @@ pub trait BatchReturn: Sized {
     /// The error type (`Infallible` for a plain map).
     type Error;
     /// The map, or the error.
-    fn into_result(self) -> Result<HashMap<Self::Key, Self::Value, Self::Hasher>, Self::Error>;
+    fn into_result(self) -> Result<BatchMap<Self>, Self::Error>;
     /// Rebuilds the return value.
-    fn from_result(
-        result: Result<HashMap<Self::Key, Self::Value, Self::Hasher>, Self::Error>,
-    ) -> Self;
+    fn from_result(result: Result<BatchMap<Self>, Self::Error>) -> Self;
 }
 
 impl<K, V, S> BatchReturn for HashMap<K, V, S>

@@ -1,13 +1,16 @@
 //! The read path of a batch: [`read_many`] reads many keys for a batch call
 //! (`#[cached_batch]`, `get_or_load_many`, `get_many`) in the order of [`read`](crate::read):
 //! the backlog, the near cache, then the store, all the keys that remain in **one** lookup
-//! (`Store::get_many`: one `MGET` on Redis, one per slot on a cluster, in parallel), then
-//! decoding and counting, per key.
+//! (`Store::get_many`: one `MGET` on Redis, one per slot on a cluster, in parallel; with a
+//! near cache, `GET`+`PTTL` per key, all in flight together, so the values can be held in
+//! L1), then decoding and counting, per key.
 //!
 //! A batch policy has no `stale`, `refresh`, `early` or `idle`: a stored value is fresh until
 //! Redis expires it, so no age is read.
 
-use crate::codec::Cloner;
+use std::sync::Arc;
+
+use crate::codec::{Cloner, Entry};
 use crate::core::CacheCore;
 use crate::error::Error;
 use crate::format::DecodeError;
@@ -15,6 +18,7 @@ use crate::log_limit::LogKind;
 use crate::policy::Policy;
 use crate::read::{Missed, StoreUse};
 use crate::stats::Counters;
+use crate::store::Found;
 
 /// What a batch lookup found for one key.
 pub(crate) enum Looked<T> {
@@ -26,7 +30,8 @@ pub(crate) enum Looked<T> {
     Miss(StoreUse),
 }
 
-/// Reads `keys` (see the module docs); one answer per key, in order, and the store's
+/// Reads `keys` (see the module docs); `hold` makes the entry the near cache keeps for a
+/// value (with a typed copy when the caller can clone); one answer per key, in order, and the store's
 /// error if the lookup failed (its keys then read as misses). Counts a hit or a miss per
 /// key, and an error per failed lookup.
 pub(crate) async fn read_many<T>(
@@ -35,6 +40,7 @@ pub(crate) async fn read_many<T>(
     keys: &[&str],
     policy: &Policy,
     cloner: Cloner<T>,
+    hold: impl Fn(&Found, &T) -> Arc<Entry>,
 ) -> (Vec<Looked<T>>, Option<Error>)
 where
     T: serde::de::DeserializeOwned + 'static,
@@ -61,7 +67,52 @@ where
         }
         asked.push(*key);
     }
-    if !asked.is_empty() {
+    if let (Some(near), false) = (near, asked.is_empty()) {
+        // With a near cache: `GET`+`PTTL` per key (the expiry the near copy needs), all in
+        // flight together (one round trip), each value held in L1 if no invalidation of its
+        // key arrived meanwhile.
+        let reads = asked.iter().map(|key| async move {
+            let epoch = near.epoch(key);
+            (epoch, core.store().get_aged(key, policy.lifetime()).await)
+        });
+        let reads = futures_util::future::join_all(reads).await;
+        let mut reads = asked.iter().zip(reads);
+        for answer in answers.iter_mut().filter(|answer| answer.is_none()) {
+            let Some((key, (epoch, read))) = reads.next() else { break };
+            *answer = Some(match read {
+                // A value a pending marker keeps (`age` unknown) is a miss.
+                Ok(Some(found)) if found.age == std::time::Duration::MAX => {
+                    counters.miss();
+                    Looked::Miss(StoreUse::Fill)
+                }
+                Ok(Some(found)) if found.entry.is_absent() => {
+                    counters.hit();
+                    Looked::Absent
+                }
+                Ok(Some(found)) => match found.entry.take(cloner) {
+                    Ok(value) => {
+                        counters.hit();
+                        if let Some(epoch) = epoch {
+                            near.insert(key, epoch, &found, hold(&found, &value));
+                        }
+                        Looked::Hit(value)
+                    }
+                    Err(error) => undecodable(counters, &error),
+                },
+                Ok(None) => {
+                    counters.miss();
+                    Looked::Miss(StoreUse::Fill)
+                }
+                Err(error) => {
+                    counters.error(error.kind());
+                    counters.miss();
+                    let kind = error.kind();
+                    failed.get_or_insert(error);
+                    Looked::Miss(Missed::after_failure(kind).store)
+                }
+            });
+        }
+    } else if !asked.is_empty() {
         let mut found = match core.store().get_many(&asked).await {
             Ok(entries) => entries.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(error) => {
@@ -88,15 +139,7 @@ where
                         counters.hit();
                         Looked::Hit(value)
                     }
-                    Err(error) => {
-                        counters.error(error.kind());
-                        counters.miss();
-                        Looked::Miss(match error {
-                            // Another release's value: leave it (see `read.rs`).
-                            DecodeError::Schema => StoreUse::Bypass,
-                            _ => StoreUse::Overwrite,
-                        })
-                    }
+                    Err(error) => undecodable(counters, &error),
                 },
                 Ok(None) => {
                     counters.miss();
@@ -112,4 +155,15 @@ where
     let answers =
         answers.into_iter().map(|answer| answer.unwrap_or(Looked::Miss(StoreUse::Fill))).collect();
     (answers, failed)
+}
+
+/// A stored value that does not decode: counted, a miss; another release's value is left in
+/// place, anything else replaced (see `read.rs`).
+fn undecodable<T>(counters: &Counters, error: &DecodeError) -> Looked<T> {
+    counters.error(error.kind());
+    counters.miss();
+    Looked::Miss(match error {
+        DecodeError::Schema => StoreUse::Bypass,
+        _ => StoreUse::Overwrite,
+    })
 }

@@ -330,3 +330,39 @@ async fn warm_batch_is_one_mget() {
         .collect();
     assert_eq!(calls, [("mget".to_owned(), 1)], "{info}");
 }
+
+/// With a near cache: a batch holds what it read in L1, and the next batch answers from
+/// process memory without a command to Redis; an invalidation reaches the batch's copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_cache_hits_answer_without_redis() {
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis(server.url())
+        .prefix("n:")
+        .near_cache(1 << 20)
+        .build()
+        .await
+        .unwrap();
+    while !cache.near_cache_live() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let s = Service { cache, db: Db::with_rows(1..=10) };
+    let ids: Vec<u64> = (1..=10).collect();
+    s.vehicles(&ids).await.unwrap(); // loads and fills
+    s.vehicles(&ids).await.unwrap(); // reads Redis, holds the values in L1
+    let mut raw = server.connection().await;
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut raw).await.unwrap();
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 10);
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut raw).await.unwrap();
+    let commands: Vec<&str> = info
+        .lines()
+        .filter(|line| line.starts_with("cmdstat_") && !line.starts_with("cmdstat_info:"))
+        .filter(|line| !line.starts_with("cmdstat_config|resetstat:"))
+        .filter(|line| !line.starts_with("cmdstat_ping:")) // the tracking connections' health
+        .collect();
+    assert!(commands.is_empty(), "{commands:?}");
+    assert_eq!(s.cache.stats_of("vehicles").near_hits, 10);
+    s.reprice(3, 999).await.unwrap();
+    assert_eq!(s.vehicles(&ids).await.unwrap()[&3].price, 999);
+    assert_eq!(s.db.queries(), [ids.clone(), vec![3]]);
+}

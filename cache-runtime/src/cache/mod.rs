@@ -192,11 +192,12 @@ impl Cache {
         }
         let counters = self.core.counters(DIRECT_CALLS);
         counters.batch(keys.len());
+        let hold = |found: &Found, _: &T| Arc::clone(&found.entry);
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let (looked, failed) =
-            crate::read_many::read_many(&self.core, &counters, keys, &DIRECT_GET, None).await;
+            crate::read_many::read_many(&self.core, &counters, keys, &DIRECT_GET, None, hold).await;
         if let Some(error) = failed {
             return Err(error);
         }

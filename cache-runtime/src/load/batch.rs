@@ -95,7 +95,10 @@ where
     let (cached, mut uncached): (Vec<usize>, Vec<usize>) =
         (0..unique.len()).partition(|&at| core.key_fits(counters, key(at)));
     let lookup: Vec<&str> = cached.iter().map(|&at| key(at)).collect();
-    let (looked, _) = read_many(core, counters, &lookup, policy, cloner).await;
+    let hold = |found: &crate::store::Found, value: &R::Value| {
+        Arc::new(Entry::with_copy(&found.entry, value, cloner))
+    };
+    let (looked, _) = read_many(core, counters, &lookup, policy, cloner, hold).await;
     let mut missed = Vec::new();
     for (&at, looked) in cached.iter().zip(looked) {
         match looked {
