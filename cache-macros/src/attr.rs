@@ -93,9 +93,9 @@ macro_rules! arguments {
 
 arguments! {
     /// `key = "vehicle:<id>"`: the key template.
-    key: Str, [Cached, CachePut, RateLimit], "key = \"{key}\"";
+    key: Str, [Cached, CachePut, RateLimit, CachedBatch], "key = \"{key}\"";
     /// `ttl = "15m"`: the time to live.
-    ttl: Duration, [Cached, CachePut], "ttl = \"15m\"";
+    ttl: Duration, [Cached, CachePut, CachedBatch], "ttl = \"15m\"";
     /// `lock`: stampede protection across processes.
     lock: Flag, [Cached], "lock";
     /// `stale = "1h"`: total keep time for stale fallback, longer than `ttl`.
@@ -107,14 +107,14 @@ arguments! {
     /// `timeout = "200ms"`: how long a caller holding a stale value waits for the body.
     timeout: Duration, [Cached], "timeout = \"200ms\"";
     /// `absent_ttl = "30s"`: how long absent results are cached.
-    absent_ttl: Duration, [Cached], "absent_ttl = \"30s\"";
+    absent_ttl: Duration, [Cached, CachedBatch], "absent_ttl = \"30s\"";
     /// `idle = "30m"`: sliding expiration, each hit extends the value's life up to `ttl`.
     idle: Duration, [Cached, CachePut], "idle = \"30m\"";
     /// `tags = ["make:<v.make>", "listings"]`: tag templates (stored with the value, or, in
     /// `#[invalidates]`, the tags whose keys are removed).
     tags: Tags, [Cached, CachePut, Invalidates], "tags = [\"make:<v.make>\"]";
     /// `near = false`: this function bypasses the cache's near cache.
-    near: Bool, [Cached], "near = false";
+    near: Bool, [Cached, CachedBatch], "near = false";
     /// `limit = 5`: calls a rate limit admits per window.
     limit: Int, [RateLimit], "limit = 5";
     /// `per = "1m"`: the rate limit's window.
@@ -126,9 +126,9 @@ arguments! {
     /// `charge_hits`: charge cache hits too (with `#[cached]` below `#[rate_limit]`).
     charge_hits: Flag, [RateLimit], "charge_hits";
     /// `cache = <expr>`: the `Cache` to use.
-    cache: Expr, [Cached, CachePut, Invalidates, RateLimit], "cache = self.cache";
+    cache: Expr, [Cached, CachePut, Invalidates, RateLimit, CachedBatch], "cache = self.cache";
     /// `name = "..."`: the function's name in stats and metrics.
-    name: Str, [Cached, CachePut, Invalidates, RateLimit], "name = \"{function}\"";
+    name: Str, [Cached, CachePut, Invalidates, RateLimit, CachedBatch], "name = \"{function}\"";
 }
 
 /// One row of the table: an argument and the attributes that accept it.
@@ -155,6 +155,8 @@ pub(crate) enum Attribute {
     Invalidates,
     /// `#[rate_limit]`, expanded by `rate_limit.rs`.
     RateLimit,
+    /// `#[cached_batch]`, expanded by `batch.rs`.
+    CachedBatch,
 }
 
 impl Attribute {
@@ -165,6 +167,7 @@ impl Attribute {
             Attribute::CachePut => "cache_put",
             Attribute::Invalidates => "invalidates",
             Attribute::RateLimit => "rate_limit",
+            Attribute::CachedBatch => "cached_batch",
         }
     }
 
@@ -172,7 +175,10 @@ impl Attribute {
     /// or patterns to remove).
     pub(crate) fn purpose(self) -> Purpose {
         match self {
-            Attribute::Cached | Attribute::CachePut | Attribute::RateLimit => Purpose::Key,
+            Attribute::Cached
+            | Attribute::CachePut
+            | Attribute::RateLimit
+            | Attribute::CachedBatch => Purpose::Key,
             Attribute::Invalidates => Purpose::Pattern,
         }
     }
@@ -180,7 +186,7 @@ impl Attribute {
     /// Methods must take `&self` (or `self: Arc<Self>`): the cached value must not depend
     /// on mutable state.
     pub(crate) fn shared_self(self) -> bool {
-        self == Attribute::Cached
+        matches!(self, Attribute::Cached | Attribute::CachedBatch)
     }
 
     /// Whether its templates may name the returned value (`<return.id>`): rendered after the
@@ -228,6 +234,7 @@ impl Attribute {
     pub(crate) fn example_key(self) -> &'static str {
         match self {
             Attribute::RateLimit => "login:<ip>",
+            Attribute::CachedBatch => "vehicle:<ids>",
             Attribute::Cached | Attribute::CachePut | Attribute::Invalidates => "vehicle:<id>",
         }
     }
@@ -238,6 +245,7 @@ impl Attribute {
             Attribute::Cached | Attribute::CachePut => "get_vehicle",
             Attribute::Invalidates => "update_vehicle",
             Attribute::RateLimit => "login",
+            Attribute::CachedBatch => "vehicles",
         }
     }
 }
@@ -619,8 +627,13 @@ impl Kind for kind::Expr {
 mod tests {
     use super::*;
 
-    const ALL: [Attribute; 4] =
-        [Attribute::Cached, Attribute::CachePut, Attribute::Invalidates, Attribute::RateLimit];
+    const ALL: [Attribute; 5] = [
+        Attribute::Cached,
+        Attribute::CachePut,
+        Attribute::Invalidates,
+        Attribute::RateLimit,
+        Attribute::CachedBatch,
+    ];
 
     #[test]
     fn each_argument_has_one_row_per_attribute() {
@@ -655,6 +668,10 @@ mod tests {
             Attribute::RateLimit.expected(),
             "one of `key`, `limit`, `per`, `fail_open`, `fail_closed`, `charge_hits`, `cache`, `name`"
         );
+        assert_eq!(
+            Attribute::CachedBatch.expected(),
+            "one of `key`, `ttl`, `absent_ttl`, `near`, `cache`, `name`"
+        );
     }
 
     /// The macro reference in `lib.rs` has a row for every argument each attribute accepts
@@ -667,6 +684,7 @@ mod tests {
             (Attribute::CachePut, "pub fn cache_put("),
             (Attribute::RateLimit, "pub fn rate_limit("),
             (Attribute::Invalidates, "pub fn invalidates("),
+            (Attribute::CachedBatch, "pub fn cached_batch("),
         ] {
             let end = docs.find(entry).unwrap();
             let doc = &docs[docs[..end].rfind("pub fn ").unwrap_or(0)..end];

@@ -113,8 +113,8 @@ impl Prepared {
         };
         let plan = match attribute {
             Attribute::Invalidates => Plan::Invalidates { targets: keys },
-            // Expanded by `rate_limit.rs`, which never prepares through here.
-            Attribute::RateLimit => return Err(rejected(&errors)),
+            // Expanded by `rate_limit.rs` and `batch.rs`, which never prepare through here.
+            Attribute::RateLimit | Attribute::CachedBatch => return Err(rejected(&errors)),
             Attribute::Cached | Attribute::CachePut => {
                 // With no error reported, there are a valid `ttl`, one key and a value.
                 let (Some(&ttl), Ok([key]), Some(returned)) =
@@ -499,7 +499,7 @@ impl Prepared {
 }
 
 /// The `Cache` to use: `cache = <expr>` or the process default.
-fn cache_expr(cache: Option<&syn::Expr>) -> TokenStream {
+pub(crate) fn cache_expr(cache: Option<&syn::Expr>) -> TokenStream {
     match cache {
         Some(expr) => quote_spanned!(expr.span()=> ::cache_runtime::__private::cache_of(&(#expr))),
         None => quote!(::cache_runtime::__private::default_cache()),
@@ -507,7 +507,7 @@ fn cache_expr(cache: Option<&syn::Expr>) -> TokenStream {
 }
 
 /// `Some(Duration)` or `None` for an optional duration argument.
-fn optional_duration(duration: Option<&Duration>) -> TokenStream {
+pub(crate) fn optional_duration(duration: Option<&Duration>) -> TokenStream {
     match duration {
         Some(&Duration { millis, .. }) => {
             quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#millis)))
@@ -528,8 +528,20 @@ fn cloner(shape: &Ident) -> TokenStream {
     }}
 }
 
+/// [`cloner`] for a value type named in the generated code (`#[cached_batch]`'s map values).
+pub(crate) fn cloner_of(value: &Type) -> TokenStream {
+    quote! {{
+        #[allow(unused_imports)]
+        use ::cache_runtime::__private::{ViaClone as _, ViaDecode as _};
+        // The borrow selects the `Clone` impl when there is one (autoref specialization).
+        #[allow(clippy::needless_borrow, clippy::let_and_return)]
+        let cloner = (&::cache_runtime::__private::CloneProbe::<#value>::new()).cloner();
+        cloner
+    }}
+}
+
 /// Registers the templates at link time, for `check_invalidations`.
-fn register<'a>(
+pub(crate) fn register<'a>(
     kind: &str,
     templates: impl IntoIterator<Item = &'a LitStr>,
     function: &str,

@@ -3,6 +3,7 @@
 
 mod attr;
 mod derive;
+mod batch;
 mod detach;
 mod errors;
 mod expand;
@@ -99,6 +100,61 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::cached(args.into(), item.into()).into()
+}
+
+/// Caches a batch of keys at once: one key per element of a `&[K]` or `Vec<K>` parameter,
+/// one lookup for all of them, the body at most once with the elements that missed.
+///
+/// ```ignore
+/// #[cached_batch(key = "vehicle:<ids>", ttl = "15m", absent_ttl = "30s")]
+/// async fn vehicles(&self, ids: &[u64]) -> Result<HashMap<u64, Vehicle>, DbError> {
+///     self.db.vehicles_by_ids(ids).await // called with the ids that missed, once
+/// }
+/// ```
+///
+/// The placeholder that names the batch parameter renders one key per element, exactly as
+/// `#[cached]` renders `key = "vehicle:<id>"` for `id: u64`: the two share their entries
+/// (same key, same stored value), so a `#[cached]` function of one vehicle hits what the
+/// batch stored, and the reverse. Other placeholders render once per call.
+///
+/// A call looks every distinct element's key up at once (one `MGET` on Redis; on a cluster
+/// one per slot, in parallel; none for an empty input). The body then runs at most once, its
+/// batch parameter holding only the elements that missed, deduplicated, in first-seen order,
+/// and not at all when every element hit. Its map is stored element by element (all fills
+/// in one more round trip, each through its fill ticket, so a key invalidated while the body
+/// ran is not stored). An element the body leaves out of its map is absent: left out of the
+/// answer, and cached as such for `absent_ttl` when set. `Err` stores nothing and is
+/// returned. Elements that another call in this process is loading (a batch or a single
+/// `#[cached]`) are awaited, not loaded twice; single callers waiting on a key this batch
+/// loads get its value.
+///
+/// # Arguments
+///
+/// | argument | meaning |
+/// |---|---|
+/// | `key = "..."` | Required. Key template; exactly one placeholder names the batch parameter (`&[K]`, `&Vec<K>` or `Vec<K>`, with `K: KeyPart + Clone + Eq + Hash`). |
+/// | `ttl = "..."` | Required. Time to live, as in `#[cached]`. |
+/// | `absent_ttl = "..."` | Cache the elements the body left out (absent) this long. Default: not cached. |
+/// | `near = false` | Bypass the cache's near cache, as in `#[cached]`. |
+/// | `cache = <expr>` | The `Cache` to use, as in `#[cached]`. |
+/// | `name = "..."` | The function's name in stats and metrics (hits, misses and loads count per element; `cache_batch_size` per call). Default: its identifier. |
+///
+/// # Return type
+///
+/// `HashMap<K, V>` or `Result<HashMap<K, V>, E>` (any hasher), decided by the type, not by
+/// how it is written: an alias works. `V: Serialize + DeserializeOwned + Send + Sync +
+/// 'static`; the map's keys must be the batch parameter's element type.
+///
+/// # Compile errors
+///
+/// No placeholder naming a batch parameter, two of them, a return type that is not a map
+/// or a `Result` of one (reported on the return type), elements of another type than the
+/// map's keys (reported on the parameter's type), arguments `#[cached]` has but batches do
+/// not (`lock`, `stale`, `refresh`, `early`, `timeout`, `idle`), and every error of
+/// `#[cached]`'s key template.
+#[proc_macro_attribute]
+pub fn cached_batch(args: TokenStream, item: TokenStream) -> TokenStream {
+    batch::cached_batch(args.into(), item.into()).into()
 }
 
 /// Removes cached keys after the function succeeds.

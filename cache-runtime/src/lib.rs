@@ -173,6 +173,7 @@
 extern crate self as cache_runtime;
 
 mod backlog;
+mod batch_shape;
 mod breaker;
 mod cache;
 mod codec;
@@ -202,6 +203,7 @@ mod prometheus;
 mod rate_limit;
 mod read;
 mod recent;
+mod read_many;
 mod registry;
 mod scope;
 mod shape;
@@ -236,4 +238,4 @@ pub use stats::{Stats, StatsReport, DIRECT_CALLS};
 /// their field), beside the trait as serde exports its derives.
 pub use cache_macros::KeyPart;
 #[doc(inline)]
-pub use cache_macros::{cache_put, cached, invalidates, rate_limit};
+pub use cache_macros::{cache_put, cached, cached_batch, invalidates, rate_limit};

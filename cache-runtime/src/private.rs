@@ -205,6 +205,47 @@ pub async fn put_after<S, R>(
     .await;
 }
 
+// ---- `#[cached_batch]` -----------------------------------------------------------------------
+
+pub use crate::batch_shape::BatchReturn;
+
+/// The batch parameter's elements, as the map's keys: spanned on the parameter's type, so a
+/// key type that differs from the map's is reported there.
+pub fn batch_elements<R: BatchReturn>(elements: &[R::Key]) -> &[R::Key] {
+    elements
+}
+
+/// The body of a `#[cached_batch]` function: `keys[i]` is the rendered key of
+/// `elements[i]`; `body` runs at most once, with the elements that missed.
+pub async fn cached_batch<R, F, Fut>(
+    cache: Cache,
+    function: &'static CachedFn,
+    elements: &[R::Key],
+    keys: Vec<String>,
+    cloner: Cloner<R::Value>,
+    body: F,
+) -> R
+where
+    R: BatchReturn,
+    R::Key: Clone,
+    R::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
+    F: FnOnce(Vec<R::Key>) -> Fut,
+    Fut: Future<Output = R>,
+{
+    let core = cache.core();
+    let counters = function.counters.get(core.id(), core.stats(), function.name);
+    crate::load::batch::through_many::<R, F, Fut>(
+        core,
+        &counters,
+        &function.policy,
+        cloner,
+        elements,
+        &keys,
+        body,
+    )
+    .await
+}
+
 // ---- `#[rate_limit]` -------------------------------------------------------------------------
 
 pub use crate::rate_limit::{FailMode, RateLimited};

@@ -114,12 +114,13 @@ async fn update_is_visible_on_the_next_read(cache: Cache) {
     let dir = TempDir::new("http");
     let (addr, service) = serve(cache, &dir).await;
 
-    // A vehicle on dealer 1's page, read twice (the second read is a hit), and its page.
+    // A vehicle on dealer 1's page, read twice: both reads are hits (the page's batch
+    // filled `vehicle:<id>`, the entry of the single read too).
     let page: DealerVehicles = get(addr, "/dealers/1/vehicles").await;
     let id = page.vehicles[0].id;
     let before: Vehicle = get(addr, &format!("/vehicles/{id}")).await;
     assert_eq!(get::<Vehicle>(addr, &format!("/vehicles/{id}")).await, before);
-    assert_eq!(service.cache().stats_of("vehicle").hits, 1);
+    assert_eq!(service.cache().stats_of("vehicle").hits, 2);
 
     let price = before.price + 1_234;
     let (status, body) = send(

@@ -1,5 +1,6 @@
 //! The [`Cache`] handle and cache-aside: look up, on a miss load once, store, return.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -196,6 +197,105 @@ impl Cache {
             .await
     }
 
+    /// The values under `keys` (rendered keys, without the prefix), one per key in order,
+    /// `None` for a key that holds nothing: one lookup (one `MGET` on Redis; on a cluster one
+    /// per slot, in parallel). Counted per key, like [`get`](Self::get).
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cache_runtime::Error> {
+    /// use std::time::Duration;
+    ///
+    /// let cache = cache_runtime::Cache::memory();
+    /// cache.set("price:1", &10u32, Duration::from_secs(60)).await?;
+    /// let prices = cache.get_many::<u32>(&["price:1", "price:2"]).await?;
+    /// assert_eq!(prices, [Some(10), None]);
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] for a key `get` refuses (nothing is read then);
+    /// [`Error::Backend`] or [`Error::Unavailable`] when Redis fails.
+    pub async fn get_many<T: DeserializeOwned + 'static>(
+        &self,
+        keys: &[&str],
+    ) -> Result<Vec<Option<T>>> {
+        for key in keys {
+            self.core.check_key(key)?;
+        }
+        let counters = self.core.counters(DIRECT_CALLS);
+        counters.batch(keys.len());
+        let hold = |found: &Found, _: &T| Arc::clone(&found.entry);
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (looked, failed) =
+            crate::read_many::read_many(&self.core, &counters, keys, &DIRECT_GET, None, hold).await;
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        Ok(looked
+            .into_iter()
+            .map(|looked| match looked {
+                crate::read_many::Looked::Hit(value) => Some(value),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Cache-aside for many keys at once (rendered keys, without the prefix): the values
+    /// found, and for the keys that missed, what `load` returns, stored for `ttl`. `load`
+    /// runs at most once, with the keys that missed (distinct, in first-seen order), and
+    /// not at all when every key hit; a key it leaves out of its map is left out of the
+    /// answer and not cached. Keys that another call is loading in this process are awaited,
+    /// not loaded twice. `Err` stores nothing. The semantics of `#[cached_batch]`: see
+    /// "Batch loads" in the crate's README.
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cache_runtime::Error> {
+    /// use std::collections::HashMap;
+    /// use std::time::Duration;
+    ///
+    /// let cache = cache_runtime::Cache::memory();
+    /// cache.set("price:1", &10u32, Duration::from_secs(60)).await?;
+    /// let prices = cache
+    ///     .get_or_load_many(&["price:1", "price:2"], Duration::from_secs(60), |missed| async move {
+    ///         assert_eq!(missed, ["price:2"]); // one query for every key that missed
+    ///         Ok::<_, cache_runtime::Error>(missed.into_iter().map(|key| (key, 20u32)).collect())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(prices, HashMap::from([("price:1".to_owned(), 10), ("price:2".to_owned(), 20)]));
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `load`'s error, or [`Error::InvalidKey`] / [`Error::InvalidTtl`] converted into `E`
+    /// (checked before anything is read).
+    pub async fn get_or_load_many<T, E, F, Fut>(
+        &self,
+        keys: &[&str],
+        ttl: Duration,
+        load: F,
+    ) -> Result<HashMap<String, T>, E>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        E: From<Error>,
+        F: FnOnce(Vec<String>) -> Fut,
+        Fut: Future<Output = Result<HashMap<String, T>, E>>,
+    {
+        for key in keys {
+            self.core.check_key(key)?;
+        }
+        validate_ttl(ttl)?;
+        let counters = self.core.counters(DIRECT_CALLS);
+        let policy = Policy::ttl(ttl);
+        let keys: Vec<String> = keys.iter().map(|&key| key.to_owned()).collect();
+        load::batch::through_many(&self.core, &counters, &policy, None, &keys, &keys, load).await
+    }
+
     /// The state of the circuit breaker in front of Redis (always closed for the memory
     /// store).
     pub fn breaker_state(&self) -> crate::BreakerState {
@@ -237,6 +337,7 @@ impl Cache {
     /// | `cache_rate_allowed_total` | counter | `function` | calls a rate limit let through ([`Stats::rate_allowed`]) |
     /// | `cache_errors_total` | counter | `function`, `kind` | failures by [`ErrorKind`](crate::ErrorKind) ([`Stats::errors`]); `kind="connection"` always, other kinds once non-zero |
     /// | `cache_load_duration_seconds` | histogram | `function`, `le` | time spent running bodies to fill the cache (`_bucket`, `_sum`, `_count`) |
+    /// | `cache_batch_size` | histogram | `function`, `le` | distinct elements asked for per batch call (`#[cached_batch]`, [`get_or_load_many`](Self::get_or_load_many), [`get_many`](Self::get_many)); only functions that made one |
     /// | `cache_breaker_state` | gauge | `state` | the circuit breaker in front of Redis: 1 for the current state (`closed`, `open`, `half_open`), 0 for the others |
     /// | `cache_pending_invalidations` | gauge | | invalidations that could not reach Redis yet and are replayed until they land |
     ///

@@ -40,6 +40,7 @@ use crate::stats::Counters;
 use crate::store::{Begun, FillPlan, Found, Ticket, Version};
 use crate::write::{self, Applied, Change, Filled};
 
+pub(crate) mod batch;
 pub(crate) mod body;
 mod stampede;
 

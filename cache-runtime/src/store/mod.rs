@@ -258,6 +258,23 @@ impl Store {
         }
     }
 
+    /// The entries under `keys` (without the cache's prefix), in order: what
+    /// [`get`](Self::get) answers for each, in one round trip on Redis (`MGET`; on a cluster
+    /// redis-rs splits it into one `MGET` per slot, sent in parallel).
+    pub(crate) async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Arc<Entry>>>> {
+        match self {
+            Store::Memory(store) => {
+                let mut entries = Vec::with_capacity(keys.len());
+                for key in keys {
+                    entries.push(store.get(key).await);
+                }
+                Ok(entries)
+            }
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => store.get_many(keys).await,
+        }
+    }
+
     /// [`get`](Self::get) for `idle`: a hit extends the value's remaining life to
     /// `min(idle, cap - age)` (age from the write time in its header), in the same round
     /// trip on Redis (one script); a value at least `cap` old reads as absent. Values

@@ -54,6 +54,16 @@ pub struct DealerVehicles {
     pub vehicles: Vec<Vehicle>,
 }
 
+/// A dealer and the ids of its newest listings, newest first: what the cache keeps for a
+/// dealer page (the rows themselves come through the vehicles' own entries).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DealerListing {
+    /// The dealer.
+    pub dealer: Dealer,
+    /// Its newest listings' ids, newest first.
+    pub ids: Vec<i64>,
+}
+
 /// A user's profile (a row of `users`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserProfile {

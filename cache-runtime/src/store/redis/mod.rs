@@ -422,6 +422,20 @@ impl RedisStore {
         Ok(self.stored(bytes))
     }
 
+    /// `MGET` of the full keys: what [`get`](Self::get) answers for each, in one round trip
+    /// (on a cluster, redis-rs sends one `MGET` per slot, in parallel, and puts the replies
+    /// back in order). Unlike `get`, a string longer than any value of this cache is
+    /// transferred whole before it is dropped (`MGET` has no range).
+    pub(crate) async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Arc<Entry>>>> {
+        let mut mget = redis::cmd("MGET");
+        for key in keys {
+            mget.arg(self.full_key(key));
+        }
+        let mut connection = self.connection.clone();
+        let replies: Vec<Option<Vec<u8>>> = self.guarded(mget.query_async(&mut connection)).await?;
+        Ok(replies.into_iter().map(|bytes| bytes.and_then(|bytes| self.stored(bytes))).collect())
+    }
+
     /// A hit for `idle`: one script ([`scripts::Touch`]) reads the value and extends its life;
     /// on a cluster the index covers ([`Cover`], one per index level, other slots) are
     /// in flight together with it: still one round trip.
