@@ -35,7 +35,7 @@ pub(crate) fn cached_batch(args: TokenStream, item: TokenStream) -> TokenStream 
     if let Some(args) = &args {
         args.check(&mut errors);
     }
-    let signature = Signature::inspect(&function.sig, Attribute::CachedBatch, &mut errors);
+    let signature = Signature::inspect(&function, Attribute::CachedBatch, &mut errors);
     let batch = args
         .as_ref()
         .and_then(|args| args.key.get())

@@ -219,7 +219,7 @@ where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     loop {
-        let mut follower = match load.core.flights().join(load.key) {
+        let mut follower = match load.core.flights().join_tagged(load.key, load.tags) {
             Join::Leader(leader) => return Err(leader),
             Join::Follower(follower) => follower,
         };
