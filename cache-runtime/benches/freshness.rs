@@ -142,6 +142,7 @@ async fn inline_refresh(cache: &Cache, log: &Log, id: u64) -> Reading {
         cache.clone(),
         &FUNCTION,
         format!("inline:{id}"),
+        Vec::new(),
         Some(Reading::clone),
         || log.body(id, HOT_BODY),
     )
