@@ -160,7 +160,7 @@ fn main() {
                 .unwrap();
         }
         let cache = Cache::builder().redis(server.url()).prefix("okla:").build().await.unwrap();
-        REDIS.set(cache).ok().expect("once");
+        assert!(REDIS.set(cache).is_ok(), "set once");
         // Warm the hit keys.
         for id in 0..1000 {
             redis_plain(id).await.unwrap();

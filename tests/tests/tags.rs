@@ -121,14 +121,6 @@ impl Deployment {
             _ => Some(self.cache(prefix).await),
         }
     }
-
-    async fn raw(&self) -> Option<Box<dyn ConnectionLike + Send>> {
-        match self {
-            Deployment::Memory => None,
-            Deployment::Standalone(server) => Some(Box::new(server.connection().await)),
-            Deployment::Cluster(cluster) => Some(Box::new(cluster.connection().await)),
-        }
-    }
 }
 
 async fn query<T: redis::FromRedisValue>(
