@@ -41,6 +41,7 @@ const CORE: &str = "reads, writes, fills, invalidations, locks and rate limits f
 const NEEDED: &[Needed] = &[
     Needed { grant: "+ping", call: &["ping"], costs: "the breaker's probe and health()", when: When::Always },
     Needed { grant: "+getrange", call: &["getrange", "{p}k", "0", "1"], costs: "reads", when: When::Always },
+    Needed { grant: "+mget", call: &["mget", "{p}k"], costs: "batch reads (#[cached_batch], get_many)", when: When::Always },
     Needed { grant: "+pttl", call: &["pttl", "{p}k"], costs: "reads of values kept with stale or refresh", when: When::Always },
     Needed { grant: "+unlink", call: &["unlink", "{p}k"], costs: "invalidations", when: When::Always },
     Needed { grant: "+exists", call: &["exists", "{p}k"], costs: "pattern invalidations", when: When::Always },
@@ -66,6 +67,7 @@ const NEEDED: &[Needed] = &[
     Needed { grant: "+psubscribe", call: &["psubscribe", "{p}#filled:*", "{p}#released:*"], costs: "lock wake-ups (waiters wait for the lease instead)", when: When::Always },
     Needed { grant: "+config|get", call: &["config", "get", "maxmemory*"], costs: "reading the eviction policy (Redis is assumed to evict: patterns rebuild indexes with SCAN)", when: When::Always },
     Needed { grant: "+info", call: &["info", "memory"], costs: "health()'s memory and client figures", when: When::Always },
+    Needed { grant: "+role", call: &["role"], costs: "following failovers behind Sentinel (the primary is confirmed with ROLE)", when: When::Always },
     Needed { grant: "+cluster|slots", call: &["cluster", "slots"], costs: "keyspace scans and the near cache on a cluster", when: When::Cluster },
     Needed { grant: "+client|tracking", call: &["client", "tracking", "on", "bcast", "prefix", "{p}"], costs: "the near cache (it never goes live)", when: When::Near },
 ];
