@@ -93,9 +93,9 @@ macro_rules! arguments {
 
 arguments! {
     /// `key = "vehicle:<id>"`: the key template.
-    key: Str, [Cached, CachePut, RateLimit], "key = \"{key}\"";
+    key: Str, [Cached, CachePut, RateLimit, CachedBatch], "key = \"{key}\"";
     /// `ttl = "15m"`: the time to live.
-    ttl: Duration, [Cached, CachePut], "ttl = \"15m\"";
+    ttl: Duration, [Cached, CachePut, CachedBatch], "ttl = \"15m\"";
     /// `lock`: stampede protection across processes.
     lock: Flag, [Cached], "lock";
     /// `stale = "1h"`: total keep time for stale fallback, longer than `ttl`.
@@ -107,11 +107,14 @@ arguments! {
     /// `timeout = "200ms"`: how long a caller holding a stale value waits for the body.
     timeout: Duration, [Cached], "timeout = \"200ms\"";
     /// `absent_ttl = "30s"`: how long absent results are cached.
-    absent_ttl: Duration, [Cached], "absent_ttl = \"30s\"";
+    absent_ttl: Duration, [Cached, CachedBatch], "absent_ttl = \"30s\"";
     /// `idle = "30m"`: sliding expiration, each hit extends the value's life up to `ttl`.
     idle: Duration, [Cached, CachePut], "idle = \"30m\"";
+    /// `tags = ["make:<v.make>", "listings"]`: tag templates (stored with the value, or, in
+    /// `#[invalidates]`, the tags whose keys are removed).
+    tags: Tags, [Cached, CachePut, Invalidates], "tags = [\"make:<v.make>\"]";
     /// `near = false`: this function bypasses the cache's near cache.
-    near: Bool, [Cached], "near = false";
+    near: Bool, [Cached, CachedBatch], "near = false";
     /// `limit = 5`: calls a rate limit admits per window.
     limit: Int, [RateLimit], "limit = 5";
     /// `per = "1m"`: the rate limit's window.
@@ -123,9 +126,9 @@ arguments! {
     /// `charge_hits`: charge cache hits too (with `#[cached]` below `#[rate_limit]`).
     charge_hits: Flag, [RateLimit], "charge_hits";
     /// `cache = <expr>`: the `Cache` to use.
-    cache: Expr, [Cached, CachePut, Invalidates, RateLimit], "cache = self.cache";
+    cache: Expr, [Cached, CachePut, Invalidates, RateLimit, CachedBatch], "cache = self.cache";
     /// `name = "..."`: the function's name in stats and metrics.
-    name: Str, [Cached, CachePut, Invalidates, RateLimit], "name = \"{function}\"";
+    name: Str, [Cached, CachePut, Invalidates, RateLimit, CachedBatch], "name = \"{function}\"";
 }
 
 /// One row of the table: an argument and the attributes that accept it.
@@ -152,6 +155,8 @@ pub(crate) enum Attribute {
     Invalidates,
     /// `#[rate_limit]`, expanded by `rate_limit.rs`.
     RateLimit,
+    /// `#[cached_batch]`, expanded by `batch.rs`.
+    CachedBatch,
 }
 
 impl Attribute {
@@ -162,6 +167,7 @@ impl Attribute {
             Attribute::CachePut => "cache_put",
             Attribute::Invalidates => "invalidates",
             Attribute::RateLimit => "rate_limit",
+            Attribute::CachedBatch => "cached_batch",
         }
     }
 
@@ -169,14 +175,24 @@ impl Attribute {
     /// or patterns to remove).
     pub(crate) fn purpose(self) -> Purpose {
         match self {
-            Attribute::Cached | Attribute::CachePut | Attribute::RateLimit => Purpose::Key,
+            Attribute::Cached
+            | Attribute::CachePut
+            | Attribute::RateLimit
+            | Attribute::CachedBatch => Purpose::Key,
             Attribute::Invalidates => Purpose::Pattern,
         }
     }
 
-    /// Methods must take `&self`: the cached value must not depend on mutable state.
+    /// Methods must take `&self` (or `self: Arc<Self>`): the cached value must not depend
+    /// on mutable state.
     pub(crate) fn shared_self(self) -> bool {
-        self == Attribute::Cached
+        matches!(self, Attribute::Cached | Attribute::CachedBatch)
+    }
+
+    /// Whether its templates may name the returned value (`<return.id>`): rendered after the
+    /// body, from the value of `Ok` / `Some` / the whole value.
+    pub(crate) fn names_return(self) -> bool {
+        matches!(self, Attribute::Invalidates | Attribute::CachePut)
     }
 
     /// A return type is needed: there must be a value to store.
@@ -218,6 +234,7 @@ impl Attribute {
     pub(crate) fn example_key(self) -> &'static str {
         match self {
             Attribute::RateLimit => "login:<ip>",
+            Attribute::CachedBatch => "vehicle:<ids>",
             Attribute::Cached | Attribute::CachePut | Attribute::Invalidates => "vehicle:<id>",
         }
     }
@@ -228,6 +245,7 @@ impl Attribute {
             Attribute::Cached | Attribute::CachePut => "get_vehicle",
             Attribute::Invalidates => "update_vehicle",
             Attribute::RateLimit => "login",
+            Attribute::CachedBatch => "vehicles",
         }
     }
 }
@@ -413,6 +431,40 @@ pub(crate) mod kind {
     pub(crate) struct Int;
     /// Any expression: `cache = self.cache`.
     pub(crate) struct Expr;
+    /// An array of string literals: `tags = ["make:<v.make>", "listings"]`.
+    pub(crate) struct Tags;
+}
+
+impl Kind for kind::Tags {
+    type Value = Vec<LitStr>;
+
+    /// `[...]` of string literals, at least one; each is checked as a template later.
+    fn read(written: Written, example: &str, errors: &mut Errors) -> Option<Vec<LitStr>> {
+        let name = &written.name;
+        let Some(value) = written.value else {
+            errors.push(name.span(), format!("`{name}` needs a value: `{example}`"));
+            return None;
+        };
+        let Expr::Array(array) = value else {
+            errors.push(value.span(), format!("expected an array of string literals: `{example}`"));
+            return None;
+        };
+        if array.elems.is_empty() {
+            errors.push(array.span(), format!("`{name}` needs at least one tag: `{example}`"));
+            return None;
+        }
+        let mut tags = Vec::new();
+        for element in array.elems {
+            match element {
+                Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(lit), .. }) => tags.push(lit),
+                other => errors.push(
+                    other.span(),
+                    format!("expected a string literal (a tag template): `{example}`"),
+                ),
+            }
+        }
+        Some(tags)
+    }
 }
 
 impl Kind for kind::Str {
@@ -575,8 +627,13 @@ impl Kind for kind::Expr {
 mod tests {
     use super::*;
 
-    const ALL: [Attribute; 4] =
-        [Attribute::Cached, Attribute::CachePut, Attribute::Invalidates, Attribute::RateLimit];
+    const ALL: [Attribute; 5] = [
+        Attribute::Cached,
+        Attribute::CachePut,
+        Attribute::Invalidates,
+        Attribute::RateLimit,
+        Attribute::CachedBatch,
+    ];
 
     #[test]
     fn each_argument_has_one_row_per_attribute() {
@@ -597,19 +654,23 @@ mod tests {
     fn the_expected_lists_follow_the_table() {
         assert_eq!(
             Attribute::Cached.expected(),
-            "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `timeout`, `absent_ttl`, `idle`, `near`, `cache`, `name`"
+            "one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `timeout`, `absent_ttl`, `idle`, `tags`, `near`, `cache`, `name`"
         );
         assert_eq!(
             Attribute::CachePut.expected(),
-            "one of `key`, `ttl`, `stale`, `idle`, `cache`, `name`"
+            "one of `key`, `ttl`, `stale`, `idle`, `tags`, `cache`, `name`"
         );
         assert_eq!(
             Attribute::Invalidates.expected(),
-            "key templates or patterns as strings (`\"vehicle:<v.id>\"`, `\"homepage:*\"`), `cache`, `name`"
+            "key templates or patterns as strings (`\"vehicle:<v.id>\"`, `\"homepage:*\"`), `tags`, `cache`, `name`"
         );
         assert_eq!(
             Attribute::RateLimit.expected(),
             "one of `key`, `limit`, `per`, `fail_open`, `fail_closed`, `charge_hits`, `cache`, `name`"
+        );
+        assert_eq!(
+            Attribute::CachedBatch.expected(),
+            "one of `key`, `ttl`, `absent_ttl`, `near`, `cache`, `name`"
         );
     }
 
@@ -623,6 +684,7 @@ mod tests {
             (Attribute::CachePut, "pub fn cache_put("),
             (Attribute::RateLimit, "pub fn rate_limit("),
             (Attribute::Invalidates, "pub fn invalidates("),
+            (Attribute::CachedBatch, "pub fn cached_batch("),
         ] {
             let end = docs.find(entry).unwrap();
             let doc = &docs[docs[..end].rfind("pub fn ").unwrap_or(0)..end];

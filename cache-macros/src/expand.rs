@@ -3,17 +3,16 @@
 //! consumes the checked arguments (`args.<name>`, the slots of `attr.rs`'s table). Generated
 //! code names runtime items only through `::cache_runtime::__private`.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
-use syn::spanned::Spanned as _;
+use syn::spanned::Spanned;
 use syn::{LitStr, Type};
 
 use crate::attr::{Args, Attribute, Duration};
 use crate::detach::{rename_self, Detached};
 use crate::errors::Errors;
-use crate::item::{returned_annotation, Function, Returned, Signature};
-use crate::template::Key;
-use crate::valid::absent_ttl_needs_an_absent_result;
+use crate::item::{mentions, mentions_impl_trait, shape_of, storable, Function, Signature};
+use crate::template::{resolve_tag, Key};
 
 /// `#[cached(...)]`.
 pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -43,6 +42,8 @@ struct Prepared {
     args: Args,
     /// The name in stats and metrics.
     name: String,
+    /// The tag templates (`tags = [...]`), resolved.
+    tags: Vec<Key>,
     plan: Plan,
 }
 
@@ -50,11 +51,16 @@ struct Prepared {
 enum Plan {
     /// `#[cached]`: look up, on a miss run the body and store. `detached` when the body
     /// may finish in the background (`refresh`, `early`, `timeout`).
-    Cached { key: Key, ttl: Duration, returned: Returned, detached: Option<Detached> },
+    Cached { key: Key, ttl: Duration, detached: Option<Detached> },
     /// `#[cache_put]`: run the body, store what it returned.
-    Put { key: Key, ttl: Duration, returned: Returned },
+    Put { key: Key, ttl: Duration },
     /// `#[invalidates]`: run the body, then remove keys and patterns.
-    Invalidates { targets: Vec<Key>, returned: Option<Returned> },
+    Invalidates { targets: Vec<Key> },
+}
+
+/// The binding of the shape (`Shaped<S, R>`) in the generated code.
+fn shape_binding() -> Ident {
+    Ident::new("__cache_runtime_shape", Span::call_site())
 }
 
 impl Prepared {
@@ -78,7 +84,7 @@ impl Prepared {
         if let Some(args) = &args {
             args.check(&mut errors);
         }
-        let signature = Signature::inspect(&function.sig, attribute, &mut errors);
+        let signature = Signature::inspect(&function, attribute, &mut errors);
         let keys: Vec<Key> = args
             .iter()
             .flat_map(Args::templates)
@@ -86,7 +92,18 @@ impl Prepared {
                 Key::resolve(template, attribute.purpose(), &signature, &mut errors)
             })
             .collect();
-        let returned = signature.returned;
+        if attribute == Attribute::Cached {
+            rate_limit_below(&function, &mut errors);
+        }
+        if matches!(attribute, Attribute::Cached | Attribute::CachePut) {
+            type_params_in_key(&function.sig, &signature, &keys, &mut errors);
+        }
+        let tags: Vec<Key> = args
+            .iter()
+            .flat_map(|args| args.tags.get().into_iter().flatten())
+            .filter_map(|template| resolve_tag(template, &signature, &mut errors))
+            .collect();
+        let output = signature.output.cloned();
         let rejected = |errors: &Errors| {
             let errors = errors.to_compile_errors();
             quote!(#errors #item)
@@ -95,21 +112,23 @@ impl Prepared {
             return Err(rejected(&errors));
         };
         let plan = match attribute {
-            Attribute::Invalidates => Plan::Invalidates { targets: keys, returned },
-            // Expanded by `rate_limit.rs`, which never prepares through here.
-            Attribute::RateLimit => return Err(rejected(&errors)),
+            Attribute::Invalidates => Plan::Invalidates { targets: keys },
+            // Expanded by `rate_limit.rs` and `batch.rs`, which never prepare through here.
+            Attribute::RateLimit | Attribute::CachedBatch => return Err(rejected(&errors)),
             Attribute::Cached | Attribute::CachePut => {
                 // With no error reported, there are a valid `ttl`, one key and a value.
                 let (Some(&ttl), Ok([key]), Some(returned)) =
-                    (args.ttl.get(), <[Key; 1]>::try_from(keys), returned)
+                    (args.ttl.get(), <[Key; 1]>::try_from(keys), output)
                 else {
                     return Err(rejected(&errors));
                 };
-                absent_ttl_needs_an_absent_result(&args, returned.shape, &mut errors);
-                if !errors.is_empty() {
-                    return Err(rejected(&errors));
+                if borrowed_value(&returned) {
+                    errors.push(returned.span(), "the cached value must be `Serialize + DeserializeOwned + Send + Sync + 'static`, and a borrowed value (`&str`, `&[u8]`) cannot be read back from the cache: return an owned type (`String`, `Vec<u8>`, `Cow<'static, str>`)");
                 }
                 if attribute == Attribute::Cached {
+                    if mentions_impl_trait(&returned) {
+                        errors.push(returned.span(), "a cached value is read back as the type it was stored as, and `impl Trait` names none: return a named type that is `Serialize + DeserializeOwned`");
+                    }
                     let why = [
                         ("refresh", args.refresh.get().is_some()),
                         ("early", args.early.get().is_some()),
@@ -123,46 +142,49 @@ impl Prepared {
                     if !errors.is_empty() {
                         return Err(rejected(&errors));
                     }
-                    Plan::Cached { key, ttl, returned, detached }
+                    Plan::Cached { key, ttl, detached }
                 } else {
-                    Plan::Put { key, ttl, returned }
+                    if !errors.is_empty() {
+                        return Err(rejected(&errors));
+                    }
+                    Plan::Put { key, ttl }
                 }
             }
         };
         let name = args.name.get().map_or_else(|| function.sig.ident.to_string(), LitStr::value);
-        Ok(Prepared { function, args, name, plan })
+        Ok(Prepared { function, args, name, tags, plan })
     }
 
     fn expand(&self) -> TokenStream {
         match &self.plan {
-            Plan::Cached { key, ttl, returned, detached } => {
-                self.cached(key, ttl.millis, returned, detached.as_ref())
-            }
-            Plan::Put { key, ttl, returned } => self.put(key, ttl.millis, returned),
-            Plan::Invalidates { targets, returned } => self.invalidates(targets, returned.as_ref()),
+            Plan::Cached { key, ttl, detached } => self.cached(key, ttl.millis, detached.as_ref()),
+            Plan::Put { key, ttl } => self.put(key, ttl.millis),
+            Plan::Invalidates { targets } => self.invalidates(targets),
         }
     }
 
-    /// The function with `body` as its body, after the original's inner attributes.
-    fn around(&self, body: TokenStream) -> TokenStream {
-        let Function { attrs, vis, sig, inner_attrs, .. } = &self.function;
-        quote! {
-            #(#attrs)*
-            #vis #sig {
-                #(#inner_attrs)*
-                #body
+    /// The shape of the returned value, once the body ran (`__cache_runtime_returned`):
+    /// from the written return type, or from the value when the type names `impl Trait`.
+    fn shape_after(&self) -> TokenStream {
+        match self.function.output() {
+            Some(ty) if !mentions_impl_trait(ty) => {
+                shape_of(&quote!(::cache_runtime::__private::ShapeProbe::<#ty>::new()), ty.span())
             }
+            _ => shape_of(
+                &quote!(::cache_runtime::__private::ShapeProbe::of(&__cache_runtime_returned)),
+                Span::call_site(),
+            ),
         }
     }
 
-    fn cached(
-        &self,
-        key: &Key,
-        ttl: u64,
-        returned: &Returned,
-        detached: Option<&Detached>,
-    ) -> TokenStream {
+    /// The span errors about the returned value are reported on: the return type.
+    fn output_span(&self) -> Span {
+        self.function.output().map_or_else(|| self.function.sig.ident.span(), Spanned::span)
+    }
+
+    fn cached(&self, key: &Key, ttl: u64, detached: Option<&Detached>) -> TokenStream {
         let Prepared { function, args, name, .. } = self;
+        let returned = function.output().expect("checked: `#[cached]` has a return type");
         // The arguments' consumers: each argument becomes an argument of `Policy::new` or of
         // one of its `with_` calls.
         let lock = args.lock.get().is_some();
@@ -181,28 +203,41 @@ impl Prepared {
         let idle = optional_duration(args.idle.get());
         let cache = cache_expr(args.cache.get());
         let register = register("Cached", [&key.template], name);
+        let register_tags = self::register("Tag", self.tags.iter().map(|tag| &tag.template), name);
+        let tags = self.rendered_tags();
         let key = &key.expr;
-        let shape = returned.shape;
-        let cloner = cloner(&returned.value);
+        let shape = shape_binding();
+        let span = returned.span();
+        let probe =
+            shape_of(&quote!(::cache_runtime::__private::ShapeProbe::<#returned>::new()), span);
+        let storable = storable(&shape, span);
+        // `absent_ttl` on a shape without an absent result: reported on the argument.
+        let absent_check = args.absent_ttl.get().map(|absent_ttl| {
+            let shape = Ident::new("__cache_runtime_shape", absent_ttl.span);
+            quote_spanned! {absent_ttl.span=>
+                ::cache_runtime::__private::absent_ttl_applies(#shape);
+            }
+        });
+        let cloner = cloner(&shape);
+        let lints = function.body_lints();
         let block = function.block();
         // The body: run in the caller, or, when it may outlive it, made to own its arguments.
         let (entry, checks, body) = match detached {
             None => (quote!(cached), quote!(), quote!(|| async move #block)),
             Some(Detached { take, rebind, checks }) => {
-                let block = rename_self(block);
+                // The re-borrowed parameters go first in the body's own braces (a block
+                // inside a block would be `unused_braces` for a one-line body).
+                let block = prepend(rename_self(block), rebind);
                 let body = quote! {
                     move || {
                         #take
-                        async move {
-                            #rebind
-                            #block
-                        }
+                        async move #block
                     }
                 };
                 (quote!(cached_detached), checks.clone(), body)
             }
         };
-        self.around(quote! {
+        function.around(quote! {
             static __CACHE_RUNTIME_FN: ::cache_runtime::__private::CachedFn =
                 ::cache_runtime::__private::CachedFn {
                     name: #name,
@@ -220,21 +255,30 @@ impl Prepared {
                     counters: ::cache_runtime::__private::CountersSlot::new(),
                 };
             #register
+            #register_tags
             let __cache_runtime_cache = #cache;
             let __cache_runtime_key = #key;
+            let __cache_runtime_tags = #tags;
             #checks
-            ::cache_runtime::__private::#entry::<#shape, _, _, _>(
+            let #shape = #probe;
+            let #shape = #storable;
+            #absent_check
+            #lints
+            let __cache_runtime_body = #body;
+            ::cache_runtime::__private::#entry(
+                #shape,
                 __cache_runtime_cache,
                 &__CACHE_RUNTIME_FN,
                 __cache_runtime_key,
+                __cache_runtime_tags,
                 #cloner,
-                #body,
+                __cache_runtime_body,
             )
             .await
         })
     }
 
-    fn put(&self, key: &Key, ttl: u64, returned: &Returned) -> TokenStream {
+    fn put(&self, key: &Key, ttl: u64) -> TokenStream {
         let Prepared { function, args, name, .. } = self;
         // Live long enough for readers with the same `stale` (their age comes from the write
         // time stored with the value); with `idle`, for `idle` (readers' hits extend it).
@@ -243,58 +287,122 @@ impl Prepared {
             idle.map_or_else(|| stale.map_or(0, |stale| stale.millis).max(ttl), |idle| idle.millis);
         let cache = cache_expr(args.cache.get());
         let register = register("Put", [&key.template], name);
-        let key = &key.expr;
-        let shape = returned.shape;
-        let cloner = cloner(&returned.value);
-        let returned_ty = returned_annotation(&function.sig);
+        let register_tags = self::register("Tag", self.tags.iter().map(|tag| &tag.template), name);
+        let tags = self.rendered_tags();
+        let shape = shape_binding();
+        let probe = self.shape_after();
+        let storable = storable(&shape, self.output_span());
+        let cloner = cloner(&shape);
+        let returned_ty = function.returned_annotation();
+        let lints = function.body_lints();
         let block = function.block();
-        self.around(quote! {
+        let expr = &key.expr;
+        let put = quote! {
+            ::cache_runtime::__private::put_after(
+                #shape,
+                &__cache_runtime_cache,
+                &__CACHE_RUNTIME_FN,
+                __cache_runtime_key,
+                __cache_runtime_tags,
+                #cloner,
+                &__cache_runtime_returned,
+            )
+            .await;
+        };
+        // A key (or a tag) naming the returned value is rendered from it, when there is one.
+        let (before, after) = if key.after || self.tags.iter().any(|tag| tag.after) {
+            let value = Ident::new(crate::template::RETURNED_VALUE, Span::call_site());
+            let after = quote! {
+                if let ::core::option::Option::Some(#value) =
+                    ::cache_runtime::__private::returned_value(#shape, &__cache_runtime_returned)
+                {
+                    let __cache_runtime_key = #expr;
+                    let __cache_runtime_tags = #tags;
+                    #put
+                }
+            };
+            (quote!(), after)
+        } else {
+            (quote!(let __cache_runtime_key = #expr; let __cache_runtime_tags = #tags;), put)
+        };
+        function.around(quote! {
             static __CACHE_RUNTIME_FN: ::cache_runtime::__private::WritingFn =
                 ::cache_runtime::__private::WritingFn {
                     name: #name,
                     ttl: ::core::time::Duration::from_millis(#millis),
                 };
             #register
+            #register_tags
             let __cache_runtime_cache = #cache;
-            let __cache_runtime_key = #key;
+            #before
+            #lints
             let __cache_runtime_returned #returned_ty = async move #block.await;
-            ::cache_runtime::__private::put_after::<#shape, _>(
-                &__cache_runtime_cache,
-                &__CACHE_RUNTIME_FN,
-                __cache_runtime_key,
-                #cloner,
-                &__cache_runtime_returned,
-            )
-            .await;
+            let #shape = #probe;
+            let #shape = #storable;
+            #after
             __cache_runtime_returned
         })
     }
 
-    fn invalidates(&self, targets: &[Key], returned: Option<&Returned>) -> TokenStream {
+    fn invalidates(&self, targets: &[Key]) -> TokenStream {
         let Prepared { function, args, name, .. } = self;
         let cache = cache_expr(args.cache.get());
         let register = register("Invalidates", targets.iter().map(|key| &key.template), name);
-        let targets = targets.iter().map(|Key { expr, glob, .. }| {
+        let target = |Key { expr, glob, .. }: &Key| {
             let variant = if *glob { format_ident!("Pattern") } else { format_ident!("Key") };
             quote!(::cache_runtime::__private::Target::#variant(#expr))
-        });
-        let returned_ty = returned_annotation(&function.sig);
-        // Only a successful call invalidates: `Ok` for `Result`s, any return otherwise.
-        let succeeded = match returned {
-            Some(returned) if returned.shape.is_result() => {
-                quote!(::core::result::Result::is_ok(&__cache_runtime_returned))
-            }
-            _ => quote!(true),
         };
+        let register_tags =
+            self::register("InvalidatesTag", self.tags.iter().map(|tag| &tag.template), name);
+        let tag = |Key { expr, .. }: &Key| quote!(::cache_runtime::__private::Target::Tag(#expr));
+        let before: Vec<TokenStream> = targets
+            .iter()
+            .filter(|key| !key.after)
+            .map(target)
+            .chain(self.tags.iter().filter(|key| !key.after).map(tag))
+            .collect();
+        let after: Vec<TokenStream> = targets
+            .iter()
+            .filter(|key| key.after)
+            .map(target)
+            .chain(self.tags.iter().filter(|key| key.after).map(tag))
+            .collect();
+        let shape = shape_binding();
+        let probe = self.shape_after();
+        let returned_ty = function.returned_annotation();
+        // Targets naming the returned value, from its value (of `Ok`, `Some`, ...).
+        let add_after = if after.is_empty() {
+            quote!()
+        } else {
+            let value = Ident::new(crate::template::RETURNED_VALUE, Span::call_site());
+            quote! {
+                if let ::core::option::Option::Some(#value) =
+                    ::cache_runtime::__private::returned_value(#shape, &__cache_runtime_returned)
+                {
+                    __cache_runtime_targets.extend([#(#after),*]);
+                }
+            }
+        };
+        let targets_binding = if after.is_empty() {
+            quote!(__cache_runtime_targets)
+        } else {
+            quote!(mut __cache_runtime_targets)
+        };
+        let lints = function.body_lints();
         let block = function.block();
-        self.around(quote! {
+        // Only a successful call invalidates: anything but an `Err` (by type, through aliases).
+        function.around(quote! {
             static __CACHE_RUNTIME_FN: ::cache_runtime::__private::WritingFn =
                 ::cache_runtime::__private::WritingFn { name: #name, ttl: ::core::time::Duration::ZERO };
             #register
+            #register_tags
             let __cache_runtime_cache = #cache;
-            let __cache_runtime_targets = ::std::vec![#(#targets),*];
+            let #targets_binding: ::std::vec::Vec<::cache_runtime::__private::Target> = ::std::vec![#(#before),*];
+            #lints
             let __cache_runtime_returned #returned_ty = async move #block.await;
-            if #succeeded {
+            let #shape = #probe;
+            if ::cache_runtime::__private::succeeded(#shape, &__cache_runtime_returned) {
+                #add_after
                 ::cache_runtime::__private::invalidate_after(
                     &__cache_runtime_cache,
                     &__CACHE_RUNTIME_FN,
@@ -307,8 +415,91 @@ impl Prepared {
     }
 }
 
+/// Whether the value type borrows, as far as the written type shows (`&'static str`,
+/// `Option<&str>`, `Result<&[u8], E>`; an error type that borrows is fine): serde can write
+/// it but not read it back as an owned value, which rustc would report on the attribute.
+fn borrowed_value(returned: &Type) -> bool {
+    match returned {
+        Type::Reference(_) => true,
+        Type::Paren(inner) => borrowed_value(&inner.elem),
+        Type::Path(path) => path.path.segments.last().is_some_and(|last| match &last.arguments {
+            syn::PathArguments::AngleBracketed(args) => {
+                args.args.iter().find_map(|arg| match arg {
+                    syn::GenericArgument::Type(ty) => Some(borrowed_value(ty)),
+                    _ => None,
+                }) == Some(true)
+            }
+            _ => false,
+        }),
+        _ => false,
+    }
+}
+
+/// `block` (one braced group) with `first` before its statements, its braces' span kept.
+fn prepend(block: TokenStream, first: &TokenStream) -> TokenStream {
+    let mut tokens = block.clone().into_iter();
+    match (tokens.next(), tokens.next()) {
+        (Some(proc_macro2::TokenTree::Group(group)), None) => {
+            let mut inner = first.clone();
+            inner.extend(group.stream());
+            let mut braced = proc_macro2::Group::new(group.delimiter(), inner);
+            braced.set_span(group.span());
+            quote!(#braced)
+        }
+        _ => quote!({ #first #block }),
+    }
+}
+
+/// `#[rate_limit]` written below `#[cached]`, wherever among other attributes: it would run
+/// before the cache lookup and charge hits (it expands after `#[cached]`, inside it).
+fn rate_limit_below(function: &Function, errors: &mut Errors) {
+    let below = function
+        .attrs
+        .iter()
+        .find(|attr| attr.path().segments.last().is_some_and(|last| last.ident == "rate_limit"));
+    if let Some(attr) = below {
+        errors.push(
+            attr.path().span(),
+            "write `#[rate_limit]` above `#[cached]`, not below it: below, it would run before the cache lookup and charge cache hits too (to charge them, write `#[rate_limit(..., charge_hits)]` above `#[cached]`)",
+        );
+    }
+}
+
+/// A type parameter of the function that reaches the returned value must be in the key
+/// (`<T>`), or every instantiation would share one key.
+fn type_params_in_key(
+    sig: &syn::Signature,
+    signature: &Signature<'_>,
+    keys: &[Key],
+    errors: &mut Errors,
+) {
+    let Some(output) = signature.output else { return };
+    let output = quote::ToTokens::to_token_stream(output);
+    for param in sig.generics.type_params() {
+        let name = param.ident.to_string();
+        let in_key = keys.iter().any(|key| key.roots.contains(&name));
+        if mentions(&output, &name) && !in_key {
+            errors.push(
+                param.ident.span(),
+                format!("the type parameter `{name}` reaches the cached value, so each `{name}` needs keys of its own: name it in the key template, such as `key = \"...:<{name}>:...\"` (it renders `std::any::type_name::<{name}>()`)"),
+            );
+        }
+    }
+}
+
+impl Prepared {
+    /// The rendered tags, a `Vec<String>` (empty, without allocating, when there are none).
+    fn rendered_tags(&self) -> TokenStream {
+        if self.tags.is_empty() {
+            return quote!(::std::vec::Vec::new());
+        }
+        let tags = self.tags.iter().map(|tag| &tag.expr);
+        quote!(::std::vec![#(#tags),*])
+    }
+}
+
 /// The `Cache` to use: `cache = <expr>` or the process default.
-fn cache_expr(cache: Option<&syn::Expr>) -> TokenStream {
+pub(crate) fn cache_expr(cache: Option<&syn::Expr>) -> TokenStream {
     match cache {
         Some(expr) => quote_spanned!(expr.span()=> ::cache_runtime::__private::cache_of(&(#expr))),
         None => quote!(::cache_runtime::__private::default_cache()),
@@ -316,7 +507,7 @@ fn cache_expr(cache: Option<&syn::Expr>) -> TokenStream {
 }
 
 /// `Some(Duration)` or `None` for an optional duration argument.
-fn optional_duration(duration: Option<&Duration>) -> TokenStream {
+pub(crate) fn optional_duration(duration: Option<&Duration>) -> TokenStream {
     match duration {
         Some(&Duration { millis, .. }) => {
             quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#millis)))
@@ -326,19 +517,31 @@ fn optional_duration(duration: Option<&Duration>) -> TokenStream {
 }
 
 /// `Some(T::clone)` when the cached value type is `Clone`, chosen at compile time.
-fn cloner(value: &Type) -> TokenStream {
+fn cloner(shape: &Ident) -> TokenStream {
     quote! {{
         #[allow(unused_imports)]
         use ::cache_runtime::__private::{ViaClone as _, ViaDecode as _};
         // The borrow selects the `Clone` impl when there is one (autoref specialization).
-        #[allow(clippy::needless_borrow)]
+        #[allow(clippy::needless_borrow, clippy::let_and_return)]
+        let cloner = (&#shape.clone_probe()).cloner();
+        cloner
+    }}
+}
+
+/// [`cloner`] for a value type named in the generated code (`#[cached_batch]`'s map values).
+pub(crate) fn cloner_of(value: &Type) -> TokenStream {
+    quote! {{
+        #[allow(unused_imports)]
+        use ::cache_runtime::__private::{ViaClone as _, ViaDecode as _};
+        // The borrow selects the `Clone` impl when there is one (autoref specialization).
+        #[allow(clippy::needless_borrow, clippy::let_and_return)]
         let cloner = (&::cache_runtime::__private::CloneProbe::<#value>::new()).cloner();
         cloner
     }}
 }
 
 /// Registers the templates at link time, for `check_invalidations`.
-fn register<'a>(
+pub(crate) fn register<'a>(
     kind: &str,
     templates: impl IntoIterator<Item = &'a LitStr>,
     function: &str,
@@ -365,11 +568,11 @@ fn register<'a>(
 /// Checks `sig` for `#[rate_limit]` (an `async fn`, any receiver) and renders `template`,
 /// if given, as `#[cached]` renders its key. `None` after reporting.
 pub(crate) fn rate_limit_key(
-    sig: &syn::Signature,
+    function: &Function,
     template: Option<&syn::LitStr>,
     errors: &mut Errors,
 ) -> Option<TokenStream> {
-    let signature = Signature::inspect(sig, Attribute::RateLimit, errors);
+    let signature = Signature::inspect(function, Attribute::RateLimit, errors);
     Key::resolve(template?, Attribute::RateLimit.purpose(), &signature, errors).map(|key| key.expr)
 }
 
@@ -440,10 +643,10 @@ mod tests {
         );
         let text = expanded(output);
         assert!(text.contains(":: cache_runtime :: __private :: Policy :: new (:: core :: time :: Duration :: from_millis (900000u64) , true , :: core :: option :: Option :: Some (:: core :: time :: Duration :: from_millis (3600000u64)) , :: core :: option :: Option :: Some (:: core :: time :: Duration :: from_millis (600000u64)) ,)"), "{text}");
+        assert!(text.contains("cached_detached (__cache_runtime_shape ,"), "{text}");
+        // The shape is the compiler's answer for the written type, not read from its name.
         assert!(
-            text.contains(
-                "cached_detached :: < :: cache_runtime :: __private :: ResultOptionShape , _ , _ , _ >"
-            ),
+            text.contains("ShapeProbe :: < Result < Option < u64 > , String > > :: new ()"),
             "{text}"
         );
     }
@@ -500,7 +703,7 @@ mod tests {
                 "duplicate argument `ttl`",
                 "`lock` is a flag and takes no value: write `lock`",
                 "duplicate argument `lock`",
-                "unknown argument `what`; expected one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `timeout`, `absent_ttl`, `idle`, `near`, `cache`, `name`",
+                "unknown argument `what`; expected one of `key`, `ttl`, `lock`, `stale`, `refresh`, `early`, `timeout`, `absent_ttl`, `idle`, `tags`, `near`, `cache`, `name`",
                 "`stale` must be longer than `ttl`: it is how long a value is kept in all, to be served when the body fails after the value expired",
             ]
         );
@@ -531,13 +734,13 @@ mod tests {
         let errors = errors_of(cache_put(quote!(key = "v:<id>", refresh = "1m"), item.clone()));
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with(
-            "unknown argument `refresh`; expected one of `key`, `ttl`, `stale`, `idle`, `cache`, `name`"
+            "unknown argument `refresh`; expected one of `key`, `ttl`, `stale`, `idle`, `tags`, `cache`, `name`"
         ));
         assert!(errors[1].starts_with("missing `ttl = \"...\"`: `#[cache_put]`"), "{errors:?}");
         let errors = errors_of(invalidates(quote!(key = "v:<id>"), item));
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with("unknown argument `key`; expected key templates"));
-        assert!(errors[1].starts_with("`#[invalidates]` needs at least one key or pattern"));
+        assert!(errors[1].starts_with("`#[invalidates]` needs at least one key, pattern or tag"));
     }
 
     #[test]
@@ -553,8 +756,62 @@ mod tests {
         let key = text.find("Target :: Key").unwrap();
         let pattern = text.find("Target :: Pattern").unwrap();
         assert!(key < pattern, "{text}");
+        assert!(text.contains(
+            "if :: cache_runtime :: __private :: succeeded (__cache_runtime_shape , & __cache_runtime_returned)"
+        ));
+    }
+
+    #[test]
+    fn async_trait_methods_are_wrapped_inside_their_box() {
+        // What `#[async_trait]` makes of `async fn get(&self, id: u64) -> u64 { id }`.
+        let text = expanded(cached(
+            quote!(key = "v:<id>", ttl = "1m"),
+            quote!(
+                fn get<'life0, 'async_trait>(
+                    &'life0 self,
+                    id: u64,
+                ) -> ::core::pin::Pin<
+                    Box<
+                        dyn ::core::future::Future<Output = u64>
+                            + ::core::marker::Send
+                            + 'async_trait,
+                    >,
+                >
+                where
+                    'life0: 'async_trait,
+                    Self: 'async_trait,
+                {
+                    Box::pin(async move {
+                        let __self = self;
+                        let id = id;
+                        let __ret: u64 = { id };
+                        #[allow(unreachable_code)]
+                        __ret
+                    })
+                }
+            ),
+        ));
         assert!(
-            text.contains("if :: core :: result :: Result :: is_ok (& __cache_runtime_returned)")
+            text.contains(
+                "{ :: std :: boxed :: Box :: pin (async move { static __CACHE_RUNTIME_FN"
+            ),
+            "{text}"
         );
+        assert!(text.contains("ShapeProbe :: < u64 > :: new ()"), "{text}");
+        assert!(text.contains("|| async move { let __self = self ;"), "{text}");
+    }
+
+    #[test]
+    fn a_type_parameter_reaching_the_value_must_be_in_the_key() {
+        let item = quote!(
+            async fn load<T: Default>(id: u64) -> Option<T> {
+                Some(T::default())
+            }
+        );
+        let errors = errors_of(cached(quote!(key = "gen:<id>", ttl = "1m"), item.clone()));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("the type parameter `T` reaches the cached value"));
+        let errors = errors_of(cached(quote!(key = "gen:<T>:<id>", ttl = "1m"), item));
+        assert!(errors.is_empty(), "{errors:?}");
     }
 }

@@ -2,6 +2,8 @@
 //! `cache-runtime` and use them from there: the generated code refers to it.
 
 mod attr;
+mod derive;
+mod batch;
 mod detach;
 mod errors;
 mod expand;
@@ -36,29 +38,46 @@ use proc_macro::TokenStream;
 /// | `refresh = "..."` | Recompute a value older than this (shorter than `ttl`) in the background, started by a hit that returns the current value at once; once per key in a process and, on Redis, once across processes. |
 /// | `early` / `early = 1.5` | XFetch (Vattani, Chierichetti, Lowenstein, VLDB 2015): a hit recomputes the value early, in the background like `refresh`, when `δ·β·(−ln r) ≥ time left`, with `δ` the value's load time; `early` alone is β = 1. Excludes `refresh`. |
 /// | `timeout = "..."` | Needs `stale`. A caller holding an expired value kept by `stale` waits this long for the body, then returns that value; the body goes on in the background and stores its result. |
-/// | `absent_ttl = "..."` | Cache absent results (`None`, `Ok(None)`) this long (negative caching). Needs a return shape with an absent result: `Option<T>` or `Result<Option<T>, E>` (a compile error otherwise). |
+/// | `absent_ttl = "..."` | Cache absent results (`None`, `Ok(None)`) this long (negative caching). Needs a return type with an absent result: `Option<T>`, `Result<Option<T>, E>` or `Option<Result<T, E>>`, through any alias (a compile error otherwise). |
 /// | `idle = "..."` | Sliding expiration (sessions): the value is stored for `idle`, and each hit extends its remaining life to `min(idle, ttl - age)`, so a value nobody reads for `idle` is gone and `ttl` stays an absolute cap from the write time. Still one round trip on Redis (one script). Shorter than `ttl`; excludes `stale`, `refresh` and `early`; bypasses the near cache. |
+/// | `tags = ["...", ...]` | Tags stored with the value: templates with the key grammar (placeholders encoded; no glob characters, not empty, no `#`), rendered per call. `Cache::invalidate_tag("make:ford")` or `#[invalidates(tags = ["make:<v.make>"])]` removes every key stored with the tag, in every process; reads never look at tags (a hit stays one `GET`). Excludes `idle`. |
 /// | `near = false` | Bypass the cache's near cache (`CacheBuilder::near_cache`) for this function: every call reads Redis. No effect on a cache without one. Default: `true`. |
 /// | `cache = <expr>` | The `Cache` to use: an expression of type `Cache`, `&Cache` or `Arc<Cache>`, which may use `self` and the parameters. Default: [`default_cache()`](https://docs.rs/cache-runtime/latest/cache_runtime/fn.default_cache.html). |
 /// | `name = "..."` | The function's name in stats and metrics. Default: its identifier. |
 ///
 /// # What is cached
 ///
-/// The return type decides, by how it is written: `T` caches every value, `Option<T>` caches
-/// `Some`, `Result<T, E>` caches `Ok`, `Result<Option<T>, E>` caches `Ok(Some)`. `Err` and
-/// `None` are never cached. `T` must be `Serialize + DeserializeOwned + Send + Sync + 'static`;
-/// when it is also `Clone`, a memory-store hit clones the value instead of decoding it.
+/// The return type decides, by type (the type the compiler resolves: aliases, renamed
+/// imports and re-ordered alias parameters are the types they stand for): `T` caches every
+/// value, `Option<T>` caches `Some`, `Result<T, E>` caches `Ok`, `Result<Option<T>, E>` caches
+/// `Ok(Some)`, `Option<Result<T, E>>` caches `Some(Ok)` (`None` is its absent result).
+/// `Err` and `None` are never cached. The value must be `Serialize + DeserializeOwned +
+/// Send + Sync + 'static` (a compile error on the return type otherwise); when it is also
+/// `Clone`, a memory-store hit clones the value instead of decoding it.
+///
+/// A type parameter of the function that appears in the return type must be a placeholder
+/// of the key (`<T>`, rendering `std::any::type_name::<T>()`), or each instantiation would
+/// share the keys of the others (a compile error).
+///
+/// Methods take `&self` or `self: Arc<Self>`. Methods of `#[async_trait]` impls work too:
+/// the attribute recognises async-trait's expansion and wraps its `async move` block.
 ///
 /// # Bodies that finish in the background
 ///
 /// With `refresh`, `early` or `timeout`, the body may run on a task of its own after the
 /// caller returned, so it owns what it uses: `self` is cloned (`Self: Clone + Send + Sync +
-/// 'static`), each borrowed parameter the body uses is copied with `ToOwned`, owned ones move
-/// in (all `Send + 'static`). The copies are made when the body starts, never on a hit.
+/// 'static`; `self: Arc<Self>` clones the `Arc`), each borrowed parameter the body uses is
+/// copied with `ToOwned`, owned ones move in (all `Send + 'static`). The copies are made when
+/// the body starts, never on a hit. A parameter that cannot be owned so (an owned type that
+/// borrows, a borrowed `impl Trait`, a reference bound by a pattern, a type parameter without
+/// `'static`) is a compile error on it, with the fix.
 ///
 /// # Keys
 ///
-/// Each placeholder value must implement `KeyPart` and is encoded: every byte outside
+/// A placeholder names a parameter (`<id>`, `<v.dealer_id>`, `<self.region>`), a name bound
+/// by a parameter's pattern (`(a, b): (u64, u64)`), a raw identifier without `r#` (`<type>`
+/// for `r#type`) or a type parameter (`<T>`). Each placeholder value must implement
+/// `KeyPart` (`#[derive(KeyPart)]` for enums and newtypes) and is encoded: every byte outside
 /// `[A-Za-z0-9_.-]` is percent-encoded, so a value cannot add a `:` level or a glob
 /// character, and different arguments never render the same key. Two placeholders must be
 /// separated by text such as `:` (`~` and `,` alone do not separate: values write them raw).
@@ -73,12 +92,69 @@ use proc_macro::TokenStream;
 /// `ttl`, `early` with `refresh`, `timeout` without `stale`, `idle` not shorter than `ttl`,
 /// with `refresh`, `early` or `timeout` a `&mut` parameter or a `Self` that is not `Clone`,
 /// a missing `key` or `ttl`, unknown or duplicate arguments, a
-/// non-`async` function, a receiver other than `&self`, a placeholder whose type does not
-/// implement `KeyPart` and an unknown field are compile errors on the offending text. All
-/// errors of one attribute are reported together.
+/// non-`async` function, a receiver other than `&self` or `self: Arc<Self>`, a placeholder
+/// whose type does not implement `KeyPart`, an unknown field, a value that is not
+/// `Serialize + DeserializeOwned`, `<return>` in the key and `#[rate_limit]` anywhere below
+/// are compile errors on the offending text. All errors of one attribute are reported
+/// together.
 #[proc_macro_attribute]
 pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::cached(args.into(), item.into()).into()
+}
+
+/// Caches a batch of keys at once: one key per element of a `&[K]` or `Vec<K>` parameter,
+/// one lookup for all of them, the body at most once with the elements that missed.
+///
+/// ```ignore
+/// #[cached_batch(key = "vehicle:<ids>", ttl = "15m", absent_ttl = "30s")]
+/// async fn vehicles(&self, ids: &[u64]) -> Result<HashMap<u64, Vehicle>, DbError> {
+///     self.db.vehicles_by_ids(ids).await // called with the ids that missed, once
+/// }
+/// ```
+///
+/// The placeholder that names the batch parameter renders one key per element, exactly as
+/// `#[cached]` renders `key = "vehicle:<id>"` for `id: u64`: the two share their entries
+/// (same key, same stored value), so a `#[cached]` function of one vehicle hits what the
+/// batch stored, and the reverse. Other placeholders render once per call.
+///
+/// A call looks every distinct element's key up at once (one `MGET` on Redis; on a cluster
+/// one per slot, in parallel; none for an empty input). The body then runs at most once, its
+/// batch parameter holding only the elements that missed, deduplicated, in first-seen order,
+/// and not at all when every element hit. Its map is stored element by element (all fills
+/// in one more round trip, each through its fill ticket, so a key invalidated while the body
+/// ran is not stored). An element the body leaves out of its map is absent: left out of the
+/// answer, and cached as such for `absent_ttl` when set. `Err` stores nothing and is
+/// returned. Elements that another call in this process is loading (a batch or a single
+/// `#[cached]`) are awaited, not loaded twice; single callers waiting on a key this batch
+/// loads get its value.
+///
+/// # Arguments
+///
+/// | argument | meaning |
+/// |---|---|
+/// | `key = "..."` | Required. Key template; exactly one placeholder names the batch parameter (`&[K]`, `&Vec<K>` or `Vec<K>`, with `K: KeyPart + Clone + Eq + Hash`). |
+/// | `ttl = "..."` | Required. Time to live, as in `#[cached]`. |
+/// | `absent_ttl = "..."` | Cache the elements the body left out (absent) this long. Default: not cached. |
+/// | `near = false` | Bypass the cache's near cache, as in `#[cached]`. |
+/// | `cache = <expr>` | The `Cache` to use, as in `#[cached]`. |
+/// | `name = "..."` | The function's name in stats and metrics (hits, misses and loads count per element; `cache_batch_size` per call). Default: its identifier. |
+///
+/// # Return type
+///
+/// `HashMap<K, V>` or `Result<HashMap<K, V>, E>` (any hasher), decided by the type, not by
+/// how it is written: an alias works. `V: Serialize + DeserializeOwned + Send + Sync +
+/// 'static`; the map's keys must be the batch parameter's element type.
+///
+/// # Compile errors
+///
+/// No placeholder naming a batch parameter, two of them, a return type that is not a map
+/// or a `Result` of one (reported on the return type), elements of another type than the
+/// map's keys (reported on the parameter's type), arguments `#[cached]` has but batches do
+/// not (`lock`, `stale`, `refresh`, `early`, `timeout`, `idle`), and every error of
+/// `#[cached]`'s key template.
+#[proc_macro_attribute]
+pub fn cached_batch(args: TokenStream, item: TokenStream) -> TokenStream {
+    batch::cached_batch(args.into(), item.into()).into()
 }
 
 /// Removes cached keys after the function succeeds.
@@ -92,8 +168,20 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// (`*`, `?`, `[...]`; every matching key is removed). Placeholders name parameters as in
 /// `#[cached]` and their values are encoded, so `dealer_id = "*"` invalidates dealer `*` only,
 /// never every dealer. The keys are rendered from the arguments before the body runs and
-/// removed after it returns: for a `Result`, only on `Ok`.
+/// removed after it returns, only on success: never on an `Err` (of a `Result`, by type,
+/// through any alias, or `Some(Err)`).
 ///
+/// A template may name the returned value: `<return>` or `<return.field>` (the value of `Ok`,
+/// `Some`, or the whole value; `return` is a keyword, so no parameter has that name). It is
+/// rendered after the body, and only when there is a value:
+///
+/// ```ignore
+/// #[invalidates("dealer:<return.dealer_id>:vehicles")]
+/// async fn create_vehicle(new: NewVehicle) -> Result<Vehicle, DbError> { /* INSERT */ }
+/// ```
+///
+/// `tags = ["make:<v.make>", "listings"]` also removes every key stored with each rendered
+/// tag (see `tags` in `#[cached]`); `#[invalidates(tags = ["listings"])]` alone is valid.
 /// Also accepts `cache = <expr>` and `name = "..."` (the function's name in stats).
 ///
 /// A failure to invalidate (Redis down) never changes what the function returns: it is
@@ -112,9 +200,11 @@ pub fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
 /// async fn save_vehicle(v: Vehicle) -> Result<Vehicle, DbError> { /* write, return the row */ }
 /// ```
 ///
-/// After the function returns `Ok(v)` (or `v`, or `Some(v)`), `v` is stored under the key,
-/// so the next `#[cached]` read of that key is a hit. A failed write is counted and logged,
-/// never returned.
+/// After the function returns `Ok(v)` (or `v`, `Some(v)`, `Some(Ok(v))`: by type, as for
+/// `#[cached]`), `v` is stored under the key, so the next `#[cached]` read of that key is a
+/// hit; `Ok(None)` or `None` removes it. A failed write is counted and logged, never
+/// returned. The key may name the returned value (`key = "vehicle:<return.id>"`), rendered
+/// from it after the body.
 ///
 /// # Arguments
 ///
@@ -126,6 +216,7 @@ pub fn invalidates(args: TokenStream, item: TokenStream) -> TokenStream {
 /// | `ttl = "..."` | Required. Time to live, as in `#[cached]`. |
 /// | `stale = "..."` | Keep the value this long in all (longer than `ttl`): give the same `stale` as the `#[cached]` readers of this key, so they can serve it once expired when their body fails. |
 /// | `idle = "..."` | Store the value for `idle` only (shorter than `ttl`, without `stale`): for keys read with `#[cached(..., idle = ...)]`, whose hits extend it. |
+/// | `tags = ["...", ...]` | Tags stored with the value, as in `#[cached]`. |
 /// | `cache = <expr>` | The `Cache` to use, as in `#[cached]`. |
 /// | `name = "..."` | The function's name in stats and metrics. Default: its identifier. |
 #[proc_macro_attribute]
@@ -144,7 +235,7 @@ pub fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// A refused call does not run the body: it returns `Err(E::from(RateLimited { .. }))`,
 /// carrying `retry_after` (what `Retry-After` should say), `limit`, `remaining: 0` and
-/// `reset_after`. The function must return `Result<T, E>` with
+/// `reset_after`. The function must return `Result<T, E>` (by type: through any alias) with
 /// `E: From<cache_runtime::RateLimited>`.
 ///
 /// # Arguments
@@ -167,7 +258,7 @@ pub fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
 /// never reaches the body, and its `Err` is not cached (a `stale` value, if there is one,
 /// is served instead). With `charge_hits`, every call is charged before the cache lookup,
 /// and a refused call does not even read the cache. `#[rate_limit]` written below
-/// `#[cached]` is a compile error.
+/// `#[cached]` is a compile error, wherever it stands among other attributes.
 ///
 /// # Several limits
 ///
@@ -185,4 +276,23 @@ pub fn cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
     rate_limit::rate_limit(args.into(), item.into()).into()
+}
+
+/// Derives `cache_runtime::KeyPart`, so the type can be a key placeholder.
+///
+/// ```ignore
+/// #[derive(KeyPart)]
+/// enum Region { Eu, Us }          // `<region>` renders `Eu` or `Us`
+///
+/// #[derive(KeyPart)]
+/// struct Vin(String);             // `<vin>` renders the string, encoded
+/// ```
+///
+/// An enum of unit variants renders the variant's name; a newtype (one field, named or
+/// not) renders its field as the field's own `KeyPart` does. The text is encoded as every
+/// placeholder value is (`:` and glob characters percent-encoded). Other shapes (variants
+/// with fields, structs of several fields) are compile errors: implement `KeyPart` by hand.
+#[proc_macro_derive(KeyPart)]
+pub fn derive_key_part(item: TokenStream) -> TokenStream {
+    derive::key_part(item.into()).into()
 }

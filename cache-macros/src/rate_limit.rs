@@ -21,21 +21,23 @@
 //! the checked body: a hit answers before the limiter (not charged), a miss is charged
 //! before the body runs. With `charge_hits` this attribute expands that `#[cached]` itself
 //! and puts the check before the cache lookup. Written below `#[cached]` it would silently
-//! charge hits, so that order is an error.
+//! charge hits, so that order is an error (reported by `#[cached]`, which sees every
+//! attribute below it, whatever stands between them).
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned as _;
-use syn::{Attribute, Expr, Item, ItemFn, LitStr, Meta, ReturnType, Stmt, Type};
+use syn::{Attribute, LitStr, Meta};
 
 use crate::attr::{self, Args};
 use crate::errors::Errors;
 use crate::expand;
+use crate::item::{mentions_impl_trait, Function};
 
 /// `#[rate_limit(...)]`.
 pub(crate) fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
-    let Ok(mut function) = syn::parse2::<ItemFn>(item.clone()) else {
+    let Ok(mut function) = syn::parse2::<Function>(item.clone()) else {
         errors.push(Span::call_site(), "`#[rate_limit]` applies to `async fn` items and methods");
         return with_errors(&errors, item);
     };
@@ -44,16 +46,12 @@ pub(crate) fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
         args.check(&mut errors);
     }
     let key = expand::rate_limit_key(
-        &function.sig,
+        &function,
         args.as_ref().and_then(|args| args.key.get()),
         &mut errors,
     );
-    check_result(&function.sig.output, function.sig.ident.span(), &mut errors);
-    if expanded_by_cached(&function) {
-        errors.push(
-            Span::call_site(),
-            "write `#[rate_limit]` above `#[cached]`, not below it: below, it would run before the cache lookup and charge cache hits too (to charge them, write `#[rate_limit(..., charge_hits)]` above `#[cached]`)",
-        );
+    if function.output().is_none() {
+        errors.push(function.sig.ident.span(), NOT_A_RESULT);
     }
     let cached = function.attrs.iter().position(is_cached);
     let charge_hits =
@@ -77,11 +75,16 @@ pub(crate) fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
     let cache = expand::rate_limit_cache(args.cache.get());
     let mode =
         format_ident!("{}", if args.fail_closed.get().is_some() { "Closed" } else { "Open" });
-    let refused = match &function.sig.output {
-        ReturnType::Type(_, ty) => quote_spanned! {ty.span()=>
+    // `Err(E::from(limited))`, for whatever `Result` the return type resolves to (an alias
+    // included); reported on the return type when it is not one.
+    let refused = match function.output() {
+        Some(ty) if !mentions_impl_trait(ty) => quote_spanned! {ty.span()=>
+            ::cache_runtime::__private::rate_limited::<#ty>(__cache_runtime_limited)
+        },
+        Some(ty) => quote_spanned! {ty.span()=>
             ::cache_runtime::__private::rate_limited(__cache_runtime_limited)
         },
-        ReturnType::Default => unreachable!("checked: the function returns a `Result`"),
+        None => unreachable!("checked: the function returns a value"),
     };
     let check = quote! {{
         static __CACHE_RUNTIME_RATE: ::cache_runtime::__private::RateLimitFn =
@@ -108,59 +111,21 @@ pub(crate) fn rate_limit(args: TokenStream, item: TokenStream) -> TokenStream {
             Meta::List(list) => list.tokens.clone(),
             _ => TokenStream::new(),
         };
-        let expanded = expand::cached(cached_args, quote!(#function));
-        let Ok(mut cached_fn) = syn::parse2::<ItemFn>(expanded.clone()) else {
+        let expanded = expand::cached(cached_args, function.with_first(&TokenStream::new()));
+        let Ok(cached_fn) = syn::parse2::<Function>(expanded.clone()) else {
             return expanded; // `#[cached]`'s own errors
         };
-        prepend(&mut cached_fn, check);
-        return quote!(#cached_fn);
+        return cached_fn.with_first(&check);
     }
-    prepend(&mut function, check);
-    quote!(#function)
+    function.with_first(&check)
 }
 
-/// Puts `check` before the first statement of `function`'s body.
-fn prepend(function: &mut ItemFn, check: TokenStream) {
-    let check = Stmt::Expr(Expr::Verbatim(check), None);
-    function.block.stmts.insert(0, check);
-}
-
-/// A refused call returns `Err`: the function must return a `Result` (by its written name,
-/// also through paths and aliases such as `io::Result<T>`).
-fn check_result(output: &ReturnType, ident: Span, errors: &mut Errors) {
-    const WHY: &str = "`#[rate_limit]` needs a function returning `Result<T, E>` with `E: From<cache_runtime::RateLimited>`: a refused call returns `Err`";
-    match output {
-        ReturnType::Default => errors.push(ident, WHY),
-        ReturnType::Type(_, ty) if !is_result(ty) => errors.push(ty.span(), WHY),
-        ReturnType::Type(..) => {}
-    }
-}
-
-fn is_result(ty: &Type) -> bool {
-    match ty {
-        Type::Paren(inner) => is_result(&inner.elem),
-        Type::Group(inner) => is_result(&inner.elem),
-        Type::Path(path) => path.path.segments.last().is_some_and(|last| last.ident == "Result"),
-        _ => false,
-    }
-}
+/// A refused call returns `Err`: the function must return a `Result`.
+const NOT_A_RESULT: &str = "`#[rate_limit]` needs a function returning `Result<T, E>` with `E: From<cache_runtime::RateLimited>`: a refused call returns `Err`";
 
 /// `#[cached]` or `#[cache_runtime::cached]` (by its last path segment).
 fn is_cached(attr: &Attribute) -> bool {
     attr.path().segments.last().is_some_and(|last| last.ident == "cached")
-}
-
-/// Whether `#[cached]` already expanded this function (it was written above this
-/// attribute): its body starts with the `CachedFn` static it generates.
-fn expanded_by_cached(function: &ItemFn) -> bool {
-    function.block.stmts.iter().any(|stmt| match stmt {
-        Stmt::Item(Item::Static(item)) => {
-            item.ident == "__CACHE_RUNTIME_FN"
-                && matches!(&*item.ty, Type::Path(path)
-                    if path.path.segments.last().is_some_and(|last| last.ident == "CachedFn"))
-        }
-        _ => false,
-    })
 }
 
 /// The original item plus `compile_error!`s, so call sites do not cascade into more errors.

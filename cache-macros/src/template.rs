@@ -5,11 +5,18 @@
 use cache_keys::template::{self, Purpose, Segment};
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned, ToTokens as _};
-use syn::spanned::Spanned as _;
+use syn::ext::IdentExt as _;
 use syn::{Ident, LitStr};
 
 use crate::errors::Errors;
 use crate::item::Signature;
+
+/// The placeholder root that names the returned value (`<return>`, `<return.id>`): a
+/// keyword, so no parameter can have that name.
+pub(crate) const RETURN: &str = "return";
+
+/// The binding the returned value is read from, for `<return...>` placeholders.
+pub(crate) const RETURNED_VALUE: &str = "__cache_runtime_value";
 
 /// A template and the expression that renders its key from the arguments.
 pub(crate) struct Key {
@@ -18,6 +25,11 @@ pub(crate) struct Key {
     pub(crate) expr: TokenStream,
     /// Whether it is a glob pattern (otherwise it names one key).
     pub(crate) glob: bool,
+    /// Whether it names the returned value (`<return...>`): rendered after the body, with
+    /// `__cache_runtime_value` bound to it.
+    pub(crate) after: bool,
+    /// The placeholders' roots (parameters, `self`, type parameters, `return`).
+    pub(crate) roots: Vec<String>,
 }
 
 impl Key {
@@ -39,6 +51,7 @@ impl Key {
         };
         let mut capacity = 0;
         let mut steps = Vec::new();
+        let mut roots = Vec::new();
         for segment in &parsed.segments {
             match segment {
                 Segment::Literal(text) => {
@@ -47,6 +60,7 @@ impl Key {
                 }
                 Segment::Placeholder { root, fields } => {
                     capacity += 8;
+                    roots.push(root.clone());
                     steps.extend(placeholder_value(root, fields, span, signature, errors));
                 }
             }
@@ -56,8 +70,34 @@ impl Key {
             #(#steps)*
             __cache_runtime_key
         }};
-        Some(Key { template: template.clone(), expr, glob: parsed.is_glob() })
+        let after = roots.iter().any(|root| root == RETURN);
+        Some(Key { template: template.clone(), expr, glob: parsed.is_glob(), after, roots })
     }
+}
+
+/// A tag template (`tags = ["make:<f.make>"]`): the key grammar (placeholders, encoding; no
+/// glob characters, not empty, no `#`), its errors worded for a tag, spanned on the literal.
+pub(crate) fn resolve_tag(
+    template: &LitStr,
+    signature: &Signature<'_>,
+    errors: &mut Errors,
+) -> Option<Key> {
+    if let Err(messages) = template::parse(&template.value(), Purpose::Key) {
+        for message in messages {
+            let message = message
+                .replace("the key template is empty", "the tag template is empty")
+                .replace("in the cached key", "in the tag")
+                .replace(
+                    "a stored key must not contain `*`, `?`, `[` or `]` (patterns belong in `#[invalidates]`)",
+                    "a tag is never a pattern, so it must not contain `*`, `?`, `[` or `]` (placeholder values are encoded)",
+                )
+                .replace("so a key or pattern must not contain it", "so a tag must not contain it")
+                .replace("key template", "tag template");
+            errors.push(template.span(), message);
+        }
+        return None;
+    }
+    Key::resolve(template, Purpose::Key, signature, errors)
 }
 
 /// `push_part(&mut key, &param.field)`, spanned so that a missing `KeyPart` or an unknown
@@ -75,9 +115,29 @@ fn placeholder_value(
             return None;
         }
         (quote_spanned!(span=> self), span)
-    } else if let Some((ident, ty)) = signature.params.iter().find(|(ident, _)| *ident == root) {
+    } else if root == RETURN {
+        if !signature.names_return {
+            errors.push(span, "`<return>` names the value the function returned, known only after its body ran: only `#[invalidates]` and `#[cache_put]` templates can use it");
+            return None;
+        }
+        (Ident::new(RETURNED_VALUE, span).to_token_stream(), span)
+    } else if let Some(param) = signature.param(root) {
         // The parameter's name, spanned on its type: a missing `KeyPart` is reported there.
-        (Ident::new(&ident.to_string(), ty.span()).to_token_stream(), ty.span())
+        let mut ident = param.ident.clone();
+        ident.set_span(param.span);
+        (ident.to_token_stream(), param.span)
+    } else if let Some(ty) = signature.type_params.iter().find(|ty| **ty == root) {
+        // A type parameter: its name, so each instantiation has keys of its own.
+        if !fields.is_empty() {
+            errors.push(
+                span,
+                format!("`<{root}>` names a type parameter, which has no fields: write `<{root}>`"),
+            );
+            return None;
+        }
+        return Some(quote_spanned! {span=>
+            ::cache_runtime::__private::push_part(&mut __cache_runtime_key, ::core::any::type_name::<#ty>());
+        });
     } else {
         errors.push(span, unknown_placeholder(root, signature));
         return None;
@@ -99,7 +159,7 @@ fn placeholder_value(
 /// The error for a placeholder naming no parameter, with a suggestion and the parameters.
 fn unknown_placeholder(root: &str, signature: &Signature<'_>) -> String {
     let mut names: Vec<String> =
-        signature.params.iter().map(|(ident, _)| ident.to_string()).collect();
+        signature.params.iter().map(|param| param.ident.unraw().to_string()).collect();
     if signature.has_self {
         names.insert(0, "self".into());
     }

@@ -49,7 +49,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cache_runtime::__private::{CachedFn, CountersSlot, PlainShape, Policy};
+use cache_runtime::__private::{CachedFn, CountersSlot, PlainShape, Policy, Shaped};
 use cache_runtime::{cached, Cache};
 use serde::{Deserialize, Serialize};
 
@@ -139,9 +139,11 @@ async fn inline_refresh(cache: &Cache, log: &Log, id: u64) -> Reading {
         counters: CountersSlot::new(),
     };
     cache_runtime::__private::cached::<PlainShape, Reading, _, _>(
+        Shaped::default(),
         cache.clone(),
         &FUNCTION,
         format!("inline:{id}"),
+        Vec::new(),
         Some(Reading::clone),
         || log.body(id, HOT_BODY),
     )

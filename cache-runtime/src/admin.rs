@@ -10,6 +10,7 @@
 //! | `GET /metrics` | no | 200, [`Cache::prometheus`] as `text/plain; version=0.0.4; charset=utf-8` |
 //! | `POST /cache/invalidate/{key}` | yes | 200, `{"removed": n}` ([`Cache::invalidate`]) |
 //! | `POST /cache/invalidate-pattern/{pattern}` | yes | 200, `{"removed": n}` ([`Cache::invalidate_pattern`]) |
+//! | `POST /cache/invalidate-tag/{tag}` | yes | 200, `{"removed": n}` ([`Cache::invalidate_tag`]) |
 //! | `POST /cache/clear` | yes | 200, `{"removed": n}` ([`Cache::clear`]) |
 //!
 //! Serve it on its own port, or add it to an application's router:
@@ -66,7 +67,7 @@
 //!
 //! # Security
 //!
-//! - The three `POST` routes remove data and require `Authorization: Bearer <token>`, the
+//! - The `POST` routes remove data and require `Authorization: Bearer <token>`, the
 //!   token given to [`router`]; the comparison takes the same time wherever the first wrong
 //!   byte is. A request without the header, with another scheme or with a wrong token gets
 //!   401 with `WWW-Authenticate: Bearer` and changes nothing. The scheme name is matched
@@ -79,8 +80,9 @@
 //!
 //! # Keys and patterns in the path
 //!
-//! `{key}` and `{pattern}` are everything after `/cache/invalidate/` or
-//! `/cache/invalidate-pattern/` (slashes included), **percent-decoded once**:
+//! `{key}`, `{pattern}` and `{tag}` are everything after `/cache/invalidate/`,
+//! `/cache/invalidate-pattern/` or `/cache/invalidate-tag/` (slashes included),
+//! **percent-decoded once** (a rendered tag is encoded like a rendered key):
 //!
 //! - `:` and `*` can be sent as they are or encoded: `homepage:*`, `homepage:%2A` and
 //!   `homepage%3A%2A` name the same pattern. `?` (a glob character) and `#` must be encoded,
@@ -98,7 +100,7 @@
 //!
 //! | status | when |
 //! |---|---|
-//! | 400 | the key or pattern is invalid ([`Error::InvalidKey`], [`Error::InvalidPattern`]: empty, whitespace, unclosed `[`, reserved `#`), or the path does not decode as UTF-8 |
+//! | 400 | the key, pattern or tag is invalid ([`Error::InvalidKey`], [`Error::InvalidPattern`], [`Error::InvalidTag`]: empty, whitespace, unclosed `[`, reserved `#`), or the path does not decode as UTF-8 |
 //! | 401 | a `POST` without the right bearer token |
 //! | 404 | no route at this path (including an empty key or pattern: `POST /cache/invalidate/`) |
 //! | 405 | a route called with another method (`GET /cache/clear`); the `Allow` header names the methods it takes |
@@ -174,6 +176,7 @@ pub fn router(cache: Cache, token: impl Into<String>) -> Result<Router> {
         .route("/metrics", get(metrics))
         .route("/cache/invalidate/{*key}", post(invalidate))
         .route("/cache/invalidate-pattern/{*pattern}", post(invalidate_pattern))
+        .route("/cache/invalidate-tag/{*tag}", post(invalidate_tag))
         .route("/cache/clear", post(clear))
         // After the routes: it applies to the routes registered before it.
         .method_not_allowed_fallback(wrong_method)
@@ -214,7 +217,9 @@ impl IntoResponse for Failure {
 impl From<Error> for Failure {
     fn from(error: Error) -> Self {
         let status = match &error {
-            Error::InvalidKey { .. } | Error::InvalidPattern { .. } => StatusCode::BAD_REQUEST,
+            Error::InvalidKey { .. } | Error::InvalidPattern { .. } | Error::InvalidTag { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             // `clear` on a Redis cache without a prefix: the request is fine, the cache's
             // configuration forbids it.
             other if other.kind() == ErrorKind::Usage => StatusCode::CONFLICT,
@@ -331,6 +336,18 @@ async fn invalidate_pattern(
     let removed = admin.cache.invalidate_pattern(&pattern).await?;
     let shown = admin.cache.core().shown(&pattern);
     tracing::info!(pattern = %shown, removed, "cache admin: invalidated a pattern");
+    Ok(Json(Removed { removed }))
+}
+
+async fn invalidate_tag(
+    _: Authorized,
+    State(admin): State<Admin>,
+    tag: Result<Path<String>, PathRejection>,
+) -> Result<Json<Removed>, Failure> {
+    let Path(tag) = tag?;
+    let removed = admin.cache.invalidate_tag(&tag).await?;
+    let shown = admin.cache.core().shown(&tag);
+    tracing::info!(tag = %shown, removed, "cache admin: invalidated a tag");
     Ok(Json(Removed { removed }))
 }
 

@@ -68,12 +68,13 @@ impl Backlog {
         self.count.load(Ordering::Acquire)
     }
 
-    /// Whether a pending removal covers `key`.
+    /// Whether a pending removal covers `key`. A pending tag removal covers every key:
+    /// which keys carry the tag is known to the store only.
     pub(crate) fn covers(&self, key: &str) -> bool {
         if self.len() == 0 {
             return false;
         }
-        self.lock().iter().any(|kept| kept.scope.covers(key))
+        self.lock().iter().any(|kept| kept.scope.covers(key) || matches!(kept.scope, Scope::Tag(_)))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Kept>> {

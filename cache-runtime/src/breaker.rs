@@ -9,7 +9,11 @@
 //!   closes the breaker (caching resumes by itself); failure opens it again.
 //!
 //! Only connection-level failures count: an error reply such as `OOM` means Redis answers,
-//! and tripping the breaker would stop reads that still work.
+//! and tripping the breaker would stop reads that still work. A node that cannot serve as
+//! primary now (`READONLY` after a failover, `LOADING`, `MASTERDOWN`) counts as a
+//! connection failure; a cluster's passing refusal during a slot migration (`TRYAGAIN`,
+//! `ASK`, `CLUSTERDOWN`) does not (one moving slot must not stop the other nodes), though
+//! a write it refused is kept for replay like one that met a connection failure.
 //!
 //! Without the `redis` feature only [`BreakerState`] remains (always closed).
 
@@ -153,6 +157,50 @@ pub(crate) fn is_connection_failure(error: &redis::RedisError) -> bool {
         || error.is_timeout()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
+        || is_refused_session(error)
+        || is_failover_refusal(error)
+}
+
+/// Refused credentials (`AUTH` failed at connect, `NOAUTH`, `WRONGPASS`) or a peer that does
+/// not speak the Redis protocol: no command can succeed on that connection, like an
+/// unreachable server, and a later attempt may (a rotated password, the right service back).
+#[cfg(feature = "redis")]
+fn is_refused_session(error: &redis::RedisError) -> bool {
+    matches!(error.kind(), redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::Parse)
+        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS"))
+}
+
+/// Whether `error` says the node cannot serve as primary now: a demoted primary
+/// (`READONLY`), one still loading its data set (`LOADING`), or one whose replication link
+/// is down (`MASTERDOWN`). Like a lost connection: the command did not run, and another
+/// node (the new primary) or a later attempt will take it.
+#[cfg(feature = "redis")]
+pub(crate) fn is_failover_refusal(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        error.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::ReadOnly | ServerErrorKind::BusyLoading | ServerErrorKind::MasterDown
+        )
+    )
+}
+
+/// Whether `error` is a cluster's passing refusal during a topology change: a slot being
+/// migrated (`TRYAGAIN`, an `ASK` or `MOVED` the client could not follow) or a cluster
+/// briefly down (`CLUSTERDOWN`). The command did not run; a later attempt will land. Not a
+/// reason to stop using the other nodes: the breaker does not count it.
+#[cfg(feature = "redis")]
+pub(crate) fn is_passing_refusal(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        error.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::Ask
+                | ServerErrorKind::Moved
+        )
+    )
 }
 
 #[cfg(all(test, feature = "redis"))]

@@ -16,6 +16,7 @@ use crate::format::Format;
 use crate::log_limit::{clip, Clip, LogKind, LogLimit};
 use crate::near::Near;
 use crate::policy::Policy;
+use crate::recent::Recent;
 use crate::stats::{Counters, StatsRegistry};
 use crate::store::Store;
 
@@ -69,6 +70,8 @@ pub(crate) struct CacheCore {
     flights: Flights,
     /// Removals that failed for a connection reason, replayed until they land (`write.rs`).
     backlog: Backlog,
+    /// Writes the primary acknowledged lately, replayed after a failover (`recent.rs`).
+    recent: Recent,
     /// The near cache (`CacheBuilder::near_cache`), in front of Redis.
     near: Option<Arc<Near>>,
     /// How many failure lines each kind may still write (`log_limit.rs`).
@@ -79,6 +82,7 @@ impl CacheCore {
     /// Composes a cache over `store`.
     pub(crate) fn new(store: Store, settings: Settings, near: Option<Arc<Near>>) -> CacheCore {
         let backlog = Backlog::new(store.prefix().is_empty() && store.shared());
+        let recent = Recent::new(store.primary_generation().is_some(), store.prefix().is_empty());
         CacheCore {
             id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
             store,
@@ -86,6 +90,7 @@ impl CacheCore {
             stats: StatsRegistry::default(),
             flights: Flights::default(),
             backlog,
+            recent,
             near,
             logs: LogLimit::default(),
         }
@@ -124,6 +129,11 @@ impl CacheCore {
     /// Removals waiting for Redis.
     pub(crate) fn backlog(&self) -> &Backlog {
         &self.backlog
+    }
+
+    /// Writes the primary acknowledged lately (kept behind Sentinel only).
+    pub(crate) fn recent(&self) -> &Recent {
+        &self.recent
     }
 
     /// The near cache, whatever the policy.

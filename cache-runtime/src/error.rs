@@ -25,6 +25,15 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// A tag given to [`Cache::invalidate_tag`](crate::Cache::invalidate_tag) is not a
+    /// rendered tag (empty, whitespace, control or glob characters, `#`, too long).
+    #[error("invalid tag {tag:?}: {reason}")]
+    InvalidTag {
+        /// The tag as given.
+        tag: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
     /// A time to live of zero (or one too large to represent) was given.
     #[error("invalid time to live {ttl:?}: {reason}")]
     InvalidTtl {
@@ -36,7 +45,7 @@ pub enum Error {
     /// The Redis URL given to [`CacheBuilder::redis`](crate::CacheBuilder::redis) is malformed.
     #[error("invalid Redis URL {url:?}: {source}")]
     InvalidUrl {
-        /// The URL as given.
+        /// The URL, its password replaced by `***` (`redis://user:***@host`).
         url: String,
         /// What the Redis client said about it.
         #[source]
@@ -100,7 +109,10 @@ pub enum Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// Redis could not be reached or the connection broke.
+    /// Redis could not be reached or the connection broke, or the node could not take the
+    /// command now: a demoted primary (`READONLY`), loading (`LOADING`), a failover or a
+    /// slot migration in progress (`MASTERDOWN`, `TRYAGAIN`, `CLUSTERDOWN`). A removal that
+    /// failed so is kept and replayed.
     Connection,
     /// Redis did not answer within the command timeout.
     Timeout,
@@ -203,7 +215,9 @@ impl BackendError {
         {
             if self.0.is_timeout() {
                 ErrorKind::Timeout
-            } else if crate::breaker::is_connection_failure(&self.0) {
+            } else if crate::breaker::is_connection_failure(&self.0)
+                || crate::breaker::is_passing_refusal(&self.0)
+            {
                 ErrorKind::Connection
             } else {
                 ErrorKind::Server

@@ -47,6 +47,8 @@ struct Flight {
     /// Set when the leader starts settling its outcome with the store (see
     /// [`Leader::settling`]).
     settling: AtomicBool,
+    /// The tags its value will be stored with: an invalidation of one of them detaches it.
+    tags: Box<[String]>,
 }
 
 type Slot = Arc<Flight>;
@@ -86,7 +88,14 @@ pub(crate) struct Follower {
 
 impl Flights {
     /// Joins the flight for `key`, starting one if none is running.
+    #[cfg(test)]
     pub(crate) fn join(&self, key: &str) -> Join {
+        self.join_tagged(key, &[])
+    }
+
+    /// [`join`](Self::join) for a value stored with `tags` (a flight it starts is detached
+    /// by an invalidation of any of them).
+    pub(crate) fn join_tagged(&self, key: &str, tags: &[String]) -> Join {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = running.get(key) {
             return Join::Follower(Follower {
@@ -100,6 +109,7 @@ impl Flights {
             invalidated: AtomicBool::new(false),
             loading: AtomicBool::new(false),
             settling: AtomicBool::new(false),
+            tags: tags.into(),
         });
         running.insert(key.to_owned(), Arc::clone(&slot));
         let number = self.changes.fetch_add(1, Ordering::SeqCst) + 1;
@@ -131,7 +141,7 @@ impl Flights {
             return;
         }
         running.retain(|key, flight| {
-            if scope.covers(key) {
+            if scope.covers_tagged(key, &flight.tags) {
                 flight.invalidated.store(true, Ordering::SeqCst);
                 false
             } else {
@@ -142,8 +152,8 @@ impl Flights {
 
     /// Leads a new flight for `key`, or `None` if one is running (used by early refresh,
     /// which never waits).
-    pub(crate) fn try_lead(&self, key: &str) -> Option<Leader> {
-        match self.join(key) {
+    pub(crate) fn try_lead(&self, key: &str, tags: &[String]) -> Option<Leader> {
+        match self.join_tagged(key, tags) {
             Join::Leader(leader) => Some(leader),
             Join::Follower(_) => None,
         }
@@ -251,6 +261,24 @@ mod tests {
         assert!(matches!(wait(&mut follower).await, Landed::Value(_)));
         drop(leader);
         assert_eq!(flights.len(), 0);
+    }
+
+    #[test]
+    fn a_tag_detaches_the_flights_stored_with_it_and_no_other() {
+        let flights = Flights::default();
+        let tagged = ["make:ford".to_owned(), "listings".to_owned()];
+        let Join::Leader(ford) = flights.join_tagged("search:1", &tagged) else { panic!() };
+        let Join::Leader(other) = flights.join_tagged("search:2", &["make:audi".into()]) else {
+            panic!()
+        };
+        let Join::Leader(plain) = flights.join("make:ford") else { panic!() };
+        flights.detach(&Scope::Tag("make:ford".into()));
+        assert!(ford.invalidated(), "stored with the tag");
+        assert!(
+            !other.invalidated() && !plain.invalidated(),
+            "a key named like the tag is not tagged"
+        );
+        assert_eq!(flights.len(), 2);
     }
 
     #[tokio::test]

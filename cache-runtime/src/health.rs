@@ -38,6 +38,14 @@ pub struct Health {
     pub pending_invalidations: u64,
     /// Why the store is unreachable.
     pub error: Option<String>,
+    /// Permissions the Redis user lacks (checked by this call), each as
+    /// `"+grant: what fails without it"`, in the terms of the README's `ACL SETUSER` line.
+    /// Empty when nothing is missing (and for the memory store, or a Redis older than 7,
+    /// which cannot tell).
+    pub missing_permissions: Vec<String>,
+    /// Why the near cache serves nothing now (client tracking refused, or not connected),
+    /// if the cache has one and it is not live.
+    pub near_cache_error: Option<String>,
 }
 
 /// [`Cache::health`](crate::Cache::health): probes the store.
@@ -55,6 +63,8 @@ pub(crate) async fn probe(core: &CacheCore) -> Health {
         entries: None,
         pending_invalidations: u64::try_from(core.backlog().len()).unwrap_or(u64::MAX),
         error: None,
+        missing_permissions: Vec::new(),
+        near_cache_error: core.near().and_then(|near| near.trouble()),
     };
     match core.store().probe().await {
         Probe::Memory { entries, bytes } => {
@@ -64,10 +74,15 @@ pub(crate) async fn probe(core: &CacheCore) -> Health {
         }
         #[cfg(feature = "redis")]
         Probe::Redis { round_trip, info } => {
+            health.missing_permissions =
+                core.store().missing_permissions(core.near().is_some()).await;
             health.round_trip_ms = Some(millis(round_trip));
             // A cluster answers per primary: sum over them.
-            let field =
-                |name: &str| info.iter().map(|node| info_field(node, name)).sum::<Option<u64>>();
+            // No INFO at all (not permitted): no figures, rather than zeros.
+            let field = |name: &str| {
+                let figures = info.iter().map(|node| info_field(node, name));
+                figures.sum::<Option<u64>>().filter(|_| !info.is_empty())
+            };
             health.used_memory_bytes = field("used_memory");
             health.connected_clients = field("connected_clients");
             health.evicted_keys = field("evicted_keys");

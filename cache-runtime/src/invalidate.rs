@@ -20,6 +20,8 @@ pub enum Target {
     Key(String),
     /// A glob pattern.
     Pattern(String),
+    /// A rendered tag (`tags = [...]`).
+    Tag(String),
 }
 
 /// Removes every target of an `#[invalidates]` attribute. Failures are counted and logged,
@@ -39,6 +41,9 @@ pub(crate) async fn invalidate_targets(
             Target::Pattern(pattern) if !pattern_may_match_within(&pattern, max) => continue,
             Target::Key(key) => Scope::Key(key),
             Target::Pattern(pattern) => Scope::of_pattern(&pattern),
+            // Nothing is stored with a tag over `max_key_bytes` (see `tags.rs`).
+            Target::Tag(tag) if tag.len() > max => continue,
+            Target::Tag(tag) => Scope::Tag(tag),
         };
         if let Err(error) = write::apply(core, &counters, Change::Remove(scope.clone())).await {
             if let Some(suppressed) = core.log(LogKind::RemovalFailed) {

@@ -43,7 +43,8 @@ use crate::error::{Error, Result};
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be used in a cache key",
     label = "used by a key placeholder, so it must implement `cache_runtime::KeyPart`",
-    note = "implement `cache_runtime::KeyPart` for `{Self}`, or name one of its fields in the template (`<param.field>`)"
+    note = "derive it (`#[derive(cache_runtime::KeyPart)]`, for an enum of unit variants or a newtype), implement `cache_runtime::KeyPart` for `{Self}`, or name one of its fields in the template (`<param.field>`)",
+    note = "`uuid::Uuid` implements it with cache-runtime's `uuid` feature: `cache-runtime = {{ version = \"0.1\", features = [\"uuid\"] }}`"
 )]
 pub trait KeyPart {
     /// Writes this value into the key being rendered.

@@ -95,6 +95,14 @@
 //! index updates first and the write after them, and pattern invalidation reads one index
 //! and unlinks per slot.
 //!
+//! ### Tags
+//!
+//! `tags = ["make:<f.make>"]` on [`cached`] and [`cache_put`] stores a value with its
+//! rendered tags; [`Cache::invalidate_tag`] and `#[invalidates(tags = [...])]` remove every
+//! key stored with a tag. Each tag keeps a set of its keys beside the indexes, written with
+//! the value (or with a load's pending marker), pruned by expiry; reads never look at tags.
+//! See `docs/tags.md` for the design, Redis Cluster and eviction.
+//!
 //! ## Consistency
 //!
 //! The promise (see the README's "Consistency" section for the user-facing statement and
@@ -165,6 +173,7 @@
 extern crate self as cache_runtime;
 
 mod backlog;
+mod batch_shape;
 mod breaker;
 mod cache;
 mod codec;
@@ -193,11 +202,14 @@ mod policy;
 mod prometheus;
 mod rate_limit;
 mod read;
+mod recent;
+mod read_many;
 mod registry;
 mod scope;
 mod shape;
 mod stats;
 mod store;
+mod tags;
 mod write;
 
 #[cfg(feature = "axum")]
@@ -222,5 +234,8 @@ pub use registry::{
 };
 pub use stats::{Stats, StatsReport, DIRECT_CALLS};
 
+/// `#[derive(KeyPart)]`: enums of unit variants (rendered by name) and newtypes (rendered as
+/// their field), beside the trait as serde exports its derives.
+pub use cache_macros::KeyPart;
 #[doc(inline)]
-pub use cache_macros::{cache_put, cached, invalidates, rate_limit};
+pub use cache_macros::{cache_put, cached, cached_batch, invalidates, rate_limit};

@@ -49,6 +49,9 @@ pub(crate) enum Source {
     /// Per function (labels `function`, `le`): how long loads took, in
     /// [`LOAD_BUCKETS`](crate::stats::LOAD_BUCKETS).
     LoadDuration,
+    /// Per function (labels `function`, `le`): elements per batch call, in
+    /// [`BATCH_BUCKETS`](crate::stats::BATCH_BUCKETS); only functions that made one.
+    BatchSize,
     /// Per cache: samples read from the cache's state when the text is rendered.
     PerCache(fn(&CacheState) -> Vec<Sample>),
 }
@@ -151,6 +154,12 @@ pub(crate) const FAMILIES: &[Family] = &[
         source: Source::LoadDuration,
     },
     Family {
+        name: "cache_batch_size",
+        help: "Distinct elements asked for per batch call (#[cached_batch], get_or_load_many, get_many).",
+        kind: Kind::Histogram,
+        source: Source::BatchSize,
+    },
+    Family {
         name: "cache_breaker_state",
         help: "Circuit breaker in front of Redis: 1 for the current state.",
         kind: Kind::Gauge,
@@ -210,7 +219,7 @@ mod tests {
             assert!(family.name.starts_with("cache_"), "{}", family.name);
             let expected = match family.source {
                 Source::Count(_) | Source::ErrorsByKind => Kind::Counter,
-                Source::LoadDuration => Kind::Histogram,
+                Source::LoadDuration | Source::BatchSize => Kind::Histogram,
                 Source::PerCache(_) => continue,
             };
             assert_eq!(family.kind, expected, "{}", family.name);
@@ -239,6 +248,7 @@ mod tests {
         counters.hit();
         counters.error(ErrorKind::Timeout);
         counters.load(std::time::Duration::from_millis(3));
+        counters.batch(12);
         let text = crate::prometheus::render(
             &stats,
             &CacheState { breaker: BreakerState::Open, pending_invalidations: 0 },

@@ -38,6 +38,7 @@ mod subscriber {
     use tokio::sync::{oneshot, watch};
 
     use super::{Signal, FILLED, RELEASED};
+    use crate::store::redis::sentinel::SentinelLink;
 
     type Waiters = Mutex<HashMap<String, Vec<oneshot::Sender<Signal>>>>;
 
@@ -45,6 +46,9 @@ mod subscriber {
         /// The nodes to subscribe through, tried in turn (any node of a cluster hears every
         /// classic pub/sub message).
         clients: Vec<redis::Client>,
+        /// Behind Sentinel: subscribe through the primary it names (at each connection;
+        /// `clients` is then unused).
+        primary: Option<SentinelLink>,
         /// What the subscription listens to: `<prefix>#filled:*` and `<prefix>#released:*`.
         patterns: [String; 2],
         /// Local waiters by channel name.
@@ -60,11 +64,19 @@ mod subscriber {
         pub(crate) fn new(clients: Vec<redis::Client>, prefix: &str) -> Self {
             Notifier {
                 clients,
+                primary: None,
                 patterns: [format!("{prefix}{FILLED}*"), format!("{prefix}{RELEASED}*")],
                 waiters: Arc::default(),
                 subscribed: Mutex::new(None),
                 _alive: Arc::new(()),
             }
+        }
+
+        /// Wake-ups for the cache behind Sentinel whose keys start with `prefix`: the
+        /// subscription goes through the current primary (a replica would hear the
+        /// replicated messages too, but may be gone after a failover).
+        pub(crate) fn following(primary: SentinelLink, prefix: &str) -> Self {
+            Notifier { primary: Some(primary), ..Notifier::new(Vec::new(), prefix) }
         }
 
         /// Registers interest in `channel` and returns whether the subscription is live (if it
@@ -106,6 +118,7 @@ mod subscriber {
             *subscribed = Some(live);
             runtime.spawn(subscribe(
                 self.clients.clone(),
+                self.primary.clone(),
                 self.patterns.clone(),
                 Arc::downgrade(&self.waiters),
                 Arc::downgrade(&self._alive),
@@ -119,6 +132,7 @@ mod subscriber {
     /// until the cache is dropped.
     async fn subscribe(
         clients: Vec<redis::Client>,
+        primary: Option<SentinelLink>,
         patterns: [String; 2],
         waiters: Weak<Waiters>,
         alive: Weak<()>,
@@ -127,10 +141,13 @@ mod subscriber {
         let mut backoff = Duration::from_millis(50);
         let mut attempt = 0;
         while alive.strong_count() > 0 {
-            let client = &clients[attempt % clients.len()];
+            let client = match &primary {
+                Some(primary) => primary.primary_info().await.and_then(redis::Client::open),
+                None => Ok(clients[attempt % clients.len()].clone()),
+            };
             attempt += 1;
             let connected = async {
-                let mut pubsub = client.get_async_pubsub().await?;
+                let mut pubsub = client?.get_async_pubsub().await?;
                 pubsub.psubscribe(&patterns[..]).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };

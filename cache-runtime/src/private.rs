@@ -8,11 +8,16 @@ use serde::Serialize;
 
 pub use crate::codec::{CloneProbe, Cloner, ViaClone, ViaDecode};
 pub use crate::default_cache::default_cache;
-pub use crate::key::push_part;
+pub use crate::key::{push_part, KeyPart, KeyWriter};
 use crate::load::body::{Detachable, Inline};
 #[doc(hidden)]
 pub use crate::policy::Policy;
-pub use crate::shape::{OptionShape, PlainShape, ResultOptionShape, ResultShape, Shape};
+pub use crate::shape::{
+    absent_ttl_applies, cacheable, AbsentShape, ByNesting, ByOption, ByPlain, ByResult,
+    CacheableValue, NotStorable, OptionResultShape, OptionShape, Outcome, PlainShape,
+    ResultOptionShape, ResultShape, Shape, ShapeProbe, Shaped, Storable, ValueProbe, VerdictOn,
+    ViaAnything, ViaSerde,
+};
 pub use crate::stats::CountersSlot;
 use crate::Cache;
 
@@ -32,11 +37,14 @@ pub fn cache_of(cache: &Cache) -> Cache {
     cache.clone()
 }
 
-/// The body of a `#[cached]` function whose body runs in the caller.
+/// The body of a `#[cached]` function whose body runs in the caller. `tags`: the rendered
+/// `tags = [...]` (empty without).
 pub async fn cached<S, R, F, Fut>(
+    _shape: Shaped<S, R>,
     cache: Cache,
     function: &'static CachedFn,
     key: String,
+    tags: Vec<String>,
     cloner: Cloner<S::Value>,
     body: F,
 ) -> R
@@ -48,19 +56,30 @@ where
 {
     let core = cache.core();
     let counters = function.counters.get(core.id(), core.stats(), function.name);
-    if !core.key_fits(&counters, &key) {
+    if !core.key_fits(&counters, &key) || !tags.iter().all(|tag| core.key_fits(&counters, tag)) {
         return body().await;
     }
-    crate::load::through::<S, R, _>(core, &counters, &key, &function.policy, cloner, Inline(body))
-        .await
+    let policy = &function.policy;
+    crate::load::through_tagged::<S, R, _>(
+        core,
+        &counters,
+        &key,
+        &tags,
+        policy,
+        cloner,
+        Inline(body),
+    )
+    .await
 }
 
 /// The body of a `#[cached]` function with `refresh`, `early` or `timeout`: started, the
 /// body owns its arguments, so it may finish on a task of its own after the caller returned.
 pub async fn cached_detached<S, R, F, Fut>(
+    _shape: Shaped<S, R>,
     cache: Cache,
     function: &'static CachedFn,
     key: String,
+    tags: Vec<String>,
     cloner: Cloner<S::Value>,
     body: F,
 ) -> R
@@ -79,11 +98,13 @@ where
     let call: std::pin::Pin<Box<dyn Future<Output = R> + Send + '_>> = Box::pin(async move {
         let core = cache.core();
         let counters = function.counters.get(core.id(), core.stats(), function.name);
-        if !core.key_fits(&counters, &key) {
+        if !core.key_fits(&counters, &key) || !tags.iter().all(|tag| core.key_fits(&counters, tag))
+        {
             return body().await;
         }
         let policy = &function.policy;
-        crate::load::through::<S, R, _>(core, &counters, &key, policy, cloner, Detachable(body))
+        let body = Detachable(body);
+        crate::load::through_tagged::<S, R, _>(core, &counters, &key, &tags, policy, cloner, body)
             .await
     });
     call.await
@@ -99,12 +120,25 @@ pub fn detached_self<T: Clone + Send + Sync + 'static>(this: &T) -> T {
 /// `refresh`, `early` and `timeout` finish the body in the background, with an owned copy
 /// of each borrowed parameter it uses (`ToOwned`: `&str` becomes a `String`): the copy must
 /// be `Send + 'static`.
-pub fn detached_param<T>(borrowed: &T) -> T::Owned
+pub fn detached_param<T>(borrowed: &T) -> OwnedParam<T, T::Owned>
 where
     T: std::borrow::ToOwned + ?Sized,
     T::Owned: Send + 'static,
 {
-    borrowed.to_owned()
+    OwnedParam { owned: borrowed.to_owned(), borrowed: std::marker::PhantomData }
+}
+
+/// The owned copy `O` of a borrowed parameter `&T`, lent to the body as a `&T` again.
+pub struct OwnedParam<T: ?Sized, O> {
+    owned: O,
+    borrowed: std::marker::PhantomData<fn() -> *const T>,
+}
+
+impl<T: ?Sized, O: std::borrow::Borrow<T>> OwnedParam<T, O> {
+    /// The copy, borrowed as the parameter was (`&str` from a `String`).
+    pub fn get(&self) -> &T {
+        self.owned.borrow()
+    }
 }
 
 /// `refresh`, `early` and `timeout` finish the body in the background: an owned parameter
@@ -128,11 +162,14 @@ pub async fn invalidate_after(cache: &Cache, function: &'static WritingFn, targe
     crate::invalidate::invalidate_targets(cache.core(), function.name, targets).await;
 }
 
-/// Runs after a `#[cache_put]` function returned: stores its value when it has one.
+/// Runs after a `#[cache_put]` function returned: stores its value when it has one, with
+/// `tags` (the rendered `tags = [...]`).
 pub async fn put_after<S, R>(
+    _shape: Shaped<S, R>,
     cache: &Cache,
     function: &'static WritingFn,
     key: String,
+    tags: Vec<String>,
     cloner: Cloner<S::Value>,
     returned: &R,
 ) where
@@ -142,9 +179,18 @@ pub async fn put_after<S, R>(
     // Nothing can be stored under a key over `max_key_bytes`, so there is nothing to
     // replace or remove either.
     let core = cache.core();
-    if key.len() > core.settings().max_key_bytes {
-        // Counted and logged (bounded) like an attribute's key that does not fit.
-        core.key_fits(&core.counters(function.name), &key);
+    let max = core.settings().max_key_bytes;
+    if key.len() > max || tags.iter().any(|tag| tag.len() > max) {
+        // Counted and logged (bounded) like an attribute's key that does not fit. A tag
+        // that does not fit could never be invalidated: the value is not stored either,
+        // and the old one goes.
+        let counters = core.counters(function.name);
+        if key.len() <= max {
+            let gone = crate::write::Change::Remove(crate::scope::Scope::Key(key.clone()));
+            let _ = crate::write::apply(core, &counters, gone).await;
+        }
+        let long = tags.iter().find(|tag| tag.len() > max).unwrap_or(&key);
+        core.key_fits(&counters, long);
         return;
     }
     crate::write::put_outcome::<S, R>(
@@ -152,10 +198,52 @@ pub async fn put_after<S, R>(
         function.name,
         &key,
         function.ttl,
+        &tags,
         cloner,
         returned,
     )
     .await;
+}
+
+// ---- `#[cached_batch]` -----------------------------------------------------------------------
+
+pub use crate::batch_shape::BatchReturn;
+
+/// The batch parameter's elements, as the map's keys: spanned on the parameter's type, so a
+/// key type that differs from the map's is reported there.
+pub fn batch_elements<R: BatchReturn>(elements: &[R::Key]) -> &[R::Key] {
+    elements
+}
+
+/// The body of a `#[cached_batch]` function: `keys[i]` is the rendered key of
+/// `elements[i]`; `body` runs at most once, with the elements that missed.
+pub async fn cached_batch<R, F, Fut>(
+    cache: Cache,
+    function: &'static CachedFn,
+    elements: &[R::Key],
+    keys: Vec<String>,
+    cloner: Cloner<R::Value>,
+    body: F,
+) -> R
+where
+    R: BatchReturn,
+    R::Key: Clone,
+    R::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
+    F: FnOnce(Vec<R::Key>) -> Fut,
+    Fut: Future<Output = R>,
+{
+    let core = cache.core();
+    let counters = function.counters.get(core.id(), core.stats(), function.name);
+    crate::load::batch::through_many::<R, F, Fut>(
+        core,
+        &counters,
+        &function.policy,
+        cloner,
+        elements,
+        &keys,
+        body,
+    )
+    .await
 }
 
 // ---- `#[rate_limit]` -------------------------------------------------------------------------
@@ -201,8 +289,40 @@ pub async fn rate_limit(
 
 /// The refused call's return value: `Err(E::from(limited))`. Generated spanned on the
 /// function's return type, so a missing `From<RateLimited>` is reported there.
-pub fn rate_limited<T, E: From<RateLimited>>(limited: RateLimited) -> Result<T, E> {
-    Err(E::from(limited))
+pub fn rate_limited<R: Refusable>(limited: RateLimited) -> R {
+    R::refused(limited)
+}
+
+/// Return types a refused call can be answered with: `Result<T, E>` (through any alias)
+/// with `E: From<RateLimited>`, answered `Err(E::from(limited))`.
+#[diagnostic::on_unimplemented(
+    message = "`#[rate_limit]` needs a function returning `Result<T, E>` with `E: From<cache_runtime::RateLimited>`: `{Self}` is not a `Result`",
+    label = "a refused call returns `Err(E::from(RateLimited {{ .. }}))`"
+)]
+pub trait Refusable {
+    /// The answer to a refused call.
+    fn refused(limited: RateLimited) -> Self;
+}
+
+impl<T, E: From<RateLimited>> Refusable for Result<T, E> {
+    fn refused(limited: RateLimited) -> Self {
+        Err(E::from(limited))
+    }
+}
+
+/// The cached value of a returned value (of `Ok`, `Some`, or the whole value), for the
+/// `<return>` placeholder of `#[invalidates]` and `#[cache_put]`; `None` otherwise.
+pub fn returned_value<S: Shape<R>, R>(_shape: Shaped<S, R>, returned: &R) -> Option<&S::Value> {
+    match S::outcome(returned) {
+        Outcome::Value(value) => Some(value),
+        Outcome::Absent | Outcome::Failed => None,
+    }
+}
+
+/// Whether the function succeeded: anything but `Err` (of `Result<T, E>`, through any
+/// alias, or `Some(Err)`), for `#[invalidates]`.
+pub fn succeeded<S: Shape<R>, R>(_shape: Shaped<S, R>, returned: &R) -> bool {
+    !matches!(S::outcome(returned), Outcome::Failed)
 }
 
 /// The stored bytes of `value` with `codec` and `compress_above` (the `formats` bench and

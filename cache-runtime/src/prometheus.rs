@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::metric_families::{CacheState, Source, FAMILIES};
-use crate::stats::{StatsRegistry, LOAD_BUCKETS};
+use crate::stats::{StatsRegistry, BATCH_BUCKETS, LOAD_BUCKETS};
 use crate::ErrorKind;
 
 pub(crate) fn render(stats: &StatsRegistry, cache: &CacheState) -> String {
@@ -50,6 +50,26 @@ pub(crate) fn render(stats: &StatsRegistry, cache: &CacheState) -> String {
                         );
                     }
                     let count = cumulative[LOAD_BUCKETS.len()];
+                    let _ =
+                        writeln!(out, "{metric}_bucket{{function=\"{name}\",le=\"+Inf\"}} {count}");
+                    let _ = writeln!(out, "{metric}_sum{{function=\"{name}\"}} {sum}");
+                    let _ = writeln!(out, "{metric}_count{{function=\"{name}\"}} {count}");
+                }
+            }
+            Source::BatchSize => {
+                for (name, counters) in &all {
+                    let (cumulative, sum) = counters.batch_histogram();
+                    let count = cumulative[BATCH_BUCKETS.len()];
+                    if count == 0 {
+                        continue; // not a batch function
+                    }
+                    let name = escape(name);
+                    for (le, count) in BATCH_BUCKETS.iter().zip(&cumulative) {
+                        let _ = writeln!(
+                            out,
+                            "{metric}_bucket{{function=\"{name}\",le=\"{le}\"}} {count}"
+                        );
+                    }
                     let _ =
                         writeln!(out, "{metric}_bucket{{function=\"{name}\",le=\"+Inf\"}} {count}");
                     let _ = writeln!(out, "{metric}_sum{{function=\"{name}\"}} {sum}");

@@ -16,6 +16,10 @@ pub enum DeclarationKind {
     Put,
     /// A template or pattern of `#[invalidates]`.
     Invalidates,
+    /// A tag template of `#[cached(tags = [...])]` or `#[cache_put(tags = [...])]`.
+    Tag,
+    /// A tag template of `#[invalidates(tags = [...])]`.
+    InvalidatesTag,
 }
 
 /// One template written in an attribute, with where it was written.
@@ -49,9 +53,14 @@ pub struct DeadInvalidations {
 
 impl fmt::Display for DeadInvalidations {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} invalidation(s) can match no cached key template:", self.dead.len())?;
+        writeln!(
+            f,
+            "{} invalidation(s) can match no cached key template or declared tag:",
+            self.dead.len()
+        )?;
         for d in &self.dead {
-            writeln!(f, "  {:?} in `{}` ({}:{})", d.template, d.function, d.file, d.line)?;
+            let what = if d.kind == DeclarationKind::InvalidatesTag { "tag " } else { "" };
+            writeln!(f, "  {what}{:?} in `{}` ({}:{})", d.template, d.function, d.file, d.line)?;
         }
         Ok(())
     }
@@ -68,7 +77,9 @@ impl std::error::Error for DeadInvalidations {}
 /// cache_runtime::check_invalidations().unwrap();
 /// ```
 ///
-/// Placeholders match any encoded value; glob characters match as in Redis.
+/// Placeholders match any encoded value; glob characters match as in Redis. A tag of
+/// `#[invalidates(tags = [...])]` is dead when no `#[cached]` or `#[cache_put]` declares a
+/// tag it can render equal to (the reverse, a declared tag nobody invalidates, is fine).
 ///
 /// # Errors
 ///
@@ -81,12 +92,20 @@ pub fn check_invalidations() -> Result<(), DeadInvalidations> {
         .filter(|d| matches!(d.kind, DeclarationKind::Cached | DeclarationKind::Put))
         .filter_map(|d| tokens(d.template, Purpose::Key))
         .collect();
+    let tagged: Vec<Vec<Token>> = declarations()
+        .filter(|d| d.kind == DeclarationKind::Tag)
+        .filter_map(|d| tokens(d.template, Purpose::Key))
+        .collect();
     let dead: Vec<&'static Declaration> = declarations()
-        .filter(|d| d.kind == DeclarationKind::Invalidates)
-        .filter(|d| {
-            tokens(d.template, Purpose::Pattern).is_none_or(|pattern| {
-                !written.iter().any(|template| intersects(template, &pattern))
-            })
+        .filter(|d| match d.kind {
+            DeclarationKind::Invalidates => {
+                tokens(d.template, Purpose::Pattern).is_none_or(|pattern| {
+                    !written.iter().any(|template| intersects(template, &pattern))
+                })
+            }
+            DeclarationKind::InvalidatesTag => tokens(d.template, Purpose::Key)
+                .is_none_or(|tag| !tagged.iter().any(|declared| intersects(declared, &tag))),
+            _ => false,
         })
         .collect();
     if dead.is_empty() {

@@ -1,5 +1,5 @@
-//! What one write or removal covers: a key, the keys matching a pattern, or every key of
-//! the cache. One type for every part that must react to a write (the running flights, the
+//! What one write or removal covers: a key, the keys matching a pattern, the keys stored
+//! with a tag, or every key of the cache. One type for every part that must react to a write (the running flights, the
 //! near cache, the replay backlog, the store), so they can never disagree on its reach.
 
 use crate::glob;
@@ -11,6 +11,10 @@ pub(crate) enum Scope {
     Key(String),
     /// The keys matching a glob (`dealer:7:*`).
     Pattern(String),
+    /// The keys stored with a tag (a rendered tag, `make:ford`). Which keys those are is
+    /// known only to the store (its tag sets) and to the flights (their tags), not from a
+    /// key's text: [`Scope::covers`] answers `false` for it.
+    Tag(String),
     /// Every key of the cache (`clear()`).
     All,
 }
@@ -24,12 +28,23 @@ impl Scope {
         }
     }
 
-    /// Whether `key` is covered.
+    /// Whether `key` is covered, judged from its text: a [`Scope::Tag`] covers a key only
+    /// through the key's tags, which the text does not tell (`false`; see
+    /// [`Scope::covers_tagged`]).
     pub(crate) fn covers(&self, key: &str) -> bool {
         match self {
             Scope::Key(covered) => covered == key,
             Scope::Pattern(pattern) => glob::matches(pattern, key),
+            Scope::Tag(_) => false,
             Scope::All => true,
+        }
+    }
+
+    /// Whether `key`, stored with `tags`, is covered.
+    pub(crate) fn covers_tagged(&self, key: &str, tags: &[String]) -> bool {
+        match self {
+            Scope::Tag(tag) => tags.iter().any(|own| own == tag),
+            _ => self.covers(key),
         }
     }
 
@@ -40,7 +55,7 @@ impl Scope {
         let text = match self {
             Scope::Key(key) => key.as_str(),
             Scope::Pattern(pattern) => pattern.as_str(),
-            Scope::All => return None,
+            Scope::Tag(_) | Scope::All => return None,
         };
         let literal = match self {
             Scope::Key(_) => text,
@@ -53,7 +68,7 @@ impl Scope {
     /// For logs.
     pub(crate) fn text(&self) -> &str {
         match self {
-            Scope::Key(text) | Scope::Pattern(text) => text,
+            Scope::Key(text) | Scope::Pattern(text) | Scope::Tag(text) => text,
             Scope::All => "*",
         }
     }

@@ -104,6 +104,11 @@ impl CountField for Count {
 pub(crate) const LOAD_BUCKETS: [f64; 12] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
+/// Upper bounds of the `cache_batch_size` histogram buckets: elements per batch call
+/// (`#[cached_batch]`, `get_or_load_many`, `get_many`), after deduplication.
+pub(crate) const BATCH_BUCKETS: [f64; 10] =
+    [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+
 /// The live counters of one function name. Every update is a relaxed atomic add (plus, with
 /// the `metrics` feature, the matching facade handle's): no lock, no allocation.
 #[derive(Default)]
@@ -123,6 +128,10 @@ pub(crate) struct Counters {
     /// takes its fill ticket in the same round trip (see `read.rs`). Written only when it
     /// changes, so a run of hits never writes it.
     last_missed: AtomicBool,
+    /// Batch sizes: per bucket of [`BATCH_BUCKETS`] (non-cumulative), plus one for `+Inf`.
+    batch_buckets: [AtomicU64; BATCH_BUCKETS.len() + 1],
+    /// The sum of batch sizes.
+    batch_elements: AtomicU64,
 }
 
 impl Counters {
@@ -230,6 +239,39 @@ impl Counters {
         self.load_nanos.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
+    /// A batch body ran for `elements` missed elements in `took`: `elements` loads (loads
+    /// count per element), one observation of the load duration.
+    pub(crate) fn load_batch(&self, elements: u64, took: Duration) {
+        if elements == 0 {
+            return;
+        }
+        self.bump(Count::Loads, elements - 1);
+        self.load(took);
+    }
+
+    /// A batch call asked for `elements` distinct elements (the `cache_batch_size` histogram).
+    pub(crate) fn batch(&self, elements: usize) {
+        #[cfg(feature = "metrics")]
+        if let Some(exported) = &self.exported {
+            exported.batch_size.record(elements as f64);
+        }
+        let size = elements as f64;
+        let bucket = BATCH_BUCKETS.iter().position(|&le| size <= le).unwrap_or(BATCH_BUCKETS.len());
+        self.batch_buckets[bucket].fetch_add(1, Relaxed);
+        self.batch_elements.fetch_add(u64::try_from(elements).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Cumulative batch-size bucket counts (Prometheus `le` semantics) and the sum of sizes.
+    pub(crate) fn batch_histogram(&self) -> ([u64; BATCH_BUCKETS.len() + 1], u64) {
+        let mut cumulative = [0; BATCH_BUCKETS.len() + 1];
+        let mut running = 0;
+        for (slot, bucket) in cumulative.iter_mut().zip(&self.batch_buckets) {
+            running += bucket.load(Relaxed);
+            *slot = running;
+        }
+        (cumulative, self.batch_elements.load(Relaxed))
+    }
+
     /// The mean time a body took to load (zero before the first load): the δ of XFetch
     /// (`#[cached(early)]`).
     pub(crate) fn mean_load(&self) -> Duration {
@@ -270,6 +312,7 @@ struct Exported {
     /// By [`ErrorKind`].
     errors: [metrics::Counter; ErrorKind::ALL.len()],
     load_seconds: metrics::Histogram,
+    batch_size: metrics::Histogram,
 }
 
 #[cfg(feature = "metrics")]
@@ -281,6 +324,7 @@ impl Exported {
             counts: std::array::from_fn(|_| metrics::Counter::noop()),
             errors: std::array::from_fn(|_| metrics::Counter::noop()),
             load_seconds: metrics::Histogram::noop(),
+            batch_size: metrics::Histogram::noop(),
         };
         for family in FAMILIES {
             let name = family.name;
@@ -297,6 +341,9 @@ impl Exported {
                 }
                 Source::LoadDuration => {
                     exported.load_seconds = metrics::histogram!(name, "function" => function);
+                }
+                Source::BatchSize => {
+                    exported.batch_size = metrics::histogram!(name, "function" => function);
                 }
                 // Not a function's: no counter of this function feeds it.
                 Source::PerCache(_) => continue,
@@ -452,6 +499,7 @@ mod tests {
         counters.near_hit();
         counters.load(Duration::from_millis(3));
         counters.load(Duration::from_secs(20));
+        counters.batch(3);
     }
 
     #[test]
@@ -521,6 +569,11 @@ mod tests {
                 Source::LoadDuration => {
                     let records = recorder.value(Kind::Histogram, name, &[function]);
                     assert_eq!(records, Some(counters.count(Count::Loads)), "{name}");
+                }
+                Source::BatchSize => {
+                    let records = recorder.value(Kind::Histogram, name, &[function]);
+                    let batches = counters.batch_histogram().0[BATCH_BUCKETS.len()];
+                    assert_eq!(records, Some(batches), "{name}");
                 }
                 // Not fed by a function's counters.
                 Source::PerCache(_) => continue,

@@ -39,10 +39,18 @@ use crate::store::{Removed, Ticket};
 pub(crate) enum Change<'a> {
     /// Write-through (`set`, `#[cache_put]`): replace whatever the key holds with the
     /// encoded value, or, when it could not be encoded, remove the key.
-    Put { key: &'a str, value: Result<Arc<Entry>>, ttl: Duration },
+    /// `tags`: the tags the value is stored with.
+    Put { key: &'a str, value: Result<Arc<Entry>>, ttl: Duration, tags: &'a [String] },
     /// A load's result, stored only if its ticket still holds (the fill protocol,
     /// `store/mod.rs`). Detaches nothing: its own flight is the writer.
-    Fill { key: &'a str, ticket: &'a Ticket, entry: &'a Arc<Entry>, ttl: Duration },
+    /// `tags`: the tags its ticket was taken with.
+    Fill {
+        key: &'a str,
+        ticket: &'a Ticket,
+        entry: &'a Arc<Entry>,
+        ttl: Duration,
+        tags: &'a [String],
+    },
     /// Remove what the scope covers.
     Remove(Scope),
 }
@@ -77,13 +85,17 @@ pub(crate) async fn apply(
     change: Change<'_>,
 ) -> Result<Applied> {
     match change {
-        Change::Put { key, value, ttl } => {
+        Change::Put { key, value, ttl, tags } => {
             let scope = Scope::Key(key.to_owned());
             core.flights().detach(&scope);
+            let sent_on = core.store().primary_generation();
             let written = match value.and_then(|entry| storable(core, key, entry)) {
-                Ok(entry) => core.store().set(key, &entry, ttl).await,
+                Ok(entry) => core.store().set(key, &entry, ttl, tags).await,
                 Err(error) => Err(error),
             };
+            if written.is_ok() {
+                acknowledged(core, &scope, sent_on);
+            }
             if let Err(error) = &written {
                 counters.error(error.kind());
                 match retryable(error.kind()) {
@@ -102,7 +114,7 @@ pub(crate) async fn apply(
             evict_near(core, &scope);
             written.map(|()| Applied::Written)
         }
-        Change::Fill { key, ticket, entry, ttl } => {
+        Change::Fill { key, ticket, entry, ttl, tags } => {
             let max = core.settings().max_value_bytes;
             if entry.size() > max {
                 if let Some(suppressed) = core.log(LogKind::WriteFailed) {
@@ -113,7 +125,7 @@ pub(crate) async fn apply(
                 counters.error(ErrorKind::TooLarge);
                 return Ok(Applied::Filled(Filled::Skipped));
             }
-            let filled = core.store().fill(key, ticket, entry, ttl).await;
+            let filled = core.store().fill(key, ticket, entry, ttl, tags).await;
             if let Some(near) = core.near() {
                 near.evict(&Scope::Key(key.to_owned()));
             }
@@ -165,13 +177,14 @@ pub(crate) async fn apply(
 
 /// The `cache.invalidate` span of a removal: INFO, with `cache.function` (the function whose
 /// `#[invalidates]` or `#[cache_put]` removed, or `direct`), `cache.scope` (`key`,
-/// `pattern`, `all`), `cache.key` or `cache.pattern` (unless keys are redacted) and, when
+/// `pattern`, `tag`, `all`), `cache.key`, `cache.pattern` or `cache.tag` (unless keys are redacted) and, when
 /// it ends, `cache.keys_removed` and `cache.outcome` (`removed`, `kept`: failed for a
 /// connection reason and kept for replay, `failed`) with `error.type` on failure.
 pub(crate) fn invalidate_span(core: &CacheCore, counters: &Counters, scope: &Scope) -> Span {
     let kind = match scope {
         Scope::Key(_) => "key",
         Scope::Pattern(_) => "pattern",
+        Scope::Tag(_) => "tag",
         Scope::All => "all",
     };
     let span = tracing::info_span!(
@@ -180,6 +193,7 @@ pub(crate) fn invalidate_span(core: &CacheCore, counters: &Counters, scope: &Sco
         cache.scope = kind,
         cache.key = Empty,
         cache.pattern = Empty,
+        cache.tag = Empty,
         cache.keys_removed = Empty,
         cache.outcome = Empty,
         error.type = Empty,
@@ -191,6 +205,7 @@ pub(crate) fn invalidate_span(core: &CacheCore, counters: &Counters, scope: &Sco
             Scope::Pattern(_) => {
                 span.record("cache.pattern", tracing::field::display(core.shown(scope.text())))
             }
+            Scope::Tag(tag) => span.record("cache.tag", tracing::field::display(core.shown(tag))),
             Scope::All => &span,
         };
     }
@@ -219,16 +234,56 @@ async fn remove(core: &Arc<CacheCore>, counters: &Counters, scope: &Scope) -> Re
 }
 
 /// Detaches the covered flights, removes in the store, evicts near copies.
-async fn removal(core: &CacheCore, scope: &Scope) -> Result<Removed> {
+async fn removal(core: &Arc<CacheCore>, scope: &Scope) -> Result<Removed> {
     core.flights().detach(scope);
     let store = core.store();
+    let sent_on = store.primary_generation();
     let removed = match scope {
         Scope::Key(key) => store.remove(key).await.map(|keys| Removed { keys, scanned: false }),
         Scope::Pattern(pattern) => store.remove_matching(pattern).await,
+        Scope::Tag(tag) => store.remove_tagged(tag).await,
         Scope::All => store.clear().await.map(|keys| Removed { keys, scanned: false }),
     };
+    if removed.is_ok() {
+        acknowledged(core, scope, sent_on);
+    }
     evict_near(core, scope);
     removed
+}
+
+/// The primary acknowledged a write or removal covering `scope`, sent at primary
+/// generation `sent_on` (`None`: the store follows no failovers). Behind Sentinel it is
+/// kept for a failover (`recent.rs`), or, acknowledged by a primary that was replaced
+/// meanwhile, kept for replay at once.
+fn acknowledged(core: &Arc<CacheCore>, scope: &Scope, sent_on: Option<u64>) {
+    let Some(sent_on) = sent_on else { return };
+    let now_on = || core.store().primary_generation().unwrap_or(sent_on);
+    if !core.recent().acknowledged(scope, sent_on, now_on) {
+        core.backlog().push(scope.clone());
+        replay_soon(core);
+    }
+}
+
+/// The store moved to a new primary (a Sentinel failover) that has not taken a command
+/// yet: every write the old primary acknowledged lately may be lost by replication, so
+/// each is kept for replay there (and this process reads none of those keys from Redis
+/// until it landed), and the near cache is flushed (its tracking reconnects to the new
+/// primary).
+pub(crate) fn primary_changed(core: &Arc<CacheCore>) {
+    let scopes = core.recent().take();
+    tracing::info!(
+        writes = scopes.len(),
+        "primary changed: the writes its predecessor acknowledged lately are replayed on it"
+    );
+    if !scopes.is_empty() {
+        for scope in scopes {
+            core.backlog().push(scope);
+        }
+        replay_soon(core);
+    }
+    if let Some(near) = core.near() {
+        near.deafen(None);
+    }
 }
 
 /// This process wrote or removed what `scope` covers: evict it from the near cache at once
@@ -246,6 +301,11 @@ fn keep(core: &Arc<CacheCore>, scope: Scope) {
         tracing::warn!(%scope, suppressed, "invalidation kept for replay when Redis answers");
     }
     core.backlog().push(scope);
+    replay_soon(core);
+}
+
+/// Makes sure the replay task runs.
+fn replay_soon(core: &Arc<CacheCore>) {
     if !core.backlog().claim_replay() {
         return;
     }
@@ -294,13 +354,14 @@ fn replayed(core: &CacheCore, kept: &Kept, keys: u64) {
     core.backlog().remove(kept);
 }
 
-/// Write-through for `#[cache_put]`: stores the value of `returned`, if any. Failures are
+/// Write-through for `#[cache_put]`: stores the value of `returned`, if any, with `tags`. Failures are
 /// counted and logged, never returned (they must not change what the function returns).
 pub(crate) async fn put_outcome<S, R>(
     core: &Arc<CacheCore>,
     function: &str,
     key: &str,
     ttl: Duration,
+    tags: &[String],
     cloner: Cloner<S::Value>,
     returned: &R,
 ) where
@@ -326,7 +387,7 @@ pub(crate) async fn put_outcome<S, R>(
     let value = Entry::encode(value, cloner, &core.settings().format)
         .map(Arc::new)
         .map_err(|source| Error::Encode { key: key.to_owned(), source });
-    if let Err(error) = apply(core, &counters, Change::Put { key, value, ttl }).await {
+    if let Err(error) = apply(core, &counters, Change::Put { key, value, ttl, tags }).await {
         if let Some(suppressed) = core.log(LogKind::WriteFailed) {
             let (key, error) = (core.shown(key), core.shown_error(&error, key));
             tracing::warn!(function, %key, %error, store = core.kind(), suppressed, "cache write-through failed");

@@ -11,9 +11,12 @@ pub mod http;
 pub mod lock_workers;
 pub mod proxy;
 pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod redis_server;
+pub mod tls;
 pub use proxy::DelayProxy;
 pub use redis_cluster::RedisCluster;
+pub use redis_sentinel::RedisSentinel;
 pub use redis_server::RedisServer;
 
 /// The JSON inside a value as the cache stores it:

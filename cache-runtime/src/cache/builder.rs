@@ -12,13 +12,16 @@ use crate::near::tracking::{self, TrackingOptions};
 #[cfg(feature = "redis")]
 use crate::near::Near;
 #[cfg(feature = "redis")]
+use crate::store::endpoint::{redact, Endpoints, Tls};
+#[cfg(feature = "redis")]
 use crate::store::redis::RedisOptions;
 use crate::store::Store;
 
 /// Builds a [`Cache`]: Redis when [`redis`](Self::redis) is given, the memory store otherwise.
 ///
-/// The Redis settings (`redis`, `redis_cluster`, `near_cache`, `connect_timeout`,
-/// `command_timeout`) exist with the `redis` feature (on by default).
+/// The Redis settings (`redis`, `redis_cluster`, `tls_root_cert`, `tls_client_cert`,
+/// `near_cache`, `connect_timeout`, `command_timeout`) exist with the `redis` feature (on by
+/// default).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), cache_runtime::Error> {
@@ -45,11 +48,15 @@ pub struct CacheBuilder {
 
 /// The builder's Redis settings (feature `redis`).
 #[cfg(feature = "redis")]
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct RedisSetup {
     /// Empty: the memory store.
     urls: Vec<String>,
+    /// Certificates for `rediss://` (never printed).
+    tls: Tls,
     cluster: bool,
+    /// The master name behind Sentinel (`urls` are then the sentinels).
+    sentinel: Option<String>,
     connect_timeout: Duration,
     command_timeout: Duration,
     near_bytes: Option<u64>,
@@ -60,11 +67,29 @@ impl Default for RedisSetup {
     fn default() -> Self {
         RedisSetup {
             urls: Vec::new(),
+            tls: Tls::default(),
             cluster: false,
+            sentinel: None,
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_millis(500),
             near_bytes: None,
         }
+    }
+}
+
+/// URLs redacted (no password), certificates shown as given or not.
+#[cfg(feature = "redis")]
+impl std::fmt::Debug for RedisSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|url| redact(url)).collect();
+        f.debug_struct("RedisSetup")
+            .field("urls", &urls)
+            .field("tls", &self.tls)
+            .field("cluster", &self.cluster)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("near_bytes", &self.near_bytes)
+            .finish()
     }
 }
 
@@ -81,13 +106,54 @@ impl Default for CacheBuilder {
 }
 
 impl CacheBuilder {
-    /// Use the Redis server at `url` (`redis://[user:password@]host:port[/db]`, or `rediss://`
-    /// for TLS when redis-rs is built with TLS support).
+    /// Use the Redis server at `url` (`redis://[user:password@]host:port[/db]`, or
+    /// `rediss://` for TLS, the server's certificate checked against the system's root
+    /// certificates and [`tls_root_cert`](Self::tls_root_cert)). The password never appears
+    /// in an error, a log line or this builder's `Debug` output.
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis(mut self, url: impl Into<String>) -> Self {
         self.redis.urls = vec![url.into()];
         self.redis.cluster = false;
+        self.redis.sentinel = None;
+        self
+    }
+
+    /// Use the primary that Redis Sentinel monitors as `master`, asking these sentinels
+    /// (`redis://host:port` each; one answering is enough), and follow failovers: the cache
+    /// moves to the new primary when the sentinels name it (asked every 500 ms, and after
+    /// every connection failure). A user, password and database in the first URL apply to the
+    /// primary too (the database is not sent to the sentinels).
+    ///
+    /// A write that meets a demoted primary (`READONLY`), a loading one (`LOADING`,
+    /// `MASTERDOWN`) or a failover in progress is kept and replayed on the new primary, like
+    /// one that met a connection failure; the writes and invalidations the old primary
+    /// acknowledged in the last 15 s (which Redis' asynchronous replication may have lost)
+    /// are replayed on the new primary too, and the near cache is flushed. See
+    /// "Sentinel" in the README for what another process may still see meanwhile.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), cache_runtime::Error> {
+    /// let cache = cache_runtime::Cache::builder()
+    ///     .redis_sentinel(
+    ///         ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379", "redis://10.0.0.3:26379"],
+    ///         "mymaster",
+    ///     )
+    ///     .prefix("okla:")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis_sentinel<U: Into<String>>(
+        mut self,
+        sentinels: impl IntoIterator<Item = U>,
+        master: impl Into<String>,
+    ) -> Self {
+        self.redis.urls = sentinels.into_iter().map(Into::into).collect();
+        self.redis.cluster = false;
+        self.redis.sentinel = Some(master.into());
         self
     }
 
@@ -112,6 +178,7 @@ impl CacheBuilder {
     ) -> Self {
         self.redis.urls = seed_nodes.into_iter().map(Into::into).collect();
         self.redis.cluster = true;
+        self.redis.sentinel = None;
         self
     }
 
@@ -148,6 +215,45 @@ impl CacheBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn near_cache(mut self, max_bytes: u64) -> Self {
         self.redis.near_bytes = Some(max_bytes);
+        self
+    }
+
+    /// Trust the CA certificate(s) in `pem` (PEM text, one or more certificates) for
+    /// `rediss://` connections, besides the system's root certificates: a managed service's
+    /// or a private CA. Every connection the cache opens uses it (data, `lock` wake-ups,
+    /// near-cache tracking; each node of a cluster). Needs `rediss://` URLs: with a plain
+    /// `redis://` URL, [`build`](Self::build) answers [`Error::InvalidConfig`].
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = cache_runtime::Cache::builder()
+    ///     .redis("rediss://app:secret@redis.internal:6380")
+    ///     .tls_root_cert(std::fs::read("/etc/redis/ca.pem")?)
+    ///     .prefix("okla:")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.redis.tls.root_cert = Some(pem.into());
+        self
+    }
+
+    /// Present this client certificate (PEM chain) and private key (PEM, PKCS#8, PKCS#1 or
+    /// SEC1) on `rediss://` connections: mutual TLS, for a server started with
+    /// `tls-auth-clients yes`. Used by every connection, like
+    /// [`tls_root_cert`](Self::tls_root_cert); a malformed PEM is an
+    /// [`Error::InvalidConfig`] at [`build`](Self::build). The key never appears in `Debug`.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn tls_client_cert(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.redis.tls.client_cert = Some((cert_pem.into(), key_pem.into()));
         self
     }
 
@@ -360,10 +466,12 @@ impl CacheBuilder {
     #[cfg(feature = "redis")]
     async fn build_redis(self) -> Result<Cache> {
         let redis = self.redis;
+        let endpoints = Endpoints::new(redis.urls.clone(), &redis.tls)?;
         let near = redis.near_bytes.map(|max_bytes| {
             let tracking = TrackingOptions {
-                urls: redis.urls.clone(),
+                endpoints,
                 cluster: redis.cluster,
+                sentinel: None,
                 prefix: self.prefix.clone(),
                 connect_timeout: redis.connect_timeout,
             };
@@ -372,20 +480,39 @@ impl CacheBuilder {
         let store = Store::redis(RedisOptions {
             urls: redis.urls,
             cluster: redis.cluster,
+            sentinel: redis.sentinel,
             prefix: self.prefix.clone(),
             connect_timeout: redis.connect_timeout,
             command_timeout: redis.command_timeout,
             read: self.settings.format.read,
+            tls: redis.tls,
         })?;
         // An unprefixed cache on a Redis that may evict keys could never invalidate a
         // pattern (its indexes would need a keyspace scan it must refuse): refused here,
         // when Redis answers (it may be down at start).
         store.check_setup().await?;
-        let near = near.map(|(near, options)| {
+        if let Store::Redis(redis) = &store {
+            redis.check_access_at_build(near.is_some());
+        }
+        let following = match &store {
+            Store::Redis(redis) => redis.sentinel().cloned(),
+            _ => None,
+        };
+        let near = near.map(|(near, mut options)| {
+            options.sentinel = following.clone();
             tracking::spawn(&near, options);
             near
         });
-        Ok(Cache::from_core(Arc::new(CacheCore::new(store, self.settings, near))))
+        let core = Arc::new(CacheCore::new(store, self.settings, near));
+        if let Some(link) = following {
+            let core = Arc::downgrade(&core);
+            link.on_change(Box::new(move || {
+                if let Some(core) = core.upgrade() {
+                    crate::write::primary_changed(&core);
+                }
+            }));
+        }
+        Ok(Cache::from_core(core))
     }
 }
 
@@ -398,6 +525,9 @@ impl RedisSetup {
         }
         if self.cluster && self.urls.is_empty() {
             return Err(Error::InvalidConfig("redis_cluster needs at least one seed node".into()));
+        }
+        if self.sentinel.is_some() && self.urls.is_empty() {
+            return Err(Error::InvalidConfig("redis_sentinel needs at least one sentinel".into()));
         }
         if self.near_bytes == Some(0) {
             return Err(Error::InvalidConfig("near_cache needs a bound above zero bytes".into()));

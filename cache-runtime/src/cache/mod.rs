@@ -1,5 +1,6 @@
 //! The [`Cache`] handle and cache-aside: look up, on a miss load once, store, return.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -119,7 +120,41 @@ impl Cache {
             .map(Arc::new)
             .map_err(|source| Error::Encode { key: key.to_owned(), source });
         let counters = self.core.counters(DIRECT_CALLS);
-        write::apply(&self.core, &counters, Change::Put { key, value, ttl }).await.map(drop)
+        write::apply(&self.core, &counters, Change::Put { key, value, ttl, tags: &[] })
+            .await
+            .map(drop)
+    }
+
+    /// [`set`](Self::set) with tags: stores `value` under `key` for `ttl`, stored with
+    /// `tags` (rendered tags), so [`invalidate_tag`](Self::invalidate_tag) of any of them
+    /// removes it, as it removes what `#[cached(tags = [...])]` and `#[cache_put(tags = [...])]`
+    /// store. A value written without a tag (by [`set`](Self::set), or a function without
+    /// `tags`) is not removed by that tag.
+    ///
+    /// # Errors
+    ///
+    /// As [`set`](Self::set), and [`Error::InvalidTag`] for a tag that
+    /// [`invalidate_tag`](Self::invalidate_tag) would refuse.
+    pub async fn set_tagged<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Duration,
+        tags: &[&str],
+    ) -> Result<()> {
+        self.core.check_key(key)?;
+        validate_ttl(ttl)?;
+        let max = self.core.settings().max_key_bytes;
+        for tag in tags {
+            crate::tags::validate_tag(tag, max)?;
+        }
+        let tags: Vec<String> = tags.iter().map(|tag| (*tag).to_owned()).collect();
+        let value = Entry::encode_unsized(value, &self.core.settings().format)
+            .map(Arc::new)
+            .map_err(|source| Error::Encode { key: key.to_owned(), source });
+        let counters = self.core.counters(DIRECT_CALLS);
+        let put = Change::Put { key, value, ttl, tags: &tags };
+        write::apply(&self.core, &counters, put).await.map(drop)
     }
 
     /// Cache-aside by hand: the value under `key`, or else the result of `load`, stored for
@@ -160,6 +195,105 @@ impl Cache {
         let policy = Policy::ttl(ttl);
         load::through::<ResultShape, _, _>(&self.core, &counters, key, &policy, None, Inline(load))
             .await
+    }
+
+    /// The values under `keys` (rendered keys, without the prefix), one per key in order,
+    /// `None` for a key that holds nothing: one lookup (one `MGET` on Redis; on a cluster one
+    /// per slot, in parallel). Counted per key, like [`get`](Self::get).
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cache_runtime::Error> {
+    /// use std::time::Duration;
+    ///
+    /// let cache = cache_runtime::Cache::memory();
+    /// cache.set("price:1", &10u32, Duration::from_secs(60)).await?;
+    /// let prices = cache.get_many::<u32>(&["price:1", "price:2"]).await?;
+    /// assert_eq!(prices, [Some(10), None]);
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] for a key `get` refuses (nothing is read then);
+    /// [`Error::Backend`] or [`Error::Unavailable`] when Redis fails.
+    pub async fn get_many<T: DeserializeOwned + 'static>(
+        &self,
+        keys: &[&str],
+    ) -> Result<Vec<Option<T>>> {
+        for key in keys {
+            self.core.check_key(key)?;
+        }
+        let counters = self.core.counters(DIRECT_CALLS);
+        counters.batch(keys.len());
+        let hold = |found: &Found, _: &T| Arc::clone(&found.entry);
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (looked, failed) =
+            crate::read_many::read_many(&self.core, &counters, keys, &DIRECT_GET, None, hold).await;
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        Ok(looked
+            .into_iter()
+            .map(|looked| match looked {
+                crate::read_many::Looked::Hit(value) => Some(value),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Cache-aside for many keys at once (rendered keys, without the prefix): the values
+    /// found, and for the keys that missed, what `load` returns, stored for `ttl`. `load`
+    /// runs at most once, with the keys that missed (distinct, in first-seen order), and
+    /// not at all when every key hit; a key it leaves out of its map is left out of the
+    /// answer and not cached. Keys that another call is loading in this process are awaited,
+    /// not loaded twice. `Err` stores nothing. The semantics of `#[cached_batch]`: see
+    /// "Batch loads" in the crate's README.
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cache_runtime::Error> {
+    /// use std::collections::HashMap;
+    /// use std::time::Duration;
+    ///
+    /// let cache = cache_runtime::Cache::memory();
+    /// cache.set("price:1", &10u32, Duration::from_secs(60)).await?;
+    /// let prices = cache
+    ///     .get_or_load_many(&["price:1", "price:2"], Duration::from_secs(60), |missed| async move {
+    ///         assert_eq!(missed, ["price:2"]); // one query for every key that missed
+    ///         Ok::<_, cache_runtime::Error>(missed.into_iter().map(|key| (key, 20u32)).collect())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(prices, HashMap::from([("price:1".to_owned(), 10), ("price:2".to_owned(), 20)]));
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `load`'s error, or [`Error::InvalidKey`] / [`Error::InvalidTtl`] converted into `E`
+    /// (checked before anything is read).
+    pub async fn get_or_load_many<T, E, F, Fut>(
+        &self,
+        keys: &[&str],
+        ttl: Duration,
+        load: F,
+    ) -> Result<HashMap<String, T>, E>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        E: From<Error>,
+        F: FnOnce(Vec<String>) -> Fut,
+        Fut: Future<Output = Result<HashMap<String, T>, E>>,
+    {
+        for key in keys {
+            self.core.check_key(key)?;
+        }
+        validate_ttl(ttl)?;
+        let counters = self.core.counters(DIRECT_CALLS);
+        let policy = Policy::ttl(ttl);
+        let keys: Vec<String> = keys.iter().map(|&key| key.to_owned()).collect();
+        load::batch::through_many(&self.core, &counters, &policy, None, &keys, &keys, load).await
     }
 
     /// The state of the circuit breaker in front of Redis (always closed for the memory
@@ -203,6 +337,7 @@ impl Cache {
     /// | `cache_rate_allowed_total` | counter | `function` | calls a rate limit let through ([`Stats::rate_allowed`]) |
     /// | `cache_errors_total` | counter | `function`, `kind` | failures by [`ErrorKind`](crate::ErrorKind) ([`Stats::errors`]); `kind="connection"` always, other kinds once non-zero |
     /// | `cache_load_duration_seconds` | histogram | `function`, `le` | time spent running bodies to fill the cache (`_bucket`, `_sum`, `_count`) |
+    /// | `cache_batch_size` | histogram | `function`, `le` | distinct elements asked for per batch call (`#[cached_batch]`, [`get_or_load_many`](Self::get_or_load_many), [`get_many`](Self::get_many)); only functions that made one |
     /// | `cache_breaker_state` | gauge | `state` | the circuit breaker in front of Redis: 1 for the current state (`closed`, `open`, `half_open`), 0 for the others |
     /// | `cache_pending_invalidations` | gauge | | invalidations that could not reach Redis yet and are replayed until they land |
     ///
@@ -260,6 +395,30 @@ impl Cache {
             });
         }
         self.remove(Scope::of_pattern(pattern)).await
+    }
+
+    /// Removes every key stored with `tag` (a rendered tag, as [`invalidate`](Self::invalidate)
+    /// takes a rendered key: `make = "a:b"` in `tags = ["make:<make>"]` is the tag
+    /// `make:a%3Ab`). Returns how many keys went (keys already gone are not counted); they
+    /// count in [`Stats::invalidated`](crate::Stats::invalidated).
+    ///
+    /// The same guarantees as [`invalidate`](Self::invalidate): once it returns, no call
+    /// that starts afterwards, in any process, gets a value stored with the tag before it;
+    /// a load of such a value running meanwhile does not store it; near copies are
+    /// evicted; kept and replayed if Redis is unreachable. Reads never check tags: a hit
+    /// stays one `GET`. On a Redis that may evict keys, a tag whose set was not known
+    /// complete removes every key of the cache instead (see `docs/tags.md`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTag`](crate::Error::InvalidTag) for an empty tag, one with
+    /// whitespace, control or glob characters or `#`, or longer than
+    /// [`max_key_bytes`](crate::CacheBuilder::max_key_bytes);
+    /// [`Error::Backend`](crate::Error::Backend) or [`Error::Unavailable`](crate::Error::Unavailable)
+    /// when Redis fails (the invalidation is then kept and replayed until it lands).
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
+        crate::tags::validate_tag(tag, self.core.settings().max_key_bytes)?;
+        self.remove(Scope::Tag(tag.to_owned())).await
     }
 
     /// Removes every key of this cache: with Redis, the keys under its prefix (never

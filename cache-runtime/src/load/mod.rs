@@ -40,6 +40,7 @@ use crate::stats::Counters;
 use crate::store::{Begun, Found, Ticket, Version};
 use crate::write::{self, Applied, Change, Filled};
 
+pub(crate) mod batch;
 pub(crate) mod body;
 mod stampede;
 
@@ -51,6 +52,8 @@ pub(crate) struct Load<'a, T> {
     /// Shared, so a load that goes on in the background can keep counting.
     pub(crate) counters: &'a Arc<Counters>,
     pub(crate) key: &'a str,
+    /// The tags the value is stored with (`#[cached(tags = [...])]`, rendered).
+    pub(crate) tags: &'a [String],
     pub(crate) policy: &'a Policy,
     pub(crate) cloner: Cloner<T>,
     /// An expired value kept for `stale`, served if the body fails.
@@ -221,15 +224,37 @@ where
     S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
     B: Body<R>,
 {
+    through_tagged::<S, R, B>(core, counters, key, &[], policy, cloner, body).await
+}
+
+/// [`through`] for a value stored with `tags`.
+pub(crate) async fn through_tagged<S, R, B>(
+    core: &Arc<CacheCore>,
+    counters: &Arc<Counters>,
+    key: &str,
+    tags: &[String],
+    policy: &Policy,
+    cloner: Cloner<S::Value>,
+    body: B,
+) -> R
+where
+    S: Shape<R>,
+    S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: Body<R>,
+{
     // `timeout` bounds the whole call, lookup included.
     let called = policy.timeout.map(|_| Instant::now());
     let hold =
         |found: &Found, value: &S::Value| Arc::new(Entry::with_copy(&found.entry, value, cloner));
     let accepts_absent = S::absent().is_some();
-    let read = read::read_to_load(core, counters, key, policy, cloner, accepts_absent, hold, true);
+    // A tagged load's marker must join its tag sets, which the lookup's ticket does not:
+    // tagged functions take their ticket after the lookup (three round trips on a miss).
+    let loads = tags.is_empty();
+    let read = read::read_to_load(core, counters, key, policy, cloner, accepts_absent, hold, loads);
     let missed = match read.await {
         Read::Hit { value, found: Some(found), due: true } => {
-            let load = Load::new(core, counters, key, policy, cloner, Missed::default());
+            let load =
+                Load { tags, ..Load::new(core, counters, key, policy, cloner, Missed::default()) };
             return load.refresh::<S, R, B>(body, value, found).await;
         }
         Read::Hit { value, .. } => return S::from_value(value),
@@ -237,7 +262,7 @@ where
         Read::Miss(missed) => missed,
         Read::Failed(error) => Missed::after_failure(error.kind()),
     };
-    let mut load = Load::new(core, counters, key, policy, cloner, missed);
+    let mut load = Load { tags, ..Load::new(core, counters, key, policy, cloner, missed) };
     let span = load_span(core, counters, key);
     let returned = async {
         if let (Some(timeout), Some(called), Some(_)) = (policy.timeout, called, &load.stale) {
@@ -267,6 +292,7 @@ impl<'a, T> Load<'a, T> {
             core,
             counters,
             key,
+            tags: &[],
             policy,
             cloner,
             stale: missed.stale,
@@ -308,7 +334,7 @@ where
     /// Step 3 of the fill protocol, through the write path: stores a loaded value if its
     /// ticket still holds.
     async fn fill(&self, ticket: &Ticket, entry: &Arc<Entry>, ttl: std::time::Duration) -> Filled {
-        let fill = Change::Fill { key: self.key, ticket, entry, ttl };
+        let fill = Change::Fill { key: self.key, ticket, entry, ttl, tags: self.tags };
         match write::apply(self.core, self.counters, fill).await {
             Ok(Applied::Filled(filled)) => filled,
             _ => Filled::Failed,
@@ -322,7 +348,7 @@ where
         Fut: Future<Output = R>,
     {
         loop {
-            match self.core.flights().join(self.key) {
+            match self.core.flights().join_tagged(self.key, self.tags) {
                 Join::Leader(mut leader) => return self.led::<S, R, Fut>(load, &mut leader).await,
                 Join::Follower(mut follower) => match self.follow(&mut follower).await {
                     // Joined after the leader's confirmation was sent: a write may have
@@ -547,6 +573,7 @@ where
         }
         let store = self.core.store();
         let mut plan = read::fill_plan(self.core, self.policy, self.store == StoreUse::Overwrite);
+        plan.tags = self.tags;
         loop {
             match store.begin_fill(self.key, &plan).await {
                 Ok(Begun::Present(entry)) if entry.is_absent() => {
@@ -771,7 +798,7 @@ where
         S: Shape<R, Value = T>,
         B: Body<R>,
     {
-        let Some(leader) = self.core.flights().try_lead(self.key) else {
+        let Some(leader) = self.core.flights().try_lead(self.key, self.tags) else {
             return S::from_value(current); // this process refreshes it already
         };
         let behind =
@@ -854,7 +881,7 @@ where
     {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let mut follower = match self.core.flights().join(self.key) {
+            let mut follower = match self.core.flights().join_tagged(self.key, self.tags) {
                 Join::Leader(leader) => {
                     return self.lead_within::<S, R, B>(body, leader, deadline).await
                 }
@@ -945,6 +972,7 @@ where
             core: Arc::clone(self.core),
             counters: Arc::clone(self.counters),
             key: self.key.to_owned(),
+            tags: self.tags.to_vec(),
             policy: *self.policy,
             cloner: self.cloner,
             stale: self.stale.clone(),
@@ -958,6 +986,7 @@ struct Owned<T> {
     core: Arc<CacheCore>,
     counters: Arc<Counters>,
     key: String,
+    tags: Vec<String>,
     policy: Policy,
     cloner: Cloner<T>,
     stale: Option<Arc<Entry>>,
@@ -967,7 +996,9 @@ struct Owned<T> {
 impl<T> Owned<T> {
     fn load(&self) -> Load<'_, T> {
         let missed = Missed { stale: self.stale.clone(), store: self.store, ticket: None };
-        Load::new(&self.core, &self.counters, &self.key, &self.policy, self.cloner, missed)
+        let load =
+            Load::new(&self.core, &self.counters, &self.key, &self.policy, self.cloner, missed);
+        Load { tags: &self.tags, ..load }
     }
 
     /// This load, to run behind a caller that counts the stale value it serves (see

@@ -104,6 +104,8 @@ pub(crate) struct Near {
     /// The Redis prefix: pushed keys are full keys.
     prefix: String,
     hasher: std::collections::hash_map::RandomState,
+    /// Why tracking is not live, while it is not (for `health()`).
+    trouble: Mutex<Option<String>>,
 }
 
 impl Near {
@@ -125,7 +127,22 @@ impl Near {
             session: AtomicU64::new(0),
             prefix: prefix.to_owned(),
             hasher: std::collections::hash_map::RandomState::new(),
+            trouble: Mutex::new(None),
         }
+    }
+
+    /// Why the near cache serves nothing now (tracking refused or unreachable), if it does
+    /// not; `None` once tracking is live.
+    pub(crate) fn trouble(&self) -> Option<String> {
+        if self.is_live() {
+            return None;
+        }
+        self.trouble.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records why tracking is not live (`None`: it is).
+    pub(crate) fn set_trouble(&self, reason: Option<String>) {
+        *self.trouble.lock().unwrap_or_else(|e| e.into_inner()) = reason;
     }
 
     fn shard_of(&self, key: &str) -> usize {
@@ -236,7 +253,9 @@ impl Near {
         match scope {
             Scope::Key(key) => self.evict_key(key),
             Scope::Pattern(pattern) => self.evict_matching(pattern),
-            Scope::All => self.flush(),
+            // Which keys carry the tag is known to the store only: every near copy goes
+            // (a tag invalidation is a rarer event than a key's).
+            Scope::Tag(_) | Scope::All => self.flush(),
         }
     }
 

@@ -47,6 +47,10 @@ impl Near {
     pub(crate) fn size(&self) -> (u64, u64) {
         match *self {}
     }
+
+    pub(crate) fn trouble(&self) -> Option<String> {
+        match *self {}
+    }
 }
 
 /// What the near cache answers (never asked in this build).

@@ -19,10 +19,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ConnectionAddr, ProtocolVersion, PushKind, Value};
+use redis::{AsyncConnectionConfig, ProtocolVersion, PushKind, Value};
 
 use super::Near;
+use crate::store::endpoint::{self, Endpoints};
 use crate::store::link::slot_ranges;
+use crate::store::redis::sentinel::SentinelLink;
 
 /// How often every tracking connection is pinged.
 pub(crate) const PING_EVERY: Duration = Duration::from_millis(250);
@@ -33,9 +35,11 @@ pub(crate) const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
 
 /// Where to track.
 pub(crate) struct TrackingOptions {
-    /// One URL for a standalone server; seed nodes of a cluster.
-    pub(crate) urls: Vec<String>,
+    /// One URL for a standalone server; seed nodes of a cluster (with the TLS settings).
+    pub(crate) endpoints: Endpoints,
     pub(crate) cluster: bool,
+    /// Behind Sentinel: track on the primary it names; a primary change ends the session.
+    pub(crate) sentinel: Option<SentinelLink>,
     pub(crate) prefix: String,
     pub(crate) connect_timeout: Duration,
 }
@@ -48,41 +52,83 @@ pub(crate) fn spawn(near: &Arc<Near>, options: TrackingOptions) {
 async fn run(near: Weak<Near>, options: TrackingOptions) {
     let mut backoff = Duration::from_millis(20);
     let mut session = 0;
+    let mut warned: Option<String> = None;
     loop {
         session += 1;
         let started = Instant::now();
         let outcome = track(&near, &options, session).await;
         let Some(live) = near.upgrade() else { return };
         live.deafen(None);
-        drop(live);
-        match outcome {
+        let lost = match outcome {
             Ok(()) => return, // the cache was dropped
-            Err(reason) => tracing::debug!(%reason, "near cache: tracking lost; L1 flushed"),
+            Err(lost) => lost,
+        };
+        live.set_trouble(Some(lost.reason.clone()));
+        drop(live);
+        if lost.refused {
+            // Refused (a missing permission, a server without tracking): said once per
+            // reason, and retried slowly, as nothing changes until an operator acts.
+            if warned.as_deref() != Some(lost.reason.as_str()) {
+                tracing::warn!(reason = %lost.reason, "near cache: Redis refused client tracking; the near cache serves nothing until it is accepted (retried every 30 s at most)");
+                warned = Some(lost.reason.clone());
+            }
+        } else {
+            tracing::debug!(reason = %lost.reason, "near cache: tracking lost; L1 flushed");
         }
         if started.elapsed() > Duration::from_secs(5) {
             backoff = Duration::from_millis(20);
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
+        let most = if lost.refused { Duration::from_secs(30) } else { Duration::from_secs(1) };
+        backoff = (backoff * 2).min(most);
+    }
+}
+
+/// Why a tracking session ended.
+struct Lost {
+    reason: String,
+    /// Redis answered with a refusal (an error reply, refused credentials), as opposed to
+    /// a connection that failed or was lost.
+    refused: bool,
+}
+
+impl From<String> for Lost {
+    fn from(reason: String) -> Self {
+        Lost { reason, refused: false }
+    }
+}
+
+impl From<&str> for Lost {
+    fn from(reason: &str) -> Self {
+        Lost { reason: reason.to_owned(), refused: false }
+    }
+}
+
+impl From<redis::RedisError> for Lost {
+    fn from(error: redis::RedisError) -> Self {
+        let refused = matches!(
+            error.kind(),
+            redis::ErrorKind::Server(_)
+                | redis::ErrorKind::Extension
+                | redis::ErrorKind::AuthenticationFailed
+        );
+        Lost { reason: error.to_string(), refused }
     }
 }
 
 /// One session: connect and track every node, then watch them. Returns `Ok` when the
 /// cache is gone, an error saying why tracking is no longer known live otherwise.
-async fn track(near: &Weak<Near>, options: &TrackingOptions, session: u64) -> Result<(), String> {
-    let seeds = options
-        .urls
-        .iter()
-        .map(|url| redis::Client::open(url.as_str()).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (nodes, topology) = if options.cluster {
+async fn track(near: &Weak<Near>, options: &TrackingOptions, session: u64) -> Result<(), Lost> {
+    let seeds = options.endpoints.clients().map_err(|e| e.to_string())?;
+    let generation = options.sentinel.as_ref().map(SentinelLink::generation);
+    let (nodes, topology) = if let Some(link) = &options.sentinel {
+        (vec![link.primary_info().await.map_err(|e| e.to_string())?], None)
+    } else if options.cluster {
         let (slots, seed) = slot_map(&seeds, options.connect_timeout).await?;
         let mut nodes: Vec<redis::ConnectionInfo> = Vec::new();
         for (_, _, host, port) in &slots {
-            let info = seed
-                .get_connection_info()
-                .clone()
-                .set_addr(ConnectionAddr::Tcp(host.clone(), *port));
+            // TLS kept, with the same certificates, when the seed uses it.
+            let info = endpoint::node(seed.get_connection_info(), host, *port);
             if !nodes.iter().any(|known| known.addr() == info.addr()) {
                 nodes.push(info);
             }
@@ -94,10 +140,10 @@ async fn track(near: &Weak<Near>, options: &TrackingOptions, session: u64) -> Re
     let connect = nodes.into_iter().map(|info| connect(info, near, options, session));
     let mut connections = tokio::time::timeout(options.connect_timeout, try_join_all(connect))
         .await
-        .map_err(|_| "connecting the tracking connections timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| "connecting the tracking connections timed out".to_owned())??;
     {
         let Some(near) = near.upgrade() else { return Ok(()) };
+        near.set_trouble(None);
         near.hear(session);
         tracing::debug!(nodes = connections.len(), "near cache: tracking on; L1 live");
     }
@@ -108,13 +154,18 @@ async fn track(near: &Weak<Near>, options: &TrackingOptions, session: u64) -> Re
         if !live.is_live() {
             return Err("a tracking connection disconnected".into());
         }
+        if generation.is_some()
+            && generation != options.sentinel.as_ref().map(SentinelLink::generation)
+        {
+            return Err("the primary changed (Sentinel failover)".into());
+        }
         drop(live);
         let pings = connections.iter_mut().map(|connection| async move {
             redis::cmd("PING").query_async::<()>(connection).await
         });
         match tokio::time::timeout(PING_TIMEOUT, try_join_all(pings)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(error)) => return Err(format!("health ping failed: {error}")),
+            Ok(Err(error)) => return Err(format!("health ping failed: {error}").into()),
             Err(_) => return Err("health ping timed out".into()),
         }
         if let Some(topology) = &topology {
@@ -126,8 +177,7 @@ async fn track(near: &Weak<Near>, options: &TrackingOptions, session: u64) -> Re
                     slot_ranges(&reply)
                 })
                 .await
-                .map_err(|_| "CLUSTER SLOTS timed out".to_owned())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| "CLUSTER SLOTS timed out".to_owned())??;
                 if &slots != topology {
                     return Err("the cluster's slot map changed".into());
                 }
@@ -140,8 +190,8 @@ async fn track(near: &Weak<Near>, options: &TrackingOptions, session: u64) -> Re
 async fn slot_map(
     seeds: &[redis::Client],
     timeout: Duration,
-) -> Result<(Vec<(i64, i64, String, u16)>, redis::Client), String> {
-    let mut last = String::from("no seed node");
+) -> Result<(Vec<(i64, i64, String, u16)>, redis::Client), Lost> {
+    let mut last = Lost::from("no seed node");
     for seed in seeds {
         let attempt = tokio::time::timeout(timeout, async {
             let mut connection = seed.get_multiplexed_async_connection().await?;
@@ -153,7 +203,7 @@ async fn slot_map(
         match attempt {
             Ok(Ok(slots)) if !slots.is_empty() => return Ok((slots, seed.clone())),
             Ok(Ok(_)) => last = "CLUSTER SLOTS is empty".into(),
-            Ok(Err(error)) => last = error.to_string(),
+            Ok(Err(error)) => last = error.into(),
             Err(_) => last = "CLUSTER SLOTS timed out".into(),
         }
     }

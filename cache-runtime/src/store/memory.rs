@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 
 use super::{Begun, FillPlan, Found, Marker, Ticket, Touch, Version};
 use crate::codec::Entry;
+use crate::tags::tag_level;
 use crate::{glob, index};
 
 /// Keys by index level (`dealer:`, `dealer:7:`), each with the write number of its current
@@ -26,9 +27,10 @@ use crate::{glob, index};
 /// that was written again.
 type PrefixIndex = Mutex<HashMap<String, HashMap<String, u64>>>;
 
-fn unindex(prefixes: &PrefixIndex, key: &str, write: u64) {
+fn unindex(prefixes: &PrefixIndex, key: &str, write: u64, tags: &[String]) {
     let mut prefixes = prefixes.lock().unwrap_or_else(|e| e.into_inner());
-    for level in index::levels(key) {
+    let tag_levels: Vec<String> = tags.iter().map(|tag| tag_level(tag)).collect();
+    for level in index::levels(key).chain(tag_levels.iter().map(String::as_str)) {
         if let Some(keys) = prefixes.get_mut(level) {
             if keys.get(key) == Some(&write) {
                 keys.remove(key);
@@ -40,12 +42,19 @@ fn unindex(prefixes: &PrefixIndex, key: &str, write: u64) {
     }
 }
 
-/// Adds `key` (written as `write`) to every level of the index it belongs to; returns what
-/// that costs ([`INDEX_ENTRY`] per level, [`INDEX_LEVEL`] for a level it creates), which the
-/// entry's weight carries.
-fn index_key(prefixes: &mut HashMap<String, HashMap<String, u64>>, key: &str, write: u64) -> u32 {
+/// Adds `key` (written as `write`) to every level of the index it belongs to and to the
+/// set of each of its tags (see `tags.rs`); returns what that costs ([`INDEX_ENTRY`] per
+/// level or tag, [`INDEX_LEVEL`] for a level or tag set it creates), which the entry's
+/// weight carries.
+fn index_key(
+    prefixes: &mut HashMap<String, HashMap<String, u64>>,
+    key: &str,
+    write: u64,
+    tags: &[String],
+) -> u32 {
     let mut weight = 0;
-    for level in index::levels(key) {
+    let tag_levels: Vec<String> = tags.iter().map(|tag| tag_level(tag)).collect();
+    for level in index::levels(key).chain(tag_levels.iter().map(String::as_str)) {
         if !prefixes.contains_key(level) {
             weight += level.len() + INDEX_LEVEL;
             prefixes.insert(level.to_owned(), HashMap::new());
@@ -54,6 +63,13 @@ fn index_key(prefixes: &mut HashMap<String, HashMap<String, u64>>, key: &str, wr
         prefixes.get_mut(level).expect("inserted above").insert(key.to_owned(), write);
     }
     u32::try_from(weight).unwrap_or(u32::MAX)
+}
+
+/// The tags an entry is stored with, shared (a `Stored` is cloned on every read).
+type Tags = Option<Arc<[String]>>;
+
+fn shared_tags(tags: &[String]) -> Tags {
+    (!tags.is_empty()).then(|| tags.into())
 }
 
 /// What an entry costs besides its key's bytes, its [`Entry::weight`] and its index
@@ -94,6 +110,8 @@ struct Stored {
     write: u64,
     /// What its index entries cost (see [`index_key`]).
     index_weight: u32,
+    /// The tags whose sets hold it (see [`index_key`]).
+    tags: Tags,
     /// When it expires (kept across a restore, see `abandon`).
     expires: Instant,
     stored_at: Instant,
@@ -138,9 +156,12 @@ impl MemoryStore {
             .eviction_listener({
                 let prefixes = Arc::clone(&prefixes);
                 move |key: Arc<String>, stored: Stored, cause| {
-                    // A replaced value's key is still there (and was indexed anew).
+                    // A replaced value's key is still there (and was indexed anew). The
+                    // entries of a tag the new value lacks stay until that tag is
+                    // invalidated (`remove_tagged` drops them).
                     if cause != RemovalCause::Replaced {
-                        unindex(&prefixes, &key, stored.write);
+                        let tags = stored.tags.as_deref().unwrap_or_default();
+                        unindex(&prefixes, &key, stored.write, tags);
                     }
                 }
             })
@@ -234,29 +255,51 @@ impl MemoryStore {
 
     /// A new write: numbered and indexed (before it is visible, so that a pattern
     /// invalidation running meanwhile finds it).
-    fn stored(&self, key: &str, entry: Option<Arc<Entry>>, ttl: Duration) -> Stored {
+    fn stored(
+        &self,
+        key: &str,
+        entry: Option<Arc<Entry>>,
+        ttl: Duration,
+        tags: &[String],
+    ) -> Stored {
         let write = self.writes.fetch_add(1, Ordering::Relaxed);
         let mut prefixes = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
-        let index_weight = index_key(&mut prefixes, key, write);
+        let index_weight = index_key(&mut prefixes, key, write, tags);
         let stored_at = Instant::now();
-        Stored { entry, kept: None, write, index_weight, expires: stored_at + ttl, stored_at }
+        let tags = shared_tags(tags);
+        Stored { entry, kept: None, write, index_weight, tags, expires: stored_at + ttl, stored_at }
     }
 
-    pub(crate) async fn set(&self, key: &str, entry: Arc<Entry>, ttl: Duration) {
-        let stored = self.stored(key, Some(entry), ttl);
+    pub(crate) async fn set(&self, key: &str, entry: Arc<Entry>, ttl: Duration, tags: &[String]) {
+        let stored = self.stored(key, Some(entry), ttl, tags);
         self.entries.entry(key.to_owned()).and_compute_with(|_| async { Op::Put(stored) }).await;
     }
 
-    pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan) -> Begun {
+    pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan<'_>) -> Begun {
         let mut begun = None;
         self.entries
             .entry(key.to_owned())
             .and_compute_with(|current| {
                 let current = current.map(moka::Entry::into_value);
                 let op = match current {
-                    Some(Stored { entry: None, write, .. }) => {
-                        begun = Some(Begun::Ticket(Ticket::Adopted(Marker::Memory(write))));
-                        Op::Nop
+                    Some(mut marker @ Stored { entry: None, .. }) => {
+                        begun = Some(Begun::Ticket(Ticket::Adopted(Marker::Memory(marker.write))));
+                        // Shared by a load stored with other tags: the marker joins their
+                        // sets too, so invalidating any of them voids it.
+                        let own = marker.tags.as_deref().unwrap_or_default();
+                        let missing: Vec<String> =
+                            plan.tags.iter().filter(|tag| !own.contains(tag)).cloned().collect();
+                        if missing.is_empty() {
+                            Op::Nop
+                        } else {
+                            let mut prefixes =
+                                self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+                            marker.index_weight +=
+                                index_key(&mut prefixes, key, marker.write, &missing);
+                            let all: Vec<String> = own.iter().cloned().chain(missing).collect();
+                            marker.tags = shared_tags(&all);
+                            Op::Put(marker)
+                        }
                     }
                     Some(stored @ Stored { entry: Some(_), .. }) if !plan.force => {
                         let absent = stored.entry.as_ref().is_some_and(|entry| entry.is_absent());
@@ -267,7 +310,8 @@ impl MemoryStore {
                             // Expired, kept for `stale`: the marker keeps it meanwhile.
                             let left =
                                 Self::expiry(&stored).saturating_duration_since(Instant::now());
-                            let mut marker = self.stored(key, None, plan.window.max(left));
+                            let mut marker =
+                                self.stored(key, None, plan.window.max(left), plan.tags);
                             marker.kept = Some(Box::new(stored));
                             begun =
                                 Some(Begun::Ticket(Ticket::Marker(Marker::Memory(marker.write))));
@@ -275,7 +319,7 @@ impl MemoryStore {
                         }
                     }
                     _ => {
-                        let marker = self.stored(key, None, plan.window);
+                        let marker = self.stored(key, None, plan.window, plan.tags);
                         begun = Some(Begun::Ticket(Ticket::Marker(Marker::Memory(marker.write))));
                         Op::Put(marker)
                     }
@@ -293,6 +337,7 @@ impl MemoryStore {
         ticket: &Ticket,
         entry: Arc<Entry>,
         ttl: Duration,
+        tags: &[String],
     ) -> bool {
         let mut stored = false;
         self.entries
@@ -315,7 +360,7 @@ impl MemoryStore {
                 });
                 stored = holds;
                 std::future::ready(if holds {
-                    Op::Put(self.stored(key, Some(entry), ttl))
+                    Op::Put(self.stored(key, Some(entry), ttl, tags))
                 } else {
                     Op::Nop
                 })
@@ -346,7 +391,8 @@ impl MemoryStore {
                                 let restored = *kept;
                                 let mut prefixes =
                                     self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
-                                index_key(&mut prefixes, key, restored.write);
+                                let tags = restored.tags.as_deref().unwrap_or_default();
+                                index_key(&mut prefixes, key, restored.write, tags);
                                 Op::Put(restored)
                             }
                             _ => Op::Remove,
@@ -401,6 +447,22 @@ impl MemoryStore {
         };
         let mut removed = 0;
         for key in matching {
+            removed += self.remove(&key).await;
+        }
+        removed
+    }
+
+    /// Removes the keys stored with `tag` (values and pending markers); counts removed
+    /// values.
+    pub(crate) async fn remove_tagged(&self, tag: &str) -> u64 {
+        let tagged: Vec<String> = {
+            let level = tag_level(tag);
+            let mut prefixes = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+            let tagged = prefixes.remove(&level).unwrap_or_default();
+            tagged.into_keys().collect()
+        };
+        let mut removed = 0;
+        for key in tagged {
             removed += self.remove(&key).await;
         }
         removed
@@ -517,23 +579,71 @@ mod tests {
         store.prefixes.lock().unwrap().get(level).map_or(0, HashMap::len)
     }
 
-    const PLAN: FillPlan = FillPlan {
+    const PLAN: FillPlan<'static> = FillPlan {
         lifetime: Duration::from_secs(60),
         fresh_for: Duration::from_secs(60),
         window: Duration::from_secs(60),
         force: false,
         lookup: false,
+        tags: &[],
     };
+
+    fn tag_size(store: &MemoryStore, tag: &str) -> usize {
+        let prefixes = store.prefixes.lock().unwrap();
+        prefixes.get(&tag_level(tag)).map_or(0, HashMap::len)
+    }
+
+    #[tokio::test]
+    async fn tags_remove_their_keys_and_their_sets_shrink_as_keys_go() {
+        let store = MemoryStore::new(1 << 24);
+        let ttl = Duration::from_secs(60);
+        let ford = ["make:ford".to_owned(), "listings".to_owned()];
+        store.set("search:1", entry(), ttl, &ford).await;
+        store.set("search:2", entry(), ttl, &["make:audi".to_owned()]).await;
+        store.set("make:ford", entry(), ttl, &[]).await; // a key named like the tag
+        store.set("short:1", entry(), Duration::from_millis(20), &ford).await;
+        assert_eq!(tag_size(&store, "make:ford"), 2);
+        // moka's expiry wheel works in steps of about a second.
+        let started = Instant::now();
+        while tag_size(&store, "make:ford") != 1 && started.elapsed() < Duration::from_secs(3) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            store.entries.run_pending_tasks().await;
+        }
+        assert_eq!(tag_size(&store, "make:ford"), 1, "an expired key leaves the tag's set");
+
+        // A load running under the tag: its marker is removed, its fill refused.
+        let plan = FillPlan { tags: &ford, ..PLAN };
+        let Begun::Ticket(ticket) = store.begin_fill("search:3", &plan).await else { panic!() };
+        assert_eq!(store.remove_tagged("make:ford").await, 1, "values counted, markers not");
+        assert!(!store.fill("search:3", &ticket, entry(), ttl, &ford).await);
+        assert!(store.get("search:1").await.is_none());
+        assert!(store.get("search:2").await.is_some() && store.get("make:ford").await.is_some());
+        store.entries.run_pending_tasks().await;
+        assert_eq!(tag_size(&store, "make:ford"), 0);
+        assert_eq!(tag_size(&store, "listings"), 0, "the removed keys left their other tags");
+
+        // A marker shared by a load with other tags joins their sets.
+        let Begun::Ticket(first) = store.begin_fill("page:1", &plan).await else { panic!() };
+        let other = ["dealer:7".to_owned()];
+        let Begun::Ticket(adopted) =
+            store.begin_fill("page:1", &FillPlan { tags: &other, ..PLAN }).await
+        else {
+            panic!()
+        };
+        store.remove_tagged("dealer:7").await;
+        assert!(!store.fill("page:1", &adopted, entry(), ttl, &other).await);
+        assert!(!store.fill("page:1", &first, entry(), ttl, &ford).await);
+    }
 
     #[tokio::test]
     async fn patterns_are_served_by_the_prefix_index() {
         let store = MemoryStore::new(1 << 20);
         let ttl = Duration::from_secs(60);
         for key in ["dealer:1:vehicles", "dealer:2:vehicles", "homepage:hero", "config"] {
-            store.set(key, entry(), ttl).await;
+            store.set(key, entry(), ttl, &[]).await;
         }
         // Overwriting keeps the key indexed (the late `Replaced` notice is ignored).
-        store.set("dealer:1:vehicles", entry(), ttl).await;
+        store.set("dealer:1:vehicles", entry(), ttl, &[]).await;
         store.entries.run_pending_tasks().await;
         assert_eq!(indexed(&store, "dealer:"), 2);
         assert_eq!(store.remove_matching("dealer:*").await, 2);
@@ -546,8 +656,8 @@ mod tests {
     #[tokio::test]
     async fn expired_entries_leave_the_index() {
         let store = MemoryStore::new(1 << 20);
-        store.set("short:1", entry(), Duration::from_millis(20)).await;
-        store.set("short:2", entry(), Duration::from_secs(60)).await;
+        store.set("short:1", entry(), Duration::from_millis(20), &[]).await;
+        store.set("short:2", entry(), Duration::from_secs(60), &[]).await;
         // moka's expiry wheel works in steps of about a second.
         let started = Instant::now();
         while indexed(&store, "short:") != 1 && started.elapsed() < Duration::from_secs(3) {
@@ -570,13 +680,13 @@ mod tests {
             panic!("a marker is not a value")
         };
         assert_eq!(store.remove_matching("k:*").await, 0, "markers are found, not counted");
-        assert!(!store.fill("k:1", &ticket, entry(), ttl).await, "invalidated: refused");
-        assert!(!store.fill("k:1", &adopted, entry(), ttl).await);
+        assert!(!store.fill("k:1", &ticket, entry(), ttl, &[]).await, "invalidated: refused");
+        assert!(!store.fill("k:1", &adopted, entry(), ttl, &[]).await);
         assert!(store.get("k:1").await.is_none());
 
         let Begun::Ticket(ticket) = store.begin_fill("k:1", &PLAN).await else { panic!("removed") };
-        assert!(store.fill("k:1", &ticket, entry(), ttl).await);
-        assert!(!store.fill("k:1", &ticket, entry(), ttl).await, "a ticket is used once");
+        assert!(store.fill("k:1", &ticket, entry(), ttl, &[]).await);
+        assert!(!store.fill("k:1", &ticket, entry(), ttl, &[]).await, "a ticket is used once");
         assert!(matches!(store.begin_fill("k:1", &PLAN).await, Begun::Present(_)));
     }
 
@@ -587,12 +697,12 @@ mod tests {
         let Begun::Ticket(ticket) = store.begin_fill("k:1", &PLAN).await else {
             panic!("nothing stored yet")
         };
-        store.set("k:1", entry(), ttl).await;
-        assert!(!store.fill("k:1", &ticket, entry(), ttl).await);
+        store.set("k:1", entry(), ttl, &[]).await;
+        assert!(!store.fill("k:1", &ticket, entry(), ttl, &[]).await);
         let found = store.get_aged("k:1").await.unwrap();
         let refresh = Ticket::Replace { old: found.entry, version: found.version };
-        store.set("k:1", entry(), ttl).await;
-        assert!(!store.fill("k:1", &refresh, entry(), ttl).await, "the value changed");
+        store.set("k:1", entry(), ttl, &[]).await;
+        assert!(!store.fill("k:1", &refresh, entry(), ttl, &[]).await, "the value changed");
     }
 
     #[test]
@@ -623,10 +733,10 @@ mod tests {
     async fn weights_count_the_index_and_the_typed_copy() {
         let store = MemoryStore::new(1 << 30);
         let ttl = Duration::from_secs(60);
-        store.set("k:0", entry(), ttl).await; // creates the level `k:`
-        store.set("k:1", entry(), ttl).await;
-        store.set("k:2:x", entry(), ttl).await;
-        store.set("k:3:x", entry(), ttl).await;
+        store.set("k:0", entry(), ttl, &[]).await; // creates the level `k:`
+        store.set("k:1", entry(), ttl, &[]).await;
+        store.set("k:2:x", entry(), ttl, &[]).await;
+        store.set("k:3:x", entry(), ttl, &[]).await;
         let weight = |key: &'static str| {
             let store = &store;
             async move { weigh(key, &store.entries.get(key).await.unwrap()) as usize }
@@ -643,7 +753,7 @@ mod tests {
             )
             .unwrap(),
         );
-        store.set("k:4", typed, ttl).await;
+        store.set("k:4", typed, ttl, &[]).await;
         assert!(weight("k:4").await > one + 3 + std::mem::size_of::<String>());
     }
 }

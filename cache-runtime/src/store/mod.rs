@@ -21,6 +21,8 @@
 // Some parameters are for the Redis store only.
 #![cfg_attr(not(feature = "redis"), allow(unused_variables))]
 
+#[cfg(feature = "redis")]
+pub(crate) mod endpoint;
 pub(crate) mod lease;
 #[cfg(feature = "redis")]
 pub(crate) mod link;
@@ -92,7 +94,7 @@ pub(crate) struct Touch {
 }
 
 /// What a load is about to store, for [`Store::begin_fill`].
-pub(crate) struct FillPlan {
+pub(crate) struct FillPlan<'a> {
     /// How long the value will be kept (`ttl`, or `stale` when longer).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) lifetime: Duration,
@@ -106,6 +108,9 @@ pub(crate) struct FillPlan {
     /// The call is the lookup itself (`read.rs`): any stored value that is not a pending
     /// marker is returned, as a `GET` would, for the caller to classify.
     pub(crate) lookup: bool,
+    /// The tags the value will be stored with: the marker joins their tag sets, so an
+    /// invalidation of a tag while the load runs removes it and the fill is refused.
+    pub(crate) tags: &'a [String],
 }
 
 /// What [`Store::begin_fill`] found.
@@ -190,6 +195,16 @@ impl Store {
         }
     }
 
+    /// How many primary changes the store followed: `Some` behind Redis Sentinel (see
+    /// `redis/sentinel.rs`), `None` for every other store.
+    pub(crate) fn primary_generation(&self) -> Option<u64> {
+        match self {
+            Store::Memory(_) => None,
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => store.primary_generation(),
+        }
+    }
+
     /// Checks the store: its size in process; a `PING` round trip and `INFO` on Redis
     /// (bypassing the breaker, bounded by the command timeout).
     pub(crate) async fn probe(&self) -> Probe {
@@ -206,6 +221,16 @@ impl Store {
                     Err(error) => Probe::Unreachable(error),
                 }
             }
+        }
+    }
+
+    /// The permissions the Redis user lacks (checked now), each with what fails without
+    /// it; `near`: the cache has a near cache (asked by `health()` of a Redis store only).
+    #[cfg(feature = "redis")]
+    pub(crate) async fn missing_permissions(&self, near: bool) -> Vec<String> {
+        match self {
+            Store::Memory(_) => Vec::new(),
+            Store::Redis(store) => store.missing_permissions(near).await,
         }
     }
 
@@ -236,6 +261,23 @@ impl Store {
         }
     }
 
+    /// The entries under `keys` (without the cache's prefix), in order: what
+    /// [`get`](Self::get) answers for each, in one round trip on Redis (`MGET`; on a cluster
+    /// redis-rs splits it into one `MGET` per slot, sent in parallel).
+    pub(crate) async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Arc<Entry>>>> {
+        match self {
+            Store::Memory(store) => {
+                let mut entries = Vec::with_capacity(keys.len());
+                for key in keys {
+                    entries.push(store.get(key).await);
+                }
+                Ok(entries)
+            }
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => store.get_many(keys).await,
+        }
+    }
+
     /// [`get`](Self::get) for `idle`: a hit extends the value's remaining life to
     /// `min(idle, cap - age)` (age from the write time in its header), in the same round
     /// trip on Redis (one script); a value at least `cap` old reads as absent. Values
@@ -259,7 +301,7 @@ impl Store {
 
     /// Step 1 of the fill protocol (module docs): the value if a fresh one landed, else a
     /// ticket.
-    pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan) -> Result<Begun> {
+    pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan<'_>) -> Result<Begun> {
         match self {
             Store::Memory(store) => Ok(store.begin_fill(key, plan).await),
             #[cfg(feature = "redis")]
@@ -268,18 +310,20 @@ impl Store {
     }
 
     /// Step 3 of the fill protocol: stores `entry` for `ttl` if `ticket` still holds.
-    /// Returns whether it was stored.
+    /// Returns whether it was stored. `tags` are the ticket's (a marker is already in their
+    /// tag sets; a refresh's replacement joins them for its new lifetime).
     pub(crate) async fn fill(
         &self,
         key: &str,
         ticket: &Ticket,
         entry: &Arc<Entry>,
         ttl: Duration,
+        tags: &[String],
     ) -> Result<bool> {
         match self {
-            Store::Memory(store) => Ok(store.fill(key, ticket, Arc::clone(entry), ttl).await),
+            Store::Memory(store) => Ok(store.fill(key, ticket, Arc::clone(entry), ttl, tags).await),
             #[cfg(feature = "redis")]
-            Store::Redis(store) => store.fill(key, ticket, entry, ttl).await,
+            Store::Redis(store) => store.fill(key, ticket, entry, ttl, tags).await,
         }
     }
 
@@ -294,15 +338,22 @@ impl Store {
         }
     }
 
-    /// Stores `entry` under `key` for `ttl`, replacing whatever is there (write-through).
-    pub(crate) async fn set(&self, key: &str, entry: &Arc<Entry>, ttl: Duration) -> Result<()> {
+    /// Stores `entry` under `key` for `ttl` with `tags`, replacing whatever is there
+    /// (write-through).
+    pub(crate) async fn set(
+        &self,
+        key: &str,
+        entry: &Arc<Entry>,
+        ttl: Duration,
+        tags: &[String],
+    ) -> Result<()> {
         match self {
             Store::Memory(store) => {
-                store.set(key, Arc::clone(entry), ttl).await;
+                store.set(key, Arc::clone(entry), ttl, tags).await;
                 Ok(())
             }
             #[cfg(feature = "redis")]
-            Store::Redis(store) => store.set(key, entry, ttl).await,
+            Store::Redis(store) => store.set(key, entry, ttl, tags).await,
         }
     }
 
@@ -323,6 +374,19 @@ impl Store {
             }
             #[cfg(feature = "redis")]
             Store::Redis(store) => store.remove_matching(pattern).await,
+        }
+    }
+
+    /// Removes the keys stored with `tag` (values and pending markers alike, so loads
+    /// running anywhere cannot store): through the tag's set (see `tags.rs` and
+    /// `redis/tags.rs`).
+    pub(crate) async fn remove_tagged(&self, tag: &str) -> Result<Removed> {
+        match self {
+            Store::Memory(store) => {
+                Ok(Removed { keys: store.remove_tagged(tag).await, scanned: false })
+            }
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => store.remove_tagged(tag).await,
         }
     }
 

@@ -13,8 +13,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor as _, FromRow, Row as _};
 
 use super::model::{
-    Dealer, DealerVehicles, Homepage, ProfileUpdate, SearchFilters, SearchPage, Section, Sort,
-    UserProfile, Vehicle, PAGE_SIZE,
+    Dealer, DealerListing, DealerVehicles, Homepage, ProfileUpdate, SearchFilters, SearchPage,
+    Section, Sort, UserProfile, Vehicle, PAGE_SIZE,
 };
 use super::seed;
 
@@ -160,6 +160,67 @@ impl Db {
         Ok(Some(DealerVehicles { dealer, vehicles }))
     }
 
+    /// Vehicles by id, one query (`WHERE id IN (...)`); ids without a row are left out.
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    pub async fn vehicles_by_ids(
+        &self,
+        ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, Vehicle>, DbError> {
+        if ids.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
+        self.count(1);
+        let slots: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql =
+            format!("SELECT {VEHICLE_COLUMNS} FROM vehicles WHERE id IN ({})", slots.join(", "));
+        let mut query = sqlx::query_as::<_, Vehicle>(&sql);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|vehicle| (vehicle.id, vehicle)).collect())
+    }
+
+    /// A dealer and the ids of its newest 48 vehicles; `None` for an unknown dealer. Two
+    /// queries.
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    pub async fn dealer_listing(&self, dealer_id: i64) -> Result<Option<DealerListing>, DbError> {
+        self.count(1);
+        let dealer: Option<Dealer> =
+            sqlx::query_as("SELECT id, name, province, rating FROM dealers WHERE id = $1")
+                .bind(dealer_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(dealer) = dealer else {
+            return Ok(None);
+        };
+        self.count(1);
+        let ids = sqlx::query_scalar(
+            "SELECT id FROM vehicles WHERE dealer_id = $1 ORDER BY listed_at DESC, id DESC LIMIT 48",
+        )
+        .bind(dealer_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some(DealerListing { dealer, ids }))
+    }
+
+    /// The ids of one homepage section's twelve vehicles, in order. One query.
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    pub async fn homepage_section_ids(&self, section: Section) -> Result<Vec<i64>, DbError> {
+        self.count(1);
+        let sql = format!("SELECT id FROM vehicles {} LIMIT 12", section_clause(section));
+        Ok(sqlx::query_scalar(&sql).fetch_all(&self.pool).await?)
+    }
+
     /// The twelve vehicles of one homepage section. One query.
     ///
     /// # Errors
@@ -167,11 +228,7 @@ impl Db {
     /// When the database fails.
     pub async fn homepage_section(&self, section: Section) -> Result<Vec<Vehicle>, DbError> {
         self.count(1);
-        let clause = match section {
-            Section::Featured => "WHERE featured = 1 ORDER BY listed_at DESC, id DESC",
-            Section::Latest => "ORDER BY listed_at DESC, id DESC",
-            Section::Deals => "ORDER BY price ASC, id ASC",
-        };
+        let clause = section_clause(section);
         let sql = format!("SELECT {VEHICLE_COLUMNS} FROM vehicles {clause} LIMIT 12");
         Ok(sqlx::query_as(&sql).fetch_all(&self.pool).await?)
     }
@@ -339,5 +396,14 @@ impl FromRow<'_, AnyRow> for UserProfile {
             province: row.try_get("province")?,
             plan: row.try_get("plan")?,
         })
+    }
+}
+
+/// Which vehicles a homepage section lists, in which order.
+fn section_clause(section: Section) -> &'static str {
+    match section {
+        Section::Featured => "WHERE featured = 1 ORDER BY listed_at DESC, id DESC",
+        Section::Latest => "ORDER BY listed_at DESC, id DESC",
+        Section::Deals => "ORDER BY price ASC, id ASC",
     }
 }

@@ -16,8 +16,8 @@ pub mod service;
 
 pub use db::{Backend, Db, DbError, Sizes};
 pub use model::{
-    Dealer, DealerVehicles, FilterTooLong, Homepage, ProfileUpdate, SearchFilters, SearchPage,
-    SearchQuery, Section, Sort, UserProfile, Vehicle, MAX_FILTER_BYTES,
+    Dealer, DealerListing, DealerVehicles, FilterTooLong, Homepage, ProfileUpdate, SearchFilters,
+    SearchPage, SearchQuery, Section, Sort, UserProfile, Vehicle, MAX_FILTER_BYTES,
 };
 pub use service::Marketplace;
 

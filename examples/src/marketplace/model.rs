@@ -54,6 +54,16 @@ pub struct DealerVehicles {
     pub vehicles: Vec<Vehicle>,
 }
 
+/// A dealer and the ids of its newest listings, newest first: what the cache keeps for a
+/// dealer page (the rows themselves come through the vehicles' own entries).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DealerListing {
+    /// The dealer.
+    pub dealer: Dealer,
+    /// Its newest listings' ids, newest first.
+    pub ids: Vec<i64>,
+}
+
 /// A user's profile (a row of `users`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserProfile {
@@ -187,6 +197,22 @@ pub struct SearchFilters {
     pub sort: Sort,
     /// Page number, from 1.
     pub page: i64,
+    /// The price bucket of `max_price` ([`price_bucket`]), `None` without a ceiling: the
+    /// search's cache tag (`searches:<make>:<ceiling>`), so a price change drops only the
+    /// searches that can list the vehicle at its old or new price.
+    pub ceiling: Option<i64>,
+}
+
+/// The width of a price bucket, for the searches' cache tags.
+pub const PRICE_BUCKET: i64 = 5_000;
+
+/// The highest bucket: every ceiling from `MAX_BUCKET * PRICE_BUCKET` up shares it.
+pub const MAX_BUCKET: i64 = 20;
+
+/// The bucket of a price, `0..=MAX_BUCKET`. A vehicle priced `p` can be listed by a search
+/// with ceiling `c` only if `p <= c`, so only if `price_bucket(p) <= price_bucket(c)`.
+pub fn price_bucket(price: i64) -> i64 {
+    (price.max(0) / PRICE_BUCKET).min(MAX_BUCKET)
 }
 
 /// Results per search page.
@@ -214,6 +240,7 @@ impl SearchFilters {
             year_from: query.year_from,
             sort,
             page: query.page.unwrap_or(1).max(1),
+            ceiling: query.max_price.map(price_bucket),
         }
     }
 

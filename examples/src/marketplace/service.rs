@@ -4,13 +4,21 @@
 //! | key | function | TTL | options |
 //! |---|---|---|---|
 //! | `vehicle:<id>` | [`Marketplace::vehicle`] | 15m | `lock`, `early`, `absent_ttl = "30s"` |
-//! | `dealer:<dealer_id>:vehicles` | [`Marketplace::dealer_vehicles`] | 5m | `lock`, `refresh = "4m"`, `absent_ttl = "30s"` |
-//! | `homepage:<section>` | [`Marketplace::homepage_section`] | 10m | `lock`, `stale = "1h"`, `refresh = "8m"`, `timeout = "50ms"` |
-//! | `search:<make>:<body>:<province>:<min_price>:<max_price>:<year_from>:<sort>:<page>` (`~` for an absent filter) | [`Marketplace::search`] | 5m | |
+//! | `vehicle:<id>`, one per id | [`Marketplace::vehicles`] (`#[cached_batch]`) | 15m | `absent_ttl = "30s"` |
+//! | `dealer:<dealer_id>:vehicles` | [`Marketplace::dealer_listing`] (the dealer and its ids) | 5m | `lock`, `refresh = "4m"`, `absent_ttl = "30s"` |
+//! | `homepage:<section>` | [`Marketplace::homepage_section_ids`] | 10m | `lock`, `stale = "1h"`, `refresh = "8m"`, `timeout = "50ms"` |
+//! | `search:<make>:<body>:<province>:<min_price>:<max_price>:<year_from>:<sort>:<page>` (`~` for an absent filter) | [`Marketplace::search`] | 5m | `tags = ["searches:<make>:<ceiling>"]` |
 //! | `user:<id>` | [`Marketplace::user`] | 1h | `absent_ttl = "30s"` |
 //!
+//! A dealer page and a homepage section keep only their ids; their rows come through
+//! [`Marketplace::vehicles`], one batch per page, whose entries are the single vehicles'
+//! (`vehicle:<id>`): a vehicle read on its own page is a hit on the dealer page, and the
+//! reverse, and a price change reloads one row, not every list that shows it.
+//!
 //! A price change drops `vehicle:<id>`, `dealer:<dealer>:*`, `homepage:*`, and the searches
-//! that can list the vehicle: `search:<its make>:*` and `search:~:*` (searches of any make).
+//! that can list the vehicle at its old or new price, by their tags: of its make or of any
+//! make (`~`), with a price ceiling at or above the lower of the two prices, or none
+//! ([`price_bucket`](super::model::price_bucket)). A search for cheaper cars stays cached.
 //! A profile change is written through to `user:<id>`. Invalidation removes a key whatever
 //! its options: an early refresh, a stale value and an absent entry go with it.
 //!
@@ -18,12 +26,14 @@
 //! its answer, so those bodies own their arguments: `&self` is cloned, which is why
 //! [`Marketplace`] is a cheap `Clone` handle (a pool and a cache, both shared).
 
-use cache_runtime::{cache_put, cached, invalidates, Cache};
+use std::collections::HashMap;
+
+use cache_runtime::{cache_put, cached, cached_batch, invalidates, Cache};
 
 use super::db::{Db, DbError};
 use super::model::{
-    DealerVehicles, Homepage, ProfileUpdate, SearchFilters, SearchPage, Section, UserProfile,
-    Vehicle,
+    price_bucket, DealerListing, DealerVehicles, Homepage, ProfileUpdate, SearchFilters,
+    SearchPage, Section, UserProfile, Vehicle, MAX_BUCKET,
 };
 
 /// The marketplace service: the database plus the cache in front of it. Cheap to clone.
@@ -67,7 +77,38 @@ impl Marketplace {
         self.db.vehicle(id).await
     }
 
-    /// A dealer's page.
+    /// Vehicles by id: one lookup for all of them, one query (`WHERE id IN (...)`) for the
+    /// ids that missed. The same entries as [`vehicle`](Self::vehicle).
+    ///
+    /// # Errors
+    ///
+    /// When the database fails (nothing is cached then).
+    // - `absent_ttl = "30s"`: as for `vehicle`, an id without a row is remembered as absent.
+    #[cached_batch(key = "vehicle:<ids>", ttl = "15m", absent_ttl = "30s", cache = self.cache)]
+    pub async fn vehicles(&self, ids: &[i64]) -> Result<HashMap<i64, Vehicle>, DbError> {
+        self.db.vehicles_by_ids(ids).await
+    }
+
+    /// `ids`' vehicles in their order, through [`vehicles`](Self::vehicles) (ids without a
+    /// row are left out).
+    async fn in_order(&self, ids: &[i64]) -> Result<Vec<Vehicle>, DbError> {
+        let mut rows = self.vehicles(ids).await?;
+        Ok(ids.iter().filter_map(|id| rows.remove(id)).collect())
+    }
+
+    /// A dealer's page: its listing (cached), then its vehicles in one batch.
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    pub async fn dealer_vehicles(&self, dealer_id: i64) -> Result<Option<DealerVehicles>, DbError> {
+        let Some(DealerListing { dealer, ids }) = self.dealer_listing(dealer_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(DealerVehicles { dealer, vehicles: self.in_order(&ids).await? }))
+    }
+
+    /// A dealer and the ids of its newest listings.
     ///
     /// # Errors
     ///
@@ -85,12 +126,22 @@ impl Marketplace {
         absent_ttl = "30s",
         cache = self.cache
     )]
-    pub async fn dealer_vehicles(&self, dealer_id: i64) -> Result<Option<DealerVehicles>, DbError> {
-        self.db.dealer_vehicles(dealer_id).await
+    pub async fn dealer_listing(&self, dealer_id: i64) -> Result<Option<DealerListing>, DbError> {
+        self.db.dealer_listing(dealer_id).await
     }
 
-    /// One homepage section. Every visitor reads it, so it is locked, and kept an hour past
-    /// its TTL: if the database fails after the 10 minutes, the last value is served.
+    /// One homepage section: its ids (cached), then its vehicles in one batch.
+    ///
+    /// # Errors
+    ///
+    /// When the database fails and no stale list of ids is left.
+    pub async fn homepage_section(&self, section: Section) -> Result<Vec<Vehicle>, DbError> {
+        let ids = self.homepage_section_ids(section).await?;
+        self.in_order(&ids).await
+    }
+
+    /// The ids of one homepage section. Every visitor reads it, so it is locked, and kept an
+    /// hour past its TTL: if the database fails after the 10 minutes, the last list is served.
     ///
     /// # Errors
     ///
@@ -111,8 +162,8 @@ impl Marketplace {
         timeout = "50ms",
         cache = self.cache
     )]
-    pub async fn homepage_section(&self, section: Section) -> Result<Vec<Vehicle>, DbError> {
-        self.db.homepage_section(section).await
+    pub async fn homepage_section_ids(&self, section: Section) -> Result<Vec<i64>, DbError> {
+        self.db.homepage_section_ids(section).await
     }
 
     /// The homepage: its three sections, read concurrently.
@@ -135,9 +186,9 @@ impl Marketplace {
     /// Placeholder values are percent-encoded (every byte outside `[A-Za-z0-9_.-]`), so a
     /// value cannot spill into the next level: two different filter sets always have two
     /// different keys, where a hash of the filters could collide, and a client who computed
-    /// a collision could have one search answered with another's result. The make comes
-    /// first so that a price change drops only the searches that can list the vehicle
-    /// (`search:<its make>:*` and `search:~:*`). The HTTP API bounds the text filters
+    /// a collision could have one search answered with another's result. Tagged with its
+    /// make and price ceiling bucket, so that a price change drops only the searches that
+    /// can list the vehicle (see [`Marketplace::update_price`]). The HTTP API bounds the text filters
     /// ([`MAX_FILTER_BYTES`](super::MAX_FILTER_BYTES)), which keeps the keys short.
     ///
     /// # Errors
@@ -147,6 +198,7 @@ impl Marketplace {
         key = "search:<filters.make>:<filters.body>:<filters.province>:<filters.min_price>:\
                <filters.max_price>:<filters.year_from>:<filters.sort>:<filters.page>",
         ttl = "5m",
+        tags = ["searches:<filters.make>:<filters.ceiling>"],
         cache = self.cache
     )]
     pub async fn search(&self, filters: &SearchFilters) -> Result<SearchPage, DbError> {
@@ -179,23 +231,25 @@ impl Marketplace {
             return Ok(None);
         };
         let make = current.make.to_lowercase(); // as SearchFilters normalises it
-        self.save_price(&current, &make, price).await
+        let updated = self.save_price(&current, price).await?;
+        if updated.is_some() {
+            // The searches that can list it, before or after: every ceiling from the lower
+            // of the two prices' buckets up, and the searches without a ceiling.
+            let lowest = price_bucket(current.price.min(price));
+            for ceiling in (lowest..=MAX_BUCKET).map(Some).chain([None]) {
+                self.drop_searches(&make, ceiling).await;
+            }
+        }
+        Ok(updated)
     }
 
-    #[invalidates(
-        "vehicle:<v.id>",
-        "dealer:<v.dealer_id>:*",
-        "homepage:*",
-        "search:<make>:*",
-        "search:~:*",
-        cache = self.cache
-    )]
-    async fn save_price(
-        &self,
-        v: &Vehicle,
-        make: &str,
-        price: i64,
-    ) -> Result<Option<Vehicle>, DbError> {
+    /// Drops the searches of `make` and of any make (`~`) under the price ceiling bucket
+    /// `ceiling` (`None`: without a ceiling).
+    #[invalidates(tags = ["searches:<make>:<ceiling>", "searches:~:<ceiling>"], cache = self.cache)]
+    async fn drop_searches(&self, make: &str, ceiling: Option<i64>) {}
+
+    #[invalidates("vehicle:<v.id>", "dealer:<v.dealer_id>:*", "homepage:*", cache = self.cache)]
+    async fn save_price(&self, v: &Vehicle, price: i64) -> Result<Option<Vehicle>, DbError> {
         self.db.update_price(v.id, price).await
     }
 

@@ -1,5 +1,5 @@
 //! Generic functions: a generic placeholder type (named and `impl Trait`) and a generic
-//! cached value type.
+//! cached value type, named in the key (`<T>`: each type has keys of its own).
 
 use std::fmt::Display;
 
@@ -20,7 +20,7 @@ async fn label(id: impl KeyPart + Display) -> String {
     format!("label {id}")
 }
 
-#[cached(key = "default:<id>", ttl = "15m")]
+#[cached(key = "default:<T>:<id>", ttl = "15m")]
 async fn load_default<T>(id: u64) -> Option<T>
 where
     T: Default + Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -28,7 +28,7 @@ where
     (id > 0).then(T::default)
 }
 
-#[cached(key = "cloned:<id>", ttl = "15m")]
+#[cached(key = "cloned:<T>:<id>", ttl = "15m")]
 async fn load_cloned<T: Clone + Default + Serialize + DeserializeOwned + Send + Sync + 'static>(
     id: u64,
 ) -> Result<T, String> {

@@ -52,7 +52,7 @@ impl RedisStore {
         }
     }
 
-    async fn exists(&self, full_key: &str) -> Result<bool> {
+    pub(super) async fn exists(&self, full_key: &str) -> Result<bool> {
         let mut connection = self.connection.clone();
         let found: u64 =
             self.guarded(redis::cmd("EXISTS").arg(full_key).query_async(&mut connection)).await?;
@@ -60,7 +60,7 @@ impl RedisStore {
     }
 
     /// Whether the index holds its sentinel: it has every live key of its level.
-    async fn trusted(&self, index: &str) -> Result<bool> {
+    pub(super) async fn trusted(&self, index: &str) -> Result<bool> {
         let mut connection = self.connection.clone();
         let score: Option<f64> = self
             .guarded(redis::cmd("ZSCORE").arg(index).arg(SENTINEL).query_async(&mut connection))
@@ -230,7 +230,7 @@ impl RedisStore {
     /// `SCAN MATCH` + `UNLINK` of the data keys matching `full_pattern`. Keys with a `#`
     /// are some cache's own (indexes, locks, fencing counters, load leases, under any
     /// prefix): never removed, since no user key contains `#`.
-    async fn scan_and_unlink(&self, full_pattern: &str) -> Result<u64> {
+    pub(super) async fn scan_and_unlink(&self, full_pattern: &str) -> Result<u64> {
         let mut removed = 0;
         self.scan(
             full_pattern,

@@ -10,23 +10,29 @@
 //! - [`scripts`]: every Lua script, each invoked only through its typed call.
 //! - [`index`]: the pattern invalidation's index walk, rebuild and keyspace scans.
 //! - [`lease`]: leases, fencing and wake-ups on Redis (the interface is `store/lease.rs`).
+//! - [`sentinel`]: the connection to the primary that Redis Sentinel names, across
+//!   failovers.
 
+mod access;
 mod index;
 mod lease;
 mod scripts;
+mod tags;
+pub(crate) mod sentinel;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use tokio::sync::OnceCell;
 
 use scripts::{Abandon, BeginFill, Call, Cover, Fill, IndexAdd, Replace, Target, Write};
 
+use super::endpoint::{redact, Endpoints, Tls};
 use super::lease::new_token;
-use super::link::{LazyCluster, Link};
+use super::link::{needs_renewal, LazyCluster, Link, Standalone};
 use super::{Begun, FillPlan, Found, Marker, Ticket, Touch, Version};
 use crate::breaker::{is_connection_failure, Breaker, BreakerState, Pass};
 use crate::codec::Entry;
@@ -35,6 +41,7 @@ use crate::format::{ReadFormat, MAX_HEADER};
 use crate::index::{levels, INDEX_NAMESPACE};
 use crate::key::RESERVED;
 use crate::notify::Notifier;
+use sentinel::SentinelLink;
 
 /// Pending markers start with this (a NUL byte first, which no JSON text has): a reader
 /// takes them for a miss.
@@ -98,6 +105,8 @@ pub(crate) struct RedisStore {
     eviction: OnceCell<EvictionPolicy>,
     /// How values read back are decoded (schema version, inflate limit).
     read: ReadFormat,
+    /// What the Redis user may run, as last checked.
+    access: access::Access,
 }
 
 /// Connection settings taken from the builder.
@@ -105,53 +114,67 @@ pub(crate) struct RedisOptions {
     /// One URL for a standalone server; the seed nodes of a cluster.
     pub(crate) urls: Vec<String>,
     pub(crate) cluster: bool,
+    /// The master name Redis Sentinel monitors: `urls` are then the sentinels'.
+    pub(crate) sentinel: Option<String>,
     pub(crate) prefix: String,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
     pub(crate) read: ReadFormat,
+    /// Certificates for `rediss://` URLs (every connection of the cache uses them).
+    pub(crate) tls: Tls,
 }
 
 impl RedisStore {
     /// Checks the URL and prepares the connection without opening it: a cache can be built
     /// while Redis is down, and connects when Redis answers.
     pub(crate) fn new(options: RedisOptions) -> Result<Self> {
-        let clients = options
-            .urls
-            .iter()
-            .map(|url| {
-                redis::Client::open(url.as_str()).map_err(|source| Error::InvalidUrl {
-                    url: url.clone(),
-                    source: BackendError(source),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let endpoints = Endpoints::new(options.urls.clone(), &options.tls)?;
+        let clients = endpoints.clients()?;
         let connection = if options.cluster {
-            let client = redis::cluster::ClusterClient::builder(options.urls.clone())
+            let mut builder = redis::cluster::ClusterClient::builder(options.urls.clone())
                 .connection_timeout(options.connect_timeout)
                 .response_timeout(options.command_timeout)
-                .retries(1)
-                .build()
-                .map_err(|source| Error::InvalidUrl {
-                    url: options.urls.join(","),
-                    source: BackendError(source),
-                })?;
+                .retries(1);
+            if let Some(certificates) = endpoints.certificates() {
+                builder = builder.certs(certificates);
+            }
+            let client = builder.build().map_err(|source| Error::InvalidUrl {
+                url: options.urls.iter().map(|url| redact(url)).collect::<Vec<_>>().join(","),
+                source: BackendError(source),
+            })?;
             Link::Cluster(Arc::new(LazyCluster::new(client)))
+        } else if let Some(master) = &options.sentinel {
+            let link = SentinelLink::new(
+                &options.urls,
+                master,
+                options.connect_timeout,
+                ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(options.connect_timeout))
+                    .set_response_timeout(Some(options.command_timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(100)),
+            )
+            .map_err(|source| Error::InvalidUrl {
+                url: options.urls.iter().map(|url| redact(url)).collect::<Vec<_>>().join(","),
+                source: BackendError(source),
+            })?;
+            Link::Sentinel(link)
         } else {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(options.connect_timeout))
                 .set_response_timeout(Some(options.command_timeout))
-                // One quick retry: a call never waits through a long reconnect schedule; the
-                // next call tries again.
-                .set_number_of_retries(1)
+                // No retry inside a call: a silent or refusing server costs a call one
+                // connect timeout, not several; the next call tries again.
+                .set_number_of_retries(0)
                 .set_max_delay(Duration::from_millis(100));
-            Link::Standalone(
-                ConnectionManager::new_lazy_with_config(clients[0].clone(), config)
-                    .map_err(Error::backend)?,
-            )
+            Link::Standalone(Standalone::new(clients[0].clone(), config).map_err(Error::backend)?)
         };
         // Classic pub/sub reaches every node of a cluster: one subscription to any node
         // hears every fill notification.
-        let notifier = Notifier::new(clients, &options.prefix);
+        let notifier = match &connection {
+            Link::Sentinel(link) => Notifier::following(link.clone(), &options.prefix),
+            _ => Notifier::new(clients, &options.prefix),
+        };
         Ok(RedisStore {
             connection,
             prefix: options.prefix,
@@ -159,6 +182,7 @@ impl RedisStore {
             breaker: Breaker::default(),
             eviction: OnceCell::new(),
             read: options.read,
+            access: access::Access::default(),
         })
     }
 
@@ -183,31 +207,106 @@ impl RedisStore {
 
     /// Runs one Redis exchange behind the circuit breaker: refused at once while Redis is
     /// known down, and its outcome recorded.
+    ///
+    /// The half-open probe is not the exchange that happens to come first after the
+    /// cool-down: it is whether Redis answers, a `PING` of every primary
+    /// ([`ping_every_primary`](Self::ping_every_primary)). A command that cannot succeed
+    /// yet (a key or an index in a slot being migrated, a replayed invalidation that times
+    /// out) then fails alone, as a normal failure, instead of keeping the whole store shut
+    /// out with ever longer cool-downs while every node answers.
     async fn guarded<T>(&self, exchange: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
         let Some(pass) = self.breaker.allow() else {
             return Err(Error::Unavailable);
         };
         let mut report = ProbeReport { breaker: &self.breaker, pass, reported: false };
         if pass == Pass::Probe {
-            // While Redis was down, the connection manager kept its last failed reconnect;
-            // the first command after that gets the stale error and starts a new attempt.
-            // Spend that on a PING, so the probe itself meets the fresh connection.
-            let mut connection = self.connection.clone();
-            let _ = redis::cmd("PING").query_async::<()>(&mut connection).await;
+            match self.ping_every_primary().await {
+                Err(error) if is_connection_failure(&error) => {
+                    if needs_renewal(&error) {
+                        self.connection.renew();
+                    }
+                    report.reported = true;
+                    self.breaker.failed(Pass::Probe);
+                    return Err(Error::backend(error));
+                }
+                // An error reply still means Redis answers.
+                _ => self.breaker.succeeded(),
+            }
+            report.pass = Pass::Normal;
         }
         let outcome = exchange.await;
         report.reported = true;
+        if outcome.as_ref().is_err_and(needs_renewal) {
+            // Refused credentials (or a peer that is not Redis): a new connection next time,
+            // so a rotated password is picked up.
+            self.connection.renew();
+        }
         match &outcome {
-            Err(error) if is_connection_failure(error) => self.breaker.failed(pass),
+            Err(error) if is_connection_failure(error) => self.breaker.failed(Pass::Normal),
             // An error reply still means Redis answers.
             _ => self.breaker.succeeded(),
         }
         outcome.map_err(Error::backend)
     }
 
+    /// Checks the Redis user's permissions (see `access.rs`): now, or once Redis first
+    /// answers; one warning names what is missing.
+    pub(crate) fn check_access_at_build(&self, near: bool) {
+        self.access.check_at_build(&self.connection, &self.prefix, near);
+    }
+
+    /// The permissions the Redis user lacks, each with what fails without it: checked again
+    /// now (the last result if Redis does not answer).
+    pub(crate) async fn missing_permissions(&self, near: bool) -> Vec<String> {
+        match self.access.check(&self.connection, &self.prefix, near).await {
+            Ok(missing) => missing,
+            Err(_) => self.access.missing(),
+        }
+    }
+
+    /// The breaker's probe: `PING` on a standalone server (the primary behind Sentinel),
+    /// on every primary of a cluster.
+    async fn ping_every_primary(&self) -> redis::RedisResult<()> {
+        let mut connection = self.connection.clone();
+        // While Redis was down, the connection manager kept its last failed reconnect; the
+        // first command after that gets the stale error and starts a new attempt. Spend
+        // that on a first PING, so the probe meets the fresh connection.
+        let first = redis::cmd("PING").query_async::<()>(&mut connection).await;
+        if first.as_ref().is_err_and(needs_renewal) {
+            // Refused credentials (or a peer that is not Redis): a new connection, so a
+            // rotated password is picked up.
+            self.connection.renew();
+            connection = self.connection.clone();
+        }
+        if !self.connection.is_cluster() {
+            if first.is_ok() {
+                return Ok(());
+            }
+            return redis::cmd("PING").query_async::<()>(&mut connection).await;
+        }
+        let pings = self.connection.primaries().await?.into_iter().map(|(host, port)| {
+            let link = self.connection.clone();
+            async move { link.on_node::<()>(redis::cmd("PING"), &host, port).await }
+        });
+        try_join_all(pings).await.map(|_| ())
+    }
+
     /// The circuit breaker's state.
     pub(crate) fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
+    }
+
+    /// The connection that follows the primary behind Sentinel, if this store has one.
+    pub(crate) fn sentinel(&self) -> Option<&SentinelLink> {
+        match &self.connection {
+            Link::Sentinel(link) => Some(link),
+            _ => None,
+        }
+    }
+
+    /// How many primary changes the store followed (behind Sentinel; `None` otherwise).
+    pub(crate) fn primary_generation(&self) -> Option<u64> {
+        self.sentinel().map(SentinelLink::generation)
     }
 
     fn index_key(&self, level: &str) -> String {
@@ -326,6 +425,20 @@ impl RedisStore {
         Ok(self.stored(bytes))
     }
 
+    /// `MGET` of the full keys: what [`get`](Self::get) answers for each, in one round trip
+    /// (on a cluster, redis-rs sends one `MGET` per slot, in parallel, and puts the replies
+    /// back in order). Unlike `get`, a string longer than any value of this cache is
+    /// transferred whole before it is dropped (`MGET` has no range).
+    pub(crate) async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Arc<Entry>>>> {
+        let mut mget = redis::cmd("MGET");
+        for key in keys {
+            mget.arg(self.full_key(key));
+        }
+        let mut connection = self.connection.clone();
+        let replies: Vec<Option<Vec<u8>>> = self.guarded(mget.query_async(&mut connection)).await?;
+        Ok(replies.into_iter().map(|bytes| bytes.and_then(|bytes| self.stored(bytes))).collect())
+    }
+
     /// A hit for `idle`: one script ([`scripts::Touch`]) reads the value and extends its life;
     /// on a cluster the index covers ([`Cover`], one per index level, other slots) are
     /// in flight together with it: still one round trip.
@@ -409,8 +522,15 @@ impl RedisStore {
     }
 
     /// Sends the index updates for `key` (cluster: before the write they cover).
-    async fn index_on_cluster(&self, key: &str, ttl_ms: u64, trusted_at_birth: bool) -> Result<()> {
-        let indexes = self.level_indexes(key);
+    async fn index_on_cluster(
+        &self,
+        key: &str,
+        ttl_ms: u64,
+        trusted_at_birth: bool,
+        tags: &[String],
+    ) -> Result<()> {
+        let mut indexes = self.level_indexes(key);
+        indexes.extend(self.tag_sets(tags));
         self.on_each_level(&indexes, |index| IndexAdd {
             index,
             member: key,
@@ -445,8 +565,19 @@ impl RedisStore {
 
     /// `key` as a script target: its full key and, on standalone, its indexes.
     fn target(&self, key: &str) -> Target {
-        let indexes =
-            if self.connection.is_cluster() { Vec::new() } else { self.level_indexes(key) };
+        self.tagged_target(key, &[])
+    }
+
+    /// [`target`](Self::target) for a value stored with `tags`: on standalone, their tag
+    /// sets are kept up with the indexes, in the same script.
+    fn tagged_target(&self, key: &str, tags: &[String]) -> Target {
+        let indexes = if self.connection.is_cluster() {
+            Vec::new()
+        } else {
+            let mut indexes = self.level_indexes(key);
+            indexes.extend(self.tag_sets(tags));
+            indexes
+        };
         Target { data: self.full_key(key), indexes }
     }
 
@@ -465,13 +596,19 @@ impl RedisStore {
 
     /// Write-through: `SET` with the index updates, atomically on standalone, indexes first
     /// on a cluster.
-    pub(crate) async fn set(&self, key: &str, entry: &Entry, ttl: Duration) -> Result<()> {
+    pub(crate) async fn set(
+        &self,
+        key: &str,
+        entry: &Entry,
+        ttl: Duration,
+        tags: &[String],
+    ) -> Result<()> {
         let ttl_ms = millis(ttl);
         let trusted_at_birth = self.trusted_at_birth().await?;
         if self.connection.is_cluster() {
-            self.index_on_cluster(key, ttl_ms, trusted_at_birth).await?;
+            self.index_on_cluster(key, ttl_ms, trusted_at_birth, tags).await?;
         }
-        let target = self.target(key);
+        let target = self.tagged_target(key, tags);
         self.call(&Write {
             target: &target,
             value: &entry.json,
@@ -485,13 +622,13 @@ impl RedisStore {
     /// Step 1 of the fill protocol (see `store/mod.rs`). The index entry covers the marker
     /// and the value that may replace it (`window + lifetime`; a marker keeping an expired
     /// value lives at most as long as that value).
-    pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan) -> Result<Begun> {
+    pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan<'_>) -> Result<Begun> {
         let trusted_at_birth = self.trusted_at_birth().await?;
         let mut marker = MARKER_TAG.to_vec();
         marker.extend_from_slice(new_token().as_bytes());
         marker.push(b'\n');
         let index_ttl_ms = millis(plan.window) + millis(plan.lifetime);
-        let target = self.target(key);
+        let target = self.tagged_target(key, plan.tags);
         let begin = BeginFill {
             target: &target,
             marker: &marker,
@@ -510,7 +647,7 @@ impl RedisStore {
             // Both in flight together: the load starts only when both are done, so either
             // an invalidation finds the marker, or it ran before the load reads anything.
             let ((), reply) = futures_util::future::try_join(
-                self.index_on_cluster(key, index_ttl_ms, trusted_at_birth),
+                self.index_on_cluster(key, index_ttl_ms, trusted_at_birth, plan.tags),
                 self.call(&begin),
             )
             .await?;
@@ -537,6 +674,7 @@ impl RedisStore {
         ticket: &Ticket,
         entry: &Entry,
         ttl: Duration,
+        tags: &[String],
     ) -> Result<bool> {
         let ttl_ms = millis(ttl);
         let stored: i64 = match ticket {
@@ -547,9 +685,9 @@ impl RedisStore {
             Ticket::Replace { old, version: Version::Redis(pttl) } => {
                 let trusted_at_birth = self.trusted_at_birth().await?;
                 if self.connection.is_cluster() {
-                    self.index_on_cluster(key, ttl_ms, trusted_at_birth).await?;
+                    self.index_on_cluster(key, ttl_ms, trusted_at_birth, tags).await?;
                 }
-                let target = self.target(key);
+                let target = self.tagged_target(key, tags);
                 self.call(&Replace {
                     target: &target,
                     old: &old.json,
@@ -584,24 +722,44 @@ impl RedisStore {
         let mut connection = self.connection.clone();
         let mut info = redis::cmd("INFO");
         info.arg("memory").arg("clients").arg("stats");
+        // `INFO` not permitted (a least-privilege user without `+info`): Redis still answers;
+        // health just has no figures.
+        let refused = |error: &redis::RedisError| {
+            error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+        };
         if !self.connection.is_cluster() {
-            let (_, info): (String, String) = redis::pipe()
-                .cmd("PING")
-                .add_command(info)
-                .query_async(&mut connection)
-                .await
-                .map_err(Error::backend)?;
-            return Ok(vec![info]);
+            let pipeline = redis::pipe().cmd("PING").add_command(info).clone();
+            let mut reply: redis::RedisResult<(String, String)> =
+                pipeline.query_async(&mut connection).await;
+            if reply.as_ref().is_err_and(|error| error.is_io_error() && !error.is_timeout()) {
+                // The connection manager's last reconnect failed while Redis was down; that
+                // stale error started a new attempt, which this one meets: a Redis that is
+                // back is seen at once (one connect timeout at most, never two).
+                connection = self.connection.clone();
+                reply = pipeline.query_async(&mut connection).await;
+            }
+            return match reply {
+                Ok((_, info)) => Ok(vec![info]),
+                Err(error) if refused(&error) => {
+                    let ping = redis::cmd("PING").query_async::<()>(&mut connection).await;
+                    ping.map(|()| Vec::new()).map_err(Error::backend)
+                }
+                Err(error) => {
+                    if needs_renewal(&error) {
+                        self.connection.renew();
+                    }
+                    Err(Error::backend(error))
+                }
+            };
         }
         redis::cmd("PING").query_async::<()>(&mut connection).await.map_err(Error::backend)?;
         let mut infos = Vec::new();
         for (host, port) in self.connection.primaries().await.map_err(Error::backend)? {
-            infos.push(
-                self.connection
-                    .on_node::<String>(info.clone(), &host, port)
-                    .await
-                    .map_err(Error::backend)?,
-            );
+            match self.connection.on_node::<String>(info.clone(), &host, port).await {
+                Ok(info) => infos.push(info),
+                Err(error) if refused(&error) => {}
+                Err(error) => return Err(Error::backend(error)),
+            }
         }
         Ok(infos)
     }
@@ -696,10 +854,12 @@ mod tests {
         Store::redis(RedisOptions {
             urls: vec![url.to_owned()],
             cluster: false,
+            sentinel: None,
             prefix: prefix.to_owned(),
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_millis(500),
             read: ReadFormat::default(),
+            tls: Tls::default(),
         })
         .unwrap()
     }
@@ -734,6 +894,33 @@ mod tests {
         let peek = store.peek_with_lease(key).await.unwrap();
         assert!(!peek.settling && peek.lease_left.is_zero());
         assert!(!store.settle_load_lease(key, &token).await.unwrap(), "released: not held");
+    }
+
+    /// The breaker's half-open probe is whether Redis answers (`PING`), not the command
+    /// that happens to come first: on a replica, writes are refused (`READONLY`, a
+    /// connection-class failure) while reads are served. The writes open the breaker; after
+    /// the cool-down a write probes, the PING answers, the breaker closes, and the write
+    /// fails alone: reads go to Redis again instead of waiting through ever longer
+    /// cool-downs.
+    #[tokio::test]
+    async fn the_probe_is_whether_redis_answers_not_the_command_that_probes() {
+        let primary = RedisServer::start();
+        let replica =
+            RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
+        let store = store(&replica.url(), "p:");
+        let Store::Redis(redis) = &store else { unreachable!() };
+        for _ in 0..crate::breaker::FAILURES_TO_OPEN {
+            let refused = store.remove("k").await.unwrap_err();
+            assert_eq!(refused.kind(), crate::ErrorKind::Connection, "{refused}");
+        }
+        assert_eq!(redis.breaker_state(), BreakerState::Open);
+        assert!(matches!(store.get("k").await, Err(crate::Error::Unavailable)));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(redis.breaker_state(), BreakerState::HalfOpen);
+        let refused = store.remove("k").await.unwrap_err();
+        assert_eq!(refused.kind(), crate::ErrorKind::Connection, "the write itself: {refused}");
+        assert_eq!(redis.breaker_state(), BreakerState::Closed, "the PING answered");
+        assert!(store.get("k").await.unwrap().is_none(), "reads reach Redis again");
     }
 
     #[tokio::test]
@@ -799,10 +986,12 @@ mod tests {
         let redis = RedisStore::new(RedisOptions {
             urls: vec![server.url()],
             cluster: false,
+            sentinel: None,
             prefix: "b:".to_owned(),
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_millis(500),
             read: ReadFormat { limit, ..ReadFormat::default() },
+            tls: Tls::default(),
         })
         .unwrap();
         let bound = redis.read_bound();
@@ -823,6 +1012,7 @@ mod tests {
             window: Duration::from_secs(5),
             force: false,
             lookup: false,
+            tags: &[],
         };
         for len in lengths {
             let over = len > bound;
@@ -866,7 +1056,7 @@ mod tests {
         };
         let at_limit = "y".repeat(limit - 2);
         let entry = Arc::new(Entry::encode(&at_limit, None, &format).unwrap());
-        store.set("v", &entry, Duration::from_secs(60)).await.unwrap();
+        store.set("v", &entry, Duration::from_secs(60), &[]).await.unwrap();
         assert_eq!(store.get("v").await.unwrap().unwrap().take::<String>(None).unwrap(), at_limit);
         // A missing key (`GETRANGE` answers "") is a miss.
         assert!(store.get("missing").await.unwrap().is_none());

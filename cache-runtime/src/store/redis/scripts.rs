@@ -805,6 +805,45 @@ impl Call for RateDecide<'_> {
     }
 }
 
+/// Removes keys stored with a tag and their members of the tag's set, in one step
+/// (standalone, where the set and the keys share the server): a key written again later
+/// joins the set again, so the set never misses a live key. `KEYS[1]` is the tag's set,
+/// `KEYS[2..]` the full keys, `ARGV` their members in the same order. Replies the number of
+/// keys removed.
+pub(super) struct TagUnlink<'a> {
+    pub(super) set: &'a str,
+    pub(super) full_keys: &'a [String],
+    pub(super) members: &'a [&'a str],
+}
+
+static TAG_UNLINK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local removed = 0
+for i = 2, #KEYS do
+  removed = removed + redis.call('UNLINK', KEYS[i])
+  redis.call('ZREM', KEYS[1], ARGV[i - 1])
+end
+return removed",
+    )
+});
+
+impl Call for TagUnlink<'_> {
+    type Reply = u64;
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = TAG_UNLINK.prepare_invoke();
+        call.key(self.set);
+        for full in self.full_keys {
+            call.key(full.as_str());
+        }
+        for member in self.members {
+            call.arg(*member);
+        }
+        call
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -281,7 +281,8 @@ pub(crate) async fn run(setup: Setup, requests: usize, concurrency: usize) -> Re
     }
     println!();
     println!("per function        hits   misses    loads refreshes  hit rate");
-    for name in ["vehicle", "dealer_vehicles", "homepage_section", "search", "user"] {
+    for name in ["vehicle", "vehicles", "dealer_listing", "homepage_section_ids", "search", "user"]
+    {
         let Stats { hits, misses, loads, refreshes, .. } = service.cache().stats_of(name);
         let rate = hits as f64 * 100.0 / (hits + misses).max(1) as f64;
         println!("  {name:<16} {hits:>7} {misses:>8} {loads:>8} {refreshes:>9} {rate:>8.1}%");

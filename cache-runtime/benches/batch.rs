@@ -1,0 +1,294 @@
+//! Batch loads (`#[cached_batch]`) on Redis, next to what they replace.
+//!
+//! | benchmark              | what one iteration does                                                 |
+//! |------------------------|-------------------------------------------------------------------------|
+//! | `warm/batch_100`       | a `#[cached_batch(key = "vehicle:<ids>")]` call for 100 ids, all hits (one `MGET`) |
+//! | `warm/single_100`      | 100 `#[cached(key = "vehicle:<id>")]` hits, one after another (100 `GET`s) |
+//! | `cold/batch_100`       | the batch for 100 ids never seen (the `MGET`, one round trip of begin-fill scripts, the "query", one round trip of fill scripts) |
+//! | `cold/hand_written`    | `MGET` of 100 keys, the same "query", 100 `SET ... PX` in one pipeline, by hand |
+//!
+//! The "query" builds the 100 rows in process (no database): what is measured is the cache's
+//! own cost. One private `redis-server` on loopback (the test helper), one current-thread
+//! tokio runtime. After criterion the bench times each pair again in alternating rounds and
+//! prints the ratios the issue sets targets for:
+//!
+//! ```text
+//! ratio warm 100 singles/batch: 35.1x   (target >= 20x)
+//! ratio cold batch/hand-written: 1.25x  (target <= 1.3x)
+//! ```
+//!
+//! ```text
+//! cargo bench -p cache-runtime --bench batch
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use cache_runtime::{cached, cached_batch, Cache};
+use criterion::{criterion_group, Criterion};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Runtime;
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../tests/src/redis_server.rs"]
+mod redis_server;
+
+use redis_server::RedisServer;
+
+const PREFIX: &str = "bench:";
+const BATCH: u64 = 100;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Vehicle {
+    id: u64,
+    dealer_id: u64,
+    make: String,
+    model: String,
+    price: u32,
+    features: Vec<String>,
+}
+
+fn row(id: u64) -> Vehicle {
+    Vehicle {
+        id,
+        dealer_id: 7_311,
+        make: "Honda".to_owned(),
+        model: "Civic EX 2.0 CVT".to_owned(),
+        price: 23_450,
+        features: ["sunroof", "heated seats", "apple carplay", "lane assist", "backup camera"]
+            .map(str::to_owned)
+            .to_vec(),
+    }
+}
+
+/// The "query": one row per id.
+fn query(ids: &[u64]) -> HashMap<u64, Vehicle> {
+    ids.iter().map(|&id| (id, row(id))).collect()
+}
+
+static CACHE: OnceLock<Cache> = OnceLock::new();
+
+fn cache() -> &'static Cache {
+    CACHE.get().expect("built in the fixture")
+}
+
+#[cached_batch(key = "vehicle:<ids>", ttl = "15m", cache = cache())]
+async fn vehicles(ids: &[u64]) -> Result<HashMap<u64, Vehicle>, String> {
+    Ok(query(ids))
+}
+
+#[cached(key = "vehicle:<id>", ttl = "15m", cache = cache())]
+async fn vehicle(id: u64) -> Result<Option<Vehicle>, String> {
+    Ok(Some(row(id)))
+}
+
+/// What a service writes by hand for a cold batch: `MGET`, one query for what missed,
+/// `SET ... PX` of each row in one pipeline.
+async fn hand_written(connection: &ConnectionManager, ids: &[u64]) -> HashMap<u64, Vehicle> {
+    let mut connection = connection.clone();
+    let keys: Vec<String> = ids.iter().map(|id| format!("{PREFIX}hand:vehicle:{id}")).collect();
+    let found: Vec<Option<Vec<u8>>> =
+        redis::cmd("MGET").arg(&keys).query_async(&mut connection).await.expect("MGET");
+    let mut rows = HashMap::with_capacity(ids.len());
+    let mut missed = Vec::new();
+    for ((id, key), found) in ids.iter().zip(&keys).zip(found) {
+        match found.and_then(|json| serde_json::from_slice::<Vehicle>(&json).ok()) {
+            Some(vehicle) => {
+                rows.insert(*id, vehicle);
+            }
+            None => missed.push((*id, key)),
+        }
+    }
+    let ids: Vec<u64> = missed.iter().map(|(id, _)| *id).collect();
+    let loaded = query(&ids);
+    let mut pipe = redis::pipe();
+    for (id, key) in &missed {
+        if let Some(vehicle) = loaded.get(id) {
+            let json = serde_json::to_vec(vehicle).expect("encodes");
+            pipe.cmd("SET").arg(*key).arg(json).arg("PX").arg(900_000).ignore();
+        }
+    }
+    let () = pipe.query_async(&mut connection).await.expect("pipelined SETs");
+    rows.extend(loaded);
+    rows
+}
+
+struct Fixture {
+    runtime: Runtime,
+    connection: ConnectionManager,
+    warm: Vec<u64>,
+}
+
+/// Ids never asked for before: each cold iteration takes the next 100.
+static NEXT_COLD: AtomicU64 = AtomicU64::new(1_000_000);
+
+fn cold_ids() -> Vec<u64> {
+    let first = NEXT_COLD.fetch_add(BATCH, Relaxed);
+    (first..first + BATCH).collect()
+}
+
+static SERVER: Mutex<Option<RedisServer>> = Mutex::new(None);
+static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+
+/// Kills the bench's redis-server on drop.
+struct StopServer;
+
+impl Drop for StopServer {
+    fn drop(&mut self) {
+        drop(SERVER.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+fn fixture() -> &'static Fixture {
+    FIXTURE.get_or_init(|| {
+        let server = RedisServer::start();
+        let (url, client) = (server.url(), server.client());
+        *SERVER.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let warm: Vec<u64> = (1..=BATCH).collect();
+        let connection = runtime.block_on(async {
+            let cache = Cache::builder().redis(url).prefix(PREFIX).build().await.expect("cache");
+            CACHE.set(cache).expect("built once");
+            let connection = ConnectionManager::new(client).await.expect("connection");
+            assert_eq!(vehicles(&warm).await.unwrap().len(), warm.len());
+            assert_eq!(vehicles(&warm).await.unwrap().len(), warm.len());
+            for &id in &warm {
+                assert_eq!(vehicle(id).await.unwrap(), Some(row(id)));
+            }
+            connection
+        });
+        let stats = cache().stats_of("vehicle");
+        assert_eq!((stats.misses, stats.loads), (0, 0), "the singles hit the batch's entries");
+        Fixture { runtime, connection, warm }
+    })
+}
+
+fn warm(c: &mut Criterion) {
+    let mut group = c.benchmark_group("warm");
+    group.bench_function("batch_100", |b| {
+        let f = fixture();
+        b.to_async(&f.runtime).iter(|| async { black_box(vehicles(&f.warm).await.unwrap()) });
+    });
+    group.bench_function("single_100", |b| {
+        let f = fixture();
+        b.to_async(&f.runtime).iter(|| async {
+            for &id in &f.warm {
+                black_box(vehicle(id).await.unwrap());
+            }
+        });
+    });
+    group.finish();
+}
+
+fn cold(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cold");
+    group.bench_function("batch_100", |b| {
+        let f = fixture();
+        b.to_async(&f.runtime).iter(|| async { black_box(vehicles(&cold_ids()).await.unwrap()) });
+    });
+    group.bench_function("hand_written", |b| {
+        let f = fixture();
+        b.to_async(&f.runtime)
+            .iter(|| async { black_box(hand_written(&f.connection, &cold_ids()).await) });
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = warm, cold
+}
+
+/// Alternating rounds of `batch` calls of `subject` and `baseline`: the median of the
+/// per-round ratios (subject / baseline) and the mean µs per call of each.
+fn interleaved<S, SF, B, BF>(
+    runtime: &Runtime,
+    rounds: usize,
+    batch: u32,
+    mut subject: S,
+    mut baseline: B,
+) -> (f64, f64, f64)
+where
+    S: FnMut() -> SF,
+    SF: Future,
+    B: FnMut() -> BF,
+    BF: Future,
+{
+    async fn time<F: Future>(batch: u32, call: &mut impl FnMut() -> F) -> Duration {
+        let started = Instant::now();
+        for _ in 0..batch {
+            black_box(call().await);
+        }
+        started.elapsed()
+    }
+    runtime.block_on(async {
+        time(batch, &mut subject).await;
+        time(batch, &mut baseline).await;
+        let mut ratios = Vec::with_capacity(rounds);
+        let (mut subject_total, mut baseline_total) = (Duration::ZERO, Duration::ZERO);
+        for round in 0..rounds {
+            let (s, b) = if round % 2 == 0 {
+                let s = time(batch, &mut subject).await;
+                (s, time(batch, &mut baseline).await)
+            } else {
+                let b = time(batch, &mut baseline).await;
+                (time(batch, &mut subject).await, b)
+            };
+            subject_total += s;
+            baseline_total += b;
+            ratios.push(s.as_secs_f64() / b.as_secs_f64());
+        }
+        ratios.sort_by(f64::total_cmp);
+        let calls = (rounds as u32 * batch) as f64;
+        let micros = |total: Duration| total.as_nanos() as f64 / calls / 1e3;
+        (ratios[rounds / 2], micros(subject_total), micros(baseline_total))
+    })
+}
+
+fn print_ratios() {
+    let f = fixture();
+    let (warm, singles_us, batch_us) = interleaved(
+        &f.runtime,
+        20,
+        50,
+        || async {
+            for &id in &f.warm {
+                black_box(vehicle(id).await.unwrap());
+            }
+        },
+        || vehicles(&f.warm),
+    );
+    let (cold, cold_us, hand_us) = interleaved(&f.runtime, 20, 50, vehicles_cold, || async {
+        hand_written(&f.connection, &cold_ids()).await
+    });
+    println!();
+    println!("interleaved rounds (median of per-round ratios; mean µs per call):");
+    println!("  warm  100 singles {singles_us:>8.1} µs   batch_100    {batch_us:>8.1} µs");
+    println!("  cold  batch_100   {cold_us:>8.1} µs   hand_written {hand_us:>8.1} µs");
+    println!("ratio warm 100 singles/batch: {:.1}x   (target >= 20x)", warm);
+    println!("ratio cold batch/hand-written: {cold:.2}x   (target <= 1.3x)");
+}
+
+async fn vehicles_cold() -> HashMap<u64, Vehicle> {
+    vehicles(&cold_ids()).await.unwrap()
+}
+
+fn main() {
+    let _stop_server = StopServer;
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    let args: Vec<String> = std::env::args().collect();
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    if has("--bench") && !has("--test") && !has("--list") && !has("--profile-time") {
+        print_ratios();
+    }
+}

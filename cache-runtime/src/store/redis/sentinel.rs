@@ -1,0 +1,438 @@
+//! Following the primary behind Redis Sentinel
+//! ([`CacheBuilder::redis_sentinel`](crate::CacheBuilder::redis_sentinel)).
+//!
+//! redis-rs's own Sentinel support (`redis::sentinel`) hands out one connection to the
+//! primary of the moment, which then stays on that node: after a failover it writes to a
+//! replica (`READONLY`) or to a dead address. [`SentinelLink`] is the connection the store
+//! uses instead: a [`ConnectionManager`] to the current primary, replaced when the primary
+//! changes. The primary is asked of the sentinels (`SENTINEL get-master-addr-by-name`, each
+//! in turn until one answers) and confirmed with `ROLE` before any command goes to it:
+//!
+//! - at the first command;
+//! - after a command failed for a connection reason or was refused by a node that cannot
+//!   serve as primary now (`READONLY`, `LOADING`, `MASTERDOWN`): one lookup at a time,
+//!   and a refused command is sent once more if the primary changed (the node refused it, so
+//!   it did not run);
+//! - when a sentinel announces `+switch-master` (a subscription to one sentinel at a time),
+//!   and every [`POLL_EVERY`] in the background, so that a promotion is noticed even while
+//!   the old primary still accepts writes (Sentinel demotes it only seconds later, and what
+//!   it acknowledged meanwhile is lost by replication).
+//!
+//! A change bumps the [generation](SentinelLink::generation) and calls the listeners
+//! *before* the new primary takes commands: the cache keeps the writes of the last
+//! moments for replay there and flushes its near cache (`write.rs`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, Pipeline, RedisError, RedisFuture,
+    Value,
+};
+
+use crate::breaker::{is_connection_failure, is_failover_refusal};
+
+/// How often the sentinels are asked whether the primary changed.
+pub(crate) const POLL_EVERY: Duration = Duration::from_millis(500);
+
+/// Called on a primary change, before the new primary takes commands.
+pub(crate) type Listener = Box<dyn Fn() + Send + Sync>;
+
+/// A cheap, cloneable handle to the connection that follows the primary.
+#[derive(Clone)]
+pub(crate) struct SentinelLink {
+    inner: Arc<Inner>,
+    /// The database of the data nodes (from the first sentinel URL).
+    db: i64,
+}
+
+struct Inner {
+    /// The sentinels, without a database (a sentinel has none).
+    sentinels: Vec<redis::Client>,
+    /// The name the sentinels monitor the primary under.
+    master: String,
+    /// How the data nodes are reached: the first sentinel URL's user, password, database
+    /// and protocol, at the address the sentinels name.
+    node: ConnectionInfo,
+    config: ConnectionManagerConfig,
+    /// Bounds one lookup (the sentinels, then `ROLE` on the primary).
+    lookup_timeout: Duration,
+    current: RwLock<Option<Primary>>,
+    /// Bumped on every primary change (not on the first lookup).
+    generation: AtomicU64,
+    /// One lookup at a time.
+    looking: tokio::sync::Mutex<()>,
+    /// When the last lookup ended: failures within [`MIN_LOOKUP_GAP`] of it share its
+    /// verdict instead of asking again.
+    last_lookup: Mutex<Option<Instant>>,
+    listeners: Mutex<Vec<Listener>>,
+    /// A connection to each sentinel that answered, reused by the next lookup.
+    asking: Mutex<Vec<Option<MultiplexedConnection>>>,
+    /// The background poll runs (started on first use, inside a runtime).
+    polling: std::sync::atomic::AtomicBool,
+}
+
+/// Failures closer than this to the last lookup reuse it.
+const MIN_LOOKUP_GAP: Duration = Duration::from_millis(100);
+
+#[derive(Clone)]
+struct Primary {
+    addr: (String, u16),
+    manager: ConnectionManager,
+    generation: u64,
+}
+
+/// A sentinel lookup that found nothing usable: an I/O-kind error, so that the cache treats
+/// it like an unreachable server (breaker, backlog).
+fn unreachable(why: String) -> RedisError {
+    RedisError::from(std::io::Error::new(std::io::ErrorKind::NotConnected, why))
+}
+
+impl SentinelLink {
+    /// Checks the sentinel URLs; connects nothing yet.
+    pub(crate) fn new(
+        urls: &[String],
+        master: &str,
+        connect_timeout: Duration,
+        config: ConnectionManagerConfig,
+    ) -> redis::RedisResult<SentinelLink> {
+        let infos = urls
+            .iter()
+            .map(|url| redis::IntoConnectionInfo::into_connection_info(url.as_str()))
+            .collect::<redis::RedisResult<Vec<ConnectionInfo>>>()?;
+        let node = infos.first().cloned().ok_or_else(|| {
+            RedisError::from((redis::ErrorKind::InvalidClientConfig, "no sentinel given"))
+        })?;
+        let db = node.redis_settings().db();
+        let sentinels = infos
+            .into_iter()
+            .map(|info| {
+                let settings = info.redis_settings().clone().set_db(0);
+                redis::Client::open(info.set_redis_settings(settings))
+            })
+            .collect::<redis::RedisResult<Vec<_>>>()?;
+        Ok(SentinelLink {
+            inner: Arc::new(Inner {
+                sentinels,
+                master: master.to_owned(),
+                node,
+                config,
+                lookup_timeout: connect_timeout * 2,
+                current: RwLock::new(None),
+                generation: AtomicU64::new(0),
+                looking: tokio::sync::Mutex::new(()),
+                last_lookup: Mutex::new(None),
+                listeners: Mutex::new(Vec::new()),
+                asking: Mutex::new(vec![None; urls.len()]),
+                polling: std::sync::atomic::AtomicBool::new(false),
+            }),
+            db,
+        })
+    }
+
+    /// How many primary changes this link has followed.
+    pub(crate) fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// Calls `listener` on every later primary change, before the new primary takes
+    /// commands.
+    pub(crate) fn on_change(&self, listener: Listener) {
+        self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner()).push(listener);
+    }
+
+    /// The current primary's connection settings (looked up if none is known yet), for
+    /// the connections the cache opens besides this one (pub/sub, near-cache tracking).
+    pub(crate) async fn primary_info(&self) -> redis::RedisResult<ConnectionInfo> {
+        let primary = self.primary().await?;
+        let (host, port) = primary.addr;
+        Ok(self.inner.node.clone().set_addr(ConnectionAddr::Tcp(host, port)))
+    }
+
+    /// The current primary, looked up on first use.
+    async fn primary(&self) -> redis::RedisResult<Primary> {
+        self.start_polling();
+        if let Some(primary) = self.current() {
+            return Ok(primary);
+        }
+        self.inner.lookup(None, false).await
+    }
+
+    fn current(&self) -> Option<Primary> {
+        self.inner.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Starts the background poll once, inside a runtime.
+    fn start_polling(&self) {
+        if self.inner.polling.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if !self.inner.polling.swap(true, Ordering::AcqRel) {
+            runtime.spawn(poll(Arc::downgrade(&self.inner)));
+            runtime.spawn(listen(Arc::downgrade(&self.inner)));
+        }
+    }
+
+    /// Runs one exchange on the current primary. A connection failure or a failover
+    /// refusal starts a lookup; a refused exchange runs once more if the primary changed.
+    async fn exchange<T>(
+        &self,
+        run: impl Fn(ConnectionManager) -> RedisFuture<'static, T>,
+    ) -> redis::RedisResult<T> {
+        let primary = self.primary().await?;
+        let outcome = run(primary.manager.clone()).await;
+        let Err(error) = &outcome else { return outcome };
+        if !is_connection_failure(error) {
+            return outcome;
+        }
+        match self.inner.lookup(Some(primary.generation), false).await {
+            Ok(next) if next.generation != primary.generation && is_failover_refusal(error) => {
+                run(next.manager).await
+            }
+            _ => outcome,
+        }
+    }
+}
+
+impl Inner {
+    /// Asks the sentinels for the primary and switches to it if it changed. `seen`: the
+    /// generation the caller used (`None` on first use): if it is already past, the
+    /// current primary is the answer. Unless `fresh` (a sentinel said the primary changed,
+    /// or the poll saw another name), a lookup that ended less than [`MIN_LOOKUP_GAP`] ago
+    /// answers for this one too.
+    async fn lookup(
+        self: &Arc<Self>,
+        seen: Option<u64>,
+        fresh: bool,
+    ) -> redis::RedisResult<Primary> {
+        let _one = self.looking.lock().await;
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(current) = &current {
+            let recent = self
+                .last_lookup
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|at| at.elapsed() < MIN_LOOKUP_GAP);
+            if seen != Some(current.generation) || (recent && !fresh) {
+                return Ok(current.clone());
+            }
+        }
+        let known = current.as_ref().map(|current| &current.addr);
+        let found = tokio::time::timeout(self.lookup_timeout, self.find(known)).await;
+        *self.last_lookup.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        let (addr, manager) = match found {
+            Ok(Ok(Some(found))) => found,
+            // The sentinels still name the current primary.
+            Ok(Ok(None)) => return current.ok_or_else(|| unreachable(String::new())),
+            Ok(Err(error)) => return Err(error),
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no sentinel named the primary of {:?} within {:?}",
+                    self.master, self.lookup_timeout
+                )))
+            }
+        };
+        // Commands pick their primary under the read lock: while this holds the write
+        // lock, none starts on either primary. A write tagged with the new generation
+        // (read after the bump) therefore always goes to the new primary, and everything
+        // acknowledged under the old one is either handed over by the listeners or, when
+        // its acknowledgement comes later, kept for replay by the write path itself.
+        let mut slot = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let generation = match &current {
+            None => 0,
+            Some(previous) => {
+                let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                tracing::warn!(
+                    master = %self.master,
+                    from = %format_args!("{}:{}", previous.addr.0, previous.addr.1),
+                    to = %format_args!("{}:{}", addr.0, addr.1),
+                    "Redis primary changed (Sentinel failover): recent writes are replayed on the new primary, the near cache is flushed"
+                );
+                for listener in self.listeners.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                    listener();
+                }
+                generation
+            }
+        };
+        let primary = Primary { addr, manager, generation };
+        *slot = Some(primary.clone());
+        Ok(primary)
+    }
+
+    /// The primary the sentinels name, connected and confirmed by `ROLE`; `None` when they
+    /// still name `known`, the current one.
+    async fn find(
+        &self,
+        known: Option<&(String, u16)>,
+    ) -> redis::RedisResult<Option<((String, u16), ConnectionManager)>> {
+        let (host, port) = self.named().await?;
+        if known.is_some_and(|(known_host, known_port)| *known_host == host && *known_port == port)
+        {
+            return Ok(None);
+        }
+        let info = self.node.clone().set_addr(ConnectionAddr::Tcp(host.clone(), port));
+        let client = redis::Client::open(info)?;
+        let mut manager = ConnectionManager::new_lazy_with_config(client, self.config.clone())?;
+        let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut manager).await?;
+        match role.first() {
+            Some(Value::BulkString(role)) if role == b"master" => Ok(Some(((host, port), manager))),
+            Some(Value::SimpleString(role)) if role == "master" => {
+                Ok(Some(((host, port), manager)))
+            }
+            _ => Err(unreachable(format!(
+                "{host}:{port}, named primary of {:?} by Sentinel, is not a primary (yet)",
+                self.master
+            ))),
+        }
+    }
+
+    /// `SENTINEL get-master-addr-by-name` of the first sentinel that names one.
+    async fn named(&self) -> redis::RedisResult<(String, u16)> {
+        let mut last = None;
+        for (at, sentinel) in self.sentinels.iter().enumerate() {
+            let asked = async {
+                let cached = self.asking.lock().unwrap_or_else(|e| e.into_inner())[at].clone();
+                let mut connection = match cached {
+                    Some(connection) => connection,
+                    None => {
+                        let config = AsyncConnectionConfig::new()
+                            .set_connection_timeout(Some(self.lookup_timeout / 2))
+                            .set_response_timeout(Some(self.lookup_timeout / 2));
+                        sentinel.get_multiplexed_async_connection_with_config(&config).await?
+                    }
+                };
+                let named = redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(&self.master)
+                    .query_async::<Option<(String, u16)>>(&mut connection)
+                    .await;
+                // Kept for the next lookup while it answers.
+                self.asking.lock().unwrap_or_else(|e| e.into_inner())[at] =
+                    named.is_ok().then_some(connection);
+                named
+            };
+            match asked.await {
+                Ok(Some(addr)) => return Ok(addr),
+                Ok(None) => {
+                    last = Some(unreachable(format!(
+                        "the sentinel {} does not know the master {:?}",
+                        sentinel.get_connection_info().addr(),
+                        self.master
+                    )))
+                }
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.unwrap_or_else(|| unreachable("no sentinel".into())))
+    }
+}
+
+/// The background poll: asks the sentinels every [`POLL_EVERY`] while the link lives.
+async fn poll(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(POLL_EVERY).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let seen = inner
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|p| (p.generation, p.addr.clone()));
+        // Only a named address that differs is worth a lookup (which confirms it).
+        let Some((generation, addr)) = seen else { continue };
+        let named = tokio::time::timeout(inner.lookup_timeout, inner.named()).await;
+        if matches!(named, Ok(Ok(named)) if named != addr) {
+            let _ = inner.lookup(Some(generation), true).await;
+        }
+    }
+}
+
+/// Listens to the sentinels' `+switch-master` announcements (one sentinel at a time, the
+/// next one if it goes away), so that every process follows a failover within
+/// milliseconds of each other, rather than up to [`POLL_EVERY`] apart: what one process
+/// replays on the new primary is then missing there for the others only that long.
+async fn listen(inner: Weak<Inner>) {
+    let mut attempt = 0usize;
+    loop {
+        let Some(sentinel) = inner.upgrade().map(|inner| {
+            let sentinels = &inner.sentinels;
+            sentinels[attempt % sentinels.len()].clone()
+        }) else {
+            return;
+        };
+        attempt += 1;
+        let subscribed = async {
+            let mut pubsub = sentinel.get_async_pubsub().await?;
+            pubsub.subscribe("+switch-master").await?;
+            Ok::<_, RedisError>(pubsub)
+        };
+        let Ok(Ok(pubsub)) = tokio::time::timeout(Duration::from_secs(2), subscribed).await else {
+            tokio::time::sleep(POLL_EVERY).await;
+            continue;
+        };
+        let mut messages = pubsub.into_on_message();
+        loop {
+            // Wake up now and then to notice a dropped link on a quiet channel.
+            match tokio::time::timeout(Duration::from_secs(1), messages.next()).await {
+                Ok(Some(message)) => {
+                    let Some(inner) = inner.upgrade() else { return };
+                    // `<master name> <old ip> <old port> <new ip> <new port>`
+                    let payload = message.get_payload_bytes();
+                    let named =
+                        payload.split(|&b| b == b' ').next() == Some(inner.master.as_bytes());
+                    let current = inner
+                        .current
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_ref()
+                        .map(|p| p.generation);
+                    if named {
+                        let _ = inner.lookup(current, true).await;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) if inner.strong_count() == 0 => return,
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+impl ConnectionLike for SentinelLink {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let cmd = Arc::new(cmd.clone());
+        Box::pin(async move {
+            self.exchange(|mut manager| {
+                let cmd = Arc::clone(&cmd);
+                Box::pin(async move { manager.req_packed_command(&cmd).await })
+            })
+            .await
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let pipeline = Arc::new(pipeline.clone());
+        Box::pin(async move {
+            self.exchange(|mut manager| {
+                let pipeline = Arc::clone(&pipeline);
+                Box::pin(async move { manager.req_packed_commands(&pipeline, offset, count).await })
+            })
+            .await
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.db
+    }
+}

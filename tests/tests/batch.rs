@@ -1,0 +1,368 @@
+//! Batch loads (`#[cached_batch]`, `Cache::get_or_load_many`, `Cache::get_many`) on the
+//! memory store, a standalone Redis and a 3-master Redis Cluster: the same scenarios on each
+//! (`memory`, `standalone`, `cluster`), each with a cache of its own prefix.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cache_runtime::{cached, cached_batch, invalidates, Cache};
+use cache_tests::{RedisCluster, RedisServer};
+use tokio::sync::Semaphore;
+
+/// Where a scenario runs.
+enum Deployment {
+    Memory,
+    Standalone(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Deployment {
+    /// A fresh cache (on Redis: of its own prefix).
+    async fn cache(&self, prefix: &str) -> Cache {
+        let builder = Cache::builder().prefix(prefix).command_timeout(Duration::from_secs(2));
+        let builder = match self {
+            Deployment::Memory => return Cache::memory(),
+            Deployment::Standalone(server) => builder.redis(server.url()),
+            Deployment::Cluster(cluster) => builder.redis_cluster(cluster.urls()),
+        };
+        builder.build().await.expect("cache")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Vehicle {
+    id: u64,
+    price: u32,
+}
+
+/// A price list, through an alias: the batch return is read from the type, not its spelling.
+type Prices = HashMap<u64, u32>;
+
+/// The "database": rows by id, every query recorded, failures and a gate on demand.
+#[derive(Default)]
+struct Db {
+    rows: Mutex<HashMap<u64, u32>>,
+    /// The ids of every batch query, in order.
+    queries: Mutex<Vec<Vec<u64>>>,
+    /// Ids loaded one by one (by the single `#[cached]` function).
+    singles: Mutex<Vec<u64>>,
+    fail: AtomicBool,
+    /// When set, a batch query waits for a permit after it is recorded.
+    gate: Mutex<Option<Arc<Semaphore>>>,
+}
+
+impl Db {
+    fn with_rows(ids: impl IntoIterator<Item = u64>) -> Db {
+        let db = Db::default();
+        db.rows.lock().unwrap().extend(ids.into_iter().map(|id| (id, 100)));
+        db
+    }
+
+    async fn query(&self, ids: &[u64]) -> Result<HashMap<u64, Vehicle>, String> {
+        self.queries.lock().unwrap().push(ids.to_vec());
+        let gate = self.gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.acquire().await.expect("gate").forget();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if self.fail.load(SeqCst) {
+            return Err("database down".into());
+        }
+        let rows = self.rows.lock().unwrap();
+        Ok(ids
+            .iter()
+            .filter_map(|id| rows.get(id).map(|&price| (*id, Vehicle { id: *id, price })))
+            .collect())
+    }
+
+    fn queries(&self) -> Vec<Vec<u64>> {
+        std::mem::take(&mut *self.queries.lock().unwrap())
+    }
+}
+
+struct Service {
+    cache: Cache,
+    db: Db,
+}
+
+impl Service {
+    #[cached_batch(key = "vehicle:<ids>", ttl = "15m", cache = self.cache)]
+    async fn vehicles(&self, ids: &[u64]) -> Result<HashMap<u64, Vehicle>, String> {
+        self.db.query(ids).await
+    }
+
+    /// The same entries, one at a time.
+    #[cached(key = "vehicle:<id>", ttl = "15m", cache = self.cache)]
+    async fn vehicle(&self, id: u64) -> Result<Option<Vehicle>, String> {
+        self.db.singles.lock().unwrap().push(id);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let price = self.db.rows.lock().unwrap().get(&id).copied();
+        Ok(price.map(|price| Vehicle { id, price }))
+    }
+
+    /// Absent results cached; `Vec<K>` and a plain map.
+    #[cached_batch(key = "car:<ids>", ttl = "15m", absent_ttl = "30s", cache = self.cache)]
+    async fn cars(&self, ids: Vec<u64>) -> HashMap<u64, Vehicle> {
+        self.db.query(&ids).await.unwrap_or_default()
+    }
+
+    #[invalidates("vehicle:<id>", cache = self.cache)]
+    async fn reprice(&self, id: u64, price: u32) -> Result<(), String> {
+        self.db.rows.lock().unwrap().insert(id, price);
+        Ok(())
+    }
+}
+
+/// A free function, its cache a parameter, its return type an alias.
+#[cached_batch(key = "price:<list>:<ids>", ttl = "1m", cache = cache, name = "prices")]
+async fn prices(cache: &Cache, list: &str, ids: Vec<u64>, calls: &AtomicU32) -> Prices {
+    calls.fetch_add(1, SeqCst);
+    ids.iter().map(|id| (*id, u32::try_from(*id).unwrap() * 10 + list.len() as u32)).collect()
+}
+
+async fn service(
+    deployment: &Deployment,
+    prefix: &str,
+    rows: std::ops::RangeInclusive<u64>,
+) -> Service {
+    Service { cache: deployment.cache(prefix).await, db: Db::with_rows(rows) }
+}
+
+/// The body gets exactly the missed elements, deduplicated, in first-seen order; nothing
+/// runs for an all-hit or empty batch; the single `#[cached]` shares the entries.
+async fn missed_elements(deployment: &Deployment) {
+    let s = service(deployment, "b1:", 1..=200).await;
+    assert_eq!(s.vehicle(1).await.unwrap(), Some(Vehicle { id: 1, price: 100 }));
+    assert_eq!(s.vehicle(2).await.unwrap().unwrap().id, 2);
+    // First-seen order (4, 30) is not the keys' order ("vehicle:30" < "vehicle:4").
+    let got = s.vehicles(&[4, 1, 30, 4, 2, 30]).await.unwrap();
+    assert_eq!(s.db.queries(), [vec![4, 30]], "only the missed, distinct, first-seen order");
+    let mut ids: Vec<u64> = got.keys().copied().collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2, 4, 30]);
+    assert_eq!(got[&30], Vehicle { id: 30, price: 100 });
+    // Every element hits now: no body; the batch's entries are hits for the single function.
+    assert_eq!(s.vehicles(&[4, 30, 2, 1]).await.unwrap().len(), 4);
+    assert!(s.db.queries().is_empty());
+    assert_eq!(s.vehicle(30).await.unwrap().unwrap().id, 30);
+    assert_eq!(*s.db.singles.lock().unwrap(), [1, 2], "the single function hit the batch's entry");
+    // Empty input: no body (and no store round trip, see `warm_batch_is_one_mget`).
+    assert!(s.vehicles(&[]).await.unwrap().is_empty());
+    assert!(s.db.queries().is_empty());
+    // Counted per element, under the function's name; the batch sizes in the histogram.
+    let stats = s.cache.stats_of("vehicles");
+    assert_eq!((stats.hits, stats.misses, stats.loads), (2 + 4, 2, 2), "{stats:?}");
+    let text = s.cache.prometheus();
+    assert!(text.contains("cache_batch_size_count{function=\"vehicles\"} 3\n"), "{text}");
+    assert!(text.contains("cache_batch_size_sum{function=\"vehicles\"} 8\n"), "{text}");
+    // A free function, `Vec<K>`, a second placeholder, an alias of the map.
+    let calls = AtomicU32::new(0);
+    let first = prices(&s.cache, "eu", vec![5, 6], &calls).await;
+    let again = prices(&s.cache, "eu", vec![6, 5], &calls).await;
+    assert_eq!(first, Prices::from([(5, 52), (6, 62)]));
+    assert_eq!((again, calls.load(SeqCst)), (first, 1));
+    prices(&s.cache, "us", vec![5], &calls).await;
+    assert_eq!(calls.load(SeqCst), 2, "another list renders other keys");
+}
+
+/// Elements the body leaves out: absent; cached for `absent_ttl` only when it is set.
+async fn absent_elements(deployment: &Deployment) {
+    let s = service(deployment, "b2:", 1..=1).await;
+    assert_eq!(s.vehicles(&[1, 2]).await.unwrap().keys().collect::<Vec<_>>(), [&1]);
+    assert_eq!(s.vehicles(&[1, 2]).await.unwrap().len(), 1);
+    assert_eq!(s.db.queries(), [vec![1, 2], vec![2]], "without absent_ttl: loaded again");
+    assert_eq!(s.cars(vec![1, 2]).await.len(), 1);
+    assert_eq!(s.cars(vec![2, 1]).await.len(), 1);
+    assert_eq!(s.db.queries(), [vec![1, 2]], "with absent_ttl: the absent result is a hit");
+}
+
+/// `Err` stores nothing: the next call loads every element again.
+async fn errors_store_nothing(deployment: &Deployment) {
+    let s = service(deployment, "b3:", 1..=3).await;
+    s.db.fail.store(true, SeqCst);
+    assert_eq!(s.vehicles(&[1, 2, 3]).await, Err("database down".to_owned()));
+    s.db.fail.store(false, SeqCst);
+    assert_eq!(s.vehicles(&[1, 2, 3]).await.unwrap().len(), 3);
+    assert_eq!(s.db.queries(), [vec![1, 2, 3], vec![1, 2, 3]]);
+    let stats = s.cache.stats_of("vehicles");
+    assert_eq!(stats.loads, 6, "{stats:?}");
+}
+
+/// Invalidating one element reloads only it.
+async fn one_invalidation_reloads_one(deployment: &Deployment) {
+    let s = service(deployment, "b4:", 1..=3).await;
+    s.vehicles(&[1, 2, 3]).await.unwrap();
+    s.reprice(2, 150).await.unwrap();
+    let got = s.vehicles(&[1, 2, 3]).await.unwrap();
+    assert_eq!(got[&2].price, 150);
+    assert_eq!(s.db.queries(), [vec![1, 2, 3], vec![2]]);
+}
+
+/// A batch whose body runs across an invalidation of one of its keys returns what it
+/// loaded, but does not store that key (it may predate the write); the others are stored.
+async fn gated_invalidation(deployment: &Deployment) {
+    let s = Arc::new(service(deployment, "b5:", 1..=3).await);
+    let gate = Arc::new(Semaphore::new(0));
+    *s.db.gate.lock().unwrap() = Some(Arc::clone(&gate));
+    let batch = tokio::spawn({
+        let s = Arc::clone(&s);
+        async move { s.vehicles(&[1, 2, 3]).await }
+    });
+    while s.db.queries.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The body read the database; the row changes, the key is invalidated.
+    s.reprice(2, 175).await.unwrap();
+    gate.add_permits(1);
+    let got = batch.await.unwrap().unwrap();
+    assert_eq!(got.len(), 3);
+    *s.db.gate.lock().unwrap() = None;
+    s.db.queries();
+    let got = s.vehicles(&[1, 2, 3]).await.unwrap();
+    assert_eq!(got[&2].price, 175, "the value loaded before the write was not stored");
+    assert_eq!(s.db.queries(), [vec![2]], "1 and 3 were stored");
+}
+
+/// Overlapping concurrent batches load each key once; a single caller that misses a key a
+/// batch is loading gets the batch's value.
+async fn overlapping_batches(deployment: &Deployment) {
+    let s = Arc::new(service(deployment, "b6:", 1..=40).await);
+    let gate = Arc::new(Semaphore::new(0));
+    *s.db.gate.lock().unwrap() = Some(Arc::clone(&gate));
+    let spawn = |ids: Vec<u64>| {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move { s.vehicles(&ids).await.unwrap() })
+    };
+    let first = spawn((1..=20).collect());
+    while s.db.queries.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Started while the first batch loads 1..=20.
+    let second = spawn((10..=30).rev().collect());
+    let third = spawn((25..=40).chain(1..=5).collect());
+    let single = {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move { s.vehicle(7).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.add_permits(100);
+    assert_eq!(first.await.unwrap().len(), 20);
+    assert_eq!(second.await.unwrap().len(), 21);
+    assert_eq!(third.await.unwrap().len(), 21);
+    assert_eq!(single.await.unwrap(), Some(Vehicle { id: 7, price: 100 }));
+    let mut loaded: Vec<u64> = s.db.queries().into_iter().flatten().collect();
+    loaded.sort_unstable();
+    assert_eq!(loaded, (1..=40).collect::<Vec<_>>(), "each key loaded once");
+    assert!(s.db.singles.lock().unwrap().is_empty(), "the single caller waited for the batch");
+}
+
+/// The programmatic API: `get_many` (one lookup) and `get_or_load_many` (same semantics).
+async fn programmatic(deployment: &Deployment) {
+    let cache = deployment.cache("b7:").await;
+    cache.set("n:1", &1u32, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(cache.get_many::<u32>(&["n:1", "n:2"]).await.unwrap(), [Some(1), None]);
+    assert!(cache.get_many::<u32>(&["bad key"]).await.is_err());
+    let asked = Mutex::new(Vec::new());
+    let load = |missed: Vec<String>| {
+        asked.lock().unwrap().push(missed.clone());
+        async move { Ok::<_, cache_runtime::Error>(missed.into_iter().map(|key| (key, 2u32)).collect()) }
+    };
+    let got = cache
+        .get_or_load_many(&["n:1", "n:2", "n:2"], Duration::from_secs(60), load)
+        .await
+        .unwrap();
+    assert_eq!(got, HashMap::from([("n:1".to_owned(), 1), ("n:2".to_owned(), 2)]));
+    assert_eq!(cache.get_many::<u32>(&["n:2"]).await.unwrap(), [Some(2)]);
+    assert_eq!(*asked.lock().unwrap(), [vec!["n:2".to_owned()]]);
+}
+
+async fn every_scenario(deployment: Deployment) {
+    missed_elements(&deployment).await;
+    absent_elements(&deployment).await;
+    errors_store_nothing(&deployment).await;
+    one_invalidation_reloads_one(&deployment).await;
+    gated_invalidation(&deployment).await;
+    overlapping_batches(&deployment).await;
+    programmatic(&deployment).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory() {
+    every_scenario(Deployment::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone() {
+    every_scenario(Deployment::Standalone(RedisServer::start())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster() {
+    every_scenario(Deployment::Cluster(RedisCluster::start(3, 0))).await;
+}
+
+/// A warm batch of 100 is one `MGET` and nothing else (the server's own command counts);
+/// an empty batch sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_batch_is_one_mget() {
+    let server = RedisServer::start();
+    let s = Service {
+        cache: Cache::builder().redis(server.url()).prefix("w:").build().await.unwrap(),
+        db: Db::with_rows(1..=100),
+    };
+    let ids: Vec<u64> = (1..=100).collect();
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
+    let mut raw = server.connection().await;
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut raw).await.unwrap();
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
+    assert!(s.vehicles(&[]).await.unwrap().is_empty());
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut raw).await.unwrap();
+    let calls: Vec<(String, u64)> = info
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .filter(|(name, _)| name != "info" && name != "config|resetstat")
+        .collect();
+    assert_eq!(calls, [("mget".to_owned(), 1)], "{info}");
+}
+
+/// With a near cache: a batch holds what it read in L1, and the next batch answers from
+/// process memory without a command to Redis; an invalidation reaches the batch's copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_cache_hits_answer_without_redis() {
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .redis(server.url())
+        .prefix("n:")
+        .near_cache(1 << 20)
+        .build()
+        .await
+        .unwrap();
+    while !cache.near_cache_live() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let s = Service { cache, db: Db::with_rows(1..=10) };
+    let ids: Vec<u64> = (1..=10).collect();
+    s.vehicles(&ids).await.unwrap(); // loads and fills
+    s.vehicles(&ids).await.unwrap(); // reads Redis, holds the values in L1
+    let mut raw = server.connection().await;
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut raw).await.unwrap();
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 10);
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut raw).await.unwrap();
+    let commands: Vec<&str> = info
+        .lines()
+        .filter(|line| line.starts_with("cmdstat_") && !line.starts_with("cmdstat_info:"))
+        .filter(|line| !line.starts_with("cmdstat_config|resetstat:"))
+        .filter(|line| !line.starts_with("cmdstat_ping:")) // the tracking connections' health
+        .collect();
+    assert!(commands.is_empty(), "{commands:?}");
+    assert_eq!(s.cache.stats_of("vehicles").near_hits, 10);
+    s.reprice(3, 999).await.unwrap();
+    assert_eq!(s.vehicles(&ids).await.unwrap()[&3].price, 999);
+    assert_eq!(s.db.queries(), [ids.clone(), vec![3]]);
+}

@@ -1,0 +1,317 @@
+//! Failovers behind Redis Sentinel (`CacheBuilder::redis_sentinel`) and a demoted primary
+//! behind a fixed address: a primary, a replica and three sentinels
+//! ([`cache_tests::RedisSentinel`], `down-after-milliseconds 1000`), caches taking traffic.
+//!
+//! - [`an_invalidation_issued_mid_failover_is_not_lost`]: `SENTINEL FAILOVER` during
+//!   traffic; an invalidation sent after the replica was promoted but before the sentinels
+//!   name it lands on the old primary only (the test checks both nodes), and Redis'
+//!   replication then loses it. The cache replays it on the new primary: no read of the
+//!   issuing cache ever returns a value older than an invalidation that returned, the new
+//!   primary ends without the old value, and another cache (with a near cache) reads the
+//!   latest values after the failover.
+//! - [`killing_the_primary_fails_over_and_the_kept_invalidation_lands`]: SIGKILL of the
+//!   primary; the invalidation sent while it is down is kept, replayed on the promoted
+//!   replica, and caching resumes (breaker closed, hits).
+//! - [`a_demoted_primary_keeps_the_invalidation_for_replay`]: a cache on a fixed address
+//!   that is (now) a replica: `READONLY` is a connection-class failure, the invalidation is
+//!   kept (not dropped as "cannot succeed"), and lands once the node is a primary again.
+//!
+//! Each run prints one line (`sentinel: ...`) with what it observed; see them with
+//! `cargo test -p cache-tests --test sentinel -- --nocapture`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cache_runtime::{BreakerState, Cache, Error};
+use cache_tests::redis_sentinel::MASTER;
+use cache_tests::{RedisSentinel, RedisServer};
+
+const PREFIX: &str = "s:";
+const TTL: Duration = Duration::from_secs(300);
+const KEYS: u64 = 16;
+
+/// The source of truth: each key's version, and the version whose invalidation returned
+/// last (no read that starts later may return an older one).
+#[derive(Default)]
+struct Db {
+    versions: Mutex<HashMap<String, u64>>,
+    floors: Mutex<HashMap<String, u64>>,
+}
+
+impl Db {
+    fn version(&self, key: &str) -> u64 {
+        *self.versions.lock().unwrap().get(key).unwrap_or(&1)
+    }
+
+    fn bump(&self, key: &str) -> u64 {
+        let mut versions = self.versions.lock().unwrap();
+        let version = versions.entry(key.to_owned()).or_insert(1);
+        *version += 1;
+        *version
+    }
+
+    fn floor(&self, key: &str) -> u64 {
+        *self.floors.lock().unwrap().get(key).unwrap_or(&0)
+    }
+
+    fn invalidated(&self, key: &str, version: u64) {
+        let mut floors = self.floors.lock().unwrap();
+        let floor = floors.entry(key.to_owned()).or_insert(0);
+        *floor = (*floor).max(version);
+    }
+}
+
+fn key(i: u64) -> String {
+    format!("car:{i}")
+}
+
+async fn read(cache: &Cache, db: &Arc<Db>, key: &str) -> u64 {
+    let db = Arc::clone(db);
+    let owned = key.to_owned();
+    cache
+        .get_or_load(key, TTL, || async move { Ok::<u64, Error>(db.version(&owned)) })
+        .await
+        .unwrap()
+}
+
+async fn sentinel_cache(group: &RedisSentinel, near: bool) -> Cache {
+    let mut builder = Cache::builder()
+        .redis_sentinel(group.sentinel_urls(), MASTER)
+        .prefix(PREFIX)
+        .connect_timeout(Duration::from_millis(300))
+        .command_timeout(Duration::from_millis(300));
+    if near {
+        builder = builder.near_cache(1 << 20);
+    }
+    builder.build().await.unwrap()
+}
+
+/// The raw value of `key` on a data node, if any.
+async fn raw(node: &RedisServer, key: &str) -> Option<String> {
+    let mut connection = node.connection().await;
+    redis::cmd("GET").arg(format!("{PREFIX}{key}")).query_async(&mut connection).await.unwrap()
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invalidation_issued_mid_failover_is_not_lost() {
+    let group = RedisSentinel::start();
+    let db = Arc::new(Db::default());
+    let issuer = sentinel_cache(&group, false).await;
+    let other = sentinel_cache(&group, true).await;
+    for i in 0..KEYS {
+        assert_eq!(read(&issuer, &db, &key(i)).await, 1);
+        assert_eq!(read(&other, &db, &key(i)).await, 1);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let stale = Arc::new(Mutex::new(Vec::new()));
+    // Readers and writers on the issuing cache: every read is checked against the floor
+    // taken before it started.
+    let mut tasks = Vec::new();
+    for worker in 0..3u64 {
+        let (cache, db, stop) = (issuer.clone(), Arc::clone(&db), Arc::clone(&stop));
+        let (reads, stale) = (Arc::clone(&reads), Arc::clone(&stale));
+        tasks.push(tokio::spawn(async move {
+            let mut i = worker;
+            while !stop.load(SeqCst) {
+                let key = key(i % KEYS);
+                let floor = db.floor(&key);
+                let got = read(&cache, &db, &key).await;
+                reads.fetch_add(1, SeqCst);
+                if got < floor {
+                    stale.lock().unwrap().push((key, got, floor, Instant::now()));
+                }
+                i += 3;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+    {
+        let (cache, db, stop) = (issuer.clone(), Arc::clone(&db), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(SeqCst) {
+                // car:7 is the mid-failover key, written below only.
+                let key = key(i % KEYS);
+                i += 5;
+                if key == "car:7" {
+                    continue;
+                }
+                let version = db.bump(&key);
+                // Ok, or kept for replay: either way no later read here may be older.
+                let _ = cache.invalidate(&key).await;
+                db.invalidated(&key, version);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+
+    // The failover: once the replica is promoted, and before the sentinels name it, the
+    // old primary still acknowledges writes that replication will lose.
+    group.failover();
+    wait_until("the replica is promoted", Duration::from_secs(10), || async { group.is_master(1) })
+        .await;
+    let promoted_after = started.elapsed();
+    let named_old = group.named_primary() == Some(group.node(0).port());
+    let version = db.bump("car:7");
+    let removed = issuer.invalidate("car:7").await;
+    db.invalidated("car:7", version);
+    let old_primary_has = raw(group.node(0), "car:7").await;
+    let new_primary_has = raw(group.node(1), "car:7").await;
+    // The scenario this test is about: the invalidation reached the old primary only.
+    assert!(removed.is_ok(), "the old primary still took the invalidation: {removed:?}");
+    assert!(old_primary_has.is_none(), "{old_primary_has:?}");
+    assert!(
+        new_primary_has.is_some(),
+        "the promoted replica still holds the old value (replication lost the removal)"
+    );
+
+    group.wait_for_primary(1, Duration::from_secs(15));
+    let switched_after = started.elapsed();
+    // The replay lands on the new primary: the old value goes (or is replaced by the
+    // latest, loaded by a reader of the issuing cache).
+    let node = group.node(1);
+    wait_until("the replayed invalidation lands", Duration::from_secs(10), || async {
+        match raw(node, "car:7").await {
+            None => true,
+            Some(stored) => !stored.ends_with(":1"),
+        }
+    })
+    .await;
+    let replayed_after = started.elapsed();
+    wait_until("the issuing cache's backlog drains", Duration::from_secs(10), || async {
+        issuer.health().await.pending_invalidations == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, SeqCst);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stale: Vec<_> = stale
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(key, got, floor, at)| {
+            let at = at.duration_since(started);
+            format!("{key}: version {got} read {at:?} after the failover request, floor {floor}")
+        })
+        .collect();
+    assert!(stale.is_empty(), "reads older than an invalidation that returned: {stale:?}");
+    // Another cache, after the failover: the latest of every key.
+    wait_until("the other cache's near cache is live again", Duration::from_secs(10), || async {
+        other.near_cache_live()
+    })
+    .await;
+    for i in 0..KEYS {
+        let key = key(i);
+        assert_eq!(read(&other, &db, &key).await, db.version(&key), "{key} via the other cache");
+        assert_eq!(read(&issuer, &db, &key).await, db.version(&key), "{key} via the issuer");
+    }
+    assert_eq!(issuer.breaker_state(), BreakerState::Closed);
+    println!(
+        "sentinel: promoted after {promoted_after:?} (sentinels still named the old primary: {named_old}), named after {switched_after:?}, replay landed after {replayed_after:?}; {} checked reads, 0 stale",
+        reads.load(SeqCst)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_primary_fails_over_and_the_kept_invalidation_lands() {
+    let mut group = RedisSentinel::start();
+    let db = Arc::new(Db::default());
+    let cache = sentinel_cache(&group, false).await;
+    for i in 0..KEYS {
+        read(&cache, &db, &key(i)).await;
+    }
+    // Let the replica catch up, so the promoted one holds the values.
+    let replica = group.node(1).port();
+    wait_until("the replica holds the values", Duration::from_secs(5), || async {
+        raw(group.node(1), "car:3").await.is_some()
+    })
+    .await;
+    let killed = Instant::now();
+    group.nodes()[0].kill();
+    let version = db.bump("car:3");
+    let kept = cache.invalidate("car:3").await;
+    assert!(kept.is_err(), "the primary is down: {kept:?}");
+    assert_eq!(cache.health().await.pending_invalidations, 1, "kept for replay");
+    // Reads meanwhile never return the old value (the backlog covers the key).
+    assert_eq!(read(&cache, &db, "car:3").await, version);
+    group.wait_for_primary(1, Duration::from_secs(20));
+    let promoted = killed.elapsed();
+    wait_until("the kept invalidation lands", Duration::from_secs(10), || async {
+        cache.health().await.pending_invalidations == 0
+    })
+    .await;
+    let landed = killed.elapsed();
+    let stored = raw(group.node(1), "car:3").await;
+    assert!(stored.as_deref().is_none_or(|stored| !stored.ends_with(":1")), "{stored:?}");
+    // Caching resumes on the new primary: breaker closed, a fresh key is a hit.
+    wait_until("the breaker closes", Duration::from_secs(10), || async {
+        let _ = read(&cache, &db, "car:4").await;
+        cache.breaker_state() == BreakerState::Closed
+    })
+    .await;
+    let hits = cache.stats().hits;
+    read(&cache, &db, "fresh:1").await;
+    read(&cache, &db, "fresh:1").await;
+    assert!(cache.stats().hits > hits, "caching resumed");
+    assert_eq!(read(&cache, &db, "car:3").await, version);
+    assert_eq!(group.named_primary(), Some(replica));
+    println!("sentinel: primary killed; promoted after {promoted:?}, kept invalidation landed after {landed:?}");
+}
+
+#[tokio::test]
+async fn a_demoted_primary_keeps_the_invalidation_for_replay() {
+    let primary = RedisServer::start();
+    let replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
+    let cache = Cache::builder()
+        .redis(replica.url())
+        .prefix(PREFIX)
+        .command_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let mut raw_primary = primary.connection().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{PREFIX}car:1"))
+        .arg("old")
+        .query_async(&mut raw_primary)
+        .await
+        .unwrap();
+    wait_until("the replica holds the value", Duration::from_secs(5), || async {
+        raw(&replica, "car:1").await.is_some()
+    })
+    .await;
+    let refused = cache.invalidate("car:1").await.unwrap_err();
+    assert_eq!(refused.kind(), cache_runtime::ErrorKind::Connection, "{refused}");
+    // Kept, and kept through the replays that meet READONLY again.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(cache.health().await.pending_invalidations, 1);
+    // The node becomes a primary (promoted behind the fixed address): the removal lands.
+    let mut raw_replica = replica.connection().await;
+    let _: () =
+        redis::cmd("REPLICAOF").arg("NO").arg("ONE").query_async(&mut raw_replica).await.unwrap();
+    wait_until("the kept invalidation lands", Duration::from_secs(10), || async {
+        cache.health().await.pending_invalidations == 0
+    })
+    .await;
+    assert_eq!(raw(&replica, "car:1").await, None);
+}

@@ -1,0 +1,10 @@
+use cache_runtime::cached;
+
+#[cached(key = "search:<make>", ttl = "15m", tags = ["make:<mkae>"])]
+async fn search(make: &str) -> Vec<u64> {
+    vec![make.len() as u64]
+}
+
+fn main() {
+    let _ = search("ford");
+}
