@@ -234,13 +234,14 @@ fn miss<T>(store: StoreUse) -> Read<T> {
 
 /// What step 1 of the fill protocol ([`crate::store::Store::begin_fill`]) is told for a
 /// load of `policy`; `force` replaces a value the caller could not decode.
-pub(crate) fn fill_plan(core: &CacheCore, policy: &Policy, force: bool) -> FillPlan {
+pub(crate) fn fill_plan(core: &CacheCore, policy: &Policy, force: bool) -> FillPlan<'static> {
     FillPlan {
         lifetime: policy.longest(),
         fresh_for: policy.ttl,
         window: core.settings().fill_window,
         force,
         lookup: false,
+        tags: &[],
     }
 }
 

@@ -118,7 +118,7 @@ where
     let mut led = Vec::new();
     for (at, store) in missed {
         let mut load =
-            Load::new(core, counters, key(at), policy, cloner, Missed { stale: None, store });
+            Load::new(core, counters, key(at), policy, cloner, Missed { stale: None, store, ticket: None });
         match follow_or_lead(&mut load).await {
             Ok(Answer::Value(value)) => {
                 map.insert(element(at).clone(), value);
