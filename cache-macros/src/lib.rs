@@ -2,8 +2,8 @@
 //! `cache-runtime` and use them from there: the generated code refers to it.
 
 mod attr;
-mod derive;
 mod batch;
+mod derive;
 mod detach;
 mod errors;
 mod expand;

@@ -117,8 +117,14 @@ where
     missed.sort_unstable_by(|a, b| key(a.0).cmp(key(b.0)));
     let mut led = Vec::new();
     for (at, store) in missed {
-        let mut load =
-            Load::new(core, counters, key(at), policy, cloner, Missed { stale: None, store, ticket: None });
+        let mut load = Load::new(
+            core,
+            counters,
+            key(at),
+            policy,
+            cloner,
+            Missed { stale: None, store, ticket: None },
+        );
         match follow_or_lead(&mut load).await {
             Ok(Answer::Value(value)) => {
                 map.insert(element(at).clone(), value);

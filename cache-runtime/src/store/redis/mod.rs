@@ -17,8 +17,8 @@ mod access;
 mod index;
 mod lease;
 mod scripts;
-mod tags;
 pub(crate) mod sentinel;
+mod tags;
 
 use std::future::Future;
 use std::sync::Arc;
