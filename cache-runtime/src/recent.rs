@@ -93,6 +93,7 @@ impl Recent {
     }
 
     /// Everything acknowledged within [`RETAIN`], forgotten here: the primary changed.
+    #[cfg(any(test, feature = "redis"))]
     pub(crate) fn take(&self) -> Vec<Scope> {
         let now = Instant::now();
         self.lock()

@@ -269,6 +269,7 @@ fn acknowledged(core: &Arc<CacheCore>, scope: &Scope, sent_on: Option<u64>) {
 /// each is kept for replay there (and this process reads none of those keys from Redis
 /// until it landed), and the near cache is flushed (its tracking reconnects to the new
 /// primary).
+#[cfg(feature = "redis")]
 pub(crate) fn primary_changed(core: &Arc<CacheCore>) {
     let scopes = core.recent().take();
     tracing::info!(

@@ -107,6 +107,7 @@ pub(crate) struct FillPlan<'a> {
     pub(crate) force: bool,
     /// The call is the lookup itself (`read.rs`): any stored value that is not a pending
     /// marker is returned, as a `GET` would, for the caller to classify.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) lookup: bool,
     /// The tags the value will be stored with: the marker joins their tag sets, so an
     /// invalidation of a tag while the load runs removes it and the fill is refused.

@@ -18,7 +18,7 @@
 //! A price change drops `vehicle:<id>`, `dealer:<dealer>:*`, `homepage:*`, and the searches
 //! that can list the vehicle at its old or new price, by their tags: of its make or of any
 //! make (`~`), with a price ceiling at or above the lower of the two prices, or none
-//! ([`price_bucket`](super::model::price_bucket)). A search for cheaper cars stays cached.
+//! ([`price_bucket`]). A search for cheaper cars stays cached.
 //! A profile change is written through to `user:<id>`. Invalidation removes a key whatever
 //! its options: an early refresh, a stale value and an absent entry go with it.
 //!
