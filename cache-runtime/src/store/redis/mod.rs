@@ -100,7 +100,8 @@ pub(crate) struct RedisStore {
     connection: Link,
     prefix: String,
     notifier: Notifier,
-    breaker: Breaker,
+    /// Shared with the probe's task (see [`guarded`](Self::guarded)).
+    breaker: Arc<Breaker>,
     /// Read from the server on the first write.
     eviction: OnceCell<EvictionPolicy>,
     /// How values read back are decoded (schema version, inflate limit).
@@ -179,7 +180,7 @@ impl RedisStore {
             connection,
             prefix: options.prefix,
             notifier,
-            breaker: Breaker::default(),
+            breaker: Arc::default(),
             eviction: OnceCell::new(),
             read: options.read,
             access: access::Access::default(),
@@ -210,32 +211,31 @@ impl RedisStore {
     ///
     /// The half-open probe is not the exchange that happens to come first after the
     /// cool-down: it is whether Redis answers, a `PING` of every primary
-    /// ([`ping_every_primary`](Self::ping_every_primary)). A command that cannot succeed
-    /// yet (a key or an index in a slot being migrated, a replayed invalidation that times
-    /// out) then fails alone, as a normal failure, instead of keeping the whole store shut
-    /// out with ever longer cool-downs while every node answers.
+    /// ([`ping_every_primary`]). A command that cannot succeed yet (a key or an index in a
+    /// slot being migrated, a replayed invalidation that times out) then fails alone, as a
+    /// normal failure, instead of keeping the whole store shut out with ever longer
+    /// cool-downs while every node answers.
+    ///
+    /// The probe runs on a task of its own and reaches its verdict even if the command that
+    /// drew it is dropped. Commands are dropped routinely: a fill on a cluster writes its
+    /// index levels at once (`try_join_all`), and when one level draws the probe the next is
+    /// refused at once (the probe is under way), which drops the first. A probe tied to its
+    /// command would be abandoned by every such fill, and the breaker would never close
+    /// while Redis answers.
     async fn guarded<T>(&self, exchange: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
         let Some(pass) = self.breaker.allow() else {
             return Err(Error::Unavailable);
         };
-        let mut report = ProbeReport { breaker: &self.breaker, pass, reported: false };
         if pass == Pass::Probe {
-            match self.ping_every_primary().await {
-                Err(error) if is_connection_failure(&error) => {
-                    if needs_renewal(&error) {
-                        self.connection.renew();
-                    }
-                    report.reported = true;
-                    self.breaker.failed(Pass::Probe);
-                    return Err(Error::backend(error));
-                }
-                // An error reply still means Redis answers.
-                _ => self.breaker.succeeded(),
+            let probe = tokio::spawn(probe(self.connection.clone(), Arc::clone(&self.breaker)));
+            match probe.await {
+                Ok(Err(error)) => return Err(Error::backend(error)),
+                // Redis answers (the breaker is closed), or the probe's task panicked (it
+                // let another probe go): this command goes on as a normal one.
+                Ok(Ok(())) | Err(_) => {}
             }
-            report.pass = Pass::Normal;
         }
         let outcome = exchange.await;
-        report.reported = true;
         if outcome.as_ref().is_err_and(needs_renewal) {
             // Refused credentials (or a peer that is not Redis): a new connection next time,
             // so a rotated password is picked up.
@@ -262,33 +262,6 @@ impl RedisStore {
             Ok(missing) => missing,
             Err(_) => self.access.missing(),
         }
-    }
-
-    /// The breaker's probe: `PING` on a standalone server (the primary behind Sentinel),
-    /// on every primary of a cluster.
-    async fn ping_every_primary(&self) -> redis::RedisResult<()> {
-        let mut connection = self.connection.clone();
-        // While Redis was down, the connection manager kept its last failed reconnect; the
-        // first command after that gets the stale error and starts a new attempt. Spend
-        // that on a first PING, so the probe meets the fresh connection.
-        let first = redis::cmd("PING").query_async::<()>(&mut connection).await;
-        if first.as_ref().is_err_and(needs_renewal) {
-            // Refused credentials (or a peer that is not Redis): a new connection, so a
-            // rotated password is picked up.
-            self.connection.renew();
-            connection = self.connection.clone();
-        }
-        if !self.connection.is_cluster() {
-            if first.is_ok() {
-                return Ok(());
-            }
-            return redis::cmd("PING").query_async::<()>(&mut connection).await;
-        }
-        let pings = self.connection.primaries().await?.into_iter().map(|(host, port)| {
-            let link = self.connection.clone();
-            async move { link.on_node::<()>(redis::cmd("PING"), &host, port).await }
-        });
-        try_join_all(pings).await.map(|_| ())
     }
 
     /// The circuit breaker's state.
@@ -820,18 +793,67 @@ pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// Tells the breaker a probe was abandoned (its future dropped mid-flight), so the next
-/// call may probe instead of the breaker staying half-open forever.
+/// The breaker's half-open probe, on a task of its own (see [`RedisStore::guarded`]):
+/// whether every primary answers `PING`, reported to the breaker.
+async fn probe(link: Link, breaker: Arc<Breaker>) -> redis::RedisResult<()> {
+    // If this task is cancelled (its runtime shut down) or panics, another probe may go.
+    let mut report = ProbeReport { breaker: &breaker, reported: false };
+    let verdict = ping_every_primary(&link).await;
+    report.reported = true;
+    match verdict {
+        Err(error) if is_connection_failure(&error) => {
+            if needs_renewal(&error) {
+                link.renew();
+            }
+            breaker.failed(Pass::Probe);
+            Err(error)
+        }
+        // An error reply still means Redis answers.
+        _ => {
+            breaker.succeeded();
+            Ok(())
+        }
+    }
+}
+
+/// The breaker's probe: `PING` on a standalone server (the primary behind Sentinel),
+/// on every primary of a cluster.
+async fn ping_every_primary(link: &Link) -> redis::RedisResult<()> {
+    let mut connection = link.clone();
+    // While Redis was down, the connection manager kept its last failed reconnect; the
+    // first command after that gets the stale error and starts a new attempt. Spend
+    // that on a first PING, so the probe meets the fresh connection.
+    let first = redis::cmd("PING").query_async::<()>(&mut connection).await;
+    if first.as_ref().is_err_and(needs_renewal) {
+        // Refused credentials (or a peer that is not Redis): a new connection, so a
+        // rotated password is picked up.
+        link.renew();
+        connection = link.clone();
+    }
+    if !link.is_cluster() {
+        if first.is_ok() {
+            return Ok(());
+        }
+        return redis::cmd("PING").query_async::<()>(&mut connection).await;
+    }
+    let pings = link.primaries().await?.into_iter().map(|(host, port)| {
+        let link = link.clone();
+        async move { link.on_node::<()>(redis::cmd("PING"), &host, port).await }
+    });
+    try_join_all(pings).await.map(|_| ())
+}
+
+/// Tells the breaker a probe ended without a verdict, so the next call may probe instead of
+/// the breaker staying half-open forever.
 struct ProbeReport<'a> {
     breaker: &'a Breaker,
-    pass: Pass,
     reported: bool,
 }
 
 impl Drop for ProbeReport<'_> {
     fn drop(&mut self) {
         if !self.reported {
-            self.breaker.abandoned(self.pass);
+            self.breaker.abandoned(Pass::Probe);
         }
     }
 }
@@ -921,6 +943,33 @@ mod tests {
         assert_eq!(refused.kind(), crate::ErrorKind::Connection, "the write itself: {refused}");
         assert_eq!(redis.breaker_state(), BreakerState::Closed, "the PING answered");
         assert!(store.get("k").await.unwrap().is_none(), "reads reach Redis again");
+    }
+
+    /// The probe reaches its verdict even when the command that drew it is dropped. A fill
+    /// on a cluster writes its index levels at once (`try_join_all`): after the cool-down,
+    /// one level's command draws the probe, the next is refused at once (the probe is
+    /// under way), and `try_join_all` drops the first. If that dropped the probe, every
+    /// fill would abandon it again and the breaker would never close while Redis answers.
+    #[tokio::test]
+    async fn a_probe_whose_command_is_dropped_still_closes_the_breaker() {
+        let server = RedisServer::start();
+        let store = store(&server.url(), "p:");
+        let Store::Redis(redis) = &store else { unreachable!() };
+        for _ in 0..crate::breaker::FAILURES_TO_OPEN {
+            redis.breaker.failed(Pass::Normal);
+        }
+        assert_eq!(redis.breaker_state(), BreakerState::Open);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(redis.breaker_state(), BreakerState::HalfOpen);
+        let both = try_join_all([store.remove("a"), store.remove("b")]).await;
+        assert!(matches!(both, Err(crate::Error::Unavailable)), "{both:?}");
+        // No other command: the probe alone must close the breaker.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while redis.breaker_state() != BreakerState::Closed {
+            assert!(std::time::Instant::now() < deadline, "{:?}", redis.breaker_state());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(store.get("a").await.unwrap().is_none(), "reads reach Redis again");
     }
 
     #[tokio::test]
