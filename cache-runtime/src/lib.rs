@@ -233,6 +233,8 @@ pub use registry::{
     check_invalidations, declarations, DeadInvalidations, Declaration, DeclarationKind,
 };
 pub use stats::{Stats, StatsReport, DIRECT_CALLS};
+#[cfg(feature = "redis")]
+pub use store::endpoint::redact_url;
 
 /// `#[derive(KeyPart)]`: enums of unit variants (rendered by name) and newtypes (rendered as
 /// their field), beside the trait as serde exports its derives.

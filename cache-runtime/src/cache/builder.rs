@@ -12,7 +12,7 @@ use crate::near::tracking::{self, TrackingOptions};
 #[cfg(feature = "redis")]
 use crate::near::Near;
 #[cfg(feature = "redis")]
-use crate::store::endpoint::{redact, Endpoints, Tls};
+use crate::store::endpoint::{redact_url, Endpoints, Tls};
 #[cfg(feature = "redis")]
 use crate::store::redis::RedisOptions;
 use crate::store::Store;
@@ -81,7 +81,7 @@ impl Default for RedisSetup {
 #[cfg(feature = "redis")]
 impl std::fmt::Debug for RedisSetup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let urls: Vec<String> = self.urls.iter().map(|url| redact(url)).collect();
+        let urls: Vec<String> = self.urls.iter().map(|url| redact_url(url)).collect();
         f.debug_struct("RedisSetup")
             .field("urls", &urls)
             .field("tls", &self.tls)

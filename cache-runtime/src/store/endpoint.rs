@@ -1,7 +1,7 @@
 //! Where the cache connects and how: the Redis URLs and the TLS settings given to the
 //! builder. Every `redis::Client` the cache opens (data, pub/sub wake-ups, near-cache
 //! tracking, each node of a cluster) is made here, so they all use the same certificates;
-//! and every URL that reaches a message is [redacted](redact) here first.
+//! and every URL that reaches a message is [redacted](redact_url) here first.
 //!
 //! TLS runs on rustls with the ring provider (no system OpenSSL). A `rediss://` URL is
 //! checked against the system roots; [`Tls::root_cert`] adds a CA to them, and
@@ -73,11 +73,14 @@ impl Endpoints {
             if endpoints.certificates.is_some() && !tls_url {
                 return Err(Error::InvalidConfig(format!(
                     "tls_root_cert / tls_client_cert need `rediss://` URLs (TLS); got {}",
-                    redact(url)
+                    redact_url(url)
                 )));
             }
             endpoints.client(url).map_err(|error| {
-                Error::InvalidConfig(format!("the TLS certificates for {}: {error}", redact(url)))
+                Error::InvalidConfig(format!(
+                    "the TLS certificates for {}: {error}",
+                    redact_url(url)
+                ))
             })?;
         }
         Ok(endpoints)
@@ -119,7 +122,7 @@ pub(crate) fn node(seed: &ConnectionInfo, host: &str, port: u16) -> ConnectionIn
 
 /// [`Error::InvalidUrl`] for `url`, whose text is redacted.
 fn invalid_url(url: &str, source: redis::RedisError) -> Error {
-    Error::InvalidUrl { url: redact(url), source: BackendError(source) }
+    Error::InvalidUrl { url: redact_url(url), source: BackendError(source) }
 }
 
 /// rustls needs one process-wide crypto provider; ring is the one this crate builds with.
@@ -176,7 +179,16 @@ fn base64(bytes: &[u8]) -> String {
 /// `url` with its password replaced by `***` (`redis://user:***@host`), and the values of
 /// `pass` and `password` query parameters too (`redis+unix:///run/redis.sock?pass=***`):
 /// the form in which a URL appears in any error, log line or `Debug` output of this crate.
-pub(crate) fn redact(url: &str) -> String {
+///
+/// Public so that an application prints its Redis URL the same way:
+///
+/// ```
+/// assert_eq!(
+///     cache_runtime::redact_url("rediss://app:s3cret@redis.internal:6380/0"),
+///     "rediss://app:***@redis.internal:6380/0"
+/// );
+/// ```
+pub fn redact_url(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, url),
@@ -217,13 +229,13 @@ mod tests {
 
     #[test]
     fn urls_are_redacted() {
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(redact("redis://:s3cret@host:6379/0"), "redis://:***@host:6379/0");
-        assert_eq!(redact("rediss://app:s3cret@host/2"), "rediss://app:***@host/2");
-        assert_eq!(redact("redis://app@host"), "redis://app@host");
-        assert_eq!(redact("redis://u:p@ss@host"), "redis://u:***@host");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_url("redis://:s3cret@host:6379/0"), "redis://:***@host:6379/0");
+        assert_eq!(redact_url("rediss://app:s3cret@host/2"), "rediss://app:***@host/2");
+        assert_eq!(redact_url("redis://app@host"), "redis://app@host");
+        assert_eq!(redact_url("redis://u:p@ss@host"), "redis://u:***@host");
         assert_eq!(
-            redact("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
+            redact_url("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
             "redis+unix:///run/redis.sock?db=1&pass=***"
         );
     }

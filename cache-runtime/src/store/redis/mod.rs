@@ -30,7 +30,7 @@ use tokio::sync::OnceCell;
 
 use scripts::{Abandon, BeginFill, Call, Cover, Fill, IndexAdd, Replace, Target, Write};
 
-use super::endpoint::{redact, Endpoints, Tls};
+use super::endpoint::{redact_url, Endpoints, Tls};
 use super::lease::new_token;
 use super::link::{needs_renewal, LazyCluster, Link, Standalone};
 use super::{Begun, FillPlan, Found, Marker, Ticket, Touch, Version};
@@ -140,7 +140,7 @@ impl RedisStore {
                 builder = builder.certs(certificates);
             }
             let client = builder.build().map_err(|source| Error::InvalidUrl {
-                url: options.urls.iter().map(|url| redact(url)).collect::<Vec<_>>().join(","),
+                url: options.urls.iter().map(|url| redact_url(url)).collect::<Vec<_>>().join(","),
                 source: BackendError(source),
             })?;
             Link::Cluster(Arc::new(LazyCluster::new(client)))
@@ -156,7 +156,7 @@ impl RedisStore {
                     .set_max_delay(Duration::from_millis(100)),
             )
             .map_err(|source| Error::InvalidUrl {
-                url: options.urls.iter().map(|url| redact(url)).collect::<Vec<_>>().join(","),
+                url: options.urls.iter().map(|url| redact_url(url)).collect::<Vec<_>>().join(","),
                 source: BackendError(source),
             })?;
             Link::Sentinel(link)
@@ -228,11 +228,10 @@ impl RedisStore {
         };
         if pass == Pass::Probe {
             let probe = tokio::spawn(probe(self.connection.clone(), Arc::clone(&self.breaker)));
-            match probe.await {
-                Ok(Err(error)) => return Err(Error::backend(error)),
-                // Redis answers (the breaker is closed), or the probe's task panicked (it
-                // let another probe go): this command goes on as a normal one.
-                Ok(Ok(())) | Err(_) => {}
+            // Redis answers (the breaker is closed), or the probe's task panicked (it let
+            // another probe go): this command goes on as a normal one.
+            if let Ok(Err(error)) = probe.await {
+                return Err(Error::backend(error));
             }
         }
         let outcome = exchange.await;

@@ -83,44 +83,6 @@ fn install_logging() {
         .init();
 }
 
-/// `url` with its password replaced by `***` (`redis://user:***@host`), and the values of
-/// `pass` and `password` query parameters too (`unix:///run/redis.sock?pass=***`), for
-/// printing.
-fn redact(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, url),
-    };
-    let (before_query, query) = match rest.split_once('?') {
-        Some((before, query)) => (before, Some(query)),
-        None => (rest, None),
-    };
-    let authority_end = before_query.find('/').unwrap_or(before_query.len());
-    let (authority, path) = before_query.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => authority.to_owned(),
-    };
-    let mut redacted = match scheme {
-        Some(scheme) => format!("{scheme}://{authority}{path}"),
-        None => format!("{authority}{path}"),
-    };
-    if let Some(query) = query {
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((name, _)) if matches!(name, "pass" | "password") => format!("{name}=***"),
-                _ => pair.to_owned(),
-            })
-            .collect();
-        redacted = format!("{redacted}?{}", pairs.join("&"));
-    }
-    redacted
-}
-
 /// Where the data and the cache live, said once at the start.
 struct Setup {
     service: Marketplace,
@@ -164,7 +126,11 @@ async fn setup(database_url: Option<String>, with_near: bool) -> Result<Setup, S
             } else {
                 None
             };
-            (cache, near, format!("Redis at {}, prefix \"vehicles:\"", redact(&url)))
+            (
+                cache,
+                near,
+                format!("Redis at {}, prefix \"vehicles:\"", cache_runtime::redact_url(&url)),
+            )
         }
         _ => (Cache::memory(), None, "in-process memory store".to_owned()),
     };
@@ -269,23 +235,5 @@ async fn main() -> ExitCode {
             eprintln!("vehicles: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn printed_urls_carry_no_password() {
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(redact("redis://:s3cret@host:6379/0"), "redis://:***@host:6379/0");
-        assert_eq!(redact("rediss://app:s3cret@host/2"), "rediss://app:***@host/2");
-        assert_eq!(redact("redis://app@host"), "redis://app@host");
-        assert_eq!(redact("redis://u:p@ss@host"), "redis://u:***@host");
-        assert_eq!(
-            redact("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
-            "redis+unix:///run/redis.sock?db=1&pass=***"
-        );
     }
 }
