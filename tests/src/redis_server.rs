@@ -96,8 +96,13 @@ impl RedisServer {
     ///
     /// If the server does not accept the connection (e.g. it was killed).
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        // A generous response timeout: the tests' own inspections must not fail because a
+        // loaded machine (CI runs everything on 2 cores) made Redis answer late.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(30)))
+            .set_connection_timeout(Some(Duration::from_secs(10)));
         self.client()
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url()))
     }
