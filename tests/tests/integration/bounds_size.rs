@@ -134,7 +134,15 @@ const READ_AT_MOST: u64 = 4 * 1024 * 1024 + 64 * 1024;
 async fn a_64_mb_foreign_string_is_not_transferred_and_is_replaced_by_the_fresh_value() {
     let server = RedisServer::start();
     let raw = Raw::connect(&server).await;
-    let cache = redis_cache(&server).await;
+    // The fill replaces (frees) 64 MiB inside its script: on a loaded machine that can take
+    // longer than the default command timeout, and a fill that times out stores nothing.
+    let cache = Cache::builder()
+        .redis(server.url())
+        .prefix(PREFIX)
+        .command_timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .unwrap();
     let key = format!("{PREFIX}report:1");
     foreign(&raw, &key, FOREIGN).await;
 
@@ -156,7 +164,12 @@ async fn a_64_mb_foreign_string_is_not_transferred_and_is_replaced_by_the_fresh_
     assert!(read < READ_AT_MOST, "the load's reads transferred {read} bytes of a 64 MiB string");
     assert_eq!(errors(&cache, DIRECT_CALLS, "too_large"), 2);
     assert!(strlen(&raw, &key).await < 100, "replaced by the fresh value");
-    assert_eq!(cache.get::<String>("report:1").await.unwrap().as_deref(), Some("fresh"));
+    assert_eq!(
+        cache.get::<String>("report:1").await.unwrap().as_deref(),
+        Some("fresh"),
+        "{}",
+        cache.prometheus()
+    );
 }
 
 #[tokio::test]
