@@ -148,6 +148,9 @@ impl RedisStore {
                 &options.urls,
                 master,
                 options.connect_timeout,
+                // Time to replay what a failover may have lost (one round trip per kept
+                // scope, a new connection at worst) on a primary that answers.
+                options.connect_timeout + options.command_timeout * 4,
                 ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(options.connect_timeout))
                     .set_response_timeout(Some(options.command_timeout))
