@@ -78,6 +78,7 @@ impl Backlog {
     /// Keeps `value` until a replay round that starts after this call has landed every
     /// removal kept now (or they were dropped as unable to succeed), then drops it; the
     /// replay is woken. The caller makes sure a replay runs.
+    #[cfg(any(test, feature = "redis"))]
     pub(crate) fn hold_until_replayed(&self, value: Box<dyn Send>) {
         self.held.lock().unwrap_or_else(|e| e.into_inner()).push(value);
         self.wake.notify_one();

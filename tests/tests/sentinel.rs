@@ -18,6 +18,9 @@
 //! - [`a_primary_without_its_replicas_keeps_the_invalidation_for_replay`]: the same for
 //!   `NOREPLICAS` (`min-replicas-to-write`, the setting that bounds what an isolated
 //!   primary acknowledges and a failover then loses; see docs/failover.md).
+//! - [`a_failover_is_followed_over_tls`]: the same group on TLS (`rediss://` sentinels,
+//!   `tls_root_cert`): the cache reaches the sentinels, both primaries and its near-cache
+//!   tracking over TLS.
 //!
 //! Each run prints one line (`sentinel: ...`) with what it observed; see them with
 //! `cargo test -p cache-tests --test sentinel -- --nocapture`.
@@ -115,10 +118,22 @@ async fn sentinel_cache(group: &RedisSentinel, near: bool) -> Cache {
     builder.build().await.unwrap()
 }
 
-/// The raw value of `key` on a data node, if any.
+/// The raw value of `key` on a data node, if any. Retried: Sentinel kills the client
+/// connections of a node it promotes or demotes.
 async fn raw(node: &RedisServer, key: &str) -> Option<String> {
-    let mut connection = node.connection().await;
-    redis::cmd("GET").arg(format!("{PREFIX}{key}")).query_async(&mut connection).await.unwrap()
+    let mut last = None;
+    for _ in 0..10 {
+        let got = async {
+            let mut connection = node.client().get_multiplexed_async_connection().await?;
+            redis::cmd("GET").arg(format!("{PREFIX}{key}")).query_async(&mut connection).await
+        };
+        match got.await {
+            Ok(value) => return value,
+            Err(error) => last = Some(error),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{key} on {}: {last:?}", node.url())
 }
 
 /// Whether a raw value read by [`raw`] is the first version (what the test started with).
@@ -203,13 +218,14 @@ async fn an_invalidation_issued_mid_failover_is_not_lost() {
     // The failover: once the replica is promoted, and before the sentinels name it, the
     // old primary still acknowledges writes that replication will lose.
     group.failover();
-    let replica = group.node(1).connection().await;
-    wait_until("the replica is promoted", Duration::from_secs(10), || {
-        let mut replica = replica.clone();
-        async move {
-            let role = redis::cmd("ROLE").query_async::<Vec<redis::Value>>(&mut replica).await;
-            matches!(role.ok().as_deref(), Some([redis::Value::BulkString(role), ..]) if role == b"master")
-        }
+    // A fresh connection each time: Sentinel kills the promoted node's client connections.
+    wait_until("the replica is promoted", Duration::from_secs(10), || async {
+        let info = async {
+            let client = group.node(1).client();
+            let mut replica = client.get_multiplexed_async_connection().await?;
+            redis::cmd("INFO").arg("replication").query_async::<String>(&mut replica).await
+        };
+        info.await.is_ok_and(|info| info.contains("role:master"))
     })
     .await;
     let promoted_after = started.elapsed();
@@ -227,9 +243,12 @@ async fn an_invalidation_issued_mid_failover_is_not_lost() {
     // about 0.9 s after the promotion): then the removal went there, and only the checks
     // of the reads below apply.
     assert!(removed.is_ok(), "the invalidation returned an error: {removed:?}");
-    // Gone there (a reader may have put its pending marker, or the latest value, since).
-    assert!(!holds_first_version(&old_primary_has), "{old_primary_has:?}");
-    let lost = holds_first_version(&new_primary_has);
+    // Gone from the node it reached (a reader may have put its pending marker, or the
+    // latest value, since).
+    let (old_has, new_has) =
+        (holds_first_version(&old_primary_has), holds_first_version(&new_primary_has));
+    assert!(!(old_has && new_has), "the invalidation reached neither node");
+    let lost = new_has;
     if !lost {
         eprintln!(
             "sentinel: the cache followed the new primary before the mid-failover invalidation (promoted after {promoted_after:?}); its replay is not exercised in this run"
@@ -398,4 +417,51 @@ async fn a_primary_without_its_replicas_keeps_the_invalidation_for_replay() {
         cache.health().await.pending_invalidations == 0
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_is_followed_over_tls() {
+    // Sentinels and data nodes on TLS only, as far as the cache knows (`rediss://` sentinel
+    // URLs, the test CA): the sentinels, the primary they name and the near cache's
+    // tracking all connect with the builder's TLS settings, before and after a failover.
+    let certificates = cache_tests::tls::Certificates::generate();
+    let group = RedisSentinel::start_tls(&certificates);
+    assert!(group.sentinel_urls().iter().all(|url| url.starts_with("rediss://")));
+    let db = Arc::new(Db::default());
+    let cache = Cache::builder()
+        .redis_sentinel(group.sentinel_urls(), MASTER)
+        .tls_root_cert(certificates.ca())
+        .prefix(PREFIX)
+        .near_cache(1 << 20)
+        .connect_timeout(Duration::from_millis(500))
+        .command_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(read(&cache, &db, "car:1").await, 1);
+    assert!(raw(group.node(0), "car:1").await.is_some(), "stored on the primary over TLS");
+    wait_until("the near cache is live over TLS", Duration::from_secs(10), || async {
+        cache.near_cache_live()
+    })
+    .await;
+    group.failover();
+    group.wait_for_primary(1, Duration::from_secs(15));
+    // The cache follows: an invalidation and a fill land on the new primary.
+    let version = db.bump("car:1");
+    wait_until("the invalidation lands on the new primary", Duration::from_secs(10), || async {
+        cache.invalidate("car:1").await.is_ok()
+            && cache.health().await.pending_invalidations == 0
+            && !holds_first_version(&raw(group.node(1), "car:1").await)
+    })
+    .await;
+    assert_eq!(read(&cache, &db, "car:1").await, version);
+    assert_eq!(read(&cache, &db, "car:2").await, 1);
+    assert!(raw(group.node(1), "car:2").await.is_some(), "stored on the new primary over TLS");
+    wait_until(
+        "the near cache is live again on the new primary",
+        Duration::from_secs(10),
+        || async { cache.near_cache_live() },
+    )
+    .await;
+    assert_eq!(cache.breaker_state(), BreakerState::Closed);
 }

@@ -156,6 +156,7 @@ impl RedisStore {
                     .set_response_timeout(Some(options.command_timeout))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(100)),
+                endpoints.certificates(),
             )
             .map_err(|source| Error::InvalidUrl {
                 url: options.urls.iter().map(|url| redact(url)).collect::<Vec<_>>().join(","),

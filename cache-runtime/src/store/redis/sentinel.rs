@@ -10,9 +10,9 @@
 //!
 //! - at the first command;
 //! - after a command failed for a connection reason or was refused by a node that cannot
-//!   serve as primary now (`READONLY`, `LOADING`, `MASTERDOWN`): one lookup at a time,
-//!   and a refused command is sent once more if the primary changed (the node refused it, so
-//!   it did not run);
+//!   serve as primary now (`READONLY`, `LOADING`, `MASTERDOWN`, `NOREPLICAS`): one lookup
+//!   at a time, and a refused command is sent once more if the primary changed (the node
+//!   refused it, so it did not run);
 //! - when a sentinel announces `+switch-master` (a subscription to one sentinel at a time),
 //!   and every [`POLL_EVERY`] in the background, so that a promotion is noticed even while
 //!   the old primary still accepts writes (Sentinel demotes it only seconds later, and what
@@ -39,10 +39,11 @@ use redis::aio::{
 };
 use redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, Pipeline, RedisError, RedisFuture,
-    Value,
+    TlsCertificates, Value,
 };
 
 use crate::breaker::{is_connection_failure, is_failover_refusal};
+use crate::store::endpoint::node;
 
 /// How often the sentinels are asked whether the primary changed.
 pub(crate) const POLL_EVERY: Duration = Duration::from_millis(500);
@@ -66,7 +67,10 @@ pub(crate) async fn replaying<F: std::future::Future>(future: F) -> F::Output {
 /// clone is dropped, or until the bound given at the change (see [`SentinelLink::new`])
 /// has passed: the listeners keep it until what they handed over has been replayed there.
 #[derive(Clone)]
-pub(crate) struct HandOver(#[allow(dead_code)] Arc<Opener>);
+pub(crate) struct HandOver {
+    /// Held for its drop.
+    _opener: Arc<Opener>,
+}
 
 /// Opens its gate when dropped.
 struct Opener(Arc<Gate>);
@@ -149,8 +153,8 @@ struct Inner {
     sentinels: Vec<redis::Client>,
     /// The name the sentinels monitor the primary under.
     master: String,
-    /// How the data nodes are reached: the first sentinel URL's user, password, database
-    /// and protocol, at the address the sentinels name.
+    /// How the data nodes are reached: the first sentinel URL's user, password, database,
+    /// protocol and TLS (with the builder's certificates), at the address the sentinels name.
     node: ConnectionInfo,
     config: ConnectionManagerConfig,
     /// Bounds one lookup (the sentinels, then `ROLE` on the primary).
@@ -193,27 +197,38 @@ fn unreachable(why: String) -> RedisError {
 impl SentinelLink {
     /// Checks the sentinel URLs; connects nothing yet. `hand_over_bound`: the longest a new
     /// primary holds commands back for the replay of what its predecessor acknowledged
-    /// lately (see [`HandOver`]).
+    /// lately (see [`HandOver`]). `certificates`: the builder's TLS settings, used for the
+    /// `rediss://` sentinels and, when the first sentinel URL is `rediss://`, for the data
+    /// nodes (reached over TLS at the address the sentinels name).
     pub(crate) fn new(
         urls: &[String],
         master: &str,
         connect_timeout: Duration,
         hand_over_bound: Duration,
         config: ConnectionManagerConfig,
+        certificates: Option<TlsCertificates>,
     ) -> redis::RedisResult<SentinelLink> {
+        let client = |info: ConnectionInfo| match (&certificates, info.addr()) {
+            (Some(certificates), ConnectionAddr::TcpTls { .. }) => {
+                redis::Client::build_with_tls(info, certificates.clone())
+            }
+            _ => redis::Client::open(info),
+        };
         let infos = urls
             .iter()
             .map(|url| redis::IntoConnectionInfo::into_connection_info(url.as_str()))
             .collect::<redis::RedisResult<Vec<ConnectionInfo>>>()?;
-        let node = infos.first().cloned().ok_or_else(|| {
+        let first = infos.first().cloned().ok_or_else(|| {
             RedisError::from((redis::ErrorKind::InvalidClientConfig, "no sentinel given"))
         })?;
+        // Through a client, so that a TLS address carries the certificates.
+        let node = client(first)?.get_connection_info().clone();
         let db = node.redis_settings().db();
         let sentinels = infos
             .into_iter()
             .map(|info| {
                 let settings = info.redis_settings().clone().set_db(0);
-                redis::Client::open(info.set_redis_settings(settings))
+                client(info.set_redis_settings(settings))
             })
             .collect::<redis::RedisResult<Vec<_>>>()?;
         Ok(SentinelLink {
@@ -252,7 +267,7 @@ impl SentinelLink {
     pub(crate) async fn primary_info(&self) -> redis::RedisResult<ConnectionInfo> {
         let primary = self.primary().await?;
         let (host, port) = primary.addr;
-        Ok(self.inner.node.clone().set_addr(ConnectionAddr::Tcp(host, port)))
+        Ok(node(&self.inner.node, &host, port))
     }
 
     /// The current primary, looked up on first use.
@@ -370,7 +385,7 @@ impl Inner {
                 });
                 // Dropped here unless a listener keeps a clone: then the gate opens when
                 // its replay has landed.
-                let hand_over = HandOver(Arc::new(Opener(Arc::clone(&gate))));
+                let hand_over = HandOver { _opener: Arc::new(Opener(Arc::clone(&gate))) };
                 for listener in self.listeners.lock().unwrap_or_else(|e| e.into_inner()).iter() {
                     listener(hand_over.clone());
                 }
@@ -393,8 +408,7 @@ impl Inner {
         {
             return Ok(None);
         }
-        let info = self.node.clone().set_addr(ConnectionAddr::Tcp(host.clone(), port));
-        let client = redis::Client::open(info)?;
+        let client = redis::Client::open(node(&self.node, &host, port))?;
         let mut manager = ConnectionManager::new_lazy_with_config(client, self.config.clone())?;
         let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut manager).await?;
         match role.first() {
@@ -553,5 +567,55 @@ impl ConnectionLike for SentinelLink {
 
     fn get_db(&self) -> i64 {
         self.db
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed(bound: Duration) -> (Arc<Gate>, HandOver) {
+        let gate = Arc::new(Gate {
+            open: AtomicBool::new(false),
+            opened: tokio::sync::Notify::new(),
+            deadline: Instant::now() + bound,
+        });
+        let hand_over = HandOver { _opener: Arc::new(Opener(Arc::clone(&gate))) };
+        (gate, hand_over)
+    }
+
+    #[tokio::test]
+    async fn a_closed_gate_holds_commands_until_the_last_hand_over_is_dropped() {
+        let (gate, hand_over) = closed(Duration::from_secs(600));
+        let kept = hand_over.clone();
+        let waiting = tokio::spawn({
+            let gate = Arc::clone(&gate);
+            async move { gate.pass().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "held while the hand-over is kept");
+        drop(hand_over);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a clone still keeps it");
+        drop(kept);
+        tokio::time::timeout(Duration::from_secs(60), waiting).await.unwrap().unwrap();
+        // Open for good: later commands pass at once.
+        tokio::time::timeout(Duration::from_secs(60), gate.pass()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_gate_opens_at_its_bound() {
+        let (gate, _kept) = closed(Duration::from_millis(100));
+        tokio::time::timeout(Duration::from_secs(60), gate.pass()).await.unwrap();
+        assert!(gate.open.load(Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn only_the_replay_and_ping_pass_a_closed_gate() {
+        assert!(!passes_closed_gate(Some(&redis::cmd("GET"))));
+        assert!(!passes_closed_gate(None), "a pipeline");
+        assert!(passes_closed_gate(Some(&redis::cmd("PING"))));
+        assert!(replaying(async { passes_closed_gate(Some(&redis::cmd("GET"))) }).await);
+        assert!(replaying(async { passes_closed_gate(None) }).await);
     }
 }
