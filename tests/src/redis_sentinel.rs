@@ -5,7 +5,8 @@
 //! `redis-server` package's binary runs in Sentinel mode; no `redis-sentinel` package is
 //! needed), each with a config file in its own temp dir (Sentinel rewrites it). Timeouts are
 //! low so that a failover takes a few seconds: `down-after-milliseconds 1000`,
-//! `failover-timeout 2000`.
+//! `failover-timeout 6000` (the sentinels abort a promotion they do not see within it; with
+//! 2 s a forced failover once did not complete on a saturated machine).
 
 use std::fs::{self, File};
 use std::net::{Ipv4Addr, TcpListener};
@@ -290,7 +291,7 @@ fn spawn_sentinel(primary_port: u16, tls: Option<&Certificates>) -> SentinelProc
                  {tls_config}\
                  sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n\
                  sentinel down-after-milliseconds {MASTER} 1000\n\
-                 sentinel failover-timeout {MASTER} 2000\n\
+                 sentinel failover-timeout {MASTER} 6000\n\
                  sentinel parallel-syncs {MASTER} 1\n",
                 dir = dir.display()
             ),

@@ -356,7 +356,8 @@ async fn killing_the_primary_fails_over_and_the_kept_invalidation_lands() {
 
 #[tokio::test]
 async fn a_demoted_primary_keeps_the_invalidation_for_replay() {
-    let primary = RedisServer::start();
+    // No 5 s wait for more replicas before the first sync (Redis 7's default).
+    let primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
     let replica =
         RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
     let cache = Cache::builder()
@@ -373,7 +374,7 @@ async fn a_demoted_primary_keeps_the_invalidation_for_replay() {
         .query_async(&mut raw_primary)
         .await
         .unwrap();
-    wait_until("the replica holds the value", Duration::from_secs(5), || async {
+    wait_until("the replica holds the value", Duration::from_secs(20), || async {
         raw(&replica, "car:1").await.is_some()
     })
     .await;
