@@ -14,9 +14,14 @@
 //!   `cache_pending_invalidations` show its size.
 //! - If the process dies with a backlog, other processes serve the old values until their
 //!   TTL ends: the TTL is then the bound.
+//! - Something can wait for the replay: [`Backlog::hold_until_replayed`] keeps a value
+//!   (behind Sentinel, the new primary's hand-over, which holds its commands back) until a
+//!   replay round that started after it landed every kept removal, then drops it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 use crate::error::ErrorKind;
 use crate::scope::Scope;
@@ -49,6 +54,11 @@ pub(crate) struct Backlog {
     replaying: AtomicBool,
     /// The cache has no prefix on a shared store: [`Scope::All`] would be refused.
     unprefixed: bool,
+    /// Values dropped once what was kept before them has been replayed
+    /// ([`Backlog::hold_until_replayed`]).
+    held: Mutex<Vec<Box<dyn Send>>>,
+    /// Wakes a replay task that waits out its back-off.
+    wake: Arc<Notify>,
 }
 
 impl Backlog {
@@ -60,7 +70,34 @@ impl Backlog {
             pushes: AtomicU64::new(0),
             replaying: AtomicBool::new(false),
             unprefixed,
+            held: Mutex::new(Vec::new()),
+            wake: Arc::new(Notify::new()),
         }
+    }
+
+    /// Keeps `value` until a replay round that starts after this call has landed every
+    /// removal kept now (or they were dropped as unable to succeed), then drops it; the
+    /// replay is woken. The caller makes sure a replay runs.
+    #[cfg(any(test, feature = "redis"))]
+    pub(crate) fn hold_until_replayed(&self, value: Box<dyn Send>) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).push(value);
+        self.wake.notify_one();
+    }
+
+    /// The values held now, for a replay round that starts: it drops them if it lands
+    /// everything, or gives them back with [`Backlog::hold_again`].
+    pub(crate) fn take_held(&self) -> Vec<Box<dyn Send>> {
+        std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Held values whose round did not land everything.
+    pub(crate) fn hold_again(&self, values: Vec<Box<dyn Send>>) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).extend(values);
+    }
+
+    /// What wakes the replay task from its back-off.
+    pub(crate) fn waker(&self) -> Arc<Notify> {
+        Arc::clone(&self.wake)
     }
 
     /// How many removals wait.

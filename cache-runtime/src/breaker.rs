@@ -171,9 +171,10 @@ fn is_refused_session(error: &redis::RedisError) -> bool {
 }
 
 /// Whether `error` says the node cannot serve as primary now: a demoted primary
-/// (`READONLY`), one still loading its data set (`LOADING`), or one whose replication link
-/// is down (`MASTERDOWN`). Like a lost connection: the command did not run, and another
-/// node (the new primary) or a later attempt will take it.
+/// (`READONLY`), one still loading its data set (`LOADING`), one whose replication link
+/// is down (`MASTERDOWN`), or one that lost its replicas under `min-replicas-to-write`
+/// (`NOREPLICAS`: isolated, it may be replaced). Like a lost connection: the command did
+/// not run, and another node (the new primary) or a later attempt will take it.
 #[cfg(feature = "redis")]
 pub(crate) fn is_failover_refusal(error: &redis::RedisError) -> bool {
     use redis::{ErrorKind, ServerErrorKind};
@@ -182,7 +183,7 @@ pub(crate) fn is_failover_refusal(error: &redis::RedisError) -> bool {
         ErrorKind::Server(
             ServerErrorKind::ReadOnly | ServerErrorKind::BusyLoading | ServerErrorKind::MasterDown
         )
-    )
+    ) || error.code() == Some("NOREPLICAS")
 }
 
 /// Whether `error` is a cluster's passing refusal during a topology change: a slot being

@@ -8,7 +8,10 @@
 //! new primary serve the old value; a lost write-through would bring back the value it
 //! replaced.
 //!
-//! So every acknowledged write or removal leaves its [`Scope`] here for [`RETAIN`]; when
+//! So every acknowledged write or removal leaves its [`Scope`] here for [`RETAIN`], counted
+//! back from the newest acknowledgement (not from the change: a primary that crashed was
+//! replaced only after Sentinel's `down-after-milliseconds`, often longer than that, and
+//! what it lost is its last moments' writes); when
 //! the store moves to a new primary (`store/redis/sentinel.rs`), everything kept is handed
 //! to the replay backlog (`write.rs`) *before* the new primary takes a command: this
 //! process reads none of those keys from Redis until their removal has landed there. A
@@ -25,8 +28,10 @@ use std::time::{Duration, Instant};
 
 use crate::scope::Scope;
 
-/// How long an acknowledged write is kept: longer than Sentinel takes to promote a replica
-/// and this cache to notice it (the sentinels are asked every 500 ms).
+/// How long before the newest acknowledgement an acknowledged write is still handed over:
+/// longer than a primary goes on acknowledging writes that do not reach its replica (the
+/// replication lag; a demoted primary's seconds before Sentinel reconfigures it; an
+/// isolated one's `min-replicas-max-lag`, see docs/failover.md).
 pub(crate) const RETAIN: Duration = Duration::from_secs(15);
 
 /// The most scopes kept before they shrink into wider ones.
@@ -69,15 +74,19 @@ impl Recent {
         if now_on() != sent_on {
             return false;
         }
-        let now = Instant::now();
+        self.insert(&mut kept, scope, Instant::now());
+        true
+    }
+
+    /// Keeps `scope`, acknowledged at `now` (the newest acknowledgement).
+    fn insert(&self, kept: &mut HashMap<Scope, Instant>, scope: &Scope, now: Instant) {
         kept.insert(scope.clone(), now);
         if kept.len() > MAX_KEPT {
             kept.retain(|_, at| now.duration_since(*at) < RETAIN);
         }
         if kept.len() > MAX_KEPT {
-            self.shrink(&mut kept, now);
+            self.shrink(kept, now);
         }
-        true
     }
 
     /// Replaces an overflowing set with fewer scopes that cover all of it.
@@ -92,13 +101,14 @@ impl Recent {
         *kept = wider;
     }
 
-    /// Everything acknowledged within [`RETAIN`], forgotten here: the primary changed.
+    /// Everything acknowledged within [`RETAIN`] of the newest acknowledgement, forgotten
+    /// here: the primary changed.
     #[cfg(any(test, feature = "redis"))]
     pub(crate) fn take(&self) -> Vec<Scope> {
-        let now = Instant::now();
-        self.lock()
-            .drain()
-            .filter(|(_, at)| now.duration_since(*at) < RETAIN)
+        let mut kept = self.lock();
+        let Some(newest) = kept.values().max().copied() else { return Vec::new() };
+        kept.drain()
+            .filter(|(_, at)| newest.duration_since(*at) < RETAIN)
             .map(|(scope, _)| scope)
             .collect()
     }
@@ -138,6 +148,23 @@ mod tests {
         }
         assert_eq!(prefixed.take(), vec![Scope::All]);
         assert_eq!(unprefixed.take(), vec![Scope::Pattern("row:*".into())]);
+    }
+
+    #[test]
+    fn the_retention_counts_back_from_the_newest_acknowledgement() {
+        // A crashed primary is replaced after `down-after-milliseconds` (30 s by default):
+        // its last writes are older than RETAIN by the time of the change, and still kept.
+        let recent = Recent::new(true, false);
+        let now = Instant::now();
+        let ago = |secs| now.checked_sub(Duration::from_secs(secs)).unwrap();
+        let mut kept = recent.lock();
+        recent.insert(&mut kept, &Scope::Key("long-before".into()), ago(60));
+        recent.insert(&mut kept, &Scope::Key("before".into()), ago(40));
+        recent.insert(&mut kept, &Scope::Key("last".into()), ago(30));
+        drop(kept);
+        let mut taken = recent.take();
+        taken.sort_by_key(|scope| scope.text().to_owned());
+        assert_eq!(taken, vec![Scope::Key("before".into()), Scope::Key("last".into())]);
     }
 
     #[test]

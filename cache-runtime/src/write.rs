@@ -269,8 +269,12 @@ fn acknowledged(core: &Arc<CacheCore>, scope: &Scope, sent_on: Option<u64>) {
 /// each is kept for replay there (and this process reads none of those keys from Redis
 /// until it landed), and the near cache is flushed (its tracking reconnects to the new
 /// primary).
+///
+/// The new primary serves no other command of this process until that replay has landed
+/// (`hand_over`, kept until then): a read that checked the backlog just before the change
+/// must not read the new primary before the removals it lost are back.
 #[cfg(feature = "redis")]
-pub(crate) fn primary_changed(core: &Arc<CacheCore>) {
+pub(crate) fn primary_changed(core: &Arc<CacheCore>, hand_over: Box<dyn Send>) {
     let scopes = core.recent().take();
     tracing::info!(
         writes = scopes.len(),
@@ -280,6 +284,8 @@ pub(crate) fn primary_changed(core: &Arc<CacheCore>) {
         for scope in scopes {
             core.backlog().push(scope);
         }
+        // After the pushes: the round that drops it replays them.
+        core.backlog().hold_until_replayed(hand_over);
         replay_soon(core);
     }
     if let Some(near) = core.near() {
@@ -314,15 +320,19 @@ fn replay_soon(core: &Arc<CacheCore>) {
         core.backlog().stop_replay();
         return;
     };
-    runtime.spawn(replay(Arc::downgrade(core)));
+    let wake = core.backlog().waker();
+    runtime.spawn(crate::store::replaying(replay(Arc::downgrade(core), wake)));
 }
 
-/// The replay task: runs until the backlog is empty or the cache is dropped.
-async fn replay(core: Weak<CacheCore>) {
+/// The replay task: runs until the backlog is empty or the cache is dropped. A round
+/// drops what was held until it lands everything ([`crate::backlog::Backlog::hold_until_replayed`]).
+async fn replay(core: Weak<CacheCore>, wake: Arc<tokio::sync::Notify>) {
     let mut delay = Duration::from_millis(50);
     loop {
-        tokio::time::sleep(delay).await;
+        // Woken early by a hand-over, which holds a new primary's commands back meanwhile.
+        let _ = tokio::time::timeout(delay, wake.notified()).await;
         let Some(core) = core.upgrade() else { return };
+        let held = core.backlog().take_held();
         let mut failed = false;
         for kept in core.backlog().snapshot() {
             match removal(&core, &kept.scope).await {
@@ -343,7 +353,14 @@ async fn replay(core: Weak<CacheCore>) {
             false => Duration::from_millis(50),
             true => (delay * 2).min(Duration::from_secs(1)),
         };
+        match failed {
+            false => drop(held),
+            true => core.backlog().hold_again(held),
+        }
         if core.backlog().len() == 0 && core.backlog().release_replay() {
+            // Everything kept before a value held meanwhile has landed: release it too
+            // (a hand-over that came after the round's start).
+            drop(core.backlog().take_held());
             return;
         }
     }

@@ -686,11 +686,7 @@ async fn coherent_on_standalone_with_connection_kills() {
 /// replay there what the old one acknowledged lately. Check 1 holds with the stated
 /// [`FAILOVER_BOUND`] (see its docs), and exactly once the traffic is past it; checks 2 and 3
 /// hold after the failover.
-// Ignored in the default run: like `sentinel.rs`'s mid-failover test, it found a read
-// through the writing instance older than its own invalidation, ~1 s after the failover
-// (issue 20 stays open; docs/failover.md, "Open"). Run it with `--ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds an unexplained stale read after a failover now and then (docs/failover.md, Open)"]
 async fn coherent_behind_sentinel_across_a_failover() {
     let sentinels = cache_tests::RedisSentinel::start();
     let mut caches = Vec::new();

@@ -506,9 +506,9 @@ impl CacheBuilder {
         let core = Arc::new(CacheCore::new(store, self.settings, near));
         if let Some(link) = following {
             let core = Arc::downgrade(&core);
-            link.on_change(Box::new(move || {
+            link.on_change(Box::new(move |hand_over| {
                 if let Some(core) = core.upgrade() {
-                    crate::write::primary_changed(&core);
+                    crate::write::primary_changed(&core, Box::new(hand_over));
                 }
             }));
         }

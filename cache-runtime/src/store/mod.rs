@@ -145,6 +145,16 @@ pub(crate) enum Marker {
     Redis(Vec<u8>),
 }
 
+/// Runs `future`, the replay of kept removals, so that its commands reach a new primary
+/// behind Sentinel before the others (which wait for that replay; see
+/// `redis/sentinel.rs`, "The hand-over").
+pub(crate) async fn replaying<F: std::future::Future>(future: F) -> F::Output {
+    #[cfg(feature = "redis")]
+    return redis::sentinel::replaying(future).await;
+    #[cfg(not(feature = "redis"))]
+    future.await
+}
+
 /// The store behind a [`Cache`](crate::Cache). An enum rather than a trait object: there are
 /// two stores, and static dispatch keeps the hit path free of boxing.
 pub(crate) enum Store {

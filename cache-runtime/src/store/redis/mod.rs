@@ -149,11 +149,15 @@ impl RedisStore {
                 &options.urls,
                 master,
                 options.connect_timeout,
+                // Time to replay what a failover may have lost (one round trip per kept
+                // scope, a new connection at worst) on a primary that answers.
+                options.connect_timeout + options.command_timeout * 4,
                 ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(options.connect_timeout))
                     .set_response_timeout(Some(options.command_timeout))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(100)),
+                endpoints.certificates(),
             )
             .map_err(|source| Error::InvalidUrl {
                 url: options.urls.iter().map(|url| redact_url(url)).collect::<Vec<_>>().join(","),

@@ -10,9 +10,9 @@
 //!
 //! - at the first command;
 //! - after a command failed for a connection reason or was refused by a node that cannot
-//!   serve as primary now (`READONLY`, `LOADING`, `MASTERDOWN`): one lookup at a time,
-//!   and a refused command is sent once more if the primary changed (the node refused it, so
-//!   it did not run);
+//!   serve as primary now (`READONLY`, `LOADING`, `MASTERDOWN`, `NOREPLICAS`): one lookup
+//!   at a time, and a refused command is sent once more if the primary changed (the node
+//!   refused it, so it did not run);
 //! - when a sentinel announces `+switch-master` (a subscription to one sentinel at a time),
 //!   and every [`POLL_EVERY`] in the background, so that a promotion is noticed even while
 //!   the old primary still accepts writes (Sentinel demotes it only seconds later, and what
@@ -21,8 +21,15 @@
 //! A change bumps the [generation](SentinelLink::generation) and calls the listeners
 //! *before* the new primary takes commands: the cache keeps the writes of the last
 //! moments for replay there and flushes its near cache (`write.rs`).
+//!
+//! **The hand-over.** The new primary then serves no command but the replay's
+//! ([`replaying`]) and `PING` until the replay of what the listeners handed over has landed
+//! there (they hold a [`HandOver`]; its last clone dropped opens the gate), or at most
+//! [`HandOver`]'s bound. Without it, a read that checked the backlog a moment before the
+//! change (the key was not pending yet) and sent its `GET` a moment after would read the
+//! new primary before the replay: the value that the lost removal was meant to remove.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -32,16 +39,106 @@ use redis::aio::{
 };
 use redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, Pipeline, RedisError, RedisFuture,
-    Value,
+    TlsCertificates, Value,
 };
 
 use crate::breaker::{is_connection_failure, is_failover_refusal};
+use crate::store::endpoint::node;
 
 /// How often the sentinels are asked whether the primary changed.
 pub(crate) const POLL_EVERY: Duration = Duration::from_millis(500);
 
-/// Called on a primary change, before the new primary takes commands.
-pub(crate) type Listener = Box<dyn Fn() + Send + Sync>;
+/// Called on a primary change, before the new primary takes commands, with the hand-over
+/// that holds those commands back while the listener keeps a clone.
+pub(crate) type Listener = Box<dyn Fn(HandOver) + Send + Sync>;
+
+tokio::task_local! {
+    /// Set while the replay of kept removals runs: its commands pass a closed gate.
+    static REPLAYING: ();
+}
+
+/// Runs `future` as the replay of kept removals (`write.rs`): its commands reach a new
+/// primary whose hand-over is not done yet (the replay is what completes it).
+pub(crate) async fn replaying<F: std::future::Future>(future: F) -> F::Output {
+    REPLAYING.scope((), future).await
+}
+
+/// Holds the new primary's commands back (all but the replay's and `PING`) until its last
+/// clone is dropped, or until the bound given at the change (see [`SentinelLink::new`])
+/// has passed: the listeners keep it until what they handed over has been replayed there.
+#[derive(Clone)]
+pub(crate) struct HandOver {
+    /// Held for its drop.
+    _opener: Arc<Opener>,
+}
+
+/// Opens its gate when dropped.
+struct Opener(Arc<Gate>);
+
+impl Drop for Opener {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+/// Whether the commands of a new primary may go (see [`HandOver`]).
+struct Gate {
+    open: AtomicBool,
+    opened: tokio::sync::Notify,
+    /// Past this the gate lets commands through anyway (the replay is kept going).
+    deadline: Instant,
+}
+
+impl Gate {
+    /// An open gate (the first primary, which has nothing to take over).
+    fn opened() -> Arc<Gate> {
+        Arc::new(Gate {
+            open: AtomicBool::new(true),
+            opened: tokio::sync::Notify::new(),
+            deadline: Instant::now(),
+        })
+    }
+
+    fn open(&self) {
+        self.open.store(true, Ordering::Release);
+        self.opened.notify_waiters();
+    }
+
+    /// Waits until the gate opens, or its deadline.
+    async fn pass(&self) {
+        loop {
+            let notified = self.opened.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.open.load(Ordering::Acquire) {
+                return;
+            }
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            if tokio::time::timeout(left, notified).await.is_err() {
+                if !self.open.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        "the new primary's hand-over (the replay of recent writes) did not land in time; serving commands anyway"
+                    );
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Whether `cmd` may pass a closed gate: the replay's commands and `PING` (which reads
+/// nothing; the breaker's probe).
+fn passes_closed_gate(cmd: Option<&Cmd>) -> bool {
+    if REPLAYING.try_with(|()| ()).is_ok() {
+        return true;
+    }
+    cmd.and_then(|cmd| cmd.args_iter().next()).is_some_and(
+        |arg| matches!(arg, redis::Arg::Simple(name) if name.eq_ignore_ascii_case(b"PING")),
+    )
+}
 
 /// A cheap, cloneable handle to the connection that follows the primary.
 #[derive(Clone)]
@@ -56,12 +153,14 @@ struct Inner {
     sentinels: Vec<redis::Client>,
     /// The name the sentinels monitor the primary under.
     master: String,
-    /// How the data nodes are reached: the first sentinel URL's user, password, database
-    /// and protocol, at the address the sentinels name.
+    /// How the data nodes are reached: the first sentinel URL's user, password, database,
+    /// protocol and TLS (with the builder's certificates), at the address the sentinels name.
     node: ConnectionInfo,
     config: ConnectionManagerConfig,
     /// Bounds one lookup (the sentinels, then `ROLE` on the primary).
     lookup_timeout: Duration,
+    /// The longest a new primary holds commands back for its hand-over.
+    hand_over_bound: Duration,
     current: RwLock<Option<Primary>>,
     /// Bumped on every primary change (not on the first lookup).
     generation: AtomicU64,
@@ -74,7 +173,7 @@ struct Inner {
     /// A connection to each sentinel that answered, reused by the next lookup.
     asking: Mutex<Vec<Option<MultiplexedConnection>>>,
     /// The background poll runs (started on first use, inside a runtime).
-    polling: std::sync::atomic::AtomicBool,
+    polling: AtomicBool,
 }
 
 /// Failures closer than this to the last lookup reuse it.
@@ -85,6 +184,8 @@ struct Primary {
     addr: (String, u16),
     manager: ConnectionManager,
     generation: u64,
+    /// Open once the hand-over to this primary is done.
+    gate: Arc<Gate>,
 }
 
 /// A sentinel lookup that found nothing usable: an I/O-kind error, so that the cache treats
@@ -94,26 +195,40 @@ fn unreachable(why: String) -> RedisError {
 }
 
 impl SentinelLink {
-    /// Checks the sentinel URLs; connects nothing yet.
+    /// Checks the sentinel URLs; connects nothing yet. `hand_over_bound`: the longest a new
+    /// primary holds commands back for the replay of what its predecessor acknowledged
+    /// lately (see [`HandOver`]). `certificates`: the builder's TLS settings, used for the
+    /// `rediss://` sentinels and, when the first sentinel URL is `rediss://`, for the data
+    /// nodes (reached over TLS at the address the sentinels name).
     pub(crate) fn new(
         urls: &[String],
         master: &str,
         connect_timeout: Duration,
+        hand_over_bound: Duration,
         config: ConnectionManagerConfig,
+        certificates: Option<TlsCertificates>,
     ) -> redis::RedisResult<SentinelLink> {
+        let client = |info: ConnectionInfo| match (&certificates, info.addr()) {
+            (Some(certificates), ConnectionAddr::TcpTls { .. }) => {
+                redis::Client::build_with_tls(info, certificates.clone())
+            }
+            _ => redis::Client::open(info),
+        };
         let infos = urls
             .iter()
             .map(|url| redis::IntoConnectionInfo::into_connection_info(url.as_str()))
             .collect::<redis::RedisResult<Vec<ConnectionInfo>>>()?;
-        let node = infos.first().cloned().ok_or_else(|| {
+        let first = infos.first().cloned().ok_or_else(|| {
             RedisError::from((redis::ErrorKind::InvalidClientConfig, "no sentinel given"))
         })?;
+        // Through a client, so that a TLS address carries the certificates.
+        let node = client(first)?.get_connection_info().clone();
         let db = node.redis_settings().db();
         let sentinels = infos
             .into_iter()
             .map(|info| {
                 let settings = info.redis_settings().clone().set_db(0);
-                redis::Client::open(info.set_redis_settings(settings))
+                client(info.set_redis_settings(settings))
             })
             .collect::<redis::RedisResult<Vec<_>>>()?;
         Ok(SentinelLink {
@@ -123,13 +238,14 @@ impl SentinelLink {
                 node,
                 config,
                 lookup_timeout: connect_timeout * 2,
+                hand_over_bound,
                 current: RwLock::new(None),
                 generation: AtomicU64::new(0),
                 looking: tokio::sync::Mutex::new(()),
                 last_lookup: Mutex::new(None),
                 listeners: Mutex::new(Vec::new()),
                 asking: Mutex::new(vec![None; urls.len()]),
-                polling: std::sync::atomic::AtomicBool::new(false),
+                polling: AtomicBool::new(false),
             }),
             db,
         })
@@ -141,7 +257,7 @@ impl SentinelLink {
     }
 
     /// Calls `listener` on every later primary change, before the new primary takes
-    /// commands.
+    /// commands; they wait while it keeps the [`HandOver`] it is given.
     pub(crate) fn on_change(&self, listener: Listener) {
         self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner()).push(listener);
     }
@@ -151,7 +267,7 @@ impl SentinelLink {
     pub(crate) async fn primary_info(&self) -> redis::RedisResult<ConnectionInfo> {
         let primary = self.primary().await?;
         let (host, port) = primary.addr;
-        Ok(self.inner.node.clone().set_addr(ConnectionAddr::Tcp(host, port)))
+        Ok(node(&self.inner.node, &host, port))
     }
 
     /// The current primary, looked up on first use.
@@ -179,13 +295,18 @@ impl SentinelLink {
         }
     }
 
-    /// Runs one exchange on the current primary. A connection failure or a failover
-    /// refusal starts a lookup; a refused exchange runs once more if the primary changed.
+    /// Runs one exchange on the current primary, once its hand-over let it through
+    /// (`held`: the exchange waits for it). A connection failure or a failover refusal
+    /// starts a lookup; a refused exchange runs once more if the primary changed.
     async fn exchange<T>(
         &self,
+        held: bool,
         run: impl Fn(ConnectionManager) -> RedisFuture<'static, T>,
     ) -> redis::RedisResult<T> {
         let primary = self.primary().await?;
+        if held {
+            primary.gate.pass().await;
+        }
         let outcome = run(primary.manager.clone()).await;
         let Err(error) = &outcome else { return outcome };
         if !is_connection_failure(error) {
@@ -193,6 +314,9 @@ impl SentinelLink {
         }
         match self.inner.lookup(Some(primary.generation), false).await {
             Ok(next) if next.generation != primary.generation && is_failover_refusal(error) => {
+                if held {
+                    next.gate.pass().await;
+                }
                 run(next.manager).await
             }
             _ => outcome,
@@ -244,8 +368,8 @@ impl Inner {
         // acknowledged under the old one is either handed over by the listeners or, when
         // its acknowledgement comes later, kept for replay by the write path itself.
         let mut slot = self.current.write().unwrap_or_else(|e| e.into_inner());
-        let generation = match &current {
-            None => 0,
+        let (generation, gate) = match &current {
+            None => (0, Gate::opened()),
             Some(previous) => {
                 let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
                 tracing::warn!(
@@ -254,13 +378,21 @@ impl Inner {
                     to = %format_args!("{}:{}", addr.0, addr.1),
                     "Redis primary changed (Sentinel failover): recent writes are replayed on the new primary, the near cache is flushed"
                 );
+                let gate = Arc::new(Gate {
+                    open: AtomicBool::new(false),
+                    opened: tokio::sync::Notify::new(),
+                    deadline: Instant::now() + self.hand_over_bound,
+                });
+                // Dropped here unless a listener keeps a clone: then the gate opens when
+                // its replay has landed.
+                let hand_over = HandOver { _opener: Arc::new(Opener(Arc::clone(&gate))) };
                 for listener in self.listeners.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                    listener();
+                    listener(hand_over.clone());
                 }
-                generation
+                (generation, gate)
             }
         };
-        let primary = Primary { addr, manager, generation };
+        let primary = Primary { addr, manager, generation, gate };
         *slot = Some(primary.clone());
         Ok(primary)
     }
@@ -276,8 +408,7 @@ impl Inner {
         {
             return Ok(None);
         }
-        let info = self.node.clone().set_addr(ConnectionAddr::Tcp(host.clone(), port));
-        let client = redis::Client::open(info)?;
+        let client = redis::Client::open(node(&self.node, &host, port))?;
         let mut manager = ConnectionManager::new_lazy_with_config(client, self.config.clone())?;
         let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut manager).await?;
         match role.first() {
@@ -408,7 +539,8 @@ impl ConnectionLike for SentinelLink {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         let cmd = Arc::new(cmd.clone());
         Box::pin(async move {
-            self.exchange(|mut manager| {
+            let held = !passes_closed_gate(Some(&cmd));
+            self.exchange(held, |mut manager| {
                 let cmd = Arc::clone(&cmd);
                 Box::pin(async move { manager.req_packed_command(&cmd).await })
             })
@@ -424,7 +556,8 @@ impl ConnectionLike for SentinelLink {
     ) -> RedisFuture<'a, Vec<Value>> {
         let pipeline = Arc::new(pipeline.clone());
         Box::pin(async move {
-            self.exchange(|mut manager| {
+            let held = !passes_closed_gate(None);
+            self.exchange(held, |mut manager| {
                 let pipeline = Arc::clone(&pipeline);
                 Box::pin(async move { manager.req_packed_commands(&pipeline, offset, count).await })
             })
@@ -434,5 +567,55 @@ impl ConnectionLike for SentinelLink {
 
     fn get_db(&self) -> i64 {
         self.db
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed(bound: Duration) -> (Arc<Gate>, HandOver) {
+        let gate = Arc::new(Gate {
+            open: AtomicBool::new(false),
+            opened: tokio::sync::Notify::new(),
+            deadline: Instant::now() + bound,
+        });
+        let hand_over = HandOver { _opener: Arc::new(Opener(Arc::clone(&gate))) };
+        (gate, hand_over)
+    }
+
+    #[tokio::test]
+    async fn a_closed_gate_holds_commands_until_the_last_hand_over_is_dropped() {
+        let (gate, hand_over) = closed(Duration::from_secs(600));
+        let kept = hand_over.clone();
+        let waiting = tokio::spawn({
+            let gate = Arc::clone(&gate);
+            async move { gate.pass().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "held while the hand-over is kept");
+        drop(hand_over);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a clone still keeps it");
+        drop(kept);
+        tokio::time::timeout(Duration::from_secs(60), waiting).await.unwrap().unwrap();
+        // Open for good: later commands pass at once.
+        tokio::time::timeout(Duration::from_secs(60), gate.pass()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_gate_opens_at_its_bound() {
+        let (gate, _kept) = closed(Duration::from_millis(100));
+        tokio::time::timeout(Duration::from_secs(60), gate.pass()).await.unwrap();
+        assert!(gate.open.load(Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn only_the_replay_and_ping_pass_a_closed_gate() {
+        assert!(!passes_closed_gate(Some(&redis::cmd("GET"))));
+        assert!(!passes_closed_gate(None), "a pipeline");
+        assert!(passes_closed_gate(Some(&redis::cmd("PING"))));
+        assert!(replaying(async { passes_closed_gate(Some(&redis::cmd("GET"))) }).await);
+        assert!(replaying(async { passes_closed_gate(None) }).await);
     }
 }
