@@ -1674,9 +1674,23 @@ fn check2(log: &Log, initially_present: bool) -> Vec<String> {
         if stale {
             *kinds.entry(format!("{} after `{floor_how}`", read.how)).or_default() += 1;
             let floor_state = if floor_present { "written" } else { "deleted" };
+            // The row's last writes begun before the read ended, to trace the interleaving.
+            let mut recent: Vec<&Wrote> =
+                wrote.iter().filter(|w| w.row == read.row && w.began < read.ended).collect();
+            recent.sort_by_key(|w| w.began);
+            let recent: Vec<String> = recent
+                .iter()
+                .rev()
+                .take(4)
+                .rev()
+                .map(|w| {
+                    let state = if w.present { "present" } else { "deleted" };
+                    format!("v{} {state} by `{}` {}..{:?}", w.version, w.how, w.began, w.completed)
+                })
+                .collect();
             violations.push(format!(
-                "row {} read ({}) through instance {} (started at {}) returned {shown} after version {floor} was {floor_state} and its `{floor_how}` returned",
-                read.row, read.how, read.instance, read.started
+                "row {} read ({}) through instance {} (ticks {}..{}) returned {shown} after version {floor} was {floor_state} and its `{floor_how}` returned; the row's last writes: {}",
+                read.row, read.how, read.instance, read.started, read.ended, recent.join(", ")
             ));
         }
     }
