@@ -2,9 +2,12 @@
 //! with the same prefix index as the Redis store so that pattern invalidation does not walk
 //! every entry.
 //!
-//! Every change of a key goes through moka's `and_compute_with`, which runs the changes of
-//! one key one at a time: a fill's "is my marker still there?" and its write are one step,
-//! which no removal can fall between.
+//! Every change of a key is one step of [`MemoryStore::change`] (moka's `and_compute_with`,
+//! which runs the changes of one key one at a time): a fill's "is my marker still there?"
+//! and its write are one step, which no removal can fall between. A write is numbered and
+//! indexed only inside its step ([`Step`]), so the prefix index always names each key's
+//! latest write, and no value is ever stored without being found by the next pattern or
+//! tag invalidation.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -183,33 +186,30 @@ impl MemoryStore {
     /// least `cap` old. Values without a write time (absent results) are left as they are.
     pub(crate) async fn get_touched(&self, key: &str, touch: Touch) -> Option<Arc<Entry>> {
         let mut found = None;
-        self.entries
-            .entry(key.to_owned())
-            .and_compute_with(|current| {
-                let op = match current.map(moka::Entry::into_value) {
-                    Some(mut stored) => match stored.entry.as_ref().map(|entry| entry.stamp()) {
-                        Some(Some(stamp)) => {
-                            let age = stamp.age();
-                            if age < touch.cap {
-                                found.clone_from(&stored.entry);
-                                let left = touch.idle.min(touch.cap - age);
-                                stored.expires = Instant::now() + left;
-                                Op::Put(stored) // same write number: same value, index kept
-                            } else {
-                                Op::Nop
-                            }
-                        }
-                        Some(None) => {
-                            found = stored.entry;
+        self.change(key, |current, _| {
+            match current {
+                Some(mut stored) => match stored.entry.as_ref().map(|entry| entry.stamp()) {
+                    Some(Some(stamp)) => {
+                        let age = stamp.age();
+                        if age < touch.cap {
+                            found.clone_from(&stored.entry);
+                            let left = touch.idle.min(touch.cap - age);
+                            stored.expires = Instant::now() + left;
+                            Op::Put(stored) // same write number: same value, index kept
+                        } else {
                             Op::Nop
                         }
-                        None => Op::Nop, // a marker: a miss
-                    },
-                    None => Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
+                    }
+                    Some(None) => {
+                        found = stored.entry;
+                        Op::Nop
+                    }
+                    None => Op::Nop, // a marker: a miss
+                },
+                None => Op::Nop,
+            }
+        })
+        .await;
         found
     }
 
@@ -253,80 +253,66 @@ impl MemoryStore {
         }
     }
 
-    /// A new write: numbered and indexed (before it is visible, so that a pattern
-    /// invalidation running meanwhile finds it).
-    fn stored(
-        &self,
-        key: &str,
-        entry: Option<Arc<Entry>>,
-        ttl: Duration,
-        tags: &[String],
-    ) -> Stored {
-        let write = self.writes.fetch_add(1, Ordering::Relaxed);
-        let mut prefixes = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
-        let index_weight = index_key(&mut prefixes, key, write, tags);
-        let stored_at = Instant::now();
-        let tags = shared_tags(tags);
-        Stored { entry, kept: None, write, index_weight, tags, expires: stored_at + ttl, stored_at }
+    /// Runs `step` as one change of `key`: it gets what the key holds (`None` also for an
+    /// expired entry) and the [`Step`] that numbers and indexes new writes, and answers
+    /// what to do. No other change of the key runs meanwhile.
+    async fn change(&self, key: &str, step: impl FnOnce(Option<Stored>, &Step<'_>) -> Op<Stored>) {
+        let within = Step { store: self, key };
+        self.entries
+            .entry(key.to_owned())
+            .and_compute_with(|current| {
+                std::future::ready(step(current.map(moka::Entry::into_value), &within))
+            })
+            .await;
     }
 
     pub(crate) async fn set(&self, key: &str, entry: Arc<Entry>, ttl: Duration, tags: &[String]) {
-        let stored = self.stored(key, Some(entry), ttl, tags);
-        self.entries.entry(key.to_owned()).and_compute_with(|_| async { Op::Put(stored) }).await;
+        // Numbered and indexed inside the step, never before it (see `Step`).
+        self.change(key, |_, step| Op::Put(step.stored(Some(entry), ttl, tags))).await;
     }
 
     pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan<'_>) -> Begun {
         let mut begun = None;
-        self.entries
-            .entry(key.to_owned())
-            .and_compute_with(|current| {
-                let current = current.map(moka::Entry::into_value);
-                let op = match current {
-                    Some(mut marker @ Stored { entry: None, .. }) => {
-                        begun = Some(Begun::Ticket(Ticket::Adopted(Marker::Memory(marker.write))));
-                        // Shared by a load stored with other tags: the marker joins their
-                        // sets too, so invalidating any of them voids it.
-                        let own = marker.tags.as_deref().unwrap_or_default();
-                        let missing: Vec<String> =
-                            plan.tags.iter().filter(|tag| !own.contains(tag)).cloned().collect();
-                        if missing.is_empty() {
-                            Op::Nop
-                        } else {
-                            let mut prefixes =
-                                self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
-                            marker.index_weight +=
-                                index_key(&mut prefixes, key, marker.write, &missing);
-                            let all: Vec<String> = own.iter().cloned().chain(missing).collect();
-                            marker.tags = shared_tags(&all);
-                            Op::Put(marker)
-                        }
+        self.change(key, |current, step| {
+            match current {
+                Some(mut marker @ Stored { entry: None, .. }) => {
+                    begun = Some(Begun::Ticket(Ticket::Adopted(Marker::Memory(marker.write))));
+                    // Shared by a load stored with other tags: the marker joins their
+                    // sets too, so invalidating any of them voids it.
+                    let own = marker.tags.as_deref().unwrap_or_default();
+                    let missing: Vec<String> =
+                        plan.tags.iter().filter(|tag| !own.contains(tag)).cloned().collect();
+                    if missing.is_empty() {
+                        Op::Nop
+                    } else {
+                        marker.index_weight += step.index(marker.write, &missing);
+                        let all: Vec<String> = own.iter().cloned().chain(missing).collect();
+                        marker.tags = shared_tags(&all);
+                        Op::Put(marker)
                     }
-                    Some(stored @ Stored { entry: Some(_), .. }) if !plan.force => {
-                        let absent = stored.entry.as_ref().is_some_and(|entry| entry.is_absent());
-                        if absent || Self::age(&stored) < plan.fresh_for {
-                            begun = stored.entry.map(Begun::Present);
-                            Op::Nop
-                        } else {
-                            // Expired, kept for `stale`: the marker keeps it meanwhile.
-                            let left =
-                                Self::expiry(&stored).saturating_duration_since(Instant::now());
-                            let mut marker =
-                                self.stored(key, None, plan.window.max(left), plan.tags);
-                            marker.kept = Some(Box::new(stored));
-                            begun =
-                                Some(Begun::Ticket(Ticket::Marker(Marker::Memory(marker.write))));
-                            Op::Put(marker)
-                        }
-                    }
-                    _ => {
-                        let marker = self.stored(key, None, plan.window, plan.tags);
+                }
+                Some(stored @ Stored { entry: Some(_), .. }) if !plan.force => {
+                    let absent = stored.entry.as_ref().is_some_and(|entry| entry.is_absent());
+                    if absent || Self::age(&stored) < plan.fresh_for {
+                        begun = stored.entry.map(Begun::Present);
+                        Op::Nop
+                    } else {
+                        // Expired, kept for `stale`: the marker keeps it meanwhile.
+                        let left = Self::expiry(&stored).saturating_duration_since(Instant::now());
+                        let mut marker = step.stored(None, plan.window.max(left), plan.tags);
+                        marker.kept = Some(Box::new(stored));
                         begun = Some(Begun::Ticket(Ticket::Marker(Marker::Memory(marker.write))));
                         Op::Put(marker)
                     }
-                };
-                std::future::ready(op)
-            })
-            .await;
+                }
+                _ => {
+                    let marker = step.stored(None, plan.window, plan.tags);
+                    begun = Some(Begun::Ticket(Ticket::Marker(Marker::Memory(marker.write))));
+                    Op::Put(marker)
+                }
+            }
+        })
+        .await;
         begun.expect("the compute closure always runs")
     }
 
@@ -340,32 +326,28 @@ impl MemoryStore {
         tags: &[String],
     ) -> bool {
         let mut stored = false;
-        self.entries
-            .entry(key.to_owned())
-            .and_compute_with(|current| {
-                let holds = current.is_some_and(|current| {
-                    let current = current.value();
-                    match ticket {
-                        Ticket::Marker(Marker::Memory(write))
-                        | Ticket::Adopted(Marker::Memory(write)) => {
-                            current.entry.is_none() && current.write == *write
-                        }
-                        Ticket::Replace { version: Version::Memory(write), .. } => {
-                            current.entry.is_some() && current.write == *write
-                        }
-                        // Redis markers and versions, in a build with Redis.
-                        #[allow(unreachable_patterns)]
-                        _ => false,
+        self.change(key, |current, step| {
+            let holds = current.is_some_and(|current| {
+                match ticket {
+                    Ticket::Marker(Marker::Memory(write))
+                    | Ticket::Adopted(Marker::Memory(write)) => {
+                        current.entry.is_none() && current.write == *write
                     }
-                });
-                stored = holds;
-                std::future::ready(if holds {
-                    Op::Put(self.stored(key, Some(entry), ttl, tags))
-                } else {
-                    Op::Nop
-                })
-            })
-            .await;
+                    Ticket::Replace { version: Version::Memory(write), .. } => {
+                        current.entry.is_some() && current.write == *write
+                    }
+                    // Redis markers and versions, in a build with Redis.
+                    #[allow(unreachable_patterns)]
+                    _ => false,
+                }
+            });
+            stored = holds;
+            match holds {
+                true => Op::Put(step.stored(Some(entry), ttl, tags)),
+                false => Op::Nop,
+            }
+        })
+        .await;
         stored
     }
 
@@ -378,50 +360,42 @@ impl MemoryStore {
             _ => return false,
         };
         let mut held = false;
-        self.entries
-            .entry(key.to_owned())
-            .and_compute_with(|current| {
-                let op = match current.map(moka::Entry::into_value) {
-                    Some(Stored { entry: None, write: current, kept, .. }) if current == write => {
-                        held = true;
-                        match kept {
-                            _ if !own => Op::Nop,
-                            Some(kept) if Self::expiry(&kept) > Instant::now() => {
-                                // Its own expiry and age, as before the load.
-                                let restored = *kept;
-                                let mut prefixes =
-                                    self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
-                                let tags = restored.tags.as_deref().unwrap_or_default();
-                                index_key(&mut prefixes, key, restored.write, tags);
-                                Op::Put(restored)
-                            }
-                            _ => Op::Remove,
+        self.change(key, |current, step| {
+            match current {
+                Some(Stored { entry: None, write: current, kept, .. }) if current == write => {
+                    held = true;
+                    match kept {
+                        _ if !own => Op::Nop,
+                        Some(kept) if Self::expiry(&kept) > Instant::now() => {
+                            // Its own expiry and age, as before the load.
+                            let restored = *kept;
+                            step.index(
+                                restored.write,
+                                restored.tags.as_deref().unwrap_or_default(),
+                            );
+                            Op::Put(restored)
                         }
+                        _ => Op::Remove,
                     }
-                    _ => Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
+                }
+                _ => Op::Nop,
+            }
+        })
+        .await;
         held
     }
 
     /// Removes `key`; counts a removed value (not a removed marker).
     pub(crate) async fn remove(&self, key: &str) -> u64 {
         let mut removed = 0;
-        self.entries
-            .entry(key.to_owned())
-            .and_compute_with(|current| {
-                let op = match current {
-                    Some(current) => {
-                        removed = u64::from(current.value().entry.is_some());
-                        Op::Remove
-                    }
-                    None => Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
+        self.change(key, |current, _| match current {
+            Some(current) => {
+                removed = u64::from(current.entry.is_some());
+                Op::Remove
+            }
+            None => Op::Nop,
+        })
+        .await;
         removed
     }
 
@@ -476,6 +450,37 @@ impl MemoryStore {
 
     pub(crate) async fn clear(&self) -> u64 {
         self.remove_matching("*").await
+    }
+}
+
+/// One change of one key, inside [`MemoryStore::change`]: the only place a write is
+/// numbered and indexed. Moka runs the changes of a key one at a time, so a key's new
+/// writes are numbered in the order they apply, and its index entries name the write it
+/// holds: an eviction notice (`unindex`, possibly late) takes a key out of the index only if
+/// nothing was indexed for it since. A write numbered outside its key's step (before
+/// waiting for a change of the key that was running) could be overtaken by a later-numbered
+/// one, a load's marker, whose removal by a pattern invalidation of another key un-indexes
+/// the key; the write would then be stored where no pattern or tag invalidation finds it.
+struct Step<'a> {
+    store: &'a MemoryStore,
+    key: &'a str,
+}
+
+impl Step<'_> {
+    /// A new write: numbered and indexed (before it is visible, so that a pattern
+    /// invalidation running meanwhile finds it).
+    fn stored(&self, entry: Option<Arc<Entry>>, ttl: Duration, tags: &[String]) -> Stored {
+        let write = self.store.writes.fetch_add(1, Ordering::Relaxed);
+        let index_weight = self.index(write, tags);
+        let stored_at = Instant::now();
+        let tags = shared_tags(tags);
+        Stored { entry, kept: None, write, index_weight, tags, expires: stored_at + ttl, stored_at }
+    }
+
+    /// Indexes the key as its write `write`, stored with `tags` (see [`index_key`]).
+    fn index(&self, write: u64, tags: &[String]) -> u32 {
+        let mut prefixes = self.store.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+        index_key(&mut prefixes, self.key, write, tags)
     }
 }
 
@@ -703,6 +708,50 @@ mod tests {
         let refresh = Ticket::Replace { old: found.entry, version: found.version };
         store.set("k:1", entry(), ttl, &[]).await;
         assert!(!store.fill("k:1", &refresh, entry(), ttl, &[]).await, "the value changed");
+    }
+
+    /// A write-through that waits for its key (another change of the key is running) while
+    /// a load places its marker there and a pattern invalidation of a sibling key removes
+    /// that marker: once stored, the value must still be in the prefix index, or the next
+    /// pattern invalidation misses it and the old value outlives it.
+    #[tokio::test]
+    async fn a_write_through_that_waited_for_its_key_stays_indexed() {
+        use futures_util::FutureExt;
+
+        let store = Arc::new(MemoryStore::new(1 << 20));
+        let ttl = Duration::from_secs(60);
+        let key = "grp:1:row:5";
+        let (inside, entered) = tokio::sync::oneshot::channel();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn({
+            let store = Arc::clone(&store);
+            async move {
+                store
+                    .entries
+                    .entry(key.to_owned())
+                    .and_compute_with(|_| async move {
+                        let _ = inside.send(());
+                        let _ = released.await;
+                        Op::Nop
+                    })
+                    .await;
+            }
+        });
+        entered.await.expect("the running change started");
+        let mut set = std::pin::pin!(store.set(key, entry(), ttl, &[]));
+        assert!(set.as_mut().now_or_never().is_none(), "the write waits for the running change");
+        release.send(()).expect("the running change waits");
+        running.await.expect("no panic");
+
+        // Before the write-through gets its turn: a load begins (its marker), and a pattern
+        // invalidation for another row of the group removes that marker.
+        assert!(matches!(store.begin_fill(key, &PLAN).await, Begun::Ticket(_)));
+        assert_eq!(store.remove_matching("grp:1:*").await, 0, "a marker is not counted");
+        set.await;
+        assert!(store.get(key).await.is_some(), "the write-through stored its value");
+        store.entries.run_pending_tasks().await;
+        assert_eq!(store.remove_matching("grp:1:*").await, 1, "the invalidation finds it");
+        assert!(store.get(key).await.is_none(), "no value outlives the pattern invalidation");
     }
 
     #[test]
