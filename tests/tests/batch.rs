@@ -421,6 +421,57 @@ async fn warm_batch_is_one_mget() {
     assert_eq!(calls, [("mget".to_owned(), 1)], "{info}");
 }
 
+/// The commands each node of `cluster` ran since its last `CONFIG RESETSTAT`, by name,
+/// leaving out the test's own and the cluster client's topology and health commands.
+fn commands_on(cluster: &RedisCluster, masters: usize) -> Vec<(String, u64)> {
+    let mut calls: Vec<(String, u64)> = Vec::new();
+    for node in 0..masters {
+        let info = cluster.cli(node, &["INFO", "commandstats"]);
+        for line in info.lines() {
+            let Some((name, rest)) =
+                line.trim().strip_prefix("cmdstat_").and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let ours = ["info", "config|resetstat", "ping", "readonly"];
+            if ours.contains(&name) || name.starts_with("cluster|") {
+                continue;
+            }
+            let count = rest.strip_prefix("calls=").and_then(|r| r.split(',').next());
+            let count: u64 = count.and_then(|c| c.parse().ok()).expect("calls=");
+            match calls.iter_mut().find(|(known, _)| known == name) {
+                Some((_, total)) => *total += count,
+                None => calls.push((name.to_owned(), count)),
+            }
+        }
+    }
+    calls
+}
+
+/// On a cluster a warm batch is `MGET`s only: one per slot its keys fall in (here at most one
+/// per key, sent in parallel), and no other command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_batch_on_a_cluster_is_mgets_only() {
+    let cluster = RedisCluster::start(3, 0);
+    let s = Service {
+        cache: Cache::builder().redis_cluster(cluster.urls()).prefix("wc:").build().await.unwrap(),
+        db: Db::with_rows(1..=100),
+    };
+    let ids: Vec<u64> = (1..=100).collect();
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
+    for node in 0..3 {
+        assert_eq!(cluster.cli(node, &["CONFIG", "RESETSTAT"]).trim(), "OK");
+    }
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
+    let calls = commands_on(&cluster, 3);
+    println!("a warm batch of 100 on 3 masters: {calls:?}");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let (name, count) = &calls[0];
+    assert_eq!(name, "mget", "{calls:?}");
+    assert!((1..=100).contains(count), "{calls:?}");
+    assert!(s.db.queries().len() == 1, "the second batch loaded nothing");
+}
+
 /// With a near cache: a batch holds what it read in L1, and the next batch answers from
 /// process memory without a command to Redis; an invalidation reaches the batch's copies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
