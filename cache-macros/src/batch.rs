@@ -1,8 +1,8 @@
 //! `#[cached_batch]`: one key per element of the batch parameter (`&[K]` or `Vec<K>`), one
 //! lookup for all of them, the body at most once with the elements that missed.
 //!
-//! The arguments go through the table of `attr.rs` (`key`, `ttl`, `absent_ttl`, `near`,
-//! `cache`, `name`) and its rules (`valid.rs`). What is read here: which placeholder names
+//! The arguments go through the table of `attr.rs` (`key`, `ttl`, `absent_ttl`, `tags`,
+//! `near`, `cache`, `name`) and its rules (`valid.rs`). What is read here: which placeholder names
 //! the batch parameter (by its written type: `&[K]`, `&Vec<K>`, `Vec<K>`; exactly one may).
 //! The return type is left to the compiler: the runtime's `BatchReturn` accepts the types
 //! that *are* `HashMap<K, V>` or `Result<HashMap<K, V>, E>` (aliases too), and its error
@@ -19,7 +19,7 @@ use crate::attr::{Args, Attribute};
 use crate::errors::Errors;
 use crate::expand::{cache_expr, cloner_of, optional_duration, register};
 use crate::item::{Function, Signature};
-use crate::template::Key;
+use crate::template::{resolve_tag, Key};
 
 /// `#[cached_batch(...)]`.
 pub(crate) fn cached_batch(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -44,6 +44,13 @@ pub(crate) fn cached_batch(args: TokenStream, item: TokenStream) -> TokenStream 
         .as_ref()
         .and_then(|args| args.key.get())
         .and_then(|template| Key::resolve(template, Purpose::Key, &signature, &mut errors));
+    // Rendered like the key, once per element: a tag may name the element (`<ids>`) and
+    // the single-valued parameters.
+    let tags: Vec<Key> = args
+        .iter()
+        .flat_map(|args| args.tags.get().into_iter().flatten())
+        .filter_map(|template| resolve_tag(template, &signature, &mut errors))
+        .collect();
     let (Some(args), Some(batch), Some(key), true) = (args, batch, key, errors.is_empty()) else {
         let errors = errors.to_compile_errors();
         return quote!(#errors #item);
@@ -52,7 +59,7 @@ pub(crate) fn cached_batch(args: TokenStream, item: TokenStream) -> TokenStream 
         let errors = errors.to_compile_errors();
         return quote!(#errors #item);
     };
-    expand(&function, &args, ttl.millis, &batch, &key, returned)
+    expand(&function, &args, ttl.millis, &batch, &key, &tags, returned)
 }
 
 /// The batch parameter: its pattern (`ids`, `mut ids`), its name, its type.
@@ -70,6 +77,9 @@ fn batch_parameter(template: &LitStr, sig: &syn::Signature, errors: &mut Errors)
     // Template errors are reported by `Key::resolve`.
     let parsed = template::parse(&template.value(), Purpose::Key).ok()?;
     let mut found: Vec<Batch> = Vec::new();
+    // The parameters the placeholders name that are not written as a collection (an alias
+    // of one is among them: the type is read as written, before aliases are resolved).
+    let mut singles: Vec<String> = Vec::new();
     for segment in &parsed.segments {
         let Segment::Placeholder { root, .. } = segment else { continue };
         let parameter = sig.inputs.iter().find_map(|input| match input {
@@ -80,7 +90,14 @@ fn batch_parameter(template: &LitStr, sig: &syn::Signature, errors: &mut Errors)
             FnArg::Receiver(_) => None,
         });
         let Some(typed) = parameter else { continue };
-        let Some(written) = collection(&typed.ty) else { continue };
+        let Some(written) = collection(&typed.ty) else {
+            let ty = &typed.ty;
+            let named = format!("`{root}: {}`", shown(ty));
+            if !singles.contains(&named) {
+                singles.push(named);
+            }
+            continue;
+        };
         let Pat::Ident(pat) = &*typed.pat else { continue };
         found.push(Batch {
             pattern: (*typed.pat).clone(),
@@ -96,7 +113,11 @@ fn batch_parameter(template: &LitStr, sig: &syn::Signature, errors: &mut Errors)
     match found.len() {
         1 => found.pop(),
         0 => {
-            errors.push(template.span(), "`#[cached_batch]` needs a placeholder that names the batch parameter, a `&[K]` or `Vec<K>` whose elements each render one key: `key = \"vehicle:<ids>\"` with `ids: &[u64]`");
+            let mut message = "`#[cached_batch]` needs a placeholder that names the batch parameter, a `&[K]` or `Vec<K>` whose elements each render one key: `key = \"vehicle:<ids>\"` with `ids: &[u64]`".to_owned();
+            if !singles.is_empty() {
+                message.push_str(&format!("; the placeholders here name {}, not written `&[K]`, `&Vec<K>` or `Vec<K>` (the parameter's type is read as written: for an alias of a `Vec` or a slice, write the type out in the signature, e.g. `ids: Vec<u64>`)", singles.join(", ")));
+            }
+            errors.push(template.span(), message);
             None
         }
         _ => {
@@ -106,6 +127,26 @@ fn batch_parameter(template: &LitStr, sig: &syn::Signature, errors: &mut Errors)
             None
         }
     }
+}
+
+/// A type as written, for a message: `&[u64]`, `Vec<u64>`, `&'a str`.
+fn shown(ty: &Type) -> String {
+    let mut text = quote!(#ty).to_string();
+    for (spaced, tight) in [
+        (" < ", "<"),
+        ("< ", "<"),
+        (" <", "<"),
+        (" >", ">"),
+        ("& ", "&"),
+        (" [", "["),
+        ("[ ", "["),
+        (" ]", "]"),
+        (" :: ", "::"),
+        (" ,", ","),
+    ] {
+        text = text.replace(spaced, tight);
+    }
+    text
 }
 
 /// How a batch parameter is written.
@@ -147,6 +188,7 @@ fn expand(
     ttl: u64,
     batch: &Batch,
     key: &Key,
+    tags: &[Key],
     returned: &Type,
 ) -> TokenStream {
     let Function { attrs, vis, sig, inner_attrs, .. } = function;
@@ -154,6 +196,7 @@ fn expand(
     let absent_ttl = optional_duration(args.absent_ttl.get());
     let near = args.near.get().copied().unwrap_or(true);
     let cache = cache_expr(args.cache.get());
+    let register_tags = register("Tag", tags.iter().map(|tag| &tag.template), &name);
     let register = register("Cached", [&key.template], &name);
     let key = &key.expr;
     let Batch { pattern, name: batch_name, ty, rebind } = batch;
@@ -183,6 +226,19 @@ fn expand(
                 <[_]>::iter(__cache_runtime_elements),
                 |#element| #key,
             ));
+    };
+    // The tags of each element, in the elements' order (none: an empty `Vec`, no allocation).
+    let tags = if tags.is_empty() {
+        quote!(let __cache_runtime_tags: ::std::vec::Vec<::std::vec::Vec<::std::string::String>> = ::std::vec::Vec::new();)
+    } else {
+        let tags = tags.iter().map(|tag| &tag.expr);
+        quote_spanned! {on_return=>
+            let __cache_runtime_tags: ::std::vec::Vec<::std::vec::Vec<::std::string::String>> =
+                ::core::iter::Iterator::collect(::core::iter::Iterator::map(
+                    <[_]>::iter(__cache_runtime_elements),
+                    |#element| ::std::vec![#(#tags),*],
+                ));
+        }
     };
     let block = function.block();
     // The function itself only borrows the batch parameter (the body gets the missed
@@ -215,14 +271,17 @@ fn expand(
                     counters: ::cache_runtime::__private::CountersSlot::new(),
                 };
             #register
+            #register_tags
             let __cache_runtime_cache = #cache;
             #elements
             #keys
+            #tags
             #entry(
                 __cache_runtime_cache,
                 &__CACHE_RUNTIME_FN,
                 __cache_runtime_elements,
                 __cache_runtime_keys,
+                __cache_runtime_tags,
                 #cloner,
                 |__cache_runtime_missed| async move {
                     #[allow(unused_mut)]

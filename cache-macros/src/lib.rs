@@ -135,6 +135,7 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// | `key = "..."` | Required. Key template; exactly one placeholder names the batch parameter (`&[K]`, `&Vec<K>` or `Vec<K>`, with `K: KeyPart + Clone + Eq + Hash`). |
 /// | `ttl = "..."` | Required. Time to live, as in `#[cached]`. |
 /// | `absent_ttl = "..."` | Cache the elements the body left out (absent) this long. Default: not cached. |
+/// | `tags = ["...", ...]` | Tag templates, as in `#[cached]`, rendered for each element: a tag may name the element (`"vehicle:<ids>"` is the element's tag) and the other parameters. Each element's entry is stored with its tags; `invalidate_tag` removes it. |
 /// | `near = false` | Bypass the cache's near cache, as in `#[cached]`. |
 /// | `cache = <expr>` | The `Cache` to use, as in `#[cached]`. |
 /// | `name = "..."` | The function's name in stats and metrics (hits, misses and loads count per element; `cache_batch_size` per call). Default: its identifier. |
@@ -151,7 +152,8 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// or a `Result` of one (reported on the return type), elements of another type than the
 /// map's keys (reported on the parameter's type), arguments `#[cached]` has but batches do
 /// not (`lock`, `stale`, `refresh`, `early`, `timeout`, `idle`), and every error of
-/// `#[cached]`'s key template.
+/// `#[cached]`'s key template. The batch parameter is found by its written type: an alias
+/// of `Vec<K>` or `&[K]` is not recognised, and the error says to write the type out.
 #[proc_macro_attribute]
 pub fn cached_batch(args: TokenStream, item: TokenStream) -> TokenStream {
     batch::cached_batch(args.into(), item.into()).into()

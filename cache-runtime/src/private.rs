@@ -216,12 +216,14 @@ pub fn batch_elements<R: BatchReturn>(elements: &[R::Key]) -> &[R::Key] {
 }
 
 /// The body of a `#[cached_batch]` function: `keys[i]` is the rendered key of
-/// `elements[i]`; `body` runs at most once, with the elements that missed.
+/// `elements[i]`, `tags[i]` its rendered `tags = [...]` (`tags` empty without); `body` runs
+/// at most once, with the elements that missed.
 pub async fn cached_batch<R, F, Fut>(
     cache: Cache,
     function: &'static CachedFn,
     elements: &[R::Key],
     keys: Vec<String>,
+    tags: Vec<Vec<String>>,
     cloner: Cloner<R::Value>,
     body: F,
 ) -> R
@@ -241,6 +243,7 @@ where
         cloner,
         elements,
         &keys,
+        &tags,
         body,
     )
     .await

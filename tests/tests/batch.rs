@@ -108,6 +108,18 @@ impl Service {
         self.db.query(&ids).await.unwrap_or_default()
     }
 
+    /// Tagged per element: with its dealer (rendered once per call) and with its own id.
+    #[cached_batch(
+        key = "listing:<ids>",
+        ttl = "15m",
+        tags = ["dealer:<dealer>", "listing-of:<ids>"],
+        cache = self.cache
+    )]
+    async fn listings(&self, dealer: u64, ids: &[u64]) -> Result<HashMap<u64, Vehicle>, String> {
+        let _ = dealer;
+        self.db.query(ids).await
+    }
+
     #[invalidates("vehicle:<id>", cache = self.cache)]
     async fn reprice(&self, id: u64, price: u32) -> Result<(), String> {
         self.db.rows.lock().unwrap().insert(id, price);
@@ -278,6 +290,82 @@ async fn programmatic(deployment: &Deployment) {
     assert_eq!(*asked.lock().unwrap(), [vec!["n:2".to_owned()]]);
 }
 
+/// A batch whose future is dropped while its body runs leaves nothing stuck: a single
+/// caller waiting on one of its keys loads it itself, a batch waiting on another loads it
+/// too, and the next batch for the same keys loads what is missing and caches it (a pending
+/// marker the dropped batch left in Redis is taken over, not waited for).
+async fn cancelled_batch(deployment: &Deployment) {
+    let s = Arc::new(service(deployment, "b8:", 1..=4).await);
+    let gate = Arc::new(Semaphore::new(0));
+    *s.db.gate.lock().unwrap() = Some(Arc::clone(&gate));
+    let cancelled = tokio::spawn({
+        let s = Arc::clone(&s);
+        async move { s.vehicles(&[1, 2, 3]).await }
+    });
+    while s.db.queries.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Both wait on keys the first batch leads (joined while its body runs).
+    let single = {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move { s.vehicle(2).await })
+    };
+    let overlapping = {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move { s.vehicles(&[3, 4]).await })
+    };
+    // (Had they not joined yet, they would load for themselves: the same outcome.)
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cancelled.abort();
+    assert!(cancelled.await.unwrap_err().is_cancelled());
+    // The overlapping batch's body now runs with its keys (3, then 4): let it through.
+    gate.add_permits(100);
+    // Bounded: each is a few round trips and one 20 ms query once the first batch is gone.
+    let bound = Duration::from_secs(20);
+    let single = tokio::time::timeout(bound, single).await.expect("the single caller is not stuck");
+    assert_eq!(single.unwrap().unwrap(), Some(Vehicle { id: 2, price: 100 }));
+    let overlapping =
+        tokio::time::timeout(bound, overlapping).await.expect("the other batch is not stuck");
+    assert_eq!(overlapping.unwrap().unwrap().len(), 2);
+    *s.db.gate.lock().unwrap() = None;
+    assert_eq!(s.db.queries(), [vec![1, 2, 3], vec![3, 4]]);
+    assert_eq!(*s.db.singles.lock().unwrap(), [2], "the single caller loaded its key itself");
+    // 2, 3, 4 were cached by the others; 1 is loaded now and cached.
+    assert_eq!(s.vehicles(&[1, 2, 3, 4]).await.unwrap().len(), 4);
+    assert_eq!(s.db.queries(), [vec![1]]);
+    assert_eq!(s.vehicles(&[1, 2, 3, 4]).await.unwrap().len(), 4);
+    assert!(s.db.queries().is_empty(), "every key cached");
+}
+
+/// `tags = [...]`: each element's entry carries its rendered tags; a tag of one element
+/// reloads only it, the call-wide tag all of them; a gated load across `invalidate_tag`
+/// does not store the key.
+async fn tagged_elements(deployment: &Deployment) {
+    let s = Arc::new(service(deployment, "b9:", 1..=3).await);
+    assert_eq!(s.listings(7, &[1, 2, 3]).await.unwrap().len(), 3);
+    assert_eq!(s.cache.invalidate_tag("listing-of:2").await.unwrap(), 1);
+    assert_eq!(s.listings(7, &[1, 2, 3]).await.unwrap().len(), 3);
+    assert_eq!(s.db.queries(), [vec![1, 2, 3], vec![2]]);
+    assert_eq!(s.cache.invalidate_tag("dealer:8").await.unwrap(), 0, "another dealer's tag");
+    assert_eq!(s.cache.invalidate_tag("dealer:7").await.unwrap(), 3);
+    // Gated: the tag of 3 is invalidated while the body runs.
+    let gate = Arc::new(Semaphore::new(0));
+    *s.db.gate.lock().unwrap() = Some(Arc::clone(&gate));
+    let batch = tokio::spawn({
+        let s = Arc::clone(&s);
+        async move { s.listings(7, &[1, 2, 3]).await }
+    });
+    while s.db.queries.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    s.cache.invalidate_tag("listing-of:3").await.unwrap();
+    gate.add_permits(1);
+    assert_eq!(batch.await.unwrap().unwrap().len(), 3);
+    *s.db.gate.lock().unwrap() = None;
+    assert_eq!(s.listings(7, &[1, 2, 3]).await.unwrap().len(), 3);
+    assert_eq!(s.db.queries(), [vec![1, 2, 3], vec![3]], "3 was not stored");
+}
+
 async fn every_scenario(deployment: Deployment) {
     missed_elements(&deployment).await;
     absent_elements(&deployment).await;
@@ -286,6 +374,8 @@ async fn every_scenario(deployment: Deployment) {
     gated_invalidation(&deployment).await;
     overlapping_batches(&deployment).await;
     programmatic(&deployment).await;
+    cancelled_batch(&deployment).await;
+    tagged_elements(&deployment).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,6 +419,57 @@ async fn warm_batch_is_one_mget() {
         .filter(|(name, _)| name != "info" && name != "config|resetstat")
         .collect();
     assert_eq!(calls, [("mget".to_owned(), 1)], "{info}");
+}
+
+/// The commands each node of `cluster` ran since its last `CONFIG RESETSTAT`, by name,
+/// leaving out the test's own and the cluster client's topology and health commands.
+fn commands_on(cluster: &RedisCluster, masters: usize) -> Vec<(String, u64)> {
+    let mut calls: Vec<(String, u64)> = Vec::new();
+    for node in 0..masters {
+        let info = cluster.cli(node, &["INFO", "commandstats"]);
+        for line in info.lines() {
+            let Some((name, rest)) =
+                line.trim().strip_prefix("cmdstat_").and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let ours = ["info", "config|resetstat", "ping", "readonly"];
+            if ours.contains(&name) || name.starts_with("cluster|") {
+                continue;
+            }
+            let count = rest.strip_prefix("calls=").and_then(|r| r.split(',').next());
+            let count: u64 = count.and_then(|c| c.parse().ok()).expect("calls=");
+            match calls.iter_mut().find(|(known, _)| known == name) {
+                Some((_, total)) => *total += count,
+                None => calls.push((name.to_owned(), count)),
+            }
+        }
+    }
+    calls
+}
+
+/// On a cluster a warm batch is `MGET`s only: one per slot its keys fall in (here at most one
+/// per key, sent in parallel), and no other command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_batch_on_a_cluster_is_mgets_only() {
+    let cluster = RedisCluster::start(3, 0);
+    let s = Service {
+        cache: Cache::builder().redis_cluster(cluster.urls()).prefix("wc:").build().await.unwrap(),
+        db: Db::with_rows(1..=100),
+    };
+    let ids: Vec<u64> = (1..=100).collect();
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
+    for node in 0..3 {
+        assert_eq!(cluster.cli(node, &["CONFIG", "RESETSTAT"]).trim(), "OK");
+    }
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
+    let calls = commands_on(&cluster, 3);
+    println!("a warm batch of 100 on 3 masters: {calls:?}");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let (name, count) = &calls[0];
+    assert_eq!(name, "mget", "{calls:?}");
+    assert!((1..=100).contains(count), "{calls:?}");
+    assert!(s.db.queries().len() == 1, "the second batch loaded nothing");
 }
 
 /// With a near cache: a batch holds what it read in L1, and the next batch answers from

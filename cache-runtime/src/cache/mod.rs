@@ -293,7 +293,8 @@ impl Cache {
         let counters = self.core.counters(DIRECT_CALLS);
         let policy = Policy::ttl(ttl);
         let keys: Vec<String> = keys.iter().map(|&key| key.to_owned()).collect();
-        load::batch::through_many(&self.core, &counters, &policy, None, &keys, &keys, load).await
+        load::batch::through_many(&self.core, &counters, &policy, None, &keys, &keys, &[], load)
+            .await
     }
 
     /// The state of the circuit breaker in front of Redis (always closed for the memory

@@ -13,7 +13,8 @@
 //!    a key greater than every key it leads, and single leaders wait for nobody.
 //! 4. **Fill tickets** for the led keys ([`Load::begin`], all in flight together: one round
 //!    trip), so DESIGN 2.9 holds per key: a key written or invalidated while the body runs
-//!    refuses its fill. A value that landed meanwhile answers its key.
+//!    refuses its fill. A value that landed meanwhile answers its key. Each marker joins its
+//!    key's tag sets (`tags = [...]`), so an `invalidate_tag` meanwhile refuses it too.
 //! 5. **The body**, once, with the elements that still miss (and those whose key is over
 //!    `max_key_bytes`, never cached), in first-seen order. `Err` stores nothing and is
 //!    returned.
@@ -61,7 +62,9 @@ struct Led<'a, T> {
     permit: Permit,
 }
 
-/// A batch call (see the module docs). `keys[i]` is the rendered key of `elements[i]`.
+/// A batch call (see the module docs). `keys[i]` is the rendered key of `elements[i]`, and
+/// `tags[i]` the tags its value is stored with (`tags` empty: no tags).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn through_many<R, F, Fut>(
     core: &Arc<CacheCore>,
     counters: &Arc<Counters>,
@@ -69,6 +72,7 @@ pub(crate) async fn through_many<R, F, Fut>(
     cloner: Cloner<R::Value>,
     elements: &[R::Key],
     keys: &[String],
+    tags: &[Vec<String>],
     body: F,
 ) -> R
 where
@@ -90,10 +94,14 @@ where
     }
     let element = |at: usize| &elements[unique[at]];
     let key = |at: usize| keys[unique[at]].as_str();
+    let tags_of = |at: usize| tags.get(unique[at]).map_or(&[][..], Vec::as_slice);
 
-    // 2. One lookup for the keys that may be cached.
-    let (cached, mut uncached): (Vec<usize>, Vec<usize>) =
-        (0..unique.len()).partition(|&at| core.key_fits(counters, key(at)));
+    // 2. One lookup for the keys that may be cached (a key or tag over `max_key_bytes`
+    //    cannot be: its element goes to the body every time).
+    let (cached, mut uncached): (Vec<usize>, Vec<usize>) = (0..unique.len()).partition(|&at| {
+        core.key_fits(counters, key(at))
+            && tags_of(at).iter().all(|tag| core.key_fits(counters, tag))
+    });
     let lookup: Vec<&str> = cached.iter().map(|&at| key(at)).collect();
     let hold = |found: &crate::store::Found, value: &R::Value| {
         Arc::new(Entry::with_copy(&found.entry, value, cloner))
@@ -117,14 +125,11 @@ where
     missed.sort_unstable_by(|a, b| key(a.0).cmp(key(b.0)));
     let mut led = Vec::new();
     for (at, store) in missed {
-        let mut load = Load::new(
-            core,
-            counters,
-            key(at),
-            policy,
-            cloner,
-            Missed { stale: None, store, ticket: None },
-        );
+        let missed = Missed { stale: None, store, ticket: None };
+        let mut load = Load {
+            tags: tags_of(at),
+            ..Load::new(core, counters, key(at), policy, cloner, missed)
+        };
         match follow_or_lead(&mut load).await {
             Ok(Answer::Value(value)) => {
                 map.insert(element(at).clone(), value);
