@@ -165,7 +165,8 @@ where
                 if !peek.lease_left.is_zero() && !peek.settling {
                     before_settling = true;
                 }
-                fresh_holder = peek.holder.filter(|_| before_settling && !peek.lease_left.is_zero());
+                fresh_holder =
+                    peek.holder.filter(|_| before_settling && !peek.lease_left.is_zero());
                 (peek.entry, peek.lease_left)
             });
             let lease_left = match peek {
