@@ -226,3 +226,20 @@ mod subscriber {
         }
     }
 }
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use super::{Signal, Woken};
+
+    #[test]
+    fn an_absent_result_is_heard_with_its_holder_and_a_bare_one_means_look_again() {
+        assert_eq!(Woken::parse(b"0"), Woken::anonymous(Signal::Failed));
+        assert_eq!(Woken::parse(b"1"), Woken::anonymous(Signal::Ready));
+        let heard = Woken::parse(b"2:4d2-18c-7");
+        assert_eq!(heard.signal, Signal::Absent);
+        assert_eq!(heard.holder.as_deref(), Some("4d2-18c-7"));
+        // An older release names no holder: nobody can vouch for it.
+        assert_eq!(Woken::parse(b"2"), Woken::anonymous(Signal::Ready));
+        assert_eq!(Woken::parse(b"2:"), Woken::anonymous(Signal::Ready));
+    }
+}
