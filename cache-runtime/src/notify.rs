@@ -22,6 +22,45 @@ pub(crate) enum Signal {
     Absent,
 }
 
+/// What a waiter hears: the signal, and which holder sent it.
+///
+/// A waiter registers for a key's channel, not for one holder's release, and a message is
+/// delivered to it whenever the subscription reads it: a release published before the
+/// waiter even started (by an earlier holder, whose confirmation predates a write the
+/// waiter must see) can reach it late, under load. So an absent result names its holder
+/// (`2:<token>` on Redis), and a waiter takes it only from a holder it saw holding the
+/// lease in a look of its own (see `Load::locked`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Woken {
+    /// What became of the load.
+    pub(crate) signal: Signal,
+    /// The token of the holder that sent it, when the message names one (an absent
+    /// result on Redis; `None` for other signals and in process).
+    pub(crate) holder: Option<std::sync::Arc<str>>,
+}
+
+impl Woken {
+    /// A wake-up that names no holder.
+    pub(crate) fn anonymous(signal: Signal) -> Woken {
+        Woken { signal, holder: None }
+    }
+
+    /// Parses a `#filled:` or `#released:` payload: `1` (look again), `0` (failed),
+    /// `2:<token>` (absent, from holder `<token>`). A bare `2` (a release by an older
+    /// version, naming no holder) is an absent result nobody can vouch for: look again.
+    #[cfg(feature = "redis")]
+    fn parse(payload: &[u8]) -> Woken {
+        match payload {
+            b"0" => Woken::anonymous(Signal::Failed),
+            [b'2', b':', token @ ..] if !token.is_empty() => Woken {
+                signal: Signal::Absent,
+                holder: Some(String::from_utf8_lossy(token).into()),
+            },
+            _ => Woken::anonymous(Signal::Ready),
+        }
+    }
+}
+
 #[cfg(feature = "redis")]
 pub(crate) const FILLED: &str = "#filled:";
 #[cfg(feature = "redis")]
@@ -37,10 +76,10 @@ mod subscriber {
     use futures_util::StreamExt as _;
     use tokio::sync::{oneshot, watch};
 
-    use super::{Signal, FILLED, RELEASED};
+    use super::{Woken, FILLED, RELEASED};
     use crate::store::redis::sentinel::SentinelLink;
 
-    type Waiters = Mutex<HashMap<String, Vec<oneshot::Sender<Signal>>>>;
+    type Waiters = Mutex<HashMap<String, Vec<oneshot::Sender<Woken>>>>;
 
     pub(crate) struct Notifier {
         /// The nodes to subscribe through, tried in turn (any node of a cluster hears every
@@ -82,7 +121,7 @@ mod subscriber {
         /// Registers interest in `channel` and returns whether the subscription is live (if it
         /// is not, the caller must not rely on the message and waits for the lease instead).
         /// Register *before* re-checking the condition, so a message in between is not lost.
-        pub(crate) fn register(&self, channel: &str) -> (oneshot::Receiver<Signal>, bool) {
+        pub(crate) fn register(&self, channel: &str) -> (oneshot::Receiver<Woken>, bool) {
             let live = self.ensure_subscriber();
             let (sender, receiver) = oneshot::channel();
             let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
@@ -169,17 +208,13 @@ mod subscriber {
                         let Some(waiters) = waiters.upgrade() else {
                             return;
                         };
-                        let signal = match message.get_payload_bytes() {
-                            b"0" => Signal::Failed,
-                            b"2" => Signal::Absent,
-                            _ => Signal::Ready,
-                        };
-                        let woken = waiters
+                        let woken = Woken::parse(message.get_payload_bytes());
+                        let waiting = waiters
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .remove(message.get_channel_name());
-                        for waiter in woken.into_iter().flatten() {
-                            let _ = waiter.send(signal);
+                        for waiter in waiting.into_iter().flatten() {
+                            let _ = waiter.send(woken.clone());
                         }
                     }
                     Ok(None) => break, // connection lost: resubscribe
@@ -189,5 +224,22 @@ mod subscriber {
             }
             state.send_replace(false);
         }
+    }
+}
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use super::{Signal, Woken};
+
+    #[test]
+    fn an_absent_result_is_heard_with_its_holder_and_a_bare_one_means_look_again() {
+        assert_eq!(Woken::parse(b"0"), Woken::anonymous(Signal::Failed));
+        assert_eq!(Woken::parse(b"1"), Woken::anonymous(Signal::Ready));
+        let heard = Woken::parse(b"2:4d2-18c-7");
+        assert_eq!(heard.signal, Signal::Absent);
+        assert_eq!(heard.holder.as_deref(), Some("4d2-18c-7"));
+        // An older release names no holder: nobody can vouch for it.
+        assert_eq!(Woken::parse(b"2"), Woken::anonymous(Signal::Ready));
+        assert_eq!(Woken::parse(b"2:"), Woken::anonymous(Signal::Ready));
     }
 }

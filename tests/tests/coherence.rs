@@ -1367,7 +1367,12 @@ struct Wrote {
     row: u64,
     version: u64,
     present: bool,
-    /// Taken after the database write.
+    /// Taken before the database write (under the row lock, so after the previous write
+    /// of the row): a read that ends after it may have seen this write's state. For
+    /// `#[cache_put]` and `#[invalidates]` the database write happens inside the function,
+    /// before its cache write: a tick taken after the function returned would let a read
+    /// that saw the deletion, and ended while the function was still removing the key,
+    /// count as stale (a false violation, frequent under CPU load).
     began: u64,
     completed: Option<u64>,
     how: &'static str,
@@ -1464,7 +1469,9 @@ async fn write2(
     // Absent rows: one write in four deletes.
     let present = !matches!(model, Model::Absent { .. }) || rng.below(4) != 0;
     let choice = rng.below(if plain.is_some() { 9 } else { 8 });
-    let wrote = |version: u64, began: u64, ok: bool, how: &'static str| Wrote {
+    // Before any database write of this call (see `Wrote::began`).
+    let began = tick();
+    let wrote = |version: u64, ok: bool, how: &'static str| Wrote {
         row,
         version,
         present,
@@ -1486,63 +1493,57 @@ async fn write2(
             } else {
                 (put_row(cache, db, g, row).await.unwrap().version, "#[cache_put]")
             };
-            let began = tick();
             let ok = no_backlog(cache).await;
-            vec![wrote(version, began, ok, how)]
+            vec![wrote(version, ok, how)]
         }
         2 if present => {
             let version = db.bump(row, true);
-            let began = tick();
             let value = db.row(version);
             match cache.set(&key, &value, Duration::from_secs(20)).await {
-                Ok(()) => vec![wrote(version, began, true, "set")],
+                Ok(()) => vec![wrote(version, true, "set")],
                 Err(cache_runtime::Error::ValueTooLarge { .. }) => {
                     // `set` changed nothing: the write is not complete. A user falls back
                     // to invalidating (half the time here).
-                    let mut wrote_list = vec![wrote(version, began, false, "set (too large)")];
+                    let mut wrote_list = vec![wrote(version, false, "set (too large)")];
                     if rng.below(2) == 0 {
                         let ok = cache.invalidate(&key).await.is_ok();
-                        wrote_list.push(wrote(version, began, ok, "set (too large) + invalidate"));
+                        wrote_list.push(wrote(version, ok, "set (too large) + invalidate"));
                     }
                     wrote_list
                 }
                 // Redis refused the value but answered (`OOM`): the old value is removed,
                 // as `set` promises; the write counts as complete.
                 Err(error) if error.kind() == cache_runtime::ErrorKind::Server => {
-                    vec![wrote(version, began, true, "set (refused by Redis)")]
+                    vec![wrote(version, true, "set (refused by Redis)")]
                 }
-                Err(_) => vec![wrote(version, began, false, "set (failed)")],
+                Err(_) => vec![wrote(version, false, "set (failed)")],
             }
         }
         3 => {
             let version = bump_row(cache, db, g, row, present).await.unwrap();
-            let began = tick();
             let ok = no_backlog(cache).await;
-            vec![wrote(version, began, ok, "#[invalidates]")]
+            vec![wrote(version, ok, "#[invalidates]")]
         }
         4 => {
             let version = db.bump(row, present);
-            let began = tick();
             let ok = cache.invalidate_pattern(&format!("grp:{g}:*")).await.is_ok();
-            vec![wrote(version, began, ok, "invalidate_pattern")]
+            vec![wrote(version, ok, "invalidate_pattern")]
         }
         5 if model == Model::Refresh => {
             // The database alone: only the TTL bounds how long the old version is served.
             let version = db.bump(row, present);
-            vec![wrote(version, tick(), false, "database only")]
+            vec![wrote(version, false, "database only")]
         }
         8 => {
             let (plain, raw_prefix) = plain.expect("chosen only with a plain client");
             let version = db.bump(row, present);
-            let began = tick();
             let ok = plain.run(redis::cmd("DEL").arg(format!("{raw_prefix}{key}"))).await;
-            vec![wrote(version, began, ok, "plain DEL")]
+            vec![wrote(version, ok, "plain DEL")]
         }
         _ => {
             let version = db.bump(row, present);
-            let began = tick();
             let ok = cache.invalidate(&key).await.is_ok();
-            vec![wrote(version, began, ok, "invalidate")]
+            vec![wrote(version, ok, "invalidate")]
         }
     }
 }

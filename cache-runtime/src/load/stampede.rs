@@ -8,11 +8,14 @@
 //! 2. The holder looks at the cache once more (a value may have landed meanwhile), runs the
 //!    body while renewing the lease every third of it, stores the value, then releases the
 //!    lease with a compare-and-delete script that also publishes on
-//!    `<prefix>#filled:<key>` (`1`: stored, `0`: failed).
+//!    `<prefix>#filled:<key>` (`1`: stored, `0`: failed, `2:<token>`: an absent result the
+//!    store confirmed, by the holder `<token>`).
 //! 3. Everyone else subscribes (one pub/sub connection per cache), looks at the value and
 //!    the lease's remaining time in one round trip, and sleeps until the message or the end
 //!    of the lease, whichever comes first. On `1` it reads the value; on `0` or a lapsed
-//!    lease (its holder died) it tries to take the lease itself.
+//!    lease (its holder died) it tries to take the lease itself. It takes `2:<token>` as its
+//!    own answer only from the holder its last look saw, and only if that holder (or an
+//!    earlier one it saw) had not begun to settle then; otherwise it reads for itself.
 //! 4. Nobody waits longer than the builder's `lock_wait`: past it, or when Redis fails, the
 //!    caller runs its own body. A hit never touches any of this.
 //!
@@ -119,6 +122,9 @@ where
         let mut look_first = false;
         // Whether a look saw the lease held by a holder that had not begun to settle.
         let mut before_settling = false;
+        // The holder whose absent result this call may take: the one its last look saw,
+        // once `before_settling` (see the `Signal::Absent` arm below).
+        let mut fresh_holder: Option<String> = None;
         let mut wait = Wait(None);
         loop {
             let woken = store.watch(LeaseKind::Load, key);
@@ -159,6 +165,8 @@ where
                 if !peek.lease_left.is_zero() && !peek.settling {
                     before_settling = true;
                 }
+                fresh_holder =
+                    peek.holder.filter(|_| before_settling && !peek.lease_left.is_zero());
                 (peek.entry, peek.lease_left)
             });
             let lease_left = match peek {
@@ -216,13 +224,24 @@ where
                 look_first = true;
                 continue;
             }
-            match woken.wait(until).instrument(span).await {
+            let heard = woken.wait(until).instrument(span).await;
+            match heard.as_ref().map(|woken| woken.signal) {
                 // The value landed: read it before contending.
                 Some(Signal::Ready) => look_first = true,
                 // The holder's body found nothing, and the store confirmed it: so do we, if
-                // we looked before it settled; otherwise a write may have landed between
-                // its confirmation and this signal: read for ourselves.
-                Some(Signal::Absent) if !before_settling => look_first = true,
+                // the signal comes from the holder our last look saw, and we looked before
+                // it (or an earlier holder) settled: its confirmation came after that look,
+                // so after this call started. Otherwise read for ourselves: a write may
+                // have landed between its confirmation and this signal, or the signal is
+                // an earlier holder's, published before this call started and delivered
+                // only now (the subscription reads messages when it gets to them).
+                Some(Signal::Absent)
+                    if fresh_holder.is_none()
+                        || heard.and_then(|woken| woken.holder).as_deref()
+                            != fresh_holder.as_deref() =>
+                {
+                    look_first = true
+                }
                 Some(Signal::Absent) => {
                     if let Some(absent) = S::absent() {
                         // Read before followers that join now started: they look again.

@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use super::Store;
 use crate::codec::Entry;
 use crate::error::Result;
-use crate::notify::Signal;
+use crate::notify::{Signal, Woken};
 #[cfg(feature = "redis")]
 use crate::notify::{FILLED, RELEASED};
 
@@ -69,7 +69,7 @@ impl LeaseKind {
 pub(crate) enum Wakeup<'a> {
     /// A pub/sub message from the holder's release.
     #[cfg(feature = "redis")]
-    Message(oneshot::Receiver<Signal>),
+    Message(oneshot::Receiver<Woken>),
     /// An in-process release (memory store), already registered.
     Local(Pin<Box<tokio::sync::futures::Notified<'a>>>),
     /// The pub/sub subscription is not live yet: wait for it, then look again (Redis only;
@@ -79,15 +79,16 @@ pub(crate) enum Wakeup<'a> {
 }
 
 impl<'a> Wakeup<'a> {
-    /// Waits for the wake-up, at most until `until`; returns the signal if one came.
-    pub(crate) async fn wait(self, until: Instant) -> Option<Signal> {
+    /// Waits for the wake-up, at most until `until`; returns what it said if one came.
+    pub(crate) async fn wait(self, until: Instant) -> Option<Woken> {
         match self {
             #[cfg(feature = "redis")]
             Wakeup::Message(receiver) => {
                 tokio::time::timeout_at(until.into(), receiver).await.ok().and_then(Result::ok)
             }
             Wakeup::Local(notified) => {
-                tokio::time::timeout_at(until.into(), notified).await.ok().map(|()| Signal::Ready)
+                let woken = tokio::time::timeout_at(until.into(), notified).await.ok();
+                woken.map(|()| Woken::anonymous(Signal::Ready))
             }
             Wakeup::NotSubscribed => None,
         }
@@ -103,6 +104,9 @@ pub(crate) struct Peek {
     /// Whether the lease's holder marked it settling: it is confirming its outcome with
     /// the store.
     pub(crate) settling: bool,
+    /// The token of the lease's holder (without the settling mark), if the lease is held
+    /// (Redis only): the one whose absent result a waiter may take (see [`Woken`]).
+    pub(crate) holder: Option<String>,
 }
 
 impl Store {
@@ -211,6 +215,7 @@ impl Store {
                 entry: store.get(key).await,
                 lease_left: Duration::ZERO,
                 settling: false,
+                holder: None,
             }),
             #[cfg(feature = "redis")]
             Store::Redis(redis) => redis.peek_with_lease(key).await,

@@ -2,7 +2,8 @@
 //! the suite does not reach.
 //!
 //! - A `lock` waiter in another process must not take an absent result from a load that an
-//!   invalidation overtook: the call started after the write, it must see the row.
+//!   invalidation overtook: the call started after the write, it must see the row; nor
+//!   an earlier holder's absent result whose wake-up reaches it late.
 //! - An unprefixed cache whose invalidation backlog overflows during an outage must still
 //!   remove the old values when Redis returns.
 //! - An unprefixed cache on a Redis that evicts keys cannot honour pattern invalidation:
@@ -171,6 +172,103 @@ async fn lock_waiter_never_takes_an_absent_result_overtaken_by_an_invalidation()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_waiter_never_takes_a_negative_cached_result_overtaken_by_an_invalidation() {
     absent_result_overtaken_by_an_invalidation(true).await;
+}
+
+// ---- 1b. A late wake-up from an earlier holder, across processes under `lock` -----------
+
+#[cached(key = "acct-late:<id>", ttl = "15m", absent_ttl = "1m", lock, cache = cache)]
+async fn find_account_late(
+    cache: &Cache,
+    db: &Accounts,
+    runs: &AtomicUsize,
+    id: u64,
+) -> Result<Option<Account>, String> {
+    runs.fetch_add(1, SeqCst);
+    Ok(db.read(id))
+}
+
+/// Instance B calls for row 9 while the load lease is held by another process's holder
+/// (`holder-2`) that has not begun to settle, and wakes on messages on the key's channel
+/// that say "absent" (published here, every 20 ms until B answers, so that they reach B
+/// while it waits, whatever the machine's load).
+///
+/// `late`: the messages are an *earlier* holder's (`holder-1`) release of an absent
+/// result, in today's form (`2:holder-1`) and an older release's (a bare `2`). Such a
+/// release is published before the write and before B started, but B's subscription may
+/// read it only once B waits (it did under CPU load: the coherence checker's
+/// `coherent_absent_rows_with_lock_*` deployments). The row exists, so B must return it.
+///
+/// Not `late`: the message is the release of the holder B saw (`2:holder-2`), which
+/// confirmed its absent result after B's look: B takes it without running its body.
+async fn lock_waiter_woken_with_absent(late: bool) -> (Result<Option<Account>, String>, usize) {
+    let server = RedisServer::start();
+    let raw = Raw::connect(&server).await;
+    let b = redis_cache(&server).await;
+    let _ = b.lock("warm", Duration::from_millis(50), Duration::from_millis(50)).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async { pattern_subscriptions(&raw).await >= 1 })
+            .await,
+        "B's wake-up subscription never went live"
+    );
+    let db = Arc::new(Accounts::default());
+    if late {
+        db.rows.lock().unwrap().insert(9, Account { id: 9, version: 1 });
+    }
+    // Another process's holder, not settling; its lease lapses after 2 s (then B loads
+    // under a lease of its own).
+    let mut con = raw.0.clone();
+    redis::cmd("SET")
+        .arg(format!("{PREFIX}#load:{{acct-late:9}}"))
+        .arg("holder-2")
+        .arg("PX")
+        .arg(2000)
+        .query_async::<()>(&mut con)
+        .await
+        .expect("SET the lease");
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    let call = tokio::spawn({
+        let (b, db, runs) = (b.clone(), Arc::clone(&db), Arc::clone(&runs));
+        async move { find_account_late(&b, &db, &runs, 9).await }
+    });
+    let channel = format!("{PREFIX}#filled:acct-late:9");
+    let payloads: &[&str] = if late { &["2:holder-1", "2"] } else { &["2:holder-2"] };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !call.is_finished() && Instant::now() < deadline {
+        for payload in payloads {
+            let _: u64 = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(*payload)
+                .query_async(&mut con)
+                .await
+                .expect("PUBLISH");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let read = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("B answers within lock_wait (10 s) and the lease (2 s)")
+        .unwrap();
+    (read, runs.load(SeqCst))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_waiter_never_takes_an_earlier_holders_late_absent_signal() {
+    let (read, runs) = lock_waiter_woken_with_absent(true).await;
+    assert_eq!(
+        read,
+        Ok(Some(Account { id: 9, version: 1 })),
+        "a lock waiter took as its answer an absent result released by a holder before the \
+         one it waited on (a wake-up that reached it late): the row exists"
+    );
+    assert_eq!(runs, 1, "B loads the row itself once the lease lapses");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_waiter_takes_the_absent_result_of_the_holder_it_waited_on() {
+    let (read, runs) = lock_waiter_woken_with_absent(false).await;
+    assert_eq!(read, Ok(None), "the holder B waited on confirmed an absent result");
+    assert_eq!(runs, 0, "B takes that holder's absent result without running its body");
 }
 
 // ---- 2. An unprefixed cache whose invalidation backlog overflows --------------------------

@@ -88,12 +88,14 @@ impl RedisStore {
         signal: Signal,
     ) -> Result<bool> {
         let (lease, channel) = (self.lease_key(kind, name), self.channel(kind, name));
+        // An absent result names its holder: a waiter takes it only from a holder it saw
+        // (see `notify::Woken`).
         let payload = match signal {
-            Signal::Ready => "1",
-            Signal::Failed => "0",
-            Signal::Absent => "2",
+            Signal::Ready => "1".to_owned(),
+            Signal::Failed => "0".to_owned(),
+            Signal::Absent => format!("2:{token}"),
         };
-        let release = Release { lease: &lease, token, channel: &channel, payload };
+        let release = Release { lease: &lease, token, channel: &channel, payload: &payload };
         Ok(self.call(&release).await? == 1)
     }
 
@@ -124,10 +126,19 @@ impl RedisStore {
             .await?;
         let (holder, millis) = lease_state;
         let entry = self.stored(bytes);
+        let holder = holder.map(|held| String::from_utf8_lossy(&held).into_owned());
+        let (holder, settling) = match holder {
+            Some(held) => match held.strip_suffix(SETTLED_SUFFIX) {
+                Some(token) => (Some(token.to_owned()), true),
+                None => (Some(held), false),
+            },
+            None => (None, false),
+        };
         Ok(Peek {
             entry,
             lease_left: Duration::from_millis(u64::try_from(millis).unwrap_or(0)),
-            settling: holder.is_some_and(|holder| holder.ends_with(SETTLED_SUFFIX.as_bytes())),
+            settling,
+            holder,
         })
     }
 

@@ -683,7 +683,8 @@ pub(super) struct Release<'a> {
     pub(super) lease: &'a str,
     pub(super) token: &'a str,
     pub(super) channel: &'a str,
-    /// `1`: look again, `0`: the holder failed, `2`: the value is absent.
+    /// `1`: look again, `0`: the holder failed, `2:<token>`: the value is absent, by the
+    /// holder `<token>`.
     pub(super) payload: &'a str,
 }
 
