@@ -25,11 +25,10 @@
 //! ```
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cache_runtime::{cached, cached_batch, Cache};
 use criterion::{criterion_group, Criterion};
@@ -37,9 +36,12 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 
+#[path = "support/interleaved.rs"]
+mod interleaved;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../tests/src/redis_server.rs"]
 mod redis_server;
+use interleaved::interleaved;
 
 use redis_server::RedisServer;
 
@@ -211,55 +213,9 @@ criterion_group! {
     targets = warm, cold
 }
 
-/// Alternating rounds of `batch` calls of `subject` and `baseline`: the median of the
-/// per-round ratios (subject / baseline) and the mean µs per call of each.
-fn interleaved<S, SF, B, BF>(
-    runtime: &Runtime,
-    rounds: usize,
-    batch: u32,
-    mut subject: S,
-    mut baseline: B,
-) -> (f64, f64, f64)
-where
-    S: FnMut() -> SF,
-    SF: Future,
-    B: FnMut() -> BF,
-    BF: Future,
-{
-    async fn time<F: Future>(batch: u32, call: &mut impl FnMut() -> F) -> Duration {
-        let started = Instant::now();
-        for _ in 0..batch {
-            black_box(call().await);
-        }
-        started.elapsed()
-    }
-    runtime.block_on(async {
-        time(batch, &mut subject).await;
-        time(batch, &mut baseline).await;
-        let mut ratios = Vec::with_capacity(rounds);
-        let (mut subject_total, mut baseline_total) = (Duration::ZERO, Duration::ZERO);
-        for round in 0..rounds {
-            let (s, b) = if round % 2 == 0 {
-                let s = time(batch, &mut subject).await;
-                (s, time(batch, &mut baseline).await)
-            } else {
-                let b = time(batch, &mut baseline).await;
-                (time(batch, &mut subject).await, b)
-            };
-            subject_total += s;
-            baseline_total += b;
-            ratios.push(s.as_secs_f64() / b.as_secs_f64());
-        }
-        ratios.sort_by(f64::total_cmp);
-        let calls = (rounds as u32 * batch) as f64;
-        let micros = |total: Duration| total.as_nanos() as f64 / calls / 1e3;
-        (ratios[rounds / 2], micros(subject_total), micros(baseline_total))
-    })
-}
-
 fn print_ratios() {
     let f = fixture();
-    let (warm, singles_us, batch_us) = interleaved(
+    let (warm, singles_ns, batch_ns) = interleaved(
         &f.runtime,
         20,
         50,
@@ -270,9 +226,11 @@ fn print_ratios() {
         },
         || vehicles(&f.warm),
     );
-    let (cold, cold_us, hand_us) = interleaved(&f.runtime, 20, 50, vehicles_cold, || async {
+    let (cold, cold_ns, hand_ns) = interleaved(&f.runtime, 20, 50, vehicles_cold, || async {
         hand_written(&f.connection, &cold_ids()).await
     });
+    let [singles_us, batch_us, cold_us, hand_us] =
+        [singles_ns, batch_ns, cold_ns, hand_ns].map(|ns| ns / 1e3);
     println!();
     println!("interleaved rounds (median of per-round ratios; mean µs per call):");
     println!("  warm  100 singles {singles_us:>8.1} µs   batch_100    {batch_us:>8.1} µs");

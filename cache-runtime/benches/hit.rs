@@ -30,11 +30,10 @@
 //! cargo bench -p cache-runtime --bench hit -- memory     # criterion filter; ratios always print
 //! ```
 
-use std::future::Future;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{LazyLock, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cache_runtime::{cached, Cache};
 use criterion::{criterion_group, Criterion};
@@ -43,9 +42,12 @@ use redis::AsyncCommands as _;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 
+#[path = "support/interleaved.rs"]
+mod interleaved;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../tests/src/redis_server.rs"]
 mod redis_server;
+use interleaved::interleaved;
 
 use redis_server::RedisServer;
 
@@ -272,57 +274,6 @@ criterion_group! {
 }
 
 // ---- interleaved ratios ---------------------------------------------------------------------
-
-/// Times `rounds` alternating batches of `batch` calls of `subject` and `baseline` (the order
-/// flips every round) and returns (median of per-round ratios, ns per subject call, ns per
-/// baseline call). Alternating short batches spreads machine noise evenly over both.
-fn interleaved<S, SF, B, BF>(
-    runtime: &Runtime,
-    rounds: usize,
-    batch: u32,
-    mut subject: S,
-    mut baseline: B,
-) -> (f64, f64, f64)
-where
-    S: FnMut() -> SF,
-    SF: Future,
-    B: FnMut() -> BF,
-    BF: Future,
-{
-    async fn time<F: Future>(batch: u32, call: &mut impl FnMut() -> F) -> Duration {
-        let started = Instant::now();
-        for _ in 0..batch {
-            black_box(call().await);
-        }
-        started.elapsed()
-    }
-    runtime.block_on(async {
-        // One untimed round to settle caches and branch predictors.
-        time(batch, &mut subject).await;
-        time(batch, &mut baseline).await;
-        let mut ratios = Vec::with_capacity(rounds);
-        let (mut subject_total, mut baseline_total) = (Duration::ZERO, Duration::ZERO);
-        for round in 0..rounds {
-            let (s, b) = if round % 2 == 0 {
-                let s = time(batch, &mut subject).await;
-                (s, time(batch, &mut baseline).await)
-            } else {
-                let b = time(batch, &mut baseline).await;
-                (time(batch, &mut subject).await, b)
-            };
-            subject_total += s;
-            baseline_total += b;
-            ratios.push(s.as_secs_f64() / b.as_secs_f64());
-        }
-        ratios.sort_by(f64::total_cmp);
-        let calls = (rounds as u32 * batch) as f64;
-        (
-            ratios[rounds / 2],
-            subject_total.as_nanos() as f64 / calls,
-            baseline_total.as_nanos() as f64 / calls,
-        )
-    })
-}
 
 fn print_ratios() {
     let f = fixture();

@@ -37,11 +37,13 @@ use cache_runtime::{cached, Cache};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands as _;
 use serde::{Deserialize, Serialize};
-use tokio::runtime::Runtime;
 
+#[path = "support/interleaved.rs"]
+mod interleaved;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../tests/src/redis_server.rs"]
 mod redis_server;
+use interleaved::interleaved;
 
 const ID: u64 = 42;
 const PREFIX: &str = "hot:";
@@ -137,54 +139,6 @@ fn median(mut list: Vec<f64>) -> f64 {
 
 fn min_max(list: &[f64]) -> (f64, f64) {
     list.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)))
-}
-
-/// Sequential latency: subject and baseline in alternating batches; the median of the
-/// per-round ratios (subject / baseline) and the mean ns per call of each.
-fn interleaved<S, SF, B, BF>(
-    runtime: &Runtime,
-    rounds: usize,
-    batch: u32,
-    mut subject: S,
-    mut baseline: B,
-) -> (f64, f64, f64)
-where
-    S: FnMut() -> SF,
-    SF: Future,
-    B: FnMut() -> BF,
-    BF: Future,
-{
-    async fn time<F: Future>(batch: u32, call: &mut impl FnMut() -> F) -> Duration {
-        let started = Instant::now();
-        for _ in 0..batch {
-            black_box(call().await);
-        }
-        started.elapsed()
-    }
-    runtime.block_on(async {
-        time(batch, &mut subject).await;
-        time(batch, &mut baseline).await;
-        let mut ratios = Vec::with_capacity(rounds);
-        let (mut subject_total, mut baseline_total) = (Duration::ZERO, Duration::ZERO);
-        for round in 0..rounds {
-            let (s, b) = if round % 2 == 0 {
-                let s = time(batch, &mut subject).await;
-                (s, time(batch, &mut baseline).await)
-            } else {
-                let b = time(batch, &mut baseline).await;
-                (time(batch, &mut subject).await, b)
-            };
-            subject_total += s;
-            baseline_total += b;
-            ratios.push(s.as_secs_f64() / b.as_secs_f64());
-        }
-        let calls = (rounds as u32 * batch) as f64;
-        (
-            median(ratios),
-            subject_total.as_nanos() as f64 / calls,
-            baseline_total.as_nanos() as f64 / calls,
-        )
-    })
 }
 
 /// One contender of a throughput part: a name and a call, cloned into each task.

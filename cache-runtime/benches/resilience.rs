@@ -39,7 +39,6 @@
 //! file and prints `ratio hit with metrics feature / without` (ratios, not raw times, so the
 //! two runs need not see the same machine speed).
 
-use std::future::Future;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -51,9 +50,12 @@ use criterion::{criterion_group, Criterion};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 
+#[path = "support/interleaved.rs"]
+mod interleaved;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../tests/src/redis_server.rs"]
 mod redis_server;
+use interleaved::interleaved;
 
 use redis_server::RedisServer;
 
@@ -282,56 +284,6 @@ criterion_group! {
 }
 
 // ---- interleaved figures --------------------------------------------------------------------
-
-/// Times `rounds` alternating batches of `batch` calls of `subject` and `baseline` (the order
-/// flips every round) and returns (median of per-round ratios, ns per subject call, ns per
-/// baseline call).
-fn interleaved<S, SF, B, BF>(
-    runtime: &Runtime,
-    rounds: usize,
-    batch: u32,
-    mut subject: S,
-    mut baseline: B,
-) -> (f64, f64, f64)
-where
-    S: FnMut() -> SF,
-    SF: Future,
-    B: FnMut() -> BF,
-    BF: Future,
-{
-    async fn time<F: Future>(batch: u32, call: &mut impl FnMut() -> F) -> Duration {
-        let started = Instant::now();
-        for _ in 0..batch {
-            black_box(call().await);
-        }
-        started.elapsed()
-    }
-    runtime.block_on(async {
-        time(batch, &mut subject).await;
-        time(batch, &mut baseline).await;
-        let mut ratios = Vec::with_capacity(rounds);
-        let (mut subject_total, mut baseline_total) = (Duration::ZERO, Duration::ZERO);
-        for round in 0..rounds {
-            let (s, b) = if round % 2 == 0 {
-                let s = time(batch, &mut subject).await;
-                (s, time(batch, &mut baseline).await)
-            } else {
-                let b = time(batch, &mut baseline).await;
-                (time(batch, &mut subject).await, b)
-            };
-            subject_total += s;
-            baseline_total += b;
-            ratios.push(s.as_secs_f64() / b.as_secs_f64());
-        }
-        ratios.sort_by(f64::total_cmp);
-        let calls = (rounds as u32 * batch) as f64;
-        (
-            ratios[rounds / 2],
-            subject_total.as_nanos() as f64 / calls,
-            baseline_total.as_nanos() as f64 / calls,
-        )
-    })
-}
 
 /// Where this run leaves its memory-hit ratio for the run with the other feature set.
 fn ratio_file(variant: &str) -> Option<PathBuf> {
