@@ -10,6 +10,8 @@
 //! | `near64` | 64 tasks of near hits | hand-written `GET`, and bare in-process maps (moka sync in two settings, `quick_cache`, a sharded `RwLock<HashMap>` of `Arc` copies), each returning an owned copy | throughput ratio |
 //! | `miss` | `#[cached]` miss and fill, a fresh key each call | hand-written `GET` (nil), body, `SET PX` | latency ratio |
 //! | `pattern` | `Cache::invalidate_pattern("page:<n>:*")` of 10 keys | one hand-written `GET` round trip | latency, in round trips |
+//! | `tags` | `Cache::invalidate_tag("make:<n>")` of 10 keys stored with `set_tagged` | one hand-written `GET` round trip | latency, in round trips |
+//! | `batch` | `#[cached_batch]` of 100 ids: cold (every id new), and warm (all hits) | hand-written `MGET`, the same "query", one pipeline of 100 `SET PX`; and a bare `MGET` + decode | latency ratio |
 //!
 //! Method: each round times subject and baseline in batches, the order alternating round by
 //! round (so machine noise hits both alike); the figure is the median of the per-round
@@ -18,11 +20,20 @@
 //!
 //! Redis: a private `redis-server` on a free loopback port, or the server at `HOT_REDIS_URL`
 //! (the network-namespace harness `cache-runtime/benches/netns.sh` points it at a server
-//! behind a delayed veth pair). `HOT_PARTS=redis64,memory` runs some parts only.
+//! behind a veth pair). `HOT_PARTS=redis64,memory` runs some parts only.
+//!
+//! A network hop: `HOT_DELAY=0.25ms` (or `0`, `250us`, `1ms`) puts a latency proxy
+//! (`tests/src/latency_proxy.rs`, OS threads in this process) between every connection and
+//! Redis, adding that round trip (half each way) to each exchange: the stand-in for
+//! `tc netem delay` on a kernel without `sch_netem`. `HOT_DELAY=0` is the proxy's own cost.
+//! The bench prints the round trip it measured (median `PING`, direct and through the
+//! proxy) and, per part, the CPU the proxy's threads spent, which they take from the same
+//! cores as the client and the server.
 //!
 //! ```text
 //! cargo bench -p cache-runtime --bench hot
 //! HOT_PARTS=redis64 HOT_ROUNDS=15 cargo bench -p cache-runtime --bench hot
+//! HOT_DELAY=1ms HOT_PARTS=hit,near,miss,pattern,tags,batch cargo bench -p cache-runtime --bench hot
 //! ```
 
 use std::collections::HashMap;
@@ -33,7 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use cache_runtime::{cached, Cache};
+use cache_runtime::{cached, cached_batch, Cache};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands as _;
 use serde::{Deserialize, Serialize};
@@ -41,9 +52,13 @@ use serde::{Deserialize, Serialize};
 #[path = "support/interleaved.rs"]
 mod interleaved;
 #[allow(dead_code, unreachable_pub)]
+#[path = "../../tests/src/latency_proxy.rs"]
+mod latency_proxy;
+#[allow(dead_code, unreachable_pub)]
 #[path = "../../tests/src/redis_server.rs"]
 mod redis_server;
 use interleaved::interleaved;
+use latency_proxy::LatencyProxy;
 
 const ID: u64 = 42;
 const PREFIX: &str = "hot:";
@@ -98,6 +113,84 @@ async fn near_vehicle(id: u64) -> Result<Vehicle, String> {
 async fn fill_vehicle(id: u64) -> Result<Vehicle, String> {
     FILLS.fetch_add(1, Relaxed);
     Ok(load_vehicle(id))
+}
+
+/// Ids in one batch of the `batch` part.
+const BATCH: u64 = 100;
+
+/// The "query" of the `batch` part: one row per id, in process (no database).
+fn query(ids: &[u64]) -> HashMap<u64, Vehicle> {
+    ids.iter().map(|&id| (id, load_vehicle(id))).collect()
+}
+
+#[cached_batch(key = "bvehicle:<ids>", ttl = "15m", cache = REDIS.get().unwrap())]
+async fn batch_vehicles(ids: &[u64]) -> Result<HashMap<u64, Vehicle>, String> {
+    Ok(query(ids))
+}
+
+/// What a service writes by hand for a batch: `MGET`, one query for what missed, `SET PX`
+/// of each missed row in one pipeline (none when every id was found).
+async fn hand_batch(connection: &ConnectionManager, ids: &[u64]) -> HashMap<u64, Vehicle> {
+    let mut connection = connection.clone();
+    let keys: Vec<String> = ids.iter().map(|id| format!("{PREFIX}handb:vehicle:{id}")).collect();
+    let found: Vec<Option<Vec<u8>>> =
+        redis::cmd("MGET").arg(&keys).query_async(&mut connection).await.expect("MGET");
+    let mut rows = HashMap::with_capacity(ids.len());
+    let mut missed = Vec::new();
+    for ((id, key), found) in ids.iter().zip(&keys).zip(found) {
+        match found.and_then(|json| serde_json::from_slice::<Vehicle>(&json).ok()) {
+            Some(vehicle) => {
+                rows.insert(*id, vehicle);
+            }
+            None => missed.push((*id, key)),
+        }
+    }
+    if missed.is_empty() {
+        return rows;
+    }
+    let ids: Vec<u64> = missed.iter().map(|(id, _)| *id).collect();
+    let loaded = query(&ids);
+    let mut pipe = redis::pipe();
+    for (id, key) in &missed {
+        if let Some(vehicle) = loaded.get(id) {
+            let json = serde_json::to_vec(vehicle).expect("encodes");
+            pipe.cmd("SET").arg(*key).arg(json).arg("PX").arg(TTL.as_millis() as u64).ignore();
+        }
+    }
+    let () = pipe.query_async(&mut connection).await.expect("pipelined SETs");
+    rows.extend(loaded);
+    rows
+}
+
+/// Median `PING` round trip over `url`, in µs (200 pings after 20 untimed ones).
+async fn ping_us(url: &str) -> f64 {
+    let client = redis::Client::open(url).expect("a Redis URL");
+    let mut connection = client.get_multiplexed_async_connection().await.expect("a connection");
+    let mut times = Vec::with_capacity(200);
+    for i in 0..220 {
+        let started = Instant::now();
+        let _: String = redis::cmd("PING").query_async(&mut connection).await.expect("PING");
+        if i >= 20 {
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    median(times)
+}
+
+/// The proxy's CPU since `before`, as a line to print after a part (nothing without one).
+fn proxy_cpu(proxy: Option<&LatencyProxy>, before: Duration, wall: Duration) -> String {
+    match proxy {
+        Some(proxy) => {
+            let spent = proxy.cpu_time().saturating_sub(before);
+            format!(
+                "  (latency proxy: {:.0} ms CPU in {:.2} s of this part = {:.0}% of one core)",
+                spent.as_secs_f64() * 1e3,
+                wall.as_secs_f64(),
+                spent.as_secs_f64() * 100.0 / wall.as_secs_f64().max(1e-9)
+            )
+        }
+        None => String::new(),
+    }
 }
 
 /// Hand-written hit: `GET` + `serde_json::from_slice`.
@@ -240,7 +333,7 @@ impl Sharded {
 }
 
 fn parts() -> Vec<String> {
-    let all = "hit,redis64,memory,near,near64,miss,pattern";
+    let all = "hit,redis64,memory,near,near64,miss,pattern,tags,batch";
     std::env::var("HOT_PARTS")
         .unwrap_or_else(|_| all.to_owned())
         .split(',')
@@ -252,7 +345,7 @@ fn main() {
     let parts = parts();
     let runs = |part: &str| parts.iter().any(|p| p == part);
     let rounds: usize = std::env::var("HOT_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(9);
-    let (_server, url) = match std::env::var("HOT_REDIS_URL") {
+    let (_server, direct_url) = match std::env::var("HOT_REDIS_URL") {
         Ok(url) => (None, url),
         Err(_) => {
             let server = redis_server::RedisServer::start();
@@ -260,12 +353,32 @@ fn main() {
             (Some(server), url)
         }
     };
+    let delay = std::env::var("HOT_DELAY").ok().map(|text| {
+        latency_proxy::parse_delay(&text)
+            .unwrap_or_else(|| panic!("HOT_DELAY={text}: not a delay (0, 250us, 0.25ms, 1ms)"))
+    });
+    let proxy = delay.map(|delay| {
+        LatencyProxy::for_redis(&direct_url, delay).expect("a latency proxy in front of Redis")
+    });
+    let url = proxy.as_ref().map_or_else(|| direct_url.clone(), LatencyProxy::url);
     println!("hot: Redis at {url}, {rounds} rounds, {} workers for the 64-task parts", 2);
     let threaded = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a runtime");
+    if let Some(proxy) = &proxy {
+        let (direct, through) =
+            threaded.block_on(async { (ping_us(&direct_url).await, ping_us(&url).await) });
+        println!(
+            "hot: latency proxy adding {:?} per round trip in front of {direct_url}; median PING {direct:.1} µs direct, {through:.1} µs through it (+{:.1} µs)",
+            proxy.round_trip(),
+            through - direct
+        );
+    }
+    let proxy = proxy.as_ref();
+    // The CPU the proxy spent before a part, and when the part started.
+    let mark = || (proxy.map_or(Duration::ZERO, LatencyProxy::cpu_time), Instant::now());
     let single =
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     // Caches built on the threaded runtime (their connections' drivers live there); the
@@ -366,6 +479,7 @@ fn main() {
     }
 
     if runs("hit") {
+        let (cpu, started) = mark();
         // The attribute's cache lives on the threaded runtime: a sequential caller there, and
         // the baseline's connection too.
         let connection =
@@ -378,7 +492,8 @@ fn main() {
             || hand_written(&connection, ID),
         );
         println!(
-            "hit: one task, #[cached] Redis hit / hand-written GET + serde_json: {ratio:.3}x ({subject:.0} vs {baseline:.0} ns)"
+            "hit: one task, #[cached] Redis hit / hand-written GET + serde_json: {ratio:.3}x ({subject:.0} vs {baseline:.0} ns){}",
+            proxy_cpu(proxy, cpu, started.elapsed())
         );
     }
 
@@ -399,6 +514,7 @@ fn main() {
     }
 
     if runs("near") {
+        let (cpu, started) = mark();
         let moka: moka::future::Cache<String, Vehicle> =
             moka::future::Cache::builder().max_capacity(10_000).time_to_live(TTL).build();
         single.block_on(moka.insert(format!("vehicle:{ID}"), load_vehicle(ID)));
@@ -410,7 +526,8 @@ fn main() {
             || async { moka.get(&format!("vehicle:{ID}")).await.unwrap() },
         );
         println!(
-            "near: #[cached] near hit / moka::future get: {ratio:.3}x ({subject:.0} vs {baseline:.0} ns; goal <= 1.1x)"
+            "near: #[cached] near hit / moka::future get: {ratio:.3}x ({subject:.0} vs {baseline:.0} ns; goal <= 1.1x){}",
+            proxy_cpu(proxy, cpu, started.elapsed())
         );
     }
 
@@ -498,6 +615,7 @@ fn main() {
     }
 
     if runs("miss") {
+        let (cpu, started) = mark();
         let connection = threaded.block_on(ConnectionManager::new(client.clone())).expect("conn");
         let next = AtomicU64::new(1_000_000);
         let fills_before = FILLS.load(Relaxed);
@@ -511,11 +629,13 @@ fn main() {
         let calls = FILLS.load(Relaxed) - fills_before;
         assert_eq!(calls, (rounds as u64 + 1) * 300, "every measured call was a miss");
         println!(
-            "miss: #[cached] miss and fill / hand-written GET + SET PX: {ratio:.3}x ({subject:.0} vs {baseline:.0} ns; goal <= 1.3x)"
+            "miss: #[cached] miss and fill / hand-written GET + SET PX: {ratio:.3}x ({subject:.0} vs {baseline:.0} ns; goal <= 1.3x){}",
+            proxy_cpu(proxy, cpu, started.elapsed())
         );
     }
 
     if runs("pattern") {
+        let (cpu, started) = mark();
         // Per round: 10 keys written through the cache (so indexed; untimed), then the
         // pattern removal timed, next to one hand-written `GET` round trip timed alone.
         let (pattern_us, get_us) = threaded.block_on(async {
@@ -537,13 +657,93 @@ fn main() {
             (median(patterns), median(gets))
         });
         println!(
-            "pattern: invalidate_pattern of 10 indexed keys: median {pattern_us:.1} µs; one hand-written GET: median {get_us:.1} µs ({:.2} round trips)",
-            pattern_us / get_us
+            "pattern: invalidate_pattern of 10 indexed keys: median {pattern_us:.1} µs; one hand-written GET: median {get_us:.1} µs ({:.2} round trips){}",
+            pattern_us / get_us,
+            proxy_cpu(proxy, cpu, started.elapsed())
+        );
+    }
+
+    if runs("tags") {
+        let (cpu, started) = mark();
+        // Per round: 10 keys stored with one tag (untimed), then `invalidate_tag` timed,
+        // next to one hand-written `GET` round trip timed alone.
+        let (tag_us, get_us) = threaded.block_on(async {
+            let connection = ConnectionManager::new(client.clone()).await.expect("conn");
+            let cache = REDIS.get().unwrap();
+            let (mut tags, mut gets) = (Vec::new(), Vec::new());
+            for n in 0..(rounds * 20) {
+                let tag = format!("make:{n}");
+                for i in 0..10 {
+                    cache.set_tagged(&format!("tagged:{n}:{i}"), &i, TTL, &[&tag]).await.unwrap();
+                }
+                let started = Instant::now();
+                let removed = cache.invalidate_tag(&tag).await.unwrap();
+                tags.push(started.elapsed().as_secs_f64() * 1e6);
+                assert_eq!(removed, 10);
+                let started = Instant::now();
+                black_box(hand_written(&connection, ID).await.unwrap());
+                gets.push(started.elapsed().as_secs_f64() * 1e6);
+            }
+            (median(tags), median(gets))
+        });
+        println!(
+            "tags: invalidate_tag of 10 tagged keys: median {tag_us:.1} µs; one hand-written GET: median {get_us:.1} µs ({:.2} round trips){}",
+            tag_us / get_us,
+            proxy_cpu(proxy, cpu, started.elapsed())
+        );
+    }
+
+    if runs("batch") {
+        let (cpu, started) = mark();
+        let connection = threaded.block_on(ConnectionManager::new(client.clone())).expect("conn");
+        let next = AtomicU64::new(5_000_000);
+        let cold_ids = || {
+            let first = next.fetch_add(BATCH, Relaxed);
+            (first..first + BATCH).collect::<Vec<u64>>()
+        };
+        let (cold, cold_ns, hand_ns) = interleaved(
+            &threaded,
+            rounds,
+            20,
+            || {
+                let ids = cold_ids();
+                async move { batch_vehicles(&ids).await.unwrap() }
+            },
+            || {
+                let ids = cold_ids();
+                let connection = connection.clone();
+                async move { hand_batch(&connection, &ids).await }
+            },
+        );
+        let warm: Vec<u64> = (1..=BATCH).collect();
+        threaded.block_on(async {
+            assert_eq!(batch_vehicles(&warm).await.unwrap().len(), warm.len());
+            assert_eq!(hand_batch(&connection, &warm).await.len(), warm.len());
+        });
+        let (hot, warm_ns, mget_ns) = interleaved(
+            &threaded,
+            rounds,
+            50,
+            || async { batch_vehicles(&warm).await.unwrap() },
+            || hand_batch(&connection, &warm),
+        );
+        println!(
+            "batch: 100 ids, cold: #[cached_batch] / hand-written MGET + query + pipelined SET PX: {cold:.3}x ({:.1} vs {:.1} µs)",
+            cold_ns / 1e3,
+            hand_ns / 1e3
+        );
+        println!(
+            "batch: 100 ids, warm: #[cached_batch] / hand-written MGET + decode: {hot:.3}x ({:.1} vs {:.1} µs){}",
+            warm_ns / 1e3,
+            mget_ns / 1e3,
+            proxy_cpu(proxy, cpu, started.elapsed())
         );
     }
 
     let (redis_after, near_after) = (stats(&REDIS), stats(&NEAR));
-    let misses = redis_after.misses - redis_before.misses;
+    // The batch part's misses are its cold ids (each filled by its one query).
+    let batch_misses = REDIS.get().unwrap().stats_of("batch_vehicles").misses;
+    let misses = redis_after.misses - redis_before.misses - batch_misses;
     let fills = FILLS.load(Relaxed);
     assert!(misses <= fills, "only the miss part missed on Redis ({misses} misses, {fills} fills)");
     assert_eq!(near_after.misses, near_before.misses, "every near call was a hit");

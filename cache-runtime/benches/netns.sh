@@ -6,13 +6,21 @@
 # once against a flushed server. Needs root, `ip`, `tc` and `redis-server`; without them it
 # says why and exits 0. The namespace, the veth pair and the server are removed on exit.
 #
+# Where the kernel has no `sch_netem` (`tc qdisc ... netem` says "Specified qdisc kind is
+# unknown"), or with NETNS_PROXY=1, the delay comes from a latency proxy instead (a TCP
+# forwarder holding each chunk half the round trip each way, `tests/src/latency_proxy.rs`):
+# the bench runs with HOT_DELAY=<delay>, so the proxy runs inside it (OS threads), on this
+# side of the veth pair; the demo connects through the standalone `latency_proxy` binary.
+# The hop is then the veth pair plus the proxy: see the proxy's notes on what it does not
+# model (no bandwidth bound, jitter or loss; delay per chunk, not per packet) and on its CPU,
+# which it takes from the same cores.
+#
 #   bash cache-runtime/benches/netns.sh                         # every part of `hot`
 #   NETNS_DELAYS="1ms" HOT_PARTS=hit,miss bash cache-runtime/benches/netns.sh
+#   NETNS_DEMO=1 HOT_PARTS=hit bash cache-runtime/benches/netns.sh   # and the demo's p50/p99
 #
-# Hooks for the parts other work adds: set HOT_PARTS to the part names once `hot` has them
-# (tag invalidation, a batch of 100 keys); the demo's p50/p99 over the hop runs with
-# NETNS_DEMO=1 (a release build of the `vehicles` example, then `vehicles demo` with
-# REDIS_URL pointing into the namespace).
+# The demo over the hop (NETNS_DEMO=1) is a release build of the `vehicles` example, then
+# `vehicles demo` with REDIS_URL pointing into the namespace (through the proxy if used).
 set -euo pipefail
 
 skip() {
@@ -65,22 +73,64 @@ if [ -z "${HOT_BIN:-}" ]; then
     cargo bench -p cache-runtime --bench hot --no-run
 fi
 
+proxy=${NETNS_PROXY:-0}
+if [ "$proxy" != 1 ] && ! tc qdisc replace dev "$host" root netem delay 0ms 2>/dev/null; then
+    echo "tc netem is unavailable here (no sch_netem kernel module): the delay comes from the latency proxy"
+    proxy=1
+fi
+tc qdisc del dev "$host" root 2>/dev/null || true
+if [ "$proxy" = 1 ] && [ "${NETNS_DEMO:-0}" = 1 ]; then
+    cargo build --release -p cache-tests --bin latency_proxy
+fi
+proxy_pid=""
+stop_proxy() {
+    if [ -n "$proxy_pid" ]; then kill "$proxy_pid" 2>/dev/null || true; wait "$proxy_pid" 2>/dev/null || true; fi
+    proxy_pid=""
+}
+trap 'stop_proxy; cleanup' EXIT
+
 for delay in ${NETNS_DELAYS:-0ms 0.25ms 1ms}; do
     half=$(awk -v d="${delay%ms}" 'BEGIN { printf "%.3fms", d / 2 }')
-    if ! tc qdisc replace dev "$host" root netem delay "$half" 2>/dev/null ||
-        ! ip netns exec "$ns" tc qdisc replace dev "$peer" root netem delay "$half" 2>/dev/null; then
-        skip "tc netem is unavailable here (kernel module sch_netem: try 'modprobe sch_netem')"
+    delay_env=()
+    if [ "$proxy" = 1 ]; then
+        delay_env=(HOT_DELAY="$delay")
+        echo "== latency proxy adding $delay per round trip ($half each way), over the veth hop"
+    else
+        if ! tc qdisc replace dev "$host" root netem delay "$half" 2>/dev/null ||
+            ! ip netns exec "$ns" tc qdisc replace dev "$peer" root netem delay "$half" 2>/dev/null; then
+            skip "tc netem failed on the veth pair"
+        fi
+        rtt=$(ping -c 20 -i 0.01 -q 10.200.0.2 2>/dev/null | awk -F/ '/rtt|round-trip/ { print $5 " ms" }' || true)
+        echo "== netem delay $delay added per round trip ($half each way); ping mean RTT ${rtt:-unknown}"
     fi
     redis-cli -h 10.200.0.2 -p "$port" flushall >/dev/null
-    rtt=$(ping -c 20 -i 0.01 -q 10.200.0.2 2>/dev/null | awk -F/ '/rtt|round-trip/ { print $5 " ms" }' || true)
-    echo "== netem delay $delay added per round trip ($half each way); ping mean RTT ${rtt:-unknown}"
     if [ -n "${HOT_BIN:-}" ]; then
-        HOT_REDIS_URL="$url" "$HOT_BIN"
+        env "${delay_env[@]}" HOT_REDIS_URL="$url" "$HOT_BIN"
     else
-        HOT_REDIS_URL="$url" cargo bench -p cache-runtime --bench hot
+        env "${delay_env[@]}" HOT_REDIS_URL="$url" cargo bench -p cache-runtime --bench hot
     fi
     if [ "${NETNS_DEMO:-0}" = 1 ]; then
         redis-cli -h 10.200.0.2 -p "$port" flushall >/dev/null
-        REDIS_URL="$url" cargo run --release -p examples --bin vehicles -- demo
+        demo_url="$url"
+        if [ "$proxy" = 1 ]; then
+            # The proxy runs until its stdin closes: a fifo held open by this shell.
+            fifo="$dir/proxy.in"
+            rm -f "$fifo"
+            mkfifo "$fifo"
+            "${CARGO_TARGET_DIR:-target}/release/latency_proxy" 127.0.0.1:6390 "10.200.0.2:$port" "$delay" <"$fifo" &
+            proxy_pid=$!
+            exec 9>"$fifo"
+            for _ in $(seq 50); do
+                redis-cli -p 6390 ping >/dev/null 2>&1 && break
+                sleep 0.1
+            done
+            demo_url="redis://127.0.0.1:6390/"
+        fi
+        REDIS_URL="$demo_url" cargo run --release -p examples --bin vehicles -- demo
+        if [ -n "$proxy_pid" ]; then
+            exec 9>&-
+            wait "$proxy_pid" 2>/dev/null || true
+            proxy_pid=""
+        fi
     fi
 done

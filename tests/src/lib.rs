@@ -4,16 +4,19 @@
 //! servers) and `ui/` (trybuild compile-pass and compile-fail cases for the attributes). This
 //! library holds [`RedisServer`], which starts a private `redis-server` process per test on a
 //! free loopback port, so tests never touch a shared server's data and can kill, pause and
-//! restart their own, and [`DelayProxy`], which can hold one client command back to open a
-//! race's window deterministically.
+//! restart their own, [`DelayProxy`], which can hold one client command back to open a
+//! race's window deterministically, and [`LatencyProxy`], which adds a fixed round trip to
+//! every exchange with a server (the benches' stand-in for a network hop).
 
 pub mod http;
+pub mod latency_proxy;
 pub mod lock_workers;
 pub mod proxy;
 pub mod redis_cluster;
 pub mod redis_sentinel;
 pub mod redis_server;
 pub mod tls;
+pub use latency_proxy::LatencyProxy;
 pub use proxy::DelayProxy;
 pub use redis_cluster::RedisCluster;
 pub use redis_sentinel::RedisSentinel;

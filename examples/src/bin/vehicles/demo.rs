@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cache_runtime::Stats;
 use examples::marketplace::Marketplace;
@@ -48,6 +48,48 @@ impl Run {
     }
 }
 
+/// `DEMO_SLOW_MS`: requests at least this slow are printed to stderr as they finish, with
+/// the UTC time they started (to line up with the `tracing` lines, e.g. sqlx's slow
+/// statements), to find what a tail request waited for.
+fn slow_threshold() -> Option<Duration> {
+    let ms: f64 = std::env::var("DEMO_SLOW_MS").ok()?.parse().ok()?;
+    Some(Duration::from_secs_f64(ms / 1e3))
+}
+
+/// `HH:MM:SS.micros` UTC of `at`.
+fn utc(at: SystemTime) -> String {
+    let micros = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros();
+    let (seconds, micros) = (micros / 1_000_000, micros % 1_000_000);
+    let day = seconds % 86_400;
+    format!("{:02}:{:02}:{:02}.{micros:06}", day / 3600, day / 60 % 60, day % 60)
+}
+
+/// With `DEMO_SLOW_MS`: two canaries that sleep 1 ms in a loop and print each wake-up at
+/// least half the threshold late, one an OS thread outside the runtime, one a task on it.
+/// A stall both see is the process (or the machine) not running; one only the task sees is
+/// the runtime's workers busy or blocked.
+fn start_canaries(slow: Duration) {
+    let late = slow / 2;
+    std::thread::spawn(move || loop {
+        let (started, wall) = (Instant::now(), SystemTime::now());
+        std::thread::sleep(Duration::from_millis(1));
+        let took = started.elapsed();
+        if took >= late {
+            eprintln!("canary thread: asleep from {} for {took:.1?}", utc(wall));
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let (started, wall) = (Instant::now(), SystemTime::now());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let took = started.elapsed();
+            if took >= late {
+                eprintln!("canary task: asleep from {} for {took:.1?}", utc(wall));
+            }
+        }
+    });
+}
+
 #[derive(Clone)]
 enum Target {
     Database,
@@ -71,11 +113,19 @@ async fn drive(
     bar.set_prefix(label.to_owned());
     let queries_before = service.db().queries();
     let next = Arc::new(AtomicUsize::new(0));
+    let slow = slow_threshold();
+    let label: Arc<str> = Arc::from(label);
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (service, ops, next, bar, target) =
-                (service.clone(), Arc::clone(ops), Arc::clone(&next), bar.clone(), target.clone());
+            let (service, ops, next, bar, target, label) = (
+                service.clone(),
+                Arc::clone(ops),
+                Arc::clone(&next),
+                bar.clone(),
+                target.clone(),
+                Arc::clone(&label),
+            );
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(ops.len() / concurrency + 1);
                 loop {
@@ -83,13 +133,20 @@ async fn drive(
                     let Some(op) = ops.get(i) else {
                         return Ok(latencies);
                     };
-                    let started = Instant::now();
+                    let (started, wall) = (Instant::now(), SystemTime::now());
                     match target {
                         Target::Database => workload::uncached(service.db(), op).await,
                         Target::Cached => workload::cached(&service, op).await,
                     }
                     .map_err(|e| format!("{op:?}: {e}"))?;
-                    latencies.push((started.elapsed(), op.kind()));
+                    let took = started.elapsed();
+                    if slow.is_some_and(|slow| took >= slow) {
+                        eprintln!(
+                            "slow request: {label}: started {} took {took:.1?} {op:?}",
+                            utc(wall)
+                        );
+                    }
+                    latencies.push((took, op.kind()));
                     bar.inc(1);
                 }
             })
@@ -201,6 +258,9 @@ pub(crate) async fn run(setup: Setup, requests: usize, concurrency: usize) -> Re
     }
 
     let ops = Arc::new(workload::generate(requests, sizes));
+    if let Some(slow) = slow_threshold() {
+        start_canaries(slow);
+    }
     let uncached = drive(&service, &ops, concurrency, Target::Database, "no cache").await?;
     let cached = drive(&service, &ops, concurrency, Target::Cached, "#[cached]").await?;
     let stats = service.cache().stats();
