@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor as _, FromRow, Row as _};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, ConnectOptions as _, Executor as _, FromRow, Row as _};
 
 use super::model::{
     Dealer, DealerListing, DealerVehicles, Homepage, ProfileUpdate, SearchFilters, SearchPage,
@@ -66,6 +66,13 @@ impl Db {
         static DRIVERS: Once = Once::new();
         DRIVERS.call_once(sqlx::any::install_default_drivers);
         let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
+        let mut options: AnyConnectOptions = url.parse()?;
+        // `DEMO_DB_SLOW_MS`: statements at least this slow are logged (a `WARN` of target
+        // `sqlx::query`, with the time they took), to tell a slow query from a wait elsewhere.
+        if let Some(ms) = std::env::var("DEMO_DB_SLOW_MS").ok().and_then(|ms| ms.parse().ok()) {
+            options =
+                options.log_slow_statements(log::LevelFilter::Warn, Duration::from_millis(ms));
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
@@ -80,7 +87,7 @@ impl Db {
                     Ok(())
                 })
             })
-            .connect(url)
+            .connect_with(options)
             .await?;
         let seeded = seed::create_and_seed(&pool).await?;
         Ok(Db { pool, backend, seeded, queries: Arc::new(AtomicU64::new(0)) })
