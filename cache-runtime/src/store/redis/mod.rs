@@ -677,12 +677,14 @@ impl RedisStore {
             Ok(trusted) => trusted,
             Err(error) => return fills.iter().map(|_| Err(again(&error))).collect(),
         };
-        let markers: Vec<Vec<u8>> = fills
-            .iter()
-            .map(|_| {
-                let mut marker = MARKER_TAG.to_vec();
-                marker.extend_from_slice(new_token().as_bytes());
-                marker.push(b'\n');
+        // One token for the call, each key's marker told apart by its place.
+        let token = new_token();
+        let markers: Vec<Vec<u8>> = (0..fills.len())
+            .map(|at| {
+                let mut marker = Vec::with_capacity(MARKER_TAG.len() + token.len() + 12);
+                marker.extend_from_slice(MARKER_TAG);
+                marker.extend_from_slice(token.as_bytes());
+                marker.extend_from_slice(format!(".{at:x}\n").as_bytes());
                 marker
             })
             .collect();
@@ -692,32 +694,21 @@ impl RedisStore {
         // Each group's keys, and (standalone) the indexes they name.
         let mut calls: Vec<(Vec<usize>, Vec<String>, Vec<BeginKey<'_>>)> = Vec::new();
         for group in self.groups(&data) {
-            let mut indexes: Vec<String> = Vec::new();
-            let mut keys = Vec::with_capacity(group.len());
-            for &at in &group {
-                let (key, plan) = &fills[at];
-                let mut places = Vec::new();
-                if !cluster {
-                    for index in self.level_indexes(key).into_iter().chain(self.tag_sets(plan.tags))
-                    {
-                        let place = match indexes.iter().position(|known| *known == index) {
-                            Some(place) => place,
-                            None => {
-                                indexes.push(index);
-                                indexes.len() - 1
-                            }
-                        };
-                        places.push(place);
-                    }
-                }
-                keys.push(BeginKey {
+            let (indexes, places) = match cluster {
+                true => (Vec::new(), group.iter().map(|_| Vec::new()).collect()),
+                false => self.indexes_of(group.iter().map(|&at| (fills[at].0, fills[at].1.tags))),
+            };
+            let keys = group
+                .iter()
+                .zip(places)
+                .map(|(&at, places)| BeginKey {
                     data: &data[at],
                     marker: &markers[at],
-                    member: key,
-                    force: plan.force,
+                    member: fills[at].0,
+                    force: fills[at].1.force,
                     indexes: places,
-                });
-            }
+                })
+                .collect();
             calls.push((group, indexes, keys));
         }
         let now_ms = crate::format::now_ms();
@@ -739,17 +730,17 @@ impl RedisStore {
         let replies = if cluster {
             // Both in flight together: the loads start only when both are done (see
             // `begin_fill`).
-            let mut members: Vec<(String, Vec<&str>)> = Vec::new();
-            for (key, plan) in fills {
-                for index in self.level_indexes(key).into_iter().chain(self.tag_sets(plan.tags)) {
-                    match members.iter_mut().find(|(known, _)| *known == index) {
-                        Some((_, list)) => list.push(key),
-                        None => members.push((index, vec![key])),
-                    }
+            let (indexes, places) =
+                self.indexes_of(fills.iter().map(|(key, plan)| (*key, plan.tags)));
+            let mut members: Vec<Vec<&str>> = indexes.iter().map(|_| Vec::new()).collect();
+            for ((key, _), places) in fills.iter().zip(places) {
+                for place in places {
+                    members[place].push(key);
                 }
             }
-            let adds: Vec<IndexAddMany<'_>> = members
+            let adds: Vec<IndexAddMany<'_>> = indexes
                 .iter()
+                .zip(&members)
                 .flat_map(|(index, list)| {
                     list.chunks(BATCH_CHUNK).map(move |members| IndexAddMany {
                         index,
@@ -800,6 +791,36 @@ impl RedisStore {
             }
         }
         begun.into_iter().map(|begun| begun.unwrap_or(Err(Error::Unavailable))).collect()
+    }
+
+    /// The indexes (levels and tag sets) of `keys`, each given with its tags, each index
+    /// named once: their full keys, and per key its indexes as places in them.
+    fn indexes_of<'k>(
+        &self,
+        keys: impl Iterator<Item = (&'k str, &'k [String])>,
+    ) -> (Vec<String>, Vec<Vec<usize>>) {
+        let mut seen: std::collections::HashMap<(&'k str, bool), usize> =
+            std::collections::HashMap::new();
+        let mut names = Vec::new();
+        let places = keys
+            .map(|(key, tags)| {
+                let levels = levels(key).map(|level| (level, false));
+                let tags = tags.iter().map(|tag| (tag.as_str(), true));
+                levels
+                    .chain(tags)
+                    .map(|(name, tag)| {
+                        *seen.entry((name, tag)).or_insert_with(|| {
+                            names.push(match tag {
+                                true => self.tag_set(name),
+                                false => self.index_key(name),
+                            });
+                            names.len() - 1
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        (names, places)
     }
 
     /// The keys of one script call of a batch, as places in `full_keys`: standalone,
