@@ -485,7 +485,7 @@ async fn cold_batch_is_one_mget_and_two_scripts() {
     let ids: Vec<u64> = (101..=200).collect();
     assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
     assert_eq!(commands(&mut raw).await, cold(100, 2));
-    assert_eq!(s.db.queries(), [ids.clone()]);
+    assert_eq!(s.db.queries(), std::slice::from_ref(&ids));
     assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
     assert!(s.db.queries().is_empty(), "all 100 were stored");
     s.cache.invalidate_pattern("vehicle:1*").await.unwrap();
@@ -504,7 +504,7 @@ async fn a_batch_over_the_chunk_size_is_split() {
     let ids: Vec<u64> = (101..=1300).collect();
     assert_eq!(s.vehicles(&ids).await.unwrap().len(), 1200);
     assert_eq!(commands(&mut raw).await, cold(1200, 6));
-    assert_eq!(s.db.queries(), [ids.clone()]);
+    assert_eq!(s.db.queries(), std::slice::from_ref(&ids));
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut raw).await.unwrap();
     assert_eq!(s.vehicles(&ids).await.unwrap().len(), 1200);
     assert!(s.db.queries().is_empty(), "all 1,200 were stored");
