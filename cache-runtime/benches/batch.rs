@@ -4,7 +4,7 @@
 //! |------------------------|-------------------------------------------------------------------------|
 //! | `warm/batch_100`       | a `#[cached_batch(key = "vehicle:<ids>")]` call for 100 ids, all hits (one `MGET`) |
 //! | `warm/single_100`      | 100 `#[cached(key = "vehicle:<id>")]` hits, one after another (100 `GET`s) |
-//! | `cold/batch_100`       | the batch for 100 ids never seen (the `MGET`, one round trip of begin-fill scripts, the "query", one round trip of fill scripts) |
+//! | `cold/batch_100`       | the batch for 100 ids never seen (the `MGET`, one begin-fill script for the 100 keys, the "query", one fill script) |
 //! | `cold/hand_written`    | `MGET` of 100 keys, the same "query", 100 `SET ... PX` in one pipeline, by hand |
 //!
 //! The "query" builds the 100 rows in process (no database): what is measured is the cache's

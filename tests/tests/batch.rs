@@ -673,3 +673,24 @@ async fn cold_batch_on_a_cluster_is_one_script_per_slot() {
     assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
     assert!(s.db.queries().is_empty(), "all 100 were stored");
 }
+
+/// A key holding another type (another application's data) in a batch: its element is
+/// loaded and returned, the key left alone, and the batch's other keys are stored (the
+/// begin-fill script answers per key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_another_type_in_a_batch_is_loaded_not_stored() {
+    let server = RedisServer::start();
+    let s = Service {
+        cache: Cache::builder().redis(server.url()).prefix("o:").build().await.unwrap(),
+        db: Db::with_rows(1..=3),
+    };
+    let mut raw = server.connection().await;
+    let _: () =
+        redis::cmd("RPUSH").arg("o:vehicle:2").arg("theirs").query_async(&mut raw).await.unwrap();
+    assert_eq!(s.vehicles(&[1, 2, 3]).await.unwrap().len(), 3);
+    assert_eq!(s.vehicles(&[1, 2, 3]).await.unwrap().len(), 3);
+    assert_eq!(s.db.queries(), [vec![1, 2, 3], vec![2]], "1 and 3 were stored");
+    let kind: String = redis::cmd("TYPE").arg("o:vehicle:2").query_async(&mut raw).await.unwrap();
+    assert_eq!(kind, "list", "another application's key is left alone");
+    assert!(s.cache.stats_of("vehicles").errors >= 1);
+}
