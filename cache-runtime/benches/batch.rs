@@ -13,8 +13,8 @@
 //! prints the ratios the issue sets targets for:
 //!
 //! ```text
-//! ratio warm 100 singles/batch: 12.7x   (target >= 20x)
-//! ratio cold batch/hand-written: 8.70x   (target <= 1.3x)
+//! ratio warm 100 singles/batch: 8.2x   (target >= 20x)
+//! ratio cold batch/hand-written: 4.36x   (target <= 1.3x)
 //! ```
 //!
 //! (One run on a loaded 2-core machine; both goals are not met yet: see "Batch loads" in
