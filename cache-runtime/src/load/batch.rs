@@ -13,8 +13,8 @@
 //!    a key greater than every key it leads, and single leaders wait for nobody.
 //! 4. **Fill tickets** for the led keys ([`begin_many`]: one begin-fill script for all on
 //!    Redis, one per slot on a cluster, in parallel: one round trip), so DESIGN 2.9 holds
-//!    per key: a key written or invalidated while the body runs
-//!    refuses its fill. A value that landed meanwhile answers its key. Each marker joins its
+//!    per key: a key written or invalidated while the body runs refuses its fill. A value
+//!    that landed meanwhile answers its key. Each marker joins its
 //!    key's tag sets (`tags = [...]`), so an `invalidate_tag` meanwhile refuses it too.
 //! 5. **The body**, once, with the elements that still miss (and those whose key is over
 //!    `max_key_bytes`, never cached), in first-seen order. `Err` stores nothing and is
@@ -141,7 +141,7 @@ where
         }
     }
 
-    // 4. Fill tickets, all in flight together.
+    // 4. Fill tickets, in one round trip.
     let loads: Vec<&Load<'_, R::Value>> = led.iter().map(|led| &led.load).collect();
     let began = begin_many(&loads, true).await;
     drop(loads);
@@ -192,7 +192,7 @@ where
         }
     };
 
-    // 6. Fills (values, absent results), all in flight together.
+    // 6. Fills (values, absent results), in one round trip.
     let format = &core.settings().format;
     let outcomes: Vec<Landed> = loading
         .iter()

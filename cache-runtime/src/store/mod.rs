@@ -14,6 +14,10 @@
 //!    and every invalidation replaces or removes the marker, so a load that an invalidation
 //!    overtook is refused by the store itself, in whatever process it runs.
 //!
+//! A batch (`#[cached_batch]`) runs the same three steps for all its keys at once:
+//! [`Store::begin_fills`] and [`Store::settle_many`] (its fills and abandons), one round trip
+//! each, every key decided as it would be alone.
+//!
 //! A refresh of a value that is still served uses the same call with a
 //! [`Ticket::Replace`]: the new value goes in only if the key still holds the very value
 //! the refresh started from.
