@@ -33,7 +33,7 @@ use crate::log_limit::LogKind;
 use crate::scope::Scope;
 use crate::shape::{Outcome, Shape};
 use crate::stats::{Counters, DIRECT_CALLS};
-use crate::store::{Removed, Ticket};
+use crate::store::{Removed, Settle, Ticket};
 
 /// One write or removal.
 pub(crate) enum Change<'a> {
@@ -53,6 +53,11 @@ pub(crate) enum Change<'a> {
     },
     /// Remove what the scope covers.
     Remove(Scope),
+    /// A batch's results, each key as [`Change::Fill`] does it (a [`Settle::Fill`]), or the
+    /// abandon of a load that stores nothing (a [`Settle::Abandon`]: whether its ticket
+    /// still holds), in one round trip (`Store::settle_many`). A value over
+    /// `max_value_bytes` is not stored: its marker is abandoned in the same round trip.
+    Settle(&'a [Settle<'a>]),
 }
 
 /// What [`apply`] did.
@@ -63,6 +68,18 @@ pub(crate) enum Applied {
     Removed(Removed),
     /// What became of a fill.
     Filled(Filled),
+    /// What became of each of a [`Change::Settle`]'s keys, in order.
+    Settled(Vec<Settled>),
+}
+
+/// What became of one key of a [`Change::Settle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// A fill: as [`Change::Fill`] reports it (never [`Filled::Skipped`]).
+    Filled(Filled),
+    /// An abandon, or a fill not attempted (too large) whose marker was abandoned instead:
+    /// whether the ticket still held (`None`: Redis failed, unknown).
+    Held(Option<bool>),
 }
 
 /// What became of a fill.
@@ -115,36 +132,45 @@ pub(crate) async fn apply(
             written.map(|()| Applied::Written)
         }
         Change::Fill { key, ticket, entry, ttl, tags } => {
-            let max = core.settings().max_value_bytes;
-            if entry.size() > max {
-                if let Some(suppressed) = core.log(LogKind::WriteFailed) {
-                    let key = core.shown(key);
-                    let bytes = entry.size();
-                    tracing::warn!(%key, bytes, max, suppressed, "value too large to cache; not stored");
-                }
-                counters.error(ErrorKind::TooLarge);
+            if !fits(core, counters, key, entry) {
                 return Ok(Applied::Filled(Filled::Skipped));
             }
             let filled = core.store().fill(key, ticket, entry, ttl, tags).await;
             if let Some(near) = core.near() {
                 near.evict(&Scope::Key(key.to_owned()));
             }
-            Ok(Applied::Filled(match filled {
-                Ok(true) => Filled::Stored,
-                Ok(false) => {
-                    let key = core.shown(key);
-                    tracing::debug!(%key, "the key was written or invalidated while loading; value returned, not stored");
-                    Filled::Refused
-                }
-                Err(error) => {
-                    if let Some(suppressed) = core.log(LogKind::WriteFailed) {
-                        let (key, error) = (core.shown(key), core.shown_error(&error, key));
-                        tracing::warn!(%key, %error, store = core.kind(), suppressed, "cache write failed");
+            Ok(Applied::Filled(filled_as(core, counters, key, filled)))
+        }
+        Change::Settle(settles) => {
+            // Too large: not stored, its marker abandoned instead (in the same call).
+            let ops: Vec<Settle<'_>> = settles
+                .iter()
+                .map(|settle| match settle {
+                    Settle::Fill { key, ticket, entry, .. }
+                        if !fits(core, counters, key, entry) =>
+                    {
+                        Settle::Abandon { key, ticket }
                     }
-                    counters.error(error.kind());
-                    Filled::Failed
-                }
-            }))
+                    Settle::Fill { key, ticket, entry, ttl, tags } => {
+                        Settle::Fill { key, ticket, entry, ttl: *ttl, tags }
+                    }
+                    Settle::Abandon { key, ticket } => Settle::Abandon { key, ticket },
+                })
+                .collect();
+            let results = core.store().settle_many(&ops).await;
+            let mut settled = Vec::with_capacity(ops.len());
+            for (op, result) in ops.iter().zip(results) {
+                settled.push(match op {
+                    Settle::Fill { key, .. } => {
+                        if let Some(near) = core.near() {
+                            near.evict(&Scope::Key((*key).to_owned()));
+                        }
+                        Settled::Filled(filled_as(core, counters, key, result))
+                    }
+                    Settle::Abandon { .. } => Settled::Held(result.ok()),
+                });
+            }
+            Ok(Applied::Settled(settled))
         }
         Change::Remove(scope) => {
             let span = invalidate_span(core, counters, &scope);
@@ -210,6 +236,42 @@ pub(crate) fn invalidate_span(core: &CacheCore, counters: &Counters, scope: &Sco
         };
     }
     span
+}
+
+/// Whether a load's `entry` may be stored under `key` (not over `max_value_bytes`); when
+/// not, logged and counted.
+fn fits(core: &CacheCore, counters: &Counters, key: &str, entry: &Entry) -> bool {
+    let max = core.settings().max_value_bytes;
+    if entry.size() <= max {
+        return true;
+    }
+    if let Some(suppressed) = core.log(LogKind::WriteFailed) {
+        let key = core.shown(key);
+        let bytes = entry.size();
+        tracing::warn!(%key, bytes, max, suppressed, "value too large to cache; not stored");
+    }
+    counters.error(ErrorKind::TooLarge);
+    false
+}
+
+/// What the store's answer to a fill of `key` means (logged and counted when it failed).
+fn filled_as(core: &CacheCore, counters: &Counters, key: &str, filled: Result<bool>) -> Filled {
+    match filled {
+        Ok(true) => Filled::Stored,
+        Ok(false) => {
+            let key = core.shown(key);
+            tracing::debug!(%key, "the key was written or invalidated while loading; value returned, not stored");
+            Filled::Refused
+        }
+        Err(error) => {
+            if let Some(suppressed) = core.log(LogKind::WriteFailed) {
+                let (key, error) = (core.shown(key), core.shown_error(&error, key));
+                tracing::warn!(%key, %error, store = core.kind(), suppressed, "cache write failed");
+            }
+            counters.error(error.kind());
+            Filled::Failed
+        }
+    }
 }
 
 /// The entry, if the store may take it (not over `max_value_bytes`).

@@ -408,8 +408,14 @@ async fn warm_batch_is_one_mget() {
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut raw).await.unwrap();
     assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
     assert!(s.vehicles(&[]).await.unwrap().is_empty());
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut raw).await.unwrap();
-    let calls: Vec<(String, u64)> = info
+    assert_eq!(commands(&mut raw).await, [("mget".to_owned(), 1)]);
+}
+
+/// The commands a standalone server ran since its last `CONFIG RESETSTAT`, by name (sorted),
+/// leaving out the test's own.
+async fn commands(raw: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64)> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(raw).await.unwrap();
+    let mut calls: Vec<(String, u64)> = info
         .lines()
         .filter_map(|line| {
             let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
@@ -418,7 +424,129 @@ async fn warm_batch_is_one_mget() {
         })
         .filter(|(name, _)| name != "info" && name != "config|resetstat")
         .collect();
-    assert_eq!(calls, [("mget".to_owned(), 1)], "{info}");
+    calls.sort();
+    calls
+}
+
+/// A standalone service of its own with rows `1..=rows`, after one cold batch of `warm`
+/// (its scripts loaded, the server's eviction settings read), its command counts reset.
+async fn cold_standalone(
+    prefix: &str,
+    rows: u64,
+    warm: u64,
+) -> (RedisServer, Service, redis::aio::MultiplexedConnection) {
+    let server = RedisServer::start();
+    let s = Service {
+        cache: Cache::builder().redis(server.url()).prefix(prefix).build().await.unwrap(),
+        db: Db::with_rows(1..=rows),
+    };
+    let first: Vec<u64> = (1..=warm).collect();
+    assert_eq!(s.vehicles(&first).await.unwrap().len(), first.len());
+    assert_eq!(s.db.queries(), [first]);
+    let mut raw = server.connection().await;
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut raw).await.unwrap();
+    (server, s, raw)
+}
+
+/// The commands a cold batch of `n` keys sharing one index runs inside its scripts
+/// (`INFO commandstats` counts them too): per key a `GET` and a `SET` in each script; per
+/// script call of begin-fill, one server clock read and one update of the index (one
+/// `ZADD` for all its keys, its pruning and expiry).
+fn in_scripts(n: u64, calls: u64) -> [(String, u64); 8] {
+    [
+        ("exists".to_owned(), calls),
+        ("get".to_owned(), 2 * n),
+        ("pexpire".to_owned(), calls),
+        ("pttl".to_owned(), calls),
+        ("set".to_owned(), 2 * n),
+        ("time".to_owned(), calls),
+        ("zadd".to_owned(), calls),
+        ("zremrangebyscore".to_owned(), calls),
+    ]
+}
+
+/// What a cold batch on a standalone server should have run: `scripts` `EVALSHA`, one
+/// `MGET`, and what they ran inside.
+fn cold(n: u64, scripts: u64) -> Vec<(String, u64)> {
+    let mut calls = in_scripts(n, scripts / 2).to_vec();
+    calls.push(("evalsha".to_owned(), scripts));
+    calls.push(("mget".to_owned(), 1));
+    calls.sort();
+    calls
+}
+
+/// A cold batch of 100 on a standalone Redis is one `MGET`, one begin-fill script and one
+/// fill script (two `EVALSHA`), and nothing else (but what the scripts run inside: per key
+/// a `GET` and a `SET` in each, one index update for all); every value is stored and
+/// indexed (a pattern invalidation finds them all through the index, without a scan).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_batch_is_one_mget_and_two_scripts() {
+    let (_server, s, mut raw) = cold_standalone("c:", 200, 100).await;
+    let ids: Vec<u64> = (101..=200).collect();
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
+    assert_eq!(commands(&mut raw).await, cold(100, 2));
+    assert_eq!(s.db.queries(), std::slice::from_ref(&ids));
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
+    assert!(s.db.queries().is_empty(), "all 100 were stored");
+    s.cache.invalidate_pattern("vehicle:1*").await.unwrap();
+    assert_eq!(s.cache.stats().pattern_scans, 0, "the index served the pattern");
+    let got = s.vehicles(&ids).await.unwrap();
+    assert_eq!(got.len(), 100);
+    let reloaded: Vec<u64> = (101..=199).collect();
+    assert_eq!(s.db.queries(), [reloaded], "every key the pattern matches was indexed");
+}
+
+/// A batch over the chunk size (500 keys per script call) is split: 1,200 keys are one
+/// `MGET`, three begin-fill and three fill scripts; all are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_the_chunk_size_is_split() {
+    let (_server, s, mut raw) = cold_standalone("k:", 1300, 1).await;
+    let ids: Vec<u64> = (101..=1300).collect();
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 1200);
+    assert_eq!(commands(&mut raw).await, cold(1200, 6));
+    assert_eq!(s.db.queries(), std::slice::from_ref(&ids));
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut raw).await.unwrap();
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 1200);
+    assert!(s.db.queries().is_empty(), "all 1,200 were stored");
+    assert_eq!(commands(&mut raw).await, [("mget".to_owned(), 1)]);
+}
+
+/// A value over `max_value_bytes` in a batch is returned, not stored, and does not keep the
+/// others from being stored; its marker is gone (the next batch loads only it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_too_large_in_a_batch_is_returned_not_stored() {
+    let server = RedisServer::start();
+    let s = Service {
+        cache: Cache::builder()
+            .redis(server.url())
+            .prefix("t:")
+            .max_value_bytes(200)
+            .build()
+            .await
+            .unwrap(),
+        db: Db::with_rows(1..=3),
+    };
+    let keys = ["big:1", "big:2", "big:3"];
+    let loaded = Mutex::new(Vec::new());
+    let load = |missed: Vec<String>| async {
+        loaded.lock().unwrap().push(missed.clone());
+        let long = |key: &str| if key == "big:2" { 500 } else { 5 };
+        Ok::<_, cache_runtime::Error>(
+            missed.into_iter().map(|k| (k.clone(), "x".repeat(long(&k)))).collect(),
+        )
+    };
+    let got = s.cache.get_or_load_many(&keys, Duration::from_secs(60), load).await.unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got["big:2"].len(), 500, "returned");
+    let got = s.cache.get_or_load_many(&keys, Duration::from_secs(60), load).await.unwrap();
+    assert_eq!(got.len(), 3);
+    let loaded = loaded.into_inner().unwrap();
+    assert_eq!(loaded, [vec!["big:1", "big:2", "big:3"], vec!["big:2"]], "1 and 3 were stored");
+    let mut raw = server.connection().await;
+    let marker: Option<Vec<u8>> =
+        redis::cmd("GET").arg("t:big:2").query_async(&mut raw).await.unwrap();
+    assert_eq!(marker, None, "no marker left behind");
+    assert!(s.cache.stats().errors >= 1);
 }
 
 /// The commands each node of `cluster` ran since its last `CONFIG RESETSTAT`, by name,
@@ -506,4 +634,63 @@ async fn near_cache_hits_answer_without_redis() {
     s.reprice(3, 999).await.unwrap();
     assert_eq!(s.vehicles(&ids).await.unwrap()[&3].price, 999);
     assert_eq!(s.db.queries(), [ids.clone(), vec![3]]);
+}
+
+/// On a cluster a cold batch of 100 is, besides its `MGET`s, one begin-fill script and one
+/// fill script per slot its keys fall in (sent in parallel) and one index update for the
+/// index they share (`vehicle:`): `2 × slots + 1` scripts, nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_batch_on_a_cluster_is_one_script_per_slot() {
+    let cluster = RedisCluster::start(3, 0);
+    let s = Service {
+        cache: Cache::builder().redis_cluster(cluster.urls()).prefix("cc:").build().await.unwrap(),
+        db: Db::with_rows(1..=200),
+    };
+    let first: Vec<u64> = (1..=100).collect();
+    assert_eq!(s.vehicles(&first).await.unwrap().len(), 100);
+    for node in 0..3 {
+        assert_eq!(cluster.cli(node, &["CONFIG", "RESETSTAT"]).trim(), "OK");
+    }
+    let ids: Vec<u64> = (101..=200).collect();
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
+    let slots: std::collections::HashSet<_> = ids
+        .iter()
+        .map(|id| redis::cluster_routing::Slot::for_key(format!("cc:vehicle:{id}")))
+        .collect();
+    let mut calls = commands_on(&cluster, 3);
+    calls.sort();
+    println!("a cold batch of 100 on 3 masters ({} slots): {calls:?}", slots.len());
+    let scripts = 2 * slots.len() as u64 + 1;
+    let evalsha = calls.iter().find(|(name, _)| name == "evalsha");
+    assert_eq!(evalsha, Some(&("evalsha".to_owned(), scripts)), "{calls:?}");
+    let mgets = calls.iter().find(|(name, _)| name == "mget").map(|(_, n)| *n);
+    assert!(mgets.is_some_and(|n| (1..=100).contains(&n)), "{calls:?}");
+    // Inside the scripts: per key a `GET` and a `SET` in each; one index update.
+    let others: Vec<_> =
+        calls.iter().filter(|(name, _)| name != "evalsha" && name != "mget").cloned().collect();
+    assert_eq!(others, in_scripts(100, 1), "{calls:?}");
+    assert_eq!(s.db.queries(), [first, ids.clone()]);
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
+    assert!(s.db.queries().is_empty(), "all 100 were stored");
+}
+
+/// A key holding another type (another application's data) in a batch: its element is
+/// loaded and returned, the key left alone, and the batch's other keys are stored (the
+/// begin-fill script answers per key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_another_type_in_a_batch_is_loaded_not_stored() {
+    let server = RedisServer::start();
+    let s = Service {
+        cache: Cache::builder().redis(server.url()).prefix("o:").build().await.unwrap(),
+        db: Db::with_rows(1..=3),
+    };
+    let mut raw = server.connection().await;
+    let _: () =
+        redis::cmd("RPUSH").arg("o:vehicle:2").arg("theirs").query_async(&mut raw).await.unwrap();
+    assert_eq!(s.vehicles(&[1, 2, 3]).await.unwrap().len(), 3);
+    assert_eq!(s.vehicles(&[1, 2, 3]).await.unwrap().len(), 3);
+    assert_eq!(s.db.queries(), [vec![1, 2, 3], vec![2]], "1 and 3 were stored");
+    let kind: String = redis::cmd("TYPE").arg("o:vehicle:2").query_async(&mut raw).await.unwrap();
+    assert_eq!(kind, "list", "another application's key is left alone");
+    assert!(s.cache.stats_of("vehicles").errors >= 1);
 }

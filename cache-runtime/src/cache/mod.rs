@@ -440,7 +440,7 @@ impl Cache {
         let counters = self.core.counters(DIRECT_CALLS);
         match write::apply(&self.core, &counters, Change::Remove(scope)).await? {
             Applied::Removed(removed) => Ok(removed.keys),
-            Applied::Written | Applied::Filled(_) => Ok(0),
+            Applied::Written | Applied::Filled(_) | Applied::Settled(_) => Ok(0),
         }
     }
 

@@ -11,31 +11,33 @@
 //!    meanwhile wait for this batch. Joining in one global order (the keys') is what keeps
 //!    two batches waiting on each other's keys from waiting forever: a batch only waits for
 //!    a key greater than every key it leads, and single leaders wait for nobody.
-//! 4. **Fill tickets** for the led keys ([`Load::begin`], all in flight together: one round
-//!    trip), so DESIGN 2.9 holds per key: a key written or invalidated while the body runs
-//!    refuses its fill. A value that landed meanwhile answers its key. Each marker joins its
+//! 4. **Fill tickets** for the led keys ([`begin_many`]: one begin-fill script for all on
+//!    Redis, one per slot on a cluster, in parallel: one round trip), so DESIGN 2.9 holds
+//!    per key: a key written or invalidated while the body runs refuses its fill. A value
+//!    that landed meanwhile answers its key. Each marker joins its
 //!    key's tag sets (`tags = [...]`), so an `invalidate_tag` meanwhile refuses it too.
 //! 5. **The body**, once, with the elements that still miss (and those whose key is over
 //!    `max_key_bytes`, never cached), in first-seen order. `Err` stores nothing and is
 //!    returned.
 //! 6. **Fills** of what it returned, an absent result for what it left out (stored with
-//!    `absent_ttl`, else only the marker removed), all in flight together (one round trip),
-//!    each through the write path and its ticket ([`Load::finish`]), which also hands the
-//!    value to the single callers waiting on the key.
+//!    `absent_ttl`, else only the marker removed), all through the write path and their
+//!    tickets in one round trip ([`finish_many`]: one fill script on Redis, one per slot on
+//!    a cluster), each key's outcome decided as a single load's, which also hands the value
+//!    to the single callers waiting on the key.
 //!
-//! On Redis a warm batch is one `MGET`; a cold one is the `MGET`, one round trip of
-//! begin-fill scripts, the body, one round trip of fill scripts.
+//! On Redis a warm batch is one `MGET`; a cold one is the `MGET`, one begin-fill script,
+//! the body, one fill script (on a cluster: one of each per slot, in parallel, and one index
+//! update per index; 500 keys at most per script call).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::future::join_all;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Began, Load, Permit};
+use super::{begin_many, finish_many, Began, Load, Permit};
 use crate::batch_shape::BatchReturn;
 use crate::codec::{Cloner, Entry};
 use crate::core::CacheCore;
@@ -139,8 +141,10 @@ where
         }
     }
 
-    // 4. Fill tickets, all in flight together.
-    let began = join_all(led.iter().map(|led| led.load.begin(true))).await;
+    // 4. Fill tickets, in one round trip.
+    let loads: Vec<&Load<'_, R::Value>> = led.iter().map(|led| &led.load).collect();
+    let began = begin_many(&loads, true).await;
+    drop(loads);
     let mut loading = Vec::with_capacity(led.len());
     for (mut led, began) in led.into_iter().zip(began) {
         match began {
@@ -180,15 +184,15 @@ where
     let loaded = match returned.into_result() {
         Ok(loaded) => loaded,
         Err(error) => {
-            join_all(loading.iter_mut().map(|Led { load, leader, permit, .. }| {
-                load.finish(Landed::Failed, permit, Some(leader))
-            }))
-            .await;
+            let failed = loading
+                .iter_mut()
+                .map(|Led { load, leader, permit, .. }| (&*load, Landed::Failed, &*permit, leader));
+            finish_many(failed.collect()).await;
             return R::from_result(Err(error));
         }
     };
 
-    // 6. Fills (values, absent results), all in flight together.
+    // 6. Fills (values, absent results), in one round trip.
     let format = &core.settings().format;
     let outcomes: Vec<Landed> = loading
         .iter()
@@ -208,10 +212,11 @@ where
             None => Landed::Absent,
         })
         .collect();
-    join_all(loading.iter_mut().zip(outcomes).map(
-        |(Led { load, leader, permit, .. }, outcome)| load.finish(outcome, permit, Some(leader)),
-    ))
-    .await;
+    let finishing = loading
+        .iter_mut()
+        .zip(outcomes)
+        .map(|(Led { load, leader, permit, .. }, outcome)| (&*load, outcome, &*permit, leader));
+    finish_many(finishing.collect()).await;
     let asked: HashSet<&R::Key> = asked.iter().map(|&at| element(at)).collect();
     let mut loaded: Vec<(R::Key, R::Value)> =
         loaded.into_iter().filter(|(element, _)| asked.contains(element)).collect();

@@ -37,8 +37,8 @@ use crate::policy::Policy;
 use crate::read::{self, Missed, Read, StoreUse};
 use crate::shape::{Outcome, Shape};
 use crate::stats::Counters;
-use crate::store::{Begun, Found, Ticket, Version};
-use crate::write::{self, Applied, Change, Filled};
+use crate::store::{Begun, FillPlan, Found, Settle, Ticket, Version};
+use crate::write::{self, Applied, Change, Filled, Settled};
 
 pub(crate) mod batch;
 pub(crate) mod body;
@@ -207,6 +207,126 @@ pub(crate) enum Permit {
     Ticket(Ticket),
     /// No ticket (Redis failing): nothing is stored, and the value is unconfirmed.
     None,
+}
+
+/// What the store must do with a load's outcome once its body ran
+/// ([`Load::settling`]), and what the followers get then.
+enum Settling<'p> {
+    /// Nothing: publish this.
+    Done(Landed),
+    /// Remove the marker (whatever the answer), then publish this.
+    Drop { ticket: &'p Ticket, published: Landed },
+    /// Fill `entry` for `ttl` with the ticket; `stored` is published when it was stored.
+    Fill { ticket: &'p Ticket, entry: Arc<Entry>, ttl: std::time::Duration, stored: Landed },
+    /// Nothing to store: publish `outcome` if the ticket still holds (the marker removed).
+    Confirm { ticket: &'p Ticket, outcome: Landed },
+}
+
+/// What the followers get for a value that was not stored (or an absent result), given
+/// whether the load's ticket still `held` (`None`: Redis failed, unknown: only the
+/// followers that joined before the body started may take it).
+fn confirmed(outcome: Landed, held: Option<bool>) -> Landed {
+    match held {
+        Some(true) => outcome,
+        Some(false) => Landed::Refused,
+        None => match outcome {
+            Landed::Value(entry) => Landed::Unconfirmed(Some(entry)),
+            Landed::Absent => Landed::Unconfirmed(None),
+            other => other,
+        },
+    }
+}
+
+/// [`Load::begin`] for many loads (a batch's, one policy): one round trip to the store
+/// (`Store::begin_fills`) for all, each answer classified as a single load classifies its
+/// own ([`Load::began`]); a key whose stored value is to be replaced is asked again alone.
+pub(crate) async fn begin_many<T>(loads: &[&Load<'_, T>], accepts_absent: bool) -> Vec<Began<T>>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let mut began: Vec<Option<Began<T>>> = loads.iter().map(|_| None).collect();
+    let mut asked = Vec::new();
+    let mut plans = Vec::new();
+    for (at, load) in loads.iter().enumerate() {
+        match load.plan() {
+            Some(plan) => {
+                asked.push(at);
+                plans.push((load.key, plan));
+            }
+            None => began[at] = Some(Began::Failed),
+        }
+    }
+    let Some(first) = loads.first() else { return Vec::new() };
+    let replies = first.core.store().begin_fills(&plans).await;
+    for ((at, (_, mut plan)), reply) in asked.into_iter().zip(plans).zip(replies) {
+        let load = loads[at];
+        began[at] = Some(match load.began(reply, &mut plan, accepts_absent) {
+            Some(answer) => answer,
+            None => load.begin_with(&mut plan, accepts_absent).await,
+        });
+    }
+    began.into_iter().map(|began| began.unwrap_or(Began::Failed)).collect()
+}
+
+/// [`Load::finish`] for many loads (a batch's, each leading its key's flight): their fills
+/// and abandons in one round trip through the write path (`Change::Settle`), each load's
+/// outcome decided and published as a single load's is ([`Load::settling`],
+/// [`Load::published`]).
+pub(crate) async fn finish_many<T>(finishing: Vec<(&Load<'_, T>, Landed, &Permit, &mut Leader)>)
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let mut steps = Vec::with_capacity(finishing.len());
+    let mut loads = Vec::with_capacity(finishing.len());
+    for (load, outcome, permit, leader) in finishing {
+        leader.settling();
+        let invalidated = leader.invalidated();
+        steps.push(load.settling(outcome, permit, invalidated));
+        loads.push((load, leader));
+    }
+    let Some((first, _)) = loads.first() else { return };
+    let (core, counters) = (first.core, first.counters);
+    let mut ops = Vec::new();
+    let mut asking = Vec::with_capacity(steps.len());
+    for (step, (load, _)) in steps.iter().zip(&loads) {
+        let op = match step {
+            Settling::Done(_) => None,
+            Settling::Drop { ticket, .. } | Settling::Confirm { ticket, .. } => {
+                Some(Settle::Abandon { key: load.key, ticket })
+            }
+            Settling::Fill { ticket, entry, ttl, .. } => {
+                Some(Settle::Fill { key: load.key, ticket, entry, ttl: *ttl, tags: load.tags })
+            }
+        };
+        asking.push(op.is_some());
+        ops.extend(op);
+    }
+    let mut settled = match ops.is_empty() {
+        true => Vec::new(),
+        false => match write::apply(core, counters, Change::Settle(&ops)).await {
+            Ok(Applied::Settled(settled)) => settled,
+            _ => ops.iter().map(|_| Settled::Held(None)).collect(),
+        },
+    }
+    .into_iter();
+    drop(ops);
+    for ((step, (load, leader)), asked) in steps.into_iter().zip(loads).zip(asking) {
+        let answer = if asked { settled.next() } else { None };
+        let published = match (step, answer) {
+            (Settling::Done(published), _) | (Settling::Drop { published, .. }, _) => published,
+            (Settling::Confirm { outcome, .. }, Some(Settled::Held(held))) => {
+                confirmed(outcome, held)
+            }
+            (Settling::Fill { ticket, stored, .. }, Some(Settled::Filled(filled))) => {
+                load.after_fill(filled, ticket, stored).await
+            }
+            // A value too large to store: its marker was abandoned instead.
+            (Settling::Fill { stored, .. }, Some(Settled::Held(held))) => confirmed(stored, held),
+            (Settling::Confirm { outcome, .. }, _) => confirmed(outcome, None),
+            (Settling::Fill { stored, .. }, _) => confirmed(stored, None),
+        };
+        load.published(published, Some(leader));
+    }
 }
 
 /// Cache-aside with single flight, for every cached call: the read path (`read.rs`), and
@@ -568,44 +688,72 @@ where
 
     /// Step 1 of the fill protocol: the value if one landed since the miss, else a ticket.
     pub(crate) async fn begin(&self, accepts_absent: bool) -> Began<T> {
+        let Some(mut plan) = self.plan() else { return Began::Failed };
+        self.begin_with(&mut plan, accepts_absent).await
+    }
+
+    /// What this load asks of [`Store::begin_fill`](crate::store::Store::begin_fill);
+    /// `None` when it leaves the store alone.
+    fn plan(&self) -> Option<FillPlan<'_>> {
         if self.store == StoreUse::Bypass {
-            return Began::Failed;
+            return None;
         }
-        let store = self.core.store();
-        let mut plan = read::fill_plan(self.core, self.policy, self.store == StoreUse::Overwrite);
-        plan.tags = self.tags;
+        let plan = read::fill_plan(self.core, self.policy, self.store == StoreUse::Overwrite);
+        Some(FillPlan { tags: self.tags, ..plan })
+    }
+
+    /// [`begin`](Self::begin) with `plan`, one round trip per try.
+    async fn begin_with(&self, plan: &mut FillPlan<'_>, accepts_absent: bool) -> Began<T> {
         loop {
-            match store.begin_fill(self.key, &plan).await {
-                Ok(Begun::Present(entry)) if entry.is_absent() => {
-                    if accepts_absent {
-                        return Began::Absent;
-                    }
-                    plan.force = true; // another function's absent result: ours has none
+            let reply = self.core.store().begin_fill(self.key, plan).await;
+            if let Some(began) = self.began(reply, plan, accepts_absent) {
+                return began;
+            }
+        }
+    }
+
+    /// What the store's answer to step 1 means for this load (the one place that rule is
+    /// written, for single and batch loads alike); `None`: ask again, `plan.force` now set
+    /// (what is stored is another function's absent result or data this load cannot
+    /// decode, and is to be replaced).
+    fn began(
+        &self,
+        reply: crate::error::Result<Begun>,
+        plan: &mut FillPlan<'_>,
+        accepts_absent: bool,
+    ) -> Option<Began<T>> {
+        match reply {
+            Ok(Begun::Present(entry)) if entry.is_absent() => {
+                if accepts_absent {
+                    return Some(Began::Absent);
                 }
-                Ok(Begun::Present(entry)) => match entry.take(self.cloner) {
-                    Ok(value) => return Began::Present(value),
-                    // Written for another type or schema (a rolling upgrade): leave it.
-                    Err(error @ DecodeError::Schema) => {
-                        self.counters.error(error.kind());
-                        return Began::Failed;
-                    }
-                    // Another service's data or an old schema: replace it.
-                    Err(error) if !plan.force => {
-                        self.counters.error(error.kind());
-                        plan.force = true;
-                    }
-                    Err(_) => return Began::Failed,
-                },
-                Ok(Begun::Ticket(ticket)) => return Began::Ticket(ticket),
-                Err(error) => {
-                    if let Some(suppressed) = self.core.log(LogKind::LoadFailed) {
-                        let (key, error) =
-                            (self.core.shown(self.key), self.core.shown_error(&error, self.key));
-                        tracing::warn!(%key, %error, suppressed, "could not prepare the fill; loading without caching");
-                    }
+                plan.force = true; // another function's absent result: ours has none
+                None
+            }
+            Ok(Begun::Present(entry)) => match entry.take(self.cloner) {
+                Ok(value) => Some(Began::Present(value)),
+                // Written for another type or schema (a rolling upgrade): leave it.
+                Err(error @ DecodeError::Schema) => {
                     self.counters.error(error.kind());
-                    return Began::Failed;
+                    Some(Began::Failed)
                 }
+                // Another service's data or an old schema: replace it.
+                Err(error) if !plan.force => {
+                    self.counters.error(error.kind());
+                    plan.force = true;
+                    None
+                }
+                Err(_) => Some(Began::Failed),
+            },
+            Ok(Begun::Ticket(ticket)) => Some(Began::Ticket(ticket)),
+            Err(error) => {
+                if let Some(suppressed) = self.core.log(LogKind::LoadFailed) {
+                    let (key, error) =
+                        (self.core.shown(self.key), self.core.shown_error(&error, self.key));
+                    tracing::warn!(%key, %error, suppressed, "could not prepare the fill; loading without caching");
+                }
+                self.counters.error(error.kind());
+                Some(Began::Failed)
             }
         }
     }
@@ -667,56 +815,85 @@ where
             leader.settling();
         }
         let invalidated = leader.as_ref().is_some_and(|leader| leader.invalidated());
-        let published = match (outcome, permit) {
-            (Landed::Failed, Permit::Ticket(ticket)) => {
+        let published = match self.settling(outcome, permit, invalidated) {
+            Settling::Done(published) => published,
+            Settling::Drop { ticket, published } => {
                 let _ = self.core.store().abandon(self.key, ticket).await;
-                Landed::Failed
+                published
+            }
+            Settling::Fill { ticket, entry, ttl, stored } => {
+                let filled = self.fill(ticket, &entry, ttl).await;
+                self.after_fill(filled, ticket, stored).await
+            }
+            Settling::Confirm { ticket, outcome } => self.confirm(ticket, outcome).await,
+        };
+        self.published(published, leader)
+    }
+
+    /// What the store must do with this load's `outcome` (the first step of
+    /// [`finish`](Self::finish), for single and batch loads alike). `invalidated`: an
+    /// invalidation of the key happened while it loaded (its flight says).
+    fn settling<'p>(&self, outcome: Landed, permit: &'p Permit, invalidated: bool) -> Settling<'p> {
+        match (outcome, permit) {
+            (Landed::Failed, Permit::Ticket(ticket)) => {
+                Settling::Drop { ticket, published: Landed::Failed }
             }
             (outcome, _) if invalidated => {
                 tracing::debug!(
                     key = %self.core.shown(self.key),
                     "key invalidated while loading; value returned, not stored"
                 );
-                if let Permit::Ticket(ticket) = permit {
-                    let _ = self.core.store().abandon(self.key, ticket).await;
-                }
-                if matches!(outcome, Landed::Failed) {
-                    outcome
-                } else {
-                    Landed::Refused
-                }
-            }
-            (Landed::Value(entry), Permit::Ticket(ticket)) => {
-                let lifetime = self.policy.lifetime();
-                match self.fill(ticket, &entry, lifetime).await {
-                    Filled::Stored => {
-                        self.set_outcome(LoadOutcome::Stored);
-                        Landed::Value(entry)
-                    }
-                    Filled::Refused => Landed::Refused,
-                    Filled::Skipped => self.confirm(ticket, Landed::Value(entry)).await,
-                    // Stored or not? Ask (and take our marker away if it is still there).
-                    Filled::Failed => self.confirm(ticket, Landed::Value(entry)).await,
+                let published = match outcome {
+                    Landed::Failed => outcome,
+                    _ => Landed::Refused,
+                };
+                match permit {
+                    Permit::Ticket(ticket) => Settling::Drop { ticket, published },
+                    Permit::None => Settling::Done(published),
                 }
             }
+            (Landed::Value(entry), Permit::Ticket(ticket)) => Settling::Fill {
+                ticket,
+                entry: Arc::clone(&entry),
+                ttl: self.policy.lifetime(),
+                stored: Landed::Value(entry),
+            },
             (Landed::Absent, Permit::Ticket(ticket)) => match self.policy.absent_ttl {
                 // Negative caching: the absent result is stored like a value.
-                Some(absent_ttl) => {
-                    let absent = Arc::new(Entry::absent());
-                    match self.fill(ticket, &absent, absent_ttl).await {
-                        Filled::Stored => Landed::Absent,
-                        Filled::Refused => Landed::Refused,
-                        Filled::Skipped | Filled::Failed => {
-                            self.confirm(ticket, Landed::Absent).await
-                        }
-                    }
-                }
-                None => self.confirm(ticket, Landed::Absent).await,
+                Some(absent_ttl) => Settling::Fill {
+                    ticket,
+                    entry: Arc::new(Entry::absent()),
+                    ttl: absent_ttl,
+                    stored: Landed::Absent,
+                },
+                None => Settling::Confirm { ticket, outcome: Landed::Absent },
             },
-            (Landed::Value(entry), Permit::None) => Landed::Unconfirmed(Some(entry)),
-            (Landed::Absent, Permit::None) => Landed::Unconfirmed(None),
-            (outcome, _) => outcome,
-        };
+            (Landed::Value(entry), Permit::None) => {
+                Settling::Done(Landed::Unconfirmed(Some(entry)))
+            }
+            (Landed::Absent, Permit::None) => Settling::Done(Landed::Unconfirmed(None)),
+            (outcome, _) => Settling::Done(outcome),
+        }
+    }
+
+    /// What the followers get after a fill that `filled`: `stored` when it was stored.
+    async fn after_fill(&self, filled: Filled, ticket: &Ticket, stored: Landed) -> Landed {
+        match filled {
+            Filled::Stored => {
+                self.set_outcome(LoadOutcome::Stored);
+                stored
+            }
+            Filled::Refused => Landed::Refused,
+            // Not stored (too large), or stored or not? Ask (and take our marker away if it
+            // is still there).
+            Filled::Skipped | Filled::Failed => self.confirm(ticket, stored).await,
+        }
+    }
+
+    /// The last step of [`finish`](Self::finish): records what became of the load, hands
+    /// `published` to the flight's followers, and returns what the processes waiting on the
+    /// load lease should hear.
+    fn published(&self, published: Landed, leader: Option<&mut Leader>) -> Signal {
         // What this load's span records, when the fill did not say already.
         match &published {
             Landed::Value(_) if self.outcome() == LoadOutcome::Stored => {}
@@ -745,15 +922,7 @@ where
     /// A value that was not stored (or an absent result): hand it to the followers only if
     /// the ticket still holds; a marker this load placed is removed meanwhile.
     async fn confirm(&self, ticket: &Ticket, outcome: Landed) -> Landed {
-        match self.core.store().abandon(self.key, ticket).await {
-            Ok(true) => outcome,
-            Ok(false) => Landed::Refused,
-            Err(_) => match outcome {
-                Landed::Value(entry) => Landed::Unconfirmed(Some(entry)),
-                Landed::Absent => Landed::Unconfirmed(None),
-                other => other,
-            },
-        }
+        confirmed(outcome, self.core.store().abandon(self.key, ticket).await.ok())
     }
 
     /// The kept stale value, decoded.

@@ -14,6 +14,10 @@
 //!    and every invalidation replaces or removes the marker, so a load that an invalidation
 //!    overtook is refused by the store itself, in whatever process it runs.
 //!
+//! A batch (`#[cached_batch]`) runs the same three steps for all its keys at once:
+//! [`Store::begin_fills`] and [`Store::settle_many`] (its fills and abandons), one round trip
+//! each, every key decided as it would be alone.
+//!
 //! A refresh of a value that is still served uses the same call with a
 //! [`Ticket::Replace`]: the new value goes in only if the key still holds the very value
 //! the refresh started from.
@@ -135,6 +139,36 @@ pub(crate) enum Ticket {
         old: Arc<Entry>,
         version: Version,
     },
+}
+
+/// One key's step 3 of the fill protocol in a batch ([`Store::settle_many`]).
+pub(crate) enum Settle<'a> {
+    /// [`Store::fill`]: store `entry` for `ttl` if `ticket` still holds.
+    Fill {
+        key: &'a str,
+        ticket: &'a Ticket,
+        entry: &'a Arc<Entry>,
+        ttl: Duration,
+        tags: &'a [String],
+    },
+    /// [`Store::abandon`]: the load stores nothing; whether `ticket` still holds.
+    Abandon { key: &'a str, ticket: &'a Ticket },
+}
+
+impl Settle<'_> {
+    /// The key it settles.
+    pub(crate) fn key(&self) -> &str {
+        match self {
+            Settle::Fill { key, .. } | Settle::Abandon { key, .. } => key,
+        }
+    }
+
+    /// The ticket it settles.
+    pub(crate) fn ticket(&self) -> &Ticket {
+        match self {
+            Settle::Fill { ticket, .. } | Settle::Abandon { ticket, .. } => ticket,
+        }
+    }
 }
 
 /// A pending marker's identity.
@@ -317,6 +351,46 @@ impl Store {
             Store::Memory(store) => Ok(store.begin_fill(key, plan).await),
             #[cfg(feature = "redis")]
             Store::Redis(store) => store.begin_fill(key, plan).await,
+        }
+    }
+
+    /// Step 1 for many keys (a batch), each with its plan (the plans share `lifetime`,
+    /// `fresh_for` and `window`, one policy; never the lookup): what
+    /// [`begin_fill`](Self::begin_fill) answers for each, in order. On Redis one script call
+    /// (per slot on a cluster, in parallel; per 500 keys), each key classified as alone.
+    pub(crate) async fn begin_fills(&self, fills: &[(&str, FillPlan<'_>)]) -> Vec<Result<Begun>> {
+        match self {
+            Store::Memory(store) => {
+                let mut begun = Vec::with_capacity(fills.len());
+                for (key, plan) in fills {
+                    begun.push(Ok(store.begin_fill(key, plan).await));
+                }
+                begun
+            }
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => store.begin_fills(fills).await,
+        }
+    }
+
+    /// Step 3 for many keys (a batch's fills and abandons): what [`fill`](Self::fill) or
+    /// [`abandon`](Self::abandon) answers for each, in order. On Redis one script call (per
+    /// slot on a cluster, in parallel; per 500 keys).
+    pub(crate) async fn settle_many(&self, settles: &[Settle<'_>]) -> Vec<Result<bool>> {
+        match self {
+            Store::Memory(_) => {
+                let mut settled = Vec::with_capacity(settles.len());
+                for settle in settles {
+                    settled.push(match settle {
+                        Settle::Fill { key, ticket, entry, ttl, tags } => {
+                            self.fill(key, ticket, entry, *ttl, tags).await
+                        }
+                        Settle::Abandon { key, ticket } => self.abandon(key, ticket).await,
+                    });
+                }
+                settled
+            }
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => store.settle_many(settles).await,
         }
     }
 

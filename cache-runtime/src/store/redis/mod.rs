@@ -28,12 +28,15 @@ use futures_util::future::try_join_all;
 use redis::aio::ConnectionManagerConfig;
 use tokio::sync::OnceCell;
 
-use scripts::{Abandon, BeginFill, Call, Cover, Fill, IndexAdd, Replace, Target, Write};
+use scripts::{
+    Abandon, BeginFill, BeginFills, BeginKey, Call, Cover, Fill, IndexAdd, IndexAddMany, Replace,
+    SettleKey, SettleOp, Settles, Target, Write,
+};
 
 use super::endpoint::{redact_url, Endpoints, Tls};
 use super::lease::new_token;
 use super::link::{needs_renewal, LazyCluster, Link, Standalone};
-use super::{Begun, FillPlan, Found, Marker, Ticket, Touch, Version};
+use super::{Begun, FillPlan, Found, Marker, Settle, Ticket, Touch, Version};
 use crate::breaker::{is_connection_failure, Breaker, BreakerState, Pass};
 use crate::codec::Entry;
 use crate::error::{BackendError, Error, Result};
@@ -64,6 +67,19 @@ const OVER_LIMIT_TAG: &[u8] = b"\0cache-runtime:over-limit:";
 fn over_limit_reply(bytes: &[u8]) -> Option<usize> {
     let digits = bytes.strip_prefix(OVER_LIMIT_TAG)?;
     std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The most keys one batch script call takes ([`RedisStore::begin_fills`],
+/// [`RedisStore::settle_many`]): a batch of more is split, so no single call blocks the
+/// server for long (a call costs a few microseconds per key).
+pub(crate) const BATCH_CHUNK: usize = 500;
+
+/// A copy of a store error, for each key of a batch call that failed as a whole.
+fn again(error: &Error) -> Error {
+    match error {
+        Error::Backend(error) => Error::backend(error.0.clone()),
+        _ => Error::Unavailable,
+    }
 }
 
 /// The expired value a marker keeps for stale fallback, if any.
@@ -631,7 +647,12 @@ impl RedisStore {
         } else {
             self.call(&begin).await?
         };
-        Ok(if found == 1 {
+        Ok(self.begun(found, bytes, &marker))
+    }
+
+    /// What a begin-fill script's reply `(found, bytes)` for a key given `marker` says.
+    fn begun(&self, found: i64, bytes: Vec<u8>, marker: &[u8]) -> Begun {
+        if found == 1 {
             Begun::Present(Arc::new(match over_limit_reply(&bytes) {
                 Some(len) => Entry::over_limit(len, self.read),
                 None => Entry::from_stored(bytes, self.read),
@@ -640,7 +661,258 @@ impl RedisStore {
             Begun::Ticket(Ticket::Marker(Marker::Redis(bytes)))
         } else {
             Begun::Ticket(Ticket::Adopted(Marker::Redis(bytes)))
-        })
+        }
+    }
+
+    /// Step 1 of the fill protocol for many keys (a batch), each with its plan (the plans
+    /// share `lifetime`, `fresh_for` and `window`: one policy; never the lookup): what
+    /// [`begin_fill`](Self::begin_fill) answers for each, in order. Standalone and behind
+    /// Sentinel one script call ([`BeginFills`]) per [`BATCH_CHUNK`] keys; on a cluster one
+    /// per slot (and chunk), with one [`IndexAddMany`] per index the keys share, all in
+    /// flight together: one round trip, and every marker is placed and indexed when it
+    /// returns.
+    pub(crate) async fn begin_fills(&self, fills: &[(&str, FillPlan<'_>)]) -> Vec<Result<Begun>> {
+        let Some((_, plan)) = fills.first() else { return Vec::new() };
+        let trusted_at_birth = match self.trusted_at_birth().await {
+            Ok(trusted) => trusted,
+            Err(error) => return fills.iter().map(|_| Err(again(&error))).collect(),
+        };
+        // One token for the call, each key's marker told apart by its place.
+        let token = new_token();
+        let markers: Vec<Vec<u8>> = (0..fills.len())
+            .map(|at| {
+                let mut marker = Vec::with_capacity(MARKER_TAG.len() + token.len() + 12);
+                marker.extend_from_slice(MARKER_TAG);
+                marker.extend_from_slice(token.as_bytes());
+                marker.extend_from_slice(format!(".{at:x}\n").as_bytes());
+                marker
+            })
+            .collect();
+        let data: Vec<String> = fills.iter().map(|(key, _)| self.full_key(key)).collect();
+        let index_ttl_ms = millis(plan.window) + millis(plan.lifetime);
+        let cluster = self.connection.is_cluster();
+        // Each group's keys, and (standalone) the indexes they name.
+        let mut calls: Vec<(Vec<usize>, Vec<String>, Vec<BeginKey<'_>>)> = Vec::new();
+        for group in self.groups(&data) {
+            let (indexes, places) = match cluster {
+                true => (Vec::new(), group.iter().map(|_| Vec::new()).collect()),
+                false => self.indexes_of(group.iter().map(|&at| (fills[at].0, fills[at].1.tags))),
+            };
+            let keys = group
+                .iter()
+                .zip(places)
+                .map(|(&at, places)| BeginKey {
+                    data: &data[at],
+                    marker: &markers[at],
+                    member: fills[at].0,
+                    force: fills[at].1.force,
+                    indexes: places,
+                })
+                .collect();
+            calls.push((group, indexes, keys));
+        }
+        let now_ms = crate::format::now_ms();
+        let scripts: Vec<BeginFills<'_>> = calls
+            .iter()
+            .map(|(_, indexes, keys)| BeginFills {
+                keys,
+                indexes,
+                window_ms: millis(plan.window),
+                index_ttl_ms,
+                trusted_at_birth,
+                fresh_ms: millis(plan.fresh_for),
+                lifetime_ms: millis(plan.lifetime),
+                now_ms,
+                bound: self.read_bound(),
+            })
+            .collect();
+        let begins = futures_util::future::join_all(scripts.iter().map(|script| self.call(script)));
+        let replies = if cluster {
+            // Both in flight together: the loads start only when both are done (see
+            // `begin_fill`).
+            let (indexes, places) =
+                self.indexes_of(fills.iter().map(|(key, plan)| (*key, plan.tags)));
+            let mut members: Vec<Vec<&str>> = indexes.iter().map(|_| Vec::new()).collect();
+            for ((key, _), places) in fills.iter().zip(places) {
+                for place in places {
+                    members[place].push(key);
+                }
+            }
+            let adds: Vec<IndexAddMany<'_>> = indexes
+                .iter()
+                .zip(&members)
+                .flat_map(|(index, list)| {
+                    list.chunks(BATCH_CHUNK).map(move |members| IndexAddMany {
+                        index,
+                        members,
+                        ttl_ms: index_ttl_ms,
+                        trusted_at_birth,
+                    })
+                })
+                .collect();
+            let indexed = try_join_all(adds.iter().map(|add| self.call(add)));
+            let (replies, indexed) = futures_util::future::join(begins, indexed).await;
+            if let Err(error) = indexed {
+                return fills.iter().map(|_| Err(again(&error))).collect();
+            }
+            replies
+        } else {
+            begins.await
+        };
+        let mut begun: Vec<Option<Result<Begun>>> = fills.iter().map(|_| None).collect();
+        for ((group, _, _), reply) in calls.iter().zip(replies) {
+            match reply {
+                Ok(replies) if replies.len() == group.len() => {
+                    for (&at, (found, bytes)) in group.iter().zip(replies) {
+                        begun[at] = Some(match found {
+                            3 => Err(Error::backend(redis::RedisError::from((
+                                redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+                                "the key holds another type",
+                                String::from_utf8_lossy(&bytes).into_owned(),
+                            )))),
+                            _ => Ok(self.begun(found, bytes, &markers[at])),
+                        });
+                    }
+                }
+                Ok(_) => {
+                    let error = Error::backend(redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "a batch script replied for another number of keys",
+                    )));
+                    for &at in group {
+                        begun[at] = Some(Err(again(&error)));
+                    }
+                }
+                Err(error) => {
+                    for &at in group {
+                        begun[at] = Some(Err(again(&error)));
+                    }
+                }
+            }
+        }
+        begun.into_iter().map(|begun| begun.unwrap_or(Err(Error::Unavailable))).collect()
+    }
+
+    /// The indexes (levels and tag sets) of `keys`, each given with its tags, each index
+    /// named once: their full keys, and per key its indexes as places in them.
+    fn indexes_of<'k>(
+        &self,
+        keys: impl Iterator<Item = (&'k str, &'k [String])>,
+    ) -> (Vec<String>, Vec<Vec<usize>>) {
+        let mut seen: std::collections::HashMap<(&'k str, bool), usize> =
+            std::collections::HashMap::new();
+        let mut names = Vec::new();
+        let places = keys
+            .map(|(key, tags)| {
+                let levels = levels(key).map(|level| (level, false));
+                let tags = tags.iter().map(|tag| (tag.as_str(), true));
+                levels
+                    .chain(tags)
+                    .map(|(name, tag)| {
+                        *seen.entry((name, tag)).or_insert_with(|| {
+                            names.push(match tag {
+                                true => self.tag_set(name),
+                                false => self.index_key(name),
+                            });
+                            names.len() - 1
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        (names, places)
+    }
+
+    /// The keys of one script call of a batch, as places in `full_keys`: standalone,
+    /// chunks of [`BATCH_CHUNK`]; on a cluster, the keys of each slot (a script stays in
+    /// one), in chunks, in first-seen order.
+    fn groups(&self, full_keys: &[String]) -> Vec<Vec<usize>> {
+        let mut slots: Vec<Vec<usize>> = Vec::new();
+        if self.connection.is_cluster() {
+            let mut by_slot: std::collections::HashMap<redis::cluster_routing::Slot, usize> =
+                std::collections::HashMap::new();
+            for (at, key) in full_keys.iter().enumerate() {
+                let slot = redis::cluster_routing::Slot::for_key(key);
+                let group = *by_slot.entry(slot).or_insert_with(|| {
+                    slots.push(Vec::new());
+                    slots.len() - 1
+                });
+                slots[group].push(at);
+            }
+        } else {
+            slots.push((0..full_keys.len()).collect());
+        }
+        slots
+            .into_iter()
+            .flat_map(|slot| slot.chunks(BATCH_CHUNK).map(<[usize]>::to_vec).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Step 3 of the fill protocol for many keys (a batch's fills and abandons): what
+    /// [`fill`](Self::fill) or [`abandon`](Self::abandon) answers for each, in order, in one
+    /// script call ([`Settles`]) per [`BATCH_CHUNK`] keys (on a cluster per slot and chunk,
+    /// in parallel).
+    pub(crate) async fn settle_many(&self, settles: &[Settle<'_>]) -> Vec<Result<bool>> {
+        let mut done: Vec<Option<Result<bool>>> = settles.iter().map(|_| None).collect();
+        let mut scripted = Vec::new();
+        let mut keys = Vec::new();
+        for (at, settle) in settles.iter().enumerate() {
+            let (marker, placed_here) = match settle.ticket() {
+                Ticket::Marker(Marker::Redis(marker)) => (marker, true),
+                Ticket::Adopted(Marker::Redis(marker)) => (marker, false),
+                // A refresh's ticket (never a batch's): as one key.
+                _ => {
+                    done[at] = Some(match settle {
+                        Settle::Fill { key, ticket, entry, ttl, tags } => {
+                            self.fill(key, ticket, entry, *ttl, tags).await
+                        }
+                        Settle::Abandon { key, ticket } => self.abandon(key, ticket).await,
+                    });
+                    continue;
+                }
+            };
+            let op = match settle {
+                Settle::Fill { entry, ttl, .. } => {
+                    SettleOp::Fill { value: &entry.json, ttl_ms: millis(*ttl) }
+                }
+                Settle::Abandon { .. } => SettleOp::Abandon { placed_here },
+            };
+            scripted.push(at);
+            keys.push(SettleKey { data: self.full_key(settle.key()), marker, op });
+        }
+        let data: Vec<String> = keys.iter().map(|key| key.data.clone()).collect();
+        let groups = self.groups(&data);
+        let mut calls: Vec<Vec<SettleKey<'_>>> = Vec::with_capacity(groups.len());
+        let mut slots: Vec<Option<SettleKey<'_>>> = keys.into_iter().map(Some).collect();
+        for group in &groups {
+            calls.push(group.iter().filter_map(|&at| slots[at].take()).collect());
+        }
+        let scripts: Vec<Settles<'_>> = calls.iter().map(|keys| Settles { keys }).collect();
+        let replies =
+            futures_util::future::join_all(scripts.iter().map(|script| self.call(script))).await;
+        for (group, reply) in groups.iter().zip(replies) {
+            match reply {
+                Ok(replies) if replies.len() == group.len() => {
+                    for (&at, stored) in group.iter().zip(replies) {
+                        done[scripted[at]] = Some(Ok(stored == 1));
+                    }
+                }
+                Ok(_) => {
+                    for &at in group {
+                        done[scripted[at]] = Some(Err(Error::backend(redis::RedisError::from((
+                            redis::ErrorKind::UnexpectedReturnType,
+                            "a batch script replied for another number of keys",
+                        )))));
+                    }
+                }
+                Err(error) => {
+                    for &at in group {
+                        done[scripted[at]] = Some(Err(again(&error)));
+                    }
+                }
+            }
+        }
+        done.into_iter().map(|done| done.unwrap_or(Err(Error::Unavailable))).collect()
     }
 
     /// Step 3 of the fill protocol: stores `entry` if `ticket` still holds.

@@ -54,11 +54,13 @@ fn flag(on: bool) -> &'static str {
 /// A script body with the shared Lua functions before it:
 ///
 /// - `now_ms()`: the server's clock.
-/// - `index_add(index, member, ttl, now, birth)` records `member` with its expiry
-///   (`now + ttl` ms) as score, never lowering a score (`GT`), prunes members whose keys have
-///   expired, and keeps the index alive for an hour past its longest-lived member. With
-///   `birth == '1'` (a server that never evicts, see `EvictionPolicy`) a newly created index
-///   gets its sentinel at once: it cannot have lost members it never had.
+/// - `index_add_many(index, members, ttl, now, birth)` records each of `members` with its
+///   expiry (`now + ttl` ms) as score, never lowering a score (`GT`), prunes members whose
+///   keys have expired, and keeps the index alive for an hour past its longest-lived member.
+///   With `birth == '1'` (a server that never evicts, see `EvictionPolicy`) a newly created
+///   index gets its sentinel at once: it cannot have lost members it never had. One `ZADD`
+///   and one pruning for all of them (a batch's keys share their indexes).
+/// - `index_add(index, member, ttl, now, birth)`: the same for one member.
 /// - `written_ms(value)`: the write time in a value's `cr2` header, or `nil` (see
 ///   [`header_reader`]).
 fn with_prelude(body: &str) -> Script {
@@ -68,16 +70,24 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function index_add(index, member, ttl, now, birth)
+local function index_add_many(index, members, ttl, now, birth)
   if birth == '1' and redis.call('EXISTS', index) == 0 then
     redis.call('ZADD', index, 'inf', '#')
   end
-  redis.call('ZADD', index, 'GT', now + ttl, member)
+  local scored = {{}}
+  for _, member in ipairs(members) do
+    scored[#scored + 1] = now + ttl
+    scored[#scored + 1] = member
+  end
+  redis.call('ZADD', index, 'GT', unpack(scored))
   redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. now)
   local keep = ttl + 3600000
   if redis.call('PTTL', index) < keep then
     redis.call('PEXPIRE', index, keep)
   end
+end
+local function index_add(index, member, ttl, now, birth)
+  index_add_many(index, {{member}}, ttl, now, birth)
 end
 {}
 {body}",
@@ -214,61 +224,83 @@ pub(super) struct BeginFill<'a> {
     pub(super) lookup: bool,
 }
 
+/// Lua: step 1 of the fill protocol for one key (the body of [`BeginFill`], and of
+/// [`BeginFills`] per key), so the rule is written once. `o` holds what a call's keys share
+/// (`window`, `index_ttl`, `birth`, `fresh`, `lifetime`, `caller_now`, `marker_tag`,
+/// `absent`, `bound`, `over_tag`, `lookup`, and `now()`: the server's clock, read once per
+/// call); `index(member)` indexes the key (its levels and tag sets) once it takes a ticket.
+/// Returns `{1, value}`, `{2, marker}`, or an error reply.
+const BEGIN_ONE: &str = r"
+local function begin_one(key, marker, member, force, o, index)
+  local current = redis.pcall('GET', key)
+  if o.lookup and type(current) == 'table' and current.err then
+    return redis.error_reply(current.err)
+  end
+  if type(current) == 'table' and current.err then
+    -- Not a string (another application's data): replaced only when forced.
+    if not force then return redis.error_reply(current.err) end
+    redis.call('DEL', key)
+    current = false
+  end
+  local pending = current and string.sub(current, 1, #o.marker_tag) == o.marker_tag
+  local kept = false
+  local left = 0
+  if current and not pending and o.lookup then
+    if #current > o.bound then return {1, o.over_tag .. #current} end
+    return {1, current}
+  end
+  if current and not pending and not force then
+    if current == o.absent then
+      return {1, current}
+    end
+    left = redis.call('PTTL', key)
+    -- Age: by the write time of a cr2 header (the caller's clock), else by expiry.
+    local written = written_ms(current)
+    local age = o.lifetime - left
+    if written then age = math.max(0, o.caller_now - written) end
+    if #current > o.bound then
+      -- Longer than any value of the cache: reported by its length, never sent or kept.
+      return {1, o.over_tag .. #current}
+    end
+    if age < o.fresh then
+      return {1, current}
+    end
+    kept = current
+  end
+  index(member)
+  if pending then
+    local stop = string.find(current, '\n', #o.marker_tag + 1, true)
+    return {2, string.sub(current, 1, stop)}
+  end
+  if kept and left > 0 then
+    redis.call('SET', key, marker .. (o.now() + left) .. '\n' .. kept, 'PX', math.max(o.window, left))
+  else
+    redis.call('SET', key, marker, 'PX', o.window)
+  end
+  return {2, marker}
+end
+local function clock()
+  local now = nil
+  return function()
+    if not now then now = now_ms() end
+    return now
+  end
+end";
+
 static BEGIN_FILL: LazyLock<Script> = LazyLock::new(|| {
-    with_prelude(
-        r"
-local marker, window, member, index_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local force, birth, fresh, lifetime = ARGV[5] == '1', ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
-local caller_now, marker_tag, absent = tonumber(ARGV[9]), ARGV[10], ARGV[11]
-local bound, over_tag, lookup = tonumber(ARGV[12]), ARGV[13], ARGV[14] == '1'
-local current = redis.pcall('GET', KEYS[1])
-if lookup and type(current) == 'table' and current.err then
-  return redis.error_reply(current.err)
+    with_prelude(&format!(
+        r"{BEGIN_ONE}
+local o = {{
+  window = tonumber(ARGV[2]), index_ttl = tonumber(ARGV[4]), force = ARGV[5] == '1',
+  birth = ARGV[6], fresh = tonumber(ARGV[7]), lifetime = tonumber(ARGV[8]),
+  caller_now = tonumber(ARGV[9]), marker_tag = ARGV[10], absent = ARGV[11],
+  bound = tonumber(ARGV[12]), over_tag = ARGV[13], lookup = ARGV[14] == '1', now = clock(),
+}}
+local function index(member)
+  for i = 2, #KEYS do index_add(KEYS[i], member, o.index_ttl, o.now(), o.birth) end
 end
-if type(current) == 'table' and current.err then
-  -- Not a string (another application's data): replaced only when forced.
-  if not force then return redis.error_reply(current.err) end
-  redis.call('DEL', KEYS[1])
-  current = false
-end
-local pending = current and string.sub(current, 1, #marker_tag) == marker_tag
-local kept = false
-local left = 0
-if current and not pending and lookup then
-  if #current > bound then return {1, over_tag .. #current} end
-  return {1, current}
-end
-if current and not pending and not force then
-  if current == absent then
-    return {1, current}
-  end
-  left = redis.call('PTTL', KEYS[1])
-  -- Age: by the write time of a cr2 header (the caller's clock), else by expiry.
-  local written = written_ms(current)
-  local age = lifetime - left
-  if written then age = math.max(0, caller_now - written) end
-  if #current > bound then
-    -- Longer than any value of the cache: reported by its length, never sent or kept.
-    return {1, over_tag .. #current}
-  end
-  if age < fresh then
-    return {1, current}
-  end
-  kept = current
-end
-local now = now_ms()
-for i = 2, #KEYS do index_add(KEYS[i], member, index_ttl, now, birth) end
-if pending then
-  local stop = string.find(current, '\n', #marker_tag + 1, true)
-  return {2, string.sub(current, 1, stop)}
-end
-if kept and left > 0 then
-  redis.call('SET', KEYS[1], marker .. (now + left) .. '\n' .. kept, 'PX', math.max(window, left))
-else
-  redis.call('SET', KEYS[1], marker, 'PX', window)
-end
-return {2, marker}",
-    )
+return begin_one(KEYS[1], ARGV[1], ARGV[3], o.force, o, index)"
+    ))
 });
 
 impl Call for BeginFill<'_> {
@@ -294,6 +326,236 @@ impl Call for BeginFill<'_> {
     }
 }
 
+/// One key of a [`BeginFills`].
+pub(super) struct BeginKey<'a> {
+    /// The full data key.
+    pub(super) data: &'a str,
+    /// Its new marker (as [`BeginFill::marker`]).
+    pub(super) marker: &'a [u8],
+    /// The key without the prefix: its member in the indexes.
+    pub(super) member: &'a str,
+    /// Replace whatever is stored (the caller could not decode it).
+    pub(super) force: bool,
+    /// Its indexes (levels, tag sets), as places in [`BeginFills::indexes`] (none on a
+    /// cluster).
+    pub(super) indexes: Vec<usize>,
+}
+
+/// Step 1 of the fill protocol for many keys in one call (a batch; on a cluster, the keys
+/// of one slot): each key as [`BeginFill`] decides for one (the same Lua function), with
+/// the call's shared settings; the index entries of the keys that take a ticket are added
+/// at the end, one `ZADD` per index. Never the lookup. Replies per key, in order,
+/// `(1, value)`, `(2, marker)` or `(3, error)` (the key holds another type and is not
+/// forced: the error [`BeginFill`] would reply).
+pub(super) struct BeginFills<'a> {
+    pub(super) keys: &'a [BeginKey<'a>],
+    /// The full keys of the indexes the keys name (standalone; empty on a cluster).
+    pub(super) indexes: &'a [String],
+    pub(super) window_ms: u64,
+    pub(super) index_ttl_ms: u64,
+    pub(super) trusted_at_birth: bool,
+    pub(super) fresh_ms: u64,
+    pub(super) lifetime_ms: u64,
+    pub(super) now_ms: u64,
+    pub(super) bound: usize,
+}
+
+static BEGIN_FILLS: LazyLock<Script> = LazyLock::new(|| {
+    with_prelude(&format!(
+        r"{BEGIN_ONE}
+local o = {{
+  window = tonumber(ARGV[1]), index_ttl = tonumber(ARGV[2]), birth = ARGV[3],
+  fresh = tonumber(ARGV[4]), lifetime = tonumber(ARGV[5]), caller_now = tonumber(ARGV[6]),
+  marker_tag = ARGV[7], absent = ARGV[8], bound = tonumber(ARGV[9]), over_tag = ARGV[10],
+  lookup = false, now = clock(),
+}}
+local n = tonumber(ARGV[11])
+local members = {{}}
+local replies = {{}}
+local at = 12
+for i = 1, n do
+  local marker, member, force, count = ARGV[at], ARGV[at + 1], ARGV[at + 2] == '1', tonumber(ARGV[at + 3])
+  local first = at + 4
+  at = first + count
+  local function index(m)
+    for j = first, first + count - 1 do
+      local k = tonumber(ARGV[j])
+      if not members[k] then members[k] = {{}} end
+      table.insert(members[k], m)
+    end
+  end
+  local reply = begin_one(KEYS[i], marker, member, force, o, index)
+  if reply.err then reply = {{3, reply.err}} end
+  replies[i] = reply
+end
+for k, list in pairs(members) do
+  index_add_many(KEYS[n + k], list, o.index_ttl, o.now(), o.birth)
+end
+return replies"
+    ))
+});
+
+impl Call for BeginFills<'_> {
+    type Reply = Vec<(i64, Vec<u8>)>;
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = BEGIN_FILLS.prepare_invoke();
+        for key in self.keys {
+            call.key(key.data);
+        }
+        for index in self.indexes {
+            call.key(index.as_str());
+        }
+        call.arg(self.window_ms)
+            .arg(self.index_ttl_ms)
+            .arg(flag(self.trusted_at_birth))
+            .arg(self.fresh_ms)
+            .arg(self.lifetime_ms)
+            .arg(self.now_ms)
+            .arg(MARKER_TAG)
+            .arg(ABSENT)
+            .arg(self.bound)
+            .arg(OVER_LIMIT_TAG)
+            .arg(self.keys.len());
+        for key in self.keys {
+            call.arg(key.marker).arg(key.member).arg(flag(key.force)).arg(key.indexes.len());
+            for &index in &key.indexes {
+                // Lua counts from 1.
+                call.arg(index + 1);
+            }
+        }
+        call
+    }
+}
+
+/// Lua: step 3 of the fill protocol for one key, and the abandon of a load that stores
+/// nothing (the bodies of [`Fill`] and [`Abandon`], and of [`Settles`] per key).
+///
+/// - `fill_one(key, marker, value, ttl)`: `SET key value PX ttl` if the key still holds
+///   `marker`; 1 when stored.
+/// - `abandon_one(key, marker, placed_here)`: whether the key still holds `marker` (1 or
+///   0); when this load placed it, it is removed, putting back the expired value it kept
+///   for stale fallback (until that value's own expiry).
+const SETTLE_ONE: &str = r"
+local function fill_one(key, marker, value, ttl)
+  local current = redis.call('GET', key)
+  if current and string.sub(current, 1, #marker) == marker then
+    redis.call('SET', key, value, 'PX', ttl)
+    return 1
+  end
+  return 0
+end
+local function abandon_one(key, marker, placed_here)
+  local current = redis.call('GET', key)
+  if not current or string.sub(current, 1, #marker) ~= marker then return 0 end
+  if not placed_here then return 1 end
+  local rest = string.sub(current, #marker + 1)
+  if #rest > 0 then
+    local stop = string.find(rest, '\n', 1, true)
+    local left = tonumber(string.sub(rest, 1, stop - 1)) - now_ms()
+    if left > 0 then
+      redis.call('SET', key, string.sub(rest, stop + 1), 'PX', left)
+      return 1
+    end
+  end
+  redis.call('DEL', key)
+  return 1
+end";
+
+/// What [`Settles`] does with one key.
+pub(super) enum SettleOp<'a> {
+    /// [`Fill`]: store `value` for `ttl_ms` if the key still holds the marker.
+    Fill { value: &'a [u8], ttl_ms: u64 },
+    /// [`Abandon`]: whether the key still holds the marker; removed if `placed_here`.
+    Abandon { placed_here: bool },
+}
+
+/// One key of a [`Settles`].
+pub(super) struct SettleKey<'a> {
+    /// The full data key.
+    pub(super) data: String,
+    pub(super) marker: &'a [u8],
+    pub(super) op: SettleOp<'a>,
+}
+
+/// Step 3 of the fill protocol for many keys in one call (a batch's fills and abandons;
+/// on a cluster, the keys of one slot): per key, what [`Fill`] or [`Abandon`] does (the
+/// same Lua functions). Replies per key, in order, 1 or 0 as they would.
+pub(super) struct Settles<'a> {
+    pub(super) keys: &'a [SettleKey<'a>],
+}
+
+static SETTLES: LazyLock<Script> = LazyLock::new(|| {
+    with_prelude(&format!(
+        r"{SETTLE_ONE}
+local replies = {{}}
+for i = 1, #KEYS do
+  local op, marker, value, ttl = ARGV[4 * i - 3], ARGV[4 * i - 2], ARGV[4 * i - 1], ARGV[4 * i]
+  if op == 'f' then
+    replies[i] = fill_one(KEYS[i], marker, value, ttl)
+  else
+    replies[i] = abandon_one(KEYS[i], marker, op == 'a')
+  end
+end
+return replies"
+    ))
+});
+
+impl Call for Settles<'_> {
+    type Reply = Vec<i64>;
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = SETTLES.prepare_invoke();
+        for key in self.keys {
+            call.key(key.data.as_str());
+        }
+        for key in self.keys {
+            match key.op {
+                SettleOp::Fill { value, ttl_ms } => {
+                    call.arg("f").arg(key.marker).arg(value).arg(ttl_ms);
+                }
+                SettleOp::Abandon { placed_here } => {
+                    call.arg(if placed_here { "a" } else { "k" }).arg(key.marker).arg("").arg(0);
+                }
+            }
+        }
+        call
+    }
+}
+
+/// Cluster side of [`BeginFills`]' index entries: adds `members` to one index for
+/// `ttl_ms`, in one call (one `ZADD`).
+pub(super) struct IndexAddMany<'a> {
+    pub(super) index: &'a str,
+    pub(super) members: &'a [&'a str],
+    pub(super) ttl_ms: u64,
+    pub(super) trusted_at_birth: bool,
+}
+
+static INDEX_ADD_MANY: LazyLock<Script> = LazyLock::new(|| {
+    with_prelude(
+        r"
+local ttl, birth = tonumber(ARGV[1]), ARGV[2]
+local members = {}
+for i = 3, #ARGV do members[#members + 1] = ARGV[i] end
+index_add_many(KEYS[1], members, ttl, now_ms(), birth)
+return 1",
+    )
+});
+
+impl Call for IndexAddMany<'_> {
+    type Reply = ();
+
+    fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut call = INDEX_ADD_MANY.prepare_invoke();
+        call.key(self.index).arg(self.ttl_ms).arg(flag(self.trusted_at_birth));
+        for member in self.members {
+            call.arg(*member);
+        }
+        call
+    }
+}
+
 /// Step 3 of the fill protocol: `SET data value PX ttl_ms` if the key still holds the
 /// marker `marker`. Replies 1 when stored.
 pub(super) struct Fill<'a> {
@@ -304,16 +566,10 @@ pub(super) struct Fill<'a> {
 }
 
 static FILL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local marker, value, ttl = ARGV[1], ARGV[2], ARGV[3]
-local current = redis.call('GET', KEYS[1])
-if current and string.sub(current, 1, #marker) == marker then
-  redis.call('SET', KEYS[1], value, 'PX', ttl)
-  return 1
-end
-return 0",
-    )
+    with_prelude(&format!(
+        r"{SETTLE_ONE}
+return fill_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3])"
+    ))
 });
 
 impl Call for Fill<'_> {
@@ -582,24 +838,10 @@ pub(super) struct Abandon<'a> {
 }
 
 static ABANDON: LazyLock<Script> = LazyLock::new(|| {
-    with_prelude(
-        r"
-local marker, placed_here = ARGV[1], ARGV[2] == '1'
-local current = redis.call('GET', KEYS[1])
-if not current or string.sub(current, 1, #marker) ~= marker then return 0 end
-if not placed_here then return 1 end
-local rest = string.sub(current, #marker + 1)
-if #rest > 0 then
-  local stop = string.find(rest, '\n', 1, true)
-  local left = tonumber(string.sub(rest, 1, stop - 1)) - now_ms()
-  if left > 0 then
-    redis.call('SET', KEYS[1], string.sub(rest, stop + 1), 'PX', left)
-    return 1
-  end
-end
-redis.call('DEL', KEYS[1])
-return 1",
-    )
+    with_prelude(&format!(
+        r"{SETTLE_ONE}
+return abandon_one(KEYS[1], ARGV[1], ARGV[2] == '1')"
+    ))
 });
 
 impl Call for Abandon<'_> {
