@@ -154,13 +154,15 @@ impl Field {
 /// A `cr2` header's fields and the payload after them; `None` when `stored` does not
 /// start with [`MAGIC`] or has fewer fields. The fields' contents are not checked.
 fn split_v2(stored: &[u8]) -> Option<([&[u8]; Field::COUNT], &[u8])> {
-    let rest = stored.strip_prefix(MAGIC)?;
-    let mut parts = rest.splitn(Field::COUNT + 1, |&b| b == SEPARATOR);
+    // A plain scan per field rather than `splitn`: this runs on every hit.
+    let mut rest = stored.strip_prefix(MAGIC)?;
     let mut fields: [&[u8]; Field::COUNT] = [&[]; Field::COUNT];
     for field in &mut fields {
-        *field = parts.next()?;
+        let end = rest.iter().position(|&b| b == SEPARATOR)?;
+        *field = &rest[..end];
+        rest = &rest[end + 1..];
     }
-    Some((fields, parts.next()?))
+    Some((fields, rest))
 }
 
 /// Whether `stored` is a later release's envelope: `cr`, a version in decimal digits that
@@ -230,7 +232,22 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// A non-empty run of ASCII digits, as a number.
+/// Exactly 16 hex digits (either case), as a number: a fingerprint field.
+fn hex_u64(digits: &[u8]) -> Option<u64> {
+    if digits.len() != 16 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |number, &digit| {
+        let value = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            b'A'..=b'F' => digit - b'A' + 10,
+            _ => return None,
+        };
+        Some(number << 4 | u64::from(value))
+    })
+}
+
 /// Whether [`decimal`] reads `digits` as a number, without parsing it when it is short.
 fn is_decimal(digits: &[u8]) -> bool {
     if (1..20).contains(&digits.len()) {
@@ -239,6 +256,7 @@ fn is_decimal(digits: &[u8]) -> bool {
     decimal(digits).is_some()
 }
 
+/// A non-empty run of ASCII digits, as a number.
 fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -349,16 +367,36 @@ pub(crate) fn traced_fingerprint<T: DeserializeOwned + 'static>(schema_version: 
     fingerprint_of(std::any::type_name::<T>(), shape.as_ref().map(|s| &s[..]), schema_version)
 }
 
-/// [`traced_fingerprint`] and [`fingerprint`] of `T`, computed once per type and schema
-/// version in each thread: a decode (every Redis hit) compares the envelope's fingerprint
-/// with them without hashing the type name or touching a lock shared across threads.
+/// The two fingerprints an envelope of `T` may carry: [`traced_fingerprint`] and
+/// [`fingerprint`], as numbers and as the 16 lowercase hex digits writers put in the header.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Accepted {
+    numbers: [u64; 2],
+    digits: [[u8; 16]; 2],
+}
+
+impl Accepted {
+    /// Whether a header's fingerprint field names one of them: a comparison of the digits
+    /// as written (every hit), else (another writer's case) of the parsed number. `None`
+    /// when the field is not 16 hex digits.
+    fn accepts(&self, field: &[u8]) -> Option<bool> {
+        if self.digits.iter().any(|digits| digits == field) {
+            return Some(true);
+        }
+        hex_u64(field).map(|number| self.numbers.contains(&number))
+    }
+}
+
+/// [`Accepted`] for `T`, computed once per type and schema version in each thread: a decode
+/// (every Redis hit) compares the envelope's fingerprint with them without hashing the type
+/// name, parsing hex or touching a lock shared across threads.
 pub(crate) fn accepted_fingerprints<T: DeserializeOwned + 'static>(
     schema_version: u32,
-) -> (u64, u64) {
+) -> Accepted {
     use std::any::TypeId;
     use std::cell::RefCell;
     use std::collections::HashMap;
-    type Known = HashMap<(TypeId, u32), (u64, u64), std::hash::BuildHasherDefault<Fnv>>;
+    type Known = HashMap<(TypeId, u32), Accepted, std::hash::BuildHasherDefault<Fnv>>;
     thread_local! {
         static KNOWN: RefCell<Known> = RefCell::new(Known::default());
     }
@@ -366,9 +404,15 @@ pub(crate) fn accepted_fingerprints<T: DeserializeOwned + 'static>(
     if let Some(known) = KNOWN.with(|known| known.borrow().get(&id).copied()) {
         return known;
     }
-    let both = (traced_fingerprint::<T>(schema_version), fingerprint::<T>(schema_version));
-    KNOWN.with(|known| known.borrow_mut().insert(id, both));
-    both
+    let numbers = [traced_fingerprint::<T>(schema_version), fingerprint::<T>(schema_version)];
+    let digits = numbers.map(|number| {
+        let mut digits = [0u8; 16];
+        digits.copy_from_slice(format!("{number:016x}").as_bytes());
+        digits
+    });
+    let accepted = Accepted { numbers, digits };
+    KNOWN.with(|known| known.borrow_mut().insert(id, accepted));
+    accepted
 }
 
 /// A `Hasher` of FNV-1a over the bytes written (a `TypeId` writes a few words).
@@ -619,17 +663,15 @@ impl ReadFormat {
         stored: &[u8],
     ) -> Result<T, DecodeError> {
         let version = self.schema_version;
-        self.decode_checked(stored, |fp| {
-            let (traced, named) = accepted_fingerprints::<T>(version);
-            fp == traced || fp == named
-        })
+        self.decode_checked(stored, |fp| accepted_fingerprints::<T>(version).accepts(fp))
     }
 
-    /// Decodes stored bytes as `T` if `accepts` the envelope's fingerprint.
+    /// Decodes stored bytes as `T` if `accepts` the envelope's fingerprint field (`None`:
+    /// the field is no fingerprint).
     fn decode_checked<T: DeserializeOwned>(
         &self,
         stored: &[u8],
-        accepts: impl FnOnce(u64) -> bool,
+        accepts: impl FnOnce(&[u8]) -> Option<bool>,
     ) -> Result<T, DecodeError> {
         if !stored.starts_with(FAMILY) {
             // No header: plain JSON from the previous release.
@@ -669,13 +711,10 @@ impl ReadFormat {
         };
         let codec =
             Codec::from_tag(codec).ok_or_else(|| DecodeError::Corrupt("unknown codec".into()))?;
-        let fp = std::str::from_utf8(fp)
-            .ok()
-            .filter(|fp| fp.len() == 16)
-            .and_then(|fp| u64::from_str_radix(fp, 16).ok())
-            .ok_or_else(|| DecodeError::Corrupt("bad fingerprint".into()))?;
-        if !accepts(fp) {
-            return Err(DecodeError::Schema);
+        match accepts(fp) {
+            Some(true) => {}
+            Some(false) => return Err(DecodeError::Schema),
+            None => return Err(DecodeError::Corrupt("bad fingerprint".into())),
         }
         #[cfg(feature = "lz4")]
         let inflated;
@@ -732,6 +771,23 @@ impl ReadFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fingerprint_field_is_matched_as_written_or_by_number() {
+        let accepted = accepted_fingerprints::<u32>(0);
+        let traced = traced_fingerprint::<u32>(0);
+        let lower = format!("{traced:016x}");
+        assert_eq!(accepted.accepts(lower.as_bytes()), Some(true));
+        // Another writer's case: the same number.
+        assert_eq!(accepted.accepts(lower.to_uppercase().as_bytes()), Some(true));
+        // A well-formed fingerprint of another type: the other release's value.
+        assert_eq!(accepted.accepts(format!("{:016x}", traced ^ 1).as_bytes()), Some(false));
+        // Not 16 hex digits: no fingerprint at all.
+        for field in ["", "0123", "0123456789abcdefa", "0123456789abcdeg", "+123456789abcdef"] {
+            assert_eq!(accepted.accepts(field.as_bytes()), None, "{field:?}");
+        }
+        assert_eq!(hex_u64(b"00000000000000fF"), Some(255));
+    }
     use proptest::prelude::*;
     use std::time::Duration;
 
@@ -948,13 +1004,16 @@ mod tests {
             .unwrap();
         // Postcard would decode the reordered type into wrong data; the fingerprint says no.
         let reader = ReadFormat::default();
-        let accepts_reordered = |got| got == fp(&reordered);
+        let accepts_reordered = |got: &[u8]| hex_u64(got).map(|got| got == fp(&reordered));
         assert!(matches!(
             reader.decode_checked::<release::Reordered>(&written, accepts_reordered),
             Err(DecodeError::Schema)
         ));
         assert_eq!(
-            reader.decode_checked::<release::Old>(&written, |got| got == fp(&old)).unwrap(),
+            reader
+                .decode_checked::<release::Old>(&written, |got| hex_u64(got)
+                    .map(|got| got == fp(&old)))
+                .unwrap(),
             release::Old { id: 1, price: 7 }
         );
         // Traced and named fingerprints are both read; types that cannot be traced fall

@@ -362,15 +362,25 @@ impl RedisStore {
         self.read.limit.saturating_add(MAX_HEADER + MARKER_OVERHEAD)
     }
 
-    /// `GETRANGE <full key> 0 <bound>`: a `GET` that transfers at most
+    /// `GETRANGE <prefix + key> 0 <bound>`: a `GET` that transfers at most
     /// [`read_bound`](Self::read_bound)` + 1` bytes, in the same one round trip. A longer
     /// string (another application's data, a writer with a larger limit) is never read
     /// whole: [`stored`](Self::stored) sees it is over. Redis answers `""` for a missing key.
-    pub(super) fn bounded_get(&self, full_key: &str) -> redis::Cmd {
+    pub(super) fn bounded_get(&self, key: &str) -> redis::Cmd {
+        use redis::RedisWrite as _;
+        use std::io::Write as _;
         let end = u64::try_from(self.read_bound()).unwrap_or(u64::MAX).min(i64::MAX as u64);
-        // Sized up front and not cloned: this is every hit's command.
-        let mut get = redis::Cmd::with_capacity(4, "GETRANGE".len() + full_key.len() + 21);
-        get.arg("GETRANGE").arg(full_key).arg(0).arg(end);
+        // Sized up front, the prefixed key written straight into the command (no
+        // `full_key` string), not cloned: this is every hit's command.
+        let mut get =
+            redis::Cmd::with_capacity(4, "GETRANGE".len() + self.prefix.len() + key.len() + 21);
+        get.arg("GETRANGE");
+        let mut full_key = get.writer_for_next_arg();
+        // Writing into the command's own buffer cannot fail.
+        let _ = full_key.write_all(self.prefix.as_bytes());
+        let _ = full_key.write_all(key.as_bytes());
+        drop(full_key);
+        get.arg(0).arg(end);
         get
     }
 
@@ -395,9 +405,8 @@ impl RedisStore {
     /// trip, and a string longer than any value of this cache is not transferred.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>> {
         let mut connection = self.connection.clone();
-        let bytes: Vec<u8> = self
-            .guarded(self.bounded_get(&self.full_key(key)).query_async(&mut connection))
-            .await?;
+        let bytes: Vec<u8> =
+            self.guarded(self.bounded_get(key).query_async(&mut connection)).await?;
         Ok(self.stored(bytes))
     }
 
@@ -461,7 +470,7 @@ impl RedisStore {
         let (bytes, millis): (Vec<u8>, i64) = self
             .guarded(
                 redis::pipe()
-                    .add_command(self.bounded_get(&full_key))
+                    .add_command(self.bounded_get(key))
                     .cmd("PTTL")
                     .arg(&full_key)
                     .query_async(&mut connection),
