@@ -394,24 +394,32 @@ pub(crate) fn accepted_fingerprints<T: DeserializeOwned + 'static>(
     schema_version: u32,
 ) -> Accepted {
     use std::any::TypeId;
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
     type Known = HashMap<(TypeId, u32), Accepted, std::hash::BuildHasherDefault<Fnv>>;
     thread_local! {
         static KNOWN: RefCell<Known> = RefCell::new(Known::default());
+        static LAST: Cell<Option<((TypeId, u32), Accepted)>> = const { Cell::new(None) };
     }
     let id = (TypeId::of::<T>(), schema_version);
-    if let Some(known) = KNOWN.with(|known| known.borrow().get(&id).copied()) {
-        return known;
+    // Most threads decode one type over and over: the last one answers without a lookup.
+    if let Some((last, accepted)) = LAST.get() {
+        if last == id {
+            return accepted;
+        }
     }
-    let numbers = [traced_fingerprint::<T>(schema_version), fingerprint::<T>(schema_version)];
-    let digits = numbers.map(|number| {
-        let mut digits = [0u8; 16];
-        digits.copy_from_slice(format!("{number:016x}").as_bytes());
-        digits
+    let accepted = KNOWN.with(|known| known.borrow().get(&id).copied()).unwrap_or_else(|| {
+        let numbers = [traced_fingerprint::<T>(schema_version), fingerprint::<T>(schema_version)];
+        let digits = numbers.map(|number| {
+            let mut digits = [0u8; 16];
+            digits.copy_from_slice(format!("{number:016x}").as_bytes());
+            digits
+        });
+        let accepted = Accepted { numbers, digits };
+        KNOWN.with(|known| known.borrow_mut().insert(id, accepted));
+        accepted
     });
-    let accepted = Accepted { numbers, digits };
-    KNOWN.with(|known| known.borrow_mut().insert(id, accepted));
+    LAST.set(Some((id, accepted)));
     accepted
 }
 
