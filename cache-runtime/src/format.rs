@@ -558,19 +558,41 @@ impl Bounded {
     }
 }
 
-impl std::io::Write for Bounded {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+impl Bounded {
+    /// Appends `data`, or refuses it (and sets `over`) when it would pass the limit.
+    /// Inlined into the serializers, which write a value in many small pieces.
+    #[inline]
+    fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
         let len = self.bytes.len();
         if data.len() > self.limit - len {
             self.over = true;
             return Err(std::io::Error::other("over max_value_bytes"));
         }
         if self.bytes.capacity() - len < data.len() {
-            let wanted = (self.bytes.capacity() * 2).max(len + data.len()).min(self.limit);
-            self.bytes.reserve_exact(wanted - len);
+            self.grow(data.len());
         }
         self.bytes.extend_from_slice(data);
-        Ok(data.len())
+        Ok(())
+    }
+
+    /// Doubles the capacity (at least to fit `more` bytes), never past the limit.
+    #[cold]
+    fn grow(&mut self, more: usize) {
+        let len = self.bytes.len();
+        let wanted = (self.bytes.capacity() * 2).max(len + more).min(self.limit);
+        self.bytes.reserve_exact(wanted - len);
+    }
+}
+
+impl std::io::Write for Bounded {
+    #[inline]
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.append(data).map(|()| data.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.append(data)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -596,7 +618,8 @@ impl Format {
         value: &T,
         load_time: Option<std::time::Duration>,
     ) -> Result<(Vec<u8>, usize), EncodeError> {
-        self.encode_with(value, traced_fingerprint::<T>(self.read.schema_version), load_time)
+        let traced = accepted_fingerprints::<T>(self.read.schema_version).numbers[0];
+        self.encode_with(value, traced, load_time)
     }
 
     fn encode_with<T: Serialize + ?Sized>(
@@ -606,6 +629,7 @@ impl Format {
         load_time: Option<std::time::Duration>,
     ) -> Result<(Vec<u8>, usize), EncodeError> {
         use serde::ser::Error as _;
+        use std::io::Write as _;
         // The codec writes into a buffer that refuses to grow past the limit: a value over
         // it stops the serializer there, so neither the work nor the memory goes further.
         let mut sink = Bounded::new(self.read.limit);
@@ -642,22 +666,20 @@ impl Format {
         // A load shorter than a millisecond is recorded as 1 ms: 0 means unknown.
         let delta =
             load_time.map_or(0, |took| u64::try_from(took.as_millis()).unwrap_or(u64::MAX).max(1));
-        let mut fields: [Vec<u8>; Field::COUNT] = Default::default();
-        fields[Field::Codec.index()] = vec![self.codec.tag()];
-        fields[Field::Compression.index()] = match &compressed {
-            Some(_) => format!("l{encoded_len}").into_bytes(),
-            None => b"-".to_vec(),
-        };
-        fields[Field::Fingerprint.index()] = format!("{fp:016x}").into_bytes();
-        fields[Field::Written.index()] = now_ms().to_string().into_bytes();
-        fields[Field::Delta.index()] = delta.to_string().into_bytes();
-        let mut out = Vec::with_capacity(64 + compressed.as_ref().map_or(payload.len(), Vec::len));
+        // The header written straight into the stored bytes (no buffer per field): this
+        // runs on every fill.
+        let body = compressed.as_deref().unwrap_or(&payload);
+        let mut out = Vec::with_capacity(96 + body.len());
         out.extend_from_slice(MAGIC);
-        for field in &fields {
-            out.extend_from_slice(field);
-            out.push(SEPARATOR);
-        }
-        out.extend_from_slice(compressed.as_deref().unwrap_or(&payload));
+        out.push(self.codec.tag());
+        out.push(SEPARATOR);
+        // Writing into a `Vec` cannot fail.
+        let _ = match &compressed {
+            Some(_) => write!(out, "l{encoded_len}:"),
+            None => out.write_all(b"-:"),
+        };
+        let _ = write!(out, "{fp:016x}:{}:{delta}:", now_ms());
+        out.extend_from_slice(body);
         Ok((out, encoded_len))
     }
 }
