@@ -538,11 +538,16 @@ impl RedisStore {
         indexes: &'i [String],
         per_index: impl Fn(&'i str) -> C,
     ) -> Result<()> {
-        let invocations: Vec<_> =
-            indexes.iter().map(|index| per_index(index).invocation()).collect();
-        let runs = invocations.iter().map(|invocation| {
+        let invocations: Vec<_> = indexes
+            .iter()
+            .map(|index| {
+                let invocation = per_index(index).invocation();
+                (invocation.script(), invocation.into_command())
+            })
+            .collect();
+        let runs = invocations.iter().map(|(script, command)| {
             let mut connection = self.connection.clone();
-            async move { invocation.invoke_async::<C::Reply>(&mut connection).await }
+            async move { invoke::<C::Reply>(script, command, &mut connection).await }
         });
         self.guarded(try_join_all(runs)).await?;
         Ok(())
@@ -568,15 +573,11 @@ impl RedisStore {
 
     /// Runs a script through its typed call (behind the breaker).
     async fn call<C: Call>(&self, call: &C) -> Result<C::Reply> {
-        self.run(&call.invocation()).await
-    }
-
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<T> {
+        let invocation = call.invocation();
+        let script = invocation.script();
+        let command = invocation.into_command();
         let mut connection = self.connection.clone();
-        self.guarded(invocation.invoke_async(&mut connection)).await
+        self.guarded(invoke(script, &command, &mut connection)).await
     }
 
     /// Write-through: `SET` with the index updates, atomically on standalone, indexes first
@@ -874,6 +875,25 @@ impl Drop for ProbeReport<'_> {
 #[allow(dead_code, unreachable_pub, missing_docs)]
 #[path = "../../../../tests/src/redis_server.rs"]
 mod redis_server;
+
+/// Sends a script's `EVALSHA` `command`; on a `NOSCRIPT` reply (a restarted or flushed
+/// server) loads `script` and sends it once more. (The link answers most `NOSCRIPT`s
+/// itself with `EVAL`, once this process has loaded the script.)
+async fn invoke<T: redis::FromRedisValue>(
+    script: &redis::Script,
+    command: &redis::Cmd,
+    connection: &mut Link,
+) -> redis::RedisResult<T> {
+    match command.query_async(connection).await {
+        Err(error)
+            if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            script.load_async(connection).await?;
+            command.query_async(connection).await
+        }
+        reply => reply,
+    }
+}
 
 #[cfg(test)]
 mod tests {
