@@ -154,13 +154,15 @@ impl Field {
 /// A `cr2` header's fields and the payload after them; `None` when `stored` does not
 /// start with [`MAGIC`] or has fewer fields. The fields' contents are not checked.
 fn split_v2(stored: &[u8]) -> Option<([&[u8]; Field::COUNT], &[u8])> {
-    let rest = stored.strip_prefix(MAGIC)?;
-    let mut parts = rest.splitn(Field::COUNT + 1, |&b| b == SEPARATOR);
+    // A plain scan per field rather than `splitn`: this runs on every hit.
+    let mut rest = stored.strip_prefix(MAGIC)?;
     let mut fields: [&[u8]; Field::COUNT] = [&[]; Field::COUNT];
     for field in &mut fields {
-        *field = parts.next()?;
+        let end = rest.iter().position(|&b| b == SEPARATOR)?;
+        *field = &rest[..end];
+        rest = &rest[end + 1..];
     }
-    Some((fields, parts.next()?))
+    Some((fields, rest))
 }
 
 /// Whether `stored` is a later release's envelope: `cr`, a version in decimal digits that
@@ -230,7 +232,22 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// A non-empty run of ASCII digits, as a number.
+/// Exactly 16 hex digits (either case), as a number: a fingerprint field.
+fn hex_u64(digits: &[u8]) -> Option<u64> {
+    if digits.len() != 16 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |number, &digit| {
+        let value = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            b'A'..=b'F' => digit - b'A' + 10,
+            _ => return None,
+        };
+        Some(number << 4 | u64::from(value))
+    })
+}
+
 /// Whether [`decimal`] reads `digits` as a number, without parsing it when it is short.
 fn is_decimal(digits: &[u8]) -> bool {
     if (1..20).contains(&digits.len()) {
@@ -239,6 +256,7 @@ fn is_decimal(digits: &[u8]) -> bool {
     decimal(digits).is_some()
 }
 
+/// A non-empty run of ASCII digits, as a number.
 fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -349,26 +367,60 @@ pub(crate) fn traced_fingerprint<T: DeserializeOwned + 'static>(schema_version: 
     fingerprint_of(std::any::type_name::<T>(), shape.as_ref().map(|s| &s[..]), schema_version)
 }
 
-/// [`traced_fingerprint`] and [`fingerprint`] of `T`, computed once per type and schema
-/// version in each thread: a decode (every Redis hit) compares the envelope's fingerprint
-/// with them without hashing the type name or touching a lock shared across threads.
+/// The two fingerprints an envelope of `T` may carry: [`traced_fingerprint`] and
+/// [`fingerprint`], as numbers and as the 16 lowercase hex digits writers put in the header.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Accepted {
+    numbers: [u64; 2],
+    digits: [[u8; 16]; 2],
+}
+
+impl Accepted {
+    /// Whether a header's fingerprint field names one of them: a comparison of the digits
+    /// as written (every hit), else (another writer's case) of the parsed number. `None`
+    /// when the field is not 16 hex digits.
+    fn accepts(&self, field: &[u8]) -> Option<bool> {
+        if self.digits.iter().any(|digits| digits == field) {
+            return Some(true);
+        }
+        hex_u64(field).map(|number| self.numbers.contains(&number))
+    }
+}
+
+/// [`Accepted`] for `T`, computed once per type and schema version in each thread: a decode
+/// (every Redis hit) compares the envelope's fingerprint with them without hashing the type
+/// name, parsing hex or touching a lock shared across threads.
 pub(crate) fn accepted_fingerprints<T: DeserializeOwned + 'static>(
     schema_version: u32,
-) -> (u64, u64) {
+) -> Accepted {
     use std::any::TypeId;
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
-    type Known = HashMap<(TypeId, u32), (u64, u64), std::hash::BuildHasherDefault<Fnv>>;
+    type Known = HashMap<(TypeId, u32), Accepted, std::hash::BuildHasherDefault<Fnv>>;
     thread_local! {
         static KNOWN: RefCell<Known> = RefCell::new(Known::default());
+        static LAST: Cell<Option<((TypeId, u32), Accepted)>> = const { Cell::new(None) };
     }
     let id = (TypeId::of::<T>(), schema_version);
-    if let Some(known) = KNOWN.with(|known| known.borrow().get(&id).copied()) {
-        return known;
+    // Most threads decode one type over and over: the last one answers without a lookup.
+    if let Some((last, accepted)) = LAST.get() {
+        if last == id {
+            return accepted;
+        }
     }
-    let both = (traced_fingerprint::<T>(schema_version), fingerprint::<T>(schema_version));
-    KNOWN.with(|known| known.borrow_mut().insert(id, both));
-    both
+    let accepted = KNOWN.with(|known| known.borrow().get(&id).copied()).unwrap_or_else(|| {
+        let numbers = [traced_fingerprint::<T>(schema_version), fingerprint::<T>(schema_version)];
+        let digits = numbers.map(|number| {
+            let mut digits = [0u8; 16];
+            digits.copy_from_slice(format!("{number:016x}").as_bytes());
+            digits
+        });
+        let accepted = Accepted { numbers, digits };
+        KNOWN.with(|known| known.borrow_mut().insert(id, accepted));
+        accepted
+    });
+    LAST.set(Some((id, accepted)));
+    accepted
 }
 
 /// A `Hasher` of FNV-1a over the bytes written (a `TypeId` writes a few words).
@@ -506,19 +558,41 @@ impl Bounded {
     }
 }
 
-impl std::io::Write for Bounded {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+impl Bounded {
+    /// Appends `data`, or refuses it (and sets `over`) when it would pass the limit.
+    /// Inlined into the serializers, which write a value in many small pieces.
+    #[inline]
+    fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
         let len = self.bytes.len();
         if data.len() > self.limit - len {
             self.over = true;
             return Err(std::io::Error::other("over max_value_bytes"));
         }
         if self.bytes.capacity() - len < data.len() {
-            let wanted = (self.bytes.capacity() * 2).max(len + data.len()).min(self.limit);
-            self.bytes.reserve_exact(wanted - len);
+            self.grow(data.len());
         }
         self.bytes.extend_from_slice(data);
-        Ok(data.len())
+        Ok(())
+    }
+
+    /// Doubles the capacity (at least to fit `more` bytes), never past the limit.
+    #[cold]
+    fn grow(&mut self, more: usize) {
+        let len = self.bytes.len();
+        let wanted = (self.bytes.capacity() * 2).max(len + more).min(self.limit);
+        self.bytes.reserve_exact(wanted - len);
+    }
+}
+
+impl std::io::Write for Bounded {
+    #[inline]
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.append(data).map(|()| data.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.append(data)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -544,7 +618,8 @@ impl Format {
         value: &T,
         load_time: Option<std::time::Duration>,
     ) -> Result<(Vec<u8>, usize), EncodeError> {
-        self.encode_with(value, traced_fingerprint::<T>(self.read.schema_version), load_time)
+        let traced = accepted_fingerprints::<T>(self.read.schema_version).numbers[0];
+        self.encode_with(value, traced, load_time)
     }
 
     fn encode_with<T: Serialize + ?Sized>(
@@ -554,6 +629,7 @@ impl Format {
         load_time: Option<std::time::Duration>,
     ) -> Result<(Vec<u8>, usize), EncodeError> {
         use serde::ser::Error as _;
+        use std::io::Write as _;
         // The codec writes into a buffer that refuses to grow past the limit: a value over
         // it stops the serializer there, so neither the work nor the memory goes further.
         let mut sink = Bounded::new(self.read.limit);
@@ -590,22 +666,20 @@ impl Format {
         // A load shorter than a millisecond is recorded as 1 ms: 0 means unknown.
         let delta =
             load_time.map_or(0, |took| u64::try_from(took.as_millis()).unwrap_or(u64::MAX).max(1));
-        let mut fields: [Vec<u8>; Field::COUNT] = Default::default();
-        fields[Field::Codec.index()] = vec![self.codec.tag()];
-        fields[Field::Compression.index()] = match &compressed {
-            Some(_) => format!("l{encoded_len}").into_bytes(),
-            None => b"-".to_vec(),
-        };
-        fields[Field::Fingerprint.index()] = format!("{fp:016x}").into_bytes();
-        fields[Field::Written.index()] = now_ms().to_string().into_bytes();
-        fields[Field::Delta.index()] = delta.to_string().into_bytes();
-        let mut out = Vec::with_capacity(64 + compressed.as_ref().map_or(payload.len(), Vec::len));
+        // The header written straight into the stored bytes (no buffer per field): this
+        // runs on every fill.
+        let body = compressed.as_deref().unwrap_or(&payload);
+        let mut out = Vec::with_capacity(96 + body.len());
         out.extend_from_slice(MAGIC);
-        for field in &fields {
-            out.extend_from_slice(field);
-            out.push(SEPARATOR);
-        }
-        out.extend_from_slice(compressed.as_deref().unwrap_or(&payload));
+        out.push(self.codec.tag());
+        out.push(SEPARATOR);
+        // Writing into a `Vec` cannot fail.
+        let _ = match &compressed {
+            Some(_) => write!(out, "l{encoded_len}:"),
+            None => out.write_all(b"-:"),
+        };
+        let _ = write!(out, "{fp:016x}:{}:{delta}:", now_ms());
+        out.extend_from_slice(body);
         Ok((out, encoded_len))
     }
 }
@@ -619,17 +693,15 @@ impl ReadFormat {
         stored: &[u8],
     ) -> Result<T, DecodeError> {
         let version = self.schema_version;
-        self.decode_checked(stored, |fp| {
-            let (traced, named) = accepted_fingerprints::<T>(version);
-            fp == traced || fp == named
-        })
+        self.decode_checked(stored, |fp| accepted_fingerprints::<T>(version).accepts(fp))
     }
 
-    /// Decodes stored bytes as `T` if `accepts` the envelope's fingerprint.
+    /// Decodes stored bytes as `T` if `accepts` the envelope's fingerprint field (`None`:
+    /// the field is no fingerprint).
     fn decode_checked<T: DeserializeOwned>(
         &self,
         stored: &[u8],
-        accepts: impl FnOnce(u64) -> bool,
+        accepts: impl FnOnce(&[u8]) -> Option<bool>,
     ) -> Result<T, DecodeError> {
         if !stored.starts_with(FAMILY) {
             // No header: plain JSON from the previous release.
@@ -669,13 +741,10 @@ impl ReadFormat {
         };
         let codec =
             Codec::from_tag(codec).ok_or_else(|| DecodeError::Corrupt("unknown codec".into()))?;
-        let fp = std::str::from_utf8(fp)
-            .ok()
-            .filter(|fp| fp.len() == 16)
-            .and_then(|fp| u64::from_str_radix(fp, 16).ok())
-            .ok_or_else(|| DecodeError::Corrupt("bad fingerprint".into()))?;
-        if !accepts(fp) {
-            return Err(DecodeError::Schema);
+        match accepts(fp) {
+            Some(true) => {}
+            Some(false) => return Err(DecodeError::Schema),
+            None => return Err(DecodeError::Corrupt("bad fingerprint".into())),
         }
         #[cfg(feature = "lz4")]
         let inflated;
@@ -732,6 +801,23 @@ impl ReadFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fingerprint_field_is_matched_as_written_or_by_number() {
+        let accepted = accepted_fingerprints::<u32>(0);
+        let traced = traced_fingerprint::<u32>(0);
+        let lower = format!("{traced:016x}");
+        assert_eq!(accepted.accepts(lower.as_bytes()), Some(true));
+        // Another writer's case: the same number.
+        assert_eq!(accepted.accepts(lower.to_uppercase().as_bytes()), Some(true));
+        // A well-formed fingerprint of another type: the other release's value.
+        assert_eq!(accepted.accepts(format!("{:016x}", traced ^ 1).as_bytes()), Some(false));
+        // Not 16 hex digits: no fingerprint at all.
+        for field in ["", "0123", "0123456789abcdefa", "0123456789abcdeg", "+123456789abcdef"] {
+            assert_eq!(accepted.accepts(field.as_bytes()), None, "{field:?}");
+        }
+        assert_eq!(hex_u64(b"00000000000000fF"), Some(255));
+    }
     use proptest::prelude::*;
     use std::time::Duration;
 
@@ -948,13 +1034,16 @@ mod tests {
             .unwrap();
         // Postcard would decode the reordered type into wrong data; the fingerprint says no.
         let reader = ReadFormat::default();
-        let accepts_reordered = |got| got == fp(&reordered);
+        let accepts_reordered = |got: &[u8]| hex_u64(got).map(|got| got == fp(&reordered));
         assert!(matches!(
             reader.decode_checked::<release::Reordered>(&written, accepts_reordered),
             Err(DecodeError::Schema)
         ));
         assert_eq!(
-            reader.decode_checked::<release::Old>(&written, |got| got == fp(&old)).unwrap(),
+            reader
+                .decode_checked::<release::Old>(&written, |got| hex_u64(got)
+                    .map(|got| got == fp(&old)))
+                .unwrap(),
             release::Old { id: 1, price: 7 }
         );
         // Traced and named fingerprints are both read; types that cannot be traced fall

@@ -116,7 +116,7 @@ impl RedisStore {
         let (mut value_connection, mut lease_connection) =
             (self.connection.clone(), self.connection.clone());
         let lease_key = self.lease_key(LeaseKind::Load, key);
-        let get = self.bounded_get(&self.full_key(key));
+        let get = self.bounded_get(key);
         let lease = redis::pipe().cmd("GET").arg(&lease_key).cmd("PTTL").arg(&lease_key).clone();
         let (bytes, lease_state): (Vec<u8>, LeaseState) = self
             .guarded(futures_util::future::try_join(

@@ -378,15 +378,25 @@ impl RedisStore {
         self.read.limit.saturating_add(MAX_HEADER + MARKER_OVERHEAD)
     }
 
-    /// `GETRANGE <full key> 0 <bound>`: a `GET` that transfers at most
+    /// `GETRANGE <prefix + key> 0 <bound>`: a `GET` that transfers at most
     /// [`read_bound`](Self::read_bound)` + 1` bytes, in the same one round trip. A longer
     /// string (another application's data, a writer with a larger limit) is never read
     /// whole: [`stored`](Self::stored) sees it is over. Redis answers `""` for a missing key.
-    pub(super) fn bounded_get(&self, full_key: &str) -> redis::Cmd {
+    pub(super) fn bounded_get(&self, key: &str) -> redis::Cmd {
+        use redis::RedisWrite as _;
+        use std::io::Write as _;
         let end = u64::try_from(self.read_bound()).unwrap_or(u64::MAX).min(i64::MAX as u64);
-        // Sized up front and not cloned: this is every hit's command.
-        let mut get = redis::Cmd::with_capacity(4, "GETRANGE".len() + full_key.len() + 21);
-        get.arg("GETRANGE").arg(full_key).arg(0).arg(end);
+        // Sized up front, the prefixed key written straight into the command (no
+        // `full_key` string), not cloned: this is every hit's command.
+        let mut get =
+            redis::Cmd::with_capacity(4, "GETRANGE".len() + self.prefix.len() + key.len() + 21);
+        get.arg("GETRANGE");
+        let mut full_key = get.writer_for_next_arg();
+        // Writing into the command's own buffer cannot fail.
+        let _ = full_key.write_all(self.prefix.as_bytes());
+        let _ = full_key.write_all(key.as_bytes());
+        drop(full_key);
+        get.arg(0).arg(end);
         get
     }
 
@@ -411,9 +421,8 @@ impl RedisStore {
     /// trip, and a string longer than any value of this cache is not transferred.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>> {
         let mut connection = self.connection.clone();
-        let bytes: Vec<u8> = self
-            .guarded(self.bounded_get(&self.full_key(key)).query_async(&mut connection))
-            .await?;
+        let bytes: Vec<u8> =
+            self.guarded(self.bounded_get(key).query_async(&mut connection)).await?;
         Ok(self.stored(bytes))
     }
 
@@ -477,7 +486,7 @@ impl RedisStore {
         let (bytes, millis): (Vec<u8>, i64) = self
             .guarded(
                 redis::pipe()
-                    .add_command(self.bounded_get(&full_key))
+                    .add_command(self.bounded_get(key))
                     .cmd("PTTL")
                     .arg(&full_key)
                     .query_async(&mut connection),
@@ -545,11 +554,16 @@ impl RedisStore {
         indexes: &'i [String],
         per_index: impl Fn(&'i str) -> C,
     ) -> Result<()> {
-        let invocations: Vec<_> =
-            indexes.iter().map(|index| per_index(index).invocation()).collect();
-        let runs = invocations.iter().map(|invocation| {
+        let invocations: Vec<_> = indexes
+            .iter()
+            .map(|index| {
+                let invocation = per_index(index).invocation();
+                (invocation.script(), invocation.into_command())
+            })
+            .collect();
+        let runs = invocations.iter().map(|(script, command)| {
             let mut connection = self.connection.clone();
-            async move { invocation.invoke_async::<C::Reply>(&mut connection).await }
+            async move { invoke::<C::Reply>(script, command, &mut connection).await }
         });
         self.guarded(try_join_all(runs)).await?;
         Ok(())
@@ -575,15 +589,11 @@ impl RedisStore {
 
     /// Runs a script through its typed call (behind the breaker).
     async fn call<C: Call>(&self, call: &C) -> Result<C::Reply> {
-        self.run(&call.invocation()).await
-    }
-
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<T> {
+        let invocation = call.invocation();
+        let script = invocation.script();
+        let command = invocation.into_command();
         let mut connection = self.connection.clone();
-        self.guarded(invocation.invoke_async(&mut connection)).await
+        self.guarded(invoke(script, &command, &mut connection)).await
     }
 
     /// Write-through: `SET` with the index updates, atomically on standalone, indexes first
@@ -1137,6 +1147,25 @@ impl Drop for ProbeReport<'_> {
 #[allow(dead_code, unreachable_pub, missing_docs)]
 #[path = "../../../../tests/src/redis_server.rs"]
 mod redis_server;
+
+/// Sends a script's `EVALSHA` `command`; on a `NOSCRIPT` reply (a restarted or flushed
+/// server) loads `script` and sends it once more. (The link answers most `NOSCRIPT`s
+/// itself with `EVAL`, once this process has loaded the script.)
+async fn invoke<T: redis::FromRedisValue>(
+    script: &redis::Script,
+    command: &redis::Cmd,
+    connection: &mut Link,
+) -> redis::RedisResult<T> {
+    match command.query_async(connection).await {
+        Err(error)
+            if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            script.load_async(connection).await?;
+            command.query_async(connection).await
+        }
+        reply => reply,
+    }
+}
 
 #[cfg(test)]
 mod tests {

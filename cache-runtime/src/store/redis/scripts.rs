@@ -16,7 +16,7 @@
 
 use std::sync::LazyLock;
 
-use redis::{Script, ScriptInvocation};
+use redis::{Arg, Cmd, Script, ToRedisArgs};
 
 use super::{MARKER_TAG, OVER_LIMIT_TAG};
 use crate::codec::ABSENT;
@@ -28,7 +28,70 @@ pub(super) trait Call {
     type Reply: redis::FromRedisValue;
 
     /// The invocation: the script with this call's `KEYS` and `ARGV`.
-    fn invocation(&self) -> ScriptInvocation<'static>;
+    fn invocation(&self) -> Invocation;
+}
+
+/// One script call, built as `EVALSHA <sha> <key count> KEYS... ARGV...` in one command.
+/// It takes the place of `redis::ScriptInvocation`, which holds every key and argument in
+/// a buffer of its own and copies them all into the command at each send: on a miss (two
+/// script calls) that was about a third of the client's work. Keys come first: they are
+/// kept until the first argument, which writes the command's head and them (the key count
+/// precedes the keys).
+pub(super) struct Invocation {
+    script: &'static Script,
+    /// The keys, until the first argument.
+    keys: Cmd,
+    /// The command, from the first argument on.
+    command: Option<Cmd>,
+}
+
+impl Invocation {
+    /// A call of `script` with no keys or arguments yet.
+    pub(super) fn new(script: &'static Script) -> Invocation {
+        Invocation { script, keys: Cmd::new(), command: None }
+    }
+
+    /// Adds a key (`KEYS[n]`). Every key comes before the first argument.
+    pub(super) fn key<T: ToRedisArgs>(&mut self, key: T) -> &mut Invocation {
+        assert!(self.command.is_none(), "a script's keys come before its arguments");
+        self.keys.arg(key);
+        self
+    }
+
+    /// Adds an argument (`ARGV[n]`).
+    pub(super) fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Invocation {
+        self.command().arg(arg);
+        self
+    }
+
+    /// The script it calls (loaded on a `NOSCRIPT` reply).
+    pub(super) fn script(&self) -> &'static Script {
+        self.script
+    }
+
+    /// The `EVALSHA` command.
+    pub(super) fn into_command(mut self) -> Cmd {
+        self.command();
+        self.command.take().unwrap_or_default()
+    }
+
+    fn command(&mut self) -> &mut Cmd {
+        let (script, keys) = (self.script, &self.keys);
+        self.command.get_or_insert_with(|| {
+            let keys: Vec<&[u8]> = keys
+                .args_iter()
+                .map(|key| match key {
+                    Arg::Simple(bytes) => bytes,
+                    // Only `SCAN`-like commands hold a cursor; keys never do.
+                    _ => b"0",
+                })
+                .collect();
+            let bytes = keys.iter().map(|key| key.len()).sum::<usize>();
+            let mut command = Cmd::with_capacity(3 + keys.len() + 8, 64 + bytes + 128);
+            command.arg("EVALSHA").arg(script.get_hash()).arg(keys.len()).arg(keys.as_slice());
+            command
+        })
+    }
 }
 
 /// A written key and the invalidation indexes a standalone script updates with it (none on
@@ -152,8 +215,8 @@ return 1",
 impl Call for IndexAdd<'_> {
     type Reply = ();
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut call = INDEX_ADD.prepare_invoke();
+    fn invocation(&self) -> Invocation {
+        let mut call = Invocation::new(&INDEX_ADD);
         call.key(self.index).arg(self.member).arg(self.ttl_ms).arg(flag(self.trusted_at_birth));
         call
     }
@@ -183,7 +246,7 @@ return 1",
 impl Call for Write<'_> {
     type Reply = ();
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
+    fn invocation(&self) -> Invocation {
         let mut call = target_invocation(&WRITE, self.target);
         call.arg(self.value).arg(self.ttl_ms).arg(self.member).arg(flag(self.trusted_at_birth));
         call
@@ -306,7 +369,7 @@ return begin_one(KEYS[1], ARGV[1], ARGV[3], o.force, o, index)"
 impl Call for BeginFill<'_> {
     type Reply = (i64, Vec<u8>);
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
+    fn invocation(&self) -> Invocation {
         let mut call = target_invocation(&BEGIN_FILL, self.target);
         call.arg(self.marker)
             .arg(self.window_ms)
@@ -575,8 +638,8 @@ return fill_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3])"
 impl Call for Fill<'_> {
     type Reply = i64;
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut call = FILL.prepare_invoke();
+    fn invocation(&self) -> Invocation {
+        let mut call = Invocation::new(&FILL);
         call.key(self.data).arg(self.marker).arg(self.value).arg(self.ttl_ms);
         call
     }
@@ -612,7 +675,7 @@ return 1",
 impl Call for Replace<'_> {
     type Reply = i64;
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
+    fn invocation(&self) -> Invocation {
         let mut call = target_invocation(&REPLACE, self.target);
         call.arg(self.old)
             .arg(self.old_pttl_ms)
@@ -678,7 +741,7 @@ return current",
 impl Call for Touch<'_> {
     type Reply = Option<Vec<u8>>;
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
+    fn invocation(&self) -> Invocation {
         let mut call = target_invocation(&TOUCH, self.target);
         call.arg(self.idle_ms)
             .arg(self.cap_ms)
@@ -718,8 +781,8 @@ return 1",
 impl Call for Cover<'_> {
     type Reply = ();
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut call = COVER.prepare_invoke();
+    fn invocation(&self) -> Invocation {
+        let mut call = Invocation::new(&COVER);
         call.key(self.index)
             .arg(self.member)
             .arg(self.idle_ms)
@@ -757,8 +820,8 @@ return 1",
 impl Call for Reindex<'_> {
     type Reply = ();
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut call = REINDEX.prepare_invoke();
+    fn invocation(&self) -> Invocation {
+        let mut call = Invocation::new(&REINDEX);
         call.key(self.index);
         for full in self.full_keys {
             call.key(full.as_str());
@@ -790,8 +853,8 @@ return 1",
 impl Call for StartRebuild<'_> {
     type Reply = ();
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut call = START_REBUILD.prepare_invoke();
+    fn invocation(&self) -> Invocation {
+        let mut call = Invocation::new(&START_REBUILD);
         call.key(self.index).arg(self.own);
         call
     }
@@ -821,8 +884,8 @@ return 0",
 impl Call for Trust<'_> {
     type Reply = i64;
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut call = TRUST.prepare_invoke();
+    fn invocation(&self) -> Invocation {
+        let mut call = Invocation::new(&TRUST);
         call.key(self.index).arg(self.own);
         call
     }
@@ -847,8 +910,8 @@ return abandon_one(KEYS[1], ARGV[1], ARGV[2] == '1')"
 impl Call for Abandon<'_> {
     type Reply = i64;
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut call = ABANDON.prepare_invoke();
+    fn invocation(&self) -> Invocation {
+        let mut call = Invocation::new(&ABANDON);
         call.key(self.data).arg(self.marker).arg(flag(self.placed_here));
         call
     }
@@ -877,8 +940,8 @@ return 0",
 impl Call for Acquire<'_> {
     type Reply = u64;
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut call = ACQUIRE.prepare_invoke();
+    fn invocation(&self) -> Invocation {
+        let mut call = Invocation::new(&ACQUIRE);
         call.key(self.lock).key(self.fence).arg(self.token).arg(self.lease_ms);
         call
     }
@@ -912,8 +975,8 @@ return 0"
 impl Call for Extend<'_> {
     type Reply = u64;
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut call = EXTEND.prepare_invoke();
+    fn invocation(&self) -> Invocation {
+        let mut call = Invocation::new(&EXTEND);
         call.key(self.lease).arg(self.token).arg(self.lease_ms).arg(SETTLED_SUFFIX);
         call
     }
@@ -946,8 +1009,8 @@ return 0"
 impl Call for Release<'_> {
     type Reply = u64;
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut call = RELEASE.prepare_invoke();
+    fn invocation(&self) -> Invocation {
+        let mut call = Invocation::new(&RELEASE);
         call.key(self.lease)
             .arg(self.token)
             .arg(self.channel)
@@ -983,16 +1046,16 @@ return 1"
 impl Call for Settle<'_> {
     type Reply = u64;
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut call = SETTLE.prepare_invoke();
+    fn invocation(&self) -> Invocation {
+        let mut call = Invocation::new(&SETTLE);
         call.key(self.lease).arg(self.token).arg(SETTLED_SUFFIX);
         call
     }
 }
 
 /// A standalone script's invocation on `target`: its data key, then its indexes.
-fn target_invocation(script: &'static Script, target: &Target) -> ScriptInvocation<'static> {
-    let mut call = script.prepare_invoke();
+fn target_invocation(script: &'static Script, target: &Target) -> Invocation {
+    let mut call = Invocation::new(script);
     call.key(target.data.as_str());
     for index in &target.indexes {
         call.key(index.as_str());
@@ -1041,8 +1104,8 @@ return {0, 0, tonumber(freeing[2]) + window - now, tonumber(newest[2]) + window 
 impl Call for RateDecide<'_> {
     type Reply = (i64, i64, i64, i64);
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut call = RATE_DECIDE.prepare_invoke();
+    fn invocation(&self) -> Invocation {
+        let mut call = Invocation::new(&RATE_DECIDE);
         call.key(self.key).arg(self.limit).arg(self.window_micros.to_string()).arg(self.expire_ms);
         call
     }
@@ -1074,8 +1137,8 @@ return removed",
 impl Call for TagUnlink<'_> {
     type Reply = u64;
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut call = TAG_UNLINK.prepare_invoke();
+    fn invocation(&self) -> Invocation {
+        let mut call = Invocation::new(&TAG_UNLINK);
         call.key(self.set);
         for full in self.full_keys {
             call.key(full.as_str());
