@@ -461,8 +461,8 @@ return replies"
 impl Call for BeginFills<'_> {
     type Reply = Vec<(i64, Vec<u8>)>;
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut call = BEGIN_FILLS.prepare_invoke();
+    fn invocation(&self) -> Invocation {
+        let mut call = Invocation::new(&BEGIN_FILLS);
         for key in self.keys {
             call.key(key.data);
         }
@@ -567,8 +567,8 @@ return replies"
 impl Call for Settles<'_> {
     type Reply = Vec<i64>;
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut call = SETTLES.prepare_invoke();
+    fn invocation(&self) -> Invocation {
+        let mut call = Invocation::new(&SETTLES);
         for key in self.keys {
             call.key(key.data.as_str());
         }
@@ -609,8 +609,8 @@ return 1",
 impl Call for IndexAddMany<'_> {
     type Reply = ();
 
-    fn invocation(&self) -> ScriptInvocation<'static> {
-        let mut call = INDEX_ADD_MANY.prepare_invoke();
+    fn invocation(&self) -> Invocation {
+        let mut call = Invocation::new(&INDEX_ADD_MANY);
         call.key(self.index).arg(self.ttl_ms).arg(flag(self.trusted_at_birth));
         for member in self.members {
             call.arg(*member);
