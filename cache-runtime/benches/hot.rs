@@ -13,6 +13,11 @@
 //! | `tags` | `Cache::invalidate_tag("make:<n>")` of 10 keys stored with `set_tagged` | one hand-written `GET` round trip | latency, in round trips |
 //! | `batch` | `#[cached_batch]` of 100 ids: cold (every id new), and warm (all hits) | hand-written `MGET`, the same "query", one pipeline of 100 `SET PX`; and a bare `MGET` + decode | latency ratio |
 //!
+//! For `valgrind --tool=callgrind`, one side only, untimed: `prof-attr` / `prof-hand` (64
+//! tasks of Redis hits), `prof-memory` (memory hits, then as many bare moka gets), and, one
+//! contender per run of `HOT_PROF_CALLS` calls, `prof-near`, `prof-memory-hit`, `prof-moka`
+//! (bare `moka::future` get) and `prof-quick` (bare `quick_cache::sync` get + clone).
+//!
 //! Method: each round times subject and baseline in batches, the order alternating round by
 //! round (so machine noise hits both alike); the figure is the median of the per-round
 //! ratios (9 rounds unless `HOT_ROUNDS` says otherwise). Throughput parts run on one
@@ -474,6 +479,47 @@ fn main() {
             }
             for _ in 0..100_000 {
                 black_box(moka.get(&format!("vehicle:{ID}")).await.unwrap());
+            }
+        });
+    }
+
+    // For callgrind, one contender per run, `HOT_PROF_CALLS` calls (100,000 unless told) on
+    // the current-thread runtime: two runs with N and 2N calls give the instructions of one
+    // call as their difference / N (the setup cancels out).
+    let prof_calls: usize =
+        std::env::var("HOT_PROF_CALLS").ok().and_then(|n| n.parse().ok()).unwrap_or(100_000);
+    if runs("prof-near") {
+        single.block_on(async {
+            for _ in 0..prof_calls {
+                black_box(near_vehicle(ID).await.unwrap());
+            }
+        });
+    }
+    if runs("prof-memory-hit") {
+        single.block_on(async {
+            for _ in 0..prof_calls {
+                black_box(memory_vehicle(ID).await.unwrap());
+            }
+        });
+    }
+    if runs("prof-moka") {
+        let moka: moka::future::Cache<String, Vehicle> =
+            moka::future::Cache::builder().max_capacity(10_000).time_to_live(TTL).build();
+        single.block_on(async {
+            moka.insert(format!("vehicle:{ID}"), load_vehicle(ID)).await;
+            for _ in 0..prof_calls {
+                black_box(moka.get(&format!("vehicle:{ID}")).await.unwrap());
+            }
+        });
+    }
+    if runs("prof-quick") {
+        let quick: quick_cache::sync::Cache<String, Arc<Vehicle>> =
+            quick_cache::sync::Cache::new(10_000);
+        quick.insert(format!("vehicle:{ID}"), Arc::new(load_vehicle(ID)));
+        single.block_on(async {
+            for _ in 0..prof_calls {
+                let found = quick.get(&format!("vehicle:{ID}")).map(|v| (*v).clone());
+                black_box(async { found.unwrap() }.await);
             }
         });
     }

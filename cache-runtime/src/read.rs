@@ -131,9 +131,8 @@ where
     // L1 decided a recompute (`early` draws once per hit, there or on the store path).
     let mut due = false;
     if let Some(near) = near {
-        match near.answer(key, policy, cloner, counters.mean_load()) {
+        match near.answer(key, policy, cloner, || counters.mean_load()) {
             crate::near::Answer::Hit(value) => {
-                counters.hit();
                 counters.near_hit();
                 return Read::Hit { value, found: None, due: false };
             }

@@ -57,9 +57,8 @@ where
         }
         if let Some(near) = near {
             if let crate::near::Answer::Hit(value) =
-                near.answer(key, policy, cloner, counters.mean_load())
+                near.answer(key, policy, cloner, || counters.mean_load())
             {
-                counters.hit();
                 counters.near_hit();
                 *answer = Some(Looked::Hit(value));
                 continue;

@@ -122,9 +122,10 @@ async fn memory_case(small: u64, large: u64) -> (u64, u64) {
     (setting, meter.growth())
 }
 
-async fn near_case() -> (u64, u64) {
+/// `near_cache(setting)` filled by `small` Redis hits of small values, then `large` of
+/// large ones.
+async fn near_case(setting: u64, small: u64, large: u64) -> (u64, u64) {
     let server = RedisServer::start();
-    let setting = 4 * MIB;
     let cache = Cache::builder()
         .redis(server.url())
         .prefix("mb:")
@@ -141,7 +142,6 @@ async fn near_case() -> (u64, u64) {
     // Redis holds the values first (pipelined plain JSON, as a previous release wrote), so
     // that each `#[cached]` call below is one Redis hit that fills the near cache.
     let mut plain = server.connection().await;
-    let (small, large) = (30_000_u64, 400_u64);
     let mut meter = Meter::start();
     for chunk in (0..small).collect::<Vec<_>>().chunks(1_000) {
         let mut pipe = redis::pipe();
@@ -164,8 +164,13 @@ async fn near_case() -> (u64, u64) {
             .unwrap();
     }
     fill(&cache, small, large, &mut meter).await;
-    let (entries, _) = cache.near_cache_size().expect("a near cache");
+    let (entries, bytes) = cache.near_cache_size().expect("a near cache");
     assert!(entries > 0, "the near cache was filled");
+    println!(
+        "near: {entries} entries weighed {} bytes each; RSS grew {} bytes per entry",
+        bytes / entries,
+        meter.growth() / entries
+    );
     (setting, meter.growth())
 }
 
@@ -192,7 +197,10 @@ async fn run_case(name: &str) -> (u64, u64) {
         "memory_small" => memory_case(100_000, 0).await,
         "memory_large" => memory_case(0, 1_000).await,
         "memory_both" => memory_case(100_000, 1_000).await,
-        "near" => near_case().await,
+        "near" => near_case(4 * MIB, 30_000, 400).await,
+        // Run by hand, for the near cache's `ENTRY_OVERHEAD`: nothing evicted, so the RSS
+        // growth per entry is what one costs (docs/benchmarks.md).
+        "near_calibrate" => near_case(1 << 30, 50_000, 0).await,
         "rate_limit" => rate_limit_case().await,
         other => panic!("unknown case {other}"),
     }

@@ -14,9 +14,16 @@
 //! was being read is never inserted afterwards.
 //!
 //! **Bounds.** An entry expires when its Redis entry does (`PTTL` read with the value, in the
-//! same round trip). The byte bound counts what an entry costs in process memory: its key,
-//! its stored bytes, its typed copy (estimated, see `Entry::weight`) and a per-entry
-//! overhead measured from RSS.
+//! same round trip): a read finds it expired and answers a miss (and drops it), and the
+//! tracking task drops every expired entry about once a second ([`Near::drop_expired`]), so
+//! an expired entry that nobody reads again does not keep its memory. The byte bound counts
+//! what an entry costs in process memory: its key, its stored bytes, its typed copy
+//! (estimated, see `Entry::weight`) and a per-entry overhead measured from RSS.
+//!
+//! **The map** is a `quick_cache::sync::Cache` (sharded `RwLock`s of a hash table, CLOCK-Pro
+//! eviction by weight): under 64 tasks hitting one key it served 1.4-1.8x the hits of
+//! `moka::sync::Cache` on the same machine and run (docs/benchmarks.md, issue 25). It has no
+//! per-entry expiry: `Held::expires` is checked on every read instead.
 
 pub(crate) mod tracking;
 
@@ -34,12 +41,13 @@ use crate::store::{Found, Version};
 const SHARDS: usize = 64;
 
 /// What an entry costs besides its key's bytes and its [`Entry::weight`] (stored bytes and
-/// typed copy): moka's bookkeeping (its table slot, the key's `Arc`, the access, write and
-/// timer deque nodes), the `Held` and the allocator's headers. Calibrated from RSS: 50,000
-/// `#[cached]` hits filling a near cache grew the process by 747 bytes each, of which the
-/// key and the entry account for about 340 (`tests/tests/memory_bound.rs`,
-/// docs/benchmarks.md).
-const ENTRY_OVERHEAD: usize = 416;
+/// typed copy): quick_cache's bookkeeping (its table slot, and the slab entry holding the key
+/// `String`, the `Held` and the hash), and the allocator's headers. Calibrated from RSS:
+/// 50,000 `#[cached]` hits filling a near cache grew the process by 471 bytes each (747 on
+/// moka), of which the key and the entry with its copy account for about 340
+/// (`tests/tests/memory_bound.rs`, case `near_calibrate`; docs/benchmarks.md). Weighed, such
+/// an entry counts 551 bytes: `Entry::weight`'s estimate of the copy errs high.
+const ENTRY_OVERHEAD: usize = 128;
 
 /// How long an entry whose Redis key has no expiry (written by another client) is kept at
 /// most; tracking evicts it on any change before that.
@@ -62,23 +70,18 @@ impl Held {
     }
 }
 
-struct UntilRedisExpiry;
+/// Weighs an entry as what it costs in process memory (see [`ENTRY_OVERHEAD`]).
+#[derive(Clone, Copy)]
+struct Weigh;
 
-impl moka::Expiry<String, Held> for UntilRedisExpiry {
-    fn expire_after_create(&self, _: &String, held: &Held, now: Instant) -> Option<Duration> {
-        Some(held.expires.saturating_duration_since(now))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &String,
-        held: &Held,
-        now: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(held.expires.saturating_duration_since(now))
+impl quick_cache::Weighter<String, Held> for Weigh {
+    fn weight(&self, key: &String, held: &Held) -> u64 {
+        (key.len() + held.entry.weight() + ENTRY_OVERHEAD) as u64
     }
 }
+
+/// The map of held entries.
+type Entries = quick_cache::sync::Cache<String, Held, Weigh>;
 
 /// What a read must still see unchanged to insert its value (see the module docs).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -90,7 +93,7 @@ pub(crate) struct Epoch {
 
 /// The L1 of one cache.
 pub(crate) struct Near {
-    entries: moka::sync::Cache<String, Held>,
+    entries: Entries,
     /// Invalidation counters by key hash; an insert checks, and an eviction bumps, under
     /// the shard's lock.
     shards: Box<[Mutex<u64>]>,
@@ -112,13 +115,10 @@ impl Near {
     /// An L1 whose entries cost at most about `max_bytes` of memory, for the cache whose Redis keys start with `prefix`.
     /// It serves nothing until tracking is live.
     pub(crate) fn new(max_bytes: u64, prefix: &str) -> Near {
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|key: &String, held: &Held| {
-                u32::try_from(key.len() + held.entry.weight() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
-            })
-            .expire_after(UntilRedisExpiry)
-            .build();
+        // The item estimate sizes quick_cache's shards and its ghost list (keys recently
+        // evicted): a small entry weighs about 1 KiB.
+        let items = usize::try_from(max_bytes / 1024).unwrap_or(usize::MAX).max(64);
+        let entries = Entries::with_weighter(items, max_bytes, Weigh);
         Near {
             entries,
             shards: (0..SHARDS).map(|_| Mutex::new(0)).collect(),
@@ -168,20 +168,21 @@ impl Near {
     where
         T: serde::de::DeserializeOwned + 'static,
     {
-        match self.answer(key, policy, cloner, std::time::Duration::ZERO) {
+        match self.answer(key, policy, cloner, || Duration::ZERO) {
             Answer::Hit(value) => Some(value),
             Answer::Due | Answer::Miss => None,
         }
     }
 
     /// What L1 answers for `key`: a value to serve, one due for a recompute (`refresh` age
-    /// reached, or XFetch's draw with the value's load time, else `mean_load`), or nothing.
+    /// reached, or XFetch's draw with the value's load time, else `mean_load()`, asked only
+    /// then), or nothing.
     pub(crate) fn answer<T>(
         &self,
         key: &str,
         policy: &Policy,
         cloner: Cloner<T>,
-        mean_load: std::time::Duration,
+        mean_load: impl FnOnce() -> Duration,
     ) -> Answer<T>
     where
         T: serde::de::DeserializeOwned + 'static,
@@ -190,6 +191,12 @@ impl Near {
             return Answer::Miss;
         }
         let Some(held) = self.entries.get(key) else { return Answer::Miss };
+        let now = Instant::now();
+        if held.expires <= now {
+            // Expired in Redis too: a miss, and dropped (unless a newer read replaced it).
+            self.entries.remove_if(key, |current| current.expires <= now);
+            return Answer::Miss;
+        }
         if policy.tracks_age() {
             let age = held.age();
             if age >= policy.ttl {
@@ -199,8 +206,8 @@ impl Near {
             let delta = match policy.early {
                 Some(_) => crate::format::Stamp::of(&held.entry.json)
                     .and_then(|stamp| stamp.load_time)
-                    .unwrap_or(mean_load),
-                None => mean_load,
+                    .unwrap_or_else(mean_load),
+                None => mean_load(),
             };
             if policy.recompute_now(age, delta) {
                 return Answer::Due; // the Redis path refreshes it, from the stored value
@@ -264,29 +271,29 @@ impl Near {
         let shard = self.shard_of(key);
         let mut count = self.lock(shard);
         *count += 1;
-        self.entries.invalidate(key);
+        self.entries.remove(key);
     }
 
     /// Evicts the keys matching `pattern` (a glob) and voids every read in flight.
     fn evict_matching(&self, pattern: &str) {
         let _locks = self.lock_all();
         self.generation.fetch_add(1, Ordering::AcqRel);
-        let doomed: Vec<Arc<String>> = self
-            .entries
-            .iter()
-            .map(|(key, _)| key)
-            .filter(|key| crate::glob::matches(pattern, key))
-            .collect();
-        for key in doomed {
-            self.entries.invalidate(key.as_str());
-        }
+        self.entries.retain(|key, _| !crate::glob::matches(pattern, key));
     }
 
     /// Drops everything and voids every read in flight (L1 stays live).
     pub(crate) fn flush(&self) {
         let _locks = self.lock_all();
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.entries.invalidate_all();
+        self.entries.clear();
+    }
+
+    /// Drops every entry whose Redis entry has expired (a read would not serve it): run by
+    /// the tracking task about once a second, so that expired entries nobody reads again
+    /// do not hold memory until the byte bound evicts them.
+    pub(crate) fn drop_expired(&self) {
+        let now = Instant::now();
+        self.entries.retain(|_, held| held.expires > now);
     }
 
     fn lock_all(&self) -> Vec<MutexGuard<'_, u64>> {
@@ -328,10 +335,9 @@ impl Near {
         }
     }
 
-    /// Entries and weighed bytes (after pending maintenance).
+    /// Entries and weighed bytes.
     pub(crate) fn size(&self) -> (u64, u64) {
-        self.entries.run_pending_tasks();
-        (self.entries.entry_count(), self.entries.weighted_size())
+        (self.entries.len() as u64, self.entries.weight())
     }
 }
 
@@ -396,6 +402,29 @@ mod tests {
         assert_eq!(near.serve::<u32>("k", &policy(), None), Some(1));
         near.invalidated(None::<std::iter::Empty<&[u8]>>);
         assert_eq!(near.serve::<u32>("k", &policy(), None), None, "a null push flushes");
+    }
+
+    #[test]
+    fn an_expired_entry_is_not_served_and_is_dropped() {
+        let near = Near::new(1 << 20, "p:");
+        near.hear(1);
+        // Read with 30 ms left in Redis.
+        for key in ["read", "unread", "kept"] {
+            let read = found(b"1", if key == "kept" { 60_000 } else { 30 });
+            near.insert(key, near.epoch(key).unwrap(), &read, Arc::clone(&read.entry));
+        }
+        assert_eq!(near.serve::<u32>("read", &policy(), None), Some(1));
+        assert_eq!(near.size().0, 3);
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(near.serve::<u32>("read", &policy(), None), None, "expired with Redis");
+        assert_eq!(near.size().0, 2, "the expired entry a read found is gone");
+        near.drop_expired();
+        assert_eq!(near.size().0, 1, "the sweep drops the unread expired entry");
+        assert_eq!(near.serve::<u32>("kept", &policy(), None), Some(1));
+        let (_, bytes) = near.size();
+        let read = found(b"1", 60_000);
+        let held = "kept".len() + read.entry.weight() + ENTRY_OVERHEAD;
+        assert_eq!(bytes, held as u64, "only the live entry is weighed");
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl Near {
         _: &str,
         _: &Policy,
         _: Cloner<T>,
-        _: std::time::Duration,
+        _: impl FnOnce() -> std::time::Duration,
     ) -> Answer<T> {
         match *self {}
     }

@@ -10,8 +10,8 @@
 //! connection (one per process using a near cache).
 //!
 //! A session connects every node, switches tracking on, makes L1 live, then pings every
-//! node every [`PING_EVERY`] (bounded by [`PING_TIMEOUT`]) and, on a cluster, compares the
-//! slot map every [`TOPOLOGY_EVERY`]. Any failure, disconnect notice, or topology change
+//! node every [`PING_EVERY`] (bounded by [`PING_TIMEOUT`]), drops L1's expired entries every
+//! [`SWEEP_EVERY`] and, on a cluster, compares the slot map every [`TOPOLOGY_EVERY`]. Any failure, disconnect notice, or topology change
 //! ends the session: L1 is flushed and serves nothing until the next session is live.
 
 use std::sync::{Arc, Weak};
@@ -32,6 +32,8 @@ pub(crate) const PING_EVERY: Duration = Duration::from_millis(250);
 pub(crate) const PING_TIMEOUT: Duration = Duration::from_millis(250);
 /// How often a cluster's slot map is compared with the one tracking started from.
 pub(crate) const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
+/// How often L1's expired entries are dropped ([`Near::drop_expired`]).
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Where to track.
 pub(crate) struct TrackingOptions {
@@ -148,11 +150,16 @@ async fn track(near: &Weak<Near>, options: &TrackingOptions, session: u64) -> Re
         tracing::debug!(nodes = connections.len(), "near cache: tracking on; L1 live");
     }
     let mut last_topology = Instant::now();
+    let mut last_sweep = Instant::now();
     loop {
         tokio::time::sleep(PING_EVERY).await;
         let Some(live) = near.upgrade() else { return Ok(()) };
         if !live.is_live() {
             return Err("a tracking connection disconnected".into());
+        }
+        if last_sweep.elapsed() >= SWEEP_EVERY {
+            last_sweep = Instant::now();
+            live.drop_expired();
         }
         if generation.is_some()
             && generation != options.sentinel.as_ref().map(SentinelLink::generation)
