@@ -155,6 +155,8 @@ pub(crate) enum Settle<'a> {
     Abandon { key: &'a str, ticket: &'a Ticket },
 }
 
+// Read by the Redis store's batch scripts only.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl Settle<'_> {
     /// The key it settles.
     pub(crate) fn key(&self) -> &str {
