@@ -16,7 +16,9 @@
 //! For `valgrind --tool=callgrind`, one side only, untimed: `prof-attr` / `prof-hand` (64
 //! tasks of Redis hits), `prof-memory` (memory hits, then as many bare moka gets), and, one
 //! contender per run of `HOT_PROF_CALLS` calls, `prof-near`, `prof-memory-hit`, `prof-moka`
-//! (bare `moka::future` get) and `prof-quick` (bare `quick_cache::sync` get + clone).
+//! (bare `moka::future` get) and `prof-quick` (bare `quick_cache::sync` get + clone);
+//! `prof-cold-batch` / `prof-cold-hand`: `HOT_PROF_CALLS / 100` cold batches of 100 ids,
+//! `#[cached_batch]` or hand-written.
 //!
 //! Method: each round times subject and baseline in batches, the order alternating round by
 //! round (so machine noise hits both alike); the figure is the median of the per-round
@@ -509,6 +511,26 @@ fn main() {
             moka.insert(format!("vehicle:{ID}"), load_vehicle(ID)).await;
             for _ in 0..prof_calls {
                 black_box(moka.get(&format!("vehicle:{ID}")).await.unwrap());
+            }
+        });
+    }
+    // Cold batches of 100 ids (every id new), `HOT_PROF_CALLS / 100` of them: the client's
+    // instructions per batch, ours and the hand-written one's (the server runs outside
+    // callgrind).
+    for (part, attr) in [("prof-cold-batch", true), ("prof-cold-hand", false)] {
+        if !runs(part) {
+            continue;
+        }
+        let connection = single.block_on(ConnectionManager::new(client.clone())).expect("conn");
+        let mut first = if attr { 20_000_000 } else { 30_000_000 };
+        single.block_on(async {
+            for _ in 0..prof_calls / 100 {
+                let ids: Vec<u64> = (first..first + BATCH).collect();
+                first += BATCH;
+                match attr {
+                    true => black_box(batch_vehicles(&ids).await.unwrap()),
+                    false => black_box(hand_batch(&connection, &ids).await),
+                };
             }
         });
     }

@@ -192,6 +192,12 @@ impl Leader {
         self.number
     }
 
+    /// Whether a follower is waiting for this flight's outcome now (more may join until
+    /// it is published).
+    pub(crate) fn followed(&self) -> bool {
+        self.slot.landed.receiver_count() > 0
+    }
+
     /// Ends the flight for newcomers, then wakes the followers with the outcome. Callers
     /// arriving from now on read the store instead: only callers that joined while the
     /// value was loading get it from the flight (see `load.rs` for why that order makes

@@ -542,19 +542,22 @@ impl std::fmt::Display for EncodeError {
     }
 }
 
-/// An encoding buffer that holds at most `limit` bytes: a write that would pass it fails
-/// (and sets `over`), which makes every codec's serializer stop where it is. It grows as a
-/// `Vec` does, but never reserves past the limit.
+/// An encoding buffer that holds at most `limit` bytes after its `head` (the envelope's
+/// header, written first): a write that would pass it fails (and sets `over`), which makes
+/// every codec's serializer stop where it is. It grows as a `Vec` does, but never reserves
+/// past the limit.
 struct Bounded {
     bytes: Vec<u8>,
+    /// The limit on `bytes`: the head's length plus the payload's limit.
     limit: usize,
-    /// A write was refused: the value is longer than `limit`.
+    /// A write was refused: the value is longer than the limit.
     over: bool,
 }
 
 impl Bounded {
-    fn new(limit: usize) -> Self {
-        Bounded { bytes: Vec::with_capacity(limit.min(128)), limit, over: false }
+    /// A buffer that already holds its head (`bytes`), then takes at most `limit` more.
+    fn new(bytes: Vec<u8>, limit: usize) -> Self {
+        Bounded { limit: bytes.len().saturating_add(limit), bytes, over: false }
     }
 }
 
@@ -630,9 +633,32 @@ impl Format {
     ) -> Result<(Vec<u8>, usize), EncodeError> {
         use serde::ser::Error as _;
         use std::io::Write as _;
+        // A load shorter than a millisecond is recorded as 1 ms: 0 means unknown.
+        let delta =
+            load_time.map_or(0, |took| u64::try_from(took.as_millis()).unwrap_or(u64::MAX).max(1));
+        // The header, then the payload, into one buffer: this runs on every fill. The
+        // header's second field is `-` (not compressed); a payload compressed below is
+        // written again behind a header saying so.
+        let now = now_ms();
+        let header = |out: &mut Vec<u8>, compressed: Option<usize>| {
+            out.extend_from_slice(MAGIC);
+            out.push(self.codec.tag());
+            out.push(SEPARATOR);
+            // Writing into a `Vec` cannot fail.
+            let _ = match compressed {
+                Some(encoded_len) => write!(out, "l{encoded_len}:"),
+                None => out.write_all(b"-:"),
+            };
+            let _ = write!(out, "{fp:016x}:{now}:{delta}:");
+        };
+        // Sized for a small value at once: one allocation for most values, and none copied
+        // (the stored bytes are this buffer).
+        let mut head = Vec::with_capacity(self.read.limit.saturating_add(64).min(256));
+        header(&mut head, None);
+        let head_len = head.len();
         // The codec writes into a buffer that refuses to grow past the limit: a value over
         // it stops the serializer there, so neither the work nor the memory goes further.
-        let mut sink = Bounded::new(self.read.limit);
+        let mut sink = Bounded::new(head, self.read.limit);
         let written = match self.codec {
             Codec::Json => serde_json::to_writer(&mut sink, value),
             #[cfg(feature = "msgpack")]
@@ -651,36 +677,25 @@ impl Format {
             return Err(EncodeError::TooLarge);
         }
         written.map_err(EncodeError::Codec)?;
-        let payload = sink.bytes;
-        let encoded_len = payload.len();
+        let stored = sink.bytes;
+        let encoded_len = stored.len() - head_len;
         #[cfg(feature = "lz4")]
-        let compressed = {
-            let compress = self.compress_above.is_some_and(|above| payload.len() > above);
-            let compressed = compress.then(|| lz4_flex::block::compress(&payload));
-            // Keep the compressed form only when it is smaller.
-            compressed.filter(|c| c.len() < payload.len())
-        };
-        // Without lz4 the builder refuses `compress_above`.
-        #[cfg(not(feature = "lz4"))]
-        let compressed: Option<Vec<u8>> = None;
-        // A load shorter than a millisecond is recorded as 1 ms: 0 means unknown.
-        let delta =
-            load_time.map_or(0, |took| u64::try_from(took.as_millis()).unwrap_or(u64::MAX).max(1));
-        // The header written straight into the stored bytes (no buffer per field): this
-        // runs on every fill.
-        let body = compressed.as_deref().unwrap_or(&payload);
-        let mut out = Vec::with_capacity(96 + body.len());
-        out.extend_from_slice(MAGIC);
-        out.push(self.codec.tag());
-        out.push(SEPARATOR);
-        // Writing into a `Vec` cannot fail.
-        let _ = match &compressed {
-            Some(_) => write!(out, "l{encoded_len}:"),
-            None => out.write_all(b"-:"),
-        };
-        let _ = write!(out, "{fp:016x}:{}:{delta}:", now_ms());
-        out.extend_from_slice(body);
-        Ok((out, encoded_len))
+        if let Some(compressed) = self.compress(&stored[head_len..]) {
+            let mut out = Vec::with_capacity(96 + compressed.len());
+            header(&mut out, Some(encoded_len));
+            out.extend_from_slice(&compressed);
+            return Ok((out, encoded_len));
+        }
+        Ok((stored, encoded_len))
+    }
+
+    /// The payload compressed, when `compress_above` asks for it and that is smaller.
+    #[cfg(feature = "lz4")]
+    fn compress(&self, payload: &[u8]) -> Option<Vec<u8>> {
+        let compress = self.compress_above.is_some_and(|above| payload.len() > above);
+        let compressed = compress.then(|| lz4_flex::block::compress(payload));
+        // Keep the compressed form only when it is smaller.
+        compressed.filter(|c| c.len() < payload.len())
     }
 }
 

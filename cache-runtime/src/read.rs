@@ -248,7 +248,7 @@ pub(crate) fn fill_plan(core: &CacheCore, policy: &Policy, force: bool) -> FillP
 /// on a shared store (where a miss costs a round trip per step), without `idle` (whose
 /// lookup is a script of its own) and without `lock` (whose lease holder must look again
 /// after it won the lease, to find a value another process's holder stored meanwhile).
-fn lookup_begins(core: &CacheCore, policy: &Policy) -> bool {
+pub(crate) fn lookup_begins(core: &CacheCore, policy: &Policy) -> bool {
     !policy.lock && policy.touch().is_none() && core.store().shared()
 }
 

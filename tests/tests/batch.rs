@@ -404,6 +404,9 @@ async fn warm_batch_is_one_mget() {
     };
     let ids: Vec<u64> = (1..=100).collect();
     assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
+    // The batch after one that missed looks up through the begin-fill script (see
+    // `a_cold_batch_after_one_that_missed_is_two_scripts`); after hits, `MGET`.
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
     let mut raw = server.connection().await;
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut raw).await.unwrap();
     assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
@@ -429,7 +432,8 @@ async fn commands(raw: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u
 }
 
 /// A standalone service of its own with rows `1..=rows`, after one cold batch of `warm`
-/// (its scripts loaded, the server's eviction settings read), its command counts reset.
+/// (its scripts loaded, the server's eviction settings read) and the same batch again (all
+/// hits: the next lookup is an `MGET`), its command counts reset.
 async fn cold_standalone(
     prefix: &str,
     rows: u64,
@@ -442,6 +446,7 @@ async fn cold_standalone(
     };
     let first: Vec<u64> = (1..=warm).collect();
     assert_eq!(s.vehicles(&first).await.unwrap().len(), first.len());
+    assert_eq!(s.vehicles(&first).await.unwrap().len(), first.len());
     assert_eq!(s.db.queries(), [first]);
     let mut raw = server.connection().await;
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut raw).await.unwrap();
@@ -449,13 +454,14 @@ async fn cold_standalone(
 }
 
 /// The commands a cold batch of `n` keys sharing one index runs inside its scripts
-/// (`INFO commandstats` counts them too): per key a `GET` and a `SET` in each script; per
-/// script call of begin-fill, one server clock read and one update of the index (one
-/// `ZADD` for all its keys, its pruning and expiry).
+/// (`INFO commandstats` counts them too): per key a `SET NX GET` in begin-fill (the marker
+/// placed where nothing is), a `GET` and a `SET` in fill; per script call of begin-fill,
+/// one server clock read and one update of the index (one `ZADD` for all its keys, its
+/// pruning and expiry).
 fn in_scripts(n: u64, calls: u64) -> [(String, u64); 8] {
     [
         ("exists".to_owned(), calls),
-        ("get".to_owned(), 2 * n),
+        ("get".to_owned(), n),
         ("pexpire".to_owned(), calls),
         ("pttl".to_owned(), calls),
         ("set".to_owned(), 2 * n),
@@ -475,10 +481,10 @@ fn cold(n: u64, scripts: u64) -> Vec<(String, u64)> {
     calls
 }
 
-/// A cold batch of 100 on a standalone Redis is one `MGET`, one begin-fill script and one
-/// fill script (two `EVALSHA`), and nothing else (but what the scripts run inside: per key
-/// a `GET` and a `SET` in each, one index update for all); every value is stored and
-/// indexed (a pattern invalidation finds them all through the index, without a scan).
+/// A cold batch of 100 on a standalone Redis (the function's previous batch hit) is one
+/// `MGET`, one begin-fill script and one fill script (two `EVALSHA`), and nothing else (but
+/// what the scripts run inside, see [`in_scripts`]); every value is stored and indexed (a
+/// pattern invalidation finds them all through the index, without a scan).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_batch_is_one_mget_and_two_scripts() {
     let (_server, s, mut raw) = cold_standalone("c:", 200, 100).await;
@@ -506,9 +512,46 @@ async fn a_batch_over_the_chunk_size_is_split() {
     assert_eq!(commands(&mut raw).await, cold(1200, 6));
     assert_eq!(s.db.queries(), std::slice::from_ref(&ids));
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut raw).await.unwrap();
+    // After a batch that missed, the lookup is the begin-fill script (one per chunk): all
+    // hits, nothing written or indexed.
     assert_eq!(s.vehicles(&ids).await.unwrap().len(), 1200);
     assert!(s.db.queries().is_empty(), "all 1,200 were stored");
-    assert_eq!(commands(&mut raw).await, [("mget".to_owned(), 1)]);
+    let calls = [("evalsha".to_owned(), 3), ("set".to_owned(), 1200)];
+    assert_eq!(commands(&mut raw).await, calls);
+}
+
+/// After a batch of the function that mostly missed, a cold batch is two round trips: the
+/// begin-fill script is the lookup (no `MGET`), then the fill script; every value stored.
+/// The next batch (all hits) still looks up through the script, and the one after that,
+/// the previous having hit, is one `MGET` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_batch_after_one_that_missed_is_two_scripts() {
+    let (_server, s, mut raw) = cold_standalone("f:", 300, 100).await;
+    let first: Vec<u64> = (101..=200).collect();
+    assert_eq!(s.vehicles(&first).await.unwrap().len(), 100);
+    assert_eq!(commands(&mut raw).await, cold(100, 2), "after hits: the MGET");
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut raw).await.unwrap();
+    let ids: Vec<u64> = (201..=300).collect();
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
+    let mut two_scripts = in_scripts(100, 1).to_vec();
+    two_scripts.push(("evalsha".to_owned(), 2));
+    two_scripts.sort();
+    assert_eq!(commands(&mut raw).await, two_scripts, "after misses: no MGET");
+    assert_eq!(s.db.queries(), [first, ids.clone()]);
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut raw).await.unwrap();
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
+    assert!(s.db.queries().is_empty(), "all 100 were stored");
+    let lookup = [("evalsha".to_owned(), 1), ("set".to_owned(), 100)];
+    assert_eq!(commands(&mut raw).await, lookup, "the lookup script, nothing written");
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut raw).await.unwrap();
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
+    assert_eq!(commands(&mut raw).await, [("mget".to_owned(), 1)], "after hits: the MGET");
+    // The lookup's markers were indexed: a pattern invalidation reaches every key.
+    s.cache.invalidate_pattern("vehicle:2*").await.unwrap();
+    assert_eq!(s.cache.stats().pattern_scans, 0, "the index served the pattern");
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
+    let reloaded: Vec<u64> = (201..=299).collect();
+    assert_eq!(s.db.queries(), [reloaded], "every key the pattern matches was indexed");
 }
 
 /// A value over `max_value_bytes` in a batch is returned, not stored, and does not keep the
@@ -587,6 +630,8 @@ async fn warm_batch_on_a_cluster_is_mgets_only() {
     };
     let ids: Vec<u64> = (1..=100).collect();
     assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
+    // After hits (not misses), the lookup is `MGET`s.
+    assert_eq!(s.vehicles(&ids).await.unwrap().len(), 100);
     for node in 0..3 {
         assert_eq!(cluster.cli(node, &["CONFIG", "RESETSTAT"]).trim(), "OK");
     }
@@ -648,6 +693,8 @@ async fn cold_batch_on_a_cluster_is_one_script_per_slot() {
     };
     let first: Vec<u64> = (1..=100).collect();
     assert_eq!(s.vehicles(&first).await.unwrap().len(), 100);
+    // All hits: the next batch's lookup is `MGET`s (after misses, it would be the scripts).
+    assert_eq!(s.vehicles(&first).await.unwrap().len(), 100);
     for node in 0..3 {
         assert_eq!(cluster.cli(node, &["CONFIG", "RESETSTAT"]).trim(), "OK");
     }
@@ -665,7 +712,7 @@ async fn cold_batch_on_a_cluster_is_one_script_per_slot() {
     assert_eq!(evalsha, Some(&("evalsha".to_owned(), scripts)), "{calls:?}");
     let mgets = calls.iter().find(|(name, _)| name == "mget").map(|(_, n)| *n);
     assert!(mgets.is_some_and(|n| (1..=100).contains(&n)), "{calls:?}");
-    // Inside the scripts: per key a `GET` and a `SET` in each; one index update.
+    // Inside the scripts (see `in_scripts`); one index update.
     let others: Vec<_> =
         calls.iter().filter(|(name, _)| name != "evalsha" && name != "mget").cloned().collect();
     assert_eq!(others, in_scripts(100, 1), "{calls:?}");

@@ -231,7 +231,8 @@ impl Cache {
             return Ok(Vec::new());
         }
         let (looked, failed) =
-            crate::read_many::read_many(&self.core, &counters, keys, &DIRECT_GET, None, hold).await;
+            crate::read_many::read_many(&self.core, &counters, keys, &DIRECT_GET, None, hold, None)
+                .await;
         if let Some(error) = failed {
             return Err(error);
         }

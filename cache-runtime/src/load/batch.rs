@@ -61,7 +61,8 @@ struct Led<'a, T> {
     at: usize,
     load: Load<'a, T>,
     leader: Leader,
-    permit: Permit,
+    /// Its permit to store, once known (`None`: step 1 still to do).
+    permit: Option<Permit>,
 }
 
 /// A batch call (see the module docs). `keys[i]` is the rendered key of `elements[i]`, and
@@ -104,11 +105,31 @@ where
         core.key_fits(counters, key(at))
             && tags_of(at).iter().all(|tag| core.key_fits(counters, tag))
     });
+    //    After a batch of this function that mostly missed, the lookup takes the fill
+    //    tickets too (see `read_many`), valid for a key whose flight this batch leads while
+    //    no other flight started or ended (as `Load::permit` checks a single lookup's).
     let lookup: Vec<&str> = cached.iter().map(|&at| key(at)).collect();
     let hold = |found: &crate::store::Found, value: &R::Value| {
         Arc::new(Entry::with_copy(&found.entry, value, cloner))
     };
-    let (looked, _) = read_many(core, counters, &lookup, policy, cloner, hold).await;
+    let begins = crate::read::lookup_begins(core, policy)
+        && core.near_for(policy).is_none()
+        && counters.last_missed();
+    let lookup_tags: Vec<&[String]> = match begins {
+        true => cached.iter().map(|&at| tags_of(at)).collect(),
+        false => Vec::new(),
+    };
+    let flights = core.flights().changes();
+    let (looked, _) = read_many(
+        core,
+        counters,
+        &lookup,
+        policy,
+        cloner,
+        hold,
+        begins.then_some(lookup_tags.as_slice()),
+    )
+    .await;
     let mut missed = Vec::new();
     for (&at, looked) in cached.iter().zip(looked) {
         match looked {
@@ -116,8 +137,13 @@ where
                 map.insert(element(at).clone(), value);
             }
             Looked::Absent => {}
-            Looked::Miss(store) => missed.push((at, store)),
+            Looked::Miss(store) => missed.push((at, store, None)),
+            Looked::Began(ticket) => missed.push((at, StoreUse::Fill, Some((ticket, flights)))),
         }
+    }
+    if crate::read::lookup_begins(core, policy) && !lookup.is_empty() {
+        // Most of this batch missed: the next one looks up through the begin-fill script.
+        counters.looked_up(2 * missed.len() > lookup.len());
     }
     if missed.is_empty() && uncached.is_empty() {
         return R::from_result(Ok(map));
@@ -125,9 +151,9 @@ where
 
     // 3. Flights, in key order.
     missed.sort_unstable_by(|a, b| key(a.0).cmp(key(b.0)));
-    let mut led = Vec::new();
-    for (at, store) in missed {
-        let missed = Missed { stale: None, store, ticket: None };
+    let mut led: Vec<Led<'_, R::Value>> = Vec::new();
+    for (at, store, ticket) in missed {
+        let missed = Missed { stale: None, store, ticket };
         let mut load = Load {
             tags: tags_of(at),
             ..Load::new(core, counters, key(at), policy, cloner, missed)
@@ -137,22 +163,45 @@ where
                 map.insert(element(at).clone(), value);
             }
             Ok(Answer::Absent) => {}
-            Err(leader) => led.push(Led { at, load, leader, permit: Permit::None }),
+            Err(leader) => {
+                // The lookup's ticket holds when every flight started since the lookup is
+                // one of this batch's: this is its (n + 1)th.
+                let ours = led.len() as u64 + 1;
+                let permit = match load.take_lookup_ticket() {
+                    Some((ticket, flights)) if leader.number() == flights + ours => {
+                        Some(Permit::Ticket(ticket))
+                    }
+                    _ => None,
+                };
+                led.push(Led { at, load, leader, permit });
+            }
         }
     }
 
-    // 4. Fill tickets, in one round trip.
-    let loads: Vec<&Load<'_, R::Value>> = led.iter().map(|led| &led.load).collect();
-    let began = begin_many(&loads, true).await;
+    // 4. Fill tickets for the keys the lookup took none for, in one round trip.
+    let loads: Vec<&Load<'_, R::Value>> =
+        led.iter().filter(|led| led.permit.is_none()).map(|led| &led.load).collect();
+    let mut began = match loads.is_empty() {
+        true => Vec::new(),
+        false => begin_many(&loads, true).await,
+    }
+    .into_iter();
     drop(loads);
     let mut loading = Vec::with_capacity(led.len());
-    for (mut led, began) in led.into_iter().zip(began) {
-        match began {
+    for mut led in led {
+        if led.permit.is_some() {
+            loading.push(led);
+            continue;
+        }
+        match began.next().unwrap_or(Began::Failed) {
             Began::Ticket(ticket) => {
-                led.permit = Permit::Ticket(ticket);
+                led.permit = Some(Permit::Ticket(ticket));
                 loading.push(led);
             }
-            Began::Failed => loading.push(led),
+            Began::Failed => {
+                led.permit = Some(Permit::None);
+                loading.push(led);
+            }
             // Landed meanwhile (read before followers joining now started: they read for
             // themselves, as with `Load::permit`).
             Began::Present(value) => {
@@ -184,9 +233,9 @@ where
     let loaded = match returned.into_result() {
         Ok(loaded) => loaded,
         Err(error) => {
-            let failed = loading
-                .iter_mut()
-                .map(|Led { load, leader, permit, .. }| (&*load, Landed::Failed, &*permit, leader));
+            let failed = loading.iter_mut().map(|Led { load, leader, permit, .. }| {
+                (&*load, Landed::Failed, permit.as_ref().unwrap_or(&Permit::None), leader)
+            });
             finish_many(failed.collect()).await;
             return R::from_result(Err(error));
         }
@@ -194,10 +243,18 @@ where
 
     // 6. Fills (values, absent results), in one round trip.
     let format = &core.settings().format;
+    // A typed copy (what a reader takes without decoding) only where one is read: in an
+    // in-process store (its hits), or by this key's followers; a shared store keeps bytes.
+    let in_process = !core.store().shared();
     let outcomes: Vec<Landed> = loading
         .iter()
         .map(|led| match loaded.get(element(led.at)) {
-            Some(value) => match Entry::encode_traced(value, cloner, format, Some(took)) {
+            Some(value) => match Entry::encode_traced(
+                value,
+                cloner.filter(|_| in_process || led.leader.followed()),
+                format,
+                Some(took),
+            ) {
                 Ok(entry) => Landed::Value(Arc::new(entry)),
                 Err(error) => {
                     if let Some(suppressed) = core.log(LogKind::LoadFailed) {
@@ -212,10 +269,10 @@ where
             None => Landed::Absent,
         })
         .collect();
-    let finishing = loading
-        .iter_mut()
-        .zip(outcomes)
-        .map(|(Led { load, leader, permit, .. }, outcome)| (&*load, outcome, &*permit, leader));
+    let finishing =
+        loading.iter_mut().zip(outcomes).map(|(Led { load, leader, permit, .. }, outcome)| {
+            (&*load, outcome, permit.as_ref().unwrap_or(&Permit::None), leader)
+        });
     finish_many(finishing.collect()).await;
     let asked: HashSet<&R::Key> = asked.iter().map(|&at| element(at)).collect();
     let mut loaded: Vec<(R::Key, R::Value)> =

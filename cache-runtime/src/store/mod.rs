@@ -357,7 +357,7 @@ impl Store {
     }
 
     /// Step 1 for many keys (a batch), each with its plan (the plans share `lifetime`,
-    /// `fresh_for` and `window`, one policy; never the lookup): what
+    /// `fresh_for`, `window` and `lookup`, one policy): what
     /// [`begin_fill`](Self::begin_fill) answers for each, in order. On Redis one script call
     /// (per slot on a cluster, in parallel; per 500 keys), each key classified as alone.
     pub(crate) async fn begin_fills(&self, fills: &[(&str, FillPlan<'_>)]) -> Vec<Result<Begun>> {

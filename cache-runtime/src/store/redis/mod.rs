@@ -29,8 +29,8 @@ use redis::aio::ConnectionManagerConfig;
 use tokio::sync::OnceCell;
 
 use scripts::{
-    Abandon, BeginFill, BeginFills, BeginKey, Call, Cover, Fill, IndexAdd, IndexAddMany, Replace,
-    SettleKey, SettleOp, Settles, Target, Write,
+    Abandon, BeginFill, BeginFills, BeginKey, BeginReply, Call, Cover, Fill, IndexAdd,
+    IndexAddMany, Replace, SettleKey, SettleOp, Settles, Target, Write,
 };
 
 use super::endpoint::{redact_url, Endpoints, Tls};
@@ -675,7 +675,7 @@ impl RedisStore {
     }
 
     /// Step 1 of the fill protocol for many keys (a batch), each with its plan (the plans
-    /// share `lifetime`, `fresh_for` and `window`: one policy; never the lookup): what
+    /// share `lifetime`, `fresh_for`, `window` and `lookup`: one policy, one call): what
     /// [`begin_fill`](Self::begin_fill) answers for each, in order. Standalone and behind
     /// Sentinel one script call ([`BeginFills`]) per [`BATCH_CHUNK`] keys; on a cluster one
     /// per slot (and chunk), with one [`IndexAddMany`] per index the keys share, all in
@@ -734,6 +734,7 @@ impl RedisStore {
                 lifetime_ms: millis(plan.lifetime),
                 now_ms,
                 bound: self.read_bound(),
+                lookup: plan.lookup,
             })
             .collect();
         let begins = futures_util::future::join_all(scripts.iter().map(|script| self.call(script)));
@@ -771,20 +772,27 @@ impl RedisStore {
         };
         let mut begun: Vec<Option<Result<Begun>>> = fills.iter().map(|_| None).collect();
         for ((group, _, _), reply) in calls.iter().zip(replies) {
-            match reply {
-                Ok(replies) if replies.len() == group.len() => {
-                    for (&at, (found, bytes)) in group.iter().zip(replies) {
-                        begun[at] = Some(match found {
-                            3 => Err(Error::backend(redis::RedisError::from((
-                                redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
-                                "the key holds another type",
-                                String::from_utf8_lossy(&bytes).into_owned(),
-                            )))),
-                            _ => Ok(self.begun(found, bytes, &markers[at])),
+            match reply.map(|reply| BeginFills::answers(reply, group.len())) {
+                Ok(Some(answers)) => {
+                    for (&at, answer) in group.iter().zip(answers) {
+                        let marker = &markers[at];
+                        begun[at] = Some(match answer {
+                            BeginReply::Placed => {
+                                Ok(Begun::Ticket(Ticket::Marker(Marker::Redis(marker.clone()))))
+                            }
+                            BeginReply::Value(bytes) => Ok(self.begun(1, bytes, marker)),
+                            BeginReply::Pending(bytes) => Ok(self.begun(2, bytes, marker)),
+                            BeginReply::Refused(bytes) => {
+                                Err(Error::backend(redis::RedisError::from((
+                                    redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+                                    "the key holds another type",
+                                    String::from_utf8_lossy(&bytes).into_owned(),
+                                ))))
+                            }
                         });
                     }
                 }
-                Ok(_) => {
+                Ok(None) => {
                     let error = Error::backend(redis::RedisError::from((
                         redis::ErrorKind::UnexpectedReturnType,
                         "a batch script replied for another number of keys",
@@ -904,7 +912,7 @@ impl RedisStore {
             match reply {
                 Ok(replies) if replies.len() == group.len() => {
                     for (&at, stored) in group.iter().zip(replies) {
-                        done[scripted[at]] = Some(Ok(stored == 1));
+                        done[scripted[at]] = Some(Ok(stored == b'1'));
                     }
                 }
                 Ok(_) => {

@@ -137,9 +137,11 @@ local function index_add_many(index, members, ttl, now, birth)
   if birth == '1' and redis.call('EXISTS', index) == 0 then
     redis.call('ZADD', index, 'inf', '#')
   end
+  -- One score for all, written out once (a number argument is formatted per use).
+  local score = string.format('%.0f', now + ttl)
   local scored = {{}}
   for _, member in ipairs(members) do
-    scored[#scored + 1] = now + ttl
+    scored[#scored + 1] = score
     scored[#scored + 1] = member
   end
   redis.call('ZADD', index, 'GT', unpack(scored))
@@ -295,7 +297,16 @@ pub(super) struct BeginFill<'a> {
 /// Returns `{1, value}`, `{2, marker}`, or an error reply.
 const BEGIN_ONE: &str = r"
 local function begin_one(key, marker, member, force, o, index)
-  local current = redis.pcall('GET', key)
+  -- One command on a miss (Redis 7+: `SET NX GET` places the marker where nothing is and
+  -- answers what is there); `GET` first where the value may be replaced (`force`).
+  local placed = false
+  local current
+  if o.nx_get and not force then
+    current = redis.pcall('SET', key, marker, 'NX', 'PX', o.window_arg, 'GET')
+    placed = not current
+  else
+    current = redis.pcall('GET', key)
+  end
   if o.lookup and type(current) == 'table' and current.err then
     return redis.error_reply(current.err)
   end
@@ -304,6 +315,10 @@ local function begin_one(key, marker, member, force, o, index)
     if not force then return redis.error_reply(current.err) end
     redis.call('DEL', key)
     current = false
+  end
+  if placed then
+    index(member)
+    return {2, marker}
   end
   local pending = current and string.sub(current, 1, #o.marker_tag) == o.marker_tag
   local kept = false
@@ -338,9 +353,13 @@ local function begin_one(key, marker, member, force, o, index)
   if kept and left > 0 then
     redis.call('SET', key, marker .. (o.now() + left) .. '\n' .. kept, 'PX', math.max(o.window, left))
   else
-    redis.call('SET', key, marker, 'PX', o.window)
+    redis.call('SET', key, marker, 'PX', o.window_arg)
   end
   return {2, marker}
+end
+local function nx_get()
+  -- `SET ... NX GET` is Redis 7's (`REDIS_VERSION_NUM` too).
+  return redis.REDIS_VERSION_NUM ~= nil and redis.REDIS_VERSION_NUM >= 0x070000
 end
 local function clock()
   local now = nil
@@ -354,7 +373,8 @@ static BEGIN_FILL: LazyLock<Script> = LazyLock::new(|| {
     with_prelude(&format!(
         r"{BEGIN_ONE}
 local o = {{
-  window = tonumber(ARGV[2]), index_ttl = tonumber(ARGV[4]), force = ARGV[5] == '1',
+  window = tonumber(ARGV[2]), window_arg = ARGV[2], nx_get = nx_get(),
+  index_ttl = tonumber(ARGV[4]), force = ARGV[5] == '1',
   birth = ARGV[6], fresh = tonumber(ARGV[7]), lifetime = tonumber(ARGV[8]),
   caller_now = tonumber(ARGV[9]), marker_tag = ARGV[10], absent = ARGV[11],
   bound = tonumber(ARGV[12]), over_tag = ARGV[13], lookup = ARGV[14] == '1', now = clock(),
@@ -407,9 +427,9 @@ pub(super) struct BeginKey<'a> {
 /// Step 1 of the fill protocol for many keys in one call (a batch; on a cluster, the keys
 /// of one slot): each key as [`BeginFill`] decides for one (the same Lua function), with
 /// the call's shared settings; the index entries of the keys that take a ticket are added
-/// at the end, one `ZADD` per index. Never the lookup. Replies per key, in order,
-/// `(1, value)`, `(2, marker)` or `(3, error)` (the key holds another type and is not
-/// forced: the error [`BeginFill`] would reply).
+/// at the end, one `ZADD` per index. With `lookup`, the batch's lookup itself (see
+/// `read_many.rs`). Replies per key, in order, a [`BeginReply`] ([`BeginFills::answers`]
+/// reads them).
 pub(super) struct BeginFills<'a> {
     pub(super) keys: &'a [BeginKey<'a>],
     /// The full keys of the indexes the keys name (standalone; empty on a cluster).
@@ -421,45 +441,104 @@ pub(super) struct BeginFills<'a> {
     pub(super) lifetime_ms: u64,
     pub(super) now_ms: u64,
     pub(super) bound: usize,
+    /// The lookup itself (as [`BeginFill::lookup`]): a batch's lookup and step 1 in one
+    /// round trip.
+    pub(super) lookup: bool,
 }
 
 static BEGIN_FILLS: LazyLock<Script> = LazyLock::new(|| {
     with_prelude(&format!(
         r"{BEGIN_ONE}
 local o = {{
-  window = tonumber(ARGV[1]), index_ttl = tonumber(ARGV[2]), birth = ARGV[3],
+  window = tonumber(ARGV[1]), window_arg = ARGV[1], nx_get = nx_get(),
+  index_ttl = tonumber(ARGV[2]), birth = ARGV[3],
   fresh = tonumber(ARGV[4]), lifetime = tonumber(ARGV[5]), caller_now = tonumber(ARGV[6]),
   marker_tag = ARGV[7], absent = ARGV[8], bound = tonumber(ARGV[9]), over_tag = ARGV[10],
-  lookup = false, now = clock(),
+  lookup = ARGV[12] == '1', now = clock(),
 }}
 local n = tonumber(ARGV[11])
 local members = {{}}
-local replies = {{}}
-local at = 12
-for i = 1, n do
-  local marker, member, force, count = ARGV[at], ARGV[at + 1], ARGV[at + 2] == '1', tonumber(ARGV[at + 3])
-  local first = at + 4
-  at = first + count
-  local function index(m)
-    for j = first, first + count - 1 do
-      local k = tonumber(ARGV[j])
-      if not members[k] then members[k] = {{}} end
-      table.insert(members[k], m)
-    end
+-- The reply: a status letter per key (`p`: this call's marker placed; `v`: a value, `m`:
+-- another load's marker, `e`: an error, each with its bytes after the letters, in order),
+-- so the usual cold key costs one byte of the reply, not an array.
+local status = {{}}
+local out = {{''}}
+-- The key being begun: where its index places start in ARGV, and how many (read by
+-- `index`, one function for all keys rather than a closure per key).
+local first, count = 0, 0
+local function index(m)
+  for j = first, first + count - 1 do
+    local k = tonumber(ARGV[j])
+    local list = members[k]
+    if not list then list = {{}}; members[k] = list end
+    list[#list + 1] = m
   end
+end
+local at = 13
+for i = 1, n do
+  local marker, member, force = ARGV[at], ARGV[at + 1], ARGV[at + 2] == '1'
+  count = tonumber(ARGV[at + 3])
+  first = at + 4
+  at = first + count
   local reply = begin_one(KEYS[i], marker, member, force, o, index)
-  if reply.err then reply = {{3, reply.err}} end
-  replies[i] = reply
+  if reply.err then
+    status[i] = 'e'
+    out[#out + 1] = reply.err
+  elseif reply[1] == 1 then
+    status[i] = 'v'
+    out[#out + 1] = reply[2]
+  elseif reply[2] == marker then
+    status[i] = 'p'
+  else
+    status[i] = 'm'
+    out[#out + 1] = reply[2]
+  end
 end
 for k, list in pairs(members) do
   index_add_many(KEYS[n + k], list, o.index_ttl, o.now(), o.birth)
 end
-return replies"
+out[1] = table.concat(status)
+return out"
     ))
 });
 
+/// One key's answer in a [`BeginFills`] reply.
+pub(super) enum BeginReply {
+    /// This call's marker is placed (the usual cold key).
+    Placed,
+    /// A value is stored (as [`BeginFill`] replies `(1, value)`).
+    Value(Vec<u8>),
+    /// Another load's marker is there, adopted (as `(2, marker)`).
+    Pending(Vec<u8>),
+    /// The key holds another type and is not forced: the error [`BeginFill`] would reply.
+    Refused(Vec<u8>),
+}
+
+impl BeginFills<'_> {
+    /// The answers in a reply, one per key (`keys` of them); `None` when the reply does
+    /// not hold one per key.
+    pub(super) fn answers(reply: Vec<Vec<u8>>, keys: usize) -> Option<Vec<BeginReply>> {
+        let mut parts = reply.into_iter();
+        let status = parts.next()?;
+        if status.len() != keys {
+            return None;
+        }
+        let answers: Option<Vec<BeginReply>> = status
+            .iter()
+            .map(|letter| match letter {
+                b'p' => Some(BeginReply::Placed),
+                b'v' => parts.next().map(BeginReply::Value),
+                b'm' => parts.next().map(BeginReply::Pending),
+                b'e' => parts.next().map(BeginReply::Refused),
+                _ => None,
+            })
+            .collect();
+        answers.filter(|_| parts.next().is_none())
+    }
+}
+
 impl Call for BeginFills<'_> {
-    type Reply = Vec<(i64, Vec<u8>)>;
+    type Reply = Vec<Vec<u8>>;
 
     fn invocation(&self) -> Invocation {
         let mut call = Invocation::new(&BEGIN_FILLS);
@@ -479,7 +558,8 @@ impl Call for BeginFills<'_> {
             .arg(ABSENT)
             .arg(self.bound)
             .arg(OVER_LIMIT_TAG)
-            .arg(self.keys.len());
+            .arg(self.keys.len())
+            .arg(flag(self.lookup));
         for key in self.keys {
             call.arg(key.marker).arg(key.member).arg(flag(key.force)).arg(key.indexes.len());
             for &index in &key.indexes {
@@ -502,7 +582,8 @@ impl Call for BeginFills<'_> {
 const SETTLE_ONE: &str = r"
 local function fill_one(key, marker, value, ttl)
   local current = redis.call('GET', key)
-  if current and string.sub(current, 1, #marker) == marker then
+  -- The marker alone (the usual case), or the marker keeping an expired value.
+  if current == marker or (current and string.sub(current, 1, #marker) == marker) then
     redis.call('SET', key, value, 'PX', ttl)
     return 1
   end
@@ -543,7 +624,8 @@ pub(super) struct SettleKey<'a> {
 
 /// Step 3 of the fill protocol for many keys in one call (a batch's fills and abandons;
 /// on a cluster, the keys of one slot): per key, what [`Fill`] or [`Abandon`] does (the
-/// same Lua functions). Replies per key, in order, 1 or 0 as they would.
+/// same Lua functions). Replies per key, in order, the digit `1` or `0` as they would
+/// reply 1 or 0, in one string.
 pub(super) struct Settles<'a> {
     pub(super) keys: &'a [SettleKey<'a>],
 }
@@ -551,6 +633,7 @@ pub(super) struct Settles<'a> {
 static SETTLES: LazyLock<Script> = LazyLock::new(|| {
     with_prelude(&format!(
         r"{SETTLE_ONE}
+-- One digit per key (1: stored or held, 0: not): one string, not an array.
 local replies = {{}}
 for i = 1, #KEYS do
   local op, marker, value, ttl = ARGV[4 * i - 3], ARGV[4 * i - 2], ARGV[4 * i - 1], ARGV[4 * i]
@@ -560,12 +643,13 @@ for i = 1, #KEYS do
     replies[i] = abandon_one(KEYS[i], marker, op == 'a')
   end
 end
-return replies"
+return table.concat(replies)"
     ))
 });
 
 impl Call for Settles<'_> {
-    type Reply = Vec<i64>;
+    /// One digit per key: `1` stored (or held), `0` not.
+    type Reply = Vec<u8>;
 
     fn invocation(&self) -> Invocation {
         let mut call = Invocation::new(&SETTLES);
