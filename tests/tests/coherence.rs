@@ -2,7 +2,9 @@
 //!
 //! A model database holds versioned rows. Several `Cache` instances on one store stand in
 //! for processes. Reader tasks call a `#[cached]` function (with and without `lock`, with
-//! `refresh`, with a short `ttl` and a long `stale`) whose body reads a row slowly, so loads overlap writes; writer tasks bump
+//! `refresh`, with a short `ttl` and a long `stale`) or a `#[cached_batch]` function of the
+//! same keys (one to three rows per call, each recorded as a read) whose body reads rows
+//! slowly, so loads overlap writes; writer tasks bump
 //! a row's version and then invalidate it in one of the ways a user can: `invalidate`,
 //! `invalidate_pattern` on the row's group, `set` (write-through), `clear`, an
 //! `#[invalidates]` function, or the tag the readers store the row with (`invalidate_tag`,
@@ -32,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cache_runtime::{cache_put, cached, invalidates, Cache};
+use cache_runtime::{cache_put, cached, cached_batch, invalidates, Cache};
 use cache_tests::{RedisCluster, RedisServer};
 
 const ROWS: u64 = 6;
@@ -113,6 +115,17 @@ async fn read_row_stale(
     Ok(db.read(row, jitter).await)
 }
 
+/// A batch of rows of one group, sharing the single readers' entries (same key template,
+/// same type, same tags): its misses are loaded in one body run, through fill tickets.
+#[cached_batch(key = "grp:<g>:row:<rows>", ttl = "20s", tags = ["row:<rows>"], cache = cache)]
+async fn read_rows(cache: &Cache, db: &Db, g: u64, rows: &[u64], jitter: u64) -> HashMap<u64, u64> {
+    let mut versions = HashMap::new();
+    for &row in rows {
+        versions.insert(row, db.read(row, jitter).await);
+    }
+    versions
+}
+
 #[invalidates("grp:<g>:row:<row>", cache = cache)]
 async fn write_row(cache: &Cache, db: &Db, g: u64, row: u64) -> Result<u64, String> {
     Ok(db.versions[row as usize].fetch_add(1, SeqCst) + 1)
@@ -144,7 +157,7 @@ struct Read {
     started_at: Instant,
     version: u64,
     instance: usize,
-    /// Which reader: `plain`, `lock`, `stale` or `refresh`.
+    /// Which reader: `plain`, `lock`, `stale`, `refresh` or `batch`.
     how: &'static str,
     /// The instance met a backend failure while this read ran (reported, not exempted).
     troubled: bool,
@@ -282,13 +295,32 @@ async fn write(cache: &Cache, db: &Db, rng: &mut Rng, plain: Option<&Plain>) -> 
     vec![Write { row, version, completed: ok.then(tick), completed_at: Instant::now(), how }]
 }
 
-async fn read(cache: &Cache, instance: usize, db: &Db, rng: &mut Rng) -> Read {
+async fn read(cache: &Cache, instance: usize, db: &Db, rng: &mut Rng) -> Vec<Read> {
     let row = rng.below(ROWS);
     let g = group(row);
     let jitter = rng.next();
     let errors_before = cache.stats().errors;
     let started_at = Instant::now();
     let started = tick();
+    if rng.below(6) == 5 {
+        // A batch of one to three rows of the row's group, each a read of its own.
+        let rows: Vec<u64> = (0..ROWS).filter(|&r| group(r) == g && rng.below(2) == 0).collect();
+        let rows = if rows.is_empty() { vec![row] } else { rows };
+        let versions = read_rows(cache, db, g, &rows, jitter).await;
+        let troubled = cache.stats().errors != errors_before;
+        return rows
+            .iter()
+            .map(|row| Read {
+                row: *row,
+                started,
+                started_at,
+                version: versions[row],
+                instance,
+                how: "batch",
+                troubled,
+            })
+            .collect();
+    }
     let (version, how) = match rng.below(5) {
         0 | 1 => (read_row(cache, db, g, row, jitter).await, "plain"),
         2 => (read_row_locked(cache, db, g, row, jitter).await, "lock"),
@@ -296,7 +328,7 @@ async fn read(cache: &Cache, instance: usize, db: &Db, rng: &mut Rng) -> Read {
         _ => (read_row_refreshing(cache, db, g, row, jitter).await, "refresh"),
     };
     let troubled = cache.stats().errors != errors_before;
-    Read { row, started, started_at, version, instance, how, troubled }
+    vec![Read { row, started, started_at, version, instance, how, troubled }]
 }
 
 /// Runs the traffic and returns the violations of check 1, described, and the database.
@@ -320,8 +352,8 @@ async fn run_traced(run: Run) -> (Vec<String>, Arc<Db>, Arc<History>) {
             let mut rng = Rng(seeds.next() ^ reader);
             tasks.spawn(async move {
                 while !stop.load(SeqCst) {
-                    let read = read(&cache, instance, &db, &mut rng).await;
-                    history.reads.lock().unwrap().push(read);
+                    let reads = read(&cache, instance, &db, &mut rng).await;
+                    history.reads.lock().unwrap().extend(reads);
                 }
             });
         }
@@ -426,8 +458,9 @@ fn check(history: &History, bound: Option<Duration>) -> Vec<String> {
         }
     }
     eprintln!(
-        "coherence: {} reads ({} during a backend failure), {} writes ({} completed), {} violations",
+        "coherence: {} reads ({} in batches, {} during a backend failure), {} writes ({} completed), {} violations",
         reads.len(),
+        reads.iter().filter(|read| read.how == "batch").count(),
         reads.iter().filter(|read| read.troubled).count(),
         writes.len(),
         writes.iter().filter(|w| w.completed.is_some()).count(),
