@@ -542,6 +542,27 @@ impl std::fmt::Display for EncodeError {
     }
 }
 
+/// Appends `n` as exactly 16 lowercase hex digits (`{n:016x}`, without the formatter).
+fn push_hex16(out: &mut Vec<u8>, n: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.extend((0..16).rev().map(|at| DIGITS[((n >> (4 * at)) & 0xf) as usize]));
+}
+
+/// Appends `n` in decimal (`{n}`, without the formatter).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// An encoding buffer that holds at most `limit` bytes after its `head` (the envelope's
 /// header, written first): a write that would pass it fails (and sets `over`), which makes
 /// every codec's serializer stop where it is. It grows as a `Vec` does, but never reserves
@@ -649,7 +670,12 @@ impl Format {
                 Some(encoded_len) => write!(out, "l{encoded_len}:"),
                 None => out.write_all(b"-:"),
             };
-            let _ = write!(out, "{fp:016x}:{now}:{delta}:");
+            push_hex16(out, fp);
+            out.push(b':');
+            push_decimal(out, now);
+            out.push(b':');
+            push_decimal(out, delta);
+            out.push(b':');
         };
         // Sized for a small value at once: one allocation for most values, and none copied
         // (the stored bytes are this buffer).
@@ -660,7 +686,14 @@ impl Format {
         // it stops the serializer there, so neither the work nor the memory goes further.
         let mut sink = Bounded::new(head, self.read.limit);
         let written = match self.codec {
-            Codec::Json => serde_json::to_writer(&mut sink, value),
+            // The serializer owns the buffer (not `&mut` it): its many small writes call
+            // `Bounded`'s, inlined, not a forwarding `Write for &mut W` each.
+            Codec::Json => {
+                let mut serializer = serde_json::Serializer::new(sink);
+                let written = value.serialize(&mut serializer);
+                sink = serializer.into_inner();
+                written
+            }
             #[cfg(feature = "msgpack")]
             Codec::MessagePack => {
                 rmp_serde::encode::write_named(&mut sink, value).map_err(serde_json::Error::custom)
@@ -816,6 +849,17 @@ impl ReadFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_numbers_are_written_as_the_formatter_writes_them() {
+        for n in [0, 1, 9, 10, 255, 1_733_500_000_123, u64::MAX] {
+            let (mut hex, mut decimal) = (Vec::new(), Vec::new());
+            push_hex16(&mut hex, n);
+            push_decimal(&mut decimal, n);
+            assert_eq!(String::from_utf8(hex).unwrap(), format!("{n:016x}"));
+            assert_eq!(String::from_utf8(decimal).unwrap(), n.to_string());
+        }
+    }
 
     #[test]
     fn a_fingerprint_field_is_matched_as_written_or_by_number() {

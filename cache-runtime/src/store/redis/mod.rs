@@ -687,23 +687,23 @@ impl RedisStore {
             Ok(trusted) => trusted,
             Err(error) => return fills.iter().map(|_| Err(again(&error))).collect(),
         };
-        // One token for the call, each key's marker told apart by its place.
-        let token = new_token();
-        let markers: Vec<Vec<u8>> = (0..fills.len())
-            .map(|at| {
-                let mut marker = Vec::with_capacity(MARKER_TAG.len() + token.len() + 12);
-                marker.extend_from_slice(MARKER_TAG);
-                marker.extend_from_slice(token.as_bytes());
-                marker.extend_from_slice(format!(".{at:x}\n").as_bytes());
-                marker
-            })
-            .collect();
         let data: Vec<String> = fills.iter().map(|(key, _)| self.full_key(key)).collect();
+        let groups = self.groups(&data);
+        // One token per script call, each key's marker told apart by its place in it (the
+        // script builds the same markers from the prefix: `BeginFills::marker`).
+        let prefixes: Vec<Vec<u8>> =
+            groups.iter().map(|_| [MARKER_TAG, new_token().as_bytes(), b"."].concat()).collect();
+        let mut markers: Vec<Vec<u8>> = fills.iter().map(|_| Vec::new()).collect();
+        for (group, prefix) in groups.iter().zip(&prefixes) {
+            for (place, &at) in group.iter().enumerate() {
+                markers[at] = BeginFills::marker(prefix, place);
+            }
+        }
         let index_ttl_ms = millis(plan.window) + millis(plan.lifetime);
         let cluster = self.connection.is_cluster();
         // Each group's keys, and (standalone) the indexes they name.
         let mut calls: Vec<(Vec<usize>, Vec<String>, Vec<BeginKey<'_>>)> = Vec::new();
-        for group in self.groups(&data) {
+        for group in groups {
             let (indexes, places) = match cluster {
                 true => (Vec::new(), group.iter().map(|_| Vec::new()).collect()),
                 false => self.indexes_of(group.iter().map(|&at| (fills[at].0, fills[at].1.tags))),
@@ -724,7 +724,8 @@ impl RedisStore {
         let now_ms = crate::format::now_ms();
         let scripts: Vec<BeginFills<'_>> = calls
             .iter()
-            .map(|(_, indexes, keys)| BeginFills {
+            .zip(&prefixes)
+            .map(|((_, indexes, keys), marker_prefix)| BeginFills {
                 keys,
                 indexes,
                 window_ms: millis(plan.window),
@@ -735,6 +736,8 @@ impl RedisStore {
                 now_ms,
                 bound: self.read_bound(),
                 lookup: plan.lookup,
+                marker_prefix,
+                prefix_len: self.prefix.len(),
             })
             .collect();
         let begins = futures_util::future::join_all(scripts.iter().map(|script| self.call(script)));

@@ -444,6 +444,21 @@ pub(super) struct BeginFills<'a> {
     /// The lookup itself (as [`BeginFill::lookup`]): a batch's lookup and step 1 in one
     /// round trip.
     pub(super) lookup: bool,
+    /// What every key's marker starts with: key `i` (from 0) of the call has the marker
+    /// `marker_prefix`, `i` in hex, `\n` (see [`BeginFills::marker`]).
+    pub(super) marker_prefix: &'a [u8],
+    /// The length of the store's prefix: each key's member is its data key past it.
+    pub(super) prefix_len: usize,
+}
+
+impl BeginFills<'_> {
+    /// The marker of key `at` (from 0) of a call whose markers start with `prefix`.
+    pub(super) fn marker(prefix: &[u8], at: usize) -> Vec<u8> {
+        let mut marker = Vec::with_capacity(prefix.len() + 17);
+        marker.extend_from_slice(prefix);
+        marker.extend_from_slice(format!("{at:x}\n").as_bytes());
+        marker
+    }
 }
 
 static BEGIN_FILLS: LazyLock<Script> = LazyLock::new(|| {
@@ -457,30 +472,41 @@ local o = {{
   lookup = ARGV[12] == '1', now = clock(),
 }}
 local n = tonumber(ARGV[11])
+-- Per key, nothing in ARGV (the usual batch): its marker is the call's prefix and its
+-- place, its member its key past the data prefix, its force flag a letter, its index list
+-- one of the call's distinct lists.
+local marker_prefix, prefix_len, forced = ARGV[13], tonumber(ARGV[14]), ARGV[15]
+local lists = {{}}
+local distinct = tonumber(ARGV[16])
+for k = 1, distinct do
+  local list = {{}}
+  for place in string.gmatch(ARGV[16 + k], '%d+') do list[#list + 1] = tonumber(place) end
+  lists[k] = list
+end
 local members = {{}}
 -- The reply: a status letter per key (`p`: this call's marker placed; `v`: a value, `m`:
 -- another load's marker, `e`: an error, each with its bytes after the letters, in order),
 -- so the usual cold key costs one byte of the reply, not an array.
 local status = {{}}
 local out = {{''}}
--- The key being begun: where its index places start in ARGV, and how many (read by
--- `index`, one function for all keys rather than a closure per key).
-local first, count = 0, 0
-local function index(m)
-  for j = first, first + count - 1 do
-    local k = tonumber(ARGV[j])
+-- The key being begun and its index list (read by `index`, one function for all keys
+-- rather than a closure per key).
+local key_at, places = 0, {{}}
+local function index(_)
+  local member = string.sub(KEYS[key_at], prefix_len + 1)
+  for _, k in ipairs(places) do
     local list = members[k]
     if not list then list = {{}}; members[k] = list end
-    list[#list + 1] = m
+    list[#list + 1] = member
   end
 end
-local at = 13
 for i = 1, n do
-  local marker, member, force = ARGV[at], ARGV[at + 1], ARGV[at + 2] == '1'
-  count = tonumber(ARGV[at + 3])
-  first = at + 4
-  at = first + count
-  local reply = begin_one(KEYS[i], marker, member, force, o, index)
+  key_at = i
+  if distinct == 1 then places = lists[1]
+  elseif distinct > 1 then places = lists[tonumber(ARGV[16 + distinct + i])] end
+  local marker = marker_prefix .. string.format('%x', i - 1) .. '\n'
+  local force = string.byte(forced, i) == 49
+  local reply = begin_one(KEYS[i], marker, nil, force, o, index)
   if reply.err then
     status[i] = 'e'
     out[#out + 1] = reply.err
@@ -559,12 +585,39 @@ impl Call for BeginFills<'_> {
             .arg(self.bound)
             .arg(OVER_LIMIT_TAG)
             .arg(self.keys.len())
-            .arg(flag(self.lookup));
+            .arg(flag(self.lookup))
+            .arg(self.marker_prefix)
+            .arg(self.prefix_len);
+        let forced: String = self.keys.iter().map(|key| flag(key.force)).collect();
+        call.arg(forced);
+        // The distinct index lists (as 1-based places, Lua counts from 1), each key's by
+        // number when there are several.
+        let mut lists: Vec<&[usize]> = Vec::new();
+        let mut chosen = Vec::with_capacity(self.keys.len());
         for key in self.keys {
-            call.arg(key.marker).arg(key.member).arg(flag(key.force)).arg(key.indexes.len());
-            for &index in &key.indexes {
-                // Lua counts from 1.
-                call.arg(index + 1);
+            debug_assert_eq!(key.data.len(), self.prefix_len + key.member.len());
+            debug_assert!(key.data.ends_with(key.member));
+            debug_assert!(key.marker.starts_with(self.marker_prefix));
+            let list = match lists.iter().position(|list| *list == key.indexes.as_slice()) {
+                Some(at) => at,
+                None => {
+                    lists.push(&key.indexes);
+                    lists.len() - 1
+                }
+            };
+            chosen.push(list + 1);
+        }
+        if lists.iter().all(|list| list.is_empty()) {
+            lists.clear();
+        }
+        call.arg(lists.len());
+        for list in &lists {
+            let places: Vec<String> = list.iter().map(|place| (place + 1).to_string()).collect();
+            call.arg(places.join(" "));
+        }
+        if lists.len() > 1 {
+            for list in chosen {
+                call.arg(list);
             }
         }
         call
