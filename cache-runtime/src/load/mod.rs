@@ -614,7 +614,7 @@ where
         };
         leader.loading();
         let returned = self.body(load).await;
-        self.finish(self.landed::<S, R>(&returned), &permit, Some(leader)).await;
+        self.finish(self.landed::<S, R>(&returned, Some(&*leader)), &permit, Some(leader)).await;
         returned
     }
 
@@ -669,7 +669,7 @@ where
             Began::Failed => Permit::None,
         };
         let returned = self.body(load).await;
-        self.finish(self.landed::<S, R>(&returned), &permit, None).await;
+        self.finish(self.landed::<S, R>(&returned, None), &permit, None).await;
         returned
     }
 
@@ -761,10 +761,14 @@ where
     /// What the flight's followers may get from `returned`: the value, encoded (classified
     /// before any await, so a returned value need not be `Sync` for a load that runs on a
     /// task of its own), an absent result, or a failure.
-    pub(crate) fn landed<S, R>(&self, returned: &R) -> Landed
+    pub(crate) fn landed<S, R>(&self, returned: &R, leader: Option<&Leader>) -> Landed
     where
         S: Shape<R, Value = T>,
     {
+        // A typed copy (what a reader takes without decoding) only where one is read: in an
+        // in-process store (its hits), or by this flight's followers; a shared store keeps
+        // bytes, and the near cache is evicted on a fill, not filled.
+        let copy = !self.core.store().shared() || leader.is_some_and(Leader::followed);
         match S::outcome(returned) {
             Outcome::Value(value) => {
                 let took = match self.loaded_in.load(std::sync::atomic::Ordering::Relaxed) {
@@ -772,7 +776,8 @@ where
                     micros => Some(std::time::Duration::from_micros(micros)),
                 };
                 let format = &self.core.settings().format;
-                match Entry::encode_traced(value, self.cloner, format, took) {
+                let cloner = self.cloner.filter(|_| copy);
+                match Entry::encode_traced(value, cloner, format, took) {
                     Ok(entry) => Landed::Value(Arc::new(entry)),
                     Err(error) => {
                         if let Some(suppressed) = self.core.log(LogKind::LoadFailed) {
@@ -1025,7 +1030,9 @@ where
             false => Permit::None,
         };
         lease.settle().await;
-        let signal = self.finish(self.landed::<S, R>(&returned), &permit, Some(leader)).await;
+        let signal = self
+            .finish(self.landed::<S, R>(&returned, Some(&*leader)), &permit, Some(leader))
+            .await;
         if matches!(S::outcome(&returned), Outcome::Absent) && self.policy.absent_ttl.is_none() {
             // The value is gone at its source: nobody may be served the old one any more.
             // (Removing is safe whatever happened meanwhile: at worst a later value misses.)

@@ -305,7 +305,9 @@ where
             () = renew => unreachable!("renewal never ends"),
         };
         held.settle().await;
-        let signal = self.finish(self.landed::<S, R>(&returned), &permit, Some(leader)).await;
+        let signal = self
+            .finish(self.landed::<S, R>(&returned, Some(&*leader)), &permit, Some(leader))
+            .await;
         held.release(signal).await;
         returned
     }
