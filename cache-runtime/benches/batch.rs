@@ -293,6 +293,13 @@ fn print_ratios() {
         interleaved(&f.runtime, 20, 50, vehicles_cold, || async {
             hand_written_coherent(&f.connection, &cold_ids()).await
         });
+    let (floor, _, _) = interleaved(
+        &f.runtime,
+        20,
+        50,
+        || async { hand_written_coherent(&f.connection, &cold_ids()).await },
+        || async { hand_written(&f.connection, &cold_ids()).await },
+    );
     let [singles_us, batch_us, cold_us, hand_us, cold2_us, coherent_us] =
         [singles_ns, batch_ns, cold_ns, hand_ns, cold2_ns, coherent_ns].map(|ns| ns / 1e3);
     println!();
@@ -305,6 +312,7 @@ fn print_ratios() {
     println!("ratio warm 100 singles/batch: {:.1}x   (target >= 20x)", warm);
     println!("ratio cold batch/hand-written: {cold:.2}x   (target <= 1.3x)");
     println!("ratio cold batch/hand-written coherent: {coherent:.2}x");
+    println!("ratio hand-written coherent/hand-written: {floor:.2}x   (the floor of a coherent batch)");
 }
 
 async fn vehicles_cold() -> HashMap<u64, Vehicle> {
