@@ -220,17 +220,42 @@ impl Leader {
     /// Marks the start of the body: followers joining from now on are not
     /// [`early`](Follower::early).
     pub(crate) fn loading(&self) {
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        self.slot.loading.store(true, Ordering::SeqCst);
-        drop(running);
+        Leader::loading_all([self]);
+    }
+
+    /// [`loading`](Self::loading) for many flights of one cache (a batch's), under one
+    /// lock of the flights map.
+    pub(crate) fn loading_all<'l>(leaders: impl IntoIterator<Item = &'l Leader>) {
+        Leader::mark_all(leaders, |flight| &flight.loading);
     }
 
     /// Marks the start of settling the outcome with the store: followers joining from now
     /// on are not [`before_settling`](Follower::before_settling).
     pub(crate) fn settling(&self) {
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        self.slot.settling.store(true, Ordering::SeqCst);
-        drop(running);
+        Leader::settling_all([self]);
+    }
+
+    /// [`settling`](Self::settling) for many flights of one cache, under one lock.
+    pub(crate) fn settling_all<'l>(leaders: impl IntoIterator<Item = &'l Leader>) {
+        Leader::mark_all(leaders, |flight| &flight.settling);
+    }
+
+    /// Sets `flag` of each leader's flight under the lock of the flights map (which a
+    /// joining follower holds while it reads the flags), taken once: the leaders of one
+    /// call share the map.
+    fn mark_all<'l>(
+        leaders: impl IntoIterator<Item = &'l Leader>,
+        flag: impl Fn(&Flight) -> &AtomicBool,
+    ) {
+        let mut leaders = leaders.into_iter().peekable();
+        let Some(first) = leaders.peek() else { return };
+        let running = Arc::clone(&first.running);
+        let guard = running.lock().unwrap_or_else(|e| e.into_inner());
+        for leader in leaders {
+            debug_assert!(Arc::ptr_eq(&leader.running, &running), "one cache's flights");
+            flag(&leader.slot).store(true, Ordering::SeqCst);
+        }
+        drop(guard);
     }
 
     /// Whether the key was invalidated while this flight ran: its value may have been read
@@ -242,8 +267,9 @@ impl Leader {
 
 impl Drop for Leader {
     fn drop(&mut self) {
-        self.leave();
+        // A published flight has left already (`publish`).
         if !self.published {
+            self.leave();
             self.slot.landed.send_replace(Landed::Abandoned);
         }
     }

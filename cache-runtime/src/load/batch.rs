@@ -223,9 +223,7 @@ where
         return R::from_result(Ok(map));
     }
     asked.sort_unstable();
-    for led in &loading {
-        led.leader.loading();
-    }
+    Leader::loading_all(loading.iter().map(|led| &led.leader));
     let started = Instant::now();
     let returned = body(asked.iter().map(|&at| element(at).clone()).collect()).await;
     let took = started.elapsed();

@@ -278,8 +278,8 @@ where
 {
     let mut steps = Vec::with_capacity(finishing.len());
     let mut loads = Vec::with_capacity(finishing.len());
+    Leader::settling_all(finishing.iter().map(|(_, _, _, leader)| &**leader));
     for (load, outcome, permit, leader) in finishing {
-        leader.settling();
         let invalidated = leader.invalidated();
         steps.push(load.settling(outcome, permit, invalidated));
         loads.push((load, leader));
