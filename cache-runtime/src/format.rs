@@ -571,6 +571,8 @@ struct Bounded {
     bytes: Vec<u8>,
     /// The limit on `bytes`: the head's length plus the payload's limit.
     limit: usize,
+    /// How far `bytes` may grow without a check: its capacity, or the limit if lower.
+    room_end: usize,
     /// A write was refused: the value is longer than the limit.
     over: bool,
 }
@@ -578,43 +580,48 @@ struct Bounded {
 impl Bounded {
     /// A buffer that already holds its head (`bytes`), then takes at most `limit` more.
     fn new(bytes: Vec<u8>, limit: usize) -> Self {
-        Bounded { limit: bytes.len().saturating_add(limit), bytes, over: false }
+        let limit = bytes.len().saturating_add(limit);
+        let room_end = bytes.capacity().min(limit);
+        Bounded { bytes, limit, room_end, over: false }
     }
-}
 
-impl Bounded {
     /// Appends `data`, or refuses it (and sets `over`) when it would pass the limit.
-    /// Inlined into the serializers, which write a value in many small pieces.
-    #[inline]
+    /// Inlined into the serializers, which write a value in many small pieces: one
+    /// comparison while the buffer has room, the rest out of line.
+    #[inline(always)]
     fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if data.len() <= self.room_end - self.bytes.len() {
+            self.bytes.extend_from_slice(data);
+            return Ok(());
+        }
+        self.append_past_room(data)
+    }
+
+    /// [`append`](Self::append) when the buffer must grow, or refuse.
+    #[cold]
+    #[inline(never)]
+    fn append_past_room(&mut self, data: &[u8]) -> std::io::Result<()> {
         let len = self.bytes.len();
         if data.len() > self.limit - len {
             self.over = true;
             return Err(std::io::Error::other("over max_value_bytes"));
         }
-        if self.bytes.capacity() - len < data.len() {
-            self.grow(data.len());
-        }
+        // Double the capacity (at least to fit `data`), never past the limit.
+        let wanted = (self.bytes.capacity() * 2).max(len + data.len()).min(self.limit);
+        self.bytes.reserve_exact(wanted - len);
+        self.room_end = self.bytes.capacity().min(self.limit);
         self.bytes.extend_from_slice(data);
         Ok(())
-    }
-
-    /// Doubles the capacity (at least to fit `more` bytes), never past the limit.
-    #[cold]
-    fn grow(&mut self, more: usize) {
-        let len = self.bytes.len();
-        let wanted = (self.bytes.capacity() * 2).max(len + more).min(self.limit);
-        self.bytes.reserve_exact(wanted - len);
     }
 }
 
 impl std::io::Write for Bounded {
-    #[inline]
+    #[inline(always)]
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.append(data).map(|()| data.len())
     }
 
-    #[inline]
+    #[inline(always)]
     fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.append(data)
     }

@@ -454,9 +454,13 @@ pub(super) struct BeginFills<'a> {
 impl BeginFills<'_> {
     /// The marker of key `at` (from 0) of a call whose markers start with `prefix`.
     pub(super) fn marker(prefix: &[u8], at: usize) -> Vec<u8> {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut marker = Vec::with_capacity(prefix.len() + 17);
         marker.extend_from_slice(prefix);
-        marker.extend_from_slice(format!("{at:x}\n").as_bytes());
+        // `{at:x}`, without the formatter (it runs once per key of a batch).
+        let digits = (usize::BITS - at.leading_zeros()).div_ceil(4).max(1);
+        marker.extend((0..digits).rev().map(|place| DIGITS[(at >> (4 * place)) & 0xf]));
+        marker.push(b'\n');
         marker
     }
 }
@@ -1295,6 +1299,15 @@ mod tests {
     fn the_header_reader_follows_the_envelope_layout() {
         // cr2:<codec>:<compression>:<fingerprint>:<written>:...
         assert!(header_reader().contains("'^cr2%:[^%:]*%:[^%:]*%:[^%:]*%:(%d+)%:'"));
+    }
+
+    #[test]
+    fn a_batch_marker_is_the_prefix_then_the_place_in_hex_as_the_script_builds_it() {
+        // Lua: marker_prefix .. string.format('%x', i - 1) .. '\n'
+        for at in [0, 1, 9, 10, 15, 16, 255, 499, usize::MAX] {
+            let expected = [&b"p."[..], format!("{at:x}\n").as_bytes()].concat();
+            assert_eq!(BeginFills::marker(b"p.", at), expected);
+        }
     }
 
     #[test]
