@@ -149,7 +149,10 @@ where
         // a function of its own: one async call less on every hit.
         let read = match policy.touch() {
             Some(touch) => core.store().get_touched(key, touch).await,
-            None => core.store().get(key).await,
+            None => match core.store().get_now(key) {
+                Some(entry) => Ok(entry),
+                None => core.store().get(key).await,
+            },
         };
         return match read {
             Ok(Some(entry)) if entry.is_absent() => {

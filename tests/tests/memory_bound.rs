@@ -122,6 +122,26 @@ async fn memory_case(small: u64, large: u64) -> (u64, u64) {
     (setting, meter.growth())
 }
 
+/// Run by hand, for the memory store's `ENTRY_OVERHEAD`: `entries` values of a `u64` under
+/// `k:<n>` in a store of 1 GiB (nothing evicted), so the RSS growth per entry is what one
+/// costs (docs/benchmarks.md).
+async fn memory_calibrate_case(entries: u64) -> (u64, u64) {
+    let setting = 1 << 30;
+    let cache = Cache::builder().memory_capacity(setting).build().await.unwrap();
+    let ttl = Duration::from_secs(3600);
+    cache.set("warm", &0_u64, ttl).await.unwrap();
+    let mut meter = Meter::start();
+    for n in 0..entries {
+        cache.set(&format!("k:{n}"), &n, ttl).await.unwrap();
+        if n % 5_000 == 0 {
+            meter.sample();
+        }
+    }
+    meter.sample();
+    println!("memory: RSS grew {} bytes per entry", meter.growth() / entries);
+    (setting, meter.growth())
+}
+
 /// `near_cache(setting)` filled by `small` Redis hits of small values, then `large` of
 /// large ones.
 async fn near_case(setting: u64, small: u64, large: u64) -> (u64, u64) {
@@ -201,6 +221,7 @@ async fn run_case(name: &str) -> (u64, u64) {
         // Run by hand, for the near cache's `ENTRY_OVERHEAD`: nothing evicted, so the RSS
         // growth per entry is what one costs (docs/benchmarks.md).
         "near_calibrate" => near_case(1 << 30, 50_000, 0).await,
+        "memory_calibrate" => memory_calibrate_case(50_000).await,
         "rate_limit" => rate_limit_case().await,
         other => panic!("unknown case {other}"),
     }

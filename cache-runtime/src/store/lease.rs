@@ -212,7 +212,7 @@ impl Store {
     pub(crate) async fn peek_with_lease(&self, key: &str) -> Result<Peek> {
         match self {
             Store::Memory(store) => Ok(Peek {
-                entry: store.get(key).await,
+                entry: store.get(key),
                 lease_left: Duration::ZERO,
                 settling: false,
                 holder: None,

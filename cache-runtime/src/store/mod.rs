@@ -257,7 +257,7 @@ impl Store {
     pub(crate) async fn probe(&self) -> Probe {
         match self {
             Store::Memory(store) => {
-                let (entries, bytes) = store.size().await;
+                let (entries, bytes) = store.size();
                 Probe::Memory { entries, bytes }
             }
             #[cfg(feature = "redis")]
@@ -298,11 +298,21 @@ impl Store {
         }
     }
 
+    /// [`get`](Self::get) when it needs no waiting (the memory store): the hit path calls it
+    /// first, saving an async call per hit there.
+    pub(crate) fn get_now(&self, key: &str) -> Option<Option<Arc<Entry>>> {
+        match self {
+            Store::Memory(store) => Some(store.get(key)),
+            #[cfg(feature = "redis")]
+            Store::Redis(_) => None,
+        }
+    }
+
     /// The entry under `key` (without the cache's prefix), if any. A pending marker reads
     /// as absent.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>> {
         match self {
-            Store::Memory(store) => Ok(store.get(key).await),
+            Store::Memory(store) => Ok(store.get(key)),
             #[cfg(feature = "redis")]
             Store::Redis(store) => store.get(key).await,
         }
@@ -316,7 +326,7 @@ impl Store {
             Store::Memory(store) => {
                 let mut entries = Vec::with_capacity(keys.len());
                 for key in keys {
-                    entries.push(store.get(key).await);
+                    entries.push(store.get(key));
                 }
                 Ok(entries)
             }
@@ -331,7 +341,7 @@ impl Store {
     /// without a write time (absent results, older formats) are returned untouched.
     pub(crate) async fn get_touched(&self, key: &str, touch: Touch) -> Result<Option<Arc<Entry>>> {
         match self {
-            Store::Memory(store) => Ok(store.get_touched(key, touch).await),
+            Store::Memory(store) => Ok(store.get_touched(key, touch)),
             #[cfg(feature = "redis")]
             Store::Redis(store) => store.get_touched(key, touch).await,
         }
@@ -340,7 +350,7 @@ impl Store {
     /// The entry under `key`, its age and version, for entries stored with `lifetime`.
     pub(crate) async fn get_aged(&self, key: &str, lifetime: Duration) -> Result<Option<Found>> {
         match self {
-            Store::Memory(store) => Ok(store.get_aged(key).await),
+            Store::Memory(store) => Ok(store.get_aged(key)),
             #[cfg(feature = "redis")]
             Store::Redis(store) => store.get_aged(key, lifetime).await,
         }
@@ -350,7 +360,7 @@ impl Store {
     /// ticket.
     pub(crate) async fn begin_fill(&self, key: &str, plan: &FillPlan<'_>) -> Result<Begun> {
         match self {
-            Store::Memory(store) => Ok(store.begin_fill(key, plan).await),
+            Store::Memory(store) => Ok(store.begin_fill(key, plan)),
             #[cfg(feature = "redis")]
             Store::Redis(store) => store.begin_fill(key, plan).await,
         }
@@ -365,7 +375,7 @@ impl Store {
             Store::Memory(store) => {
                 let mut begun = Vec::with_capacity(fills.len());
                 for (key, plan) in fills {
-                    begun.push(Ok(store.begin_fill(key, plan).await));
+                    begun.push(Ok(store.begin_fill(key, plan)));
                 }
                 begun
             }
@@ -408,7 +418,7 @@ impl Store {
         tags: &[String],
     ) -> Result<bool> {
         match self {
-            Store::Memory(store) => Ok(store.fill(key, ticket, Arc::clone(entry), ttl, tags).await),
+            Store::Memory(store) => Ok(store.fill(key, ticket, Arc::clone(entry), ttl, tags)),
             #[cfg(feature = "redis")]
             Store::Redis(store) => store.fill(key, ticket, entry, ttl, tags).await,
         }
@@ -419,7 +429,7 @@ impl Store {
     /// the expired value it kept); a shared one is left to the other loaders.
     pub(crate) async fn abandon(&self, key: &str, ticket: &Ticket) -> Result<bool> {
         match self {
-            Store::Memory(store) => Ok(store.abandon(key, ticket).await),
+            Store::Memory(store) => Ok(store.abandon(key, ticket)),
             #[cfg(feature = "redis")]
             Store::Redis(store) => store.abandon(key, ticket).await,
         }
@@ -436,7 +446,7 @@ impl Store {
     ) -> Result<()> {
         match self {
             Store::Memory(store) => {
-                store.set(key, Arc::clone(entry), ttl, tags).await;
+                store.set(key, Arc::clone(entry), ttl, tags);
                 Ok(())
             }
             #[cfg(feature = "redis")]
@@ -447,7 +457,7 @@ impl Store {
     /// Removes `key` (a value or a pending marker); returns how many values went (0 or 1).
     pub(crate) async fn remove(&self, key: &str) -> Result<u64> {
         match self {
-            Store::Memory(store) => Ok(store.remove(key).await),
+            Store::Memory(store) => Ok(store.remove(key)),
             #[cfg(feature = "redis")]
             Store::Redis(store) => store.remove(key).await,
         }
@@ -457,7 +467,7 @@ impl Store {
     pub(crate) async fn remove_matching(&self, pattern: &str) -> Result<Removed> {
         match self {
             Store::Memory(store) => {
-                Ok(Removed { keys: store.remove_matching(pattern).await, scanned: false })
+                Ok(Removed { keys: store.remove_matching(pattern), scanned: false })
             }
             #[cfg(feature = "redis")]
             Store::Redis(store) => store.remove_matching(pattern).await,
@@ -469,9 +479,7 @@ impl Store {
     /// `redis/tags.rs`).
     pub(crate) async fn remove_tagged(&self, tag: &str) -> Result<Removed> {
         match self {
-            Store::Memory(store) => {
-                Ok(Removed { keys: store.remove_tagged(tag).await, scanned: false })
-            }
+            Store::Memory(store) => Ok(Removed { keys: store.remove_tagged(tag), scanned: false }),
             #[cfg(feature = "redis")]
             Store::Redis(store) => store.remove_tagged(tag).await,
         }
@@ -496,7 +504,7 @@ impl Store {
     /// Removes every key of this cache.
     pub(crate) async fn clear(&self) -> Result<u64> {
         match self {
-            Store::Memory(store) => Ok(store.clear().await),
+            Store::Memory(store) => Ok(store.clear()),
             #[cfg(feature = "redis")]
             Store::Redis(store) => store.clear().await,
         }
