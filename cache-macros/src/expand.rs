@@ -201,7 +201,12 @@ impl Prepared {
         let timeout = optional_duration(args.timeout.get());
         let near = args.near.get().copied().unwrap_or(true);
         let idle = optional_duration(args.idle.get());
-        let cache = cache_expr(args.cache.get());
+        // Run in the caller: the cache is borrowed for the call where it can be; a
+        // detached body owns a handle.
+        let cache = match detached {
+            None => cache_holder(args.cache.get(), &function.sig),
+            Some(_) => cache_expr(args.cache.get()),
+        };
         let register = register("Cached", [&key.template], name);
         let register_tags = self::register("Tag", self.tags.iter().map(|tag| &tag.template), name);
         let tags = self.rendered_tags();
@@ -267,7 +272,7 @@ impl Prepared {
             let __cache_runtime_body = #body;
             ::cache_runtime::__private::#entry(
                 #shape,
-                __cache_runtime_cache,
+                ::cache_runtime::__private::cache_ref(&__cache_runtime_cache),
                 &__CACHE_RUNTIME_FN,
                 __cache_runtime_key,
                 __cache_runtime_tags,
@@ -496,6 +501,54 @@ impl Prepared {
         let tags = self.tags.iter().map(|tag| &tag.expr);
         quote!(::std::vec![#(#tags),*])
     }
+}
+
+/// The `Cache` a `#[cached]` call runs with, held for the call: `cache = <expr>` borrowed
+/// (`&(expr)`: a temporary the expression makes lives to the end of the function), or, when
+/// the expression names a parameter the body may move ([`cache_moves_with_body`]), a clone
+/// of it (`cache_of`, as [`cache_expr`]); the process default otherwise. Borrowing spares
+/// each call the shared handle's reference count, which every thread of a hot function
+/// would otherwise write.
+fn cache_holder(cache: Option<&syn::Expr>, sig: &syn::Signature) -> TokenStream {
+    match cache {
+        Some(expr) if !cache_moves_with_body(expr, sig) => quote_spanned!(expr.span()=> &(#expr)),
+        _ => cache_expr(cache),
+    }
+}
+
+/// Whether `expr` names a parameter the body may take by value: a `self` not behind a
+/// reference (`self`, `self: Arc<Self>`), or a name bound by a parameter whose type is not a
+/// reference. Such an expression is cloned for the call: a borrow of it would keep the body
+/// from moving the parameter (`tests/ui/pass/arc-self.rs`).
+fn cache_moves_with_body(expr: &syn::Expr, sig: &syn::Signature) -> bool {
+    let expr = quote::ToTokens::to_token_stream(expr);
+    sig.inputs.iter().any(|input| match input {
+        syn::FnArg::Receiver(receiver) => {
+            !matches!(*receiver.ty, Type::Reference(_)) && mentions(&expr, "self")
+        }
+        syn::FnArg::Typed(typed) => {
+            !matches!(*typed.ty, Type::Reference(_))
+                && bound_names(&quote::ToTokens::to_token_stream(&typed.pat))
+                    .iter()
+                    .any(|name| mentions(&expr, name))
+        }
+    })
+}
+
+/// The identifiers in a parameter's pattern (its bound names, and any path in it: a
+/// superset, which only makes [`cache_moves_with_body`] clone more often).
+fn bound_names(pattern: &TokenStream) -> Vec<String> {
+    let mut names = Vec::new();
+    for token in pattern.clone() {
+        match token {
+            proc_macro2::TokenTree::Ident(ident) if ident != "mut" && ident != "ref" => {
+                names.push(ident.to_string());
+            }
+            proc_macro2::TokenTree::Group(group) => names.extend(bound_names(&group.stream())),
+            _ => {}
+        }
+    }
+    names
 }
 
 /// The `Cache` to use: `cache = <expr>` or the process default.

@@ -140,7 +140,7 @@ async fn inline_refresh(cache: &Cache, log: &Log, id: u64) -> Reading {
     };
     cache_runtime::__private::cached::<PlainShape, Reading, _, _>(
         Shaped::default(),
-        cache.clone(),
+        cache,
         &FUNCTION,
         format!("inline:{id}"),
         Vec::new(),

@@ -37,11 +37,19 @@ pub fn cache_of(cache: &Cache) -> Cache {
     cache.clone()
 }
 
+/// The cache a `#[cached]` call was given, as `&Cache`: the generated code holds `cache =
+/// <expr>` (borrowed, or a clone when the body may move what it names) and passes a
+/// reference to it, deref-coerced here, so `&Cache`, `Arc<Cache>` and `LazyLock<Cache>`
+/// statics all work.
+pub fn cache_ref(cache: &Cache) -> &Cache {
+    cache
+}
+
 /// The body of a `#[cached]` function whose body runs in the caller. `tags`: the rendered
-/// `tags = [...]` (empty without).
+/// `tags = [...]` (empty without). `cache` is borrowed for the call (no handle clone).
 pub async fn cached<S, R, F, Fut>(
     _shape: Shaped<S, R>,
-    cache: Cache,
+    cache: &Cache,
     function: &'static CachedFn,
     key: String,
     tags: Vec<String>,
@@ -76,7 +84,7 @@ where
 /// body owns its arguments, so it may finish on a task of its own after the caller returned.
 pub async fn cached_detached<S, R, F, Fut>(
     _shape: Shaped<S, R>,
-    cache: Cache,
+    cache: &Cache,
     function: &'static CachedFn,
     key: String,
     tags: Vec<String>,
