@@ -99,16 +99,16 @@ async fn vehicle(id: u64) -> Result<Option<Vehicle>, String> {
     Ok(Some(row(id)))
 }
 
-/// What a service writes by hand for a cold batch: `MGET`, one query for what missed,
-/// `SET ... PX` of each row in one pipeline.
-async fn hand_written(connection: &ConnectionManager, ids: &[u64]) -> HashMap<u64, Vehicle> {
-    let mut connection = connection.clone();
-    let keys: Vec<String> = ids.iter().map(|id| format!("{PREFIX}hand:vehicle:{id}")).collect();
-    let found: Vec<Option<Vec<u8>>> =
-        redis::cmd("MGET").arg(&keys).query_async(&mut connection).await.expect("MGET");
+/// The rows found (decoded) and the ids that missed with their keys, from one lookup's
+/// replies in the order of `ids`.
+fn found_and_missed<'k>(
+    ids: &[u64],
+    keys: &'k [String],
+    found: Vec<Option<Vec<u8>>>,
+) -> (HashMap<u64, Vehicle>, Vec<(u64, &'k String)>) {
     let mut rows = HashMap::with_capacity(ids.len());
     let mut missed = Vec::new();
-    for ((id, key), found) in ids.iter().zip(&keys).zip(found) {
+    for ((id, key), found) in ids.iter().zip(keys).zip(found) {
         match found.and_then(|json| serde_json::from_slice::<Vehicle>(&json).ok()) {
             Some(vehicle) => {
                 rows.insert(*id, vehicle);
@@ -116,6 +116,17 @@ async fn hand_written(connection: &ConnectionManager, ids: &[u64]) -> HashMap<u6
             None => missed.push((*id, key)),
         }
     }
+    (rows, missed)
+}
+
+/// What a service writes by hand for a cold batch: `MGET`, one query for what missed,
+/// `SET ... PX` of each row in one pipeline.
+async fn hand_written(connection: &ConnectionManager, ids: &[u64]) -> HashMap<u64, Vehicle> {
+    let mut connection = connection.clone();
+    let keys: Vec<String> = ids.iter().map(|id| format!("{PREFIX}hand:vehicle:{id}")).collect();
+    let found: Vec<Option<Vec<u8>>> =
+        redis::cmd("MGET").arg(&keys).query_async(&mut connection).await.expect("MGET");
+    let (mut rows, missed) = found_and_missed(ids, &keys, found);
     let ids: Vec<u64> = missed.iter().map(|(id, _)| *id).collect();
     let loaded = query(&ids);
     let mut pipe = redis::pipe();
@@ -161,16 +172,7 @@ return stored",
         lookup.cmd("SET").arg(key).arg(&marker).arg("NX").arg("GET").arg("PX").arg(10_000);
     }
     let found: Vec<Option<Vec<u8>>> = lookup.query_async(&mut connection).await.expect("lookup");
-    let mut rows = HashMap::with_capacity(ids.len());
-    let mut missed = Vec::new();
-    for ((id, key), found) in ids.iter().zip(&keys).zip(found) {
-        match found.and_then(|json| serde_json::from_slice::<Vehicle>(&json).ok()) {
-            Some(vehicle) => {
-                rows.insert(*id, vehicle);
-            }
-            None => missed.push((*id, key)),
-        }
-    }
+    let (mut rows, missed) = found_and_missed(ids, &keys, found);
     let ids: Vec<u64> = missed.iter().map(|(id, _)| *id).collect();
     let loaded = query(&ids);
     let mut invocation = fill.prepare_invoke();
