@@ -93,17 +93,7 @@ where
         for answer in answers.iter_mut().filter(|answer| answer.is_none()) {
             let Some(reply) = begun.next() else { break };
             *answer = Some(match reply {
-                Ok(Begun::Present(entry)) if entry.is_absent() => {
-                    counters.hit();
-                    Looked::Absent
-                }
-                Ok(Begun::Present(entry)) => match entry.take(cloner) {
-                    Ok(value) => {
-                        counters.hit();
-                        Looked::Hit(value)
-                    }
-                    Err(error) => undecodable(counters, &error),
-                },
+                Ok(Begun::Present(entry)) => stored(counters, &entry, cloner),
                 Ok(Begun::Ticket(ticket)) => {
                     counters.miss();
                     Looked::Began(ticket)
@@ -186,17 +176,7 @@ where
         for answer in answers.iter_mut().filter(|answer| answer.is_none()) {
             let Some(entry) = found.next() else { break };
             *answer = Some(match entry {
-                Ok(Some(entry)) if entry.is_absent() => {
-                    counters.hit();
-                    Looked::Absent
-                }
-                Ok(Some(entry)) => match entry.take(cloner) {
-                    Ok(value) => {
-                        counters.hit();
-                        Looked::Hit(value)
-                    }
-                    Err(error) => undecodable(counters, &error),
-                },
+                Ok(Some(entry)) => stored(counters, &entry, cloner),
                 Ok(None) => {
                     counters.miss();
                     Looked::Miss(StoreUse::Fill)
@@ -218,6 +198,26 @@ fn log_failure(core: &CacheCore, error: &Error, keys: usize) {
     if let Some(suppressed) = core.log(LogKind::ReadFailed) {
         let error = core.shown_error(error, "");
         tracing::warn!(%error, keys, store = core.kind(), suppressed, "cache read failed (batch)");
+    }
+}
+
+/// What a stored entry answers (counted): an absent result, a value, or (undecodable) a
+/// miss.
+fn stored<T: serde::de::DeserializeOwned + 'static>(
+    counters: &Counters,
+    entry: &Entry,
+    cloner: Cloner<T>,
+) -> Looked<T> {
+    if entry.is_absent() {
+        counters.hit();
+        return Looked::Absent;
+    }
+    match entry.take(cloner) {
+        Ok(value) => {
+            counters.hit();
+            Looked::Hit(value)
+        }
+        Err(error) => undecodable(counters, &error),
     }
 }
 

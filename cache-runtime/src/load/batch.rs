@@ -241,15 +241,12 @@ where
 
     // 6. Fills (values, absent results), in one round trip.
     let format = &core.settings().format;
-    // A typed copy (what a reader takes without decoding) only where one is read: in an
-    // in-process store (its hits), or by this key's followers; a shared store keeps bytes.
-    let in_process = !core.store().shared();
     let outcomes: Vec<Landed> = loading
         .iter()
         .map(|led| match loaded.get(element(led.at)) {
             Some(value) => match Entry::encode_traced(
                 value,
-                cloner.filter(|_| in_process || led.leader.followed()),
+                cloner.filter(|_| led.load.keeps_copy(Some(&led.leader))),
                 format,
                 Some(took),
             ) {

@@ -761,14 +761,18 @@ where
     /// What the flight's followers may get from `returned`: the value, encoded (classified
     /// before any await, so a returned value need not be `Sync` for a load that runs on a
     /// task of its own), an absent result, or a failure.
+    /// Whether this load's encoded value carries a typed copy (what a reader takes without
+    /// decoding): only where one is read, in an in-process store (its hits) or by the
+    /// flight's followers; a shared store keeps bytes, and a fill evicts the near cache.
+    pub(crate) fn keeps_copy(&self, leader: Option<&Leader>) -> bool {
+        !self.core.store().shared() || leader.is_some_and(Leader::followed)
+    }
+
     pub(crate) fn landed<S, R>(&self, returned: &R, leader: Option<&Leader>) -> Landed
     where
         S: Shape<R, Value = T>,
     {
-        // A typed copy (what a reader takes without decoding) only where one is read: in an
-        // in-process store (its hits), or by this flight's followers; a shared store keeps
-        // bytes, and the near cache is evicted on a fill, not filled.
-        let copy = !self.core.store().shared() || leader.is_some_and(Leader::followed);
+        let copy = self.keeps_copy(leader);
         match S::outcome(returned) {
             Outcome::Value(value) => {
                 let took = match self.loaded_in.load(std::sync::atomic::Ordering::Relaxed) {
