@@ -210,7 +210,8 @@ impl Prepared {
         let register = register("Cached", [&key.template], name);
         let register_tags = self::register("Tag", self.tags.iter().map(|tag| &tag.template), name);
         let tags = self.rendered_tags();
-        let key = &key.expr;
+        // Rendered into the thread's reused buffer: a hit allocates nothing for its key.
+        let key = key.render_into(&quote!(::cache_runtime::__private::KeyBuffer::take()));
         let shape = shape_binding();
         let span = returned.span();
         let probe =

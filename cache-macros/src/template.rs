@@ -23,6 +23,9 @@ pub(crate) struct Key {
     pub(crate) template: LitStr,
     /// An expression of type `String`.
     pub(crate) expr: TokenStream,
+    /// The statements that render the key into `__cache_runtime_key` (a `String`, or what
+    /// derefs to one): [`Key::render_into`].
+    steps: Vec<TokenStream>,
     /// Whether it is a glob pattern (otherwise it names one key).
     pub(crate) glob: bool,
     /// Whether it names the returned value (`<return...>`): rendered after the body, with
@@ -71,7 +74,18 @@ impl Key {
             __cache_runtime_key
         }};
         let after = roots.iter().any(|root| root == RETURN);
-        Some(Key { template: template.clone(), expr, glob: parsed.is_glob(), after, roots })
+        Some(Key { template: template.clone(), expr, steps, glob: parsed.is_glob(), after, roots })
+    }
+
+    /// An expression rendering the key into `buffer` (an expression of a type that derefs
+    /// mutably to `String`, such as `__private::KeyBuffer::take()`) and evaluating to it.
+    pub(crate) fn render_into(&self, buffer: &TokenStream) -> TokenStream {
+        let steps = &self.steps;
+        quote! {{
+            let mut __cache_runtime_key = #buffer;
+            #(#steps)*
+            __cache_runtime_key
+        }}
     }
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 pub use crate::codec::{CloneProbe, Cloner, ViaClone, ViaDecode};
 pub use crate::default_cache::default_cache;
-pub use crate::key::{push_part, KeyPart, KeyWriter};
+pub use crate::key::{push_part, KeyBuffer, KeyPart, KeyWriter};
 use crate::load::body::{Detachable, Inline};
 #[doc(hidden)]
 pub use crate::policy::Policy;
@@ -51,7 +51,7 @@ pub async fn cached<S, R, F, Fut>(
     _shape: Shaped<S, R>,
     cache: &Cache,
     function: &'static CachedFn,
-    key: String,
+    key: KeyBuffer,
     tags: Vec<String>,
     cloner: Cloner<S::Value>,
     body: F,
@@ -86,7 +86,7 @@ pub async fn cached_detached<S, R, F, Fut>(
     _shape: Shaped<S, R>,
     cache: &Cache,
     function: &'static CachedFn,
-    key: String,
+    key: KeyBuffer,
     tags: Vec<String>,
     cloner: Cloner<S::Value>,
     body: F,
