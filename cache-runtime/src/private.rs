@@ -68,16 +68,15 @@ where
         return body().await;
     }
     let policy = &function.policy;
-    crate::load::through_tagged::<S, R, _>(
-        core,
-        &counters,
-        &key,
-        &tags,
-        policy,
-        cloner,
-        Inline(body),
-    )
-    .await
+    // A near hit returns here, before the store path's futures are made.
+    let early = match crate::load::served_in_process::<S, R>(core, &counters, &key, policy, cloner)
+    {
+        Ok(returned) => return returned,
+        Err(early) => early,
+    };
+    let body = Inline(body);
+    crate::load::through_after::<S, R, _>(core, &counters, &key, &tags, policy, cloner, body, early)
+        .await
 }
 
 /// The body of a `#[cached]` function with `refresh`, `early` or `timeout`: started, the
@@ -103,17 +102,28 @@ where
     // future `Send` although it is ("implementation of `Send` is not general enough", a
     // known limitation of auto traits on async fns). One allocation per call, for these
     // functions only.
-    let call: std::pin::Pin<Box<dyn Future<Output = R> + Send + '_>> = Box::pin(async move {
-        let core = cache.core();
-        let counters = function.counters.get(core.id(), core.stats(), function.name);
-        if !core.key_fits(&counters, &key) || !tags.iter().all(|tag| core.key_fits(&counters, tag))
+    //
+    // A near hit is served before that allocation.
+    let core = cache.core();
+    let counters = function.counters.get(core.id(), core.stats(), function.name);
+    let fits =
+        core.key_fits(&counters, &key) && tags.iter().all(|tag| core.key_fits(&counters, tag));
+    let policy = &function.policy;
+    let early = match fits {
+        true => match crate::load::served_in_process::<S, R>(core, &counters, &key, policy, cloner)
         {
-            return body().await;
-        }
-        let policy = &function.policy;
+            Ok(returned) => return returned,
+            Err(early) => Some(early),
+        },
+        false => None,
+    };
+    let call: std::pin::Pin<Box<dyn Future<Output = R> + Send + '_>> = Box::pin(async move {
+        let Some(early) = early else { return body().await };
         let body = Detachable(body);
-        crate::load::through_tagged::<S, R, _>(core, &counters, &key, &tags, policy, cloner, body)
-            .await
+        crate::load::through_after::<S, R, _>(
+            core, &counters, &key, &tags, policy, cloner, body, early,
+        )
+        .await
     });
     call.await
 }

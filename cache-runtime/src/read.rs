@@ -26,6 +26,7 @@ use crate::core::CacheCore;
 use crate::error::{Error, ErrorKind};
 use crate::format::DecodeError;
 use crate::log_limit::LogKind;
+use crate::near::Near;
 use crate::policy::Policy;
 use crate::stats::Counters;
 use crate::store::{Begun, FillPlan, Found, Ticket};
@@ -123,9 +124,44 @@ pub(crate) async fn read_to_load<T>(
 where
     T: DeserializeOwned + 'static,
 {
+    match read_in_process(core, counters, key, policy, cloner, accepts_absent) {
+        Early::Read(read) => read,
+        Early::Store { near, due } => {
+            read_store(core, counters, key, policy, cloner, accepts_absent, hold, loads, near, due)
+                .await
+        }
+    }
+}
+
+/// What steps 1 and 2 of a read answer, in process and without waiting: the answer, or
+/// that the store must be asked.
+pub(crate) enum Early<'a, T> {
+    /// The read's answer: a near-cache hit, a miss the backlog decided, or what the memory
+    /// store answered.
+    Read(Read<T>),
+    /// Ask the store ([`read_store`]), with the near cache this read uses (as chosen here)
+    /// and whether it decided a recompute.
+    Store { near: Option<&'a Near>, due: bool },
+}
+
+/// Steps 1 and 2 of a read (see the module docs): the backlog, then the near cache; and on
+/// the memory store, the whole plain lookup. The part of every read that needs no waiting,
+/// so a caller can take a hit before it builds the rest of the read (`#[cached]` does: the
+/// store path's futures are never made for a near or memory-store hit).
+pub(crate) fn read_in_process<'a, T>(
+    core: &'a CacheCore,
+    counters: &Counters,
+    key: &str,
+    policy: &Policy,
+    cloner: Cloner<T>,
+    accepts_absent: bool,
+) -> Early<'a, T>
+where
+    T: DeserializeOwned + 'static,
+{
     if core.backlog().covers(key) {
         counters.miss();
-        return miss(StoreUse::Overwrite);
+        return Early::Read(miss(StoreUse::Overwrite));
     }
     let near = core.near_for(policy);
     // L1 decided a recompute (`early` draws once per hit, there or on the store path).
@@ -134,12 +170,40 @@ where
         match near.answer(key, policy, cloner, || counters.mean_load()) {
             crate::near::Answer::Hit(value) => {
                 counters.near_hit();
-                return Read::Hit { value, found: None, due: false };
+                return Early::Read(Read::Hit { value, found: None, due: false });
             }
             crate::near::Answer::Due => due = true,
             crate::near::Answer::Miss => {}
         }
     }
+    // The memory store answers without waiting: its plain lookup is done here too.
+    if near.is_none() && !policy.tracks_age() && policy.touch().is_none() {
+        if let Some(found) = core.store().get_now(key) {
+            let read = plain_read(core, counters, key, cloner, accepts_absent, false, Ok(found));
+            return Early::Read(read);
+        }
+    }
+    Early::Store { near, due }
+}
+
+/// Steps 3 and 4 of a read, after [`read_in_process`] answered [`Early::Store`] with
+/// `near` and `due`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn read_store<T>(
+    core: &CacheCore,
+    counters: &Counters,
+    key: &str,
+    policy: &Policy,
+    cloner: Cloner<T>,
+    accepts_absent: bool,
+    hold: impl FnOnce(&Found, &T) -> Arc<Entry>,
+    loads: bool,
+    near: Option<&Near>,
+    due: bool,
+) -> Read<T>
+where
+    T: DeserializeOwned + 'static,
+{
     if !policy.tracks_age() && near.is_none() {
         let begins = loads && lookup_begins(core, policy);
         if begins && counters.last_missed() {
@@ -149,41 +213,9 @@ where
         // a function of its own: one async call less on every hit.
         let read = match policy.touch() {
             Some(touch) => core.store().get_touched(key, touch).await,
-            None => match core.store().get_now(key) {
-                Some(entry) => Ok(entry),
-                None => core.store().get(key).await,
-            },
+            None => core.store().get(key).await,
         };
-        return match read {
-            Ok(Some(entry)) if entry.is_absent() => {
-                counters.hit();
-                if begins {
-                    counters.looked_up(false);
-                }
-                tracing::debug!(key = %core.shown(key), "cache hit (absent)");
-                absent(accepts_absent)
-            }
-            Ok(Some(entry)) => match entry.take(cloner) {
-                Ok(value) => {
-                    counters.hit();
-                    if begins {
-                        counters.looked_up(false);
-                    }
-                    tracing::debug!(key = %core.shown(key), "cache hit");
-                    Read::Hit { value, found: None, due: false }
-                }
-                Err(error) => undecodable(core, counters, key, &error),
-            },
-            Ok(None) => {
-                counters.miss();
-                if begins {
-                    counters.looked_up(true);
-                }
-                tracing::debug!(key = %core.shown(key), "cache miss");
-                miss(StoreUse::Fill)
-            }
-            Err(error) => failed(core, counters, key, error),
-        };
+        return plain_read(core, counters, key, cloner, accepts_absent, begins, read);
     }
     let epoch = near.and_then(|near| near.epoch(key));
     let read = core.store().get_aged(key, policy.lifetime()).await;
@@ -227,6 +259,53 @@ where
             Read::Hit { value, found: Some(found), due }
         }
         Err(error) => undecodable(core, counters, key, &error),
+    }
+}
+
+/// What a plain lookup (no age, no near cache) answers, from what the store `read`.
+/// `begins`: the lookup keeps this function's last-missed flag ([`lookup_begins`]).
+#[inline]
+fn plain_read<T>(
+    core: &CacheCore,
+    counters: &Counters,
+    key: &str,
+    cloner: Cloner<T>,
+    accepts_absent: bool,
+    begins: bool,
+    read: Result<Option<Arc<Entry>>, Error>,
+) -> Read<T>
+where
+    T: DeserializeOwned + 'static,
+{
+    match read {
+        Ok(Some(entry)) if entry.is_absent() => {
+            counters.hit();
+            if begins {
+                counters.looked_up(false);
+            }
+            tracing::debug!(key = %core.shown(key), "cache hit (absent)");
+            absent(accepts_absent)
+        }
+        Ok(Some(entry)) => match entry.take(cloner) {
+            Ok(value) => {
+                counters.hit();
+                if begins {
+                    counters.looked_up(false);
+                }
+                tracing::debug!(key = %core.shown(key), "cache hit");
+                Read::Hit { value, found: None, due: false }
+            }
+            Err(error) => undecodable(core, counters, key, &error),
+        },
+        Ok(None) => {
+            counters.miss();
+            if begins {
+                counters.looked_up(true);
+            }
+            tracing::debug!(key = %core.shown(key), "cache miss");
+            miss(StoreUse::Fill)
+        }
+        Err(error) => failed(core, counters, key, error),
     }
 }
 

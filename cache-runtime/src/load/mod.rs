@@ -34,7 +34,7 @@ use crate::format::DecodeError;
 use crate::log_limit::LogKind;
 use crate::notify::Signal;
 use crate::policy::Policy;
-use crate::read::{self, Missed, Read, StoreUse};
+use crate::read::{self, Early, Missed, Read, StoreUse};
 use crate::shape::{Outcome, Shape};
 use crate::stats::Counters;
 use crate::store::{Begun, FillPlan, Found, Settle, Ticket, Version};
@@ -362,7 +362,53 @@ where
     S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
     B: Body<R>,
 {
-    // `timeout` bounds the whole call, lookup included.
+    let early = read::read_in_process(core, counters, key, policy, cloner, S::absent().is_some());
+    through_after::<S, R, B>(core, counters, key, tags, policy, cloner, body, early).await
+}
+
+/// A cached call's return value when the read's in-process step serves it (a near-cache or
+/// memory-store hit: nothing to wait for), else that step's answer for [`through_after`].
+/// Called before the rest of the call is built, so such a hit makes none of the store
+/// path's futures.
+pub(crate) fn served_in_process<'a, S, R>(
+    core: &'a CacheCore,
+    counters: &Counters,
+    key: &str,
+    policy: &Policy,
+    cloner: Cloner<S::Value>,
+) -> Result<R, Early<'a, S::Value>>
+where
+    S: Shape<R>,
+    S::Value: DeserializeOwned + 'static,
+{
+    match read::read_in_process(core, counters, key, policy, cloner, S::absent().is_some()) {
+        Early::Read(Read::Hit { value, found: None, due: false }) => Ok(S::from_value(value)),
+        Early::Read(Read::Absent) => {
+            Ok(S::absent().expect("read answers Absent only when accepted"))
+        }
+        early => Err(early),
+    }
+}
+
+/// [`through_tagged`] after the read's in-process step answered `early`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn through_after<S, R, B>(
+    core: &Arc<CacheCore>,
+    counters: &Arc<Counters>,
+    key: &str,
+    tags: &[String],
+    policy: &Policy,
+    cloner: Cloner<S::Value>,
+    body: B,
+    early: Early<'_, S::Value>,
+) -> R
+where
+    S: Shape<R>,
+    S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: Body<R>,
+{
+    // `timeout` bounds the whole call, lookup included (the in-process step before this
+    // has nothing to wait for).
     let called = policy.timeout.map(|_| Instant::now());
     let hold =
         |found: &Found, value: &S::Value| Arc::new(Entry::with_copy(&found.entry, value, cloner));
@@ -370,8 +416,25 @@ where
     // A tagged load's marker must join its tag sets, which the lookup's ticket does not:
     // tagged functions take their ticket after the lookup (three round trips on a miss).
     let loads = tags.is_empty();
-    let read = read::read_to_load(core, counters, key, policy, cloner, accepts_absent, hold, loads);
-    let missed = match read.await {
+    let read = match early {
+        Early::Read(read) => read,
+        Early::Store { near, due } => {
+            read::read_store(
+                core,
+                counters,
+                key,
+                policy,
+                cloner,
+                accepts_absent,
+                hold,
+                loads,
+                near,
+                due,
+            )
+            .await
+        }
+    };
+    let missed = match read {
         Read::Hit { value, found: Some(found), due: true } => {
             let load =
                 Load { tags, ..Load::new(core, counters, key, policy, cloner, Missed::default()) };
