@@ -142,7 +142,7 @@ async fn inline_refresh(cache: &Cache, log: &Log, id: u64) -> Reading {
         Shaped::default(),
         cache,
         &FUNCTION,
-        format!("inline:{id}"),
+        format!("inline:{id}").into(),
         Vec::new(),
         Some(Reading::clone),
         || log.body(id, HOT_BODY),

@@ -129,6 +129,13 @@ impl KeyBuffer {
     }
 }
 
+impl From<String> for KeyBuffer {
+    /// A key rendered elsewhere (its buffer is kept for the thread when the call ends).
+    fn from(key: String) -> KeyBuffer {
+        KeyBuffer(key)
+    }
+}
+
 impl std::ops::Deref for KeyBuffer {
     type Target = String;
     fn deref(&self) -> &String {
