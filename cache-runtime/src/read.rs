@@ -207,12 +207,15 @@ where
     if !policy.tracks_age() && near.is_none() {
         let begins = loads && lookup_begins(core, policy);
         if begins && counters.last_missed() {
-            return lookup_or_begin(core, counters, key, policy, cloner, accepts_absent).await;
+            // Boxed, as are the other script calls here: a call's future holds only the
+            // plain `GET`'s state inline (see `load::through_after`).
+            let lookup = lookup_or_begin(core, counters, key, policy, cloner, accepts_absent);
+            return Box::pin(lookup).await;
         }
         // The plain hit path: one `GET` (a script with `idle`). Written here rather than in
         // a function of its own: one async call less on every hit.
         let read = match policy.touch() {
-            Some(touch) => core.store().get_touched(key, touch).await,
+            Some(touch) => Box::pin(core.store().get_touched(key, touch)).await,
             None => core.store().get(key).await,
         };
         return plain_read(core, counters, key, cloner, accepts_absent, begins, read);

@@ -434,18 +434,34 @@ where
             .await
         }
     };
+    // The miss and refresh paths are boxed: their state (flights, tickets, the body's
+    // future, spans) would otherwise be part of every call's future, hits included, which
+    // a spawned task or a boxed handler allocates and every call moves. A miss waits for
+    // Redis anyway; one allocation more is noise there.
     let missed = match read {
         Read::Hit { value, found: Some(found), due: true } => {
             let load =
                 Load { tags, ..Load::new(core, counters, key, policy, cloner, Missed::default()) };
-            return load.refresh::<S, R, B>(body, value, found).await;
+            return Box::pin(load.refresh::<S, R, B>(body, value, found)).await;
         }
         Read::Hit { value, .. } => return S::from_value(value),
         Read::Absent => return S::absent().expect("read answers Absent only when accepted"),
         Read::Miss(missed) => missed,
         Read::Failed(error) => Missed::after_failure(error.kind()),
     };
-    let mut load = Load { tags, ..Load::new(core, counters, key, policy, cloner, missed) };
+    let load = Load { tags, ..Load::new(core, counters, key, policy, cloner, missed) };
+    Box::pin(load_missed::<S, R, B>(load, body, called)).await
+}
+
+/// The miss path of [`through_after`]: `load` runs the body (within the `timeout`, counted
+/// from `called`, when a stale value can answer instead) and fills.
+async fn load_missed<S, R, B>(mut load: Load<'_, S::Value>, body: B, called: Option<Instant>) -> R
+where
+    S: Shape<R>,
+    S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
+    B: Body<R>,
+{
+    let (core, counters, key, policy) = (load.core, load.counters, load.key, load.policy);
     let span = load_span(core, counters, key);
     let returned = async {
         if let (Some(timeout), Some(called), Some(_)) = (policy.timeout, called, &load.stale) {
