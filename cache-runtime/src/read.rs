@@ -1,5 +1,7 @@
-//! The read path: one function, [`read`], reads a key for every caller (`#[cached]`,
-//! `get_or_load`, `get`), in one order:
+//! The read path: [`read`] reads a key for every caller (`#[cached]`, `get_or_load` and
+//! `get`; the loaders call its two halves, [`read_in_process`] for steps 1 and 2 and, on
+//! the memory store, the whole lookup, then [`read_store`], so a hit that needs no waiting
+//! is served before the rest of the call is built), in one order:
 //!
 //! 1. **The backlog**: a removal of the key that has not reached Redis yet means what Redis
 //!    holds may predate a write: a miss that must replace it.
@@ -104,30 +106,10 @@ pub(crate) async fn read<T>(
 where
     T: DeserializeOwned + 'static,
 {
-    read_to_load(core, counters, key, policy, cloner, accepts_absent, hold, false).await
-}
-
-/// [`read`] for a caller that loads on a miss when `loads`: after a miss of the same
-/// counters, a plain lookup on a shared store also takes the fill ticket
-/// ([`lookup_or_begin`]).
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn read_to_load<T>(
-    core: &CacheCore,
-    counters: &Counters,
-    key: &str,
-    policy: &Policy,
-    cloner: Cloner<T>,
-    accepts_absent: bool,
-    hold: impl FnOnce(&Found, &T) -> Arc<Entry>,
-    loads: bool,
-) -> Read<T>
-where
-    T: DeserializeOwned + 'static,
-{
     match read_in_process(core, counters, key, policy, cloner, accepts_absent) {
         Early::Read(read) => read,
         Early::Store { near, due } => {
-            read_store(core, counters, key, policy, cloner, accepts_absent, hold, loads, near, due)
+            read_store(core, counters, key, policy, cloner, accepts_absent, hold, false, near, due)
                 .await
         }
     }
@@ -187,7 +169,8 @@ where
 }
 
 /// Steps 3 and 4 of a read, after [`read_in_process`] answered [`Early::Store`] with
-/// `near` and `due`.
+/// `near` and `due`. `loads`: the caller loads on a miss; after a miss of the same counters,
+/// a plain lookup on a shared store then also takes the fill ticket ([`lookup_or_begin`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn read_store<T>(
     core: &CacheCore,
