@@ -244,88 +244,19 @@ pub(crate) fn bounded_rate_key(key: &str, max: usize) -> Cow<'_, str> {
     Cow::Owned(bounded)
 }
 
-/// Appends the decimal digits of `n`, as `Display` prints them, without the formatting
-/// machinery: an id is rendered on every call of a cached function, and `write!` spends
-/// about 200 instructions on it, this about 30.
-fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        // `n % 10` is a digit: the cast cannot truncate.
-        #[allow(clippy::cast_possible_truncation)]
-        let digit = (n % 10) as u8;
-        digits[start] = b'0' + digit;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // A few ASCII digits: pushed one by one, with no UTF-8 check of the slice.
-    out.reserve(digits.len() - start);
-    for &digit in &digits[start..] {
-        out.push(char::from(digit));
-    }
-}
-
-// Digits and `-` are plain: no encoding pass needed.
-macro_rules! unsigned_key_parts {
+// Digits and `-` are plain: no encoding pass. Written by `itoa`, not through `fmt`: an id is
+// rendered on every call of a cached function, and `write!` spends about 200 instructions
+// on one.
+macro_rules! integer_key_parts {
     ($($t:ty),*) => {$(
         impl KeyPart for $t {
             fn write_key_part(&self, key: &mut KeyWriter<'_>) {
-                push_decimal(key.out, u64::from(*self));
+                key.out.push_str(itoa::Buffer::new().format(*self));
             }
         }
     )*};
 }
-unsigned_key_parts!(u8, u16, u32, u64);
-
-macro_rules! signed_key_parts {
-    ($($t:ty),*) => {$(
-        impl KeyPart for $t {
-            fn write_key_part(&self, key: &mut KeyWriter<'_>) {
-                if *self < 0 {
-                    key.out.push('-');
-                }
-                push_decimal(key.out, u64::from(self.unsigned_abs()));
-            }
-        }
-    )*};
-}
-signed_key_parts!(i8, i16, i32, i64);
-
-impl KeyPart for usize {
-    fn write_key_part(&self, key: &mut KeyWriter<'_>) {
-        match u64::try_from(*self) {
-            Ok(n) => push_decimal(key.out, n),
-            Err(_) => {
-                let _ = write!(key.out, "{self}");
-            }
-        }
-    }
-}
-
-impl KeyPart for isize {
-    fn write_key_part(&self, key: &mut KeyWriter<'_>) {
-        match i64::try_from(*self) {
-            Ok(n) => n.write_key_part(key),
-            Err(_) => {
-                let _ = write!(key.out, "{self}");
-            }
-        }
-    }
-}
-
-macro_rules! wide_integer_key_parts {
-    ($($t:ty),*) => {$(
-        impl KeyPart for $t {
-            fn write_key_part(&self, key: &mut KeyWriter<'_>) {
-                let _ = write!(key.out, "{self}");
-            }
-        }
-    )*};
-}
-wide_integer_key_parts!(u128, i128);
+integer_key_parts!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
 
 impl KeyPart for bool {
     fn write_key_part(&self, key: &mut KeyWriter<'_>) {
