@@ -47,36 +47,45 @@ pub fn cache_ref(cache: &Cache) -> &Cache {
 
 /// The body of a `#[cached]` function whose body runs in the caller. `tags`: the rendered
 /// `tags = [...]` (empty without). `cache` is borrowed for the call (no handle clone).
-pub async fn cached<S, R, F, Fut>(
+/// An `async move` block, not an `async fn`, so the call's future holds each argument once
+/// (see `load::through_after`).
+#[allow(clippy::manual_async_fn)]
+pub fn cached<'a, S, R, F, Fut>(
     _shape: Shaped<S, R>,
-    cache: &Cache,
+    cache: &'a Cache,
     function: &'static CachedFn,
     key: KeyBuffer,
     tags: Vec<String>,
     cloner: Cloner<S::Value>,
     body: F,
-) -> R
+) -> impl Future<Output = R> + 'a
 where
-    S: Shape<R>,
+    S: Shape<R> + 'a,
     S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = R>,
+    R: 'a,
+    F: FnOnce() -> Fut + 'a,
+    Fut: Future<Output = R> + 'a,
 {
-    let core = cache.core();
-    let counters = function.counters.get(core.id(), core.stats(), function.name);
-    if !core.key_fits(&counters, &key) || !tags.iter().all(|tag| core.key_fits(&counters, tag)) {
-        return body().await;
-    }
-    let policy = &function.policy;
-    // A near hit returns here, before the store path's futures are made.
-    let early = match crate::load::served_in_process::<S, R>(core, &counters, &key, policy, cloner)
-    {
-        Ok(returned) => return returned,
-        Err(early) => early,
-    };
-    let body = Inline(body);
-    crate::load::through_after::<S, R, _>(core, &counters, &key, &tags, policy, cloner, body, early)
+    async move {
+        let core = cache.core();
+        let counters = function.counters.get(core.id(), core.stats(), function.name);
+        if !core.key_fits(&counters, &key) || !tags.iter().all(|tag| core.key_fits(&counters, tag))
+        {
+            return body().await;
+        }
+        let policy = &function.policy;
+        // A near hit returns here, before the store path's futures are made.
+        let early =
+            match crate::load::served_in_process::<S, R>(core, &counters, &key, policy, cloner) {
+                Ok(returned) => return returned,
+                Err(early) => early,
+            };
+        let body = Inline(body);
+        crate::load::through_after::<S, R, _>(
+            core, &counters, &key, &tags, policy, cloner, body, early,
+        )
         .await
+    }
 }
 
 /// The body of a `#[cached]` function with `refresh`, `early` or `timeout`: started, the

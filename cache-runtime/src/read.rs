@@ -204,7 +204,10 @@ where
         return plain_read(core, counters, key, cloner, accepts_absent, begins, read);
     }
     let epoch = near.and_then(|near| near.epoch(key));
-    let read = core.store().get_aged(key, policy.lifetime()).await;
+    // Boxed too: inline, the `GET` + `PTTL` pipeline's state would make every call's future
+    // 160 bytes larger (it is the lookup of near-cache misses and of `stale`/`refresh` hits,
+    // for which one small allocation is noise next to the round trip).
+    let read = Box::pin(core.store().get_aged(key, policy.lifetime())).await;
     let found = match read {
         Ok(Some(found)) => found,
         Ok(None) => {

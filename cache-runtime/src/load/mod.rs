@@ -391,66 +391,83 @@ where
 }
 
 /// [`through_tagged`] after the read's in-process step answered `early`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn through_after<S, R, B>(
-    core: &Arc<CacheCore>,
-    counters: &Arc<Counters>,
-    key: &str,
-    tags: &[String],
-    policy: &Policy,
+///
+/// A plain function returning an `async move` block rather than an `async fn`: an async
+/// fn's future keeps each argument twice (as given, and moved into the body), and this one
+/// is part of every `#[cached]` call's future (see `docs/benchmarks.md`, session 32).
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+pub(crate) fn through_after<'a, S, R, B>(
+    core: &'a Arc<CacheCore>,
+    counters: &'a Arc<Counters>,
+    key: &'a str,
+    tags: &'a [String],
+    policy: &'a Policy,
     cloner: Cloner<S::Value>,
     body: B,
-    early: Early<'_, S::Value>,
-) -> R
+    early: Early<'a, S::Value>,
+) -> impl Future<Output = R> + 'a
 where
-    S: Shape<R>,
+    S: Shape<R> + 'a,
     S::Value: Serialize + DeserializeOwned + Send + Sync + 'static,
-    B: Body<R>,
+    R: 'a,
+    B: Body<R> + 'a,
 {
-    // `timeout` bounds the whole call, lookup included (the in-process step before this
-    // has nothing to wait for).
-    let called = policy.timeout.map(|_| Instant::now());
-    let hold =
-        |found: &Found, value: &S::Value| Arc::new(Entry::with_copy(&found.entry, value, cloner));
-    let accepts_absent = S::absent().is_some();
-    // A tagged load's marker must join its tag sets, which the lookup's ticket does not:
-    // tagged functions take their ticket after the lookup (three round trips on a miss).
-    let loads = tags.is_empty();
-    let read = match early {
-        Early::Read(read) => read,
-        Early::Store { near, due } => {
-            read::read_store(
-                core,
-                counters,
-                key,
-                policy,
-                cloner,
-                accepts_absent,
-                hold,
-                loads,
-                near,
-                due,
-            )
-            .await
-        }
-    };
-    // The miss and refresh paths are boxed: their state (flights, tickets, the body's
-    // future, spans) would otherwise be part of every call's future, hits included, which
-    // a spawned task or a boxed handler allocates and every call moves. A miss waits for
-    // Redis anyway; one allocation more is noise there.
-    let missed = match read {
-        Read::Hit { value, found: Some(found), due: true } => {
-            let load =
-                Load { tags, ..Load::new(core, counters, key, policy, cloner, Missed::default()) };
-            return Box::pin(load.refresh::<S, R, B>(body, value, found)).await;
-        }
-        Read::Hit { value, .. } => return S::from_value(value),
-        Read::Absent => return S::absent().expect("read answers Absent only when accepted"),
-        Read::Miss(missed) => missed,
-        Read::Failed(error) => Missed::after_failure(error.kind()),
-    };
-    let load = Load { tags, ..Load::new(core, counters, key, policy, cloner, missed) };
-    Box::pin(load_missed::<S, R, B>(load, body, called)).await
+    async move {
+        // `timeout` bounds the whole call, lookup included (the in-process step before this
+        // has nothing to wait for).
+        let called = policy.timeout.map(|_| Instant::now());
+        let hold = |found: &Found, value: &S::Value| {
+            Arc::new(Entry::with_copy(&found.entry, value, cloner))
+        };
+        let accepts_absent = S::absent().is_some();
+        // A tagged load's marker must join its tag sets, which the lookup's ticket does not:
+        // tagged functions take their ticket after the lookup (three round trips on a miss).
+        let loads = tags.is_empty();
+        let read = match early {
+            Early::Read(read) => read,
+            Early::Store { near, due } => {
+                read::read_store(
+                    core,
+                    counters,
+                    key,
+                    policy,
+                    cloner,
+                    accepts_absent,
+                    hold,
+                    loads,
+                    near,
+                    due,
+                )
+                .await
+            }
+        };
+        // The miss and refresh paths are boxed: their state (flights, tickets, the body's
+        // future, spans) would otherwise be part of every call's future, hits included, which
+        // a spawned task or a boxed handler allocates and every call moves. A miss waits for
+        // Redis anyway; one allocation more is noise there.
+        let missed = match read {
+            Read::Hit { value, found: Some(found), due: true } => {
+                let load = Load {
+                    tags,
+                    ..Load::new(core, counters, key, policy, cloner, Missed::default())
+                };
+                return boxed(async move { load.refresh::<S, R, B>(body, value, found).await })
+                    .await;
+            }
+            Read::Hit { value, .. } => return S::from_value(value),
+            Read::Absent => return S::absent().expect("read answers Absent only when accepted"),
+            Read::Miss(missed) => missed,
+            Read::Failed(error) => Missed::after_failure(error.kind()),
+        };
+        let load = Load { tags, ..Load::new(core, counters, key, policy, cloner, missed) };
+        boxed(load_missed::<S, R, B>(load, body, called)).await
+    }
+}
+
+/// `future` on the heap. A plain function, so what the caller moves into `future` (a
+/// `Load`, the body) is never a local of the caller's own future.
+fn boxed<F: Future>(future: F) -> std::pin::Pin<Box<F>> {
+    Box::pin(future)
 }
 
 /// The miss path of [`through_after`]: `load` runs the body (within the `timeout`, counted
