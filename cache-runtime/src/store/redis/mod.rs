@@ -1236,8 +1236,8 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn the_bounded_get_packs_as_redis_rs_packs_its_arguments() {
+    #[tokio::test]
+    async fn the_bounded_get_packs_as_redis_rs_packs_its_arguments() {
         for (prefix, key, limit) in
             [("app:", "vehicle:42", 4 << 20), ("", "k", 0), ("p:", "ü é", usize::MAX), ("x", "", 1)]
         {
