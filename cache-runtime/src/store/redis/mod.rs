@@ -104,6 +104,18 @@ fn read_end(read: ReadFormat) -> u64 {
     u64::try_from(read_bound(read)).unwrap_or(u64::MAX).min(i64::MAX as u64)
 }
 
+thread_local! {
+    /// A bounded read's command, emptied, kept for the next one on this thread
+    /// ([`RedisStore::get_owned`], every plain hit): its two buffers (the arguments' bytes
+    /// and their ends) are reused instead of allocated and freed on every hit. A read that
+    /// is dropped before its reply takes its command with it; the next one makes a new one.
+    static SPARE_GET: std::cell::Cell<Option<redis::Cmd>> = const { std::cell::Cell::new(None) };
+}
+
+/// The longest prefixed key whose command is kept in `SPARE_GET`: what a thread keeps stays
+/// small whatever `max_key_bytes` allows.
+const SPARE_KEY_BYTES: usize = 512;
+
 /// What the server's `maxmemory` settings mean for the invalidation indexes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EvictionPolicy {
@@ -400,13 +412,18 @@ impl RedisStore {
     /// string (another application's data, a writer with a larger limit) is never read
     /// whole: [`stored`](Self::stored) sees it is over. Redis answers `""` for a missing key.
     pub(super) fn bounded_get(&self, key: &str) -> redis::Cmd {
-        use redis::RedisWrite as _;
-        use std::io::Write as _;
-        // Sized up front, the prefixed key written straight into the command (no
-        // `full_key` string), not cloned, the range's ends as digits rendered before: this
-        // is every hit's command.
         let data = "GETRANGE".len() + self.prefix.len() + key.len() + 1 + self.read_end.len();
         let mut get = redis::Cmd::with_capacity(4, data);
+        self.write_bounded_get(&mut get, key);
+        get
+    }
+
+    /// Writes [`bounded_get`](Self::bounded_get)'s arguments into an empty command.
+    fn write_bounded_get(&self, get: &mut redis::Cmd, key: &str) {
+        use redis::RedisWrite as _;
+        use std::io::Write as _;
+        // The prefixed key written straight into the command (no `full_key` string), the
+        // range's ends as digits rendered before: this is every hit's command.
         get.arg("GETRANGE");
         let mut full_key = get.writer_for_next_arg();
         // Writing into the command's own buffer cannot fail.
@@ -414,7 +431,6 @@ impl RedisStore {
         let _ = full_key.write_all(key.as_bytes());
         drop(full_key);
         get.arg("0").arg(&*self.read_end);
-        get
     }
 
     /// What a bounded read ([`bounded_get`](Self::bounded_get), or a script's reply) found:
@@ -455,10 +471,17 @@ impl RedisStore {
     /// [`get`](Self::get), the entry owned by the caller (the plain hit path's, which only
     /// reads it: no `Arc` to allocate).
     pub(crate) async fn get_owned(&self, key: &str) -> Result<Option<Entry>> {
+        // The command's two buffers come from this thread's last bounded read, not from the
+        // allocator (see `SPARE_GET`).
+        let mut get = SPARE_GET.take().unwrap_or_default();
+        self.write_bounded_get(&mut get, key);
         let mut connection = self.connection.clone();
-        let bytes: Vec<u8> =
-            self.guarded(self.bounded_get(key).query_async(&mut connection)).await?;
-        Ok(self.stored_owned(bytes))
+        let bytes = self.guarded(get.query_async::<Vec<u8>>(&mut connection)).await;
+        if self.prefix.len() + key.len() <= SPARE_KEY_BYTES {
+            get.clear();
+            SPARE_GET.set(Some(get));
+        }
+        Ok(self.stored_owned(bytes?))
     }
 
     /// `MGET` of the full keys: what [`get`](Self::get) answers for each, in one round trip
