@@ -479,7 +479,8 @@ impl RedisStore {
         let bytes = self.guarded(get.query_async::<Vec<u8>>(&mut connection)).await;
         if self.prefix.len() + key.len() <= SPARE_KEY_BYTES {
             get.clear();
-            SPARE_GET.set(Some(get));
+            // `replace`, not `set`: the one move of the command into the cell.
+            drop(SPARE_GET.with(|spare| spare.replace(Some(get))));
         }
         Ok(self.stored_owned(bytes?))
     }
