@@ -165,6 +165,76 @@ fn split_v2(stored: &[u8]) -> Option<([&[u8]; Field::COUNT], &[u8])> {
     Some((fields, rest))
 }
 
+/// [`split_v2`] for the header every writer of this release produces, in one pass over its
+/// bytes: a one-byte codec tag, a fingerprint field of 16 bytes and `written` and `delta` of
+/// 1 to 19 decimal digits each (so both are what [`decimal`] reads: the caller need not
+/// check them again). `None` for any other `cr2` header, and for anything else; when
+/// `Some`, the answer is exactly [`split_v2`]'s. The hit path reads every value's header:
+/// this split checks the fixed-width fields in place and scans the digits and the
+/// fingerprint a word at a time instead of byte by byte.
+fn split_v2_common(stored: &[u8]) -> Option<([&[u8]; Field::COUNT], &[u8])> {
+    let rest = stored.strip_prefix(MAGIC)?;
+    // The codec: one byte (every codec's tag is one).
+    let [codec, SEPARATOR, rest @ ..] = rest else { return None };
+    if *codec == SEPARATOR {
+        return None;
+    }
+    // The compression: `-`, or `l<n>` as `split_v2` reads it.
+    let (compression, rest) = match rest {
+        [b'-', SEPARATOR, tail @ ..] => (&rest[..1], tail),
+        _ => {
+            let end = rest.iter().position(|&b| b == SEPARATOR)?;
+            (&rest[..end], &rest[end + 1..])
+        }
+    };
+    // The fingerprint: 16 bytes with the separator after them and none among them.
+    let (fingerprint, rest) = rest.split_first_chunk::<16>()?;
+    if has_separator(fingerprint) {
+        return None;
+    }
+    let rest = rest.strip_prefix(&[SEPARATOR])?;
+    // `written` and `delta`: a run of digits, then the separator.
+    let stamp_field = |rest: &'_ [u8]| {
+        let digits = digit_run(rest);
+        ((1..20).contains(&digits) && rest.get(digits) == Some(&SEPARATOR)).then_some(digits)
+    };
+    let digits = stamp_field(rest)?;
+    let (written, rest) = (&rest[..digits], &rest[digits + 1..]);
+    let digits = stamp_field(rest)?;
+    let (delta, payload) = (&rest[..digits], &rest[digits + 1..]);
+    Some(([std::slice::from_ref(codec), compression, &fingerprint[..], written, delta], payload))
+}
+
+/// Whether the 16 bytes hold a [`SEPARATOR`]: one 128-bit word tested for a zero byte after
+/// an exclusive or with the separator in every lane (exact as a yes or no: the borrows of
+/// the test only mark lanes above a lane that is zero).
+fn has_separator(bytes: &[u8; 16]) -> bool {
+    const LANES: u128 = u128::MAX / 0xFF;
+    let x = u128::from_le_bytes(*bytes) ^ (u128::from(SEPARATOR) * LANES);
+    x.wrapping_sub(LANES) & !x & (LANES << 7) != 0
+}
+
+/// How many ASCII digits `bytes` starts with, eight bytes at a time while eight are left.
+/// Per lane: a digit is `0x30..=0x39`, so its high nibble is 3 and stays 3 after adding 6;
+/// a lane failing either test is marked. Carries of the addition only reach the lanes above
+/// a lane that is not a digit, so the lowest marked lane is exactly the first non-digit.
+fn digit_run(bytes: &[u8]) -> usize {
+    const LANES: u64 = u64::MAX / 0xFF;
+    const HIGH_NIBBLES: u64 = 0xF0 * LANES;
+    const THREES: u64 = 0x30 * LANES;
+    let mut run = 0;
+    while let Some(word) = bytes.get(run..).and_then(<[u8]>::first_chunk::<8>) {
+        let word = u64::from_le_bytes(*word);
+        let marks = ((word & HIGH_NIBBLES) ^ THREES)
+            | ((word.wrapping_add(6 * LANES) & HIGH_NIBBLES) ^ THREES);
+        if marks != 0 {
+            return run + marks.trailing_zeros() as usize / 8;
+        }
+        run += 8;
+    }
+    run + bytes[run..].iter().take_while(|b| b.is_ascii_digit()).count()
+}
+
 /// Whether `stored` is a later release's envelope: `cr`, a version in decimal digits that
 /// this release does not read, `:`, then the fields every version starts with, each ended by
 /// `:`: a codec tag (ASCII letters and digits), a compression (`-`, or ASCII letters and
@@ -209,7 +279,7 @@ impl Stamp {
     /// Reads the stamp of stored bytes: `None` for a `cr1` value, plain JSON, a pending
     /// marker, an absent result or a malformed header.
     pub(crate) fn of(stored: &[u8]) -> Option<Stamp> {
-        let (fields, _) = split_v2(stored)?;
+        let (fields, _) = split_v2_common(stored).or_else(|| split_v2(stored))?;
         let written_ms = decimal(fields[Field::Written.index()])?;
         let delta = decimal(fields[Field::Delta.index()])?;
         Some(Stamp {
@@ -766,14 +836,25 @@ impl ReadFormat {
             return serde_json::from_slice(stored).map_err(|e| DecodeError::Corrupt(e.to_string()));
         }
         let (codec, compression, fp, payload) = if stored.starts_with(MAGIC) {
-            let Some((fields, payload)) = split_v2(stored) else {
-                return Err(DecodeError::Corrupt("truncated header".into()));
+            // The header as this release writes it (its stamp checked by the split), else
+            // any other split and checked here.
+            let (fields, payload) = match split_v2_common(stored) {
+                Some(split) => split,
+                None => {
+                    let Some((fields, payload)) = split_v2(stored) else {
+                        return Err(DecodeError::Corrupt("truncated header".into()));
+                    };
+                    // `written` and `delta` (read by `Stamp::of`): digits, or the header
+                    // is corrupt.
+                    if [Field::Written, Field::Delta]
+                        .iter()
+                        .any(|field| !is_decimal(fields[field.index()]))
+                    {
+                        return Err(DecodeError::Corrupt("bad write stamp".into()));
+                    }
+                    (fields, payload)
+                }
             };
-            // `written` and `delta` (read by `Stamp::of`): digits, or the header is corrupt.
-            if [Field::Written, Field::Delta].iter().any(|field| !is_decimal(fields[field.index()]))
-            {
-                return Err(DecodeError::Corrupt("bad write stamp".into()));
-            }
             (
                 fields[Field::Codec.index()],
                 fields[Field::Compression.index()],
@@ -886,6 +967,42 @@ mod tests {
     }
     use proptest::prelude::*;
     use std::time::Duration;
+
+    #[test]
+    fn the_common_split_takes_what_this_release_writes() {
+        let (bytes, _) = format(Codec::Json, None).encode(&7u32).unwrap();
+        assert_eq!(split_v2_common(&bytes), split_v2(&bytes));
+        assert!(split_v2_common(&bytes).is_some());
+        let (bytes, _) = format(Codec::Json, None)
+            .encode_traced(&vehicle(), Some(Duration::from_millis(1234)))
+            .unwrap();
+        assert!(split_v2_common(&bytes).is_some());
+        assert_eq!(split_v2_common(&bytes), split_v2(&bytes));
+        // Anything else is left to the general split (and its checks).
+        for other in [
+            &b"cr2:j:-:0123456789abcdef:x:0:7"[..],
+            b"cr2:j:-:0123456789abcdef::0:7",
+            b"cr2:j:-:0123456789abcdef:12345678901234567890:0:7",
+            b"cr2:j:-:0123456789abcde:1:0:7",
+            b"cr2:j:-:0123456:89abcdef0:1:0:7",
+            b"cr2:j:-:0123456789abcdef:1:0",
+            b"cr1:j:-:0123456789abcdef:7",
+            b"7",
+        ] {
+            assert_eq!(split_v2_common(other), None, "{}", String::from_utf8_lossy(other));
+        }
+    }
+
+    /// Header fields from an alphabet that makes every split decision come up.
+    fn header_field(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(prop::sample::select(b"0189:ax-".to_vec()), 0..max)
+    }
+
+    /// Decimal digits, `min..max` of them: the common layout's stamp (and, 16 of them, a
+    /// fingerprint field without separator).
+    fn digits(min: usize, max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(b'0'..=b'9', min..max)
+    }
 
     #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug, Clone)]
     struct Vehicle {
@@ -1277,6 +1394,56 @@ mod tests {
                 }
                 Err(DecodeError::TooLarge(_)) => prop_assert!(len > limit),
                 Err(error) => prop_assert!(false, "{error}"),
+            }
+        }
+
+        #[test]
+        fn the_common_split_is_the_general_split_or_nothing(
+            codec in prop_oneof![header_field(3), Just(b"j".to_vec())],
+            compression in prop_oneof![header_field(3), Just(b"-".to_vec())],
+            fingerprint in prop_oneof![header_field(19), digits(16, 17)],
+            written in prop_oneof![header_field(23), digits(1, 22)],
+            delta in prop_oneof![header_field(23), digits(1, 22)],
+            payload in header_field(12),
+        ) {
+            let mut stored = MAGIC.to_vec();
+            for field in [&codec, &compression, &fingerprint, &written, &delta] {
+                stored.extend_from_slice(field);
+                stored.push(SEPARATOR);
+            }
+            stored.extend_from_slice(&payload);
+            let general = split_v2(&stored);
+            match split_v2_common(&stored) {
+                Some(common) => {
+                    prop_assert_eq!(Some(common), general);
+                    prop_assert!(is_decimal(common.0[3]) && is_decimal(common.0[4]));
+                }
+                // Not taken only when the general split differs from the common layout.
+                None => {
+                    let short = |field: &[u8]| {
+                        (1..20).contains(&field.len()) && field.iter().all(u8::is_ascii_digit)
+                    };
+                    let common = general.is_some_and(|(fields, _)| {
+                        fields[0].len() == 1
+                            && fields[2].len() == 16
+                            && short(fields[3])
+                            && short(fields[4])
+                    });
+                    prop_assert!(!common, "the common layout was left to the general split");
+                }
+            }
+        }
+
+        #[test]
+        fn the_word_scans_answer_as_the_byte_scans(
+            bytes in proptest::collection::vec(prop_oneof![any::<u8>(), b'0'..=b'9', Just(b':')], 0..40),
+            shift in 0usize..8,
+        ) {
+            let bytes = &bytes[shift.min(bytes.len())..];
+            let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+            prop_assert_eq!(digit_run(bytes), digits);
+            if let Some(chunk) = bytes.first_chunk::<16>() {
+                prop_assert_eq!(has_separator(chunk), chunk.contains(&SEPARATOR));
             }
         }
 

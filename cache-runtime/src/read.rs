@@ -31,7 +31,7 @@ use crate::log_limit::LogKind;
 use crate::near::Near;
 use crate::policy::Policy;
 use crate::stats::Counters;
-use crate::store::{Begun, FillPlan, Found, Ticket};
+use crate::store::{Begun, FillPlan, Found, Held, Ticket};
 
 /// What a read found.
 pub(crate) enum Read<T> {
@@ -161,7 +161,8 @@ where
     // The memory store answers without waiting: its plain lookup is done here too.
     if near.is_none() && !policy.tracks_age() && policy.touch().is_none() {
         if let Some(found) = core.store().get_now(key) {
-            let read = plain_read(core, counters, key, cloner, accepts_absent, false, Ok(found));
+            let found = Ok(found.map(Held::Shared));
+            let read = plain_read(core, counters, key, cloner, accepts_absent, false, found);
             return Early::Read(read);
         }
     }
@@ -198,8 +199,11 @@ where
         // The plain hit path: one `GET` (a script with `idle`). Written here rather than in
         // a function of its own: one async call less on every hit.
         let read = match policy.touch() {
-            Some(touch) => Box::pin(core.store().get_touched(key, touch)).await,
-            None => core.store().get(key).await,
+            Some(touch) => {
+                Box::pin(core.store().get_touched(key, touch)).await.map(|e| e.map(Held::Shared))
+            }
+            // A Redis reply owned by this read: no `Arc` around it (`Store::get_held`).
+            None => core.store().get_held(key).await,
         };
         return plain_read(core, counters, key, cloner, accepts_absent, begins, read);
     }
@@ -261,7 +265,7 @@ fn plain_read<T>(
     cloner: Cloner<T>,
     accepts_absent: bool,
     begins: bool,
-    read: Result<Option<Arc<Entry>>, Error>,
+    read: Result<Option<Held>, Error>,
 ) -> Read<T>
 where
     T: DeserializeOwned + 'static,

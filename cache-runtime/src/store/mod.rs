@@ -118,6 +118,26 @@ pub(crate) struct FillPlan<'a> {
     pub(crate) tags: &'a [String],
 }
 
+/// An entry as a plain read ([`Store::get_held`]) hands it to its one reader: shared with
+/// the memory store's map, or owned (a Redis reply, which nothing else holds: no `Arc` to
+/// allocate and free on every hit).
+pub(crate) enum Held {
+    Shared(Arc<Entry>),
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Owned(Entry),
+}
+
+impl std::ops::Deref for Held {
+    type Target = Entry;
+
+    fn deref(&self) -> &Entry {
+        match self {
+            Held::Shared(entry) => entry,
+            Held::Owned(entry) => entry,
+        }
+    }
+}
+
 /// What [`Store::begin_fill`] found.
 pub(crate) enum Begun {
     /// A value is stored: no need to load.
@@ -315,6 +335,16 @@ impl Store {
             Store::Memory(store) => Ok(store.get(key)),
             #[cfg(feature = "redis")]
             Store::Redis(store) => store.get(key).await,
+        }
+    }
+
+    /// [`get`](Self::get) for a reader that only reads the entry (the plain hit path,
+    /// `read.rs`): a Redis reply is handed over as it is, not put behind an `Arc`.
+    pub(crate) async fn get_held(&self, key: &str) -> Result<Option<Held>> {
+        match self {
+            Store::Memory(store) => Ok(store.get(key).map(Held::Shared)),
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => Ok(store.get_owned(key).await?.map(Held::Owned)),
         }
     }
 

@@ -91,6 +91,31 @@ fn kept_by_marker(marker: &[u8]) -> Option<Vec<u8>> {
     Some(rest[expiry_end + 1..].to_vec())
 }
 
+/// The most bytes a stored string of a cache reading with `read` can hold: a value of
+/// `max_value_bytes` behind the longest header, or a pending marker keeping one.
+fn read_bound(read: ReadFormat) -> usize {
+    read.limit.saturating_add(MAX_HEADER + MARKER_OVERHEAD)
+}
+
+/// The `end` of a bounded read's `GETRANGE <key> 0 <end>`: [`read_bound`] (within what
+/// Redis takes as an offset). `end` is inclusive: up to one byte more than any string of
+/// the cache comes back, so a longer string shows as over.
+fn read_end(read: ReadFormat) -> u64 {
+    u64::try_from(read_bound(read)).unwrap_or(u64::MAX).min(i64::MAX as u64)
+}
+
+thread_local! {
+    /// A bounded read's command, emptied, kept for the next one on this thread
+    /// ([`RedisStore::get_owned`], every plain hit): its two buffers (the arguments' bytes
+    /// and their ends) are reused instead of allocated and freed on every hit. A read that
+    /// is dropped before its reply takes its command with it; the next one makes a new one.
+    static SPARE_GET: std::cell::Cell<Option<redis::Cmd>> = const { std::cell::Cell::new(None) };
+}
+
+/// The longest prefixed key whose command is kept in `SPARE_GET`: what a thread keeps stays
+/// small whatever `max_key_bytes` allows.
+const SPARE_KEY_BYTES: usize = 512;
+
 /// What the server's `maxmemory` settings mean for the invalidation indexes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EvictionPolicy {
@@ -122,6 +147,9 @@ pub(crate) struct RedisStore {
     eviction: OnceCell<EvictionPolicy>,
     /// How values read back are decoded (schema version, inflate limit).
     read: ReadFormat,
+    /// The last byte a bounded read asks for, in decimal ([`read_end`]): rendered once,
+    /// not on every hit's command.
+    read_end: Box<str>,
     /// What the Redis user may run, as last checked.
     access: access::Access,
 }
@@ -203,6 +231,7 @@ impl RedisStore {
             breaker: Arc::default(),
             eviction: OnceCell::new(),
             read: options.read,
+            read_end: read_end(options.read).to_string().into(),
             access: access::Access::default(),
         })
     }
@@ -375,7 +404,7 @@ impl RedisStore {
     /// The most bytes a stored string of this cache can hold: a value of `max_value_bytes`
     /// behind the longest header, or a pending marker keeping one.
     fn read_bound(&self) -> usize {
-        self.read.limit.saturating_add(MAX_HEADER + MARKER_OVERHEAD)
+        read_bound(self.read)
     }
 
     /// `GETRANGE <prefix + key> 0 <bound>`: a `GET` that transfers at most
@@ -383,21 +412,25 @@ impl RedisStore {
     /// string (another application's data, a writer with a larger limit) is never read
     /// whole: [`stored`](Self::stored) sees it is over. Redis answers `""` for a missing key.
     pub(super) fn bounded_get(&self, key: &str) -> redis::Cmd {
+        let data = "GETRANGE".len() + self.prefix.len() + key.len() + 1 + self.read_end.len();
+        let mut get = redis::Cmd::with_capacity(4, data);
+        self.write_bounded_get(&mut get, key);
+        get
+    }
+
+    /// Writes [`bounded_get`](Self::bounded_get)'s arguments into an empty command.
+    fn write_bounded_get(&self, get: &mut redis::Cmd, key: &str) {
         use redis::RedisWrite as _;
         use std::io::Write as _;
-        let end = u64::try_from(self.read_bound()).unwrap_or(u64::MAX).min(i64::MAX as u64);
-        // Sized up front, the prefixed key written straight into the command (no
-        // `full_key` string), not cloned: this is every hit's command.
-        let mut get =
-            redis::Cmd::with_capacity(4, "GETRANGE".len() + self.prefix.len() + key.len() + 21);
+        // The prefixed key written straight into the command (no `full_key` string), the
+        // range's ends as digits rendered before: this is every hit's command.
         get.arg("GETRANGE");
         let mut full_key = get.writer_for_next_arg();
         // Writing into the command's own buffer cannot fail.
         let _ = full_key.write_all(self.prefix.as_bytes());
         let _ = full_key.write_all(key.as_bytes());
         drop(full_key);
-        get.arg(0).arg(end);
-        get
+        get.arg("0").arg(&*self.read_end);
     }
 
     /// What a bounded read ([`bounded_get`](Self::bounded_get), or a script's reply) found:
@@ -405,25 +438,51 @@ impl RedisStore {
     /// marker; an entry [over the limit](Entry::over_limit) for a string longer than any
     /// value of this cache (its truncated bytes are dropped, never decoded); else the value.
     pub(super) fn stored(&self, bytes: Vec<u8>) -> Option<Arc<Entry>> {
-        if bytes.is_empty() || is_marker(&bytes) {
-            return None;
-        }
-        if let Some(len) = over_limit_reply(&bytes) {
-            return Some(Arc::new(Entry::over_limit(len, self.read)));
+        self.stored_owned(bytes).map(Arc::new)
+    }
+
+    /// [`stored`](Self::stored), the entry not yet shared.
+    fn stored_owned(&self, bytes: Vec<u8>) -> Option<Entry> {
+        // Markers and over-limit replies start with a NUL byte, as only absent results do
+        // otherwise: a hit's first byte rules both out.
+        const _: () = assert!(MARKER_TAG[0] == 0 && OVER_LIMIT_TAG[0] == 0);
+        match bytes.first() {
+            None => return None,
+            Some(0) if is_marker(&bytes) => return None,
+            Some(0) => {
+                if let Some(len) = over_limit_reply(&bytes) {
+                    return Some(Entry::over_limit(len, self.read));
+                }
+            }
+            Some(_) => {}
         }
         if bytes.len() > self.read_bound() {
-            return Some(Arc::new(Entry::over_limit(bytes.len(), self.read)));
+            return Some(Entry::over_limit(bytes.len(), self.read));
         }
-        Some(Arc::new(Entry::from_stored(bytes, self.read)))
+        Some(Entry::from_stored(bytes, self.read))
     }
 
     /// One bounded `GET` ([`bounded_get`](Self::bounded_get)): a hit costs exactly one round
     /// trip, and a string longer than any value of this cache is not transferred.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Arc<Entry>>> {
+        Ok(self.get_owned(key).await?.map(Arc::new))
+    }
+
+    /// [`get`](Self::get), the entry owned by the caller (the plain hit path's, which only
+    /// reads it: no `Arc` to allocate).
+    pub(crate) async fn get_owned(&self, key: &str) -> Result<Option<Entry>> {
+        // The command's two buffers come from this thread's last bounded read, not from the
+        // allocator (see `SPARE_GET`).
+        let mut get = SPARE_GET.take().unwrap_or_default();
+        self.write_bounded_get(&mut get, key);
         let mut connection = self.connection.clone();
-        let bytes: Vec<u8> =
-            self.guarded(self.bounded_get(key).query_async(&mut connection)).await?;
-        Ok(self.stored(bytes))
+        let bytes = self.guarded(get.query_async::<Vec<u8>>(&mut connection)).await;
+        if self.prefix.len() + key.len() <= SPARE_KEY_BYTES {
+            get.clear();
+            // `replace`, not `set`: the one move of the command into the cell.
+            drop(SPARE_GET.with(|spare| spare.replace(Some(get))));
+        }
+        Ok(self.stored_owned(bytes?))
     }
 
     /// `MGET` of the full keys: what [`get`](Self::get) answers for each, in one round trip
@@ -1199,6 +1258,34 @@ mod tests {
             tls: Tls::default(),
         })
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_bounded_get_packs_as_redis_rs_packs_its_arguments() {
+        for (prefix, key, limit) in
+            [("app:", "vehicle:42", 4 << 20), ("", "k", 0), ("p:", "ü é", usize::MAX), ("x", "", 1)]
+        {
+            let read = ReadFormat { limit, ..ReadFormat::default() };
+            let redis = RedisStore::new(RedisOptions {
+                urls: vec!["redis://127.0.0.1:1/".to_owned()],
+                cluster: false,
+                sentinel: None,
+                prefix: prefix.to_owned(),
+                connect_timeout: Duration::from_millis(500),
+                command_timeout: Duration::from_millis(500),
+                read,
+                tls: Tls::default(),
+            })
+            .unwrap();
+            let end = u64::try_from(redis.read_bound()).unwrap_or(u64::MAX).min(i64::MAX as u64);
+            let expected = redis::cmd("GETRANGE")
+                .arg(format!("{prefix}{key}"))
+                .arg(0)
+                .arg(end)
+                .get_packed_command();
+            assert_eq!(redis.bounded_get(key).get_packed_command(), expected, "{prefix}{key}");
+            assert_eq!(&*redis.read_end, end.to_string(), "the end is the bound");
+        }
     }
 
     #[tokio::test]
